@@ -1,0 +1,292 @@
+//! Typed configuration: built-in defaults, then a TOML file, then `ENDOR__SECTION__KEY`
+//! environment variables. Unknown keys and ill-typed values are errors that name the key.
+//!
+//! Where the file comes from: `--config FILE`, else `ENDOR_CONFIG`, else `config/endor.toml`
+//! when it exists in the working directory, else none (the defaults alone: `endor serve` in an
+//! empty folder just works).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub gateway: GatewayConfig,
+    pub store: StoreConfig,
+    pub storage: StorageConfig,
+    pub webhooks: WebhooksConfig,
+    pub github: ForgeConfig,
+    pub gitlab: ForgeConfig,
+    pub gitea: ForgeConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Webhooks, JSON API and dashboard.
+    pub listen: SocketAddr,
+    /// How forges reach this server; webhook URLs printed by `repo connect` start with it.
+    pub public_url: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            public_url: "http://127.0.0.1:8080".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    pub domain: String,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 8081).into(),
+            domain: "preview.localhost".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` (embedded default) or `postgres://...`.
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/endor.db".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Where site files and SQLite site databases live.
+    pub root: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            root: "data/sites".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Largest body accepted; larger deliveries get 413 (SPEC §3: 25 MiB).
+    pub max_body_bytes: usize,
+    /// Most deliveries written in one store transaction (group commit).
+    pub max_batch: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 25 * 1024 * 1024,
+            max_batch: 256,
+        }
+    }
+}
+
+/// Credentials and API base of one forge. Secrets here are never logged (`Debug` redacts them).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ForgeConfig {
+    /// API base URL; empty means the public service (GitHub and GitLab) or none (Gitea).
+    pub api_url: String,
+    /// Personal or project access token.
+    pub token: String,
+    /// GitHub App id (GitHub only).
+    pub app_id: Option<u64>,
+    /// GitHub App private key, PEM (GitHub only).
+    pub private_key_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ForgeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForgeConfig")
+            .field("api_url", &self.api_url)
+            .field(
+                "token",
+                &if self.token.is_empty() {
+                    ""
+                } else {
+                    "[REDACTED]"
+                },
+            )
+            .field("app_id", &self.app_id)
+            .field("private_key_file", &self.private_key_file)
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("bad config: {0}")]
+    Invalid(String),
+    #[error("bad config: key `{key}`: {problem}")]
+    Key { key: &'static str, problem: String },
+}
+
+impl Config {
+    /// Load with the precedence described in the module doc. `explicit` is `--config` or
+    /// `ENDOR_CONFIG`.
+    pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        match explicit {
+            Some(path) => {
+                if !path.is_file() {
+                    return Err(ConfigError::Missing(path.to_path_buf()));
+                }
+                fig = fig.merge(Toml::file_exact(path));
+            }
+            None => {
+                let default_path = Path::new("config/endor.toml");
+                if default_path.is_file() {
+                    fig = fig.merge(Toml::file_exact(default_path));
+                }
+            }
+        }
+        fig = fig.merge(Env::prefixed("ENDOR__").split("__"));
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks serde cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let key = |key, problem: &str| {
+            Err(ConfigError::Key {
+                key,
+                problem: problem.to_string(),
+            })
+        };
+        if !(self.store.url.starts_with("sqlite:")
+            || self.store.url.starts_with("postgres://")
+            || self.store.url.starts_with("postgresql://"))
+        {
+            return key("store.url", "must start with sqlite: or postgres://");
+        }
+        if self.store.max_connections == 0 {
+            return key("store.max_connections", "must be at least 1");
+        }
+        if !(self.server.public_url.starts_with("http://")
+            || self.server.public_url.starts_with("https://"))
+        {
+            return key("server.public_url", "must be an http:// or https:// URL");
+        }
+        if self.gateway.domain.is_empty() || self.gateway.domain.contains(['/', ':', ' ']) {
+            return key(
+                "gateway.domain",
+                "must be a DNS name such as preview.localhost",
+            );
+        }
+        if self.webhooks.max_body_bytes == 0 {
+            return key("webhooks.max_body_bytes", "must be positive");
+        }
+        if self.webhooks.max_batch == 0 {
+            return key("webhooks.max_batch", "must be at least 1");
+        }
+        for (name, f) in [
+            ("github.api_url", &self.github),
+            ("gitlab.api_url", &self.gitlab),
+            ("gitea.api_url", &self.gitea),
+        ] {
+            if !f.api_url.is_empty()
+                && !(f.api_url.starts_with("http://") || f.api_url.starts_with("https://"))
+            {
+                return key(name, "must be an http:// or https:// URL");
+            }
+        }
+        Ok(())
+    }
+
+    /// The webhook URL a connection's forge should call.
+    pub fn webhook_url(&self, forge: crate::forge::ForgeKind, connection_id: &str) -> String {
+        format!(
+            "{}/webhooks/{}/{}",
+            self.server.public_url.trim_end_matches('/'),
+            forge,
+            connection_id
+        )
+    }
+}
+
+/// Figment's errors already name the key and the source (file or env var); flatten the chain
+/// into one line each.
+fn describe(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
+            let mut kind = e.kind.to_string();
+            if let figment::error::Kind::UnknownField(field, _) = &e.kind {
+                kind = format!("unknown key `{field}`");
+            }
+            match (key.is_empty(), source.is_empty()) {
+                (false, false) => format!("key `{key}` ({source}): {kind}"),
+                (false, true) => format!("key `{key}`: {kind}"),
+                _ => kind,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed `config/endor.toml` documents every key with its default: loading it must
+    /// give exactly the built-in defaults.
+    #[test]
+    fn committed_config_equals_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/endor.toml");
+        let from_file: Config = Figment::from(Toml::file_exact(&path)).extract().unwrap();
+        assert_eq!(from_file, Config::default());
+        // And every section and key of the defaults is written in the file.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        for (section, table) in defaults.as_table().unwrap() {
+            assert!(
+                text.contains(&format!("[{section}]")),
+                "section [{section}] undocumented"
+            );
+            for (k, _) in table.as_table().unwrap() {
+                assert!(
+                    text.contains(&format!("{k} =")) || text.contains(&format!("# {k} =")),
+                    "key {section}.{k} undocumented"
+                );
+            }
+        }
+    }
+}

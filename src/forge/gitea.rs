@@ -1,0 +1,186 @@
+//! Gitea deliveries: our own serde structs with the fields endor reads. Gitea names comment
+//! deliveries `issue_comment` (with `is_pull: true` on PRs); some senders use
+//! `pull_request_comment`, which is accepted too.
+
+use serde::Deserialize;
+
+use super::event::*;
+use super::{ForgeKind, PayloadError, parse_json, require_object};
+
+#[derive(Deserialize)]
+struct User {
+    login: String,
+}
+
+#[derive(Deserialize)]
+struct Repo {
+    id: Option<u64>,
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct Branch {
+    #[serde(rename = "ref")]
+    ref_: String,
+    sha: String,
+    repo_id: Option<u64>,
+    repo: Option<Repo>,
+}
+
+#[derive(Deserialize)]
+struct PullRequest {
+    title: String,
+    user: User,
+    head: Branch,
+    base: Branch,
+    #[serde(default)]
+    merged: bool,
+    #[serde(default)]
+    draft: bool,
+}
+
+#[derive(Deserialize)]
+struct PrHook {
+    action: String,
+    number: u64,
+    pull_request: PullRequest,
+    repository: Repo,
+    sender: User,
+}
+
+#[derive(Deserialize)]
+struct Issue {
+    number: u64,
+    pull_request: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct Comment {
+    id: u64,
+    body: String,
+    user: User,
+}
+
+#[derive(Deserialize)]
+struct Old {
+    from: String,
+}
+
+#[derive(Deserialize)]
+struct Changes {
+    body: Option<Old>,
+}
+
+#[derive(Deserialize)]
+struct CommentHook {
+    action: String,
+    issue: Issue,
+    comment: Comment,
+    repository: Repo,
+    sender: User,
+    #[serde(default)]
+    is_pull: bool,
+    changes: Option<Changes>,
+}
+
+pub fn classify(event: &str, body: &[u8]) -> Result<Classified, PayloadError> {
+    if event.is_empty()
+        || event.len() > 64
+        || !event.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+    {
+        return Err(PayloadError::BadEventHeader);
+    }
+    match event {
+        "issue_comment" | "pull_request_comment" => comment(event, body),
+        "pull_request" | "pull_request_sync" => pull_request(event, body),
+        _ => {
+            require_object(event, body)?;
+            Ok(Classified::ignored(
+                None,
+                format!("event `{event}` is not acted on"),
+            ))
+        }
+    }
+}
+
+fn pull_request(event: &str, body: &[u8]) -> Result<Classified, PayloadError> {
+    let hook: PrHook = parse_json(event, body)?;
+    let pr = &hook.pull_request;
+    let action = match hook.action.as_str() {
+        "opened" => PrAction::Opened,
+        "reopened" => PrAction::Reopened,
+        "synchronized" => PrAction::Synchronized,
+        "closed" if pr.merged => PrAction::Merged,
+        "closed" => PrAction::Closed,
+        other => {
+            return Ok(Classified::ignored(
+                Some(other),
+                format!("pull_request action `{other}` is not acted on"),
+            ));
+        }
+    };
+    let head_repo = pr.head.repo.as_ref().map(|r| r.full_name.clone());
+    let is_fork = match (
+        pr.head.repo_id.or(pr.head.repo.as_ref().and_then(|r| r.id)),
+        pr.base.repo_id,
+    ) {
+        (Some(h), Some(b)) => h != b,
+        _ => head_repo
+            .as_deref()
+            .is_none_or(|h| !h.eq_ignore_ascii_case(&hook.repository.full_name)),
+    };
+    Ok(Classified::Acted(ForgeEvent {
+        forge: ForgeKind::Gitea,
+        repo: hook.repository.full_name.clone(),
+        sender: hook.sender.login.clone(),
+        kind: EventKind::PullRequest(PullRequestEvent {
+            action,
+            number: hook.number,
+            title: pr.title.clone(),
+            head_sha: pr.head.sha.clone(),
+            head_ref: pr.head.ref_.clone(),
+            head_repo,
+            is_fork,
+            base_ref: pr.base.ref_.clone(),
+            author: pr.user.login.clone(),
+            draft: pr.draft,
+        }),
+    }))
+}
+
+fn comment(event: &str, body: &[u8]) -> Result<Classified, PayloadError> {
+    let hook: CommentHook = parse_json(event, body)?;
+    let action = match hook.action.as_str() {
+        "created" => CommentAction::Created,
+        "edited" => CommentAction::Edited,
+        "deleted" => CommentAction::Deleted,
+        other => {
+            return Ok(Classified::ignored(
+                Some(other),
+                format!("comment action `{other}` is not acted on"),
+            ));
+        }
+    };
+    if !hook.is_pull && hook.issue.pull_request.is_none() {
+        return Ok(Classified::ignored(
+            Some(action.as_str()),
+            "comment is not on a pull request",
+        ));
+    }
+    let author = hook.comment.user.login.clone();
+    Ok(Classified::Acted(ForgeEvent {
+        forge: ForgeKind::Gitea,
+        repo: hook.repository.full_name.clone(),
+        sender: hook.sender.login.clone(),
+        kind: EventKind::Comment(CommentEvent {
+            action,
+            number: hook.issue.number,
+            comment_id: hook.comment.id,
+            body: hook.comment.body.clone(),
+            previous_body: hook.changes.and_then(|c| c.body).map(|b| b.from),
+            author_is_bot: author.ends_with("[bot]"),
+            author,
+            head_sha: None,
+        }),
+    }))
+}

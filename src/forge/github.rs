@@ -1,0 +1,194 @@
+//! GitHub deliveries, parsed with octocrab's webhook models.
+//!
+//! A cheap probe (`action` + the presence of the event's main object) runs first, so actions
+//! endor does not act on are answered without a full parse, and new actions GitHub adds later
+//! are ignored instead of rejected. Only acted-on actions go through octocrab's full models.
+
+use octocrab::models::webhook_events::payload::{
+    IssueCommentWebhookEventAction, PullRequestWebhookEventAction,
+};
+use octocrab::models::webhook_events::{WebhookEvent, WebhookEventPayload};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+
+use super::event::*;
+use super::{ForgeKind, PayloadError, parse_json, require_object};
+
+#[derive(Deserialize)]
+struct Probe {
+    action: String,
+    #[allow(dead_code)]
+    pull_request: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    comment: Option<IgnoredAny>,
+    #[allow(dead_code)]
+    issue: Option<IgnoredAny>,
+}
+
+pub fn classify(event: &str, body: &[u8]) -> Result<Classified, PayloadError> {
+    if event.is_empty() || !event.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Err(PayloadError::BadEventHeader);
+    }
+    match event {
+        "ping" => {
+            require_object(event, body)?;
+            Ok(Classified::Ping)
+        }
+        "pull_request" => {
+            let probe: Probe = parse_json(event, body)?;
+            if probe.pull_request.is_none() {
+                return Err(PayloadError::invalid(event, "missing field `pull_request`"));
+            }
+            if !matches!(
+                probe.action.as_str(),
+                "opened"
+                    | "reopened"
+                    | "synchronize"
+                    | "ready_for_review"
+                    | "converted_to_draft"
+                    | "closed"
+            ) {
+                return Ok(Classified::ignored(
+                    Some(&probe.action),
+                    format!("pull_request action `{}` is not acted on", probe.action),
+                ));
+            }
+            full_parse(event, body)
+        }
+        "issue_comment" => {
+            let probe: Probe = parse_json(event, body)?;
+            if probe.comment.is_none() || probe.issue.is_none() {
+                return Err(PayloadError::invalid(
+                    event,
+                    "missing field `comment` or `issue`",
+                ));
+            }
+            if !matches!(probe.action.as_str(), "created" | "edited" | "deleted") {
+                return Ok(Classified::ignored(
+                    Some(&probe.action),
+                    format!("issue_comment action `{}` is not acted on", probe.action),
+                ));
+            }
+            full_parse(event, body)
+        }
+        _ => {
+            require_object(event, body)?;
+            Ok(Classified::ignored(
+                None,
+                format!("event `{event}` is not acted on"),
+            ))
+        }
+    }
+}
+
+fn full_parse(event: &str, body: &[u8]) -> Result<Classified, PayloadError> {
+    let ev = WebhookEvent::try_from_header_and_body(event, body)
+        .map_err(|e| PayloadError::invalid(event, e))?;
+    let repo = ev
+        .repository
+        .as_ref()
+        .and_then(|r| r.full_name.clone())
+        .ok_or_else(|| PayloadError::invalid(event, "missing `repository.full_name`"))?;
+    let sender = ev
+        .sender
+        .as_ref()
+        .map(|s| s.login.clone())
+        .unwrap_or_default();
+    let kind = match ev.specific {
+        WebhookEventPayload::PullRequest(p) => {
+            let pr = &p.pull_request;
+            let action = match p.action {
+                PullRequestWebhookEventAction::Opened => PrAction::Opened,
+                PullRequestWebhookEventAction::Reopened => PrAction::Reopened,
+                PullRequestWebhookEventAction::Synchronize => PrAction::Synchronized,
+                PullRequestWebhookEventAction::ReadyForReview => PrAction::ReadyForReview,
+                PullRequestWebhookEventAction::ConvertedToDraft => PrAction::ConvertedToDraft,
+                PullRequestWebhookEventAction::Closed
+                    if pr.merged == Some(true) || pr.merged_at.is_some() =>
+                {
+                    PrAction::Merged
+                }
+                PullRequestWebhookEventAction::Closed => PrAction::Closed,
+                _ => {
+                    return Ok(Classified::ignored(
+                        None,
+                        "pull_request action is not acted on",
+                    ));
+                }
+            };
+            let head_repo = pr.head.repo.as_ref().and_then(|r| r.full_name.clone());
+            let base_repo = pr.base.repo.as_ref().and_then(|r| r.full_name.clone());
+            let is_fork = match (&head_repo, &base_repo) {
+                (Some(h), Some(b)) => !h.eq_ignore_ascii_case(b),
+                _ => true,
+            };
+            EventKind::PullRequest(PullRequestEvent {
+                action,
+                number: p.number,
+                title: pr.title.clone().unwrap_or_default(),
+                head_sha: pr.head.sha.clone(),
+                head_ref: pr.head.ref_field.clone(),
+                head_repo,
+                is_fork,
+                base_ref: pr.base.ref_field.clone(),
+                author: pr
+                    .user
+                    .as_ref()
+                    .map(|u| u.login.clone())
+                    .unwrap_or_default(),
+                draft: pr.draft.unwrap_or(false),
+            })
+        }
+        WebhookEventPayload::IssueComment(c) => {
+            if c.issue.pull_request.is_none() {
+                return Ok(Classified::ignored(
+                    Some(action_name(&c.action)),
+                    "comment is not on a pull request",
+                ));
+            }
+            let action = match c.action {
+                IssueCommentWebhookEventAction::Created => CommentAction::Created,
+                IssueCommentWebhookEventAction::Edited => CommentAction::Edited,
+                IssueCommentWebhookEventAction::Deleted => CommentAction::Deleted,
+                _ => {
+                    return Ok(Classified::ignored(
+                        None,
+                        "issue_comment action is not acted on",
+                    ));
+                }
+            };
+            let user = &c.comment.user;
+            EventKind::Comment(CommentEvent {
+                action,
+                number: c.issue.number,
+                comment_id: c.comment.id.0,
+                body: c.comment.body.clone().unwrap_or_default(),
+                previous_body: c.changes.as_ref().map(|ch| ch.body.from.clone()),
+                author: user.login.clone(),
+                author_is_bot: user.r#type == "Bot" || user.login.ends_with("[bot]"),
+                head_sha: None,
+            })
+        }
+        _ => {
+            return Ok(Classified::ignored(
+                None,
+                format!("event `{event}` is not acted on"),
+            ));
+        }
+    };
+    Ok(Classified::Acted(ForgeEvent {
+        forge: ForgeKind::Github,
+        repo,
+        sender,
+        kind,
+    }))
+}
+
+fn action_name(a: &IssueCommentWebhookEventAction) -> &'static str {
+    match a {
+        IssueCommentWebhookEventAction::Created => "created",
+        IssueCommentWebhookEventAction::Edited => "edited",
+        IssueCommentWebhookEventAction::Deleted => "deleted",
+        _ => "other",
+    }
+}

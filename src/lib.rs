@@ -1,0 +1,24 @@
+//! endor: pull/merge requests → ephemeral preview sites.
+//!
+//! The binary (`src/main.rs`) is only the command line; everything it does lives here so that
+//! tests and benchmarks drive the same code. See `ARCHITECTURE.md` for the map.
+
+pub mod config;
+pub mod forge;
+pub mod metrics;
+pub mod secret;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+pub mod webhooks;
+
+/// Milliseconds since the Unix epoch; the store keeps every timestamp in this form so that
+/// SQLite and PostgreSQL rows compare the same way.
+pub fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,351 @@
+//! The `endor` command line: parse arguments, load config, call the library. Nothing else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use endor::config::Config;
+use endor::server::{self, AppState};
+use endor::service;
+use endor::store::{self, Store};
+use endor::telemetry::{self, LogFormat};
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(
+    name = "endor",
+    version,
+    about = "Pull/merge requests → expiring preview sites with copy-on-write clones"
+)]
+struct Cli {
+    /// Config file (default: config/endor.toml when present, else built-in defaults).
+    #[arg(long, global = true, env = "ENDOR_CONFIG")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Print one JSON document on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: webhooks, health, readiness and metrics on server.listen.
+    Serve,
+    /// Apply database migrations (serve does this at start too).
+    Migrate,
+    /// Users and their linked forge identities.
+    #[command(subcommand)]
+    User(UserCmd),
+    /// Workspaces.
+    #[command(subcommand)]
+    Workspace(WorkspaceCmd),
+    /// Repository connections (webhook endpoints).
+    #[command(subcommand)]
+    Repo(RepoCmd),
+    /// Stored webhook deliveries.
+    #[command(subcommand)]
+    Delivery(DeliveryCmd),
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Create a user.
+    Create {
+        login: String,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Link a forge identity (github:NAME, gitlab:NAME, gitea:NAME) to a user.
+    Link { login: String, identity: String },
+}
+
+#[derive(Subcommand)]
+enum WorkspaceCmd {
+    /// Create a workspace; the owner is its first member.
+    Create {
+        name: String,
+        #[arg(long)]
+        owner: String,
+    },
+    /// List workspaces.
+    List,
+}
+
+#[derive(Subcommand)]
+enum RepoCmd {
+    /// Connect a repository (github:OWNER/NAME, gitlab:GROUP/NAME, gitea:OWNER/NAME) to a
+    /// workspace; prints the webhook URL and its secret (shown this once).
+    Connect {
+        workspace: String,
+        repo: String,
+        /// The forge's API base (GitHub Enterprise, a GitLab or Gitea host).
+        #[arg(long)]
+        api_url: Option<String>,
+        /// Where to fetch the repository from (any URL git accepts, file:// included).
+        #[arg(long)]
+        git_url: Option<String>,
+    },
+    /// List connected repositories.
+    List {
+        #[arg(long)]
+        workspace: Option<String>,
+    },
+    /// Issue a new webhook secret; the old one stays accepted until --retire-old.
+    RotateSecret {
+        connection_id: String,
+        /// Stop accepting the previous secret (no new secret is issued).
+        #[arg(long)]
+        retire_old: bool,
+    },
+    /// Delete a connection: its webhook URL stops accepting deliveries.
+    Delete { connection_id: String },
+}
+
+#[derive(Subcommand)]
+enum DeliveryCmd {
+    /// List stored deliveries, newest first.
+    List {
+        #[arg(long)]
+        connection: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, cli.json, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Print `value` as JSON, or through `text` for people.
+fn emit<T: Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", text(value));
+    }
+    Ok(())
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = store::connect(&config.store.url, config.store.max_connections).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(config.server.listen)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {} (server.listen): {e}",
+                        config.server.listen
+                    )
+                })?;
+            let state = AppState::start(config).await?;
+            server::serve(state, listener, shutdown_signal()).await
+        }
+        Command::Migrate => {
+            open_store(&config).await?;
+            emit(json, &serde_json::json!({"status": "migrated"}), |_| {
+                "migrations applied".into()
+            })
+        }
+        Command::User(cmd) => {
+            let store = open_store(&config).await?;
+            match cmd {
+                UserCmd::Create { login, email, name } => {
+                    let u = service::create_user(
+                        store.as_ref(),
+                        &login,
+                        name.as_deref(),
+                        email.as_deref(),
+                    )
+                    .await?;
+                    emit(json, &u, |u| format!("created user {} ({})", u.login, u.id))
+                }
+                UserCmd::Link { login, identity } => {
+                    service::link_identity(store.as_ref(), &login, &identity).await?;
+                    emit(
+                        json,
+                        &serde_json::json!({"user": login, "identity": identity}),
+                        |_| format!("linked {identity} to {login}"),
+                    )
+                }
+            }
+        }
+        Command::Workspace(cmd) => {
+            let store = open_store(&config).await?;
+            match cmd {
+                WorkspaceCmd::Create { name, owner } => {
+                    let ws = service::create_workspace(store.as_ref(), &name, &owner).await?;
+                    emit(json, &ws, |w| {
+                        format!("created workspace {} ({}) owned by {owner}", w.name, w.id)
+                    })
+                }
+                WorkspaceCmd::List => {
+                    let list = store.list_workspaces().await?;
+                    emit(json, &list, |l| {
+                        l.iter()
+                            .map(|w| format!("{}\t{}", w.name, w.id))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                }
+            }
+        }
+        Command::Repo(cmd) => {
+            let store = open_store(&config).await?;
+            match cmd {
+                RepoCmd::Connect {
+                    workspace,
+                    repo,
+                    api_url,
+                    git_url,
+                } => {
+                    let c = service::connect_repo(
+                        store.as_ref(),
+                        &config,
+                        &workspace,
+                        &repo,
+                        api_url.as_deref(),
+                        git_url.as_deref(),
+                    )
+                    .await?;
+                    emit(json, &c, |c| {
+                        format!(
+                            "connected {}:{} to workspace {}\n\nconnection id: {}\nwebhook URL:   {}\nsecret:        {}\n(the secret is shown this once; rotate it with `endor repo rotate-secret {}`)\n\n{}",
+                            c.forge,
+                            c.repo,
+                            c.workspace,
+                            c.connection_id,
+                            c.webhook_url,
+                            c.secret,
+                            c.connection_id,
+                            c.instructions
+                        )
+                    })
+                }
+                RepoCmd::List { workspace } => {
+                    let list =
+                        service::list_repos(store.as_ref(), &config, workspace.as_deref()).await?;
+                    emit(json, &list, |l| {
+                        l.iter()
+                            .map(|c| {
+                                format!(
+                                    "{}\t{}:{}\t{}{}",
+                                    c.connection_id,
+                                    c.forge,
+                                    c.repo,
+                                    c.webhook_url,
+                                    if c.rotating { "\t(rotating)" } else { "" }
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                }
+                RepoCmd::RotateSecret {
+                    connection_id,
+                    retire_old,
+                } => {
+                    let r =
+                        service::rotate_secret(store.as_ref(), &connection_id, retire_old).await?;
+                    emit(json, &r, |r| match &r.secret {
+                        Some(s) => format!(
+                            "new secret: {s}\nthe previous secret stays accepted until `endor repo rotate-secret {} --retire-old`",
+                            r.connection_id
+                        ),
+                        None => {
+                            "previous secret retired: only the current secret is accepted".into()
+                        }
+                    })
+                }
+                RepoCmd::Delete { connection_id } => {
+                    service::delete_repo(store.as_ref(), &connection_id).await?;
+                    emit(json, &serde_json::json!({"deleted": connection_id}), |_| {
+                        format!("deleted connection {connection_id}")
+                    })
+                }
+            }
+        }
+        Command::Delivery(DeliveryCmd::List { connection, limit }) => {
+            let store = open_store(&config).await?;
+            let list = store.list_deliveries(connection.as_deref(), limit).await?;
+            emit(json, &list, |l| {
+                l.iter()
+                    .map(|d| {
+                        format!(
+                            "{}\t{}\t{}\t{}\t{}",
+                            d.delivery_key,
+                            d.forge,
+                            d.event,
+                            d.action.as_deref().unwrap_or("-"),
+                            d.outcome
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

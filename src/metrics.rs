@@ -1,0 +1,71 @@
+//! Prometheus metrics served at `GET /metrics`. One registry per process; families are added
+//! here as capabilities land, so `/metrics` lists only what is really measured.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub forge: &'static str,
+    /// The event kind for authenticated deliveries; `-` for rejected ones (an unauthenticated
+    /// header must not create label values).
+    pub event: String,
+    pub outcome: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    /// Seconds from a delivery's arrival to its durable commit.
+    pub delivery_store_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("endor");
+        let deliveries = Family::<DeliveryLabels, Counter>::default();
+        registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by forge, event and outcome",
+            deliveries.clone(),
+        );
+        let delivery_store_seconds = Histogram::new(
+            [
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "webhook_store_seconds",
+            "Time from a delivery's arrival to its durable commit",
+            delivery_store_seconds.clone(),
+        );
+        Self {
+            registry,
+            deliveries,
+            delivery_store_seconds,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn delivery(&self, forge: &'static str, event: &str, outcome: &'static str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                forge,
+                event: event.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,88 @@
+//! The HTTP server: webhook receiver, health, readiness and metrics on `server.listen`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::store::{self, Backend, DeliveryWriter, Store};
+use crate::webhooks;
+
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub writer: DeliveryWriter,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Open the store, apply migrations and start the delivery writer.
+    pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
+        let store = store::connect(&config.store.url, config.store.max_connections).await?;
+        store.migrate().await?;
+        let writers = match store.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 4,
+        };
+        let writer = DeliveryWriter::spawn(store.clone(), config.webhooks.max_batch, writers);
+        Ok(Arc::new(Self {
+            config,
+            store,
+            writer,
+            metrics: Arc::new(Metrics::default()),
+        }))
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/webhooks/{forge}/{connection_id}", post(webhooks::receive))
+        .with_state(state)
+}
+
+async fn healthz() -> Response {
+    (StatusCode::OK, axum::Json(json!({"status": "ok"}))).into_response()
+}
+
+async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    match app.store.ready().await {
+        Ok(()) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response(),
+        Err(e) => {
+            webhooks::error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
+        }
+    }
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Serve until `shutdown` resolves.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tracing::info!(addr = %listener.local_addr()?, store = ?state.store.backend(), "endor listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! Operations on users, workspaces and repository connections, shared by the CLI and (later)
+//! the JSON API, so that no rule is checked in only one of them. Validation of user-supplied
+//! names lives here.
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::forge::{ForgeKind, RepoRef};
+use crate::secret::WebhookSecret;
+use crate::store::{NewConnection, Store, StoreError, User, Workspace};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T> = std::result::Result<T, ServiceError>;
+
+/// Logins and workspace names: 1–64 characters of letters, digits, `-`, `_`, `.`, not starting
+/// with `-` or `.` (they end up in URLs, paths and command lines).
+pub fn validate_name(kind: &str, s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with(['-', '.'])
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::Invalid(format!(
+            "invalid {kind} `{}`: use 1-64 letters, digits, `-`, `_` or `.`, not starting with `-` or `.`",
+            s.escape_debug()
+        )))
+    }
+}
+
+fn validate_url(key: &str, url: &str, schemes: &[&str]) -> Result<()> {
+    let scheme_ok = schemes.iter().any(|s| url.starts_with(&format!("{s}://")));
+    if !scheme_ok || url.len() > 2048 || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ServiceError::Invalid(format!(
+            "invalid {key} `{}`: expected a {} URL without spaces",
+            url.escape_debug(),
+            schemes.join("/")
+        )));
+    }
+    Ok(())
+}
+
+pub async fn create_user(
+    store: &dyn Store,
+    login: &str,
+    name: Option<&str>,
+    email: Option<&str>,
+) -> Result<User> {
+    validate_name("login", login)?;
+    if let Some(e) = email
+        && (!e.contains('@') || e.len() > 254 || e.chars().any(char::is_control))
+    {
+        return Err(ServiceError::Invalid(format!(
+            "invalid email `{}`",
+            e.escape_debug()
+        )));
+    }
+    Ok(store.create_user(login, name, email).await?)
+}
+
+async fn user(store: &dyn Store, login: &str) -> Result<User> {
+    store
+        .user_by_login(login)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("user {login}")))
+}
+
+/// `identity` is `github:NAME`, `gitlab:NAME` or `gitea:NAME`.
+pub async fn link_identity(store: &dyn Store, login: &str, identity: &str) -> Result<()> {
+    let (forge, name) = identity
+        .split_once(':')
+        .and_then(|(f, n)| Some((ForgeKind::parse(&f.to_ascii_lowercase())?, n)))
+        .ok_or_else(|| {
+            ServiceError::Invalid(format!(
+                "identity must be FORGE:LOGIN (github, gitlab or gitea), got `{}`",
+                identity.escape_debug()
+            ))
+        })?;
+    validate_name("forge login", name.trim_end_matches("[bot]"))?;
+    let u = user(store, login).await?;
+    Ok(store.link_identity(&u.id, forge, name).await?)
+}
+
+pub async fn create_workspace(
+    store: &dyn Store,
+    name: &str,
+    owner_login: &str,
+) -> Result<Workspace> {
+    validate_name("workspace name", name)?;
+    let owner = user(store, owner_login).await?;
+    Ok(store.create_workspace(name, &owner.id).await?)
+}
+
+pub async fn workspace(store: &dyn Store, name: &str) -> Result<Workspace> {
+    store
+        .workspace_by_name(name)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("workspace {name}")))
+}
+
+/// What `repo connect` prints: the secret appears here and nowhere else, ever.
+#[derive(Debug, Serialize)]
+pub struct Connected {
+    pub connection_id: String,
+    pub workspace: String,
+    pub forge: ForgeKind,
+    pub repo: String,
+    pub webhook_url: String,
+    pub secret: String,
+    pub content_type: &'static str,
+    pub events: Vec<&'static str>,
+    pub instructions: String,
+}
+
+pub fn setup_instructions(forge: ForgeKind, url: &str) -> (Vec<&'static str>, String) {
+    match forge {
+        ForgeKind::Github => (
+            vec!["pull_request", "issue_comment"],
+            format!(
+                "In the repository: Settings → Webhooks → Add webhook.\n  Payload URL: {url}\n  Content type: application/json\n  Secret: the secret above\n  Events: \"Let me select individual events\" → Pull requests, Issue comments."
+            ),
+        ),
+        ForgeKind::Gitlab => (
+            vec!["Merge request events", "Comments"],
+            format!(
+                "In the project: Settings → Webhooks → Add new webhook.\n  URL: {url}\n  Secret token: the secret above\n  Trigger: Merge request events, Comments."
+            ),
+        ),
+        ForgeKind::Gitea => (
+            vec!["pull_request", "issue_comment"],
+            format!(
+                "In the repository: Settings → Webhooks → Add Webhook → Gitea.\n  Target URL: {url}\n  HTTP method: POST, POST content type: application/json\n  Secret: the secret above\n  Trigger on: Custom events → Pull request, Issue comment."
+            ),
+        ),
+    }
+}
+
+pub async fn connect_repo(
+    store: &dyn Store,
+    cfg: &Config,
+    workspace_name: &str,
+    repo: &str,
+    api_url: Option<&str>,
+    git_url: Option<&str>,
+) -> Result<Connected> {
+    let repo = RepoRef::parse(repo).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+    if let Some(u) = api_url {
+        validate_url("--api-url", u, &["http", "https"])?;
+    }
+    if let Some(u) = git_url {
+        validate_url("--git-url", u, &["http", "https", "ssh", "git", "file"])?;
+    }
+    let ws = workspace(store, workspace_name).await?;
+    let secret = WebhookSecret::generate();
+    let conn = store
+        .create_connection(&NewConnection {
+            workspace_id: ws.id.clone(),
+            forge: repo.forge,
+            repo: repo.path.clone(),
+            api_url: api_url.map(str::to_string),
+            git_url: git_url.map(str::to_string),
+            secret: secret.clone(),
+        })
+        .await?;
+    let webhook_url = cfg.webhook_url(repo.forge, &conn.id);
+    let (events, instructions) = setup_instructions(repo.forge, &webhook_url);
+    tracing::info!(connection = %conn.id, repo = %repo, workspace = %ws.name, "repository connected");
+    Ok(Connected {
+        connection_id: conn.id,
+        workspace: ws.name,
+        forge: repo.forge,
+        repo: repo.path,
+        webhook_url,
+        secret: secret.expose().to_string(),
+        content_type: "application/json",
+        events,
+        instructions,
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct Rotated {
+    pub connection_id: String,
+    /// The new secret (absent when only retiring the old one).
+    pub secret: Option<String>,
+    /// Whether the previous secret is still accepted.
+    pub previous_accepted: bool,
+}
+
+/// Without `retire_old`: a new secret becomes current and the old one stays accepted.
+/// With it: only the current secret is accepted from now on.
+pub async fn rotate_secret(store: &dyn Store, id: &str, retire_old: bool) -> Result<Rotated> {
+    let conn = store
+        .connection(id)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("connection {id}")))?;
+    let (secret, previous, fresh) = if retire_old {
+        (conn.secret.clone(), None, None)
+    } else {
+        let fresh = WebhookSecret::generate();
+        (fresh.clone(), Some(conn.secret.clone()), Some(fresh))
+    };
+    if !store
+        .set_connection_secrets(id, &secret, previous.as_ref())
+        .await?
+    {
+        return Err(ServiceError::NotFound(format!("connection {id}")));
+    }
+    tracing::info!(connection = %id, retire_old, "webhook secret rotated");
+    Ok(Rotated {
+        connection_id: id.to_string(),
+        secret: fresh.map(|s| s.expose().to_string()),
+        previous_accepted: previous.is_some(),
+    })
+}
+
+#[derive(Debug, Serialize)]
+pub struct ConnectionInfo {
+    pub connection_id: String,
+    pub workspace_id: String,
+    pub forge: ForgeKind,
+    pub repo: String,
+    pub webhook_url: String,
+    pub api_url: Option<String>,
+    pub git_url: Option<String>,
+    pub rotating: bool,
+    pub created_at: i64,
+}
+
+pub async fn list_repos(
+    store: &dyn Store,
+    cfg: &Config,
+    workspace_name: Option<&str>,
+) -> Result<Vec<ConnectionInfo>> {
+    let ws_id = match workspace_name {
+        Some(n) => Some(workspace(store, n).await?.id),
+        None => None,
+    };
+    Ok(store
+        .list_connections(ws_id.as_deref())
+        .await?
+        .into_iter()
+        .map(|c| ConnectionInfo {
+            webhook_url: cfg.webhook_url(c.forge, &c.id),
+            connection_id: c.id,
+            workspace_id: c.workspace_id,
+            forge: c.forge,
+            repo: c.repo,
+            api_url: c.api_url,
+            git_url: c.git_url,
+            rotating: c.previous_secret.is_some(),
+            created_at: c.created_at,
+        })
+        .collect())
+}
+
+pub async fn delete_repo(store: &dyn Store, id: &str) -> Result<()> {
+    if store.delete_connection(id).await? {
+        tracing::info!(connection = %id, "repository connection deleted");
+        Ok(())
+    } else {
+        Err(ServiceError::NotFound(format!("connection {id}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for ok in ["alice", "a.b-c_d", "A1"] {
+            validate_name("login", ok).unwrap();
+        }
+        for bad in [
+            "",
+            "-rf",
+            ".hidden",
+            "a b",
+            "a/b",
+            "../x",
+            "a;b",
+            "$(x)",
+            "é",
+            &"x".repeat(65),
+            "a\0b",
+        ] {
+            assert!(validate_name("login", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn urls() {
+        validate_url("--git-url", "file:///tmp/repo.git", &["file"]).unwrap();
+        assert!(validate_url("--git-url", "-uhttp://x", &["http"]).is_err());
+        assert!(validate_url("--git-url", "file:///tmp/a b", &["file"]).is_err());
+        assert!(validate_url("--api-url", "ftp://x", &["http", "https"]).is_err());
+    }
+}

@@ -1,0 +1,233 @@
+//! Persistence behind one narrow trait, [`Store`], with two implementations that share every
+//! query and every test: SQLite (the embedded default, WAL, `synchronous=FULL`) and
+//! PostgreSQL. The SQL is written once (`sql.rs`), in the dialect both accept (`$N`
+//! placeholders, `ON CONFLICT`, `RETURNING`, integers for timestamps in Unix milliseconds);
+//! only the DDL differs, in `migrations/sqlite` and `migrations/postgres`.
+//!
+//! This module knows nothing of HTTP or forges' payloads: it stores what it is given.
+
+mod group_commit;
+mod postgres;
+mod sql;
+mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub use group_commit::DeliveryWriter;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use crate::forge::ForgeKind;
+use crate::secret::WebhookSecret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct User {
+    pub id: String,
+    pub login: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Workspace {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// A repository connected to a workspace: where its webhooks arrive and how they are checked.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub id: String,
+    pub workspace_id: String,
+    pub forge: ForgeKind,
+    /// `owner/name` (GitLab: full namespace path).
+    pub repo: String,
+    pub api_url: Option<String>,
+    pub git_url: Option<String>,
+    pub secret: WebhookSecret,
+    /// The secret before the last rotation, accepted until retired.
+    pub previous_secret: Option<WebhookSecret>,
+    pub created_at: i64,
+}
+
+impl Connection {
+    /// Every secret a delivery may currently be signed with.
+    pub fn accepted_secrets(&self) -> Vec<&WebhookSecret> {
+        std::iter::once(&self.secret)
+            .chain(self.previous_secret.as_ref())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    pub workspace_id: String,
+    pub forge: ForgeKind,
+    pub repo: String,
+    pub api_url: Option<String>,
+    pub git_url: Option<String>,
+    pub secret: WebhookSecret,
+}
+
+/// What the webhook receiver decided about a delivery it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryOutcome {
+    /// An event endor acts on; work will be done for it.
+    Queued,
+    /// Authentic and well-formed, but nothing to do.
+    Ignored,
+}
+
+impl DeliveryOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Queued => "queued",
+            DeliveryOutcome::Ignored => "ignored",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub id: String,
+    pub connection_id: String,
+    /// The forge's delivery id (or one we generated when the forge sent none); unique per
+    /// connection, which is what makes redeliveries duplicates.
+    pub delivery_key: String,
+    pub forge: ForgeKind,
+    pub event: String,
+    pub action: Option<String>,
+    pub outcome: DeliveryOutcome,
+    pub reason: Option<String>,
+    /// The normalized [`crate::forge::ForgeEvent`] as JSON, for acted-on deliveries.
+    pub normalized: Option<String>,
+    /// The raw body exactly as received (after form decoding for GitHub's form content type).
+    pub payload: Vec<u8>,
+    pub received_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    New,
+    Duplicate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Delivery {
+    pub id: String,
+    pub connection_id: String,
+    pub delivery_key: String,
+    pub forge: String,
+    pub event: String,
+    pub action: Option<String>,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub normalized: Option<String>,
+    #[serde(skip)]
+    pub payload: Vec<u8>,
+    pub received_at: i64,
+}
+
+/// The persistence operations endor needs, nothing more.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+    /// Apply this backend's embedded migrations.
+    async fn migrate(&self) -> Result<()>;
+    /// The store answers and every embedded migration is applied.
+    async fn ready(&self) -> Result<()>;
+
+    async fn create_user(
+        &self,
+        login: &str,
+        name: Option<&str>,
+        email: Option<&str>,
+    ) -> Result<User>;
+    async fn user_by_login(&self, login: &str) -> Result<Option<User>>;
+    /// Link a forge identity (`github:octocat`) to a user; one user per identity.
+    async fn link_identity(&self, user_id: &str, forge: ForgeKind, login: &str) -> Result<()>;
+    async fn user_by_identity(&self, forge: ForgeKind, login: &str) -> Result<Option<User>>;
+
+    /// Create a workspace with `owner_id` as its first owner, atomically.
+    async fn create_workspace(&self, name: &str, owner_id: &str) -> Result<Workspace>;
+    async fn workspace_by_name(&self, name: &str) -> Result<Option<Workspace>>;
+    async fn list_workspaces(&self) -> Result<Vec<Workspace>>;
+    /// The member's roles in a workspace (empty when not a member).
+    async fn member_roles(&self, workspace_id: &str, user_id: &str) -> Result<Vec<String>>;
+
+    async fn create_connection(&self, c: &NewConnection) -> Result<Connection>;
+    /// A live (not deleted) connection.
+    async fn connection(&self, id: &str) -> Result<Option<Connection>>;
+    async fn list_connections(&self, workspace_id: Option<&str>) -> Result<Vec<Connection>>;
+    /// Replace the accepted secrets of a live connection; false if there is none.
+    async fn set_connection_secrets(
+        &self,
+        id: &str,
+        secret: &WebhookSecret,
+        previous: Option<&WebhookSecret>,
+    ) -> Result<bool>;
+    /// Soft-delete: the connection stops accepting deliveries; its history stays.
+    async fn delete_connection(&self, id: &str) -> Result<bool>;
+
+    /// Store a batch of deliveries in one transaction (group commit). Each result says whether
+    /// the delivery was new or a redelivery of one already stored.
+    async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<Inserted>>;
+    async fn count_deliveries(&self, connection_id: Option<&str>) -> Result<i64>;
+    /// Newest first.
+    async fn list_deliveries(
+        &self,
+        connection_id: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Delivery>>;
+}
+
+/// Open the store named by `url` (`sqlite:...` or `postgres://...`).
+pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url, max_connections).await?))
+    } else {
+        Err(StoreError::Unavailable(
+            "store.url must start with sqlite: or postgres://".into(),
+        ))
+    }
+}
+
+pub fn new_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod tests;

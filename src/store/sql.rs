@@ -1,0 +1,337 @@
+//! The one body of SQL both backends run. `impl_store!` expands it for a store type whose
+//! `pool` field is a `sqlx::Pool` of the given database: the queries are written once, so the
+//! SQLite and PostgreSQL implementations cannot drift apart.
+
+use super::{Connection, StoreError};
+use crate::forge::ForgeKind;
+use crate::secret::WebhookSecret;
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ConnectionRow {
+    pub id: String,
+    pub workspace_id: String,
+    pub forge: String,
+    pub repo: String,
+    pub api_url: Option<String>,
+    pub git_url: Option<String>,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub created_at: i64,
+}
+
+impl TryFrom<ConnectionRow> for Connection {
+    type Error = StoreError;
+    fn try_from(r: ConnectionRow) -> Result<Self, StoreError> {
+        let forge = ForgeKind::parse(&r.forge).ok_or_else(|| {
+            StoreError::Corrupt(format!("connection {} has unknown forge {}", r.id, r.forge))
+        })?;
+        Ok(Connection {
+            id: r.id,
+            workspace_id: r.workspace_id,
+            forge,
+            repo: r.repo,
+            api_url: r.api_url,
+            git_url: r.git_url,
+            secret: WebhookSecret::from_stored(r.secret),
+            previous_secret: r.previous_secret.map(WebhookSecret::from_stored),
+            created_at: r.created_at,
+        })
+    }
+}
+
+pub(super) fn map_unique(what: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+    move |e| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            StoreError::Conflict(what.to_string())
+        }
+        _ => StoreError::Db(e),
+    }
+}
+
+macro_rules! connection_columns {
+    () => {
+        "id, workspace_id, forge, repo, api_url, git_url, secret, previous_secret, created_at"
+    };
+}
+pub(super) use connection_columns;
+
+macro_rules! impl_store {
+    ($store:ty, $backend:expr, $migrator:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            fn backend(&self) -> $crate::store::Backend {
+                $backend
+            }
+
+            async fn migrate(&self) -> $crate::store::Result<()> {
+                $migrator.run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn ready(&self) -> $crate::store::Result<()> {
+                let applied: Vec<(i64,)> =
+                    sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
+                        .fetch_all(&self.pool)
+                        .await?;
+                for m in $migrator.iter() {
+                    if !applied.iter().any(|(v,)| *v == m.version) {
+                        return Err($crate::store::StoreError::Unavailable(format!(
+                            "migration {} is not applied",
+                            m.version
+                        )));
+                    }
+                }
+                Ok(())
+            }
+
+            async fn create_user(
+                &self,
+                login: &str,
+                name: Option<&str>,
+                email: Option<&str>,
+            ) -> $crate::store::Result<$crate::store::User> {
+                sqlx::query_as(
+                    "INSERT INTO users (id, login, name, email, created_at) VALUES ($1, $2, $3, $4, $5) \
+                     RETURNING id, login, name, email, created_at",
+                )
+                .bind($crate::store::new_id())
+                .bind(login)
+                .bind(name)
+                .bind(email)
+                .bind($crate::now_ms())
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::store::sql::map_unique(&format!("user {login}")))
+            }
+
+            async fn user_by_login(&self, login: &str) -> $crate::store::Result<Option<$crate::store::User>> {
+                Ok(sqlx::query_as("SELECT id, login, name, email, created_at FROM users WHERE login = $1")
+                    .bind(login)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn link_identity(
+                &self,
+                user_id: &str,
+                forge: $crate::forge::ForgeKind,
+                login: &str,
+            ) -> $crate::store::Result<()> {
+                sqlx::query("INSERT INTO identities (forge, login, user_id) VALUES ($1, $2, $3)")
+                    .bind(forge.as_str())
+                    .bind(login.to_lowercase())
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::map_unique(&format!("identity {forge}:{login}")))?;
+                Ok(())
+            }
+
+            async fn user_by_identity(
+                &self,
+                forge: $crate::forge::ForgeKind,
+                login: &str,
+            ) -> $crate::store::Result<Option<$crate::store::User>> {
+                Ok(sqlx::query_as(
+                    "SELECT u.id, u.login, u.name, u.email, u.created_at FROM users u \
+                     JOIN identities i ON i.user_id = u.id WHERE i.forge = $1 AND i.login = $2",
+                )
+                .bind(forge.as_str())
+                .bind(login.to_lowercase())
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn create_workspace(
+                &self,
+                name: &str,
+                owner_id: &str,
+            ) -> $crate::store::Result<$crate::store::Workspace> {
+                let mut tx = self.pool.begin().await?;
+                let ws: $crate::store::Workspace = sqlx::query_as(
+                    "INSERT INTO workspaces (id, name, created_at) VALUES ($1, $2, $3) RETURNING id, name, created_at",
+                )
+                .bind($crate::store::new_id())
+                .bind(name)
+                .bind($crate::now_ms())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err($crate::store::sql::map_unique(&format!("workspace {name}")))?;
+                sqlx::query("INSERT INTO members (workspace_id, user_id, roles) VALUES ($1, $2, 'owner')")
+                    .bind(&ws.id)
+                    .bind(owner_id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(ws)
+            }
+
+            async fn workspace_by_name(&self, name: &str) -> $crate::store::Result<Option<$crate::store::Workspace>> {
+                Ok(sqlx::query_as("SELECT id, name, created_at FROM workspaces WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn list_workspaces(&self) -> $crate::store::Result<Vec<$crate::store::Workspace>> {
+                Ok(sqlx::query_as("SELECT id, name, created_at FROM workspaces ORDER BY name")
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn member_roles(&self, workspace_id: &str, user_id: &str) -> $crate::store::Result<Vec<String>> {
+                let row: Option<(String,)> =
+                    sqlx::query_as("SELECT roles FROM members WHERE workspace_id = $1 AND user_id = $2")
+                        .bind(workspace_id)
+                        .bind(user_id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                Ok(row
+                    .map(|(r,)| r.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+                    .unwrap_or_default())
+            }
+
+            async fn create_connection(
+                &self,
+                c: &$crate::store::NewConnection,
+            ) -> $crate::store::Result<$crate::store::Connection> {
+                let row: $crate::store::sql::ConnectionRow = sqlx::query_as(concat!(
+                    "INSERT INTO connections (id, workspace_id, forge, repo, api_url, git_url, secret, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+                    $crate::store::sql::connection_columns!()
+                ))
+                .bind($crate::store::new_id())
+                .bind(&c.workspace_id)
+                .bind(c.forge.as_str())
+                .bind(&c.repo)
+                .bind(&c.api_url)
+                .bind(&c.git_url)
+                .bind(c.secret.expose())
+                .bind($crate::now_ms())
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::store::sql::map_unique("connection"))?;
+                row.try_into()
+            }
+
+            async fn connection(&self, id: &str) -> $crate::store::Result<Option<$crate::store::Connection>> {
+                let row: Option<$crate::store::sql::ConnectionRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::connection_columns!(),
+                    " FROM connections WHERE id = $1 AND deleted_at IS NULL"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn list_connections(
+                &self,
+                workspace_id: Option<&str>,
+            ) -> $crate::store::Result<Vec<$crate::store::Connection>> {
+                let rows: Vec<$crate::store::sql::ConnectionRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::connection_columns!(),
+                    " FROM connections WHERE deleted_at IS NULL AND ($1 IS NULL OR workspace_id = $1) \
+                     ORDER BY created_at, id"
+                ))
+                .bind(workspace_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn set_connection_secrets(
+                &self,
+                id: &str,
+                secret: &$crate::secret::WebhookSecret,
+                previous: Option<&$crate::secret::WebhookSecret>,
+            ) -> $crate::store::Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE connections SET secret = $1, previous_secret = $2, rotated_at = $3 \
+                     WHERE id = $4 AND deleted_at IS NULL",
+                )
+                .bind(secret.expose())
+                .bind(previous.map(|p| p.expose()))
+                .bind($crate::now_ms())
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn delete_connection(&self, id: &str) -> $crate::store::Result<bool> {
+                let done = sqlx::query("UPDATE connections SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
+                    .bind($crate::now_ms())
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn insert_deliveries(
+                &self,
+                batch: &[$crate::store::NewDelivery],
+            ) -> $crate::store::Result<Vec<$crate::store::Inserted>> {
+                let mut tx = self.pool.begin().await?;
+                let mut out = Vec::with_capacity(batch.len());
+                for d in batch {
+                    let done = sqlx::query(
+                        "INSERT INTO deliveries (id, connection_id, delivery_key, forge, event, action, outcome, \
+                         reason, normalized, payload, received_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                         ON CONFLICT (connection_id, delivery_key) DO NOTHING",
+                    )
+                    .bind(&d.id)
+                    .bind(&d.connection_id)
+                    .bind(&d.delivery_key)
+                    .bind(d.forge.as_str())
+                    .bind(&d.event)
+                    .bind(&d.action)
+                    .bind(d.outcome.as_str())
+                    .bind(&d.reason)
+                    .bind(&d.normalized)
+                    .bind(&d.payload)
+                    .bind(d.received_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    out.push(if done.rows_affected() == 1 {
+                        $crate::store::Inserted::New
+                    } else {
+                        $crate::store::Inserted::Duplicate
+                    });
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn count_deliveries(&self, connection_id: Option<&str>) -> $crate::store::Result<i64> {
+                let (n,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE ($1 IS NULL OR connection_id = $1)")
+                        .bind(connection_id)
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok(n)
+            }
+
+            async fn list_deliveries(
+                &self,
+                connection_id: Option<&str>,
+                limit: i64,
+            ) -> $crate::store::Result<Vec<$crate::store::Delivery>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, connection_id, delivery_key, forge, event, action, outcome, reason, normalized, \
+                     payload, received_at FROM deliveries WHERE ($1 IS NULL OR connection_id = $1) \
+                     ORDER BY received_at DESC, id DESC LIMIT $2",
+                )
+                .bind(connection_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+        }
+    };
+}
+
+pub(super) use impl_store;

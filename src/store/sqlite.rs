@@ -1,0 +1,45 @@
+//! The embedded default store: one SQLite file in WAL mode with `synchronous=FULL`, so a
+//! committed transaction survives a crash of the process and of the machine. Writes of
+//! deliveries are batched by [`super::DeliveryWriter`] (group commit), which is what makes
+//! FULL durability affordable.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+use super::{Backend, Result, StoreError, sql::impl_store};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unavailable(format!("bad sqlite url: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        if let Some(parent) = Path::new(opts.get_filename()).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max_connections)
+            .connect_with(opts)
+            .await?;
+        Ok(Self { pool })
+    }
+}
+
+impl_store!(SqliteStore, Backend::Sqlite, MIGRATOR);

@@ -1,0 +1,364 @@
+//! `POST /webhooks/{forge}/{connection_id}`: verify → dedupe → persist → reply; nothing else.
+//!
+//! Order of checks (each rejection stores nothing but a counter and a log line):
+//! unknown forge or connection → 404; body over the limit → 413; signature → 401;
+//! missing event header or a body that is not the JSON the event needs → 400.
+//! Then the delivery is committed to the store (group commit) **before** the reply:
+//! 202 `queued` for events endor acts on, 200 `ignored` for the rest, 200 `duplicate` for a
+//! delivery id already stored, 200 for `ping`. No work happens here: the reply never waits for
+//! anything but the commit.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::forge::{Classified, ForgeKind, signature};
+use crate::server::AppState;
+use crate::store::{DeliveryOutcome, Inserted, NewDelivery, new_id};
+
+/// The JSON error body used by every endpoint: `{"error": {"code", "message"}}`.
+pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    (
+        status,
+        axum::Json(json!({"error": {"code": code, "message": message.into()}})),
+    )
+        .into_response()
+}
+
+struct Rejection {
+    status: StatusCode,
+    code: &'static str,
+    outcome: &'static str,
+    message: String,
+}
+
+fn reject(
+    status: StatusCode,
+    code: &'static str,
+    outcome: &'static str,
+    message: impl Into<String>,
+) -> Rejection {
+    Rejection {
+        status,
+        code,
+        outcome,
+        message: message.into(),
+    }
+}
+
+pub async fn receive(
+    State(app): State<Arc<AppState>>,
+    Path((forge, connection_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let Some(forge) = ForgeKind::parse(&forge) else {
+        return error_response(StatusCode::NOT_FOUND, "not_found", "unknown forge");
+    };
+    match handle(&app, forge, &connection_id, &headers, body, started).await {
+        Ok(resp) => resp,
+        Err(r) => {
+            app.metrics.delivery(forge.as_str(), "-", r.outcome);
+            tracing::warn!(forge = %forge, connection = %connection_id.escape_debug(), status = r.status.as_u16(), reason = %r.message, "webhook delivery rejected");
+            error_response(r.status, r.code, r.message)
+        }
+    }
+}
+
+async fn handle(
+    app: &AppState,
+    forge: ForgeKind,
+    connection_id: &str,
+    headers: &HeaderMap,
+    body: Body,
+    started: Instant,
+) -> Result<Response, Rejection> {
+    let limit = app.config.webhooks.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+
+    // Connection ids are UUIDs; anything else cannot exist and costs no query.
+    let unknown = || {
+        reject(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "not_found",
+            "unknown connection",
+        )
+    };
+    if connection_id.len() != 36
+        || !connection_id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || b == b'-')
+    {
+        return Err(unknown());
+    }
+    let conn = match app.store.connection(connection_id).await {
+        Ok(Some(c)) if c.forge == forge => c,
+        Ok(_) => return Err(unknown()),
+        Err(e) => {
+            return Err(reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "error",
+                e.to_string(),
+            ));
+        }
+    };
+
+    let raw: Bytes = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(e) => {
+            let is_limit = e
+                .into_inner()
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some();
+            return Err(if is_limit {
+                too_large(limit)
+            } else {
+                reject(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "bad_request",
+                    "could not read the request body",
+                )
+            });
+        }
+    };
+
+    // Authenticity over the raw bytes, before anything is parsed.
+    signature::verify(forge, headers, &raw, &conn.accepted_secrets()).map_err(|e| {
+        reject(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unauthorized",
+            e.to_string(),
+        )
+    })?;
+
+    let event_header = forge.event_header();
+    let event = headers
+        .get(event_header)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| {
+            reject(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "bad_request",
+                format!("missing {event_header} header"),
+            )
+        })?
+        .to_string();
+
+    let delivery_key = delivery_key(forge, headers)?;
+    let payload = decode_body(forge, headers, raw)?;
+
+    let classified = forge.classify(&event, &payload).map_err(|e| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "bad_request",
+            e.to_string(),
+        )
+    })?;
+
+    let (outcome, action, reason, normalized) = match classified {
+        Classified::Ping => {
+            app.metrics.delivery(forge.as_str(), &event, "ping");
+            return Ok((StatusCode::OK, axum::Json(json!({"status": "pong"}))).into_response());
+        }
+        Classified::Ignored { action, reason } => {
+            (DeliveryOutcome::Ignored, action, Some(reason), None)
+        }
+        Classified::Acted(ev) if !ev.repo.eq_ignore_ascii_case(&conn.repo) => {
+            let reason = format!(
+                "event is for repository {}, not the connected {}",
+                ev.repo, conn.repo
+            );
+            (
+                DeliveryOutcome::Ignored,
+                Some(ev.action_name().to_string()),
+                Some(reason),
+                None,
+            )
+        }
+        Classified::Acted(ev) => {
+            let normalized = serde_json::to_string(&ev).map_err(|e| {
+                reject(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "error",
+                    e.to_string(),
+                )
+            })?;
+            (
+                DeliveryOutcome::Queued,
+                Some(ev.action_name().to_string()),
+                None,
+                Some(normalized),
+            )
+        }
+    };
+
+    let id = new_id();
+    let stored = app
+        .writer
+        .write(NewDelivery {
+            id: id.clone(),
+            connection_id: conn.id.clone(),
+            delivery_key: delivery_key.clone(),
+            forge,
+            event: event.clone(),
+            action,
+            outcome,
+            reason: reason.clone(),
+            normalized,
+            payload: payload.to_vec(),
+            received_at: crate::now_ms(),
+        })
+        .await
+        .map_err(|e| {
+            reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "error",
+                e.to_string(),
+            )
+        })?;
+    app.metrics
+        .delivery_store_seconds
+        .observe(started.elapsed().as_secs_f64());
+
+    let event_label = event_label(&event);
+    let resp = match (stored, outcome) {
+        (Inserted::Duplicate, _) => {
+            app.metrics
+                .delivery(forge.as_str(), event_label, "duplicate");
+            tracing::info!(forge = %forge, connection = %conn.id, delivery = %delivery_key, "duplicate delivery");
+            (
+                StatusCode::OK,
+                axum::Json(json!({"status": "duplicate", "delivery": delivery_key})),
+            )
+        }
+        (Inserted::New, DeliveryOutcome::Queued) => {
+            app.metrics.delivery(forge.as_str(), event_label, "queued");
+            tracing::info!(forge = %forge, connection = %conn.id, delivery = %delivery_key, event = %event, "delivery queued");
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({"status": "queued", "delivery": delivery_key})),
+            )
+        }
+        (Inserted::New, DeliveryOutcome::Ignored) => {
+            app.metrics.delivery(forge.as_str(), event_label, "ignored");
+            let reason = reason.unwrap_or_default();
+            tracing::debug!(forge = %forge, connection = %conn.id, delivery = %delivery_key, reason = %reason, "delivery ignored");
+            (
+                StatusCode::OK,
+                axum::Json(
+                    json!({"status": "ignored", "reason": reason, "delivery": delivery_key}),
+                ),
+            )
+        }
+    };
+    Ok(resp.into_response())
+}
+
+fn too_large(limit: usize) -> Rejection {
+    reject(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        "too_large",
+        format!("body is over {limit} bytes"),
+    )
+}
+
+/// The forge's delivery id, or a fresh one when the forge sent none (such deliveries cannot
+/// be deduplicated).
+fn delivery_key(forge: ForgeKind, headers: &HeaderMap) -> Result<String, Rejection> {
+    for name in forge.delivery_headers() {
+        if let Some(v) = headers.get(*name) {
+            let ok = v.to_str().ok().filter(|s| {
+                !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())
+            });
+            return ok.map(str::to_string).ok_or_else(|| {
+                reject(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "bad_request",
+                    format!("malformed {name} header"),
+                )
+            });
+        }
+    }
+    Ok(format!("endor-{}", new_id()))
+}
+
+/// GitHub may post `application/x-www-form-urlencoded` with the JSON in the `payload` field.
+fn decode_body(forge: ForgeKind, headers: &HeaderMap, raw: Bytes) -> Result<Bytes, Rejection> {
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !(form && forge == ForgeKind::Github) {
+        return Ok(raw);
+    }
+    let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&raw).map_err(|e| {
+        reject(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "bad_request",
+            format!("bad form body: {e}"),
+        )
+    })?;
+    fields
+        .into_iter()
+        .find(|(k, _)| k == "payload")
+        .map(|(_, v)| Bytes::from(v))
+        .ok_or_else(|| {
+            reject(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "bad_request",
+                "form body has no `payload` field",
+            )
+        })
+}
+
+/// Metric label for an authenticated event header: the known kinds by name, the rest `other`,
+/// so label cardinality stays bounded.
+fn event_label(event: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "pull_request",
+        "issue_comment",
+        "pull_request_comment",
+        "pull_request_sync",
+        "push",
+        "installation",
+        "installation_repositories",
+        "Merge Request Hook",
+        "Note Hook",
+        "Confidential Note Hook",
+        "Push Hook",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == event)
+        .copied()
+        .unwrap_or("other")
+}
