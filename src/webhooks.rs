@@ -15,6 +15,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::forge::{Classified, ForgeKind, signature};
@@ -85,6 +86,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
+        drain(body, limit).await;
         return Err(too_large(limit));
     }
 
@@ -117,25 +119,7 @@ async fn handle(
         }
     };
 
-    let raw: Bytes = match axum::body::to_bytes(body, limit).await {
-        Ok(b) => b,
-        Err(e) => {
-            let is_limit = e
-                .into_inner()
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some();
-            return Err(if is_limit {
-                too_large(limit)
-            } else {
-                reject(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    "bad_request",
-                    "could not read the request body",
-                )
-            });
-        }
-    };
+    let raw = read_body(body, limit).await?;
 
     // Authenticity over the raw bytes, before anything is parsed.
     signature::verify(forge, headers, &raw, &conn.accepted_secrets()).map_err(|e| {
@@ -273,6 +257,46 @@ async fn handle(
         }
     };
     Ok(resp.into_response())
+}
+
+/// Read the whole body, refusing (413) past `limit`. An oversized body is drained first, so
+/// the sender reads the 413 instead of a reset connection.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Rejection> {
+    let mut stream = body.into_data_stream();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| {
+            reject(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "bad_request",
+                "could not read the request body",
+            )
+        })?;
+        if buf.len() + chunk.len() > limit {
+            drain_stream(stream, limit).await;
+            return Err(too_large(limit));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf.freeze())
+}
+
+/// Discard up to `limit` more bytes of a refused body (bounded: a sender that keeps going past
+/// that gets its connection closed).
+async fn drain(body: Body, limit: usize) {
+    drain_stream(body.into_data_stream(), limit).await
+}
+
+async fn drain_stream(mut stream: axum::body::BodyDataStream, budget: usize) {
+    let mut seen = 0usize;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while seen <= budget.max(1024 * 1024) {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(chunk))) => seen += chunk.len(),
+            _ => return,
+        }
+    }
 }
 
 fn too_large(limit: usize) -> Rejection {

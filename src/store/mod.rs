@@ -228,6 +228,3 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> 
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
-
-#[cfg(test)]
-mod tests;

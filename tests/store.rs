@@ -1,0 +1,243 @@
+//! The store suite: every test runs on SQLite and on PostgreSQL.
+
+mod support;
+
+use endor::forge::ForgeKind;
+use endor::secret::WebhookSecret;
+use endor::store::{DeliveryOutcome, Inserted, NewConnection, NewDelivery, StoreError, new_id};
+use support::TestStore;
+
+both_backends!(
+    users_and_identities,
+    workspaces_have_their_creator_as_owner,
+    connections_lifecycle,
+    connection_needs_a_real_secret,
+    deliveries_are_deduplicated_per_connection,
+    readiness_requires_migrations,
+);
+
+async fn users_and_identities(db: &TestStore) {
+    let s = db.store.as_ref();
+    let u = s
+        .create_user("alice", Some("Alice"), Some("a@example.com"))
+        .await
+        .unwrap();
+    assert_eq!(u.login, "alice");
+    assert!(matches!(
+        s.create_user("alice", None, None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.user_by_login("alice").await.unwrap().unwrap().id, u.id);
+    assert!(s.user_by_login("bob").await.unwrap().is_none());
+
+    s.link_identity(&u.id, ForgeKind::Github, "Octocat")
+        .await
+        .unwrap();
+    // Forge logins are case-insensitive.
+    assert_eq!(
+        s.user_by_identity(ForgeKind::Github, "octocat")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        u.id
+    );
+    assert!(
+        s.user_by_identity(ForgeKind::Gitlab, "octocat")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let b = s.create_user("bob", None, None).await.unwrap();
+    assert!(matches!(
+        s.link_identity(&b.id, ForgeKind::Github, "OCTOCAT").await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn workspaces_have_their_creator_as_owner(db: &TestStore) {
+    let s = db.store.as_ref();
+    let u = s.create_user("owner", None, None).await.unwrap();
+    let other = s.create_user("other", None, None).await.unwrap();
+    let ws = s.create_workspace("acme", &u.id).await.unwrap();
+    assert_eq!(
+        s.member_roles(&ws.id, &u.id).await.unwrap(),
+        vec!["owner".to_string()]
+    );
+    assert!(s.member_roles(&ws.id, &other.id).await.unwrap().is_empty());
+    assert!(matches!(
+        s.create_workspace("acme", &u.id).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // A failed creation leaves nothing behind (the member insert is in the same transaction).
+    assert!(s.create_workspace("ghost", "no-such-user").await.is_err());
+    assert!(s.workspace_by_name("ghost").await.unwrap().is_none());
+    s.create_workspace("beta", &u.id).await.unwrap();
+    let names: Vec<_> = s
+        .list_workspaces()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.name)
+        .collect();
+    assert_eq!(names, vec!["acme", "beta"]);
+}
+
+async fn new_connection(db: &TestStore, ws: &str, repo: &str) -> endor::store::Connection {
+    db.store
+        .create_connection(&NewConnection {
+            workspace_id: ws.to_string(),
+            forge: ForgeKind::Github,
+            repo: repo.to_string(),
+            api_url: None,
+            git_url: Some("file:///tmp/x.git".into()),
+            secret: WebhookSecret::generate(),
+        })
+        .await
+        .unwrap()
+}
+
+async fn workspace(db: &TestStore, name: &str) -> String {
+    let u = db
+        .store
+        .create_user(&format!("{name}-owner"), None, None)
+        .await
+        .unwrap();
+    db.store.create_workspace(name, &u.id).await.unwrap().id
+}
+
+async fn connections_lifecycle(db: &TestStore) {
+    let s = db.store.as_ref();
+    let ws1 = workspace(db, "one").await;
+    let ws2 = workspace(db, "two").await;
+    let a = new_connection(db, &ws1, "o/a").await;
+    let b = new_connection(db, &ws2, "o/b").await;
+    let got = s.connection(&a.id).await.unwrap().unwrap();
+    assert_eq!(got.repo, "o/a");
+    assert_eq!(got.secret.expose(), a.secret.expose());
+    assert!(got.previous_secret.is_none());
+    assert_eq!(got.git_url.as_deref(), Some("file:///tmp/x.git"));
+    assert_eq!(s.list_connections(None).await.unwrap().len(), 2);
+    assert_eq!(s.list_connections(Some(&ws2)).await.unwrap()[0].id, b.id);
+
+    let fresh = WebhookSecret::generate();
+    assert!(
+        s.set_connection_secrets(&a.id, &fresh, Some(&a.secret))
+            .await
+            .unwrap()
+    );
+    let got = s.connection(&a.id).await.unwrap().unwrap();
+    assert_eq!(got.accepted_secrets().len(), 2);
+    assert_eq!(got.secret.expose(), fresh.expose());
+    assert!(s.set_connection_secrets(&a.id, &fresh, None).await.unwrap());
+    assert_eq!(
+        s.connection(&a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .accepted_secrets()
+            .len(),
+        1
+    );
+
+    assert!(s.delete_connection(&a.id).await.unwrap());
+    assert!(!s.delete_connection(&a.id).await.unwrap());
+    assert!(s.connection(&a.id).await.unwrap().is_none());
+    assert!(!s.set_connection_secrets(&a.id, &fresh, None).await.unwrap());
+    assert_eq!(s.list_connections(None).await.unwrap().len(), 1);
+    assert!(s.connection("nope").await.unwrap().is_none());
+}
+
+async fn connection_needs_a_real_secret(db: &TestStore) {
+    let ws = workspace(db, "w").await;
+    let r = db
+        .store
+        .create_connection(&NewConnection {
+            workspace_id: ws,
+            forge: ForgeKind::Gitlab,
+            repo: "g/r".into(),
+            api_url: None,
+            git_url: None,
+            secret: WebhookSecret::from_stored(String::new()),
+        })
+        .await;
+    assert!(r.is_err(), "a connection without a secret was stored");
+}
+
+fn delivery(conn: &str, key: &str) -> NewDelivery {
+    NewDelivery {
+        id: new_id(),
+        connection_id: conn.to_string(),
+        delivery_key: key.to_string(),
+        forge: ForgeKind::Github,
+        event: "pull_request".into(),
+        action: Some("opened".into()),
+        outcome: DeliveryOutcome::Queued,
+        reason: None,
+        normalized: Some("{}".into()),
+        payload: vec![0, 159, 146, 150, b'{'],
+        received_at: endor::now_ms(),
+    }
+}
+
+async fn deliveries_are_deduplicated_per_connection(db: &TestStore) {
+    let s = db.store.as_ref();
+    let ws = workspace(db, "w").await;
+    let a = new_connection(db, &ws, "o/a").await;
+    let b = new_connection(db, &ws, "o/b").await;
+    let out = s
+        .insert_deliveries(&[
+            delivery(&a.id, "k1"),
+            delivery(&a.id, "k2"),
+            delivery(&a.id, "k1"),
+            delivery(&b.id, "k1"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            Inserted::New,
+            Inserted::New,
+            Inserted::Duplicate,
+            Inserted::New
+        ]
+    );
+    assert_eq!(
+        s.insert_deliveries(&[delivery(&a.id, "k2")]).await.unwrap(),
+        vec![Inserted::Duplicate]
+    );
+    assert_eq!(s.count_deliveries(Some(&a.id)).await.unwrap(), 2);
+    assert_eq!(s.count_deliveries(None).await.unwrap(), 3);
+    let listed = s.list_deliveries(Some(&a.id), 10).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(
+        listed[0].payload,
+        vec![0, 159, 146, 150, b'{'],
+        "binary payloads round-trip"
+    );
+    assert_eq!(listed[0].outcome, "queued");
+    // A batch that fails (unknown connection: foreign key) stores none of its deliveries.
+    let r = s
+        .insert_deliveries(&[delivery(&a.id, "k3"), delivery("no-such-connection", "k4")])
+        .await;
+    assert!(r.is_err());
+    assert_eq!(s.count_deliveries(None).await.unwrap(), 3);
+}
+
+async fn readiness_requires_migrations(db: &TestStore) {
+    db.store.ready().await.unwrap();
+    // A second migrate is a no-op.
+    db.store.migrate().await.unwrap();
+    db.store.ready().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unmigrated_store_is_not_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("x.db").display());
+    let s = endor::store::connect(&url, 2).await.unwrap();
+    assert!(s.ready().await.is_err());
+    s.migrate().await.unwrap();
+    s.ready().await.unwrap();
+}

@@ -1,0 +1,165 @@
+//! Shared test helpers: throw-away stores on both backends and an in-process server on a random
+//! port. PostgreSQL tests use the machine's server (`ENDOR_TEST_PG`, default
+//! `postgres://postgres@127.0.0.1:5432`), each test in a database of its own.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use endor::config::Config;
+use endor::server::{self, AppState};
+use endor::store::{self, Store};
+use sqlx::Connection as _;
+
+pub fn pg_base() -> String {
+    std::env::var("ENDOR_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+/// A store that lives as long as this value: a temp SQLite file, or a fresh PostgreSQL database
+/// that is dropped on `cleanup()` (the test script also drops leftovers named `endor_test_*`).
+pub struct TestStore {
+    pub store: Arc<dyn Store>,
+    pub url: String,
+    pg_db: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestStore {
+    pub async fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("endor.db").display());
+        let store = store::connect(&url, 8).await.unwrap();
+        store.migrate().await.unwrap();
+        Self {
+            store,
+            url,
+            pg_db: None,
+            _dir: Some(dir),
+        }
+    }
+
+    pub async fn postgres() -> Self {
+        let name = format!("endor_test_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", pg_base()))
+            .await
+            .expect("PostgreSQL must be running on 127.0.0.1:5432 (scripts/test.sh starts it)");
+        // The name is generated above from a UUID: safe to splice into DDL.
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        admin.close().await.ok();
+        let url = format!("{}/{}", pg_base(), name);
+        let store = store::connect(&url, 8).await.unwrap();
+        store.migrate().await.unwrap();
+        Self {
+            store,
+            url,
+            pg_db: Some(name),
+            _dir: None,
+        }
+    }
+
+    pub async fn cleanup(self) {
+        let Self { store, pg_db, .. } = self;
+        drop(store);
+        if let Some(name) = pg_db {
+            if let Ok(mut admin) =
+                sqlx::PgConnection::connect(&format!("{}/postgres", pg_base())).await
+            {
+                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .execute(&mut admin)
+                .await;
+            }
+        }
+    }
+}
+
+/// A running server on 127.0.0.1:random.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    pub db: TestStore,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    pub async fn start(db: TestStore) -> Self {
+        let mut config = Config::default();
+        config.store.url = db.url.clone();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        config.server.listen = addr;
+        config.server.public_url = format!("http://{addr}");
+        let state = AppState::start(config).await.unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let s = state.clone();
+        tokio::spawn(async move {
+            server::serve(s, listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            addr,
+            state,
+            db,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.state.store.as_ref()
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        let Self { state, db, .. } = self;
+        drop(state);
+        db.cleanup().await;
+    }
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/webhooks")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Expand one async test body into a SQLite and a PostgreSQL test.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::support::TestStore::sqlite().await;
+                    super::$name(&db).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = $crate::support::TestStore::postgres().await;
+                    super::$name(&db).await;
+                    db.cleanup().await;
+                }
+            )*
+        }
+    };
+}
