@@ -217,8 +217,9 @@ impl Config {
             ("gitlab.api_url", &self.gitlab),
             ("gitea.api_url", &self.gitea),
         ] {
-            if !f.api_url.is_empty()
-                && !(f.api_url.starts_with("http://") || f.api_url.starts_with("https://"))
+            if !(f.api_url.is_empty()
+                || f.api_url.starts_with("http://")
+                || f.api_url.starts_with("https://"))
             {
                 return key(name, "must be an http:// or https:// URL");
             }

@@ -32,12 +32,9 @@ impl Default for Metrics {
             "Webhook deliveries by forge, event and outcome",
             deliveries.clone(),
         );
-        let delivery_store_seconds = Histogram::new(
-            [
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
-            ]
-            .into_iter(),
-        );
+        let delivery_store_seconds = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+        ]);
         registry.register(
             "webhook_store_seconds",
             "Time from a delivery's arrival to its durable commit",

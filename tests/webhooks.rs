@@ -566,6 +566,16 @@ async fn gitea_vectors_verify_over_http() {
     server.stop().await;
 }
 
+/// name, forge, connection id, headers, body, expected status.
+type BadCase<'a> = (
+    &'a str,
+    ForgeKind,
+    String,
+    Vec<(&'a str, String)>,
+    Vec<u8>,
+    StatusCode,
+);
+
 async fn bad_inputs_store_nothing(server: &TestServer) {
     setup(server).await;
     let gh = connect(server, "github:Codertocat/Hello-World").await;
@@ -597,14 +607,7 @@ async fn bad_inputs_store_nothing(server: &TestServer) {
         b.resize(25 * 1024 * 1024 + 1, b' ');
         b
     };
-    let cases: Vec<(
-        &str,
-        ForgeKind,
-        String,
-        Vec<(&str, String)>,
-        Vec<u8>,
-        StatusCode,
-    )> = vec![
+    let cases: Vec<BadCase> = vec![
         (
             "wrong secret",
             ForgeKind::Github,
@@ -893,7 +896,7 @@ async fn chunked_body_over_the_limit_is_refused() {
     let gh = connect(&server, "github:Codertocat/Hello-World").await;
     let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let head = format!(
-        "POST /webhooks/github/{} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nX-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=00\r\n\r\n",
+        "POST /webhooks/github/{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\nX-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=00\r\n\r\n",
         gh.id
     );
     s.write_all(head.as_bytes()).await.unwrap();

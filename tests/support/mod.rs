@@ -64,16 +64,15 @@ impl TestStore {
     pub async fn cleanup(self) {
         let Self { store, pg_db, .. } = self;
         drop(store);
-        if let Some(name) = pg_db {
-            if let Ok(mut admin) =
+        if let Some(name) = pg_db
+            && let Ok(mut admin) =
                 sqlx::PgConnection::connect(&format!("{}/postgres", pg_base())).await
-            {
-                let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut admin)
-                .await;
-            }
+        {
+            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .execute(&mut admin)
+            .await;
         }
     }
 }

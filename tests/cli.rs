@@ -1,0 +1,437 @@
+//! The `endor` binary, black-box: commands in a scratch directory, config errors, and a real
+//! `endor serve` process killed with SIGKILL under load.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use endor::forge::signature::sign_hex;
+use serde_json::Value;
+
+fn endor(dir: &Path, args: &[&str]) -> Output {
+    endor_env(dir, args, &[])
+}
+
+fn endor_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_endor"));
+    cmd.current_dir(dir)
+        .args(args)
+        .env_remove("ENDOR_CONFIG")
+        .env("ENDOR_LOG", "debug");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn ok_json(dir: &Path, args: &[&str]) -> Value {
+    let out = endor(dir, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_lists_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = endor(dir.path(), &["--help"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["serve", "migrate", "user", "workspace", "repo", "delivery"] {
+        assert!(text.contains(cmd), "--help lacks {cmd}: {text}");
+    }
+    let repo = String::from_utf8_lossy(&endor(dir.path(), &["repo", "--help"]).stdout).into_owned();
+    for cmd in ["connect", "list", "rotate-secret", "delete"] {
+        assert!(repo.contains(cmd), "repo --help lacks {cmd}");
+    }
+}
+
+#[test]
+fn users_workspaces_and_repository_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let user = ok_json(
+        d,
+        &[
+            "user",
+            "create",
+            "alice",
+            "--email",
+            "alice@example.com",
+            "--name",
+            "Alice",
+            "--json",
+        ],
+    );
+    assert_eq!(user["login"], "alice");
+    ok_json(d, &["user", "link", "alice", "github:alice-gh", "--json"]);
+    let ws = ok_json(
+        d,
+        &["workspace", "create", "acme", "--owner", "alice", "--json"],
+    );
+    assert_eq!(ws["name"], "acme");
+    assert_eq!(
+        ok_json(d, &["workspace", "list", "--json"])[0]["name"],
+        "acme"
+    );
+    assert!(
+        d.join("data/endor.db").exists(),
+        "the embedded default store lives in data/"
+    );
+
+    let out = endor(
+        d,
+        &[
+            "repo",
+            "connect",
+            "acme",
+            "github:Codertocat/Hello-World",
+            "--git-url",
+            "file:///srv/git/hello.git",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = c["connection_id"].as_str().unwrap().to_string();
+    let secret = c["secret"].as_str().unwrap().to_string();
+    assert_eq!(
+        c["webhook_url"],
+        format!("http://127.0.0.1:8080/webhooks/github/{id}")
+    );
+    assert_eq!(secret.len(), 64);
+    assert_eq!(c["content_type"], "application/json");
+    assert!(c["instructions"].as_str().unwrap().contains("Payload URL"));
+    assert!(
+        !stderr(&out).contains(&secret),
+        "the secret reached the log"
+    );
+
+    // Text mode prints the same facts for people.
+    let text = endor(
+        d,
+        &[
+            "repo",
+            "connect",
+            "acme",
+            "gitlab:group/sub/project",
+            "--api-url",
+            "https://gitlab.example.com",
+        ],
+    );
+    let text_out = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text_out.contains("webhook URL:")
+            && text_out.contains("secret:")
+            && text_out.contains("Secret token"),
+        "{text_out}"
+    );
+
+    let list = ok_json(d, &["repo", "list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(
+        !list.to_string().contains(&secret),
+        "repo list shows a secret"
+    );
+    assert_eq!(list[0]["git_url"], "file:///srv/git/hello.git");
+
+    let rotated = ok_json(d, &["repo", "rotate-secret", &id, "--json"]);
+    assert_eq!(rotated["previous_accepted"], true);
+    assert_ne!(rotated["secret"].as_str().unwrap(), secret);
+    assert_eq!(
+        ok_json(d, &["repo", "list", "--workspace", "acme", "--json"])[0]["rotating"],
+        true
+    );
+    let retired = ok_json(d, &["repo", "rotate-secret", &id, "--retire-old", "--json"]);
+    assert_eq!(retired["previous_accepted"], false);
+    assert!(retired["secret"].is_null());
+
+    ok_json(d, &["repo", "delete", &id, "--json"]);
+    assert_eq!(
+        ok_json(d, &["repo", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let again = endor(d, &["repo", "delete", &id]);
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("not found"));
+}
+
+#[test]
+fn hostile_names_are_refused_and_run_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok_json(d, &["user", "create", "alice", "--json"]);
+    ok_json(
+        d,
+        &["workspace", "create", "acme", "--owner", "alice", "--json"],
+    );
+    for args in [
+        vec!["user", "create", "../etc"],
+        vec!["user", "create", "a;touch pwned"],
+        vec!["user", "create", "-rf"],
+        vec!["workspace", "create", "$(touch pwned)", "--owner", "alice"],
+        vec!["repo", "connect", "acme", "github:a/$(touch pwned)"],
+        vec!["repo", "connect", "acme", "github:../../etc"],
+        vec!["repo", "connect", "acme", "bitbucket:a/b"],
+        vec![
+            "repo",
+            "connect",
+            "acme",
+            "github:a/b",
+            "--git-url",
+            "-upload-pack=touch pwned",
+        ],
+        vec!["repo", "connect", "nope", "github:a/b"],
+        vec!["user", "link", "alice", "github:a b"],
+    ] {
+        let out = endor(d, &args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr(&out).lines().any(|l| l.starts_with("error: ")),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!d.join("pwned").exists());
+    assert_eq!(
+        ok_json(d, &["repo", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (
+            vec![("ENDOR__SERVER__LISTEN", "not-an-address")],
+            "server.listen",
+        ),
+        (vec![("ENDOR__STORE__URL", "mysql://x")], "store.url"),
+        (vec![("ENDOR__SERVER__BOGUS", "1")], "bogus"),
+        (
+            vec![("ENDOR__STORE__MAX_CONNECTIONS", "-3")],
+            "store.max_connections",
+        ),
+        (
+            vec![("ENDOR__SERVER__PUBLIC_URL", "ftp://x")],
+            "server.public_url",
+        ),
+    ];
+    for (env, key) in cases {
+        let out = endor_env(d, &["migrate"], &env);
+        assert_eq!(out.status.code(), Some(2), "{env:?}");
+        assert!(stderr(&out).contains(key), "{env:?}: {}", stderr(&out));
+    }
+    std::fs::write(d.join("bad.toml"), "[server]\nlissten = \"127.0.0.1:1\"\n").unwrap();
+    let out = endor(d, &["--config", "bad.toml", "migrate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("lissten"), "{}", stderr(&out));
+    std::fs::write(d.join("bad2.toml"), "[webhooks]\nmax_batch = \"many\"\n").unwrap();
+    let out = endor(d, &["--config", "bad2.toml", "migrate"]);
+    assert!(
+        stderr(&out).contains("webhooks.max_batch"),
+        "{}",
+        stderr(&out)
+    );
+    let out = endor(d, &["--config", "missing.toml", "migrate"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("missing.toml"));
+    // A good file and an env override: the env wins.
+    std::fs::write(
+        d.join("good.toml"),
+        "[store]\nurl = \"sqlite://other/x.db\"\n",
+    )
+    .unwrap();
+    let out = endor_env(
+        d,
+        &["--config", "good.toml", "migrate"],
+        &[("ENDOR__STORE__URL", "sqlite://third/y.db")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(d.join("third/y.db").exists() && !d.join("other").exists());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Served {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path) -> Served {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_endor"))
+        .current_dir(dir)
+        .arg("serve")
+        .env("ENDOR__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("ENDOR_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "endor serve did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Served { child, port }
+}
+
+/// `endor serve` in an empty folder, no config: the defaults just work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_in_an_empty_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = serve(dir.path());
+    let base = format!("http://127.0.0.1:{}", s.port);
+    assert_eq!(
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        reqwest::get(format!("{base}/readyz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(dir.path().join("data/endor.db").exists());
+}
+
+/// SIGKILL during a burst of deliveries: every delivery that got a 202 is in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_no_acknowledged_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    ok_json(&d, &["user", "create", "alice", "--json"]);
+    ok_json(
+        &d,
+        &["workspace", "create", "acme", "--owner", "alice", "--json"],
+    );
+    let c = ok_json(
+        &d,
+        &[
+            "repo",
+            "connect",
+            "acme",
+            "github:Codertocat/Hello-World",
+            "--json",
+        ],
+    );
+    let id = c["connection_id"].as_str().unwrap().to_string();
+    let body = support::fixture("github.pull_request.opened.json");
+    let sig = format!(
+        "sha256={}",
+        sign_hex(c["secret"].as_str().unwrap().as_bytes(), &body)
+    );
+    let mut server = serve(&d);
+    let url = format!("http://127.0.0.1:{}/webhooks/github/{id}", server.port);
+
+    let client = reqwest::Client::new();
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Instant::now() + Duration::from_secs(3);
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let (client, url, body, sig, acked) = (
+            client.clone(),
+            url.clone(),
+            body.clone(),
+            sig.clone(),
+            acked.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            while Instant::now() < stop {
+                n += 1;
+                let key = format!("w{w}-{n}");
+                let r = client
+                    .post(&url)
+                    .header("x-github-event", "pull_request")
+                    .header("x-github-delivery", &key)
+                    .header("x-hub-signature-256", &sig)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 202 => acked.lock().unwrap().push(key),
+                    Ok(r) => panic!("unexpected status {}", r.status()),
+                    Err(_) => return, // the server is gone
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > 20,
+        "too few deliveries before the kill ({}) to mean anything",
+        acked.len()
+    );
+
+    let stored = ok_json(&d, &["delivery", "list", "--limit", "1000000", "--json"]);
+    let keys: std::collections::HashSet<&str> = stored
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["delivery_key"].as_str().unwrap())
+        .collect();
+    let lost: Vec<_> = acked
+        .iter()
+        .filter(|k| !keys.contains(k.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged deliveries lost: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(keys.len() >= acked.len());
+    // And the server comes back on the same store.
+    let again = serve(&d);
+    assert_eq!(
+        reqwest::get(format!("http://127.0.0.1:{}/readyz", again.port))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
