@@ -45,7 +45,7 @@ impl TestStore {
             .await
             .expect("PostgreSQL must be running on 127.0.0.1:5432 (scripts/test.sh starts it)");
         // The name is generated above from a UUID: safe to splice into DDL.
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
             .await
             .unwrap();
@@ -68,11 +68,9 @@ impl TestStore {
             && let Ok(mut admin) =
                 sqlx::PgConnection::connect(&format!("{}/postgres", pg_base())).await
         {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-            )))
-            .execute(&mut admin)
-            .await;
+            let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await;
         }
     }
 }
