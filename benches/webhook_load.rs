@@ -289,6 +289,52 @@ async fn pg_database(base: &str) -> Option<(String, String)> {
     ok.then(|| (name.clone(), format!("{base}/{name}")))
 }
 
+/// (b): the same load against a server on a fresh PostgreSQL database.
+async fn postgres_run(a: &Args, body: &bytes::Bytes, dur: Duration) -> Option<Run> {
+    let Some((name, url_pg)) = pg_database(&a.pg).await else {
+        println!(
+            "(b) skipped: PostgreSQL not reachable at {} (scripts/services.sh starts it)",
+            a.pg
+        );
+        return None;
+    };
+    let never = Arc::new(AtomicBool::new(false));
+    let pdir = tempfile::tempdir().unwrap();
+    let env = [
+        ("ENDOR__STORE__URL", url_pg.as_str()),
+        ("ENDOR__STORE__MAX_CONNECTIONS", "16"),
+    ];
+    let (id, sig) = prepare(pdir.path(), &env, body);
+    let server = serve(pdir.path(), &env);
+    let url = format!("http://127.0.0.1:{}/webhooks/github/{id}", server.port);
+    let target = |tag: &str| Target::Webhook {
+        url: url.clone(),
+        sig: sig.clone(),
+        body: body.clone(),
+        tag: tag.into(),
+    };
+    load(
+        target("warm"),
+        a.connections,
+        Duration::from_secs(1),
+        never.clone(),
+        false,
+    )
+    .await;
+    let r = load(target("pg"), a.connections, dur, never, false).await;
+    let rss = peak_rss_kib(server.child.id());
+    drop(server);
+    report("(b) webhook, PostgreSQL", &r, rss);
+    let _ = Command::new("psql")
+        .args([
+            &format!("{}/postgres", a.pg),
+            "-qc",
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        ])
+        .status();
+    Some(r)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let a = args();
@@ -307,9 +353,6 @@ async fn main() {
             .unwrap_or(0)
     );
 
-    if std::env::var("BENCH_ONLY_PG").is_ok() {
-        return pg_only(&a, &body).await;
-    }
     // (a) SQLite and (c) the /healthz ceiling of the same server.
     let dir = tempfile::tempdir().unwrap();
     let (id, sig) = prepare(dir.path(), &[], &body);
@@ -359,51 +402,7 @@ async fn main() {
     );
 
     // (b) PostgreSQL.
-    let pg = match pg_database(&a.pg).await {
-        Some((name, url_pg)) => {
-            let pdir = tempfile::tempdir().unwrap();
-            let env = [
-                ("ENDOR__STORE__URL", url_pg.as_str()),
-                ("ENDOR__STORE__MAX_CONNECTIONS", "16"),
-            ];
-            let (id, sig) = prepare(pdir.path(), &env, &body);
-            let server = serve(pdir.path(), &env);
-            let purl = format!("http://127.0.0.1:{}/webhooks/github/{id}", server.port);
-            let t = |tag: &str| Target::Webhook {
-                url: purl.clone(),
-                sig: sig.clone(),
-                body: body.clone(),
-                tag: tag.into(),
-            };
-            load(
-                t("warm"),
-                a.connections,
-                Duration::from_secs(1),
-                never.clone(),
-                false,
-            )
-            .await;
-            let r = load(t("pg"), a.connections, dur, never.clone(), false).await;
-            let rss = peak_rss_kib(server.child.id());
-            drop(server);
-            report("(b) webhook, PostgreSQL", &r, rss);
-            let _ = Command::new("psql")
-                .args([
-                    &format!("{}/postgres", a.pg),
-                    "-qc",
-                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                ])
-                .status();
-            Some(r)
-        }
-        None => {
-            println!(
-                "(b) skipped: PostgreSQL not reachable at {} (scripts/services.sh starts it)",
-                a.pg
-            );
-            None
-        }
-    };
+    let pg = postgres_run(&a, &body, dur).await;
     println!("ratio (a)/(c): {:.2}", sqlite.rate() / health.rate());
 
     // SIGKILL during load: every 202 must be a stored row.
@@ -464,34 +463,4 @@ async fn main() {
     if lost > 0 {
         std::process::exit(1);
     }
-}
-
-async fn pg_only(a: &Args, body: &bytes::Bytes) {
-    let never = Arc::new(AtomicBool::new(false));
-    let (name, url_pg) = pg_database(&a.pg).await.unwrap();
-    let pdir = tempfile::tempdir().unwrap();
-    let env = [
-        ("ENDOR__STORE__URL", url_pg.as_str()),
-        ("ENDOR__STORE__MAX_CONNECTIONS", "16"),
-    ];
-    let (id, sig) = prepare(pdir.path(), &env, body);
-    let server = serve(pdir.path(), &env);
-    let purl = format!("http://127.0.0.1:{}/webhooks/github/{id}", server.port);
-    let t = |tag: &str| Target::Webhook {
-        url: purl.clone(),
-        sig: sig.clone(),
-        body: body.clone(),
-        tag: tag.into(),
-    };
-    let r = load(
-        t("pg"),
-        a.connections,
-        Duration::from_secs(a.seconds),
-        never.clone(),
-        false,
-    )
-    .await;
-    report("(b) webhook, PostgreSQL", &r, None);
-    drop(server);
-    let _ = name;
 }
