@@ -3,12 +3,14 @@
 //! The binary (`src/main.rs`) is only the command line; everything it does lives here so that
 //! tests and benchmarks drive the same code. See `ARCHITECTURE.md` for the map.
 
+pub mod clone;
 pub mod config;
 pub mod forge;
 pub mod metrics;
 pub mod secret;
 pub mod server;
 pub mod service;
+pub mod sites;
 pub mod store;
 pub mod telemetry;
 pub mod webhooks;

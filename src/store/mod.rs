@@ -159,6 +159,86 @@ pub struct Delivery {
     pub received_at: i64,
 }
 
+/// A site's lifecycle in the store. `deleted` rows are kept (history; the name becomes free).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SiteState {
+    Creating,
+    Active,
+    Deleting,
+    Deleted,
+}
+
+impl SiteState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SiteState::Creating => "creating",
+            SiteState::Active => "active",
+            SiteState::Deleting => "deleting",
+            SiteState::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            SiteState::Creating,
+            SiteState::Active,
+            SiteState::Deleting,
+            SiteState::Deleted,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Site {
+    pub id: String,
+    pub name: String,
+    pub workspace_id: String,
+    pub region: String,
+    pub parent_id: Option<String>,
+    pub protected: bool,
+    pub read_only: bool,
+    pub state: SiteState,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSite {
+    pub name: String,
+    pub workspace_id: String,
+    pub region: String,
+    pub parent_id: Option<String>,
+    pub read_only: bool,
+}
+
+/// One resource a site owns, and how it was last made (the clone engine's report).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct SiteResource {
+    pub site_id: String,
+    /// `files`, `sqlite`, `postgres`, `mariadb`.
+    pub kind: String,
+    pub name: String,
+    /// `reflink`, `copy`, `vacuum-into`, `template`, `instance`, `import`, ...
+    pub strategy: String,
+    /// A path under the storage root, or a database URL without credentials.
+    pub location: String,
+    pub bytes_logical: i64,
+    pub bytes_written: i64,
+    pub duration_ms: i64,
+    pub updated_at: i64,
+}
+
+/// A frozen, consistent copy of a site's data that clones start from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Generation {
+    pub id: String,
+    pub site_id: String,
+    pub seq: i64,
+    pub created_at: i64,
+}
+
 /// The persistence operations endor needs, nothing more.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -210,6 +290,25 @@ pub trait Store: Send + Sync + 'static {
         connection_id: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Delivery>>;
+
+    /// A new site in state `creating`; the name must be free among sites not deleted.
+    async fn create_site(&self, s: &NewSite) -> Result<Site>;
+    async fn set_site_state(&self, id: &str, state: SiteState) -> Result<()>;
+    async fn set_site_protected(&self, id: &str, protected: bool) -> Result<()>;
+    /// The site of that name that is not deleted.
+    async fn site_by_name(&self, name: &str) -> Result<Option<Site>>;
+    async fn site(&self, id: &str) -> Result<Option<Site>>;
+    /// Sites not deleted, by name.
+    async fn list_sites(&self) -> Result<Vec<Site>>;
+    /// Insert or replace one resource record.
+    async fn put_resource(&self, r: &SiteResource) -> Result<()>;
+    async fn site_resources(&self, site_id: &str) -> Result<Vec<SiteResource>>;
+    async fn delete_resources(&self, site_id: &str) -> Result<()>;
+    /// Record a new generation with the next sequence number.
+    async fn add_generation(&self, site_id: &str) -> Result<Generation>;
+    /// Oldest first.
+    async fn generations(&self, site_id: &str) -> Result<Vec<Generation>>;
+    async fn delete_generation(&self, id: &str) -> Result<()>;
 }
 
 /// Open the store named by `url` (`sqlite:...` or `postgres://...`).

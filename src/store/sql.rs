@@ -48,6 +48,53 @@ pub(super) fn map_unique(what: &str) -> impl FnOnce(sqlx::Error) -> StoreError +
     }
 }
 
+#[derive(sqlx::FromRow)]
+pub(super) struct SiteRow {
+    pub id: String,
+    pub name: String,
+    pub workspace_id: String,
+    pub region: String,
+    pub parent_id: Option<String>,
+    pub protected: i64,
+    pub read_only: i64,
+    pub state: String,
+    pub created_at: i64,
+}
+
+impl TryFrom<SiteRow> for super::Site {
+    type Error = StoreError;
+    fn try_from(r: SiteRow) -> Result<Self, StoreError> {
+        let state = super::SiteState::parse(&r.state).ok_or_else(|| {
+            StoreError::Corrupt(format!("site {} has unknown state {}", r.id, r.state))
+        })?;
+        Ok(super::Site {
+            id: r.id,
+            name: r.name,
+            workspace_id: r.workspace_id,
+            region: r.region,
+            parent_id: r.parent_id,
+            protected: r.protected != 0,
+            read_only: r.read_only != 0,
+            state,
+            created_at: r.created_at,
+        })
+    }
+}
+
+macro_rules! site_columns {
+    () => {
+        "id, name, workspace_id, region, parent_id, protected, read_only, state, created_at"
+    };
+}
+pub(super) use site_columns;
+
+macro_rules! resource_columns {
+    () => {
+        "site_id, kind, name, strategy, location, bytes_logical, bytes_written, duration_ms, updated_at"
+    };
+}
+pub(super) use resource_columns;
+
 macro_rules! connection_columns {
     () => {
         "id, workspace_id, forge, repo, api_url, git_url, secret, previous_secret, created_at"
@@ -329,6 +376,151 @@ macro_rules! impl_store {
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?)
+            }
+
+            async fn create_site(&self, s: &$crate::store::NewSite) -> $crate::store::Result<$crate::store::Site> {
+                let row: $crate::store::sql::SiteRow = sqlx::query_as(concat!(
+                    "INSERT INTO sites (id, name, workspace_id, region, parent_id, read_only, state, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, 'creating', $7) RETURNING ",
+                    $crate::store::sql::site_columns!()
+                ))
+                .bind($crate::store::new_id())
+                .bind(&s.name)
+                .bind(&s.workspace_id)
+                .bind(&s.region)
+                .bind(&s.parent_id)
+                .bind(s.read_only as i64)
+                .bind($crate::now_ms())
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::store::sql::map_unique(&format!("site {}", s.name)))?;
+                row.try_into()
+            }
+
+            async fn set_site_state(&self, id: &str, state: $crate::store::SiteState) -> $crate::store::Result<()> {
+                let deleted_at = (state == $crate::store::SiteState::Deleted).then($crate::now_ms);
+                sqlx::query("UPDATE sites SET state = $1, deleted_at = COALESCE($2, deleted_at) WHERE id = $3")
+                    .bind(state.as_str())
+                    .bind(deleted_at)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn set_site_protected(&self, id: &str, protected: bool) -> $crate::store::Result<()> {
+                sqlx::query("UPDATE sites SET protected = $1 WHERE id = $2")
+                    .bind(protected as i64)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn site_by_name(&self, name: &str) -> $crate::store::Result<Option<$crate::store::Site>> {
+                let row: Option<$crate::store::sql::SiteRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::site_columns!(),
+                    " FROM sites WHERE name = $1 AND state <> 'deleted'"
+                ))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn site(&self, id: &str) -> $crate::store::Result<Option<$crate::store::Site>> {
+                let row: Option<$crate::store::sql::SiteRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::site_columns!(),
+                    " FROM sites WHERE id = $1"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn list_sites(&self) -> $crate::store::Result<Vec<$crate::store::Site>> {
+                let rows: Vec<$crate::store::sql::SiteRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::site_columns!(),
+                    " FROM sites WHERE state <> 'deleted' ORDER BY name"
+                ))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn put_resource(&self, r: &$crate::store::SiteResource) -> $crate::store::Result<()> {
+                sqlx::query(concat!(
+                    "INSERT INTO site_resources (",
+                    $crate::store::sql::resource_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     ON CONFLICT (site_id, kind, name) DO UPDATE SET strategy = excluded.strategy, \
+                     location = excluded.location, bytes_logical = excluded.bytes_logical, \
+                     bytes_written = excluded.bytes_written, duration_ms = excluded.duration_ms, \
+                     updated_at = excluded.updated_at"
+                ))
+                .bind(&r.site_id)
+                .bind(&r.kind)
+                .bind(&r.name)
+                .bind(&r.strategy)
+                .bind(&r.location)
+                .bind(r.bytes_logical)
+                .bind(r.bytes_written)
+                .bind(r.duration_ms)
+                .bind(r.updated_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn site_resources(&self, site_id: &str) -> $crate::store::Result<Vec<$crate::store::SiteResource>> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::resource_columns!(),
+                    " FROM site_resources WHERE site_id = $1 ORDER BY kind, name"
+                ))
+                .bind(site_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn delete_resources(&self, site_id: &str) -> $crate::store::Result<()> {
+                sqlx::query("DELETE FROM site_resources WHERE site_id = $1")
+                    .bind(site_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn add_generation(&self, site_id: &str) -> $crate::store::Result<$crate::store::Generation> {
+                Ok(sqlx::query_as(
+                    "INSERT INTO generations (id, site_id, seq, created_at) \
+                     SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3 FROM generations WHERE site_id = $2 \
+                     RETURNING id, site_id, seq, created_at",
+                )
+                .bind($crate::store::new_id())
+                .bind(site_id)
+                .bind($crate::now_ms())
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::store::sql::map_unique("generation"))?)
+            }
+
+            async fn generations(&self, site_id: &str) -> $crate::store::Result<Vec<$crate::store::Generation>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, site_id, seq, created_at FROM generations WHERE site_id = $1 ORDER BY seq",
+                )
+                .bind(site_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn delete_generation(&self, id: &str) -> $crate::store::Result<()> {
+                sqlx::query("DELETE FROM generations WHERE id = $1").bind(id).execute(&self.pool).await?;
+                Ok(())
             }
         }
     };

@@ -1,0 +1,82 @@
+//! The clone engine: copy-on-write copies of a site's files and databases, in time that does not
+//! grow with the data where the storage has reflink (XFS with `reflink=1`, btrfs), and a
+//! parallel copy where it has not — never silently: every operation reports the strategy it
+//! used, and a storage root without reflink is logged as such.
+//!
+//! One file per engine (`files.rs`, `sqlite.rs`); `probe.rs` finds out once per storage root
+//! whether reflink works there. This module knows nothing of sites, the store or HTTP: it
+//! copies paths it is given. Path safety (names → paths) is the caller's (`sites.rs`).
+
+pub mod files;
+pub mod probe;
+pub mod sqlite;
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+/// How a resource was copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Copy-on-write: extents shared, nothing written but metadata.
+    Reflink,
+    /// Bytes copied (no reflink on this storage, or a fallback midway).
+    Copy,
+    /// SQLite `VACUUM INTO`: a consistent copy through SQLite itself.
+    VacuumInto,
+    /// A first import of outside data into a site (proportional to its size).
+    Import,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Reflink => "reflink",
+            Strategy::Copy => "copy",
+            Strategy::VacuumInto => "vacuum-into",
+            Strategy::Import => "import",
+        }
+    }
+}
+
+/// What one copy of one resource cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CloneStats {
+    pub strategy: Strategy,
+    /// Bytes of the data as seen by readers.
+    pub bytes_logical: u64,
+    /// Bytes of file data really written (0 for a pure reflink).
+    pub bytes_written: u64,
+    pub files: u64,
+    /// Files that fell back from reflink to copy midway (EXDEV, EOPNOTSUPP...).
+    pub fallbacks: u64,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CloneError {
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("sqlite {path}: {source}")]
+    Sqlite { path: PathBuf, source: sqlx::Error },
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl CloneError {
+    pub(crate) fn io<'a>(
+        op: &'static str,
+        path: &'a Path,
+    ) -> impl FnOnce(std::io::Error) -> CloneError + 'a {
+        move |source| CloneError::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,706 @@
+//! Sites and their data: create (import once), snapshot (freeze a generation), clone (a new
+//! site from the newest generation of another), sync (replace a site's data by a fresh clone),
+//! delete, and the orphan sweep. Shared by the CLI and, later, the API and the preview
+//! lifecycle.
+//!
+//! On disk every site lives in `{storage.root}/{site id}/` (ids are UUIDs we generate, so no
+//! user text ever becomes a path):
+//! ```text
+//! {id}/live/files/              the site's files
+//! {id}/live/sqlite/main.db      its SQLite database (+ -wal)
+//! {id}/generations/{seq}/...    frozen generations, same layout
+//! ```
+//! Removal renames a directory into `{root}/.trash/` first, so a half-deleted tree is never
+//! mistaken for a live one, and the sweep finishes what a crash left.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::clone::files::{TreeOptions, clone_tree, remove_tree};
+use crate::clone::{CloneError, CloneStats, Strategy, probe, sqlite};
+use crate::store::{NewSite, Site, SiteResource, SiteState, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SiteError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("site {0} is protected: pass --bypass-protection to {1} it")]
+    Protected(String, &'static str),
+    #[error(transparent)]
+    Clone(#[from] CloneError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T> = std::result::Result<T, SiteError>;
+
+/// Site names become DNS labels (`{site}.{domain}`): 1–63 of `a-z`, `0-9`, `-`, not starting or
+/// ending with `-`.
+pub fn validate_site_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(SiteError::Invalid(format!(
+            "invalid site name `{}`: use 1-63 lowercase letters, digits and `-` (a DNS label)",
+            name.escape_debug()
+        )))
+    }
+}
+
+/// One resource as `site show` and clone reports present it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceReport {
+    pub kind: String,
+    pub name: String,
+    pub strategy: String,
+    pub location: String,
+    pub bytes_logical: i64,
+    pub bytes_written: i64,
+    pub duration_ms: i64,
+}
+
+impl From<SiteResource> for ResourceReport {
+    fn from(r: SiteResource) -> Self {
+        Self {
+            kind: r.kind,
+            name: r.name,
+            strategy: r.strategy,
+            location: r.location,
+            bytes_logical: r.bytes_logical,
+            bytes_written: r.bytes_written,
+            duration_ms: r.duration_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SiteDetails {
+    pub id: String,
+    pub name: String,
+    pub state: SiteState,
+    pub workspace_id: String,
+    pub region: String,
+    pub parent: Option<String>,
+    pub protected: bool,
+    pub read_only: bool,
+    pub url: String,
+    pub files_dir: PathBuf,
+    pub database_urls: Vec<String>,
+    pub generations: Vec<i64>,
+    pub resources: Vec<ResourceReport>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OperationReport {
+    pub site: String,
+    pub generation: Option<i64>,
+    pub duration_ms: u64,
+    pub resources: Vec<ResourceReport>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SweepReport {
+    pub removed: Vec<PathBuf>,
+    pub dry_run: bool,
+}
+
+/// What a caller must say to act on a protected site.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Guard {
+    pub bypass_protection: bool,
+}
+
+pub struct Sites {
+    store: Arc<dyn Store>,
+    root: PathBuf,
+    gateway_domain: String,
+    gateway_port: u16,
+}
+
+const MAIN_DB: &str = "main";
+
+impl Sites {
+    pub fn new(store: Arc<dyn Store>, config: &crate::config::Config) -> Self {
+        Self {
+            store,
+            root: config.storage.root.clone(),
+            gateway_domain: config.gateway.domain.clone(),
+            gateway_port: config.gateway.listen.port(),
+        }
+    }
+
+    fn dir(&self, site: &Site) -> PathBuf {
+        self.root.join(&site.id)
+    }
+
+    fn live(&self, site: &Site) -> PathBuf {
+        self.dir(site).join("live")
+    }
+
+    fn generation_dir(&self, site: &Site, seq: i64) -> PathBuf {
+        self.dir(site).join("generations").join(seq.to_string())
+    }
+
+    fn reflink(&self) -> Result<bool> {
+        Ok(probe::reflink_supported(&self.root)?)
+    }
+
+    async fn get(&self, name: &str) -> Result<Site> {
+        validate_site_name(name)?;
+        self.store
+            .site_by_name(name)
+            .await?
+            .ok_or_else(|| SiteError::NotFound(format!("site {name}")))
+    }
+
+    async fn record(
+        &self,
+        site: &Site,
+        kind: &str,
+        name: &str,
+        location: &Path,
+        s: &CloneStats,
+    ) -> Result<ResourceReport> {
+        let r = SiteResource {
+            site_id: site.id.clone(),
+            kind: kind.into(),
+            name: name.into(),
+            strategy: s.strategy.as_str().into(),
+            location: location.display().to_string(),
+            bytes_logical: s.bytes_logical as i64,
+            bytes_written: s.bytes_written as i64,
+            duration_ms: s.duration_ms as i64,
+            updated_at: crate::now_ms(),
+        };
+        self.store.put_resource(&r).await?;
+        Ok(r.into())
+    }
+
+    /// Create a site and import its data once (time proportional to its size).
+    pub async fn create(
+        &self,
+        name: &str,
+        workspace: &str,
+        region: &str,
+        files: Option<&Path>,
+        sqlite_db: Option<&Path>,
+    ) -> Result<OperationReport> {
+        validate_site_name(name)?;
+        crate::service::validate_name("region", region)
+            .map_err(|e| SiteError::Invalid(e.to_string()))?;
+        let ws = self
+            .store
+            .workspace_by_name(workspace)
+            .await?
+            .ok_or_else(|| SiteError::NotFound(format!("workspace {workspace}")))?;
+        for (flag, p) in [("--files", files), ("--sqlite", sqlite_db)] {
+            if let Some(p) = p
+                && !p.exists()
+            {
+                return Err(SiteError::Invalid(format!(
+                    "{flag} {}: no such file or directory",
+                    p.display()
+                )));
+            }
+        }
+        let started = std::time::Instant::now();
+        let site = self
+            .store
+            .create_site(&NewSite {
+                name: name.into(),
+                workspace_id: ws.id,
+                region: region.into(),
+                parent_id: None,
+                read_only: false,
+            })
+            .await?;
+        let result = self.import(&site, files, sqlite_db).await;
+        match result {
+            Ok(resources) => {
+                self.store
+                    .set_site_state(&site.id, SiteState::Active)
+                    .await?;
+                tracing::info!(site = %name, "site created");
+                Ok(OperationReport {
+                    site: name.into(),
+                    generation: None,
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    resources,
+                })
+            }
+            Err(e) => {
+                // Leave nothing behind: the half-made site is deleted.
+                self.discard(&site).await?;
+                Err(e)
+            }
+        }
+    }
+
+    async fn import(
+        &self,
+        site: &Site,
+        files: Option<&Path>,
+        sqlite_db: Option<&Path>,
+    ) -> Result<Vec<ResourceReport>> {
+        let reflink = self.reflink()?;
+        let live = self.live(site);
+        std::fs::create_dir_all(live.join("sqlite")).map_err(CloneError::io("mkdir", &live))?;
+        let mut out = Vec::new();
+        let files_dir = live.join("files");
+        let stats = match files {
+            Some(src) => {
+                // An import copies bytes unless source and root share a reflink filesystem.
+                let s = clone_tree(src, &files_dir, TreeOptions::new(reflink))?;
+                CloneStats {
+                    strategy: if s.strategy == Strategy::Reflink {
+                        Strategy::Reflink
+                    } else {
+                        Strategy::Import
+                    },
+                    ..s
+                }
+            }
+            None => {
+                std::fs::create_dir_all(&files_dir).map_err(CloneError::io("mkdir", &files_dir))?;
+                CloneStats {
+                    strategy: Strategy::Import,
+                    bytes_logical: 0,
+                    bytes_written: 0,
+                    files: 0,
+                    fallbacks: 0,
+                    duration_ms: 0,
+                }
+            }
+        };
+        out.push(
+            self.record(site, "files", "files", &files_dir, &stats)
+                .await?,
+        );
+        if let Some(src) = sqlite_db {
+            let dest = live.join("sqlite").join(format!("{MAIN_DB}.db"));
+            let stats = sqlite::import(src, &dest).await?;
+            out.push(self.record(site, "sqlite", MAIN_DB, &dest, &stats).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn show(&self, name: &str) -> Result<SiteDetails> {
+        let site = self.get(name).await?;
+        self.details(site).await
+    }
+
+    async fn details(&self, site: Site) -> Result<SiteDetails> {
+        let parent = match &site.parent_id {
+            Some(p) => self.store.site(p).await?.map(|s| s.name),
+            None => None,
+        };
+        let resources: Vec<ResourceReport> = self
+            .store
+            .site_resources(&site.id)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        let database_urls = resources
+            .iter()
+            .filter(|r| r.kind == "sqlite")
+            .map(|r| format!("sqlite://{}", r.location))
+            .collect();
+        Ok(SiteDetails {
+            url: format!(
+                "http://{}.{}:{}/",
+                site.name, self.gateway_domain, self.gateway_port
+            ),
+            files_dir: self.live(&site).join("files"),
+            generations: self
+                .store
+                .generations(&site.id)
+                .await?
+                .into_iter()
+                .map(|g| g.seq)
+                .collect(),
+            id: site.id,
+            name: site.name,
+            state: site.state,
+            workspace_id: site.workspace_id,
+            region: site.region,
+            parent,
+            protected: site.protected,
+            read_only: site.read_only,
+            database_urls,
+            resources,
+            created_at: site.created_at,
+        })
+    }
+
+    pub async fn list(&self) -> Result<Vec<SiteDetails>> {
+        let mut out = Vec::new();
+        for s in self.store.list_sites().await? {
+            out.push(self.details(s).await?);
+        }
+        Ok(out)
+    }
+
+    pub async fn protect(&self, name: &str, on: bool) -> Result<()> {
+        let site = self.get(name).await?;
+        self.store.set_site_protected(&site.id, on).await?;
+        Ok(())
+    }
+
+    /// Freeze a consistent generation of the site's files and databases.
+    pub async fn snapshot(&self, name: &str) -> Result<OperationReport> {
+        let site = self.get(name).await?;
+        self.snapshot_site(&site).await
+    }
+
+    async fn snapshot_site(&self, site: &Site) -> Result<OperationReport> {
+        let started = std::time::Instant::now();
+        let reflink = self.reflink()?;
+        let gen_row = self.store.add_generation(&site.id).await?;
+        let dir = self.generation_dir(site, gen_row.seq);
+        let live = self.live(site);
+        let made = async {
+            std::fs::create_dir_all(dir.join("sqlite")).map_err(CloneError::io("mkdir", &dir))?;
+            let mut resources = Vec::new();
+            let files = clone_tree(
+                &live.join("files"),
+                &dir.join("files"),
+                TreeOptions::new(reflink),
+            )?;
+            resources.push(report("files", "files", &dir.join("files"), &files));
+            for r in self.store.site_resources(&site.id).await? {
+                if r.kind == "sqlite" {
+                    let dest = dir.join("sqlite").join(format!("{}.db", r.name));
+                    let s = sqlite::snapshot(Path::new(&r.location), &dest, reflink).await?;
+                    resources.push(report("sqlite", &r.name, &dest, &s));
+                }
+            }
+            Ok::<_, SiteError>(resources)
+        }
+        .await;
+        match made {
+            Ok(resources) => {
+                self.prune_generations(site, 2).await?;
+                tracing::info!(site = %site.name, generation = gen_row.seq, "generation frozen");
+                Ok(OperationReport {
+                    site: site.name.clone(),
+                    generation: Some(gen_row.seq),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    resources,
+                })
+            }
+            Err(e) => {
+                self.store.delete_generation(&gen_row.id).await?;
+                self.trash(&dir)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Keep the newest `keep` generations; older ones are removed.
+    async fn prune_generations(&self, site: &Site, keep: usize) -> Result<()> {
+        let gens = self.store.generations(&site.id).await?;
+        for g in gens.iter().take(gens.len().saturating_sub(keep)) {
+            self.trash(&self.generation_dir(site, g.seq))?;
+            self.store.delete_generation(&g.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Copy the newest generation of `src` (freezing one if none exists) into `dst`'s live data.
+    async fn clone_generation_into(
+        &self,
+        src: &Site,
+        dst: &Site,
+        live: &Path,
+        read_only: bool,
+        files: bool,
+        db: bool,
+    ) -> Result<(i64, Vec<ResourceReport>)> {
+        let seq = match self.store.generations(&src.id).await?.last() {
+            Some(g) => g.seq,
+            None => self.snapshot_site(src).await?.generation.unwrap_or(1),
+        };
+        let gen_dir = self.generation_dir(src, seq);
+        let reflink = self.reflink()?;
+        let mut out = Vec::new();
+        if files {
+            let dest = live.join("files");
+            let s = clone_tree(
+                &gen_dir.join("files"),
+                &dest,
+                TreeOptions {
+                    read_only,
+                    ..TreeOptions::new(reflink)
+                },
+            )?;
+            out.push(
+                self.record(dst, "files", "files", &self.live(dst).join("files"), &s)
+                    .await?,
+            );
+        }
+        if db {
+            std::fs::create_dir_all(live.join("sqlite")).map_err(CloneError::io("mkdir", live))?;
+            for r in self.store.site_resources(&src.id).await? {
+                if r.kind == "sqlite" {
+                    let file = format!("{}.db", r.name);
+                    let s = sqlite::clone_snapshot(
+                        &gen_dir.join("sqlite").join(&file),
+                        &live.join("sqlite").join(&file),
+                        reflink,
+                    )?;
+                    out.push(
+                        self.record(
+                            dst,
+                            "sqlite",
+                            &r.name,
+                            &self.live(dst).join("sqlite").join(&file),
+                            &s,
+                        )
+                        .await?,
+                    );
+                }
+            }
+        }
+        Ok((seq, out))
+    }
+
+    /// A new site `dst` whose data is a clone of `src`'s newest generation.
+    pub async fn clone_site(
+        &self,
+        src: &str,
+        dst: &str,
+        read_only: bool,
+    ) -> Result<OperationReport> {
+        let started = std::time::Instant::now();
+        let source = self.get(src).await?;
+        validate_site_name(dst)?;
+        let site = self
+            .store
+            .create_site(&NewSite {
+                name: dst.into(),
+                workspace_id: source.workspace_id.clone(),
+                region: source.region.clone(),
+                parent_id: Some(source.id.clone()),
+                read_only,
+            })
+            .await?;
+        let live = self.live(&site);
+        let made = async {
+            std::fs::create_dir_all(&live).map_err(CloneError::io("mkdir", &live))?;
+            self.clone_generation_into(&source, &site, &live, read_only, true, true)
+                .await
+        }
+        .await;
+        match made {
+            Ok((seq, resources)) => {
+                self.store
+                    .set_site_state(&site.id, SiteState::Active)
+                    .await?;
+                tracing::info!(src = %src, site = %dst, generation = seq, "site cloned");
+                Ok(OperationReport {
+                    site: dst.into(),
+                    generation: Some(seq),
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    resources,
+                })
+            }
+            Err(e) => {
+                self.discard(&site).await?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Replace `dst`'s files and/or databases by a fresh clone of `src`'s newest generation.
+    /// The new data is built beside the old and swapped in by renames.
+    pub async fn sync(
+        &self,
+        src: &str,
+        dst: &str,
+        files: bool,
+        db: bool,
+        guard: Guard,
+    ) -> Result<OperationReport> {
+        let started = std::time::Instant::now();
+        let source = self.get(src).await?;
+        let target = self.get(dst).await?;
+        if source.id == target.id {
+            return Err(SiteError::Invalid("cannot sync a site into itself".into()));
+        }
+        if target.protected && !guard.bypass_protection {
+            return Err(SiteError::Protected(dst.into(), "sync into"));
+        }
+        if target.protected {
+            tracing::warn!(site = %dst, "protection bypassed for sync");
+        }
+        let (files, db) = if files || db {
+            (files, db)
+        } else {
+            (true, true)
+        };
+        let staging = self
+            .dir(&target)
+            .join(format!("incoming-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&staging).map_err(CloneError::io("mkdir", &staging))?;
+        let made = self
+            .clone_generation_into(&source, &target, &staging, target.read_only, files, db)
+            .await;
+        let (seq, resources) = match made {
+            Ok(v) => v,
+            Err(e) => {
+                self.trash(&staging)?;
+                return Err(e);
+            }
+        };
+        let live = self.live(&target);
+        let swap = |name: &str| -> Result<()> {
+            let new = staging.join(name);
+            if !new.exists() {
+                return Ok(());
+            }
+            let cur = live.join(name);
+            self.trash(&cur)?;
+            std::fs::rename(&new, &cur).map_err(CloneError::io("rename", &new))?;
+            Ok(())
+        };
+        if files {
+            swap("files")?;
+        }
+        if db {
+            swap("sqlite")?;
+        }
+        self.trash(&staging)?;
+        Ok(OperationReport {
+            site: dst.into(),
+            generation: Some(seq),
+            duration_ms: started.elapsed().as_millis() as u64,
+            resources,
+        })
+    }
+
+    /// Delete a site and every resource it owns. Idempotent: a `deleting` site is finished.
+    pub async fn delete(&self, name: &str, guard: Guard) -> Result<()> {
+        let site = self.get(name).await?;
+        if site.protected && !guard.bypass_protection {
+            return Err(SiteError::Protected(name.into(), "delete"));
+        }
+        if site.protected {
+            tracing::warn!(site = %name, "protection bypassed for delete");
+        }
+        self.discard(&site).await?;
+        tracing::info!(site = %name, "site deleted");
+        Ok(())
+    }
+
+    async fn discard(&self, site: &Site) -> Result<()> {
+        self.store
+            .set_site_state(&site.id, SiteState::Deleting)
+            .await?;
+        self.trash(&self.dir(site))?;
+        self.store.delete_resources(&site.id).await?;
+        for g in self.store.generations(&site.id).await? {
+            self.store.delete_generation(&g.id).await?;
+        }
+        self.store
+            .set_site_state(&site.id, SiteState::Deleted)
+            .await?;
+        Ok(())
+    }
+
+    /// Move `path` into the trash and empty the trash. A crash between the two leaves only
+    /// trash, which the sweep removes.
+    fn trash(&self, path: &Path) -> Result<()> {
+        if std::fs::symlink_metadata(path).is_err() {
+            return Ok(());
+        }
+        let trash = self.root.join(".trash");
+        std::fs::create_dir_all(&trash).map_err(CloneError::io("mkdir", &trash))?;
+        let dest = trash.join(uuid::Uuid::new_v4().simple().to_string());
+        std::fs::rename(path, &dest).map_err(CloneError::io("rename", path))?;
+        remove_tree(&dest)?;
+        Ok(())
+    }
+
+    /// Remove what no live site owns: directories under the storage root that are not a live
+    /// site's (older than `grace`, so a site being created is never swept) and the trash.
+    pub async fn sweep(&self, grace: std::time::Duration, dry_run: bool) -> Result<SweepReport> {
+        let mut report = SweepReport {
+            dry_run,
+            ..Default::default()
+        };
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Ok(report);
+        };
+        let live: std::collections::HashSet<String> = self
+            .store
+            .list_sites()
+            .await?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let orphan = if name == ".trash" {
+                std::fs::read_dir(&path)
+                    .map(|mut d| d.next().is_some())
+                    .unwrap_or(false)
+            } else if name.starts_with(".endor-probe-") {
+                false
+            } else {
+                !live.contains(&name) && older_than(&path, grace)
+            };
+            if !orphan {
+                continue;
+            }
+            report.removed.push(path.clone());
+            if !dry_run {
+                if name == ".trash" {
+                    remove_tree(&path)?;
+                } else {
+                    self.trash(&path)?;
+                }
+            }
+        }
+        if !report.removed.is_empty() {
+            tracing::info!(
+                count = report.removed.len(),
+                dry_run,
+                "orphaned site data swept"
+            );
+        }
+        Ok(report)
+    }
+}
+
+fn older_than(path: &Path, grace: std::time::Duration) -> bool {
+    std::fs::symlink_metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().unwrap_or_default() >= grace)
+        .unwrap_or(true)
+}
+
+fn report(kind: &str, name: &str, location: &Path, s: &CloneStats) -> ResourceReport {
+    ResourceReport {
+        kind: kind.into(),
+        name: name.into(),
+        strategy: s.strategy.as_str().into(),
+        location: location.display().to_string(),
+        bytes_logical: s.bytes_logical as i64,
+        bytes_written: s.bytes_written as i64,
+        duration_ms: s.duration_ms as i64,
+    }
+}
