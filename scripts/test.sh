@@ -12,6 +12,12 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
   "select datname from pg_database where datname like 'endor\_test\_%'" 2>/dev/null |
   while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true; done
 
+# Clone-engine tests need a filesystem with reflink (XFS image, loop-mounted).
+mnt=$(bash scripts/reflink-fs.sh)
+export ENDOR_TEST_REFLINK_DIR="${ENDOR_TEST_REFLINK_DIR:-$mnt/endor-test}"
+mkdir -p "$ENDOR_TEST_REFLINK_DIR"
+find "$ENDOR_TEST_REFLINK_DIR" -mindepth 1 -maxdepth 1 -mmin +60 -exec rm -rf {} + 2>/dev/null || true
+
 export ENDOR_TEST_PG="${ENDOR_TEST_PG:-postgres://postgres@127.0.0.1:5432}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -50,6 +50,64 @@ enum Command {
     /// Stored webhook deliveries.
     #[command(subcommand)]
     Delivery(DeliveryCmd),
+    /// Sites: their files and databases, generations, clones.
+    #[command(subcommand)]
+    Site(SiteCmd),
+}
+
+#[derive(Subcommand)]
+enum SiteCmd {
+    /// Create a site and import its files and databases once.
+    Create {
+        site: String,
+        #[arg(long)]
+        workspace: String,
+        #[arg(long, default_value = "default")]
+        region: String,
+        /// A directory whose tree becomes the site's files.
+        #[arg(long)]
+        files: Option<PathBuf>,
+        /// A SQLite database file to import (consistently, even while in use).
+        #[arg(long)]
+        sqlite: Option<PathBuf>,
+    },
+    /// List sites.
+    List,
+    /// A site's state, URL, paths, databases, parent, generations and clone strategies.
+    Show { site: String },
+    /// Freeze a consistent generation of a site's files and databases.
+    Snapshot { site: String },
+    /// Make a new site DST from the newest generation of SRC (taking one if none exists).
+    Clone {
+        src: String,
+        dst: String,
+        /// Clear every write bit in the clone's files.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Replace DST's data by a fresh clone of SRC's newest generation (both when neither flag).
+    Sync {
+        src: String,
+        dst: String,
+        #[arg(long)]
+        files: bool,
+        #[arg(long)]
+        db: bool,
+        #[arg(long)]
+        bypass_protection: bool,
+    },
+    /// Protect a site (no sync into it, no delete) or lift the protection.
+    Protect {
+        site: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Delete a site and every resource it owns.
+    Delete {
+        site: String,
+        #[arg(long)]
+        bypass_protection: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -302,6 +360,102 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     service::delete_repo(store.as_ref(), &connection_id).await?;
                     emit(json, &serde_json::json!({"deleted": connection_id}), |_| {
                         format!("deleted connection {connection_id}")
+                    })
+                }
+            }
+        }
+        Command::Site(cmd) => {
+            let store = open_store(&config).await?;
+            let sites = endor::sites::Sites::new(store, &config);
+            let op = |r: &endor::sites::OperationReport| {
+                let mut lines = vec![format!(
+                    "{}{} in {} ms",
+                    r.site,
+                    r.generation
+                        .map(|g| format!(" (generation {g})"))
+                        .unwrap_or_default(),
+                    r.duration_ms
+                )];
+                for res in &r.resources {
+                    lines.push(format!(
+                        "  {} {}: {} — {} bytes, {} written, {} ms",
+                        res.kind,
+                        res.name,
+                        res.strategy,
+                        res.bytes_logical,
+                        res.bytes_written,
+                        res.duration_ms
+                    ));
+                }
+                lines.join("\n")
+            };
+            match cmd {
+                SiteCmd::Create {
+                    site,
+                    workspace,
+                    region,
+                    files,
+                    sqlite,
+                } => {
+                    let r = sites
+                        .create(
+                            &site,
+                            &workspace,
+                            &region,
+                            files.as_deref(),
+                            sqlite.as_deref(),
+                        )
+                        .await?;
+                    emit(json, &r, op)
+                }
+                SiteCmd::List => {
+                    let list = sites.list().await?;
+                    emit(json, &list, |l| {
+                        l.iter()
+                            .map(|s| format!("{}\t{:?}\t{}", s.name, s.state, s.url))
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                }
+                SiteCmd::Show { site } => {
+                    let d = sites.show(&site).await?;
+                    emit(json, &d, |d| {
+                        serde_json::to_string_pretty(d).unwrap_or_default()
+                    })
+                }
+                SiteCmd::Snapshot { site } => emit(json, &sites.snapshot(&site).await?, op),
+                SiteCmd::Clone {
+                    src,
+                    dst,
+                    read_only,
+                } => emit(json, &sites.clone_site(&src, &dst, read_only).await?, op),
+                SiteCmd::Sync {
+                    src,
+                    dst,
+                    files,
+                    db,
+                    bypass_protection,
+                } => {
+                    let guard = endor::sites::Guard { bypass_protection };
+                    emit(json, &sites.sync(&src, &dst, files, db, guard).await?, op)
+                }
+                SiteCmd::Protect { site, state } => {
+                    sites.protect(&site, state == "on").await?;
+                    emit(
+                        json,
+                        &serde_json::json!({"site": site, "protected": state == "on"}),
+                        |_| format!("{site}: protection {state}"),
+                    )
+                }
+                SiteCmd::Delete {
+                    site,
+                    bypass_protection,
+                } => {
+                    sites
+                        .delete(&site, endor::sites::Guard { bypass_protection })
+                        .await?;
+                    emit(json, &serde_json::json!({"deleted": site}), |_| {
+                        format!("deleted site {site}")
                     })
                 }
             }
