@@ -378,7 +378,7 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                 )];
                 for res in &r.resources {
                     lines.push(format!(
-                        "  {} {}: {} — {} bytes, {} written, {} ms",
+                        "  {} {}: {} — {} bytes, {} written, {:.3} ms",
                         res.kind,
                         res.name,
                         res.strategy,

@@ -67,7 +67,8 @@ pub struct ResourceReport {
     pub location: String,
     pub bytes_logical: i64,
     pub bytes_written: i64,
-    pub duration_ms: i64,
+    /// Milliseconds, to the microsecond.
+    pub duration_ms: f64,
 }
 
 impl From<SiteResource> for ResourceReport {
@@ -79,7 +80,7 @@ impl From<SiteResource> for ResourceReport {
             location: r.location,
             bytes_logical: r.bytes_logical,
             bytes_written: r.bytes_written,
-            duration_ms: r.duration_ms,
+            duration_ms: r.duration_us as f64 / 1000.0,
         }
     }
 }
@@ -181,7 +182,7 @@ impl Sites {
             location: location.display().to_string(),
             bytes_logical: s.bytes_logical as i64,
             bytes_written: s.bytes_written as i64,
-            duration_ms: s.duration_ms as i64,
+            duration_us: s.duration_us as i64,
             updated_at: crate::now_ms(),
         };
         self.store.put_resource(&r).await?;
@@ -280,7 +281,7 @@ impl Sites {
                     bytes_written: 0,
                     files: 0,
                     fallbacks: 0,
-                    duration_ms: 0,
+                    duration_us: 0,
                 }
             }
         };
@@ -701,6 +702,6 @@ fn report(kind: &str, name: &str, location: &Path, s: &CloneStats) -> ResourceRe
         location: location.display().to_string(),
         bytes_logical: s.bytes_logical as i64,
         bytes_written: s.bytes_written as i64,
-        duration_ms: s.duration_ms as i64,
+        duration_ms: s.duration_us as f64 / 1000.0,
     }
 }

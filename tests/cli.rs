@@ -435,3 +435,69 @@ async fn sigkill_under_load_loses_no_acknowledged_delivery() {
         200
     );
 }
+
+/// `endor site ...` end to end through the binary, on reflink storage.
+#[test]
+fn site_commands_report_strategies() {
+    let base = std::env::var("ENDOR_TEST_REFLINK_DIR")
+        .expect("ENDOR_TEST_REFLINK_DIR is not set: run the suite with scripts/test.sh");
+    std::fs::create_dir_all(&base).unwrap();
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let d = dir.path();
+    ok_json(d, &["user", "create", "alice", "--json"]);
+    ok_json(
+        d,
+        &["workspace", "create", "acme", "--owner", "alice", "--json"],
+    );
+    std::fs::create_dir_all(d.join("in/sub")).unwrap();
+    std::fs::write(d.join("in/sub/a.txt"), b"hello").unwrap();
+    let created = ok_json(
+        d,
+        &[
+            "site",
+            "create",
+            "prod",
+            "--workspace",
+            "acme",
+            "--files",
+            "in",
+            "--json",
+        ],
+    );
+    assert_eq!(created["site"], "prod");
+    let cloned = ok_json(d, &["site", "clone", "prod", "prod-pr-1", "--json"]);
+    assert_eq!(cloned["generation"], 1);
+    let files = &cloned["resources"][0];
+    assert_eq!(
+        (files["kind"].as_str(), files["strategy"].as_str()),
+        (Some("files"), Some("reflink"))
+    );
+    assert_eq!(files["bytes_logical"], 5);
+    assert_eq!(files["bytes_written"], 0);
+    assert!(files["duration_ms"].is_f64() || files["duration_ms"].is_u64());
+    let show = ok_json(d, &["site", "show", "prod-pr-1", "--json"]);
+    assert_eq!(show["parent"], "prod");
+    assert_eq!(show["state"], "active");
+    assert_eq!(show["resources"][0]["strategy"], "reflink");
+    let fdir = std::path::PathBuf::from(show["files_dir"].as_str().unwrap());
+    assert_eq!(std::fs::read(fdir.join("sub/a.txt")).unwrap(), b"hello");
+    assert_eq!(
+        ok_json(d, &["site", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    ok_json(d, &["site", "protect", "prod", "on", "--json"]);
+    let refused = endor(d, &["site", "delete", "prod"]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("protected"),
+        "{}",
+        stderr(&refused)
+    );
+    ok_json(d, &["site", "delete", "prod-pr-1", "--json"]);
+    assert!(!fdir.exists());
+    let bad = endor(d, &["site", "create", "../evil", "--workspace", "acme"]);
+    assert!(!bad.status.success());
+}

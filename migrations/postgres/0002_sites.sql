@@ -25,7 +25,7 @@ CREATE TABLE site_resources (
     location       TEXT NOT NULL,
     bytes_logical  BIGINT NOT NULL,
     bytes_written  BIGINT NOT NULL,
-    duration_ms    BIGINT NOT NULL,
+    duration_us    BIGINT NOT NULL,
     updated_at     BIGINT NOT NULL,
     PRIMARY KEY (site_id, kind, name)
 );

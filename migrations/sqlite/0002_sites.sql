@@ -25,7 +25,7 @@ CREATE TABLE site_resources (
     location       TEXT NOT NULL,
     bytes_logical  INTEGER NOT NULL,
     bytes_written  INTEGER NOT NULL,
-    duration_ms    INTEGER NOT NULL,
+    duration_us    INTEGER NOT NULL,
     updated_at     INTEGER NOT NULL,
     PRIMARY KEY (site_id, kind, name)
 );

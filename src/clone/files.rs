@@ -151,7 +151,7 @@ pub fn clone_tree(src: &Path, dst: &Path, opts: TreeOptions) -> Result<CloneStat
         bytes_written,
         files: files.len() as u64,
         fallbacks,
-        duration_ms: started.elapsed().as_millis() as u64,
+        duration_us: started.elapsed().as_micros() as u64,
     })
 }
 

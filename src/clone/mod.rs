@@ -51,7 +51,7 @@ pub struct CloneStats {
     pub files: u64,
     /// Files that fell back from reflink to copy midway (EXDEV, EOPNOTSUPP...).
     pub fallbacks: u64,
-    pub duration_ms: u64,
+    pub duration_us: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -73,12 +73,12 @@ pub async fn snapshot(live: &Path, dest: &Path, reflink: bool) -> Result<CloneSt
             bytes_written: size,
             files: 1,
             fallbacks: 0,
-            duration_ms: 0,
+            duration_us: 0,
         }
     };
     let _ = conn.close().await;
     Ok(CloneStats {
-        duration_ms: started.elapsed().as_millis() as u64,
+        duration_us: started.elapsed().as_micros() as u64,
         ..stats
     })
 }
@@ -102,7 +102,7 @@ pub fn clone_snapshot(
     let started = Instant::now();
     let stats = copy_db_files(snapshot, dest, reflink)?;
     Ok(CloneStats {
-        duration_ms: started.elapsed().as_millis() as u64,
+        duration_us: started.elapsed().as_micros() as u64,
         ..stats
     })
 }
@@ -115,7 +115,7 @@ fn copy_db_files(from: &Path, to: &Path, reflink: bool) -> Result<CloneStats, Cl
         bytes_written: 0,
         files: 0,
         fallbacks: 0,
-        duration_ms: 0,
+        duration_us: 0,
     };
     for (src, dst) in [
         (from.to_path_buf(), to.to_path_buf()),

@@ -226,7 +226,7 @@ pub struct SiteResource {
     pub location: String,
     pub bytes_logical: i64,
     pub bytes_written: i64,
-    pub duration_ms: i64,
+    pub duration_us: i64,
     pub updated_at: i64,
 }
 

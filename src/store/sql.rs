@@ -90,7 +90,7 @@ pub(super) use site_columns;
 
 macro_rules! resource_columns {
     () => {
-        "site_id, kind, name, strategy, location, bytes_logical, bytes_written, duration_ms, updated_at"
+        "site_id, kind, name, strategy, location, bytes_logical, bytes_written, duration_us, updated_at"
     };
 }
 pub(super) use resource_columns;
@@ -459,7 +459,7 @@ macro_rules! impl_store {
                     ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                      ON CONFLICT (site_id, kind, name) DO UPDATE SET strategy = excluded.strategy, \
                      location = excluded.location, bytes_logical = excluded.bytes_logical, \
-                     bytes_written = excluded.bytes_written, duration_ms = excluded.duration_ms, \
+                     bytes_written = excluded.bytes_written, duration_us = excluded.duration_us, \
                      updated_at = excluded.updated_at"
                 ))
                 .bind(&r.site_id)
@@ -469,7 +469,7 @@ macro_rules! impl_store {
                 .bind(&r.location)
                 .bind(r.bytes_logical)
                 .bind(r.bytes_written)
-                .bind(r.duration_ms)
+                .bind(r.duration_us)
                 .bind(r.updated_at)
                 .execute(&self.pool)
                 .await?;
