@@ -136,7 +136,8 @@ impl Sites {
     pub fn new(store: Arc<dyn Store>, config: &crate::config::Config) -> Self {
         Self {
             store,
-            root: config.storage.root.clone(),
+            // Absolute, so paths in reports mean the same from any working directory.
+            root: std::path::absolute(&config.storage.root).unwrap_or_else(|_| config.storage.root.clone()),
             gateway_domain: config.gateway.domain.clone(),
             gateway_port: config.gateway.listen.port(),
         }
