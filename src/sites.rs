@@ -137,7 +137,8 @@ impl Sites {
         Self {
             store,
             // Absolute, so paths in reports mean the same from any working directory.
-            root: std::path::absolute(&config.storage.root).unwrap_or_else(|_| config.storage.root.clone()),
+            root: std::path::absolute(&config.storage.root)
+                .unwrap_or_else(|_| config.storage.root.clone()),
             gateway_domain: config.gateway.domain.clone(),
             gateway_port: config.gateway.listen.port(),
         }

@@ -8,6 +8,7 @@
 //! copies paths it is given. Path safety (names → paths) is the caller's (`sites.rs`).
 
 pub mod files;
+pub mod postgres;
 pub mod probe;
 pub mod sqlite;
 

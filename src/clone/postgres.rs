@@ -1,0 +1,516 @@
+//! PostgreSQL, strategy `instance`: each site has its own `postgres` server on its own data
+//! directory, so a clone is a reflink of a frozen data directory plus a server start — time
+//! that does not grow with the data.
+//!
+//! A generation is made with PostgreSQL's backup protocol, never by dump and restore:
+//! `pg_backup_start` (a fast checkpoint; the parent keeps serving) → reflink the data
+//! directory → `pg_backup_stop` → reflink `pg_wal` again (so every WAL record up to the backup's
+//! end is there) → write `backup_label` → start a temporary server on the copy, which recovers
+//! to a consistent point, and shut it down cleanly. Clones of that clean directory start
+//! without recovery.
+//!
+//! Servers run as the `postgres` OS user when endor runs as root (PostgreSQL refuses root),
+//! detached from endor (their own process group), listening on 127.0.0.1 and a socket
+//! directory of their own. No shell is involved: every program is run with an argument vector.
+//! Credentials: a superuser `endor` reachable only through the instance's socket, and an
+//! application role `app` that owns database `app`, with a fresh random password per clone.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{ConnectOptions, Connection};
+
+use super::files::{TreeOptions, clone_tree, remove_tree};
+use super::{CloneError, CloneStats};
+
+pub const APP_ROLE: &str = "app";
+const SUPERUSER: &str = "endor";
+
+/// Where PostgreSQL's programs are and whom servers run as.
+#[derive(Debug, Clone)]
+pub struct PgTools {
+    bin: PathBuf,
+    /// uid/gid to run servers as (when endor is root).
+    run_as: Option<(u32, u32)>,
+}
+
+/// One per-site server: its data directory and how to reach it. Saved as `instance.json`
+/// beside the data directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Instance {
+    pub port: u16,
+    pub password: String,
+}
+
+impl Instance {
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{APP_ROLE}:{}@127.0.0.1:{}/{APP_ROLE}",
+            self.password, self.port
+        )
+    }
+}
+
+/// The layout of one instance directory: `data/`, `run/` (socket), `server.log`,
+/// `instance.json`.
+pub fn data_dir(dir: &Path) -> PathBuf {
+    dir.join("data")
+}
+
+fn run_dir(dir: &Path) -> PathBuf {
+    dir.join("run")
+}
+
+fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CloneError + 'a {
+    CloneError::io(op, path)
+}
+
+fn fresh_password() -> String {
+    let mut b = [0u8; 18];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// A port nobody listens on right now (the kernel's pick).
+fn free_port() -> Result<u16, CloneError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(err("bind", Path::new("127.0.0.1:0")))?;
+    Ok(l.local_addr()
+        .map_err(err("bind", Path::new("127.0.0.1:0")))?
+        .port())
+}
+
+impl PgTools {
+    /// Find the newest PostgreSQL under `/usr/lib/postgresql/*/bin` (or `bin_dir` if given).
+    pub fn detect(bin_dir: Option<&Path>, os_user: &str) -> Result<Self, CloneError> {
+        let bin = match bin_dir {
+            Some(b) => b.to_path_buf(),
+            None => {
+                let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+                    .map_err(err("read dir", Path::new("/usr/lib/postgresql")))?
+                    .flatten()
+                    .filter_map(|e| {
+                        Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin")))
+                    })
+                    .collect();
+                versions.sort();
+                versions.pop().map(|(_, p)| p).ok_or_else(|| {
+                    CloneError::Refused(
+                        "no PostgreSQL server found under /usr/lib/postgresql".into(),
+                    )
+                })?
+            }
+        };
+        if !bin.join("postgres").exists() {
+            return Err(CloneError::Refused(format!(
+                "no postgres binary in {}",
+                bin.display()
+            )));
+        }
+        // SAFETY: geteuid has no preconditions.
+        let run_as = if unsafe { libc::geteuid() } == 0 {
+            Some(lookup_user(os_user)?)
+        } else {
+            None
+        };
+        Ok(Self { bin, run_as })
+    }
+
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new(self.bin.join(program));
+        c.env_clear()
+            .env("LC_ALL", "C.UTF-8")
+            .env("PATH", "/usr/bin:/bin")
+            .stdin(Stdio::null());
+        if let Some((uid, gid)) = self.run_as {
+            c.uid(uid).gid(gid);
+        }
+        c
+    }
+
+    /// Give a directory to the server's user.
+    fn own(&self, path: &Path) -> Result<(), CloneError> {
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(err("chown", path))?;
+        }
+        Ok(())
+    }
+
+    fn run(&self, mut c: Command, what: &str) -> Result<(), CloneError> {
+        let out = c.output().map_err(err("run", &self.bin))?;
+        if !out.status.success() {
+            return Err(CloneError::Refused(format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A new, empty instance in `dir` with the `app` role and database; started.
+    pub async fn create(&self, dir: &Path) -> Result<Instance, CloneError> {
+        std::fs::create_dir_all(dir).map_err(err("mkdir", dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(err("chmod", dir))?;
+        let data = data_dir(dir);
+        std::fs::create_dir_all(&data).map_err(err("mkdir", &data))?;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700))
+            .map_err(err("chmod", &data))?;
+        self.own(&data)?;
+        let mut init = self.cmd("initdb");
+        init.arg("-D").arg(&data).args([
+            "-U",
+            SUPERUSER,
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        ]);
+        self.run(init, "initdb")?;
+        let inst = Instance {
+            port: free_port()?,
+            password: fresh_password(),
+        };
+        self.start(dir, &inst).await?;
+        let mut c = self
+            .superuser(dir, inst.port, "postgres")
+            .await
+            .map_err(|e| CloneError::Refused(e.to_string()))?;
+        // Role and database names are constants; the password is hex we generated: utility
+        // statements take no bind parameters, and nothing here comes from a user.
+        sqlx::raw_sql(&format!(
+            "CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{}'",
+            inst.password
+        ))
+        .execute(&mut c)
+        .await
+        .map_err(|e| CloneError::Refused(format!("create role: {e}")))?;
+        sqlx::raw_sql(&format!("CREATE DATABASE {APP_ROLE} OWNER {APP_ROLE}"))
+            .execute(&mut c)
+            .await
+            .map_err(|e| CloneError::Refused(format!("create database: {e}")))?;
+        let _ = c.close().await;
+        save(dir, &inst)?;
+        Ok(inst)
+    }
+
+    /// Start the server of `dir` on `inst.port`, detached, and wait until it accepts
+    /// connections (recovery included).
+    pub async fn start(&self, dir: &Path, inst: &Instance) -> Result<(), CloneError> {
+        let run = run_dir(dir);
+        std::fs::create_dir_all(&run).map_err(err("mkdir", &run))?;
+        self.own(&run)?;
+        let log_path = dir.join("server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(err("open", &log_path))?;
+        self.own(&log_path)?;
+        let mut c = self.cmd("postgres");
+        c.arg("-D")
+            .arg(data_dir(dir))
+            .arg("-p")
+            .arg(inst.port.to_string())
+            .arg("-k")
+            .arg(&run)
+            .args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "max_connections=30",
+                "-c",
+                "shared_buffers=16MB",
+            ])
+            .stdout(log.try_clone().map_err(err("open", &log_path))?)
+            .stderr(log)
+            // Its own process group: the server outlives the endor command that started it
+            // and does not get the terminal's signals.
+            .process_group(0);
+        let mut child = c.spawn().map_err(err("spawn postgres", &self.bin))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(conn) = self.superuser(dir, inst.port, "postgres").await {
+                let _ = conn.close().await;
+                // Reap the child in the background; the server is detached, not our job.
+                std::thread::spawn(move || child.wait());
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let tail: String = tail
+                    .lines()
+                    .rev()
+                    .take(5)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                return Err(CloneError::Refused(format!(
+                    "postgres exited ({status}) at start: {tail}"
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(CloneError::Refused(
+                    "postgres did not accept connections within 60 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn superuser(
+        &self,
+        dir: &Path,
+        port: u16,
+        db: &str,
+    ) -> Result<PgConnection, sqlx::Error> {
+        PgConnectOptions::new()
+            .socket(run_dir(dir))
+            .port(port)
+            .username(SUPERUSER)
+            .database(db)
+            .log_statements(tracing::log::LevelFilter::Trace)
+            .connect()
+            .await
+    }
+
+    /// Stop the server of `dir` if one runs (fast shutdown: clients are disconnected, a
+    /// shutdown checkpoint is written). Idempotent.
+    pub async fn stop(&self, dir: &Path) -> Result<(), CloneError> {
+        let pid_file = data_dir(dir).join("postmaster.pid");
+        let Ok(text) = std::fs::read_to_string(&pid_file) else {
+            return Ok(());
+        };
+        let Some(pid) = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse::<i32>().ok())
+            .filter(|p| *p > 1)
+        else {
+            return Ok(());
+        };
+        // SAFETY: kill(2) with a pid read from the server's own pid file; signal 0 only probes.
+        let alive = |pid| unsafe { libc::kill(pid, 0) } == 0;
+        if !alive(pid) {
+            return Ok(());
+        }
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while alive(pid) {
+            if Instant::now() > deadline {
+                // SAFETY: as above; the server ignored a fast shutdown for 30 s.
+                unsafe { libc::kill(pid, libc::SIGQUIT) };
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    /// Import a database from `source_url` into the instance (pg_dump | psql; time
+    /// proportional to its size: the one time data is copied).
+    pub async fn import(
+        &self,
+        dir: &Path,
+        inst: &Instance,
+        source_url: &str,
+    ) -> Result<(), CloneError> {
+        let mut dump = self.cmd("pg_dump");
+        // pg_dump runs as us (it reads a remote server), psql as the server's user over its
+        // socket.
+        dump.uid(unsafe { libc::geteuid() })
+            .gid(unsafe { libc::getegid() });
+        dump.args(["--no-owner", "--no-acl", "--format=plain", "--dbname"])
+            .arg(source_url)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut dump = dump.spawn().map_err(err("spawn pg_dump", &self.bin))?;
+        let dump_out = dump
+            .stdout
+            .take()
+            .ok_or_else(|| CloneError::Refused("pg_dump has no stdout".into()))?;
+        let mut psql = self.cmd("psql");
+        psql.args(["-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(run_dir(dir))
+            .arg("-p")
+            .arg(inst.port.to_string())
+            .args(["-U", APP_ROLE, "-d", APP_ROLE])
+            .stdin(Stdio::from(dump_out))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let psql_out = tokio::task::spawn_blocking(move || psql.output())
+            .await
+            .map_err(|e| CloneError::Refused(e.to_string()))?;
+        let dump_out = tokio::task::spawn_blocking(move || dump.wait_with_output())
+            .await
+            .map_err(|e| CloneError::Refused(e.to_string()))?;
+        let dump_out = dump_out.map_err(err("pg_dump", &self.bin))?;
+        let psql_out = psql_out.map_err(err("psql", &self.bin))?;
+        if !dump_out.status.success() {
+            return Err(CloneError::Refused(format!(
+                "pg_dump failed: {}",
+                redact(&String::from_utf8_lossy(&dump_out.stderr), source_url)
+            )));
+        }
+        if !psql_out.status.success() {
+            return Err(CloneError::Refused(format!(
+                "restore failed: {}",
+                String::from_utf8_lossy(&psql_out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Freeze a consistent generation of the running instance `live` into `gen` (see the
+    /// module doc). The parent keeps serving throughout.
+    pub async fn snapshot(
+        &self,
+        live: &Path,
+        gen_dir: &Path,
+        reflink: bool,
+    ) -> Result<CloneStats, CloneError> {
+        let started = Instant::now();
+        let inst = load(live)?;
+        std::fs::create_dir_all(gen_dir).map_err(err("mkdir", gen_dir))?;
+        std::fs::set_permissions(gen_dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(err("chmod", gen_dir))?;
+        let sql = |e: sqlx::Error| CloneError::Refused(format!("backup protocol: {e}"));
+        let mut c = self
+            .superuser(live, inst.port, "postgres")
+            .await
+            .map_err(sql)?;
+        sqlx::query("SELECT pg_backup_start('endor generation', true)")
+            .execute(&mut c)
+            .await
+            .map_err(sql)?;
+        let opts = TreeOptions::new(reflink);
+        let copied = clone_tree(&data_dir(live), &data_dir(gen_dir), opts);
+        let stop: Result<(String,), _> =
+            sqlx::query_as("SELECT labelfile FROM pg_backup_stop(false)")
+                .fetch_one(&mut c)
+                .await;
+        let _ = c.close().await;
+        let mut stats = copied?;
+        let (label,) = stop.map_err(sql)?;
+        // Every WAL record up to the end of the backup.
+        let wal = data_dir(gen_dir).join("pg_wal");
+        remove_tree(&wal)?;
+        let wal_stats = clone_tree(&data_dir(live).join("pg_wal"), &wal, opts)?;
+        stats.bytes_written += wal_stats.bytes_written;
+        for f in ["postmaster.pid", "postmaster.opts"] {
+            let _ = std::fs::remove_file(data_dir(gen_dir).join(f));
+        }
+        let label_path = data_dir(gen_dir).join("backup_label");
+        std::fs::write(&label_path, label).map_err(err("write", &label_path))?;
+        self.own(&label_path)?;
+        // Recover once, then shut down cleanly: clones of a clean directory start fast.
+        let temp = Instance {
+            port: free_port()?,
+            password: inst.password.clone(),
+        };
+        self.start(gen_dir, &temp).await?;
+        self.stop(gen_dir).await?;
+        let _ = remove_tree(&run_dir(gen_dir));
+        save(gen_dir, &temp)?;
+        Ok(CloneStats {
+            strategy: stats.strategy,
+            duration_us: started.elapsed().as_micros() as u64,
+            ..stats
+        })
+    }
+
+    /// A new instance in `dst` from the clean generation in `gen`: reflink, start, and a fresh
+    /// password for `app`.
+    pub async fn clone_generation(
+        &self,
+        gen_dir: &Path,
+        dst: &Path,
+        reflink: bool,
+    ) -> Result<(Instance, CloneStats), CloneError> {
+        let started = Instant::now();
+        std::fs::create_dir_all(dst).map_err(err("mkdir", dst))?;
+        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755))
+            .map_err(err("chmod", dst))?;
+        let stats = clone_tree(
+            &data_dir(gen_dir),
+            &data_dir(dst),
+            TreeOptions::new(reflink),
+        )?;
+        let inst = Instance {
+            port: free_port()?,
+            password: fresh_password(),
+        };
+        self.start(dst, &inst).await?;
+        let mut c = self
+            .superuser(dst, inst.port, "postgres")
+            .await
+            .map_err(|e| CloneError::Refused(e.to_string()))?;
+        sqlx::raw_sql(&format!(
+            "ALTER ROLE {APP_ROLE} PASSWORD '{}'",
+            inst.password
+        ))
+        .execute(&mut c)
+        .await
+        .map_err(|e| CloneError::Refused(format!("set password: {e}")))?;
+        let _ = c.close().await;
+        save(dst, &inst)?;
+        Ok((
+            inst,
+            CloneStats {
+                strategy: stats.strategy,
+                duration_us: started.elapsed().as_micros() as u64,
+                ..stats
+            },
+        ))
+    }
+}
+
+pub fn save(dir: &Path, inst: &Instance) -> Result<(), CloneError> {
+    let p = dir.join("instance.json");
+    let text = serde_json::to_string(inst).map_err(|e| CloneError::Refused(e.to_string()))?;
+    std::fs::write(&p, text).map_err(err("write", &p))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(err("chmod", &p))
+}
+
+pub fn load(dir: &Path) -> Result<Instance, CloneError> {
+    let p = dir.join("instance.json");
+    let text = std::fs::read_to_string(&p).map_err(err("read", &p))?;
+    serde_json::from_str(&text).map_err(|e| CloneError::Refused(format!("{}: {e}", p.display())))
+}
+
+/// Remove the password of a URL from a message.
+fn redact(msg: &str, url: &str) -> String {
+    match url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .and_then(|(auth, _)| auth.split_once(':'))
+    {
+        Some((_, pw)) if !pw.is_empty() => msg.replace(pw, "***"),
+        _ => msg.trim().to_string(),
+    }
+}
+
+fn lookup_user(name: &str) -> Result<(u32, u32), CloneError> {
+    let cname = std::ffi::CString::new(name)
+        .map_err(|_| CloneError::Refused(format!("bad user name {name:?}")))?;
+    // SAFETY: getpwnam with a valid C string; the result is read at once, before any other
+    // call that could reuse its static buffer.
+    let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
+    if pw.is_null() {
+        return Err(CloneError::Refused(format!(
+            "OS user `{name}` does not exist: PostgreSQL servers cannot run as root (postgres.os_user)"
+        )));
+    }
+    // SAFETY: pw is non-null and points to a passwd record.
+    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}

@@ -1,0 +1,192 @@
+//! PostgreSQL `instance` strategy against the machine's real PostgreSQL binaries, on the
+//! reflink filesystem (`ENDOR_TEST_REFLINK_DIR`).
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use endor::clone::Strategy;
+use endor::clone::postgres::{PgTools, data_dir, load};
+use sqlx::Connection;
+use sqlx::postgres::{PgConnection, PgPoolOptions};
+
+fn reflink_dir() -> tempfile::TempDir {
+    let base = std::env::var("ENDOR_TEST_REFLINK_DIR")
+        .expect("ENDOR_TEST_REFLINK_DIR is not set: run the suite with scripts/test.sh");
+    std::fs::create_dir_all(&base).unwrap();
+    let d = tempfile::tempdir_in(base).unwrap();
+    // The per-site servers run as the postgres user, which must reach their directories.
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// A source database on the machine's server, like a customer's production database.
+async fn source_db() -> (String, String) {
+    let name = format!("endor_test_src_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = PgConnection::connect(&format!("{}/postgres", support::pg_base()))
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("{}/{}", support::pg_base(), name);
+    let mut c = PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+         INSERT INTO accounts SELECT g, 1000 FROM generate_series(0, 99) g;",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    (name, url)
+}
+
+async fn drop_db(name: &str) {
+    let mut admin = PgConnection::connect(&format!("{}/postgres", support::pg_base()))
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+async fn totals(url: &str) -> (i64, i64) {
+    let mut c = PgConnection::connect(url).await.unwrap();
+    sqlx::query_as("SELECT COUNT(*), SUM(balance)::bigint FROM accounts")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+}
+
+fn pid_of(dir: &Path) -> i32 {
+    std::fs::read_to_string(data_dir(dir).join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn alive(pid: i32) -> bool {
+    // SAFETY: signal 0 only probes.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_generation_is_consistent_under_writes_and_clones_are_isolated() {
+    let tools = PgTools::detect(None, "postgres").unwrap();
+    let d = reflink_dir();
+    let (src_name, src_url) = source_db().await;
+    let parent = d.path().join("parent");
+    let inst = tools.create(&parent).await.unwrap();
+    tools.import(&parent, &inst, &src_url).await.unwrap();
+    assert_eq!(totals(&inst.url()).await, (100, 100_000));
+
+    // A writer moves money on the parent the whole time.
+    let pool = PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&inst.url())
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("UPDATE accounts SET balance = balance - $1 WHERE id = $2")
+                    .bind(n % 50 + 1)
+                    .bind(((n * 7) % 100) as i32)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
+                    .bind(n % 50 + 1)
+                    .bind(((n * 13 + 1) % 100) as i32)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let gen_dir = d.path().join("gen");
+    let snap = tools.snapshot(&parent, &gen_dir, true).await.unwrap();
+    assert_eq!(snap.strategy, Strategy::Reflink);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let transfers = writer.await.unwrap();
+    assert!(transfers > 20, "writer barely ran: {transfers}");
+    pool.close().await;
+
+    let mut clones = Vec::new();
+    for i in 0..2 {
+        let dst = d.path().join(format!("clone-{i}"));
+        let (ci, stats) = tools.clone_generation(&gen_dir, &dst, true).await.unwrap();
+        assert_eq!(stats.strategy, Strategy::Reflink);
+        assert_eq!(stats.bytes_written, 0, "a reflink clone wrote data");
+        assert_eq!(
+            totals(&ci.url()).await,
+            (100, 100_000),
+            "clone {i} is inconsistent"
+        );
+        assert_ne!(ci.port, inst.port);
+        assert_ne!(
+            ci.password, inst.password,
+            "clones share credentials with the parent"
+        );
+        clones.push((dst, ci));
+    }
+    // Isolation both ways.
+    let (c0, i0) = &clones[0];
+    let mut c = PgConnection::connect(&i0.url()).await.unwrap();
+    sqlx::query("UPDATE accounts SET balance = 0")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    assert_eq!(totals(&inst.url()).await, (100, 100_000));
+    assert_eq!(totals(&clones[1].1.url()).await, (100, 100_000));
+    let mut p = PgConnection::connect(&inst.url()).await.unwrap();
+    sqlx::query("DELETE FROM accounts WHERE id < 10")
+        .execute(&mut p)
+        .await
+        .unwrap();
+    p.close().await.unwrap();
+    assert_eq!(totals(&clones[1].1.url()).await, (100, 100_000));
+    // Another clone's password does not open this one.
+    let wrong = i0.url().replace(&i0.password, &clones[1].1.password);
+    assert!(PgConnection::connect(&wrong).await.is_err());
+    assert_eq!(load(c0).unwrap().port, i0.port);
+
+    // Stopping leaves no process and frees the port.
+    for dir in [
+        parent.as_path(),
+        clones[0].0.as_path(),
+        clones[1].0.as_path(),
+    ] {
+        let pid = pid_of(dir);
+        tools.stop(dir).await.unwrap();
+        assert!(!alive(pid), "postgres {pid} still runs");
+        tools.stop(dir).await.unwrap(); // idempotent
+    }
+    for port in [inst.port, clones[0].1.port, clones[1].1.port] {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} still taken"
+        );
+    }
+    drop_db(&src_name).await;
+}
