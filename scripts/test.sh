@@ -16,6 +16,8 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
 mnt=$(bash scripts/reflink-fs.sh)
 export ENDOR_TEST_REFLINK_DIR="${ENDOR_TEST_REFLINK_DIR:-$mnt/endor-test}"
 mkdir -p "$ENDOR_TEST_REFLINK_DIR"
+# Per-site PostgreSQL servers left by an interrupted run (tests stop their own).
+pkill -INT -f "postgres -D ($ENDOR_TEST_REFLINK_DIR|/var/tmp/\.tmp)" 2>/dev/null || true
 find "$ENDOR_TEST_REFLINK_DIR" -mindepth 1 -maxdepth 1 -mmin +60 -exec rm -rf {} + 2>/dev/null || true
 
 export ENDOR_TEST_PG="${ENDOR_TEST_PG:-postgres://postgres@127.0.0.1:5432}"

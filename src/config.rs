@@ -20,6 +20,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub storage: StorageConfig,
     pub webhooks: WebhooksConfig,
+    pub postgres: PostgresConfig,
     pub github: ForgeConfig,
     pub gitlab: ForgeConfig,
     pub gitea: ForgeConfig,
@@ -105,6 +106,25 @@ impl Default for WebhooksConfig {
         Self {
             max_body_bytes: 25 * 1024 * 1024,
             max_batch: 256,
+        }
+    }
+}
+
+/// Per-site PostgreSQL servers (clone strategy `instance`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// Directory of PostgreSQL's programs; empty = the newest under /usr/lib/postgresql.
+    pub bin_dir: String,
+    /// OS user the servers run as when endor runs as root (PostgreSQL refuses root).
+    pub os_user: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            bin_dir: String::new(),
+            os_user: "postgres".into(),
         }
     }
 }

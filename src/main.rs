@@ -70,6 +70,9 @@ enum SiteCmd {
         /// A SQLite database file to import (consistently, even while in use).
         #[arg(long)]
         sqlite: Option<PathBuf>,
+        /// A PostgreSQL database to import into a server of the site's own.
+        #[arg(long)]
+        postgres: Option<String>,
     },
     /// List sites.
     List,
@@ -396,6 +399,7 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     region,
                     files,
                     sqlite,
+                    postgres,
                 } => {
                     let r = sites
                         .create(
@@ -404,6 +408,7 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                             &region,
                             files.as_deref(),
                             sqlite.as_deref(),
+                            postgres.as_deref(),
                         )
                         .await?;
                     emit(json, &r, op)

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::clone::files::{TreeOptions, clone_tree, remove_tree};
+use crate::clone::postgres::{self as pg, PgTools};
 use crate::clone::{CloneError, CloneStats, Strategy, probe, sqlite};
 use crate::store::{NewSite, Site, SiteResource, SiteState, Store, StoreError};
 
@@ -128,6 +129,8 @@ pub struct Sites {
     root: PathBuf,
     gateway_domain: String,
     gateway_port: u16,
+    pg_bin: Option<PathBuf>,
+    pg_user: String,
 }
 
 const MAIN_DB: &str = "main";
@@ -141,7 +144,14 @@ impl Sites {
                 .unwrap_or_else(|_| config.storage.root.clone()),
             gateway_domain: config.gateway.domain.clone(),
             gateway_port: config.gateway.listen.port(),
+            pg_bin: (!config.postgres.bin_dir.is_empty())
+                .then(|| PathBuf::from(&config.postgres.bin_dir)),
+            pg_user: config.postgres.os_user.clone(),
         }
+    }
+
+    fn pg(&self) -> Result<PgTools> {
+        Ok(PgTools::detect(self.pg_bin.as_deref(), &self.pg_user)?)
     }
 
     fn dir(&self, site: &Site) -> PathBuf {
@@ -199,8 +209,16 @@ impl Sites {
         region: &str,
         files: Option<&Path>,
         sqlite_db: Option<&Path>,
+        postgres: Option<&str>,
     ) -> Result<OperationReport> {
         validate_site_name(name)?;
+        if let Some(url) = postgres
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(SiteError::Invalid(
+                "--postgres must be a postgres:// URL".into(),
+            ));
+        }
         crate::service::validate_name("region", region)
             .map_err(|e| SiteError::Invalid(e.to_string()))?;
         let ws = self
@@ -229,7 +247,7 @@ impl Sites {
                 read_only: false,
             })
             .await?;
-        let result = self.import(&site, files, sqlite_db).await;
+        let result = self.import(&site, files, sqlite_db, postgres).await;
         match result {
             Ok(resources) => {
                 self.store
@@ -256,6 +274,7 @@ impl Sites {
         site: &Site,
         files: Option<&Path>,
         sqlite_db: Option<&Path>,
+        postgres: Option<&str>,
     ) -> Result<Vec<ResourceReport>> {
         let reflink = self.reflink()?;
         let live = self.live(site);
@@ -296,6 +315,23 @@ impl Sites {
             let stats = sqlite::import(src, &dest).await?;
             out.push(self.record(site, "sqlite", MAIN_DB, &dest, &stats).await?);
         }
+        if let Some(url) = postgres {
+            let started = std::time::Instant::now();
+            let tools = self.pg()?;
+            let dir = live.join("pg").join(MAIN_DB);
+            let inst = tools.create(&dir).await?;
+            tools.import(&dir, &inst, url).await?;
+            let size = tree_size(&pg::data_dir(&dir));
+            let stats = CloneStats {
+                strategy: Strategy::Import,
+                bytes_logical: size,
+                bytes_written: size,
+                files: 0,
+                fallbacks: 0,
+                duration_us: started.elapsed().as_micros() as u64,
+            };
+            out.push(self.record(site, "postgres", MAIN_DB, &dir, &stats).await?);
+        }
         Ok(out)
     }
 
@@ -318,8 +354,11 @@ impl Sites {
             .collect();
         let database_urls = resources
             .iter()
-            .filter(|r| r.kind == "sqlite")
-            .map(|r| format!("sqlite://{}", r.location))
+            .filter_map(|r| match r.kind.as_str() {
+                "sqlite" => Some(format!("sqlite://{}", r.location)),
+                "postgres" => pg::load(Path::new(&r.location)).ok().map(|i| i.url()),
+                _ => None,
+            })
             .collect();
         Ok(SiteDetails {
             url: format!(
@@ -388,6 +427,13 @@ impl Sites {
                     let dest = dir.join("sqlite").join(format!("{}.db", r.name));
                     let s = sqlite::snapshot(Path::new(&r.location), &dest, reflink).await?;
                     resources.push(report("sqlite", &r.name, &dest, &s));
+                } else if r.kind == "postgres" {
+                    let dest = dir.join("pg").join(&r.name);
+                    let s = self
+                        .pg()?
+                        .snapshot(Path::new(&r.location), &dest, reflink)
+                        .await?;
+                    resources.push(report("postgres", &r.name, &dest, &s));
                 }
             }
             Ok::<_, SiteError>(resources)
@@ -457,6 +503,20 @@ impl Sites {
         if db {
             std::fs::create_dir_all(live.join("sqlite")).map_err(CloneError::io("mkdir", live))?;
             for r in self.store.site_resources(&src.id).await? {
+                if r.kind == "postgres" {
+                    // A server runs from its directory: the target's is stopped and replaced in
+                    // place (a brief outage of the target only, never of the source).
+                    let tools = self.pg()?;
+                    let target = self.live(dst).join("pg").join(&r.name);
+                    tools.stop(&target).await?;
+                    self.trash(&target)?;
+                    std::fs::create_dir_all(self.live(dst).join("pg"))
+                        .map_err(CloneError::io("mkdir", live))?;
+                    let (_, s) = tools
+                        .clone_generation(&gen_dir.join("pg").join(&r.name), &target, reflink)
+                        .await?;
+                    out.push(self.record(dst, "postgres", &r.name, &target, &s).await?);
+                }
                 if r.kind == "sqlite" {
                     let file = format!("{}.db", r.name);
                     let s = sqlite::clone_snapshot(
@@ -612,6 +672,8 @@ impl Sites {
         self.store
             .set_site_state(&site.id, SiteState::Deleting)
             .await?;
+        // Servers first: a running server must never lose its directory under it.
+        pg::stop_all_under(self.pg().ok().as_ref(), &self.dir(site)).await?;
         self.trash(&self.dir(site))?;
         self.store.delete_resources(&site.id).await?;
         for g in self.store.generations(&site.id).await? {
@@ -671,6 +733,7 @@ impl Sites {
             }
             report.removed.push(path.clone());
             if !dry_run {
+                pg::stop_all_under(self.pg().ok().as_ref(), &path).await?;
                 if name == ".trash" {
                     remove_tree(&path)?;
                 } else {
@@ -687,6 +750,21 @@ impl Sites {
         }
         Ok(report)
     }
+}
+
+/// Bytes of the regular files under `path`.
+fn tree_size(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => total += tree_size(&e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
 }
 
 fn older_than(path: &Path, grace: std::time::Duration) -> bool {

@@ -26,12 +26,17 @@ fn reflink_dir() -> tempfile::TempDir {
         "ENDOR_TEST_REFLINK_DIR is not set: run the suite with scripts/test.sh, which mounts an XFS image with reflink",
     );
     fs::create_dir_all(&base).unwrap();
-    tempfile::tempdir_in(base).unwrap()
+    let d = tempfile::tempdir_in(base).unwrap();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    d
 }
 
 /// A fresh directory on the root disk (ext4: no reflink).
 fn plain_dir() -> tempfile::TempDir {
-    tempfile::tempdir_in("/var/tmp").unwrap()
+    let d = tempfile::tempdir_in("/var/tmp").unwrap();
+    // Per-site PostgreSQL servers run as the postgres user, which must reach their directories.
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    d
 }
 
 #[test]
@@ -376,6 +381,7 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
     build_tree(&src_files);
     let src_db = f.root.parent().unwrap().join("import.db");
     bank(&src_db).await.close().await;
+    let (pg_name, pg_url) = support::pg_source_db().await;
 
     let created = f
         .sites
@@ -385,13 +391,21 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
             "default",
             Some(&src_files),
             Some(&src_db),
+            Some(&pg_url),
         )
         .await
         .unwrap();
-    assert_eq!(created.resources.len(), 2);
+    assert_eq!(created.resources.len(), 3);
     let shown = f.sites.show("production").await.unwrap();
     assert_eq!(snapshot(&shown.files_dir), snapshot(&src_files));
-    assert_eq!(shown.database_urls.len(), 1);
+    assert_eq!(shown.database_urls.len(), 2);
+    let parent_pg = shown
+        .database_urls
+        .iter()
+        .find(|u| u.starts_with("postgres://"))
+        .unwrap()
+        .clone();
+    assert_eq!(support::pg_totals(&parent_pg).await, (100, 100_000));
     assert!(
         shown
             .url
@@ -405,13 +419,51 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
         .await
         .unwrap();
     assert_eq!(cloned.generation, Some(1));
-    let want = if reflink { "reflink" } else { "copy" };
     for r in &cloned.resources {
+        let want = match (r.kind.as_str(), reflink) {
+            ("postgres", true) => "instance",
+            ("postgres", false) => "instance-copy",
+            (_, true) => "reflink",
+            (_, false) => "copy",
+        };
         assert_eq!(r.strategy, want, "{r:?}");
     }
+    assert_eq!(cloned.resources.len(), 3);
     let clone = f.sites.show("shop-pr-1").await.unwrap();
     assert_eq!(clone.parent.as_deref(), Some("production"));
     assert_eq!(snapshot(&clone.files_dir), snapshot(&shown.files_dir));
+    let clone_pg = clone
+        .database_urls
+        .iter()
+        .find(|u| u.starts_with("postgres://"))
+        .unwrap()
+        .clone();
+    assert_ne!(clone_pg, parent_pg);
+    assert_eq!(support::pg_totals(&clone_pg).await, (100, 100_000));
+    // A write in the clone's database stays there; a sync brings the parent's data back.
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&clone_pg)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM accounts WHERE id < 50")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::Connection::close(c).await.unwrap();
+    assert_eq!(support::pg_totals(&parent_pg).await, (100, 100_000));
+    f.sites
+        .sync("production", "shop-pr-1", false, true, Guard::default())
+        .await
+        .unwrap();
+    let clone_pg = f
+        .sites
+        .show("shop-pr-1")
+        .await
+        .unwrap()
+        .database_urls
+        .into_iter()
+        .find(|u| u.starts_with("postgres://"))
+        .unwrap();
+    assert_eq!(support::pg_totals(&clone_pg).await, (100, 100_000));
     let clone_db = PathBuf::from(
         &clone
             .resources
@@ -504,6 +556,16 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     assert_eq!(fs::read_dir(f.root.join(".trash")).unwrap().count(), 0);
+    // No server of these sites still runs.
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let root = f.root.display().to_string();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    let left: Vec<_> = ps.lines().filter(|l| l.contains(&root)).collect();
+    assert!(left.is_empty(), "servers outlived their site: {left:?}");
+    support::drop_pg_db(&pg_name).await;
     f.db.cleanup().await;
 }
 
@@ -521,7 +583,7 @@ async fn sites_on_plain_storage() {
 async fn sweep_removes_orphans_but_not_sites_being_made() {
     let f = fixture(reflink_dir()).await;
     f.sites
-        .create("live", "acme", "default", None, None)
+        .create("live", "acme", "default", None, None, None)
         .await
         .unwrap();
     let live_id = f.sites.show("live").await.unwrap().id;
@@ -583,13 +645,15 @@ async fn hostile_site_names_are_refused() {
     ] {
         assert!(
             matches!(
-                f.sites.create(bad, "acme", "default", None, None).await,
+                f.sites
+                    .create(bad, "acme", "default", None, None, None)
+                    .await,
                 Err(SiteError::Invalid(_))
             ),
             "{bad:?}"
         );
         f.sites
-            .create("ok-src", "acme", "default", None, None)
+            .create("ok-src", "acme", "default", None, None, None)
             .await
             .ok();
         assert!(
@@ -601,7 +665,9 @@ async fn hostile_site_names_are_refused() {
         );
     }
     assert!(matches!(
-        f.sites.create("x", "acme", "../../etc", None, None).await,
+        f.sites
+            .create("x", "acme", "../../etc", None, None, None)
+            .await,
         Err(SiteError::Invalid(_))
     ));
     // Nothing escaped the storage root; the only directory is the one good site's.

@@ -24,46 +24,6 @@ fn reflink_dir() -> tempfile::TempDir {
     d
 }
 
-/// A source database on the machine's server, like a customer's production database.
-async fn source_db() -> (String, String) {
-    let name = format!("endor_test_src_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = PgConnection::connect(&format!("{}/postgres", support::pg_base()))
-        .await
-        .unwrap();
-    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let url = format!("{}/{}", support::pg_base(), name);
-    let mut c = PgConnection::connect(&url).await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
-         INSERT INTO accounts SELECT g, 1000 FROM generate_series(0, 99) g;",
-    )
-    .execute(&mut c)
-    .await
-    .unwrap();
-    (name, url)
-}
-
-async fn drop_db(name: &str) {
-    let mut admin = PgConnection::connect(&format!("{}/postgres", support::pg_base()))
-        .await
-        .unwrap();
-    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-}
-
-async fn totals(url: &str) -> (i64, i64) {
-    let mut c = PgConnection::connect(url).await.unwrap();
-    sqlx::query_as("SELECT COUNT(*), SUM(balance)::bigint FROM accounts")
-        .fetch_one(&mut c)
-        .await
-        .unwrap()
-}
-
 fn pid_of(dir: &Path) -> i32 {
     std::fs::read_to_string(data_dir(dir).join("postmaster.pid"))
         .unwrap()
@@ -84,11 +44,11 @@ fn alive(pid: i32) -> bool {
 async fn instance_generation_is_consistent_under_writes_and_clones_are_isolated() {
     let tools = PgTools::detect(None, "postgres").unwrap();
     let d = reflink_dir();
-    let (src_name, src_url) = source_db().await;
+    let (src_name, src_url) = support::pg_source_db().await;
     let parent = d.path().join("parent");
     let inst = tools.create(&parent).await.unwrap();
     tools.import(&parent, &inst, &src_url).await.unwrap();
-    assert_eq!(totals(&inst.url()).await, (100, 100_000));
+    assert_eq!(support::pg_totals(&inst.url()).await, (100, 100_000));
 
     // A writer moves money on the parent the whole time.
     let pool = PgPoolOptions::new()
@@ -124,7 +84,7 @@ async fn instance_generation_is_consistent_under_writes_and_clones_are_isolated(
     tokio::time::sleep(Duration::from_millis(200)).await;
     let gen_dir = d.path().join("gen");
     let snap = tools.snapshot(&parent, &gen_dir, true).await.unwrap();
-    assert_eq!(snap.strategy, Strategy::Reflink);
+    assert_eq!(snap.strategy, Strategy::Instance);
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     let transfers = writer.await.unwrap();
@@ -135,10 +95,10 @@ async fn instance_generation_is_consistent_under_writes_and_clones_are_isolated(
     for i in 0..2 {
         let dst = d.path().join(format!("clone-{i}"));
         let (ci, stats) = tools.clone_generation(&gen_dir, &dst, true).await.unwrap();
-        assert_eq!(stats.strategy, Strategy::Reflink);
+        assert_eq!(stats.strategy, Strategy::Instance);
         assert_eq!(stats.bytes_written, 0, "a reflink clone wrote data");
         assert_eq!(
-            totals(&ci.url()).await,
+            support::pg_totals(&ci.url()).await,
             (100, 100_000),
             "clone {i} is inconsistent"
         );
@@ -157,15 +117,15 @@ async fn instance_generation_is_consistent_under_writes_and_clones_are_isolated(
         .await
         .unwrap();
     c.close().await.unwrap();
-    assert_eq!(totals(&inst.url()).await, (100, 100_000));
-    assert_eq!(totals(&clones[1].1.url()).await, (100, 100_000));
+    assert_eq!(support::pg_totals(&inst.url()).await, (100, 100_000));
+    assert_eq!(support::pg_totals(&clones[1].1.url()).await, (100, 100_000));
     let mut p = PgConnection::connect(&inst.url()).await.unwrap();
     sqlx::query("DELETE FROM accounts WHERE id < 10")
         .execute(&mut p)
         .await
         .unwrap();
     p.close().await.unwrap();
-    assert_eq!(totals(&clones[1].1.url()).await, (100, 100_000));
+    assert_eq!(support::pg_totals(&clones[1].1.url()).await, (100, 100_000));
     // Another clone's password does not open this one.
     let wrong = i0.url().replace(&i0.password, &clones[1].1.password);
     assert!(PgConnection::connect(&wrong).await.is_err());
@@ -188,5 +148,5 @@ async fn instance_generation_is_consistent_under_writes_and_clones_are_isolated(
             "port {port} still taken"
         );
     }
-    drop_db(&src_name).await;
+    support::drop_pg_db(&src_name).await;
 }

@@ -28,6 +28,10 @@ pub enum Strategy {
     VacuumInto,
     /// A first import of outside data into a site (proportional to its size).
     Import,
+    /// A database server of the site's own on a reflinked data directory.
+    Instance,
+    /// The same, where the data directory had to be copied (no reflink).
+    InstanceCopy,
 }
 
 impl Strategy {
@@ -37,6 +41,8 @@ impl Strategy {
             Strategy::Copy => "copy",
             Strategy::VacuumInto => "vacuum-into",
             Strategy::Import => "import",
+            Strategy::Instance => "instance",
+            Strategy::InstanceCopy => "instance-copy",
         }
     }
 }

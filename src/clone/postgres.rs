@@ -27,7 +27,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
 use super::files::{TreeOptions, clone_tree, remove_tree};
-use super::{CloneError, CloneStats};
+use super::{CloneError, CloneStats, Strategy};
 
 pub const APP_ROLE: &str = "app";
 const SUPERUSER: &str = "endor";
@@ -63,8 +63,12 @@ pub fn data_dir(dir: &Path) -> PathBuf {
     dir.join("data")
 }
 
+/// The server's socket directory. Unix socket paths are limited to 107 bytes, so it lives
+/// under /tmp, named by a hash of the instance directory (stable: found again from the path).
 fn run_dir(dir: &Path) -> PathBuf {
-    dir.join("run")
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    PathBuf::from(format!("/tmp/endor-pg-{}", hex::encode(&digest[..10])))
 }
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CloneError + 'a {
@@ -314,6 +318,7 @@ impl PgTools {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        let _ = std::fs::remove_dir_all(run_dir(dir));
         Ok(())
     }
 
@@ -420,10 +425,9 @@ impl PgTools {
         };
         self.start(gen_dir, &temp).await?;
         self.stop(gen_dir).await?;
-        let _ = remove_tree(&run_dir(gen_dir));
         save(gen_dir, &temp)?;
         Ok(CloneStats {
-            strategy: stats.strategy,
+            strategy: instance_strategy(stats.strategy),
             duration_us: started.elapsed().as_micros() as u64,
             ..stats
         })
@@ -467,11 +471,56 @@ impl PgTools {
         Ok((
             inst,
             CloneStats {
-                strategy: stats.strategy,
+                strategy: instance_strategy(stats.strategy),
                 duration_us: started.elapsed().as_micros() as u64,
                 ..stats
             },
         ))
+    }
+}
+
+fn instance_strategy(files: Strategy) -> Strategy {
+    if files == Strategy::Reflink {
+        Strategy::Instance
+    } else {
+        Strategy::InstanceCopy
+    }
+}
+
+/// Stop every server whose instance directory lies within `root` (up to four levels down):
+/// what must happen before a site's directory is removed.
+pub async fn stop_all_under(tools: Option<&PgTools>, root: &Path) -> Result<(), CloneError> {
+    let mut found = Vec::new();
+    find_instances(root, 0, &mut found);
+    if found.is_empty() {
+        return Ok(());
+    }
+    let tools = tools.ok_or_else(|| {
+        CloneError::Refused(format!(
+            "{} holds PostgreSQL data but no PostgreSQL is installed",
+            root.display()
+        ))
+    })?;
+    for dir in found {
+        tools.stop(&dir).await?;
+    }
+    Ok(())
+}
+
+fn find_instances(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    if data_dir(dir).join("postmaster.pid").exists() {
+        out.push(dir.to_path_buf());
+        return;
+    }
+    if depth >= 4 {
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && e.file_name() != "data" {
+                find_instances(&e.path(), depth + 1, out);
+            }
+        }
     }
 }
 

@@ -160,3 +160,45 @@ macro_rules! both_backends {
         }
     };
 }
+
+/// A source database on the machine's server, like a customer's production database: table
+/// `accounts` with 100 rows of balance 1000. Returns (name, url).
+pub async fn pg_source_db() -> (String, String) {
+    let name = format!("endor_test_src_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", pg_base()))
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("{}/{}", pg_base(), name);
+    let mut c = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+         INSERT INTO accounts SELECT g, 1000 FROM generate_series(0, 99) g;",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    (name, url)
+}
+
+pub async fn drop_pg_db(name: &str) {
+    let mut admin = sqlx::PgConnection::connect(&format!("{}/postgres", pg_base()))
+        .await
+        .unwrap();
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}
+
+/// (rows, total balance) of `accounts` at a PostgreSQL URL.
+pub async fn pg_totals(url: &str) -> (i64, i64) {
+    let mut c = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::query_as("SELECT COUNT(*), SUM(balance)::bigint FROM accounts")
+        .fetch_one(&mut c)
+        .await
+        .unwrap()
+}
