@@ -177,7 +177,12 @@ impl PgTools {
             "UTF8",
             "--no-instructions",
         ]);
-        self.run(init, "initdb")?;
+        self.run(init, "initdb").map_err(|e| match (&e, self.run_as) {
+            (CloneError::Refused(m), Some(_)) if m.contains("Permission denied") => CloneError::Refused(format!(
+                "{m} (the storage root and every directory above it must be reachable by the OS user that runs PostgreSQL, postgres.os_user)"
+            )),
+            _ => e,
+        })?;
         let inst = Instance {
             port: free_port()?,
             password: fresh_password(),
