@@ -62,4 +62,6 @@ ensure_mariadb() {
 command -v psql >/dev/null 2>&1 || apt_install postgresql-client
 ensure_postgres
 ensure_mariadb
+# Clone engine: MariaDB generations are taken with mariadb-backup.
+command -v mariadb-backup >/dev/null 2>&1 || apt_install mariadb-backup
 log "PostgreSQL and MariaDB are up"

@@ -21,6 +21,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub webhooks: WebhooksConfig,
     pub postgres: PostgresConfig,
+    pub mariadb: MariadbConfig,
     pub github: ForgeConfig,
     pub gitlab: ForgeConfig,
     pub gitea: ForgeConfig,
@@ -125,6 +126,22 @@ impl Default for PostgresConfig {
         Self {
             bin_dir: String::new(),
             os_user: "postgres".into(),
+        }
+    }
+}
+
+/// Per-site MariaDB servers (clone strategy `instance`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MariadbConfig {
+    /// OS user the servers run as when endor runs as root.
+    pub os_user: String,
+}
+
+impl Default for MariadbConfig {
+    fn default() -> Self {
+        Self {
+            os_user: "mysql".into(),
         }
     }
 }

@@ -73,6 +73,10 @@ enum SiteCmd {
         /// A PostgreSQL database to import into a server of the site's own.
         #[arg(long)]
         postgres: Option<String>,
+        /// A MariaDB/MySQL database (mysql://USER[:PASSWORD]@HOST[:PORT]/DB) to import into a
+        /// server of the site's own.
+        #[arg(long)]
+        mariadb: Option<String>,
     },
     /// List sites.
     List,
@@ -400,17 +404,15 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     files,
                     sqlite,
                     postgres,
+                    mariadb,
                 } => {
-                    let r = sites
-                        .create(
-                            &site,
-                            &workspace,
-                            &region,
-                            files.as_deref(),
-                            sqlite.as_deref(),
-                            postgres.as_deref(),
-                        )
-                        .await?;
+                    let imports = endor::sites::Imports {
+                        files: files.as_deref(),
+                        sqlite: sqlite.as_deref(),
+                        postgres: postgres.as_deref(),
+                        mariadb: mariadb.as_deref(),
+                    };
+                    let r = sites.create(&site, &workspace, &region, imports).await?;
                     emit(json, &r, op)
                 }
                 SiteCmd::List => {

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::clone::DbServer;
 use crate::clone::files::{TreeOptions, clone_tree, remove_tree};
+use crate::clone::mariadb::{self as maria, MariaTools};
 use crate::clone::postgres::{self as pg, PgTools};
 use crate::clone::{CloneError, CloneStats, Strategy, probe, sqlite};
 use crate::store::{NewSite, Site, SiteResource, SiteState, Store, StoreError};
@@ -131,6 +133,18 @@ pub struct Sites {
     gateway_port: u16,
     pg_bin: Option<PathBuf>,
     pg_user: String,
+    maria_user: String,
+}
+
+/// What `site create` imports, each optional.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Imports<'a> {
+    pub files: Option<&'a Path>,
+    pub sqlite: Option<&'a Path>,
+    /// `postgres://...`: imported into a PostgreSQL server of the site's own.
+    pub postgres: Option<&'a str>,
+    /// `mysql://...`: imported into a MariaDB server of the site's own.
+    pub mariadb: Option<&'a str>,
 }
 
 const MAIN_DB: &str = "main";
@@ -147,11 +161,32 @@ impl Sites {
             pg_bin: (!config.postgres.bin_dir.is_empty())
                 .then(|| PathBuf::from(&config.postgres.bin_dir)),
             pg_user: config.postgres.os_user.clone(),
+            maria_user: config.mariadb.os_user.clone(),
         }
     }
 
-    fn pg(&self) -> Result<PgTools> {
-        Ok(PgTools::detect(self.pg_bin.as_deref(), &self.pg_user)?)
+    /// The per-site server engine of a resource kind (`postgres`, `mariadb`).
+    fn server(&self, kind: &str) -> Result<DbServer> {
+        Ok(match kind {
+            "postgres" => {
+                DbServer::Postgres(PgTools::detect(self.pg_bin.as_deref(), &self.pg_user)?)
+            }
+            "mariadb" => DbServer::Mariadb(MariaTools::detect(&self.maria_user)?),
+            other => return Err(SiteError::Invalid(format!("no server engine for {other}"))),
+        })
+    }
+
+    /// Stop every database server under `dir` (before it is removed).
+    async fn stop_servers(&self, dir: &Path) -> Result<()> {
+        pg::stop_all_under(
+            PgTools::detect(self.pg_bin.as_deref(), &self.pg_user)
+                .ok()
+                .as_ref(),
+            dir,
+        )
+        .await?;
+        maria::stop_all_under(MariaTools::detect(&self.maria_user).ok().as_ref(), dir).await?;
+        Ok(())
     }
 
     fn dir(&self, site: &Site) -> PathBuf {
@@ -207,11 +242,22 @@ impl Sites {
         name: &str,
         workspace: &str,
         region: &str,
-        files: Option<&Path>,
-        sqlite_db: Option<&Path>,
-        postgres: Option<&str>,
+        imports: Imports<'_>,
     ) -> Result<OperationReport> {
+        let Imports {
+            files,
+            sqlite: sqlite_db,
+            postgres,
+            mariadb,
+        } = imports;
         validate_site_name(name)?;
+        if let Some(url) = mariadb
+            && !(url.starts_with("mysql://") || url.starts_with("mariadb://"))
+        {
+            return Err(SiteError::Invalid(
+                "--mariadb must be a mysql:// URL".into(),
+            ));
+        }
         if let Some(url) = postgres
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
@@ -247,7 +293,7 @@ impl Sites {
                 read_only: false,
             })
             .await?;
-        let result = self.import(&site, files, sqlite_db, postgres).await;
+        let result = self.import(&site, imports).await;
         match result {
             Ok(resources) => {
                 self.store
@@ -269,13 +315,13 @@ impl Sites {
         }
     }
 
-    async fn import(
-        &self,
-        site: &Site,
-        files: Option<&Path>,
-        sqlite_db: Option<&Path>,
-        postgres: Option<&str>,
-    ) -> Result<Vec<ResourceReport>> {
+    async fn import(&self, site: &Site, imports: Imports<'_>) -> Result<Vec<ResourceReport>> {
+        let Imports {
+            files,
+            sqlite: sqlite_db,
+            postgres,
+            mariadb,
+        } = imports;
         let reflink = self.reflink()?;
         let live = self.live(site);
         std::fs::create_dir_all(live.join("sqlite")).map_err(CloneError::io("mkdir", &live))?;
@@ -315,13 +361,23 @@ impl Sites {
             let stats = sqlite::import(src, &dest).await?;
             out.push(self.record(site, "sqlite", MAIN_DB, &dest, &stats).await?);
         }
-        if let Some(url) = postgres {
+        for (kind, url) in [("postgres", postgres), ("mariadb", mariadb)] {
+            let Some(url) = url else { continue };
             let started = std::time::Instant::now();
-            let tools = self.pg()?;
-            let dir = live.join("pg").join(MAIN_DB);
-            let inst = tools.create(&dir).await?;
-            tools.import(&dir, &inst, url).await?;
-            let size = tree_size(&pg::data_dir(&dir));
+            let dir = live.join(kind).join(MAIN_DB);
+            let data = match self.server(kind)? {
+                DbServer::Postgres(t) => {
+                    let inst = t.create(&dir).await?;
+                    t.import(&dir, &inst, url).await?;
+                    pg::data_dir(&dir)
+                }
+                DbServer::Mariadb(t) => {
+                    t.create(&dir).await?;
+                    t.import(&dir, url).await?;
+                    maria::data_dir(&dir)
+                }
+            };
+            let size = tree_size(&data);
             let stats = CloneStats {
                 strategy: Strategy::Import,
                 bytes_logical: size,
@@ -330,7 +386,7 @@ impl Sites {
                 fallbacks: 0,
                 duration_us: started.elapsed().as_micros() as u64,
             };
-            out.push(self.record(site, "postgres", MAIN_DB, &dir, &stats).await?);
+            out.push(self.record(site, kind, MAIN_DB, &dir, &stats).await?);
         }
         Ok(out)
     }
@@ -356,8 +412,7 @@ impl Sites {
             .iter()
             .filter_map(|r| match r.kind.as_str() {
                 "sqlite" => Some(format!("sqlite://{}", r.location)),
-                "postgres" => pg::load(Path::new(&r.location)).ok().map(|i| i.url()),
-                _ => None,
+                kind => DbServer::url(kind, Path::new(&r.location)),
             })
             .collect();
         Ok(SiteDetails {
@@ -427,13 +482,13 @@ impl Sites {
                     let dest = dir.join("sqlite").join(format!("{}.db", r.name));
                     let s = sqlite::snapshot(Path::new(&r.location), &dest, reflink).await?;
                     resources.push(report("sqlite", &r.name, &dest, &s));
-                } else if r.kind == "postgres" {
-                    let dest = dir.join("pg").join(&r.name);
+                } else if r.kind == "postgres" || r.kind == "mariadb" {
+                    let dest = dir.join(&r.kind).join(&r.name);
                     let s = self
-                        .pg()?
+                        .server(&r.kind)?
                         .snapshot(Path::new(&r.location), &dest, reflink)
                         .await?;
-                    resources.push(report("postgres", &r.name, &dest, &s));
+                    resources.push(report(&r.kind, &r.name, &dest, &s));
                 }
             }
             Ok::<_, SiteError>(resources)
@@ -503,19 +558,19 @@ impl Sites {
         if db {
             std::fs::create_dir_all(live.join("sqlite")).map_err(CloneError::io("mkdir", live))?;
             for r in self.store.site_resources(&src.id).await? {
-                if r.kind == "postgres" {
+                if r.kind == "postgres" || r.kind == "mariadb" {
                     // A server runs from its directory: the target's is stopped and replaced in
                     // place (a brief outage of the target only, never of the source).
-                    let tools = self.pg()?;
-                    let target = self.live(dst).join("pg").join(&r.name);
-                    tools.stop(&target).await?;
+                    let server = self.server(&r.kind)?;
+                    let target = self.live(dst).join(&r.kind).join(&r.name);
+                    server.stop(&target).await?;
                     self.trash(&target)?;
-                    std::fs::create_dir_all(self.live(dst).join("pg"))
-                        .map_err(CloneError::io("mkdir", live))?;
-                    let (_, s) = tools
-                        .clone_generation(&gen_dir.join("pg").join(&r.name), &target, reflink)
+                    let parent = self.live(dst).join(&r.kind);
+                    std::fs::create_dir_all(&parent).map_err(CloneError::io("mkdir", &parent))?;
+                    let s = server
+                        .clone_generation(&gen_dir.join(&r.kind).join(&r.name), &target, reflink)
                         .await?;
-                    out.push(self.record(dst, "postgres", &r.name, &target, &s).await?);
+                    out.push(self.record(dst, &r.kind, &r.name, &target, &s).await?);
                 }
                 if r.kind == "sqlite" {
                     let file = format!("{}.db", r.name);
@@ -673,7 +728,7 @@ impl Sites {
             .set_site_state(&site.id, SiteState::Deleting)
             .await?;
         // Servers first: a running server must never lose its directory under it.
-        pg::stop_all_under(self.pg().ok().as_ref(), &self.dir(site)).await?;
+        self.stop_servers(&self.dir(site)).await?;
         self.trash(&self.dir(site))?;
         self.store.delete_resources(&site.id).await?;
         for g in self.store.generations(&site.id).await? {
@@ -733,7 +788,7 @@ impl Sites {
             }
             report.removed.push(path.clone());
             if !dry_run {
-                pg::stop_all_under(self.pg().ok().as_ref(), &path).await?;
+                self.stop_servers(&path).await?;
                 if name == ".trash" {
                     remove_tree(&path)?;
                 } else {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use endor::clone::files::{TreeOptions, clone_tree, remove_tree};
 use endor::clone::{Strategy, probe, sqlite};
 use endor::config::Config;
-use endor::sites::{Guard, SiteError, Sites};
+use endor::sites::{Guard, Imports, SiteError, Sites};
 use filetime::FileTime;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Pool, Sqlite};
@@ -382,6 +382,7 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
     let src_db = f.root.parent().unwrap().join("import.db");
     bank(&src_db).await.close().await;
     let (pg_name, pg_url) = support::pg_source_db().await;
+    let (maria_name, maria_url) = support::maria_source_db();
 
     let created = f
         .sites
@@ -389,16 +390,26 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
             "production",
             "acme",
             "default",
-            Some(&src_files),
-            Some(&src_db),
-            Some(&pg_url),
+            Imports {
+                files: Some(&src_files),
+                sqlite: Some(&src_db),
+                postgres: Some(&pg_url),
+                mariadb: Some(&maria_url),
+            },
         )
         .await
         .unwrap();
-    assert_eq!(created.resources.len(), 3);
+    assert_eq!(created.resources.len(), 4);
     let shown = f.sites.show("production").await.unwrap();
     assert_eq!(snapshot(&shown.files_dir), snapshot(&src_files));
-    assert_eq!(shown.database_urls.len(), 2);
+    assert_eq!(shown.database_urls.len(), 3);
+    let parent_maria = shown
+        .database_urls
+        .iter()
+        .find(|u| u.starts_with("mysql://"))
+        .unwrap()
+        .clone();
+    assert_eq!(support::maria_totals(&parent_maria), "100\t100000");
     let parent_pg = shown
         .database_urls
         .iter()
@@ -421,14 +432,14 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
     assert_eq!(cloned.generation, Some(1));
     for r in &cloned.resources {
         let want = match (r.kind.as_str(), reflink) {
-            ("postgres", true) => "instance",
-            ("postgres", false) => "instance-copy",
+            ("postgres" | "mariadb", true) => "instance",
+            ("postgres" | "mariadb", false) => "instance-copy",
             (_, true) => "reflink",
             (_, false) => "copy",
         };
         assert_eq!(r.strategy, want, "{r:?}");
     }
-    assert_eq!(cloned.resources.len(), 3);
+    assert_eq!(cloned.resources.len(), 4);
     let clone = f.sites.show("shop-pr-1").await.unwrap();
     assert_eq!(clone.parent.as_deref(), Some("production"));
     assert_eq!(snapshot(&clone.files_dir), snapshot(&shown.files_dir));
@@ -450,6 +461,14 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
         .unwrap();
     sqlx::Connection::close(c).await.unwrap();
     assert_eq!(support::pg_totals(&parent_pg).await, (100, 100_000));
+    let clone_maria = clone
+        .database_urls
+        .iter()
+        .find(|u| u.starts_with("mysql://"))
+        .unwrap()
+        .clone();
+    assert_ne!(clone_maria, parent_maria);
+    assert_eq!(support::maria_totals(&clone_maria), "100\t100000");
     f.sites
         .sync("production", "shop-pr-1", false, true, Guard::default())
         .await
@@ -566,6 +585,7 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
     let left: Vec<_> = ps.lines().filter(|l| l.contains(&root)).collect();
     assert!(left.is_empty(), "servers outlived their site: {left:?}");
     support::drop_pg_db(&pg_name).await;
+    support::drop_maria_db(&maria_name);
     f.db.cleanup().await;
 }
 
@@ -583,7 +603,7 @@ async fn sites_on_plain_storage() {
 async fn sweep_removes_orphans_but_not_sites_being_made() {
     let f = fixture(reflink_dir()).await;
     f.sites
-        .create("live", "acme", "default", None, None, None)
+        .create("live", "acme", "default", Imports::default())
         .await
         .unwrap();
     let live_id = f.sites.show("live").await.unwrap().id;
@@ -646,14 +666,14 @@ async fn hostile_site_names_are_refused() {
         assert!(
             matches!(
                 f.sites
-                    .create(bad, "acme", "default", None, None, None)
+                    .create(bad, "acme", "default", Imports::default())
                     .await,
                 Err(SiteError::Invalid(_))
             ),
             "{bad:?}"
         );
         f.sites
-            .create("ok-src", "acme", "default", None, None, None)
+            .create("ok-src", "acme", "default", Imports::default())
             .await
             .ok();
         assert!(
@@ -666,7 +686,7 @@ async fn hostile_site_names_are_refused() {
     }
     assert!(matches!(
         f.sites
-            .create("x", "acme", "../../etc", None, None, None)
+            .create("x", "acme", "../../etc", Imports::default())
             .await,
         Err(SiteError::Invalid(_))
     ));

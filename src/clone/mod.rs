@@ -8,6 +8,7 @@
 //! copies paths it is given. Path safety (names → paths) is the caller's (`sites.rs`).
 
 pub mod files;
+pub mod mariadb;
 pub mod postgres;
 pub mod probe;
 pub mod sqlite;
@@ -84,6 +85,65 @@ impl CloneError {
             op,
             path: path.to_path_buf(),
             source,
+        }
+    }
+}
+
+/// The engines that give each site a database server of its own (strategy `instance`).
+#[derive(Debug, Clone)]
+pub enum DbServer {
+    Postgres(postgres::PgTools),
+    Mariadb(mariadb::MariaTools),
+}
+
+impl DbServer {
+    /// The resource kind these servers are recorded under (`postgres`, `mariadb`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DbServer::Postgres(_) => "postgres",
+            DbServer::Mariadb(_) => "mariadb",
+        }
+    }
+
+    /// Freeze a consistent generation of the running instance `live` into `gen_dir`.
+    pub async fn snapshot(
+        &self,
+        live: &Path,
+        gen_dir: &Path,
+        reflink: bool,
+    ) -> Result<CloneStats, CloneError> {
+        match self {
+            DbServer::Postgres(t) => t.snapshot(live, gen_dir, reflink).await,
+            DbServer::Mariadb(t) => t.snapshot(live, gen_dir).await,
+        }
+    }
+
+    /// A running instance in `dst` cloned from the generation in `gen_dir`.
+    pub async fn clone_generation(
+        &self,
+        gen_dir: &Path,
+        dst: &Path,
+        reflink: bool,
+    ) -> Result<CloneStats, CloneError> {
+        Ok(match self {
+            DbServer::Postgres(t) => t.clone_generation(gen_dir, dst, reflink).await?.1,
+            DbServer::Mariadb(t) => t.clone_generation(gen_dir, dst, reflink).await?.1,
+        })
+    }
+
+    pub async fn stop(&self, dir: &Path) -> Result<(), CloneError> {
+        match self {
+            DbServer::Postgres(t) => t.stop(dir).await,
+            DbServer::Mariadb(t) => t.stop(dir).await,
+        }
+    }
+
+    /// The connection URL (with the application's credentials) of the instance in `dir`.
+    pub fn url(kind: &str, dir: &Path) -> Option<String> {
+        match kind {
+            "postgres" => postgres::load(dir).ok().map(|i| i.url()),
+            "mariadb" => mariadb::load(dir).ok().map(|i| i.url()),
+            _ => None,
         }
     }
 }

@@ -554,7 +554,7 @@ fn redact(msg: &str, url: &str) -> String {
     }
 }
 
-fn lookup_user(name: &str) -> Result<(u32, u32), CloneError> {
+pub(crate) fn lookup_user(name: &str) -> Result<(u32, u32), CloneError> {
     let cname = std::ffi::CString::new(name)
         .map_err(|_| CloneError::Refused(format!("bad user name {name:?}")))?;
     // SAFETY: getpwnam with a valid C string; the result is read at once, before any other

@@ -202,3 +202,82 @@ pub async fn pg_totals(url: &str) -> (i64, i64) {
         .await
         .unwrap()
 }
+
+/// Run SQL on a MariaDB server over TCP (password through the environment).
+pub fn maria_sql(
+    port: u16,
+    user: &str,
+    password: &str,
+    db: &str,
+    q: &str,
+) -> Result<String, String> {
+    let out = std::process::Command::new("mariadb")
+        .env("MYSQL_PWD", password)
+        .args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+            "-u",
+            user,
+            "-N",
+            "-B",
+            db,
+            "-e",
+            q,
+        ])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// A source database on the machine's MariaDB with the same `accounts` table. Returns
+/// (name, url).
+pub fn maria_source_db() -> (String, String) {
+    let name = format!("endor_test_src_{}", uuid::Uuid::new_v4().simple());
+    maria_sql(
+        3306,
+        "root",
+        "",
+        "mysql",
+        &format!(
+            "CREATE DATABASE {name}; CREATE TABLE {name}.accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB; \
+             INSERT INTO {name}.accounts SELECT seq, 1000 FROM seq_0_to_99;"
+        ),
+    )
+    .unwrap();
+    (name.clone(), format!("mysql://root@127.0.0.1:3306/{name}"))
+}
+
+pub fn drop_maria_db(name: &str) {
+    maria_sql(
+        3306,
+        "root",
+        "",
+        "mysql",
+        &format!("DROP DATABASE IF EXISTS {name}"),
+    )
+    .unwrap();
+}
+
+/// "rows\ttotal" of `accounts` at a mysql:// URL of an endor instance.
+pub fn maria_totals(url: &str) -> String {
+    let rest = url.strip_prefix("mysql://").unwrap();
+    let (auth, hostdb) = rest.split_once('@').unwrap();
+    let (user, pw) = auth.split_once(':').unwrap();
+    let (hostport, db) = hostdb.split_once('/').unwrap();
+    let port: u16 = hostport.rsplit_once(':').unwrap().1.parse().unwrap();
+    maria_sql(
+        port,
+        user,
+        pw,
+        db,
+        "SELECT COUNT(*), SUM(balance) FROM accounts",
+    )
+    .unwrap()
+}

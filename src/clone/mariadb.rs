@@ -1,0 +1,601 @@
+//! MariaDB, strategy `instance`: each site has its own `mariadbd` on its own data directory;
+//! a clone is a reflink of a prepared generation plus a server start.
+//!
+//! A generation is made by `mariadb-backup --backup` from the running parent (InnoDB stays
+//! online; a brief backup lock at the end for non-InnoDB tables), then `--prepare`, which makes
+//! the copy a consistent, directly startable data directory. That copy takes time proportional
+//! to the data, once per generation; clones of it do not. Where `mariadb-backup` is missing,
+//! the generation is made from a `mariadb-dump --single-transaction` of the parent into a fresh
+//! instance instead (also consistent, also once per generation, slower), and the report says so.
+//!
+//! Servers run as the `mysql` OS user when endor is root, detached, on 127.0.0.1 and a socket of
+//! their own. Control goes through the `mariadb` client with argument vectors (no shell).
+//! Credentials: `root` only through the socket; an application user `app` that owns database
+//! `app`, with a fresh random password per clone.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use super::files::{TreeOptions, clone_tree};
+use super::{CloneError, CloneStats, Strategy};
+
+pub const APP: &str = "app";
+
+#[derive(Debug, Clone)]
+pub struct MariaTools {
+    /// uid/gid servers run as (when endor is root).
+    run_as: Option<(u32, u32)>,
+    os_user: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Instance {
+    pub port: u16,
+    pub password: String,
+}
+
+impl Instance {
+    pub fn url(&self) -> String {
+        format!(
+            "mysql://{APP}:{}@127.0.0.1:{}/{APP}",
+            self.password, self.port
+        )
+    }
+}
+
+pub fn data_dir(dir: &Path) -> PathBuf {
+    dir.join("data")
+}
+
+/// Socket paths are limited to 107 bytes: a short one under /tmp, named by the instance path.
+fn socket(dir: &Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    PathBuf::from(format!("/tmp/endor-my-{}", hex::encode(&digest[..10]))).join("mysqld.sock")
+}
+
+fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CloneError + 'a {
+    CloneError::io(op, path)
+}
+
+fn fresh_password() -> String {
+    let mut b = [0u8; 18];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+fn free_port() -> Result<u16, CloneError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(err("bind", Path::new("127.0.0.1:0")))?;
+    Ok(l.local_addr()
+        .map_err(err("bind", Path::new("127.0.0.1:0")))?
+        .port())
+}
+
+/// Parts of a `mysql://` or `mariadb://` URL.
+struct SourceUrl {
+    user: String,
+    password: Option<String>,
+    host: String,
+    port: u16,
+    db: String,
+}
+
+fn parse_url(url: &str) -> Result<SourceUrl, CloneError> {
+    let bad = || {
+        CloneError::Refused("--mariadb must be mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE".into())
+    };
+    let rest = url
+        .strip_prefix("mysql://")
+        .or_else(|| url.strip_prefix("mariadb://"))
+        .ok_or_else(bad)?;
+    let (auth, rest) = rest.rsplit_once('@').ok_or_else(bad)?;
+    let (hostport, db) = rest.split_once('/').ok_or_else(bad)?;
+    let (user, password) = match auth.split_once(':') {
+        Some((u, p)) => (u.to_string(), Some(p.to_string())),
+        None => (auth.to_string(), None),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().map_err(|_| bad())?),
+        None => (hostport.to_string(), 3306),
+    };
+    // Each part is passed as one argument; none may look like an option.
+    let ident_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && !s.starts_with('-')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    };
+    if !ident_ok(&user) || !ident_ok(&host) || !ident_ok(db) {
+        return Err(bad());
+    }
+    Ok(SourceUrl {
+        user,
+        password,
+        host,
+        port,
+        db: db.to_string(),
+    })
+}
+
+impl MariaTools {
+    pub fn detect(os_user: &str) -> Result<Self, CloneError> {
+        for prog in [
+            "/usr/sbin/mariadbd",
+            "/usr/bin/mariadb-install-db",
+            "/usr/bin/mariadb",
+        ] {
+            if !Path::new(prog).exists() {
+                return Err(CloneError::Refused(format!(
+                    "{prog} not found: install mariadb-server"
+                )));
+            }
+        }
+        // SAFETY: geteuid has no preconditions.
+        let run_as = if unsafe { libc::geteuid() } == 0 {
+            Some(super::postgres::lookup_user(os_user)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            run_as,
+            os_user: os_user.to_string(),
+        })
+    }
+
+    pub fn has_backup_tool() -> bool {
+        Path::new("/usr/bin/mariadb-backup").exists()
+    }
+
+    fn cmd(&self, program: &str, as_server_user: bool) -> Command {
+        let mut c = Command::new(program);
+        c.env_clear()
+            .env("LC_ALL", "C.UTF-8")
+            .env("PATH", "/usr/sbin:/usr/bin:/bin")
+            .stdin(Stdio::null());
+        if as_server_user && let Some((uid, gid)) = self.run_as {
+            c.uid(uid).gid(gid);
+        }
+        c
+    }
+
+    fn own(&self, path: &Path) -> Result<(), CloneError> {
+        if let Some((uid, gid)) = self.run_as {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(err("chown", path))?;
+        }
+        Ok(())
+    }
+
+    fn own_tree(&self, path: &Path) -> Result<(), CloneError> {
+        if self.run_as.is_none() {
+            return Ok(());
+        }
+        self.own(path)?;
+        if path.is_dir() {
+            for e in std::fs::read_dir(path)
+                .map_err(err("read dir", path))?
+                .flatten()
+            {
+                self.own_tree(&e.path())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn output(&self, mut c: Command, what: &str) -> Result<String, CloneError> {
+        let out = c.output().map_err(err("run", Path::new(what)))?;
+        if !out.status.success() {
+            return Err(CloneError::Refused(format!(
+                "{what} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Run SQL as root through the instance's socket.
+    fn sql(&self, dir: &Path, sql: &str) -> Result<String, CloneError> {
+        let mut c = self.cmd("/usr/bin/mariadb", false);
+        c.arg("--no-defaults")
+            .arg(format!("--socket={}", socket(dir).display()))
+            .args(["-uroot", "-N", "-B", "-e", sql]);
+        self.output(c, "mariadb")
+    }
+
+    /// A new, empty instance in `dir` with database and user `app`; started.
+    pub async fn create(&self, dir: &Path) -> Result<Instance, CloneError> {
+        std::fs::create_dir_all(dir).map_err(err("mkdir", dir))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(err("chmod", dir))?;
+        let data = data_dir(dir);
+        std::fs::create_dir_all(&data).map_err(err("mkdir", &data))?;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o750))
+            .map_err(err("chmod", &data))?;
+        self.own(&data)?;
+        let mut c = self.cmd("/usr/bin/mariadb-install-db", false);
+        c.arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--user={}", self.os_user))
+            .args(["--auth-root-authentication-method=socket", "--skip-test-db"]);
+        self.output(c, "mariadb-install-db")?;
+        self.own_tree(&data)?;
+        let inst = Instance {
+            port: free_port()?,
+            password: fresh_password(),
+        };
+        self.start(dir, &inst).await?;
+        // Names are constants and the password is hex we generated.
+        self.sql(
+            dir,
+            &format!(
+                "CREATE DATABASE {APP}; CREATE USER '{APP}'@'%' IDENTIFIED BY '{pw}'; \
+                 CREATE USER '{APP}'@'localhost' IDENTIFIED BY '{pw}'; \
+                 GRANT ALL ON {APP}.* TO '{APP}'@'%'; GRANT ALL ON {APP}.* TO '{APP}'@'localhost';",
+                pw = inst.password
+            ),
+        )?;
+        save(dir, &inst)?;
+        Ok(inst)
+    }
+
+    /// Start the server of `dir`, detached, and wait until it answers.
+    pub async fn start(&self, dir: &Path, inst: &Instance) -> Result<(), CloneError> {
+        let sock = socket(dir);
+        let sock_dir = sock.parent().unwrap_or(Path::new("/tmp")).to_path_buf();
+        std::fs::create_dir_all(&sock_dir).map_err(err("mkdir", &sock_dir))?;
+        self.own(&sock_dir)?;
+        let log = dir.join("server.log");
+        let mut c = self.cmd("/usr/sbin/mariadbd", true);
+        c.arg("--no-defaults")
+            .arg(format!("--datadir={}", data_dir(dir).display()))
+            .arg(format!("--socket={}", sock.display()))
+            .arg(format!("--port={}", inst.port))
+            .arg(format!(
+                "--pid-file={}",
+                data_dir(dir).join("mariadbd.pid").display()
+            ))
+            .arg(format!("--log-error={}", log.display()))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--innodb-buffer-pool-size=16M",
+                "--skip-log-bin",
+                "--max-connections=30",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0);
+        if self.run_as.is_some() {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .map_err(err("open", &log))?;
+            self.own(&log)?;
+        }
+        let mut child = c
+            .spawn()
+            .map_err(err("spawn", Path::new("/usr/sbin/mariadbd")))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.sql(dir, "SELECT 1").is_ok() {
+                std::thread::spawn(move || child.wait());
+                return Ok(());
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                return Err(CloneError::Refused(format!(
+                    "mariadbd exited ({status}) at start: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(CloneError::Refused(
+                    "mariadbd did not answer within 60 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stop the server of `dir` if one runs (SIGTERM: a clean shutdown). Idempotent.
+    pub async fn stop(&self, dir: &Path) -> Result<(), CloneError> {
+        let pid_file = data_dir(dir).join("mariadbd.pid");
+        let Ok(text) = std::fs::read_to_string(&pid_file) else {
+            return Ok(());
+        };
+        let Some(pid) = text.trim().parse::<i32>().ok().filter(|p| *p > 1) else {
+            return Ok(());
+        };
+        // SAFETY: kill(2) with the pid the server wrote; signal 0 only probes.
+        let alive = |pid| unsafe { libc::kill(pid, 0) } == 0;
+        if alive(pid) {
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while alive(pid) {
+                if Instant::now() > deadline {
+                    // SAFETY: as above; the server ignored SIGTERM for a minute.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        let _ = std::fs::remove_file(&pid_file);
+        if let Some(d) = socket(dir).parent() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        Ok(())
+    }
+
+    /// Import database `source_url` (`mysql://user:pass@host:port/db`) into `app`:
+    /// `mariadb-dump --single-transaction | mariadb`, once (time proportional to size).
+    pub async fn import(&self, dir: &Path, source_url: &str) -> Result<(), CloneError> {
+        let src = parse_url(source_url)?;
+        let mut dump = self.cmd("/usr/bin/mariadb-dump", false);
+        if let Some(p) = &src.password {
+            dump.env("MYSQL_PWD", p); // not on the command line, where `ps` would show it
+        }
+        dump.arg("--no-defaults")
+            .arg(format!("--host={}", src.host))
+            .arg(format!("--port={}", src.port))
+            .arg(format!("--user={}", src.user))
+            .args([
+                "--single-transaction",
+                "--routines",
+                "--triggers",
+                "--no-tablespaces",
+                "--skip-add-locks",
+            ])
+            .arg(&src.db)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.pipe_into(dir, dump, APP).await
+    }
+
+    async fn pipe_into(&self, dir: &Path, mut dump: Command, db: &str) -> Result<(), CloneError> {
+        let mut dump = dump
+            .spawn()
+            .map_err(err("spawn", Path::new("mariadb-dump")))?;
+        let out = dump
+            .stdout
+            .take()
+            .ok_or_else(|| CloneError::Refused("mariadb-dump has no stdout".into()))?;
+        let mut load = self.cmd("/usr/bin/mariadb", false);
+        load.arg("--no-defaults")
+            .arg(format!("--socket={}", socket(dir).display()))
+            .args(["-uroot", db])
+            .stdin(Stdio::from(out))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let load_out = tokio::task::spawn_blocking(move || load.output())
+            .await
+            .map_err(|e| CloneError::Refused(e.to_string()))?;
+        let dump_out = tokio::task::spawn_blocking(move || dump.wait_with_output())
+            .await
+            .map_err(|e| CloneError::Refused(e.to_string()))?;
+        let dump_out = dump_out.map_err(err("mariadb-dump", dir))?;
+        let load_out = load_out.map_err(err("mariadb", dir))?;
+        if !dump_out.status.success() {
+            return Err(CloneError::Refused(format!(
+                "mariadb-dump failed: {}",
+                String::from_utf8_lossy(&dump_out.stderr).trim()
+            )));
+        }
+        if !load_out.status.success() {
+            return Err(CloneError::Refused(format!(
+                "restore failed: {}",
+                String::from_utf8_lossy(&load_out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Freeze a consistent generation of the running instance `live` into `gen_dir`.
+    pub async fn snapshot(&self, live: &Path, gen_dir: &Path) -> Result<CloneStats, CloneError> {
+        let started = Instant::now();
+        let inst = load(live)?;
+        std::fs::create_dir_all(gen_dir).map_err(err("mkdir", gen_dir))?;
+        std::fs::set_permissions(gen_dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(err("chmod", gen_dir))?;
+        let target = data_dir(gen_dir);
+        let strategy = if Self::has_backup_tool() {
+            let mut backup = self.cmd("/usr/bin/mariadb-backup", false);
+            backup
+                .arg("--no-defaults")
+                .arg("--backup")
+                .arg(format!("--datadir={}", data_dir(live).display()))
+                .arg(format!("--socket={}", socket(live).display()))
+                .arg("--user=root")
+                .arg(format!("--target-dir={}", target.display()));
+            self.output(backup, "mariadb-backup --backup")?;
+            let mut prepare = self.cmd("/usr/bin/mariadb-backup", false);
+            prepare
+                .arg("--no-defaults")
+                .arg("--prepare")
+                .arg(format!("--target-dir={}", target.display()));
+            self.output(prepare, "mariadb-backup --prepare")?;
+            self.own_tree(&target)?;
+            Strategy::Instance
+        } else {
+            tracing::warn!(site_dir = %live.display(), "mariadb-backup is missing: generation made by mariadb-dump (slower, time grows with the data)");
+            let fresh = self.create(gen_dir).await?;
+            let mut dump = self.cmd("/usr/bin/mariadb-dump", false);
+            dump.arg("--no-defaults")
+                .arg(format!("--socket={}", socket(live).display()))
+                .args([
+                    "-uroot",
+                    "--single-transaction",
+                    "--routines",
+                    "--triggers",
+                    "--skip-add-locks",
+                    APP,
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            self.pipe_into(gen_dir, dump, APP).await?;
+            self.stop(gen_dir).await?;
+            let _ = fresh;
+            Strategy::Import
+        };
+        save(gen_dir, &inst)?;
+        let size = tree_size(&target);
+        Ok(CloneStats {
+            strategy,
+            bytes_logical: size,
+            bytes_written: size,
+            files: 0,
+            fallbacks: 0,
+            duration_us: started.elapsed().as_micros() as u64,
+        })
+    }
+
+    /// A new instance in `dst` from the generation in `gen_dir`: reflink, start, new password.
+    pub async fn clone_generation(
+        &self,
+        gen_dir: &Path,
+        dst: &Path,
+        reflink: bool,
+    ) -> Result<(Instance, CloneStats), CloneError> {
+        let started = Instant::now();
+        std::fs::create_dir_all(dst).map_err(err("mkdir", dst))?;
+        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755))
+            .map_err(err("chmod", dst))?;
+        let stats = clone_tree(
+            &data_dir(gen_dir),
+            &data_dir(dst),
+            TreeOptions::new(reflink),
+        )?;
+        let inst = Instance {
+            port: free_port()?,
+            password: fresh_password(),
+        };
+        self.start(dst, &inst).await?;
+        self.sql(
+            dst,
+            &format!(
+                "ALTER USER '{APP}'@'%' IDENTIFIED BY '{pw}'; ALTER USER '{APP}'@'localhost' IDENTIFIED BY '{pw}';",
+                pw = inst.password
+            ),
+        )?;
+        save(dst, &inst)?;
+        let strategy = if stats.strategy == Strategy::Reflink {
+            Strategy::Instance
+        } else {
+            Strategy::InstanceCopy
+        };
+        Ok((
+            inst,
+            CloneStats {
+                strategy,
+                duration_us: started.elapsed().as_micros() as u64,
+                ..stats
+            },
+        ))
+    }
+}
+
+fn tree_size(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => total += tree_size(&e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+pub fn save(dir: &Path, inst: &Instance) -> Result<(), CloneError> {
+    let p = dir.join("instance.json");
+    let text = serde_json::to_string(inst).map_err(|e| CloneError::Refused(e.to_string()))?;
+    std::fs::write(&p, text).map_err(err("write", &p))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(err("chmod", &p))
+}
+
+pub fn load(dir: &Path) -> Result<Instance, CloneError> {
+    let p = dir.join("instance.json");
+    let text = std::fs::read_to_string(&p).map_err(err("read", &p))?;
+    serde_json::from_str(&text).map_err(|e| CloneError::Refused(format!("{}: {e}", p.display())))
+}
+
+/// Stop every MariaDB server whose instance directory lies within `root`.
+pub async fn stop_all_under(tools: Option<&MariaTools>, root: &Path) -> Result<(), CloneError> {
+    let mut found = Vec::new();
+    find(root, 0, &mut found);
+    if found.is_empty() {
+        return Ok(());
+    }
+    let tools = tools.ok_or_else(|| {
+        CloneError::Refused(format!(
+            "{} holds MariaDB data but no MariaDB is installed",
+            root.display()
+        ))
+    })?;
+    for dir in found {
+        tools.stop(&dir).await?;
+    }
+    Ok(())
+}
+
+fn find(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+    if data_dir(dir).join("mariadbd.pid").exists() {
+        out.push(dir.to_path_buf());
+        return;
+    }
+    if depth >= 4 {
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && e.file_name() != "data" {
+                find(&e.path(), depth + 1, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_urls() {
+        let u = parse_url("mysql://root:pw@127.0.0.1:3307/shop").unwrap();
+        assert_eq!(
+            (
+                u.user.as_str(),
+                u.password.as_deref(),
+                u.host.as_str(),
+                u.port,
+                u.db.as_str()
+            ),
+            ("root", Some("pw"), "127.0.0.1", 3307, "shop")
+        );
+        assert_eq!(
+            parse_url("mariadb://root@localhost/shop").unwrap().port,
+            3306
+        );
+        for bad in [
+            "postgres://x@y/z",
+            "mysql://root@h/db;drop",
+            "mysql://root@h/",
+            "mysql://-e@h/db",
+            "mysql://r@h/-db",
+            "mysql://r@h:notaport/db",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+    }
+}
