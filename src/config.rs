@@ -119,6 +119,12 @@ pub struct PostgresConfig {
     pub bin_dir: String,
     /// OS user the servers run as when endor runs as root (PostgreSQL refuses root).
     pub os_user: String,
+    /// `instance` (a server per site), `template` (databases on the shared server at
+    /// `admin_url`), or `auto`: instance when PostgreSQL's programs and the OS user are there,
+    /// else template when `admin_url` is set.
+    pub strategy: String,
+    /// Superuser URL of the shared server for strategy `template`.
+    pub admin_url: String,
 }
 
 impl Default for PostgresConfig {
@@ -126,6 +132,8 @@ impl Default for PostgresConfig {
         Self {
             bin_dir: String::new(),
             os_user: "postgres".into(),
+            strategy: "auto".into(),
+            admin_url: String::new(),
         }
     }
 }
@@ -245,6 +253,18 @@ impl Config {
         }
         if self.webhooks.max_body_bytes == 0 {
             return key("webhooks.max_body_bytes", "must be positive");
+        }
+        if !matches!(
+            self.postgres.strategy.as_str(),
+            "auto" | "instance" | "template"
+        ) {
+            return key("postgres.strategy", "must be auto, instance or template");
+        }
+        if self.postgres.strategy == "template" && self.postgres.admin_url.is_empty() {
+            return key(
+                "postgres.admin_url",
+                "is required when postgres.strategy = \"template\"",
+            );
         }
         if self.webhooks.max_batch == 0 {
             return key("webhooks.max_batch", "must be at least 1");

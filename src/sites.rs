@@ -18,11 +18,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::clone::DbServer;
 use crate::clone::files::{TreeOptions, clone_tree, remove_tree};
 use crate::clone::mariadb::{self as maria, MariaTools};
+use crate::clone::pg_template::{self, Template};
 use crate::clone::postgres::{self as pg, PgTools};
 use crate::clone::{CloneError, CloneStats, Strategy, probe, sqlite};
+use crate::clone::{DbServer, db_name};
 use crate::store::{NewSite, Site, SiteResource, SiteState, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +134,8 @@ pub struct Sites {
     gateway_port: u16,
     pg_bin: Option<PathBuf>,
     pg_user: String,
+    pg_strategy: String,
+    pg_admin_url: String,
     maria_user: String,
 }
 
@@ -161,18 +164,42 @@ impl Sites {
             pg_bin: (!config.postgres.bin_dir.is_empty())
                 .then(|| PathBuf::from(&config.postgres.bin_dir)),
             pg_user: config.postgres.os_user.clone(),
+            pg_strategy: config.postgres.strategy.clone(),
+            pg_admin_url: config.postgres.admin_url.clone(),
             maria_user: config.mariadb.os_user.clone(),
         }
     }
 
-    /// The per-site server engine of a resource kind (`postgres`, `mariadb`).
-    fn server(&self, kind: &str) -> Result<DbServer> {
-        Ok(match kind {
-            "postgres" => {
-                DbServer::Postgres(PgTools::detect(self.pg_bin.as_deref(), &self.pg_user)?)
+    fn template(&self) -> Result<Template> {
+        if self.pg_admin_url.is_empty() {
+            return Err(SiteError::Invalid(
+                "postgres.admin_url is not set (needed by strategy template)".into(),
+            ));
+        }
+        Ok(Template::new(&self.pg_admin_url)?)
+    }
+
+    /// The database engine for a resource of `kind`. An existing resource (its directory
+    /// `dir`) keeps the engine it was made with; a new PostgreSQL import follows
+    /// `postgres.strategy`.
+    fn server(&self, kind: &str, dir: Option<&Path>) -> Result<DbServer> {
+        let instance = || PgTools::detect(self.pg_bin.as_deref(), &self.pg_user);
+        Ok(match (kind, dir) {
+            ("postgres", Some(d)) if d.join("template.json").exists() => {
+                DbServer::PostgresTemplate(self.template()?)
             }
-            "mariadb" => DbServer::Mariadb(MariaTools::detect(&self.maria_user)?),
-            other => return Err(SiteError::Invalid(format!("no server engine for {other}"))),
+            ("postgres", Some(_)) => DbServer::Postgres(instance()?),
+            ("postgres", None) => match self.pg_strategy.as_str() {
+                "template" => DbServer::PostgresTemplate(self.template()?),
+                "instance" => DbServer::Postgres(instance()?),
+                _ => match instance() {
+                    Ok(t) => DbServer::Postgres(t),
+                    Err(e) if self.pg_admin_url.is_empty() => return Err(e.into()),
+                    Err(_) => DbServer::PostgresTemplate(self.template()?),
+                },
+            },
+            ("mariadb", _) => DbServer::Mariadb(MariaTools::detect(&self.maria_user)?),
+            (other, _) => return Err(SiteError::Invalid(format!("no server engine for {other}"))),
         })
     }
 
@@ -186,6 +213,7 @@ impl Sites {
         )
         .await?;
         maria::stop_all_under(MariaTools::detect(&self.maria_user).ok().as_ref(), dir).await?;
+        pg_template::drop_all_under(self.template().ok().as_ref(), dir).await?;
         Ok(())
     }
 
@@ -365,19 +393,22 @@ impl Sites {
             let Some(url) = url else { continue };
             let started = std::time::Instant::now();
             let dir = live.join(kind).join(MAIN_DB);
-            let data = match self.server(kind)? {
+            let size = match self.server(kind, None)? {
                 DbServer::Postgres(t) => {
                     let inst = t.create(&dir).await?;
                     t.import(&dir, &inst, url).await?;
-                    pg::data_dir(&dir)
+                    tree_size(&pg::data_dir(&dir))
+                }
+                DbServer::PostgresTemplate(t) => {
+                    let db = t.import(&dir, &db_name(&dir), url).await?;
+                    t.size(&db.db).await?
                 }
                 DbServer::Mariadb(t) => {
                     t.create(&dir).await?;
                     t.import(&dir, url).await?;
-                    maria::data_dir(&dir)
+                    tree_size(&maria::data_dir(&dir))
                 }
             };
-            let size = tree_size(&data);
             let stats = CloneStats {
                 strategy: Strategy::Import,
                 bytes_logical: size,
@@ -485,7 +516,7 @@ impl Sites {
                 } else if r.kind == "postgres" || r.kind == "mariadb" {
                     let dest = dir.join(&r.kind).join(&r.name);
                     let s = self
-                        .server(&r.kind)?
+                        .server(&r.kind, Some(Path::new(&r.location)))?
                         .snapshot(Path::new(&r.location), &dest, reflink)
                         .await?;
                     resources.push(report(&r.kind, &r.name, &dest, &s));
@@ -561,9 +592,10 @@ impl Sites {
                 if r.kind == "postgres" || r.kind == "mariadb" {
                     // A server runs from its directory: the target's is stopped and replaced in
                     // place (a brief outage of the target only, never of the source).
-                    let server = self.server(&r.kind)?;
+                    let gen_res = gen_dir.join(&r.kind).join(&r.name);
+                    let server = self.server(&r.kind, Some(&gen_res))?;
                     let target = self.live(dst).join(&r.kind).join(&r.name);
-                    server.stop(&target).await?;
+                    server.remove(&target).await?;
                     self.trash(&target)?;
                     let parent = self.live(dst).join(&r.kind);
                     std::fs::create_dir_all(&parent).map_err(CloneError::io("mkdir", &parent))?;

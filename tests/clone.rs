@@ -360,10 +360,13 @@ struct Fixture {
 }
 
 async fn fixture(dir: tempfile::TempDir) -> Fixture {
+    fixture_with(dir, Config::default()).await
+}
+
+async fn fixture_with(dir: tempfile::TempDir, mut config: Config) -> Fixture {
     let db = TestStore::sqlite().await;
     let owner = db.store.create_user("owner", None, None).await.unwrap();
     db.store.create_workspace("acme", &owner.id).await.unwrap();
-    let mut config = Config::default();
     let root = dir.path().join("sites");
     config.storage.root = root.clone();
     let sites = Sites::new(db.store.clone(), &config);
@@ -698,5 +701,146 @@ async fn hostile_site_names_are_refused() {
         .collect();
     assert_eq!(parent, vec![std::ffi::OsString::from("sites")]);
     assert!(!Path::new("pwned").exists());
+    f.db.cleanup().await;
+}
+
+/// Names of databases and roles on the shared server that endor made (`endor_…`).
+async fn shared_server_objects() -> Vec<String> {
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&format!(
+        "{}/postgres",
+        support::pg_base()
+    ))
+    .await
+    .unwrap();
+    let rows: Vec<(String,)> = sqlx::query_as(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'endor\\_%' AND datname NOT LIKE 'endor\\_test\\_%' \
+         UNION ALL SELECT rolname FROM pg_roles WHERE rolname LIKE 'endor\\_%'",
+    )
+    .fetch_all(&mut c)
+    .await
+    .unwrap();
+    rows.into_iter().map(|r| r.0).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_template_strategy() {
+    let mut config = Config::default();
+    config.postgres.strategy = "template".into();
+    config.postgres.admin_url = format!("{}/postgres", support::pg_base());
+    let f = fixture_with(plain_dir(), config).await;
+    let before = shared_server_objects().await;
+    let (src_name, src_url) = support::pg_source_db().await;
+    let created = f
+        .sites
+        .create(
+            "production",
+            "acme",
+            "default",
+            Imports {
+                postgres: Some(&src_url),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let pg = created
+        .resources
+        .iter()
+        .find(|r| r.kind == "postgres")
+        .unwrap();
+    assert_eq!(pg.strategy, "import");
+    let parent_url = f.sites.show("production").await.unwrap().database_urls[0].clone();
+    assert!(parent_url.starts_with("postgres://endor_"), "{parent_url}");
+    assert_eq!(support::pg_totals(&parent_url).await, (100, 100_000));
+
+    // The generation is consistent while a writer moves money on the parent.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&parent_url)
+        .await
+        .unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut n = 0i64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                n += 1;
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::query("UPDATE accounts SET balance = balance - $1 WHERE id = $2")
+                    .bind(n % 50 + 1)
+                    .bind(((n * 7) % 100) as i32)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
+                    .bind(n % 50 + 1)
+                    .bind(((n * 13 + 1) % 100) as i32)
+                    .execute(&mut *tx)
+                    .await
+                    .unwrap();
+                tx.commit().await.unwrap();
+            }
+            n
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    f.sites.snapshot("production").await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.await.unwrap() > 10);
+    pool.close().await;
+
+    let cloned = f
+        .sites
+        .clone_site("production", "shop-pr-2", false)
+        .await
+        .unwrap();
+    let r = cloned
+        .resources
+        .iter()
+        .find(|r| r.kind == "postgres")
+        .unwrap();
+    assert_eq!(r.strategy, "template");
+    let clone_url = f.sites.show("shop-pr-2").await.unwrap().database_urls[0].clone();
+    assert_ne!(clone_url, parent_url);
+    assert_eq!(support::pg_totals(&clone_url).await, (100, 100_000));
+    // The clone's own role owns its tables and can write; the parent is untouched.
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&clone_url)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM accounts WHERE id < 50")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE clone_only (x int)")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::Connection::close(c).await.unwrap();
+    assert_eq!(support::pg_totals(&parent_url).await.0, 100);
+    // One clone's credentials do not open the parent.
+    let (clone_auth, parent_auth) = (
+        clone_url.split('@').next().unwrap(),
+        parent_url.split('@').next().unwrap(),
+    );
+    let crossed = parent_url.replacen(parent_auth, clone_auth, 1);
+    assert!(
+        <sqlx::PgConnection as sqlx::Connection>::connect(&crossed)
+            .await
+            .is_err(),
+        "a clone's role opens the parent"
+    );
+
+    f.sites.delete("shop-pr-2", Guard::default()).await.unwrap();
+    f.sites
+        .delete("production", Guard::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        shared_server_objects().await,
+        before,
+        "databases or roles left on the shared server"
+    );
+    support::drop_pg_db(&src_name).await;
     f.db.cleanup().await;
 }

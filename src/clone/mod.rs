@@ -9,6 +9,7 @@
 
 pub mod files;
 pub mod mariadb;
+pub mod pg_template;
 pub mod postgres;
 pub mod probe;
 pub mod sqlite;
@@ -33,6 +34,8 @@ pub enum Strategy {
     Instance,
     /// The same, where the data directory had to be copied (no reflink).
     InstanceCopy,
+    /// `CREATE DATABASE ... TEMPLATE` on a shared PostgreSQL server.
+    Template,
 }
 
 impl Strategy {
@@ -44,6 +47,7 @@ impl Strategy {
             Strategy::Import => "import",
             Strategy::Instance => "instance",
             Strategy::InstanceCopy => "instance-copy",
+            Strategy::Template => "template",
         }
     }
 }
@@ -93,6 +97,7 @@ impl CloneError {
 #[derive(Debug, Clone)]
 pub enum DbServer {
     Postgres(postgres::PgTools),
+    PostgresTemplate(pg_template::Template),
     Mariadb(mariadb::MariaTools),
 }
 
@@ -100,7 +105,7 @@ impl DbServer {
     /// The resource kind these servers are recorded under (`postgres`, `mariadb`).
     pub fn kind(&self) -> &'static str {
         match self {
-            DbServer::Postgres(_) => "postgres",
+            DbServer::Postgres(_) | DbServer::PostgresTemplate(_) => "postgres",
             DbServer::Mariadb(_) => "mariadb",
         }
     }
@@ -114,6 +119,7 @@ impl DbServer {
     ) -> Result<CloneStats, CloneError> {
         match self {
             DbServer::Postgres(t) => t.snapshot(live, gen_dir, reflink).await,
+            DbServer::PostgresTemplate(t) => t.snapshot(live, gen_dir, &db_name(gen_dir)).await,
             DbServer::Mariadb(t) => t.snapshot(live, gen_dir).await,
         }
     }
@@ -127,13 +133,19 @@ impl DbServer {
     ) -> Result<CloneStats, CloneError> {
         Ok(match self {
             DbServer::Postgres(t) => t.clone_generation(gen_dir, dst, reflink).await?.1,
+            DbServer::PostgresTemplate(t) => {
+                t.clone_generation(gen_dir, dst, &db_name(dst)).await?
+            }
             DbServer::Mariadb(t) => t.clone_generation(gen_dir, dst, reflink).await?.1,
         })
     }
 
-    pub async fn stop(&self, dir: &Path) -> Result<(), CloneError> {
+    /// Stop the instance in `dir` (its files go with the directory), or drop the template
+    /// database recorded there.
+    pub async fn remove(&self, dir: &Path) -> Result<(), CloneError> {
         match self {
             DbServer::Postgres(t) => t.stop(dir).await,
+            DbServer::PostgresTemplate(t) => t.drop(dir).await,
             DbServer::Mariadb(t) => t.stop(dir).await,
         }
     }
@@ -141,9 +153,20 @@ impl DbServer {
     /// The connection URL (with the application's credentials) of the instance in `dir`.
     pub fn url(kind: &str, dir: &Path) -> Option<String> {
         match kind {
+            "postgres" if dir.join("template.json").exists() => {
+                pg_template::load(dir).ok().map(|d| d.url())
+            }
             "postgres" => postgres::load(dir).ok().map(|i| i.url()),
             "mariadb" => mariadb::load(dir).ok().map(|i| i.url()),
             _ => None,
         }
     }
+}
+
+/// A database name on a shared server for the resource directory `dir`: derived from the
+/// path (site id, generation, resource), so it is unique, stable and made of hex only.
+pub fn db_name(dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    format!("endor_{}", hex::encode(&digest[..12]))
 }

@@ -1,0 +1,443 @@
+//! PostgreSQL, strategy `template`: site databases live on one shared server
+//! (`postgres.admin_url`); a clone is `CREATE DATABASE clone TEMPLATE generation`.
+//!
+//! The generation is made from the parent with `pg_dump | psql` into a database of its own:
+//! consistent (pg_dump reads one snapshot) and never blocking the parent. `CREATE DATABASE ...
+//! TEMPLATE parent` would need every connection to the parent gone for the length of a copy,
+//! which is not a brief lock. Clones copy the generation database, whose time grows with its
+//! size (the shared server copies files); strategy `instance` is the size-independent one.
+//!
+//! Each site database has a login role of its own (`{db}_owner`, random password) that owns
+//! every object inside it; the databases themselves belong to the admin, so moving object
+//! ownership (`REASSIGN OWNED`) in a clone never touches another database. Names are derived
+//! from ids we generate (hex), and quoted anyway. The site's directory keeps `template.json`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+
+use super::{CloneError, CloneStats, Strategy};
+
+#[derive(Debug, Clone)]
+pub struct Template {
+    admin_url: String,
+}
+
+/// One site database on the shared server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TemplateDb {
+    pub db: String,
+    pub role: String,
+    pub password: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl TemplateDb {
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{}:{}@{}:{}/{}",
+            self.role, self.password, self.host, self.port, self.db
+        )
+    }
+}
+
+fn refused(what: &str) -> impl FnOnce(sqlx::Error) -> CloneError + '_ {
+    move |e| CloneError::Refused(format!("{what}: {e}"))
+}
+
+/// `"name"`, for identifiers we generated (hex and `_` only; checked).
+fn ident(name: &str) -> Result<String, CloneError> {
+    if name.is_empty()
+        || name.len() > 63
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(CloneError::Refused(format!(
+            "unsafe database name {name:?}"
+        )));
+    }
+    Ok(format!("\"{name}\""))
+}
+
+fn fresh_password() -> String {
+    let mut b = [0u8; 18];
+    rand::rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+impl Template {
+    pub fn new(admin_url: &str) -> Result<Self, CloneError> {
+        if !(admin_url.starts_with("postgres://") || admin_url.starts_with("postgresql://")) {
+            return Err(CloneError::Refused(
+                "postgres.admin_url must be a postgres:// URL".into(),
+            ));
+        }
+        Ok(Self {
+            admin_url: admin_url.to_string(),
+        })
+    }
+
+    async fn admin(&self) -> Result<PgConnection, CloneError> {
+        PgConnection::connect(&self.admin_url)
+            .await
+            .map_err(refused("connect to postgres.admin_url"))
+    }
+
+    /// The admin URL pointed at another database (for psql).
+    fn admin_url_for(&self, db: &str) -> String {
+        let base = self.admin_url.split('?').next().unwrap_or(&self.admin_url);
+        match base.rsplit_once('/') {
+            Some((head, _))
+                if head.contains("://") && head.len() > head.find("://").unwrap_or(0) + 3 =>
+            {
+                format!("{head}/{db}")
+            }
+            _ => format!("{base}/{db}"),
+        }
+    }
+
+    fn host_port(&self) -> (String, u16) {
+        let rest = self.admin_url.split_once("://").map(|x| x.1).unwrap_or("");
+        let hostport = rest
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .rsplit('@')
+            .next()
+            .unwrap_or("");
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse().unwrap_or(5432)),
+            None => (
+                if hostport.is_empty() {
+                    "127.0.0.1".into()
+                } else {
+                    hostport.to_string()
+                },
+                5432,
+            ),
+        }
+    }
+
+    /// A new empty database `name` with its owner role.
+    async fn create_db(&self, name: &str) -> Result<TemplateDb, CloneError> {
+        let role = format!("{name}_owner");
+        let password = fresh_password();
+        let mut c = self.admin().await?;
+        sqlx::raw_sql(&format!(
+            "CREATE ROLE {} LOGIN PASSWORD '{password}'",
+            ident(&role)?
+        ))
+        .execute(&mut c)
+        .await
+        .map_err(refused("create role"))?;
+        sqlx::raw_sql(&format!("CREATE DATABASE {}", ident(name)?))
+            .execute(&mut c)
+            .await
+            .map_err(refused("create database"))?;
+        sqlx::raw_sql(&format!(
+            "REVOKE ALL ON DATABASE {0} FROM PUBLIC; GRANT ALL ON DATABASE {0} TO {1}",
+            ident(name)?,
+            ident(&role)?
+        ))
+        .execute(&mut c)
+        .await
+        .map_err(refused("grant"))?;
+        let _ = c.close().await;
+        let mut owner = PgConnection::connect(&self.admin_url_for(name))
+            .await
+            .map_err(refused("connect"))?;
+        sqlx::raw_sql(&format!(
+            "GRANT ALL ON SCHEMA public TO {0}; ALTER SCHEMA public OWNER TO {0}",
+            ident(&role)?
+        ))
+        .execute(&mut owner)
+        .await
+        .map_err(refused("grant schema"))?;
+        let _ = owner.close().await;
+        let (host, port) = self.host_port();
+        Ok(TemplateDb {
+            db: name.to_string(),
+            role,
+            password,
+            host,
+            port,
+        })
+    }
+
+    /// `pg_dump source | psql target` as the target's owner role.
+    async fn copy_in(&self, source_url: &str, target: &TemplateDb) -> Result<(), CloneError> {
+        let mut dump = Command::new("pg_dump");
+        dump.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .args(["--no-owner", "--no-acl", "--format=plain", "--dbname"])
+            .arg(source_url)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut dump = dump
+            .spawn()
+            .map_err(CloneError::io("spawn", Path::new("pg_dump")))?;
+        let out = dump
+            .stdout
+            .take()
+            .ok_or_else(|| CloneError::Refused("pg_dump has no stdout".into()))?;
+        let mut psql = Command::new("psql");
+        psql.env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("PGPASSWORD", &target.password)
+            .args([
+                "-q",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &target.host,
+                "-p",
+                &target.port.to_string(),
+                "-U",
+                &target.role,
+                "-d",
+                &target.db,
+            ])
+            .stdin(Stdio::from(out))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let load = tokio::task::spawn_blocking(move || psql.output())
+            .await
+            .map_err(|e| CloneError::Refused(e.to_string()))?;
+        let dumped = tokio::task::spawn_blocking(move || dump.wait_with_output())
+            .await
+            .map_err(|e| CloneError::Refused(e.to_string()))?;
+        let dumped = dumped.map_err(CloneError::io("pg_dump", Path::new("pg_dump")))?;
+        let load = load.map_err(CloneError::io("psql", Path::new("psql")))?;
+        if !dumped.status.success() {
+            return Err(CloneError::Refused(
+                "pg_dump failed (check the source URL and its credentials)".into(),
+            ));
+        }
+        if !load.status.success() {
+            return Err(CloneError::Refused(format!(
+                "restore failed: {}",
+                String::from_utf8_lossy(&load.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Import `source_url` into a new site database `name`; its record is saved in `dir`.
+    pub async fn import(
+        &self,
+        dir: &Path,
+        name: &str,
+        source_url: &str,
+    ) -> Result<TemplateDb, CloneError> {
+        let db = self.create_db(name).await?;
+        save(dir, &db)?;
+        self.copy_in(source_url, &db).await?;
+        Ok(db)
+    }
+
+    /// A generation of the site database in `live` as database `name` (record in `gen_dir`).
+    pub async fn snapshot(
+        &self,
+        live: &Path,
+        gen_dir: &Path,
+        name: &str,
+    ) -> Result<CloneStats, CloneError> {
+        let started = Instant::now();
+        let parent = load(live)?;
+        let generation = self.create_db(name).await?;
+        save(gen_dir, &generation)?;
+        self.copy_in(&parent.url(), &generation).await?;
+        let size = self.size(name).await?;
+        Ok(CloneStats {
+            strategy: Strategy::Import,
+            bytes_logical: size,
+            bytes_written: size,
+            files: 0,
+            fallbacks: 0,
+            duration_us: started.elapsed().as_micros() as u64,
+        })
+    }
+
+    /// Clone the generation in `gen_dir` as database `name` with its own role (record in `dst`).
+    pub async fn clone_generation(
+        &self,
+        gen_dir: &Path,
+        dst: &Path,
+        name: &str,
+    ) -> Result<CloneStats, CloneError> {
+        let started = Instant::now();
+        let generation = load(gen_dir)?;
+        let role = format!("{name}_owner");
+        let password = fresh_password();
+        let mut c = self.admin().await?;
+        sqlx::raw_sql(&format!(
+            "CREATE ROLE {} LOGIN PASSWORD '{password}'",
+            ident(&role)?
+        ))
+        .execute(&mut c)
+        .await
+        .map_err(refused("create role"))?;
+        sqlx::raw_sql(&format!(
+            "CREATE DATABASE {} TEMPLATE {}",
+            ident(name)?,
+            ident(&generation.db)?
+        ))
+        .execute(&mut c)
+        .await
+        .map_err(refused("create database from template"))?;
+        sqlx::raw_sql(&format!(
+            "REVOKE ALL ON DATABASE {0} FROM PUBLIC; GRANT ALL ON DATABASE {0} TO {1}",
+            ident(name)?,
+            ident(&role)?
+        ))
+        .execute(&mut c)
+        .await
+        .map_err(refused("grant"))?;
+        let _ = c.close().await;
+        // Inside the clone only: every object of the generation's role becomes the clone's.
+        let mut inside = PgConnection::connect(&self.admin_url_for(name))
+            .await
+            .map_err(refused("connect"))?;
+        sqlx::raw_sql(&format!(
+            "REASSIGN OWNED BY {} TO {}",
+            ident(&generation.role)?,
+            ident(&role)?
+        ))
+        .execute(&mut inside)
+        .await
+        .map_err(refused("reassign owned"))?;
+        let _ = inside.close().await;
+        let (host, port) = self.host_port();
+        let db = TemplateDb {
+            db: name.to_string(),
+            role,
+            password,
+            host,
+            port,
+        };
+        save(dst, &db)?;
+        let size = self.size(name).await?;
+        Ok(CloneStats {
+            strategy: Strategy::Template,
+            bytes_logical: size,
+            bytes_written: size,
+            files: 0,
+            fallbacks: 0,
+            duration_us: started.elapsed().as_micros() as u64,
+        })
+    }
+
+    pub async fn size(&self, name: &str) -> Result<u64, CloneError> {
+        let mut c = self.admin().await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT pg_database_size($1)")
+            .bind(name)
+            .fetch_one(&mut c)
+            .await
+            .map_err(refused("size"))?;
+        let _ = c.close().await;
+        Ok(n as u64)
+    }
+
+    /// Drop the database recorded in `dir` and its role. Idempotent.
+    pub async fn drop(&self, dir: &Path) -> Result<(), CloneError> {
+        let Ok(db) = load(dir) else { return Ok(()) };
+        let mut c = self.admin().await?;
+        sqlx::raw_sql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            ident(&db.db)?
+        ))
+        .execute(&mut c)
+        .await
+        .map_err(refused("drop database"))?;
+        sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {}", ident(&db.role)?))
+            .execute(&mut c)
+            .await
+            .map_err(refused("drop role"))?;
+        let _ = c.close().await;
+        let _ = std::fs::remove_file(dir.join("template.json"));
+        Ok(())
+    }
+}
+
+pub fn save(dir: &Path, db: &TemplateDb) -> Result<(), CloneError> {
+    std::fs::create_dir_all(dir).map_err(CloneError::io("mkdir", dir))?;
+    let p = dir.join("template.json");
+    let text = serde_json::to_string(db).map_err(|e| CloneError::Refused(e.to_string()))?;
+    std::fs::write(&p, text).map_err(CloneError::io("write", &p))?;
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+        .map_err(CloneError::io("chmod", &p))
+}
+
+pub fn load(dir: &Path) -> Result<TemplateDb, CloneError> {
+    let p = dir.join("template.json");
+    let text = std::fs::read_to_string(&p).map_err(CloneError::io("read", &p))?;
+    serde_json::from_str(&text).map_err(|e| CloneError::Refused(format!("{}: {e}", p.display())))
+}
+
+/// Drop every template database recorded under `root` (up to four levels down).
+pub async fn drop_all_under(tools: Option<&Template>, root: &Path) -> Result<(), CloneError> {
+    let mut found = Vec::new();
+    find(root, 0, &mut found);
+    if found.is_empty() {
+        return Ok(());
+    }
+    let tools = tools.ok_or_else(|| {
+        CloneError::Refused(format!(
+            "{} records template databases but postgres.admin_url is not set",
+            root.display()
+        ))
+    })?;
+    for dir in found {
+        tools.drop(&dir).await?;
+    }
+    Ok(())
+}
+
+fn find(dir: &Path, depth: usize, out: &mut Vec<std::path::PathBuf>) {
+    if dir.join("template.json").exists() {
+        out.push(dir.to_path_buf());
+    }
+    if depth >= 4 {
+        return;
+    }
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && e.file_name() != "data" {
+                find(&e.path(), depth + 1, out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert_eq!(ident("endor_0a1b").unwrap(), "\"endor_0a1b\"");
+        for bad in ["", "a\"b", "a;drop", "A", "a b", &"a".repeat(64)] {
+            assert!(ident(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn admin_urls() {
+        let t =
+            Template::new("postgres://postgres@127.0.0.1:5433/postgres?sslmode=disable").unwrap();
+        assert_eq!(t.admin_url_for("x"), "postgres://postgres@127.0.0.1:5433/x");
+        assert_eq!(t.host_port(), ("127.0.0.1".to_string(), 5433));
+        let t = Template::new("postgres://u:p@db.example.com/postgres").unwrap();
+        assert_eq!(t.host_port(), ("db.example.com".to_string(), 5432));
+        assert!(Template::new("mysql://x").is_err());
+    }
+}
