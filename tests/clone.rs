@@ -613,6 +613,13 @@ async fn sweep_removes_orphans_but_not_sites_being_made() {
     let orphan = f.root.join("01a1f3e6-0000-7000-8000-00000000dead");
     fs::create_dir_all(orphan.join("live/files")).unwrap();
     fs::write(orphan.join("live/files/x"), b"x").unwrap();
+    // The orphan still has database servers running: the sweep must stop them.
+    let pg_tools = endor::clone::postgres::PgTools::detect(None, "postgres").unwrap();
+    let orphan_pg = orphan.join("live/postgres/main");
+    let pg_inst = pg_tools.create(&orphan_pg).await.unwrap();
+    let maria_tools = endor::clone::mariadb::MariaTools::detect("mysql").unwrap();
+    let orphan_maria = orphan.join("live/mariadb/main");
+    let maria_inst = maria_tools.create(&orphan_maria).await.unwrap();
     let old = FileTime::from_unix_time(1_600_000_000, 0);
     filetime::set_file_times(&orphan, old, old).unwrap();
     let fresh = f.root.join("01a1f3e6-0000-7000-8000-00000000beef"); // as if mid-creation
@@ -638,6 +645,23 @@ async fn sweep_removes_orphans_but_not_sites_being_made() {
         .unwrap();
     assert_eq!(swept.removed.len(), 2);
     assert!(!orphan.exists() && !trash.exists());
+    for port in [pg_inst.port, maria_inst.port] {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "an orphan's server still listens on {port}"
+        );
+    }
+    let ps = std::process::Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .unwrap();
+    let orphan_path = orphan.display().to_string();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .any(|l| l.contains(&orphan_path)),
+        "an orphan's server still runs"
+    );
     assert!(
         fresh.exists(),
         "a directory younger than the grace period was swept"
