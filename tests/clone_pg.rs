@@ -24,6 +24,14 @@ fn reflink_dir() -> tempfile::TempDir {
     d
 }
 
+async fn rows(url: &str) -> Vec<(i32, i64)> {
+    let mut c = PgConnection::connect(url).await.unwrap();
+    sqlx::query_as("SELECT id, balance FROM accounts ORDER BY id")
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+}
+
 fn pid_of(dir: &Path) -> i32 {
     std::fs::read_to_string(data_dir(dir).join("postmaster.pid"))
         .unwrap()
@@ -90,6 +98,17 @@ async fn instance_generation_is_consistent_under_writes_and_clones_are_isolated(
     let transfers = writer.await.unwrap();
     assert!(transfers > 20, "writer barely ran: {transfers}");
     pool.close().await;
+
+    // Row-level equality: with the writer stopped, a fresh generation's clone equals the parent.
+    let gen2 = d.path().join("gen2");
+    tools.snapshot(&parent, &gen2, true).await.unwrap();
+    let (c2, _) = tools
+        .clone_generation(&gen2, &d.path().join("clone-2"), true)
+        .await
+        .unwrap();
+    assert_eq!(rows(&c2.url()).await, rows(&inst.url()).await);
+    assert_eq!(rows(&c2.url()).await.len(), 100);
+    tools.stop(&d.path().join("clone-2")).await.unwrap();
 
     let mut clones = Vec::new();
     for i in 0..2 {

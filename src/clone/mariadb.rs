@@ -32,6 +32,8 @@ pub struct MariaTools {
     /// uid/gid servers run as (when endor is root).
     run_as: Option<(u32, u32)>,
     os_user: String,
+    /// `mariadb-backup`, when installed.
+    backup_tool: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,14 +146,18 @@ impl MariaTools {
         } else {
             None
         };
+        let backup_tool = Some(PathBuf::from("/usr/bin/mariadb-backup")).filter(|p| p.exists());
         Ok(Self {
             run_as,
             os_user: os_user.to_string(),
+            backup_tool,
         })
     }
 
-    pub fn has_backup_tool() -> bool {
-        Path::new("/usr/bin/mariadb-backup").exists()
+    /// Use this `mariadb-backup` (or none: generations then fall back to mariadb-dump).
+    pub fn with_backup_tool(mut self, tool: Option<PathBuf>) -> Self {
+        self.backup_tool = tool;
+        self
     }
 
     fn cmd(&self, program: &str, as_server_user: bool) -> Command {
@@ -407,8 +413,9 @@ impl MariaTools {
         std::fs::set_permissions(gen_dir, std::fs::Permissions::from_mode(0o755))
             .map_err(err("chmod", gen_dir))?;
         let target = data_dir(gen_dir);
-        let strategy = if Self::has_backup_tool() {
-            let mut backup = self.cmd("/usr/bin/mariadb-backup", false);
+        let strategy = if let Some(tool) = &self.backup_tool {
+            let tool = tool.to_string_lossy().into_owned();
+            let mut backup = self.cmd(&tool, false);
             backup
                 .arg("--no-defaults")
                 .arg("--backup")
@@ -417,7 +424,7 @@ impl MariaTools {
                 .arg("--user=root")
                 .arg(format!("--target-dir={}", target.display()));
             self.output(backup, "mariadb-backup --backup")?;
-            let mut prepare = self.cmd("/usr/bin/mariadb-backup", false);
+            let mut prepare = self.cmd(&tool, false);
             prepare
                 .arg("--no-defaults")
                 .arg("--prepare")
