@@ -18,9 +18,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::clone::common::{find_marked, tree_size};
 use crate::clone::files::{TreeOptions, clone_tree, remove_tree};
 use crate::clone::mariadb::{self as maria, MariaTools};
-use crate::clone::pg_template::{self, Template};
+use crate::clone::pg_template::Template;
 use crate::clone::postgres::{self as pg, PgTools};
 use crate::clone::{CloneError, CloneStats, Strategy, probe, sqlite};
 use crate::clone::{DbServer, db_name};
@@ -203,17 +204,19 @@ impl Sites {
         })
     }
 
-    /// Stop every database server under `dir` (before it is removed).
+    /// Stop every database server under `dir` and drop every shared-server database recorded
+    /// there (before the directory is removed).
     async fn stop_servers(&self, dir: &Path) -> Result<()> {
-        pg::stop_all_under(
-            PgTools::detect(self.pg_bin.as_deref(), &self.pg_user)
-                .ok()
-                .as_ref(),
-            dir,
-        )
-        .await?;
-        maria::stop_all_under(MariaTools::detect(&self.maria_user).ok().as_ref(), dir).await?;
-        pg_template::drop_all_under(self.template().ok().as_ref(), dir).await?;
+        let marks = [
+            ("data/postmaster.pid", "postgres"),
+            ("template.json", "postgres"),
+            ("data/mariadbd.pid", "mariadb"),
+        ];
+        for (marker, kind) in marks {
+            for found in find_marked(dir, marker) {
+                self.server(kind, Some(&found))?.remove(&found).await?;
+            }
+        }
         Ok(())
     }
 
@@ -837,21 +840,6 @@ impl Sites {
         }
         Ok(report)
     }
-}
-
-/// Bytes of the regular files under `path`.
-fn tree_size(path: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => total += tree_size(&e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-                _ => {}
-            }
-        }
-    }
-    total
 }
 
 fn older_than(path: &Path, grace: std::time::Duration) -> bool {

@@ -18,26 +18,7 @@ use endor::sites::{Guard, Imports, SiteError, Sites};
 use filetime::FileTime;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Pool, Sqlite};
-use support::TestStore;
-
-/// A fresh directory on the reflink filesystem.
-fn reflink_dir() -> tempfile::TempDir {
-    let base = std::env::var("ENDOR_TEST_REFLINK_DIR").expect(
-        "ENDOR_TEST_REFLINK_DIR is not set: run the suite with scripts/test.sh, which mounts an XFS image with reflink",
-    );
-    fs::create_dir_all(&base).unwrap();
-    let d = tempfile::tempdir_in(base).unwrap();
-    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    d
-}
-
-/// A fresh directory on the root disk (ext4: no reflink).
-fn plain_dir() -> tempfile::TempDir {
-    let d = tempfile::tempdir_in("/var/tmp").unwrap();
-    // Per-site PostgreSQL servers run as the postgres user, which must reach their directories.
-    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    d
-}
+use support::{TestStore, plain_dir, reflink_dir};
 
 #[test]
 fn probe_tells_reflink_from_plain_storage() {

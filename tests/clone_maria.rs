@@ -1,8 +1,11 @@
 //! MariaDB `instance` strategy against the machine's real MariaDB binaries, on the reflink
 //! filesystem (`ENDOR_TEST_REFLINK_DIR`).
 
+mod support;
+
+use support::{maria_sql as sql, reflink_dir};
+
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,42 +13,6 @@ use std::time::Duration;
 
 use endor::clone::Strategy;
 use endor::clone::mariadb::{Instance, MariaTools, data_dir};
-
-fn reflink_dir() -> tempfile::TempDir {
-    let base = std::env::var("ENDOR_TEST_REFLINK_DIR")
-        .expect("ENDOR_TEST_REFLINK_DIR is not set: run the suite with scripts/test.sh");
-    std::fs::create_dir_all(&base).unwrap();
-    let d = tempfile::tempdir_in(base).unwrap();
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    d
-}
-
-/// Run SQL against a server on 127.0.0.1 as `user` (password through the environment).
-fn sql(port: u16, user: &str, password: &str, db: &str, q: &str) -> Result<String, String> {
-    let out = Command::new("mariadb")
-        .env("MYSQL_PWD", password)
-        .args([
-            "--no-defaults",
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &port.to_string(),
-            "-u",
-            user,
-            "-N",
-            "-B",
-            db,
-            "-e",
-            q,
-        ])
-        .output()
-        .unwrap();
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 fn totals(i: &Instance) -> String {
     sql(

@@ -3,7 +3,8 @@
 
 mod support;
 
-use std::os::unix::fs::PermissionsExt;
+use support::reflink_dir;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,16 +14,6 @@ use endor::clone::Strategy;
 use endor::clone::postgres::{PgTools, data_dir, load};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgPoolOptions};
-
-fn reflink_dir() -> tempfile::TempDir {
-    let base = std::env::var("ENDOR_TEST_REFLINK_DIR")
-        .expect("ENDOR_TEST_REFLINK_DIR is not set: run the suite with scripts/test.sh");
-    std::fs::create_dir_all(&base).unwrap();
-    let d = tempfile::tempdir_in(base).unwrap();
-    // The per-site servers run as the postgres user, which must reach their directories.
-    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    d
-}
 
 async fn rows(url: &str) -> Vec<(i32, i64)> {
     let mut c = PgConnection::connect(url).await.unwrap();

@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use super::common::{free_port, fresh_password, load_record, runtime_dir, save_record, tree_size};
 use super::files::{TreeOptions, clone_tree};
 use super::{CloneError, CloneStats, Strategy};
 
@@ -57,27 +57,11 @@ pub fn data_dir(dir: &Path) -> PathBuf {
 
 /// Socket paths are limited to 107 bytes: a short one under /tmp, named by the instance path.
 fn socket(dir: &Path) -> PathBuf {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    PathBuf::from(format!("/tmp/endor-my-{}", hex::encode(&digest[..10]))).join("mysqld.sock")
+    runtime_dir("endor-my", dir).join("mysqld.sock")
 }
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CloneError + 'a {
     CloneError::io(op, path)
-}
-
-fn fresh_password() -> String {
-    let mut b = [0u8; 18];
-    rand::rng().fill_bytes(&mut b);
-    hex::encode(b)
-}
-
-fn free_port() -> Result<u16, CloneError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(err("bind", Path::new("127.0.0.1:0")))?;
-    Ok(l.local_addr()
-        .map_err(err("bind", Path::new("127.0.0.1:0")))?
-        .port())
 }
 
 /// Parts of a `mysql://` or `mariadb://` URL.
@@ -296,7 +280,7 @@ impl MariaTools {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(5).collect();
+                let tail: Vec<&str> = text.lines().filter(|l| l.contains("ERROR") || l.contains("Error")).rev().take(8).collect();
                 return Err(CloneError::Refused(format!(
                     "mariadbd exited ({status}) at start: {}",
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -510,67 +494,12 @@ impl MariaTools {
     }
 }
 
-fn tree_size(path: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(entries) = std::fs::read_dir(path) {
-        for e in entries.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => total += tree_size(&e.path()),
-                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-                _ => {}
-            }
-        }
-    }
-    total
-}
-
 pub fn save(dir: &Path, inst: &Instance) -> Result<(), CloneError> {
-    let p = dir.join("instance.json");
-    let text = serde_json::to_string(inst).map_err(|e| CloneError::Refused(e.to_string()))?;
-    std::fs::write(&p, text).map_err(err("write", &p))?;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(err("chmod", &p))
+    save_record(dir, "instance.json", inst)
 }
 
 pub fn load(dir: &Path) -> Result<Instance, CloneError> {
-    let p = dir.join("instance.json");
-    let text = std::fs::read_to_string(&p).map_err(err("read", &p))?;
-    serde_json::from_str(&text).map_err(|e| CloneError::Refused(format!("{}: {e}", p.display())))
-}
-
-/// Stop every MariaDB server whose instance directory lies within `root`.
-pub async fn stop_all_under(tools: Option<&MariaTools>, root: &Path) -> Result<(), CloneError> {
-    let mut found = Vec::new();
-    find(root, 0, &mut found);
-    if found.is_empty() {
-        return Ok(());
-    }
-    let tools = tools.ok_or_else(|| {
-        CloneError::Refused(format!(
-            "{} holds MariaDB data but no MariaDB is installed",
-            root.display()
-        ))
-    })?;
-    for dir in found {
-        tools.stop(&dir).await?;
-    }
-    Ok(())
-}
-
-fn find(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    if data_dir(dir).join("mariadbd.pid").exists() {
-        out.push(dir.to_path_buf());
-        return;
-    }
-    if depth >= 4 {
-        return;
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && e.file_name() != "data" {
-                find(&e.path(), depth + 1, out);
-            }
-        }
-    }
+    load_record(dir, "instance.json")
 }
 
 #[cfg(test)]

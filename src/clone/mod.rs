@@ -7,6 +7,7 @@
 //! whether reflink works there. This module knows nothing of sites, the store or HTTP: it
 //! copies paths it is given. Path safety (names → paths) is the caller's (`sites.rs`).
 
+pub mod common;
 pub mod files;
 pub mod mariadb;
 pub mod pg_template;

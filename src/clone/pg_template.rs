@@ -12,16 +12,15 @@
 //! ownership (`REASSIGN OWNED`) in a clone never touches another database. Names are derived
 //! from ids we generate (hex), and quoted anyway. The site's directory keeps `template.json`.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
+use super::common::{fresh_password, load_record, save_record};
 use super::{CloneError, CloneStats, Strategy};
 
 #[derive(Debug, Clone)]
@@ -65,12 +64,6 @@ fn ident(name: &str) -> Result<String, CloneError> {
         )));
     }
     Ok(format!("\"{name}\""))
-}
-
-fn fresh_password() -> String {
-    let mut b = [0u8; 18];
-    rand::rng().fill_bytes(&mut b);
-    hex::encode(b)
 }
 
 impl Template {
@@ -369,53 +362,11 @@ impl Template {
 }
 
 pub fn save(dir: &Path, db: &TemplateDb) -> Result<(), CloneError> {
-    std::fs::create_dir_all(dir).map_err(CloneError::io("mkdir", dir))?;
-    let p = dir.join("template.json");
-    let text = serde_json::to_string(db).map_err(|e| CloneError::Refused(e.to_string()))?;
-    std::fs::write(&p, text).map_err(CloneError::io("write", &p))?;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
-        .map_err(CloneError::io("chmod", &p))
+    save_record(dir, "template.json", db)
 }
 
 pub fn load(dir: &Path) -> Result<TemplateDb, CloneError> {
-    let p = dir.join("template.json");
-    let text = std::fs::read_to_string(&p).map_err(CloneError::io("read", &p))?;
-    serde_json::from_str(&text).map_err(|e| CloneError::Refused(format!("{}: {e}", p.display())))
-}
-
-/// Drop every template database recorded under `root` (up to four levels down).
-pub async fn drop_all_under(tools: Option<&Template>, root: &Path) -> Result<(), CloneError> {
-    let mut found = Vec::new();
-    find(root, 0, &mut found);
-    if found.is_empty() {
-        return Ok(());
-    }
-    let tools = tools.ok_or_else(|| {
-        CloneError::Refused(format!(
-            "{} records template databases but postgres.admin_url is not set",
-            root.display()
-        ))
-    })?;
-    for dir in found {
-        tools.drop(&dir).await?;
-    }
-    Ok(())
-}
-
-fn find(dir: &Path, depth: usize, out: &mut Vec<std::path::PathBuf>) {
-    if dir.join("template.json").exists() {
-        out.push(dir.to_path_buf());
-    }
-    if depth >= 4 {
-        return;
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && e.file_name() != "data" {
-                find(&e.path(), depth + 1, out);
-            }
-        }
-    }
+    load_record(dir, "template.json")
 }
 
 #[cfg(test)]

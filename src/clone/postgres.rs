@@ -21,11 +21,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
+use super::common::{free_port, fresh_password, load_record, runtime_dir, save_record};
 use super::files::{TreeOptions, clone_tree, remove_tree};
 use super::{CloneError, CloneStats, Strategy};
 
@@ -66,28 +66,11 @@ pub fn data_dir(dir: &Path) -> PathBuf {
 /// The server's socket directory. Unix socket paths are limited to 107 bytes, so it lives
 /// under /tmp, named by a hash of the instance directory (stable: found again from the path).
 fn run_dir(dir: &Path) -> PathBuf {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(dir.as_os_str().as_encoded_bytes());
-    PathBuf::from(format!("/tmp/endor-pg-{}", hex::encode(&digest[..10])))
+    runtime_dir("endor-pg", dir)
 }
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CloneError + 'a {
     CloneError::io(op, path)
-}
-
-fn fresh_password() -> String {
-    let mut b = [0u8; 18];
-    rand::rng().fill_bytes(&mut b);
-    hex::encode(b)
-}
-
-/// A port nobody listens on right now (the kernel's pick).
-fn free_port() -> Result<u16, CloneError> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(err("bind", Path::new("127.0.0.1:0")))?;
-    Ok(l.local_addr()
-        .map_err(err("bind", Path::new("127.0.0.1:0")))?
-        .port())
 }
 
 impl PgTools {
@@ -492,56 +475,6 @@ fn instance_strategy(files: Strategy) -> Strategy {
     }
 }
 
-/// Stop every server whose instance directory lies within `root` (up to four levels down):
-/// what must happen before a site's directory is removed.
-pub async fn stop_all_under(tools: Option<&PgTools>, root: &Path) -> Result<(), CloneError> {
-    let mut found = Vec::new();
-    find_instances(root, 0, &mut found);
-    if found.is_empty() {
-        return Ok(());
-    }
-    let tools = tools.ok_or_else(|| {
-        CloneError::Refused(format!(
-            "{} holds PostgreSQL data but no PostgreSQL is installed",
-            root.display()
-        ))
-    })?;
-    for dir in found {
-        tools.stop(&dir).await?;
-    }
-    Ok(())
-}
-
-fn find_instances(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    if data_dir(dir).join("postmaster.pid").exists() {
-        out.push(dir.to_path_buf());
-        return;
-    }
-    if depth >= 4 {
-        return;
-    }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) && e.file_name() != "data" {
-                find_instances(&e.path(), depth + 1, out);
-            }
-        }
-    }
-}
-
-pub fn save(dir: &Path, inst: &Instance) -> Result<(), CloneError> {
-    let p = dir.join("instance.json");
-    let text = serde_json::to_string(inst).map_err(|e| CloneError::Refused(e.to_string()))?;
-    std::fs::write(&p, text).map_err(err("write", &p))?;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(err("chmod", &p))
-}
-
-pub fn load(dir: &Path) -> Result<Instance, CloneError> {
-    let p = dir.join("instance.json");
-    let text = std::fs::read_to_string(&p).map_err(err("read", &p))?;
-    serde_json::from_str(&text).map_err(|e| CloneError::Refused(format!("{}: {e}", p.display())))
-}
-
 /// Remove the password of a URL from a message.
 fn redact(msg: &str, url: &str) -> String {
     match url
@@ -567,4 +500,12 @@ pub(crate) fn lookup_user(name: &str) -> Result<(u32, u32), CloneError> {
     }
     // SAFETY: pw is non-null and points to a passwd record.
     Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+}
+
+pub fn save(dir: &Path, inst: &Instance) -> Result<(), CloneError> {
+    save_record(dir, "instance.json", inst)
+}
+
+pub fn load(dir: &Path) -> Result<Instance, CloneError> {
+    load_record(dir, "instance.json")
 }

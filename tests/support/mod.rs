@@ -281,3 +281,28 @@ pub fn maria_totals(url: &str) -> String {
     )
     .unwrap()
 }
+
+/// A fresh directory on the reflink filesystem (`ENDOR_TEST_REFLINK_DIR`, mounted by
+/// scripts/test.sh), reachable by the database servers' OS users.
+pub fn reflink_dir() -> tempfile::TempDir {
+    let base = std::env::var("ENDOR_TEST_REFLINK_DIR").expect(
+        "ENDOR_TEST_REFLINK_DIR is not set: run the suite with scripts/test.sh, which mounts an XFS image with reflink",
+    );
+    std::fs::create_dir_all(&base).unwrap();
+    let d = tempfile::tempdir_in(base).unwrap();
+    open_up(d.path());
+    d
+}
+
+/// A fresh directory on the root disk (ext4: no reflink).
+pub fn plain_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir_in("/var/tmp").unwrap();
+    open_up(d.path());
+    d
+}
+
+/// Per-site database servers run as other OS users, which must reach their directories.
+fn open_up(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
