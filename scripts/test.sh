@@ -20,6 +20,9 @@ mkdir -p "$ENDOR_TEST_REFLINK_DIR"
 pkill -INT -f "postgres -D ($ENDOR_TEST_REFLINK_DIR|/var/tmp/\.tmp)" 2>/dev/null || true
 find "$ENDOR_TEST_REFLINK_DIR" -mindepth 1 -maxdepth 1 -mmin +60 -exec rm -rf {} + 2>/dev/null || true
 
+mariadb --no-defaults -h 127.0.0.1 -uroot -N -B -e "SHOW DATABASES LIKE 'endor\\_test\\_%'" 2>/dev/null |
+  while read -r db; do mariadb --no-defaults -h 127.0.0.1 -uroot -e "DROP DATABASE \`$db\`" >/dev/null 2>&1 || true; done
+
 export ENDOR_TEST_PG="${ENDOR_TEST_PG:-postgres://postgres@127.0.0.1:5432}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
