@@ -18,6 +18,7 @@ export ENDOR_TEST_REFLINK_DIR="${ENDOR_TEST_REFLINK_DIR:-$mnt/endor-test}"
 mkdir -p "$ENDOR_TEST_REFLINK_DIR"
 # Per-site PostgreSQL servers left by an interrupted run (tests stop their own).
 pkill -INT -f "postgres -D ($ENDOR_TEST_REFLINK_DIR|/var/tmp/\.tmp)" 2>/dev/null || true
+pkill -TERM -f "mariadbd --no-defaults --datadir=($ENDOR_TEST_REFLINK_DIR|/var/tmp/\.tmp)" 2>/dev/null || true
 find "$ENDOR_TEST_REFLINK_DIR" -mindepth 1 -maxdepth 1 -mmin +60 -exec rm -rf {} + 2>/dev/null || true
 
 mariadb --no-defaults -h 127.0.0.1 -uroot -N -B -e "SHOW DATABASES LIKE 'endor\\_test\\_%'" 2>/dev/null |

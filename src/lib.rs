@@ -6,6 +6,7 @@
 pub mod clone;
 pub mod config;
 pub mod forge;
+pub mod jobs;
 pub mod metrics;
 pub mod secret;
 pub mod server;

@@ -280,7 +280,12 @@ impl MariaTools {
             }
             if let Ok(Some(status)) = child.try_wait() {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().filter(|l| l.contains("ERROR") || l.contains("Error")).rev().take(8).collect();
+                let tail: Vec<&str> = text
+                    .lines()
+                    .filter(|l| l.contains("ERROR") || l.contains("Error"))
+                    .rev()
+                    .take(8)
+                    .collect();
                 return Err(CloneError::Refused(format!(
                     "mariadbd exited ({status}) at start: {}",
                     tail.into_iter().rev().collect::<Vec<_>>().join("\n")
@@ -415,6 +420,15 @@ impl MariaTools {
                 .arg(format!("--target-dir={}", target.display()));
             self.output(prepare, "mariadb-backup --prepare")?;
             self.own_tree(&target)?;
+            // Start once and shut down cleanly: InnoDB settles its redo log here, once, instead
+            // of rewriting ~100 MB in every clone at its first start (measured: 116 MB per
+            // clone without this).
+            let settle = Instance {
+                port: free_port()?,
+                password: inst.password.clone(),
+            };
+            self.start(gen_dir, &settle).await?;
+            self.stop(gen_dir).await?;
             Strategy::Instance
         } else {
             tracing::warn!(site_dir = %live.display(), "mariadb-backup is missing: generation made by mariadb-dump (slower, time grows with the data)");

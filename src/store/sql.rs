@@ -95,6 +95,14 @@ macro_rules! resource_columns {
 }
 pub(super) use resource_columns;
 
+macro_rules! job_columns {
+    () => {
+        "id, kind, job_key, head_sha, payload, state, attempts, max_attempts, run_after, lease_owner, \
+         lease_until, cancel_requested, last_error, created_at, updated_at"
+    };
+}
+pub(super) use job_columns;
+
 macro_rules! connection_columns {
     () => {
         "id, workspace_id, forge, repo, api_url, git_url, secret, previous_secret, created_at"
@@ -514,6 +522,132 @@ macro_rules! impl_store {
                     "SELECT id, site_id, seq, created_at FROM generations WHERE site_id = $1 ORDER BY seq",
                 )
                 .bind(site_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn enqueue_job(&self, job: &$crate::store::NewJob, now: i64) -> $crate::store::Result<$crate::store::Job> {
+                let mut tx = self.pool.begin().await?;
+                let id = $crate::store::new_id();
+                if job.supersede {
+                    sqlx::query(
+                        "UPDATE jobs SET state = 'cancelled', last_error = 'superseded by a newer job', updated_at = $1 \
+                         WHERE job_key = $2 AND state = 'queued'",
+                    )
+                    .bind(now)
+                    .bind(&job.job_key)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE job_key = $2 AND state = 'running'")
+                        .bind(now)
+                        .bind(&job.job_key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                let row: $crate::store::Job = sqlx::query_as(concat!(
+                    "INSERT INTO jobs (id, kind, job_key, head_sha, payload, state, attempts, max_attempts, run_after, \
+                     cancel_requested, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, 0, $7, $7) RETURNING ",
+                    $crate::store::sql::job_columns!()
+                ))
+                .bind(&id)
+                .bind(&job.kind)
+                .bind(&job.job_key)
+                .bind(&job.head_sha)
+                .bind(&job.payload)
+                .bind(job.max_attempts)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(row)
+            }
+
+            async fn claim_job(&self, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<Option<$crate::store::Job>> {
+                // The state conditions stand in the outer WHERE too: PostgreSQL re-checks them on
+                // a row another worker changed meanwhile, so a lost race claims nothing. The
+                // unique index on running jobs per key is the last word.
+                let claimed: std::result::Result<Option<$crate::store::Job>, sqlx::Error> = sqlx::query_as(concat!(
+                    "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $3, attempts = attempts + 1, \
+                     updated_at = $2 \
+                     WHERE ((state = 'queued' AND run_after <= $2) OR (state = 'running' AND lease_until < $2)) \
+                     AND id = (SELECT j.id FROM jobs j \
+                        WHERE ((j.state = 'queued' AND j.run_after <= $2) OR (j.state = 'running' AND j.lease_until < $2)) \
+                        AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.job_key = j.job_key AND r.state = 'running' AND r.id <> j.id) \
+                        ORDER BY j.created_at, j.id LIMIT 1) \
+                     RETURNING ",
+                    $crate::store::sql::job_columns!()
+                ))
+                .bind(worker)
+                .bind(now)
+                .bind(lease_until)
+                .fetch_optional(&self.pool)
+                .await;
+                match claimed {
+                    Ok(job) => Ok(job),
+                    // Another worker started a job of the same key in the same instant.
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => Ok(None),
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn heartbeat_job(&self, id: &str, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<$crate::store::Heartbeat> {
+                let row: Option<(i64,)> = sqlx::query_as(
+                    "UPDATE jobs SET lease_until = $1, updated_at = $2 \
+                     WHERE id = $3 AND lease_owner = $4 AND state = 'running' RETURNING cancel_requested",
+                )
+                .bind(lease_until)
+                .bind(now)
+                .bind(id)
+                .bind(worker)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(match row {
+                    Some((c,)) => $crate::store::Heartbeat::Held { cancel: c != 0 },
+                    None => $crate::store::Heartbeat::Lost,
+                })
+            }
+
+            async fn finish_job(&self, id: &str, worker: &str, end: &$crate::store::JobEnd, now: i64) -> $crate::store::Result<bool> {
+                use $crate::store::JobEnd;
+                let (state, error, run_after): (&str, Option<&str>, Option<i64>) = match end {
+                    JobEnd::Done => ("done", None, None),
+                    JobEnd::Retry { error, run_after } => ("retry", Some(error), Some(*run_after)),
+                    JobEnd::Failed { error } => ("failed", Some(error), None),
+                    JobEnd::Cancelled { reason } => ("cancelled", Some(reason), None),
+                };
+                let done = sqlx::query(
+                    "UPDATE jobs SET \
+                       state = CASE WHEN $1 = 'retry' AND attempts < max_attempts THEN 'queued' \
+                                    WHEN $1 = 'retry' THEN 'failed' ELSE $1 END, \
+                       run_after = COALESCE($2, run_after), last_error = $3, lease_owner = NULL, lease_until = NULL, \
+                       updated_at = $4 \
+                     WHERE id = $5 AND lease_owner = $6 AND state = 'running'",
+                )
+                .bind(state)
+                .bind(run_after)
+                .bind(error)
+                .bind(now)
+                .bind(id)
+                .bind(worker)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn job(&self, id: &str) -> $crate::store::Result<Option<$crate::store::Job>> {
+                Ok(sqlx::query_as(concat!("SELECT ", $crate::store::sql::job_columns!(), " FROM jobs WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn jobs_for_key(&self, key: &str) -> $crate::store::Result<Vec<$crate::store::Job>> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::job_columns!(),
+                    " FROM jobs WHERE job_key = $1 ORDER BY created_at, id"
+                ))
+                .bind(key)
                 .fetch_all(&self.pool)
                 .await?)
             }
