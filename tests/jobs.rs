@@ -18,6 +18,7 @@ both_backends!(
     newest_head_wins,
     expired_leases_are_taken_over,
     retries_then_failure,
+    strict_order_per_key_across_retries,
     worker_pool_runs_everything_once_per_key_in_order,
     cancelled_jobs_stop_and_the_newest_runs,
 );
@@ -188,6 +189,32 @@ async fn retries_then_failure(db: &TestStore) {
         s.job(&b.id).await.unwrap().unwrap().state,
         "failed",
         "permanent errors fail at once"
+    );
+}
+
+async fn strict_order_per_key_across_retries(db: &TestStore) {
+    let s = db.store.as_ref();
+    let a = s.enqueue_job(&job("pr-1", "a", false), 1000).await.unwrap();
+    let b = s.enqueue_job(&job("pr-1", "b", false), 1001).await.unwrap();
+    s.claim_job("w", 1000, 9000).await.unwrap().unwrap();
+    let retry = JobEnd::Retry {
+        error: "blip".into(),
+        run_after: 5000,
+    };
+    assert!(s.finish_job(&a.id, "w", &retry, 1100).await.unwrap());
+    // a waits out its backoff; b, queued after it on the same key, must not overtake it.
+    assert!(
+        s.claim_job("w", 2000, 9000).await.unwrap().is_none(),
+        "b overtook a retrying a"
+    );
+    assert_eq!(
+        s.claim_job("w", 5000, 9000).await.unwrap().unwrap().id,
+        a.id
+    );
+    assert!(s.finish_job(&a.id, "w", &JobEnd::Done, 5100).await.unwrap());
+    assert_eq!(
+        s.claim_job("w", 5200, 9000).await.unwrap().unwrap().id,
+        b.id
     );
 }
 

@@ -372,8 +372,8 @@ pub trait Store: Send + Sync + 'static {
     /// Queue a job (and, with `supersede`, cancel older queued jobs of its key and ask the
     /// running one to stop), atomically.
     async fn enqueue_job(&self, job: &NewJob, now: i64) -> Result<Job>;
-    /// Take the oldest runnable job whose key has no other running job, or a running job whose
-    /// lease expired; it becomes `running` under `worker`'s lease until `lease_until`.
+    /// Take the oldest runnable job whose key has no other running job and no older queued
+    /// job (strict order per key), or a running job whose lease expired; it becomes `running` under `worker`'s lease until `lease_until`.
     async fn claim_job(&self, worker: &str, now: i64, lease_until: i64) -> Result<Option<Job>>;
     /// Extend `worker`'s lease on a running job.
     async fn heartbeat_job(

@@ -563,7 +563,9 @@ macro_rules! impl_store {
             }
 
             async fn claim_job(&self, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<Option<$crate::store::Job>> {
-                // The state conditions stand in the outer WHERE too: PostgreSQL re-checks them on
+                // Strictly in order per key: a job waits while an older job of its key is queued
+                // (e.g. waiting out a retry backoff) or running. The state conditions stand in
+                // the outer WHERE too: PostgreSQL re-checks them on
                 // a row another worker changed meanwhile, so a lost race claims nothing. The
                 // unique index on running jobs per key is the last word.
                 let claimed: std::result::Result<Option<$crate::store::Job>, sqlx::Error> = sqlx::query_as(concat!(
@@ -572,7 +574,9 @@ macro_rules! impl_store {
                      WHERE ((state = 'queued' AND run_after <= $2) OR (state = 'running' AND lease_until < $2)) \
                      AND id = (SELECT j.id FROM jobs j \
                         WHERE ((j.state = 'queued' AND j.run_after <= $2) OR (j.state = 'running' AND j.lease_until < $2)) \
-                        AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.job_key = j.job_key AND r.state = 'running' AND r.id <> j.id) \
+                        AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.job_key = j.job_key AND r.id <> j.id \
+                            AND (r.state = 'running' OR (r.state = 'queued' \
+                                AND (r.created_at < j.created_at OR (r.created_at = j.created_at AND r.id < j.id))))) \
                         ORDER BY j.created_at, j.id LIMIT 1) \
                      RETURNING ",
                     $crate::store::sql::job_columns!()
