@@ -5,9 +5,11 @@
 
 pub mod clone;
 pub mod config;
+pub mod duration;
 pub mod forge;
 pub mod jobs;
 pub mod metrics;
+pub mod previews;
 pub mod secret;
 pub mod server;
 pub mod service;

@@ -1,0 +1,185 @@
+//! `.endor.toml`, read from a repository's **default branch** (never from the PR head, which an
+//! outsider controls). A file that does not parse is a failed preview with the parse error
+//! shown, never a crash.
+
+use serde::Deserialize;
+
+use crate::duration::HumanDuration;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    #[serde(default)]
+    pub preview: PreviewConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreviewConfig {
+    /// Site whose files and databases are cloned; none means an empty site.
+    pub parent: Option<String>,
+    /// Expiry after the last activity; the workspace default when absent.
+    pub ttl: Option<HumanDuration>,
+    /// Commands run in the checkout, in order.
+    pub build: Vec<String>,
+    /// A process to run (gets PORT, DATABASE_URL, ENDOR_FILES_DIR, ENDOR_SITE).
+    pub start: Option<String>,
+    /// Without `start`, the folder the gateway serves statically.
+    pub root: Option<String>,
+    /// Path that must answer 2xx/3xx before the site counts as ready.
+    pub health: String,
+}
+
+impl Default for PreviewConfig {
+    fn default() -> Self {
+        Self {
+            parent: None,
+            ttl: None,
+            build: Vec::new(),
+            start: None,
+            root: None,
+            health: "/".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(".endor.toml: {0}")]
+pub struct RepoConfigError(pub String);
+
+const MAX_CONFIG_BYTES: usize = 64 * 1024;
+
+impl RepoConfig {
+    pub fn parse(text: &str) -> Result<Self, RepoConfigError> {
+        if text.len() > MAX_CONFIG_BYTES {
+            return Err(RepoConfigError(format!(
+                "file is over {MAX_CONFIG_BYTES} bytes"
+            )));
+        }
+        let cfg: RepoConfig =
+            toml::from_str(text).map_err(|e| RepoConfigError(e.to_string().trim().to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), RepoConfigError> {
+        let p = &self.preview;
+        if let Some(parent) = &p.parent {
+            crate::sites::validate_site_name(parent)
+                .map_err(|e| RepoConfigError(format!("preview.parent: {e}")))?;
+        }
+        if let Some(root) = &p.root {
+            let bad = root.starts_with('/')
+                || root.split('/').any(|s| s == "..")
+                || root.contains('\0')
+                || root.is_empty();
+            if bad {
+                return Err(RepoConfigError(format!(
+                    "preview.root `{}` must be a relative path inside the repository",
+                    root.escape_debug()
+                )));
+            }
+        }
+        if !p.health.starts_with('/') || p.health.chars().any(|c| c.is_control() || c == ' ') {
+            return Err(RepoConfigError(format!(
+                "preview.health `{}` must be a path starting with /",
+                p.health.escape_debug()
+            )));
+        }
+        if p.build.len() > 50
+            || p.build
+                .iter()
+                .any(|c| c.trim().is_empty() || c.contains('\0'))
+        {
+            return Err(RepoConfigError(
+                "preview.build must be at most 50 non-empty commands".into(),
+            ));
+        }
+        if p.start
+            .as_deref()
+            .is_some_and(|s| s.trim().is_empty() || s.contains('\0'))
+        {
+            return Err(RepoConfigError(
+                "preview.start must be a non-empty command".into(),
+            ));
+        }
+        if p.start.is_some() && p.root.is_some() {
+            return Err(RepoConfigError("preview.start and preview.root exclude each other: a site is either a process or a static folder".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_example() {
+        let cfg = RepoConfig::parse(
+            r#"
+            [preview]
+            parent = "production"
+            ttl = "72h"
+            build = ["npm ci", "npm run build"]
+            start = "node server.js"
+            health = "/healthz"
+            "#,
+        )
+        .unwrap();
+        let p = cfg.preview;
+        assert_eq!(p.parent.as_deref(), Some("production"));
+        assert_eq!(p.ttl.unwrap().0.as_secs(), 72 * 3600);
+        assert_eq!(p.build, vec!["npm ci", "npm run build"]);
+        assert_eq!(p.start.as_deref(), Some("node server.js"));
+        assert_eq!(p.health, "/healthz");
+    }
+
+    #[test]
+    fn empty_file_means_defaults() {
+        let cfg = RepoConfig::parse("").unwrap();
+        assert_eq!(cfg.preview, PreviewConfig::default());
+        assert_eq!(
+            RepoConfig::parse("[preview]\nroot = \"public\"\n")
+                .unwrap()
+                .preview
+                .root
+                .as_deref(),
+            Some("public")
+        );
+    }
+
+    #[test]
+    fn bad_files_say_what_is_wrong() {
+        for (text, needle) in [
+            ("this is not toml", "expected"),
+            ("[preview]\nttl = \"3 weeks\"", "invalid duration"),
+            ("[preview]\nttl = \"0h\"", "invalid duration"),
+            ("[preview]\nparent = \"../etc\"", "preview.parent"),
+            ("[preview]\nroot = \"../../etc\"", "preview.root"),
+            ("[preview]\nroot = \"/etc\"", "preview.root"),
+            ("[preview]\nhealth = \"healthz\"", "preview.health"),
+            ("[preview]\nbuild = [\"\"]", "preview.build"),
+            (
+                "[preview]\nstart = \"x\"\nroot = \"public\"",
+                "exclude each other",
+            ),
+            ("[preview]\nparnet = \"production\"", "unknown field"),
+            ("[previews]\nparent = \"production\"", "unknown field"),
+            ("[preview]\nbuild = \"npm ci\"", "invalid type"),
+        ] {
+            let err = RepoConfig::parse(text).unwrap_err().to_string();
+            assert!(err.starts_with(".endor.toml: "), "{err}");
+            assert!(
+                err.contains(needle),
+                "{text:?} gave {err:?}, expected {needle:?}"
+            );
+        }
+        assert!(
+            RepoConfig::parse(&"#".repeat(70_000))
+                .unwrap_err()
+                .to_string()
+                .contains("over")
+        );
+    }
+}
