@@ -11,6 +11,7 @@ pub mod git;
 pub mod jobs;
 pub mod metrics;
 pub mod previews;
+pub mod runtime;
 pub mod secret;
 pub mod server;
 pub mod service;

@@ -1,0 +1,357 @@
+//! Running a site's code: build steps and the supervised start process, and the health check.
+//!
+//! Build and start commands come from the repository's `.endor.toml` on its default branch —
+//! the repository's own build definition, run like a CI runner runs its steps (`/bin/sh -c`);
+//! no text from a PR event (branch names, titles, comments) is ever put into them. They run
+//! with a cleared environment (endor's own variables and secrets never reach PR code) plus the
+//! variables given, in their own process group (a timeout kills every process they started),
+//! and, when endor runs as root, as an unprivileged user (`runtime.user`).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("health check of {url} did not pass within {secs} s: {last}")]
+    Unhealthy {
+        url: String,
+        secs: u64,
+        last: String,
+    },
+}
+
+/// Who and where commands run.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub dir: PathBuf,
+    /// Extra environment (PORT, DATABASE_URL, ENDOR_FILES_DIR, ENDOR_SITE).
+    pub env: Vec<(String, String)>,
+    /// uid/gid to run as (set when endor is root).
+    pub run_as: Option<(u32, u32)>,
+}
+
+impl Sandbox {
+    /// Resolve `runtime.user` when running as root; otherwise commands run as ourselves.
+    pub fn new(
+        dir: impl Into<PathBuf>,
+        env: Vec<(String, String)>,
+        user: &str,
+    ) -> Result<Self, RuntimeError> {
+        // SAFETY: geteuid has no preconditions.
+        let run_as = if unsafe { libc::geteuid() } == 0 {
+            Some(
+                crate::clone::postgres::lookup_user(user)
+                    .map_err(|e| RuntimeError::Invalid(e.to_string()))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            dir: dir.into(),
+            env,
+            run_as,
+        })
+    }
+
+    fn command(&self, script: &str) -> Command {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(script).current_dir(&self.dir).env_clear();
+        c.env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &self.dir)
+            .env("LANG", "C.UTF-8");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        if let Some((uid, gid)) = self.run_as {
+            // Dropping from root, std also clears the supplementary groups before setuid.
+            c.uid(uid).gid(gid);
+        }
+        c
+    }
+
+    /// Give the sandbox's directory to its user (the checkout is written by endor).
+    pub fn hand_over(&self) -> Result<(), RuntimeError> {
+        if let Some((uid, gid)) = self.run_as {
+            chown_tree(&self.dir, uid, gid)?;
+        }
+        Ok(())
+    }
+}
+
+fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for e in std::fs::read_dir(path)? {
+            chown_tree(&e?.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Kill a process group (the build step and everything it started).
+fn kill_group(pid: u32) {
+    // SAFETY: kill(2) on the group we created with process_group(0); negative pid = group.
+    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub command: String,
+    pub exit_code: Option<i32>,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    pub ok: bool,
+    pub steps: Vec<StepReport>,
+    /// Merged stdout and stderr of every step, cut at the cap.
+    #[serde(skip)]
+    pub log: Vec<u8>,
+    pub truncated: bool,
+}
+
+/// Read a child's two pipes into one capped buffer (and keep draining past the cap so the
+/// child never blocks on a full pipe).
+async fn collect(child: &mut Child, log: &mut Vec<u8>, cap: usize, truncated: &mut bool) {
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let mut buf_o = [0u8; 8192];
+    let mut buf_e = [0u8; 8192];
+    loop {
+        let n = tokio::select! {
+            r = async { match out.as_mut() { Some(o) => o.read(&mut buf_o).await, None => std::future::pending().await } } => {
+                match r { Ok(0) | Err(_) => { out = None; 0 } Ok(n) => { append(log, &buf_o[..n], cap, truncated); n } }
+            }
+            r = async { match err.as_mut() { Some(e) => e.read(&mut buf_e).await, None => std::future::pending().await } } => {
+                match r { Ok(0) | Err(_) => { err = None; 0 } Ok(n) => { append(log, &buf_e[..n], cap, truncated); n } }
+            }
+        };
+        let _ = n;
+        if out.is_none() && err.is_none() {
+            return;
+        }
+    }
+}
+
+fn append(log: &mut Vec<u8>, chunk: &[u8], cap: usize, truncated: &mut bool) {
+    let room = cap.saturating_sub(log.len());
+    if chunk.len() > room {
+        *truncated = true;
+    }
+    log.extend_from_slice(&chunk[..chunk.len().min(room)]);
+}
+
+/// Run the build steps in order; the first failure (or timeout) ends the build.
+pub async fn build(
+    sandbox: &Sandbox,
+    steps: &[String],
+    step_timeout: Duration,
+    output_cap: usize,
+) -> Result<BuildReport, RuntimeError> {
+    let mut report = BuildReport {
+        ok: true,
+        steps: Vec::new(),
+        log: Vec::new(),
+        truncated: false,
+    };
+    for step in steps {
+        let started = Instant::now();
+        append(
+            &mut report.log,
+            format!("$ {step}\n").as_bytes(),
+            output_cap,
+            &mut report.truncated,
+        );
+        let mut child = sandbox.command(step).spawn()?;
+        let pid = child.id().unwrap_or(0);
+        let mut log = std::mem::take(&mut report.log);
+        let mut truncated = report.truncated;
+        let finished = tokio::time::timeout(step_timeout, async {
+            collect(&mut child, &mut log, output_cap, &mut truncated).await;
+            child.wait().await
+        })
+        .await;
+        report.log = log;
+        report.truncated = truncated;
+        let (exit_code, timed_out) = match finished {
+            Ok(status) => (status?.code(), false),
+            Err(_) => {
+                kill_group(pid);
+                let _ = child.wait().await;
+                append(
+                    &mut report.log,
+                    format!(
+                        "\n[endor] step timed out after {} s\n",
+                        step_timeout.as_secs()
+                    )
+                    .as_bytes(),
+                    usize::MAX,
+                    &mut report.truncated,
+                );
+                (None, true)
+            }
+        };
+        // Whatever the step left running in its group goes with it.
+        kill_group(pid);
+        report.steps.push(StepReport {
+            command: step.clone(),
+            exit_code,
+            timed_out,
+            duration_ms: started.elapsed().as_millis() as u64,
+        });
+        if timed_out || exit_code != Some(0) {
+            report.ok = false;
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// A start command kept running: restarted with backoff when it exits, until stopped.
+pub struct Supervised {
+    stop: Arc<AtomicBool>,
+    pid: Arc<AtomicU32>,
+    restarts: Arc<AtomicU32>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Supervised {
+    /// Start `command`; its output is appended to `log_path`.
+    pub fn start(sandbox: Sandbox, command: String, log_path: PathBuf) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let pid = Arc::new(AtomicU32::new(0));
+        let restarts = Arc::new(AtomicU32::new(0));
+        let (s, p, r) = (stop.clone(), pid.clone(), restarts.clone());
+        let task = tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            while !s.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                match sandbox.command(&command).spawn() {
+                    Ok(mut child) => {
+                        p.store(child.id().unwrap_or(0), Ordering::SeqCst);
+                        let mut log = Vec::new();
+                        let mut truncated = false;
+                        collect(&mut child, &mut log, 1 << 20, &mut truncated).await;
+                        let status = child.wait().await;
+                        if let Ok(mut f) = tokio::fs::OpenOptions::new()
+                            .create(true)
+                            .append(true)
+                            .open(&log_path)
+                            .await
+                        {
+                            let _ = f.write_all(&log).await;
+                        }
+                        if s.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        tracing::warn!(command = %command, status = ?status.ok(), "site process exited; restarting");
+                    }
+                    Err(e) => tracing::warn!(error = %e, "site process could not start"),
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = Duration::from_millis(200);
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        });
+        Self {
+            stop,
+            pid,
+            restarts,
+            task,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid.load(Ordering::SeqCst)
+    }
+
+    /// How many times the process has been restarted.
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::SeqCst)
+    }
+
+    /// Stop supervising and kill the process group.
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let pid = self.pid();
+        if pid != 0 {
+            kill_group(pid);
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// GET `http://127.0.0.1:{port}{path}` until it answers 2xx or 3xx, or `timeout` passes.
+pub async fn health_check(port: u16, path: &str, timeout: Duration) -> Result<u16, RuntimeError> {
+    if !path.starts_with('/') || path.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(RuntimeError::Invalid(format!(
+            "bad health path `{}`",
+            path.escape_debug()
+        )));
+    }
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match probe(port, path).await {
+            Ok(code) if (200..400).contains(&code) => return Ok(code),
+            Ok(code) => last = format!("status {code}"),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(RuntimeError::Unhealthy {
+        url,
+        secs: timeout.as_secs(),
+        last,
+    })
+}
+
+async fn probe(port: u16, path: &str) -> std::io::Result<u16> {
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    s.write_all(
+        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: endor-health\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let mut head = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), s.read(&mut head))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not HTTP: {line:?}"),
+            )
+        })
+}

@@ -1,0 +1,203 @@
+//! Build steps and site processes: real shells, real processes, real ports.
+
+use std::time::Duration;
+
+use endor::runtime::{Sandbox, Supervised, build, health_check};
+
+fn sandbox(dir: &std::path::Path, env: Vec<(String, String)>) -> Sandbox {
+    // Reachable by the unprivileged user the commands run as (when the tests run as root).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let s = Sandbox::new(dir, env, "nobody").unwrap();
+    s.hand_over().unwrap();
+    s
+}
+
+#[tokio::test]
+async fn steps_run_in_order_with_a_clean_environment() {
+    let d = tempfile::tempdir().unwrap();
+    // SAFETY (test): set before any thread reads the environment for this variable.
+    unsafe { std::env::set_var("ENDOR_TEST_SECRET_TOKEN", "hunter2") };
+    let sb = sandbox(
+        d.path(),
+        vec![
+            ("PORT".into(), "4321".into()),
+            ("ENDOR_SITE".into(), "shop-pr-1".into()),
+        ],
+    );
+    let r = build(
+        &sb,
+        &[
+            "echo one > out.txt".into(),
+            "echo two >> out.txt; env; id -u".into(),
+        ],
+        Duration::from_secs(30),
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    assert!(r.ok, "{r:?}");
+    assert_eq!(r.steps.len(), 2);
+    assert_eq!(
+        std::fs::read_to_string(d.path().join("out.txt")).unwrap(),
+        "one\ntwo\n"
+    );
+    let log = String::from_utf8_lossy(&r.log);
+    assert!(
+        log.contains("PORT=4321") && log.contains("ENDOR_SITE=shop-pr-1"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("hunter2") && !log.contains("ENDOR_TEST_SECRET_TOKEN"),
+        "endor's environment leaked: {log}"
+    );
+    assert!(log.contains("$ echo one > out.txt"), "{log}");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        assert!(
+            log.lines().any(|l| l.trim() == "65534"),
+            "build ran as root: {log}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_failing_step_stops_the_build() {
+    let d = tempfile::tempdir().unwrap();
+    let sb = sandbox(d.path(), vec![]);
+    let r = build(
+        &sb,
+        &[
+            "true".into(),
+            "echo broken >&2; exit 3".into(),
+            "touch never".into(),
+        ],
+        Duration::from_secs(30),
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    assert!(!r.ok);
+    assert_eq!(r.steps.len(), 2);
+    assert_eq!(r.steps[1].exit_code, Some(3));
+    assert!(String::from_utf8_lossy(&r.log).contains("broken"));
+    assert!(!d.path().join("never").exists());
+}
+
+#[tokio::test]
+async fn a_step_that_hangs_is_killed_with_everything_it_started() {
+    let d = tempfile::tempdir().unwrap();
+    let sb = sandbox(d.path(), vec![]);
+    let r = build(
+        &sb,
+        &["sleep 600 & echo $! > bg.pid; sleep 600".into()],
+        Duration::from_secs(1),
+        1 << 20,
+    )
+    .await
+    .unwrap();
+    assert!(!r.ok && r.steps[0].timed_out, "{r:?}");
+    let bg: i32 = std::fs::read_to_string(d.path().join("bg.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Dead means gone or a zombie waiting for its new parent to reap it.
+    let alive = |pid: i32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|st| {
+                st.rsplit(')')
+                    .next()
+                    .and_then(|rest| rest.split_whitespace().next())
+                    != Some("Z")
+            })
+            .unwrap_or(false)
+    };
+    let mut tries = 0;
+    while alive(bg) && tries < 40 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tries += 1;
+    }
+    assert!(!alive(bg), "a background process of the step survived");
+}
+
+#[tokio::test]
+async fn output_is_capped() {
+    let d = tempfile::tempdir().unwrap();
+    let sb = sandbox(d.path(), vec![]);
+    let r = build(
+        &sb,
+        &["head -c 5000000 /dev/zero | tr '\\0' x".into()],
+        Duration::from_secs(30),
+        64 * 1024,
+    )
+    .await
+    .unwrap();
+    assert!(r.ok, "{r:?}");
+    assert!(r.truncated);
+    assert!(r.log.len() <= 64 * 1024);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn the_start_process_is_health_checked_restarted_and_stopped() {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("index.html"), "hello").unwrap();
+    let port = free_port();
+    let sb = sandbox(d.path(), vec![("PORT".into(), port.to_string())]);
+    let proc = Supervised::start(
+        sb,
+        "exec /usr/bin/python3 -m http.server \"$PORT\" --bind 127.0.0.1".into(),
+        d.path().join("start.log"),
+    );
+    assert_eq!(
+        health_check(port, "/", Duration::from_secs(20))
+            .await
+            .unwrap(),
+        200
+    );
+    // It dies; the supervisor brings it back.
+    let first = proc.pid();
+    // SAFETY: kill(2) on the process we started.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        health_check(port, "/", Duration::from_secs(20))
+            .await
+            .unwrap(),
+        200
+    );
+    assert!(proc.restarts() >= 1);
+    assert_ne!(proc.pid(), first);
+    proc.stop().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "the port is still taken after stop"
+    );
+}
+
+#[tokio::test]
+async fn a_health_check_that_never_passes_fails_clearly() {
+    let port = free_port();
+    let err = health_check(port, "/", Duration::from_millis(500))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}/")) && err.contains("did not pass"),
+        "{err}"
+    );
+    assert!(
+        health_check(port, "no-slash", Duration::from_millis(100))
+            .await
+            .is_err()
+    );
+}
