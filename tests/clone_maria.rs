@@ -52,7 +52,12 @@ async fn mariadb_fallback_without_mariadb_backup() {
     .await;
 }
 
+/// The scenarios measure the filesystem's used space around each clone, so they must not run
+/// at the same time (tests of one binary run in parallel).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn scenario(tools: MariaTools, generation_strategy: Strategy) {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let d = reflink_dir();
     let src = format!("endor_test_src_{}", uuid::Uuid::new_v4().simple());
     sql(
