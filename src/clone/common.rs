@@ -90,3 +90,20 @@ pub(crate) fn find_marked(root: &Path, marker: &str) -> Vec<PathBuf> {
     go(root, marker, 0, &mut out);
     out
 }
+
+/// Make an instance directory `dst` and clone a generation's data directory into `dst/data`:
+/// the first half of every instance clone.
+pub(crate) fn clone_data_dir(
+    gen_data: &Path,
+    dst: &Path,
+    reflink: bool,
+) -> Result<super::CloneStats, CloneError> {
+    std::fs::create_dir_all(dst).map_err(CloneError::io("mkdir", dst))?;
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755))
+        .map_err(CloneError::io("chmod", dst))?;
+    super::files::clone_tree(
+        gen_data,
+        &dst.join("data"),
+        super::files::TreeOptions::new(reflink),
+    )
+}

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::common::{free_port, fresh_password, load_record, runtime_dir, save_record, tree_size};
-use super::files::{TreeOptions, clone_tree};
+use super::common::{
+    clone_data_dir, free_port, fresh_password, load_record, runtime_dir, save_record, tree_size,
+};
 use super::{CloneError, CloneStats, Strategy};
 
 pub const APP: &str = "app";
@@ -471,14 +472,7 @@ impl MariaTools {
         reflink: bool,
     ) -> Result<(Instance, CloneStats), CloneError> {
         let started = Instant::now();
-        std::fs::create_dir_all(dst).map_err(err("mkdir", dst))?;
-        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755))
-            .map_err(err("chmod", dst))?;
-        let stats = clone_tree(
-            &data_dir(gen_dir),
-            &data_dir(dst),
-            TreeOptions::new(reflink),
-        )?;
+        let stats = clone_data_dir(&data_dir(gen_dir), dst, reflink)?;
         let inst = Instance {
             port: free_port()?,
             password: fresh_password(),

@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
-use super::common::{free_port, fresh_password, load_record, runtime_dir, save_record};
+use super::common::{
+    clone_data_dir, free_port, fresh_password, load_record, runtime_dir, save_record,
+};
 use super::files::{TreeOptions, clone_tree, remove_tree};
 use super::{CloneError, CloneStats, Strategy};
 
@@ -430,14 +432,7 @@ impl PgTools {
         reflink: bool,
     ) -> Result<(Instance, CloneStats), CloneError> {
         let started = Instant::now();
-        std::fs::create_dir_all(dst).map_err(err("mkdir", dst))?;
-        std::fs::set_permissions(dst, std::fs::Permissions::from_mode(0o755))
-            .map_err(err("chmod", dst))?;
-        let stats = clone_tree(
-            &data_dir(gen_dir),
-            &data_dir(dst),
-            TreeOptions::new(reflink),
-        )?;
+        let stats = clone_data_dir(&data_dir(gen_dir), dst, reflink)?;
         let inst = Instance {
             port: free_port()?,
             password: fresh_password(),
