@@ -7,6 +7,7 @@ pub mod clone;
 pub mod config;
 pub mod duration;
 pub mod forge;
+pub mod gateway;
 pub mod git;
 pub mod jobs;
 pub mod metrics;

@@ -239,6 +239,17 @@ pub struct Generation {
     pub created_at: i64,
 }
 
+/// What the gateway serves for a site name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct RouteRow {
+    pub site_name: String,
+    /// `building`, `static`, `proxy`, `gone`.
+    pub kind: String,
+    pub target: Option<String>,
+    pub robots: i64,
+    pub updated_at: i64,
+}
+
 /// A unit of background work (see `crate::jobs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Job {
@@ -388,6 +399,11 @@ pub trait Store: Send + Sync + 'static {
     async fn job(&self, id: &str) -> Result<Option<Job>>;
     /// Oldest first.
     async fn jobs_for_key(&self, key: &str) -> Result<Vec<Job>>;
+
+    /// Insert or replace the route of a site name.
+    async fn put_route(&self, route: &RouteRow) -> Result<()>;
+    async fn route(&self, site_name: &str) -> Result<Option<RouteRow>>;
+    async fn delete_route(&self, site_name: &str) -> Result<()>;
 }
 
 /// Open the store named by `url` (`sqlite:...` or `postgres://...`).

@@ -656,6 +656,34 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn put_route(&self, r: &$crate::store::RouteRow) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO routes (site_name, kind, target, robots, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (site_name) DO UPDATE SET kind = excluded.kind, target = excluded.target, \
+                     robots = excluded.robots, updated_at = excluded.updated_at",
+                )
+                .bind(&r.site_name)
+                .bind(&r.kind)
+                .bind(&r.target)
+                .bind(r.robots)
+                .bind(r.updated_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn route(&self, site_name: &str) -> $crate::store::Result<Option<$crate::store::RouteRow>> {
+                Ok(sqlx::query_as("SELECT site_name, kind, target, robots, updated_at FROM routes WHERE site_name = $1")
+                    .bind(site_name)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn delete_route(&self, site_name: &str) -> $crate::store::Result<()> {
+                sqlx::query("DELETE FROM routes WHERE site_name = $1").bind(site_name).execute(&self.pool).await?;
+                Ok(())
+            }
+
             async fn delete_generation(&self, id: &str) -> $crate::store::Result<()> {
                 sqlx::query("DELETE FROM generations WHERE id = $1").bind(id).execute(&self.pool).await?;
                 Ok(())

@@ -1,0 +1,201 @@
+//! The preview gateway on `gateway.listen`: requests are routed by `Host`
+//! (`{site}.{gateway.domain}`) to what the store's `routes` table says — a static folder, a
+//! site process on 127.0.0.1, a "building" page (503), "gone" (410) — and unknown hosts get 404.
+//! Previews carry `X-Robots-Tag: noindex, nofollow` unless the route turns it off. Routes live
+//! in the store, so several gateway processes answer alike. Not built yet: WebSocket upgrades,
+//! basic auth and CIDR rules (the access-control issue).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tower::ServiceExt;
+
+use crate::store::{RouteRow, Store};
+
+/// Where a site's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    Building,
+    Static(PathBuf),
+    Proxy(u16),
+    Gone,
+}
+
+impl Route {
+    pub fn row(&self, site_name: &str, robots: bool) -> RouteRow {
+        let (kind, target) = match self {
+            Route::Building => ("building", None),
+            Route::Static(p) => ("static", Some(p.display().to_string())),
+            Route::Proxy(port) => ("proxy", Some(port.to_string())),
+            Route::Gone => ("gone", None),
+        };
+        RouteRow {
+            site_name: site_name.into(),
+            kind: kind.into(),
+            target,
+            robots: robots as i64,
+            updated_at: crate::now_ms(),
+        }
+    }
+
+    fn from_row(r: &RouteRow) -> Option<Self> {
+        Some(match r.kind.as_str() {
+            "building" => Route::Building,
+            "gone" => Route::Gone,
+            "static" => Route::Static(PathBuf::from(r.target.as_ref()?)),
+            "proxy" => Route::Proxy(r.target.as_ref()?.parse().ok()?),
+            _ => return None,
+        })
+    }
+}
+
+pub struct Gateway {
+    store: Arc<dyn Store>,
+    domain: String,
+    client: Client<HttpConnector, Body>,
+}
+
+impl Gateway {
+    pub fn new(store: Arc<dyn Store>, domain: &str) -> Arc<Self> {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        Arc::new(Self {
+            store,
+            domain: domain.to_ascii_lowercase(),
+            client,
+        })
+    }
+
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new().fallback(handle).with_state(self)
+    }
+
+    /// The site name a Host header addresses, if it is one of ours.
+    fn site_of(&self, host: &str) -> Option<String> {
+        let host = host.trim().to_ascii_lowercase();
+        let host = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h.to_string(),
+            _ => host,
+        };
+        let label = host.strip_suffix(&self.domain)?.strip_suffix('.')?;
+        crate::sites::validate_site_name(label).ok()?;
+        Some(label.to_string())
+    }
+}
+
+fn page(status: StatusCode, title: &str, text: &str) -> Response {
+    let body = format!(
+        "<!doctype html><meta charset=utf-8><title>{title}</title><body style=\"font-family:sans-serif;margin:3em\"><h1>{title}</h1><p>{text}</p></body>"
+    );
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let Some(site) = gw.site_of(host) else {
+        return page(
+            StatusCode::NOT_FOUND,
+            "No such preview",
+            "This address does not belong to any preview.",
+        );
+    };
+    let row = match gw.store.route(&site).await {
+        Ok(Some(r)) => r,
+        Ok(None) => {
+            return page(
+                StatusCode::NOT_FOUND,
+                "No such preview",
+                "This address does not belong to any preview.",
+            );
+        }
+        Err(e) => {
+            tracing::error!(site = %site, error = %e, "route lookup failed");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "The gateway cannot read its routes right now.",
+            );
+        }
+    };
+    let mut resp = match Route::from_row(&row) {
+        Some(Route::Building) => {
+            let mut r = page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Preview is being built",
+                "This preview is not ready yet; this page will work in a moment.",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
+        Some(Route::Gone) => page(
+            StatusCode::GONE,
+            "Preview removed",
+            "This preview expired or was deleted.",
+        ),
+        Some(Route::Static(root)) => {
+            match tower_http::services::ServeDir::new(root).oneshot(req).await {
+                Ok(r) => r.map(Body::new),
+                Err(never) => match never {},
+            }
+        }
+        Some(Route::Proxy(port)) => proxy(&gw, req, port).await,
+        None => page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Bad route",
+            "This preview's route is invalid.",
+        ),
+    };
+    if row.robots != 0 {
+        resp.headers_mut().insert(
+            "x-robots-tag",
+            HeaderValue::from_static("noindex, nofollow"),
+        );
+    }
+    resp
+}
+
+/// Forward to the site's process on 127.0.0.1, streaming both bodies.
+async fn proxy(gw: &Gateway, req: Request, port: u16) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let Ok(uri) = format!("http://127.0.0.1:{port}{path}").parse() else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "Unusable request path.",
+        );
+    };
+    parts.uri = uri;
+    match gw.client.request(Request::from_parts(parts, body)).await {
+        Ok(r) => r.map(Body::new),
+        Err(e) => {
+            tracing::warn!(port, error = %e, "site process did not answer");
+            page(
+                StatusCode::BAD_GATEWAY,
+                "Preview not answering",
+                "The preview's process did not answer.",
+            )
+        }
+    }
+}
