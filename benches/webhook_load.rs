@@ -90,6 +90,17 @@ fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
     cmd.current_dir(dir)
         .arg("serve")
         .env("ENDOR__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "ENDOR__GATEWAY__LISTEN",
+            format!(
+                "127.0.0.1:{}",
+                std::net::TcpListener::bind("127.0.0.1:0")
+                    .unwrap()
+                    .local_addr()
+                    .unwrap()
+                    .port()
+            ),
+        )
         .env("ENDOR_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());

@@ -244,8 +244,16 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                         config.server.listen
                     )
                 })?;
+            let gateway = tokio::net::TcpListener::bind(config.gateway.listen)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {} (gateway.listen): {e}",
+                        config.gateway.listen
+                    )
+                })?;
             let state = AppState::start(config).await?;
-            server::serve(state, listener, shutdown_signal()).await
+            server::serve_with_gateway(state, listener, gateway, shutdown_signal()).await
         }
         Command::Migrate => {
             open_store(&config).await?;

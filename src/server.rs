@@ -74,6 +74,34 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// Serve the API on `api` and the preview gateway on `gateway` until `shutdown` resolves.
+pub async fn serve_with_gateway(
+    state: Arc<AppState>,
+    api: TcpListener,
+    gateway: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let gw = crate::gateway::Gateway::new(state.store.clone(), &state.config.gateway.domain);
+    tracing::info!(addr = %gateway.local_addr()?, domain = %state.config.gateway.domain, "gateway listening");
+    let gw_rx = rx.clone();
+    let gateway_task = tokio::spawn(async move {
+        axum::serve(gateway, gw.router())
+            .with_graceful_shutdown(stopped(gw_rx))
+            .await
+    });
+    serve(state, api, stopped(rx)).await?;
+    gateway_task.await??;
+    Ok(())
+}
+
 /// Serve until `shutdown` resolves.
 pub async fn serve(
     state: Arc<AppState>,

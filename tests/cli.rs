@@ -280,6 +280,7 @@ fn free_port() -> u16 {
 struct Served {
     child: Child,
     port: u16,
+    gateway_port: u16,
 }
 
 impl Drop for Served {
@@ -291,10 +292,15 @@ impl Drop for Served {
 
 fn serve(dir: &Path) -> Served {
     let port = free_port();
+    let gateway_port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_endor"))
         .current_dir(dir)
         .arg("serve")
         .env("ENDOR__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env(
+            "ENDOR__GATEWAY__LISTEN",
+            format!("127.0.0.1:{gateway_port}"),
+        )
         .env("ENDOR_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -305,7 +311,11 @@ fn serve(dir: &Path) -> Served {
         assert!(Instant::now() < deadline, "endor serve did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    Served { child, port }
+    Served {
+        child,
+        port,
+        gateway_port,
+    }
 }
 
 /// `endor serve` in an empty folder, no config: the defaults just work.
@@ -329,6 +339,15 @@ async fn serve_in_an_empty_folder() {
         200
     );
     assert!(dir.path().join("data/endor.db").exists());
+    // The gateway runs beside the API: an unknown preview host is a 404 page.
+    let gw = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{}/", s.gateway_port))
+        .header("host", "nothing-here.preview.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gw.status(), 404);
+    assert!(gw.text().await.unwrap().contains("No such preview"));
 }
 
 /// SIGKILL during a burst of deliveries: every delivery that got a 202 is in the store.
