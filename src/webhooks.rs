@@ -18,9 +18,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::forge::{Classified, ForgeKind, signature};
+use crate::forge::{Classified, EventKind, ForgeEvent, ForgeKind, signature};
 use crate::server::AppState;
-use crate::store::{DeliveryOutcome, Inserted, NewDelivery, new_id};
+use crate::store::{DeliveryOutcome, Inserted, NewDelivery, NewJob, new_id};
 
 /// The JSON error body used by every endpoint: `{"error": {"code", "message"}}`.
 pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
@@ -158,13 +158,13 @@ async fn handle(
         )
     })?;
 
-    let (outcome, action, reason, normalized) = match classified {
+    let (outcome, action, reason, normalized, job) = match classified {
         Classified::Ping => {
             app.metrics.delivery(forge.as_str(), &event, "ping");
             return Ok((StatusCode::OK, axum::Json(json!({"status": "pong"}))).into_response());
         }
         Classified::Ignored { action, reason } => {
-            (DeliveryOutcome::Ignored, action, Some(reason), None)
+            (DeliveryOutcome::Ignored, action, Some(reason), None, None)
         }
         Classified::Acted(ev) if !ev.repo.eq_ignore_ascii_case(&conn.repo) => {
             let reason = format!(
@@ -175,6 +175,7 @@ async fn handle(
                 DeliveryOutcome::Ignored,
                 Some(ev.action_name().to_string()),
                 Some(reason),
+                None,
                 None,
             )
         }
@@ -187,11 +188,13 @@ async fn handle(
                     e.to_string(),
                 )
             })?;
+            let job = job_for(&conn.id, &ev, &normalized);
             (
                 DeliveryOutcome::Queued,
                 Some(ev.action_name().to_string()),
                 None,
                 Some(normalized),
+                Some(job),
             )
         }
     };
@@ -211,6 +214,7 @@ async fn handle(
             normalized,
             payload: payload.to_vec(),
             received_at: crate::now_ms(),
+            job,
         })
         .await
         .map_err(|e| {
@@ -296,6 +300,24 @@ async fn drain_stream(mut stream: axum::body::BodyDataStream, budget: usize) {
             Ok(Some(Ok(chunk))) => seen += chunk.len(),
             _ => return,
         }
+    }
+}
+
+/// The job an acted-on event asks for. One key per PR of a connection, so its jobs run one at a
+/// time and in order; PR events supersede older work of their PR (newest head wins), comments
+/// (commands) do not.
+pub fn job_for(connection_id: &str, ev: &ForgeEvent, normalized: &str) -> NewJob {
+    let (kind, supersede, head_sha) = match &ev.kind {
+        EventKind::PullRequest(p) => ("pull_request", true, Some(p.head_sha.clone())),
+        EventKind::Comment(c) => ("comment", false, c.head_sha.clone()),
+    };
+    NewJob {
+        kind: kind.into(),
+        job_key: format!("{connection_id}#{}", ev.number()),
+        head_sha,
+        payload: normalized.to_string(),
+        max_attempts: 5,
+        supersede,
     }
 }
 

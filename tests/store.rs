@@ -14,7 +14,59 @@ both_backends!(
     connection_needs_a_real_secret,
     deliveries_are_deduplicated_per_connection,
     readiness_requires_migrations,
+    deliveries_and_their_jobs_commit_together,
 );
+
+fn with_job(conn: &str, key: &str, pr: u64) -> NewDelivery {
+    NewDelivery {
+        job: Some(endor::store::NewJob {
+            kind: "pull_request".into(),
+            job_key: format!("{conn}#{pr}"),
+            head_sha: Some(key.into()),
+            payload: "{}".into(),
+            max_attempts: 5,
+            supersede: true,
+        }),
+        ..delivery(conn, key)
+    }
+}
+
+async fn deliveries_and_their_jobs_commit_together(db: &TestStore) {
+    let s = db.store.as_ref();
+    let ws = workspace(db, "w").await;
+    let c = new_connection(db, &ws, "o/a").await;
+    let pr = format!("{}#7", c.id);
+    s.insert_deliveries(&[with_job(&c.id, "d1", 7), with_job(&c.id, "d2", 7)])
+        .await
+        .unwrap();
+    let jobs = s.jobs_for_key(&pr).await.unwrap();
+    assert_eq!(jobs.len(), 2);
+    // The second push superseded the first, inside the same batch.
+    assert_eq!(
+        (jobs[0].state.as_str(), jobs[1].state.as_str()),
+        ("cancelled", "queued")
+    );
+    // A redelivery creates no job.
+    s.insert_deliveries(&[with_job(&c.id, "d2", 7)])
+        .await
+        .unwrap();
+    assert_eq!(s.jobs_for_key(&pr).await.unwrap().len(), 2);
+    // A failed batch leaves neither deliveries nor jobs.
+    assert!(
+        s.insert_deliveries(&[
+            with_job(&c.id, "d3", 8),
+            delivery("no-such-connection", "d4")
+        ])
+        .await
+        .is_err()
+    );
+    assert!(
+        s.jobs_for_key(&format!("{}#8", c.id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
 
 async fn users_and_identities(db: &TestStore) {
     let s = db.store.as_ref();
@@ -177,6 +229,7 @@ fn delivery(conn: &str, key: &str) -> NewDelivery {
         normalized: Some("{}".into()),
         payload: vec![0, 159, 146, 150, b'{'],
         received_at: endor::now_ms(),
+        job: None,
     }
 }
 

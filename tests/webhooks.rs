@@ -279,6 +279,20 @@ fn fixture_table() -> Vec<(&'static str, ForgeKind, &'static str, Expect)> {
     ]
 }
 
+/// Every job of a connection (its PR numbers in the fixtures are below 200).
+async fn all_jobs(server: &TestServer, conn: &str) -> usize {
+    let mut n = 0;
+    for pr in 0..200 {
+        n += server
+            .store()
+            .jobs_for_key(&format!("{conn}#{pr}"))
+            .await
+            .unwrap()
+            .len();
+    }
+    n
+}
+
 /// The repository a fixture's event is about, as the forge names it.
 fn repo_of(forge: ForgeKind, v: &Value) -> String {
     let s = match forge {
@@ -398,6 +412,7 @@ async fn replay_every_fixture(server: &TestServer) {
         }
         let conn = &conns[&key];
         let delivery = format!("fixture-{i}");
+        let jobs_before = all_jobs(server, &conn.id).await;
         let before = server
             .store()
             .count_deliveries(Some(&conn.id))
@@ -436,6 +451,12 @@ async fn replay_every_fixture(server: &TestServer) {
                     serde_json::from_str(stored.normalized.as_deref().unwrap()).unwrap();
                 check_normalized(file, forge, &v, &ev);
                 assert_eq!(after, before + 1);
+                // Its job was queued with it, keyed by connection and PR.
+                let key = format!("{}#{}", conn.id, ev.number());
+                let jobs = server.store().jobs_for_key(&key).await.unwrap();
+                let job = jobs.last().unwrap();
+                assert_eq!(Some(&job.payload), stored.normalized.as_ref(), "{file}");
+                assert_eq!(job.state, "queued", "{file}");
             }
             Expect::Ignored => {
                 assert_eq!(status, StatusCode::OK, "{file}: {reply}");
@@ -480,6 +501,10 @@ async fn replay_every_fixture(server: &TestServer) {
                 after
             );
         }
+        // Only a newly stored, acted-on delivery queues a job; ignored ones and redeliveries
+        // queue nothing.
+        let want = jobs_before + usize::from(matches!(expect, Expect::Queued));
+        assert_eq!(all_jobs(server, &conn.id).await, want, "{file}: jobs");
     }
     let metrics = reqwest::get(server.url("/metrics"))
         .await

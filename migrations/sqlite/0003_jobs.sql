@@ -23,3 +23,9 @@ CREATE INDEX jobs_ready ON jobs (state, run_after, created_at);
 CREATE INDEX jobs_by_key ON jobs (job_key, state);
 -- The invariant itself: at most one running job per key, whatever the race.
 CREATE UNIQUE INDEX jobs_one_running_per_key ON jobs (job_key) WHERE state = 'running';
+
+-- One row per job key, locked (upserted) in sorted order at the start of every transaction that
+-- queues jobs: transactions touching the same key serialize instead of deadlocking.
+CREATE TABLE job_keys (
+    job_key  TEXT PRIMARY KEY
+);

@@ -135,6 +135,9 @@ pub struct NewDelivery {
     /// The raw body exactly as received (after form decoding for GitHub's form content type).
     pub payload: Vec<u8>,
     pub received_at: i64,
+    /// The work this delivery asks for, queued in the same transaction (never for a
+    /// redelivery).
+    pub job: Option<NewJob>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

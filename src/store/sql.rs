@@ -110,6 +110,64 @@ macro_rules! connection_columns {
 }
 pub(super) use connection_columns;
 
+/// The statements that queue a job (and, with `supersede`, cancel the older ones of its key),
+/// inside the caller's transaction `$tx`: shared by `enqueue_job` and `insert_deliveries`.
+macro_rules! enqueue_in {
+    ($tx:ident, $job:expr, $now:expr) => {{
+        let job: &$crate::store::NewJob = $job;
+        let now: i64 = $now;
+        if job.supersede {
+            sqlx::query(
+                "UPDATE jobs SET state = 'cancelled', last_error = 'superseded by a newer job', updated_at = $1 \
+                 WHERE job_key = $2 AND state = 'queued'",
+            )
+            .bind(now)
+            .bind(&job.job_key)
+            .execute(&mut *$tx)
+            .await?;
+            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE job_key = $2 AND state = 'running'")
+                .bind(now)
+                .bind(&job.job_key)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        let row: $crate::store::Job = sqlx::query_as(concat!(
+            "INSERT INTO jobs (id, kind, job_key, head_sha, payload, state, attempts, max_attempts, run_after, \
+             cancel_requested, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, 0, $7, $7) RETURNING ",
+            $crate::store::sql::job_columns!()
+        ))
+        .bind($crate::store::new_id())
+        .bind(&job.kind)
+        .bind(&job.job_key)
+        .bind(&job.head_sha)
+        .bind(&job.payload)
+        .bind(job.max_attempts)
+        .bind(now)
+        .fetch_one(&mut *$tx)
+        .await?;
+        row
+    }};
+}
+pub(super) use enqueue_in;
+
+/// Lock the rows of `job_keys` for these keys, in sorted order (see migration 0003).
+macro_rules! lock_job_keys {
+    ($tx:ident, $keys:expr) => {{
+        let mut keys: Vec<&str> = $keys;
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            sqlx::query(
+                "INSERT INTO job_keys (job_key) VALUES ($1) ON CONFLICT (job_key) DO UPDATE SET job_key = excluded.job_key",
+            )
+            .bind(key)
+            .execute(&mut *$tx)
+            .await?;
+        }
+    }};
+}
+pub(super) use lock_job_keys;
+
 macro_rules! impl_store {
     ($store:ty, $backend:expr, $migrator:expr) => {
         #[async_trait::async_trait]
@@ -330,6 +388,10 @@ macro_rules! impl_store {
                 batch: &[$crate::store::NewDelivery],
             ) -> $crate::store::Result<Vec<$crate::store::Inserted>> {
                 let mut tx = self.pool.begin().await?;
+                $crate::store::sql::lock_job_keys!(
+                    tx,
+                    batch.iter().filter_map(|d| d.job.as_ref().map(|j| j.job_key.as_str())).collect()
+                );
                 let mut out = Vec::with_capacity(batch.len());
                 for d in batch {
                     let done = sqlx::query(
@@ -351,7 +413,12 @@ macro_rules! impl_store {
                     .bind(d.received_at)
                     .execute(&mut *tx)
                     .await?;
-                    out.push(if done.rows_affected() == 1 {
+                    let new = done.rows_affected() == 1;
+                    // The delivery and its job commit together: a crash keeps both or neither.
+                    if new && let Some(job) = &d.job {
+                        $crate::store::sql::enqueue_in!(tx, job, d.received_at);
+                    }
+                    out.push(if new {
                         $crate::store::Inserted::New
                     } else {
                         $crate::store::Inserted::Duplicate
@@ -528,36 +595,8 @@ macro_rules! impl_store {
 
             async fn enqueue_job(&self, job: &$crate::store::NewJob, now: i64) -> $crate::store::Result<$crate::store::Job> {
                 let mut tx = self.pool.begin().await?;
-                let id = $crate::store::new_id();
-                if job.supersede {
-                    sqlx::query(
-                        "UPDATE jobs SET state = 'cancelled', last_error = 'superseded by a newer job', updated_at = $1 \
-                         WHERE job_key = $2 AND state = 'queued'",
-                    )
-                    .bind(now)
-                    .bind(&job.job_key)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE job_key = $2 AND state = 'running'")
-                        .bind(now)
-                        .bind(&job.job_key)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                let row: $crate::store::Job = sqlx::query_as(concat!(
-                    "INSERT INTO jobs (id, kind, job_key, head_sha, payload, state, attempts, max_attempts, run_after, \
-                     cancel_requested, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, 0, $7, $7) RETURNING ",
-                    $crate::store::sql::job_columns!()
-                ))
-                .bind(&id)
-                .bind(&job.kind)
-                .bind(&job.job_key)
-                .bind(&job.head_sha)
-                .bind(&job.payload)
-                .bind(job.max_attempts)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
+                $crate::store::sql::lock_job_keys!(tx, vec![job.job_key.as_str()]);
+                let row = $crate::store::sql::enqueue_in!(tx, job, now);
                 tx.commit().await?;
                 Ok(row)
             }
