@@ -115,25 +115,47 @@ pub(super) use connection_columns;
 macro_rules! enqueue_in {
     ($tx:ident, $job:expr, $now:expr) => {{
         let job: &$crate::store::NewJob = $job;
-        let now: i64 = $now;
         if job.supersede {
+            $crate::store::sql::supersede_in!($tx, &job.job_key, $now);
+        }
+        $crate::store::sql::insert_job_in!($tx, job, "queued", $now)
+    }};
+}
+pub(super) use enqueue_in;
+
+/// Cancel the queued jobs of a key and ask its running one to stop.
+macro_rules! supersede_in {
+    ($tx:ident, $key:expr, $now:expr) => {{
+        let key: &str = $key;
+        let now: i64 = $now;
+        {
             sqlx::query(
                 "UPDATE jobs SET state = 'cancelled', last_error = 'superseded by a newer job', updated_at = $1 \
                  WHERE job_key = $2 AND state = 'queued'",
             )
             .bind(now)
-            .bind(&job.job_key)
+            .bind(key)
             .execute(&mut *$tx)
             .await?;
             sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE job_key = $2 AND state = 'running'")
                 .bind(now)
-                .bind(&job.job_key)
+                .bind(key)
                 .execute(&mut *$tx)
                 .await?;
         }
+    }};
+}
+pub(super) use supersede_in;
+
+/// Insert a job in state `$state` (`queued`, or `cancelled` when a later job of the same batch
+/// supersedes it).
+macro_rules! insert_job_in {
+    ($tx:ident, $job:expr, $state:expr, $now:expr) => {{
+        let job: &$crate::store::NewJob = $job;
+        let now: i64 = $now;
         let row: $crate::store::Job = sqlx::query_as(concat!(
             "INSERT INTO jobs (id, kind, job_key, head_sha, payload, state, attempts, max_attempts, run_after, \
-             cancel_requested, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 'queued', 0, $6, $7, 0, $7, $7) RETURNING ",
+             cancel_requested, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $8, 0, $6, $7, 0, $7, $7) RETURNING ",
             $crate::store::sql::job_columns!()
         ))
         .bind($crate::store::new_id())
@@ -143,12 +165,13 @@ macro_rules! enqueue_in {
         .bind(&job.payload)
         .bind(job.max_attempts)
         .bind(now)
+        .bind($state)
         .fetch_one(&mut *$tx)
         .await?;
         row
     }};
 }
-pub(super) use enqueue_in;
+pub(super) use insert_job_in;
 
 /// Lock the rows of `job_keys` for these keys, in sorted order (see migration 0003).
 macro_rules! lock_job_keys {
@@ -413,16 +436,36 @@ macro_rules! impl_store {
                     .bind(d.received_at)
                     .execute(&mut *tx)
                     .await?;
-                    let new = done.rows_affected() == 1;
-                    // The delivery and its job commit together: a crash keeps both or neither.
-                    if new && let Some(job) = &d.job {
-                        $crate::store::sql::enqueue_in!(tx, job, d.received_at);
-                    }
-                    out.push(if new {
+                    out.push(if done.rows_affected() == 1 {
                         $crate::store::Inserted::New
                     } else {
                         $crate::store::Inserted::Duplicate
                     });
+                }
+                // The jobs of the new deliveries, in the same transaction (a crash keeps both or
+                // neither; a redelivery queues nothing). Same outcome as queuing them one by one,
+                // with fewer statements: a key's older jobs are superseded once per batch, and a
+                // job that a later superseding job of this batch cancels is stored cancelled.
+                let jobs: Vec<(usize, &$crate::store::NewJob, i64)> = batch
+                    .iter()
+                    .zip(&out)
+                    .enumerate()
+                    .filter(|(_, (_, ins))| **ins == $crate::store::Inserted::New)
+                    .filter_map(|(i, (d, _))| d.job.as_ref().map(|j| (i, j, d.received_at)))
+                    .collect();
+                let mut last_superseding: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+                for (i, j, _) in &jobs {
+                    if j.supersede {
+                        last_superseding.insert(j.job_key.as_str(), *i);
+                    }
+                }
+                let mut superseded: std::collections::HashSet<&str> = std::collections::HashSet::new();
+                for (i, job, at) in jobs {
+                    if job.supersede && superseded.insert(job.job_key.as_str()) {
+                        $crate::store::sql::supersede_in!(tx, &job.job_key, at);
+                    }
+                    let later = last_superseding.get(job.job_key.as_str()).is_some_and(|&last| last > i);
+                    $crate::store::sql::insert_job_in!(tx, job, if later { "cancelled" } else { "queued" }, at);
                 }
                 tx.commit().await?;
                 Ok(out)
