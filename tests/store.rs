@@ -53,9 +53,19 @@ async fn deliveries_and_their_jobs_commit_together(db: &TestStore) {
     assert_eq!(s.jobs_for_key(&pr).await.unwrap().len(), 2);
     // A redelivery at the end of a batch supersedes nothing: the new job before it stays queued.
     let pr9 = format!("{}#9", c.id);
-    s.insert_deliveries(&[with_job(&c.id, "e1", 9)]).await.unwrap();
-    s.insert_deliveries(&[with_job(&c.id, "e2", 9), with_job(&c.id, "e1", 9)]).await.unwrap();
-    let states: Vec<_> = s.jobs_for_key(&pr9).await.unwrap().into_iter().map(|j| j.state).collect();
+    s.insert_deliveries(&[with_job(&c.id, "e1", 9)])
+        .await
+        .unwrap();
+    s.insert_deliveries(&[with_job(&c.id, "e2", 9), with_job(&c.id, "e1", 9)])
+        .await
+        .unwrap();
+    let states: Vec<_> = s
+        .jobs_for_key(&pr9)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| j.state)
+        .collect();
     assert_eq!(states, vec!["cancelled", "queued"]);
     // A failed batch leaves neither deliveries nor jobs.
     assert!(
