@@ -119,8 +119,13 @@ impl Template {
         }
     }
 
-    /// A new empty database `name` with its owner role.
-    async fn create_db(&self, name: &str) -> Result<TemplateDb, CloneError> {
+    /// A database `name` with an owner role of its own: empty, or a copy of `template` whose
+    /// objects then pass to the new role (inside the new database only).
+    async fn create_db(
+        &self,
+        name: &str,
+        template: Option<&TemplateDb>,
+    ) -> Result<TemplateDb, CloneError> {
         let role = format!("{name}_owner");
         let password = fresh_password();
         let mut c = self.admin().await?;
@@ -131,10 +136,19 @@ impl Template {
         .execute(&mut c)
         .await
         .map_err(refused("create role"))?;
-        sqlx::raw_sql(&format!("CREATE DATABASE {}", ident(name)?))
+        let create = match template {
+            Some(t) => format!(
+                "CREATE DATABASE {} TEMPLATE {}",
+                ident(name)?,
+                ident(&t.db)?
+            ),
+            None => format!("CREATE DATABASE {}", ident(name)?),
+        };
+        sqlx::raw_sql(&create)
             .execute(&mut c)
             .await
             .map_err(refused("create database"))?;
+        // Only the database's own role may connect (PostgreSQL grants CONNECT to PUBLIC).
         sqlx::raw_sql(&format!(
             "REVOKE ALL ON DATABASE {0} FROM PUBLIC; GRANT ALL ON DATABASE {0} TO {1}",
             ident(name)?,
@@ -144,17 +158,21 @@ impl Template {
         .await
         .map_err(refused("grant"))?;
         let _ = c.close().await;
-        let mut owner = PgConnection::connect(&self.admin_url_for(name))
+        let inside_sql = match template {
+            Some(t) => format!("REASSIGN OWNED BY {} TO {}", ident(&t.role)?, ident(&role)?),
+            None => format!(
+                "GRANT ALL ON SCHEMA public TO {0}; ALTER SCHEMA public OWNER TO {0}",
+                ident(&role)?
+            ),
+        };
+        let mut inside = PgConnection::connect(&self.admin_url_for(name))
             .await
             .map_err(refused("connect"))?;
-        sqlx::raw_sql(&format!(
-            "GRANT ALL ON SCHEMA public TO {0}; ALTER SCHEMA public OWNER TO {0}",
-            ident(&role)?
-        ))
-        .execute(&mut owner)
-        .await
-        .map_err(refused("grant schema"))?;
-        let _ = owner.close().await;
+        sqlx::raw_sql(&inside_sql)
+            .execute(&mut inside)
+            .await
+            .map_err(refused("set owner"))?;
+        let _ = inside.close().await;
         let (host, port) = self.host_port();
         Ok(TemplateDb {
             db: name.to_string(),
@@ -231,7 +249,7 @@ impl Template {
         name: &str,
         source_url: &str,
     ) -> Result<TemplateDb, CloneError> {
-        let db = self.create_db(name).await?;
+        let db = self.create_db(name, None).await?;
         save(dir, &db)?;
         self.copy_in(source_url, &db).await?;
         Ok(db)
@@ -246,7 +264,7 @@ impl Template {
     ) -> Result<CloneStats, CloneError> {
         let started = Instant::now();
         let parent = load(live)?;
-        let generation = self.create_db(name).await?;
+        let generation = self.create_db(name, None).await?;
         save(gen_dir, &generation)?;
         self.copy_in(&parent.url(), &generation).await?;
         let size = self.size(name).await?;
@@ -269,54 +287,7 @@ impl Template {
     ) -> Result<CloneStats, CloneError> {
         let started = Instant::now();
         let generation = load(gen_dir)?;
-        let role = format!("{name}_owner");
-        let password = fresh_password();
-        let mut c = self.admin().await?;
-        sqlx::raw_sql(&format!(
-            "CREATE ROLE {} LOGIN PASSWORD '{password}'",
-            ident(&role)?
-        ))
-        .execute(&mut c)
-        .await
-        .map_err(refused("create role"))?;
-        sqlx::raw_sql(&format!(
-            "CREATE DATABASE {} TEMPLATE {}",
-            ident(name)?,
-            ident(&generation.db)?
-        ))
-        .execute(&mut c)
-        .await
-        .map_err(refused("create database from template"))?;
-        sqlx::raw_sql(&format!(
-            "REVOKE ALL ON DATABASE {0} FROM PUBLIC; GRANT ALL ON DATABASE {0} TO {1}",
-            ident(name)?,
-            ident(&role)?
-        ))
-        .execute(&mut c)
-        .await
-        .map_err(refused("grant"))?;
-        let _ = c.close().await;
-        // Inside the clone only: every object of the generation's role becomes the clone's.
-        let mut inside = PgConnection::connect(&self.admin_url_for(name))
-            .await
-            .map_err(refused("connect"))?;
-        sqlx::raw_sql(&format!(
-            "REASSIGN OWNED BY {} TO {}",
-            ident(&generation.role)?,
-            ident(&role)?
-        ))
-        .execute(&mut inside)
-        .await
-        .map_err(refused("reassign owned"))?;
-        let _ = inside.close().await;
-        let (host, port) = self.host_port();
-        let db = TemplateDb {
-            db: name.to_string(),
-            role,
-            password,
-            host,
-            port,
-        };
+        let db = self.create_db(name, Some(&generation)).await?;
         save(dst, &db)?;
         let size = self.size(name).await?;
         Ok(CloneStats {
