@@ -373,14 +373,7 @@ impl Sites {
             }
             None => {
                 std::fs::create_dir_all(&files_dir).map_err(CloneError::io("mkdir", &files_dir))?;
-                CloneStats {
-                    strategy: Strategy::Import,
-                    bytes_logical: 0,
-                    bytes_written: 0,
-                    files: 0,
-                    fallbacks: 0,
-                    duration_us: 0,
-                }
+                CloneStats::full_copy(Strategy::Import, 0, 0, std::time::Instant::now())
             }
         };
         out.push(
@@ -412,14 +405,7 @@ impl Sites {
                     tree_size(&maria::data_dir(&dir))
                 }
             };
-            let stats = CloneStats {
-                strategy: Strategy::Import,
-                bytes_logical: size,
-                bytes_written: size,
-                files: 0,
-                fallbacks: 0,
-                duration_us: started.elapsed().as_micros() as u64,
-            };
+            let stats = CloneStats::full_copy(Strategy::Import, size, 0, started);
             out.push(self.record(site, kind, MAIN_DB, &dir, &stats).await?);
         }
         Ok(out)

@@ -454,14 +454,7 @@ impl MariaTools {
         };
         save(gen_dir, &inst)?;
         let size = tree_size(&target);
-        Ok(CloneStats {
-            strategy,
-            bytes_logical: size,
-            bytes_written: size,
-            files: 0,
-            fallbacks: 0,
-            duration_us: started.elapsed().as_micros() as u64,
-        })
+        Ok(CloneStats::full_copy(strategy, size, 0, started))
     }
 
     /// A new instance in `dst` from the generation in `gen_dir`: reflink, start, new password.

@@ -67,6 +67,26 @@ pub struct CloneStats {
     pub duration_us: u64,
 }
 
+impl CloneStats {
+    /// A copy that wrote every byte it holds (imports, dumps, `VACUUM INTO`), started at
+    /// `started`.
+    pub fn full_copy(
+        strategy: Strategy,
+        bytes: u64,
+        files: u64,
+        started: std::time::Instant,
+    ) -> Self {
+        Self {
+            strategy,
+            bytes_logical: bytes,
+            bytes_written: bytes,
+            files,
+            fallbacks: 0,
+            duration_us: started.elapsed().as_micros() as u64,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CloneError {
     #[error("{op} {path}: {source}")]

@@ -268,14 +268,7 @@ impl Template {
         save(gen_dir, &generation)?;
         self.copy_in(&parent.url(), &generation).await?;
         let size = self.size(name).await?;
-        Ok(CloneStats {
-            strategy: Strategy::Import,
-            bytes_logical: size,
-            bytes_written: size,
-            files: 0,
-            fallbacks: 0,
-            duration_us: started.elapsed().as_micros() as u64,
-        })
+        Ok(CloneStats::full_copy(Strategy::Import, size, 0, started))
     }
 
     /// Clone the generation in `gen_dir` as database `name` with its own role (record in `dst`).
@@ -290,14 +283,7 @@ impl Template {
         let db = self.create_db(name, Some(&generation)).await?;
         save(dst, &db)?;
         let size = self.size(name).await?;
-        Ok(CloneStats {
-            strategy: Strategy::Template,
-            bytes_logical: size,
-            bytes_written: size,
-            files: 0,
-            fallbacks: 0,
-            duration_us: started.elapsed().as_micros() as u64,
-        })
+        Ok(CloneStats::full_copy(Strategy::Template, size, 0, started))
     }
 
     pub async fn size(&self, name: &str) -> Result<u64, CloneError> {

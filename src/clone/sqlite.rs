@@ -67,14 +67,7 @@ pub async fn snapshot(live: &Path, dest: &Path, reflink: bool) -> Result<CloneSt
         let size = std::fs::metadata(dest)
             .map_err(CloneError::io("stat", dest))?
             .len();
-        CloneStats {
-            strategy: Strategy::VacuumInto,
-            bytes_logical: size,
-            bytes_written: size,
-            files: 1,
-            fallbacks: 0,
-            duration_us: 0,
-        }
+        CloneStats::full_copy(Strategy::VacuumInto, size, 1, started)
     };
     let _ = conn.close().await;
     Ok(CloneStats {
