@@ -12,6 +12,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::duration::HumanDuration;
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -22,6 +24,9 @@ pub struct Config {
     pub webhooks: WebhooksConfig,
     pub postgres: PostgresConfig,
     pub mariadb: MariadbConfig,
+    pub previews: PreviewsConfig,
+    pub runtime: RuntimeConfig,
+    pub jobs: JobsConfig,
     pub github: ForgeConfig,
     pub gitlab: ForgeConfig,
     pub gitea: ForgeConfig,
@@ -83,12 +88,88 @@ impl Default for StoreConfig {
 pub struct StorageConfig {
     /// Where site files and SQLite site databases live.
     pub root: PathBuf,
+    /// One bare git mirror per repository connection.
+    pub git: PathBuf,
+    /// Site logs (`{logs}/{site id}/{service}.log`).
+    pub logs: PathBuf,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             root: "data/sites".into(),
+            git: "data/git".into(),
+            logs: "data/logs".into(),
+        }
+    }
+}
+
+/// What every repository's previews get unless its `.endor.toml` says otherwise.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreviewsConfig {
+    /// Build previews of draft PRs too.
+    pub drafts: bool,
+    /// Expiry after the last activity when `.endor.toml` names no `ttl`.
+    pub default_ttl: HumanDuration,
+    /// The longest `ttl` (or `/preview extend`) allowed.
+    pub max_ttl: HumanDuration,
+}
+
+impl Default for PreviewsConfig {
+    fn default() -> Self {
+        Self {
+            drafts: false,
+            default_ttl: HumanDuration(std::time::Duration::from_secs(72 * 3600)),
+            max_ttl: HumanDuration(std::time::Duration::from_secs(30 * 86_400)),
+        }
+    }
+}
+
+/// How PR code runs: build steps and the site process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Unprivileged OS user builds and site processes run as when endor runs as root.
+    pub user: String,
+    /// Longest a single build step may run.
+    pub build_timeout: HumanDuration,
+    /// Most bytes of build output kept in the build log.
+    pub output_cap: usize,
+    /// Longest a started site may take to pass its health check.
+    pub health_timeout: HumanDuration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            user: "nobody".into(),
+            build_timeout: HumanDuration(std::time::Duration::from_secs(600)),
+            output_cap: 1024 * 1024,
+            health_timeout: HumanDuration(std::time::Duration::from_secs(60)),
+        }
+    }
+}
+
+/// The job workers of `endor serve`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobsConfig {
+    /// Jobs run at once by this process (each PR still runs one job at a time).
+    pub workers: usize,
+    /// A claimed job's lease; heartbeats extend it, and a job whose worker died is taken
+    /// again once it runs out.
+    pub lease: HumanDuration,
+    /// Attempts before a transient failure becomes permanent.
+    pub max_attempts: i64,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            workers: 4,
+            lease: HumanDuration(std::time::Duration::from_secs(30)),
+            max_attempts: 5,
         }
     }
 }
@@ -265,6 +346,21 @@ impl Config {
                 "postgres.admin_url",
                 "is required when postgres.strategy = \"template\"",
             );
+        }
+        if self.jobs.workers == 0 {
+            return key("jobs.workers", "must be at least 1");
+        }
+        if self.jobs.max_attempts < 1 {
+            return key("jobs.max_attempts", "must be at least 1");
+        }
+        if self.previews.default_ttl.0 > self.previews.max_ttl.0 {
+            return key("previews.default_ttl", "must not exceed previews.max_ttl");
+        }
+        if self.runtime.user.is_empty() {
+            return key("runtime.user", "must name an OS user");
+        }
+        if self.runtime.output_cap == 0 {
+            return key("runtime.output_cap", "must be positive");
         }
         if self.webhooks.max_batch == 0 {
             return key("webhooks.max_batch", "must be at least 1");

@@ -109,6 +109,16 @@ enum SiteCmd {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Print a site's log: the build log (`--service build`) or its process's output
+    /// (`--service web`).
+    Logs {
+        site: String,
+        #[arg(long, default_value = "build")]
+        service: String,
+        /// Keep printing what is appended.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Delete a site and every resource it owns.
     Delete {
         site: String,
@@ -225,6 +235,40 @@ fn emit<T: Serialize>(
         println!("{}", text(value));
     }
     Ok(())
+}
+
+/// Print a log file (as one JSON string with --json), and with `follow` what is appended.
+async fn print_log(path: &std::path::Path, follow: bool, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut offset = 0usize;
+    loop {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && follow => Vec::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                anyhow::bail!("no such log yet ({})", path.display())
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if bytes.len() < offset {
+            offset = 0; // rewritten (a new build)
+        }
+        let new = &bytes[offset..];
+        if json && !follow {
+            println!(
+                "{}",
+                serde_json::json!({"log": String::from_utf8_lossy(new)})
+            );
+        } else {
+            std::io::stdout().write_all(new)?;
+            std::io::stdout().flush()?;
+        }
+        offset = bytes.len();
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
@@ -427,7 +471,13 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     let list = sites.list().await?;
                     emit(json, &list, |l| {
                         l.iter()
-                            .map(|s| format!("{}\t{:?}\t{}", s.name, s.state, s.url))
+                            .map(|s| {
+                                let state = match &s.preview {
+                                    Some(p) => p.state.clone(),
+                                    None => format!("{:?}", s.state).to_lowercase(),
+                                };
+                                format!("{}\t{}\t{}", s.name, state, s.url)
+                            })
                             .collect::<Vec<_>>()
                             .join("\n")
                     })
@@ -437,6 +487,23 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     emit(json, &d, |d| {
                         serde_json::to_string_pretty(d).unwrap_or_default()
                     })
+                }
+                SiteCmd::Logs {
+                    site,
+                    service,
+                    follow,
+                } => {
+                    let d = sites.show(&site).await?;
+                    if service.is_empty()
+                        || !service
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    {
+                        anyhow::bail!("--service must be a service name such as build or web");
+                    }
+                    let logs = std::path::absolute(&config.storage.logs)?;
+                    let path = endor::previews::Lifecycle::log_path(&logs, &d.id, &service);
+                    print_log(&path, follow, json).await
                 }
                 SiteCmd::Snapshot { site } => emit(json, &sites.snapshot(&site).await?, op),
                 SiteCmd::Clone {

@@ -16,8 +16,18 @@ pub struct DeliveryLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    pub kind: String,
+    pub outcome: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
+    /// Jobs run by this process, by kind and how they ended.
+    pub jobs: Family<JobLabels, Counter>,
+    /// Seconds from a PR event's arrival to its preview passing the health check.
+    pub launch_seconds: Histogram,
     pub deliveries: Family<DeliveryLabels, Counter>,
     /// Seconds from a delivery's arrival to its durable commit.
     pub delivery_store_seconds: Histogram,
@@ -40,8 +50,24 @@ impl Default for Metrics {
             "Time from a delivery's arrival to its durable commit",
             delivery_store_seconds.clone(),
         );
+        let jobs = Family::<JobLabels, Counter>::default();
+        registry.register(
+            "jobs",
+            "Jobs run, by kind and outcome (done, retry, failed, cancelled)",
+            jobs.clone(),
+        );
+        let launch_seconds = Histogram::new([
+            0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        ]);
+        registry.register(
+            "preview_launch_seconds",
+            "Time from a pull request event's arrival to its preview being ready",
+            launch_seconds.clone(),
+        );
         Self {
             registry,
+            jobs,
+            launch_seconds,
             deliveries,
             delivery_store_seconds,
         }
@@ -54,6 +80,15 @@ impl Metrics {
             .get_or_create(&DeliveryLabels {
                 forge,
                 event: event.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn job(&self, kind: &str, outcome: &'static str) {
+        self.jobs
+            .get_or_create(&JobLabels {
+                kind: kind.to_string(),
                 outcome,
             })
             .inc();

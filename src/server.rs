@@ -74,7 +74,8 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
-/// Serve the API on `api` and the preview gateway on `gateway` until `shutdown` resolves.
+/// Every role of `endor serve` in this process: the API on `api`, the preview gateway on
+/// `gateway`, and the job workers (previews), until `shutdown` resolves.
 pub async fn serve_with_gateway(
     state: Arc<AppState>,
     api: TcpListener,
@@ -97,7 +98,27 @@ pub async fn serve_with_gateway(
             .with_graceful_shutdown(stopped(gw_rx))
             .await
     });
-    serve(state, api, stopped(rx)).await?;
+    let lifecycle =
+        crate::previews::Lifecycle::new(state.store.clone(), &state.config, state.metrics.clone());
+    match lifecycle.resume_all().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(count = n, "relaunching previews whose processes are gone"),
+        Err(e) => tracing::warn!(error = %e, "could not look for previews to relaunch"),
+    }
+    let workers = crate::jobs::WorkerPool::spawn(
+        state.store.clone(),
+        lifecycle.clone(),
+        crate::jobs::WorkerConfig {
+            workers: state.config.jobs.workers,
+            lease: state.config.jobs.lease.0,
+            ..Default::default()
+        },
+    );
+    tracing::info!(workers = state.config.jobs.workers, "job workers started");
+    let served = serve(state, api, stopped(rx)).await;
+    workers.shutdown().await;
+    lifecycle.shutdown().await;
+    served?;
     gateway_task.await??;
     Ok(())
 }

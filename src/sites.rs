@@ -106,6 +106,30 @@ pub struct SiteDetails {
     pub generations: Vec<i64>,
     pub resources: Vec<ResourceReport>,
     pub created_at: i64,
+    /// For a pull request's preview: its lifecycle state and the last run's timed steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<PreviewReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PreviewReport {
+    pub number: i64,
+    pub state: String,
+    pub head_sha: Option<String>,
+    pub ready_sha: Option<String>,
+    pub reason: Option<String>,
+    pub port: Option<i64>,
+    pub steps: Vec<StepReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepReport {
+    pub step: String,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub ok: Option<bool>,
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -222,6 +246,75 @@ impl Sites {
 
     fn dir(&self, site: &Site) -> PathBuf {
         self.root.join(&site.id)
+    }
+
+    /// The directory holding everything of `site` (`{storage.root}/{site id}`).
+    pub fn site_dir(&self, site: &Site) -> PathBuf {
+        self.dir(site)
+    }
+
+    /// The site's live files (`ENDOR_FILES_DIR`).
+    pub fn files_dir(&self, site: &Site) -> PathBuf {
+        self.live(site).join("files")
+    }
+
+    /// The site's live data directories (files and SQLite databases), which its own processes
+    /// may write.
+    pub fn writable_dirs(&self, site: &Site) -> Vec<PathBuf> {
+        vec![
+            self.live(site).join("files"),
+            self.live(site).join("sqlite"),
+        ]
+    }
+
+    /// An empty site (no files, no databases) in the workspace `workspace_id`.
+    pub async fn create_empty(&self, name: &str, workspace_id: &str) -> Result<Site> {
+        validate_site_name(name)?;
+        let site = self
+            .store
+            .create_site(&NewSite {
+                name: name.into(),
+                workspace_id: workspace_id.into(),
+                region: "default".into(),
+                parent_id: None,
+                read_only: false,
+            })
+            .await?;
+        if let Err(e) = self.import(&site, Imports::default()).await {
+            self.discard(&site).await?;
+            return Err(e);
+        }
+        self.store
+            .set_site_state(&site.id, SiteState::Active)
+            .await?;
+        Ok(self.store.site(&site.id).await?.unwrap_or(site))
+    }
+
+    /// Delete the site with this id and everything it owns; nothing to do when it is gone.
+    pub async fn discard_id(&self, id: &str) -> Result<()> {
+        match self.store.site(id).await? {
+            Some(site) if site.state != SiteState::Deleted => self.discard(&site).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Remove a path under the storage root (through the trash).
+    pub fn remove_path(&self, path: &Path) -> Result<()> {
+        self.trash(path)
+    }
+
+    /// The site's database URLs, in resource order.
+    pub async fn database_urls(&self, site: &Site) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .store
+            .site_resources(&site.id)
+            .await?
+            .into_iter()
+            .filter_map(|r| match r.kind.as_str() {
+                "sqlite" => Some((r.kind.clone(), format!("sqlite://{}", r.location))),
+                kind => DbServer::url(kind, Path::new(&r.location)).map(|u| (r.kind.clone(), u)),
+            })
+            .collect())
     }
 
     fn live(&self, site: &Site) -> PathBuf {
@@ -435,7 +528,36 @@ impl Sites {
                 kind => DbServer::url(kind, Path::new(&r.location)),
             })
             .collect();
+        let preview = match self.store.preview_by_site_name(&site.name).await? {
+            Some(p) if p.site_id.as_deref() == Some(site.id.as_str()) => {
+                let steps = self
+                    .store
+                    .last_run_steps(&p.id)
+                    .await?
+                    .into_iter()
+                    .map(|s| StepReport {
+                        duration_ms: s.ended_at.map(|e| e - s.started_at),
+                        step: s.step,
+                        started_at: s.started_at,
+                        ended_at: s.ended_at,
+                        ok: s.ok.map(|o| o != 0),
+                        detail: s.detail,
+                    })
+                    .collect();
+                Some(PreviewReport {
+                    number: p.number,
+                    state: p.state,
+                    head_sha: p.head_sha,
+                    ready_sha: p.ready_sha,
+                    reason: p.reason,
+                    port: p.port,
+                    steps,
+                })
+            }
+            _ => None,
+        };
         Ok(SiteDetails {
+            preview,
             url: format!(
                 "http://{}.{}:{}/",
                 site.name, self.gateway_domain, self.gateway_port

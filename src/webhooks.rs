@@ -188,7 +188,7 @@ async fn handle(
                     e.to_string(),
                 )
             })?;
-            let job = job_for(&conn.id, &ev, &normalized);
+            let job = job_for(&conn.id, &ev, &normalized, app.config.jobs.max_attempts);
             (
                 DeliveryOutcome::Queued,
                 Some(ev.action_name().to_string()),
@@ -306,7 +306,12 @@ async fn drain_stream(mut stream: axum::body::BodyDataStream, budget: usize) {
 /// The job an acted-on event asks for. One key per PR of a connection, so its jobs run one at a
 /// time and in order; PR events supersede older work of their PR (newest head wins), comments
 /// (commands) do not.
-pub fn job_for(connection_id: &str, ev: &ForgeEvent, normalized: &str) -> NewJob {
+pub fn job_for(
+    connection_id: &str,
+    ev: &ForgeEvent,
+    normalized: &str,
+    max_attempts: i64,
+) -> NewJob {
     let (kind, supersede, head_sha) = match &ev.kind {
         EventKind::PullRequest(p) => ("pull_request", true, Some(p.head_sha.clone())),
         EventKind::Comment(c) => ("comment", false, c.head_sha.clone()),
@@ -316,7 +321,7 @@ pub fn job_for(connection_id: &str, ev: &ForgeEvent, normalized: &str) -> NewJob
         job_key: format!("{connection_id}#{}", ev.number()),
         head_sha,
         payload: normalized.to_string(),
-        max_attempts: 5,
+        max_attempts,
         supersede,
     }
 }

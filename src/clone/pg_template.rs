@@ -129,11 +129,10 @@ impl Template {
         let role = format!("{name}_owner");
         let password = fresh_password();
         let mut c = self.admin().await?;
-        sqlx::raw_sql(&format!(
-            "CREATE ROLE {} LOGIN PASSWORD '{password}'",
-            ident(&role)?
-        ))
-        .execute(&mut c)
+        exec(
+            &mut c,
+            &format!("CREATE ROLE {} LOGIN PASSWORD '{password}'", ident(&role)?),
+        )
         .await
         .map_err(refused("create role"))?;
         let create = match template {
@@ -144,34 +143,44 @@ impl Template {
             ),
             None => format!("CREATE DATABASE {}", ident(name)?),
         };
-        sqlx::raw_sql(&create)
-            .execute(&mut c)
+        exec(&mut c, &create)
             .await
             .map_err(refused("create database"))?;
         // Only the database's own role may connect (PostgreSQL grants CONNECT to PUBLIC).
-        sqlx::raw_sql(&format!(
-            "REVOKE ALL ON DATABASE {0} FROM PUBLIC; GRANT ALL ON DATABASE {0} TO {1}",
-            ident(name)?,
-            ident(&role)?
-        ))
-        .execute(&mut c)
+        exec(
+            &mut c,
+            &format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", ident(name)?),
+        )
+        .await
+        .map_err(refused("revoke"))?;
+        exec(
+            &mut c,
+            &format!(
+                "GRANT ALL ON DATABASE {} TO {}",
+                ident(name)?,
+                ident(&role)?
+            ),
+        )
         .await
         .map_err(refused("grant"))?;
         let _ = c.close().await;
         let inside_sql = match template {
-            Some(t) => format!("REASSIGN OWNED BY {} TO {}", ident(&t.role)?, ident(&role)?),
-            None => format!(
-                "GRANT ALL ON SCHEMA public TO {0}; ALTER SCHEMA public OWNER TO {0}",
+            Some(t) => vec![format!(
+                "REASSIGN OWNED BY {} TO {}",
+                ident(&t.role)?,
                 ident(&role)?
-            ),
+            )],
+            None => vec![
+                format!("GRANT ALL ON SCHEMA public TO {}", ident(&role)?),
+                format!("ALTER SCHEMA public OWNER TO {}", ident(&role)?),
+            ],
         };
         let mut inside = PgConnection::connect(&self.admin_url_for(name))
             .await
             .map_err(refused("connect"))?;
-        sqlx::raw_sql(&inside_sql)
-            .execute(&mut inside)
-            .await
-            .map_err(refused("set owner"))?;
+        for sql in &inside_sql {
+            exec(&mut inside, sql).await.map_err(refused("set owner"))?;
+        }
         let _ = inside.close().await;
         let (host, port) = self.host_port();
         Ok(TemplateDb {
@@ -301,14 +310,13 @@ impl Template {
     pub async fn drop(&self, dir: &Path) -> Result<(), CloneError> {
         let Ok(db) = load(dir) else { return Ok(()) };
         let mut c = self.admin().await?;
-        sqlx::raw_sql(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            ident(&db.db)?
-        ))
-        .execute(&mut c)
-        .await
-        .map_err(refused("drop database"))?;
-        sqlx::raw_sql(&format!("DROP ROLE IF EXISTS {}", ident(&db.role)?))
+        let drop_db = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(&db.db)?);
+        sqlx::query(&drop_db)
+            .execute(&mut c)
+            .await
+            .map_err(refused("drop database"))?;
+        let drop_role = format!("DROP ROLE IF EXISTS {}", ident(&db.role)?);
+        sqlx::query(&drop_role)
             .execute(&mut c)
             .await
             .map_err(refused("drop role"))?;
@@ -348,4 +356,11 @@ mod tests {
         assert_eq!(t.host_port(), ("db.example.com".to_string(), 5432));
         assert!(Template::new("mysql://x").is_err());
     }
+}
+
+/// Run one SQL statement built by this module (identifiers through `ident`). Through
+/// `sqlx::query`, whose future is `Send` for any lifetime (`raw_sql`'s is not, and async job
+/// handlers need that).
+async fn exec(c: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(sql).execute(c).await.map(|_| ())
 }

@@ -179,14 +179,14 @@ impl PgTools {
             .map_err(|e| CloneError::Refused(e.to_string()))?;
         // Role and database names are constants; the password is hex we generated: utility
         // statements take no bind parameters, and nothing here comes from a user.
-        sqlx::raw_sql(&format!(
+        sqlx::query(&format!(
             "CREATE ROLE {APP_ROLE} LOGIN PASSWORD '{}'",
             inst.password
         ))
         .execute(&mut c)
         .await
         .map_err(|e| CloneError::Refused(format!("create role: {e}")))?;
-        sqlx::raw_sql(&format!("CREATE DATABASE {APP_ROLE} OWNER {APP_ROLE}"))
+        sqlx::query(&format!("CREATE DATABASE {APP_ROLE} OWNER {APP_ROLE}"))
             .execute(&mut c)
             .await
             .map_err(|e| CloneError::Refused(format!("create database: {e}")))?;
@@ -442,7 +442,7 @@ impl PgTools {
             .superuser(dst, inst.port, "postgres")
             .await
             .map_err(|e| CloneError::Refused(e.to_string()))?;
-        sqlx::raw_sql(&format!(
+        sqlx::query(&format!(
             "ALTER ROLE {APP_ROLE} PASSWORD '{}'",
             inst.password
         ))

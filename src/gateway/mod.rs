@@ -2,8 +2,9 @@
 //! (`{site}.{gateway.domain}`) to what the store's `routes` table says — a static folder, a
 //! site process on 127.0.0.1, a "building" page (503), "gone" (410) — and unknown hosts get 404.
 //! Previews carry `X-Robots-Tag: noindex, nofollow` unless the route turns it off. Routes live
-//! in the store, so several gateway processes answer alike. Not built yet: WebSocket upgrades,
-//! basic auth and CIDR rules (the access-control issue).
+//! in the store, so several gateway processes answer alike. Bodies stream both ways and
+//! WebSocket (any `Upgrade`) connections are passed through to the site's process. Not built
+//! yet: basic auth and CIDR rules (the access-control issue).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ pub enum Route {
     Static(PathBuf),
     Proxy(u16),
     Gone,
+    /// The launch failed: a page says so (the PR's status says why).
+    Failed,
 }
 
 impl Route {
@@ -36,6 +39,7 @@ impl Route {
             Route::Static(p) => ("static", Some(p.display().to_string())),
             Route::Proxy(port) => ("proxy", Some(port.to_string())),
             Route::Gone => ("gone", None),
+            Route::Failed => ("failed", None),
         };
         RouteRow {
             site_name: site_name.into(),
@@ -50,6 +54,7 @@ impl Route {
         Some(match r.kind.as_str() {
             "building" => Route::Building,
             "gone" => Route::Gone,
+            "failed" => Route::Failed,
             "static" => Route::Static(PathBuf::from(r.target.as_ref()?)),
             "proxy" => Route::Proxy(r.target.as_ref()?.parse().ok()?),
             _ => return None,
@@ -149,6 +154,11 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             "Preview removed",
             "This preview expired or was deleted.",
         ),
+        Some(Route::Failed) => page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Preview failed",
+            "This preview could not be built or started; the pull request's status says why.",
+        ),
         Some(Route::Static(root)) => {
             match tower_http::services::ServeDir::new(root).oneshot(req).await {
                 Ok(r) => r.map(Body::new),
@@ -187,7 +197,32 @@ async fn proxy(gw: &Gateway, req: Request, port: u16) -> Response {
         );
     };
     parts.uri = uri;
-    match gw.client.request(Request::from_parts(parts, body)).await {
+    let upgrade = parts.headers.contains_key(header::UPGRADE);
+    let mut req = Request::from_parts(parts, body);
+    // The visitor's side of an upgraded connection, taken before the request moves on.
+    let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
+    match gw.client.request(req).await {
+        Ok(mut r) if r.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            let upstream = hyper::upgrade::on(&mut r);
+            if let Some(downstream) = downstream {
+                tokio::spawn(async move {
+                    match (downstream.await, upstream.await) {
+                        (Ok(d), Ok(u)) => {
+                            let mut d = hyper_util::rt::TokioIo::new(d);
+                            let mut u = hyper_util::rt::TokioIo::new(u);
+                            let _ = tokio::io::copy_bidirectional(&mut d, &mut u).await;
+                        }
+                        (d, u) => tracing::warn!(
+                            port,
+                            visitor = d.err().map(|e| e.to_string()),
+                            site = u.err().map(|e| e.to_string()),
+                            "upgrade failed"
+                        ),
+                    }
+                });
+            }
+            r.map(Body::new)
+        }
         Ok(r) => r.map(Body::new),
         Err(e) => {
             tracing::warn!(port, error = %e, "site process did not answer");

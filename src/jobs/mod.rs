@@ -51,6 +51,20 @@ impl JobContext {
     pub async fn until_cancelled(&mut self) {
         let _ = self.cancel.wait_for(|c| *c).await;
     }
+
+    /// The cancellation signal itself, for code that watches it on its own (a build).
+    pub fn signal(&self) -> watch::Receiver<bool> {
+        self.cancel.clone()
+    }
+
+    /// A context that is never cancelled (for running a handler outside a worker).
+    pub fn detached() -> Self {
+        let (tx, rx) = watch::channel(false);
+        // Keep the sender alive for the life of the process: a dropped sender would end
+        // `until_cancelled` at once.
+        std::mem::forget(tx);
+        Self { cancel: rx }
+    }
 }
 
 #[async_trait]

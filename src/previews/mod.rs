@@ -1,4 +1,7 @@
-//! The preview lifecycle (being built): what a repository asks for (`config.rs`), and, to
-//! come, the state machine that turns PR events into sites. Knows nothing of comments.
+//! The preview lifecycle: what a repository asks for (`config.rs`) and the state machine that
+//! turns PR events into live previews and back (`lifecycle.rs`). Knows nothing of comments.
 
 pub mod config;
+pub mod lifecycle;
+
+pub use lifecycle::{Lifecycle, site_name};

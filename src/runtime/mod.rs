@@ -121,6 +121,8 @@ pub struct StepReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildReport {
     pub ok: bool,
+    /// Ended early because the job was cancelled.
+    pub cancelled: bool,
     pub steps: Vec<StepReport>,
     /// Merged stdout and stderr of every step, cut at the cap.
     #[serde(skip)]
@@ -166,13 +168,31 @@ pub async fn build(
     step_timeout: Duration,
     output_cap: usize,
 ) -> Result<BuildReport, RuntimeError> {
+    build_cancellable(sandbox, steps, step_timeout, output_cap, None).await
+}
+
+/// [`build`], also ended (every process of the running step killed) as soon as `cancel`
+/// turns true.
+pub async fn build_cancellable(
+    sandbox: &Sandbox,
+    steps: &[String],
+    step_timeout: Duration,
+    output_cap: usize,
+    cancel: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<BuildReport, RuntimeError> {
     let mut report = BuildReport {
         ok: true,
+        cancelled: false,
         steps: Vec::new(),
         log: Vec::new(),
         truncated: false,
     };
     for step in steps {
+        if cancel.as_ref().is_some_and(|c| *c.borrow()) {
+            report.ok = false;
+            report.cancelled = true;
+            break;
+        }
         let started = Instant::now();
         append(
             &mut report.log,
@@ -184,11 +204,40 @@ pub async fn build(
         let pid = child.id().unwrap_or(0);
         let mut log = std::mem::take(&mut report.log);
         let mut truncated = report.truncated;
-        let finished = tokio::time::timeout(step_timeout, async {
-            collect(&mut child, &mut log, output_cap, &mut truncated).await;
-            child.wait().await
-        })
-        .await;
+        let mut cancel_rx = cancel.clone();
+        let cancelled = async move {
+            match cancel_rx.as_mut() {
+                Some(c) => {
+                    let _ = c.wait_for(|v| *v).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let mut was_cancelled = false;
+        let finished = tokio::select! {
+            r = tokio::time::timeout(step_timeout, async {
+                collect(&mut child, &mut log, output_cap, &mut truncated).await;
+                child.wait().await
+            }) => r,
+            _ = cancelled => {
+                was_cancelled = true;
+                kill_group(pid);
+                Ok(child.wait().await)
+            }
+        };
+        if was_cancelled {
+            report.log = log;
+            report.truncated = truncated;
+            report.ok = false;
+            report.cancelled = true;
+            append(
+                &mut report.log,
+                b"\n[endor] build cancelled: a newer head arrived\n",
+                usize::MAX,
+                &mut report.truncated,
+            );
+            break;
+        }
         report.log = log;
         report.truncated = truncated;
         let (exit_code, timed_out) = match finished {

@@ -253,6 +253,42 @@ pub struct RouteRow {
     pub updated_at: i64,
 }
 
+/// A pull/merge request's preview: its lifecycle state (see `crate::previews`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Preview {
+    pub id: String,
+    pub connection_id: String,
+    pub number: i64,
+    pub site_name: String,
+    pub site_id: Option<String>,
+    /// `queued`, `awaiting-approval`, `skipped`, `cloning`, `building`, `starting`, `ready`,
+    /// `failed`, `destroying`, `destroyed`.
+    pub state: String,
+    pub head_sha: Option<String>,
+    pub ready_sha: Option<String>,
+    pub approved_sha: Option<String>,
+    pub is_fork: i64,
+    pub reason: Option<String>,
+    pub port: Option<i64>,
+    pub pid: Option<i64>,
+    pub received_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One timed launch step of one run (a job) of a preview.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct PreviewStep {
+    pub preview_id: String,
+    pub run_id: String,
+    pub step: String,
+    pub seq: i64,
+    pub started_at: i64,
+    pub ended_at: Option<i64>,
+    pub ok: Option<i64>,
+    pub detail: Option<String>,
+}
+
 /// A unit of background work (see `crate::jobs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Job {
@@ -407,6 +443,17 @@ pub trait Store: Send + Sync + 'static {
     async fn put_route(&self, route: &RouteRow) -> Result<()>;
     async fn route(&self, site_name: &str) -> Result<Option<RouteRow>>;
     async fn delete_route(&self, site_name: &str) -> Result<()>;
+
+    /// Insert or replace a preview (unique per connection and number).
+    async fn put_preview(&self, p: &Preview) -> Result<()>;
+    async fn preview(&self, connection_id: &str, number: i64) -> Result<Option<Preview>>;
+    /// The newest preview that uses this site name.
+    async fn preview_by_site_name(&self, site_name: &str) -> Result<Option<Preview>>;
+    async fn list_previews(&self) -> Result<Vec<Preview>>;
+    /// Insert or replace one step of a run.
+    async fn put_step(&self, s: &PreviewStep) -> Result<()>;
+    /// The steps of the preview's newest run, in order.
+    async fn last_run_steps(&self, preview_id: &str) -> Result<Vec<PreviewStep>>;
 }
 
 /// Open the store named by `url` (`sqlite:...` or `postgres://...`).
