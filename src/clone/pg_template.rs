@@ -334,6 +334,13 @@ pub fn load(dir: &Path) -> Result<TemplateDb, CloneError> {
     load_record(dir, "template.json")
 }
 
+/// Run one SQL statement built by this module (identifiers through `ident`). Through
+/// `sqlx::query`, whose future is `Send` for any lifetime (`raw_sql`'s is not, and async job
+/// handlers need that).
+async fn exec(c: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
+    sqlx::query(sql).execute(c).await.map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,11 +363,4 @@ mod tests {
         assert_eq!(t.host_port(), ("db.example.com".to_string(), 5432));
         assert!(Template::new("mysql://x").is_err());
     }
-}
-
-/// Run one SQL statement built by this module (identifiers through `ident`). Through
-/// `sqlx::query`, whose future is `Send` for any lifetime (`raw_sql`'s is not, and async job
-/// handlers need that).
-async fn exec(c: &mut PgConnection, sql: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(sql).execute(c).await.map(|_| ())
 }

@@ -1,0 +1,986 @@
+//! The preview lifecycle end to end: real git (a bare repository on disk is the PR's remote),
+//! signed webhooks shaped like GitHub's (the fixtures, rewritten), the real server, workers and
+//! gateway, real parent databases (SQLite and PostgreSQL), real site processes.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use endor::config::Config;
+use endor::duration::HumanDuration;
+use endor::forge::signature::sign_hex;
+use endor::server::{self, AppState};
+use endor::service;
+use endor::sites::{Imports, Sites};
+use endor::store::{Preview, Store};
+use serde_json::Value;
+use support::{TestStore, fixture};
+
+/// The site process used by these tests: serves the checkout's `index.html`, a file of the
+/// parent's files, and what its database holds; `POST /write` adds a row.
+const APP: &str = r#"
+import os, sqlite3, subprocess, http.server
+port = int(os.environ["PORT"])
+db = os.environ.get("DATABASE_URL", "")
+files = os.environ["ENDOR_FILES_DIR"]
+
+def sql(q):
+    if db.startswith("sqlite://"):
+        c = sqlite3.connect(db[len("sqlite://"):])
+        c.execute("CREATE TABLE IF NOT EXISTS notes (t TEXT)")
+        rows = c.execute(q).fetchall()
+        c.commit()
+        c.close()
+        return rows
+    out = subprocess.run(["psql", db, "-Atc", "CREATE TABLE IF NOT EXISTS notes (t TEXT); " + q],
+                         capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    return [tuple(l.split("|")) for l in out if l and l != "CREATE TABLE"]
+
+class H(http.server.BaseHTTPRequestHandler):
+    def reply(self, code, body):
+        b = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def do_GET(self):
+        if self.path == "/health":
+            return self.reply(200, "ok")
+        page = open("index.html").read().strip()
+        logo = open(os.path.join(files, "logo.txt")).read().strip()
+        accounts = sql("SELECT COUNT(*) FROM accounts")[0][0]
+        notes = ",".join(r[0] for r in sql("SELECT t FROM notes ORDER BY t"))
+        self.reply(200, f"page={page} logo={logo} accounts={accounts} notes={notes}")
+    def do_POST(self):
+        sql("INSERT INTO notes VALUES ('" + self.path.strip("/").replace("'", "") + "')")
+        self.reply(200, "written")
+    def log_message(self, *a):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A repository: a working copy and the bare "remote" the connection fetches from.
+struct Repo {
+    work: PathBuf,
+    remote: PathBuf,
+}
+
+impl Repo {
+    /// `main` holds `.endor.toml` (the given text), `app.py` and `index.html`.
+    fn new(base: &Path, name: &str, endor_toml: &str) -> Self {
+        let work = base.join(format!("{name}-work"));
+        let remote = base.join(format!("{name}.git"));
+        std::fs::create_dir_all(&work).unwrap();
+        git(
+            base,
+            &[
+                "init",
+                "-q",
+                "--bare",
+                "-b",
+                "main",
+                remote.to_str().unwrap(),
+            ],
+        );
+        git(&work, &["init", "-q", "-b", "main"]);
+        std::fs::write(work.join(".endor.toml"), endor_toml).unwrap();
+        std::fs::write(work.join("app.py"), APP).unwrap();
+        std::fs::write(work.join("index.html"), "main\n").unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "main"]);
+        git(
+            &work,
+            &["remote", "add", "origin", remote.to_str().unwrap()],
+        );
+        git(&work, &["push", "-q", "origin", "main"]);
+        Self { work, remote }
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.remote.display())
+    }
+
+    /// Commit `index.html` = `content` on `branch` and publish it as PR `number`'s head, as a
+    /// forge does (`refs/pull/N/head`). Returns the head SHA.
+    fn push_pr(&self, branch: &str, number: u64, content: &str) -> String {
+        let exists = Command::new("git")
+            .args([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("refs/heads/{branch}"),
+            ])
+            .current_dir(&self.work)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if exists {
+            git(&self.work, &["checkout", "-q", branch]);
+        } else {
+            git(&self.work, &["checkout", "-q", "-b", branch, "main"]);
+        }
+        std::fs::write(self.work.join("index.html"), format!("{content}\n")).unwrap();
+        git(&self.work, &["commit", "-qam", content]);
+        let sha = git(&self.work, &["rev-parse", "HEAD"]);
+        git(
+            &self.work,
+            &[
+                "push",
+                "-q",
+                "-f",
+                "origin",
+                &format!("HEAD:refs/heads/{branch}"),
+                &format!("HEAD:refs/pull/{number}/head"),
+            ],
+        );
+        git(&self.work, &["checkout", "-q", "main"]);
+        sha
+    }
+}
+
+/// What a pull request event says (written into a real GitHub payload).
+struct Pr<'a> {
+    action: &'a str,
+    number: u64,
+    sha: &'a str,
+    branch: &'a str,
+    head_repo: &'a str,
+    draft: bool,
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+    state: Arc<AppState>,
+    gateway: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    http: reqwest::Client,
+    api: SocketAddr,
+}
+
+fn harness_config(dir: &Path, store_url: &str) -> Config {
+    let mut config = Config::default();
+    config.store.url = store_url.to_string();
+    config.storage.root = dir.join("sites");
+    config.storage.git = dir.join("git");
+    config.storage.logs = dir.join("logs");
+    config.jobs.lease = HumanDuration(Duration::from_secs(3));
+    config.jobs.workers = 4;
+    config.runtime.health_timeout = HumanDuration(Duration::from_secs(8));
+    config.runtime.build_timeout = HumanDuration(Duration::from_secs(60));
+    config
+}
+
+impl Harness {
+    async fn start(db: &TestStore) -> Self {
+        let dir = support::reflink_dir();
+        let mut config = harness_config(dir.path(), &db.url);
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        config.server.listen = api.local_addr().unwrap();
+        config.server.public_url = format!("http://{}", config.server.listen);
+        config.gateway.listen = gw.local_addr().unwrap();
+        let gateway = config.gateway.listen;
+        let api_addr = config.server.listen;
+        let state = AppState::start(config).await.unwrap();
+        service::create_user(state.store.as_ref(), "owner", None, None)
+            .await
+            .unwrap();
+        service::create_workspace(state.store.as_ref(), "acme", "owner")
+            .await
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            server::serve_with_gateway(s, api, gw, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            dir,
+            state,
+            gateway,
+            stop: Some(stop),
+            task: Some(task),
+            http: reqwest::Client::new(),
+            api: api_addr,
+        }
+    }
+
+    fn store(&self) -> &dyn Store {
+        self.state.store.as_ref()
+    }
+
+    fn sites(&self) -> Sites {
+        Sites::new(self.state.store.clone(), &self.state.config)
+    }
+
+    /// Connect `owner/name` with its git URL; returns (connection id, secret).
+    async fn connect(&self, repo: &str, git_url: &str) -> (String, String) {
+        let c = service::connect_repo(
+            self.store(),
+            &self.state.config,
+            "acme",
+            &format!("github:{repo}"),
+            None,
+            Some(git_url),
+        )
+        .await
+        .unwrap();
+        (c.connection_id, c.secret)
+    }
+
+    /// Post a signed GitHub `pull_request` delivery for `repo`; returns the HTTP status.
+    async fn pr_event(&self, conn: &(String, String), repo: &str, pr: Pr<'_>) -> u16 {
+        let fixture_name = match pr.action {
+            "closed" => "github.pull_request.closed.unmerged.json",
+            "synchronize" => "github.pull_request.synchronize.json",
+            _ => "github.pull_request.opened.json",
+        };
+        let mut body: Value = serde_json::from_slice(&fixture(fixture_name)).unwrap();
+        body["action"] = pr.action.into();
+        body["number"] = pr.number.into();
+        body["repository"]["full_name"] = repo.into();
+        let p = &mut body["pull_request"];
+        p["number"] = pr.number.into();
+        p["draft"] = pr.draft.into();
+        p["head"]["sha"] = pr.sha.into();
+        p["head"]["ref"] = pr.branch.into();
+        p["head"]["repo"]["full_name"] = pr.head_repo.into();
+        p["base"]["repo"]["full_name"] = repo.into();
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let sig = format!("sha256={}", sign_hex(conn.1.as_bytes(), &bytes));
+        self.http
+            .post(format!("http://{}/webhooks/github/{}", self.api, conn.0))
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+            .header("x-hub-signature-256", sig)
+            .header("content-type", "application/json")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn preview(&self, conn: &str, number: u64) -> Option<Preview> {
+        self.store().preview(conn, number as i64).await.unwrap()
+    }
+
+    /// Wait until the preview reaches one of `states` (and, when given, is at `sha`).
+    async fn wait(&self, conn: &str, number: u64, states: &[&str], sha: Option<&str>) -> Preview {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(p) = self.preview(conn, number).await
+                && states.contains(&p.state.as_str())
+                && sha.is_none_or(|s| p.head_sha.as_deref() == Some(s))
+            {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "preview {conn}#{number} never reached {states:?}: {:?}",
+                self.preview(conn, number).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// GET through the gateway with `Host: {site}.preview.localhost`.
+    async fn get(&self, site: &str, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("http://{}{path}", self.gateway))
+            .header("host", format!("{site}.preview.localhost"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn post(&self, site: &str, path: &str) -> u16 {
+        self.http
+            .post(format!("http://{}{path}", self.gateway))
+            .header("host", format!("{site}.preview.localhost"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+    }
+}
+
+/// A parent site `production` with files (`logo.txt`) and a SQLite database of 100 accounts.
+async fn sqlite_parent(h: &Harness) {
+    let src = h.dir.path().join("parent-src");
+    std::fs::create_dir_all(src.join("files")).unwrap();
+    std::fs::write(src.join("files/logo.txt"), "parent-logo").unwrap();
+    let db = src.join("prod.db");
+    let c = rusqlite_free_sqlite(&db);
+    assert!(c, "could not make the parent database");
+    h.sites()
+        .create(
+            "production",
+            "acme",
+            "default",
+            Imports {
+                files: Some(&src.join("files")),
+                sqlite: Some(&db),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// A SQLite database with 100 accounts, made with the sqlite3 module of the system Python.
+fn rusqlite_free_sqlite(path: &Path) -> bool {
+    Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             c.execute('CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER)'); \
+             c.executemany('INSERT INTO accounts VALUES (?, 1000)', [(i,) for i in range(100)]); \
+             c.commit()",
+        )
+        .arg(path)
+        .status()
+        .unwrap()
+        .success()
+}
+
+const APP_TOML: &str = r#"
+[preview]
+parent = "production"
+build = ["test -f app.py", "echo built > built.txt"]
+start = "/usr/bin/python3 app.py"
+health = "/health"
+"#;
+
+fn pid_alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+fn port_open(port: i64) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port as u16)).is_ok()
+}
+
+async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn open_push_close_with_a_sqlite_parent() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start(&db).await;
+    sqlite_parent(&h).await;
+    let repo = Repo::new(h.dir.path(), "shop", APP_TOML);
+    let conn = h.connect("octo/shop", &repo.url()).await;
+    let site = "shop-pr-7";
+
+    // Unknown before the PR opens.
+    assert_eq!(h.get(site, "/").await.0, 404);
+    let sha1 = repo.push_pr("feature", 7, "first");
+    let pr = |action, sha| Pr {
+        action,
+        number: 7,
+        sha,
+        branch: "feature",
+        head_repo: "octo/shop",
+        draft: false,
+    };
+    assert_eq!(
+        h.pr_event(&conn, "octo/shop", pr("opened", &sha1)).await,
+        202
+    );
+    let p = h.wait(&conn.0, 7, &["ready", "failed"], None).await;
+    assert_eq!(p.state, "ready", "{p:?}");
+    assert_eq!(p.ready_sha.as_deref(), Some(sha1.as_str()));
+    assert_eq!(p.site_name, site);
+
+    // The PR's code on a copy of the parent's data.
+    let (code, body) = h.get(site, "/").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "page=first logo=parent-logo accounts=100 notes=");
+    assert_eq!(h.post(site, "/kept-note").await, 200);
+    assert!(h.get(site, "/").await.1.ends_with("notes=kept-note"));
+
+    // Every step timed; the build log kept; the launch measured.
+    let details = h.sites().show(site).await.unwrap();
+    let steps: Vec<_> = details
+        .preview
+        .as_ref()
+        .unwrap()
+        .steps
+        .iter()
+        .map(|s| (s.step.clone(), s.ok))
+        .collect();
+    let names: Vec<_> = steps.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(
+        names,
+        ["fetch", "clone", "build", "start", "health", "route"]
+    );
+    assert!(steps.iter().all(|s| s.1 == Some(true)), "{steps:?}");
+    let log = std::fs::read_to_string(
+        h.dir
+            .path()
+            .join("logs")
+            .join(&details.id)
+            .join("build.log"),
+    )
+    .unwrap();
+    assert!(log.contains("$ echo built > built.txt"), "{log}");
+    let metrics = h
+        .http
+        .get(format!("http://{}/metrics", h.api))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("endor_preview_launch_seconds_count 1"),
+        "{metrics}"
+    );
+
+    // A push: new code, the data written in the preview kept.
+    let sha2 = repo.push_pr("feature", 7, "second");
+    assert_eq!(
+        h.pr_event(&conn, "octo/shop", pr("synchronize", &sha2))
+            .await,
+        202
+    );
+    let p2 = h.wait(&conn.0, 7, &["ready", "failed"], Some(&sha2)).await;
+    assert_eq!(p2.state, "ready", "{p2:?}");
+    assert_eq!(p2.site_id, p.site_id, "an update keeps the site");
+    let (code, body) = h.get(site, "/").await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        body,
+        "page=second logo=parent-logo accounts=100 notes=kept-note"
+    );
+    let (old_pid, old_port) = (p.pid.unwrap(), p.port.unwrap());
+    eventually("the old process stops after the update", || {
+        !pid_alive(old_pid)
+    })
+    .await;
+    assert!(!port_open(old_port));
+
+    // Close: 410, and nothing left.
+    let site_dir = details
+        .files_dir
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    assert!(site_dir.exists());
+    assert_eq!(
+        h.pr_event(&conn, "octo/shop", pr("closed", &sha2)).await,
+        202
+    );
+    let p3 = h.wait(&conn.0, 7, &["destroyed"], None).await;
+    assert_eq!(h.get(site, "/").await.0, 410);
+    assert!(!site_dir.exists(), "site files left behind");
+    assert!(
+        !h.dir.path().join("logs").join(&details.id).exists(),
+        "logs left behind"
+    );
+    let (pid, port) = (p2.pid.unwrap(), p2.port.unwrap());
+    eventually("the site process is gone", || !pid_alive(pid)).await;
+    assert!(!port_open(port), "port still open");
+    assert!(p3.pid.is_none() && p3.port.is_none());
+    assert!(h.store().site_by_name(site).await.unwrap().is_none());
+    // The parent is untouched.
+    assert!(
+        h.store()
+            .site_by_name("production")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    h.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_parent_on_a_postgres_store() {
+    let db = TestStore::postgres().await;
+    let h = Harness::start(&db).await;
+    let (src_name, src_url) = support::pg_source_db().await;
+    let files = h.dir.path().join("parent-files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("logo.txt"), "pg-logo").unwrap();
+    h.sites()
+        .create(
+            "production",
+            "acme",
+            "default",
+            Imports {
+                files: Some(&files),
+                postgres: Some(&src_url),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let repo = Repo::new(h.dir.path(), "api", APP_TOML);
+    let conn = h.connect("octo/api", &repo.url()).await;
+    let sha = repo.push_pr("feature", 3, "pg-preview");
+    let pr = |action| Pr {
+        action,
+        number: 3,
+        sha: &sha,
+        branch: "feature",
+        head_repo: "octo/api",
+        draft: false,
+    };
+    assert_eq!(h.pr_event(&conn, "octo/api", pr("opened")).await, 202);
+    let p = h.wait(&conn.0, 3, &["ready", "failed"], None).await;
+    assert_eq!(p.state, "ready", "{p:?}");
+    let (code, body) = h.get("api-pr-3", "/").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "page=pg-preview logo=pg-logo accounts=100 notes=");
+    assert_eq!(h.post("api-pr-3", "/only-in-preview").await, 200);
+    // The parent's database does not see the preview's writes.
+    let parent = h.sites().show("production").await.unwrap();
+    let preview = h.sites().show("api-pr-3").await.unwrap();
+    assert_ne!(parent.database_urls, preview.database_urls);
+    let pg_dir = preview
+        .resources
+        .iter()
+        .find(|r| r.kind == "postgres")
+        .unwrap()
+        .location
+        .clone();
+    assert!(Path::new(&pg_dir).exists());
+
+    assert_eq!(h.pr_event(&conn, "octo/api", pr("closed")).await, 202);
+    h.wait(&conn.0, 3, &["destroyed"], None).await;
+    assert_eq!(h.get("api-pr-3", "/").await.0, 410);
+    assert!(
+        !Path::new(&pg_dir).exists(),
+        "the preview's PostgreSQL data is gone"
+    );
+    // No server of the preview left: every running postgres belongs to another directory.
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains(&pg_dir),
+        "a postgres server of the destroyed preview is still running"
+    );
+    h.sites()
+        .delete("production", Default::default())
+        .await
+        .unwrap();
+    support::drop_pg_db(&src_name).await;
+    h.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn newest_head_wins() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start(&db).await;
+    let repo = Repo::new(h.dir.path(), "web", "[preview]\nbuild = [\"sleep 2\"]\n");
+    let conn = h.connect("octo/web", &repo.url()).await;
+    let sha1 = repo.push_pr("f", 1, "one");
+    let sha2 = repo.push_pr("f", 1, "two");
+    for (action, sha) in [("opened", &sha1), ("synchronize", &sha2)] {
+        let pr = Pr {
+            action,
+            number: 1,
+            sha,
+            branch: "f",
+            head_repo: "octo/web",
+            draft: false,
+        };
+        assert_eq!(h.pr_event(&conn, "octo/web", pr).await, 202);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    let p = h.wait(&conn.0, 1, &["ready", "failed"], Some(&sha2)).await;
+    assert_eq!(p.state, "ready", "{p:?}");
+    assert_eq!(p.ready_sha.as_deref(), Some(sha2.as_str()));
+    let (code, body) = h.get("web-pr-1", "/index.html").await;
+    assert_eq!((code, body.trim()), (200, "two"));
+    // The first head's job was cancelled and never routed: one launch in all.
+    let jobs = h
+        .store()
+        .jobs_for_key(&format!("{}#1", conn.0))
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[0].state, "cancelled", "{jobs:?}");
+    assert_eq!(jobs[1].state, "done");
+    assert!(
+        h.state
+            .metrics
+            .encode()
+            .contains("endor_preview_launch_seconds_count 1")
+    );
+    h.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_are_clear_and_harmless() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start(&db).await;
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "buildfail",
+            "[preview]\nbuild = [\"echo compiling\", \"exit 3\"]\nroot = \".\"\n",
+            "build step `exit 3` failed with exit code 3",
+        ),
+        (
+            "startexit",
+            "[preview]\nstart = \"exit 1\"\nhealth = \"/\"\n",
+            "did not pass",
+        ),
+        (
+            "unhealthy",
+            "[preview]\nstart = \"/usr/bin/python3 -m http.server $PORT --bind 127.0.0.1\"\nhealth = \"/no-such-page\"\n",
+            "status 404",
+        ),
+        ("nottoml", "this is [not toml\n", ".endor.toml:"),
+        (
+            "noparent",
+            "[preview]\nparent = \"nonexistent\"\n",
+            "preview.parent: no site named nonexistent",
+        ),
+    ];
+    let mut conns = Vec::new();
+    for (name, toml, _) in cases {
+        let repo = Repo::new(h.dir.path(), name, toml);
+        let conn = h.connect(&format!("octo/{name}"), &repo.url()).await;
+        let sha = repo.push_pr("f", 1, name);
+        let pr = Pr {
+            action: "opened",
+            number: 1,
+            sha: &sha,
+            branch: "f",
+            head_repo: &format!("octo/{name}"),
+            draft: false,
+        };
+        assert_eq!(h.pr_event(&conn, &format!("octo/{name}"), pr).await, 202);
+        conns.push(conn);
+    }
+    for ((name, _, reason), conn) in cases.iter().zip(&conns) {
+        let p = h.wait(&conn.0, 1, &["ready", "failed"], None).await;
+        assert_eq!(p.state, "failed", "{name}: {p:?}");
+        let got = p.reason.clone().unwrap_or_default();
+        assert!(
+            got.contains(reason),
+            "{name}: reason {got:?}, wanted {reason:?}"
+        );
+        // The gateway says it failed; no process is left.
+        let (code, body) = h.get(&format!("{name}-pr-1"), "/").await;
+        assert_eq!(code, 503, "{name}");
+        assert!(body.contains("Preview failed"), "{name}: {body}");
+        if let Some(pid) = p.pid {
+            eventually("a failed preview's process is stopped", || !pid_alive(pid)).await;
+        }
+    }
+    let log = h.sites().show("buildfail-pr-1").await.unwrap();
+    let text =
+        std::fs::read_to_string(h.dir.path().join("logs").join(&log.id).join("build.log")).unwrap();
+    assert!(text.contains("compiling"), "{text}");
+
+    // A hostile branch name is only data: the preview builds, nothing runs it.
+    let repo = Repo::new(h.dir.path(), "hostile", "[preview]\nbuild = [\"true\"]\n");
+    let conn = h.connect("octo/hostile", &repo.url()).await;
+    let branch = "$(touch${IFS}pwned)";
+    let sha = repo.push_pr(branch, 1, "hostile");
+    let pr = Pr {
+        action: "opened",
+        number: 1,
+        sha: &sha,
+        branch: "$(touch pwned)`touch pwned2`;touch pwned3",
+        head_repo: "octo/hostile",
+        draft: false,
+    };
+    assert_eq!(h.pr_event(&conn, "octo/hostile", pr).await, 202);
+    let p = h.wait(&conn.0, 1, &["ready", "failed"], None).await;
+    assert_eq!(p.state, "ready", "{p:?}");
+    let find = Command::new("find")
+        .args([
+            h.dir.path().to_str().unwrap(),
+            "/tmp",
+            "-maxdepth",
+            "6",
+            "-name",
+            "pwned*",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&find.stdout).trim().is_empty(),
+        "{}",
+        String::from_utf8_lossy(&find.stdout)
+    );
+    assert!(!Path::new("pwned").exists());
+
+    // The server is unharmed.
+    let r = h
+        .http
+        .get(format!("http://{}/healthz", h.api))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    h.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forks_wait_for_approval_and_drafts_are_skipped() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start(&db).await;
+    let repo = Repo::new(h.dir.path(), "lib", "[preview]\nbuild = [\"touch ran\"]\n");
+    let conn = h.connect("octo/lib", &repo.url()).await;
+    let sha = repo.push_pr("evil", 5, "fork");
+    let fork = Pr {
+        action: "opened",
+        number: 5,
+        sha: &sha,
+        branch: "evil",
+        head_repo: "mallory/lib",
+        draft: false,
+    };
+    assert_eq!(h.pr_event(&conn, "octo/lib", fork).await, 202);
+    let p = h.wait(&conn.0, 5, &["awaiting-approval"], None).await;
+    assert!(p.reason.unwrap().contains("/preview deploy"));
+    assert!(p.site_id.is_none());
+    assert!(h.store().site_by_name("lib-pr-5").await.unwrap().is_none());
+    assert!(
+        h.store().last_run_steps(&p.id).await.unwrap().is_empty(),
+        "nothing ran"
+    );
+    assert_eq!(h.get("lib-pr-5", "/").await.0, 404);
+
+    let sha6 = repo.push_pr("wip", 6, "draft");
+    let draft = Pr {
+        action: "opened",
+        number: 6,
+        sha: &sha6,
+        branch: "wip",
+        head_repo: "octo/lib",
+        draft: true,
+    };
+    assert_eq!(h.pr_event(&conn, "octo/lib", draft).await, 202);
+    let p = h.wait(&conn.0, 6, &["skipped"], None).await;
+    assert!(p.reason.unwrap().contains("draft"));
+    assert!(h.store().site_by_name("lib-pr-6").await.unwrap().is_none());
+    h.stop().await;
+    db.cleanup().await;
+}
+
+/// `endor serve` killed with SIGKILL in the middle of a build: after a restart the job is
+/// taken again once its lease runs out, the preview becomes ready, and nothing is doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_build_then_restart() {
+    let dir = support::reflink_dir();
+    let store_url = format!("sqlite://{}", dir.path().join("endor.db").display());
+    let mut config = harness_config(dir.path(), &store_url);
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    config.server.listen = free();
+    config.server.public_url = format!("http://{}", config.server.listen);
+    config.gateway.listen = free();
+    let cfg_path = dir.path().join("endor.toml");
+    std::fs::write(&cfg_path, toml::to_string(&config).unwrap()).unwrap();
+    let endor = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_endor"))
+            .args(["--config", cfg_path.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    endor(&["user", "create", "owner"]);
+    endor(&["workspace", "create", "acme", "--owner", "owner"]);
+    let repo = Repo::new(
+        dir.path(),
+        "slow",
+        "[preview]\nbuild = [\"sleep 4\", \"echo done > done.txt\"]\n",
+    );
+    let connected: Value = serde_json::from_str(&endor(&[
+        "--json",
+        "repo",
+        "connect",
+        "acme",
+        "github:octo/slow",
+        "--git-url",
+        &repo.url(),
+    ]))
+    .unwrap();
+    let conn = (
+        connected["connection_id"].as_str().unwrap().to_string(),
+        connected["secret"].as_str().unwrap().to_string(),
+    );
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_endor"))
+            .args(["--config", cfg_path.to_str().unwrap(), "serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    let api = config.server.listen;
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http
+        .get(format!("http://{api}/healthz"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "serve did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Drive it through a Harness-like view of the same store.
+    let store = endor::store::connect(&store_url, 2).await.unwrap();
+    let sha = repo.push_pr("f", 9, "survived");
+    let fake = HarnessLite {
+        http: http.clone(),
+        api,
+    };
+    assert_eq!(fake.pr_event(&conn, "octo/slow", 9, &sha).await, 202);
+    // Wait for the build to be under way, then kill the server.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = store.preview(&conn.0, 9).await.unwrap();
+        if p.as_ref().is_some_and(|p| p.state == "building") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never started building: {p:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let mut child = spawn();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let p = loop {
+        let p = store.preview(&conn.0, 9).await.unwrap().unwrap();
+        if p.state == "ready" || p.state == "failed" {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "not ready after restart: {p:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(p.state, "ready", "{p:?}");
+    // Nothing doubled: one site of that name ever, one checkout, one finished job.
+    let sites: Vec<_> = store
+        .list_sites()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.name == "slow-pr-9")
+        .collect();
+    assert_eq!(sites.len(), 1);
+    let code_dirs = std::fs::read_dir(dir.path().join("sites").join(&sites[0].id).join("code"))
+        .unwrap()
+        .count();
+    assert_eq!(code_dirs, 1);
+    let jobs = store.jobs_for_key(&format!("{}#9", conn.0)).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].state, "done");
+    assert!(jobs[0].attempts >= 2, "{jobs:?}");
+    let gw = config.gateway.listen;
+    let r = http
+        .get(format!("http://{gw}/done.txt"))
+        .header("host", "slow-pr-9.preview.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap().trim(), "done");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+struct HarnessLite {
+    http: reqwest::Client,
+    api: SocketAddr,
+}
+
+impl HarnessLite {
+    async fn pr_event(&self, conn: &(String, String), repo: &str, number: u64, sha: &str) -> u16 {
+        let mut body: Value =
+            serde_json::from_slice(&fixture("github.pull_request.opened.json")).unwrap();
+        body["number"] = number.into();
+        body["repository"]["full_name"] = repo.into();
+        body["pull_request"]["number"] = number.into();
+        body["pull_request"]["head"]["sha"] = sha.into();
+        body["pull_request"]["head"]["repo"]["full_name"] = repo.into();
+        body["pull_request"]["base"]["repo"]["full_name"] = repo.into();
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let sig = format!("sha256={}", sign_hex(conn.1.as_bytes(), &bytes));
+        self.http
+            .post(format!("http://{}/webhooks/github/{}", self.api, conn.0))
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+            .header("x-hub-signature-256", sig)
+            .header("content-type", "application/json")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
