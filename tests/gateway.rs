@@ -175,3 +175,80 @@ async fn proxied_site_process_and_robots_toggle() {
         (410, "noindex, nofollow")
     );
 }
+
+/// Read from `s` until the end of an HTTP head.
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = s.read(&mut byte).await.unwrap();
+        assert!(n == 1, "connection closed in the head: {head:?}");
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrades_pass_through() {
+    let gw = start().await;
+    // A site process that accepts the upgrade and then answers every byte upper-cased.
+    let site = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = site.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut s, _) = site.accept().await.unwrap();
+        let head = read_head(&mut s).await.to_ascii_lowercase();
+        assert!(head.contains("upgrade: websocket"), "{head}");
+        assert!(
+            head.contains("sec-websocket-key: dghlihnhbxbszsbub25jzq=="),
+            "{head}"
+        );
+        s.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return;
+            }
+            s.write_all(&buf[..n].to_ascii_uppercase()).await.unwrap();
+        }
+    });
+    gw.route("chat", Route::Proxy(port), true).await;
+    let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(
+        b"GET /socket HTTP/1.1\r\nHost: chat.preview.localhost\r\nUpgrade: websocket\r\n\
+          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(5), read_head(&mut c))
+        .await
+        .unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    for msg in ["hello", "both ways, many times"] {
+        c.write_all(msg.as_bytes()).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), c.read_exact(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, msg.to_ascii_uppercase().as_bytes());
+    }
+    gw.db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_previews_say_so() {
+    let gw = start().await;
+    gw.route("broken", Route::Failed, true).await;
+    let r = gw.get("broken.preview.localhost", "/").await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().get("retry-after").is_none());
+    assert!(r.text().await.unwrap().contains("Preview failed"));
+    gw.db.cleanup().await;
+}

@@ -15,7 +15,78 @@ both_backends!(
     deliveries_are_deduplicated_per_connection,
     readiness_requires_migrations,
     deliveries_and_their_jobs_commit_together,
+    previews_and_their_steps,
 );
+
+async fn previews_and_their_steps(db: &TestStore) {
+    use endor::store::{Preview, PreviewStep};
+    let s = db.store.as_ref();
+    let ws = workspace(db, "w").await;
+    let c = new_connection(db, &ws, "o/a").await;
+    assert!(s.preview(&c.id, 4).await.unwrap().is_none());
+    let mut p = Preview {
+        id: "p1".into(),
+        connection_id: c.id.clone(),
+        number: 4,
+        site_name: "a-pr-4".into(),
+        site_id: None,
+        state: "queued".into(),
+        head_sha: Some("a".repeat(40)),
+        ready_sha: None,
+        approved_sha: None,
+        is_fork: 0,
+        reason: None,
+        port: None,
+        pid: None,
+        received_at: Some(10),
+        created_at: 10,
+        updated_at: 10,
+    };
+    s.put_preview(&p).await.unwrap();
+    p.state = "ready".into();
+    p.port = Some(4242);
+    p.updated_at = 20;
+    // Same connection and number: replaced, not added (even under another id).
+    s.put_preview(&Preview {
+        id: "p2".into(),
+        ..p.clone()
+    })
+    .await
+    .unwrap();
+    let got = s.preview(&c.id, 4).await.unwrap().unwrap();
+    assert_eq!(
+        (got.id.as_str(), got.state.as_str(), got.port),
+        ("p1", "ready", Some(4242))
+    );
+    assert_eq!(s.list_previews().await.unwrap().len(), 1);
+    assert_eq!(
+        s.preview_by_site_name("a-pr-4").await.unwrap().unwrap().id,
+        "p1"
+    );
+    let step = |run: &str, name: &str, seq, at| PreviewStep {
+        preview_id: "p1".into(),
+        run_id: run.into(),
+        step: name.into(),
+        seq,
+        started_at: at,
+        ended_at: None,
+        ok: None,
+        detail: None,
+    };
+    s.put_step(&step("r1", "fetch", 1, 100)).await.unwrap();
+    s.put_step(&step("r1", "clone", 2, 110)).await.unwrap();
+    s.put_step(&step("r2", "fetch", 1, 200)).await.unwrap();
+    let mut done = step("r2", "fetch", 1, 200);
+    done.ended_at = Some(250);
+    done.ok = Some(1);
+    s.put_step(&done).await.unwrap();
+    let last = s.last_run_steps("p1").await.unwrap();
+    assert_eq!(last.len(), 1, "only the newest run: {last:?}");
+    assert_eq!(
+        (last[0].run_id.as_str(), last[0].ended_at),
+        ("r2", Some(250))
+    );
+}
 
 fn with_job(conn: &str, key: &str, pr: u64) -> NewDelivery {
     NewDelivery {
