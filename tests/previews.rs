@@ -197,7 +197,11 @@ fn harness_config(dir: &Path, store_url: &str) -> Config {
 
 impl Harness {
     async fn start(db: &TestStore) -> Self {
-        let dir = support::reflink_dir();
+        Self::start_in(db, support::reflink_dir(), true).await
+    }
+
+    /// A server over `dir` (storage, mirrors, logs); `fresh` creates the owner and workspace.
+    async fn start_in(db: &TestStore, dir: tempfile::TempDir, fresh: bool) -> Self {
         let mut config = harness_config(dir.path(), &db.url);
         let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -207,12 +211,14 @@ impl Harness {
         let gateway = config.gateway.listen;
         let api_addr = config.server.listen;
         let state = AppState::start(config).await.unwrap();
-        service::create_user(state.store.as_ref(), "owner", None, None)
-            .await
-            .unwrap();
-        service::create_workspace(state.store.as_ref(), "acme", "owner")
-            .await
-            .unwrap();
+        if fresh {
+            service::create_user(state.store.as_ref(), "owner", None, None)
+                .await
+                .unwrap();
+            service::create_workspace(state.store.as_ref(), "acme", "owner")
+                .await
+                .unwrap();
+        }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let s = state.clone();
         let task = tokio::spawn(async move {
@@ -336,13 +342,19 @@ impl Harness {
             .as_u16()
     }
 
-    async fn stop(mut self) {
+    async fn stop(self) {
+        self.stop_keeping_files().await;
+    }
+
+    /// Shut the server down (gracefully) and hand back its directory.
+    async fn stop_keeping_files(mut self) -> tempfile::TempDir {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
         if let Some(t) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
         }
+        self.dir
     }
 }
 
@@ -983,4 +995,165 @@ impl HarnessLite {
             .status()
             .as_u16()
     }
+}
+
+/// GitLab merge requests (token auth, `refs/merge-requests/N/head`) and Gitea pull requests
+/// (HMAC) launch and destroy previews the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gitlab_and_gitea_previews() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start(&db).await;
+    let toml = "[preview]\nbuild = [\"mkdir -p out\", \"cp index.html out/\"]\nroot = \"out\"\n";
+
+    // GitLab: the forge publishes MR heads under refs/merge-requests/N/head.
+    let gl = Repo::new(h.dir.path(), "glshop", toml);
+    let c = service::connect_repo(
+        h.store(),
+        &h.state.config,
+        "acme",
+        "gitlab:grp/sub/glshop",
+        None,
+        Some(&gl.url()),
+    )
+    .await
+    .unwrap();
+    let sha = gl.push_pr("mr-branch", 1, "from-gitlab");
+    git(
+        &gl.work,
+        &[
+            "push",
+            "-q",
+            "origin",
+            &format!("{sha}:refs/merge-requests/4/head"),
+        ],
+    );
+    let mr = |action: &str| {
+        let mut b: Value =
+            serde_json::from_slice(&fixture("gitlab.merge_request.open.json")).unwrap();
+        b["project"]["path_with_namespace"] = "grp/sub/glshop".into();
+        let a = &mut b["object_attributes"];
+        a["action"] = action.into();
+        a["iid"] = 4.into();
+        a["last_commit"]["id"] = sha.clone().into();
+        a["source_project_id"] = a["target_project_id"].clone();
+        a["draft"] = false.into();
+        a["work_in_progress"] = false.into();
+        serde_json::to_vec(&b).unwrap()
+    };
+    let send_gl = |body: Vec<u8>| {
+        h.http
+            .post(format!(
+                "http://{}/webhooks/gitlab/{}",
+                h.api, c.connection_id
+            ))
+            .header("x-gitlab-event", "Merge Request Hook")
+            .header("x-gitlab-token", c.secret.clone())
+            .header("x-gitlab-event-uuid", uuid::Uuid::new_v4().to_string())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    assert_eq!(send_gl(mr("open")).await.unwrap().status(), 202);
+    let p = h
+        .wait(&c.connection_id, 4, &["ready", "failed"], None)
+        .await;
+    assert_eq!(p.state, "ready", "{p:?}");
+    assert_eq!(p.site_name, "glshop-pr-4");
+    let (code, body) = h.get("glshop-pr-4", "/index.html").await;
+    assert_eq!((code, body.trim()), (200, "from-gitlab"));
+    assert_eq!(send_gl(mr("close")).await.unwrap().status(), 202);
+    h.wait(&c.connection_id, 4, &["destroyed"], None).await;
+    assert_eq!(h.get("glshop-pr-4", "/").await.0, 410);
+
+    // Gitea.
+    let gt = Repo::new(h.dir.path(), "gtshop", toml);
+    let c = service::connect_repo(
+        h.store(),
+        &h.state.config,
+        "acme",
+        "gitea:octo/gtshop",
+        None,
+        Some(&gt.url()),
+    )
+    .await
+    .unwrap();
+    let sha = gt.push_pr("feat", 2, "from-gitea");
+    let mut b: Value = serde_json::from_slice(&fixture("gitea.pull_request.opened.json")).unwrap();
+    b["number"] = 2.into();
+    b["repository"]["full_name"] = "octo/gtshop".into();
+    let pr = &mut b["pull_request"];
+    pr["draft"] = false.into();
+    pr["head"]["sha"] = sha.clone().into();
+    pr["head"]["repo_id"] = pr["base"]["repo_id"].clone();
+    pr["head"]["repo"]["full_name"] = "octo/gtshop".into();
+    let body = serde_json::to_vec(&b).unwrap();
+    let r = h
+        .http
+        .post(format!(
+            "http://{}/webhooks/gitea/{}",
+            h.api, c.connection_id
+        ))
+        .header("x-gitea-event", "pull_request")
+        .header("x-gitea-delivery", uuid::Uuid::new_v4().to_string())
+        .header("x-gitea-signature", sign_hex(c.secret.as_bytes(), &body))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let p = h
+        .wait(&c.connection_id, 2, &["ready", "failed"], None)
+        .await;
+    assert_eq!(p.state, "ready", "{p:?}");
+    let (code, body) = h.get("gtshop-pr-2", "/index.html").await;
+    assert_eq!((code, body.trim()), (200, "from-gitea"));
+    h.stop().await;
+    db.cleanup().await;
+}
+
+/// A restart of endor stops the site processes it supervised; the next `serve` relaunches
+/// every ready preview whose process is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ready_previews_come_back_after_a_restart() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start(&db).await;
+    let repo = Repo::new(
+        h.dir.path(),
+        "svc",
+        "[preview]\nstart = \"/usr/bin/python3 -m http.server $PORT --bind 127.0.0.1\"\n",
+    );
+    let conn = h.connect("octo/svc", &repo.url()).await;
+    let sha = repo.push_pr("f", 2, "served");
+    let pr = Pr {
+        action: "opened",
+        number: 2,
+        sha: &sha,
+        branch: "f",
+        head_repo: "octo/svc",
+        draft: false,
+    };
+    assert_eq!(h.pr_event(&conn, "octo/svc", pr).await, 202);
+    let p = h.wait(&conn.0, 2, &["ready", "failed"], None).await;
+    assert_eq!(p.state, "ready", "{p:?}");
+    assert_eq!(h.get("svc-pr-2", "/index.html").await.1.trim(), "served");
+    let pid = p.pid.unwrap();
+    let dir = h.stop_keeping_files().await;
+    eventually("the process stops with endor", || !pid_alive(pid)).await;
+
+    let h = Harness::start_in(&db, dir, false).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let p2 = loop {
+        let p = h.preview(&conn.0, 2).await.unwrap();
+        if p.state == "ready" && p.pid != Some(pid) {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "not relaunched: {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(p2.ready_sha.as_deref(), Some(sha.as_str()));
+    assert!(pid_alive(p2.pid.unwrap()));
+    assert_eq!(h.get("svc-pr-2", "/index.html").await.1.trim(), "served");
+    h.stop().await;
+    db.cleanup().await;
 }

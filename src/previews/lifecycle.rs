@@ -424,6 +424,8 @@ impl Lifecycle {
         started: &mut Option<Started>,
     ) -> Result<(), JobError> {
         let run = job.id.as_str();
+        // The process serving now (or left by a dead run), stopped once the new one is live.
+        let previous_pid = preview.pid.map(|p| p as u32);
         preview.received_at = Some(target.received_at);
         preview.head_sha = Some(target.head_sha.clone());
         self.set_state(preview, state::QUEUED, None).await?;
@@ -495,6 +497,15 @@ impl Lifecycle {
                 };
                 let detail = healthy.as_ref().ok().map(|c| format!("status {c}"));
                 self.end(s, healthy, detail).await?;
+                // The supervisor records the pid once it has spawned: read it now that the
+                // process answered.
+                if let Some(pid) = started
+                    .as_ref()
+                    .and_then(|s| s.process.as_ref())
+                    .map(|p| p.pid())
+                {
+                    preview.pid = Some(pid as i64);
+                }
                 Route::Proxy(port)
             }
             None => {
@@ -525,6 +536,7 @@ impl Lifecycle {
             .await;
         self.end(s, routed, None).await?;
         let new = started.take().and_then(|s| s.process);
+        let new_pid = new.as_ref().map(|p| p.pid());
         let old = {
             let mut procs = self.procs.lock().await;
             match new {
@@ -536,7 +548,7 @@ impl Lifecycle {
             Some(p) => p.stop().await,
             None => {
                 // A process a dead run (or a previous endor) left behind.
-                if let Some(pid) = self.stale_pid(preview) {
+                if let Some(pid) = previous_pid.filter(|p| Some(*p) != new_pid) {
                     kill_site_process(pid, &preview.site_name);
                 }
             }
@@ -559,17 +571,6 @@ impl Lifecycle {
         self.metrics.launch_seconds.observe(secs);
         tracing::info!(preview = %preview.site_name, head = %target.head_sha, seconds = secs, "preview ready");
         Ok(())
-    }
-
-    /// The recorded pid, unless it is the process this endor supervises.
-    fn stale_pid(&self, preview: &Preview) -> Option<u32> {
-        let pid = preview.pid? as u32;
-        if let Ok(procs) = self.procs.try_lock()
-            && procs.get(&preview.id).is_some_and(|p| p.pid() == pid)
-        {
-            return None;
-        }
-        Some(pid)
     }
 
     async fn fetch(
