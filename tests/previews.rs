@@ -172,6 +172,64 @@ struct Pr<'a> {
     draft: bool,
 }
 
+impl<'a> Pr<'a> {
+    fn new(
+        action: &'a str,
+        number: u64,
+        sha: &'a str,
+        branch: &'a str,
+        head_repo: &'a str,
+    ) -> Self {
+        Self {
+            action,
+            number,
+            sha,
+            branch,
+            head_repo,
+            draft: false,
+        }
+    }
+}
+
+/// Post a signed GitHub `pull_request` delivery for `repo`; returns the HTTP status.
+async fn send_pr(
+    http: &reqwest::Client,
+    api: SocketAddr,
+    conn: &(String, String),
+    repo: &str,
+    pr: Pr<'_>,
+) -> u16 {
+    let fixture_name = match pr.action {
+        "closed" => "github.pull_request.closed.unmerged.json",
+        "synchronize" => "github.pull_request.synchronize.json",
+        _ => "github.pull_request.opened.json",
+    };
+    let mut body: Value = serde_json::from_slice(&fixture(fixture_name)).unwrap();
+    body["action"] = pr.action.into();
+    body["number"] = pr.number.into();
+    body["repository"]["full_name"] = repo.into();
+    let p = &mut body["pull_request"];
+    p["number"] = pr.number.into();
+    p["draft"] = pr.draft.into();
+    p["head"]["sha"] = pr.sha.into();
+    p["head"]["ref"] = pr.branch.into();
+    p["head"]["repo"]["full_name"] = pr.head_repo.into();
+    p["base"]["repo"]["full_name"] = repo.into();
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let sig = format!("sha256={}", sign_hex(conn.1.as_bytes(), &bytes));
+    http.post(format!("http://{}/webhooks/github/{}", api, conn.0))
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+        .header("x-hub-signature-256", sig)
+        .header("content-type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 struct Harness {
     dir: tempfile::TempDir,
     state: Arc<AppState>,
@@ -247,53 +305,36 @@ impl Harness {
         Sites::new(self.state.store.clone(), &self.state.config)
     }
 
-    /// Connect `owner/name` with its git URL; returns (connection id, secret).
+    /// A repository `octo/{name}` with this `.endor.toml`, connected from GitHub.
+    async fn repo(&self, name: &str, endor_toml: &str) -> (Repo, (String, String)) {
+        let repo = Repo::new(self.dir.path(), name, endor_toml);
+        let conn = self.connect(&format!("octo/{name}"), &repo.url()).await;
+        (repo, conn)
+    }
+
+    /// Connect `owner/name` on GitHub with its git URL; returns (connection id, secret).
     async fn connect(&self, repo: &str, git_url: &str) -> (String, String) {
-        let c = service::connect_repo(
+        let c = self.connect_spec(&format!("github:{repo}"), git_url).await;
+        (c.connection_id, c.secret)
+    }
+
+    /// Connect `forge:owner/name` with its git URL.
+    async fn connect_spec(&self, spec: &str, git_url: &str) -> service::Connected {
+        service::connect_repo(
             self.store(),
             &self.state.config,
             "acme",
-            &format!("github:{repo}"),
+            spec,
             None,
             Some(git_url),
         )
         .await
-        .unwrap();
-        (c.connection_id, c.secret)
+        .unwrap()
     }
 
     /// Post a signed GitHub `pull_request` delivery for `repo`; returns the HTTP status.
     async fn pr_event(&self, conn: &(String, String), repo: &str, pr: Pr<'_>) -> u16 {
-        let fixture_name = match pr.action {
-            "closed" => "github.pull_request.closed.unmerged.json",
-            "synchronize" => "github.pull_request.synchronize.json",
-            _ => "github.pull_request.opened.json",
-        };
-        let mut body: Value = serde_json::from_slice(&fixture(fixture_name)).unwrap();
-        body["action"] = pr.action.into();
-        body["number"] = pr.number.into();
-        body["repository"]["full_name"] = repo.into();
-        let p = &mut body["pull_request"];
-        p["number"] = pr.number.into();
-        p["draft"] = pr.draft.into();
-        p["head"]["sha"] = pr.sha.into();
-        p["head"]["ref"] = pr.branch.into();
-        p["head"]["repo"]["full_name"] = pr.head_repo.into();
-        p["base"]["repo"]["full_name"] = repo.into();
-        let bytes = serde_json::to_vec(&body).unwrap();
-        let sig = format!("sha256={}", sign_hex(conn.1.as_bytes(), &bytes));
-        self.http
-            .post(format!("http://{}/webhooks/github/{}", self.api, conn.0))
-            .header("x-github-event", "pull_request")
-            .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-            .header("x-hub-signature-256", sig)
-            .header("content-type", "application/json")
-            .body(bytes)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        send_pr(&self.http, self.api, conn, repo, pr).await
     }
 
     async fn preview(&self, conn: &str, number: u64) -> Option<Preview> {
@@ -429,21 +470,13 @@ async fn open_push_close_with_a_sqlite_parent() {
     let db = TestStore::sqlite().await;
     let h = Harness::start(&db).await;
     sqlite_parent(&h).await;
-    let repo = Repo::new(h.dir.path(), "shop", APP_TOML);
-    let conn = h.connect("octo/shop", &repo.url()).await;
+    let (repo, conn) = h.repo("shop", APP_TOML).await;
     let site = "shop-pr-7";
 
     // Unknown before the PR opens.
     assert_eq!(h.get(site, "/").await.0, 404);
     let sha1 = repo.push_pr("feature", 7, "first");
-    let pr = |action, sha| Pr {
-        action,
-        number: 7,
-        sha,
-        branch: "feature",
-        head_repo: "octo/shop",
-        draft: false,
-    };
+    let pr = |action, sha| Pr::new(action, 7, sha, "feature", "octo/shop");
     assert_eq!(
         h.pr_event(&conn, "octo/shop", pr("opened", &sha1)).await,
         202
@@ -580,17 +613,9 @@ async fn postgres_parent_on_a_postgres_store() {
         )
         .await
         .unwrap();
-    let repo = Repo::new(h.dir.path(), "api", APP_TOML);
-    let conn = h.connect("octo/api", &repo.url()).await;
+    let (repo, conn) = h.repo("api", APP_TOML).await;
     let sha = repo.push_pr("feature", 3, "pg-preview");
-    let pr = |action| Pr {
-        action,
-        number: 3,
-        sha: &sha,
-        branch: "feature",
-        head_repo: "octo/api",
-        draft: false,
-    };
+    let pr = |action| Pr::new(action, 3, &sha, "feature", "octo/api");
     assert_eq!(h.pr_event(&conn, "octo/api", pr("opened")).await, 202);
     let p = h.wait(&conn.0, 3, &["ready", "failed"], None).await;
     assert_eq!(p.state, "ready", "{p:?}");
@@ -637,19 +662,11 @@ async fn postgres_parent_on_a_postgres_store() {
 async fn newest_head_wins() {
     let db = TestStore::sqlite().await;
     let h = Harness::start(&db).await;
-    let repo = Repo::new(h.dir.path(), "web", "[preview]\nbuild = [\"sleep 2\"]\n");
-    let conn = h.connect("octo/web", &repo.url()).await;
+    let (repo, conn) = h.repo("web", "[preview]\nbuild = [\"sleep 2\"]\n").await;
     let sha1 = repo.push_pr("f", 1, "one");
     let sha2 = repo.push_pr("f", 1, "two");
     for (action, sha) in [("opened", &sha1), ("synchronize", &sha2)] {
-        let pr = Pr {
-            action,
-            number: 1,
-            sha,
-            branch: "f",
-            head_repo: "octo/web",
-            draft: false,
-        };
+        let pr = Pr::new(action, 1, sha, "f", "octo/web");
         assert_eq!(h.pr_event(&conn, "octo/web", pr).await, 202);
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
@@ -709,15 +726,9 @@ async fn failures_are_clear_and_harmless() {
         let repo = Repo::new(h.dir.path(), name, toml);
         let conn = h.connect(&format!("octo/{name}"), &repo.url()).await;
         let sha = repo.push_pr("f", 1, name);
-        let pr = Pr {
-            action: "opened",
-            number: 1,
-            sha: &sha,
-            branch: "f",
-            head_repo: &format!("octo/{name}"),
-            draft: false,
-        };
-        assert_eq!(h.pr_event(&conn, &format!("octo/{name}"), pr).await, 202);
+        let full = format!("octo/{name}");
+        let pr = Pr::new("opened", 1, &sha, "f", &full);
+        assert_eq!(h.pr_event(&conn, &full, pr).await, 202);
         conns.push(conn);
     }
     for ((name, _, reason), conn) in cases.iter().zip(&conns) {
@@ -742,18 +753,16 @@ async fn failures_are_clear_and_harmless() {
     assert!(text.contains("compiling"), "{text}");
 
     // A hostile branch name is only data: the preview builds, nothing runs it.
-    let repo = Repo::new(h.dir.path(), "hostile", "[preview]\nbuild = [\"true\"]\n");
-    let conn = h.connect("octo/hostile", &repo.url()).await;
+    let (repo, conn) = h.repo("hostile", "[preview]\nbuild = [\"true\"]\n").await;
     let branch = "$(touch${IFS}pwned)";
     let sha = repo.push_pr(branch, 1, "hostile");
-    let pr = Pr {
-        action: "opened",
-        number: 1,
-        sha: &sha,
-        branch: "$(touch pwned)`touch pwned2`;touch pwned3",
-        head_repo: "octo/hostile",
-        draft: false,
-    };
+    let pr = Pr::new(
+        "opened",
+        1,
+        &sha,
+        "$(touch pwned)`touch pwned2`;touch pwned3",
+        "octo/hostile",
+    );
     assert_eq!(h.pr_event(&conn, "octo/hostile", pr).await, 202);
     let p = h.wait(&conn.0, 1, &["ready", "failed"], None).await;
     assert_eq!(p.state, "ready", "{p:?}");
@@ -791,17 +800,9 @@ async fn failures_are_clear_and_harmless() {
 async fn forks_wait_for_approval_and_drafts_are_skipped() {
     let db = TestStore::sqlite().await;
     let h = Harness::start(&db).await;
-    let repo = Repo::new(h.dir.path(), "lib", "[preview]\nbuild = [\"touch ran\"]\n");
-    let conn = h.connect("octo/lib", &repo.url()).await;
+    let (repo, conn) = h.repo("lib", "[preview]\nbuild = [\"touch ran\"]\n").await;
     let sha = repo.push_pr("evil", 5, "fork");
-    let fork = Pr {
-        action: "opened",
-        number: 5,
-        sha: &sha,
-        branch: "evil",
-        head_repo: "mallory/lib",
-        draft: false,
-    };
+    let fork = Pr::new("opened", 5, &sha, "evil", "mallory/lib");
     assert_eq!(h.pr_event(&conn, "octo/lib", fork).await, 202);
     let p = h.wait(&conn.0, 5, &["awaiting-approval"], None).await;
     assert!(p.reason.unwrap().contains("/preview deploy"));
@@ -815,12 +816,8 @@ async fn forks_wait_for_approval_and_drafts_are_skipped() {
 
     let sha6 = repo.push_pr("wip", 6, "draft");
     let draft = Pr {
-        action: "opened",
-        number: 6,
-        sha: &sha6,
-        branch: "wip",
-        head_repo: "octo/lib",
         draft: true,
+        ..Pr::new("opened", 6, &sha6, "wip", "octo/lib")
     };
     assert_eq!(h.pr_event(&conn, "octo/lib", draft).await, 202);
     let p = h.wait(&conn.0, 6, &["skipped"], None).await;
@@ -906,11 +903,8 @@ async fn sigkill_mid_build_then_restart() {
     // Drive it through a Harness-like view of the same store.
     let store = endor::store::connect(&store_url, 2).await.unwrap();
     let sha = repo.push_pr("f", 9, "survived");
-    let fake = HarnessLite {
-        http: http.clone(),
-        api,
-    };
-    assert_eq!(fake.pr_event(&conn, "octo/slow", 9, &sha).await, 202);
+    let pr = Pr::new("opened", 9, &sha, "f", "octo/slow");
+    assert_eq!(send_pr(&http, api, &conn, "octo/slow", pr).await, 202);
     // Wait for the build to be under way, then kill the server.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -961,40 +955,39 @@ async fn sigkill_mid_build_then_restart() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap().trim(), "done");
+    // The CLI shows the state, the timed steps and the build log.
+    let list = endor(&["site", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("slow-pr-9\tready\thttp://slow-pr-9.preview.localhost:")),
+        "{list}"
+    );
+    let show: Value =
+        serde_json::from_str(&endor(&["--json", "site", "show", "slow-pr-9"])).unwrap();
+    assert_eq!(show["preview"]["state"], "ready");
+    assert_eq!(show["preview"]["ready_sha"], sha.as_str());
+    let steps: Vec<&str> = show["preview"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["fetch", "clone", "build", "start", "route"]);
+    assert!(show["preview"]["steps"][2]["duration_ms"].as_i64().unwrap() >= 4000);
+    let log = endor(&["site", "logs", "slow-pr-9", "--service", "build"]);
+    assert!(
+        log.contains("$ sleep 4") && log.contains("$ echo done > done.txt"),
+        "{log}"
+    );
+    let bad = Command::new(env!("CARGO_BIN_EXE_endor"))
+        .args(["--config", cfg_path.to_str().unwrap()])
+        .args(["site", "logs", "slow-pr-9", "--service", "../../etc/passwd"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--service"));
     let _ = child.kill();
     let _ = child.wait();
-}
-
-struct HarnessLite {
-    http: reqwest::Client,
-    api: SocketAddr,
-}
-
-impl HarnessLite {
-    async fn pr_event(&self, conn: &(String, String), repo: &str, number: u64, sha: &str) -> u16 {
-        let mut body: Value =
-            serde_json::from_slice(&fixture("github.pull_request.opened.json")).unwrap();
-        body["number"] = number.into();
-        body["repository"]["full_name"] = repo.into();
-        body["pull_request"]["number"] = number.into();
-        body["pull_request"]["head"]["sha"] = sha.into();
-        body["pull_request"]["head"]["repo"]["full_name"] = repo.into();
-        body["pull_request"]["base"]["repo"]["full_name"] = repo.into();
-        let bytes = serde_json::to_vec(&body).unwrap();
-        let sig = format!("sha256={}", sign_hex(conn.1.as_bytes(), &bytes));
-        self.http
-            .post(format!("http://{}/webhooks/github/{}", self.api, conn.0))
-            .header("x-github-event", "pull_request")
-            .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-            .header("x-hub-signature-256", sig)
-            .header("content-type", "application/json")
-            .body(bytes)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    }
 }
 
 /// GitLab merge requests (token auth, `refs/merge-requests/N/head`) and Gitea pull requests
@@ -1007,16 +1000,7 @@ async fn gitlab_and_gitea_previews() {
 
     // GitLab: the forge publishes MR heads under refs/merge-requests/N/head.
     let gl = Repo::new(h.dir.path(), "glshop", toml);
-    let c = service::connect_repo(
-        h.store(),
-        &h.state.config,
-        "acme",
-        "gitlab:grp/sub/glshop",
-        None,
-        Some(&gl.url()),
-    )
-    .await
-    .unwrap();
+    let c = h.connect_spec("gitlab:grp/sub/glshop", &gl.url()).await;
     let sha = gl.push_pr("mr-branch", 1, "from-gitlab");
     git(
         &gl.work,
@@ -1067,16 +1051,7 @@ async fn gitlab_and_gitea_previews() {
 
     // Gitea.
     let gt = Repo::new(h.dir.path(), "gtshop", toml);
-    let c = service::connect_repo(
-        h.store(),
-        &h.state.config,
-        "acme",
-        "gitea:octo/gtshop",
-        None,
-        Some(&gt.url()),
-    )
-    .await
-    .unwrap();
+    let c = h.connect_spec("gitea:octo/gtshop", &gt.url()).await;
     let sha = gt.push_pr("feat", 2, "from-gitea");
     let mut b: Value = serde_json::from_slice(&fixture("gitea.pull_request.opened.json")).unwrap();
     b["number"] = 2.into();
@@ -1118,21 +1093,14 @@ async fn gitlab_and_gitea_previews() {
 async fn ready_previews_come_back_after_a_restart() {
     let db = TestStore::sqlite().await;
     let h = Harness::start(&db).await;
-    let repo = Repo::new(
-        h.dir.path(),
-        "svc",
-        "[preview]\nstart = \"/usr/bin/python3 -m http.server $PORT --bind 127.0.0.1\"\n",
-    );
-    let conn = h.connect("octo/svc", &repo.url()).await;
+    let (repo, conn) = h
+        .repo(
+            "svc",
+            "[preview]\nstart = \"/usr/bin/python3 -m http.server $PORT --bind 127.0.0.1\"\n",
+        )
+        .await;
     let sha = repo.push_pr("f", 2, "served");
-    let pr = Pr {
-        action: "opened",
-        number: 2,
-        sha: &sha,
-        branch: "f",
-        head_repo: "octo/svc",
-        draft: false,
-    };
+    let pr = Pr::new("opened", 2, &sha, "f", "octo/svc");
     assert_eq!(h.pr_event(&conn, "octo/svc", pr).await, 202);
     let p = h.wait(&conn.0, 2, &["ready", "failed"], None).await;
     assert_eq!(p.state, "ready", "{p:?}");
