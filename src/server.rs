@@ -20,6 +20,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub writer: DeliveryWriter,
     pub metrics: Arc<Metrics>,
+    /// Signalled when a delivery queued a job, so idle workers claim it at once.
+    pub jobs_queued: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -37,6 +39,7 @@ impl AppState {
             store,
             writer,
             metrics: Arc::new(Metrics::default()),
+            jobs_queued: Arc::new(tokio::sync::Notify::new()),
         }))
     }
 }
@@ -111,6 +114,7 @@ pub async fn serve_with_gateway(
         crate::jobs::WorkerConfig {
             workers: state.config.jobs.workers,
             lease: state.config.jobs.lease.0,
+            wake: Some(state.jobs_queued.clone()),
             ..Default::default()
         },
     );

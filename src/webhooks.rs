@@ -241,6 +241,8 @@ async fn handle(
             )
         }
         (Inserted::New, DeliveryOutcome::Queued) => {
+            // Idle workers of this process look at the queue now rather than at their next poll.
+            app.jobs_queued.notify_waiters();
             app.metrics.delivery(forge.as_str(), event_label, "queued");
             tracing::info!(forge = %forge, connection = %conn.id, delivery = %delivery_key, event = %event, "delivery queued");
             (

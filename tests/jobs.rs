@@ -21,7 +21,37 @@ both_backends!(
     strict_order_per_key_across_retries,
     worker_pool_runs_everything_once_per_key_in_order,
     cancelled_jobs_stop_and_the_newest_runs,
+    a_wake_up_beats_the_poll_interval,
 );
+
+/// With a poll interval of 10 minutes, only the wake-up can make an idle worker take a job.
+async fn a_wake_up_beats_the_poll_interval(db: &TestStore) {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let recorder = Arc::new(Recorder::default());
+    let cfg = WorkerConfig {
+        poll: Duration::from_secs(600),
+        wake: Some(wake.clone()),
+        ..fast()
+    };
+    let pool = WorkerPool::spawn(db.store.clone(), recorder.clone(), cfg);
+    // Let every worker find the queue empty and go to sleep.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let queued = db
+        .store
+        .enqueue_job(&job("pr-w", "w", false), endor::now_ms())
+        .await
+        .unwrap();
+    wake.notify_waiters();
+    wait_until(db.store.as_ref(), &["pr-w".to_string()], |jobs| {
+        jobs.iter().all(|j| j.state == "done")
+    })
+    .await;
+    assert_eq!(
+        db.store.job(&queued.id).await.unwrap().unwrap().state,
+        "done"
+    );
+    pool.shutdown().await;
+}
 
 fn job(key: &str, head: &str, supersede: bool) -> NewJob {
     NewJob {
@@ -269,6 +299,7 @@ fn fast() -> WorkerConfig {
         backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
         name: "test".into(),
+        wake: None,
     }
 }
 

@@ -82,6 +82,9 @@ pub struct WorkerConfig {
     pub backoff_max: Duration,
     /// Shown as the lease owner, e.g. `host:pid`.
     pub name: String,
+    /// Wakes idle workers before their poll interval (new jobs queued in this process; jobs
+    /// queued by other processes are found by polling).
+    pub wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Default for WorkerConfig {
@@ -93,6 +96,7 @@ impl Default for WorkerConfig {
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             name: format!("endor-{}", std::process::id()),
+            wake: None,
         }
     }
 }
@@ -155,8 +159,15 @@ async fn worker_loop(
         {
             Ok(Some(job)) => run_one(&store, &handler, &cfg, &worker, job).await,
             Ok(None) => {
+                let woken = async {
+                    match &cfg.wake {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     _ = tokio::time::sleep(cfg.poll) => {}
+                    _ = woken => {}
                     _ = stopped.changed() => {}
                 }
             }
