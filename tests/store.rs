@@ -16,7 +16,127 @@ both_backends!(
     readiness_requires_migrations,
     deliveries_and_their_jobs_commit_together,
     previews_and_their_steps,
+    outbox_coalesces_and_keeps_order,
 );
+
+async fn outbox_coalesces_and_keeps_order(db: &TestStore) {
+    use endor::store::{NewOutbox, OutboxEnd};
+    let s = db.store.as_ref();
+    let ws = workspace(db, "w").await;
+    let c = new_connection(db, &ws, "o/a").await;
+    let item = |key: &str, payload: &str| NewOutbox {
+        connection_id: c.id.clone(),
+        number: 1,
+        kind: key.split('#').nth(1).unwrap().into(),
+        coalesce_key: key.into(),
+        payload: payload.into(),
+    };
+    // Two pending items of one key: only the newest payload is kept.
+    s.enqueue_outbox(&item("pr1#comment", "queued"), 100)
+        .await
+        .unwrap();
+    s.enqueue_outbox(&item("pr1#comment", "building"), 101)
+        .await
+        .unwrap();
+    s.enqueue_outbox(&item("sha#status", "pending"), 102)
+        .await
+        .unwrap();
+    let claimed = s.claim_outbox("w1", 200, 10_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let comment = claimed
+        .iter()
+        .find(|i| i.kind == "comment")
+        .unwrap()
+        .clone();
+    assert_eq!(comment.payload, "building");
+    assert_eq!((comment.state.as_str(), comment.attempts), ("sending", 1));
+    // A newer item of a key being sent waits for it (order per key).
+    s.enqueue_outbox(&item("pr1#comment", "ready"), 300)
+        .await
+        .unwrap();
+    assert!(
+        s.claim_outbox("w2", 400, 10_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // A failed send of an item with a newer one waiting is superseded, not retried.
+    let retry = OutboxEnd::Retry {
+        error: "503".into(),
+        run_after: 500,
+    };
+    assert!(
+        s.finish_outbox(&comment.id, "w1", &retry, 450)
+            .await
+            .unwrap()
+    );
+    let next = s.claim_outbox("w2", 460, 10_000, 10).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].payload, "ready");
+    // Only the holder ends an item.
+    assert!(
+        !s.finish_outbox(&next[0].id, "w1", &OutboxEnd::Done, 470)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.finish_outbox(&next[0].id, "w2", &OutboxEnd::Done, 470)
+            .await
+            .unwrap()
+    );
+    // An expired lease is taken over.
+    let status = claimed.iter().find(|i| i.kind == "status").unwrap();
+    let again = s.claim_outbox("w3", 20_000, 30_000, 10).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].id.as_str(), again[0].attempts),
+        (status.id.as_str(), 2)
+    );
+    assert!(
+        !s.finish_outbox(&status.id, "w1", &OutboxEnd::Done, 20_001)
+            .await
+            .unwrap()
+    );
+    // A retry without a newer item goes back to pending, due at run_after.
+    let later = OutboxEnd::Retry {
+        error: "429".into(),
+        run_after: 25_000,
+    };
+    assert!(
+        s.finish_outbox(&status.id, "w3", &later, 20_002)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.claim_outbox("w3", 24_999, 30_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.claim_outbox("w3", 25_000, 30_000, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let states: Vec<String> = s
+        .outbox_items(&c.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.state)
+        .collect();
+    assert_eq!(states, ["superseded", "sending", "done"]);
+    // Forge ids.
+    assert!(s.forge_ref(&c.id, 1, "comment").await.unwrap().is_none());
+    s.put_forge_ref(&c.id, 1, "comment", "42").await.unwrap();
+    s.put_forge_ref(&c.id, 1, "comment", "43").await.unwrap();
+    assert_eq!(
+        s.forge_ref(&c.id, 1, "comment").await.unwrap().as_deref(),
+        Some("43")
+    );
+}
 
 async fn previews_and_their_steps(db: &TestStore) {
     use endor::store::{Preview, PreviewStep};

@@ -289,6 +289,52 @@ pub struct PreviewStep {
     pub detail: Option<String>,
 }
 
+/// A write-back to a forge waiting in the durable outbox (see `crate::writeback`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct OutboxItem {
+    pub id: String,
+    pub connection_id: String,
+    pub number: i64,
+    /// `comment`, `status`, `deployment`.
+    pub kind: String,
+    pub coalesce_key: String,
+    pub payload: String,
+    /// `pending`, `sending`, `done`, `superseded`, `failed`.
+    pub state: String,
+    pub attempts: i64,
+    pub run_after: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewOutbox {
+    pub connection_id: String,
+    pub number: i64,
+    pub kind: String,
+    /// Items of one key are sent in order, one at a time; a pending item not yet sent is
+    /// replaced by a newer one of its key.
+    pub coalesce_key: String,
+    pub payload: String,
+}
+
+/// How a sender ends an outbox item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxEnd {
+    Done,
+    /// Send again at `run_after` (ms); superseded instead when a newer item of the key waits.
+    Retry {
+        error: String,
+        run_after: i64,
+    },
+    Failed {
+        error: String,
+    },
+}
+
 /// A unit of background work (see `crate::jobs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Job {
@@ -454,6 +500,42 @@ pub trait Store: Send + Sync + 'static {
     async fn put_step(&self, s: &PreviewStep) -> Result<()>;
     /// The steps of the preview's newest run, in order.
     async fn last_run_steps(&self, preview_id: &str) -> Result<Vec<PreviewStep>>;
+
+    /// Store a write-back; replaces the payload of a pending item of the same key.
+    async fn enqueue_outbox(&self, item: &NewOutbox, now: i64) -> Result<()>;
+    /// Take up to `limit` due items (pending, or sending with an expired lease) whose key has
+    /// no other item being sent; they become `sending` under `worker`'s lease.
+    async fn claim_outbox(
+        &self,
+        worker: &str,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<OutboxItem>>;
+    /// End an item `worker` holds; false if its lease was lost.
+    async fn finish_outbox(
+        &self,
+        id: &str,
+        worker: &str,
+        end: &OutboxEnd,
+        now: i64,
+    ) -> Result<bool>;
+    /// Oldest first.
+    async fn outbox_items(&self, connection_id: &str) -> Result<Vec<OutboxItem>>;
+    /// An id the forge gave back (the status comment, the deployment) for a PR.
+    async fn forge_ref(
+        &self,
+        connection_id: &str,
+        number: i64,
+        kind: &str,
+    ) -> Result<Option<String>>;
+    async fn put_forge_ref(
+        &self,
+        connection_id: &str,
+        number: i64,
+        kind: &str,
+        ref_id: &str,
+    ) -> Result<()>;
 }
 
 /// Open the store named by `url` (`sqlite:...` or `postgres://...`).
