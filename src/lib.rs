@@ -20,6 +20,7 @@ pub mod sites;
 pub mod store;
 pub mod telemetry;
 pub mod webhooks;
+pub mod writeback;
 
 /// Milliseconds since the Unix epoch; the store keeps every timestamp in this form so that
 /// SQLite and PostgreSQL rows compare the same way.

@@ -1,0 +1,3 @@
+//! Reporting back to the forge: the sticky status comment (`render.rs`).
+
+pub mod render;
