@@ -27,6 +27,7 @@ pub struct Config {
     pub previews: PreviewsConfig,
     pub runtime: RuntimeConfig,
     pub jobs: JobsConfig,
+    pub writeback: WritebackConfig,
     pub github: ForgeConfig,
     pub gitlab: ForgeConfig,
     pub gitea: ForgeConfig,
@@ -235,6 +236,34 @@ impl Default for MariadbConfig {
     }
 }
 
+/// The outbox that reports back to the forges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WritebackConfig {
+    /// Requests per second to one forge API (per API host), on average.
+    pub rate_per_second: f64,
+    /// Requests allowed at once above the average.
+    pub burst: u32,
+    /// Write-backs of different PRs sent side by side.
+    pub concurrency: usize,
+    /// Attempts before a write-back that keeps failing is given up.
+    pub max_attempts: i64,
+    /// Lease of a write-back being sent (a crashed sender's items are sent again after it).
+    pub lease: HumanDuration,
+}
+
+impl Default for WritebackConfig {
+    fn default() -> Self {
+        Self {
+            rate_per_second: 1.0,
+            burst: 10,
+            concurrency: 8,
+            max_attempts: 20,
+            lease: HumanDuration(std::time::Duration::from_secs(60)),
+        }
+    }
+}
+
 /// Credentials and API base of one forge. Secrets here are never logged (`Debug` redacts them).
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -346,6 +375,18 @@ impl Config {
                 "postgres.admin_url",
                 "is required when postgres.strategy = \"template\"",
             );
+        }
+        if !(self.writeback.rate_per_second > 0.0 && self.writeback.rate_per_second.is_finite()) {
+            return key("writeback.rate_per_second", "must be a positive number");
+        }
+        if self.writeback.burst == 0 || self.writeback.concurrency == 0 {
+            return key(
+                "writeback.burst",
+                "burst and concurrency must be at least 1",
+            );
+        }
+        if self.writeback.max_attempts < 1 {
+            return key("writeback.max_attempts", "must be at least 1");
         }
         if self.jobs.workers == 0 {
             return key("jobs.workers", "must be at least 1");

@@ -1,3 +1,599 @@
-//! Reporting back to the forge: the sticky status comment (`render.rs`).
+//! Reporting back to the forge: one sticky status comment per PR (`render.rs`), a commit
+//! status `endor/preview` on each head, a deployment per head (GitHub) or environment
+//! (GitLab) — through the durable outbox.
+//!
+//! ```text
+//! lifecycle state change ──(same transaction)──▶ outbox rows (comment | status | deployment)
+//! Sender: claim due rows (one in flight per key) ─▶ Limiter (per API host) ─▶ Forge ─▶ done
+//!                                  └─ 5xx / timeout / 429 + Retry-After ─▶ retry later
+//! ```
+//! Coalescing: a pending row not yet sent is replaced by a newer one of its key, so a burst of
+//! state changes becomes one edit of the comment. Every write-back is stored before it is
+//! attempted; after a crash the pending rows are sent by the next process.
 
+pub mod gitea;
+pub mod github;
+pub mod gitlab;
+mod http;
 pub mod render;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, watch};
+
+use crate::config::Config;
+use crate::forge::ForgeKind;
+use crate::store::{Connection, NewOutbox, OutboxEnd, OutboxItem, Store};
+
+/// The commit status context endor writes.
+pub const STATUS_CONTEXT: &str = "endor/preview";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForgeError {
+    /// Worth trying again (5xx, timeouts, rate limits), after `retry_after` when the forge said.
+    #[error("{message}")]
+    Transient {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    #[error("{0}")]
+    Permanent(String),
+    #[error("not found on the forge")]
+    NotFound,
+}
+
+impl ForgeError {
+    pub fn transient(message: impl Into<String>) -> Self {
+        ForgeError::Transient {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+}
+
+/// A pull/merge request on its forge.
+#[derive(Debug, Clone, Copy)]
+pub struct PrRef<'a> {
+    /// `owner/name` (GitLab: the full project path).
+    pub repo: &'a str,
+    pub number: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitState {
+    Pending,
+    Success,
+    Failure,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeployState {
+    InProgress,
+    Success,
+    Failure,
+    Inactive,
+}
+
+/// What endor asks of a forge. One implementation per forge; the outbox drives them.
+#[async_trait]
+pub trait Forge: Send + Sync {
+    async fn create_comment(&self, pr: &PrRef<'_>, body: &str) -> Result<String, ForgeError>;
+    /// `NotFound` when the comment is gone.
+    async fn edit_comment(&self, pr: &PrRef<'_>, id: &str, body: &str) -> Result<(), ForgeError>;
+    /// Gone already counts as done.
+    async fn delete_comment(&self, pr: &PrRef<'_>, id: &str) -> Result<(), ForgeError>;
+    /// Ids of endor's own comments on the PR whose body starts with `marker`, oldest first.
+    async fn marked_comments(
+        &self,
+        pr: &PrRef<'_>,
+        marker: &str,
+    ) -> Result<Vec<String>, ForgeError>;
+    async fn commit_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        state: CommitState,
+        target_url: Option<&str>,
+        description: &str,
+    ) -> Result<(), ForgeError>;
+    /// Set the PR's deployment (environment `preview/pr-{n}`) for `sha` to `state`; `existing`
+    /// is the id returned last time for this head. Returns the id to keep.
+    async fn deployment(
+        &self,
+        pr: &PrRef<'_>,
+        sha: &str,
+        state: DeployState,
+        url: Option<&str>,
+        existing: Option<&str>,
+    ) -> Result<Option<String>, ForgeError>;
+    /// A reaction (`+1`, `eyes`, `confused` ...) on a comment.
+    async fn react(
+        &self,
+        pr: &PrRef<'_>,
+        comment_id: &str,
+        reaction: &str,
+    ) -> Result<(), ForgeError>;
+}
+
+/// The error a forge's answer means, if it is one. Rate limits (429, or 403 with an exhausted
+/// quota) also pause the limiter of that API until the forge's reset time.
+pub fn classify_status(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &str,
+    limiter: &Limiter,
+) -> Option<ForgeError> {
+    if status.is_success() {
+        return None;
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let now_secs = crate::now_ms() / 1000;
+    let retry_after = header("retry-after")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .or_else(|| {
+            let exhausted =
+                header("x-ratelimit-remaining").or(header("ratelimit-remaining")) == Some("0");
+            let reset = header("x-ratelimit-reset")
+                .or(header("ratelimit-reset"))
+                .and_then(|v| v.trim().parse::<i64>().ok());
+            match (exhausted, reset) {
+                (true, Some(r)) => Some(Duration::from_secs((r - now_secs).clamp(1, 3600) as u64)),
+                _ => None,
+            }
+        });
+    let text: String = body.trim().chars().take(300).collect();
+    let limited = status == StatusCode::TOO_MANY_REQUESTS
+        || (status == StatusCode::FORBIDDEN
+            && (retry_after.is_some() || text.to_ascii_lowercase().contains("rate limit")));
+    if limited {
+        let wait = retry_after.unwrap_or(Duration::from_secs(60));
+        limiter.pause(wait);
+        return Some(ForgeError::Transient {
+            message: format!("rate limited ({status}), waiting {} s", wait.as_secs()),
+            retry_after: Some(wait),
+        });
+    }
+    Some(match status {
+        StatusCode::NOT_FOUND | StatusCode::GONE => ForgeError::NotFound,
+        s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => ForgeError::Transient {
+            message: format!("forge answered {s}: {text}"),
+            retry_after,
+        },
+        s => ForgeError::Permanent(format!("forge answered {s}: {text}")),
+    })
+}
+
+/// A per-API rate limit: `rate` requests per second on average, bursts of `burst`; paused
+/// entirely while the forge says we are rate limited.
+pub struct Limiter {
+    interval: Duration,
+    burst: u32,
+    state: std::sync::Mutex<LimiterState>,
+    sent: AtomicU64,
+}
+
+struct LimiterState {
+    /// When the next request would be due if requests were evenly spaced.
+    tat: Instant,
+    paused_until: Option<Instant>,
+}
+
+impl Limiter {
+    pub fn new(rate_per_second: f64, burst: u32) -> Self {
+        Self {
+            interval: Duration::from_secs_f64(1.0 / rate_per_second.max(0.001)),
+            burst: burst.max(1),
+            state: std::sync::Mutex::new(LimiterState {
+                tat: Instant::now(),
+                paused_until: None,
+            }),
+            sent: AtomicU64::new(0),
+        }
+    }
+
+    /// Wait until a request may be sent.
+    pub async fn acquire(&self) {
+        loop {
+            let wait = {
+                let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                match st.paused_until {
+                    Some(p) if p > now => p - now,
+                    _ => {
+                        st.paused_until = None;
+                        let tat = st.tat.max(now);
+                        let allowed_at = tat.checked_sub(self.interval * (self.burst - 1));
+                        match allowed_at {
+                            Some(at) if at > now => at - now,
+                            _ => {
+                                st.tat = tat + self.interval;
+                                self.sent.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Send nothing for `d` (the forge said so).
+    pub fn pause(&self, d: Duration) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let until = Instant::now() + d;
+        st.paused_until = Some(st.paused_until.map_or(until, |p| p.max(until)));
+    }
+
+    /// Requests let through so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// What an outbox row asks (its `payload`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Payload {
+    Comment {
+        repo: String,
+        body: String,
+    },
+    Status {
+        repo: String,
+        sha: String,
+        state: CommitState,
+        target_url: Option<String>,
+        description: String,
+    },
+    Deployment {
+        repo: String,
+        sha: String,
+        state: DeployState,
+        url: Option<String>,
+    },
+}
+
+impl Payload {
+    fn kind(&self) -> &'static str {
+        match self {
+            Payload::Comment { .. } => "comment",
+            Payload::Status { .. } => "status",
+            Payload::Deployment { .. } => "deployment",
+        }
+    }
+
+    /// The outbox row for this write-back of PR `number` of `connection_id`.
+    pub fn row(&self, connection_id: &str, number: i64) -> NewOutbox {
+        let key = match self {
+            Payload::Comment { .. } => format!("{connection_id}#{number}#comment"),
+            Payload::Status { sha, .. } => format!("{connection_id}#{sha}#status"),
+            Payload::Deployment { .. } => format!("{connection_id}#{number}#deployment"),
+        };
+        NewOutbox {
+            connection_id: connection_id.into(),
+            number,
+            kind: self.kind().into(),
+            coalesce_key: key,
+            payload: serde_json::to_string(self).unwrap_or_default(),
+        }
+    }
+}
+
+/// The forge clients of every connection, made on first use; one [`Limiter`] per API base.
+pub struct ForgeClients {
+    config: Config,
+    clients: Mutex<HashMap<String, Arc<dyn Forge>>>,
+    limiters: std::sync::Mutex<HashMap<String, Arc<Limiter>>>,
+}
+
+impl ForgeClients {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            config: config.clone(),
+            clients: Mutex::new(HashMap::new()),
+            limiters: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn forge_config(&self, forge: ForgeKind) -> &crate::config::ForgeConfig {
+        match forge {
+            ForgeKind::Github => &self.config.github,
+            ForgeKind::Gitlab => &self.config.gitlab,
+            ForgeKind::Gitea => &self.config.gitea,
+        }
+    }
+
+    /// Does endor have credentials to write to this connection's forge?
+    pub fn enabled(&self, forge: ForgeKind) -> bool {
+        !self.forge_config(forge).token.is_empty()
+    }
+
+    fn api_url(&self, conn: &Connection) -> Option<String> {
+        let configured = &self.forge_config(conn.forge).api_url;
+        conn.api_url
+            .clone()
+            .or_else(|| (!configured.is_empty()).then(|| configured.clone()))
+            .or_else(|| match conn.forge {
+                ForgeKind::Github => Some("https://api.github.com".into()),
+                ForgeKind::Gitlab => Some("https://gitlab.com/api/v4".into()),
+                ForgeKind::Gitea => None,
+            })
+    }
+
+    /// The limiter of an API base (shared by every connection that uses it).
+    pub fn limiter(&self, api_url: &str) -> Arc<Limiter> {
+        let mut map = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(api_url.to_string())
+            .or_insert_with(|| {
+                Arc::new(Limiter::new(
+                    self.config.writeback.rate_per_second,
+                    self.config.writeback.burst,
+                ))
+            })
+            .clone()
+    }
+
+    pub async fn client(&self, conn: &Connection) -> Result<Arc<dyn Forge>, ForgeError> {
+        if let Some(c) = self.clients.lock().await.get(&conn.id) {
+            return Ok(c.clone());
+        }
+        let cfg = self.forge_config(conn.forge);
+        if cfg.token.is_empty() {
+            return Err(ForgeError::Permanent(format!(
+                "no {} token configured ([{}] token)",
+                conn.forge, conn.forge
+            )));
+        }
+        let api = self.api_url(conn).ok_or_else(|| {
+            ForgeError::Permanent(format!(
+                "no API URL for {} ([{}] api_url or repo connect --api-url)",
+                conn.forge, conn.forge
+            ))
+        })?;
+        let limiter = self.limiter(&api);
+        let client: Arc<dyn Forge> = match conn.forge {
+            ForgeKind::Github => Arc::new(github::GitHub::with_token(&api, &cfg.token, limiter)?),
+            ForgeKind::Gitlab => Arc::new(gitlab::GitLab::new(&api, &cfg.token, limiter)?),
+            ForgeKind::Gitea => Arc::new(gitea::Gitea::new(&api, &cfg.token, limiter)?),
+        };
+        self.clients
+            .lock()
+            .await
+            .insert(conn.id.clone(), client.clone());
+        Ok(client)
+    }
+}
+
+/// Sends the outbox: claims due rows, one in flight per key, and records how each ended.
+pub struct Sender {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sender {
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        clients: Arc<ForgeClients>,
+        wake: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        let (stop, mut stopped) = watch::channel(false);
+        let cfg = clients.config.writeback.clone();
+        let name = format!("outbox-{}", std::process::id());
+        let task = tokio::spawn(async move {
+            while !*stopped.borrow() {
+                let now = crate::now_ms();
+                let lease = cfg.lease.0.as_millis() as i64;
+                let batch = match store.claim_outbox(&name, now, now + lease, 64).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming write-backs failed");
+                        Vec::new()
+                    }
+                };
+                if batch.is_empty() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = wake.notified() => {}
+                        _ = stopped.changed() => {}
+                    }
+                    continue;
+                }
+                // Items of one key go in order; keys go side by side.
+                let mut groups: Vec<Vec<OutboxItem>> = Vec::new();
+                let mut index: HashMap<String, usize> = HashMap::new();
+                for item in batch {
+                    match index.get(&item.coalesce_key) {
+                        Some(&i) => groups[i].push(item),
+                        None => {
+                            index.insert(item.coalesce_key.clone(), groups.len());
+                            groups.push(vec![item]);
+                        }
+                    }
+                }
+                use futures_util::StreamExt;
+                futures_util::stream::iter(groups)
+                    .for_each_concurrent(cfg.concurrency.max(1), |group| {
+                        let (store, clients, name) = (store.clone(), clients.clone(), name.clone());
+                        let max_attempts = cfg.max_attempts;
+                        async move {
+                            for item in group {
+                                send_one(&store, &clients, &name, item, max_attempts).await;
+                            }
+                        }
+                    })
+                    .await;
+            }
+        });
+        Self { stop, task }
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn send_one(
+    store: &Arc<dyn Store>,
+    clients: &ForgeClients,
+    worker: &str,
+    item: OutboxItem,
+    max_attempts: i64,
+) {
+    let result = deliver(store, clients, &item).await;
+    let now = crate::now_ms();
+    let end = match result {
+        Ok(()) => OutboxEnd::Done,
+        Err(ForgeError::Permanent(e)) => OutboxEnd::Failed { error: e },
+        Err(ForgeError::NotFound) => OutboxEnd::Failed {
+            error: "not found on the forge".into(),
+        },
+        Err(ForgeError::Transient { .. }) if item.attempts >= max_attempts => OutboxEnd::Failed {
+            error: format!("gave up after {} attempts", item.attempts),
+        },
+        Err(ForgeError::Transient {
+            message,
+            retry_after,
+        }) => {
+            let wait = retry_after.unwrap_or_else(|| {
+                let base =
+                    Duration::from_millis(500) * 2u32.pow(item.attempts.clamp(1, 10) as u32 - 1);
+                base.min(Duration::from_secs(300))
+                    .mul_f64(rand::Rng::random_range(&mut rand::rng(), 0.75..1.25))
+            });
+            OutboxEnd::Retry {
+                error: message,
+                run_after: now + wait.as_millis() as i64,
+            }
+        }
+    };
+    match &end {
+        OutboxEnd::Done => tracing::debug!(id = %item.id, kind = %item.kind, "write-back sent"),
+        OutboxEnd::Retry { error, .. } => {
+            tracing::info!(id = %item.id, kind = %item.kind, error = %error, "write-back will be retried")
+        }
+        OutboxEnd::Failed { error } => {
+            tracing::warn!(id = %item.id, kind = %item.kind, error = %error, "write-back failed")
+        }
+    }
+    if let Err(e) = store.finish_outbox(&item.id, worker, &end, now).await {
+        tracing::warn!(error = %e, "recording a write-back failed; it will be sent again");
+    }
+}
+
+async fn deliver(
+    store: &Arc<dyn Store>,
+    clients: &ForgeClients,
+    item: &OutboxItem,
+) -> Result<(), ForgeError> {
+    let payload: Payload = serde_json::from_str(&item.payload)
+        .map_err(|e| ForgeError::Permanent(format!("unreadable write-back: {e}")))?;
+    let conn = store
+        .connection(&item.connection_id)
+        .await
+        .map_err(|e| ForgeError::transient(e.to_string()))?
+        .ok_or_else(|| ForgeError::Permanent("the connection was deleted".into()))?;
+    let forge = clients.client(&conn).await?;
+    let store_err = |e: crate::store::StoreError| ForgeError::transient(e.to_string());
+    match payload {
+        Payload::Comment { repo, body } => {
+            let pr = PrRef {
+                repo: &repo,
+                number: item.number as u64,
+            };
+            upsert_comment(store, forge.as_ref(), &conn.id, &pr, &body).await
+        }
+        Payload::Status {
+            repo,
+            sha,
+            state,
+            target_url,
+            description,
+        } => {
+            forge
+                .commit_status(&repo, &sha, state, target_url.as_deref(), &description)
+                .await
+        }
+        Payload::Deployment {
+            repo,
+            sha,
+            state,
+            url,
+        } => {
+            let pr = PrRef {
+                repo: &repo,
+                number: item.number as u64,
+            };
+            // The deployment of the same head is reused; a new head gets a new one.
+            let known = store
+                .forge_ref(&conn.id, item.number, "deployment")
+                .await
+                .map_err(store_err)?;
+            let existing = known.as_deref().and_then(|r| {
+                let (id, for_sha) = r.split_once(':')?;
+                (for_sha == sha || state == DeployState::Inactive).then_some(id)
+            });
+            if let Some(id) = forge
+                .deployment(&pr, &sha, state, url.as_deref(), existing)
+                .await?
+            {
+                store
+                    .put_forge_ref(&conn.id, item.number, "deployment", &format!("{id}:{sha}"))
+                    .await
+                    .map_err(store_err)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Edit the PR's status comment, found by its stored id, else by its marker among endor's own
+/// comments (duplicates a crash left are deleted), else created.
+async fn upsert_comment(
+    store: &Arc<dyn Store>,
+    forge: &dyn Forge,
+    connection_id: &str,
+    pr: &PrRef<'_>,
+    body: &str,
+) -> Result<(), ForgeError> {
+    let number = pr.number as i64;
+    let store_err = |e: crate::store::StoreError| ForgeError::transient(e.to_string());
+    if let Some(id) = store
+        .forge_ref(connection_id, number, "comment")
+        .await
+        .map_err(store_err)?
+    {
+        match forge.edit_comment(pr, &id, body).await {
+            Ok(()) => return Ok(()),
+            Err(ForgeError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let found = forge.marked_comments(pr, render::MARKER).await?;
+    let id = match found.first() {
+        Some(id) => {
+            forge.edit_comment(pr, id, body).await?;
+            id.clone()
+        }
+        None => forge.create_comment(pr, body).await?,
+    };
+    store
+        .put_forge_ref(connection_id, number, "comment", &id)
+        .await
+        .map_err(store_err)?;
+    for dup in found.iter().skip(1) {
+        forge.delete_comment(pr, dup).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! Gitea (REST `/api/v1`): issue comments on the PR, commit statuses and reactions. Gitea has no
+//! deployments API: deployments are a no-op there. Auth: `Authorization: token ...`.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde_json::json;
+
+use super::http::{RawClient, id_of};
+use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef};
+
+pub struct Gitea {
+    http: RawClient,
+    login: tokio::sync::OnceCell<String>,
+}
+
+impl Gitea {
+    pub fn new(api_url: &str, token: &str, limiter: Arc<Limiter>) -> Result<Self, ForgeError> {
+        Ok(Self {
+            http: RawClient::new(
+                api_url,
+                ("Authorization", format!("token {token}")),
+                limiter,
+            )?,
+            login: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    async fn me(&self) -> Result<String, ForgeError> {
+        self.login
+            .get_or_try_init(|| async {
+                let v = self.http.call(Method::GET, "/user", None).await?;
+                v["login"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ForgeError::Permanent("gitea /user has no login".into()))
+            })
+            .await
+            .cloned()
+    }
+}
+
+#[async_trait]
+impl Forge for Gitea {
+    async fn create_comment(&self, pr: &PrRef<'_>, body: &str) -> Result<String, ForgeError> {
+        let v = self
+            .http
+            .call(
+                Method::POST,
+                &format!("/repos/{}/issues/{}/comments", pr.repo, pr.number),
+                Some(&json!({"body": body})),
+            )
+            .await?;
+        id_of(&v)
+    }
+
+    async fn edit_comment(&self, pr: &PrRef<'_>, id: &str, body: &str) -> Result<(), ForgeError> {
+        self.http
+            .call(
+                Method::PATCH,
+                &format!("/repos/{}/issues/comments/{id}", pr.repo),
+                Some(&json!({"body": body})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_comment(&self, pr: &PrRef<'_>, id: &str) -> Result<(), ForgeError> {
+        match self
+            .http
+            .call(
+                Method::DELETE,
+                &format!("/repos/{}/issues/comments/{id}", pr.repo),
+                None,
+            )
+            .await
+        {
+            Ok(_) | Err(ForgeError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn marked_comments(
+        &self,
+        pr: &PrRef<'_>,
+        marker: &str,
+    ) -> Result<Vec<String>, ForgeError> {
+        let me = self.me().await?;
+        let mut out = Vec::new();
+        for page in 1..=50 {
+            let v = self
+                .http
+                .call(
+                    Method::GET,
+                    &format!(
+                        "/repos/{}/issues/{}/comments?limit=50&page={page}",
+                        pr.repo, pr.number
+                    ),
+                    None,
+                )
+                .await?;
+            let items = v.as_array().cloned().unwrap_or_default();
+            for c in &items {
+                if c["user"]["login"].as_str() == Some(me.as_str())
+                    && c["body"].as_str().is_some_and(|b| b.starts_with(marker))
+                {
+                    out.push(id_of(c)?);
+                }
+            }
+            if items.len() < 50 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        state: CommitState,
+        target_url: Option<&str>,
+        description: &str,
+    ) -> Result<(), ForgeError> {
+        let state = match state {
+            CommitState::Pending => "pending",
+            CommitState::Success => "success",
+            CommitState::Failure => "failure",
+            CommitState::Error => "error",
+        };
+        let mut body = json!({
+            "state": state,
+            "context": super::STATUS_CONTEXT,
+            "description": description.chars().take(140).collect::<String>(),
+        });
+        if let Some(u) = target_url {
+            body["target_url"] = u.into();
+        }
+        self.http
+            .call(
+                Method::POST,
+                &format!("/repos/{repo}/statuses/{sha}"),
+                Some(&body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn deployment(
+        &self,
+        _pr: &PrRef<'_>,
+        _sha: &str,
+        _state: DeployState,
+        _url: Option<&str>,
+        _existing: Option<&str>,
+    ) -> Result<Option<String>, ForgeError> {
+        Ok(None)
+    }
+
+    async fn react(
+        &self,
+        pr: &PrRef<'_>,
+        comment_id: &str,
+        reaction: &str,
+    ) -> Result<(), ForgeError> {
+        self.http
+            .call(
+                Method::POST,
+                &format!("/repos/{}/issues/comments/{comment_id}/reactions", pr.repo),
+                Some(&json!({"content": reaction})),
+            )
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,257 @@
+//! GitHub's REST API through octocrab (its client stack: rustls, auth headers, GitHub App
+//! installation tokens). Calls use octocrab's raw requests so that the status and the rate
+//! limit headers (`Retry-After`, `X-RateLimit-Remaining`, `X-RateLimit-Reset`) reach the outbox.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::http::{self, StatusCode};
+use octocrab::Octocrab;
+use serde_json::{Value, json};
+
+use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, classify_status};
+
+pub struct GitHub {
+    octo: Octocrab,
+    base: String,
+    limiter: Arc<Limiter>,
+    /// The account endor writes as (its comments are the only ones it edits or deletes).
+    login: tokio::sync::OnceCell<String>,
+}
+
+impl GitHub {
+    /// A client for `api_url` (`https://api.github.com` or a GitHub Enterprise `/api/v3`) with
+    /// a personal access token.
+    pub fn with_token(
+        api_url: &str,
+        token: &str,
+        limiter: Arc<Limiter>,
+    ) -> Result<Self, ForgeError> {
+        let octo = Octocrab::builder()
+            .base_uri(api_url)
+            .map_err(|e| ForgeError::Permanent(format!("github api_url: {e}")))?
+            .personal_token(token.to_string())
+            .build()
+            .map_err(|e| ForgeError::Permanent(format!("github client: {e}")))?;
+        Ok(Self {
+            octo,
+            base: api_url.trim_end_matches('/').to_string(),
+            limiter,
+            login: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Send one request (after the rate limiter), and read the answer.
+    async fn call(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(StatusCode, Value), ForgeError> {
+        self.limiter.acquire().await;
+        let url = self.url(path);
+        let resp = match method {
+            http::Method::GET => self.octo._get(url).await,
+            http::Method::POST => self.octo._post(url, body).await,
+            http::Method::PATCH => self.octo._patch(url, body).await,
+            http::Method::DELETE => self.octo._delete(url, None::<&()>).await,
+            other => return Err(ForgeError::Permanent(format!("unsupported method {other}"))),
+        }
+        .map_err(|e| ForgeError::transient(format!("github: {e}")))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = self
+            .octo
+            .body_to_string(resp)
+            .await
+            .map_err(|e| ForgeError::transient(format!("github: reading the answer: {e}")))?;
+        if let Some(err) = classify_status(status, &headers, &text, &self.limiter) {
+            return Err(err);
+        }
+        let value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::Null)
+        };
+        Ok((status, value))
+    }
+
+    async fn me(&self) -> Result<String, ForgeError> {
+        self.login
+            .get_or_try_init(|| async {
+                let (_, v) = self.call(http::Method::GET, "/user", None).await?;
+                v["login"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ForgeError::Permanent("github /user has no login".into()))
+            })
+            .await
+            .cloned()
+    }
+}
+
+fn id_of(v: &Value) -> Result<String, ForgeError> {
+    match &v["id"] {
+        Value::Number(n) => Ok(n.to_string()),
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(ForgeError::Permanent(
+            "github answered without an id".into(),
+        )),
+    }
+}
+
+#[async_trait]
+impl Forge for GitHub {
+    async fn create_comment(&self, pr: &PrRef<'_>, body: &str) -> Result<String, ForgeError> {
+        let path = format!("/repos/{}/issues/{}/comments", pr.repo, pr.number);
+        let (_, v) = self
+            .call(http::Method::POST, &path, Some(&json!({"body": body})))
+            .await?;
+        id_of(&v)
+    }
+
+    async fn edit_comment(&self, pr: &PrRef<'_>, id: &str, body: &str) -> Result<(), ForgeError> {
+        let path = format!("/repos/{}/issues/comments/{id}", pr.repo);
+        self.call(http::Method::PATCH, &path, Some(&json!({"body": body})))
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_comment(&self, pr: &PrRef<'_>, id: &str) -> Result<(), ForgeError> {
+        let path = format!("/repos/{}/issues/comments/{id}", pr.repo);
+        match self.call(http::Method::DELETE, &path, None).await {
+            Ok(_) | Err(ForgeError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn marked_comments(
+        &self,
+        pr: &PrRef<'_>,
+        marker: &str,
+    ) -> Result<Vec<String>, ForgeError> {
+        let me = self.me().await?;
+        let mut out = Vec::new();
+        for page in 1..=50 {
+            let path = format!(
+                "/repos/{}/issues/{}/comments?per_page=100&page={page}",
+                pr.repo, pr.number
+            );
+            let (_, v) = self.call(http::Method::GET, &path, None).await?;
+            let items = v.as_array().cloned().unwrap_or_default();
+            for c in &items {
+                let mine = c["user"]["login"].as_str() == Some(me.as_str());
+                let marked = c["body"].as_str().is_some_and(|b| b.starts_with(marker));
+                if mine && marked {
+                    out.push(id_of(c)?);
+                }
+            }
+            if items.len() < 100 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        state: CommitState,
+        target_url: Option<&str>,
+        description: &str,
+    ) -> Result<(), ForgeError> {
+        let state = match state {
+            CommitState::Pending => "pending",
+            CommitState::Success => "success",
+            CommitState::Failure => "failure",
+            CommitState::Error => "error",
+        };
+        let mut body = json!({
+            "state": state,
+            "context": super::STATUS_CONTEXT,
+            "description": description.chars().take(140).collect::<String>(),
+        });
+        if let Some(u) = target_url {
+            body["target_url"] = u.into();
+        }
+        self.call(
+            http::Method::POST,
+            &format!("/repos/{repo}/statuses/{sha}"),
+            Some(&body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn deployment(
+        &self,
+        pr: &PrRef<'_>,
+        sha: &str,
+        state: DeployState,
+        url: Option<&str>,
+        existing: Option<&str>,
+    ) -> Result<Option<String>, ForgeError> {
+        let environment = format!("preview/pr-{}", pr.number);
+        let id = match existing {
+            Some(id) => id.to_string(),
+            None if state == DeployState::Inactive => return Ok(None),
+            None => {
+                let body = json!({
+                    "ref": sha,
+                    "environment": environment,
+                    "auto_merge": false,
+                    "required_contexts": [],
+                    "transient_environment": true,
+                    "production_environment": false,
+                    "description": "endor preview",
+                });
+                let (_, v) = self
+                    .call(
+                        http::Method::POST,
+                        &format!("/repos/{}/deployments", pr.repo),
+                        Some(&body),
+                    )
+                    .await?;
+                id_of(&v)?
+            }
+        };
+        let state_name = match state {
+            DeployState::InProgress => "in_progress",
+            DeployState::Success => "success",
+            DeployState::Failure => "failure",
+            DeployState::Inactive => "inactive",
+        };
+        let mut body = json!({"state": state_name, "auto_inactive": true});
+        if let (Some(u), DeployState::Success) = (url, state) {
+            body["environment_url"] = u.into();
+        }
+        self.call(
+            http::Method::POST,
+            &format!("/repos/{}/deployments/{id}/statuses", pr.repo),
+            Some(&body),
+        )
+        .await?;
+        Ok(Some(id))
+    }
+
+    async fn react(
+        &self,
+        pr: &PrRef<'_>,
+        comment_id: &str,
+        reaction: &str,
+    ) -> Result<(), ForgeError> {
+        let path = format!("/repos/{}/issues/comments/{comment_id}/reactions", pr.repo);
+        self.call(
+            http::Method::POST,
+            &path,
+            Some(&json!({"content": reaction})),
+        )
+        .await?;
+        Ok(())
+    }
+}

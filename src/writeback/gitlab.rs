@@ -1,0 +1,266 @@
+//! GitLab (REST v4): merge request notes, commit statuses, and an environment per MR
+//! (`preview/pr-{iid}`, stopped on destroy). Auth: `PRIVATE-TOKEN` (project, group or personal
+//! access token).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use super::http::{RawClient, id_of};
+use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef};
+
+pub struct GitLab {
+    http: RawClient,
+    login: tokio::sync::OnceCell<String>,
+}
+
+/// A project path as GitLab wants it in a URL (`group%2Fsub%2Fname`).
+fn project(repo: &str) -> String {
+    let mut out = String::with_capacity(repo.len() + 8);
+    for b in repo.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl GitLab {
+    pub fn new(api_url: &str, token: &str, limiter: Arc<Limiter>) -> Result<Self, ForgeError> {
+        Ok(Self {
+            http: RawClient::new(api_url, ("PRIVATE-TOKEN", token.to_string()), limiter)?,
+            login: tokio::sync::OnceCell::new(),
+        })
+    }
+
+    async fn me(&self) -> Result<String, ForgeError> {
+        self.login
+            .get_or_try_init(|| async {
+                let v = self.http.call(Method::GET, "/user", None).await?;
+                v["username"]
+                    .as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| ForgeError::Permanent("gitlab /user has no username".into()))
+            })
+            .await
+            .cloned()
+    }
+
+    fn notes(pr: &PrRef<'_>) -> String {
+        format!(
+            "/projects/{}/merge_requests/{}/notes",
+            project(pr.repo),
+            pr.number
+        )
+    }
+
+    async fn environment(&self, pr: &PrRef<'_>) -> Result<Option<String>, ForgeError> {
+        let name = format!("preview/pr-{}", pr.number);
+        let v = self
+            .http
+            .call(
+                Method::GET,
+                &format!(
+                    "/projects/{}/environments?name={}",
+                    project(pr.repo),
+                    project(&name)
+                ),
+                None,
+            )
+            .await?;
+        v.as_array()
+            .and_then(|a| a.iter().find(|e| e["name"].as_str() == Some(name.as_str())))
+            .map(id_of)
+            .transpose()
+    }
+}
+
+#[async_trait]
+impl Forge for GitLab {
+    async fn create_comment(&self, pr: &PrRef<'_>, body: &str) -> Result<String, ForgeError> {
+        let v = self
+            .http
+            .call(Method::POST, &Self::notes(pr), Some(&json!({"body": body})))
+            .await?;
+        id_of(&v)
+    }
+
+    async fn edit_comment(&self, pr: &PrRef<'_>, id: &str, body: &str) -> Result<(), ForgeError> {
+        self.http
+            .call(
+                Method::PUT,
+                &format!("{}/{id}", Self::notes(pr)),
+                Some(&json!({"body": body})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_comment(&self, pr: &PrRef<'_>, id: &str) -> Result<(), ForgeError> {
+        match self
+            .http
+            .call(Method::DELETE, &format!("{}/{id}", Self::notes(pr)), None)
+            .await
+        {
+            Ok(_) | Err(ForgeError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn marked_comments(
+        &self,
+        pr: &PrRef<'_>,
+        marker: &str,
+    ) -> Result<Vec<String>, ForgeError> {
+        let me = self.me().await?;
+        let mut out = Vec::new();
+        for page in 1..=50 {
+            let v = self
+                .http
+                .call(
+                    Method::GET,
+                    &format!(
+                        "{}?sort=asc&order_by=created_at&per_page=100&page={page}",
+                        Self::notes(pr)
+                    ),
+                    None,
+                )
+                .await?;
+            let items = v.as_array().cloned().unwrap_or_default();
+            for n in &items {
+                if n["author"]["username"].as_str() == Some(me.as_str())
+                    && n["body"].as_str().is_some_and(|b| b.starts_with(marker))
+                {
+                    out.push(id_of(n)?);
+                }
+            }
+            if items.len() < 100 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn commit_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        state: CommitState,
+        target_url: Option<&str>,
+        description: &str,
+    ) -> Result<(), ForgeError> {
+        let state = match state {
+            CommitState::Pending => "running",
+            CommitState::Success => "success",
+            CommitState::Failure | CommitState::Error => "failed",
+        };
+        let mut body = json!({
+            "state": state,
+            "name": super::STATUS_CONTEXT,
+            "description": description.chars().take(140).collect::<String>(),
+        });
+        if let Some(u) = target_url {
+            body["target_url"] = u.into();
+        }
+        self.http
+            .call(
+                Method::POST,
+                &format!("/projects/{}/statuses/{sha}", project(repo)),
+                Some(&body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn deployment(
+        &self,
+        pr: &PrRef<'_>,
+        _sha: &str,
+        state: DeployState,
+        url: Option<&str>,
+        existing: Option<&str>,
+    ) -> Result<Option<String>, ForgeError> {
+        let id = match existing {
+            Some(id) => Some(id.to_string()),
+            None => self.environment(pr).await?,
+        };
+        let p = project(pr.repo);
+        match (state, id) {
+            (DeployState::Inactive, Some(id)) => {
+                self.http
+                    .call(
+                        Method::POST,
+                        &format!("/projects/{p}/environments/{id}/stop"),
+                        None,
+                    )
+                    .await?;
+                Ok(Some(id))
+            }
+            (DeployState::Inactive, None) => Ok(None),
+            (_, Some(id)) => {
+                if let (DeployState::Success, Some(u)) = (state, url) {
+                    self.http
+                        .call(
+                            Method::PUT,
+                            &format!("/projects/{p}/environments/{id}"),
+                            Some(&json!({"external_url": u})),
+                        )
+                        .await?;
+                }
+                Ok(Some(id))
+            }
+            (_, None) => {
+                let mut body: Value =
+                    json!({"name": format!("preview/pr-{}", pr.number), "tier": "development"});
+                if let (DeployState::Success, Some(u)) = (state, url) {
+                    body["external_url"] = u.into();
+                }
+                let v = self
+                    .http
+                    .call(
+                        Method::POST,
+                        &format!("/projects/{p}/environments"),
+                        Some(&body),
+                    )
+                    .await?;
+                Ok(Some(id_of(&v)?))
+            }
+        }
+    }
+
+    async fn react(
+        &self,
+        pr: &PrRef<'_>,
+        comment_id: &str,
+        reaction: &str,
+    ) -> Result<(), ForgeError> {
+        let name = match reaction {
+            "+1" => "thumbsup",
+            "-1" => "thumbsdown",
+            "eyes" => "eyes",
+            "confused" => "confused",
+            other => other,
+        };
+        self.http
+            .call(
+                Method::POST,
+                &format!("{}/{comment_id}/award_emoji", Self::notes(pr)),
+                Some(&json!({"name": name})),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn project_paths_are_encoded() {
+        assert_eq!(super::project("grp/sub/my.app"), "grp%2Fsub%2Fmy.app");
+        assert_eq!(super::project("a b?c"), "a%20b%3Fc");
+    }
+}

@@ -1,0 +1,86 @@
+//! The HTTP stack of the GitLab and Gitea clients: reqwest (rustls), one auth header, the
+//! per-API limiter, and answers classified like GitHub's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::{ForgeError, Limiter, classify_status};
+
+pub struct RawClient {
+    client: reqwest::Client,
+    base: String,
+    auth: (&'static str, String),
+    limiter: Arc<Limiter>,
+}
+
+impl RawClient {
+    pub fn new(
+        base: &str,
+        auth: (&'static str, String),
+        limiter: Arc<Limiter>,
+    ) -> Result<Self, ForgeError> {
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ForgeError::Permanent(format!("bad API URL {base}")));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("endor/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ForgeError::Permanent(format!("http client: {e}")))?;
+        Ok(Self {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+            auth,
+            limiter,
+        })
+    }
+
+    /// One request after the limiter; the answer's JSON (Null when empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ForgeError> {
+        self.limiter.acquire().await;
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header(self.auth.0, &self.auth.1);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ForgeError::transient(format!("request failed: {e}")))?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp
+            .text()
+            .await
+            .map_err(|e| ForgeError::transient(format!("reading the answer: {e}")))?;
+        if let Some(err) = classify_status(status, &headers, &text, &self.limiter) {
+            return Err(err);
+        }
+        Ok(if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::Null)
+        })
+    }
+}
+
+/// A JSON `id` (number or string) as text.
+pub fn id_of(v: &Value) -> Result<String, ForgeError> {
+    match &v["id"] {
+        Value::Number(n) => Ok(n.to_string()),
+        Value::String(s) => Ok(s.clone()),
+        _ => Err(ForgeError::Permanent(
+            "the forge answered without an id".into(),
+        )),
+    }
+}
