@@ -101,8 +101,16 @@ pub async fn serve_with_gateway(
             .with_graceful_shutdown(stopped(gw_rx))
             .await
     });
-    let lifecycle =
-        crate::previews::Lifecycle::new(state.store.clone(), &state.config, state.metrics.clone());
+    let forges = Arc::new(crate::writeback::ForgeClients::new(&state.config));
+    let outbox_wake = Arc::new(tokio::sync::Notify::new());
+    let lifecycle = crate::previews::Lifecycle::new(
+        state.store.clone(),
+        &state.config,
+        state.metrics.clone(),
+        forges.clone(),
+        outbox_wake.clone(),
+    );
+    let sender = crate::writeback::Sender::spawn(state.store.clone(), forges, outbox_wake);
     match lifecycle.resume_all().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(count = n, "relaunching previews whose processes are gone"),
@@ -122,6 +130,7 @@ pub async fn serve_with_gateway(
     let served = serve(state, api, stopped(rx)).await;
     workers.shutdown().await;
     lifecycle.shutdown().await;
+    sender.shutdown().await;
     served?;
     gateway_task.await??;
     Ok(())

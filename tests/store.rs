@@ -161,6 +161,7 @@ async fn previews_and_their_steps(db: &TestStore) {
         received_at: Some(10),
         created_at: 10,
         updated_at: 10,
+        title: Some("Add <b>checkout</b>".into()),
     };
     s.put_preview(&p).await.unwrap();
     p.state = "ready".into();
@@ -179,6 +180,7 @@ async fn previews_and_their_steps(db: &TestStore) {
         ("p1", "ready", Some(4242))
     );
     assert_eq!(s.list_previews().await.unwrap().len(), 1);
+    assert_eq!(got.title.as_deref(), Some("Add <b>checkout</b>"));
     assert_eq!(
         s.preview_by_site_name("a-pr-4").await.unwrap().unwrap().id,
         "p1"

@@ -32,3 +32,6 @@ CREATE TABLE forge_refs (
     ref_id        TEXT NOT NULL,
     PRIMARY KEY (connection_id, number, kind)
 );
+
+-- The PR's title, shown (escaped) in the status comment.
+ALTER TABLE previews ADD COLUMN title TEXT;

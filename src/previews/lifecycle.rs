@@ -33,6 +33,7 @@ use crate::previews::config::RepoConfig;
 use crate::runtime::{self, Sandbox, Supervised};
 use crate::sites::{SiteError, Sites};
 use crate::store::{Connection, Job, NewJob, Preview, PreviewStep, Site, SiteState, Store};
+use crate::writeback::ForgeClients;
 
 /// The states a preview goes through (stored as text).
 pub mod state {
@@ -87,6 +88,10 @@ pub struct Lifecycle {
     logs: PathBuf,
     /// Site processes this endor process supervises, by preview id.
     procs: Mutex<HashMap<String, Supervised>>,
+    /// Which forges endor may write back to.
+    forges: Arc<ForgeClients>,
+    /// Wakes the outbox sender when a state change stored write-backs.
+    outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 /// What a launch aims at.
@@ -117,7 +122,13 @@ fn git_error(e: GitError) -> JobError {
 }
 
 impl Lifecycle {
-    pub fn new(store: Arc<dyn Store>, config: &Config, metrics: Arc<Metrics>) -> Arc<Self> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: &Config,
+        metrics: Arc<Metrics>,
+        forges: Arc<ForgeClients>,
+        outbox_wake: Arc<tokio::sync::Notify>,
+    ) -> Arc<Self> {
         let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         Arc::new(Self {
             sites: Sites::new(store.clone(), config),
@@ -127,6 +138,8 @@ impl Lifecycle {
             config: config.clone(),
             metrics,
             procs: Mutex::new(HashMap::new()),
+            forges,
+            outbox_wake,
         })
     }
 
@@ -176,6 +189,7 @@ impl Lifecycle {
         self.store.put_preview(p).await.map_err(transient)
     }
 
+    /// Move to `state` and store, in the same transaction, the write-backs it asks for.
     async fn set_state(
         &self,
         p: &mut Preview,
@@ -184,7 +198,132 @@ impl Lifecycle {
     ) -> Result<(), JobError> {
         p.state = state.into();
         p.reason = reason;
-        self.save(p).await
+        p.updated_at = crate::now_ms();
+        let rows = self.write_backs(p).await?;
+        self.store
+            .put_preview_with_outbox(p, &rows, p.updated_at)
+            .await
+            .map_err(transient)?;
+        if !rows.is_empty() {
+            self.outbox_wake.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// The preview's public URL.
+    fn url(&self, site: &str) -> String {
+        format!(
+            "http://{site}.{}:{}/",
+            self.config.gateway.domain,
+            self.config.gateway.listen.port()
+        )
+    }
+
+    /// What the forge should show for the preview's new state: the status comment, the
+    /// commit status of its head, its deployment. Nothing for internal steps, or when endor
+    /// has no credentials for the forge.
+    async fn write_backs(&self, p: &Preview) -> Result<Vec<crate::store::NewOutbox>, JobError> {
+        use crate::writeback::render::{CommentView, StepLine, render};
+        use crate::writeback::{CommitState as C, DeployState as D, Payload};
+        let (shown, status, deploy): (&str, Option<(C, String)>, Option<D>) = match p.state.as_str()
+        {
+            state::QUEUED => (
+                "building",
+                Some((C::Pending, "building".into())),
+                Some(D::InProgress),
+            ),
+            state::READY => (
+                "ready",
+                Some((C::Success, "preview ready".into())),
+                Some(D::Success),
+            ),
+            state::FAILED => (
+                "failed",
+                Some((
+                    C::Failure,
+                    p.reason.clone().unwrap_or_else(|| "failed".into()),
+                )),
+                Some(D::Failure),
+            ),
+            state::SKIPPED => ("skipped", None, None),
+            state::AWAITING_APPROVAL => (
+                "awaiting-approval",
+                Some((C::Pending, "waiting for a member's /preview deploy".into())),
+                None,
+            ),
+            state::DESTROYED => ("destroyed", None, Some(D::Inactive)),
+            _ => return Ok(Vec::new()),
+        };
+        let Some(conn) = self
+            .store
+            .connection(&p.connection_id)
+            .await
+            .map_err(transient)?
+        else {
+            return Ok(Vec::new());
+        };
+        if !self.forges.enabled(conn.forge) {
+            return Ok(Vec::new());
+        }
+        let sha = p.head_sha.clone().unwrap_or_default();
+        let served = p.state == state::READY;
+        let url = served.then(|| self.url(&p.site_name));
+        let steps = if matches!(p.state.as_str(), state::READY | state::FAILED) {
+            self.store
+                .last_run_steps(&p.id)
+                .await
+                .map_err(transient)?
+                .into_iter()
+                .map(|s| StepLine {
+                    time: match s.ended_at {
+                        Some(e) => format!("{} ms", e - s.started_at),
+                        None => "—".into(),
+                    },
+                    name: s.step,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let body = render(&CommentView {
+            state: shown.into(),
+            title: p.title.clone(),
+            site: p.site_name.clone(),
+            url: url.clone(),
+            head_sha: sha.clone(),
+            expires_at: None,
+            steps,
+            error: (p.state == state::FAILED)
+                .then(|| p.reason.clone())
+                .flatten(),
+        });
+        let mut out = vec![Payload::Comment {
+            repo: conn.repo.clone(),
+            body,
+        }];
+        if !sha.is_empty() {
+            if let Some((state, description)) = status {
+                out.push(Payload::Status {
+                    repo: conn.repo.clone(),
+                    sha: sha.clone(),
+                    state,
+                    target_url: url.clone(),
+                    description,
+                });
+            }
+            if let Some(state) = deploy {
+                out.push(Payload::Deployment {
+                    repo: conn.repo.clone(),
+                    sha,
+                    state,
+                    url,
+                });
+            }
+        }
+        Ok(out
+            .iter()
+            .map(|w| w.row(&p.connection_id, p.number))
+            .collect())
     }
 
     async fn load_or_new(&self, conn: &Connection, number: u64) -> Result<Preview, JobError> {
@@ -214,6 +353,7 @@ impl Lifecycle {
             received_at: None,
             created_at: now,
             updated_at: now,
+            title: None,
         })
     }
 
@@ -267,6 +407,7 @@ impl Lifecycle {
             | PrAction::Synchronized => {
                 preview.head_sha = Some(pr.head_sha.clone());
                 preview.is_fork = pr.is_fork as i64;
+                preview.title = Some(pr.title.clone());
                 if pr.draft && !self.config.previews.drafts {
                     return self
                         .set_state(

@@ -274,6 +274,8 @@ pub struct Preview {
     pub received_at: Option<i64>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The PR's title (untrusted text).
+    pub title: Option<String>,
 }
 
 /// One timed launch step of one run (a job) of a preview.
@@ -491,7 +493,17 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_route(&self, site_name: &str) -> Result<()>;
 
     /// Insert or replace a preview (unique per connection and number).
-    async fn put_preview(&self, p: &Preview) -> Result<()>;
+    async fn put_preview(&self, p: &Preview) -> Result<()> {
+        self.put_preview_with_outbox(p, &[], crate::now_ms()).await
+    }
+    /// [`Store::put_preview`] and the write-backs its new state asks for, in one transaction:
+    /// a crash keeps both or neither.
+    async fn put_preview_with_outbox(
+        &self,
+        p: &Preview,
+        rows: &[NewOutbox],
+        now: i64,
+    ) -> Result<()>;
     async fn preview(&self, connection_id: &str, number: i64) -> Result<Option<Preview>>;
     /// The newest preview that uses this site name.
     async fn preview_by_site_name(&self, site_name: &str) -> Result<Option<Preview>>;

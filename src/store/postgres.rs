@@ -3,7 +3,10 @@
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
-use super::{Backend, Result, sql::impl_store};
+use super::{
+    Backend, Result,
+    sql::{enqueue_outbox_in, impl_store},
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 

@@ -766,16 +766,17 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn put_preview(&self, p: &$crate::store::Preview) -> $crate::store::Result<()> {
+            async fn put_preview_with_outbox(&self, p: &$crate::store::Preview, rows: &[$crate::store::NewOutbox], now: i64) -> $crate::store::Result<()> {
+                let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO previews (id, connection_id, number, site_name, site_id, state, head_sha, ready_sha, \
-                     approved_sha, is_fork, reason, port, pid, received_at, created_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+                     approved_sha, is_fork, reason, port, pid, received_at, created_at, updated_at, title) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
                      ON CONFLICT (connection_id, number) DO UPDATE SET site_name = excluded.site_name, \
                      site_id = excluded.site_id, state = excluded.state, head_sha = excluded.head_sha, \
                      ready_sha = excluded.ready_sha, approved_sha = excluded.approved_sha, is_fork = excluded.is_fork, \
                      reason = excluded.reason, port = excluded.port, pid = excluded.pid, \
-                     received_at = excluded.received_at, updated_at = excluded.updated_at",
+                     received_at = excluded.received_at, updated_at = excluded.updated_at, title = excluded.title",
                 )
                 .bind(&p.id)
                 .bind(&p.connection_id)
@@ -793,8 +794,13 @@ macro_rules! impl_store {
                 .bind(p.received_at)
                 .bind(p.created_at)
                 .bind(p.updated_at)
-                .execute(&self.pool)
+                .bind(&p.title)
+                .execute(&mut *tx)
                 .await?;
+                for o in rows {
+                    enqueue_outbox_in!(&mut *tx, o, now);
+                }
+                tx.commit().await?;
                 Ok(())
             }
 
@@ -851,21 +857,7 @@ macro_rules! impl_store {
             }
 
             async fn enqueue_outbox(&self, o: &$crate::store::NewOutbox, now: i64) -> $crate::store::Result<()> {
-                sqlx::query(
-                    "INSERT INTO outbox (id, connection_id, number, kind, coalesce_key, payload, state, attempts, run_after, \
-                     created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7) \
-                     ON CONFLICT (coalesce_key) WHERE state = 'pending' DO UPDATE SET payload = excluded.payload, \
-                     updated_at = excluded.updated_at",
-                )
-                .bind($crate::store::new_id())
-                .bind(&o.connection_id)
-                .bind(o.number)
-                .bind(&o.kind)
-                .bind(&o.coalesce_key)
-                .bind(&o.payload)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
+                enqueue_outbox_in!(&self.pool, o, now);
                 Ok(())
             }
 
@@ -961,13 +953,36 @@ macro_rules! impl_store {
     };
 }
 
+/// Store one outbox row on `$exec` (a pool or a transaction): a pending row of the same key has
+/// its payload replaced.
+macro_rules! enqueue_outbox_in {
+    ($exec:expr, $o:expr, $now:expr) => {
+        sqlx::query(
+            "INSERT INTO outbox (id, connection_id, number, kind, coalesce_key, payload, state, attempts, run_after, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7) \
+             ON CONFLICT (coalesce_key) WHERE state = 'pending' DO UPDATE SET payload = excluded.payload, \
+             updated_at = excluded.updated_at",
+        )
+        .bind($crate::store::new_id())
+        .bind(&$o.connection_id)
+        .bind($o.number)
+        .bind(&$o.kind)
+        .bind(&$o.coalesce_key)
+        .bind(&$o.payload)
+        .bind($now)
+        .execute($exec)
+        .await?
+    };
+}
+
 /// The columns of `previews`, in `Preview`'s order.
 macro_rules! preview_cols {
     () => {
         "id, connection_id, number, site_name, site_id, state, head_sha, ready_sha, approved_sha, is_fork, \
-         reason, port, pid, received_at, created_at, updated_at"
+         reason, port, pid, received_at, created_at, updated_at, title"
     };
 }
 
+pub(super) use enqueue_outbox_in;
 pub(super) use impl_store;
 pub(super) use preview_cols;

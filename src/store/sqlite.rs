@@ -10,7 +10,10 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::{Backend, Result, StoreError, sql::impl_store};
+use super::{
+    Backend, Result, StoreError,
+    sql::{enqueue_outbox_in, impl_store},
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 

@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod preview;
+
 use endor::config::Config;
 use endor::server::{self, AppState};
 use endor::store::{self, Store};

@@ -1,0 +1,424 @@
+//! The preview harness shared by the lifecycle and write-back tests: real git repositories
+//! (a bare "remote" per repository), signed webhooks made from the real fixtures, and an
+//! in-process `endor serve` (API, gateway, workers, outbox) over a throw-away store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use endor::config::Config;
+use endor::duration::HumanDuration;
+use endor::forge::signature::sign_hex;
+use endor::server::{self, AppState};
+use endor::service;
+use endor::sites::Sites;
+use endor::store::{Preview, Store};
+use serde_json::Value;
+
+use super::{TestStore, fixture};
+
+/// The site process used by these tests: serves the checkout's `index.html`, a file of the
+/// parent's files, and what its database holds; `POST /write` adds a row.
+pub const APP: &str = r#"
+import os, sqlite3, subprocess, http.server
+port = int(os.environ["PORT"])
+db = os.environ.get("DATABASE_URL", "")
+files = os.environ["ENDOR_FILES_DIR"]
+
+def sql(q):
+    if db.startswith("sqlite://"):
+        c = sqlite3.connect(db[len("sqlite://"):])
+        c.execute("CREATE TABLE IF NOT EXISTS notes (t TEXT)")
+        rows = c.execute(q).fetchall()
+        c.commit()
+        c.close()
+        return rows
+    out = subprocess.run(["psql", db, "-Atc", "CREATE TABLE IF NOT EXISTS notes (t TEXT); " + q],
+                         capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    return [tuple(l.split("|")) for l in out if l and l != "CREATE TABLE"]
+
+class H(http.server.BaseHTTPRequestHandler):
+    def reply(self, code, body):
+        b = body.encode()
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(b)))
+        self.end_headers()
+        self.wfile.write(b)
+    def do_GET(self):
+        if self.path == "/health":
+            return self.reply(200, "ok")
+        page = open("index.html").read().strip()
+        logo = open(os.path.join(files, "logo.txt")).read().strip()
+        accounts = sql("SELECT COUNT(*) FROM accounts")[0][0]
+        notes = ",".join(r[0] for r in sql("SELECT t FROM notes ORDER BY t"))
+        self.reply(200, f"page={page} logo={logo} accounts={accounts} notes={notes}")
+    def do_POST(self):
+        sql("INSERT INTO notes VALUES ('" + self.path.strip("/").replace("'", "") + "')")
+        self.reply(200, "written")
+    def log_message(self, *a):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.com")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A repository: a working copy and the bare "remote" the connection fetches from.
+pub struct Repo {
+    pub work: PathBuf,
+    pub remote: PathBuf,
+}
+
+impl Repo {
+    /// `main` holds `.endor.toml` (the given text), `app.py` and `index.html`.
+    pub fn new(base: &Path, name: &str, endor_toml: &str) -> Self {
+        let work = base.join(format!("{name}-work"));
+        let remote = base.join(format!("{name}.git"));
+        std::fs::create_dir_all(&work).unwrap();
+        git(
+            base,
+            &[
+                "init",
+                "-q",
+                "--bare",
+                "-b",
+                "main",
+                remote.to_str().unwrap(),
+            ],
+        );
+        git(&work, &["init", "-q", "-b", "main"]);
+        std::fs::write(work.join(".endor.toml"), endor_toml).unwrap();
+        std::fs::write(work.join("app.py"), APP).unwrap();
+        std::fs::write(work.join("index.html"), "main\n").unwrap();
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", "main"]);
+        git(
+            &work,
+            &["remote", "add", "origin", remote.to_str().unwrap()],
+        );
+        git(&work, &["push", "-q", "origin", "main"]);
+        Self { work, remote }
+    }
+
+    pub fn url(&self) -> String {
+        format!("file://{}", self.remote.display())
+    }
+
+    /// Commit `index.html` = `content` on `branch` and publish it as PR `number`'s head, as a
+    /// forge does (`refs/pull/N/head`). Returns the head SHA.
+    pub fn push_pr(&self, branch: &str, number: u64, content: &str) -> String {
+        let exists = Command::new("git")
+            .args([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("refs/heads/{branch}"),
+            ])
+            .current_dir(&self.work)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        if exists {
+            git(&self.work, &["checkout", "-q", branch]);
+        } else {
+            git(&self.work, &["checkout", "-q", "-b", branch, "main"]);
+        }
+        std::fs::write(self.work.join("index.html"), format!("{content}\n")).unwrap();
+        git(&self.work, &["commit", "-qam", content]);
+        let sha = git(&self.work, &["rev-parse", "HEAD"]);
+        git(
+            &self.work,
+            &[
+                "push",
+                "-q",
+                "-f",
+                "origin",
+                &format!("HEAD:refs/heads/{branch}"),
+                &format!("HEAD:refs/pull/{number}/head"),
+            ],
+        );
+        git(&self.work, &["checkout", "-q", "main"]);
+        sha
+    }
+}
+
+/// What a pull request event says (written into a real GitHub payload).
+pub struct Pr<'a> {
+    pub action: &'a str,
+    pub number: u64,
+    pub sha: &'a str,
+    pub branch: &'a str,
+    pub head_repo: &'a str,
+    pub draft: bool,
+}
+
+impl<'a> Pr<'a> {
+    pub fn new(
+        action: &'a str,
+        number: u64,
+        sha: &'a str,
+        branch: &'a str,
+        head_repo: &'a str,
+    ) -> Self {
+        Self {
+            action,
+            number,
+            sha,
+            branch,
+            head_repo,
+            draft: false,
+        }
+    }
+}
+
+/// Post a signed GitHub `pull_request` delivery for `repo`; returns the HTTP status.
+pub async fn send_pr(
+    http: &reqwest::Client,
+    api: SocketAddr,
+    conn: &(String, String),
+    repo: &str,
+    pr: Pr<'_>,
+) -> u16 {
+    let fixture_name = match pr.action {
+        "closed" => "github.pull_request.closed.unmerged.json",
+        "synchronize" => "github.pull_request.synchronize.json",
+        _ => "github.pull_request.opened.json",
+    };
+    let mut body: Value = serde_json::from_slice(&fixture(fixture_name)).unwrap();
+    body["action"] = pr.action.into();
+    body["number"] = pr.number.into();
+    body["repository"]["full_name"] = repo.into();
+    let p = &mut body["pull_request"];
+    p["number"] = pr.number.into();
+    p["draft"] = pr.draft.into();
+    p["head"]["sha"] = pr.sha.into();
+    p["head"]["ref"] = pr.branch.into();
+    p["head"]["repo"]["full_name"] = pr.head_repo.into();
+    p["base"]["repo"]["full_name"] = repo.into();
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let sig = format!("sha256={}", sign_hex(conn.1.as_bytes(), &bytes));
+    http.post(format!("http://{}/webhooks/github/{}", api, conn.0))
+        .header("x-github-event", "pull_request")
+        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+        .header("x-hub-signature-256", sig)
+        .header("content-type", "application/json")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub state: Arc<AppState>,
+    pub gateway: SocketAddr,
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+    pub http: reqwest::Client,
+    pub api: SocketAddr,
+}
+
+pub fn harness_config(dir: &Path, store_url: &str) -> Config {
+    let mut config = Config::default();
+    config.store.url = store_url.to_string();
+    config.storage.root = dir.join("sites");
+    config.storage.git = dir.join("git");
+    config.storage.logs = dir.join("logs");
+    config.jobs.lease = HumanDuration(Duration::from_secs(3));
+    config.jobs.workers = 4;
+    config.runtime.health_timeout = HumanDuration(Duration::from_secs(8));
+    config.runtime.build_timeout = HumanDuration(Duration::from_secs(60));
+    config
+}
+
+impl Harness {
+    pub async fn start(db: &TestStore) -> Self {
+        Self::start_in(db, super::reflink_dir(), true).await
+    }
+
+    /// A server over `dir` (storage, mirrors, logs); `fresh` creates the owner and workspace.
+    pub async fn start_in(db: &TestStore, dir: tempfile::TempDir, fresh: bool) -> Self {
+        let mut config = harness_config(dir.path(), &db.url);
+        let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        config.server.listen = api.local_addr().unwrap();
+        config.server.public_url = format!("http://{}", config.server.listen);
+        config.gateway.listen = gw.local_addr().unwrap();
+        let gateway = config.gateway.listen;
+        let api_addr = config.server.listen;
+        let state = AppState::start(config).await.unwrap();
+        if fresh {
+            service::create_user(state.store.as_ref(), "owner", None, None)
+                .await
+                .unwrap();
+            service::create_workspace(state.store.as_ref(), "acme", "owner")
+                .await
+                .unwrap();
+        }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            server::serve_with_gateway(s, api, gw, async move {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+        });
+        Self {
+            dir,
+            state,
+            gateway,
+            stop: Some(stop),
+            task: Some(task),
+            http: reqwest::Client::new(),
+            api: api_addr,
+        }
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        self.state.store.as_ref()
+    }
+
+    pub fn sites(&self) -> Sites {
+        Sites::new(self.state.store.clone(), &self.state.config)
+    }
+
+    /// A repository `octo/{name}` with this `.endor.toml`, connected from GitHub.
+    pub async fn repo(&self, name: &str, endor_toml: &str) -> (Repo, (String, String)) {
+        let repo = Repo::new(self.dir.path(), name, endor_toml);
+        let conn = self.connect(&format!("octo/{name}"), &repo.url()).await;
+        (repo, conn)
+    }
+
+    /// Connect `owner/name` on GitHub with its git URL; returns (connection id, secret).
+    pub async fn connect(&self, repo: &str, git_url: &str) -> (String, String) {
+        let c = self.connect_spec(&format!("github:{repo}"), git_url).await;
+        (c.connection_id, c.secret)
+    }
+
+    /// Connect `forge:owner/name` with its git URL.
+    pub async fn connect_spec(&self, spec: &str, git_url: &str) -> service::Connected {
+        service::connect_repo(
+            self.store(),
+            &self.state.config,
+            "acme",
+            spec,
+            None,
+            Some(git_url),
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Post a signed GitHub `pull_request` delivery for `repo`; returns the HTTP status.
+    pub async fn pr_event(&self, conn: &(String, String), repo: &str, pr: Pr<'_>) -> u16 {
+        send_pr(&self.http, self.api, conn, repo, pr).await
+    }
+
+    pub async fn preview(&self, conn: &str, number: u64) -> Option<Preview> {
+        self.store().preview(conn, number as i64).await.unwrap()
+    }
+
+    /// Wait until the preview reaches one of `states` (and, when given, is at `sha`).
+    pub async fn wait(
+        &self,
+        conn: &str,
+        number: u64,
+        states: &[&str],
+        sha: Option<&str>,
+    ) -> Preview {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(p) = self.preview(conn, number).await
+                && states.contains(&p.state.as_str())
+                && sha.is_none_or(|s| p.head_sha.as_deref() == Some(s))
+            {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "preview {conn}#{number} never reached {states:?}: {:?}",
+                self.preview(conn, number).await
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// GET through the gateway with `Host: {site}.preview.localhost`.
+    pub async fn get(&self, site: &str, path: &str) -> (u16, String) {
+        let r = self
+            .http
+            .get(format!("http://{}{path}", self.gateway))
+            .header("host", format!("{site}.preview.localhost"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    pub async fn post(&self, site: &str, path: &str) -> u16 {
+        self.http
+            .post(format!("http://{}{path}", self.gateway))
+            .header("host", format!("{site}.preview.localhost"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    pub async fn stop(self) {
+        self.stop_keeping_files().await;
+    }
+
+    /// Shut the server down (gracefully) and hand back its directory.
+    pub async fn stop_keeping_files(mut self) -> tempfile::TempDir {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+        self.dir
+    }
+}
+
+pub fn pid_alive(pid: i64) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+pub fn port_open(port: i64) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port as u16)).is_ok()
+}
+
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !f() {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
