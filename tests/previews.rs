@@ -427,80 +427,15 @@ async fn forks_wait_for_approval_and_drafts_are_skipped() {
 /// taken again once its lease runs out, the preview becomes ready, and nothing is doubled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_mid_build_then_restart() {
-    let dir = support::reflink_dir();
-    let store_url = format!("sqlite://{}", dir.path().join("endor.db").display());
-    let mut config = harness_config(dir.path(), &store_url);
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    config.server.listen = free();
-    config.server.public_url = format!("http://{}", config.server.listen);
-    config.gateway.listen = free();
-    let cfg_path = dir.path().join("endor.toml");
-    std::fs::write(&cfg_path, toml::to_string(&config).unwrap()).unwrap();
-    let endor = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_endor"))
-            .args(["--config", cfg_path.to_str().unwrap()])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    endor(&["user", "create", "owner"]);
-    endor(&["workspace", "create", "acme", "--owner", "owner"]);
-    let repo = Repo::new(
-        dir.path(),
+    let served = ServedBinary::start(|_| {}).await;
+    let (repo, conn) = served.repo(
         "slow",
         "[preview]\nbuild = [\"sleep 4\", \"echo done > done.txt\"]\n",
     );
-    let connected: Value = serde_json::from_str(&endor(&[
-        "--json",
-        "repo",
-        "connect",
-        "acme",
-        "github:octo/slow",
-        "--git-url",
-        &repo.url(),
-    ]))
-    .unwrap();
-    let conn = (
-        connected["connection_id"].as_str().unwrap().to_string(),
-        connected["secret"].as_str().unwrap().to_string(),
-    );
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_endor"))
-            .args(["--config", cfg_path.to_str().unwrap(), "serve"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut child = spawn();
-    let api = config.server.listen;
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("http://{api}/healthz"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "serve did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Drive it through a Harness-like view of the same store.
-    let store = endor::store::connect(&store_url, 2).await.unwrap();
+    let store = served.store().await;
     let sha = repo.push_pr("f", 9, "survived");
     let pr = Pr::new("opened", 9, &sha, "f", "octo/slow");
-    assert_eq!(send_pr(&http, api, &conn, "octo/slow", pr).await, 202);
+    assert_eq!(served.pr_event(&conn, "octo/slow", pr).await, 202);
     // Wait for the build to be under way, then kill the server.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -512,9 +447,7 @@ async fn sigkill_mid_build_then_restart() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
-    let mut child = spawn();
+    let served = served.kill_and_restart().await; // SIGKILL
     let deadline = Instant::now() + Duration::from_secs(90);
     let p = loop {
         let p = store.preview(&conn.0, 9).await.unwrap().unwrap();
@@ -534,16 +467,24 @@ async fn sigkill_mid_build_then_restart() {
         .filter(|s| s.name == "slow-pr-9")
         .collect();
     assert_eq!(sites.len(), 1);
-    let code_dirs = std::fs::read_dir(dir.path().join("sites").join(&sites[0].id).join("code"))
-        .unwrap()
-        .count();
+    let code_dirs = std::fs::read_dir(
+        served
+            .dir
+            .path()
+            .join("sites")
+            .join(&sites[0].id)
+            .join("code"),
+    )
+    .unwrap()
+    .count();
     assert_eq!(code_dirs, 1);
     let jobs = store.jobs_for_key(&format!("{}#9", conn.0)).await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].state, "done");
     assert!(jobs[0].attempts >= 2, "{jobs:?}");
-    let gw = config.gateway.listen;
-    let r = http
+    let gw = served.config.gateway.listen;
+    let r = served
+        .http
         .get(format!("http://{gw}/done.txt"))
         .header("host", "slow-pr-9.preview.localhost")
         .send()
@@ -552,14 +493,14 @@ async fn sigkill_mid_build_then_restart() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap().trim(), "done");
     // The CLI shows the state, the timed steps and the build log.
-    let list = endor(&["site", "list"]);
+    let list = served.cli(&["site", "list"]);
     assert!(
         list.lines()
             .any(|l| l.starts_with("slow-pr-9\tready\thttp://slow-pr-9.preview.localhost:")),
         "{list}"
     );
     let show: Value =
-        serde_json::from_str(&endor(&["--json", "site", "show", "slow-pr-9"])).unwrap();
+        serde_json::from_str(&served.cli(&["--json", "site", "show", "slow-pr-9"])).unwrap();
     assert_eq!(show["preview"]["state"], "ready");
     assert_eq!(show["preview"]["ready_sha"], sha.as_str());
     let steps: Vec<&str> = show["preview"]["steps"]
@@ -570,20 +511,19 @@ async fn sigkill_mid_build_then_restart() {
         .collect();
     assert_eq!(steps, ["fetch", "clone", "build", "start", "route"]);
     assert!(show["preview"]["steps"][2]["duration_ms"].as_i64().unwrap() >= 4000);
-    let log = endor(&["site", "logs", "slow-pr-9", "--service", "build"]);
+    let log = served.cli(&["site", "logs", "slow-pr-9", "--service", "build"]);
     assert!(
         log.contains("$ sleep 4") && log.contains("$ echo done > done.txt"),
         "{log}"
     );
     let bad = Command::new(env!("CARGO_BIN_EXE_endor"))
-        .args(["--config", cfg_path.to_str().unwrap()])
+        .args(["--config", served.cfg_path.to_str().unwrap()])
         .args(["site", "logs", "slow-pr-9", "--service", "../../etc/passwd"])
         .output()
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--service"));
-    let _ = child.kill();
-    let _ = child.wait();
+    served.stop();
 }
 
 /// GitLab merge requests (token auth, `refs/merge-requests/N/head`) and Gitea pull requests

@@ -147,15 +147,22 @@ impl Forge for Gitea {
         Ok(())
     }
 
-    async fn deployment(
+    async fn create_deployment(
         &self,
         _pr: &PrRef<'_>,
         _sha: &str,
-        _state: DeployState,
-        _url: Option<&str>,
-        _existing: Option<&str>,
     ) -> Result<Option<String>, ForgeError> {
         Ok(None)
+    }
+
+    async fn set_deployment(
+        &self,
+        _pr: &PrRef<'_>,
+        _id: &str,
+        _state: DeployState,
+        _url: Option<&str>,
+    ) -> Result<(), ForgeError> {
+        Ok(())
     }
 
     async fn react(

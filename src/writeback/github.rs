@@ -188,38 +188,37 @@ impl Forge for GitHub {
         Ok(())
     }
 
-    async fn deployment(
+    async fn create_deployment(
         &self,
         pr: &PrRef<'_>,
         sha: &str,
+    ) -> Result<Option<String>, ForgeError> {
+        let body = json!({
+            "ref": sha,
+            "environment": format!("preview/pr-{}", pr.number),
+            "auto_merge": false,
+            "required_contexts": [],
+            "transient_environment": true,
+            "production_environment": false,
+            "description": "endor preview",
+        });
+        let (_, v) = self
+            .call(
+                http::Method::POST,
+                &format!("/repos/{}/deployments", pr.repo),
+                Some(&body),
+            )
+            .await?;
+        Ok(Some(id_of(&v)?))
+    }
+
+    async fn set_deployment(
+        &self,
+        pr: &PrRef<'_>,
+        id: &str,
         state: DeployState,
         url: Option<&str>,
-        existing: Option<&str>,
-    ) -> Result<Option<String>, ForgeError> {
-        let environment = format!("preview/pr-{}", pr.number);
-        let id = match existing {
-            Some(id) => id.to_string(),
-            None if state == DeployState::Inactive => return Ok(None),
-            None => {
-                let body = json!({
-                    "ref": sha,
-                    "environment": environment,
-                    "auto_merge": false,
-                    "required_contexts": [],
-                    "transient_environment": true,
-                    "production_environment": false,
-                    "description": "endor preview",
-                });
-                let (_, v) = self
-                    .call(
-                        http::Method::POST,
-                        &format!("/repos/{}/deployments", pr.repo),
-                        Some(&body),
-                    )
-                    .await?;
-                id_of(&v)?
-            }
-        };
+    ) -> Result<(), ForgeError> {
         let state_name = match state {
             DeployState::InProgress => "in_progress",
             DeployState::Success => "success",
@@ -236,7 +235,7 @@ impl Forge for GitHub {
             Some(&body),
         )
         .await?;
-        Ok(Some(id))
+        Ok(())
     }
 
     async fn react(

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::http::{RawClient, id_of};
 use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef};
@@ -176,21 +176,36 @@ impl Forge for GitLab {
         Ok(())
     }
 
-    async fn deployment(
+    async fn create_deployment(
         &self,
         pr: &PrRef<'_>,
         _sha: &str,
+    ) -> Result<Option<String>, ForgeError> {
+        if let Some(id) = self.environment(pr).await? {
+            return Ok(Some(id));
+        }
+        let body = json!({"name": format!("preview/pr-{}", pr.number), "tier": "development"});
+        let v = self
+            .http
+            .call(
+                Method::POST,
+                &format!("/projects/{}/environments", project(pr.repo)),
+                Some(&body),
+            )
+            .await?;
+        Ok(Some(id_of(&v)?))
+    }
+
+    async fn set_deployment(
+        &self,
+        pr: &PrRef<'_>,
+        id: &str,
         state: DeployState,
         url: Option<&str>,
-        existing: Option<&str>,
-    ) -> Result<Option<String>, ForgeError> {
-        let id = match existing {
-            Some(id) => Some(id.to_string()),
-            None => self.environment(pr).await?,
-        };
+    ) -> Result<(), ForgeError> {
         let p = project(pr.repo);
-        match (state, id) {
-            (DeployState::Inactive, Some(id)) => {
+        match (state, url) {
+            (DeployState::Inactive, _) => {
                 self.http
                     .call(
                         Method::POST,
@@ -198,38 +213,21 @@ impl Forge for GitLab {
                         None,
                     )
                     .await?;
-                Ok(Some(id))
             }
-            (DeployState::Inactive, None) => Ok(None),
-            (_, Some(id)) => {
-                if let (DeployState::Success, Some(u)) = (state, url) {
-                    self.http
-                        .call(
-                            Method::PUT,
-                            &format!("/projects/{p}/environments/{id}"),
-                            Some(&json!({"external_url": u})),
-                        )
-                        .await?;
-                }
-                Ok(Some(id))
-            }
-            (_, None) => {
-                let mut body: Value =
-                    json!({"name": format!("preview/pr-{}", pr.number), "tier": "development"});
-                if let (DeployState::Success, Some(u)) = (state, url) {
-                    body["external_url"] = u.into();
-                }
-                let v = self
-                    .http
+            (DeployState::Success, Some(u)) => {
+                self.http
                     .call(
-                        Method::POST,
-                        &format!("/projects/{p}/environments"),
-                        Some(&body),
+                        Method::PUT,
+                        &format!("/projects/{p}/environments/{id}"),
+                        Some(&json!({"external_url": u})),
                     )
                     .await?;
-                Ok(Some(id_of(&v)?))
             }
+            // GitLab environments have no in-progress or failed state of their own: the
+            // commit status says it.
+            _ => {}
         }
+        Ok(())
     }
 
     async fn react(

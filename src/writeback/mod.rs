@@ -105,16 +105,21 @@ pub trait Forge: Send + Sync {
         target_url: Option<&str>,
         description: &str,
     ) -> Result<(), ForgeError>;
-    /// Set the PR's deployment (environment `preview/pr-{n}`) for `sha` to `state`; `existing`
-    /// is the id returned last time for this head. Returns the id to keep.
-    async fn deployment(
+    /// A deployment (GitHub) or environment (GitLab) `preview/pr-{n}` for the head `sha`;
+    /// `None` where the forge has no such thing (Gitea).
+    async fn create_deployment(
         &self,
         pr: &PrRef<'_>,
         sha: &str,
+    ) -> Result<Option<String>, ForgeError>;
+    /// Set the state of the deployment `id` (`url` is the preview's, when it is served).
+    async fn set_deployment(
+        &self,
+        pr: &PrRef<'_>,
+        id: &str,
         state: DeployState,
         url: Option<&str>,
-        existing: Option<&str>,
-    ) -> Result<Option<String>, ForgeError>;
+    ) -> Result<(), ForgeError>;
     /// A reaction (`+1`, `eyes`, `confused` ...) on a comment.
     async fn react(
         &self,
@@ -535,25 +540,44 @@ async fn deliver(
                 repo: &repo,
                 number: item.number as u64,
             };
-            // The deployment of the same head is reused; a new head gets a new one.
+            // The deployment of the same head is reused; a new head gets a new one. Its id is
+            // kept as soon as it exists, so a retry only sets the state.
             let known = store
                 .forge_ref(&conn.id, item.number, "deployment")
                 .await
                 .map_err(store_err)?;
-            let existing = known.as_deref().and_then(|r| {
-                let (id, for_sha) = r.split_once(':')?;
-                (for_sha == sha || state == DeployState::Inactive).then_some(id)
-            });
-            if let Some(id) = forge
-                .deployment(&pr, &sha, state, url.as_deref(), existing)
-                .await?
-            {
-                store
-                    .put_forge_ref(&conn.id, item.number, "deployment", &format!("{id}:{sha}"))
-                    .await
-                    .map_err(store_err)?;
-            }
-            Ok(())
+            let known = known.as_deref().and_then(|r| r.split_once(':'));
+            let id = match known {
+                Some((id, for_sha)) if for_sha == sha || state == DeployState::Inactive => {
+                    id.to_string()
+                }
+                _ if state == DeployState::Inactive => return Ok(()),
+                _ => {
+                    // A new head: the previous head's deployment is deactivated first, so
+                    // none is left active whatever coalescing skipped.
+                    if let Some((old, _)) = known {
+                        forge
+                            .set_deployment(&pr, old, DeployState::Inactive, None)
+                            .await?;
+                    }
+                    match forge.create_deployment(&pr, &sha).await? {
+                        Some(id) => {
+                            store
+                                .put_forge_ref(
+                                    &conn.id,
+                                    item.number,
+                                    "deployment",
+                                    &format!("{id}:{sha}"),
+                                )
+                                .await
+                                .map_err(store_err)?;
+                            id
+                        }
+                        None => return Ok(()),
+                    }
+                }
+            };
+            forge.set_deployment(&pr, &id, state, url.as_deref()).await
         }
     }
 }
@@ -580,20 +604,26 @@ async fn upsert_comment(
             Err(e) => return Err(e),
         }
     }
+    // Each step's result is kept before the next, so a retry after a failure (or a crash)
+    // resumes where it stopped instead of repeating calls.
     let found = forge.marked_comments(pr, render::MARKER).await?;
-    let id = match found.first() {
+    match found.first() {
         Some(id) => {
-            forge.edit_comment(pr, id, body).await?;
-            id.clone()
+            store
+                .put_forge_ref(connection_id, number, "comment", id)
+                .await
+                .map_err(store_err)?;
+            for dup in found.iter().skip(1) {
+                forge.delete_comment(pr, dup).await?;
+            }
+            forge.edit_comment(pr, id, body).await
         }
-        None => forge.create_comment(pr, body).await?,
-    };
-    store
-        .put_forge_ref(connection_id, number, "comment", &id)
-        .await
-        .map_err(store_err)?;
-    for dup in found.iter().skip(1) {
-        forge.delete_comment(pr, dup).await?;
+        None => {
+            let id = forge.create_comment(pr, body).await?;
+            store
+                .put_forge_ref(connection_id, number, "comment", &id)
+                .await
+                .map_err(store_err)
+        }
     }
-    Ok(())
 }

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
+pub mod fake_forge;
 pub mod preview;
 
 use endor::config::Config;

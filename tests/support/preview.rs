@@ -169,6 +169,8 @@ pub struct Pr<'a> {
     pub branch: &'a str,
     pub head_repo: &'a str,
     pub draft: bool,
+    /// The PR's title; empty keeps the fixture's.
+    pub title: &'a str,
 }
 
 impl<'a> Pr<'a> {
@@ -186,6 +188,7 @@ impl<'a> Pr<'a> {
             branch,
             head_repo,
             draft: false,
+            title: "",
         }
     }
 }
@@ -213,6 +216,9 @@ pub async fn send_pr(
     p["head"]["sha"] = pr.sha.into();
     p["head"]["ref"] = pr.branch.into();
     p["head"]["repo"]["full_name"] = pr.head_repo.into();
+    if !pr.title.is_empty() {
+        p["title"] = pr.title.into();
+    }
     p["base"]["repo"]["full_name"] = repo.into();
     let bytes = serde_json::to_vec(&body).unwrap();
     let sig = format!("sha256={}", sign_hex(conn.1.as_bytes(), &bytes));
@@ -254,12 +260,27 @@ pub fn harness_config(dir: &Path, store_url: &str) -> Config {
 
 impl Harness {
     pub async fn start(db: &TestStore) -> Self {
-        Self::start_in(db, super::reflink_dir(), true).await
+        Self::start_with(db, |_| {}).await
+    }
+
+    /// A server whose config `tweak` adjusts (forge URLs and tokens, say).
+    pub async fn start_with(db: &TestStore, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_in_with(db, super::reflink_dir(), true, tweak).await
     }
 
     /// A server over `dir` (storage, mirrors, logs); `fresh` creates the owner and workspace.
     pub async fn start_in(db: &TestStore, dir: tempfile::TempDir, fresh: bool) -> Self {
+        Self::start_in_with(db, dir, fresh, |_| {}).await
+    }
+
+    pub async fn start_in_with(
+        db: &TestStore,
+        dir: tempfile::TempDir,
+        fresh: bool,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = harness_config(dir.path(), &db.url);
+        tweak(&mut config);
         let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let gw = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         config.server.listen = api.local_addr().unwrap();
@@ -420,5 +441,129 @@ pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     while !f() {
         assert!(Instant::now() < deadline, "{what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The real `endor serve` binary over a directory of its own (SQLite store, storage, mirrors,
+/// logs), for tests that kill it.
+pub struct ServedBinary {
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+    pub cfg_path: PathBuf,
+    pub store_url: String,
+    pub http: reqwest::Client,
+    child: std::process::Child,
+}
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+impl ServedBinary {
+    /// Write the config (`tweak` applied), create the owner and workspace, start `serve`.
+    pub async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = super::reflink_dir();
+        let store_url = format!("sqlite://{}", dir.path().join("endor.db").display());
+        let mut config = harness_config(dir.path(), &store_url);
+        config.server.listen = free_addr();
+        config.server.public_url = format!("http://{}", config.server.listen);
+        config.gateway.listen = free_addr();
+        tweak(&mut config);
+        let cfg_path = dir.path().join("endor.toml");
+        std::fs::write(&cfg_path, toml::to_string(&config).unwrap()).unwrap();
+        let mut s = Self {
+            child: Command::new("true").spawn().unwrap(),
+            dir,
+            config,
+            cfg_path,
+            store_url,
+            http: reqwest::Client::new(),
+        };
+        s.cli(&["user", "create", "owner"]);
+        s.cli(&["workspace", "create", "acme", "--owner", "owner"]);
+        s.child = s.spawn().await;
+        s
+    }
+
+    /// Run an `endor` command on the same config; its stdout (it must succeed).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_endor"))
+            .args(["--config", self.cfg_path.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "endor {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    async fn spawn(&self) -> std::process::Child {
+        let child = Command::new(env!("CARGO_BIN_EXE_endor"))
+            .args(["--config", self.cfg_path.to_str().unwrap(), "serve"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let api = self.config.server.listen;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .http
+            .get(format!("http://{api}/healthz"))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "serve did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        child
+    }
+
+    /// A repository `octo/{name}` connected from GitHub through the CLI.
+    pub fn repo(&self, name: &str, endor_toml: &str) -> (Repo, (String, String)) {
+        let repo = Repo::new(self.dir.path(), name, endor_toml);
+        let connected: Value = serde_json::from_str(&self.cli(&[
+            "--json",
+            "repo",
+            "connect",
+            "acme",
+            &format!("github:octo/{name}"),
+            "--git-url",
+            &repo.url(),
+        ]))
+        .unwrap();
+        let conn = (
+            connected["connection_id"].as_str().unwrap().to_string(),
+            connected["secret"].as_str().unwrap().to_string(),
+        );
+        (repo, conn)
+    }
+
+    pub async fn pr_event(&self, conn: &(String, String), repo: &str, pr: Pr<'_>) -> u16 {
+        send_pr(&self.http, self.config.server.listen, conn, repo, pr).await
+    }
+
+    /// A store handle on the same database.
+    pub async fn store(&self) -> Arc<dyn Store> {
+        endor::store::connect(&self.store_url, 2).await.unwrap()
+    }
+
+    /// SIGKILL the server and start a new one on the same directory.
+    pub async fn kill_and_restart(mut self) -> Self {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = self.spawn().await;
+        self
+    }
+
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -1,0 +1,546 @@
+//! A fake forge for tests: one HTTP server that answers the endpoints endor uses on GitHub
+//! (REST v3, at `/`), GitLab (v4, at `/api/v4`) and Gitea (at `/api/v1`), keeps their state
+//! (comments, statuses, deployments, environments, reactions), records every request, checks
+//! auth headers and JSON shapes, and can inject faults (5xx on every n-th call, 429 with
+//! `Retry-After`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+pub const TOKEN: &str = "fake-forge-token-0123456789";
+pub const BOT: &str = "endor-bot";
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub at: Instant,
+    pub body: Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Comment {
+    pub id: u64,
+    /// (repo or project path, PR number)
+    pub pr: (String, u64),
+    pub author: String,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Status {
+    pub repo: String,
+    pub sha: String,
+    pub state: String,
+    pub context: String,
+    pub target_url: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub id: u64,
+    pub repo: String,
+    pub sha: String,
+    pub environment: String,
+    /// Deployment statuses in order.
+    pub states: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Environment {
+    pub id: u64,
+    pub project: String,
+    pub name: String,
+    pub external_url: Option<String>,
+    pub state: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Every n-th call (counted over all calls) answers 502.
+    pub fail_every: Option<u64>,
+    /// The next `count` calls answer 429 with `Retry-After: secs`.
+    pub rate_limited: Option<(u32, u64)>,
+    /// Every call answers 503 (the forge is down).
+    pub down: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct FakeState {
+    pub requests: Vec<Recorded>,
+    pub comments: BTreeMap<u64, Comment>,
+    pub statuses: Vec<Status>,
+    pub deployments: Vec<Deployment>,
+    pub environments: Vec<Environment>,
+    pub reactions: Vec<(u64, String)>,
+    pub faults: Faults,
+    next_id: u64,
+    calls: u64,
+}
+
+impl FakeState {
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Comments on one PR, oldest first.
+    pub fn comments_on(&self, repo: &str, number: u64) -> Vec<Comment> {
+        self.comments
+            .values()
+            .filter(|c| c.pr == (repo.to_string(), number))
+            .cloned()
+            .collect()
+    }
+
+    pub fn statuses_for(&self, sha: &str) -> Vec<String> {
+        self.statuses
+            .iter()
+            .filter(|s| s.sha == sha)
+            .map(|s| s.state.clone())
+            .collect()
+    }
+
+    /// Plant a comment (another user's, or a duplicate a crash left).
+    pub fn plant(&mut self, repo: &str, number: u64, author: &str, body: &str) -> u64 {
+        let id = self.id();
+        self.comments.insert(
+            id,
+            Comment {
+                id,
+                pr: (repo.into(), number),
+                author: author.into(),
+                body: body.into(),
+            },
+        );
+        id
+    }
+}
+
+pub struct FakeForge {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<FakeState>>,
+}
+
+impl FakeForge {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(FakeState::default()));
+        let app = Router::new().fallback(handle).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { addr, state }
+    }
+
+    pub fn github_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn gitlab_url(&self) -> String {
+        format!("http://{}/api/v4", self.addr)
+    }
+
+    pub fn gitea_url(&self) -> String {
+        format!("http://{}/api/v1", self.addr)
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
+        f(&mut self.state.lock().unwrap())
+    }
+}
+
+fn reply(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+fn authorized(forge: &str, headers: &HeaderMap) -> bool {
+    let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+    match forge {
+        "gitlab" => h("private-token") == TOKEN,
+        "gitea" => h("authorization") == format!("token {TOKEN}"),
+        _ => h("authorization") == format!("Bearer {TOKEN}"),
+    }
+}
+
+async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes: Bytes = axum::body::to_bytes(body, 10 << 20)
+        .await
+        .unwrap_or_default();
+    let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let path = parts.uri.path().to_string();
+    let query = parts.uri.query().unwrap_or("").to_string();
+    let mut st = state.lock().unwrap();
+    st.calls += 1;
+    let calls = st.calls;
+    let resp = (|| {
+        if st.faults.down {
+            return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"message": "down"}));
+        }
+        if let Some((n, secs)) = st.faults.rate_limited
+            && n > 0
+        {
+            st.faults.rate_limited = Some((n - 1, secs));
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("retry-after", secs.to_string())],
+                axum::Json(json!({"message": "API rate limit exceeded"})),
+            )
+                .into_response();
+        }
+        if st.faults.fail_every.is_some_and(|n| calls % n == 0) {
+            return reply(
+                StatusCode::BAD_GATEWAY,
+                json!({"message": "injected fault"}),
+            );
+        }
+        let (forge, rest) = if let Some(r) = path.strip_prefix("/api/v4") {
+            ("gitlab", r.to_string())
+        } else if let Some(r) = path.strip_prefix("/api/v1") {
+            ("gitea", r.to_string())
+        } else {
+            ("github", path.clone())
+        };
+        if !authorized(forge, &parts.headers) {
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                json!({"message": "Bad credentials"}),
+            );
+        }
+        // GitLab addresses projects by their URL-encoded path (`grp%2Fsub%2Fname`).
+        let decoded: Vec<String> = rest
+            .trim_start_matches('/')
+            .split('/')
+            .map(|x| x.replace("%2F", "/").replace("%2f", "/"))
+            .collect();
+        let seg: Vec<&str> = decoded.iter().map(String::as_str).collect();
+        route(&mut st, forge, &parts.method, &seg, &query, &json)
+    })();
+    let status = resp.status().as_u16();
+    st.requests.push(Recorded {
+        method: parts.method.to_string(),
+        path: format!(
+            "{path}{}",
+            if query.is_empty() {
+                String::new()
+            } else {
+                format!("?{query}")
+            }
+        ),
+        status,
+        at: Instant::now(),
+        body: json,
+    });
+    resp
+}
+
+fn page_of<T: Clone>(items: Vec<T>, query: &str, default_per: usize) -> Vec<T> {
+    let get = |k: &str| {
+        query
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse::<usize>().ok())
+    };
+    let per = get("per_page")
+        .or(get("limit"))
+        .unwrap_or(default_per)
+        .max(1);
+    let page = get("page").unwrap_or(1).max(1);
+    items.into_iter().skip((page - 1) * per).take(per).collect()
+}
+
+fn comment_json(forge: &str, c: &Comment) -> Value {
+    match forge {
+        "gitlab" => json!({"id": c.id, "body": c.body, "author": {"username": c.author}}),
+        _ => json!({"id": c.id, "body": c.body, "user": {"login": c.author}}),
+    }
+}
+
+fn route(
+    st: &mut FakeState,
+    forge: &str,
+    method: &Method,
+    seg: &[&str],
+    query: &str,
+    body: &Value,
+) -> Response {
+    let bad = |m: &str| reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"message": m}));
+    let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    match (method.as_str(), seg) {
+        ("GET", ["user"]) => match forge {
+            "gitlab" => reply(StatusCode::OK, json!({"username": BOT})),
+            _ => reply(StatusCode::OK, json!({"login": BOT})),
+        },
+        // GitHub and Gitea: issue comments.
+        ("GET", ["repos", o, r, "issues", n, "comments"]) => {
+            let repo = format!("{o}/{r}");
+            let all = st.comments_on(&repo, n.parse().unwrap_or(0));
+            let items: Vec<Value> = page_of(all, query, 30)
+                .iter()
+                .map(|c| comment_json(forge, c))
+                .collect();
+            reply(StatusCode::OK, Value::Array(items))
+        }
+        ("POST", ["repos", o, r, "issues", n, "comments"]) => {
+            let Some(b) = text("body") else {
+                return bad("body is required");
+            };
+            let id = st.plant(&format!("{o}/{r}"), n.parse().unwrap_or(0), BOT, &b);
+            let c = st.comments[&id].clone();
+            reply(StatusCode::CREATED, comment_json(forge, &c))
+        }
+        ("PATCH", ["repos", _, _, "issues", "comments", id]) => {
+            let Some(b) = text("body") else {
+                return bad("body is required");
+            };
+            match st.comments.get_mut(&id.parse().unwrap_or(0)) {
+                Some(c) if c.author == BOT => {
+                    c.body = b;
+                    let c = c.clone();
+                    reply(StatusCode::OK, comment_json(forge, &c))
+                }
+                Some(_) => reply(StatusCode::FORBIDDEN, json!({"message": "not yours"})),
+                None => reply(StatusCode::NOT_FOUND, json!({"message": "Not Found"})),
+            }
+        }
+        ("DELETE", ["repos", _, _, "issues", "comments", id]) => {
+            match st.comments.get(&id.parse().unwrap_or(0)) {
+                Some(c) if c.author == BOT => {
+                    st.comments.remove(&id.parse().unwrap_or(0));
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                Some(_) => reply(StatusCode::FORBIDDEN, json!({"message": "not yours"})),
+                None => reply(StatusCode::NOT_FOUND, json!({"message": "Not Found"})),
+            }
+        }
+        ("POST", ["repos", _, _, "issues", "comments", id, "reactions"]) => {
+            let Some(c) = text("content") else {
+                return bad("content is required");
+            };
+            st.reactions.push((id.parse().unwrap_or(0), c));
+            reply(StatusCode::CREATED, json!({"id": 1}))
+        }
+        ("POST", ["repos", o, r, "statuses", sha]) => {
+            let ok_states: &[&str] = &["pending", "success", "failure", "error", "warning"];
+            let (Some(state), Some(context)) = (text("state"), text("context")) else {
+                return bad("state and context are required");
+            };
+            if !ok_states.contains(&state.as_str()) || sha.len() != 40 {
+                return bad("bad state or sha");
+            }
+            st.statuses.push(Status {
+                repo: format!("{o}/{r}"),
+                sha: sha.to_string(),
+                state,
+                context,
+                target_url: text("target_url"),
+            });
+            reply(StatusCode::CREATED, json!({"id": st.statuses.len()}))
+        }
+        // GitHub deployments.
+        ("POST", ["repos", o, r, "deployments"]) if forge == "github" => {
+            let (Some(sha), Some(env)) = (text("ref"), text("environment")) else {
+                return bad("ref and environment are required");
+            };
+            let id = st.id();
+            st.deployments.push(Deployment {
+                id,
+                repo: format!("{o}/{r}"),
+                sha,
+                environment: env,
+                states: Vec::new(),
+            });
+            reply(StatusCode::CREATED, json!({"id": id}))
+        }
+        ("POST", ["repos", _, _, "deployments", id, "statuses"]) if forge == "github" => {
+            let Some(state) = text("state") else {
+                return bad("state is required");
+            };
+            let valid = [
+                "in_progress",
+                "success",
+                "failure",
+                "inactive",
+                "queued",
+                "error",
+            ];
+            if !valid.contains(&state.as_str()) {
+                return bad("bad deployment state");
+            }
+            let id: u64 = id.parse().unwrap_or(0);
+            let auto_inactive = body
+                .get("auto_inactive")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
+            let Some(env) = st
+                .deployments
+                .iter()
+                .find(|d| d.id == id)
+                .map(|d| d.environment.clone())
+            else {
+                return reply(StatusCode::NOT_FOUND, json!({"message": "Not Found"}));
+            };
+            // As GitHub does: a successful deployment makes the environment's other
+            // successful ones inactive (unless auto_inactive is false).
+            if state == "success" && auto_inactive {
+                for d in st
+                    .deployments
+                    .iter_mut()
+                    .filter(|d| d.environment == env && d.id != id)
+                {
+                    if d.states.last().map(String::as_str) == Some("success") {
+                        d.states.push("inactive".into());
+                    }
+                }
+            }
+            if let Some(d) = st.deployments.iter_mut().find(|d| d.id == id) {
+                d.states.push(state);
+            }
+            reply(StatusCode::CREATED, json!({"id": 1}))
+        }
+        // GitLab: notes, statuses, environments.
+        ("GET", ["projects", p, "merge_requests", n, "notes"]) => {
+            let all = st.comments_on(p, n.parse().unwrap_or(0));
+            let items: Vec<Value> = page_of(all, query, 20)
+                .iter()
+                .map(|c| comment_json(forge, c))
+                .collect();
+            reply(StatusCode::OK, Value::Array(items))
+        }
+        ("POST", ["projects", p, "merge_requests", n, "notes"]) => {
+            let Some(b) = text("body") else {
+                return bad("body is required");
+            };
+            let id = st.plant(p, n.parse().unwrap_or(0), BOT, &b);
+            let c = st.comments[&id].clone();
+            reply(StatusCode::CREATED, comment_json(forge, &c))
+        }
+        ("PUT", ["projects", _, "merge_requests", _, "notes", id]) => {
+            let Some(b) = text("body") else {
+                return bad("body is required");
+            };
+            match st.comments.get_mut(&id.parse().unwrap_or(0)) {
+                Some(c) if c.author == BOT => {
+                    c.body = b;
+                    let c = c.clone();
+                    reply(StatusCode::OK, comment_json(forge, &c))
+                }
+                Some(_) => reply(StatusCode::FORBIDDEN, json!({"message": "403 Forbidden"})),
+                None => reply(StatusCode::NOT_FOUND, json!({"message": "404 Not found"})),
+            }
+        }
+        ("DELETE", ["projects", _, "merge_requests", _, "notes", id]) => {
+            st.comments.remove(&id.parse().unwrap_or(0));
+            StatusCode::NO_CONTENT.into_response()
+        }
+        (
+            "POST",
+            [
+                "projects",
+                p,
+                "merge_requests",
+                _,
+                "notes",
+                id,
+                "award_emoji",
+            ],
+        ) => {
+            let _ = p;
+            let Some(n) = text("name") else {
+                return bad("name is required");
+            };
+            st.reactions.push((id.parse().unwrap_or(0), n));
+            reply(StatusCode::CREATED, json!({"id": 1}))
+        }
+        ("POST", ["projects", p, "statuses", sha]) => {
+            let ok_states: &[&str] = &["pending", "running", "success", "failed", "canceled"];
+            let (Some(state), Some(name)) = (text("state"), text("name")) else {
+                return bad("state and name are required");
+            };
+            if !ok_states.contains(&state.as_str()) {
+                return bad("bad state");
+            }
+            st.statuses.push(Status {
+                repo: p.to_string(),
+                sha: sha.to_string(),
+                state,
+                context: name,
+                target_url: text("target_url"),
+            });
+            reply(StatusCode::CREATED, json!({"id": st.statuses.len()}))
+        }
+        ("GET", ["projects", p, "environments"]) => {
+            let want = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("name="))
+                .map(|v| v.replace("%2F", "/"));
+            let items: Vec<Value> = st
+                .environments
+                .iter()
+                .filter(|e| e.project == *p && want.as_deref().is_none_or(|w| w == e.name))
+                .map(|e| json!({"id": e.id, "name": e.name, "state": e.state, "external_url": e.external_url}))
+                .collect();
+            reply(StatusCode::OK, Value::Array(items))
+        }
+        ("POST", ["projects", p, "environments"]) => {
+            let Some(name) = text("name") else {
+                return bad("name is required");
+            };
+            if st
+                .environments
+                .iter()
+                .any(|e| e.project == *p && e.name == name)
+            {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"message": {"name": ["has already been taken"]}}),
+                );
+            }
+            let id = st.id();
+            st.environments.push(Environment {
+                id,
+                project: p.to_string(),
+                name,
+                external_url: text("external_url"),
+                state: "available".into(),
+            });
+            reply(StatusCode::CREATED, json!({"id": id}))
+        }
+        ("PUT", ["projects", _, "environments", id]) => {
+            let id: u64 = id.parse().unwrap_or(0);
+            let url = text("external_url");
+            match st.environments.iter_mut().find(|e| e.id == id) {
+                Some(e) => {
+                    e.external_url = url;
+                    e.state = "available".into();
+                    reply(StatusCode::OK, json!({"id": id}))
+                }
+                None => reply(StatusCode::NOT_FOUND, json!({"message": "404 Not found"})),
+            }
+        }
+        ("POST", ["projects", _, "environments", id, "stop"]) => {
+            let id: u64 = id.parse().unwrap_or(0);
+            match st.environments.iter_mut().find(|e| e.id == id) {
+                Some(e) => {
+                    e.state = "stopped".into();
+                    reply(StatusCode::OK, json!({"id": id, "state": "stopped"}))
+                }
+                None => reply(StatusCode::NOT_FOUND, json!({"message": "404 Not found"})),
+            }
+        }
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            json!({"message": format!("no such endpoint: {method} {}", seg.join("/"))}),
+        ),
+    }
+}

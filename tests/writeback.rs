@@ -1,0 +1,417 @@
+//! Reporting back to the forge, end to end: real previews (git, webhooks, workers, gateway)
+//! whose status comment, commit statuses and deployments land on a fake GitHub, GitLab and
+//! Gitea that record every request and inject faults.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use endor::config::Config;
+use serde_json::Value;
+use support::TestStore;
+use support::fake_forge::{BOT, FakeForge, TOKEN};
+use support::preview::*;
+
+const STATIC_SITE: &str =
+    "[preview]\nbuild = [\"mkdir -p out\", \"cp index.html out/\"]\nroot = \"out\"\n";
+const MARKER: &str = "<!-- endor:status -->";
+
+fn github(forge: &FakeForge) -> impl FnOnce(&mut Config) {
+    let url = forge.github_url();
+    move |c: &mut Config| {
+        c.github.api_url = url;
+        c.github.token = TOKEN.into();
+        c.writeback.rate_per_second = 50.0;
+    }
+}
+
+/// Wait until no write-back of the connection is pending or being sent.
+async fn settled(h: &Harness, conn: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let items = h.store().outbox_items(conn).await.unwrap();
+        if !items.is_empty()
+            && items
+                .iter()
+                .all(|i| i.state != "pending" && i.state != "sending")
+        {
+            assert!(
+                items.iter().all(|i| i.state != "failed"),
+                "a write-back failed: {items:?}"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "write-backs never settled: {items:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Statuses must be pending* then one final state (coalescing may skip some pendings).
+fn in_order(states: &[String], last: &str) {
+    assert!(!states.is_empty(), "no status");
+    assert_eq!(states.last().unwrap(), last, "{states:?}");
+    assert!(
+        states[..states.len() - 1]
+            .iter()
+            .all(|s| s == "pending" || s == "running"),
+        "{states:?}"
+    );
+}
+
+/// Open, push, close on GitHub: one marked comment showing the final state, statuses in order
+/// on each head, deployments for `preview/pr-7` ending `inactive`.
+async fn github_lifecycle(forge: &FakeForge) {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start_with(&db, github(forge)).await;
+    let (repo, conn) = h.repo("shop", STATIC_SITE).await;
+    // A duplicate left by a crash, and another user's comment that spoofs the marker.
+    let (dup, spoof) = forge.with(|f| {
+        (
+            f.plant("octo/shop", 7, BOT, &format!("{MARKER}\nold")),
+            f.plant("octo/shop", 7, "mallory", &format!("{MARKER}\nfake")),
+        )
+    });
+    let title = "<!-- endor:status --> <script>x</script> @admin **bold** | [link](http://evil)";
+    let sha1 = repo.push_pr("f", 7, "one");
+    let open = Pr {
+        title,
+        ..Pr::new("opened", 7, &sha1, "f", "octo/shop")
+    };
+    assert_eq!(h.pr_event(&conn, "octo/shop", open).await, 202);
+    let p = h.wait(&conn.0, 7, &["ready", "failed"], None).await;
+    assert_eq!(p.state, "ready", "{p:?}");
+    settled(&h, &conn.0).await;
+    let body = forge.with(|f| f.comments[&dup].body.clone());
+    assert!(body.contains("| State | ready |"), "{body}");
+    assert!(
+        body.contains("http://shop-pr-7.preview.localhost:"),
+        "{body}"
+    );
+    assert_eq!(body.matches("<!--").count(), 1, "{body}");
+    assert!(
+        body.contains("&lt;script&gt;") && !body.contains("<script"),
+        "{body}"
+    );
+    assert!(!body.contains("@admin"), "{body}");
+
+    let sha2 = repo.push_pr("f", 7, "two");
+    assert_eq!(
+        h.pr_event(
+            &conn,
+            "octo/shop",
+            Pr {
+                title,
+                ..Pr::new("synchronize", 7, &sha2, "f", "octo/shop")
+            }
+        )
+        .await,
+        202
+    );
+    h.wait(&conn.0, 7, &["ready"], Some(&sha2)).await;
+    assert_eq!(
+        h.pr_event(
+            &conn,
+            "octo/shop",
+            Pr::new("closed", 7, &sha2, "f", "octo/shop")
+        )
+        .await,
+        202
+    );
+    h.wait(&conn.0, 7, &["destroyed"], None).await;
+    settled(&h, &conn.0).await;
+
+    forge.with(|f| {
+        let marked: Vec<_> = f
+            .comments_on("octo/shop", 7)
+            .into_iter()
+            .filter(|c| c.body.starts_with(MARKER) && c.author == BOT)
+            .collect();
+        assert_eq!(marked.len(), 1, "exactly one status comment: {marked:?}");
+        assert_eq!(marked[0].id, dup, "the existing comment is reused");
+        assert!(
+            marked[0].body.contains("| State | destroyed |"),
+            "{}",
+            marked[0].body
+        );
+        assert_eq!(
+            f.comments[&spoof].body,
+            format!("{MARKER}\nfake"),
+            "another user's comment is never touched"
+        );
+        in_order(&f.statuses_for(&sha1), "success");
+        in_order(&f.statuses_for(&sha2), "success");
+        assert!(f.statuses.iter().all(|s| s.context == "endor/preview"));
+        assert!(
+            f.statuses.iter().filter(|s| s.state == "success").all(|s| s
+                .target_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("http://shop-pr-7.preview.localhost:"))),
+            "{:?}",
+            f.statuses
+        );
+        // Deployments for the PR's environment only, each for a head of the PR; after the
+        // destroy none is left active (coalescing may skip a head's own deployment when a
+        // newer state was already waiting).
+        assert!(!f.deployments.is_empty());
+        assert!(
+            f.deployments
+                .iter()
+                .all(|d| d.environment == "preview/pr-7")
+        );
+        assert!(f.deployments.iter().all(|d| d.sha == sha1 || d.sha == sha2));
+        assert!(
+            f.deployments
+                .iter()
+                .all(|d| d.states.last().map(String::as_str) == Some("inactive")),
+            "{:?}",
+            f.deployments
+        );
+        assert!(
+            f.deployments
+                .iter()
+                .any(|d| d.states.contains(&"success".to_string()))
+        );
+        assert!(
+            f.requests
+                .iter()
+                .all(|r| r.status != 401 && r.status != 422),
+            "{:?}",
+            f.requests
+                .iter()
+                .filter(|r| r.status >= 400)
+                .collect::<Vec<_>>()
+        );
+    });
+    h.stop().await;
+    db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn github_one_comment_statuses_and_deployments() {
+    let forge = FakeForge::start().await;
+    github_lifecycle(&forge).await;
+}
+
+/// The same lifecycle with every second call failing (502) and a 429 `Retry-After: 2` first:
+/// the same final state, no duplicate, and nothing sent during the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn github_with_faults_and_rate_limits() {
+    let forge = FakeForge::start().await;
+    forge.with(|f| {
+        f.faults.fail_every = Some(2);
+        f.faults.rate_limited = Some((1, 2));
+    });
+    github_lifecycle(&forge).await;
+    forge.with(|f| {
+        let i = f
+            .requests
+            .iter()
+            .position(|r| r.status == 429)
+            .expect("a 429 was answered");
+        // Requests already under way when the 429 arrived may land just after it; after
+        // that, nothing until the 2 s are over.
+        let at = f.requests[i].at;
+        let during: Vec<_> = f
+            .requests
+            .iter()
+            .filter(|r| {
+                r.at > at + Duration::from_millis(100) && r.at < at + Duration::from_millis(1900)
+            })
+            .map(|r| (r.at - at, r.path.clone()))
+            .collect();
+        assert!(during.is_empty(), "Retry-After: 2 not honored: {during:?}");
+        assert!(
+            f.requests
+                .iter()
+                .any(|r| r.at >= at + Duration::from_millis(1900))
+        );
+        assert!(f.requests.iter().filter(|r| r.status == 502).count() >= 3);
+    });
+}
+
+/// `endor serve` is killed right after its state changes were stored while the forge was down:
+/// the next process sends them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_backs_survive_sigkill() {
+    let forge = FakeForge::start().await;
+    forge.with(|f| f.faults.down = true);
+    let served = ServedBinary::start(github(&forge)).await;
+    let (repo, conn) = served.repo("svc", STATIC_SITE);
+    let sha = repo.push_pr("f", 3, "after-crash");
+    assert_eq!(
+        served
+            .pr_event(
+                &conn,
+                "octo/svc",
+                Pr::new("opened", 3, &sha, "f", "octo/svc")
+            )
+            .await,
+        202
+    );
+    let store = served.store().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = store.preview(&conn.0, 3).await.unwrap();
+        if p.as_ref().is_some_and(|p| p.state == "ready") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not ready: {p:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The write-backs are stored, and could not be sent.
+    let pending = store.outbox_items(&conn.0).await.unwrap();
+    assert!(
+        pending
+            .iter()
+            .any(|i| i.kind == "comment" && i.state != "done"),
+        "{pending:?}"
+    );
+    let served = served.kill_and_restart().await;
+    forge.with(|f| f.faults.down = false);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let done = forge.with(|f| {
+            let c = f.comments_on("octo/svc", 3);
+            c.len() == 1
+                && c[0].body.contains("| State | ready |")
+                && f.statuses_for(&sha).last().map(String::as_str) == Some("success")
+        });
+        if done {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "write-backs not sent after restart: {:?}",
+            store.outbox_items(&conn.0).await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    served.stop();
+}
+
+/// GitLab: one note, commit statuses, an environment stopped on close. Gitea: one comment and
+/// statuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gitlab_and_gitea_write_backs() {
+    let forge = FakeForge::start().await;
+    let (gl, gt) = (forge.gitlab_url(), forge.gitea_url());
+    let db = TestStore::sqlite().await;
+    let h = Harness::start_with(&db, move |c| {
+        c.gitlab.api_url = gl;
+        c.gitlab.token = TOKEN.into();
+        c.gitea.api_url = gt;
+        c.gitea.token = TOKEN.into();
+        c.writeback.rate_per_second = 50.0;
+    })
+    .await;
+
+    let repo = Repo::new(h.dir.path(), "glshop", STATIC_SITE);
+    let c = h.connect_spec("gitlab:grp/sub/glshop", &repo.url()).await;
+    let sha = repo.push_pr("mr", 4, "gitlab");
+    let mr = |action: &str| {
+        let mut b: Value =
+            serde_json::from_slice(&support::fixture("gitlab.merge_request.open.json")).unwrap();
+        b["project"]["path_with_namespace"] = "grp/sub/glshop".into();
+        let a = &mut b["object_attributes"];
+        a["action"] = action.into();
+        a["iid"] = 4.into();
+        a["last_commit"]["id"] = sha.clone().into();
+        a["source_project_id"] = a["target_project_id"].clone();
+        a["draft"] = false.into();
+        a["work_in_progress"] = false.into();
+        serde_json::to_vec(&b).unwrap()
+    };
+    for action in ["open", "close"] {
+        let r = h
+            .http
+            .post(format!(
+                "http://{}/webhooks/gitlab/{}",
+                h.api, c.connection_id
+            ))
+            .header("x-gitlab-event", "Merge Request Hook")
+            .header("x-gitlab-token", c.secret.clone())
+            .header("content-type", "application/json")
+            .body(mr(action))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        let want: &[&str] = if action == "open" {
+            &["ready", "failed"]
+        } else {
+            &["destroyed"]
+        };
+        let p = h.wait(&c.connection_id, 4, want, None).await;
+        assert_ne!(p.state, "failed", "{p:?}");
+        settled(&h, &c.connection_id).await;
+    }
+    forge.with(|f| {
+        let notes = f.comments_on("grp/sub/glshop", 4);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        assert!(
+            notes[0].body.starts_with(MARKER) && notes[0].body.contains("| State | destroyed |")
+        );
+        let states = f.statuses_for(&sha);
+        assert_eq!(
+            states.last().map(String::as_str),
+            Some("success"),
+            "{states:?}"
+        );
+        let env = f
+            .environments
+            .iter()
+            .find(|e| e.name == "preview/pr-4")
+            .expect("an environment");
+        assert_eq!(env.project, "grp/sub/glshop");
+        assert_eq!(env.state, "stopped");
+    });
+
+    let repo = Repo::new(h.dir.path(), "gtshop", STATIC_SITE);
+    let c = h.connect_spec("gitea:octo/gtshop", &repo.url()).await;
+    let sha = repo.push_pr("feat", 2, "gitea");
+    let mut b: Value =
+        serde_json::from_slice(&support::fixture("gitea.pull_request.opened.json")).unwrap();
+    b["number"] = 2.into();
+    b["repository"]["full_name"] = "octo/gtshop".into();
+    let pr = &mut b["pull_request"];
+    pr["draft"] = false.into();
+    pr["head"]["sha"] = sha.clone().into();
+    pr["head"]["repo_id"] = pr["base"]["repo_id"].clone();
+    pr["head"]["repo"]["full_name"] = "octo/gtshop".into();
+    let body = serde_json::to_vec(&b).unwrap();
+    let r = h
+        .http
+        .post(format!(
+            "http://{}/webhooks/gitea/{}",
+            h.api, c.connection_id
+        ))
+        .header("x-gitea-event", "pull_request")
+        .header(
+            "x-gitea-signature",
+            endor::forge::signature::sign_hex(c.secret.as_bytes(), &body),
+        )
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    h.wait(&c.connection_id, 2, &["ready"], None).await;
+    settled(&h, &c.connection_id).await;
+    forge.with(|f| {
+        let comments = f.comments_on("octo/gtshop", 2);
+        assert_eq!(comments.len(), 1);
+        assert!(comments[0].body.contains("| State | ready |"));
+        in_order(&f.statuses_for(&sha), "success");
+        assert!(
+            f.requests
+                .iter()
+                .all(|r| r.status != 401 && r.status != 422)
+        );
+    });
+    h.stop().await;
+    db.cleanup().await;
+}
