@@ -380,6 +380,119 @@ impl ForgeClients {
     }
 }
 
+/// What the forge should show for the preview's new state: the status comment, the
+/// commit status of its head, its deployment. Nothing for internal steps, or when endor
+/// has no credentials for the forge.
+pub async fn rows_for(
+    store: &dyn Store,
+    forges: &ForgeClients,
+    config: &Config,
+    p: &crate::store::Preview,
+) -> Result<Vec<NewOutbox>, crate::store::StoreError> {
+    use crate::previews::lifecycle::state;
+    use render::{CommentView, StepLine, render};
+    use {CommitState as C, DeployState as D};
+    let (shown, status, deploy): (&str, Option<(C, String)>, Option<D>) = match p.state.as_str() {
+        state::QUEUED => (
+            "building",
+            Some((C::Pending, "building".into())),
+            Some(D::InProgress),
+        ),
+        state::READY => (
+            "ready",
+            Some((C::Success, "preview ready".into())),
+            Some(D::Success),
+        ),
+        state::FAILED => (
+            "failed",
+            Some((
+                C::Failure,
+                p.reason.clone().unwrap_or_else(|| "failed".into()),
+            )),
+            Some(D::Failure),
+        ),
+        state::SKIPPED => ("skipped", None, None),
+        state::AWAITING_APPROVAL => (
+            "awaiting-approval",
+            Some((C::Pending, "waiting for a member's /preview deploy".into())),
+            None,
+        ),
+        state::DESTROYED => ("destroyed", None, Some(D::Inactive)),
+        _ => return Ok(Vec::new()),
+    };
+    let Some(conn) = store.connection(&p.connection_id).await? else {
+        return Ok(Vec::new());
+    };
+    if !forges.enabled(conn.forge) {
+        return Ok(Vec::new());
+    }
+    let sha = p.head_sha.clone().unwrap_or_default();
+    let served = p.state == state::READY;
+    let url = served.then(|| {
+        format!(
+            "http://{}.{}:{}/",
+            p.site_name,
+            config.gateway.domain,
+            config.gateway.listen.port()
+        )
+    });
+    let steps = if matches!(p.state.as_str(), state::READY | state::FAILED) {
+        store
+            .last_run_steps(&p.id)
+            .await?
+            .into_iter()
+            .map(|s| StepLine {
+                time: match s.ended_at {
+                    Some(e) => format!("{} ms", e - s.started_at),
+                    None => "—".into(),
+                },
+                name: s.step,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let body = render(&CommentView {
+        state: shown.into(),
+        title: p.title.clone(),
+        site: p.site_name.clone(),
+        url: url.clone(),
+        head_sha: sha.clone(),
+        expires_at: None,
+        steps,
+        error: (p.state == state::FAILED)
+            .then(|| p.reason.clone())
+            .flatten(),
+    });
+    let mut out = vec![Payload::Comment {
+        repo: conn.repo.clone(),
+        body,
+    }];
+    if !sha.is_empty() {
+        if let Some((state, description)) = status {
+            out.push(Payload::Status {
+                repo: conn.repo.clone(),
+                sha: sha.clone(),
+                state,
+                target_url: url.clone(),
+                description,
+            });
+        }
+        if let Some(state) = deploy {
+            out.push(Payload::Deployment {
+                repo: conn.repo.clone(),
+                sha,
+                state,
+                url,
+            });
+        }
+    }
+    Ok(out
+        .iter()
+        .map(|w| w.row(&p.connection_id, p.number))
+        .collect())
+}
+
 /// Sends the outbox: claims due rows, one in flight per key, and records how each ended.
 pub struct Sender {
     stop: watch::Sender<bool>,
