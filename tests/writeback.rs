@@ -415,3 +415,82 @@ async fn gitlab_and_gitea_write_backs() {
     h.stop().await;
     db.cleanup().await;
 }
+
+/// As a GitHub App: the installation is found with the app's JWT, installation tokens are
+/// minted and renewed before they expire, and the app's bot owns the one status comment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn github_app_installation_tokens() {
+    use support::fake_forge::APP_ID;
+    let forge = FakeForge::start().await;
+    // Tokens live 32 s; octocrab renews them 30 s before expiry, so every 2 s here.
+    forge.with(|f| f.token_lifetime = Duration::from_secs(32));
+    let keydir = tempfile::tempdir().unwrap();
+    let key = keydir.path().join("app.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let url = forge.github_url();
+    let db = TestStore::sqlite().await;
+    let key_path = key.clone();
+    let h = Harness::start_with(&db, move |c| {
+        c.github.api_url = url;
+        c.github.app_id = Some(APP_ID);
+        c.github.private_key_file = Some(key_path);
+        c.writeback.rate_per_second = 50.0;
+    })
+    .await;
+    let (repo, conn) = h.repo("appshop", STATIC_SITE).await;
+    let sha = repo.push_pr("f", 5, "app");
+    assert_eq!(
+        h.pr_event(
+            &conn,
+            "octo/appshop",
+            Pr::new("opened", 5, &sha, "f", "octo/appshop")
+        )
+        .await,
+        202
+    );
+    h.wait(&conn.0, 5, &["ready"], None).await;
+    settled(&h, &conn.0).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        h.pr_event(
+            &conn,
+            "octo/appshop",
+            Pr::new("closed", 5, &sha, "f", "octo/appshop")
+        )
+        .await,
+        202
+    );
+    h.wait(&conn.0, 5, &["destroyed"], None).await;
+    settled(&h, &conn.0).await;
+    forge.with(|f| {
+        assert!(
+            f.installation_tokens.len() >= 2,
+            "the installation token was not renewed: {:?}",
+            f.installation_tokens
+        );
+        let comments = f.comments_on("octo/appshop", 5);
+        assert_eq!(comments.len(), 1, "{comments:?}");
+        assert_eq!(comments[0].author, "endor-app[bot]");
+        assert!(comments[0].body.contains("| State | destroyed |"));
+        assert!(
+            f.requests.iter().all(|r| r.status != 401),
+            "{:?}",
+            f.requests
+                .iter()
+                .filter(|r| r.status == 401)
+                .collect::<Vec<_>>()
+        );
+    });
+    h.stop().await;
+    db.cleanup().await;
+}

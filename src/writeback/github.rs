@@ -13,7 +13,6 @@ use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, classif
 
 pub struct GitHub {
     octo: Octocrab,
-    base: String,
     limiter: Arc<Limiter>,
     /// The account endor writes as (its comments are the only ones it edits or deletes).
     login: tokio::sync::OnceCell<String>,
@@ -35,14 +34,46 @@ impl GitHub {
             .map_err(|e| ForgeError::Permanent(format!("github client: {e}")))?;
         Ok(Self {
             octo,
-            base: api_url.trim_end_matches('/').to_string(),
             limiter,
             login: tokio::sync::OnceCell::new(),
         })
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+    /// A client acting as a GitHub App's installation on `repo`: the installation is found
+    /// with the app's JWT, and octocrab mints installation tokens and renews them before they
+    /// expire.
+    pub async fn as_installation(
+        app: &Octocrab,
+        repo: &str,
+        limiter: Arc<Limiter>,
+    ) -> Result<Self, ForgeError> {
+        let v = app_get(app, &format!("/repos/{repo}/installation"), &limiter)
+            .await
+            .map_err(|e| match e {
+                ForgeError::NotFound => {
+                    ForgeError::Permanent(format!("the GitHub App is not installed on {repo}"))
+                }
+                e => e,
+            })?;
+        let id = v["id"]
+            .as_u64()
+            .ok_or_else(|| ForgeError::Permanent("github: installation without an id".into()))?;
+        let octo = app
+            .installation(octocrab::models::InstallationId(id))
+            .map_err(|e| ForgeError::Permanent(format!("github installation client: {e}")))?;
+        // An installation token cannot read /user: the app writes as `{slug}[bot]`, and its
+        // slug is read with the JWT.
+        let v = app_get(app, "/app", &limiter).await?;
+        let slug = v["slug"]
+            .as_str()
+            .ok_or_else(|| ForgeError::Permanent("github: /app has no slug".into()))?;
+        let login = tokio::sync::OnceCell::new();
+        let _ = login.set(format!("{slug}[bot]"));
+        Ok(Self {
+            octo,
+            limiter,
+            login,
+        })
     }
 
     /// Send one request (after the rate limiter), and read the answer.
@@ -53,7 +84,9 @@ impl GitHub {
         body: Option<&Value>,
     ) -> Result<(StatusCode, Value), ForgeError> {
         self.limiter.acquire().await;
-        let url = self.url(path);
+        // Paths stay relative: octocrab joins them to the base URI (with its path, for
+        // GitHub Enterprise), and adds app and installation auth only to such requests.
+        let url = path.to_string();
         let resp = match method {
             http::Method::GET => self.octo._get(url).await,
             http::Method::POST => self.octo._post(url, body).await,
@@ -92,6 +125,25 @@ impl GitHub {
             .await
             .cloned()
     }
+}
+
+/// A GET with the app's own JWT (octocrab signs it with the app's key).
+async fn app_get(app: &Octocrab, url: &str, limiter: &Limiter) -> Result<Value, ForgeError> {
+    limiter.acquire().await;
+    let resp = app
+        ._get(url)
+        .await
+        .map_err(|e| ForgeError::transient(format!("github: {e}")))?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let text = app
+        .body_to_string(resp)
+        .await
+        .map_err(|e| ForgeError::transient(format!("github: {e}")))?;
+    if let Some(err) = classify_status(status, &headers, &text, limiter) {
+        return Err(err);
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 fn id_of(v: &Value) -> Result<String, ForgeError> {

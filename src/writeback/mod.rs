@@ -300,6 +300,7 @@ pub struct ForgeClients {
     config: Config,
     clients: Mutex<HashMap<String, Arc<dyn Forge>>>,
     limiters: std::sync::Mutex<HashMap<String, Arc<Limiter>>>,
+    github_app: tokio::sync::OnceCell<octocrab::Octocrab>,
 }
 
 impl ForgeClients {
@@ -308,6 +309,7 @@ impl ForgeClients {
             config: config.clone(),
             clients: Mutex::new(HashMap::new()),
             limiters: std::sync::Mutex::new(HashMap::new()),
+            github_app: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -321,7 +323,40 @@ impl ForgeClients {
 
     /// Does endor have credentials to write to this connection's forge?
     pub fn enabled(&self, forge: ForgeKind) -> bool {
-        !self.forge_config(forge).token.is_empty()
+        let c = self.forge_config(forge);
+        !c.token.is_empty()
+            || (forge == ForgeKind::Github && c.app_id.is_some() && c.private_key_file.is_some())
+    }
+
+    /// The GitHub App client (its JWT), made once from `[github] app_id` and the key file.
+    async fn github_app(&self, api: &str) -> Result<octocrab::Octocrab, ForgeError> {
+        self.github_app
+            .get_or_try_init(|| async {
+                let c = &self.config.github;
+                let (Some(id), Some(path)) = (c.app_id, c.private_key_file.as_ref()) else {
+                    return Err(ForgeError::Permanent("no GitHub App configured".into()));
+                };
+                let pem = std::fs::read(path).map_err(|e| {
+                    ForgeError::Permanent(format!(
+                        "[github] private_key_file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                let key = octocrab::EncodingKey::from_rsa_pem(&pem).map_err(|e| {
+                    ForgeError::Permanent(format!(
+                        "[github] private_key_file {}: not an RSA key in PEM: {e}",
+                        path.display()
+                    ))
+                })?;
+                octocrab::Octocrab::builder()
+                    .base_uri(api)
+                    .map_err(|e| ForgeError::Permanent(format!("github api_url: {e}")))?
+                    .app(octocrab::models::AppId(id), key)
+                    .build()
+                    .map_err(|e| ForgeError::Permanent(format!("github app client: {e}")))
+            })
+            .await
+            .cloned()
     }
 
     fn api_url(&self, conn: &Connection) -> Option<String> {
@@ -354,9 +389,9 @@ impl ForgeClients {
             return Ok(c.clone());
         }
         let cfg = self.forge_config(conn.forge);
-        if cfg.token.is_empty() {
+        if !self.enabled(conn.forge) {
             return Err(ForgeError::Permanent(format!(
-                "no {} token configured ([{}] token)",
+                "no {} credentials configured ([{}] token)",
                 conn.forge, conn.forge
             )));
         }
@@ -368,6 +403,11 @@ impl ForgeClients {
         })?;
         let limiter = self.limiter(&api);
         let client: Arc<dyn Forge> = match conn.forge {
+            // A personal or fine-grained token wins; without one, the GitHub App.
+            ForgeKind::Github if cfg.token.is_empty() => {
+                let app = self.github_app(&api).await?;
+                Arc::new(github::GitHub::as_installation(&app, &conn.repo, limiter).await?)
+            }
             ForgeKind::Github => Arc::new(github::GitHub::with_token(&api, &cfg.token, limiter)?),
             ForgeKind::Gitlab => Arc::new(gitlab::GitLab::new(&api, &cfg.token, limiter)?),
             ForgeKind::Gitea => Arc::new(gitea::Gitea::new(&api, &cfg.token, limiter)?),

@@ -84,6 +84,10 @@ pub struct FakeState {
     pub environments: Vec<Environment>,
     pub reactions: Vec<(u64, String)>,
     pub faults: Faults,
+    /// GitHub App installation tokens issued: (token, valid until).
+    pub installation_tokens: Vec<(String, std::time::SystemTime)>,
+    /// How long an installation token the fake issues lives.
+    pub token_lifetime: std::time::Duration,
     next_id: u64,
     calls: u64,
 }
@@ -163,13 +167,86 @@ fn reply(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-fn authorized(forge: &str, headers: &HeaderMap) -> bool {
+/// The app id the fake GitHub App has; its JWTs must name it as issuer.
+pub const APP_ID: u64 = 4242;
+pub const APP_SLUG: &str = "endor-app";
+
+fn authorized(st: &FakeState, forge: &str, headers: &HeaderMap, jwt_route: bool) -> bool {
     let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
     match forge {
         "gitlab" => h("private-token") == TOKEN,
         "gitea" => h("authorization") == format!("token {TOKEN}"),
-        _ => h("authorization") == format!("Bearer {TOKEN}"),
+        _ if jwt_route => h("authorization")
+            .strip_prefix("Bearer ")
+            .is_some_and(|t| jwt_issuer(t) == Some(APP_ID)),
+        _ => {
+            let bearer = h("authorization").strip_prefix("Bearer ").unwrap_or("");
+            bearer == TOKEN
+                || st
+                    .installation_tokens
+                    .iter()
+                    .any(|(t, until)| t == bearer && *until > std::time::SystemTime::now())
+        }
     }
+}
+
+/// The `iss` claim of a JWT (not verified: the fake checks shape and issuer only).
+fn jwt_issuer(token: &str) -> Option<u64> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64_url_decode(payload)?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    match &v["iss"] {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn base64_url_decode(s: &str) -> Option<Vec<u8>> {
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes() {
+        let v = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            b'=' => continue,
+            _ => return None,
+        } as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+            bits &= (1 << n) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// RFC 3339 (UTC) of a moment, as GitHub writes `expires_at`.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request) -> Response {
@@ -211,12 +288,6 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request) -> Res
         } else {
             ("github", path.clone())
         };
-        if !authorized(forge, &parts.headers) {
-            return reply(
-                StatusCode::UNAUTHORIZED,
-                json!({"message": "Bad credentials"}),
-            );
-        }
         // GitLab addresses projects by their URL-encoded path (`grp%2Fsub%2Fname`).
         let decoded: Vec<String> = rest
             .trim_start_matches('/')
@@ -224,7 +295,27 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request) -> Res
             .map(|x| x.replace("%2F", "/").replace("%2f", "/"))
             .collect();
         let seg: Vec<&str> = decoded.iter().map(String::as_str).collect();
-        route(&mut st, forge, &parts.method, &seg, &query, &json)
+        let jwt_route = forge == "github"
+            && (seg.first() == Some(&"app")
+                || (seg.len() == 4 && seg[0] == "repos" && seg[3] == "installation"));
+        if !authorized(&st, forge, &parts.headers, jwt_route) {
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                json!({"message": "Bad credentials"}),
+            );
+        }
+        // Who is writing: an installation token writes as the app's bot.
+        let bearer = parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let actor = if bearer.starts_with("Bearer ghs_") {
+            format!("{APP_SLUG}[bot]")
+        } else {
+            BOT.to_string()
+        };
+        route(&mut st, forge, &actor, &parts.method, &seg, &query, &json)
     })();
     let status = resp.status().as_u16();
     st.requests.push(Recorded {
@@ -269,6 +360,7 @@ fn comment_json(forge: &str, c: &Comment) -> Value {
 fn route(
     st: &mut FakeState,
     forge: &str,
+    actor: &str,
     method: &Method,
     seg: &[&str],
     query: &str,
@@ -277,6 +369,28 @@ fn route(
     let bad = |m: &str| reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"message": m}));
     let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
     match (method.as_str(), seg) {
+        // GitHub App: installation lookup and tokens (JWT routes).
+        ("GET", ["app"]) => reply(StatusCode::OK, json!({"id": APP_ID, "slug": APP_SLUG})),
+        ("GET", ["repos", _, _, "installation"]) => reply(StatusCode::OK, json!({"id": 77})),
+        ("POST", ["app", "installations", "77", "access_tokens"]) => {
+            let n = st.id();
+            let token = format!("ghs_fake{n}");
+            let life = if st.token_lifetime.is_zero() {
+                std::time::Duration::from_secs(3600)
+            } else {
+                st.token_lifetime
+            };
+            let until = std::time::SystemTime::now() + life;
+            st.installation_tokens.push((token.clone(), until));
+            reply(
+                StatusCode::CREATED,
+                json!({"token": token, "expires_at": rfc3339(until), "permissions": {}}),
+            )
+        }
+        ("GET", ["user"]) if forge == "github" && !st.installation_tokens.is_empty() => reply(
+            StatusCode::FORBIDDEN,
+            json!({"message": "Resource not accessible by integration"}),
+        ),
         ("GET", ["user"]) => match forge {
             "gitlab" => reply(StatusCode::OK, json!({"username": BOT})),
             _ => reply(StatusCode::OK, json!({"login": BOT})),
@@ -295,7 +409,7 @@ fn route(
             let Some(b) = text("body") else {
                 return bad("body is required");
             };
-            let id = st.plant(&format!("{o}/{r}"), n.parse().unwrap_or(0), BOT, &b);
+            let id = st.plant(&format!("{o}/{r}"), n.parse().unwrap_or(0), actor, &b);
             let c = st.comments[&id].clone();
             reply(StatusCode::CREATED, comment_json(forge, &c))
         }
@@ -304,7 +418,7 @@ fn route(
                 return bad("body is required");
             };
             match st.comments.get_mut(&id.parse().unwrap_or(0)) {
-                Some(c) if c.author == BOT => {
+                Some(c) if c.author == actor => {
                     c.body = b;
                     let c = c.clone();
                     reply(StatusCode::OK, comment_json(forge, &c))
@@ -315,7 +429,7 @@ fn route(
         }
         ("DELETE", ["repos", _, _, "issues", "comments", id]) => {
             match st.comments.get(&id.parse().unwrap_or(0)) {
-                Some(c) if c.author == BOT => {
+                Some(c) if c.author == actor => {
                     st.comments.remove(&id.parse().unwrap_or(0));
                     StatusCode::NO_CONTENT.into_response()
                 }
@@ -421,7 +535,7 @@ fn route(
             let Some(b) = text("body") else {
                 return bad("body is required");
             };
-            let id = st.plant(p, n.parse().unwrap_or(0), BOT, &b);
+            let id = st.plant(p, n.parse().unwrap_or(0), actor, &b);
             let c = st.comments[&id].clone();
             reply(StatusCode::CREATED, comment_json(forge, &c))
         }
@@ -430,7 +544,7 @@ fn route(
                 return bad("body is required");
             };
             match st.comments.get_mut(&id.parse().unwrap_or(0)) {
-                Some(c) if c.author == BOT => {
+                Some(c) if c.author == actor => {
                     c.body = b;
                     let c = c.clone();
                     reply(StatusCode::OK, comment_json(forge, &c))
