@@ -250,6 +250,8 @@ pub struct WritebackConfig {
     pub max_attempts: i64,
     /// Lease of a write-back being sent (a crashed sender's items are sent again after it).
     pub lease: HumanDuration,
+    /// Longest one forge API request may take before it counts as failed (and is retried).
+    pub timeout: HumanDuration,
 }
 
 impl Default for WritebackConfig {
@@ -260,6 +262,7 @@ impl Default for WritebackConfig {
             concurrency: 8,
             max_attempts: 20,
             lease: HumanDuration(std::time::Duration::from_secs(60)),
+            timeout: HumanDuration(std::time::Duration::from_secs(30)),
         }
     }
 }

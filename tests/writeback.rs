@@ -22,6 +22,7 @@ fn github(forge: &FakeForge) -> impl FnOnce(&mut Config) {
         c.github.api_url = url;
         c.github.token = TOKEN.into();
         c.writeback.rate_per_second = 50.0;
+        c.writeback.timeout = endor::duration::HumanDuration(Duration::from_secs(2));
     }
 }
 
@@ -229,6 +230,22 @@ async fn github_with_faults_and_rate_limits() {
                 .any(|r| r.at >= at + Duration::from_millis(1900))
         );
         assert!(f.requests.iter().filter(|r| r.status == 502).count() >= 3);
+    });
+}
+
+/// Requests the forge carries out but answers too late (the client times out after 2 s): the
+/// retries find what was written (the comment by its marker) and nothing is duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn github_with_timeouts() {
+    let forge = FakeForge::start().await;
+    forge.with(|f| f.faults.slow = Some((4, Duration::from_secs(4))));
+    github_lifecycle(&forge).await;
+    forge.with(|f| {
+        assert_eq!(
+            f.faults.slow.map(|s| s.0),
+            Some(0),
+            "the slow calls happened"
+        )
     });
 }
 

@@ -16,11 +16,17 @@ pub struct Gitea {
 }
 
 impl Gitea {
-    pub fn new(api_url: &str, token: &str, limiter: Arc<Limiter>) -> Result<Self, ForgeError> {
+    pub fn new(
+        api_url: &str,
+        token: &str,
+        timeout: std::time::Duration,
+        limiter: Arc<Limiter>,
+    ) -> Result<Self, ForgeError> {
         Ok(Self {
             http: RawClient::new(
                 api_url,
                 ("Authorization", format!("token {token}")),
+                timeout,
                 limiter,
             )?,
             login: tokio::sync::OnceCell::new(),
@@ -123,14 +129,8 @@ impl Forge for Gitea {
         target_url: Option<&str>,
         description: &str,
     ) -> Result<(), ForgeError> {
-        let state = match state {
-            CommitState::Pending => "pending",
-            CommitState::Success => "success",
-            CommitState::Failure => "failure",
-            CommitState::Error => "error",
-        };
         let mut body = json!({
-            "state": state,
+            "state": status_name(state),
             "context": super::STATUS_CONTEXT,
             "description": description.chars().take(140).collect::<String>(),
         });
@@ -145,6 +145,35 @@ impl Forge for Gitea {
             )
             .await?;
         Ok(())
+    }
+
+    async fn has_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        state: CommitState,
+    ) -> Result<bool, ForgeError> {
+        let v = self
+            .http
+            .call(
+                Method::GET,
+                &format!("/repos/{repo}/commits/{sha}/statuses?limit=50"),
+                None,
+            )
+            .await?;
+        let newest = v.as_array().and_then(|a| {
+            a.iter()
+                .find(|s| s["context"].as_str() == Some(super::STATUS_CONTEXT))
+        });
+        Ok(newest.and_then(|s| s["state"].as_str()) == Some(status_name(state)))
+    }
+
+    async fn find_deployment(
+        &self,
+        _pr: &PrRef<'_>,
+        _sha: &str,
+    ) -> Result<Option<(String, Option<DeployState>)>, ForgeError> {
+        Ok(None)
     }
 
     async fn create_deployment(
@@ -179,5 +208,14 @@ impl Forge for Gitea {
             )
             .await?;
         Ok(())
+    }
+}
+
+fn status_name(state: CommitState) -> &'static str {
+    match state {
+        CommitState::Pending => "pending",
+        CommitState::Success => "success",
+        CommitState::Failure => "failure",
+        CommitState::Error => "error",
     }
 }

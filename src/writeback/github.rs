@@ -24,12 +24,16 @@ impl GitHub {
     pub fn with_token(
         api_url: &str,
         token: &str,
+        timeout: std::time::Duration,
         limiter: Arc<Limiter>,
     ) -> Result<Self, ForgeError> {
         let octo = Octocrab::builder()
             .base_uri(api_url)
             .map_err(|e| ForgeError::Permanent(format!("github api_url: {e}")))?
             .personal_token(token.to_string())
+            .set_connect_timeout(Some(timeout))
+            .set_read_timeout(Some(timeout))
+            .set_write_timeout(Some(timeout))
             .build()
             .map_err(|e| ForgeError::Permanent(format!("github client: {e}")))?;
         Ok(Self {
@@ -94,14 +98,14 @@ impl GitHub {
             http::Method::DELETE => self.octo._delete(url, None::<&()>).await,
             other => return Err(ForgeError::Permanent(format!("unsupported method {other}"))),
         }
-        .map_err(|e| ForgeError::transient(format!("github: {e}")))?;
+        .map_err(|e| ForgeError::lost(format!("github: {e}")))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let text = self
             .octo
             .body_to_string(resp)
             .await
-            .map_err(|e| ForgeError::transient(format!("github: reading the answer: {e}")))?;
+            .map_err(|e| ForgeError::lost(format!("github: reading the answer: {e}")))?;
         if let Some(err) = classify_status(status, &headers, &text, &self.limiter) {
             return Err(err);
         }
@@ -124,6 +128,15 @@ impl GitHub {
             })
             .await
             .cloned()
+    }
+}
+
+fn status_name(state: CommitState) -> &'static str {
+    match state {
+        CommitState::Pending => "pending",
+        CommitState::Success => "success",
+        CommitState::Failure => "failure",
+        CommitState::Error => "error",
     }
 }
 
@@ -217,14 +230,8 @@ impl Forge for GitHub {
         target_url: Option<&str>,
         description: &str,
     ) -> Result<(), ForgeError> {
-        let state = match state {
-            CommitState::Pending => "pending",
-            CommitState::Success => "success",
-            CommitState::Failure => "failure",
-            CommitState::Error => "error",
-        };
         let mut body = json!({
-            "state": state,
+            "state": status_name(state),
             "context": super::STATUS_CONTEXT,
             "description": description.chars().take(140).collect::<String>(),
         });
@@ -238,6 +245,69 @@ impl Forge for GitHub {
         )
         .await?;
         Ok(())
+    }
+
+    async fn has_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        state: CommitState,
+    ) -> Result<bool, ForgeError> {
+        let (_, v) = self
+            .call(
+                http::Method::GET,
+                &format!("/repos/{repo}/commits/{sha}/statuses?per_page=100"),
+                None,
+            )
+            .await?;
+        // Newest first.
+        let newest = v.as_array().and_then(|a| {
+            a.iter()
+                .find(|s| s["context"].as_str() == Some(super::STATUS_CONTEXT))
+        });
+        Ok(newest.and_then(|s| s["state"].as_str()) == Some(status_name(state)))
+    }
+
+    async fn find_deployment(
+        &self,
+        pr: &PrRef<'_>,
+        sha: &str,
+    ) -> Result<Option<(String, Option<DeployState>)>, ForgeError> {
+        let env = format!("preview/pr-{}", pr.number);
+        let (_, v) = self
+            .call(
+                http::Method::GET,
+                &format!(
+                    "/repos/{}/deployments?sha={sha}&environment={}",
+                    pr.repo,
+                    env.replace('/', "%2F")
+                ),
+                None,
+            )
+            .await?;
+        let Some(d) = v.as_array().and_then(|a| a.first()) else {
+            return Ok(None);
+        };
+        let id = id_of(d)?;
+        let (_, st) = self
+            .call(
+                http::Method::GET,
+                &format!("/repos/{}/deployments/{id}/statuses?per_page=1", pr.repo),
+                None,
+            )
+            .await?;
+        let newest = st
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(|s| s["state"].as_str())
+            .and_then(|s| match s {
+                "in_progress" => Some(DeployState::InProgress),
+                "success" => Some(DeployState::Success),
+                "failure" => Some(DeployState::Failure),
+                "inactive" => Some(DeployState::Inactive),
+                _ => None,
+            });
+        Ok(Some((id, newest)))
     }
 
     async fn create_deployment(

@@ -30,9 +30,19 @@ fn project(repo: &str) -> String {
 }
 
 impl GitLab {
-    pub fn new(api_url: &str, token: &str, limiter: Arc<Limiter>) -> Result<Self, ForgeError> {
+    pub fn new(
+        api_url: &str,
+        token: &str,
+        timeout: std::time::Duration,
+        limiter: Arc<Limiter>,
+    ) -> Result<Self, ForgeError> {
         Ok(Self {
-            http: RawClient::new(api_url, ("PRIVATE-TOKEN", token.to_string()), limiter)?,
+            http: RawClient::new(
+                api_url,
+                ("PRIVATE-TOKEN", token.to_string()),
+                timeout,
+                limiter,
+            )?,
             login: tokio::sync::OnceCell::new(),
         })
     }
@@ -153,13 +163,8 @@ impl Forge for GitLab {
         target_url: Option<&str>,
         description: &str,
     ) -> Result<(), ForgeError> {
-        let state = match state {
-            CommitState::Pending => "running",
-            CommitState::Success => "success",
-            CommitState::Failure | CommitState::Error => "failed",
-        };
         let mut body = json!({
-            "state": state,
+            "state": status_name(state),
             "name": super::STATUS_CONTEXT,
             "description": description.chars().take(140).collect::<String>(),
         });
@@ -174,6 +179,42 @@ impl Forge for GitLab {
             )
             .await?;
         Ok(())
+    }
+
+    async fn has_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        state: CommitState,
+    ) -> Result<bool, ForgeError> {
+        let v = self
+            .http
+            .call(
+                Method::GET,
+                &format!(
+                    "/projects/{}/repository/commits/{sha}/statuses?name={}&per_page=100",
+                    project(repo),
+                    project(super::STATUS_CONTEXT)
+                ),
+                None,
+            )
+            .await?;
+        // GitLab lists oldest first.
+        let newest = v.as_array().and_then(|a| {
+            a.iter()
+                .rev()
+                .find(|s| s["name"].as_str() == Some(super::STATUS_CONTEXT))
+        });
+        Ok(newest.and_then(|s| s["status"].as_str()) == Some(status_name(state)))
+    }
+
+    async fn find_deployment(
+        &self,
+        pr: &PrRef<'_>,
+        _sha: &str,
+    ) -> Result<Option<(String, Option<DeployState>)>, ForgeError> {
+        // The environment is the PR's, whatever the head; its own calls are idempotent.
+        Ok(self.environment(pr).await?.map(|id| (id, None)))
     }
 
     async fn create_deployment(
@@ -251,6 +292,14 @@ impl Forge for GitLab {
             )
             .await?;
         Ok(())
+    }
+}
+
+fn status_name(state: CommitState) -> &'static str {
+    match state {
+        CommitState::Pending => "running",
+        CommitState::Success => "success",
+        CommitState::Failure | CommitState::Error => "failed",
     }
 }
 

@@ -20,13 +20,14 @@ impl RawClient {
     pub fn new(
         base: &str,
         auth: (&'static str, String),
+        timeout: Duration,
         limiter: Arc<Limiter>,
     ) -> Result<Self, ForgeError> {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ForgeError::Permanent(format!("bad API URL {base}")));
         }
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            .timeout(timeout)
             .user_agent(concat!("endor/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ForgeError::Permanent(format!("http client: {e}")))?;
@@ -56,13 +57,13 @@ impl RawClient {
         let resp = req
             .send()
             .await
-            .map_err(|e| ForgeError::transient(format!("request failed: {e}")))?;
+            .map_err(|e| ForgeError::lost(format!("request failed: {e}")))?;
         let status = resp.status();
         let headers = resp.headers().clone();
         let text = resp
             .text()
             .await
-            .map_err(|e| ForgeError::transient(format!("reading the answer: {e}")))?;
+            .map_err(|e| ForgeError::lost(format!("reading the answer: {e}")))?;
         if let Some(err) = classify_status(status, &headers, &text, &self.limiter) {
             return Err(err);
         }

@@ -41,6 +41,9 @@ pub enum ForgeError {
     Transient {
         message: String,
         retry_after: Option<Duration>,
+        /// The request may have been carried out (it timed out or the connection broke
+        /// after it was sent): a retry must first look for what it did.
+        unsure: bool,
     },
     #[error("{0}")]
     Permanent(String),
@@ -53,7 +56,21 @@ impl ForgeError {
         ForgeError::Transient {
             message: message.into(),
             retry_after: None,
+            unsure: false,
         }
+    }
+
+    /// The request failed on the way (timeout, broken connection): the forge may have done it.
+    pub fn lost(message: impl Into<String>) -> Self {
+        ForgeError::Transient {
+            message: message.into(),
+            retry_after: None,
+            unsure: true,
+        }
+    }
+
+    fn unsure(&self) -> bool {
+        matches!(self, ForgeError::Transient { unsure: true, .. })
     }
 }
 
@@ -105,6 +122,21 @@ pub trait Forge: Send + Sync {
         target_url: Option<&str>,
         description: &str,
     ) -> Result<(), ForgeError>;
+    /// Is the newest `endor/preview` status of `sha` already `state`? Asked before a retry,
+    /// so a status whose answer was lost (a timeout) is not posted twice.
+    async fn has_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        state: CommitState,
+    ) -> Result<bool, ForgeError>;
+    /// The PR's deployment for `sha` if one exists (asked before creating one again on a
+    /// retry); its newest state too.
+    async fn find_deployment(
+        &self,
+        pr: &PrRef<'_>,
+        sha: &str,
+    ) -> Result<Option<(String, Option<DeployState>)>, ForgeError>;
     /// A deployment (GitHub) or environment (GitLab) `preview/pr-{n}` for the head `sha`;
     /// `None` where the forge has no such thing (Gitea).
     async fn create_deployment(
@@ -166,6 +198,7 @@ pub fn classify_status(
         return Some(ForgeError::Transient {
             message: format!("rate limited ({status}), waiting {} s", wait.as_secs()),
             retry_after: Some(wait),
+            unsure: false,
         });
     }
     Some(match status {
@@ -173,6 +206,7 @@ pub fn classify_status(
         s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => ForgeError::Transient {
             message: format!("forge answered {s}: {text}"),
             retry_after,
+            unsure: false,
         },
         s => ForgeError::Permanent(format!("forge answered {s}: {text}")),
     })
@@ -352,6 +386,9 @@ impl ForgeClients {
                     .base_uri(api)
                     .map_err(|e| ForgeError::Permanent(format!("github api_url: {e}")))?
                     .app(octocrab::models::AppId(id), key)
+                    .set_connect_timeout(Some(self.config.writeback.timeout.0))
+                    .set_read_timeout(Some(self.config.writeback.timeout.0))
+                    .set_write_timeout(Some(self.config.writeback.timeout.0))
                     .build()
                     .map_err(|e| ForgeError::Permanent(format!("github app client: {e}")))
             })
@@ -408,9 +445,24 @@ impl ForgeClients {
                 let app = self.github_app(&api).await?;
                 Arc::new(github::GitHub::as_installation(&app, &conn.repo, limiter).await?)
             }
-            ForgeKind::Github => Arc::new(github::GitHub::with_token(&api, &cfg.token, limiter)?),
-            ForgeKind::Gitlab => Arc::new(gitlab::GitLab::new(&api, &cfg.token, limiter)?),
-            ForgeKind::Gitea => Arc::new(gitea::Gitea::new(&api, &cfg.token, limiter)?),
+            ForgeKind::Github => Arc::new(github::GitHub::with_token(
+                &api,
+                &cfg.token,
+                self.config.writeback.timeout.0,
+                limiter,
+            )?),
+            ForgeKind::Gitlab => Arc::new(gitlab::GitLab::new(
+                &api,
+                &cfg.token,
+                self.config.writeback.timeout.0,
+                limiter,
+            )?),
+            ForgeKind::Gitea => Arc::new(gitea::Gitea::new(
+                &api,
+                &cfg.token,
+                self.config.writeback.timeout.0,
+                limiter,
+            )?),
         };
         self.clients
             .lock()
@@ -623,6 +675,7 @@ async fn send_one(
         Err(ForgeError::Transient {
             message,
             retry_after,
+            ..
         }) => {
             let wait = retry_after.unwrap_or_else(|| {
                 let base =
@@ -679,9 +732,29 @@ async fn deliver(
             target_url,
             description,
         } => {
-            forge
-                .commit_status(&repo, &sha, state, target_url.as_deref(), &description)
+            // After a lost answer, look before posting the same status again.
+            let mark = format!("{sha}:{state:?}");
+            let unsure = store
+                .forge_ref(&conn.id, item.number, "status_unsure")
                 .await
+                .map_err(store_err)?;
+            if unsure.as_deref() == Some(mark.as_str())
+                && forge.has_status(&repo, &sha, state).await?
+            {
+                return Ok(());
+            }
+            let sent = forge
+                .commit_status(&repo, &sha, state, target_url.as_deref(), &description)
+                .await;
+            if let Err(e) = &sent
+                && e.unsure()
+            {
+                store
+                    .put_forge_ref(&conn.id, item.number, "status_unsure", &mark)
+                    .await
+                    .map_err(store_err)?;
+            }
+            sent
         }
         Payload::Deployment {
             repo,
@@ -713,7 +786,42 @@ async fn deliver(
                             .set_deployment(&pr, old, DeployState::Inactive, None)
                             .await?;
                     }
-                    match forge.create_deployment(&pr, &sha).await? {
+                    // After a lost answer, look for the deployment that attempt may have
+                    // made before making one.
+                    let unsure = store
+                        .forge_ref(&conn.id, item.number, "deployment_unsure")
+                        .await
+                        .map_err(store_err)?;
+                    let found = if unsure.as_deref() == Some(sha.as_str()) {
+                        forge.find_deployment(&pr, &sha).await?
+                    } else {
+                        None
+                    };
+                    if let Some((id, newest)) = found {
+                        store
+                            .put_forge_ref(
+                                &conn.id,
+                                item.number,
+                                "deployment",
+                                &format!("{id}:{sha}"),
+                            )
+                            .await
+                            .map_err(store_err)?;
+                        if newest == Some(state) {
+                            return Ok(());
+                        }
+                        return forge.set_deployment(&pr, &id, state, url.as_deref()).await;
+                    }
+                    let created = forge.create_deployment(&pr, &sha).await;
+                    if let Err(e) = &created
+                        && e.unsure()
+                    {
+                        store
+                            .put_forge_ref(&conn.id, item.number, "deployment_unsure", &sha)
+                            .await
+                            .map_err(store_err)?;
+                    }
+                    match created? {
                         Some(id) => {
                             store
                                 .put_forge_ref(

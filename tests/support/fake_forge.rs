@@ -73,6 +73,9 @@ pub struct Faults {
     pub rate_limited: Option<(u32, u64)>,
     /// Every call answers 503 (the forge is down).
     pub down: bool,
+    /// The next `count` calls are carried out but answered only after `delay` (a client with
+    /// a shorter timeout gives up: the write happened, the answer is lost).
+    pub slow: Option<(u32, std::time::Duration)>,
 }
 
 #[derive(Debug, Default)]
@@ -257,81 +260,94 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request) -> Res
     let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().unwrap_or("").to_string();
-    let mut st = state.lock().unwrap();
-    st.calls += 1;
-    let calls = st.calls;
-    let resp = (|| {
-        if st.faults.down {
-            return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"message": "down"}));
-        }
-        if let Some((n, secs)) = st.faults.rate_limited
-            && n > 0
-        {
-            st.faults.rate_limited = Some((n - 1, secs));
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                [("retry-after", secs.to_string())],
-                axum::Json(json!({"message": "API rate limit exceeded"})),
-            )
-                .into_response();
-        }
-        if st.faults.fail_every.is_some_and(|n| calls % n == 0) {
-            return reply(
-                StatusCode::BAD_GATEWAY,
-                json!({"message": "injected fault"}),
-            );
-        }
-        let (forge, rest) = if let Some(r) = path.strip_prefix("/api/v4") {
-            ("gitlab", r.to_string())
-        } else if let Some(r) = path.strip_prefix("/api/v1") {
-            ("gitea", r.to_string())
-        } else {
-            ("github", path.clone())
-        };
-        // GitLab addresses projects by their URL-encoded path (`grp%2Fsub%2Fname`).
-        let decoded: Vec<String> = rest
-            .trim_start_matches('/')
-            .split('/')
-            .map(|x| x.replace("%2F", "/").replace("%2f", "/"))
-            .collect();
-        let seg: Vec<&str> = decoded.iter().map(String::as_str).collect();
-        let jwt_route = forge == "github"
-            && (seg.first() == Some(&"app")
-                || (seg.len() == 4 && seg[0] == "repos" && seg[3] == "installation"));
-        if !authorized(&st, forge, &parts.headers, jwt_route) {
-            return reply(
-                StatusCode::UNAUTHORIZED,
-                json!({"message": "Bad credentials"}),
-            );
-        }
-        // Who is writing: an installation token writes as the app's bot.
-        let bearer = parts
-            .headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let actor = if bearer.starts_with("Bearer ghs_") {
-            format!("{APP_SLUG}[bot]")
-        } else {
-            BOT.to_string()
-        };
-        route(&mut st, forge, &actor, &parts.method, &seg, &query, &json)
-    })();
-    let status = resp.status().as_u16();
-    st.requests.push(Recorded {
-        method: parts.method.to_string(),
-        path: format!(
-            "{path}{}",
-            if query.is_empty() {
-                String::new()
-            } else {
-                format!("?{query}")
+    let (resp, delay) = {
+        let mut st = state.lock().unwrap();
+        st.calls += 1;
+        let calls = st.calls;
+        let resp = (|| {
+            if st.faults.down {
+                return reply(StatusCode::SERVICE_UNAVAILABLE, json!({"message": "down"}));
             }
-        ),
-        status,
-        at: Instant::now(),
-        body: json,
-    });
+            if let Some((n, secs)) = st.faults.rate_limited
+                && n > 0
+            {
+                st.faults.rate_limited = Some((n - 1, secs));
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", secs.to_string())],
+                    axum::Json(json!({"message": "API rate limit exceeded"})),
+                )
+                    .into_response();
+            }
+            if st.faults.fail_every.is_some_and(|n| calls % n == 0) {
+                return reply(
+                    StatusCode::BAD_GATEWAY,
+                    json!({"message": "injected fault"}),
+                );
+            }
+            let (forge, rest) = if let Some(r) = path.strip_prefix("/api/v4") {
+                ("gitlab", r.to_string())
+            } else if let Some(r) = path.strip_prefix("/api/v1") {
+                ("gitea", r.to_string())
+            } else {
+                ("github", path.clone())
+            };
+            // GitLab addresses projects by their URL-encoded path (`grp%2Fsub%2Fname`).
+            let decoded: Vec<String> = rest
+                .trim_start_matches('/')
+                .split('/')
+                .map(|x| x.replace("%2F", "/").replace("%2f", "/"))
+                .collect();
+            let seg: Vec<&str> = decoded.iter().map(String::as_str).collect();
+            let jwt_route = forge == "github"
+                && (seg.first() == Some(&"app")
+                    || (seg.len() == 4 && seg[0] == "repos" && seg[3] == "installation"));
+            if !authorized(&st, forge, &parts.headers, jwt_route) {
+                return reply(
+                    StatusCode::UNAUTHORIZED,
+                    json!({"message": "Bad credentials"}),
+                );
+            }
+            // Who is writing: an installation token writes as the app's bot.
+            let bearer = parts
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let actor = if bearer.starts_with("Bearer ghs_") {
+                format!("{APP_SLUG}[bot]")
+            } else {
+                BOT.to_string()
+            };
+            route(&mut st, forge, &actor, &parts.method, &seg, &query, &json)
+        })();
+        let delay = match st.faults.slow {
+            Some((n, d)) if n > 0 => {
+                st.faults.slow = Some((n - 1, d));
+                Some(d)
+            }
+            _ => None,
+        };
+        let status = resp.status().as_u16();
+        st.requests.push(Recorded {
+            method: parts.method.to_string(),
+            path: format!(
+                "{path}{}",
+                if query.is_empty() {
+                    String::new()
+                } else {
+                    format!("?{query}")
+                }
+            ),
+            status,
+            at: Instant::now(),
+            body: json,
+        });
+        (resp, delay)
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     resp
 }
 
@@ -443,6 +459,58 @@ fn route(
             };
             st.reactions.push((id.parse().unwrap_or(0), c));
             reply(StatusCode::CREATED, json!({"id": 1}))
+        }
+        ("GET", ["repos", o, r, "commits", sha, "statuses"]) => {
+            let repo = format!("{o}/{r}");
+            let items: Vec<Value> = st
+                .statuses
+                .iter()
+                .rev()
+                .filter(|s| s.repo == repo && s.sha == *sha)
+                .map(|s| json!({"state": s.state, "context": s.context}))
+                .collect();
+            reply(StatusCode::OK, Value::Array(items))
+        }
+        ("GET", ["projects", p, "repository", "commits", sha, "statuses"]) => {
+            let items: Vec<Value> = st
+                .statuses
+                .iter()
+                .filter(|s| s.repo == *p && s.sha == *sha)
+                .map(|s| json!({"status": s.state, "name": s.context}))
+                .collect();
+            reply(StatusCode::OK, Value::Array(items))
+        }
+        ("GET", ["repos", o, r, "deployments"]) if forge == "github" => {
+            let repo = format!("{o}/{r}");
+            let q = |k: &str| {
+                query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                    .map(|v| v.replace("%2F", "/"))
+            };
+            let (sha, env) = (q("sha"), q("environment"));
+            let items: Vec<Value> = st
+                .deployments
+                .iter()
+                .rev()
+                .filter(|d| {
+                    d.repo == repo
+                        && sha.as_deref().is_none_or(|s| s == d.sha)
+                        && env.as_deref().is_none_or(|e| e == d.environment)
+                })
+                .map(|d| json!({"id": d.id, "sha": d.sha, "environment": d.environment}))
+                .collect();
+            reply(StatusCode::OK, Value::Array(items))
+        }
+        ("GET", ["repos", _, _, "deployments", id, "statuses"]) if forge == "github" => {
+            let id: u64 = id.parse().unwrap_or(0);
+            match st.deployments.iter().find(|d| d.id == id) {
+                Some(d) => reply(
+                    StatusCode::OK,
+                    Value::Array(d.states.iter().rev().map(|s| json!({"state": s})).collect()),
+                ),
+                None => reply(StatusCode::NOT_FOUND, json!({"message": "Not Found"})),
+            }
         }
         ("POST", ["repos", o, r, "statuses", sha]) => {
             let ok_states: &[&str] = &["pending", "success", "failure", "error", "warning"];
