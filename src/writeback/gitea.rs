@@ -172,7 +172,7 @@ impl Forge for Gitea {
         &self,
         _pr: &PrRef<'_>,
         _sha: &str,
-    ) -> Result<Option<(String, Option<DeployState>)>, ForgeError> {
+    ) -> Result<Option<String>, ForgeError> {
         Ok(None)
     }
 

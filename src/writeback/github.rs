@@ -272,7 +272,7 @@ impl Forge for GitHub {
         &self,
         pr: &PrRef<'_>,
         sha: &str,
-    ) -> Result<Option<(String, Option<DeployState>)>, ForgeError> {
+    ) -> Result<Option<String>, ForgeError> {
         let env = format!("preview/pr-{}", pr.number);
         let (_, v) = self
             .call(
@@ -285,29 +285,7 @@ impl Forge for GitHub {
                 None,
             )
             .await?;
-        let Some(d) = v.as_array().and_then(|a| a.first()) else {
-            return Ok(None);
-        };
-        let id = id_of(d)?;
-        let (_, st) = self
-            .call(
-                http::Method::GET,
-                &format!("/repos/{}/deployments/{id}/statuses?per_page=1", pr.repo),
-                None,
-            )
-            .await?;
-        let newest = st
-            .as_array()
-            .and_then(|a| a.first())
-            .and_then(|s| s["state"].as_str())
-            .and_then(|s| match s {
-                "in_progress" => Some(DeployState::InProgress),
-                "success" => Some(DeployState::Success),
-                "failure" => Some(DeployState::Failure),
-                "inactive" => Some(DeployState::Inactive),
-                _ => None,
-            });
-        Ok(Some((id, newest)))
+        v.as_array().and_then(|a| a.first()).map(id_of).transpose()
     }
 
     async fn create_deployment(

@@ -212,9 +212,9 @@ impl Forge for GitLab {
         &self,
         pr: &PrRef<'_>,
         _sha: &str,
-    ) -> Result<Option<(String, Option<DeployState>)>, ForgeError> {
+    ) -> Result<Option<String>, ForgeError> {
         // The environment is the PR's, whatever the head; its own calls are idempotent.
-        Ok(self.environment(pr).await?.map(|id| (id, None)))
+        self.environment(pr).await
     }
 
     async fn create_deployment(

@@ -130,13 +130,13 @@ pub trait Forge: Send + Sync {
         sha: &str,
         state: CommitState,
     ) -> Result<bool, ForgeError>;
-    /// The PR's deployment for `sha` if one exists (asked before creating one again on a
-    /// retry); its newest state too.
+    /// The PR's deployment for `sha` if one exists (asked before creating one again after a
+    /// lost answer).
     async fn find_deployment(
         &self,
         pr: &PrRef<'_>,
         sha: &str,
-    ) -> Result<Option<(String, Option<DeployState>)>, ForgeError>;
+    ) -> Result<Option<String>, ForgeError>;
     /// A deployment (GitHub) or environment (GitLab) `preview/pr-{n}` for the head `sha`;
     /// `None` where the forge has no such thing (Gitea).
     async fn create_deployment(
@@ -782,9 +782,19 @@ async fn deliver(
                     // A new head: the previous head's deployment is deactivated first, so
                     // none is left active whatever coalescing skipped.
                     if let Some((old, _)) = known {
-                        forge
-                            .set_deployment(&pr, old, DeployState::Inactive, None)
-                            .await?;
+                        let retired = store
+                            .forge_ref(&conn.id, item.number, "deployment_retired")
+                            .await
+                            .map_err(store_err)?;
+                        if retired.as_deref() != Some(old) {
+                            forge
+                                .set_deployment(&pr, old, DeployState::Inactive, None)
+                                .await?;
+                            store
+                                .put_forge_ref(&conn.id, item.number, "deployment_retired", old)
+                                .await
+                                .map_err(store_err)?;
+                        }
                     }
                     // After a lost answer, look for the deployment that attempt may have
                     // made before making one.
@@ -793,11 +803,16 @@ async fn deliver(
                         .await
                         .map_err(store_err)?;
                     let found = if unsure.as_deref() == Some(sha.as_str()) {
-                        forge.find_deployment(&pr, &sha).await?
+                        let found = forge.find_deployment(&pr, &sha).await?;
+                        store
+                            .put_forge_ref(&conn.id, item.number, "deployment_unsure", "")
+                            .await
+                            .map_err(store_err)?;
+                        found
                     } else {
                         None
                     };
-                    if let Some((id, newest)) = found {
+                    if let Some(id) = found {
                         store
                             .put_forge_ref(
                                 &conn.id,
@@ -807,9 +822,6 @@ async fn deliver(
                             )
                             .await
                             .map_err(store_err)?;
-                        if newest == Some(state) {
-                            return Ok(());
-                        }
                         return forge.set_deployment(&pr, &id, state, url.as_deref()).await;
                     }
                     let created = forge.create_deployment(&pr, &sha).await;
