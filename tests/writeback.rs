@@ -69,9 +69,10 @@ async fn github_lifecycle(forge: &FakeForge) {
     let h = Harness::start_with(&db, github(forge)).await;
     let (repo, conn) = h.repo("shop", STATIC_SITE).await;
     // A duplicate left by a crash, and another user's comment that spoofs the marker.
-    let (dup, spoof) = forge.with(|f| {
+    let (dup, dup2, spoof) = forge.with(|f| {
         (
             f.plant("octo/shop", 7, BOT, &format!("{MARKER}\nold")),
+            f.plant("octo/shop", 7, BOT, &format!("{MARKER}\nolder crash")),
             f.plant("octo/shop", 7, "mallory", &format!("{MARKER}\nfake")),
         )
     });
@@ -86,6 +87,10 @@ async fn github_lifecycle(forge: &FakeForge) {
     assert_eq!(p.state, "ready", "{p:?}");
     settled(&h, &conn.0).await;
     let body = forge.with(|f| f.comments[&dup].body.clone());
+    assert!(
+        forge.with(|f| !f.comments.contains_key(&dup2)),
+        "a duplicate status comment is deleted"
+    );
     assert!(body.contains("| State | ready |"), "{body}");
     assert!(
         body.contains("http://shop-pr-7.preview.localhost:"),
@@ -509,5 +514,66 @@ async fn github_app_installation_tokens() {
         );
     });
     h.stop().await;
+    db.cleanup().await;
+}
+
+/// Reactions and plain replies (used by slash-commands) through each forge's client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reactions_and_replies_on_every_forge() {
+    use endor::writeback::{ForgeClients, PrRef};
+    let forge = FakeForge::start().await;
+    let db = TestStore::sqlite().await;
+    let mut config = Config::default();
+    config.github.api_url = forge.github_url();
+    config.github.token = TOKEN.into();
+    config.gitlab.api_url = forge.gitlab_url();
+    config.gitlab.token = TOKEN.into();
+    config.gitea.api_url = forge.gitea_url();
+    config.gitea.token = TOKEN.into();
+    config.writeback.rate_per_second = 100.0;
+    let s = db.store.as_ref();
+    endor::service::create_user(s, "owner", None, None)
+        .await
+        .unwrap();
+    endor::service::create_workspace(s, "acme", "owner")
+        .await
+        .unwrap();
+    let clients = ForgeClients::new(&config);
+    for (spec, repo, emoji) in [
+        ("github:octo/a", "octo/a", "+1"),
+        ("gitlab:grp/b", "grp/b", "thumbsup"),
+        ("gitea:octo/c", "octo/c", "+1"),
+    ] {
+        let c = endor::service::connect_repo(s, &config, "acme", spec, None, None)
+            .await
+            .unwrap();
+        let conn = s.connection(&c.connection_id).await.unwrap().unwrap();
+        let client = clients.client(&conn).await.unwrap();
+        let pr = PrRef { repo, number: 3 };
+        let id = client
+            .create_comment(
+                &pr,
+                "Unknown command `/preview dploy`: did you mean `deploy`?",
+            )
+            .await
+            .unwrap();
+        client.react(&pr, &id, "+1").await.unwrap();
+        forge.with(|f| {
+            let comments = f.comments_on(repo, 3);
+            assert_eq!(comments.len(), 1, "{spec}");
+            assert!(comments[0].body.contains("did you mean"));
+            assert_eq!(
+                f.reactions.last(),
+                Some(&(id.parse().unwrap(), emoji.to_string())),
+                "{spec}"
+            );
+        });
+    }
+    // Without credentials for a forge, nothing is attempted.
+    let bare = ForgeClients::new(&Config::default());
+    assert!(!bare.enabled(endor::forge::ForgeKind::Github));
+    let conn = s.list_connections(None).await.unwrap().remove(0);
+    let err = bare.client(&conn).await.err().unwrap();
+    assert!(err.to_string().contains("credentials"), "{err}");
     db.cleanup().await;
 }

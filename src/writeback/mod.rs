@@ -20,7 +20,9 @@ pub mod render;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_trait::async_trait;
 use axum::http::{HeaderMap, StatusCode};
@@ -864,32 +866,78 @@ async fn upsert_comment(
     pr: &PrRef<'_>,
     body: &str,
 ) -> Result<(), ForgeError> {
+    upsert_comment_once(store, forge, connection_id, pr, body, true).await
+}
+
+async fn upsert_comment_once(
+    store: &Arc<dyn Store>,
+    forge: &dyn Forge,
+    connection_id: &str,
+    pr: &PrRef<'_>,
+    body: &str,
+    again: bool,
+) -> Result<(), ForgeError> {
     let number = pr.number as i64;
     let store_err = |e: crate::store::StoreError| ForgeError::transient(e.to_string());
+    // Each step's result is kept before the next, so a retry after a failure (or a crash)
+    // resumes where it stopped instead of repeating calls.
     if let Some(id) = store
         .forge_ref(connection_id, number, "comment")
         .await
         .map_err(store_err)?
     {
+        // Duplicates found earlier and not deleted yet go first, one kept step at a time.
+        let mut dups: Vec<String> = store
+            .forge_ref(connection_id, number, "comment_dups")
+            .await
+            .map_err(store_err)?
+            .unwrap_or_default()
+            .split(',')
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect();
+        while let Some(dup) = dups.first().cloned() {
+            forge.delete_comment(pr, &dup).await?;
+            dups.remove(0);
+            store
+                .put_forge_ref(connection_id, number, "comment_dups", &dups.join(","))
+                .await
+                .map_err(store_err)?;
+        }
         match forge.edit_comment(pr, &id, body).await {
             Ok(()) => return Ok(()),
             Err(ForgeError::NotFound) => {}
             Err(e) => return Err(e),
         }
     }
-    // Each step's result is kept before the next, so a retry after a failure (or a crash)
-    // resumes where it stopped instead of repeating calls.
     let found = forge.marked_comments(pr, render::MARKER).await?;
-    match found.first() {
-        Some(id) => {
+    match found.split_first() {
+        Some((id, dups)) => {
+            store
+                .put_forge_ref(connection_id, number, "comment_dups", &dups.join(","))
+                .await
+                .map_err(store_err)?;
             store
                 .put_forge_ref(connection_id, number, "comment", id)
                 .await
                 .map_err(store_err)?;
-            for dup in found.iter().skip(1) {
-                forge.delete_comment(pr, dup).await?;
+            // Go round once more: duplicates are deleted, then the comment edited; a comment
+            // that vanished again in between is left to the next retry.
+            if again {
+                Box::pin(upsert_comment_once(
+                    store,
+                    forge,
+                    connection_id,
+                    pr,
+                    body,
+                    false,
+                ))
+                .await
+            } else {
+                Err(ForgeError::transient(
+                    "the status comment vanished while being edited",
+                ))
             }
-            forge.edit_comment(pr, id, body).await
         }
         None => {
             let id = forge.create_comment(pr, body).await?;
@@ -898,5 +946,148 @@ async fn upsert_comment(
                 .await
                 .map_err(store_err)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, String)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        let l = Limiter::new(100.0, 1);
+        let ok = classify_status(StatusCode::CREATED, &HeaderMap::new(), "", &l);
+        assert!(ok.is_none());
+        assert_eq!(
+            classify_status(StatusCode::NOT_FOUND, &HeaderMap::new(), "", &l),
+            Some(ForgeError::NotFound)
+        );
+        assert!(matches!(
+            classify_status(StatusCode::UNPROCESSABLE_ENTITY, &HeaderMap::new(), "bad", &l),
+            Some(ForgeError::Permanent(m)) if m.contains("422")
+        ));
+        assert!(matches!(
+            classify_status(StatusCode::BAD_GATEWAY, &HeaderMap::new(), "", &l),
+            Some(ForgeError::Transient {
+                retry_after: None,
+                unsure: false,
+                ..
+            })
+        ));
+        // 429 with Retry-After.
+        let e = classify_status(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[("retry-after", "7".into())]),
+            "",
+            &l,
+        );
+        assert!(
+            matches!(e, Some(ForgeError::Transient { retry_after: Some(d), .. }) if d == Duration::from_secs(7))
+        );
+        // GitHub's primary limit: 403, remaining 0, reset at an epoch second.
+        let reset = (crate::now_ms() / 1000 + 42).to_string();
+        let e = classify_status(
+            StatusCode::FORBIDDEN,
+            &headers(&[
+                ("x-ratelimit-remaining", "0".into()),
+                ("x-ratelimit-reset", reset.clone()),
+            ]),
+            "API rate limit exceeded",
+            &l,
+        );
+        let Some(ForgeError::Transient {
+            retry_after: Some(d),
+            ..
+        }) = e
+        else {
+            panic!("{e:?}")
+        };
+        assert!((40..=43).contains(&d.as_secs()), "{d:?}");
+        // GitLab's RateLimit-* headers.
+        let e = classify_status(
+            StatusCode::TOO_MANY_REQUESTS,
+            &headers(&[
+                ("ratelimit-remaining", "0".into()),
+                ("ratelimit-reset", reset),
+            ]),
+            "",
+            &l,
+        );
+        assert!(matches!(
+            e,
+            Some(ForgeError::Transient {
+                retry_after: Some(_),
+                ..
+            })
+        ));
+        // A 403 that is not a rate limit is permanent.
+        assert!(matches!(
+            classify_status(
+                StatusCode::FORBIDDEN,
+                &HeaderMap::new(),
+                "Resource not accessible",
+                &l
+            ),
+            Some(ForgeError::Permanent(_))
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_limiter_spaces_requests_and_pauses() {
+        let l = Limiter::new(10.0, 3);
+        let start = tokio::time::Instant::now();
+        for _ in 0..13 {
+            l.acquire().await;
+        }
+        // 3 at once, then one every 100 ms.
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(990) && took <= Duration::from_millis(1100),
+            "{took:?}"
+        );
+        l.pause(Duration::from_secs(5));
+        let before = tokio::time::Instant::now();
+        l.acquire().await;
+        assert!(before.elapsed() >= Duration::from_secs(5));
+        assert_eq!(l.sent(), 14);
+    }
+
+    #[test]
+    fn payload_rows_coalesce_per_pr_and_per_head() {
+        let c = Payload::Comment {
+            repo: "o/r".into(),
+            body: "b".into(),
+        }
+        .row("conn", 7);
+        assert_eq!(
+            (c.kind.as_str(), c.coalesce_key.as_str()),
+            ("comment", "conn#7#comment")
+        );
+        let s = Payload::Status {
+            repo: "o/r".into(),
+            sha: "abc".into(),
+            state: CommitState::Pending,
+            target_url: None,
+            description: "d".into(),
+        }
+        .row("conn", 7);
+        assert_eq!(s.coalesce_key, "conn#abc#status");
+        let back: Payload = serde_json::from_str(&s.payload).unwrap();
+        assert!(matches!(
+            back,
+            Payload::Status {
+                state: CommitState::Pending,
+                ..
+            }
+        ));
     }
 }
