@@ -8,11 +8,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use endor::forge::signature::sign_hex;
 use endor::sites::Imports;
 use serde_json::Value;
+use support::TestStore;
 use support::preview::*;
-use support::{TestStore, fixture};
 
 /// A parent site `production` with files (`logo.txt`) and a SQLite database of 100 accounts.
 async fn sqlite_parent(h: &Harness) {
@@ -547,33 +546,11 @@ async fn gitlab_and_gitea_previews() {
             &format!("{sha}:refs/merge-requests/4/head"),
         ],
     );
-    let mr = |action: &str| {
-        let mut b: Value =
-            serde_json::from_slice(&fixture("gitlab.merge_request.open.json")).unwrap();
-        b["project"]["path_with_namespace"] = "grp/sub/glshop".into();
-        let a = &mut b["object_attributes"];
-        a["action"] = action.into();
-        a["iid"] = 4.into();
-        a["last_commit"]["id"] = sha.clone().into();
-        a["source_project_id"] = a["target_project_id"].clone();
-        a["draft"] = false.into();
-        a["work_in_progress"] = false.into();
-        serde_json::to_vec(&b).unwrap()
-    };
-    let send_gl = |body: Vec<u8>| {
-        h.http
-            .post(format!(
-                "http://{}/webhooks/gitlab/{}",
-                h.api, c.connection_id
-            ))
-            .header("x-gitlab-event", "Merge Request Hook")
-            .header("x-gitlab-token", c.secret.clone())
-            .header("x-gitlab-event-uuid", uuid::Uuid::new_v4().to_string())
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
-    assert_eq!(send_gl(mr("open")).await.unwrap().status(), 202);
+    assert_eq!(
+        h.gitlab_event(&c, gitlab_mr("grp/sub/glshop", 4, &sha, "open"))
+            .await,
+        202
+    );
     let p = h
         .wait(&c.connection_id, 4, &["ready", "failed"], None)
         .await;
@@ -581,7 +558,11 @@ async fn gitlab_and_gitea_previews() {
     assert_eq!(p.site_name, "glshop-pr-4");
     let (code, body) = h.get("glshop-pr-4", "/index.html").await;
     assert_eq!((code, body.trim()), (200, "from-gitlab"));
-    assert_eq!(send_gl(mr("close")).await.unwrap().status(), 202);
+    assert_eq!(
+        h.gitlab_event(&c, gitlab_mr("grp/sub/glshop", 4, &sha, "close"))
+            .await,
+        202
+    );
     h.wait(&c.connection_id, 4, &["destroyed"], None).await;
     assert_eq!(h.get("glshop-pr-4", "/").await.0, 410);
 
@@ -589,30 +570,10 @@ async fn gitlab_and_gitea_previews() {
     let gt = Repo::new(h.dir.path(), "gtshop", toml);
     let c = h.connect_spec("gitea:octo/gtshop", &gt.url()).await;
     let sha = gt.push_pr("feat", 2, "from-gitea");
-    let mut b: Value = serde_json::from_slice(&fixture("gitea.pull_request.opened.json")).unwrap();
-    b["number"] = 2.into();
-    b["repository"]["full_name"] = "octo/gtshop".into();
-    let pr = &mut b["pull_request"];
-    pr["draft"] = false.into();
-    pr["head"]["sha"] = sha.clone().into();
-    pr["head"]["repo_id"] = pr["base"]["repo_id"].clone();
-    pr["head"]["repo"]["full_name"] = "octo/gtshop".into();
-    let body = serde_json::to_vec(&b).unwrap();
-    let r = h
-        .http
-        .post(format!(
-            "http://{}/webhooks/gitea/{}",
-            h.api, c.connection_id
-        ))
-        .header("x-gitea-event", "pull_request")
-        .header("x-gitea-delivery", uuid::Uuid::new_v4().to_string())
-        .header("x-gitea-signature", sign_hex(c.secret.as_bytes(), &body))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(
+        h.gitea_event(&c, gitea_pr("octo/gtshop", 2, &sha)).await,
+        202
+    );
     let p = h
         .wait(&c.connection_id, 2, &["ready", "failed"], None)
         .await;

@@ -7,7 +7,6 @@ mod support;
 use std::time::{Duration, Instant};
 
 use endor::config::Config;
-use serde_json::Value;
 use support::TestStore;
 use support::fake_forge::{BOT, FakeForge, TOKEN};
 use support::preview::*;
@@ -333,34 +332,9 @@ async fn gitlab_and_gitea_write_backs() {
     let repo = Repo::new(h.dir.path(), "glshop", STATIC_SITE);
     let c = h.connect_spec("gitlab:grp/sub/glshop", &repo.url()).await;
     let sha = repo.push_pr("mr", 4, "gitlab");
-    let mr = |action: &str| {
-        let mut b: Value =
-            serde_json::from_slice(&support::fixture("gitlab.merge_request.open.json")).unwrap();
-        b["project"]["path_with_namespace"] = "grp/sub/glshop".into();
-        let a = &mut b["object_attributes"];
-        a["action"] = action.into();
-        a["iid"] = 4.into();
-        a["last_commit"]["id"] = sha.clone().into();
-        a["source_project_id"] = a["target_project_id"].clone();
-        a["draft"] = false.into();
-        a["work_in_progress"] = false.into();
-        serde_json::to_vec(&b).unwrap()
-    };
     for action in ["open", "close"] {
-        let r = h
-            .http
-            .post(format!(
-                "http://{}/webhooks/gitlab/{}",
-                h.api, c.connection_id
-            ))
-            .header("x-gitlab-event", "Merge Request Hook")
-            .header("x-gitlab-token", c.secret.clone())
-            .header("content-type", "application/json")
-            .body(mr(action))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 202);
+        let body = gitlab_mr("grp/sub/glshop", 4, &sha, action);
+        assert_eq!(h.gitlab_event(&c, body).await, 202);
         let want: &[&str] = if action == "open" {
             &["ready", "failed"]
         } else {
@@ -394,33 +368,10 @@ async fn gitlab_and_gitea_write_backs() {
     let repo = Repo::new(h.dir.path(), "gtshop", STATIC_SITE);
     let c = h.connect_spec("gitea:octo/gtshop", &repo.url()).await;
     let sha = repo.push_pr("feat", 2, "gitea");
-    let mut b: Value =
-        serde_json::from_slice(&support::fixture("gitea.pull_request.opened.json")).unwrap();
-    b["number"] = 2.into();
-    b["repository"]["full_name"] = "octo/gtshop".into();
-    let pr = &mut b["pull_request"];
-    pr["draft"] = false.into();
-    pr["head"]["sha"] = sha.clone().into();
-    pr["head"]["repo_id"] = pr["base"]["repo_id"].clone();
-    pr["head"]["repo"]["full_name"] = "octo/gtshop".into();
-    let body = serde_json::to_vec(&b).unwrap();
-    let r = h
-        .http
-        .post(format!(
-            "http://{}/webhooks/gitea/{}",
-            h.api, c.connection_id
-        ))
-        .header("x-gitea-event", "pull_request")
-        .header(
-            "x-gitea-signature",
-            endor::forge::signature::sign_hex(c.secret.as_bytes(), &body),
-        )
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(
+        h.gitea_event(&c, gitea_pr("octo/gtshop", 2, &sha)).await,
+        202
+    );
     h.wait(&c.connection_id, 2, &["ready"], None).await;
     settled(&h, &c.connection_id).await;
     forge.with(|f| {

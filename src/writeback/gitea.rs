@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::json;
 
-use super::http::{RawClient, id_of};
-use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef};
+use super::http::RawClient;
+use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, id_of};
 
 pub struct Gitea {
     http: RawClient,
@@ -93,32 +93,14 @@ impl Forge for Gitea {
         marker: &str,
     ) -> Result<Vec<String>, ForgeError> {
         let me = self.me().await?;
-        let mut out = Vec::new();
-        for page in 1..=50 {
-            let v = self
-                .http
-                .call(
-                    Method::GET,
-                    &format!(
-                        "/repos/{}/issues/{}/comments?limit=50&page={page}",
-                        pr.repo, pr.number
-                    ),
-                    None,
-                )
-                .await?;
-            let items = v.as_array().cloned().unwrap_or_default();
-            for c in &items {
-                if c["user"]["login"].as_str() == Some(me.as_str())
-                    && c["body"].as_str().is_some_and(|b| b.starts_with(marker))
-                {
-                    out.push(id_of(c)?);
-                }
-            }
-            if items.len() < 50 {
-                break;
-            }
-        }
-        Ok(out)
+        let page = |n: u32| async move {
+            let path = format!(
+                "/repos/{}/issues/{}/comments?limit=50&page={n}",
+                pr.repo, pr.number
+            );
+            self.http.call(Method::GET, &path, None).await
+        };
+        super::marked_in_pages(page, 50, "/user/login", &me, marker).await
     }
 
     async fn commit_status(

@@ -9,7 +9,7 @@ use axum::http::{self, StatusCode};
 use octocrab::Octocrab;
 use serde_json::{Value, json};
 
-use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, classify_status};
+use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, classify_status, id_of};
 
 pub struct GitHub {
     octo: Octocrab,
@@ -159,16 +159,6 @@ async fn app_get(app: &Octocrab, url: &str, limiter: &Limiter) -> Result<Value, 
     Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-fn id_of(v: &Value) -> Result<String, ForgeError> {
-    match &v["id"] {
-        Value::Number(n) => Ok(n.to_string()),
-        Value::String(s) => Ok(s.clone()),
-        _ => Err(ForgeError::Permanent(
-            "github answered without an id".into(),
-        )),
-    }
-}
-
 #[async_trait]
 impl Forge for GitHub {
     async fn create_comment(&self, pr: &PrRef<'_>, body: &str) -> Result<String, ForgeError> {
@@ -200,26 +190,16 @@ impl Forge for GitHub {
         marker: &str,
     ) -> Result<Vec<String>, ForgeError> {
         let me = self.me().await?;
-        let mut out = Vec::new();
-        for page in 1..=50 {
+        let page = |n: u32| async move {
             let path = format!(
-                "/repos/{}/issues/{}/comments?per_page=100&page={page}",
+                "/repos/{}/issues/{}/comments?per_page=100&page={n}",
                 pr.repo, pr.number
             );
-            let (_, v) = self.call(http::Method::GET, &path, None).await?;
-            let items = v.as_array().cloned().unwrap_or_default();
-            for c in &items {
-                let mine = c["user"]["login"].as_str() == Some(me.as_str());
-                let marked = c["body"].as_str().is_some_and(|b| b.starts_with(marker));
-                if mine && marked {
-                    out.push(id_of(c)?);
-                }
-            }
-            if items.len() < 100 {
-                break;
-            }
-        }
-        Ok(out)
+            self.call(http::Method::GET, &path, None)
+                .await
+                .map(|(_, v)| v)
+        };
+        super::marked_in_pages(page, 100, "/user/login", &me, marker).await
     }
 
     async fn commit_status(

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::json;
 
-use super::http::{RawClient, id_of};
-use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef};
+use super::http::RawClient;
+use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, id_of};
 
 pub struct GitLab {
     http: RawClient,
@@ -127,32 +127,14 @@ impl Forge for GitLab {
         marker: &str,
     ) -> Result<Vec<String>, ForgeError> {
         let me = self.me().await?;
-        let mut out = Vec::new();
-        for page in 1..=50 {
-            let v = self
-                .http
-                .call(
-                    Method::GET,
-                    &format!(
-                        "{}?sort=asc&order_by=created_at&per_page=100&page={page}",
-                        Self::notes(pr)
-                    ),
-                    None,
-                )
-                .await?;
-            let items = v.as_array().cloned().unwrap_or_default();
-            for n in &items {
-                if n["author"]["username"].as_str() == Some(me.as_str())
-                    && n["body"].as_str().is_some_and(|b| b.starts_with(marker))
-                {
-                    out.push(id_of(n)?);
-                }
-            }
-            if items.len() < 100 {
-                break;
-            }
-        }
-        Ok(out)
+        let page = |n: u32| async move {
+            let path = format!(
+                "{}?sort=asc&order_by=created_at&per_page=100&page={n}",
+                Self::notes(pr)
+            );
+            self.http.call(Method::GET, &path, None).await
+        };
+        super::marked_in_pages(page, 100, "/author/username", &me, marker).await
     }
 
     async fn commit_status(

@@ -74,14 +74,3 @@ impl RawClient {
         })
     }
 }
-
-/// A JSON `id` (number or string) as text.
-pub fn id_of(v: &Value) -> Result<String, ForgeError> {
-    match &v["id"] {
-        Value::Number(n) => Ok(n.to_string()),
-        Value::String(s) => Ok(s.clone()),
-        _ => Err(ForgeError::Permanent(
-            "the forge answered without an id".into(),
-        )),
-    }
-}

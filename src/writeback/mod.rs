@@ -282,6 +282,47 @@ impl Limiter {
     }
 }
 
+/// A JSON `id` (number or string) as text.
+pub(crate) fn id_of(v: &serde_json::Value) -> Result<String, ForgeError> {
+    match &v["id"] {
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        serde_json::Value::String(s) => Ok(s.clone()),
+        _ => Err(ForgeError::Permanent(
+            "the forge answered without an id".into(),
+        )),
+    }
+}
+
+/// Ids of the comments, over the pages of a listing (`page(n)`, `per_page` items a page),
+/// whose author (at JSON pointer `author`) is `me` and whose body starts with `marker`.
+pub(crate) async fn marked_in_pages<F, Fut>(
+    mut page: F,
+    per_page: usize,
+    author: &str,
+    me: &str,
+    marker: &str,
+) -> Result<Vec<String>, ForgeError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, ForgeError>>,
+{
+    let mut out = Vec::new();
+    for n in 1..=50 {
+        let v = page(n).await?;
+        let items = v.as_array().cloned().unwrap_or_default();
+        for c in &items {
+            let mine = c.pointer(author).and_then(|a| a.as_str()) == Some(me);
+            if mine && c["body"].as_str().is_some_and(|b| b.starts_with(marker)) {
+                out.push(id_of(c)?);
+            }
+        }
+        if items.len() < per_page {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// What an outbox row asks (its `payload`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -567,3 +567,70 @@ impl ServedBinary {
         let _ = self.child.wait();
     }
 }
+
+/// A GitLab `Merge Request Hook` body (the real fixture) for MR `iid` of `project` at `sha`.
+pub fn gitlab_mr(project: &str, iid: u64, sha: &str, action: &str) -> Vec<u8> {
+    let mut b: Value = serde_json::from_slice(&fixture("gitlab.merge_request.open.json")).unwrap();
+    b["project"]["path_with_namespace"] = project.into();
+    let a = &mut b["object_attributes"];
+    a["action"] = action.into();
+    a["iid"] = iid.into();
+    a["last_commit"]["id"] = sha.into();
+    a["source_project_id"] = a["target_project_id"].clone();
+    a["draft"] = false.into();
+    a["work_in_progress"] = false.into();
+    serde_json::to_vec(&b).unwrap()
+}
+
+/// A Gitea `pull_request` (opened) body (the real fixture) for PR `number` of `repo` at `sha`.
+pub fn gitea_pr(repo: &str, number: u64, sha: &str) -> Vec<u8> {
+    let mut b: Value = serde_json::from_slice(&fixture("gitea.pull_request.opened.json")).unwrap();
+    b["number"] = number.into();
+    b["repository"]["full_name"] = repo.into();
+    let pr = &mut b["pull_request"];
+    pr["draft"] = false.into();
+    pr["head"]["sha"] = sha.into();
+    pr["head"]["repo_id"] = pr["base"]["repo_id"].clone();
+    pr["head"]["repo"]["full_name"] = repo.into();
+    serde_json::to_vec(&b).unwrap()
+}
+
+impl Harness {
+    /// Post a GitLab delivery (token auth); returns the status.
+    pub async fn gitlab_event(&self, c: &service::Connected, body: Vec<u8>) -> u16 {
+        self.http
+            .post(format!(
+                "http://{}/webhooks/gitlab/{}",
+                self.api, c.connection_id
+            ))
+            .header("x-gitlab-event", "Merge Request Hook")
+            .header("x-gitlab-token", c.secret.clone())
+            .header("x-gitlab-event-uuid", uuid::Uuid::new_v4().to_string())
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Post a signed Gitea `pull_request` delivery; returns the status.
+    pub async fn gitea_event(&self, c: &service::Connected, body: Vec<u8>) -> u16 {
+        self.http
+            .post(format!(
+                "http://{}/webhooks/gitea/{}",
+                self.api, c.connection_id
+            ))
+            .header("x-gitea-event", "pull_request")
+            .header("x-gitea-delivery", uuid::Uuid::new_v4().to_string())
+            .header("x-gitea-signature", sign_hex(c.secret.as_bytes(), &body))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
