@@ -66,7 +66,12 @@ async fn main() {
     .unwrap();
     let forges = Arc::new(ForgeClients::new(&config));
     let wake = Arc::new(tokio::sync::Notify::new());
-    let sender = Sender::spawn(store.clone(), forges.clone(), wake.clone());
+    let sender = Sender::spawn(
+        store.clone(),
+        forges.clone(),
+        wake.clone(),
+        Arc::new(endor::metrics::Metrics::default()),
+    );
 
     // The burst: every PR goes through five reported states, as fast as the store takes them.
     let started = Instant::now();

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub jobs: Family<JobLabels, Counter>,
     /// Seconds from a PR event's arrival to its preview passing the health check.
     pub launch_seconds: Histogram,
+    /// Write-backs to forges, by kind and how each attempt ended.
+    pub writebacks: Family<JobLabels, Counter>,
     pub deliveries: Family<DeliveryLabels, Counter>,
     /// Seconds from a delivery's arrival to its durable commit.
     pub delivery_store_seconds: Histogram,
@@ -64,10 +66,17 @@ impl Default for Metrics {
             "Time from a pull request event's arrival to its preview being ready",
             launch_seconds.clone(),
         );
+        let writebacks = Family::<JobLabels, Counter>::default();
+        registry.register(
+            "writebacks",
+            "Write-back attempts to forges, by kind (comment, status, deployment) and outcome (done, retry, failed)",
+            writebacks.clone(),
+        );
         Self {
             registry,
             jobs,
             launch_seconds,
+            writebacks,
             deliveries,
             delivery_store_seconds,
         }
@@ -87,6 +96,15 @@ impl Metrics {
 
     pub fn job(&self, kind: &str, outcome: &'static str) {
         self.jobs
+            .get_or_create(&JobLabels {
+                kind: kind.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    pub fn writeback(&self, kind: &str, outcome: &'static str) {
+        self.writebacks
             .get_or_create(&JobLabels {
                 kind: kind.to_string(),
                 outcome,

@@ -110,7 +110,12 @@ pub async fn serve_with_gateway(
         forges.clone(),
         outbox_wake.clone(),
     );
-    let sender = crate::writeback::Sender::spawn(state.store.clone(), forges, outbox_wake);
+    let sender = crate::writeback::Sender::spawn(
+        state.store.clone(),
+        forges,
+        outbox_wake,
+        state.metrics.clone(),
+    );
     match lifecycle.resume_all().await {
         Ok(0) => {}
         Ok(n) => tracing::info!(count = n, "relaunching previews whose processes are gone"),

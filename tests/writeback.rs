@@ -190,6 +190,11 @@ async fn github_lifecycle(forge: &FakeForge) {
                 .collect::<Vec<_>>()
         );
     });
+    let metrics = h.state.metrics.encode();
+    assert!(
+        metrics.contains("endor_writebacks_total{kind=\"comment\",outcome=\"done\"}"),
+        "{metrics}"
+    );
     h.stop().await;
     db.cleanup().await;
 }

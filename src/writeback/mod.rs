@@ -639,6 +639,7 @@ impl Sender {
         store: Arc<dyn Store>,
         clients: Arc<ForgeClients>,
         wake: Arc<tokio::sync::Notify>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         let (stop, mut stopped) = watch::channel(false);
         let cfg = clients.config.writeback.clone();
@@ -677,11 +678,17 @@ impl Sender {
                 use futures_util::StreamExt;
                 futures_util::stream::iter(groups)
                     .for_each_concurrent(cfg.concurrency.max(1), |group| {
-                        let (store, clients, name) = (store.clone(), clients.clone(), name.clone());
+                        let (store, clients, name, metrics) = (
+                            store.clone(),
+                            clients.clone(),
+                            name.clone(),
+                            metrics.clone(),
+                        );
                         let max_attempts = cfg.max_attempts;
                         async move {
                             for item in group {
-                                send_one(&store, &clients, &name, item, max_attempts).await;
+                                send_one(&store, &clients, &name, item, max_attempts, &metrics)
+                                    .await;
                             }
                         }
                     })
@@ -703,6 +710,7 @@ async fn send_one(
     worker: &str,
     item: OutboxItem,
     max_attempts: i64,
+    metrics: &crate::metrics::Metrics,
 ) {
     let result = deliver(store, clients, &item).await;
     let now = crate::now_ms();
@@ -732,6 +740,12 @@ async fn send_one(
             }
         }
     };
+    let outcome = match &end {
+        OutboxEnd::Done => "done",
+        OutboxEnd::Retry { .. } => "retry",
+        OutboxEnd::Failed { .. } => "failed",
+    };
+    metrics.writeback(&item.kind, outcome);
     match &end {
         OutboxEnd::Done => tracing::debug!(id = %item.id, kind = %item.kind, "write-back sent"),
         OutboxEnd::Retry { error, .. } => {
