@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::http::RawClient;
-use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, id_of};
+use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, github_state, id_of};
 
 pub struct Gitea {
     http: RawClient,
@@ -111,14 +111,7 @@ impl Forge for Gitea {
         target_url: Option<&str>,
         description: &str,
     ) -> Result<(), ForgeError> {
-        let mut body = json!({
-            "state": status_name(state),
-            "context": super::STATUS_CONTEXT,
-            "description": description.chars().take(140).collect::<String>(),
-        });
-        if let Some(u) = target_url {
-            body["target_url"] = u.into();
-        }
+        let body = super::status_body("context", github_state(state), target_url, description);
         self.http
             .call(
                 Method::POST,
@@ -143,11 +136,13 @@ impl Forge for Gitea {
                 None,
             )
             .await?;
-        let newest = v.as_array().and_then(|a| {
-            a.iter()
-                .find(|s| s["context"].as_str() == Some(super::STATUS_CONTEXT))
-        });
-        Ok(newest.and_then(|s| s["state"].as_str()) == Some(status_name(state)))
+        Ok(super::newest_status_is(
+            &v,
+            true,
+            "context",
+            "state",
+            github_state(state),
+        ))
     }
 
     async fn find_deployment(
@@ -190,14 +185,5 @@ impl Forge for Gitea {
             )
             .await?;
         Ok(())
-    }
-}
-
-fn status_name(state: CommitState) -> &'static str {
-    match state {
-        CommitState::Pending => "pending",
-        CommitState::Success => "success",
-        CommitState::Failure => "failure",
-        CommitState::Error => "error",
     }
 }

@@ -9,7 +9,10 @@ use axum::http::{self, StatusCode};
 use octocrab::Octocrab;
 use serde_json::{Value, json};
 
-use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, classify_status, id_of};
+use super::{
+    CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, classify_status, github_state,
+    id_of,
+};
 
 pub struct GitHub {
     octo: Octocrab,
@@ -131,15 +134,6 @@ impl GitHub {
     }
 }
 
-fn status_name(state: CommitState) -> &'static str {
-    match state {
-        CommitState::Pending => "pending",
-        CommitState::Success => "success",
-        CommitState::Failure => "failure",
-        CommitState::Error => "error",
-    }
-}
-
 /// A GET with the app's own JWT (octocrab signs it with the app's key).
 async fn app_get(app: &Octocrab, url: &str, limiter: &Limiter) -> Result<Value, ForgeError> {
     limiter.acquire().await;
@@ -210,14 +204,7 @@ impl Forge for GitHub {
         target_url: Option<&str>,
         description: &str,
     ) -> Result<(), ForgeError> {
-        let mut body = json!({
-            "state": status_name(state),
-            "context": super::STATUS_CONTEXT,
-            "description": description.chars().take(140).collect::<String>(),
-        });
-        if let Some(u) = target_url {
-            body["target_url"] = u.into();
-        }
+        let body = super::status_body("context", github_state(state), target_url, description);
         self.call(
             http::Method::POST,
             &format!("/repos/{repo}/statuses/{sha}"),
@@ -240,12 +227,13 @@ impl Forge for GitHub {
                 None,
             )
             .await?;
-        // Newest first.
-        let newest = v.as_array().and_then(|a| {
-            a.iter()
-                .find(|s| s["context"].as_str() == Some(super::STATUS_CONTEXT))
-        });
-        Ok(newest.and_then(|s| s["state"].as_str()) == Some(status_name(state)))
+        Ok(super::newest_status_is(
+            &v,
+            true,
+            "context",
+            "state",
+            github_state(state),
+        ))
     }
 
     async fn find_deployment(

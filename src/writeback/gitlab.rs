@@ -145,14 +145,7 @@ impl Forge for GitLab {
         target_url: Option<&str>,
         description: &str,
     ) -> Result<(), ForgeError> {
-        let mut body = json!({
-            "state": status_name(state),
-            "name": super::STATUS_CONTEXT,
-            "description": description.chars().take(140).collect::<String>(),
-        });
-        if let Some(u) = target_url {
-            body["target_url"] = u.into();
-        }
+        let body = super::status_body("name", status_name(state), target_url, description);
         self.http
             .call(
                 Method::POST,
@@ -182,12 +175,13 @@ impl Forge for GitLab {
             )
             .await?;
         // GitLab lists oldest first.
-        let newest = v.as_array().and_then(|a| {
-            a.iter()
-                .rev()
-                .find(|s| s["name"].as_str() == Some(super::STATUS_CONTEXT))
-        });
-        Ok(newest.and_then(|s| s["status"].as_str()) == Some(status_name(state)))
+        Ok(super::newest_status_is(
+            &v,
+            false,
+            "name",
+            "status",
+            status_name(state),
+        ))
     }
 
     async fn find_deployment(

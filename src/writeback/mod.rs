@@ -323,6 +323,54 @@ where
     Ok(out)
 }
 
+/// A commit state as GitHub and Gitea name it.
+pub(crate) fn github_state(state: CommitState) -> &'static str {
+    match state {
+        CommitState::Pending => "pending",
+        CommitState::Success => "success",
+        CommitState::Failure => "failure",
+        CommitState::Error => "error",
+    }
+}
+
+/// The JSON of an `endor/preview` commit status; GitHub and Gitea name the context
+/// `context`, GitLab `name`.
+pub(crate) fn status_body(
+    context_key: &str,
+    state: &str,
+    target_url: Option<&str>,
+    description: &str,
+) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "state": state,
+        context_key: STATUS_CONTEXT,
+        "description": description.chars().take(140).collect::<String>(),
+    });
+    if let Some(u) = target_url {
+        body["target_url"] = u.into();
+    }
+    body
+}
+
+/// Is the newest `endor/preview` status of a listing in `state`? (`newest_first` as the
+/// forge lists them; the context and state under `context_key` and `state_key`.)
+pub(crate) fn newest_status_is(
+    list: &serde_json::Value,
+    newest_first: bool,
+    context_key: &str,
+    state_key: &str,
+    state: &str,
+) -> bool {
+    let ours = |s: &&serde_json::Value| s[context_key].as_str() == Some(STATUS_CONTEXT);
+    let items = list.as_array().map(Vec::as_slice).unwrap_or_default();
+    let newest = if newest_first {
+        items.iter().find(ours)
+    } else {
+        items.iter().rev().find(ours)
+    };
+    newest.and_then(|s| s[state_key].as_str()) == Some(state)
+}
+
 /// What an outbox row asks (its `payload`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
