@@ -571,7 +571,8 @@ async fn gitlab_and_gitea_previews() {
     let c = h.connect_spec("gitea:octo/gtshop", &gt.url()).await;
     let sha = gt.push_pr("feat", 2, "from-gitea");
     assert_eq!(
-        h.gitea_event(&c, gitea_pr("octo/gtshop", 2, &sha)).await,
+        h.gitea_event(&c, gitea_pr("octo/gtshop", 2, &sha, "opened"))
+            .await,
         202
     );
     let p = h

@@ -318,11 +318,9 @@ async fn write_backs_survive_sigkill() {
     served.stop();
 }
 
-/// GitLab: one note, commit statuses, an environment stopped on close. Gitea: one comment and
-/// statuses.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn gitlab_and_gitea_write_backs() {
-    let forge = FakeForge::start().await;
+/// Open, push, close on GitLab and Gitea: one marked note/comment showing the final state,
+/// statuses in order on both heads, the GitLab environment stopped.
+async fn gitlab_gitea_lifecycle(forge: &FakeForge) {
     let (gl, gt) = (forge.gitlab_url(), forge.gitea_url());
     let db = TestStore::sqlite().await;
     let h = Harness::start_with(&db, move |c| {
@@ -331,36 +329,68 @@ async fn gitlab_and_gitea_write_backs() {
         c.gitea.api_url = gt;
         c.gitea.token = TOKEN.into();
         c.writeback.rate_per_second = 50.0;
+        c.writeback.timeout = endor::duration::HumanDuration(Duration::from_secs(2));
     })
     .await;
-
-    let repo = Repo::new(h.dir.path(), "glshop", STATIC_SITE);
-    let c = h.connect_spec("gitlab:grp/sub/glshop", &repo.url()).await;
-    let sha = repo.push_pr("mr", 4, "gitlab");
-    for action in ["open", "close"] {
-        let body = gitlab_mr("grp/sub/glshop", 4, &sha, action);
-        assert_eq!(h.gitlab_event(&c, body).await, 202);
-        let want: &[&str] = if action == "open" {
+    let gl = Repo::new(h.dir.path(), "glshop", STATIC_SITE);
+    let gl_conn = h.connect_spec("gitlab:grp/sub/glshop", &gl.url()).await;
+    let gt = Repo::new(h.dir.path(), "gtshop", STATIC_SITE);
+    let gt_conn = h.connect_spec("gitea:octo/gtshop", &gt.url()).await;
+    let mut heads = Vec::new();
+    for (step, (gl_action, gt_action)) in [
+        ("open", "opened"),
+        ("update", "synchronized"),
+        ("close", "closed"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (gl_sha, gt_sha) = if step < 2 {
+            let shas = (
+                gl.push_pr("mr", 4, &format!("gitlab-{step}")),
+                gt.push_pr("feat", 2, &format!("gitea-{step}")),
+            );
+            heads.push(shas.clone());
+            shas
+        } else {
+            heads.last().unwrap().clone()
+        };
+        assert_eq!(
+            h.gitlab_event(&gl_conn, gitlab_mr("grp/sub/glshop", 4, &gl_sha, gl_action))
+                .await,
+            202
+        );
+        assert_eq!(
+            h.gitea_event(&gt_conn, gitea_pr("octo/gtshop", 2, &gt_sha, gt_action))
+                .await,
+            202
+        );
+        let want: &[&str] = if step < 2 {
             &["ready", "failed"]
         } else {
             &["destroyed"]
         };
-        let p = h.wait(&c.connection_id, 4, want, None).await;
-        assert_ne!(p.state, "failed", "{p:?}");
-        settled(&h, &c.connection_id).await;
+        for (conn, n, sha) in [(&gl_conn, 4, &gl_sha), (&gt_conn, 2, &gt_sha)] {
+            let p = h.wait(&conn.connection_id, n, want, Some(sha)).await;
+            assert_ne!(p.state, "failed", "{p:?}");
+            settled(&h, &conn.connection_id).await;
+        }
     }
     forge.with(|f| {
-        let notes = f.comments_on("grp/sub/glshop", 4);
-        assert_eq!(notes.len(), 1, "{notes:?}");
-        assert!(
-            notes[0].body.starts_with(MARKER) && notes[0].body.contains("| State | destroyed |")
-        );
-        let states = f.statuses_for(&sha);
-        assert_eq!(
-            states.last().map(String::as_str),
-            Some("success"),
-            "{states:?}"
-        );
+        for (repo, n) in [("grp/sub/glshop", 4), ("octo/gtshop", 2)] {
+            let comments = f.comments_on(repo, n);
+            assert_eq!(comments.len(), 1, "{repo}: {comments:?}");
+            assert!(comments[0].body.starts_with(MARKER));
+            assert!(
+                comments[0].body.contains("| State | destroyed |"),
+                "{}",
+                comments[0].body
+            );
+        }
+        for (gl_sha, gt_sha) in &heads {
+            in_order(&f.statuses_for(gl_sha), "success");
+            in_order(&f.statuses_for(gt_sha), "success");
+        }
         let env = f
             .environments
             .iter()
@@ -368,22 +398,6 @@ async fn gitlab_and_gitea_write_backs() {
             .expect("an environment");
         assert_eq!(env.project, "grp/sub/glshop");
         assert_eq!(env.state, "stopped");
-    });
-
-    let repo = Repo::new(h.dir.path(), "gtshop", STATIC_SITE);
-    let c = h.connect_spec("gitea:octo/gtshop", &repo.url()).await;
-    let sha = repo.push_pr("feat", 2, "gitea");
-    assert_eq!(
-        h.gitea_event(&c, gitea_pr("octo/gtshop", 2, &sha)).await,
-        202
-    );
-    h.wait(&c.connection_id, 2, &["ready"], None).await;
-    settled(&h, &c.connection_id).await;
-    forge.with(|f| {
-        let comments = f.comments_on("octo/gtshop", 2);
-        assert_eq!(comments.len(), 1);
-        assert!(comments[0].body.contains("| State | ready |"));
-        in_order(&f.statuses_for(&sha), "success");
         assert!(
             f.requests
                 .iter()
@@ -392,6 +406,23 @@ async fn gitlab_and_gitea_write_backs() {
     });
     h.stop().await;
     db.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gitlab_and_gitea_write_backs() {
+    let forge = FakeForge::start().await;
+    gitlab_gitea_lifecycle(&forge).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gitlab_and_gitea_with_faults_and_rate_limits() {
+    let forge = FakeForge::start().await;
+    forge.with(|f| {
+        f.faults.fail_every = Some(2);
+        f.faults.rate_limited = Some((1, 2));
+    });
+    gitlab_gitea_lifecycle(&forge).await;
+    forge.with(|f| assert!(f.requests.iter().any(|r| r.status == 429)));
 }
 
 /// As a GitHub App: the installation is found with the app's JWT, installation tokens are

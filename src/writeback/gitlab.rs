@@ -193,24 +193,33 @@ impl Forge for GitLab {
         self.environment(pr).await
     }
 
+    fn deployment_per_head(&self) -> bool {
+        false
+    }
+
     async fn create_deployment(
         &self,
         pr: &PrRef<'_>,
         _sha: &str,
     ) -> Result<Option<String>, ForgeError> {
-        if let Some(id) = self.environment(pr).await? {
-            return Ok(Some(id));
-        }
+        // One call in the common case; an environment that exists already (an earlier MR with
+        // this number, or a create whose answer was lost) is looked up instead.
         let body = json!({"name": format!("preview/pr-{}", pr.number), "tier": "development"});
-        let v = self
+        match self
             .http
             .call(
                 Method::POST,
                 &format!("/projects/{}/environments", project(pr.repo)),
                 Some(&body),
             )
-            .await?;
-        Ok(Some(id_of(&v)?))
+            .await
+        {
+            Ok(v) => Ok(Some(id_of(&v)?)),
+            Err(ForgeError::Permanent(m)) if m.contains("already been taken") => {
+                self.environment(pr).await
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn set_deployment(

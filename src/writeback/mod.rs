@@ -139,6 +139,11 @@ pub trait Forge: Send + Sync {
         pr: &PrRef<'_>,
         sha: &str,
     ) -> Result<Option<String>, ForgeError>;
+    /// Does each head get a deployment of its own (GitHub), or is there one per PR that every
+    /// head reuses (a GitLab environment)?
+    fn deployment_per_head(&self) -> bool {
+        true
+    }
     /// A deployment (GitHub) or environment (GitLab) `preview/pr-{n}` for the head `sha`;
     /// `None` where the forge has no such thing (Gitea).
     async fn create_deployment(
@@ -879,7 +884,11 @@ async fn deliver(
                 .map_err(store_err)?;
             let known = known.as_deref().and_then(|r| r.split_once(':'));
             let id = match known {
-                Some((id, for_sha)) if for_sha == sha || state == DeployState::Inactive => {
+                Some((id, for_sha))
+                    if for_sha == sha
+                        || state == DeployState::Inactive
+                        || !forge.deployment_per_head() =>
+                {
                     id.to_string()
                 }
                 _ if state == DeployState::Inactive => return Ok(()),
@@ -1013,7 +1022,17 @@ async fn upsert_comment_once(
             Err(e) => return Err(e),
         }
     }
-    let found = forge.marked_comments(pr, render::MARKER).await?;
+    // A search that found nothing is remembered, so the retry of a failed create goes
+    // straight to creating (unless the create's answer was lost: then it looks again).
+    let searched = store
+        .forge_ref(connection_id, number, "comment_searched")
+        .await
+        .map_err(store_err)?;
+    let found = if searched.as_deref() == Some("none") {
+        Vec::new()
+    } else {
+        forge.marked_comments(pr, render::MARKER).await?
+    };
     match found.split_first() {
         Some((id, dups)) => {
             store
@@ -1043,7 +1062,22 @@ async fn upsert_comment_once(
             }
         }
         None => {
-            let id = forge.create_comment(pr, body).await?;
+            store
+                .put_forge_ref(connection_id, number, "comment_searched", "none")
+                .await
+                .map_err(store_err)?;
+            let id = match forge.create_comment(pr, body).await {
+                Ok(id) => id,
+                Err(e) => {
+                    if e.unsure() {
+                        store
+                            .put_forge_ref(connection_id, number, "comment_searched", "")
+                            .await
+                            .map_err(store_err)?;
+                    }
+                    return Err(e);
+                }
+            };
             store
                 .put_forge_ref(connection_id, number, "comment", &id)
                 .await

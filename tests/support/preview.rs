@@ -579,12 +579,18 @@ pub fn gitlab_mr(project: &str, iid: u64, sha: &str, action: &str) -> Vec<u8> {
     a["source_project_id"] = a["target_project_id"].clone();
     a["draft"] = false.into();
     a["work_in_progress"] = false.into();
+    if action == "update" {
+        // A push: GitLab names the previous head.
+        a["oldrev"] = "0".repeat(40).into();
+    }
     serde_json::to_vec(&b).unwrap()
 }
 
-/// A Gitea `pull_request` (opened) body (the real fixture) for PR `number` of `repo` at `sha`.
-pub fn gitea_pr(repo: &str, number: u64, sha: &str) -> Vec<u8> {
+/// A Gitea `pull_request` body (the real fixture) for PR `number` of `repo` at `sha`, with
+/// `action` (`opened`, `synchronized`, `closed`).
+pub fn gitea_pr(repo: &str, number: u64, sha: &str, action: &str) -> Vec<u8> {
     let mut b: Value = serde_json::from_slice(&fixture("gitea.pull_request.opened.json")).unwrap();
+    b["action"] = action.into();
     b["number"] = number.into();
     b["repository"]["full_name"] = repo.into();
     let pr = &mut b["pull_request"];
