@@ -4,6 +4,7 @@
 //! tests and benchmarks drive the same code. See `ARCHITECTURE.md` for the map.
 
 pub mod clone;
+pub mod commands;
 pub mod config;
 pub mod duration;
 pub mod forge;
