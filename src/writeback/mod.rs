@@ -76,6 +76,13 @@ impl ForgeError {
     }
 }
 
+/// The store failing under a write-back is worth another attempt.
+impl From<crate::store::StoreError> for ForgeError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ForgeError::transient(e.to_string())
+    }
+}
+
 /// A pull/merge request on its forge.
 #[derive(Debug, Clone, Copy)]
 pub struct PrRef<'a> {
@@ -822,11 +829,9 @@ async fn deliver(
         .map_err(|e| ForgeError::Permanent(format!("unreadable write-back: {e}")))?;
     let conn = store
         .connection(&item.connection_id)
-        .await
-        .map_err(|e| ForgeError::transient(e.to_string()))?
+        .await?
         .ok_or_else(|| ForgeError::Permanent("the connection was deleted".into()))?;
     let forge = clients.client(&conn).await?;
-    let store_err = |e: crate::store::StoreError| ForgeError::transient(e.to_string());
     match payload {
         Payload::Comment { repo, body } => {
             let pr = PrRef {
@@ -846,8 +851,7 @@ async fn deliver(
             let mark = format!("{sha}:{state:?}");
             let unsure = store
                 .forge_ref(&conn.id, item.number, "status_unsure")
-                .await
-                .map_err(store_err)?;
+                .await?;
             if unsure.as_deref() == Some(mark.as_str())
                 && forge.has_status(&repo, &sha, state).await?
             {
@@ -861,8 +865,7 @@ async fn deliver(
             {
                 store
                     .put_forge_ref(&conn.id, item.number, "status_unsure", &mark)
-                    .await
-                    .map_err(store_err)?;
+                    .await?;
             }
             sent
         }
@@ -878,10 +881,7 @@ async fn deliver(
             };
             // The deployment of the same head is reused; a new head gets a new one. Its id is
             // kept as soon as it exists, so a retry only sets the state.
-            let known = store
-                .forge_ref(&conn.id, item.number, "deployment")
-                .await
-                .map_err(store_err)?;
+            let known = store.forge_ref(&conn.id, item.number, "deployment").await?;
             let known = known.as_deref().and_then(|r| r.split_once(':'));
             let id = match known {
                 Some((id, for_sha))
@@ -898,30 +898,26 @@ async fn deliver(
                     if let Some((old, _)) = known {
                         let retired = store
                             .forge_ref(&conn.id, item.number, "deployment_retired")
-                            .await
-                            .map_err(store_err)?;
+                            .await?;
                         if retired.as_deref() != Some(old) {
                             forge
                                 .set_deployment(&pr, old, DeployState::Inactive, None)
                                 .await?;
                             store
                                 .put_forge_ref(&conn.id, item.number, "deployment_retired", old)
-                                .await
-                                .map_err(store_err)?;
+                                .await?;
                         }
                     }
                     // After a lost answer, look for the deployment that attempt may have
                     // made before making one.
                     let unsure = store
                         .forge_ref(&conn.id, item.number, "deployment_unsure")
-                        .await
-                        .map_err(store_err)?;
+                        .await?;
                     let found = if unsure.as_deref() == Some(sha.as_str()) {
                         let found = forge.find_deployment(&pr, &sha).await?;
                         store
                             .put_forge_ref(&conn.id, item.number, "deployment_unsure", "")
-                            .await
-                            .map_err(store_err)?;
+                            .await?;
                         found
                     } else {
                         None
@@ -934,8 +930,7 @@ async fn deliver(
                                 "deployment",
                                 &format!("{id}:{sha}"),
                             )
-                            .await
-                            .map_err(store_err)?;
+                            .await?;
                         return forge.set_deployment(&pr, &id, state, url.as_deref()).await;
                     }
                     let created = forge.create_deployment(&pr, &sha).await;
@@ -944,8 +939,7 @@ async fn deliver(
                     {
                         store
                             .put_forge_ref(&conn.id, item.number, "deployment_unsure", &sha)
-                            .await
-                            .map_err(store_err)?;
+                            .await?;
                     }
                     match created? {
                         Some(id) => {
@@ -956,8 +950,7 @@ async fn deliver(
                                     "deployment",
                                     &format!("{id}:{sha}"),
                                 )
-                                .await
-                                .map_err(store_err)?;
+                                .await?;
                             id
                         }
                         None => return Ok(()),
@@ -990,19 +983,13 @@ async fn upsert_comment_once(
     again: bool,
 ) -> Result<(), ForgeError> {
     let number = pr.number as i64;
-    let store_err = |e: crate::store::StoreError| ForgeError::transient(e.to_string());
     // Each step's result is kept before the next, so a retry after a failure (or a crash)
     // resumes where it stopped instead of repeating calls.
-    if let Some(id) = store
-        .forge_ref(connection_id, number, "comment")
-        .await
-        .map_err(store_err)?
-    {
+    if let Some(id) = store.forge_ref(connection_id, number, "comment").await? {
         // Duplicates found earlier and not deleted yet go first, one kept step at a time.
         let mut dups: Vec<String> = store
             .forge_ref(connection_id, number, "comment_dups")
-            .await
-            .map_err(store_err)?
+            .await?
             .unwrap_or_default()
             .split(',')
             .filter(|d| !d.is_empty())
@@ -1013,8 +1000,7 @@ async fn upsert_comment_once(
             dups.remove(0);
             store
                 .put_forge_ref(connection_id, number, "comment_dups", &dups.join(","))
-                .await
-                .map_err(store_err)?;
+                .await?;
         }
         match forge.edit_comment(pr, &id, body).await {
             Ok(()) => return Ok(()),
@@ -1026,8 +1012,7 @@ async fn upsert_comment_once(
     // straight to creating (unless the create's answer was lost: then it looks again).
     let searched = store
         .forge_ref(connection_id, number, "comment_searched")
-        .await
-        .map_err(store_err)?;
+        .await?;
     let found = if searched.as_deref() == Some("none") {
         Vec::new()
     } else {
@@ -1037,12 +1022,10 @@ async fn upsert_comment_once(
         Some((id, dups)) => {
             store
                 .put_forge_ref(connection_id, number, "comment_dups", &dups.join(","))
-                .await
-                .map_err(store_err)?;
+                .await?;
             store
                 .put_forge_ref(connection_id, number, "comment", id)
-                .await
-                .map_err(store_err)?;
+                .await?;
             // Go round once more: duplicates are deleted, then the comment edited; a comment
             // that vanished again in between is left to the next retry.
             if again {
@@ -1064,24 +1047,21 @@ async fn upsert_comment_once(
         None => {
             store
                 .put_forge_ref(connection_id, number, "comment_searched", "none")
-                .await
-                .map_err(store_err)?;
+                .await?;
             let id = match forge.create_comment(pr, body).await {
                 Ok(id) => id,
                 Err(e) => {
                     if e.unsure() {
                         store
                             .put_forge_ref(connection_id, number, "comment_searched", "")
-                            .await
-                            .map_err(store_err)?;
+                            .await?;
                     }
                     return Err(e);
                 }
             };
-            store
+            Ok(store
                 .put_forge_ref(connection_id, number, "comment", &id)
-                .await
-                .map_err(store_err)
+                .await?)
         }
     }
 }
