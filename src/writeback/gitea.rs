@@ -12,7 +12,6 @@ use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, github_
 
 pub struct Gitea {
     http: RawClient,
-    login: tokio::sync::OnceCell<String>,
 }
 
 impl Gitea {
@@ -29,21 +28,7 @@ impl Gitea {
                 timeout,
                 limiter,
             )?,
-            login: tokio::sync::OnceCell::new(),
         })
-    }
-
-    async fn me(&self) -> Result<String, ForgeError> {
-        self.login
-            .get_or_try_init(|| async {
-                let v = self.http.call(Method::GET, "/user", None).await?;
-                v["login"]
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| ForgeError::Permanent("gitea /user has no login".into()))
-            })
-            .await
-            .cloned()
     }
 }
 
@@ -92,7 +77,7 @@ impl Forge for Gitea {
         pr: &PrRef<'_>,
         marker: &str,
     ) -> Result<Vec<String>, ForgeError> {
-        let me = self.me().await?;
+        let me = self.http.me("login").await?;
         let page = |n: u32| async move {
             let path = format!(
                 "/repos/{}/issues/{}/comments?limit=50&page={n}",

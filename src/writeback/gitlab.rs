@@ -13,7 +13,6 @@ use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, id_of};
 
 pub struct GitLab {
     http: RawClient,
-    login: tokio::sync::OnceCell<String>,
 }
 
 /// A project path as GitLab wants it in a URL (`group%2Fsub%2Fname`).
@@ -43,21 +42,7 @@ impl GitLab {
                 timeout,
                 limiter,
             )?,
-            login: tokio::sync::OnceCell::new(),
         })
-    }
-
-    async fn me(&self) -> Result<String, ForgeError> {
-        self.login
-            .get_or_try_init(|| async {
-                let v = self.http.call(Method::GET, "/user", None).await?;
-                v["username"]
-                    .as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| ForgeError::Permanent("gitlab /user has no username".into()))
-            })
-            .await
-            .cloned()
     }
 
     fn notes(pr: &PrRef<'_>) -> String {
@@ -126,7 +111,7 @@ impl Forge for GitLab {
         pr: &PrRef<'_>,
         marker: &str,
     ) -> Result<Vec<String>, ForgeError> {
-        let me = self.me().await?;
+        let me = self.http.me("username").await?;
         let page = |n: u32| async move {
             let path = format!(
                 "{}?sort=asc&order_by=created_at&per_page=100&page={n}",

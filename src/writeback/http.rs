@@ -14,6 +14,8 @@ pub struct RawClient {
     base: String,
     auth: (&'static str, String),
     limiter: Arc<Limiter>,
+    /// The account the token writes as, read once from `/user`.
+    login: tokio::sync::OnceCell<String>,
 }
 
 impl RawClient {
@@ -36,7 +38,21 @@ impl RawClient {
             base: base.trim_end_matches('/').to_string(),
             auth,
             limiter,
+            login: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// The token's account: `/user`'s `field` (`login` on Gitea, `username` on GitLab).
+    pub async fn me(&self, field: &str) -> Result<String, ForgeError> {
+        self.login
+            .get_or_try_init(|| async {
+                let v = self.call(Method::GET, "/user", None).await?;
+                v[field].as_str().map(str::to_string).ok_or_else(|| {
+                    ForgeError::Permanent(format!("the forge's /user has no {field}"))
+                })
+            })
+            .await
+            .cloned()
     }
 
     /// One request after the limiter; the answer's JSON (Null when empty).
