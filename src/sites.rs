@@ -310,10 +310,7 @@ impl Sites {
             .site_resources(&site.id)
             .await?
             .into_iter()
-            .filter_map(|r| match r.kind.as_str() {
-                "sqlite" => Some((r.kind.clone(), format!("sqlite://{}", r.location))),
-                kind => DbServer::url(kind, Path::new(&r.location)).map(|u| (r.kind.clone(), u)),
-            })
+            .filter_map(|r| database_url(&r.kind, &r.location).map(|u| (r.kind, u)))
             .collect())
     }
 
@@ -523,10 +520,7 @@ impl Sites {
             .collect();
         let database_urls = resources
             .iter()
-            .filter_map(|r| match r.kind.as_str() {
-                "sqlite" => Some(format!("sqlite://{}", r.location)),
-                kind => DbServer::url(kind, Path::new(&r.location)),
-            })
+            .filter_map(|r| database_url(&r.kind, &r.location))
             .collect();
         let preview = match self.store.preview_by_site_name(&site.name).await? {
             Some(p) if p.site_id.as_deref() == Some(site.id.as_str()) => {
@@ -562,7 +556,7 @@ impl Sites {
                 "http://{}.{}:{}/",
                 site.name, self.gateway_domain, self.gateway_port
             ),
-            files_dir: self.live(&site).join("files"),
+            files_dir: self.files_dir(&site),
             generations: self
                 .store
                 .generations(&site.id)
@@ -947,6 +941,14 @@ impl Sites {
             );
         }
         Ok(report)
+    }
+}
+
+/// The connection URL of a database resource of `kind` at `location`.
+fn database_url(kind: &str, location: &str) -> Option<String> {
+    match kind {
+        "sqlite" => Some(format!("sqlite://{location}")),
+        kind => DbServer::url(kind, Path::new(location)),
     }
 }
 

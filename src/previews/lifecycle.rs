@@ -264,12 +264,16 @@ impl Lifecycle {
         }
     }
 
-    async fn connection(&self, job: &Job) -> Result<Connection, JobError> {
-        let conn_id = job
-            .job_key
+    /// The connection and PR number of a job key (`{connection}#{number}`).
+    fn key_parts(job: &Job) -> Result<(&str, i64), JobError> {
+        job.job_key
             .split_once('#')
-            .map(|(c, _)| c)
-            .ok_or_else(|| JobError::Permanent(format!("bad job key {}", job.job_key)))?;
+            .and_then(|(c, n)| Some((c, n.parse().ok()?)))
+            .ok_or_else(|| JobError::Permanent(format!("bad job key {}", job.job_key)))
+    }
+
+    async fn connection(&self, job: &Job) -> Result<Connection, JobError> {
+        let (conn_id, _) = Self::key_parts(job)?;
         self.store
             .connection(conn_id)
             .await
@@ -332,13 +336,13 @@ impl Lifecycle {
 
     async fn handle_resume(&self, job: &Job, ctx: JobContext) -> Result<(), JobError> {
         let conn = self.connection(job).await?;
+        let (_, number) = Self::key_parts(job)?;
         let Some(mut preview) = self
             .store
-            .list_previews()
+            .preview(&conn.id, number)
             .await
             .map_err(transient)?
-            .into_iter()
-            .find(|p| p.id == job.payload)
+            .filter(|p| p.id == job.payload)
         else {
             return Ok(());
         };
