@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use axum::http::{self, StatusCode};
+use axum::http;
 use octocrab::Octocrab;
 use serde_json::{Value, json};
 
@@ -89,41 +89,14 @@ impl GitHub {
         method: http::Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<(StatusCode, Value), ForgeError> {
-        self.limiter.acquire().await;
-        // Paths stay relative: octocrab joins them to the base URI (with its path, for
-        // GitHub Enterprise), and adds app and installation auth only to such requests.
-        let url = path.to_string();
-        let resp = match method {
-            http::Method::GET => self.octo._get(url).await,
-            http::Method::POST => self.octo._post(url, body).await,
-            http::Method::PATCH => self.octo._patch(url, body).await,
-            http::Method::DELETE => self.octo._delete(url, None::<&()>).await,
-            other => return Err(ForgeError::Permanent(format!("unsupported method {other}"))),
-        }
-        .map_err(|e| ForgeError::lost(format!("github: {e}")))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let text = self
-            .octo
-            .body_to_string(resp)
-            .await
-            .map_err(|e| ForgeError::lost(format!("github: reading the answer: {e}")))?;
-        if let Some(err) = classify_status(status, &headers, &text, &self.limiter) {
-            return Err(err);
-        }
-        let value = if text.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::Null)
-        };
-        Ok((status, value))
+    ) -> Result<Value, ForgeError> {
+        send(&self.octo, &self.limiter, method, path, body).await
     }
 
     async fn me(&self) -> Result<String, ForgeError> {
         self.login
             .get_or_try_init(|| async {
-                let (_, v) = self.call(http::Method::GET, "/user", None).await?;
+                let v = self.call(http::Method::GET, "/user", None).await?;
                 v["login"]
                     .as_str()
                     .map(str::to_string)
@@ -136,28 +109,51 @@ impl GitHub {
 
 /// A GET with the app's own JWT (octocrab signs it with the app's key).
 async fn app_get(app: &Octocrab, url: &str, limiter: &Limiter) -> Result<Value, ForgeError> {
+    send(app, limiter, http::Method::GET, url, None).await
+}
+
+/// One request through `octo` after `limiter`; the answer's JSON (Null when empty), or the
+/// error it means.
+async fn send(
+    octo: &Octocrab,
+    limiter: &Limiter,
+    method: http::Method,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, ForgeError> {
     limiter.acquire().await;
-    let resp = app
-        ._get(url)
-        .await
-        .map_err(|e| ForgeError::transient(format!("github: {e}")))?;
+    // Paths stay relative: octocrab joins them to the base URI (with its path, for GitHub
+    // Enterprise), and adds app and installation auth only to such requests.
+    let url = path.to_string();
+    let resp = match method {
+        http::Method::GET => octo._get(url).await,
+        http::Method::POST => octo._post(url, body).await,
+        http::Method::PATCH => octo._patch(url, body).await,
+        http::Method::DELETE => octo._delete(url, None::<&()>).await,
+        other => return Err(ForgeError::Permanent(format!("unsupported method {other}"))),
+    }
+    .map_err(|e| ForgeError::lost(format!("github: {e}")))?;
     let status = resp.status();
     let headers = resp.headers().clone();
-    let text = app
+    let text = octo
         .body_to_string(resp)
         .await
-        .map_err(|e| ForgeError::transient(format!("github: {e}")))?;
+        .map_err(|e| ForgeError::lost(format!("github: reading the answer: {e}")))?;
     if let Some(err) = classify_status(status, &headers, &text, limiter) {
         return Err(err);
     }
-    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    Ok(if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    })
 }
 
 #[async_trait]
 impl Forge for GitHub {
     async fn create_comment(&self, pr: &PrRef<'_>, body: &str) -> Result<String, ForgeError> {
         let path = format!("/repos/{}/issues/{}/comments", pr.repo, pr.number);
-        let (_, v) = self
+        let v = self
             .call(http::Method::POST, &path, Some(&json!({"body": body})))
             .await?;
         id_of(&v)
@@ -189,9 +185,7 @@ impl Forge for GitHub {
                 "/repos/{}/issues/{}/comments?per_page=100&page={n}",
                 pr.repo, pr.number
             );
-            self.call(http::Method::GET, &path, None)
-                .await
-                .map(|(_, v)| v)
+            self.call(http::Method::GET, &path, None).await
         };
         super::marked_in_pages(page, 100, "/user/login", &me, marker).await
     }
@@ -220,7 +214,7 @@ impl Forge for GitHub {
         sha: &str,
         state: CommitState,
     ) -> Result<bool, ForgeError> {
-        let (_, v) = self
+        let v = self
             .call(
                 http::Method::GET,
                 &format!("/repos/{repo}/commits/{sha}/statuses?per_page=100"),
@@ -242,7 +236,7 @@ impl Forge for GitHub {
         sha: &str,
     ) -> Result<Option<String>, ForgeError> {
         let env = format!("preview/pr-{}", pr.number);
-        let (_, v) = self
+        let v = self
             .call(
                 http::Method::GET,
                 &format!(
@@ -270,7 +264,7 @@ impl Forge for GitHub {
             "production_environment": false,
             "description": "endor preview",
         });
-        let (_, v) = self
+        let v = self
             .call(
                 http::Method::POST,
                 &format!("/repos/{}/deployments", pr.repo),
