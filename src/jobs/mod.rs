@@ -56,15 +56,6 @@ impl JobContext {
     pub fn signal(&self) -> watch::Receiver<bool> {
         self.cancel.clone()
     }
-
-    /// A context that is never cancelled (for running a handler outside a worker).
-    pub fn detached() -> Self {
-        let (tx, rx) = watch::channel(false);
-        // Keep the sender alive for the life of the process: a dropped sender would end
-        // `until_cancelled` at once.
-        std::mem::forget(tx);
-        Self { cancel: rx }
-    }
 }
 
 #[async_trait]
