@@ -17,7 +17,95 @@ both_backends!(
     deliveries_and_their_jobs_commit_together,
     previews_and_their_steps,
     outbox_coalesces_and_keeps_order,
+    commands_tags_and_access,
 );
+
+async fn commands_tags_and_access(db: &TestStore) {
+    use endor::store::{NewSite, SiteAccess, SiteState};
+    let s = db.store.as_ref();
+    let ws = workspace(db, "w").await;
+    let c = new_connection(db, &ws, "o/a").await;
+    // A comment's commands run once: a second record of the same command is ignored.
+    assert!(s.comment_commands(&c.id, "42").await.unwrap().is_empty());
+    s.record_comment_command(&c.id, "42", "deploy", "ok", 1)
+        .await
+        .unwrap();
+    s.record_comment_command(&c.id, "42", "deploy", "error", 2)
+        .await
+        .unwrap();
+    s.record_comment_command(&c.id, "42", "extend 2d", "ok", 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.comment_commands(&c.id, "42").await.unwrap(),
+        vec!["deploy", "extend 2d"]
+    );
+    assert!(s.comment_commands(&c.id, "43").await.unwrap().is_empty());
+
+    // Comment jobs are not cancelled by a later push of their PR (their commands must run).
+    let comment = NewDelivery {
+        job: Some(endor::store::NewJob {
+            kind: "comment".into(),
+            supersede: false,
+            ..with_job(&c.id, "x", 5).job.unwrap()
+        }),
+        ..delivery(&c.id, "c1")
+    };
+    s.insert_deliveries(&[comment, with_job(&c.id, "p1", 5)])
+        .await
+        .unwrap();
+    s.insert_deliveries(&[with_job(&c.id, "p2", 5)])
+        .await
+        .unwrap();
+    let states: Vec<_> = s
+        .jobs_for_key(&format!("{}#5", c.id))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| (j.kind, j.state))
+        .collect();
+    assert_eq!(
+        states,
+        vec![
+            ("comment".to_string(), "queued".to_string()),
+            ("pull_request".into(), "cancelled".into()),
+            ("pull_request".into(), "queued".into()),
+        ]
+    );
+
+    let site = s
+        .create_site(&NewSite {
+            name: "a-pr-5".into(),
+            workspace_id: ws.clone(),
+            region: "local".into(),
+            parent_id: None,
+            read_only: false,
+        })
+        .await
+        .unwrap();
+    assert!(s.add_site_tag(&site.id, "qa").await.unwrap());
+    assert!(!s.add_site_tag(&site.id, "qa").await.unwrap());
+    assert!(s.add_site_tag(&site.id, "demo").await.unwrap());
+    assert_eq!(s.site_tags(&site.id).await.unwrap(), vec!["demo", "qa"]);
+    assert!(s.remove_site_tag(&site.id, "qa").await.unwrap());
+    assert!(!s.remove_site_tag(&site.id, "qa").await.unwrap());
+    assert_eq!(s.site_tags(&site.id).await.unwrap(), vec!["demo"]);
+
+    assert!(s.site_access(&site.id).await.unwrap().is_none());
+    let mut a = SiteAccess::default_for(&site.id);
+    a.basic_user = Some("endor".into());
+    a.basic_hash = Some("$2b$hash".into());
+    s.put_site_access(&a).await.unwrap();
+    a.robots = 0;
+    s.put_site_access(&a).await.unwrap();
+    assert_eq!(s.site_access(&site.id).await.unwrap().unwrap(), a);
+    assert_eq!(s.site_access_by_name("a-pr-5").await.unwrap().unwrap(), a);
+    // A deleted site's settings do not answer for its name.
+    s.set_site_state(&site.id, SiteState::Deleted)
+        .await
+        .unwrap();
+    assert!(s.site_access_by_name("a-pr-5").await.unwrap().is_none());
+}
 
 async fn outbox_coalesces_and_keeps_order(db: &TestStore) {
     use endor::store::{NewOutbox, OutboxEnd};
@@ -162,6 +250,7 @@ async fn previews_and_their_steps(db: &TestStore) {
         created_at: 10,
         updated_at: 10,
         title: Some("Add <b>checkout</b>".into()),
+        expires_at: Some(99),
     };
     s.put_preview(&p).await.unwrap();
     p.state = "ready".into();
@@ -181,6 +270,7 @@ async fn previews_and_their_steps(db: &TestStore) {
     );
     assert_eq!(s.list_previews().await.unwrap().len(), 1);
     assert_eq!(got.title.as_deref(), Some("Add <b>checkout</b>"));
+    assert_eq!(got.expires_at, Some(99));
     assert_eq!(
         s.preview_by_site_name("a-pr-4").await.unwrap().unwrap().id,
         "p1"

@@ -244,6 +244,7 @@ impl Lifecycle {
             created_at: now,
             updated_at: now,
             title: None,
+            expires_at: None,
         })
     }
 

@@ -276,6 +276,34 @@ pub struct Preview {
     pub updated_at: i64,
     /// The PR's title (untrusted text).
     pub title: Option<String>,
+    /// When the preview expires (last activity + TTL), ms.
+    pub expires_at: Option<i64>,
+}
+
+/// A site's HTTP access settings at the gateway (no row: robots header on, no basic auth).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct SiteAccess {
+    pub site_id: String,
+    pub robots: i64,
+    pub basic_user: Option<String>,
+    /// bcrypt hash of the password: what the gateway checks.
+    pub basic_hash: Option<String>,
+    /// The generated password, encrypted (`crate::secret::Sealer`): what members are shown.
+    pub basic_sealed: Option<String>,
+    pub updated_at: i64,
+}
+
+impl SiteAccess {
+    pub fn default_for(site_id: &str) -> Self {
+        Self {
+            site_id: site_id.into(),
+            robots: 1,
+            basic_user: None,
+            basic_hash: None,
+            basic_sealed: None,
+            updated_at: crate::now_ms(),
+        }
+    }
 }
 
 /// One timed launch step of one run (a job) of a preview.
@@ -548,6 +576,30 @@ pub trait Store: Send + Sync + 'static {
         kind: &str,
         ref_id: &str,
     ) -> Result<()>;
+
+    /// The commands of a comment that already ran.
+    async fn comment_commands(&self, connection_id: &str, comment_id: &str) -> Result<Vec<String>>;
+    /// Record that a command of a comment ran (a second record of it is ignored).
+    async fn record_comment_command(
+        &self,
+        connection_id: &str,
+        comment_id: &str,
+        command: &str,
+        outcome: &str,
+        now: i64,
+    ) -> Result<()>;
+
+    /// A site's tags, sorted.
+    async fn site_tags(&self, site_id: &str) -> Result<Vec<String>>;
+    /// False when the site had the tag already.
+    async fn add_site_tag(&self, site_id: &str, tag: &str) -> Result<bool>;
+    /// False when the site did not have the tag.
+    async fn remove_site_tag(&self, site_id: &str, tag: &str) -> Result<bool>;
+
+    async fn site_access(&self, site_id: &str) -> Result<Option<SiteAccess>>;
+    /// The access settings of the live site of that name (what the gateway checks).
+    async fn site_access_by_name(&self, site_name: &str) -> Result<Option<SiteAccess>>;
+    async fn put_site_access(&self, a: &SiteAccess) -> Result<()>;
 }
 
 /// Open the store named by `url` (`sqlite:...` or `postgres://...`).

@@ -131,7 +131,7 @@ macro_rules! supersede_in {
         {
             sqlx::query(
                 "UPDATE jobs SET state = 'cancelled', last_error = 'superseded by a newer job', updated_at = $1 \
-                 WHERE job_key = $2 AND state = 'queued'",
+                 WHERE job_key = $2 AND state = 'queued' AND kind <> 'comment'",
             )
             .bind(now)
             .bind(key)
@@ -270,7 +270,7 @@ macro_rules! impl_store {
             ) -> $crate::store::Result<Option<$crate::store::User>> {
                 Ok(sqlx::query_as(
                     "SELECT u.id, u.login, u.name, u.email, u.created_at FROM users u \
-                     JOIN identities i ON i.user_id = u.id WHERE i.forge = $1 AND i.login = $2",
+                     JOIN identities i ON i.user_id = u.id WHERE i.forge = $1 AND lower(i.login) = lower($2)",
                 )
                 .bind(forge.as_str())
                 .bind(login.to_lowercase())
@@ -464,7 +464,8 @@ macro_rules! impl_store {
                     if job.supersede && superseded.insert(job.job_key.as_str()) {
                         $crate::store::sql::supersede_in!(tx, &job.job_key, at);
                     }
-                    let later = last_superseding.get(job.job_key.as_str()).is_some_and(|&last| last > i);
+                    let later = job.kind != "comment"
+                        && last_superseding.get(job.job_key.as_str()).is_some_and(|&last| last > i);
                     $crate::store::sql::insert_job_in!(tx, job, if later { "cancelled" } else { "queued" }, at);
                 }
                 tx.commit().await?;
@@ -770,13 +771,14 @@ macro_rules! impl_store {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO previews (id, connection_id, number, site_name, site_id, state, head_sha, ready_sha, \
-                     approved_sha, is_fork, reason, port, pid, received_at, created_at, updated_at, title) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+                     approved_sha, is_fork, reason, port, pid, received_at, created_at, updated_at, title, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
                      ON CONFLICT (connection_id, number) DO UPDATE SET site_name = excluded.site_name, \
                      site_id = excluded.site_id, state = excluded.state, head_sha = excluded.head_sha, \
                      ready_sha = excluded.ready_sha, approved_sha = excluded.approved_sha, is_fork = excluded.is_fork, \
                      reason = excluded.reason, port = excluded.port, pid = excluded.pid, \
-                     received_at = excluded.received_at, updated_at = excluded.updated_at, title = excluded.title",
+                     received_at = excluded.received_at, updated_at = excluded.updated_at, title = excluded.title, \
+                     expires_at = excluded.expires_at",
                 )
                 .bind(&p.id)
                 .bind(&p.connection_id)
@@ -795,6 +797,7 @@ macro_rules! impl_store {
                 .bind(p.created_at)
                 .bind(p.updated_at)
                 .bind(&p.title)
+                .bind(p.expires_at)
                 .execute(&mut *tx)
                 .await?;
                 for o in rows {
@@ -931,6 +934,95 @@ macro_rules! impl_store {
                 Ok(row.map(|r| r.0))
             }
 
+            async fn comment_commands(&self, connection_id: &str, comment_id: &str) -> $crate::store::Result<Vec<String>> {
+                let rows: Vec<(String,)> = sqlx::query_as(
+                    "SELECT command FROM comment_commands WHERE connection_id = $1 AND comment_id = $2 ORDER BY created_at",
+                )
+                .bind(connection_id)
+                .bind(comment_id)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(|r| r.0).collect())
+            }
+
+            async fn record_comment_command(&self, connection_id: &str, comment_id: &str, command: &str, outcome: &str, now: i64) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO comment_commands (connection_id, comment_id, command, outcome, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                )
+                .bind(connection_id)
+                .bind(comment_id)
+                .bind(command)
+                .bind(outcome)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn site_tags(&self, site_id: &str) -> $crate::store::Result<Vec<String>> {
+                let rows: Vec<(String,)> = sqlx::query_as("SELECT tag FROM site_tags WHERE site_id = $1 ORDER BY tag")
+                    .bind(site_id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows.into_iter().map(|r| r.0).collect())
+            }
+
+            async fn add_site_tag(&self, site_id: &str, tag: &str) -> $crate::store::Result<bool> {
+                let r = sqlx::query("INSERT INTO site_tags (site_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(site_id)
+                    .bind(tag)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn remove_site_tag(&self, site_id: &str, tag: &str) -> $crate::store::Result<bool> {
+                let r = sqlx::query("DELETE FROM site_tags WHERE site_id = $1 AND tag = $2")
+                    .bind(site_id)
+                    .bind(tag)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn site_access(&self, site_id: &str) -> $crate::store::Result<Option<$crate::store::SiteAccess>> {
+                Ok(sqlx::query_as(
+                    "SELECT site_id, robots, basic_user, basic_hash, basic_sealed, updated_at FROM site_access WHERE site_id = $1",
+                )
+                .bind(site_id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn site_access_by_name(&self, site_name: &str) -> $crate::store::Result<Option<$crate::store::SiteAccess>> {
+                Ok(sqlx::query_as(
+                    "SELECT a.site_id, a.robots, a.basic_user, a.basic_hash, a.basic_sealed, a.updated_at \
+                     FROM site_access a JOIN sites s ON s.id = a.site_id WHERE s.name = $1 AND s.state <> 'deleted'",
+                )
+                .bind(site_name)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn put_site_access(&self, a: &$crate::store::SiteAccess) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO site_access (site_id, robots, basic_user, basic_hash, basic_sealed, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (site_id) DO UPDATE SET robots = excluded.robots, \
+                     basic_user = excluded.basic_user, basic_hash = excluded.basic_hash, \
+                     basic_sealed = excluded.basic_sealed, updated_at = excluded.updated_at",
+                )
+                .bind(&a.site_id)
+                .bind(a.robots)
+                .bind(&a.basic_user)
+                .bind(&a.basic_hash)
+                .bind(&a.basic_sealed)
+                .bind(a.updated_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
             async fn put_forge_ref(&self, connection_id: &str, number: i64, kind: &str, ref_id: &str) -> $crate::store::Result<()> {
                 sqlx::query(
                     "INSERT INTO forge_refs (connection_id, number, kind, ref_id) VALUES ($1, $2, $3, $4) \
@@ -979,7 +1071,7 @@ macro_rules! enqueue_outbox_in {
 macro_rules! preview_cols {
     () => {
         "id, connection_id, number, site_name, site_id, state, head_sha, ready_sha, approved_sha, is_fork, \
-         reason, port, pid, received_at, created_at, updated_at, title"
+         reason, port, pid, received_at, created_at, updated_at, title, expires_at"
     };
 }
 
