@@ -28,6 +28,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub jobs: JobsConfig,
     pub writeback: WritebackConfig,
+    pub commands: CommandsConfig,
     pub github: ForgeConfig,
     pub gitlab: ForgeConfig,
     pub gitea: ForgeConfig,
@@ -93,6 +94,9 @@ pub struct StorageConfig {
     pub git: PathBuf,
     /// Site logs (`{logs}/{site id}/{service}.log`).
     pub logs: PathBuf,
+    /// The key that seals secrets endor must show again (generated basic-auth passwords):
+    /// 32 random bytes, made (mode 0600) on first use.
+    pub secret_key: PathBuf,
 }
 
 impl Default for StorageConfig {
@@ -101,6 +105,23 @@ impl Default for StorageConfig {
             root: "data/sites".into(),
             git: "data/git".into(),
             logs: "data/logs".into(),
+            secret_key: "data/secret.key".into(),
+        }
+    }
+}
+
+/// Slash-commands in PR comments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CommandsConfig {
+    /// What a command line starts with (`/preview deploy`).
+    pub prefix: String,
+}
+
+impl Default for CommandsConfig {
+    fn default() -> Self {
+        Self {
+            prefix: "/preview".into(),
         }
     }
 }
@@ -362,6 +383,13 @@ impl Config {
             return key(
                 "gateway.domain",
                 "must be a DNS name such as preview.localhost",
+            );
+        }
+        let p = &self.commands.prefix;
+        if p.is_empty() || p.len() > 32 || p.chars().any(char::is_whitespace) {
+            return key(
+                "commands.prefix",
+                "must be 1-32 characters without spaces, such as /preview",
             );
         }
         if self.webhooks.max_body_bytes == 0 {

@@ -156,6 +156,10 @@ impl Forge for Gitea {
         Ok(())
     }
 
+    async fn account(&self) -> Result<String, ForgeError> {
+        self.http.me("login").await
+    }
+
     async fn react(
         &self,
         pr: &PrRef<'_>,

@@ -300,6 +300,10 @@ impl Forge for GitHub {
         Ok(())
     }
 
+    async fn account(&self) -> Result<String, ForgeError> {
+        self.me().await
+    }
+
     async fn react(
         &self,
         pr: &PrRef<'_>,

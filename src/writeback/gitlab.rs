@@ -241,6 +241,10 @@ impl Forge for GitLab {
         Ok(())
     }
 
+    async fn account(&self) -> Result<String, ForgeError> {
+        self.http.me("username").await
+    }
+
     async fn react(
         &self,
         pr: &PrRef<'_>,

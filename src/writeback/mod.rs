@@ -166,6 +166,8 @@ pub trait Forge: Send + Sync {
         state: DeployState,
         url: Option<&str>,
     ) -> Result<(), ForgeError>;
+    /// The login endor writes as (its comments come back as comment events, ignored).
+    async fn account(&self) -> Result<String, ForgeError>;
     /// A reaction (`+1`, `eyes`, `confused` ...) on a comment.
     async fn react(
         &self,
@@ -404,6 +406,25 @@ pub enum Payload {
         state: DeployState,
         url: Option<String>,
     },
+    /// A reply comment to a slash-command comment (errors, refusals, help). `key` names it:
+    /// the body starts with [`reply_marker`]`(key)` and the forge's id is kept under it, so it
+    /// is posted once.
+    Reply {
+        repo: String,
+        key: String,
+        body: String,
+    },
+    /// A reaction on a slash-command comment (its commands succeeded).
+    Reaction {
+        repo: String,
+        comment_id: String,
+        content: String,
+    },
+}
+
+/// The hidden first line of a reply comment.
+pub fn reply_marker(key: &str) -> String {
+    format!("<!-- endor:reply {key} -->")
 }
 
 impl Payload {
@@ -412,6 +433,8 @@ impl Payload {
             Payload::Comment { .. } => "comment",
             Payload::Status { .. } => "status",
             Payload::Deployment { .. } => "deployment",
+            Payload::Reply { .. } => "reply",
+            Payload::Reaction { .. } => "reaction",
         }
     }
 
@@ -421,6 +444,12 @@ impl Payload {
             Payload::Comment { .. } => format!("{connection_id}#{number}#comment"),
             Payload::Status { sha, .. } => format!("{connection_id}#{sha}#status"),
             Payload::Deployment { .. } => format!("{connection_id}#{number}#deployment"),
+            Payload::Reply { key, .. } => format!("{connection_id}#{number}#reply#{key}"),
+            Payload::Reaction {
+                comment_id,
+                content,
+                ..
+            } => format!("{connection_id}#{number}#reaction#{comment_id}#{content}"),
         };
         NewOutbox {
             connection_id: connection_id.into(),
@@ -653,7 +682,10 @@ pub async fn rows_for(
         site: p.site_name.clone(),
         url: url.clone(),
         head_sha: sha.clone(),
-        expires_at: None,
+        expires_at: p
+            .expires_at
+            .filter(|_| served)
+            .map(crate::duration::format_utc),
         steps,
         error: (p.state == state::FAILED)
             .then(|| p.reason.clone())
@@ -868,6 +900,44 @@ async fn deliver(
                     .await?;
             }
             sent
+        }
+        Payload::Reply { repo, key, body } => {
+            let pr = PrRef {
+                repo: &repo,
+                number: item.number as u64,
+            };
+            let kind = format!("reply:{key}");
+            if store
+                .forge_ref(&conn.id, item.number, &kind)
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+            // An earlier attempt may have posted it before its answer was lost.
+            if item.attempts > 1 {
+                let found = forge.marked_comments(&pr, &reply_marker(&key)).await?;
+                if let Some(id) = found.first() {
+                    return Ok(store
+                        .put_forge_ref(&conn.id, item.number, &kind, id)
+                        .await?);
+                }
+            }
+            let id = forge.create_comment(&pr, &body).await?;
+            Ok(store
+                .put_forge_ref(&conn.id, item.number, &kind, &id)
+                .await?)
+        }
+        Payload::Reaction {
+            repo,
+            comment_id,
+            content,
+        } => {
+            let pr = PrRef {
+                repo: &repo,
+                number: item.number as u64,
+            };
+            forge.react(&pr, &comment_id, &content).await
         }
         Payload::Deployment {
             repo,
