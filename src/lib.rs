@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is only the command line; everything it does lives here so that
 //! tests and benchmarks drive the same code. See `ARCHITECTURE.md` for the map.
 
+pub mod access;
 pub mod clone;
 pub mod commands;
 pub mod config;

@@ -122,13 +122,20 @@ pub const VERBS: &[Verb] = &[
         name: "extend",
         args: "DURATION",
         about: "push the expiry out, e.g. 90m, 36h, 2d (capped by previews.max_ttl)",
-        parse: |a| match a {
+        parse: |a| {
+            match a {
             [d] => d
                 .parse::<HumanDuration>()
                 .map(|h| Command::Extend(h.0))
-                .map_err(|e| e.to_string()),
+                .map_err(|_| {
+                    format!(
+                        "invalid duration `{}`: write a whole number followed by s, m, h or d (e.g. 90m, 36h, 2d)",
+                        clip(d)
+                    )
+                }),
             [] => Err("expected a duration such as 2d".into()),
             [_, extra, ..] => Err(format!("unexpected `{}`", clip(extra))),
+        }
         },
     },
     Verb {
@@ -187,8 +194,13 @@ pub const VERBS: &[Verb] = &[
 ];
 
 /// Untrusted text shortened for an error message.
-fn clip(s: &str) -> String {
-    let mut out: String = s.chars().take(40).collect();
+/// Backticks become `'`, so the text cannot close the code span it is shown in.
+pub fn clip(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(40)
+        .map(|c| if c == '`' { '\'' } else { c })
+        .collect();
     if s.chars().count() > 40 {
         out.push('…');
     }

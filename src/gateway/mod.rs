@@ -2,9 +2,10 @@
 //! (`{site}.{gateway.domain}`) to what the store's `routes` table says — a static folder, a
 //! site process on 127.0.0.1, a "building" page (503), "gone" (410) — and unknown hosts get 404.
 //! Previews carry `X-Robots-Tag: noindex, nofollow` unless the route turns it off. Routes live
-//! in the store, so several gateway processes answer alike. Bodies stream both ways and
-//! WebSocket (any `Upgrade`) connections are passed through to the site's process. Not built
-//! yet: basic auth and CIDR rules (the access-control issue).
+//! in the store, so several gateway processes answer alike. A site's access settings
+//! (`crate::access`) are checked first: basic auth (401 without the credentials) and the
+//! robots toggle. Bodies stream both ways and WebSocket (any `Upgrade`) connections are passed
+//! through to the site's process. Not built yet: CIDR rules (the access-control issue).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,6 +67,7 @@ pub struct Gateway {
     store: Arc<dyn Store>,
     domain: String,
     client: Client<HttpConnector, Body>,
+    auth: crate::access::AuthCache,
 }
 
 impl Gateway {
@@ -75,6 +77,7 @@ impl Gateway {
             store,
             domain: domain.to_ascii_lowercase(),
             client,
+            auth: Default::default(),
         })
     }
 
@@ -138,6 +141,38 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             );
         }
     };
+    // The site's access settings: basic auth before anything of the site is served.
+    let access = match gw.store.site_access_by_name(&site).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(site = %site, error = %e, "access lookup failed");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Unavailable",
+                "The gateway cannot read its routes right now.",
+            );
+        }
+    };
+    if let Some(a) = &access {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok());
+        if !gw.auth.check(a, given).await {
+            let mut r = page(
+                StatusCode::UNAUTHORIZED,
+                "Password required",
+                "This preview is protected by a password.",
+            );
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("Basic realm=\"{site}\", charset=\"UTF-8\""))
+            {
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+            return r;
+        }
+    }
+    let robots = row.robots != 0 && access.as_ref().is_none_or(|a| a.robots != 0);
     let mut resp = match Route::from_row(&row) {
         Some(Route::Building) => {
             let mut r = page(
@@ -172,7 +207,7 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             "This preview's route is invalid.",
         ),
     };
-    if row.robots != 0 {
+    if robots {
         resp.headers_mut().insert(
             "x-robots-tag",
             HeaderValue::from_static("noindex, nofollow"),

@@ -1,0 +1,274 @@
+//! HTTP access control of a site at the gateway: basic auth (bcrypt hashes; generated
+//! passwords also sealed so members can be shown them again) and the robots header, plus the
+//! site tag rules. One service layer for the slash-commands and the CLI.
+//!
+//! Not built yet (the workspaces/access issue): CIDR allow/deny lists and user-chosen
+//! credentials from the CLI/API.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+use crate::secret::Sealer;
+use crate::store::{SiteAccess, Store, StoreError};
+
+/// The user name of generated basic-auth credentials.
+pub const GENERATED_USER: &str = "preview";
+
+/// bcrypt cost: about 50 ms per check on this class of machine; verified credentials are
+/// cached (see [`AuthCache`]), so a visitor pays it once, not per request.
+const BCRYPT_COST: u32 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Seal(#[from] crate::secret::SealError),
+    #[error("hashing the password: {0}")]
+    Hash(String),
+}
+
+/// What `endor site access` shows (to members).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccessView {
+    pub site: String,
+    /// Does the gateway send `X-Robots-Tag: noindex, nofollow`?
+    pub robots: bool,
+    pub basic_auth: Option<Credentials>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Credentials {
+    pub user: String,
+    /// Shown only for generated passwords (a chosen one is kept as a hash only).
+    pub password: Option<String>,
+}
+
+async fn current(store: &dyn Store, site_id: &str) -> Result<SiteAccess, StoreError> {
+    Ok(store
+        .site_access(site_id)
+        .await?
+        .unwrap_or_else(|| SiteAccess::default_for(site_id)))
+}
+
+/// Turn basic auth on with generated credentials (a new password each time), or off.
+pub async fn set_generated_password(
+    store: &dyn Store,
+    sealer: &Sealer,
+    site_id: &str,
+    on: bool,
+) -> Result<(), AccessError> {
+    let mut a = current(store, site_id).await?;
+    if on {
+        let password = crate::secret::generate_password();
+        let hash = tokio::task::spawn_blocking({
+            let p = password.clone();
+            move || bcrypt::hash(p, BCRYPT_COST)
+        })
+        .await
+        .map_err(|e| AccessError::Hash(e.to_string()))?
+        .map_err(|e| AccessError::Hash(e.to_string()))?;
+        a.basic_user = Some(GENERATED_USER.into());
+        a.basic_hash = Some(hash);
+        a.basic_sealed = Some(sealer.seal(&password));
+    } else {
+        a.basic_user = None;
+        a.basic_hash = None;
+        a.basic_sealed = None;
+    }
+    a.updated_at = crate::now_ms();
+    Ok(store.put_site_access(&a).await?)
+}
+
+pub async fn set_robots(store: &dyn Store, site_id: &str, on: bool) -> Result<(), AccessError> {
+    let mut a = current(store, site_id).await?;
+    a.robots = on as i64;
+    a.updated_at = crate::now_ms();
+    Ok(store.put_site_access(&a).await?)
+}
+
+pub async fn view(
+    store: &dyn Store,
+    sealer: &Sealer,
+    site_name: &str,
+    site_id: &str,
+) -> Result<AccessView, AccessError> {
+    let a = current(store, site_id).await?;
+    let basic_auth = match (&a.basic_user, &a.basic_hash) {
+        (Some(user), Some(_)) => Some(Credentials {
+            user: user.clone(),
+            password: match &a.basic_sealed {
+                Some(s) => Some(sealer.open(s)?),
+                None => None,
+            },
+        }),
+        _ => None,
+    };
+    Ok(AccessView {
+        site: site_name.into(),
+        robots: a.robots != 0,
+        basic_auth,
+    })
+}
+
+/// Verified `Authorization` headers, so a visitor does not pay bcrypt on every request. Keyed
+/// by a hash of the site's password hash and the header: a new password invalidates at once.
+#[derive(Default)]
+pub struct AuthCache {
+    ok: Mutex<HashMap<[u8; 32], ()>>,
+}
+
+/// Entries kept before the cache starts again from empty.
+const CACHE_MAX: usize = 10_000;
+
+impl AuthCache {
+    /// Does `authorization` (the header's value) carry the user and password of `a`?
+    pub async fn check(&self, a: &SiteAccess, authorization: Option<&str>) -> bool {
+        let (Some(user), Some(hash)) = (&a.basic_user, &a.basic_hash) else {
+            return true;
+        };
+        let Some(header) = authorization else {
+            return false;
+        };
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(hash.as_bytes());
+        h.update([0]);
+        h.update(header.as_bytes());
+        let key: [u8; 32] = h.finalize().into();
+        if self.lock().contains_key(&key) {
+            return true;
+        }
+        let Some((u, p)) = parse_basic(header) else {
+            return false;
+        };
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(u.as_bytes(), user.as_bytes())) {
+            return false;
+        }
+        let hash = hash.clone();
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(p, &hash).unwrap_or(false))
+            .await
+            .unwrap_or(false);
+        if ok {
+            let mut map = self.lock();
+            if map.len() >= CACHE_MAX {
+                map.clear();
+            }
+            map.insert(key, ());
+        }
+        ok
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], ()>> {
+        self.ok.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// `Basic base64(user:password)` → (user, password).
+fn parse_basic(header: &str) -> Option<(String, String)> {
+    use base64::Engine;
+    let (scheme, rest) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .ok()?;
+    let text = String::from_utf8(raw).ok()?;
+    let (u, p) = text.split_once(':')?;
+    Some((u.to_string(), p.to_string()))
+}
+
+/// Site tags: 1–63 of lowercase letters, digits, `-`, `_`, `.`; never `production` or a
+/// look-alike (protection is a flag, not a tag), never the reserved `endor` prefix.
+pub fn validate_tag(tag: &str) -> Result<String, String> {
+    let t = tag.trim().to_ascii_lowercase();
+    let ok = !t.is_empty()
+        && t.len() <= 63
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !ok {
+        return Err(format!(
+            "invalid tag `{}`: use 1-63 letters, digits, `-`, `_`, `.`",
+            tag.escape_debug()
+        ));
+    }
+    if t.starts_with("endor") {
+        return Err(format!("tag `{t}`: the `endor` prefix is reserved"));
+    }
+    // The letters alone, digits and punctuation around them dropped: `Prod.`, `production-1`.
+    let core: String = t.chars().filter(|c| c.is_ascii_alphabetic()).collect();
+    if matches!(core.as_str(), "production" | "prod" | "prd" | "produktion")
+        || core.starts_with("production")
+    {
+        return Err(format!(
+            "tag `{t}` looks like production: production is not a tag; protect the site instead (`endor site protect SITE on`)"
+        ));
+    }
+    Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_accepted_and_refused() {
+        for ok in ["qa", "demo-1", "release.2026", "team_a", "QA", "preprod-x"] {
+            assert!(validate_tag(ok).is_ok(), "{ok}");
+        }
+        assert_eq!(validate_tag("QA").unwrap(), "qa");
+        for bad in [
+            "production",
+            "PRODUCTION",
+            "Prod.",
+            "prod",
+            "prd",
+            "production-1",
+            "-production-",
+            "prod_2",
+            "productionx",
+            "endor",
+            "Endor-internal",
+            "",
+            "a b",
+            "../x",
+            &"a".repeat(64),
+        ] {
+            assert!(validate_tag(bad).is_err(), "{bad}");
+        }
+        assert!(validate_tag("prod").unwrap_err().contains("protect"));
+    }
+
+    #[tokio::test]
+    async fn basic_auth_checks_and_caches() {
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let a = SiteAccess {
+            basic_user: Some("preview".into()),
+            basic_hash: Some(hash),
+            ..SiteAccess::default_for("s")
+        };
+        let cache = AuthCache::default();
+        let header = |u: &str, p: &str| {
+            use base64::Engine;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+            )
+        };
+        assert!(!cache.check(&a, None).await);
+        assert!(!cache.check(&a, Some(&header("preview", "wrong"))).await);
+        assert!(!cache.check(&a, Some(&header("other", "s3cret"))).await);
+        assert!(!cache.check(&a, Some("Bearer x")).await);
+        assert!(!cache.check(&a, Some("Basic !!!")).await);
+        assert!(cache.check(&a, Some(&header("preview", "s3cret"))).await);
+        assert_eq!(cache.lock().len(), 1);
+        assert!(cache.check(&a, Some(&header("preview", "s3cret"))).await);
+        // No basic auth: anyone.
+        assert!(cache.check(&SiteAccess::default_for("s"), None).await);
+    }
+}
