@@ -38,7 +38,10 @@ async fn commands_tags_and_access(db: &TestStore) {
         .unwrap();
     assert_eq!(
         s.comment_commands(&c.id, "42").await.unwrap(),
-        vec!["deploy", "extend 2d"]
+        vec![
+            ("deploy".to_string(), "ok".to_string()),
+            ("extend 2d".into(), "ok".into())
+        ]
     );
     assert!(s.comment_commands(&c.id, "43").await.unwrap().is_empty());
 

@@ -17,7 +17,7 @@ impl Command {
         match self {
             Command::Deploy => "deploy".into(),
             Command::Destroy => "destroy".into(),
-            Command::Extend(d) => format!("extend {}s", d.as_secs()),
+            Command::Extend(d) => format!("extend {}", crate::duration::HumanDuration(*d)),
             Command::Sync(w) => format!(
                 "sync {}",
                 match w {
@@ -183,7 +183,7 @@ mod tests {
         );
         let run = to_run(&now, Some(&before), &[]);
         assert_eq!(run.len(), 1);
-        assert_eq!(run[0].canonical(), "extend 172800s");
+        assert_eq!(run[0].canonical(), "extend 2d");
         // Without the old body (GitLab), the record of what ran decides.
         let done = vec!["deploy".to_string(), "tag add qa".to_string()];
         assert_eq!(to_run(&now, None, &done), run);

@@ -80,26 +80,28 @@ pub fn site_name(repo: &str, number: u64) -> String {
 /// Runs preview jobs (`pull_request` and `resume`; comments belong to the slash-command
 /// work and are acknowledged here).
 pub struct Lifecycle {
-    store: Arc<dyn Store>,
-    config: Config,
-    sites: Sites,
-    git: GitMirrors,
-    metrics: Arc<Metrics>,
-    logs: PathBuf,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) config: Config,
+    pub(super) sites: Sites,
+    pub(super) git: GitMirrors,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) logs: PathBuf,
     /// Site processes this endor process supervises, by preview id.
-    procs: Mutex<HashMap<String, Supervised>>,
+    pub(super) procs: Mutex<HashMap<String, Supervised>>,
     /// Which forges endor may write back to.
-    forges: Arc<ForgeClients>,
+    pub(super) forges: Arc<ForgeClients>,
     /// Wakes the outbox sender when a state change stored write-backs.
-    outbox_wake: Arc<tokio::sync::Notify>,
+    pub(super) outbox_wake: Arc<tokio::sync::Notify>,
+    /// Seals generated passwords (`storage.secret_key`), loaded on first use.
+    pub(super) sealer: std::sync::OnceLock<crate::secret::Sealer>,
 }
 
 /// What a launch aims at.
-struct Target {
-    number: u64,
-    head_sha: String,
+pub(super) struct Target {
+    pub(super) number: u64,
+    pub(super) head_sha: String,
     /// When the event behind this launch arrived (ms).
-    received_at: i64,
+    pub(super) received_at: i64,
 }
 
 fn transient(e: impl std::fmt::Display) -> JobError {
@@ -140,6 +142,7 @@ impl Lifecycle {
             procs: Mutex::new(HashMap::new()),
             forges,
             outbox_wake,
+            sealer: std::sync::OnceLock::new(),
         })
     }
 
@@ -184,13 +187,13 @@ impl Lifecycle {
         }
     }
 
-    async fn save(&self, p: &mut Preview) -> Result<(), JobError> {
+    pub(super) async fn save(&self, p: &mut Preview) -> Result<(), JobError> {
         p.updated_at = crate::now_ms();
         self.store.put_preview(p).await.map_err(transient)
     }
 
     /// Move to `state` and store, in the same transaction, the write-backs it asks for.
-    async fn set_state(
+    pub(super) async fn set_state(
         &self,
         p: &mut Preview,
         state: &str,
@@ -210,13 +213,20 @@ impl Lifecycle {
         Ok(())
     }
 
-    async fn write_backs(&self, p: &Preview) -> Result<Vec<crate::store::NewOutbox>, JobError> {
+    pub(super) async fn write_backs(
+        &self,
+        p: &Preview,
+    ) -> Result<Vec<crate::store::NewOutbox>, JobError> {
         crate::writeback::rows_for(self.store.as_ref(), &self.forges, &self.config, p)
             .await
             .map_err(transient)
     }
 
-    async fn load_or_new(&self, conn: &Connection, number: u64) -> Result<Preview, JobError> {
+    pub(super) async fn load_or_new(
+        &self,
+        conn: &Connection,
+        number: u64,
+    ) -> Result<Preview, JobError> {
         if let Some(p) = self
             .store
             .preview(&conn.id, number as i64)
@@ -250,14 +260,14 @@ impl Lifecycle {
 
     /// Is the job superseded (a newer head arrived)? Asks the store too, so a cancellation is
     /// seen without waiting for the next heartbeat.
-    async fn superseded(&self, job: &Job, ctx: &JobContext) -> bool {
+    pub(super) async fn superseded(&self, job: &Job, ctx: &JobContext) -> bool {
         if ctx.cancelled() {
             return true;
         }
         matches!(self.store.job(&job.id).await, Ok(Some(j)) if j.cancel_requested != 0)
     }
 
-    async fn give_way(&self, job: &Job, ctx: &JobContext) -> Result<(), JobError> {
+    pub(super) async fn give_way(&self, job: &Job, ctx: &JobContext) -> Result<(), JobError> {
         if self.superseded(job, ctx).await {
             Err(JobError::Cancelled)
         } else {
@@ -266,14 +276,14 @@ impl Lifecycle {
     }
 
     /// The connection and PR number of a job key (`{connection}#{number}`).
-    fn key_parts(job: &Job) -> Result<(&str, i64), JobError> {
+    pub(super) fn key_parts(job: &Job) -> Result<(&str, i64), JobError> {
         job.job_key
             .split_once('#')
             .and_then(|(c, n)| Some((c, n.parse().ok()?)))
             .ok_or_else(|| JobError::Permanent(format!("bad job key {}", job.job_key)))
     }
 
-    async fn connection(&self, job: &Job) -> Result<Connection, JobError> {
+    pub(super) async fn connection(&self, job: &Job) -> Result<Connection, JobError> {
         let (conn_id, _) = Self::key_parts(job)?;
         self.store
             .connection(conn_id)
@@ -301,6 +311,9 @@ impl Lifecycle {
             | PrAction::ReadyForReview
             | PrAction::Synchronized => {
                 preview.head_sha = Some(pr.head_sha.clone());
+                // When this head became known: an approval given in a comment older than
+                // this cannot cover it.
+                preview.received_at = Some(job.created_at);
                 preview.is_fork = pr.is_fork as i64;
                 preview.title = Some(pr.title.clone());
                 if pr.draft && !self.config.previews.drafts {
@@ -360,7 +373,7 @@ impl Lifecycle {
     }
 
     /// Launch, and turn a failure into a failed preview with its reason.
-    async fn launch_or_fail(
+    pub(super) async fn launch_or_fail(
         &self,
         job: &Job,
         ctx: JobContext,
@@ -405,7 +418,12 @@ impl Lifecycle {
         Err(err)
     }
 
-    async fn put_route(&self, name: &str, route: Route, robots: bool) -> Result<(), JobError> {
+    pub(super) async fn put_route(
+        &self,
+        name: &str,
+        route: Route,
+        robots: bool,
+    ) -> Result<(), JobError> {
         self.store
             .put_route(&route.row(name, robots))
             .await
@@ -602,6 +620,16 @@ impl Lifecycle {
             }
         }
         preview.ready_sha = Some(target.head_sha.clone());
+        // Expiry: this activity + the repository's TTL (capped), never earlier than an
+        // extension already granted.
+        let ttl = cfg
+            .preview
+            .ttl
+            .map(|t| t.0)
+            .unwrap_or(self.config.previews.default_ttl.0)
+            .min(self.config.previews.max_ttl.0);
+        let expires = crate::now_ms() + ttl.as_millis() as i64;
+        preview.expires_at = Some(preview.expires_at.map_or(expires, |e| e.max(expires)));
         self.set_state(preview, state::READY, None).await?;
         let secs = (crate::now_ms() - target.received_at).max(0) as f64 / 1000.0;
         self.metrics.launch_seconds.observe(secs);
@@ -719,14 +747,15 @@ impl Lifecycle {
                 .await
                 .map_err(site_error)?,
         };
-        // The site's own processes write its data.
-        let sandbox = Sandbox::new(
-            self.sites.site_dir(&site),
-            vec![],
-            &self.config.runtime.user,
-        )
-        .map_err(|e| JobError::Permanent(e.to_string()))?;
-        for dir in self.sites.writable_dirs(&site) {
+        self.hand_over(&site)?;
+        Ok((site, false))
+    }
+
+    /// The site's own processes write its data: its data folders go to `runtime.user`.
+    pub(super) fn hand_over(&self, site: &Site) -> Result<(), JobError> {
+        let sandbox = Sandbox::new(self.sites.site_dir(site), vec![], &self.config.runtime.user)
+            .map_err(|e| JobError::Permanent(e.to_string()))?;
+        for dir in self.sites.writable_dirs(site) {
             Sandbox {
                 dir,
                 ..sandbox.clone()
@@ -734,7 +763,7 @@ impl Lifecycle {
             .hand_over()
             .map_err(|e| JobError::Transient(format!("handing over the site's data: {e}")))?;
         }
-        Ok((site, false))
+        Ok(())
     }
 
     async fn site_env(&self, site: &Site) -> Result<Vec<(String, String)>, JobError> {
@@ -851,7 +880,7 @@ impl Lifecycle {
     }
 
     /// Stop the processes, drop the data, answer 410: idempotent, every step safe to repeat.
-    async fn destroy(&self, preview: &mut Preview, why: &str) -> Result<(), JobError> {
+    pub(super) async fn destroy(&self, preview: &mut Preview, why: &str) -> Result<(), JobError> {
         if preview.state == state::DESTROYED {
             return Ok(());
         }
@@ -913,7 +942,7 @@ impl JobHandler for Lifecycle {
         let result = match job.kind.as_str() {
             "pull_request" => self.handle_event(job, ctx).await,
             "resume" => self.handle_resume(job, ctx).await,
-            "comment" => Ok(()),
+            "comment" => self.handle_comment(job, ctx).await,
             other => Err(JobError::Permanent(format!("unknown job kind {other}"))),
         };
         let outcome = match &result {

@@ -1,6 +1,8 @@
 //! The preview lifecycle: what a repository asks for (`config.rs`) and the state machine that
-//! turns PR events into live previews and back (`lifecycle.rs`). Knows nothing of comments.
+//! turns PR events into live previews and back (`lifecycle.rs`), and what slash-commands in PR
+//! comments do to a preview (`commands.rs`).
 
+mod commands;
 pub mod config;
 pub mod lifecycle;
 

@@ -577,8 +577,12 @@ pub trait Store: Send + Sync + 'static {
         ref_id: &str,
     ) -> Result<()>;
 
-    /// The commands of a comment that already ran.
-    async fn comment_commands(&self, connection_id: &str, comment_id: &str) -> Result<Vec<String>>;
+    /// The commands of a comment that already ran, with their recorded outcomes.
+    async fn comment_commands(
+        &self,
+        connection_id: &str,
+        comment_id: &str,
+    ) -> Result<Vec<(String, String)>>;
     /// Record that a command of a comment ran (a second record of it is ignored).
     async fn record_comment_command(
         &self,

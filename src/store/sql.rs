@@ -934,15 +934,14 @@ macro_rules! impl_store {
                 Ok(row.map(|r| r.0))
             }
 
-            async fn comment_commands(&self, connection_id: &str, comment_id: &str) -> $crate::store::Result<Vec<String>> {
-                let rows: Vec<(String,)> = sqlx::query_as(
-                    "SELECT command FROM comment_commands WHERE connection_id = $1 AND comment_id = $2 ORDER BY created_at",
+            async fn comment_commands(&self, connection_id: &str, comment_id: &str) -> $crate::store::Result<Vec<(String, String)>> {
+                Ok(sqlx::query_as(
+                    "SELECT command, outcome FROM comment_commands WHERE connection_id = $1 AND comment_id = $2 ORDER BY created_at, command",
                 )
                 .bind(connection_id)
                 .bind(comment_id)
                 .fetch_all(&self.pool)
-                .await?;
-                Ok(rows.into_iter().map(|r| r.0).collect())
+                .await?)
             }
 
             async fn record_comment_command(&self, connection_id: &str, comment_id: &str, command: &str, outcome: &str, now: i64) -> $crate::store::Result<()> {
