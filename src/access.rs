@@ -2,8 +2,7 @@
 //! passwords also sealed so members can be shown them again) and the robots header, plus the
 //! site tag rules. One service layer for the slash-commands and the CLI.
 //!
-//! Not built yet (the workspaces/access issue): CIDR allow/deny lists and user-chosen
-//! credentials from the CLI/API.
+//! Not built yet (the workspaces/access issue): CIDR allow/deny lists and the API.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -80,6 +79,37 @@ pub async fn set_generated_password(
         a.basic_hash = None;
         a.basic_sealed = None;
     }
+    a.updated_at = crate::now_ms();
+    Ok(store.put_site_access(&a).await?)
+}
+
+/// Basic auth with credentials the caller chose: only the hash is kept (never shown again).
+pub async fn set_chosen_password(
+    store: &dyn Store,
+    site_id: &str,
+    user: &str,
+    password: &str,
+) -> Result<(), AccessError> {
+    if user.is_empty() || user.len() > 64 || user.chars().any(|c| c == ':' || c.is_control()) {
+        return Err(AccessError::Invalid(
+            "basic-auth user: 1-64 characters, no `:` or control characters".into(),
+        ));
+    }
+    if password.len() < 8 || password.len() > 72 {
+        return Err(AccessError::Invalid(
+            "basic-auth password: 8-72 bytes (bcrypt reads no more than 72)".into(),
+        ));
+    }
+    let mut a = current(store, site_id).await?;
+    let p = password.to_string();
+    a.basic_hash = Some(
+        tokio::task::spawn_blocking(move || bcrypt::hash(p, BCRYPT_COST))
+            .await
+            .map_err(|e| AccessError::Hash(e.to_string()))?
+            .map_err(|e| AccessError::Hash(e.to_string()))?,
+    );
+    a.basic_user = Some(user.into());
+    a.basic_sealed = None;
     a.updated_at = crate::now_ms();
     Ok(store.put_site_access(&a).await?)
 }

@@ -119,6 +119,16 @@ enum SiteCmd {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Show a site's HTTP access settings (generated credentials included), or change them.
+    Access {
+        site: String,
+        /// `generate` (new credentials), `off`, or USER:PASSWORD.
+        #[arg(long, value_name = "generate|off|USER:PASSWORD")]
+        basic_auth: Option<String>,
+        /// Send `X-Robots-Tag: noindex, nofollow` (on) or not (off).
+        #[arg(long, value_name = "on|off")]
+        robots: Option<String>,
+    },
     /// Delete a site and every resource it owns.
     Delete {
         site: String,
@@ -151,6 +161,21 @@ enum WorkspaceCmd {
     },
     /// List workspaces.
     List,
+    /// Workspace members.
+    #[command(subcommand)]
+    Member(MemberCmd),
+}
+
+#[derive(Subcommand)]
+enum MemberCmd {
+    /// Add an existing user to a workspace with one or more roles.
+    Add {
+        workspace: String,
+        login: String,
+        /// owner, billing or developer (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -337,6 +362,19 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                         format!("created workspace {} ({}) owned by {owner}", w.name, w.id)
                     })
                 }
+                WorkspaceCmd::Member(MemberCmd::Add {
+                    workspace,
+                    login,
+                    roles,
+                }) => {
+                    let roles =
+                        service::add_member(store.as_ref(), &workspace, &login, &roles).await?;
+                    emit(
+                        json,
+                        &serde_json::json!({"workspace": workspace, "login": login, "roles": roles}),
+                        |_| format!("{login} joined {workspace} as {}", roles.join(", ")),
+                    )
+                }
                 WorkspaceCmd::List => {
                     let list = store.list_workspaces().await?;
                     emit(json, &list, |l| {
@@ -425,7 +463,7 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
         }
         Command::Site(cmd) => {
             let store = open_store(&config).await?;
-            let sites = endor::sites::Sites::new(store, &config);
+            let sites = endor::sites::Sites::new(store.clone(), &config);
             let op = |r: &endor::sites::OperationReport| {
                 let mut lines = vec![format!(
                     "{}{} in {} ms",
@@ -504,6 +542,55 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     let logs = std::path::absolute(&config.storage.logs)?;
                     let path = endor::previews::Lifecycle::log_path(&logs, &d.id, &service);
                     print_log(&path, follow, json).await
+                }
+                SiteCmd::Access {
+                    site,
+                    basic_auth,
+                    robots,
+                } => {
+                    let d = sites.show(&site).await?;
+                    let sealer = endor::secret::Sealer::from_file(&config.storage.secret_key)?;
+                    let store = store.as_ref();
+                    match basic_auth.as_deref() {
+                        None => {}
+                        Some("generate") => {
+                            endor::access::set_generated_password(store, &sealer, &d.id, true)
+                                .await?
+                        }
+                        Some("off") => {
+                            endor::access::set_generated_password(store, &sealer, &d.id, false)
+                                .await?
+                        }
+                        Some(pair) => {
+                            let (user, password) = pair.split_once(':').ok_or_else(|| {
+                                anyhow::anyhow!(
+                                    "--basic-auth must be generate, off or USER:PASSWORD"
+                                )
+                            })?;
+                            endor::access::set_chosen_password(store, &d.id, user, password).await?
+                        }
+                    }
+                    match robots.as_deref() {
+                        None => {}
+                        Some("on") => endor::access::set_robots(store, &d.id, true).await?,
+                        Some("off") => endor::access::set_robots(store, &d.id, false).await?,
+                        Some(_) => anyhow::bail!("--robots must be on or off"),
+                    }
+                    let v = endor::access::view(store, &sealer, &d.name, &d.id).await?;
+                    emit(json, &v, |v| {
+                        let auth = match &v.basic_auth {
+                            None => "off".to_string(),
+                            Some(c) => match &c.password {
+                                Some(p) => format!("user {} password {p}", c.user),
+                                None => format!("user {} (password chosen, not shown)", c.user),
+                            },
+                        };
+                        format!(
+                            "site:       {}\nbasic auth: {auth}\nrobots:     {}",
+                            v.site,
+                            if v.robots { "noindex, nofollow" } else { "off" }
+                        )
+                    })
                 }
                 SiteCmd::Snapshot { site } => emit(json, &sites.snapshot(&site).await?, op),
                 SiteCmd::Clone {

@@ -102,6 +102,40 @@ pub async fn create_workspace(
     Ok(store.create_workspace(name, &owner.id).await?)
 }
 
+/// The workspace roles (SPEC §2).
+pub const ROLES: &[&str] = &["owner", "billing", "developer"];
+
+/// Add an existing user to a workspace with a non-empty mix of roles.
+pub async fn add_member(
+    store: &dyn Store,
+    workspace_name: &str,
+    login: &str,
+    roles: &[String],
+) -> Result<Vec<String>> {
+    let mut clean: Vec<String> = Vec::new();
+    for r in roles {
+        let r = r.trim().to_ascii_lowercase();
+        if !ROLES.contains(&r.as_str()) {
+            return Err(ServiceError::Invalid(format!(
+                "unknown role `{}`: use owner, billing or developer",
+                r.escape_debug()
+            )));
+        }
+        if !clean.contains(&r) {
+            clean.push(r);
+        }
+    }
+    if clean.is_empty() {
+        return Err(ServiceError::Invalid(
+            "a member needs at least one role (--role owner|billing|developer)".into(),
+        ));
+    }
+    let ws = workspace(store, workspace_name).await?;
+    let u = user(store, login).await?;
+    store.add_member(&ws.id, &u.id, &clean).await?;
+    Ok(clean)
+}
+
 pub async fn workspace(store: &dyn Store, name: &str) -> Result<Workspace> {
     store
         .workspace_by_name(name)

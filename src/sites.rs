@@ -106,6 +106,7 @@ pub struct SiteDetails {
     pub generations: Vec<i64>,
     pub resources: Vec<ResourceReport>,
     pub created_at: i64,
+    pub tags: Vec<String>,
     /// For a pull request's preview: its lifecycle state and the last run's timed steps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preview: Option<PreviewReport>,
@@ -119,6 +120,9 @@ pub struct PreviewReport {
     pub ready_sha: Option<String>,
     pub reason: Option<String>,
     pub port: Option<i64>,
+    /// When it expires (Unix ms), and the same as UTC text.
+    pub expires_at: Option<i64>,
+    pub expires: Option<String>,
     pub steps: Vec<StepReport>,
 }
 
@@ -545,6 +549,8 @@ impl Sites {
                     ready_sha: p.ready_sha,
                     reason: p.reason,
                     port: p.port,
+                    expires: p.expires_at.map(crate::duration::format_utc),
+                    expires_at: p.expires_at,
                     steps,
                 })
             }
@@ -552,6 +558,7 @@ impl Sites {
         };
         Ok(SiteDetails {
             preview,
+            tags: self.store.site_tags(&site.id).await?,
             url: format!(
                 "http://{}.{}:{}/",
                 site.name, self.gateway_domain, self.gateway_port

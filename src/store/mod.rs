@@ -450,6 +450,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_workspaces(&self) -> Result<Vec<Workspace>>;
     /// The member's roles in a workspace (empty when not a member).
     async fn member_roles(&self, workspace_id: &str, user_id: &str) -> Result<Vec<String>>;
+    /// Add a member with these roles (comma-joined); `Conflict` when already a member.
+    async fn add_member(&self, workspace_id: &str, user_id: &str, roles: &[String]) -> Result<()>;
 
     async fn create_connection(&self, c: &NewConnection) -> Result<Connection>;
     /// A live (not deleted) connection.

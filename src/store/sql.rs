@@ -315,6 +315,17 @@ macro_rules! impl_store {
                     .await?)
             }
 
+            async fn add_member(&self, workspace_id: &str, user_id: &str, roles: &[String]) -> $crate::store::Result<()> {
+                sqlx::query("INSERT INTO members (workspace_id, user_id, roles) VALUES ($1, $2, $3)")
+                    .bind(workspace_id)
+                    .bind(user_id)
+                    .bind(roles.join(","))
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::map_unique("member"))?;
+                Ok(())
+            }
+
             async fn member_roles(&self, workspace_id: &str, user_id: &str) -> $crate::store::Result<Vec<String>> {
                 let row: Option<(String,)> =
                     sqlx::query_as("SELECT roles FROM members WHERE workspace_id = $1 AND user_id = $2")
