@@ -103,6 +103,7 @@ async fn main() {
                 created_at: 0,
                 updated_at: endor::now_ms(),
                 title: Some(format!("Change number {n}")),
+                expires_at: None,
             };
             let rows = rows_for(store.as_ref(), &forges, &config, &p)
                 .await

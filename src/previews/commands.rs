@@ -53,7 +53,7 @@ impl Caller {
                 grammar::clip(user)
             ),
             Caller::Member { user, roles } => format!(
-                "{need}; endor user `{}` has only: {}",
+                "{need}; endor user `{}` has only `{}`",
                 grammar::clip(user),
                 roles.join(", ")
             ),
@@ -77,7 +77,7 @@ impl Lifecycle {
             return Ok(());
         }
         let conn = self.connection(job).await?;
-        if self.from_a_bot(&conn, c).await {
+        if self.written_by_a_bot(&conn, c).await {
             tracing::debug!(author = %c.author, "comment by a bot ignored");
             return Ok(());
         }
@@ -151,7 +151,7 @@ impl Lifecycle {
     }
 
     /// Endor's own comments, accounts the forge flags as bots, and marked endor comments.
-    async fn from_a_bot(&self, conn: &Connection, c: &CommentEvent) -> bool {
+    async fn written_by_a_bot(&self, conn: &Connection, c: &CommentEvent) -> bool {
         if c.author_is_bot || c.body.trim_start().starts_with("<!-- endor:") {
             return true;
         }
