@@ -507,6 +507,79 @@ fn site_commands_report_strategies() {
             .len(),
         2
     );
+    // Access settings: generated credentials shown to the operator (sealed in the store, the
+    // key file 0600), a chosen password never shown, bad values refused.
+    let none = ok_json(d, &["site", "access", "prod-pr-1", "--json"]);
+    assert_eq!(
+        (none["robots"].as_bool(), none["basic_auth"].is_null()),
+        (Some(true), true)
+    );
+    let generated = ok_json(
+        d,
+        &[
+            "site",
+            "access",
+            "prod-pr-1",
+            "--basic-auth",
+            "generate",
+            "--robots",
+            "off",
+            "--json",
+        ],
+    );
+    let password = generated["basic_auth"]["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(password.len(), 24);
+    assert_eq!(generated["robots"], false);
+    let again = ok_json(d, &["site", "access", "prod-pr-1", "--json"]);
+    assert_eq!(again["basic_auth"]["password"], password.as_str());
+    let db = std::fs::read(d.join("data/endor.db")).unwrap();
+    assert!(
+        !db.windows(password.len()).any(|w| w == password.as_bytes()),
+        "the password is in the store in plain text"
+    );
+    let key = std::fs::metadata(d.join("data/secret.key")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o777,
+        0o600
+    );
+    let chosen = ok_json(
+        d,
+        &[
+            "site",
+            "access",
+            "prod-pr-1",
+            "--basic-auth",
+            "ops:long-enough-pw",
+            "--json",
+        ],
+    );
+    assert_eq!(chosen["basic_auth"]["user"], "ops");
+    assert!(chosen["basic_auth"]["password"].is_null());
+    for bad in [
+        &["--basic-auth", "ops:short"][..],
+        &["--basic-auth", "no-colon"],
+        &["--robots", "maybe"],
+    ] {
+        let mut args = vec!["site", "access", "prod-pr-1"];
+        args.extend_from_slice(bad);
+        let out = endor(d, &args);
+        assert!(!out.status.success(), "{bad:?} was accepted");
+    }
+    let off = ok_json(
+        d,
+        &[
+            "site",
+            "access",
+            "prod-pr-1",
+            "--basic-auth",
+            "off",
+            "--json",
+        ],
+    );
+    assert!(off["basic_auth"].is_null());
     ok_json(d, &["site", "protect", "prod", "on", "--json"]);
     let refused = endor(d, &["site", "delete", "prod"]);
     assert!(!refused.status.success());
