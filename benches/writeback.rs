@@ -104,6 +104,8 @@ async fn main() {
                 updated_at: endor::now_ms(),
                 title: Some(format!("Change number {n}")),
                 expires_at: None,
+                teardown_step: None,
+                warned_expiry: None,
             };
             let rows = rows_for(store.as_ref(), &forges, &config, &p)
                 .await

@@ -29,6 +29,7 @@ pub struct Config {
     pub jobs: JobsConfig,
     pub writeback: WritebackConfig,
     pub commands: CommandsConfig,
+    pub reaper: ReaperConfig,
     pub github: ForgeConfig,
     pub gitlab: ForgeConfig,
     pub gitea: ForgeConfig,
@@ -107,6 +108,54 @@ impl Default for StorageConfig {
             logs: "data/logs".into(),
             secret_key: "data/secret.key".into(),
         }
+    }
+}
+
+/// The reaper: expired previews destroyed, orphans swept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReaperConfig {
+    /// When passes run inside `endor serve`: cron with seconds first (6 fields).
+    pub schedule: String,
+    /// How long before expiry the status comment warns (0s: never).
+    pub warn_before: HumanDuration,
+    /// Orphans younger than this are left alone (a site being created is never swept).
+    pub grace: HumanDuration,
+    /// Run passes inside `endor serve` at all.
+    pub enabled: bool,
+    /// How long a pass (and each teardown it starts) holds its lease; a reaper killed midway
+    /// is taken over once it expires. Renewed as the pass goes.
+    pub lease: HumanDuration,
+}
+
+impl Default for ReaperConfig {
+    fn default() -> Self {
+        Self {
+            schedule: "0 */5 * * * *".into(),
+            warn_before: HumanDuration(std::time::Duration::from_secs(24 * 3600)),
+            grace: HumanDuration(std::time::Duration::from_secs(600)),
+            enabled: true,
+            lease: HumanDuration(std::time::Duration::from_secs(60)),
+        }
+    }
+}
+
+impl ReaperConfig {
+    /// The parsed schedule; the error names what is wrong.
+    pub fn parsed_schedule(&self) -> Result<cron::Schedule, String> {
+        let fields = self.schedule.split_whitespace().count();
+        if !(6..=7).contains(&fields) {
+            return Err(format!(
+                "`{}` has {fields} fields; write 6 (seconds first), e.g. \"0 */5 * * * *\"",
+                self.schedule.escape_debug()
+            ));
+        }
+        self.schedule.parse::<cron::Schedule>().map_err(|e| {
+            format!(
+                "`{}` is not a cron expression: {e}",
+                self.schedule.escape_debug()
+            )
+        })
     }
 }
 
@@ -384,6 +433,9 @@ impl Config {
                 "gateway.domain",
                 "must be a DNS name such as preview.localhost",
             );
+        }
+        if let Err(problem) = self.reaper.parsed_schedule() {
+            return key("reaper.schedule", &problem);
         }
         let p = &self.commands.prefix;
         if p.is_empty() || p.len() > 32 || p.chars().any(char::is_whitespace) {

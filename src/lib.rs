@@ -14,6 +14,7 @@ pub mod git;
 pub mod jobs;
 pub mod metrics;
 pub mod previews;
+pub mod reaper;
 pub mod runtime;
 pub mod secret;
 pub mod server;

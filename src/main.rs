@@ -38,6 +38,13 @@ enum Command {
     Serve,
     /// Apply database migrations (serve does this at start too).
     Migrate,
+    /// One reaper pass now: destroy expired previews, finish interrupted teardowns, warn
+    /// ahead of expiry, sweep orphans.
+    Reap {
+        /// Report what a pass would do and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Users and their linked forge identities.
     #[command(subcommand)]
     User(UserCmd),
@@ -323,6 +330,49 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                 })?;
             let state = AppState::start(config).await?;
             server::serve_with_gateway(state, listener, gateway, shutdown_signal()).await
+        }
+        Command::Reap { dry_run } => {
+            let store = open_store(&config).await?;
+            let metrics = std::sync::Arc::new(endor::metrics::Metrics::default());
+            let forges = std::sync::Arc::new(endor::writeback::ForgeClients::new(&config));
+            let lifecycle = endor::previews::Lifecycle::new(
+                store.clone(),
+                &config,
+                metrics.clone(),
+                forges,
+                std::sync::Arc::new(tokio::sync::Notify::new()),
+            );
+            let reaper = endor::reaper::Reaper::new(store, lifecycle, &config, metrics);
+            let r = reaper.pass(dry_run).await?;
+            emit(json, &r, |r| {
+                if let Some(why) = &r.skipped {
+                    return format!("skipped: {why}");
+                }
+                let mut out = format!(
+                    "{}expired {}, finished {}, busy {}, warned {}, failed {}; swept {} dirs, {} processes, {} routes in {} ms",
+                    if r.dry_run {
+                        "(dry run) would have "
+                    } else {
+                        ""
+                    },
+                    r.expired.len(),
+                    r.resumed.len(),
+                    r.busy.len(),
+                    r.warned.len(),
+                    r.failed.len(),
+                    r.swept.dirs,
+                    r.swept.processes,
+                    r.swept.routes,
+                    r.duration_ms
+                );
+                for name in &r.expired {
+                    out.push_str(&format!("\nexpired\t{name}"));
+                }
+                for (name, e) in &r.failed {
+                    out.push_str(&format!("\nfailed\t{name}\t{e}"));
+                }
+                out
+            })
         }
         Command::Migrate => {
             open_store(&config).await?;

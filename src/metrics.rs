@@ -33,6 +33,22 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     /// Seconds from a delivery's arrival to its durable commit.
     pub delivery_store_seconds: Histogram,
+    /// Reaper passes, by outcome (done, skipped: another reaper held the lease, failed).
+    pub reaper_runs: Family<OutcomeLabels, Counter>,
+    /// Previews the reaper tore down (expired, or an unfinished teardown finished).
+    pub sites_reaped: Counter,
+    /// Orphans swept, by kind (dirs, processes, routes).
+    pub orphans_swept: Family<KindLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
 }
 
 impl Default for Metrics {
@@ -72,7 +88,28 @@ impl Default for Metrics {
             "Write-back attempts to forges, by kind (comment, status, deployment) and outcome (done, retry, failed)",
             writebacks.clone(),
         );
+        let reaper_runs = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "reaper_runs",
+            "Reaper passes by outcome (done, skipped, failed)",
+            reaper_runs.clone(),
+        );
+        let sites_reaped = Counter::default();
+        registry.register(
+            "sites_reaped",
+            "Previews torn down by the reaper",
+            sites_reaped.clone(),
+        );
+        let orphans_swept = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "orphans_swept",
+            "Orphaned resources removed by the reaper, by kind (dirs, processes, routes)",
+            orphans_swept.clone(),
+        );
         Self {
+            reaper_runs,
+            sites_reaped,
+            orphans_swept,
             registry,
             jobs,
             launch_seconds,

@@ -78,7 +78,7 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
 }
 
 /// Every role of `endor serve` in this process: the API on `api`, the preview gateway on
-/// `gateway`, and the job workers (previews), until `shutdown` resolves.
+/// `gateway`, the job workers (previews) and the reaper, until `shutdown` resolves.
 pub async fn serve_with_gateway(
     state: Arc<AppState>,
     api: TcpListener,
@@ -132,7 +132,20 @@ pub async fn serve_with_gateway(
         },
     );
     tracing::info!(workers = state.config.jobs.workers, "job workers started");
+    let reaper = state.config.reaper.enabled.then(|| {
+        let r = Arc::new(crate::reaper::Reaper::new(
+            state.store.clone(),
+            lifecycle.clone(),
+            &state.config,
+            state.metrics.clone(),
+        ));
+        tracing::info!(schedule = %state.config.reaper.schedule, "reaper scheduled");
+        tokio::spawn(r.run_scheduled(rx.clone()))
+    });
     let served = serve(state, api, stopped(rx)).await;
+    if let Some(r) = reaper {
+        let _ = r.await;
+    }
     workers.shutdown().await;
     lifecycle.shutdown().await;
     sender.shutdown().await;

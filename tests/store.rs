@@ -254,6 +254,8 @@ async fn previews_and_their_steps(db: &TestStore) {
         updated_at: 10,
         title: Some("Add <b>checkout</b>".into()),
         expires_at: Some(99),
+        teardown_step: None,
+        warned_expiry: None,
     };
     s.put_preview(&p).await.unwrap();
     p.state = "ready".into();

@@ -47,6 +47,8 @@ pub mod state {
     pub const FAILED: &str = "failed";
     pub const DESTROYING: &str = "destroying";
     pub const DESTROYED: &str = "destroyed";
+    /// Destroyed by the reaper: past `expires_at`.
+    pub const EXPIRED: &str = "expired";
 }
 
 /// `{repo}-pr-{number}` as a DNS label: the repository's last path segment, lowercased, every
@@ -255,6 +257,8 @@ impl Lifecycle {
             updated_at: now,
             title: None,
             expires_at: None,
+            teardown_step: None,
+            warned_expiry: None,
         })
     }
 
@@ -884,18 +888,56 @@ impl Lifecycle {
         if preview.state == state::DESTROYED {
             return Ok(());
         }
+        self.teardown(preview, state::DESTROYED, &format!("pull request {why}"))
+            .await
+    }
+
+    /// The reaper's warning: the status comment says the preview expires soon (once per
+    /// expiry time).
+    pub async fn warn_expiry(&self, p: &mut Preview) -> Result<(), JobError> {
+        p.warned_expiry = p.expires_at;
+        let (st, reason) = (p.state.clone(), p.reason.clone());
+        self.set_state(p, &st, reason).await
+    }
+
+    /// An `expire` job (a reaper's teardown whose reaper died, taken over by a worker):
+    /// finish an unfinished teardown, or expire a preview that is still past its expiry.
+    async fn handle_expire(&self, job: &Job) -> Result<(), JobError> {
+        let (conn, number) = Self::key_parts(job)?;
+        let Some(mut p) = self.store.preview(conn, number).await.map_err(transient)? else {
+            return Ok(());
+        };
+        match expiry_action(&p, crate::now_ms()) {
+            Some(final_state) => {
+                let why = why_torn_down(&p, final_state);
+                self.teardown(&mut p, final_state, &why).await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Tear a preview down for good and end in `final_state` (`destroyed` or `expired`):
+    /// a persisted sequence of idempotent steps (`teardown_step` names the last one done), so a
+    /// teardown interrupted at any point is finished by running it again.
+    pub async fn teardown(
+        &self,
+        preview: &mut Preview,
+        final_state: &str,
+        why: &str,
+    ) -> Result<(), JobError> {
+        let step = |p: &mut Preview, name: &str| {
+            p.teardown_step = Some(format!("{final_state}/{name}"));
+        };
         let had_route = self
             .store
             .route(&preview.site_name)
             .await
             .map_err(transient)?
             .is_some();
-        self.set_state(
-            preview,
-            state::DESTROYING,
-            Some(format!("pull request {why}")),
-        )
-        .await?;
+        step(preview, "begin");
+        self.set_state(preview, state::DESTROYING, Some(why.to_string()))
+            .await?;
+        crash_point("begin");
         let proc_ = self.procs.lock().await.remove(&preview.id);
         match proc_ {
             Some(p) => p.stop().await,
@@ -905,28 +947,78 @@ impl Lifecycle {
                 }
             }
         }
+        preview.pid = None;
+        preview.port = None;
+        step(preview, "stop");
+        self.save(preview).await?;
+        crash_point("stop");
         if had_route || preview.site_id.is_some() {
             self.put_route(&preview.site_name, Route::Gone, true)
                 .await?;
         }
+        step(preview, "route");
+        self.save(preview).await?;
+        crash_point("route");
         if let Some(id) = preview.site_id.clone() {
             self.sites.discard_id(&id).await.map_err(site_error)?;
+        }
+        step(preview, "data");
+        self.save(preview).await?;
+        crash_point("data");
+        if let Some(id) = preview.site_id.clone() {
             let logs = self.logs.join(&id);
             if logs.exists() {
                 std::fs::remove_dir_all(&logs).map_err(transient)?;
             }
         }
-        preview.port = None;
-        preview.pid = None;
+        step(preview, "logs");
+        self.save(preview).await?;
+        crash_point("logs");
         preview.ready_sha = None;
-        self.set_state(
-            preview,
-            state::DESTROYED,
-            Some(format!("pull request {why}")),
-        )
-        .await?;
-        tracing::info!(preview = %preview.site_name, "preview destroyed");
+        preview.teardown_step = None;
+        preview.warned_expiry = None;
+        self.set_state(preview, final_state, Some(why.to_string()))
+            .await?;
+        tracing::info!(preview = %preview.site_name, state = final_state, "preview torn down");
         Ok(())
+    }
+}
+
+/// What the reaper must do to a preview now: finish its unfinished teardown (into the state it
+/// was heading for), expire it (past `expires_at`), or nothing.
+pub fn expiry_action(p: &Preview, now: i64) -> Option<&'static str> {
+    if p.state == state::DESTROYING {
+        let target = p.teardown_step.as_deref().and_then(|s| s.split('/').next());
+        return Some(if target == Some(state::EXPIRED) {
+            state::EXPIRED
+        } else {
+            state::DESTROYED
+        });
+    }
+    let live = !matches!(
+        p.state.as_str(),
+        state::DESTROYED | state::EXPIRED | state::SKIPPED | state::AWAITING_APPROVAL
+    ) || p.site_id.is_some() && p.state != state::DESTROYED && p.state != state::EXPIRED;
+    (live && p.expires_at.is_some_and(|e| e <= now)).then_some(state::EXPIRED)
+}
+
+/// The reason a teardown records.
+pub fn why_torn_down(p: &Preview, final_state: &str) -> String {
+    match (final_state, p.reason.as_deref()) {
+        (state::EXPIRED, _) => "expired: no activity within its time to live".into(),
+        (_, Some(r)) if p.state == state::DESTROYING => r.to_string(),
+        _ => "destroyed".into(),
+    }
+}
+
+/// For the crash-safety tests: `ENDOR_CRASH_AT=teardown:{step}` aborts the process right after
+/// that teardown step was stored, as a SIGKILL would.
+fn crash_point(step: &str) {
+    if let Ok(at) = std::env::var("ENDOR_CRASH_AT")
+        && at.strip_prefix("teardown:") == Some(step)
+    {
+        eprintln!("ENDOR_CRASH_AT: aborting after teardown step {step}");
+        std::process::abort();
     }
 }
 
@@ -942,6 +1034,7 @@ impl JobHandler for Lifecycle {
         let result = match job.kind.as_str() {
             "pull_request" => self.handle_event(job, ctx).await,
             "resume" => self.handle_resume(job, ctx).await,
+            "expire" => self.handle_expire(job).await,
             "comment" => self.handle_comment(job, ctx).await,
             other => Err(JobError::Permanent(format!("unknown job kind {other}"))),
         };

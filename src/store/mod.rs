@@ -278,6 +278,10 @@ pub struct Preview {
     pub title: Option<String>,
     /// When the preview expires (last activity + TTL), ms.
     pub expires_at: Option<i64>,
+    /// A teardown in progress: `{final state}/{last step done}`.
+    pub teardown_step: Option<String>,
+    /// The expiry the status comment last warned about.
+    pub warned_expiry: Option<i64>,
 }
 
 /// A site's HTTP access settings at the gateway (no row: robots header on, no basic auth).
@@ -606,6 +610,20 @@ pub trait Store: Send + Sync + 'static {
     /// The access settings of the live site of that name (what the gateway checks).
     async fn site_access_by_name(&self, site_name: &str) -> Result<Option<SiteAccess>>;
     async fn put_site_access(&self, a: &SiteAccess) -> Result<()>;
+
+    /// Take (or renew) the named lease until `until` unless another owner holds it unexpired.
+    async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> Result<bool>;
+    async fn release_lease(&self, name: &str, owner: &str) -> Result<()>;
+    /// Insert `job` already running under `worker`'s lease; `None` when a job of its key is
+    /// running (the key is busy).
+    async fn start_job_now(
+        &self,
+        job: &NewJob,
+        worker: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Option<Job>>;
+    async fn list_routes(&self) -> Result<Vec<RouteRow>>;
 }
 
 /// Open the store named by `url` (`sqlite:...` or `postgres://...`).

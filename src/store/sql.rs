@@ -782,14 +782,16 @@ macro_rules! impl_store {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO previews (id, connection_id, number, site_name, site_id, state, head_sha, ready_sha, \
-                     approved_sha, is_fork, reason, port, pid, received_at, created_at, updated_at, title, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18) \
+                     approved_sha, is_fork, reason, port, pid, received_at, created_at, updated_at, title, expires_at, \
+                     teardown_step, warned_expiry) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
                      ON CONFLICT (connection_id, number) DO UPDATE SET site_name = excluded.site_name, \
                      site_id = excluded.site_id, state = excluded.state, head_sha = excluded.head_sha, \
                      ready_sha = excluded.ready_sha, approved_sha = excluded.approved_sha, is_fork = excluded.is_fork, \
                      reason = excluded.reason, port = excluded.port, pid = excluded.pid, \
                      received_at = excluded.received_at, updated_at = excluded.updated_at, title = excluded.title, \
-                     expires_at = excluded.expires_at",
+                     expires_at = excluded.expires_at, teardown_step = excluded.teardown_step, \
+                     warned_expiry = excluded.warned_expiry",
                 )
                 .bind(&p.id)
                 .bind(&p.connection_id)
@@ -809,6 +811,8 @@ macro_rules! impl_store {
                 .bind(p.updated_at)
                 .bind(&p.title)
                 .bind(p.expires_at)
+                .bind(&p.teardown_step)
+                .bind(p.warned_expiry)
                 .execute(&mut *tx)
                 .await?;
                 for o in rows {
@@ -1033,6 +1037,76 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> $crate::store::Result<bool> {
+                let r = sqlx::query(
+                    "INSERT INTO leases (name, owner, until) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until \
+                     WHERE leases.until < $4 OR leases.owner = excluded.owner",
+                )
+                .bind(name)
+                .bind(owner)
+                .bind(until)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn release_lease(&self, name: &str, owner: &str) -> $crate::store::Result<()> {
+                sqlx::query("DELETE FROM leases WHERE name = $1 AND owner = $2")
+                    .bind(name)
+                    .bind(owner)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn start_job_now(&self, job: &$crate::store::NewJob, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<Option<$crate::store::Job>> {
+                let r = sqlx::query_as(concat!(
+                    "INSERT INTO jobs (id, kind, job_key, head_sha, payload, state, attempts, max_attempts, run_after, \
+                     lease_owner, lease_until, cancel_requested, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 'running', 1, $6, $7, $8, $9, 0, $7, $7) RETURNING ",
+                    $crate::store::sql::job_columns!()
+                ))
+                .bind($crate::store::new_id())
+                .bind(&job.kind)
+                .bind(&job.job_key)
+                .bind(&job.head_sha)
+                .bind(&job.payload)
+                .bind(job.max_attempts)
+                .bind(now)
+                .bind(worker)
+                .bind(lease_until)
+                .fetch_one(&self.pool)
+                .await;
+                match r {
+                    Ok(j) => Ok(Some(j)),
+                    Err(sqlx::Error::Database(d)) if d.is_unique_violation() => {
+                        // Busy, unless the running job is one of this kind whose holder died
+                        // (its lease expired): then it is taken over.
+                        Ok(sqlx::query_as(concat!(
+                            "UPDATE jobs SET lease_owner = $1, lease_until = $2, attempts = attempts + 1, updated_at = $3 \
+                             WHERE job_key = $4 AND kind = $5 AND state = 'running' AND lease_until < $3 RETURNING ",
+                            $crate::store::sql::job_columns!()
+                        ))
+                        .bind(worker)
+                        .bind(lease_until)
+                        .bind(now)
+                        .bind(&job.job_key)
+                        .bind(&job.kind)
+                        .fetch_optional(&self.pool)
+                        .await?)
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+
+            async fn list_routes(&self) -> $crate::store::Result<Vec<$crate::store::RouteRow>> {
+                Ok(sqlx::query_as("SELECT site_name, kind, target, robots, updated_at FROM routes ORDER BY site_name")
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
             async fn put_forge_ref(&self, connection_id: &str, number: i64, kind: &str, ref_id: &str) -> $crate::store::Result<()> {
                 sqlx::query(
                     "INSERT INTO forge_refs (connection_id, number, kind, ref_id) VALUES ($1, $2, $3, $4) \
@@ -1081,7 +1155,7 @@ macro_rules! enqueue_outbox_in {
 macro_rules! preview_cols {
     () => {
         "id, connection_id, number, site_name, site_id, state, head_sha, ready_sha, approved_sha, is_fork, \
-         reason, port, pid, received_at, created_at, updated_at, title, expires_at"
+         reason, port, pid, received_at, created_at, updated_at, title, expires_at, teardown_step, warned_expiry"
     };
 }
 

@@ -686,6 +686,7 @@ pub async fn rows_for(
             .expires_at
             .filter(|_| served)
             .map(crate::duration::format_utc),
+        expiring: served && p.warned_expiry.is_some() && p.warned_expiry == p.expires_at,
         steps,
         error: (p.state == state::FAILED)
             .then(|| p.reason.clone())

@@ -29,6 +29,8 @@ pub struct CommentView {
     pub url: Option<String>,
     pub head_sha: String,
     pub expires_at: Option<String>,
+    /// The reaper's warning: the preview expires soon.
+    pub expiring: bool,
     pub steps: Vec<StepLine>,
     pub error: Option<String>,
 }
@@ -112,6 +114,7 @@ pub fn render(view: &CommentView) -> String {
                 head_sha => view.head_sha,
                 head_sha_short => view.head_sha.chars().take(12).collect::<String>(),
                 expires_at => view.expires_at,
+                expiring => view.expiring,
                 steps => view.steps,
                 error,
                 hint => hint(&view.state),

@@ -1,0 +1,13 @@
+-- The reaper: resumable teardowns, expiry warnings, one reaper at a time.
+
+-- The teardown in progress: `{final state}/{last step done}` (NULL when none).
+ALTER TABLE previews ADD COLUMN teardown_step TEXT;
+-- The expiry the status comment last warned about (a new expiry warns again).
+ALTER TABLE previews ADD COLUMN warned_expiry BIGINT;
+
+-- Named leases (the reaper's): one holder at a time across processes sharing the store.
+CREATE TABLE leases (
+    name   TEXT PRIMARY KEY,
+    owner  TEXT NOT NULL,
+    until  BIGINT NOT NULL
+);

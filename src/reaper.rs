@@ -1,0 +1,375 @@
+//! The reaper: one pass destroys every preview past its `expires_at` (processes, databases,
+//! files, route → 410, deployment inactive, status comment "expired"), finishes teardowns a
+//! crash interrupted, warns `reaper.warn_before` ahead of expiry (the status comment is edited,
+//! no new comment), and sweeps orphans: site directories and their database servers, site
+//! processes and routes that no live site owns, after `reaper.grace`.
+//!
+//! One reaper at a time: a pass holds the store's `reaper` lease (renewed as it goes), so
+//! replicas sharing a PostgreSQL store never run passes together; each teardown also runs as
+//! the PR's `expire` job (the job queue's one-running-job-per-key rule keeps it apart from a
+//! launch of the same PR, and a worker takes it over if this reaper dies).
+//! `endor serve` runs passes on `reaper.schedule`; `endor reap` runs one now.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
+use crate::previews::Lifecycle;
+use crate::previews::lifecycle::{expiry_action, state, why_torn_down};
+use crate::sites::Sites;
+use crate::store::{JobEnd, NewJob, Store};
+
+const LEASE: &str = "reaper";
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct PassReport {
+    pub dry_run: bool,
+    /// Why nothing was done (another reaper holds the lease).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
+    /// Previews expired in this pass (site names).
+    pub expired: Vec<String>,
+    /// Unfinished teardowns finished.
+    pub resumed: Vec<String>,
+    /// Due, but a job of the PR was running: left for the next pass.
+    pub busy: Vec<String>,
+    /// Status comments that now warn of the expiry.
+    pub warned: Vec<String>,
+    /// Teardowns that failed (site name, error); retried next pass.
+    pub failed: Vec<(String, String)>,
+    pub swept: Swept,
+    pub duration_ms: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Swept {
+    /// Site directories (with their database servers) and trash.
+    pub dirs: usize,
+    /// Site processes (and their process groups).
+    pub processes: usize,
+    pub routes: usize,
+}
+
+pub struct Reaper {
+    store: Arc<dyn Store>,
+    lifecycle: Arc<Lifecycle>,
+    sites: Sites,
+    config: Config,
+    metrics: Arc<Metrics>,
+    owner: String,
+}
+
+impl Reaper {
+    pub fn new(
+        store: Arc<dyn Store>,
+        lifecycle: Arc<Lifecycle>,
+        config: &Config,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            sites: Sites::new(store.clone(), config),
+            store,
+            lifecycle,
+            config: config.clone(),
+            metrics,
+            owner: format!(
+                "reaper-{}-{}",
+                std::process::id(),
+                uuid::Uuid::new_v4().simple()
+            ),
+        }
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.config.reaper.lease.0.as_millis() as i64
+    }
+
+    /// One pass. A dry run changes nothing and reports what a pass would do.
+    pub async fn pass(&self, dry_run: bool) -> anyhow::Result<PassReport> {
+        let started = Instant::now();
+        let mut report = PassReport {
+            dry_run,
+            ..Default::default()
+        };
+        let now = crate::now_ms();
+        if !dry_run
+            && !self
+                .store
+                .try_lease(LEASE, &self.owner, now, now + self.lease_ms())
+                .await?
+        {
+            report.skipped = Some("another reaper is running a pass".into());
+            self.metrics
+                .reaper_runs
+                .get_or_create(&OutcomeLabels { outcome: "skipped" })
+                .inc();
+            tracing::info!("reaper pass skipped: another reaper holds the lease");
+            return Ok(report);
+        }
+        let result = self.run(dry_run, &mut report).await;
+        if !dry_run {
+            let _ = self.store.release_lease(LEASE, &self.owner).await;
+        }
+        report.duration_ms = started.elapsed().as_millis() as u64;
+        let outcome = if result.is_ok() { "done" } else { "failed" };
+        self.metrics
+            .reaper_runs
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        result?;
+        tracing::info!(
+            dry_run,
+            expired = report.expired.len(),
+            resumed = report.resumed.len(),
+            busy = report.busy.len(),
+            warned = report.warned.len(),
+            failed = report.failed.len(),
+            swept_dirs = report.swept.dirs,
+            swept_processes = report.swept.processes,
+            swept_routes = report.swept.routes,
+            duration_ms = report.duration_ms,
+            "reaper pass"
+        );
+        Ok(report)
+    }
+
+    async fn run(&self, dry_run: bool, report: &mut PassReport) -> anyhow::Result<()> {
+        let now = crate::now_ms();
+        let warn = self.config.reaper.warn_before.0.as_millis() as i64;
+        for p in self.store.list_previews().await? {
+            if let Some(final_state) = expiry_action(&p, now) {
+                let resumed = p.state == state::DESTROYING;
+                if dry_run {
+                    if resumed {
+                        report.resumed.push(p.site_name.clone());
+                    } else {
+                        report.expired.push(p.site_name.clone());
+                    }
+                    continue;
+                }
+                self.renew().await?;
+                match self
+                    .tear_down(&p.connection_id, p.number, final_state)
+                    .await
+                {
+                    Ok(true) if resumed => report.resumed.push(p.site_name.clone()),
+                    Ok(true) => report.expired.push(p.site_name.clone()),
+                    Ok(false) => report.busy.push(p.site_name.clone()),
+                    Err(e) => {
+                        tracing::warn!(preview = %p.site_name, error = %e, "teardown failed; next pass retries");
+                        report.failed.push((p.site_name.clone(), e.to_string()));
+                    }
+                }
+                continue;
+            }
+            let due_warning = warn > 0
+                && p.state == state::READY
+                && p.expires_at
+                    .is_some_and(|e| e - warn <= now && p.warned_expiry != Some(e));
+            if due_warning {
+                report.warned.push(p.site_name.clone());
+                if !dry_run {
+                    let mut p = p;
+                    if let Err(e) = self.lifecycle.warn_expiry(&mut p).await {
+                        tracing::warn!(preview = %p.site_name, error = %e, "expiry warning not stored");
+                    }
+                }
+            }
+        }
+        report.swept = self.sweep(dry_run).await?;
+        Ok(())
+    }
+
+    async fn renew(&self) -> anyhow::Result<()> {
+        let now = crate::now_ms();
+        if !self
+            .store
+            .try_lease(LEASE, &self.owner, now, now + self.lease_ms())
+            .await?
+        {
+            anyhow::bail!("the reaper lease was lost (a pass took longer than reaper.lease)");
+        }
+        Ok(())
+    }
+
+    /// Tear down one preview as its PR's `expire` job; false when a job of the PR is running.
+    async fn tear_down(
+        &self,
+        connection_id: &str,
+        number: i64,
+        final_state: &str,
+    ) -> anyhow::Result<bool> {
+        let now = crate::now_ms();
+        let job = NewJob {
+            kind: "expire".into(),
+            job_key: format!("{connection_id}#{number}"),
+            head_sha: None,
+            payload: String::new(),
+            max_attempts: self.config.jobs.max_attempts,
+            supersede: false,
+        };
+        let Some(job) = self
+            .store
+            .start_job_now(&job, &self.owner, now, now + self.lease_ms())
+            .await?
+        else {
+            return Ok(false);
+        };
+        // Read it again under the job: the PR may have moved on since the list was read.
+        let result = match self.store.preview(connection_id, number).await? {
+            Some(mut p) => match expiry_action(&p, crate::now_ms()) {
+                Some(s) if s == final_state || p.state == state::DESTROYING => {
+                    let why = why_torn_down(&p, s);
+                    self.lifecycle
+                        .teardown(&mut p, s, &why)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))
+                }
+                _ => Ok(()),
+            },
+            None => Ok(()),
+        };
+        let end = match &result {
+            Ok(()) => JobEnd::Done,
+            Err(e) => JobEnd::Failed {
+                error: e.to_string(),
+            },
+        };
+        self.store
+            .finish_job(&job.id, &self.owner, &end, crate::now_ms())
+            .await?;
+        result?;
+        self.metrics.sites_reaped.inc();
+        Ok(true)
+    }
+
+    /// Remove what no live site owns, older than `reaper.grace`.
+    async fn sweep(&self, dry_run: bool) -> anyhow::Result<Swept> {
+        let grace = self.config.reaper.grace.0;
+        let dirs = self.sites.sweep(grace, dry_run).await?.removed.len();
+        let live: std::collections::HashMap<String, String> = self
+            .store
+            .list_sites()
+            .await?
+            .into_iter()
+            .filter(|s| s.state != crate::store::SiteState::Deleted)
+            .map(|s| (s.id.clone(), s.name.clone()))
+            .collect();
+        let root = std::path::absolute(&self.config.storage.root)?;
+        let mut processes = 0;
+        for (pid, site_id) in site_processes(&root) {
+            if live.contains_key(&site_id) || !older_than(&format!("/proc/{pid}"), grace) {
+                continue;
+            }
+            processes += 1;
+            if !dry_run {
+                kill_group(pid);
+                tracing::info!(pid, site_id = %site_id, "orphaned site process stopped");
+            }
+        }
+        let names: std::collections::HashSet<&String> = live.values().collect();
+        let cutoff = crate::now_ms() - grace.as_millis() as i64;
+        let mut routes = 0;
+        for r in self.store.list_routes().await? {
+            if r.kind != "gone" && !names.contains(&r.site_name) && r.updated_at < cutoff {
+                routes += 1;
+                if !dry_run {
+                    self.store.delete_route(&r.site_name).await?;
+                    tracing::info!(site = %r.site_name, "orphaned route removed");
+                }
+            }
+        }
+        let swept = Swept {
+            dirs,
+            processes,
+            routes,
+        };
+        if !dry_run {
+            for (kind, n) in [("dirs", dirs), ("processes", processes), ("routes", routes)] {
+                self.metrics
+                    .orphans_swept
+                    .get_or_create(&KindLabels { kind })
+                    .inc_by(n as u64);
+            }
+        }
+        Ok(swept)
+    }
+
+    /// Run passes on `reaper.schedule` until `stop` says so.
+    pub async fn run_scheduled(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let schedule = match self.config.reaper.parsed_schedule() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "reaper.schedule");
+                return;
+            }
+        };
+        loop {
+            let Some(next) = schedule.upcoming(chrono::Utc).next() else {
+                return;
+            };
+            let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            if let Err(e) = self.pass(false).await {
+                tracing::warn!(error = %e, "reaper pass failed");
+            }
+        }
+    }
+}
+
+/// Processes endor started for sites under `root`: (pid, site id), read from
+/// `/proc/{pid}/environ` (`ENDOR_FILES_DIR={root}/{site id}/...`).
+fn site_processes(root: &Path) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let files = env
+            .split(|b| *b == 0)
+            .find_map(|kv| kv.strip_prefix(b"ENDOR_FILES_DIR="))
+            .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()));
+        let has_site = env
+            .split(|b| *b == 0)
+            .any(|kv| kv.starts_with(b"ENDOR_SITE="));
+        if let (Some(files), true) = (files, has_site)
+            && let Ok(rest) = files.strip_prefix(root)
+            && let Some(id) = rest.components().next()
+        {
+            out.push((pid, id.as_os_str().to_string_lossy().into_owned()));
+        }
+    }
+    out
+}
+
+fn older_than(path: &str, grace: std::time::Duration) -> bool {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| t.elapsed().unwrap_or_default() >= grace)
+        .unwrap_or(false)
+}
+
+/// SIGKILL the process's group when it leads one (site processes do), else the process.
+fn kill_group(pid: u32) {
+    // SAFETY: getpgid/kill on a pid we just read from /proc; a vanished pid only fails.
+    unsafe {
+        if libc::getpgid(pid as i32) == pid as i32 {
+            libc::kill(-(pid as i32), libc::SIGKILL);
+        } else {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+}
