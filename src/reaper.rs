@@ -262,7 +262,7 @@ impl Reaper {
         let root = std::path::absolute(&self.config.storage.root)?;
         let mut processes = 0;
         for (pid, site_id) in site_processes(&root) {
-            if live.contains_key(&site_id) || !older_than(&format!("/proc/{pid}"), grace) {
+            if live.contains_key(&site_id) || process_age(pid).is_none_or(|age| age < grace) {
                 continue;
             }
             processes += 1;
@@ -355,11 +355,24 @@ fn site_processes(root: &Path) -> Vec<(u32, String)> {
     out
 }
 
-fn older_than(path: &str, grace: std::time::Duration) -> bool {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .map(|t| t.elapsed().unwrap_or_default() >= grace)
-        .unwrap_or(false)
+/// How long the process has been running: its start (`/proc/{pid}/stat` field 22, clock
+/// ticks after boot) against `/proc/uptime`.
+fn process_age(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let after = &stat[stat.rfind(')')? + 1..];
+    let start: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(std::time::Duration::from_secs_f64(
+        (uptime - start as f64 / ticks).max(0.0),
+    ))
 }
 
 /// SIGKILL the process's group when it leads one (site processes do), else the process.

@@ -642,6 +642,7 @@ pub async fn rows_for(
             None,
         ),
         state::DESTROYED => ("destroyed", None, Some(D::Inactive)),
+        state::EXPIRED => ("expired", None, Some(D::Inactive)),
         _ => return Ok(Vec::new()),
     };
     let Some(conn) = store.connection(&p.connection_id).await? else {

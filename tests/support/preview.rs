@@ -255,6 +255,8 @@ pub fn harness_config(dir: &Path, store_url: &str) -> Config {
     config.jobs.workers = 4;
     config.runtime.health_timeout = HumanDuration(Duration::from_secs(8));
     config.runtime.build_timeout = HumanDuration(Duration::from_secs(60));
+    // Tests drive reaper passes themselves (tests/reaper.rs turns the schedule on where needed).
+    config.reaper.enabled = false;
     config
 }
 
