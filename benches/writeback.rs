@@ -106,6 +106,7 @@ async fn main() {
                 expires_at: None,
                 teardown_step: None,
                 warned_expiry: None,
+                ttl_ms: None,
             };
             let rows = rows_for(store.as_ref(), &forges, &config, &p)
                 .await

@@ -283,6 +283,7 @@ async fn planted_preview(
         expires_at: Some(now - 1000),
         teardown_step: None,
         warned_expiry: None,
+        ttl_ms: None,
     };
     store.put_preview(&p).await.unwrap();
     (p, child)

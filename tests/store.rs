@@ -256,6 +256,7 @@ async fn previews_and_their_steps(db: &TestStore) {
         expires_at: Some(99),
         teardown_step: None,
         warned_expiry: None,
+        ttl_ms: None,
     };
     s.put_preview(&p).await.unwrap();
     p.state = "ready".into();

@@ -2,6 +2,8 @@
 
 -- The teardown in progress: `{final state}/{last step done}` (NULL when none).
 ALTER TABLE previews ADD COLUMN teardown_step TEXT;
+-- The preview's time to live (ms): each activity (a push, a command) moves the expiry to now + this.
+ALTER TABLE previews ADD COLUMN ttl_ms INTEGER;
 -- The expiry the status comment last warned about (a new expiry warns again).
 ALTER TABLE previews ADD COLUMN warned_expiry INTEGER;
 

@@ -147,7 +147,27 @@ impl Lifecycle {
                 .map_err(transient)?;
             results.push((text, outcome));
         }
+        // A developer's command is activity: the expiry moves to now + the preview's TTL
+        // (never earlier than it was).
+        if caller.is_developer() && results.iter().any(|(_, o)| matches!(o, Outcome::Done(_))) {
+            self.touch(&conn, c.number).await?;
+        }
         self.reply(&conn, c, job, &results, &errors, refused).await
+    }
+
+    async fn touch(&self, conn: &Connection, number: u64) -> Result<(), JobError> {
+        let Some(mut p) = self.live_preview(conn, number).await? else {
+            return Ok(());
+        };
+        let (Some(ttl), Some(exp)) = (p.ttl_ms, p.expires_at) else {
+            return Ok(());
+        };
+        let wanted = crate::now_ms() + ttl;
+        if wanted > exp {
+            p.expires_at = Some(wanted);
+            self.save(&mut p).await?;
+        }
+        Ok(())
     }
 
     /// Endor's own comments, accounts the forge flags as bots, and marked endor comments.

@@ -259,6 +259,7 @@ impl Lifecycle {
             expires_at: None,
             teardown_step: None,
             warned_expiry: None,
+            ttl_ms: None,
         })
     }
 
@@ -632,6 +633,7 @@ impl Lifecycle {
             .map(|t| t.0)
             .unwrap_or(self.config.previews.default_ttl.0)
             .min(self.config.previews.max_ttl.0);
+        preview.ttl_ms = Some(ttl.as_millis() as i64);
         let expires = crate::now_ms() + ttl.as_millis() as i64;
         preview.expires_at = Some(preview.expires_at.map_or(expires, |e| e.max(expires)));
         self.set_state(preview, state::READY, None).await?;

@@ -282,6 +282,8 @@ pub struct Preview {
     pub teardown_step: Option<String>,
     /// The expiry the status comment last warned about.
     pub warned_expiry: Option<i64>,
+    /// Time to live after the last activity (ms), from `.endor.toml` or the default.
+    pub ttl_ms: Option<i64>,
 }
 
 /// A site's HTTP access settings at the gateway (no row: robots header on, no basic auth).
