@@ -406,6 +406,21 @@ async fn killed_at_every_teardown_step_the_next_pass_finishes() {
     assert_eq!(left.len(), 1, "{left:?}");
 }
 
+/// Processes whose command line names a path under `dir`.
+fn processes_in(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 fn set_old(path: &Path) {
     let t = filetime::FileTime::from_unix_time(1_000_000_000, 0);
     filetime::set_file_mtime(path, t).unwrap();
@@ -435,6 +450,34 @@ async fn orphans_are_swept_and_sites_being_created_are_not() {
         .join(uuid::Uuid::new_v4().to_string())
         .join("live/files");
     let (mut ghost, ghost_port) = site_process("ghost-pr-1", &ghost_files);
+    // An orphaned per-site PostgreSQL server: its site row is gone (deleted) but the server
+    // still runs in the site's directory.
+    let (_src_name, src_url) = support::pg_source_db().await;
+    let pg_files = h.dir.path().join("pg-files");
+    std::fs::create_dir_all(&pg_files).unwrap();
+    sites
+        .create(
+            "pgsite",
+            "acme",
+            "default",
+            Imports {
+                files: Some(&pg_files),
+                postgres: Some(&src_url),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let pg_site = h.store().site_by_name("pgsite").await.unwrap().unwrap();
+    assert!(
+        !processes_in(&root.join(&pg_site.id)).is_empty(),
+        "no postgres server"
+    );
+    h.store()
+        .set_site_state(&pg_site.id, endor::store::SiteState::Deleted)
+        .await
+        .unwrap();
+    set_old(&root.join(&pg_site.id));
     // An orphaned route.
     let mut route = Route::Proxy(ghost_port).row("ghost-pr-1", true);
     route.updated_at = 1_000;
@@ -470,17 +513,27 @@ async fn orphans_are_swept_and_sites_being_created_are_not() {
     let dry = reaper.pass(true).await.unwrap();
     assert_eq!(
         (dry.swept.dirs, dry.swept.processes, dry.swept.routes),
-        (1, 1, 1),
+        (2, 1, 1),
         "{dry:?}"
     );
+    assert!(!processes_in(&root.join(&pg_site.id)).is_empty());
     assert!(orphan_dir.exists() && !gone(&mut ghost));
     let r = reaper.pass(false).await.unwrap();
     assert_eq!(
         (r.swept.dirs, r.swept.processes, r.swept.routes),
-        (1, 1, 1),
+        (2, 1, 1),
         "{r:?}"
     );
     assert!(!orphan_dir.exists());
+    assert!(!root.join(&pg_site.id).exists());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !processes_in(&root.join(&pg_site.id)).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned postgres server still runs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while !gone(&mut ghost) {
         assert!(Instant::now() < deadline, "orphaned process left");
