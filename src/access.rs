@@ -2,7 +2,8 @@
 //! passwords also sealed so members can be shown them again) and the robots header, plus the
 //! site tag rules. One service layer for the slash-commands and the CLI.
 //!
-//! Not built yet (the workspaces/access issue): CIDR allow/deny lists and the API.
+//! CIDR allow/deny lists (deny wins) are checked against the visitor's address, which is
+//! the peer's unless the peer is a trusted proxy (`gateway.trusted_proxies`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,6 +39,113 @@ pub struct AccessView {
     /// Does the gateway send `X-Robots-Tag: noindex, nofollow`?
     pub robots: bool,
     pub basic_auth: Option<Credentials>,
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+/// A CIDR (`10.0.0.0/8`, `2001:db8::/32`) or a bare address (one host).
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| {
+            format!(
+                "`{}` is not a CIDR such as 10.0.0.0/8 or ::1/128",
+                s.escape_debug()
+            )
+        })
+}
+
+fn cidr_list(stored: &Option<String>) -> Vec<ipnet::IpNet> {
+    stored
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter_map(|c| parse_cidr(c).ok())
+        .collect()
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:127.0.0.2`, what a dual-stack socket reports for an
+/// IPv4 peer) as the IPv4 address it is.
+pub fn canonical(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// The visitor's address: the peer's, unless the peer is a trusted proxy; then the rightmost
+/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub fn client_ip(
+    peer: std::net::IpAddr,
+    forwarded_for: Option<&str>,
+    trusted: &[ipnet::IpNet],
+) -> std::net::IpAddr {
+    let peer = canonical(peer);
+    let is_trusted = |ip: &std::net::IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut client = peer;
+    for hop in forwarded_for.unwrap_or("").rsplit(',') {
+        match hop.trim().parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                client = canonical(ip);
+                if !is_trusted(&client) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    client
+}
+
+/// May `ip` see the site? Deny wins; an allow list admits only its addresses.
+pub fn admitted(a: &SiteAccess, ip: std::net::IpAddr) -> bool {
+    let ip = canonical(ip);
+    if cidr_list(&a.deny_cidrs).iter().any(|n| n.contains(&ip)) {
+        return false;
+    }
+    let allow = cidr_list(&a.allow_cidrs);
+    allow.is_empty() || allow.iter().any(|n| n.contains(&ip))
+}
+
+/// Add allow/deny CIDRs (after clearing both lists when `clear`).
+pub async fn set_cidrs(
+    store: &dyn Store,
+    site_id: &str,
+    allow: &[String],
+    deny: &[String],
+    clear: bool,
+) -> Result<(), AccessError> {
+    let mut a = current(store, site_id).await?;
+    let mut lists = if clear {
+        (Vec::new(), Vec::new())
+    } else {
+        (cidr_list(&a.allow_cidrs), cidr_list(&a.deny_cidrs))
+    };
+    for (given, list) in [(allow, &mut lists.0), (deny, &mut lists.1)] {
+        for c in given {
+            let n = parse_cidr(c).map_err(AccessError::Invalid)?;
+            if !list.contains(&n) {
+                list.push(n);
+            }
+        }
+    }
+    let join = |l: &[ipnet::IpNet]| {
+        (!l.is_empty()).then(|| {
+            l.iter()
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    };
+    a.allow_cidrs = join(&lists.0);
+    a.deny_cidrs = join(&lists.1);
+    a.updated_at = crate::now_ms();
+    Ok(store.put_site_access(&a).await?)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -142,6 +250,14 @@ pub async fn view(
         site: site_name.into(),
         robots: a.robots != 0,
         basic_auth,
+        allow: cidr_list(&a.allow_cidrs)
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
+        deny: cidr_list(&a.deny_cidrs)
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
     })
 }
 
@@ -272,6 +388,49 @@ mod tests {
             assert!(validate_tag(bad).is_err(), "{bad}");
         }
         assert!(validate_tag("prod").unwrap_err().contains("protect"));
+    }
+
+    #[test]
+    fn cidrs_and_forwarded_for() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let a = SiteAccess {
+            allow_cidrs: Some("127.0.0.2/32,::1/128,10.0.0.0/8".into()),
+            deny_cidrs: Some("10.9.0.0/16".into()),
+            ..SiteAccess::default_for("s")
+        };
+        assert!(admitted(&a, ip("127.0.0.2")));
+        assert!(admitted(&a, ip("::ffff:127.0.0.2")));
+        assert!(admitted(&a, ip("::1")));
+        assert!(!admitted(&a, ip("127.0.0.3")));
+        assert!(admitted(&a, ip("10.1.2.3")));
+        assert!(!admitted(&a, ip("10.9.1.1")), "deny wins");
+        assert!(admitted(&SiteAccess::default_for("s"), ip("8.8.8.8")));
+        assert!(parse_cidr("10.0.0.1/8").unwrap().to_string() == "10.0.0.0/8");
+        assert!(parse_cidr("::1").is_ok() && parse_cidr("nope").is_err());
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        let trusted = vec![
+            parse_cidr("127.0.0.3").unwrap(),
+            parse_cidr("192.168.0.0/16").unwrap(),
+        ];
+        // From an untrusted peer the header is ignored.
+        assert_eq!(
+            client_ip(ip("127.0.0.2"), Some("10.1.2.3"), &trusted),
+            ip("127.0.0.2")
+        );
+        // From a trusted proxy: the rightmost untrusted hop.
+        assert_eq!(
+            client_ip(ip("127.0.0.3"), Some("6.6.6.6, 10.1.2.3"), &trusted),
+            ip("10.1.2.3")
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.3"), Some("10.1.2.3, 192.168.1.1"), &trusted),
+            ip("10.1.2.3")
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.3"), Some("garbage"), &trusted),
+            ip("127.0.0.3")
+        );
+        assert_eq!(client_ip(ip("127.0.0.3"), None, &trusted), ip("127.0.0.3"));
     }
 
     #[tokio::test]

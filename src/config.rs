@@ -58,6 +58,9 @@ impl Default for ServerConfig {
 pub struct GatewayConfig {
     pub listen: SocketAddr,
     pub domain: String,
+    /// Proxies in front of the gateway (CIDRs) whose `X-Forwarded-For` is believed; from any
+    /// other peer the header is ignored.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for GatewayConfig {
@@ -65,6 +68,7 @@ impl Default for GatewayConfig {
         Self {
             listen: ([127, 0, 0, 1], 8081).into(),
             domain: "preview.localhost".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -433,6 +437,14 @@ impl Config {
                 "gateway.domain",
                 "must be a DNS name such as preview.localhost",
             );
+        }
+        for p in &self.gateway.trusted_proxies {
+            if crate::access::parse_cidr(p).is_err() {
+                return key(
+                    "gateway.trusted_proxies",
+                    "must be CIDRs such as 10.0.0.0/8 or ::1/128",
+                );
+            }
         }
         if let Err(problem) = self.reaper.parsed_schedule() {
             return key("reaper.schedule", &problem);

@@ -135,6 +135,15 @@ enum SiteCmd {
         /// Send `X-Robots-Tag: noindex, nofollow` (on) or not (off).
         #[arg(long, value_name = "on|off")]
         robots: Option<String>,
+        /// Admit only these addresses (CIDR; repeatable).
+        #[arg(long, value_name = "CIDR")]
+        allow: Vec<String>,
+        /// Refuse these addresses (CIDR; repeatable; deny wins).
+        #[arg(long, value_name = "CIDR")]
+        deny: Vec<String>,
+        /// Drop every allow and deny rule (before adding the ones given).
+        #[arg(long)]
+        clear_cidr: bool,
     },
     /// Delete a site and every resource it owns.
     Delete {
@@ -168,6 +177,8 @@ enum WorkspaceCmd {
     },
     /// List workspaces.
     List,
+    /// Rename a workspace.
+    Rename { name: String, new_name: String },
     /// Workspace members.
     #[command(subcommand)]
     Member(MemberCmd),
@@ -183,6 +194,17 @@ enum MemberCmd {
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
     },
+    /// Replace a member's roles (the last owner keeps `owner`).
+    Roles {
+        workspace: String,
+        login: String,
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+    /// Remove a member (never the last owner).
+    Remove { workspace: String, login: String },
+    /// List a workspace's members and their roles.
+    List { workspace: String },
 }
 
 #[derive(Subcommand)]
@@ -425,6 +447,60 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                         |_| format!("{login} joined {workspace} as {}", roles.join(", ")),
                     )
                 }
+                WorkspaceCmd::Member(MemberCmd::Roles {
+                    workspace,
+                    login,
+                    roles,
+                }) => {
+                    let roles =
+                        service::set_member_roles(store.as_ref(), &workspace, &login, &roles)
+                            .await?;
+                    emit(
+                        json,
+                        &serde_json::json!({"workspace": workspace, "login": login, "roles": roles}),
+                        |_| format!("{login} in {workspace}: {}", roles.join(", ")),
+                    )
+                }
+                WorkspaceCmd::Member(MemberCmd::Remove { workspace, login }) => {
+                    service::remove_member(store.as_ref(), &workspace, &login).await?;
+                    emit(
+                        json,
+                        &serde_json::json!({"workspace": workspace, "removed": login}),
+                        |_| format!("{login} removed from {workspace}"),
+                    )
+                }
+                WorkspaceCmd::Member(MemberCmd::List { workspace }) => {
+                    let ws = service::workspace(store.as_ref(), &workspace).await?;
+                    let members: Vec<serde_json::Value> = store
+                        .list_members(&ws.id)
+                        .await?
+                        .into_iter()
+                        .map(|(login, roles)| serde_json::json!({"login": login, "roles": roles}))
+                        .collect();
+                    emit(json, &members, |m| {
+                        m.iter()
+                            .map(|v| {
+                                format!(
+                                    "{}\t{}",
+                                    v["login"].as_str().unwrap_or(""),
+                                    v["roles"]
+                                        .as_array()
+                                        .map(|r| r
+                                            .iter()
+                                            .filter_map(|x| x.as_str())
+                                            .collect::<Vec<_>>()
+                                            .join(","))
+                                        .unwrap_or_default()
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                }
+                WorkspaceCmd::Rename { name, new_name } => {
+                    let ws = service::rename_workspace(store.as_ref(), &name, &new_name).await?;
+                    emit(json, &ws, |w| format!("workspace {name} is now {}", w.name))
+                }
                 WorkspaceCmd::List => {
                     let list = store.list_workspaces().await?;
                     emit(json, &list, |l| {
@@ -597,6 +673,9 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     site,
                     basic_auth,
                     robots,
+                    allow,
+                    deny,
+                    clear_cidr,
                 } => {
                     let d = sites.show(&site).await?;
                     let sealer = endor::secret::Sealer::from_file(&config.storage.secret_key)?;
@@ -626,6 +705,9 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                         Some("off") => endor::access::set_robots(store, &d.id, false).await?,
                         Some(_) => anyhow::bail!("--robots must be on or off"),
                     }
+                    if clear_cidr || !allow.is_empty() || !deny.is_empty() {
+                        endor::access::set_cidrs(store, &d.id, &allow, &deny, clear_cidr).await?;
+                    }
                     let v = endor::access::view(store, &sealer, &d.name, &d.id).await?;
                     emit(json, &v, |v| {
                         let auth = match &v.basic_auth {
@@ -636,9 +718,19 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                             },
                         };
                         format!(
-                            "site:       {}\nbasic auth: {auth}\nrobots:     {}",
+                            "site:       {}\nbasic auth: {auth}\nrobots:     {}\nallow:      {}\ndeny:       {}",
                             v.site,
-                            if v.robots { "noindex, nofollow" } else { "off" }
+                            if v.robots { "noindex, nofollow" } else { "off" },
+                            if v.allow.is_empty() {
+                                "everyone".into()
+                            } else {
+                                v.allow.join(", ")
+                            },
+                            if v.deny.is_empty() {
+                                "nobody".into()
+                            } else {
+                                v.deny.join(", ")
+                            },
                         )
                     })
                 }

@@ -93,11 +93,15 @@ pub async fn serve_with_gateway(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let gw = crate::gateway::Gateway::new(state.store.clone(), &state.config.gateway.domain);
+    let gw = crate::gateway::Gateway::with_proxies(
+        state.store.clone(),
+        &state.config.gateway.domain,
+        &state.config.gateway.trusted_proxies,
+    );
     tracing::info!(addr = %gateway.local_addr()?, domain = %state.config.gateway.domain, "gateway listening");
     let gw_rx = rx.clone();
     let gateway_task = tokio::spawn(async move {
-        axum::serve(gateway, gw.router())
+        axum::serve(gateway, gw.app())
             .with_graceful_shutdown(stopped(gw_rx))
             .await
     });

@@ -112,6 +112,14 @@ pub async fn add_member(
     login: &str,
     roles: &[String],
 ) -> Result<Vec<String>> {
+    let clean = clean_roles(roles)?;
+    let ws = workspace(store, workspace_name).await?;
+    let u = user(store, login).await?;
+    store.add_member(&ws.id, &u.id, &clean).await?;
+    Ok(clean)
+}
+
+fn clean_roles(roles: &[String]) -> Result<Vec<String>> {
     let mut clean: Vec<String> = Vec::new();
     for r in roles {
         let r = r.trim().to_ascii_lowercase();
@@ -130,10 +138,35 @@ pub async fn add_member(
             "a member needs at least one role (--role owner|billing|developer)".into(),
         ));
     }
+    Ok(clean)
+}
+
+/// Replace a member's roles (a non-empty mix); the last owner cannot lose `owner`.
+pub async fn set_member_roles(
+    store: &dyn Store,
+    workspace_name: &str,
+    login: &str,
+    roles: &[String],
+) -> Result<Vec<String>> {
+    let clean = clean_roles(roles)?;
     let ws = workspace(store, workspace_name).await?;
     let u = user(store, login).await?;
-    store.add_member(&ws.id, &u.id, &clean).await?;
+    store.change_member(&ws.id, &u.id, &clean).await?;
     Ok(clean)
+}
+
+/// Remove a member; the last owner cannot be removed.
+pub async fn remove_member(store: &dyn Store, workspace_name: &str, login: &str) -> Result<()> {
+    let ws = workspace(store, workspace_name).await?;
+    let u = user(store, login).await?;
+    Ok(store.change_member(&ws.id, &u.id, &[]).await?)
+}
+
+pub async fn rename_workspace(store: &dyn Store, name: &str, new_name: &str) -> Result<Workspace> {
+    validate_name("workspace name", new_name)?;
+    let ws = workspace(store, name).await?;
+    store.rename_workspace(&ws.id, new_name).await?;
+    workspace(store, new_name).await
 }
 
 pub async fn workspace(store: &dyn Store, name: &str) -> Result<Workspace> {

@@ -88,6 +88,107 @@ fn users_workspaces_and_repository_connections() {
         d.join("data/endor.db").exists(),
         "the embedded default store lives in data/"
     );
+    // Members and roles: a non-empty mix; the last owner stays.
+    ok_json(d, &["user", "create", "bob", "--json"]);
+    let added = ok_json(
+        d,
+        &[
+            "workspace",
+            "member",
+            "add",
+            "acme",
+            "bob",
+            "--role",
+            "billing",
+            "--role",
+            "developer",
+            "--json",
+        ],
+    );
+    assert_eq!(added["roles"], serde_json::json!(["billing", "developer"]));
+    let last = endor(
+        d,
+        &[
+            "workspace",
+            "member",
+            "roles",
+            "acme",
+            "alice",
+            "--role",
+            "developer",
+        ],
+    );
+    assert!(!last.status.success());
+    assert!(
+        stderr(&last).contains("at least one owner"),
+        "{}",
+        stderr(&last)
+    );
+    let gone = endor(d, &["workspace", "member", "remove", "acme", "alice"]);
+    assert!(
+        stderr(&gone).contains("at least one owner"),
+        "{}",
+        stderr(&gone)
+    );
+    assert!(
+        !endor(
+            d,
+            &[
+                "workspace",
+                "member",
+                "roles",
+                "acme",
+                "bob",
+                "--role",
+                "admin"
+            ]
+        )
+        .status
+        .success()
+    );
+    ok_json(
+        d,
+        &[
+            "workspace",
+            "member",
+            "roles",
+            "acme",
+            "bob",
+            "--role",
+            "owner",
+            "--json",
+        ],
+    );
+    ok_json(
+        d,
+        &["workspace", "member", "remove", "acme", "alice", "--json"],
+    );
+    let members = ok_json(d, &["workspace", "member", "list", "acme", "--json"]);
+    assert_eq!(
+        members,
+        serde_json::json!([{"login": "bob", "roles": ["owner"]}])
+    );
+    ok_json(
+        d,
+        &[
+            "workspace",
+            "member",
+            "add",
+            "acme",
+            "alice",
+            "--role",
+            "owner",
+            "--json",
+        ],
+    );
+    let renamed = ok_json(d, &["workspace", "rename", "acme", "acme2", "--json"]);
+    assert_eq!(renamed["name"], "acme2");
+    assert!(
+        !endor(d, &["workspace", "rename", "acme2", "../x"])
+            .status
+            .success()
+    );
+    ok_json(d, &["workspace", "rename", "acme2", "acme", "--json"]);
 
     let out = endor(
         d,
@@ -568,6 +669,39 @@ fn site_commands_report_strategies() {
         let out = endor(d, &args);
         assert!(!out.status.success(), "{bad:?} was accepted");
     }
+    let cidr = ok_json(
+        d,
+        &[
+            "site",
+            "access",
+            "prod-pr-1",
+            "--allow",
+            "10.0.0.1/8",
+            "--allow",
+            "::1",
+            "--deny",
+            "10.9.0.0/16",
+            "--json",
+        ],
+    );
+    assert_eq!(cidr["allow"], serde_json::json!(["10.0.0.0/8", "::1/128"]));
+    assert_eq!(cidr["deny"], serde_json::json!(["10.9.0.0/16"]));
+    assert!(
+        !endor(d, &["site", "access", "prod-pr-1", "--allow", "nope"])
+            .status
+            .success()
+    );
+    let cleared = ok_json(
+        d,
+        &["site", "access", "prod-pr-1", "--clear-cidr", "--json"],
+    );
+    assert_eq!(
+        (
+            cleared["allow"].as_array().unwrap().len(),
+            cleared["deny"].as_array().unwrap().len()
+        ),
+        (0, 0)
+    );
     let off = ok_json(
         d,
         &[

@@ -252,3 +252,122 @@ async fn failed_previews_say_so() {
     assert!(r.text().await.unwrap().contains("Preview failed"));
     gw.db.cleanup().await;
 }
+
+/// CIDR rules from real source addresses (clients bound to 127.0.0.2, 127.0.0.3 and ::1
+/// against a dual-stack gateway), deny winning, a spoofed `X-Forwarded-For` from an untrusted
+/// peer ignored and believed from a trusted proxy; basic auth after the CIDR check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cidr_rules_from_real_source_addresses() {
+    use endor::store::{NewSite, SiteAccess};
+    let db = TestStore::sqlite().await;
+    let store = db.store.clone();
+    let owner = store.create_user("o", None, None).await.unwrap();
+    let ws = store.create_workspace("w", &owner.id).await.unwrap();
+    let site = store
+        .create_site(&NewSite {
+            name: "app-pr-1".into(),
+            workspace_id: ws.id.clone(),
+            region: "default".into(),
+            parent_id: None,
+            read_only: false,
+        })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), "hello").unwrap();
+    store
+        .put_route(&Route::Static(dir.path().to_path_buf()).row("app-pr-1", true))
+        .await
+        .unwrap();
+    let gw = Gateway::with_proxies(store.clone(), "preview.localhost", &["127.0.0.3/32".into()]);
+    let listener = tokio::net::TcpListener::bind("[::]:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, gw.app()).await.unwrap() });
+    let get = |from: &str, xff: Option<&str>, auth: Option<&str>| {
+        let from: std::net::IpAddr = from.parse().unwrap();
+        let (xff, auth) = (xff.map(str::to_string), auth.map(str::to_string));
+        async move {
+            let target = if from.is_ipv6() {
+                format!("http://[::1]:{port}/")
+            } else {
+                format!("http://127.0.0.1:{port}/")
+            };
+            let c = reqwest::Client::builder()
+                .local_address(from)
+                .build()
+                .unwrap();
+            let mut r = c.get(target).header("host", "app-pr-1.preview.localhost");
+            if let Some(x) = xff {
+                r = r.header("x-forwarded-for", x);
+            }
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            r.send().await.unwrap().status().as_u16()
+        }
+    };
+    let set = |allow: Option<&str>, deny: Option<&str>| {
+        let store = store.clone();
+        let site_id = site.id.clone();
+        let (allow, deny) = (allow.map(str::to_string), deny.map(str::to_string));
+        async move {
+            let mut a = store
+                .site_access(&site_id)
+                .await
+                .unwrap()
+                .unwrap_or_else(|| SiteAccess::default_for(&site_id));
+            a.allow_cidrs = allow;
+            a.deny_cidrs = deny;
+            store.put_site_access(&a).await.unwrap();
+        }
+    };
+    // No rules: everyone.
+    for from in ["127.0.0.2", "127.0.0.3", "::1"] {
+        assert_eq!(get(from, None, None).await, 200, "{from}");
+    }
+    // Allow one IPv4 host.
+    set(Some("127.0.0.2/32"), None).await;
+    assert_eq!(get("127.0.0.2", None, None).await, 200);
+    assert_eq!(get("127.0.0.3", None, None).await, 403);
+    assert_eq!(get("::1", None, None).await, 403);
+    // Allow IPv6 loopback only.
+    set(Some("::1/128"), None).await;
+    assert_eq!(get("::1", None, None).await, 200);
+    assert_eq!(get("127.0.0.2", None, None).await, 403);
+    // Deny wins over allow.
+    set(Some("127.0.0.0/8"), Some("127.0.0.2/32")).await;
+    assert_eq!(get("127.0.0.2", None, None).await, 403);
+    assert_eq!(get("127.0.0.4", None, None).await, 200);
+    // X-Forwarded-For: ignored from an untrusted peer, believed from the trusted proxy.
+    set(Some("10.0.0.0/8"), None).await;
+    assert_eq!(
+        get("127.0.0.2", Some("10.1.2.3"), None).await,
+        403,
+        "spoof believed"
+    );
+    assert_eq!(get("127.0.0.3", Some("10.1.2.3"), None).await, 200);
+    assert_eq!(
+        get("127.0.0.3", Some("10.1.2.3, 127.0.0.2"), None).await,
+        403
+    );
+    assert_eq!(get("127.0.0.3", None, None).await, 403);
+    // Basic auth comes after the address check.
+    set(Some("127.0.0.2/32"), None).await;
+    endor::access::set_chosen_password(store.as_ref(), &site.id, "ops", "long-enough-pw")
+        .await
+        .unwrap();
+    use base64::Engine;
+    let good = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("ops:long-enough-pw")
+    );
+    let bad = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("ops:wrong-password")
+    );
+    assert_eq!(get("127.0.0.2", None, None).await, 401);
+    assert_eq!(get("127.0.0.2", None, Some(&bad)).await, 401);
+    assert_eq!(get("127.0.0.2", None, Some(&good)).await, 200);
+    assert_eq!(get("127.0.0.3", None, Some(&good)).await, 403);
+    db.cleanup().await;
+}

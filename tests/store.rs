@@ -18,7 +18,76 @@ both_backends!(
     previews_and_their_steps,
     outbox_coalesces_and_keeps_order,
     commands_tags_and_access,
+    members_keep_an_owner,
 );
+
+async fn members_keep_an_owner(db: &TestStore) {
+    let s = db.store.as_ref();
+    let ws = workspace(db, "w").await;
+    let owner = s.user_by_login("w-owner").await.unwrap().unwrap();
+    let b = s.create_user("bea", None, None).await.unwrap();
+    let c = s.create_user("cai", None, None).await.unwrap();
+    let roles = |r: &[&str]| r.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    s.add_member(&ws, &b.id, &roles(&["billing", "developer"]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.add_member(&ws, &b.id, &roles(&["owner"])).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.member_roles(&ws, &b.id).await.unwrap(),
+        vec!["billing", "developer"]
+    );
+    // The only owner can be neither demoted nor removed.
+    assert!(matches!(
+        s.change_member(&ws, &owner.id, &roles(&["developer"]))
+            .await,
+        Err(StoreError::LastOwner)
+    ));
+    assert!(matches!(
+        s.change_member(&ws, &owner.id, &[]).await,
+        Err(StoreError::LastOwner)
+    ));
+    assert!(matches!(
+        s.change_member(&ws, &c.id, &roles(&["owner"])).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // With a second owner, the first may go.
+    s.change_member(&ws, &b.id, &roles(&["owner", "billing"]))
+        .await
+        .unwrap();
+    s.change_member(&ws, &owner.id, &[]).await.unwrap();
+    assert!(s.member_roles(&ws, &owner.id).await.unwrap().is_empty());
+    assert_eq!(
+        s.list_members(&ws).await.unwrap(),
+        vec![("bea".to_string(), roles(&["owner", "billing"]))]
+    );
+    // Two owners demoting each other at the same moment: one of them stays owner.
+    s.add_member(&ws, &c.id, &roles(&["owner"])).await.unwrap();
+    for _ in 0..5 {
+        let dev = roles(&["developer"]);
+        let (x, y) = tokio::join!(
+            s.change_member(&ws, &b.id, &dev),
+            s.change_member(&ws, &c.id, &dev)
+        );
+        assert!(x.is_err() || y.is_err(), "both owners were demoted at once");
+        let owners = s
+            .list_members(&ws)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(_, r)| r.iter().any(|x| x == "owner"))
+            .count();
+        assert!(owners >= 1, "no owner left");
+        // Make both owners again for the next round.
+        for id in [&b.id, &c.id] {
+            s.change_member(&ws, id, &roles(&["owner"])).await.unwrap();
+        }
+    }
+    s.rename_workspace(&ws, "w2").await.unwrap();
+    assert!(s.workspace_by_name("w2").await.unwrap().is_some());
+}
 
 async fn commands_tags_and_access(db: &TestStore) {
     use endor::store::{NewSite, SiteAccess, SiteState};

@@ -5,7 +5,8 @@
 //! in the store, so several gateway processes answer alike. A site's access settings
 //! (`crate::access`) are checked first: basic auth (401 without the credentials) and the
 //! robots toggle. Bodies stream both ways and WebSocket (any `Upgrade`) connections are passed
-//! through to the site's process. Not built yet: CIDR rules (the access-control issue).
+//! through to the site's process. CIDR allow/deny rules see the peer's address (or, behind a
+//! trusted proxy, the `X-Forwarded-For` client); they are checked before basic auth (403).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -68,21 +69,41 @@ pub struct Gateway {
     domain: String,
     client: Client<HttpConnector, Body>,
     auth: crate::access::AuthCache,
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Gateway {
     pub fn new(store: Arc<dyn Store>, domain: &str) -> Arc<Self> {
+        Self::with_proxies(store, domain, &[])
+    }
+
+    /// A gateway that believes `X-Forwarded-For` from these proxies (CIDRs, validated by the
+    /// config; a bad one is skipped).
+    pub fn with_proxies(store: Arc<dyn Store>, domain: &str, trusted: &[String]) -> Arc<Self> {
         let client = Client::builder(TokioExecutor::new()).build_http();
         Arc::new(Self {
             store,
             domain: domain.to_ascii_lowercase(),
             client,
             auth: Default::default(),
+            trusted_proxies: trusted
+                .iter()
+                .filter_map(|c| crate::access::parse_cidr(c).ok())
+                .collect(),
         })
     }
 
     pub fn router(self: Arc<Self>) -> Router {
         Router::new().fallback(handle).with_state(self)
+    }
+
+    /// The router as a service that knows each connection's peer address (CIDR rules need it).
+    pub fn app(
+        self: Arc<Self>,
+    ) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Router, std::net::SocketAddr>
+    {
+        self.router()
+            .into_make_service_with_connect_info::<std::net::SocketAddr>()
     }
 
     /// The site name a Host header addresses, if it is one of ours.
@@ -153,6 +174,29 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             );
         }
     };
+    if let Some(a) = &access
+        && (a.allow_cidrs.is_some() || a.deny_cidrs.is_some())
+    {
+        let peer = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip());
+        let forwarded = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|h| h.to_str().ok());
+        let ok = peer.is_some_and(|peer| {
+            let ip = crate::access::client_ip(peer, forwarded, &gw.trusted_proxies);
+            crate::access::admitted(a, ip)
+        });
+        if !ok {
+            return page(
+                StatusCode::FORBIDDEN,
+                "Not allowed",
+                "This preview does not accept visitors from your address.",
+            );
+        }
+    }
     if let Some(a) = &access {
         let given = req
             .headers()

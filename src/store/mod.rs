@@ -37,6 +37,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    #[error("a workspace keeps at least one owner: give another member the owner role first")]
+    LastOwner,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -297,6 +299,9 @@ pub struct SiteAccess {
     /// The generated password, encrypted (`crate::secret::Sealer`): what members are shown.
     pub basic_sealed: Option<String>,
     pub updated_at: i64,
+    /// Comma-separated CIDRs admitted (none: everyone) and refused (deny wins).
+    pub allow_cidrs: Option<String>,
+    pub deny_cidrs: Option<String>,
 }
 
 impl SiteAccess {
@@ -308,6 +313,8 @@ impl SiteAccess {
             basic_hash: None,
             basic_sealed: None,
             updated_at: crate::now_ms(),
+            allow_cidrs: None,
+            deny_cidrs: None,
         }
     }
 }
@@ -458,6 +465,18 @@ pub trait Store: Send + Sync + 'static {
     async fn member_roles(&self, workspace_id: &str, user_id: &str) -> Result<Vec<String>>;
     /// Add a member with these roles (comma-joined); `Conflict` when already a member.
     async fn add_member(&self, workspace_id: &str, user_id: &str, roles: &[String]) -> Result<()>;
+    /// Set a member's roles, or remove the member (`roles` empty). `LastOwner` when the
+    /// workspace would be left without an owner; `NotFound` when not a member. Serialized per
+    /// workspace (its row is locked first), so concurrent demotions cannot both pass.
+    async fn change_member(
+        &self,
+        workspace_id: &str,
+        user_id: &str,
+        roles: &[String],
+    ) -> Result<()>;
+    /// Members of a workspace: (login, roles), by login.
+    async fn list_members(&self, workspace_id: &str) -> Result<Vec<(String, Vec<String>)>>;
+    async fn rename_workspace(&self, workspace_id: &str, name: &str) -> Result<()>;
 
     async fn create_connection(&self, c: &NewConnection) -> Result<Connection>;
     /// A live (not deleted) connection.

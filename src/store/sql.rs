@@ -326,6 +326,81 @@ macro_rules! impl_store {
                 Ok(())
             }
 
+            async fn change_member(&self, workspace_id: &str, user_id: &str, roles: &[String]) -> $crate::store::Result<()> {
+                let mut tx = self.pool.begin().await?;
+                // The workspace row is locked first: changes to one workspace's members run one
+                // after the other (PostgreSQL row lock; SQLite's single writer).
+                let ws = sqlx::query("UPDATE workspaces SET name = name WHERE id = $1")
+                    .bind(workspace_id)
+                    .execute(&mut *tx)
+                    .await?;
+                if ws.rows_affected() == 0 {
+                    return Err($crate::store::StoreError::NotFound("workspace".into()));
+                }
+                let current: Option<(String,)> = sqlx::query_as("SELECT roles FROM members WHERE workspace_id = $1 AND user_id = $2")
+                    .bind(workspace_id)
+                    .bind(user_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some((current,)) = current else {
+                    return Err($crate::store::StoreError::NotFound("member".into()));
+                };
+                let was_owner = current.split(',').any(|r| r == "owner");
+                let stays_owner = roles.iter().any(|r| r == "owner");
+                if was_owner && !stays_owner {
+                    let others: Vec<(String,)> = sqlx::query_as("SELECT roles FROM members WHERE workspace_id = $1 AND user_id <> $2")
+                        .bind(workspace_id)
+                        .bind(user_id)
+                        .fetch_all(&mut *tx)
+                        .await?;
+                    if !others.iter().any(|(r,)| r.split(',').any(|x| x == "owner")) {
+                        return Err($crate::store::StoreError::LastOwner);
+                    }
+                }
+                if roles.is_empty() {
+                    sqlx::query("DELETE FROM members WHERE workspace_id = $1 AND user_id = $2")
+                        .bind(workspace_id)
+                        .bind(user_id)
+                        .execute(&mut *tx)
+                        .await?;
+                } else {
+                    sqlx::query("UPDATE members SET roles = $3 WHERE workspace_id = $1 AND user_id = $2")
+                        .bind(workspace_id)
+                        .bind(user_id)
+                        .bind(roles.join(","))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_members(&self, workspace_id: &str) -> $crate::store::Result<Vec<(String, Vec<String>)>> {
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT u.login, m.roles FROM members m JOIN users u ON u.id = m.user_id WHERE m.workspace_id = $1 ORDER BY u.login",
+                )
+                .bind(workspace_id)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(l, r)| (l, r.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()))
+                    .collect())
+            }
+
+            async fn rename_workspace(&self, workspace_id: &str, name: &str) -> $crate::store::Result<()> {
+                let r = sqlx::query("UPDATE workspaces SET name = $2 WHERE id = $1")
+                    .bind(workspace_id)
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($crate::store::sql::map_unique(&format!("workspace {name}")))?;
+                if r.rows_affected() == 0 {
+                    return Err($crate::store::StoreError::NotFound("workspace".into()));
+                }
+                Ok(())
+            }
+
             async fn member_roles(&self, workspace_id: &str, user_id: &str) -> $crate::store::Result<Vec<String>> {
                 let row: Option<(String,)> =
                     sqlx::query_as("SELECT roles FROM members WHERE workspace_id = $1 AND user_id = $2")
@@ -1003,7 +1078,7 @@ macro_rules! impl_store {
 
             async fn site_access(&self, site_id: &str) -> $crate::store::Result<Option<$crate::store::SiteAccess>> {
                 Ok(sqlx::query_as(
-                    "SELECT site_id, robots, basic_user, basic_hash, basic_sealed, updated_at FROM site_access WHERE site_id = $1",
+                    "SELECT site_id, robots, basic_user, basic_hash, basic_sealed, updated_at, allow_cidrs, deny_cidrs FROM site_access WHERE site_id = $1",
                 )
                 .bind(site_id)
                 .fetch_optional(&self.pool)
@@ -1012,7 +1087,7 @@ macro_rules! impl_store {
 
             async fn site_access_by_name(&self, site_name: &str) -> $crate::store::Result<Option<$crate::store::SiteAccess>> {
                 Ok(sqlx::query_as(
-                    "SELECT a.site_id, a.robots, a.basic_user, a.basic_hash, a.basic_sealed, a.updated_at \
+                    "SELECT a.site_id, a.robots, a.basic_user, a.basic_hash, a.basic_sealed, a.updated_at, a.allow_cidrs, a.deny_cidrs \
                      FROM site_access a JOIN sites s ON s.id = a.site_id WHERE s.name = $1 AND s.state <> 'deleted'",
                 )
                 .bind(site_name)
@@ -1022,10 +1097,11 @@ macro_rules! impl_store {
 
             async fn put_site_access(&self, a: &$crate::store::SiteAccess) -> $crate::store::Result<()> {
                 sqlx::query(
-                    "INSERT INTO site_access (site_id, robots, basic_user, basic_hash, basic_sealed, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (site_id) DO UPDATE SET robots = excluded.robots, \
+                    "INSERT INTO site_access (site_id, robots, basic_user, basic_hash, basic_sealed, updated_at, allow_cidrs, deny_cidrs) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (site_id) DO UPDATE SET robots = excluded.robots, \
                      basic_user = excluded.basic_user, basic_hash = excluded.basic_hash, \
-                     basic_sealed = excluded.basic_sealed, updated_at = excluded.updated_at",
+                     basic_sealed = excluded.basic_sealed, updated_at = excluded.updated_at, \
+                     allow_cidrs = excluded.allow_cidrs, deny_cidrs = excluded.deny_cidrs",
                 )
                 .bind(&a.site_id)
                 .bind(a.robots)
@@ -1033,6 +1109,8 @@ macro_rules! impl_store {
                 .bind(&a.basic_hash)
                 .bind(&a.basic_sealed)
                 .bind(a.updated_at)
+                .bind(&a.allow_cidrs)
+                .bind(&a.deny_cidrs)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
