@@ -61,6 +61,9 @@ pub struct GatewayConfig {
     /// Proxies in front of the gateway (CIDRs) whose `X-Forwarded-For` is believed; from any
     /// other peer the header is ignored.
     pub trusted_proxies: Vec<String>,
+    /// How long (ms) the gateway reuses a site's route and access settings before reading
+    /// them again (0: every request reads the store). Changes apply within this time.
+    pub cache_ttl_ms: u64,
 }
 
 impl Default for GatewayConfig {
@@ -69,6 +72,7 @@ impl Default for GatewayConfig {
             listen: ([127, 0, 0, 1], 8081).into(),
             domain: "preview.localhost".into(),
             trusted_proxies: Vec::new(),
+            cache_ttl_ms: 1000,
         }
     }
 }
@@ -121,7 +125,7 @@ impl Default for StorageConfig {
 pub struct ReaperConfig {
     /// When passes run inside `endor serve`: cron with seconds first (6 fields).
     pub schedule: String,
-    /// How long before expiry the status comment warns (0s: never).
+    /// How long before expiry the status comment warns.
     pub warn_before: HumanDuration,
     /// Orphans younger than this are left alone (a site being created is never swept).
     pub grace: HumanDuration,

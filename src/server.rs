@@ -93,11 +93,7 @@ pub async fn serve_with_gateway(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let gw = crate::gateway::Gateway::with_proxies(
-        state.store.clone(),
-        &state.config.gateway.domain,
-        &state.config.gateway.trusted_proxies,
-    );
+    let gw = crate::gateway::Gateway::from_config(state.store.clone(), &state.config.gateway);
     tracing::info!(addr = %gateway.local_addr()?, domain = %state.config.gateway.domain, "gateway listening");
     let gw_rx = rx.clone();
     let gateway_task = tokio::spawn(async move {

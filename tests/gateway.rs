@@ -371,3 +371,38 @@ async fn cidr_rules_from_real_source_addresses() {
     assert_eq!(get("127.0.0.3", None, Some(&good)).await, 403);
     db.cleanup().await;
 }
+
+/// With `gateway.cache_ttl_ms`, a site's route and settings are read at most once per period;
+/// a change is served once the period is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_routes_follow_changes_within_the_ttl() {
+    let db = TestStore::sqlite().await;
+    let gw = Gateway::with_options(
+        db.store.clone(),
+        "preview.localhost",
+        &[],
+        Duration::from_millis(300),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, gw.app()).await.unwrap() });
+    let g = Gw { addr, db };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), "v1").unwrap();
+    g.route("c-pr-1", Route::Static(dir.path().to_path_buf()), true)
+        .await;
+    assert_eq!(g.get("c-pr-1.preview.localhost", "/").await.status(), 200);
+    g.route("c-pr-1", Route::Gone, true).await;
+    let start = std::time::Instant::now();
+    loop {
+        if g.get("c-pr-1.preview.localhost", "/").await.status() == 410 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the change was not served after the cache period"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    g.db.cleanup().await;
+}

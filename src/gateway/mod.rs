@@ -70,9 +70,22 @@ pub struct Gateway {
     client: Client<HttpConnector, Body>,
     auth: crate::access::AuthCache,
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// Route and access settings per site name, read at most once per `cache_ttl`.
+    cache: std::sync::Mutex<std::collections::HashMap<String, Cached>>,
+    cache_ttl: std::time::Duration,
 }
 
+type Cached = (
+    std::time::Instant,
+    Option<RouteRow>,
+    Option<crate::store::SiteAccess>,
+);
+
+/// Sites remembered before the cache starts again from empty.
+const CACHE_MAX: usize = 10_000;
+
 impl Gateway {
+    /// A gateway reading the store on every request, trusting no proxy.
     pub fn new(store: Arc<dyn Store>, domain: &str) -> Arc<Self> {
         Self::with_proxies(store, domain, &[])
     }
@@ -80,6 +93,25 @@ impl Gateway {
     /// A gateway that believes `X-Forwarded-For` from these proxies (CIDRs, validated by the
     /// config; a bad one is skipped).
     pub fn with_proxies(store: Arc<dyn Store>, domain: &str, trusted: &[String]) -> Arc<Self> {
+        Self::with_options(store, domain, trusted, std::time::Duration::ZERO)
+    }
+
+    /// As configured (`[gateway]`).
+    pub fn from_config(store: Arc<dyn Store>, c: &crate::config::GatewayConfig) -> Arc<Self> {
+        Self::with_options(
+            store,
+            &c.domain,
+            &c.trusted_proxies,
+            std::time::Duration::from_millis(c.cache_ttl_ms),
+        )
+    }
+
+    pub fn with_options(
+        store: Arc<dyn Store>,
+        domain: &str,
+        trusted: &[String],
+        cache_ttl: std::time::Duration,
+    ) -> Arc<Self> {
         let client = Client::builder(TokioExecutor::new()).build_http();
         Arc::new(Self {
             store,
@@ -90,7 +122,40 @@ impl Gateway {
                 .iter()
                 .filter_map(|c| crate::access::parse_cidr(c).ok())
                 .collect(),
+            cache: Default::default(),
+            cache_ttl,
         })
+    }
+
+    /// The site's route and access settings, from the cache while fresh.
+    async fn lookup(
+        &self,
+        site: &str,
+    ) -> crate::store::Result<(Option<RouteRow>, Option<crate::store::SiteAccess>)> {
+        if !self.cache_ttl.is_zero() {
+            let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, r, a)) = cache.get(site)
+                && at.elapsed() < self.cache_ttl
+            {
+                return Ok((r.clone(), a.clone()));
+            }
+        }
+        let route = self.store.route(site).await?;
+        let access = match &route {
+            Some(_) => self.store.site_access_by_name(site).await?,
+            None => None,
+        };
+        if !self.cache_ttl.is_zero() {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(
+                site.to_string(),
+                (std::time::Instant::now(), route.clone(), access.clone()),
+            );
+        }
+        Ok((route, access))
     }
 
     pub fn router(self: Arc<Self>) -> Router {
@@ -144,9 +209,10 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             "This address does not belong to any preview.",
         );
     };
-    let row = match gw.store.route(&site).await {
-        Ok(Some(r)) => r,
-        Ok(None) => {
+    // The route and the site's access settings (checked before anything is served).
+    let (row, access) = match gw.lookup(&site).await {
+        Ok((Some(r), a)) => (r, a),
+        Ok((None, _)) => {
             return page(
                 StatusCode::NOT_FOUND,
                 "No such preview",
@@ -155,18 +221,6 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         }
         Err(e) => {
             tracing::error!(site = %site, error = %e, "route lookup failed");
-            return page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Unavailable",
-                "The gateway cannot read its routes right now.",
-            );
-        }
-    };
-    // The site's access settings: basic auth before anything of the site is served.
-    let access = match gw.store.site_access_by_name(&site).await {
-        Ok(a) => a,
-        Err(e) => {
-            tracing::error!(site = %site, error = %e, "access lookup failed");
             return page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Unavailable",

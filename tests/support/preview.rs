@@ -257,6 +257,8 @@ pub fn harness_config(dir: &Path, store_url: &str) -> Config {
     config.runtime.build_timeout = HumanDuration(Duration::from_secs(60));
     // Tests drive reaper passes themselves (tests/reaper.rs turns the schedule on where needed).
     config.reaper.enabled = false;
+    // Tests look at the gateway right after changing a route or a setting.
+    config.gateway.cache_ttl_ms = 0;
     config
 }
 

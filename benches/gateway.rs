@@ -1,0 +1,286 @@
+//! Gateway overhead benchmark (issue: workspaces, roles, access control). Run:
+//! `cargo bench --bench gateway -- [--seconds N] [--connections N]`.
+//!
+//! A small site process (this binary in `--serve-site PORT` mode: a minimal HTTP/1.1 server
+//! answering 200 "hello") is loaded directly, then through the real `endor serve` gateway
+//! (release build) with basic auth and a CIDR list on for the site, in one run, from N
+//! keep-alive connections: requests/s of each, their ratio (gateway/direct, target ≥ 0.7), and
+//! the p50/p99 latency the gateway adds.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn arg(name: &str, default: u64) -> u64 {
+    let a: Vec<String> = std::env::args().collect();
+    a.iter()
+        .position(|x| x == name)
+        .and_then(|i| a.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The site: a minimal keep-alive HTTP/1.1 server (hyper), one process.
+fn serve_site(port: u16) {
+    use hyper::service::service_fn;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"hello")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn endor(cfg: &Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_endor"))
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "endor {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[derive(Default)]
+struct Run {
+    ok: usize,
+    bad: usize,
+    lat_us: Vec<u32>,
+    secs: f64,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.ok as f64 / self.secs
+    }
+    fn pct(&self, p: f64) -> f64 {
+        let i = ((self.lat_us.len().max(1) as f64 - 1.0) * p).round() as usize;
+        self.lat_us.get(i).copied().unwrap_or(0) as f64 / 1000.0
+    }
+}
+
+async fn load(
+    url: String,
+    host: Option<String>,
+    auth: Option<String>,
+    conns: usize,
+    dur: Duration,
+) -> Run {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..conns {
+        let (url, host, auth) = (url.clone(), host.clone(), auth.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(1)
+                .build()
+                .unwrap();
+            let mut run = Run::default();
+            while start.elapsed() < dur {
+                let t = Instant::now();
+                let mut r = client.get(&url);
+                if let Some(h) = &host {
+                    r = r.header("host", h);
+                }
+                if let Some(a) = &auth {
+                    r = r.header("authorization", a);
+                }
+                match r.send().await {
+                    Ok(resp) => {
+                        let ok = resp.status() == 200;
+                        let body = resp.bytes().await.unwrap_or_default();
+                        if ok && &body[..] == b"hello" {
+                            run.ok += 1;
+                            run.lat_us.push(t.elapsed().as_micros() as u32);
+                        } else {
+                            run.bad += 1;
+                        }
+                    }
+                    Err(_) => run.bad += 1,
+                }
+            }
+            run
+        }));
+    }
+    let mut total = Run::default();
+    for t in tasks {
+        let r = t.await.unwrap();
+        total.ok += r.ok;
+        total.bad += r.bad;
+        total.lat_us.extend(r.lat_us);
+    }
+    total.secs = start.elapsed().as_secs_f64();
+    total.lat_us.sort_unstable();
+    total
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--serve-site") {
+        serve_site(args[i + 1].parse().unwrap());
+        return;
+    }
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    let secs = arg("--seconds", 10);
+    let conns = arg("--connections", 64) as usize;
+    let dir = tempfile::tempdir().unwrap();
+    let (api, gw) = (free_port(), free_port());
+    let cfg = dir.path().join("endor.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{api}\"\n[gateway]\nlisten = \"127.0.0.1:{gw}\"\n\
+             [store]\nurl = \"sqlite://{d}/endor.db\"\n[storage]\nroot = \"{d}/sites\"\n\
+             git = \"{d}/git\"\nlogs = \"{d}/logs\"\nsecret_key = \"{d}/secret.key\"\n\
+             [reaper]\nenabled = false\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    endor(&cfg, &["user", "create", "owner"]);
+    endor(&cfg, &["workspace", "create", "acme", "--owner", "owner"]);
+    endor(&cfg, &["site", "create", "app", "--workspace", "acme"]);
+    endor(
+        &cfg,
+        &[
+            "site",
+            "access",
+            "app",
+            "--basic-auth",
+            "bench:bench-password",
+            "--allow",
+            "127.0.0.0/8",
+            "--allow",
+            "::1",
+            "--deny",
+            "10.0.0.0/8",
+            "--deny",
+            "192.168.0.0/16",
+        ],
+    );
+    let site_port = free_port();
+    let _site = Kill(
+        Command::new(std::env::current_exe().unwrap())
+            .args(["--serve-site", &site_port.to_string()])
+            .spawn()
+            .unwrap(),
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store =
+            endor::store::connect(&format!("sqlite://{}/endor.db", dir.path().display()), 2)
+                .await
+                .unwrap();
+        store
+            .put_route(&endor::gateway::Route::Proxy(site_port).row("app", true))
+            .await
+            .unwrap();
+    });
+    let _serve = Kill(
+        Command::new(env!("CARGO_BIN_EXE_endor"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("serve")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let gw_addr: SocketAddr = format!("127.0.0.1:{gw}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(gw_addr).is_err()
+        || std::net::TcpStream::connect(("127.0.0.1", site_port)).is_err()
+    {
+        assert!(Instant::now() < deadline, "gateway or site did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    use base64::Engine;
+    let auth = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("bench:bench-password")
+    );
+    let dur = Duration::from_secs(secs);
+    rt.block_on(async {
+        // Warm up both paths (and the gateway's verified-credentials cache).
+        load(format!("http://{gw_addr}/"), Some("app.preview.localhost".into()), Some(auth.clone()), 4, Duration::from_secs(1)).await;
+        let direct = load(format!("http://127.0.0.1:{site_port}/"), None, None, conns, dur).await;
+        let through = load(
+            format!("http://{gw_addr}/"),
+            Some("app.preview.localhost".into()),
+            Some(auth.clone()),
+            conns,
+            dur,
+        )
+        .await;
+        // Without credentials the gateway must refuse.
+        let refused = reqwest::Client::new()
+            .get(format!("http://{gw_addr}/"))
+            .header("host", "app.preview.localhost")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(refused, 401);
+        for (name, r) in [("direct", &direct), ("gateway (basic auth + CIDR)", &through)] {
+            println!(
+                "{name:<28} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} ok, {} bad)",
+                r.rate(),
+                r.pct(0.5),
+                r.pct(0.99),
+                r.ok,
+                r.bad
+            );
+        }
+        println!(
+            "gateway/direct = {:.2} (target >= 0.7); added latency p50 {:.2} ms, p99 {:.2} ms; {conns} connections, {secs} s each",
+            through.rate() / direct.rate(),
+            through.pct(0.5) - direct.pct(0.5),
+            through.pct(0.99) - direct.pct(0.99)
+        );
+    });
+}
