@@ -85,8 +85,14 @@ enum SiteCmd {
         #[arg(long)]
         mariadb: Option<String>,
     },
-    /// List sites.
-    List,
+    /// List sites (`--tag TAG`: only those with the tag).
+    List {
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Site tags (`production` look-alikes and the `endor` prefix are refused).
+    #[command(subcommand)]
+    Tag(TagCmd),
     /// A site's state, URL, paths, databases, parent, generations and clone strategies.
     Show { site: String },
     /// Freeze a consistent generation of a site's files and databases.
@@ -182,6 +188,14 @@ enum WorkspaceCmd {
     /// Workspace members.
     #[command(subcommand)]
     Member(MemberCmd),
+}
+
+#[derive(Subcommand)]
+enum TagCmd {
+    /// Add a tag to a site.
+    Add { site: String, tag: String },
+    /// Remove a tag from a site.
+    Rm { site: String, tag: String },
 }
 
 #[derive(Subcommand)]
@@ -631,8 +645,24 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     let r = sites.create(&site, &workspace, &region, imports).await?;
                     emit(json, &r, op)
                 }
-                SiteCmd::List => {
-                    let list = sites.list().await?;
+                SiteCmd::Tag(cmd) => {
+                    let (site, tag, add) = match cmd {
+                        TagCmd::Add { site, tag } => (site, tag, true),
+                        TagCmd::Rm { site, tag } => (site, tag, false),
+                    };
+                    let tags = sites.tag(&site, &tag, add).await?;
+                    emit(
+                        json,
+                        &serde_json::json!({"site": site, "tags": tags}),
+                        |_| format!("{site}: {}", tags.join(", ")),
+                    )
+                }
+                SiteCmd::List { tag } => {
+                    let mut list = sites.list().await?;
+                    if let Some(t) = tag {
+                        let t = t.trim().to_ascii_lowercase();
+                        list.retain(|s| s.tags.contains(&t));
+                    }
                     emit(json, &list, |l| {
                         l.iter()
                             .map(|s| {
@@ -747,7 +777,7 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     db,
                     bypass_protection,
                 } => {
-                    let guard = endor::sites::Guard { bypass_protection };
+                    let guard = endor::sites::Guard::cli(bypass_protection);
                     emit(json, &sites.sync(&src, &dst, files, db, guard).await?, op)
                 }
                 SiteCmd::Protect { site, state } => {
@@ -763,7 +793,7 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     bypass_protection,
                 } => {
                     sites
-                        .delete(&site, endor::sites::Guard { bypass_protection })
+                        .delete(&site, endor::sites::Guard::cli(bypass_protection))
                         .await?;
                     emit(json, &serde_json::json!({"deleted": site}), |_| {
                         format!("deleted site {site}")

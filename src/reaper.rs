@@ -141,6 +141,16 @@ impl Reaper {
         let now = crate::now_ms();
         let warn = self.config.reaper.warn_before.0.as_millis() as i64;
         for p in self.store.list_previews().await? {
+            let protected =
+                match &p.site_id {
+                    Some(id) => self.store.site(id).await?.is_some_and(|s| {
+                        s.protected && s.state != crate::store::SiteState::Deleted
+                    }),
+                    None => false,
+                };
+            if protected {
+                continue;
+            }
             if let Some(final_state) = expiry_action(&p, now) {
                 let resumed = p.state == state::DESTROYING;
                 if dry_run {

@@ -151,9 +151,24 @@ pub struct SweepReport {
 }
 
 /// What a caller must say to act on a protected site.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Guard {
     pub bypass_protection: bool,
+    /// Who asks (logged when protection is bypassed): `cli:{user}`, `api:{login}`...
+    pub caller: Option<String>,
+}
+
+impl Guard {
+    /// The CLI's guard: the caller is the OS user running `endor`.
+    pub fn cli(bypass_protection: bool) -> Self {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| format!("uid {}", unsafe { libc::getuid() }));
+        Self {
+            bypass_protection,
+            caller: Some(format!("cli:{user}")),
+        }
+    }
 }
 
 pub struct Sites {
@@ -593,6 +608,21 @@ impl Sites {
         Ok(out)
     }
 
+    /// Add (or remove) a tag; the tag rules of `crate::access::validate_tag` apply to adding.
+    /// Returns the site's tags.
+    pub async fn tag(&self, name: &str, tag: &str, add: bool) -> Result<Vec<String>> {
+        let site = self.get(name).await?;
+        if add {
+            let t = crate::access::validate_tag(tag).map_err(SiteError::Invalid)?;
+            self.store.add_site_tag(&site.id, &t).await?;
+        } else {
+            self.store
+                .remove_site_tag(&site.id, &tag.trim().to_ascii_lowercase())
+                .await?;
+        }
+        Ok(self.store.site_tags(&site.id).await?)
+    }
+
     pub async fn protect(&self, name: &str, on: bool) -> Result<()> {
         let site = self.get(name).await?;
         self.store.set_site_protected(&site.id, on).await?;
@@ -806,7 +836,7 @@ impl Sites {
             return Err(SiteError::Protected(dst.into(), "sync into"));
         }
         if target.protected {
-            tracing::warn!(site = %dst, "protection bypassed for sync");
+            tracing::warn!(site = %dst, caller = guard.caller.as_deref().unwrap_or("unknown"), "protection bypassed for sync");
         }
         let (files, db) = if files || db {
             (files, db)
@@ -860,7 +890,7 @@ impl Sites {
             return Err(SiteError::Protected(name.into(), "delete"));
         }
         if site.protected {
-            tracing::warn!(site = %name, "protection bypassed for delete");
+            tracing::warn!(site = %name, caller = guard.caller.as_deref().unwrap_or("unknown"), "protection bypassed for delete");
         }
         self.discard(&site).await?;
         tracing::info!(site = %name, "site deleted");

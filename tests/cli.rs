@@ -669,6 +669,39 @@ fn site_commands_report_strategies() {
         let out = endor(d, &args);
         assert!(!out.status.success(), "{bad:?} was accepted");
     }
+    // Tags: accepted ones listed and filterable, production look-alikes and `endor*` refused.
+    for ok in ["qa", "Demo-1", "release.2026"] {
+        ok_json(d, &["site", "tag", "add", "prod-pr-1", ok, "--json"]);
+    }
+    for bad in [
+        "production",
+        "PRODUCTION",
+        "Prod.",
+        "prod",
+        "prd",
+        "production-1",
+        "endor-x",
+        "a b",
+        "../x",
+    ] {
+        let out = endor(d, &["site", "tag", "add", "prod-pr-1", bad]);
+        assert!(!out.status.success(), "tag {bad} accepted");
+    }
+    assert!(stderr(&endor(d, &["site", "tag", "add", "prod-pr-1", "Prod."])).contains("protect"));
+    let tagged = ok_json(d, &["site", "tag", "rm", "prod-pr-1", "qa", "--json"]);
+    assert_eq!(
+        tagged["tags"],
+        serde_json::json!(["demo-1", "release.2026"])
+    );
+    let by_tag = ok_json(d, &["site", "list", "--tag", "DEMO-1", "--json"]);
+    assert_eq!(by_tag.as_array().unwrap().len(), 1);
+    assert_eq!(by_tag[0]["name"], "prod-pr-1");
+    assert!(
+        ok_json(d, &["site", "list", "--tag", "qa", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
     let cidr = ok_json(
         d,
         &[

@@ -514,6 +514,7 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
             false,
             Guard {
                 bypass_protection: true,
+                caller: Some("test".into()),
             },
         )
         .await
@@ -546,6 +547,7 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
             "production",
             Guard {
                 bypass_protection: true,
+                caller: Some("test".into()),
             },
         )
         .await

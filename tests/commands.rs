@@ -459,6 +459,18 @@ async fn github_commands_permissions_and_effects() {
         assert!(last.contains(&format!("/preview {}", v.name)), "{last}");
     }
 
+    // A protected site takes no pull request deploy (only git tags) and is not destroyed.
+    h.sites().protect(site, true).await.unwrap();
+    comment(30, "dev-user", "/preview deploy").await;
+    let last = replies(&forge, "octo/shop", 7).pop().unwrap();
+    assert!(last.contains("protected"), "{last}");
+    assert_eq!(
+        get_with(&h, site, Some(&auth)).await.status(),
+        200,
+        "the last good version serves on"
+    );
+    h.sites().protect(site, false).await.unwrap();
+
     // Destroy, then deploy brings it back at the current head.
     comment(27, "dev-user", "/preview destroy").await;
     assert_eq!(h.preview(&conn.0, 7).await.unwrap().state, "destroyed");

@@ -406,3 +406,34 @@ async fn cached_routes_follow_changes_within_the_ttl() {
     }
     g.db.cleanup().await;
 }
+
+/// A protected (production) site never gets `X-Robots-Tag`, whatever its route says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protected_sites_get_no_robots_header() {
+    use endor::store::NewSite;
+    let g = start().await;
+    let store = g.db.store.clone();
+    let owner = store.create_user("o", None, None).await.unwrap();
+    let ws = store.create_workspace("w", &owner.id).await.unwrap();
+    let site = store
+        .create_site(&NewSite {
+            name: "prod".into(),
+            workspace_id: ws.id.clone(),
+            region: "default".into(),
+            parent_id: None,
+            read_only: false,
+        })
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), "live").unwrap();
+    g.route("prod", Route::Static(dir.path().to_path_buf()), true)
+        .await;
+    let r = g.get("prod.preview.localhost", "/").await;
+    assert_eq!(r.headers()["x-robots-tag"], "noindex, nofollow");
+    store.set_site_protected(&site.id, true).await.unwrap();
+    let r = g.get("prod.preview.localhost", "/").await;
+    assert_eq!(r.status(), 200);
+    assert!(!r.headers().contains_key("x-robots-tag"));
+    g.db.cleanup().await;
+}

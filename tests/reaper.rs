@@ -155,6 +155,18 @@ async fn expiry_end_to_end() {
     let b = status_comment(&forge, "octo/long", 2);
     assert_eq!(b.len(), 1);
     assert!(b[0].contains("This preview expires"), "{}", b[0]);
+    // A protected site is never reaped, even past its expiry.
+    let mut b = h.preview(&c_long.0, 2).await.unwrap();
+    let original = b.expires_at;
+    h.sites().protect("long-pr-2", true).await.unwrap();
+    b.expires_at = Some(endor::now_ms() - 1000);
+    h.store().put_preview(&b).await.unwrap();
+    let kept = reaper.pass(false).await.unwrap();
+    assert!(kept.expired.is_empty(), "{kept:?}");
+    assert_eq!(h.get("long-pr-2", "/").await.0, 200);
+    h.sites().protect("long-pr-2", false).await.unwrap();
+    b.expires_at = original;
+    h.store().put_preview(&b).await.unwrap();
     // A second pass: nothing new to do, no second warning.
     let again = reaper.pass(false).await.unwrap();
     assert!(

@@ -75,11 +75,15 @@ pub struct Gateway {
     cache_ttl: std::time::Duration,
 }
 
-type Cached = (
-    std::time::Instant,
-    Option<RouteRow>,
-    Option<crate::store::SiteAccess>,
-);
+type Cached = (std::time::Instant, Option<RouteRow>, SiteView);
+
+/// What the gateway needs of a site besides its route.
+#[derive(Clone, Default)]
+struct SiteView {
+    access: Option<crate::store::SiteAccess>,
+    /// A protected (production) site never gets `X-Robots-Tag`.
+    protected: bool,
+}
 
 /// Sites remembered before the cache starts again from empty.
 const CACHE_MAX: usize = 10_000;
@@ -128,10 +132,7 @@ impl Gateway {
     }
 
     /// The site's route and access settings, from the cache while fresh.
-    async fn lookup(
-        &self,
-        site: &str,
-    ) -> crate::store::Result<(Option<RouteRow>, Option<crate::store::SiteAccess>)> {
+    async fn lookup(&self, site: &str) -> crate::store::Result<(Option<RouteRow>, SiteView)> {
         if !self.cache_ttl.is_zero() {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((at, r, a)) = cache.get(site)
@@ -142,8 +143,14 @@ impl Gateway {
         }
         let route = self.store.route(site).await?;
         let access = match &route {
-            Some(_) => self.store.site_access_by_name(site).await?,
-            None => None,
+            Some(_) => match self.store.site_by_name(site).await? {
+                Some(s) => SiteView {
+                    access: self.store.site_access(&s.id).await?,
+                    protected: s.protected,
+                },
+                None => SiteView::default(),
+            },
+            None => SiteView::default(),
         };
         if !self.cache_ttl.is_zero() {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -210,8 +217,8 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         );
     };
     // The route and the site's access settings (checked before anything is served).
-    let (row, access) = match gw.lookup(&site).await {
-        Ok((Some(r), a)) => (r, a),
+    let (row, view) = match gw.lookup(&site).await {
+        Ok((Some(r), v)) => (r, v),
         Ok((None, _)) => {
             return page(
                 StatusCode::NOT_FOUND,
@@ -228,6 +235,7 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             );
         }
     };
+    let access = view.access;
     if let Some(a) = &access
         && (a.allow_cidrs.is_some() || a.deny_cidrs.is_some())
     {
@@ -270,7 +278,8 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             return r;
         }
     }
-    let robots = row.robots != 0 && access.as_ref().is_none_or(|a| a.robots != 0);
+    let robots =
+        row.robots != 0 && !view.protected && access.as_ref().is_none_or(|a| a.robots != 0);
     let mut resp = match Route::from_row(&row) {
         Some(Route::Building) => {
             let mut r = page(

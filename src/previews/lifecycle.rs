@@ -508,6 +508,13 @@ impl Lifecycle {
             .ok()
             .map(|(_, kept)| if *kept { "data kept" } else { "cloned" }.to_string());
         let (site, _kept) = self.end(s, made, detail).await?;
+        if site.protected {
+            // A protected site deploys only git tags (SPEC §7); a PR head is not one.
+            return Err(JobError::Permanent(format!(
+                "site {} is protected: it deploys only git tags (endor site protect {} off to build pull requests into it)",
+                site.name, site.name
+            )));
+        }
         preview.site_id = Some(site.id.clone());
         if preview.ready_sha.is_none() {
             self.put_route(&preview.site_name, Route::Building, !site.protected)
@@ -930,6 +937,18 @@ impl Lifecycle {
         let step = |p: &mut Preview, name: &str| {
             p.teardown_step = Some(format!("{final_state}/{name}"));
         };
+        // A protected site is never deleted by a PR or the reaper (only by `endor site delete
+        // --bypass-protection`).
+        if let Some(id) = &preview.site_id
+            && let Some(site) = self.store.site(id).await.map_err(transient)?
+            && site.protected
+            && site.state != SiteState::Deleted
+        {
+            return Err(JobError::Permanent(format!(
+                "site {} is protected: it is not torn down (endor site protect {} off first)",
+                site.name, site.name
+            )));
+        }
         let had_route = self
             .store
             .route(&preview.site_name)
