@@ -354,6 +354,16 @@ async fn github_commands_permissions_and_effects() {
     assert!(body.contains("logo=parent-logo accounts=100"), "{body}");
     let auth = basic(&creds.user, &password);
 
+    // An extension past previews.max_ttl (30d) is capped at now + 30d.
+    comment(29, "dev-user", "/preview extend 60d").await;
+    assert_eq!(reactions_on(&forge, 29), vec!["+1"]);
+    let capped = h.preview(&conn.0, 7).await.unwrap().expires_at.unwrap();
+    let cap = endor::now_ms() + 30 * 86_400_000;
+    assert!(
+        capped <= cap && capped > cap - 120_000,
+        "extend 60d gave {capped}, cap {cap}"
+    );
+
     // Refused tags, bad arguments, unknown verbs: one reply with each error and the help.
     comment(
         21,
@@ -418,7 +428,7 @@ async fn github_commands_permissions_and_effects() {
     assert_eq!(get_with(&h, site, Some(&auth)).await.status(), 200);
     assert_eq!(
         h.preview(&conn.0, 7).await.unwrap().expires_at.unwrap(),
-        after
+        capped
     );
     // Even without the old body (as GitLab sends edits), what already ran does not run again.
     let code = gh_comment(

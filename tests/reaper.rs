@@ -344,6 +344,46 @@ async fn killed_at_every_teardown_step_the_next_pass_finishes() {
         }
         c.output().unwrap()
     };
+    // `endor reap --dry-run --json` reports and changes nothing.
+    {
+        let (p, child) = planted_preview(store.as_ref(), &sites, &conn, 99, false).await;
+        assert!(child.is_none());
+        let out = Command::new(env!("CARGO_BIN_EXE_endor"))
+            .args([
+                "--config",
+                cfg_path.to_str().unwrap(),
+                "reap",
+                "--dry-run",
+                "--json",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(report["dry_run"], true);
+        assert_eq!(report["expired"], serde_json::json!([p.site_name]));
+        assert_eq!(
+            store.preview(&conn, 99).await.unwrap().unwrap().state,
+            "ready"
+        );
+        assert!(
+            config
+                .storage
+                .root
+                .join(p.site_id.as_ref().unwrap())
+                .exists()
+        );
+        let out = reap(None);
+        assert!(out.status.success());
+        assert_eq!(
+            store.preview(&conn, 99).await.unwrap().unwrap().state,
+            "expired"
+        );
+    }
     for (i, step) in ["begin", "stop", "route", "data", "logs"]
         .iter()
         .enumerate()
@@ -650,6 +690,14 @@ async fn serve_runs_the_schedule_and_refuses_a_bad_one() {
             .await
             .unwrap();
         if m.contains("endor_reaper_runs_total{outcome=\"done\"}") {
+            for series in [
+                "endor_sites_reaped_total",
+                "endor_orphans_swept_total{kind=\"dirs\"}",
+                "endor_orphans_swept_total{kind=\"processes\"}",
+                "endor_orphans_swept_total{kind=\"routes\"}",
+            ] {
+                assert!(m.contains(series), "{series} missing: {m}");
+            }
             break;
         }
         assert!(Instant::now() < deadline, "no scheduled pass ran: {m}");

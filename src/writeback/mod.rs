@@ -886,10 +886,15 @@ async fn deliver(
             let unsure = store
                 .forge_ref(&conn.id, item.number, "status_unsure")
                 .await?;
-            if unsure.as_deref() == Some(mark.as_str())
-                && forge.has_status(&repo, &sha, state).await?
-            {
-                return Ok(());
+            if unsure.as_deref() == Some(mark.as_str()) {
+                if forge.has_status(&repo, &sha, state).await? {
+                    return Ok(());
+                }
+                // Looked, and it is not there: the next attempt posts without looking again
+                // (two calls per attempt could starve when every other call fails).
+                store
+                    .put_forge_ref(&conn.id, item.number, "status_unsure", "")
+                    .await?;
             }
             let sent = forge
                 .commit_status(&repo, &sha, state, target_url.as_deref(), &description)
