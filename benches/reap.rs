@@ -9,7 +9,6 @@
 //! cargo bench --bench reap [-- --counts 100,1000 --pg 50]   (scripts/bench/reap sets up XFS)
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Instant;
 
 use endor::config::Config;
@@ -178,15 +177,7 @@ async fn run(base_dir: &Path, count: usize, pg: usize, pg_base: &str) {
         .await;
     }
     let planted = t.elapsed();
-    let metrics = Arc::new(endor::metrics::Metrics::default());
-    let lifecycle = endor::previews::Lifecycle::new(
-        store.clone(),
-        &config,
-        metrics.clone(),
-        Arc::new(endor::writeback::ForgeClients::new(&config)),
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    let reaper = endor::reaper::Reaper::new(store.clone(), lifecycle, &config, metrics);
+    let reaper = endor::reaper::Reaper::standalone(store.clone(), &config);
     let rss_before = status_kb("VmRSS:");
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let t = Instant::now();

@@ -155,6 +155,15 @@ pub struct Credentials {
     pub password: Option<String>,
 }
 
+/// The bcrypt hash of a password, computed off the async threads (it takes tens of ms).
+async fn hash_password(password: &str) -> Result<String, AccessError> {
+    let p = password.to_string();
+    tokio::task::spawn_blocking(move || bcrypt::hash(p, BCRYPT_COST))
+        .await
+        .map_err(|e| AccessError::Hash(e.to_string()))?
+        .map_err(|e| AccessError::Hash(e.to_string()))
+}
+
 async fn current(store: &dyn Store, site_id: &str) -> Result<SiteAccess, StoreError> {
     Ok(store
         .site_access(site_id)
@@ -172,13 +181,7 @@ pub async fn set_generated_password(
     let mut a = current(store, site_id).await?;
     if on {
         let password = crate::secret::generate_password();
-        let hash = tokio::task::spawn_blocking({
-            let p = password.clone();
-            move || bcrypt::hash(p, BCRYPT_COST)
-        })
-        .await
-        .map_err(|e| AccessError::Hash(e.to_string()))?
-        .map_err(|e| AccessError::Hash(e.to_string()))?;
+        let hash = hash_password(&password).await?;
         a.basic_user = Some(GENERATED_USER.into());
         a.basic_hash = Some(hash);
         a.basic_sealed = Some(sealer.seal(&password));
@@ -209,13 +212,7 @@ pub async fn set_chosen_password(
         ));
     }
     let mut a = current(store, site_id).await?;
-    let p = password.to_string();
-    a.basic_hash = Some(
-        tokio::task::spawn_blocking(move || bcrypt::hash(p, BCRYPT_COST))
-            .await
-            .map_err(|e| AccessError::Hash(e.to_string()))?
-            .map_err(|e| AccessError::Hash(e.to_string()))?,
-    );
+    a.basic_hash = Some(hash_password(password).await?);
     a.basic_user = Some(user.into());
     a.basic_sealed = None;
     a.updated_at = crate::now_ms();

@@ -369,16 +369,7 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
         }
         Command::Reap { dry_run } => {
             let store = open_store(&config).await?;
-            let metrics = std::sync::Arc::new(endor::metrics::Metrics::default());
-            let forges = std::sync::Arc::new(endor::writeback::ForgeClients::new(&config));
-            let lifecycle = endor::previews::Lifecycle::new(
-                store.clone(),
-                &config,
-                metrics.clone(),
-                forges,
-                std::sync::Arc::new(tokio::sync::Notify::new()),
-            );
-            let reaper = endor::reaper::Reaper::new(store, lifecycle, &config, metrics);
+            let reaper = endor::reaper::Reaper::standalone(store, &config);
             let r = reaper.pass(dry_run).await?;
             emit(json, &r, |r| {
                 if let Some(why) = &r.skipped {

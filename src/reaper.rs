@@ -84,6 +84,21 @@ impl Reaper {
         }
     }
 
+    /// A reaper outside `endor serve` (`endor reap`, tests, benchmarks): its own lifecycle,
+    /// metrics and forge clients over `store`. Write-backs it stores are sent by whichever
+    /// `endor serve` shares the store.
+    pub fn standalone(store: Arc<dyn Store>, config: &Config) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let lifecycle = Lifecycle::new(
+            store.clone(),
+            config,
+            metrics.clone(),
+            Arc::new(crate::writeback::ForgeClients::new(config)),
+            Arc::new(tokio::sync::Notify::new()),
+        );
+        Self::new(store, lifecycle, config, metrics)
+    }
+
     fn lease_ms(&self) -> i64 {
         self.config.reaper.lease.0.as_millis() as i64
     }
@@ -141,17 +156,25 @@ impl Reaper {
         let now = crate::now_ms();
         let warn = self.config.reaper.warn_before.0.as_millis() as i64;
         for p in self.store.list_previews().await? {
-            let protected =
-                match &p.site_id {
-                    Some(id) => self.store.site(id).await?.is_some_and(|s| {
-                        s.protected && s.state != crate::store::SiteState::Deleted
-                    }),
-                    None => false,
-                };
-            if protected {
+            let action = expiry_action(&p, now);
+            let due_warning = warn > 0
+                && p.state == state::READY
+                && p.expires_at
+                    .is_some_and(|e| e - warn <= now && p.warned_expiry != Some(e));
+            if action.is_none() && !due_warning {
                 continue;
             }
-            if let Some(final_state) = expiry_action(&p, now) {
+            // A protected site is never expired (nor warned about).
+            if let Some(id) = &p.site_id
+                && self
+                    .store
+                    .site(id)
+                    .await?
+                    .is_some_and(|s| s.protected && s.state != crate::store::SiteState::Deleted)
+            {
+                continue;
+            }
+            if let Some(final_state) = action {
                 let resumed = p.state == state::DESTROYING;
                 if dry_run {
                     if resumed {
@@ -176,10 +199,6 @@ impl Reaper {
                 }
                 continue;
             }
-            let due_warning = warn > 0
-                && p.state == state::READY
-                && p.expires_at
-                    .is_some_and(|e| e - warn <= now && p.warned_expiry != Some(e));
             if due_warning {
                 report.warned.push(p.site_name.clone());
                 if !dry_run {

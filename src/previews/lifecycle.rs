@@ -1016,10 +1016,11 @@ pub fn expiry_action(p: &Preview, now: i64) -> Option<&'static str> {
             state::DESTROYED
         });
     }
-    let live = !matches!(
-        p.state.as_str(),
-        state::DESTROYED | state::EXPIRED | state::SKIPPED | state::AWAITING_APPROVAL
-    ) || p.site_id.is_some() && p.state != state::DESTROYED && p.state != state::EXPIRED;
+    // Gone already, or never launched (skipped, awaiting approval without a site): nothing
+    // to expire.
+    let live = !matches!(p.state.as_str(), state::DESTROYED | state::EXPIRED)
+        && (p.site_id.is_some()
+            || !matches!(p.state.as_str(), state::SKIPPED | state::AWAITING_APPROVAL));
     (live && p.expires_at.is_some_and(|e| e <= now)).then_some(state::EXPIRED)
 }
 
