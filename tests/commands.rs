@@ -5,13 +5,11 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use endor::config::Config;
 use endor::forge::signature::sign_hex;
 use endor::service;
-use endor::sites::Imports;
 use serde_json::Value;
 use support::TestStore;
 use support::fake_forge::{BOT, FakeForge, TOKEN};
@@ -60,46 +58,6 @@ async fn people(h: &Harness) {
     service::add_member(s, "acme", "payer", &["billing".into()])
         .await
         .unwrap();
-}
-
-/// A parent site `production`: `files/logo.txt` and a SQLite database of `n` accounts.
-async fn parent(h: &Harness, n: usize) {
-    let src = h.dir.path().join("parent-src");
-    std::fs::create_dir_all(src.join("files")).unwrap();
-    std::fs::write(src.join("files/logo.txt"), "parent-logo").unwrap();
-    let db = src.join("prod.db");
-    sqlite_accounts(&db, n);
-    h.sites()
-        .create(
-            "production",
-            "acme",
-            "default",
-            Imports {
-                files: Some(&src.join("files")),
-                sqlite: Some(&db),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-}
-
-fn sqlite_accounts(path: &Path, n: usize) {
-    let ok = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(
-            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
-             c.execute('CREATE TABLE IF NOT EXISTS accounts (id INTEGER PRIMARY KEY, balance INTEGER)'); \
-             c.execute('DELETE FROM accounts'); \
-             c.executemany('INSERT INTO accounts VALUES (?, 1000)', [(i,) for i in range(int(sys.argv[2]))]); \
-             c.commit()",
-        )
-        .arg(path)
-        .arg(n.to_string())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "could not write {}", path.display());
 }
 
 /// Post a signed GitHub `issue_comment` (the real fixture of `action`) on PR `number`.
@@ -240,7 +198,7 @@ async fn github_commands_permissions_and_effects() {
     let db = TestStore::sqlite().await;
     let h = Harness::start_with(&db, forges(&forge)).await;
     people(&h).await;
-    parent(&h, 100).await;
+    sqlite_parent(&h.sites(), h.dir.path(), 100).await;
     let (repo, conn) = h.repo("shop", APP_TOML).await;
     let site = "shop-pr-7";
     let sha1 = repo.push_pr("feature", 7, "first");
@@ -506,7 +464,7 @@ async fn fork_approval_is_bound_to_one_sha() {
     let db = TestStore::sqlite().await;
     let h = Harness::start_with(&db, forges(&forge)).await;
     people(&h).await;
-    parent(&h, 10).await;
+    sqlite_parent(&h.sites(), h.dir.path(), 10).await;
     let (repo, conn) = h.repo("shop", APP_TOML).await;
     let site = "shop-pr-9";
     let sha1 = repo.push_pr("fork-branch", 9, "fork-one");
@@ -610,7 +568,7 @@ async fn gitlab_notes() {
     let db = TestStore::sqlite().await;
     let h = Harness::start_with(&db, forges(&forge)).await;
     people(&h).await;
-    parent(&h, 10).await;
+    sqlite_parent(&h.sites(), h.dir.path(), 10).await;
     let repo = Repo::new(h.dir.path(), "app", APP_TOML);
     let c = h.connect_spec("gitlab:grp/app", &repo.url()).await;
     let sha1 = repo.push_pr("f", 4, "mr-one");
@@ -647,21 +605,8 @@ async fn gitlab_notes() {
             b["merge_request"]["iid"] = 4.into();
             b["merge_request"]["last_commit"]["id"] = last_commit.into();
             let code = h
-                .http
-                .post(format!(
-                    "http://{}/webhooks/gitlab/{}",
-                    h.api, c.connection_id
-                ))
-                .header("x-gitlab-event", "Note Hook")
-                .header("x-gitlab-token", c.secret.clone())
-                .header("x-gitlab-event-uuid", uuid::Uuid::new_v4().to_string())
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&b).unwrap())
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16();
+                .gitlab_hook(c, "Note Hook", serde_json::to_vec(&b).unwrap())
+                .await;
             assert_eq!(code, 202);
             idle(h, &c.connection_id, 4).await;
             settled(h, &c.connection_id).await;
@@ -712,7 +657,7 @@ async fn gitea_comments() {
     let db = TestStore::sqlite().await;
     let h = Harness::start_with(&db, forges(&forge)).await;
     people(&h).await;
-    parent(&h, 10).await;
+    sqlite_parent(&h.sites(), h.dir.path(), 10).await;
     let repo = Repo::new(h.dir.path(), "web", APP_TOML);
     let c = h.connect_spec("gitea:team/web", &repo.url()).await;
     let sha = repo.push_pr("f", 2, "gitea-one");
@@ -736,23 +681,9 @@ async fn gitea_comments() {
             b["comment"]["id"] = id.into();
             b["comment"]["body"] = body.into();
             b["comment"]["user"]["login"] = author.into();
-            let bytes = serde_json::to_vec(&b).unwrap();
             let code = h
-                .http
-                .post(format!(
-                    "http://{}/webhooks/gitea/{}",
-                    h.api, c.connection_id
-                ))
-                .header("x-gitea-event", "issue_comment")
-                .header("x-gitea-delivery", uuid::Uuid::new_v4().to_string())
-                .header("x-gitea-signature", sign_hex(c.secret.as_bytes(), &bytes))
-                .header("content-type", "application/json")
-                .body(bytes)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16();
+                .gitea_hook(c, "issue_comment", serde_json::to_vec(&b).unwrap())
+                .await;
             assert_eq!(code, 202);
             idle(h, &c.connection_id, 2).await;
             settled(h, &c.connection_id).await;

@@ -258,21 +258,10 @@ async fn failed_previews_say_so() {
 /// peer ignored and believed from a trusted proxy; basic auth after the CIDR check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cidr_rules_from_real_source_addresses() {
-    use endor::store::{NewSite, SiteAccess};
+    use endor::store::SiteAccess;
     let db = TestStore::sqlite().await;
     let store = db.store.clone();
-    let owner = store.create_user("o", None, None).await.unwrap();
-    let ws = store.create_workspace("w", &owner.id).await.unwrap();
-    let site = store
-        .create_site(&NewSite {
-            name: "app-pr-1".into(),
-            workspace_id: ws.id.clone(),
-            region: "default".into(),
-            parent_id: None,
-            read_only: false,
-        })
-        .await
-        .unwrap();
+    let site = site_row(store.as_ref(), "app-pr-1").await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("index.html"), "hello").unwrap();
     store
@@ -410,21 +399,9 @@ async fn cached_routes_follow_changes_within_the_ttl() {
 /// A protected (production) site never gets `X-Robots-Tag`, whatever its route says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protected_sites_get_no_robots_header() {
-    use endor::store::NewSite;
     let g = start().await;
     let store = g.db.store.clone();
-    let owner = store.create_user("o", None, None).await.unwrap();
-    let ws = store.create_workspace("w", &owner.id).await.unwrap();
-    let site = store
-        .create_site(&NewSite {
-            name: "prod".into(),
-            workspace_id: ws.id.clone(),
-            region: "default".into(),
-            parent_id: None,
-            read_only: false,
-        })
-        .await
-        .unwrap();
+    let site = site_row(store.as_ref(), "prod").await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("index.html"), "live").unwrap();
     g.route("prod", Route::Static(dir.path().to_path_buf()), true)
@@ -436,4 +413,20 @@ async fn protected_sites_get_no_robots_header() {
     assert_eq!(r.status(), 200);
     assert!(!r.headers().contains_key("x-robots-tag"));
     g.db.cleanup().await;
+}
+
+/// A site row `name` in a fresh workspace (what the gateway's access lookups join on).
+async fn site_row(store: &dyn endor::store::Store, name: &str) -> endor::store::Site {
+    let owner = store.create_user("o", None, None).await.unwrap();
+    let ws = store.create_workspace("w", &owner.id).await.unwrap();
+    store
+        .create_site(&endor::store::NewSite {
+            name: name.into(),
+            workspace_id: ws.id,
+            region: "default".into(),
+            parent_id: None,
+            read_only: false,
+        })
+        .await
+        .unwrap()
 }

@@ -13,45 +13,6 @@ use serde_json::Value;
 use support::TestStore;
 use support::preview::*;
 
-/// A parent site `production` with files (`logo.txt`) and a SQLite database of 100 accounts.
-async fn sqlite_parent(h: &Harness) {
-    let src = h.dir.path().join("parent-src");
-    std::fs::create_dir_all(src.join("files")).unwrap();
-    std::fs::write(src.join("files/logo.txt"), "parent-logo").unwrap();
-    let db = src.join("prod.db");
-    let c = rusqlite_free_sqlite(&db);
-    assert!(c, "could not make the parent database");
-    h.sites()
-        .create(
-            "production",
-            "acme",
-            "default",
-            Imports {
-                files: Some(&src.join("files")),
-                sqlite: Some(&db),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-}
-
-/// A SQLite database with 100 accounts, made with the sqlite3 module of the system Python.
-fn rusqlite_free_sqlite(path: &Path) -> bool {
-    Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg(
-            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
-             c.execute('CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER)'); \
-             c.executemany('INSERT INTO accounts VALUES (?, 1000)', [(i,) for i in range(100)]); \
-             c.commit()",
-        )
-        .arg(path)
-        .status()
-        .unwrap()
-        .success()
-}
-
 const APP_TOML: &str = r#"
 [preview]
 parent = "production"
@@ -64,7 +25,7 @@ health = "/health"
 async fn open_push_close_with_a_sqlite_parent() {
     let db = TestStore::sqlite().await;
     let h = Harness::start(&db).await;
-    sqlite_parent(&h).await;
+    sqlite_parent(&h.sites(), h.dir.path(), 100).await;
     let (repo, conn) = h.repo("shop", APP_TOML).await;
     let site = "shop-pr-7";
 

@@ -7,7 +7,6 @@ mod support;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use endor::config::Config;
@@ -54,16 +53,7 @@ async fn settled(h: &Harness, conn: &str) {
 }
 
 fn reaper_of(h: &Harness, config: &Config) -> endor::reaper::Reaper {
-    let metrics = Arc::new(endor::metrics::Metrics::default());
-    let forges = Arc::new(endor::writeback::ForgeClients::new(config));
-    let lifecycle = endor::previews::Lifecycle::new(
-        h.state.store.clone(),
-        config,
-        metrics.clone(),
-        forges,
-        Arc::new(tokio::sync::Notify::new()),
-    );
-    endor::reaper::Reaper::new(h.state.store.clone(), lifecycle, config, metrics)
+    endor::reaper::Reaper::standalone(h.state.store.clone(), config)
 }
 
 fn status_comment(forge: &FakeForge, repo: &str, n: u64) -> Vec<String> {
@@ -191,37 +181,6 @@ async fn expiry_end_to_end() {
     db.cleanup().await;
 }
 
-/// A parent `production` with files and a SQLite database.
-async fn parent(sites: &Sites, dir: &Path) {
-    let src = dir.join("parent-src");
-    std::fs::create_dir_all(src.join("files/img")).unwrap();
-    for i in 0..20 {
-        std::fs::write(src.join(format!("files/img/{i}.txt")), format!("file {i}")).unwrap();
-    }
-    let db = src.join("prod.db");
-    let ok = Command::new("/usr/bin/python3")
-        .arg("-c")
-        .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('CREATE TABLE t (x)'); c.executemany('INSERT INTO t VALUES (?)', [(i,) for i in range(100)]); c.commit()")
-        .arg(&db)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    sites
-        .create(
-            "production",
-            "acme",
-            "default",
-            Imports {
-                files: Some(&src.join("files")),
-                sqlite: Some(&db),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-}
-
 /// A process as a preview's: its own process group, `ENDOR_SITE` and `ENDOR_FILES_DIR` set,
 /// listening on a port.
 fn site_process(site: &str, files_dir: &Path) -> (Child, u16) {
@@ -335,7 +294,7 @@ async fn killed_at_every_teardown_step_the_next_pass_finishes() {
     .unwrap()
     .connection_id;
     let sites = Sites::new(store.clone(), &config);
-    parent(&sites, dir.path()).await;
+    sqlite_parent(&sites, dir.path(), 100).await;
     let reap = |crash: Option<&str>| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_endor"));
         c.args(["--config", cfg_path.to_str().unwrap(), "--json", "reap"]);
@@ -488,7 +447,7 @@ async fn orphans_are_swept_and_sites_being_created_are_not() {
     })
     .await;
     let sites = h.sites();
-    parent(&sites, h.dir.path()).await;
+    sqlite_parent(&sites, h.dir.path(), 100).await;
     let root = h.state.config.storage.root.clone();
     // An orphaned site directory (files and a SQLite database) no site row owns.
     let orphan_dir = root.join(uuid::Uuid::new_v4().to_string());
@@ -615,15 +574,16 @@ async fn two_replicas_on_postgres_reap_each_site_once() {
     let db = TestStore::postgres().await;
     let h = Harness::start(&db).await;
     let sites = h.sites();
-    parent(&sites, h.dir.path()).await;
+    sqlite_parent(&sites, h.dir.path(), 100).await;
     let conn = h.connect("octo/app", "file:///nonexistent").await.0;
     let n = 12;
     for i in 1..=n {
         planted_preview(h.store(), &sites, &conn, i, false).await;
     }
-    let second = AppState2::start(&db, &h.state.config).await;
+    // A second endor process's view of the same store.
+    let second = endor::store::connect(&db.url, 4).await.unwrap();
     let a = reaper_of(&h, &h.state.config);
-    let b = second.reaper(&h.state.config);
+    let b = endor::reaper::Reaper::standalone(second, &h.state.config);
     let (ra, rb) = tokio::join!(a.pass(false), b.pass(false));
     let (ra, rb) = (ra.unwrap(), rb.unwrap());
     let mut all: Vec<String> = ra.expired.iter().chain(&rb.expired).cloned().collect();
@@ -642,32 +602,6 @@ async fn two_replicas_on_postgres_reap_each_site_once() {
     }
     h.stop().await;
     db.cleanup().await;
-}
-
-/// A second endor process's view of the same store.
-struct AppState2 {
-    store: Arc<dyn Store>,
-}
-
-impl AppState2 {
-    async fn start(db: &TestStore, _config: &Config) -> Self {
-        Self {
-            store: endor::store::connect(&db.url, 4).await.unwrap(),
-        }
-    }
-
-    fn reaper(&self, config: &Config) -> endor::reaper::Reaper {
-        let metrics = Arc::new(endor::metrics::Metrics::default());
-        let forges = Arc::new(endor::writeback::ForgeClients::new(config));
-        let lifecycle = endor::previews::Lifecycle::new(
-            self.store.clone(),
-            config,
-            metrics.clone(),
-            forges,
-            Arc::new(tokio::sync::Notify::new()),
-        );
-        endor::reaper::Reaper::new(self.store.clone(), lifecycle, config, metrics)
-    }
 }
 
 /// `endor serve` runs passes on `reaper.schedule`; a bad schedule stops it at start, naming the key.

@@ -13,7 +13,7 @@ use endor::duration::HumanDuration;
 use endor::forge::signature::sign_hex;
 use endor::server::{self, AppState};
 use endor::service;
-use endor::sites::Sites;
+use endor::sites::{Imports, Sites};
 use endor::store::{Preview, Store};
 use serde_json::Value;
 
@@ -606,14 +606,19 @@ pub fn gitea_pr(repo: &str, number: u64, sha: &str, action: &str) -> Vec<u8> {
 }
 
 impl Harness {
-    /// Post a GitLab delivery (token auth); returns the status.
+    /// Post a GitLab `Merge Request Hook` delivery (token auth); returns the status.
     pub async fn gitlab_event(&self, c: &service::Connected, body: Vec<u8>) -> u16 {
+        self.gitlab_hook(c, "Merge Request Hook", body).await
+    }
+
+    /// Post a GitLab delivery of kind `event` (`X-Gitlab-Event`); returns the status.
+    pub async fn gitlab_hook(&self, c: &service::Connected, event: &str, body: Vec<u8>) -> u16 {
         self.http
             .post(format!(
                 "http://{}/webhooks/gitlab/{}",
                 self.api, c.connection_id
             ))
-            .header("x-gitlab-event", "Merge Request Hook")
+            .header("x-gitlab-event", event)
             .header("x-gitlab-token", c.secret.clone())
             .header("x-gitlab-event-uuid", uuid::Uuid::new_v4().to_string())
             .header("content-type", "application/json")
@@ -627,12 +632,17 @@ impl Harness {
 
     /// Post a signed Gitea `pull_request` delivery; returns the status.
     pub async fn gitea_event(&self, c: &service::Connected, body: Vec<u8>) -> u16 {
+        self.gitea_hook(c, "pull_request", body).await
+    }
+
+    /// Post a signed Gitea delivery of kind `event` (`X-Gitea-Event`); returns the status.
+    pub async fn gitea_hook(&self, c: &service::Connected, event: &str, body: Vec<u8>) -> u16 {
         self.http
             .post(format!(
                 "http://{}/webhooks/gitea/{}",
                 self.api, c.connection_id
             ))
-            .header("x-gitea-event", "pull_request")
+            .header("x-gitea-event", event)
             .header("x-gitea-delivery", uuid::Uuid::new_v4().to_string())
             .header("x-gitea-signature", sign_hex(c.secret.as_bytes(), &body))
             .header("content-type", "application/json")
@@ -643,4 +653,47 @@ impl Harness {
             .status()
             .as_u16()
     }
+}
+
+/// A SQLite database at `path` holding `n` accounts (made, or its accounts replaced), written
+/// with the sqlite3 module of the system Python.
+pub fn sqlite_accounts(path: &Path, n: usize) {
+    let ok = Command::new("/usr/bin/python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             c.execute('CREATE TABLE IF NOT EXISTS accounts (id INTEGER PRIMARY KEY, balance INTEGER)'); \
+             c.execute('DELETE FROM accounts'); \
+             c.executemany('INSERT INTO accounts VALUES (?, 1000)', [(i,) for i in range(int(sys.argv[2]))]); \
+             c.commit()",
+        )
+        .arg(path)
+        .arg(n.to_string())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "could not write {}", path.display());
+}
+
+/// A parent site `production` in workspace `acme`: `files/logo.txt` (`parent-logo`) and a
+/// SQLite database of `accounts` accounts, its sources under `dir/parent-src`.
+pub async fn sqlite_parent(sites: &Sites, dir: &Path, accounts: usize) {
+    let src = dir.join("parent-src");
+    std::fs::create_dir_all(src.join("files")).unwrap();
+    std::fs::write(src.join("files/logo.txt"), "parent-logo").unwrap();
+    let db = src.join("prod.db");
+    sqlite_accounts(&db, accounts);
+    sites
+        .create(
+            "production",
+            "acme",
+            "default",
+            Imports {
+                files: Some(&src.join("files")),
+                sqlite: Some(&db),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
 }
