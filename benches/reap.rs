@@ -93,7 +93,10 @@ async fn parent(sites: &Sites, dir: &Path, name: &str, pg: Option<&str>) {
 
 async fn plant(store: &dyn Store, sites: &Sites, conn: &str, number: i64, from: &str) {
     let name = format!("app-pr-{number}");
-    sites.clone_site(from, &name, false).await.unwrap();
+    sites
+        .clone_site(from, &name, false, endor::sites::Guard::default())
+        .await
+        .unwrap();
     let site = store.site_by_name(&name).await.unwrap().unwrap();
     store
         .put_route(&Route::Static(sites.files_dir(&site)).row(&name, true))

@@ -104,6 +104,9 @@ enum SiteCmd {
         /// Clear every write bit in the clone's files.
         #[arg(long)]
         read_only: bool,
+        /// Clone into DST even when it exists and is protected (logged with the caller).
+        #[arg(long)]
+        bypass_protection: bool,
     },
     /// Replace DST's data by a fresh clone of SRC's newest generation (both when neither flag).
     Sync {
@@ -171,6 +174,17 @@ enum UserCmd {
     },
     /// Link a forge identity (github:NAME, gitlab:NAME, gitea:NAME) to a user.
     Link { login: String, identity: String },
+    /// Issue an API bearer token for a user (printed once; only its hash is kept).
+    Token {
+        login: String,
+        /// A label to tell tokens apart.
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+    /// List a user's API tokens (ids, labels, last use, revocation; never the tokens).
+    Tokens { login: String },
+    /// Revoke one of a user's API tokens: it is refused (401) from then on.
+    RevokeToken { login: String, token_id: String },
 }
 
 #[derive(Subcommand)]
@@ -419,6 +433,43 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     )
                     .await?;
                     emit(json, &u, |u| format!("created user {} ({})", u.login, u.id))
+                }
+                UserCmd::Token { login, name } => {
+                    let t = service::issue_token(store.as_ref(), &login, &name).await?;
+                    emit(json, &t, |t| {
+                        format!(
+                            "token {} for {}: {}\n(shown this once; revoke it with `endor user revoke-token {} {}`)",
+                            t.id, t.login, t.token, t.login, t.id
+                        )
+                    })
+                }
+                UserCmd::Tokens { login } => {
+                    let list = service::list_tokens(store.as_ref(), &login).await?;
+                    emit(json, &list, |l| {
+                        l.iter()
+                            .map(|t| {
+                                format!(
+                                    "{}\t{}\t{}",
+                                    t.id,
+                                    t.name,
+                                    if t.revoked_at.is_some() {
+                                        "revoked"
+                                    } else {
+                                        "live"
+                                    }
+                                )
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                    })
+                }
+                UserCmd::RevokeToken { login, token_id } => {
+                    service::revoke_token(store.as_ref(), &login, &token_id).await?;
+                    emit(
+                        json,
+                        &serde_json::json!({"user": login, "revoked": token_id}),
+                        |_| format!("revoked token {token_id} of {login}"),
+                    )
                 }
                 UserCmd::Link { login, identity } => {
                     service::link_identity(store.as_ref(), &login, &identity).await?;
@@ -760,7 +811,15 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     src,
                     dst,
                     read_only,
-                } => emit(json, &sites.clone_site(&src, &dst, read_only).await?, op),
+                    bypass_protection,
+                } => {
+                    let guard = endor::sites::Guard::cli(bypass_protection);
+                    emit(
+                        json,
+                        &sites.clone_site(&src, &dst, read_only, guard).await?,
+                        op,
+                    )
+                }
                 SiteCmd::Sync {
                     src,
                     dst,

@@ -69,6 +69,74 @@ pub async fn create_user(
     Ok(store.create_user(login, name, email).await?)
 }
 
+/// A token as issued: the secret appears here and nowhere else, ever.
+#[derive(Debug, Serialize)]
+pub struct IssuedToken {
+    pub id: String,
+    pub login: String,
+    pub name: String,
+    pub token: String,
+}
+
+/// The stored form of a bearer token: tokens carry 256 random bits, so SHA-256 is enough (no
+/// salt or slow hash needed against guessing), and lookups stay one indexed query.
+pub fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
+/// Issue an API token for `login` (`endor user token`).
+pub async fn issue_token(store: &dyn Store, login: &str, name: &str) -> Result<IssuedToken> {
+    use base64::Engine;
+    use rand::RngCore;
+    if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(ServiceError::Invalid(
+            "a token name is 1-64 printable characters".into(),
+        ));
+    }
+    let u = user(store, login).await?;
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let token = format!(
+        "endor_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let t = store.create_token(&u.id, name, &token_hash(&token)).await?;
+    Ok(IssuedToken {
+        id: t.id,
+        login: u.login,
+        name: t.name,
+        token,
+    })
+}
+
+/// The user a presented bearer token belongs to; `None` for unknown or revoked tokens.
+pub async fn authenticate(store: &dyn Store, token: &str) -> Result<Option<User>> {
+    if !token.starts_with("endor_") || token.len() > 100 {
+        return Ok(None);
+    }
+    Ok(store
+        .token_user(&token_hash(token), crate::now_ms())
+        .await?
+        .map(|(u, _)| u))
+}
+
+pub async fn list_tokens(store: &dyn Store, login: &str) -> Result<Vec<crate::store::ApiToken>> {
+    let u = user(store, login).await?;
+    Ok(store.list_tokens(&u.id).await?)
+}
+
+pub async fn revoke_token(store: &dyn Store, login: &str, token_id: &str) -> Result<()> {
+    let u = user(store, login).await?;
+    if store.revoke_token(&u.id, token_id).await? {
+        Ok(())
+    } else {
+        Err(ServiceError::NotFound(format!(
+            "live token {token_id} of {login}"
+        )))
+    }
+}
+
 async fn user(store: &dyn Store, login: &str) -> Result<User> {
     store
         .user_by_login(login)

@@ -623,6 +623,29 @@ impl Sites {
         Ok(self.store.site_tags(&site.id).await?)
     }
 
+    /// The protection rule (SPEC §7), in one place for every guarded operation: refused on a
+    /// protected site unless the caller bypasses it, and then an audit line (log + store) names
+    /// the caller, the operation and the site.
+    pub async fn guard(&self, site: &Site, action: &'static str, guard: &Guard) -> Result<()> {
+        if !site.protected {
+            return Ok(());
+        }
+        if !guard.bypass_protection {
+            return Err(SiteError::Protected(site.name.clone(), action));
+        }
+        let caller = guard.caller.as_deref().unwrap_or("unknown");
+        tracing::warn!(target: "endor::audit", site = %site.name, caller, action, "production protection bypassed");
+        self.store
+            .record_audit(
+                caller,
+                "bypass_protection",
+                Some(&site.id),
+                &format!("{action} {}", site.name),
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn protect(&self, name: &str, on: bool) -> Result<()> {
         let site = self.get(name).await?;
         self.store.set_site_protected(&site.id, on).await?;
@@ -769,16 +792,33 @@ impl Sites {
         Ok((seq, out))
     }
 
-    /// A new site `dst` whose data is a clone of `src`'s newest generation.
+    /// A new site `dst` whose data is a clone of `src`'s newest generation. When `dst` exists
+    /// already, its files and databases are replaced by the clone (a clone *into* it: guarded
+    /// like a sync, so a protected `dst` needs the bypass).
     pub async fn clone_site(
         &self,
         src: &str,
         dst: &str,
         read_only: bool,
+        guard: Guard,
     ) -> Result<OperationReport> {
         let started = std::time::Instant::now();
         let source = self.get(src).await?;
         validate_site_name(dst)?;
+        if let Some(existing) = self.store.site_by_name(dst).await? {
+            if existing.id == source.id {
+                return Err(SiteError::Invalid("cannot clone a site into itself".into()));
+            }
+            if existing.workspace_id != source.workspace_id {
+                return Err(SiteError::Invalid(format!(
+                    "site {dst} is in another workspace than {src}"
+                )));
+            }
+            self.guard(&existing, "clone into", &guard).await?;
+            return self
+                .replace_data(&source, &existing, true, true, started)
+                .await;
+        }
         let site = self
             .store
             .create_site(&NewSite {
@@ -832,23 +872,33 @@ impl Sites {
         if source.id == target.id {
             return Err(SiteError::Invalid("cannot sync a site into itself".into()));
         }
-        if target.protected && !guard.bypass_protection {
-            return Err(SiteError::Protected(dst.into(), "sync into"));
-        }
-        if target.protected {
-            tracing::warn!(site = %dst, caller = guard.caller.as_deref().unwrap_or("unknown"), "protection bypassed for sync");
-        }
+        self.guard(&target, "sync into", &guard).await?;
         let (files, db) = if files || db {
             (files, db)
         } else {
             (true, true)
         };
+        self.replace_data(&source, &target, files, db, started)
+            .await
+    }
+
+    /// Build `target`'s new files and/or databases beside the old from `source`'s newest
+    /// generation and swap them in by renames.
+    async fn replace_data(
+        &self,
+        source: &Site,
+        target: &Site,
+        files: bool,
+        db: bool,
+        started: std::time::Instant,
+    ) -> Result<OperationReport> {
+        let dst = target.name.as_str();
         let staging = self
             .dir(&target)
             .join(format!("incoming-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&staging).map_err(CloneError::io("mkdir", &staging))?;
         let made = self
-            .clone_generation_into(&source, &target, &staging, target.read_only, files, db)
+            .clone_generation_into(source, target, &staging, target.read_only, files, db)
             .await;
         let (seq, resources) = match made {
             Ok(v) => v,
@@ -857,7 +907,7 @@ impl Sites {
                 return Err(e);
             }
         };
-        let live = self.live(&target);
+        let live = self.live(target);
         let swap = |name: &str| -> Result<()> {
             let new = staging.join(name);
             if !new.exists() {
@@ -886,12 +936,7 @@ impl Sites {
     /// Delete a site and every resource it owns. Idempotent: a `deleting` site is finished.
     pub async fn delete(&self, name: &str, guard: Guard) -> Result<()> {
         let site = self.get(name).await?;
-        if site.protected && !guard.bypass_protection {
-            return Err(SiteError::Protected(name.into(), "delete"));
-        }
-        if site.protected {
-            tracing::warn!(site = %name, caller = guard.caller.as_deref().unwrap_or("unknown"), "protection bypassed for delete");
-        }
+        self.guard(&site, "delete", &guard).await?;
         self.discard(&site).await?;
         tracing::info!(site = %name, "site deleted");
         Ok(())

@@ -410,7 +410,7 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
     // Clone without a generation: one is frozen first.
     let cloned = f
         .sites
-        .clone_site("production", "shop-pr-1", false)
+        .clone_site("production", "shop-pr-1", false, Guard::default())
         .await
         .unwrap();
     assert_eq!(cloned.generation, Some(1));
@@ -539,7 +539,7 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
     ));
     // The name is free again.
     f.sites
-        .clone_site("production", "shop-pr-1", true)
+        .clone_site("production", "shop-pr-1", true, Guard::default())
         .await
         .unwrap();
     f.sites
@@ -688,7 +688,9 @@ async fn hostile_site_names_are_refused() {
             .ok();
         assert!(
             matches!(
-                f.sites.clone_site("ok-src", bad, false).await,
+                f.sites
+                    .clone_site("ok-src", bad, false, Guard::default())
+                    .await,
                 Err(SiteError::Invalid(_))
             ),
             "{bad:?}"
@@ -799,7 +801,7 @@ async fn postgres_template_strategy() {
 
     let cloned = f
         .sites
-        .clone_site("production", "shop-pr-2", false)
+        .clone_site("production", "shop-pr-2", false, Guard::default())
         .await
         .unwrap();
     let r = cloned

@@ -216,7 +216,10 @@ async fn planted_preview(
     with_process: bool,
 ) -> (Preview, Option<Child>) {
     let name = format!("app-pr-{number}");
-    sites.clone_site("production", &name, false).await.unwrap();
+    sites
+        .clone_site("production", &name, false, endor::sites::Guard::default())
+        .await
+        .unwrap();
     let site = store.site_by_name(&name).await.unwrap().unwrap();
     let files = sites.files_dir(&site);
     let (child, port) = if with_process {

@@ -745,7 +745,7 @@ impl Lifecycle {
                     )));
                 }
                 self.sites
-                    .clone_site(parent, name, false)
+                    .clone_site(parent, name, false, crate::sites::Guard::default())
                     .await
                     .map_err(site_error)?;
                 self.store

@@ -207,6 +207,7 @@ pub struct Site {
     pub read_only: bool,
     pub state: SiteState,
     pub created_at: i64,
+    pub deleted_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -645,6 +646,81 @@ pub trait Store: Send + Sync + 'static {
         lease_until: i64,
     ) -> Result<Option<Job>>;
     async fn list_routes(&self) -> Result<Vec<RouteRow>>;
+
+    /// A new API token of `user_id`, kept as its hash only.
+    async fn create_token(&self, user_id: &str, name: &str, token_hash: &str) -> Result<ApiToken>;
+    /// The user a live (not revoked) token belongs to, and the token's id.
+    async fn token_user(&self, token_hash: &str, now: i64) -> Result<Option<(User, String)>>;
+    async fn list_tokens(&self, user_id: &str) -> Result<Vec<ApiToken>>;
+    /// Revoke one of `user_id`'s tokens; false when there is no such live token.
+    async fn revoke_token(&self, user_id: &str, token_id: &str) -> Result<bool>;
+
+    async fn record_audit(
+        &self,
+        caller: &str,
+        action: &str,
+        site_id: Option<&str>,
+        detail: &str,
+    ) -> Result<()>;
+    async fn audit_events(&self, site_id: Option<&str>) -> Result<Vec<AuditEvent>>;
+
+    /// Add CPU and GiB-hours to a site's month; `sampled_at > 0` also records `last_bytes`.
+    async fn add_site_usage(&self, u: &SiteUsage) -> Result<()>;
+    async fn site_usage(&self, month: &str) -> Result<Vec<SiteUsage>>;
+    /// The newest storage sample of a site: (bytes, when).
+    async fn last_storage_sample(&self, site_id: &str) -> Result<Option<(i64, i64)>>;
+    async fn usage_procs(&self) -> Result<Vec<UsageProc>>;
+    async fn put_usage_proc(&self, p: &UsageProc) -> Result<()>;
+    async fn delete_usage_proc(&self, pid: i64, start_ticks: i64) -> Result<()>;
+    /// A workspace's sites (deleted ones included) alive at some time in `[from, to)`.
+    async fn workspace_sites_between(
+        &self,
+        workspace_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Site>>;
+}
+
+/// An API bearer token (the token itself is never stored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct ApiToken {
+    pub id: String,
+    pub user_id: String,
+    pub name: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// One line of the audit trail (e.g. a bypass of production protection and who asked).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct AuditEvent {
+    pub id: String,
+    pub at: i64,
+    pub caller: String,
+    pub action: String,
+    pub site_id: Option<String>,
+    pub detail: String,
+}
+
+/// A site's usage in one month (UTC `YYYY-MM`), or a sample's increment of it.
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
+pub struct SiteUsage {
+    pub site_id: String,
+    pub month: String,
+    pub cpu_ms: i64,
+    pub gib_hours: f64,
+    pub last_bytes: i64,
+    pub sampled_at: i64,
+}
+
+/// The last CPU reading of one site process.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct UsageProc {
+    pub site_id: String,
+    pub pid: i64,
+    pub start_ticks: i64,
+    pub cpu_ms: i64,
 }
 
 /// Open the store named by `url` (`sqlite:...` or `postgres://...`).

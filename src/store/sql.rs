@@ -59,6 +59,7 @@ pub(super) struct SiteRow {
     pub read_only: i64,
     pub state: String,
     pub created_at: i64,
+    pub deleted_at: Option<i64>,
 }
 
 impl TryFrom<SiteRow> for super::Site {
@@ -77,13 +78,14 @@ impl TryFrom<SiteRow> for super::Site {
             read_only: r.read_only != 0,
             state,
             created_at: r.created_at,
+            deleted_at: r.deleted_at,
         })
     }
 }
 
 macro_rules! site_columns {
     () => {
-        "id, name, workspace_id, region, parent_id, protected, read_only, state, created_at"
+        "id, name, workspace_id, region, parent_id, protected, read_only, state, created_at, deleted_at"
     };
 }
 pub(super) use site_columns;
@@ -1203,6 +1205,163 @@ macro_rules! impl_store {
             async fn delete_generation(&self, id: &str) -> $crate::store::Result<()> {
                 sqlx::query("DELETE FROM generations WHERE id = $1").bind(id).execute(&self.pool).await?;
                 Ok(())
+            }
+
+            async fn create_token(&self, user_id: &str, name: &str, token_hash: &str) -> $crate::store::Result<$crate::store::ApiToken> {
+                Ok(sqlx::query_as(
+                    "INSERT INTO api_tokens (id, user_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
+                     RETURNING id, user_id, name, created_at, last_used_at, revoked_at",
+                )
+                .bind($crate::store::new_id())
+                .bind(user_id)
+                .bind(name)
+                .bind(token_hash)
+                .bind($crate::now_ms())
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn token_user(&self, token_hash: &str, now: i64) -> $crate::store::Result<Option<($crate::store::User, String)>> {
+                let row: Option<(String, String, Option<String>, Option<String>, i64, String)> = sqlx::query_as(
+                    "SELECT u.id, u.login, u.name, u.email, u.created_at, t.id FROM api_tokens t \
+                     JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
+                )
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some((id, login, name, email, created_at, token_id)) = row else {
+                    return Ok(None);
+                };
+                // last_used_at to the minute: one write per token per minute, not per request.
+                sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)")
+                    .bind(now)
+                    .bind(&token_id)
+                    .bind(now - 60_000)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(Some(($crate::store::User { id, login, name, email, created_at }, token_id)))
+            }
+
+            async fn list_tokens(&self, user_id: &str) -> $crate::store::Result<Vec<$crate::store::ApiToken>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, user_id, name, created_at, last_used_at, revoked_at FROM api_tokens WHERE user_id = $1 ORDER BY created_at, id",
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn revoke_token(&self, user_id: &str, token_id: &str) -> $crate::store::Result<bool> {
+                let r = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL")
+                    .bind($crate::now_ms())
+                    .bind(token_id)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn record_audit(&self, caller: &str, action: &str, site_id: Option<&str>, detail: &str) -> $crate::store::Result<()> {
+                sqlx::query("INSERT INTO audit_events (id, at, caller, action, site_id, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind($crate::store::new_id())
+                    .bind($crate::now_ms())
+                    .bind(caller)
+                    .bind(action)
+                    .bind(site_id)
+                    .bind(detail)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn audit_events(&self, site_id: Option<&str>) -> $crate::store::Result<Vec<$crate::store::AuditEvent>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, at, caller, action, site_id, detail FROM audit_events \
+                     WHERE $1 IS NULL OR site_id = $1 ORDER BY at, id",
+                )
+                .bind(site_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn add_site_usage(&self, u: &$crate::store::SiteUsage) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO site_usage (site_id, month, cpu_ms, gib_hours, last_bytes, sampled_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (site_id, month) DO UPDATE SET cpu_ms = site_usage.cpu_ms + excluded.cpu_ms, \
+                     gib_hours = site_usage.gib_hours + excluded.gib_hours, \
+                     last_bytes = CASE WHEN excluded.sampled_at > 0 THEN excluded.last_bytes ELSE site_usage.last_bytes END, \
+                     sampled_at = CASE WHEN excluded.sampled_at > 0 THEN excluded.sampled_at ELSE site_usage.sampled_at END",
+                )
+                .bind(&u.site_id)
+                .bind(&u.month)
+                .bind(u.cpu_ms)
+                .bind(u.gib_hours)
+                .bind(u.last_bytes)
+                .bind(u.sampled_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn site_usage(&self, month: &str) -> $crate::store::Result<Vec<$crate::store::SiteUsage>> {
+                Ok(sqlx::query_as(
+                    "SELECT site_id, month, cpu_ms, gib_hours, last_bytes, sampled_at FROM site_usage WHERE month = $1",
+                )
+                .bind(month)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn last_storage_sample(&self, site_id: &str) -> $crate::store::Result<Option<(i64, i64)>> {
+                Ok(sqlx::query_as(
+                    "SELECT last_bytes, sampled_at FROM site_usage WHERE site_id = $1 AND sampled_at > 0 ORDER BY sampled_at DESC LIMIT 1",
+                )
+                .bind(site_id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn usage_procs(&self) -> $crate::store::Result<Vec<$crate::store::UsageProc>> {
+                Ok(sqlx::query_as("SELECT site_id, pid, start_ticks, cpu_ms FROM usage_procs")
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn put_usage_proc(&self, p: &$crate::store::UsageProc) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO usage_procs (site_id, pid, start_ticks, cpu_ms) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (pid, start_ticks) DO UPDATE SET cpu_ms = excluded.cpu_ms, site_id = excluded.site_id",
+                )
+                .bind(&p.site_id)
+                .bind(p.pid)
+                .bind(p.start_ticks)
+                .bind(p.cpu_ms)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn delete_usage_proc(&self, pid: i64, start_ticks: i64) -> $crate::store::Result<()> {
+                sqlx::query("DELETE FROM usage_procs WHERE pid = $1 AND start_ticks = $2")
+                    .bind(pid)
+                    .bind(start_ticks)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn workspace_sites_between(&self, workspace_id: &str, from: i64, to: i64) -> $crate::store::Result<Vec<$crate::store::Site>> {
+                let rows: Vec<$crate::store::sql::SiteRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::site_columns!(),
+                    " FROM sites WHERE workspace_id = $1 AND created_at < $3 AND (deleted_at IS NULL OR deleted_at >= $2) ORDER BY name, created_at"
+                ))
+                .bind(workspace_id)
+                .bind(from)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
             }
         }
     };
