@@ -33,7 +33,7 @@ pub enum AccessError {
 }
 
 /// What `endor site access` shows (to members).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AccessView {
     pub site: String,
     /// Does the gateway send `X-Robots-Tag: noindex, nofollow`?
@@ -148,7 +148,7 @@ pub async fn set_cidrs(
     Ok(store.put_site_access(&a).await?)
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Credentials {
     pub user: String,
     /// Shown only for generated passwords (a chosen one is kept as a hash only).
@@ -224,6 +224,66 @@ pub async fn set_robots(store: &dyn Store, site_id: &str, on: bool) -> Result<()
     a.robots = on as i64;
     a.updated_at = crate::now_ms();
     Ok(store.put_site_access(&a).await?)
+}
+
+/// A change of a site's access settings, as the CLI (`endor site access`) and the API
+/// (`PATCH /api/v1/sites/{site}/access`) both give it: one place applies it.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessChange {
+    /// `generate` (new credentials), `off`, or `USER:PASSWORD`.
+    pub basic_auth: Option<String>,
+    /// Send `X-Robots-Tag: noindex, nofollow`?
+    pub robots: Option<bool>,
+    /// CIDRs to admit (when any: only them).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// CIDRs to refuse (deny wins).
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Drop every allow and deny rule before adding the given ones.
+    #[serde(default)]
+    pub clear_cidr: bool,
+}
+
+/// Apply `change` to a site's access settings and return the settings as members see them.
+/// Every CIDR is checked before anything is written.
+pub async fn change(
+    store: &dyn Store,
+    sealer: &Sealer,
+    site_name: &str,
+    site_id: &str,
+    change: &AccessChange,
+) -> Result<AccessView, AccessError> {
+    for c in change.allow.iter().chain(&change.deny) {
+        parse_cidr(c).map_err(AccessError::Invalid)?;
+    }
+    let chosen = match change.basic_auth.as_deref() {
+        None | Some("generate") | Some("off") => None,
+        Some(pair) => Some(pair.split_once(':').ok_or_else(|| {
+            AccessError::Invalid("basic auth must be generate, off or USER:PASSWORD".into())
+        })?),
+    };
+    match (change.basic_auth.as_deref(), chosen) {
+        (_, Some((user, password))) => set_chosen_password(store, site_id, user, password).await?,
+        (Some("generate"), None) => set_generated_password(store, sealer, site_id, true).await?,
+        (Some("off"), None) => set_generated_password(store, sealer, site_id, false).await?,
+        _ => {}
+    }
+    if let Some(on) = change.robots {
+        set_robots(store, site_id, on).await?;
+    }
+    if change.clear_cidr || !change.allow.is_empty() || !change.deny.is_empty() {
+        set_cidrs(
+            store,
+            site_id,
+            &change.allow,
+            &change.deny,
+            change.clear_cidr,
+        )
+        .await?;
+    }
+    view(store, sealer, site_name, site_id).await
 }
 
 pub async fn view(

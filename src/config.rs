@@ -30,6 +30,7 @@ pub struct Config {
     pub writeback: WritebackConfig,
     pub commands: CommandsConfig,
     pub reaper: ReaperConfig,
+    pub usage: UsageConfig,
     pub github: ForgeConfig,
     pub gitlab: ForgeConfig,
     pub gitea: ForgeConfig,
@@ -115,6 +116,34 @@ impl Default for StorageConfig {
             git: "data/git".into(),
             logs: "data/logs".into(),
             secret_key: "data/secret.key".into(),
+        }
+    }
+}
+
+/// Usage metering (what billing members see) and the rates that price it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsageConfig {
+    /// How often `endor serve` samples CPU and physical storage of every live site.
+    pub sample_interval: HumanDuration,
+    /// Shown beside every cost.
+    pub currency: String,
+    /// Price of one hour of a site existing.
+    pub site_hour: f64,
+    /// Price of one GiB of physically used storage kept for a month (730 hours).
+    pub gib_month: f64,
+    /// Price of one hour of CPU time of a site's processes.
+    pub cpu_hour: f64,
+}
+
+impl Default for UsageConfig {
+    fn default() -> Self {
+        Self {
+            sample_interval: HumanDuration(std::time::Duration::from_secs(300)),
+            currency: "USD".into(),
+            site_hour: 0.005,
+            gib_month: 0.10,
+            cpu_hour: 0.04,
         }
     }
 }
@@ -452,6 +481,15 @@ impl Config {
         }
         if let Err(problem) = self.reaper.parsed_schedule() {
             return key("reaper.schedule", &problem);
+        }
+        for (k, v) in [
+            ("usage.site_hour", self.usage.site_hour),
+            ("usage.gib_month", self.usage.gib_month),
+            ("usage.cpu_hour", self.usage.cpu_hour),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return key(k, "must be a rate of zero or more");
+            }
         }
         let p = &self.commands.prefix;
         if p.is_empty() || p.len() > 32 || p.chars().any(char::is_whitespace) {

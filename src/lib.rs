@@ -4,6 +4,7 @@
 //! tests and benchmarks drive the same code. See `ARCHITECTURE.md` for the map.
 
 pub mod access;
+pub mod api;
 pub mod clone;
 pub mod commands;
 pub mod config;
@@ -14,6 +15,7 @@ pub mod git;
 pub mod jobs;
 pub mod metrics;
 pub mod previews;
+pub mod procfs;
 pub mod reaper;
 pub mod runtime;
 pub mod secret;
@@ -22,6 +24,7 @@ pub mod service;
 pub mod sites;
 pub mod store;
 pub mod telemetry;
+pub mod usage;
 pub mod webhooks;
 pub mod writeback;
 

@@ -60,6 +60,16 @@ enum Command {
     /// Sites: their files and databases, generations, clones.
     #[command(subcommand)]
     Site(SiteCmd),
+    /// Usage and cost per site of a workspace for a month (what billing members see).
+    Usage {
+        workspace: String,
+        /// YYYY-MM (UTC); default: the current month.
+        #[arg(long)]
+        month: Option<String>,
+        /// Take a sample of every live site's CPU and storage first.
+        #[arg(long)]
+        sample: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -751,36 +761,21 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                 } => {
                     let d = sites.show(&site).await?;
                     let sealer = endor::secret::Sealer::from_file(&config.storage.secret_key)?;
-                    let store = store.as_ref();
-                    match basic_auth.as_deref() {
-                        None => {}
-                        Some("generate") => {
-                            endor::access::set_generated_password(store, &sealer, &d.id, true)
-                                .await?
-                        }
-                        Some("off") => {
-                            endor::access::set_generated_password(store, &sealer, &d.id, false)
-                                .await?
-                        }
-                        Some(pair) => {
-                            let (user, password) = pair.split_once(':').ok_or_else(|| {
-                                anyhow::anyhow!(
-                                    "--basic-auth must be generate, off or USER:PASSWORD"
-                                )
-                            })?;
-                            endor::access::set_chosen_password(store, &d.id, user, password).await?
-                        }
-                    }
-                    match robots.as_deref() {
-                        None => {}
-                        Some("on") => endor::access::set_robots(store, &d.id, true).await?,
-                        Some("off") => endor::access::set_robots(store, &d.id, false).await?,
+                    let robots = match robots.as_deref() {
+                        None => None,
+                        Some("on") => Some(true),
+                        Some("off") => Some(false),
                         Some(_) => anyhow::bail!("--robots must be on or off"),
-                    }
-                    if clear_cidr || !allow.is_empty() || !deny.is_empty() {
-                        endor::access::set_cidrs(store, &d.id, &allow, &deny, clear_cidr).await?;
-                    }
-                    let v = endor::access::view(store, &sealer, &d.name, &d.id).await?;
+                    };
+                    let change = endor::access::AccessChange {
+                        basic_auth,
+                        robots,
+                        allow,
+                        deny,
+                        clear_cidr,
+                    };
+                    let v = endor::access::change(store.as_ref(), &sealer, &d.name, &d.id, &change)
+                        .await?;
                     emit(json, &v, |v| {
                         let auth = match &v.basic_auth {
                             None => "off".to_string(),
@@ -850,6 +845,46 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     })
                 }
             }
+        }
+        Command::Usage {
+            workspace,
+            month,
+            sample,
+        } => {
+            let store = open_store(&config).await?;
+            let ws = service::workspace(store.as_ref(), &workspace).await?;
+            if sample {
+                let sites = endor::sites::Sites::new(store.clone(), &config);
+                endor::usage::sample(store.as_ref(), &sites, endor::now_ms()).await?;
+            }
+            let r = endor::usage::report(store.as_ref(), &config, &ws, month.as_deref()).await?;
+            emit(json, &r, |r| {
+                let mut out = format!(
+                    "{} {} ({}: {}/site-hour, {}/GiB-month, {}/CPU-hour)\nsite\thours\tphysical bytes\tGiB-hours\tCPU s\tcost",
+                    r.workspace,
+                    r.month,
+                    r.rates.currency,
+                    r.rates.site_hour,
+                    r.rates.gib_month,
+                    r.rates.cpu_hour
+                );
+                for l in &r.sites {
+                    out.push_str(&format!(
+                        "\n{}\t{:.2}\t{}\t{:.4}\t{:.1}\t{:.4}",
+                        l.site,
+                        l.hours_alive,
+                        l.physical_bytes,
+                        l.gib_hours,
+                        l.cpu_seconds,
+                        l.cost.total
+                    ));
+                }
+                out.push_str(&format!(
+                    "\ntotal\t\t\t\t\t{:.4} {}",
+                    r.total.total, r.rates.currency
+                ));
+                out
+            })
         }
         Command::Delivery(DeliveryCmd::List { connection, limit }) => {
             let store = open_store(&config).await?;

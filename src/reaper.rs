@@ -10,7 +10,6 @@
 //! launch of the same PR, and a worker takes it over if this reaper dies).
 //! `endor serve` runs passes on `reaper.schedule`; `endor reap` runs one now.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -290,8 +289,10 @@ impl Reaper {
             .collect();
         let root = std::path::absolute(&self.config.storage.root)?;
         let mut processes = 0;
-        for (pid, site_id) in site_processes(&root) {
-            if live.contains_key(&site_id) || process_age(pid).is_none_or(|age| age < grace) {
+        for (pid, site_id) in crate::procfs::site_processes(&root) {
+            if live.contains_key(&site_id)
+                || crate::procfs::process_age(pid).is_none_or(|age| age < grace)
+            {
                 continue;
             }
             processes += 1;
@@ -351,57 +352,6 @@ impl Reaper {
             }
         }
     }
-}
-
-/// Processes endor started for sites under `root`: (pid, site id), read from
-/// `/proc/{pid}/environ` (`ENDOR_FILES_DIR={root}/{site id}/...`).
-fn site_processes(root: &Path) -> Vec<(u32, String)> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        let files = env
-            .split(|b| *b == 0)
-            .find_map(|kv| kv.strip_prefix(b"ENDOR_FILES_DIR="))
-            .map(|v| PathBuf::from(String::from_utf8_lossy(v).into_owned()));
-        let has_site = env
-            .split(|b| *b == 0)
-            .any(|kv| kv.starts_with(b"ENDOR_SITE="));
-        if let (Some(files), true) = (files, has_site)
-            && let Ok(rest) = files.strip_prefix(root)
-            && let Some(id) = rest.components().next()
-        {
-            out.push((pid, id.as_os_str().to_string_lossy().into_owned()));
-        }
-    }
-    out
-}
-
-/// How long the process has been running: its start (`/proc/{pid}/stat` field 22, clock
-/// ticks after boot) against `/proc/uptime`.
-fn process_age(pid: u32) -> Option<std::time::Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-    let after = &stat[stat.rfind(')')? + 1..];
-    let start: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Some(std::time::Duration::from_secs_f64(
-        (uptime - start as f64 / ticks).max(0.0),
-    ))
 }
 
 /// SIGKILL the process's group when it leads one (site processes do), else the process.

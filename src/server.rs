@@ -50,7 +50,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/webhooks/{forge}/{connection_id}", post(webhooks::receive))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(crate::api::router(crate::api::Api::new(
+            state.store.clone(),
+            &state.config,
+        )))
 }
 
 async fn healthz() -> Response {
@@ -142,7 +146,9 @@ pub async fn serve_with_gateway(
         tracing::info!(schedule = %state.config.reaper.schedule, "reaper scheduled");
         tokio::spawn(r.run_scheduled(rx.clone()))
     });
+    let sampler = tokio::spawn(sample_usage(state.clone(), rx.clone()));
     let served = serve(state, api, stopped(rx)).await;
+    let _ = sampler.await;
     if let Some(r) = reaper {
         let _ = r.await;
     }
@@ -165,4 +171,22 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
+}
+
+/// Sample every live site's CPU and physical storage each `usage.sample_interval` (the first
+/// sample at start), until shutdown.
+async fn sample_usage(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let sites = crate::sites::Sites::new(state.store.clone(), &state.config);
+    let mut tick = tokio::time::interval(state.config.usage.sample_interval.0);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match crate::usage::sample(state.store.as_ref(), &sites, crate::now_ms()).await {
+            Ok(r) => tracing::debug!(sites = r.sites, processes = r.processes, "usage sampled"),
+            Err(e) => tracing::warn!(error = %e, "usage sample failed"),
+        }
+    }
 }

@@ -268,6 +268,11 @@ impl Sites {
     }
 
     /// The directory holding everything of `site` (`{storage.root}/{site id}`).
+    /// The storage root (absolute) every site's directory is under.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn site_dir(&self, site: &Site) -> PathBuf {
         self.dir(site)
     }
@@ -894,7 +899,7 @@ impl Sites {
     ) -> Result<OperationReport> {
         let dst = target.name.as_str();
         let staging = self
-            .dir(&target)
+            .dir(target)
             .join(format!("incoming-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&staging).map_err(CloneError::io("mkdir", &staging))?;
         let made = self

@@ -462,6 +462,9 @@ pub trait Store: Send + Sync + 'static {
     async fn create_workspace(&self, name: &str, owner_id: &str) -> Result<Workspace>;
     async fn workspace_by_name(&self, name: &str) -> Result<Option<Workspace>>;
     async fn list_workspaces(&self) -> Result<Vec<Workspace>>;
+    async fn workspace_by_id(&self, id: &str) -> Result<Option<Workspace>>;
+    /// The workspaces `user_id` is a member of, with their roles there.
+    async fn user_workspaces(&self, user_id: &str) -> Result<Vec<(Workspace, Vec<String>)>>;
     /// The member's roles in a workspace (empty when not a member).
     async fn member_roles(&self, workspace_id: &str, user_id: &str) -> Result<Vec<String>>;
     /// Add a member with these roles (comma-joined); `Conflict` when already a member.

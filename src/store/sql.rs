@@ -311,6 +311,30 @@ macro_rules! impl_store {
                     .await?)
             }
 
+            async fn workspace_by_id(&self, id: &str) -> $crate::store::Result<Option<$crate::store::Workspace>> {
+                Ok(sqlx::query_as("SELECT id, name, created_at FROM workspaces WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn user_workspaces(&self, user_id: &str) -> $crate::store::Result<Vec<($crate::store::Workspace, Vec<String>)>> {
+                let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
+                    "SELECT w.id, w.name, w.created_at, m.roles FROM members m JOIN workspaces w ON w.id = m.workspace_id \
+                     WHERE m.user_id = $1 ORDER BY w.name",
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(id, name, created_at, roles)| {
+                        let roles = roles.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+                        ($crate::store::Workspace { id, name, created_at }, roles)
+                    })
+                    .collect())
+            }
+
             async fn list_workspaces(&self) -> $crate::store::Result<Vec<$crate::store::Workspace>> {
                 Ok(sqlx::query_as("SELECT id, name, created_at FROM workspaces ORDER BY name")
                     .fetch_all(&self.pool)

@@ -1,0 +1,427 @@
+//! The JSON API under `/api/v1` (SPEC §2): bearer tokens, one route table, authorization by
+//! construction, and the OpenAPI document built from the same table.
+//!
+//! Every route is a row of [`ROUTES`]: method, path, the roles it needs ([`Need`]) and its
+//! handler. [`router`] mounts each row behind [`authorize`], which runs before the handler:
+//! it turns the bearer token into a user (401 when missing, unknown or revoked), finds the
+//! workspace the path names (`{ws}`, or the workspace of `{site}`), and refuses with 403 a
+//! caller without one of the needed roles there. A handler cannot be mounted without a row,
+//! and a row cannot be written without a `Need`; `tests/api.rs` walks the table against every
+//! kind of caller, and `/api/v1/openapi.json` is generated from it.
+//!
+//! The rules themselves (names, last owner, tags, protection, access settings) live in the
+//! service layer (`crate::service`, `crate::sites`, `crate::access`), which the CLI calls too.
+
+mod handlers;
+mod openapi;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodFilter, MethodRouter};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::service::ServiceError;
+use crate::sites::{SiteError, Sites};
+use crate::store::{Site, Store, StoreError, User, Workspace};
+
+pub use openapi::openapi;
+
+/// What the API's handlers share.
+pub struct Api {
+    pub store: Arc<dyn Store>,
+    pub config: Config,
+    pub sites: Sites,
+}
+
+impl Api {
+    pub fn new(store: Arc<dyn Store>, config: &Config) -> Arc<Self> {
+        Arc::new(Self {
+            sites: Sites::new(store.clone(), config),
+            store,
+            config: config.clone(),
+        })
+    }
+}
+
+/// A workspace role (SPEC §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Billing,
+    Developer,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Billing => "billing",
+            Role::Developer => "developer",
+        }
+    }
+}
+
+/// What a route needs from its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Any valid token (routes about the caller themself).
+    Token,
+    /// One of these roles in the workspace the path names.
+    Roles(&'static [Role]),
+}
+
+const OWNER: Need = Need::Roles(&[Role::Owner]);
+const DEVELOPER: Need = Need::Roles(&[Role::Developer]);
+const MEMBERS: Need = Need::Roles(&[Role::Owner, Role::Developer]);
+const BILLING: Need = Need::Roles(&[Role::Owner, Role::Billing]);
+
+type Handler = fn(MethodFilter) -> MethodRouter<Arc<Api>>;
+
+/// One row of the route table.
+pub struct ApiRoute {
+    pub method: Method,
+    /// Relative to `/api/v1`, axum syntax (`{param}`).
+    pub path: &'static str,
+    pub need: Need,
+    pub summary: &'static str,
+    /// The status of a successful call.
+    pub ok: StatusCode,
+    /// The JSON body's schema (a component of the OpenAPI document), when it takes one.
+    pub body: Option<&'static str>,
+    handler: Handler,
+}
+
+macro_rules! route {
+    ($method:ident $path:literal, $need:expr, $ok:ident, $body:expr, $summary:literal, $h:path) => {
+        ApiRoute {
+            method: Method::$method,
+            path: $path,
+            need: $need,
+            summary: $summary,
+            ok: StatusCode::$ok,
+            body: $body,
+            handler: |m| axum::routing::on(m, $h),
+        }
+    };
+}
+
+use handlers as h;
+
+/// Every route of the API. Adding a route means adding a row here, with the roles it needs.
+pub static ROUTES: &[ApiRoute] = &[
+    route!(GET "/me", Need::Token, OK, None, "The caller and their workspaces with roles", h::me),
+    route!(GET "/tokens", Need::Token, OK, None, "The caller's API tokens (never the tokens themselves)", h::list_tokens),
+    route!(DELETE "/tokens/{token_id}", Need::Token, NO_CONTENT, None, "Revoke one of the caller's tokens", h::revoke_token),
+    route!(GET "/workspaces", Need::Token, OK, None, "Workspaces the caller is a member of", h::list_workspaces),
+    route!(POST "/workspaces", Need::Token, CREATED, Some("NewWorkspace"), "Create a workspace; the caller is its first owner", h::create_workspace),
+    route!(PATCH "/workspaces/{ws}", OWNER, OK, Some("RenameWorkspace"), "Rename a workspace", h::rename_workspace),
+    route!(GET "/workspaces/{ws}/members", MEMBERS, OK, None, "Members and their roles", h::list_members),
+    route!(POST "/workspaces/{ws}/members", OWNER, CREATED, Some("NewMember"), "Add an existing user with roles", h::add_member),
+    route!(PUT "/workspaces/{ws}/members/{login}", OWNER, OK, Some("MemberRoles"), "Replace a member's roles (the last owner keeps owner)", h::set_member_roles),
+    route!(DELETE "/workspaces/{ws}/members/{login}", OWNER, NO_CONTENT, None, "Remove a member (never the last owner)", h::remove_member),
+    route!(GET "/workspaces/{ws}/connections", MEMBERS, OK, None, "Connected repositories", h::list_connections),
+    route!(POST "/workspaces/{ws}/connections", OWNER, CREATED, Some("NewConnection"), "Connect a repository: webhook URL and secret (shown once)", h::connect),
+    route!(POST "/workspaces/{ws}/connections/{connection_id}/rotate-secret", OWNER, OK, Some("RotateSecret"), "Issue a new webhook secret, or retire the previous one", h::rotate_secret),
+    route!(DELETE "/workspaces/{ws}/connections/{connection_id}", OWNER, NO_CONTENT, None, "Delete a connection", h::delete_connection),
+    route!(GET "/workspaces/{ws}/sites", MEMBERS, OK, None, "Sites of a workspace (`?tag=` filters)", h::list_sites),
+    route!(POST "/workspaces/{ws}/sites", DEVELOPER, CREATED, Some("NewSite"), "Create an empty site", h::create_site),
+    route!(GET "/workspaces/{ws}/usage", BILLING, OK, None, "Usage and cost per site for a month (`?month=YYYY-MM`)", h::usage),
+    route!(GET "/sites/{site}", MEMBERS, OK, None, "A site: state, URL, databases, parent, tags, expiry, strategies", h::show_site),
+    route!(DELETE "/sites/{site}", DEVELOPER, NO_CONTENT, Some("Bypass"), "Delete a site and everything it owns", h::delete_site),
+    route!(POST "/sites/{site}/clone", DEVELOPER, CREATED, Some("CloneRequest"), "Clone the site into a new (or existing) site", h::clone_site),
+    route!(POST "/sites/{site}/sync", DEVELOPER, OK, Some("SyncRequest"), "Replace the site's files and/or databases by a clone of another site", h::sync_site),
+    route!(POST "/sites/{site}/snapshot", DEVELOPER, OK, None, "Freeze a consistent generation", h::snapshot_site),
+    route!(PUT "/sites/{site}/tags/{tag}", DEVELOPER, OK, None, "Add a tag", h::add_tag),
+    route!(DELETE "/sites/{site}/tags/{tag}", DEVELOPER, OK, None, "Remove a tag", h::remove_tag),
+    route!(PUT "/sites/{site}/protection", DEVELOPER, OK, Some("Protection"), "Turn production protection on or off", h::protect),
+    route!(GET "/sites/{site}/access", MEMBERS, OK, None, "HTTP access settings (generated credentials included)", h::show_access),
+    route!(PATCH "/sites/{site}/access", DEVELOPER, OK, Some("AccessChange"), "Change HTTP access settings", h::change_access),
+];
+
+/// Who is calling, resolved by [`authorize`] before the handler runs.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: User,
+    /// The workspace the path names and the caller's roles there.
+    pub workspace: Option<Workspace>,
+    pub roles: Vec<String>,
+    /// The site the path names.
+    pub site: Option<Site>,
+}
+
+impl Caller {
+    /// How the caller is named in audit lines.
+    pub fn audit_name(&self) -> String {
+        format!("api:{}", self.user.login)
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.iter().any(|r| r == role.as_str())
+    }
+
+    fn workspace(&self) -> Result<&Workspace, ApiError> {
+        self.workspace
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("route without a workspace"))
+    }
+
+    fn site(&self) -> Result<&Site, ApiError> {
+        self.site
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("route without a site"))
+    }
+}
+
+/// The API's router: every row of [`ROUTES`] behind [`authorize`], the OpenAPI document, and
+/// JSON 404/405 answers for the rest of `/api/v1`.
+pub fn router(api: Arc<Api>) -> Router {
+    let mut r: Router<Arc<Api>> = Router::new();
+    let mut by_path: Vec<(&'static str, MethodRouter<Arc<Api>>)> = Vec::new();
+    for route in ROUTES {
+        let filter = MethodFilter::try_from(route.method.clone()).expect("a standard method");
+        let mr = (route.handler)(filter).route_layer(axum::middleware::from_fn_with_state(
+            (api.clone(), route.need),
+            authorize,
+        ));
+        match by_path.iter_mut().find(|(p, _)| *p == route.path) {
+            Some((_, existing)) => *existing = std::mem::take(existing).merge(mr),
+            None => by_path.push((route.path, mr)),
+        }
+    }
+    for (path, mr) in by_path {
+        r = r.route(
+            &format!("/api/v1{path}"),
+            mr.fallback(|| async {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "this path does not take that method",
+                )
+            }),
+        );
+    }
+    r.route(
+        "/api/v1/openapi.json",
+        axum::routing::get(|| async { axum::Json(openapi()) }),
+    )
+    .route("/api/v1", axum::routing::any(not_found))
+    .route("/api/v1/{*rest}", axum::routing::any(not_found))
+    .with_state(api)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
+}
+
+fn bearer(req: &Request) -> Option<&str> {
+    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The gate every route passes: token → user → (workspace, roles) → the route's [`Need`].
+async fn authorize(
+    State((api, need)): State<(Arc<Api>, Need)>,
+    Path(params): Path<HashMap<String, String>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let user = match bearer(&req) {
+        None => None,
+        Some(token) => match crate::service::authenticate(api.store.as_ref(), token).await {
+            Ok(u) => u,
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+    };
+    let Some(user) = user else {
+        let mut r = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is needed (endor user token LOGIN)",
+        )
+        .into_response();
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return r;
+    };
+    let mut caller = Caller {
+        user,
+        workspace: None,
+        roles: Vec::new(),
+        site: None,
+    };
+    if let Need::Roles(roles) = need {
+        match resolve(&api, &params, &mut caller).await {
+            Ok(()) => {}
+            Err(e) => return e.into_response(),
+        }
+        if !roles.iter().any(|r| caller.has(*r)) {
+            let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+            let ws = caller
+                .workspace
+                .as_ref()
+                .map(|w| w.name.as_str())
+                .unwrap_or("");
+            let have = if caller.roles.is_empty() {
+                "is not a member".to_string()
+            } else {
+                format!("has only {}", caller.roles.join(", "))
+            };
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!(
+                    "this needs the {} role in workspace {ws}; {} {have}",
+                    names.join(" or "),
+                    caller.user.login
+                ),
+            )
+            .into_response();
+        }
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+/// The workspace (and site) the path names, and the caller's roles there.
+async fn resolve(
+    api: &Api,
+    params: &HashMap<String, String>,
+    caller: &mut Caller,
+) -> Result<(), ApiError> {
+    let store = api.store.as_ref();
+    let ws = if let Some(name) = params.get("site") {
+        let site = store
+            .site_by_name(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("site {name}")))?;
+        let ws = store
+            .workspace_by_id(&site.workspace_id)
+            .await?
+            .ok_or_else(|| ApiError::internal("site without a workspace"))?;
+        caller.site = Some(site);
+        ws
+    } else if let Some(name) = params.get("ws") {
+        store
+            .workspace_by_name(name)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("workspace {name}")))?
+    } else {
+        return Err(ApiError::internal(
+            "a role-checked route names no workspace",
+        ));
+    };
+    caller.roles = store.member_roles(&ws.id, &caller.user.id).await?;
+    caller.workspace = Some(ws);
+    Ok(())
+}
+
+/// `{"error": {"code", "message"}}` with a status.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid", message)
+    }
+
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    fn internal(why: &str) -> Self {
+        tracing::error!(why, "API internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error (see the server log)",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            axum::Json(serde_json::json!({"error": {"code": self.code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => Self::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("{what} already exists"),
+            ),
+            StoreError::NotFound(what) => Self::not_found(what),
+            StoreError::LastOwner => Self::new(StatusCode::CONFLICT, "last_owner", e.to_string()),
+            other => Self::internal(&other.to_string()),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid(m) => Self::invalid(m),
+            ServiceError::NotFound(what) => Self::not_found(what),
+            ServiceError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<SiteError> for ApiError {
+    fn from(e: SiteError) -> Self {
+        match e {
+            SiteError::Invalid(m) => Self::invalid(m),
+            SiteError::NotFound(what) => Self::not_found(what),
+            SiteError::Protected(site, action) => Self::new(
+                StatusCode::CONFLICT,
+                "protected",
+                format!(
+                    "site {site} is protected: send \"bypass_protection\": true to {action} it"
+                ),
+            ),
+            SiteError::Store(s) => s.into(),
+            SiteError::Clone(c) => Self::internal(&c.to_string()),
+        }
+    }
+}
+
+impl From<crate::access::AccessError> for ApiError {
+    fn from(e: crate::access::AccessError) -> Self {
+        match e {
+            crate::access::AccessError::Invalid(m) => Self::invalid(m),
+            crate::access::AccessError::Store(s) => s.into(),
+            other => Self::internal(&other.to_string()),
+        }
+    }
+}

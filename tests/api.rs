@@ -1,0 +1,789 @@
+//! The JSON API: the authorization matrix over the whole route table, tokens, errors, the
+//! OpenAPI document, role invariants and production protection through the API.
+
+mod support;
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use endor::api::{self, Api, Need, ROUTES, Role};
+use endor::config::Config;
+use endor::service;
+use endor::sites::{Imports, Sites};
+use endor::store::Store;
+use serde_json::{Value, json};
+use support::TestStore;
+use tower::ServiceExt;
+
+/// The kinds of caller every route is tried with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Owner,
+    Billing,
+    Developer,
+    /// Owner and developer of another workspace, member of nothing here.
+    Outsider,
+    NoToken,
+    BadToken,
+    Revoked,
+}
+
+const EVERYONE: [Who; 7] = [
+    Who::Owner,
+    Who::Billing,
+    Who::Developer,
+    Who::Outsider,
+    Who::NoToken,
+    Who::BadToken,
+    Who::Revoked,
+];
+
+/// A workspace `acme` (owner `own`, billing `bill`, developer `dev`), a workspace `other`
+/// (`out`), sites `web` and `web-2` in acme with a tag, a connection, and tokens.
+struct World {
+    _db: TestStore,
+    _dir: tempfile::TempDir,
+    store: Arc<dyn Store>,
+    config: Config,
+    app: axum::Router,
+    tokens: std::collections::HashMap<&'static str, String>,
+    /// A second token of each user, for the revoke route.
+    spare: std::collections::HashMap<&'static str, String>,
+    revoked: String,
+    connection: String,
+}
+
+impl World {
+    async fn new() -> Self {
+        let db = TestStore::sqlite().await;
+        let dir = support::plain_dir();
+        let mut config = Config::default();
+        config.store.url = db.url.clone();
+        config.storage.root = dir.path().join("sites");
+        config.storage.logs = dir.path().join("logs");
+        config.storage.git = dir.path().join("git");
+        config.storage.secret_key = dir.path().join("secret.key");
+        let store = db.store.clone();
+        let s = store.as_ref();
+        let mut tokens = std::collections::HashMap::new();
+        let mut spare = std::collections::HashMap::new();
+        for login in ["own", "bill", "dev", "out", "newbie"] {
+            service::create_user(s, login, None, None).await.unwrap();
+            tokens.insert(
+                login,
+                service::issue_token(s, login, "t").await.unwrap().token,
+            );
+            spare.insert(
+                login,
+                service::issue_token(s, login, "spare").await.unwrap().id,
+            );
+        }
+        service::create_workspace(s, "acme", "own").await.unwrap();
+        service::add_member(s, "acme", "bill", &["billing".into()])
+            .await
+            .unwrap();
+        service::add_member(s, "acme", "dev", &["developer".into()])
+            .await
+            .unwrap();
+        service::create_workspace(s, "other", "out").await.unwrap();
+        service::set_member_roles(s, "other", "out", &["owner".into(), "developer".into()])
+            .await
+            .unwrap();
+        let revoked = service::issue_token(s, "dev", "old").await.unwrap();
+        service::revoke_token(s, "dev", &revoked.id).await.unwrap();
+        let sites = Sites::new(store.clone(), &config);
+        for name in ["web", "web-2"] {
+            sites
+                .create(name, "acme", "default", Imports::default())
+                .await
+                .unwrap();
+        }
+        sites.tag("web", "qa", true).await.unwrap();
+        let conn = service::connect_repo(s, &config, "acme", "github:acme/web", None, None)
+            .await
+            .unwrap();
+        let app = api::router(Api::new(store.clone(), &config));
+        World {
+            _db: db,
+            _dir: dir,
+            store,
+            config,
+            app,
+            tokens,
+            spare,
+            revoked: revoked.token,
+            connection: conn.connection_id,
+        }
+    }
+
+    fn login(who: Who) -> &'static str {
+        match who {
+            Who::Owner => "own",
+            Who::Billing => "bill",
+            Who::Developer | Who::Revoked => "dev",
+            Who::Outsider => "out",
+            Who::NoToken | Who::BadToken => "own",
+        }
+    }
+
+    fn token(&self, who: Who) -> Option<String> {
+        match who {
+            Who::NoToken => None,
+            Who::BadToken => Some("endor_not-a-token-anyone-was-given".into()),
+            Who::Revoked => Some(self.revoked.clone()),
+            w => Some(self.tokens[Self::login(w)].clone()),
+        }
+    }
+
+    async fn call(
+        &self,
+        who: Who,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let token = self.token(who);
+        self.raw(token.as_deref(), method, path, body.map(|b| b.to_string()))
+            .await
+    }
+
+    async fn raw(
+        &self,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<String>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req.body(Body::from(body.unwrap_or_default())).unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let www = resp.headers().get("www-authenticate").cloned();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status == StatusCode::UNAUTHORIZED {
+            assert_eq!(www.as_ref().map(|v| v.to_str().unwrap()), Some("Bearer"));
+        }
+        (status, v)
+    }
+}
+
+/// A request that succeeds when the caller may make it, for every route of the table. A route
+/// without one fails the matrix test: no route ships without being tried.
+fn sample(w: &World, method: &Method, path: &str, who: Who) -> Option<(String, Option<Value>)> {
+    let p = |s: &str| format!("/api/v1{s}");
+    let conn = &w.connection;
+    Some(match (method.as_str(), path) {
+        ("GET", "/me") => (p("/me"), None),
+        ("GET", "/tokens") => (p("/tokens"), None),
+        ("DELETE", "/tokens/{token_id}") => {
+            (p(&format!("/tokens/{}", w.spare[World::login(who)])), None)
+        }
+        ("GET", "/workspaces") => (p("/workspaces"), None),
+        ("POST", "/workspaces") => (p("/workspaces"), Some(json!({"name": "fresh-ws"}))),
+        ("PATCH", "/workspaces/{ws}") => (p("/workspaces/acme"), Some(json!({"name": "acme-2"}))),
+        ("GET", "/workspaces/{ws}/members") => (p("/workspaces/acme/members"), None),
+        ("POST", "/workspaces/{ws}/members") => (
+            p("/workspaces/acme/members"),
+            Some(json!({"login": "newbie", "roles": ["developer"]})),
+        ),
+        ("PUT", "/workspaces/{ws}/members/{login}") => (
+            p("/workspaces/acme/members/dev"),
+            Some(json!({"roles": ["developer", "billing"]})),
+        ),
+        ("DELETE", "/workspaces/{ws}/members/{login}") => (p("/workspaces/acme/members/dev"), None),
+        ("GET", "/workspaces/{ws}/connections") => (p("/workspaces/acme/connections"), None),
+        ("POST", "/workspaces/{ws}/connections") => (
+            p("/workspaces/acme/connections"),
+            Some(json!({"repo": "gitea:acme/api"})),
+        ),
+        ("POST", "/workspaces/{ws}/connections/{connection_id}/rotate-secret") => (
+            p(&format!(
+                "/workspaces/acme/connections/{conn}/rotate-secret"
+            )),
+            None,
+        ),
+        ("DELETE", "/workspaces/{ws}/connections/{connection_id}") => {
+            (p(&format!("/workspaces/acme/connections/{conn}")), None)
+        }
+        ("GET", "/workspaces/{ws}/sites") => (p("/workspaces/acme/sites?tag=qa"), None),
+        ("POST", "/workspaces/{ws}/sites") => {
+            (p("/workspaces/acme/sites"), Some(json!({"name": "fresh"})))
+        }
+        ("GET", "/workspaces/{ws}/usage") => (p("/workspaces/acme/usage"), None),
+        ("GET", "/sites/{site}") => (p("/sites/web"), None),
+        ("DELETE", "/sites/{site}") => (p("/sites/web"), None),
+        ("POST", "/sites/{site}/clone") => {
+            (p("/sites/web/clone"), Some(json!({"name": "web-copy"})))
+        }
+        ("POST", "/sites/{site}/sync") => (p("/sites/web-2/sync"), Some(json!({"from": "web"}))),
+        ("POST", "/sites/{site}/snapshot") => (p("/sites/web/snapshot"), None),
+        ("PUT", "/sites/{site}/tags/{tag}") => (p("/sites/web/tags/demo"), None),
+        ("DELETE", "/sites/{site}/tags/{tag}") => (p("/sites/web/tags/qa"), None),
+        ("PUT", "/sites/{site}/protection") => {
+            (p("/sites/web/protection"), Some(json!({"protected": true})))
+        }
+        ("GET", "/sites/{site}/access") => (p("/sites/web/access"), None),
+        ("PATCH", "/sites/{site}/access") => {
+            (p("/sites/web/access"), Some(json!({"robots": false})))
+        }
+        _ => return None,
+    })
+}
+
+/// Who may call each route, written out here independently of the table's `Need`s (SPEC §2:
+/// owners manage members, name and connections; developers manage sites; billing sees usage;
+/// members see their workspace's sites and connections), so a loosened declaration fails.
+fn policy(method: &Method, path: &str) -> &'static [Who] {
+    use Who::*;
+    const ANY: &[Who] = &[Owner, Billing, Developer, Outsider];
+    const OWNERS: &[Who] = &[Owner];
+    const DEVS: &[Who] = &[Developer];
+    const READERS: &[Who] = &[Owner, Developer];
+    const BILLERS: &[Who] = &[Owner, Billing];
+    match (method.as_str(), path) {
+        (_, "/me" | "/tokens" | "/tokens/{token_id}" | "/workspaces") => ANY,
+        (
+            "GET",
+            "/workspaces/{ws}/members" | "/workspaces/{ws}/connections" | "/workspaces/{ws}/sites",
+        ) => READERS,
+        (_, p)
+            if p.starts_with("/workspaces/{ws}/members")
+                || p.starts_with("/workspaces/{ws}/connections") =>
+        {
+            OWNERS
+        }
+        ("PATCH", "/workspaces/{ws}") => OWNERS,
+        (_, "/workspaces/{ws}/usage") => BILLERS,
+        ("GET", "/sites/{site}" | "/sites/{site}/access") => READERS,
+        (_, p) if p.starts_with("/sites/") || p == "/workspaces/{ws}/sites" => DEVS,
+        _ => panic!("no policy for {method} {path}"),
+    }
+}
+
+fn allowed(need: Need, who: Who) -> bool {
+    let roles: &[Role] = match who {
+        Who::NoToken | Who::BadToken | Who::Revoked => return false,
+        Who::Outsider => &[],
+        Who::Owner => &[Role::Owner],
+        Who::Billing => &[Role::Billing],
+        Who::Developer => &[Role::Developer],
+    };
+    match need {
+        Need::Token => true,
+        Need::Roles(needed) => needed.iter().any(|r| roles.contains(r)),
+    }
+}
+
+#[tokio::test]
+async fn authorization_matrix_over_every_route() {
+    let mut cells = 0;
+    let mut missing = Vec::new();
+    for route in ROUTES {
+        let probe = World::new().await;
+        if sample(&probe, &route.method, route.path, Who::Owner).is_none() {
+            missing.push(format!("{} {}", route.method, route.path));
+            continue;
+        }
+        for who in EVERYONE {
+            assert_eq!(
+                allowed(route.need, who),
+                policy(&route.method, route.path).contains(&who),
+                "{} {} declares {:?}, which does not match the policy for {who:?}",
+                route.method,
+                route.path,
+                route.need
+            );
+        }
+        // Refused callers first, on one world: a refusal must change nothing, so the allowed
+        // callers after them (each on a fresh world) still find what they act on.
+        for who in EVERYONE.into_iter().filter(|w| !allowed(route.need, *w)) {
+            let (path, body) = sample(&probe, &route.method, route.path, who).unwrap();
+            let (status, v) = probe.call(who, route.method.clone(), &path, body).await;
+            let want = match who {
+                Who::NoToken | Who::BadToken | Who::Revoked => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::FORBIDDEN,
+            };
+            assert_eq!(status, want, "{who:?} {} {path}: {v}", route.method);
+            assert!(
+                v["error"]["code"].is_string(),
+                "{who:?} {} {path}: {v}",
+                route.method
+            );
+            assert!(v["error"]["message"].is_string());
+            cells += 1;
+        }
+        for who in EVERYONE.into_iter().filter(|w| allowed(route.need, *w)) {
+            let w = World::new().await;
+            let (path, body) = sample(&w, &route.method, route.path, who).unwrap();
+            let (status, v) = w.call(who, route.method.clone(), &path, body).await;
+            assert_eq!(status, route.ok, "{who:?} {} {path}: {v}", route.method);
+            cells += 1;
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "routes without a sample request: {missing:?}"
+    );
+    assert_eq!(cells, ROUTES.len() * EVERYONE.len());
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_route_table() {
+    let w = World::new().await;
+    // Served without a token.
+    let (status, doc) = w.raw(None, Method::GET, "/api/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut operations = 0;
+    for (path, item) in paths {
+        for (method, op) in item.as_object().unwrap() {
+            operations += 1;
+            let rel = path.strip_prefix("/api/v1").unwrap();
+            let route = ROUTES
+                .iter()
+                .find(|r| r.path == rel && r.method.as_str().eq_ignore_ascii_case(method))
+                .unwrap_or_else(|| panic!("{method} {path} is documented but not routed"));
+            assert!(op["responses"][route.ok.as_u16().to_string()].is_object());
+            assert_eq!(op["security"][0]["bearer"], json!([]));
+            if let Some(body) = route.body {
+                let r = &op["requestBody"]["content"]["application/json"]["schema"]["$ref"];
+                assert_eq!(r, &json!(format!("#/components/schemas/{body}")));
+                assert!(doc["components"]["schemas"][body].is_object(), "{body}");
+            }
+            if matches!(route.need, Need::Roles(_)) {
+                assert!(op["responses"]["403"].is_object());
+            }
+        }
+    }
+    assert_eq!(operations, ROUTES.len());
+    // And every documented route answers (not the JSON 404 of unknown paths).
+    let (status, v) = w.call(Who::Owner, Method::GET, "/api/v1/nope", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(v["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn tokens_are_kept_hashed_and_revocable() {
+    let w = World::new().await;
+    let (status, me) = w
+        .call(Who::Developer, Method::GET, "/api/v1/me", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(me["login"], "dev");
+    assert_eq!(me["workspaces"][0]["name"], "acme");
+    assert_eq!(me["workspaces"][0]["roles"], json!(["developer"]));
+    // The token list shows ids and labels, never a token.
+    let (_, list) = w
+        .call(Who::Developer, Method::GET, "/api/v1/tokens", None)
+        .await;
+    let text = list.to_string();
+    assert!(!text.contains(&w.tokens["dev"]));
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    // No token appears in the store's file.
+    let db_path = w._db.url.strip_prefix("sqlite://").unwrap().to_string();
+    let mut raw = std::fs::read(&db_path).unwrap();
+    if let Ok(wal) = std::fs::read(format!("{db_path}-wal")) {
+        raw.extend(wal);
+    }
+    for t in w.tokens.values() {
+        assert!(!raw.windows(t.len()).any(|win| win == t.as_bytes()));
+    }
+    // Revoking through the API: the token is refused from then on, others still work.
+    let own = w.store.user_by_login("dev").await.unwrap().unwrap();
+    let first = w.store.list_tokens(&own.id).await.unwrap()[0].id.clone();
+    let (status, _) = w
+        .call(
+            Who::Developer,
+            Method::DELETE,
+            &format!("/api/v1/tokens/{first}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, v) = w
+        .call(Who::Developer, Method::GET, "/api/v1/me", None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{v}");
+    // Someone else's token id is not the caller's to revoke.
+    let other = w.store.user_by_login("own").await.unwrap().unwrap();
+    let theirs = w.store.list_tokens(&other.id).await.unwrap()[0].id.clone();
+    let (status, _) = w
+        .call(
+            Who::Owner,
+            Method::DELETE,
+            &format!("/api/v1/tokens/{theirs}x"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // Odd Authorization headers are plain 401s.
+    for h in [
+        "Basic b3duOnB3",
+        "Bearer",
+        "Bearer ",
+        "bearer endor_",
+        "Bearer endor_\u{7f}",
+    ] {
+        let req = Request::builder()
+            .uri("/api/v1/me")
+            .header("authorization", h)
+            .body(Body::empty());
+        let Ok(req) = req else { continue };
+        let resp = w.app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "{h}");
+    }
+}
+
+#[tokio::test]
+async fn bad_bodies_get_json_errors_and_change_nothing() {
+    let w = World::new().await;
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "/api/v1/workspaces/acme/members",
+            "{not json",
+            "invalid_json",
+        ),
+        (
+            "/api/v1/workspaces/acme/members",
+            r#"{"login":"newbie","roles":["developer"],"admin":true}"#,
+            "invalid_json",
+        ),
+        (
+            "/api/v1/workspaces/acme/members",
+            r#"{"login":"newbie","roles":[]}"#,
+            "invalid",
+        ),
+        (
+            "/api/v1/workspaces/acme/members",
+            r#"{"login":"newbie","roles":["root"]}"#,
+            "invalid",
+        ),
+        (
+            "/api/v1/workspaces/acme/members",
+            r#"{"login":"ghost","roles":["developer"]}"#,
+            "not_found",
+        ),
+        ("/api/v1/workspaces", r#"{"name":"../etc"}"#, "invalid"),
+        ("/api/v1/workspaces", r#"{"name":"acme"}"#, "conflict"),
+        (
+            "/api/v1/workspaces/acme/connections",
+            r#"{"repo":"github:acme/x","git_url":"file:///etc"}"#,
+            "invalid",
+        ),
+        (
+            "/api/v1/workspaces/acme/connections",
+            r#"{"repo":"github:acme/x; rm -rf /"}"#,
+            "invalid",
+        ),
+    ];
+    for (path, body, code) in cases {
+        let (status, v) = w
+            .raw(
+                Some(&w.tokens["own"]),
+                Method::POST,
+                path,
+                Some(body.to_string()),
+            )
+            .await;
+        assert!(status.is_client_error(), "{path} {body}: {status} {v}");
+        assert_eq!(v["error"]["code"], *code, "{path} {body}: {v}");
+    }
+    let ws = service::workspace(w.store.as_ref(), "acme").await.unwrap();
+    assert_eq!(w.store.list_members(&ws.id).await.unwrap().len(), 3);
+    // Hostile site names and tags through the developer routes.
+    for (method, path, body) in [
+        (
+            Method::POST,
+            "/api/v1/workspaces/acme/sites",
+            json!({"name": "../../x"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/workspaces/acme/sites",
+            json!({"name": "a;b"}),
+        ),
+        (
+            Method::POST,
+            "/api/v1/sites/web/clone",
+            json!({"name": "Web Copy"}),
+        ),
+        (
+            Method::PUT,
+            "/api/v1/sites/web/tags/production",
+            Value::Null,
+        ),
+        (Method::PUT, "/api/v1/sites/web/tags/Prod.", Value::Null),
+        (Method::PUT, "/api/v1/sites/web/tags/endor-x", Value::Null),
+        (
+            Method::PATCH,
+            "/api/v1/sites/web/access",
+            json!({"allow": ["10.0.0.0/33"]}),
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/sites/web/access",
+            json!({"basic_auth": "ops:short"}),
+        ),
+    ] {
+        let body = (!body.is_null()).then_some(body);
+        let (status, v) = w.call(Who::Developer, method.clone(), path, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {path}: {v}");
+    }
+    let (_, tags) = w
+        .call(Who::Developer, Method::GET, "/api/v1/sites/web", None)
+        .await;
+    assert_eq!(tags["tags"], json!(["qa"]));
+    let (_, access) = w
+        .call(
+            Who::Developer,
+            Method::GET,
+            "/api/v1/sites/web/access",
+            None,
+        )
+        .await;
+    assert_eq!(access["allow"], json!([]));
+    assert!(access["basic_auth"].is_null());
+}
+
+#[tokio::test]
+async fn role_invariants_through_the_api() {
+    let w = World::new().await;
+    // The last owner can be neither demoted nor removed.
+    let (status, v) = w
+        .call(
+            Who::Owner,
+            Method::PUT,
+            "/api/v1/workspaces/acme/members/own",
+            Some(json!({"roles": ["developer"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(v["error"]["code"], "last_owner");
+    let (status, _) = w
+        .call(
+            Who::Owner,
+            Method::DELETE,
+            "/api/v1/workspaces/acme/members/own",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // Multi-role: billing + developer sees usage and sites; billing alone only usage.
+    let (status, _) = w
+        .call(
+            Who::Owner,
+            Method::PUT,
+            "/api/v1/workspaces/acme/members/bill",
+            Some(json!({"roles": ["billing", "developer"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/api/v1/workspaces/acme/usage",
+        "/api/v1/sites/web",
+        "/api/v1/workspaces/acme/sites",
+    ] {
+        let (status, _) = w.call(Who::Billing, Method::GET, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    let (status, _) = w
+        .call(
+            Who::Owner,
+            Method::PUT,
+            "/api/v1/workspaces/acme/members/bill",
+            Some(json!({"roles": ["billing"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, v) = w
+        .call(Who::Billing, Method::GET, "/api/v1/sites/web", None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("has only billing"),
+        "{v}"
+    );
+    // A second owner can take over; then the first may step down.
+    w.call(
+        Who::Owner,
+        Method::PUT,
+        "/api/v1/workspaces/acme/members/dev",
+        Some(json!({"roles": ["owner", "developer"]})),
+    )
+    .await;
+    let (status, _) = w
+        .call(
+            Who::Owner,
+            Method::PUT,
+            "/api/v1/workspaces/acme/members/own",
+            Some(json!({"roles": ["billing"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = w
+        .call(
+            Who::Owner,
+            Method::PATCH,
+            "/api/v1/workspaces/acme",
+            Some(json!({"name": "acme-2"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // A workspace created through the API has its caller as owner.
+    let (status, ws) = w
+        .call(
+            Who::Outsider,
+            Method::POST,
+            "/api/v1/workspaces",
+            Some(json!({"name": "mine"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{ws}");
+    let (_, list) = w
+        .call(Who::Outsider, Method::GET, "/api/v1/workspaces", None)
+        .await;
+    let mine: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["name"] == "mine")
+        .collect();
+    assert_eq!(mine[0]["roles"], json!(["owner"]));
+    // The tag filter.
+    let (_, sites) = w
+        .call(
+            Who::Developer,
+            Method::GET,
+            "/api/v1/workspaces/acme/sites?tag=QA",
+            None,
+        )
+        .await;
+    let names: Vec<_> = sites
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].clone())
+        .collect();
+    assert_eq!(names, vec![json!("web")]);
+}
+
+#[tokio::test]
+async fn protection_guards_every_operation_with_an_audit_line() {
+    let w = World::new().await;
+    let (status, _) = w
+        .call(
+            Who::Developer,
+            Method::PUT,
+            "/api/v1/sites/web/protection",
+            Some(json!({"protected": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let guarded: [(Method, &str, Value, StatusCode); 3] = [
+        (
+            Method::POST,
+            "/api/v1/sites/web-2/clone",
+            json!({"name": "web"}),
+            StatusCode::CREATED,
+        ),
+        (
+            Method::POST,
+            "/api/v1/sites/web/sync",
+            json!({"from": "web-2"}),
+            StatusCode::OK,
+        ),
+        (
+            Method::DELETE,
+            "/api/v1/sites/web",
+            json!({}),
+            StatusCode::NO_CONTENT,
+        ),
+    ];
+    let site = w.store.site_by_name("web").await.unwrap().unwrap();
+    for (method, path, body, ok) in &guarded {
+        let (status, v) = w
+            .call(Who::Developer, method.clone(), path, Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{method} {path}: {v}");
+        assert_eq!(v["error"]["code"], "protected");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("bypass_protection")
+        );
+        assert!(
+            w.store
+                .audit_events(Some(&site.id))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let _ = ok;
+    }
+    // With the bypass each one goes through, and each leaves an audit line naming the caller.
+    for (i, (method, path, body, ok)) in guarded.iter().enumerate() {
+        let mut body = body.clone();
+        body["bypass_protection"] = json!(true);
+        let (status, v) = w
+            .call(Who::Developer, method.clone(), path, Some(body))
+            .await;
+        assert_eq!(status, *ok, "{method} {path}: {v}");
+        let audit = w.store.audit_events(Some(&site.id)).await.unwrap();
+        assert_eq!(audit.len(), i + 1);
+        let last = audit.last().unwrap();
+        assert_eq!(last.caller, "api:dev");
+        assert_eq!(last.action, "bypass_protection");
+    }
+    let audit = w.store.audit_events(Some(&site.id)).await.unwrap();
+    let details: Vec<_> = audit.iter().map(|a| a.detail.as_str()).collect();
+    assert_eq!(details, ["clone into web", "sync into web", "delete web"]);
+    // Unprotected sites need no bypass and leave no audit line.
+    let (status, _) = w
+        .call(Who::Developer, Method::DELETE, "/api/v1/sites/web-2", None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(w.store.audit_events(None).await.unwrap().len(), 3);
+    let _ = &w.config;
+}
+
+#[tokio::test]
+async fn the_api_is_served_by_endor_serve_s_listener() {
+    let db = TestStore::sqlite().await;
+    let server = support::TestServer::start(db).await;
+    let s = server.store();
+    service::create_user(s, "own", None, None).await.unwrap();
+    let t = service::issue_token(s, "own", "t").await.unwrap();
+    let http = reqwest::Client::new();
+    let r = http
+        .get(server.url("/api/v1/me"))
+        .bearer_auth(&t.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["login"], "own");
+    let r = http.get(server.url("/api/v1/me")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = http
+        .get(server.url("/api/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.stop().await;
+}
