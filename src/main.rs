@@ -60,6 +60,12 @@ enum Command {
     /// Sites: their files and databases, generations, clones.
     #[command(subcommand)]
     Site(SiteCmd),
+    /// The audit trail: bypasses of production protection and who asked.
+    Audit {
+        /// Only this site's lines.
+        #[arg(long)]
+        site: Option<String>,
+    },
     /// Usage and cost per site of a workspace for a month (what billing members see).
     Usage {
         workspace: String,
@@ -845,6 +851,36 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     })
                 }
             }
+        }
+        Command::Audit { site } => {
+            let store = open_store(&config).await?;
+            let site_id = match &site {
+                None => None,
+                Some(name) => Some(
+                    store
+                        .site_by_name(name)
+                        .await?
+                        .ok_or_else(|| anyhow::anyhow!("site {name} not found"))?
+                        .id,
+                ),
+            };
+            let events = store.audit_events(site_id.as_deref()).await?;
+            emit(json, &events, |l| {
+                l.iter()
+                    .map(|e| {
+                        format!(
+                            "{}\t{}\t{}\t{}",
+                            chrono::DateTime::from_timestamp_millis(e.at)
+                                .map(|t| t.to_rfc3339())
+                                .unwrap_or_default(),
+                            e.caller,
+                            e.action,
+                            e.detail
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
         }
         Command::Usage {
             workspace,

@@ -760,3 +760,93 @@ fn site_commands_report_strategies() {
     let bad = endor(d, &["site", "create", "../evil", "--workspace", "acme"]);
     assert!(!bad.status.success());
 }
+
+#[test]
+fn protection_bypass_tokens_and_usage_on_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok_json(d, &["user", "create", "alice", "--json"]);
+    ok_json(
+        d,
+        &["workspace", "create", "acme", "--owner", "alice", "--json"],
+    );
+    for site in ["prod", "staging"] {
+        ok_json(
+            d,
+            &["site", "create", site, "--workspace", "acme", "--json"],
+        );
+    }
+    ok_json(d, &["site", "protect", "prod", "on", "--json"]);
+    // Every guarded operation: refused without the flag, done with it and audited.
+    let guarded: [&[&str]; 3] = [
+        &["site", "clone", "staging", "prod"],
+        &["site", "sync", "staging", "prod"],
+        &["site", "delete", "prod"],
+    ];
+    for (i, args) in guarded.iter().enumerate() {
+        let refused = endor(d, args);
+        assert!(!refused.status.success(), "{args:?}");
+        assert!(
+            stderr(&refused).contains("--bypass-protection"),
+            "{}",
+            stderr(&refused)
+        );
+        let mut with = args.to_vec();
+        with.push("--bypass-protection");
+        let done = endor(d, &with);
+        assert!(done.status.success(), "{with:?}: {}", stderr(&done));
+        assert!(
+            stderr(&done).contains("production protection bypassed"),
+            "no audit log line: {}",
+            stderr(&done)
+        );
+        let audit = ok_json(d, &["audit", "--json"]);
+        assert_eq!(audit.as_array().unwrap().len(), i + 1);
+        assert!(audit[i]["caller"].as_str().unwrap().starts_with("cli:"));
+    }
+    let audit = ok_json(d, &["audit", "--json"]);
+    let details: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["detail"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        details,
+        ["clone into prod", "sync into prod", "delete prod"]
+    );
+    // API tokens: printed once, listed without the secret, revocable.
+    let t = ok_json(d, &["user", "token", "alice", "--name", "ci", "--json"]);
+    let token = t["token"].as_str().unwrap().to_string();
+    assert!(token.starts_with("endor_") && token.len() > 40);
+    let list = ok_json(d, &["user", "tokens", "alice", "--json"]);
+    assert_eq!(list[0]["name"], "ci");
+    assert!(list[0]["revoked_at"].is_null());
+    assert!(!list.to_string().contains(&token));
+    let id = t["id"].as_str().unwrap();
+    ok_json(d, &["user", "revoke-token", "alice", id, "--json"]);
+    assert!(ok_json(d, &["user", "tokens", "alice", "--json"])[0]["revoked_at"].is_i64());
+    assert!(
+        !endor(d, &["user", "revoke-token", "alice", id])
+            .status
+            .success()
+    );
+    assert!(!endor(d, &["user", "token", "nobody"]).status.success());
+    // Usage: a sample, then the month's report with rates and a line per site.
+    let r = ok_json(d, &["usage", "acme", "--sample", "--json"]);
+    assert_eq!(r["workspace"], "acme");
+    assert_eq!(r["rates"]["currency"], "USD");
+    let names: Vec<_> = r["sites"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["site"].as_str().unwrap().to_string())
+        .collect();
+    assert!(names.contains(&"staging".to_string()), "{r}");
+    assert!(
+        !endor(d, &["usage", "acme", "--month", "2026-13"])
+            .status
+            .success()
+    );
+    assert!(!endor(d, &["usage", "nope"]).status.success());
+}
