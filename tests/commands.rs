@@ -722,6 +722,17 @@ async fn gitea_comments() {
     assert_eq!(get_with(&h, "web-pr-2", None).await.status(), 401);
     comment(74, "dev-user", "/preview password off").await;
     assert_eq!(get_with(&h, "web-pr-2", None).await.status(), 200);
+    // CIDR rules from a comment: this test's address (127.0.0.1) denied, then a bad CIDR
+    // refused in a reply, then the rules cleared.
+    comment(75, "dev-user", "/preview cidr deny 127.0.0.0/8").await;
+    assert_eq!(reactions_on(&forge, 75), vec!["+1"]);
+    assert_eq!(get_with(&h, "web-pr-2", None).await.status(), 403);
+    comment(76, "dev-user", "/preview cidr allow 10.0.0.0/33").await;
+    let reply = replies(&forge, "team/web", 2).last().unwrap().clone();
+    assert!(reply.contains("10.0.0.0/33"), "{reply}");
+    assert_eq!(get_with(&h, "web-pr-2", None).await.status(), 403);
+    comment(77, "dev-user", "/preview cidr clear").await;
+    assert_eq!(get_with(&h, "web-pr-2", None).await.status(), 200);
     h.stop().await;
     db.cleanup().await;
 }

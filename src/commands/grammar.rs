@@ -20,6 +20,14 @@ pub enum SyncWhat {
     All,
 }
 
+/// A change of the preview's CIDR rules at the gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CidrOp {
+    Allow(String),
+    Deny(String),
+    Clear,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     Deploy,
@@ -30,6 +38,7 @@ pub enum Command {
     TagRm(String),
     Password(bool),
     Robots(bool),
+    Cidr(CidrOp),
     Status,
     Help,
 }
@@ -82,6 +91,22 @@ fn on_off(args: &[&str]) -> Result<bool, String> {
 }
 
 /// Tag names: 1–63 of letters, digits, `-`, `_`, `.` (the site rules of §7 apply later).
+/// A CIDR's characters (the gateway's parser checks it for real when the command runs).
+fn cidr_arg(c: &str) -> Result<String, String> {
+    let ok = !c.is_empty()
+        && c.len() <= 49
+        && c.chars()
+            .all(|ch| ch.is_ascii_hexdigit() || ":./".contains(ch));
+    if ok {
+        Ok(c.to_ascii_lowercase())
+    } else {
+        Err(format!(
+            "`{}` is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32",
+            clip(c)
+        ))
+    }
+}
+
 fn tag_name(args: &[&str]) -> Result<String, String> {
     match args {
         [name] => {
@@ -178,6 +203,26 @@ pub const VERBS: &[Verb] = &[
         args: "on|off",
         about: "add or drop `X-Robots-Tag: noindex, nofollow`",
         parse: |a| on_off(a).map(Command::Robots),
+    },
+    Verb {
+        name: "cidr",
+        args: "allow CIDR|deny CIDR|clear",
+        about: "admit or refuse addresses at the gateway (deny wins; an allow list admits only it)",
+        parse: |a| match a {
+            [op] if op.eq_ignore_ascii_case("clear") => Ok(Command::Cidr(CidrOp::Clear)),
+            [op, c] if op.eq_ignore_ascii_case("allow") => {
+                cidr_arg(c).map(|c| Command::Cidr(CidrOp::Allow(c)))
+            }
+            [op, c] if op.eq_ignore_ascii_case("deny") => {
+                cidr_arg(c).map(|c| Command::Cidr(CidrOp::Deny(c)))
+            }
+            [_, _, extra, ..] => Err(format!("unexpected `{}`", clip(extra))),
+            [op, ..] => Err(format!(
+                "expected `allow CIDR`, `deny CIDR` or `clear`, not `{}`",
+                clip(op)
+            )),
+            [] => Err("expected `allow CIDR`, `deny CIDR` or `clear`".into()),
+        },
     },
     Verb {
         name: "status",
@@ -351,6 +396,15 @@ mod tests {
             ("/preview password OFF", &[Password(false)]),
             ("/preview robots on", &[Robots(true)]),
             ("/preview robots off", &[Robots(false)]),
+            (
+                "/preview cidr allow 10.0.0.0/8",
+                &[Cidr(CidrOp::Allow("10.0.0.0/8".into()))],
+            ),
+            (
+                "/preview cidr deny 2001:DB8::/32",
+                &[Cidr(CidrOp::Deny("2001:db8::/32".into()))],
+            ),
+            ("/preview cidr clear", &[Cidr(CidrOp::Clear)]),
             ("/preview status", &[Status]),
             ("/preview help", &[Help]),
             ("Looks good!\n/preview deploy\nthanks", &[Deploy]),
@@ -417,6 +471,19 @@ mod tests {
             ("/preview tag", "expected `add NAME`"),
             ("/preview password maybe", "expected `on` or `off`"),
             ("/preview robots", "expected `on` or `off`"),
+            (
+                "/preview cidr",
+                "expected `allow CIDR`, `deny CIDR` or `clear`",
+            ),
+            (
+                "/preview cidr allow",
+                "expected `allow CIDR`, `deny CIDR` or `clear`, not `allow`",
+            ),
+            ("/preview cidr allow 10.0.0.0/8;rm", "is not a CIDR"),
+            (
+                "/preview cidr allow 1.2.3.4 5.6.7.8",
+                "unexpected `5.6.7.8`",
+            ),
             ("/preview deploy now", "unexpected `now`"),
             ("/preview status please", "unexpected `please`"),
         ];
@@ -472,6 +539,7 @@ mod tests {
             "tag add x",
             "password on",
             "robots off",
+            "cidr clear",
             "status",
             "help",
         ];

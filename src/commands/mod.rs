@@ -30,6 +30,11 @@ impl Command {
             Command::TagRm(t) => format!("tag rm {t}"),
             Command::Password(on) => format!("password {}", on_off(*on)),
             Command::Robots(on) => format!("robots {}", on_off(*on)),
+            Command::Cidr(op) => match op {
+                grammar::CidrOp::Allow(c) => format!("cidr allow {c}"),
+                grammar::CidrOp::Deny(c) => format!("cidr deny {c}"),
+                grammar::CidrOp::Clear => "cidr clear".into(),
+            },
             Command::Status => "status".into(),
             Command::Help => "help".into(),
         }

@@ -392,6 +392,23 @@ impl Lifecycle {
                     )
                 })))
             }
+            Command::Cidr(op) => {
+                let Some(site) = self.site_of(conn, c.number).await? else {
+                    return Ok(self.no_preview());
+                };
+                let (allow, deny, clear) = match op {
+                    crate::commands::grammar::CidrOp::Allow(c) => (vec![c.clone()], vec![], false),
+                    crate::commands::grammar::CidrOp::Deny(c) => (vec![], vec![c.clone()], false),
+                    crate::commands::grammar::CidrOp::Clear => (vec![], vec![], true),
+                };
+                match crate::access::set_cidrs(self.store.as_ref(), &site.id, &allow, &deny, clear)
+                    .await
+                {
+                    Ok(()) => Ok(Outcome::Done(None)),
+                    Err(crate::access::AccessError::Invalid(e)) => Ok(Outcome::Failed(e)),
+                    Err(e) => Err(JobError::Transient(e.to_string())),
+                }
+            }
             Command::Robots(on) => {
                 let Some(site) = self.site_of(conn, c.number).await? else {
                     return Ok(self.no_preview());
