@@ -19,7 +19,147 @@ both_backends!(
     outbox_coalesces_and_keeps_order,
     commands_tags_and_access,
     members_keep_an_owner,
+    tokens_audit_and_usage,
 );
+
+async fn tokens_audit_and_usage(db: &TestStore) {
+    use endor::store::{NewSite, SiteState, SiteUsage, UsageProc};
+    let s = db.store.as_ref();
+    let u = s.create_user("ann", None, None).await.unwrap();
+    let ws = s.create_workspace("acme", &u.id).await.unwrap();
+    assert_eq!(
+        s.workspace_by_id(&ws.id).await.unwrap().unwrap().name,
+        "acme"
+    );
+    assert_eq!(
+        s.user_workspaces(&u.id).await.unwrap(),
+        vec![(ws.clone(), vec!["owner".to_string()])]
+    );
+    // Tokens: found by hash while live, never after revocation; one user cannot revoke
+    // another's.
+    let t = s.create_token(&u.id, "ci", "hash-1").await.unwrap();
+    let (found, id) = s.token_user("hash-1", 1_000).await.unwrap().unwrap();
+    assert_eq!((found.login.as_str(), id.as_str()), ("ann", t.id.as_str()));
+    assert!(s.token_user("hash-2", 1_000).await.unwrap().is_none());
+    assert_eq!(
+        s.list_tokens(&u.id).await.unwrap()[0].last_used_at,
+        Some(1_000)
+    );
+    let other = s.create_user("bob", None, None).await.unwrap();
+    assert!(!s.revoke_token(&other.id, &t.id).await.unwrap());
+    assert!(s.revoke_token(&u.id, &t.id).await.unwrap());
+    assert!(!s.revoke_token(&u.id, &t.id).await.unwrap());
+    assert!(s.token_user("hash-1", 2_000).await.unwrap().is_none());
+    assert!(s.list_tokens(&u.id).await.unwrap()[0].revoked_at.is_some());
+    assert!(matches!(
+        s.create_token(&other.id, "dup", "hash-1").await,
+        Err(StoreError::Db(_))
+    ));
+    // Audit lines, all or per site.
+    s.record_audit(
+        "cli:root",
+        "bypass_protection",
+        Some("site-1"),
+        "delete prod",
+    )
+    .await
+    .unwrap();
+    s.record_audit("api:ann", "bypass_protection", None, "x")
+        .await
+        .unwrap();
+    assert_eq!(s.audit_events(None).await.unwrap().len(), 2);
+    let one = s.audit_events(Some("site-1")).await.unwrap();
+    assert_eq!((one.len(), one[0].caller.as_str()), (1, "cli:root"));
+    // Usage: increments add up per site and month; a CPU-only increment keeps the last
+    // storage sample.
+    let site = s
+        .create_site(&NewSite {
+            name: "web".into(),
+            workspace_id: ws.id.clone(),
+            region: "default".into(),
+            parent_id: None,
+            read_only: false,
+        })
+        .await
+        .unwrap();
+    let inc = |cpu, gib, bytes, at| SiteUsage {
+        site_id: site.id.clone(),
+        month: "2026-11".into(),
+        cpu_ms: cpu,
+        gib_hours: gib,
+        last_bytes: bytes,
+        sampled_at: at,
+    };
+    s.add_site_usage(&inc(100, 0.5, 1000, 10)).await.unwrap();
+    s.add_site_usage(&inc(50, 0.25, 2000, 20)).await.unwrap();
+    s.add_site_usage(&inc(7, 0.0, 0, 0)).await.unwrap();
+    let rows = s.site_usage("2026-11").await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].cpu_ms, rows[0].last_bytes, rows[0].sampled_at),
+        (157, 2000, 20)
+    );
+    assert!((rows[0].gib_hours - 0.75).abs() < 1e-9);
+    assert_eq!(
+        s.last_storage_sample(&site.id).await.unwrap(),
+        Some((2000, 20))
+    );
+    assert!(s.site_usage("2026-10").await.unwrap().is_empty());
+    let p = UsageProc {
+        site_id: site.id.clone(),
+        pid: 42,
+        start_ticks: 7,
+        cpu_ms: 10,
+    };
+    s.put_usage_proc(&p).await.unwrap();
+    s.put_usage_proc(&UsageProc {
+        cpu_ms: 20,
+        ..p.clone()
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.usage_procs().await.unwrap()[0].cpu_ms, 20);
+    s.delete_usage_proc(42, 7).await.unwrap();
+    assert!(s.usage_procs().await.unwrap().is_empty());
+    // Sites alive in a window, deleted ones included.
+    let c = site.created_at;
+    assert_eq!(
+        s.workspace_sites_between(&ws.id, c - 10, c + 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        s.workspace_sites_between(&ws.id, c + 10, c + 20)
+            .await
+            .unwrap()
+            .len()
+            == 1
+    );
+    assert!(
+        s.workspace_sites_between(&ws.id, c - 20, c - 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.set_site_state(&site.id, SiteState::Deleted)
+        .await
+        .unwrap();
+    let gone = s
+        .workspace_sites_between(&ws.id, c - 10, endor::now_ms() + 10)
+        .await
+        .unwrap();
+    assert_eq!(gone.len(), 1);
+    assert!(gone[0].deleted_at.is_some());
+    let later = endor::now_ms() + 60_000;
+    assert!(
+        s.workspace_sites_between(&ws.id, later, later + 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
 
 async fn members_keep_an_owner(db: &TestStore) {
     let s = db.store.as_ref();
