@@ -202,3 +202,44 @@ async fn clones_pay_for_what_they_write_and_cpu_is_counted_once() {
     assert_eq!(gone.state, endor::store::SiteState::Deleted);
     db.cleanup().await;
 }
+
+/// `endor serve` samples on its own, every `usage.sample_interval`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_samples_on_its_interval() {
+    let db = TestStore::sqlite().await;
+    let h = support::preview::Harness::start_with(&db, |c| {
+        c.usage.sample_interval = endor::duration::HumanDuration(Duration::from_secs(1));
+    })
+    .await;
+    let src = h.dir.path().join("import");
+    std::fs::create_dir_all(&src).unwrap();
+    random_file(&src.join("data.bin"), 2 * MIB);
+    h.sites()
+        .create(
+            "web",
+            "acme",
+            "default",
+            Imports {
+                files: Some(&src),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let site = h.store().site_by_name("web").await.unwrap().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut samples = std::collections::BTreeSet::new();
+    while samples.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no samples: {samples:?}"
+        );
+        if let Some((bytes, at)) = h.store().last_storage_sample(&site.id).await.unwrap() {
+            assert!(bytes as u64 >= 2 * MIB, "{bytes}");
+            samples.insert(at);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    h.stop().await;
+    db.cleanup().await;
+}
