@@ -75,7 +75,7 @@ pub struct Gateway {
     cache_ttl: std::time::Duration,
 }
 
-type Cached = (std::time::Instant, Option<RouteRow>, SiteView);
+type Cached = (std::time::Instant, Arc<(Option<RouteRow>, SiteView)>);
 
 /// What the gateway needs of a site besides its route.
 #[derive(Clone, Default)]
@@ -116,7 +116,10 @@ impl Gateway {
         trusted: &[String],
         cache_ttl: std::time::Duration,
     ) -> Arc<Self> {
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        // Small requests and answers go out at once (no Nagle wait behind an unacked one).
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         Arc::new(Self {
             store,
             domain: domain.to_ascii_lowercase(),
@@ -131,14 +134,15 @@ impl Gateway {
         })
     }
 
-    /// The site's route and access settings, from the cache while fresh.
-    async fn lookup(&self, site: &str) -> crate::store::Result<(Option<RouteRow>, SiteView)> {
+    /// The site's route and access settings, from the cache while fresh (shared, not copied:
+    /// a request on the hot path allocates nothing for them).
+    async fn lookup(&self, site: &str) -> crate::store::Result<Arc<(Option<RouteRow>, SiteView)>> {
         if !self.cache_ttl.is_zero() {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((at, r, a)) = cache.get(site)
+            if let Some((at, found)) = cache.get(site)
                 && at.elapsed() < self.cache_ttl
             {
-                return Ok((r.clone(), a.clone()));
+                return Ok(found.clone());
             }
         }
         let route = self.store.route(site).await?;
@@ -152,17 +156,15 @@ impl Gateway {
             },
             None => SiteView::default(),
         };
+        let found = Arc::new((route, access));
         if !self.cache_ttl.is_zero() {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if cache.len() >= CACHE_MAX {
                 cache.clear();
             }
-            cache.insert(
-                site.to_string(),
-                (std::time::Instant::now(), route.clone(), access.clone()),
-            );
+            cache.insert(site.to_string(), (std::time::Instant::now(), found.clone()));
         }
-        Ok((route, access))
+        Ok(found)
     }
 
     pub fn router(self: Arc<Self>) -> Router {
@@ -217,15 +219,8 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         );
     };
     // The route and the site's access settings (checked before anything is served).
-    let (row, view) = match gw.lookup(&site).await {
-        Ok((Some(r), v)) => (r, v),
-        Ok((None, _)) => {
-            return page(
-                StatusCode::NOT_FOUND,
-                "No such preview",
-                "This address does not belong to any preview.",
-            );
-        }
+    let found = match gw.lookup(&site).await {
+        Ok(f) => f,
         Err(e) => {
             tracing::error!(site = %site, error = %e, "route lookup failed");
             return page(
@@ -235,7 +230,17 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             );
         }
     };
-    let access = view.access;
+    let (row, view) = match &*found {
+        (Some(r), v) => (r, v),
+        (None, _) => {
+            return page(
+                StatusCode::NOT_FOUND,
+                "No such preview",
+                "This address does not belong to any preview.",
+            );
+        }
+    };
+    let access = &view.access;
     if let Some(a) = &access
         && (a.allow_cidrs.is_some() || a.deny_cidrs.is_some())
     {
@@ -280,7 +285,7 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     }
     let robots =
         row.robots != 0 && !view.protected && access.as_ref().is_none_or(|a| a.robots != 0);
-    let mut resp = match Route::from_row(&row) {
+    let mut resp = match Route::from_row(row) {
         Some(Route::Building) => {
             let mut r = page(
                 StatusCode::SERVICE_UNAVAILABLE,
