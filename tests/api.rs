@@ -499,6 +499,21 @@ async fn bad_bodies_get_json_errors_and_change_nothing() {
         assert!(status.is_client_error(), "{path} {body}: {status} {v}");
         assert_eq!(v["error"]["code"], *code, "{path} {body}: {v}");
     }
+    // A huge body is refused before parsing.
+    let huge = format!(
+        r#"{{"login":"newbie","roles":["developer"],"pad":"{}"}}"#,
+        "x".repeat(1 << 20)
+    );
+    let (status, v) = w
+        .raw(
+            Some(&w.tokens["own"]),
+            Method::POST,
+            "/api/v1/workspaces/acme/members",
+            Some(huge),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(v["error"]["code"], "too_large");
     let ws = service::workspace(w.store.as_ref(), "acme").await.unwrap();
     assert_eq!(w.store.list_members(&ws.id).await.unwrap().len(), 3);
     // Hostile site names and tags through the developer routes.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Extension;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -27,12 +27,23 @@ fn no_content() -> Res {
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-/// Parse a JSON body; an empty body reads as `{}`. Unknown fields are refused by the types.
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+/// Request bodies larger than this are refused (413) before being parsed.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Read and parse a JSON body (at most [`MAX_BODY`] bytes); an empty body reads as `{}`.
+/// Unknown fields are refused by the types.
+async fn body<T: DeserializeOwned>(raw: Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(raw, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("request bodies are limited to {MAX_BODY} bytes"),
+        )
+    })?;
     let raw: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
-        bytes
+        &bytes
     };
     serde_json::from_slice(raw)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
@@ -172,9 +183,9 @@ pub async fn list_workspaces(State(api): State<Arc<Api>>, Extension(c): Extensio
 pub async fn create_workspace(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
-    raw: Bytes,
+    raw: Body,
 ) -> Res {
-    let b: NewWorkspace = body(&raw)?;
+    let b: NewWorkspace = body(raw).await?;
     let ws = service::create_workspace(api.store.as_ref(), &b.name, &c.user.login).await?;
     ok(StatusCode::CREATED, &ws)
 }
@@ -182,9 +193,9 @@ pub async fn create_workspace(
 pub async fn rename_workspace(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
-    raw: Bytes,
+    raw: Body,
 ) -> Res {
-    let b: RenameWorkspace = body(&raw)?;
+    let b: RenameWorkspace = body(raw).await?;
     let ws = service::rename_workspace(api.store.as_ref(), &c.workspace()?.name, &b.name).await?;
     ok(StatusCode::OK, &ws)
 }
@@ -203,9 +214,9 @@ pub async fn list_members(State(api): State<Arc<Api>>, Extension(c): Extension<C
 pub async fn add_member(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
-    raw: Bytes,
+    raw: Body,
 ) -> Res {
-    let b: NewMember = body(&raw)?;
+    let b: NewMember = body(raw).await?;
     let ws = &c.workspace()?.name;
     let roles = service::add_member(api.store.as_ref(), ws, &b.login, &b.roles).await?;
     ok(
@@ -218,9 +229,9 @@ pub async fn set_member_roles(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
     Path(params): Path<HashMap<String, String>>,
-    raw: Bytes,
+    raw: Body,
 ) -> Res {
-    let b: MemberRoles = body(&raw)?;
+    let b: MemberRoles = body(raw).await?;
     let ws = &c.workspace()?.name;
     let login = &params["login"];
     let roles = service::set_member_roles(api.store.as_ref(), ws, login, &b.roles).await?;
@@ -248,9 +259,9 @@ pub async fn list_connections(State(api): State<Arc<Api>>, Extension(c): Extensi
 pub async fn connect(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
-    raw: Bytes,
+    raw: Body,
 ) -> Res {
-    let b: NewConnection = body(&raw)?;
+    let b: NewConnection = body(raw).await?;
     if b.git_url
         .as_deref()
         .is_some_and(|u| u.to_ascii_lowercase().starts_with("file:"))
@@ -283,9 +294,9 @@ pub async fn rotate_secret(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
     Path(params): Path<HashMap<String, String>>,
-    raw: Bytes,
+    raw: Body,
 ) -> Res {
-    let b: RotateSecret = body(&raw)?;
+    let b: RotateSecret = body(raw).await?;
     let id = &params["connection_id"];
     own_connection(&api, &c, id).await?;
     let r = service::rotate_secret(api.store.as_ref(), id, b.retire_old).await?;
@@ -321,9 +332,9 @@ pub async fn list_sites(
 pub async fn create_site(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
-    raw: Bytes,
+    raw: Body,
 ) -> Res {
-    let b: NewSite = body(&raw)?;
+    let b: NewSite = body(raw).await?;
     let region = b.region.as_deref().unwrap_or("default");
     api.sites
         .create(
@@ -358,9 +369,9 @@ pub async fn show_site(State(api): State<Arc<Api>>, Extension(c): Extension<Call
 pub async fn delete_site(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
-    raw: Bytes,
+    raw: Body,
 ) -> Res {
-    let b: Bypass = body(&raw)?;
+    let b: Bypass = body(raw).await?;
     api.sites
         .delete(&c.site()?.name, guard(&c, b.bypass_protection))
         .await?;
@@ -370,9 +381,9 @@ pub async fn delete_site(
 pub async fn clone_site(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
-    raw: Bytes,
+    raw: Body,
 ) -> Res {
-    let b: CloneRequest = body(&raw)?;
+    let b: CloneRequest = body(raw).await?;
     let r = api
         .sites
         .clone_site(
@@ -388,9 +399,9 @@ pub async fn clone_site(
 pub async fn sync_site(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
-    raw: Bytes,
+    raw: Body,
 ) -> Res {
-    let b: SyncRequest = body(&raw)?;
+    let b: SyncRequest = body(raw).await?;
     // The source's data is read: the caller must be a developer where it lives too.
     let src = api
         .store
@@ -453,9 +464,9 @@ pub async fn remove_tag(
 pub async fn protect(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
-    raw: Bytes,
+    raw: Body,
 ) -> Res {
-    let b: Protection = body(&raw)?;
+    let b: Protection = body(raw).await?;
     let site = c.site()?;
     api.sites.protect(&site.name, b.protected).await?;
     ok(
@@ -484,9 +495,9 @@ pub async fn show_access(State(api): State<Arc<Api>>, Extension(c): Extension<Ca
 pub async fn change_access(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
-    raw: Bytes,
+    raw: Body,
 ) -> Res {
-    let b: crate::access::AccessChange = body(&raw)?;
+    let b: crate::access::AccessChange = body(raw).await?;
     let site = c.site()?;
     let v =
         crate::access::change(api.store.as_ref(), &sealer(&api)?, &site.name, &site.id, &b).await?;
