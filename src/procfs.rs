@@ -37,20 +37,15 @@ pub fn site_processes(root: &Path) -> Vec<(u32, String)> {
 /// How long the process has been running: its start (`/proc/{pid}/stat` field 22, clock
 /// ticks after boot) against `/proc/uptime`.
 pub fn process_age(pid: u32) -> Option<std::time::Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-    let after = &stat[stat.rfind(')')? + 1..];
-    let start: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+    let start = *stat_fields(pid)?.get(19)?;
     let uptime: f64 = std::fs::read_to_string("/proc/uptime")
         .ok()?
         .split_whitespace()
         .next()?
         .parse()
         .ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Some(std::time::Duration::from_secs_f64(
-        (uptime - start as f64 / ticks).max(0.0),
+        (uptime - start as f64 / clock_ticks() as f64).max(0.0),
     ))
 }
 

@@ -267,12 +267,12 @@ impl Sites {
         self.root.join(&site.id)
     }
 
-    /// The directory holding everything of `site` (`{storage.root}/{site id}`).
     /// The storage root (absolute) every site's directory is under.
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// The directory holding everything of `site` (`{storage.root}/{site id}`).
     pub fn site_dir(&self, site: &Site) -> PathBuf {
         self.dir(site)
     }
