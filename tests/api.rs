@@ -45,7 +45,6 @@ struct World {
     _db: TestStore,
     _dir: tempfile::TempDir,
     store: Arc<dyn Store>,
-    config: Config,
     app: axum::Router,
     tokens: std::collections::HashMap<&'static str, String>,
     /// A second token of each user, for the revoke route.
@@ -56,7 +55,10 @@ struct World {
 
 impl World {
     async fn new() -> Self {
-        let db = TestStore::sqlite().await;
+        Self::on(TestStore::sqlite().await).await
+    }
+
+    async fn on(db: TestStore) -> Self {
         let dir = support::plain_dir();
         let mut config = Config::default();
         config.store.url = db.url.clone();
@@ -108,13 +110,21 @@ impl World {
             _db: db,
             _dir: dir,
             store,
-            config,
             app,
             tokens,
             spare,
             revoked: revoked.token,
             connection: conn.connection_id,
         }
+    }
+
+    /// Drop the store (a PostgreSQL test database with it).
+    async fn finish(self) {
+        let World {
+            _db, store, app, ..
+        } = self;
+        drop((store, app));
+        _db.cleanup().await;
     }
 
     fn login(who: Who) -> &'static str {
@@ -572,8 +582,16 @@ async fn bad_bodies_get_json_errors_and_change_nothing() {
 }
 
 #[tokio::test]
-async fn role_invariants_through_the_api() {
-    let w = World::new().await;
+async fn role_invariants_through_the_api_sqlite() {
+    role_invariants(World::new().await).await;
+}
+
+#[tokio::test]
+async fn role_invariants_through_the_api_postgres() {
+    role_invariants(World::on(TestStore::postgres().await).await).await;
+}
+
+async fn role_invariants(w: World) {
     // The last owner can be neither demoted nor removed.
     let (status, v) = w
         .call(
@@ -694,11 +712,20 @@ async fn role_invariants_through_the_api() {
         .map(|s| s["name"].clone())
         .collect();
     assert_eq!(names, vec![json!("web")]);
+    w.finish().await;
 }
 
 #[tokio::test]
-async fn protection_guards_every_operation_with_an_audit_line() {
-    let w = World::new().await;
+async fn protection_guards_every_operation_with_an_audit_line_sqlite() {
+    protection(World::new().await).await;
+}
+
+#[tokio::test]
+async fn protection_guards_every_operation_with_an_audit_line_postgres() {
+    protection(World::on(TestStore::postgres().await).await).await;
+}
+
+async fn protection(w: World) {
     let (status, _) = w
         .call(
             Who::Developer,
@@ -773,7 +800,7 @@ async fn protection_guards_every_operation_with_an_audit_line() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert_eq!(w.store.audit_events(None).await.unwrap().len(), 3);
-    let _ = &w.config;
+    w.finish().await;
 }
 
 #[tokio::test]

@@ -47,7 +47,18 @@ fn help_lists_every_command() {
     let out = endor(dir.path(), &["--help"]);
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["serve", "migrate", "user", "workspace", "repo", "delivery"] {
+    for cmd in [
+        "serve",
+        "migrate",
+        "user",
+        "workspace",
+        "repo",
+        "delivery",
+        "site",
+        "reap",
+        "usage",
+        "audit",
+    ] {
         assert!(text.contains(cmd), "--help lacks {cmd}: {text}");
     }
     let repo = String::from_utf8_lossy(&endor(dir.path(), &["repo", "--help"]).stdout).into_owned();
