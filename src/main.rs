@@ -34,8 +34,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the server: webhooks, health, readiness and metrics on server.listen.
-    Serve,
+    /// Run the server: webhooks, the JSON API, health, readiness and metrics on server.listen,
+    /// the preview gateway on gateway.listen, job workers and the reaper.
+    Serve {
+        /// Which parts run in this process (comma-separated subset); several processes
+        /// sharing one PostgreSQL store may each run some.
+        #[arg(long, default_value = "api,worker,reaper,gateway")]
+        roles: String,
+    },
     /// Apply database migrations (serve does this at start too).
     Migrate,
     /// One reaper pass now: destroy expired previews, finish interrupted teardowns, warn
@@ -377,25 +383,44 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()> {
     match command {
-        Command::Serve => {
-            let listener = tokio::net::TcpListener::bind(config.server.listen)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot listen on {} (server.listen): {e}",
-                        config.server.listen
-                    )
-                })?;
-            let gateway = tokio::net::TcpListener::bind(config.gateway.listen)
-                .await
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "cannot listen on {} (gateway.listen): {e}",
-                        config.gateway.listen
-                    )
-                })?;
+        Command::Serve { roles } => {
+            let roles = match server::Roles::parse(&roles) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: --roles: {e}");
+                    std::process::exit(2);
+                }
+            };
+            let listener = if roles.api {
+                Some(
+                    tokio::net::TcpListener::bind(config.server.listen)
+                        .await
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "cannot listen on {} (server.listen): {e}",
+                                config.server.listen
+                            )
+                        })?,
+                )
+            } else {
+                None
+            };
+            let gateway = if roles.gateway {
+                Some(
+                    tokio::net::TcpListener::bind(config.gateway.listen)
+                        .await
+                        .map_err(|e| {
+                            anyhow::anyhow!(
+                                "cannot listen on {} (gateway.listen): {e}",
+                                config.gateway.listen
+                            )
+                        })?,
+                )
+            } else {
+                None
+            };
             let state = AppState::start(config).await?;
-            server::serve_with_gateway(state, listener, gateway, shutdown_signal()).await
+            server::serve_roles(state, roles, listener, gateway, shutdown_signal()).await
         }
         Command::Reap { dry_run } => {
             let store = open_store(&config).await?;

@@ -81,12 +81,71 @@ async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         .into_response()
 }
 
+/// Which parts of `endor serve` run in this process (`--roles api,worker,reaper,gateway`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Roles {
+    /// Webhooks, the JSON API, health, readiness and metrics on `server.listen`.
+    pub api: bool,
+    /// Job workers (previews, comments), the write-back sender, usage sampling.
+    pub worker: bool,
+    /// Reaper passes on `reaper.schedule` (when `reaper.enabled`).
+    pub reaper: bool,
+    /// The preview gateway on `gateway.listen`.
+    pub gateway: bool,
+}
+
+impl Roles {
+    pub const ALL: Roles = Roles {
+        api: true,
+        worker: true,
+        reaper: true,
+        gateway: true,
+    };
+
+    /// `api,worker,reaper,gateway` or any non-empty subset; the error names the bad part.
+    pub fn parse(s: &str) -> Result<Roles, String> {
+        let mut r = Roles {
+            api: false,
+            worker: false,
+            reaper: false,
+            gateway: false,
+        };
+        for part in s.split(',').map(str::trim) {
+            match part {
+                "api" => r.api = true,
+                "worker" => r.worker = true,
+                "reaper" => r.reaper = true,
+                "gateway" => r.gateway = true,
+                other => {
+                    return Err(format!(
+                        "unknown role `{}`: use api, worker, reaper, gateway (comma-separated)",
+                        other.escape_debug()
+                    ));
+                }
+            }
+        }
+        Ok(r)
+    }
+}
+
 /// Every role of `endor serve` in this process: the API on `api`, the preview gateway on
 /// `gateway`, the job workers (previews) and the reaper, until `shutdown` resolves.
 pub async fn serve_with_gateway(
     state: Arc<AppState>,
     api: TcpListener,
     gateway: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    serve_roles(state, Roles::ALL, Some(api), Some(gateway), shutdown).await
+}
+
+/// The roles of `roles` in this process, until `shutdown` resolves. The API and the gateway
+/// run when their listener is given.
+pub async fn serve_roles(
+    state: Arc<AppState>,
+    roles: Roles,
+    api: Option<TcpListener>,
+    gateway: Option<TcpListener>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -97,14 +156,21 @@ pub async fn serve_with_gateway(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let gw = crate::gateway::Gateway::from_config(state.store.clone(), &state.config.gateway);
-    tracing::info!(addr = %gateway.local_addr()?, domain = %state.config.gateway.domain, "gateway listening");
-    let gw_rx = rx.clone();
-    let gateway_task = tokio::spawn(async move {
-        axum::serve(gateway, gw.app())
-            .with_graceful_shutdown(stopped(gw_rx))
-            .await
-    });
+    tracing::info!(?roles, "starting");
+    let gateway_task = match gateway {
+        Some(gateway) => {
+            let gw =
+                crate::gateway::Gateway::from_config(state.store.clone(), &state.config.gateway);
+            tracing::info!(addr = %gateway.local_addr()?, domain = %state.config.gateway.domain, "gateway listening");
+            let gw_rx = rx.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(gateway, gw.app())
+                    .with_graceful_shutdown(stopped(gw_rx))
+                    .await
+            }))
+        }
+        None => None,
+    };
     let forges = Arc::new(crate::writeback::ForgeClients::new(&state.config));
     let outbox_wake = Arc::new(tokio::sync::Notify::new());
     let lifecycle = crate::previews::Lifecycle::new(
@@ -114,29 +180,35 @@ pub async fn serve_with_gateway(
         forges.clone(),
         outbox_wake.clone(),
     );
-    let sender = crate::writeback::Sender::spawn(
-        state.store.clone(),
-        forges,
-        outbox_wake,
-        state.metrics.clone(),
-    );
-    match lifecycle.resume_all().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(count = n, "relaunching previews whose processes are gone"),
-        Err(e) => tracing::warn!(error = %e, "could not look for previews to relaunch"),
+    let mut sender = None;
+    let mut workers = None;
+    let mut sampler = None;
+    if roles.worker {
+        sender = Some(crate::writeback::Sender::spawn(
+            state.store.clone(),
+            forges,
+            outbox_wake,
+            state.metrics.clone(),
+        ));
+        match lifecycle.resume_all().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(count = n, "relaunching previews whose processes are gone"),
+            Err(e) => tracing::warn!(error = %e, "could not look for previews to relaunch"),
+        }
+        workers = Some(crate::jobs::WorkerPool::spawn(
+            state.store.clone(),
+            lifecycle.clone(),
+            crate::jobs::WorkerConfig {
+                workers: state.config.jobs.workers,
+                lease: state.config.jobs.lease.0,
+                wake: Some(state.jobs_queued.clone()),
+                ..Default::default()
+            },
+        ));
+        tracing::info!(workers = state.config.jobs.workers, "job workers started");
+        sampler = Some(tokio::spawn(sample_usage(state.clone(), rx.clone())));
     }
-    let workers = crate::jobs::WorkerPool::spawn(
-        state.store.clone(),
-        lifecycle.clone(),
-        crate::jobs::WorkerConfig {
-            workers: state.config.jobs.workers,
-            lease: state.config.jobs.lease.0,
-            wake: Some(state.jobs_queued.clone()),
-            ..Default::default()
-        },
-    );
-    tracing::info!(workers = state.config.jobs.workers, "job workers started");
-    let reaper = state.config.reaper.enabled.then(|| {
+    let reaper = (roles.reaper && state.config.reaper.enabled).then(|| {
         let r = Arc::new(crate::reaper::Reaper::new(
             state.store.clone(),
             lifecycle.clone(),
@@ -146,17 +218,30 @@ pub async fn serve_with_gateway(
         tracing::info!(schedule = %state.config.reaper.schedule, "reaper scheduled");
         tokio::spawn(r.run_scheduled(rx.clone()))
     });
-    let sampler = tokio::spawn(sample_usage(state.clone(), rx.clone()));
-    let served = serve(state, api, stopped(rx)).await;
-    let _ = sampler.await;
+    let served = match api {
+        Some(api) => serve(state, api, stopped(rx)).await,
+        None => {
+            stopped(rx).await;
+            Ok(())
+        }
+    };
+    if let Some(s) = sampler {
+        let _ = s.await;
+    }
     if let Some(r) = reaper {
         let _ = r.await;
     }
-    workers.shutdown().await;
+    if let Some(w) = workers {
+        w.shutdown().await;
+    }
     lifecycle.shutdown().await;
-    sender.shutdown().await;
+    if let Some(s) = sender {
+        s.shutdown().await;
+    }
     served?;
-    gateway_task.await??;
+    if let Some(g) = gateway_task {
+        g.await??;
+    }
     Ok(())
 }
 

@@ -861,3 +861,66 @@ fn protection_bypass_tokens_and_usage_on_the_binary() {
     );
     assert!(!endor(d, &["usage", "nope"]).status.success());
 }
+
+/// `endor serve --roles`: a subset of the roles per process; a bad role stops it with exit 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_only_the_roles_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let start = |roles: &str| {
+        let (api, gw) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_endor"))
+            .current_dir(d)
+            .args(["serve", "--roles", roles])
+            .env("ENDOR__SERVER__LISTEN", format!("127.0.0.1:{api}"))
+            .env("ENDOR__GATEWAY__LISTEN", format!("127.0.0.1:{gw}"))
+            .env("ENDOR_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        (
+            Served {
+                child,
+                port: api,
+                gateway_port: gw,
+            },
+            api,
+            gw,
+        )
+    };
+    let up = |port: u16| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nothing on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Gateway only: the gateway answers, the API port stays closed.
+    let (gateway_only, api, gw) = start("gateway");
+    up(gw);
+    let r = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{gw}/"))
+        .header("host", "nothing-here.preview.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", api)).is_err());
+    drop(gateway_only);
+    // API and workers: the API answers, the gateway port stays closed.
+    let (api_only, api, gw) = start("api,worker");
+    up(api);
+    let r = reqwest::get(format!("http://127.0.0.1:{api}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(std::net::TcpStream::connect(("127.0.0.1", gw)).is_err());
+    drop(api_only);
+    for bad in ["api,bogus", "", "API"] {
+        let out = endor(d, &["serve", "--roles", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(stderr(&out).contains("--roles"), "{}", stderr(&out));
+    }
+}
