@@ -584,3 +584,54 @@ async fn ready_previews_come_back_after_a_restart() {
     h.stop().await;
     db.cleanup().await;
 }
+
+/// Scale-out (SPEC §1, §9): one process runs the API and the gateway, another the workers and
+/// the reaper, sharing only a PostgreSQL store. A webhook received by the first is built by the
+/// second and served by the first; closing the PR tears it down the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_roles_over_one_postgres_store() {
+    let db = TestStore::postgres().await;
+    let url = db.url.clone();
+    let served = ServedBinary::start_split(move |c| c.store.url = url).await;
+    let (repo, conn) = served.repo(
+        "split",
+        "[preview]\nbuild = [\"echo built-elsewhere > out.txt\"]\n",
+    );
+    let store = served.store().await;
+    let sha = repo.push_pr("f", 3, "split");
+    let pr = Pr::new("opened", 3, &sha, "f", "octo/split");
+    assert_eq!(served.pr_event(&conn, "octo/split", pr).await, 202);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let p = loop {
+        let p = store.preview(&conn.0, 3).await.unwrap();
+        if let Some(p) = p.filter(|p| p.state == "ready" || p.state == "failed") {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(p.state, "ready", "{p:?}");
+    let gw = served.config.gateway.listen;
+    let get = || {
+        served
+            .http
+            .get(format!("http://{gw}/out.txt"))
+            .header("host", "split-pr-3.preview.localhost")
+            .send()
+    };
+    let r = get().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap().trim(), "built-elsewhere");
+    let pr = Pr::new("closed", 3, &sha, "f", "octo/split");
+    assert_eq!(served.pr_event(&conn, "octo/split", pr).await, 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if get().await.unwrap().status() == 410 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never torn down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    served.stop();
+    db.cleanup().await;
+}

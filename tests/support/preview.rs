@@ -457,6 +457,8 @@ pub struct ServedBinary {
     pub store_url: String,
     pub http: reqwest::Client,
     child: std::process::Child,
+    /// More `serve` processes on the same config (`start_split`).
+    extra: Vec<std::process::Child>,
 }
 
 fn free_addr() -> SocketAddr {
@@ -469,6 +471,28 @@ fn free_addr() -> SocketAddr {
 impl ServedBinary {
     /// Write the config (`tweak` applied), create the owner and workspace, start `serve`.
     pub async fn start(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut s = Self::prepare(tweak);
+        s.child = s.spawn(&[]).await;
+        s
+    }
+
+    /// As `start`, but two processes on one config: `--roles api,gateway` and `--roles
+    /// worker,reaper` (scale-out: they share only the store).
+    pub async fn start_split(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut s = Self::prepare(tweak);
+        s.child = s.spawn(&["--roles", "api,gateway"]).await;
+        let worker = Command::new(env!("CARGO_BIN_EXE_endor"))
+            .args(["--config", s.cfg_path.to_str().unwrap(), "serve"])
+            .args(["--roles", "worker,reaper"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        s.extra.push(worker);
+        s
+    }
+
+    fn prepare(tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = super::reflink_dir();
         let store_url = format!("sqlite://{}", dir.path().join("endor.db").display());
         let mut config = harness_config(dir.path(), &store_url);
@@ -478,17 +502,18 @@ impl ServedBinary {
         tweak(&mut config);
         let cfg_path = dir.path().join("endor.toml");
         std::fs::write(&cfg_path, toml::to_string(&config).unwrap()).unwrap();
-        let mut s = Self {
+        let store_url = config.store.url.clone();
+        let s = Self {
             child: Command::new("true").spawn().unwrap(),
             dir,
             config,
             cfg_path,
             store_url,
             http: reqwest::Client::new(),
+            extra: Vec::new(),
         };
         s.cli(&["user", "create", "owner"]);
         s.cli(&["workspace", "create", "acme", "--owner", "owner"]);
-        s.child = s.spawn().await;
         s
     }
 
@@ -507,9 +532,10 @@ impl ServedBinary {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
-    async fn spawn(&self) -> std::process::Child {
+    async fn spawn(&self, args: &[&str]) -> std::process::Child {
         let child = Command::new(env!("CARGO_BIN_EXE_endor"))
             .args(["--config", self.cfg_path.to_str().unwrap(), "serve"])
+            .args(args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -562,13 +588,15 @@ impl ServedBinary {
     pub async fn kill_and_restart(mut self) -> Self {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.child = self.spawn().await;
+        self.child = self.spawn(&[]).await;
         self
     }
 
     pub fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        for c in std::iter::once(&mut self.child).chain(self.extra.iter_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
