@@ -116,7 +116,7 @@ fn extents(file: &std::fs::File) -> Option<Vec<(u64, u64, bool)>> {
 
 /// Measure the tree under `root` (symlinks are not followed; unreadable entries are skipped).
 pub fn footprint(root: &Path) -> Footprint {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let mut fp = Footprint::default();
     let mut seen_shared: HashSet<u64> = HashSet::new();
     let mut stack = vec![root.to_path_buf()];
@@ -134,10 +134,18 @@ pub fn footprint(root: &Path) -> Footprint {
             if !md.is_file() {
                 continue;
             }
-            let Ok(file) = std::fs::File::open(&path) else {
+            // Never follow a link swapped in since the listing, never block on a FIFO.
+            let Ok(file) = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path)
+            else {
                 continue;
             };
             let Ok(meta) = file.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
             fp.logical += meta.len();
             match extents(&file) {
                 Some(list) => {
@@ -489,5 +497,12 @@ mod tests {
         assert_eq!(fp.logical, 100_005);
         // Whatever the filesystem, 100 kB of written data occupies at least that much.
         assert!(fp.exclusive + fp.shared >= 100_000, "{fp:?}");
+        // A FIFO and a symlink out of the tree are not read (and do not block the walk).
+        let fifo = d.path().join("pipe");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: mkfifo on a path we own, NUL-terminated.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("link")).unwrap();
+        assert_eq!(footprint(d.path()).logical, 100_005);
     }
 }
