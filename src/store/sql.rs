@@ -83,6 +83,15 @@ impl TryFrom<SiteRow> for super::Site {
     }
 }
 
+/// A member's roles as stored (comma-separated) → the list.
+pub(super) fn role_list(stored: &str) -> Vec<String> {
+    stored
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 macro_rules! site_columns {
     () => {
         "id, name, workspace_id, region, parent_id, protected, read_only, state, created_at, deleted_at"
@@ -329,7 +338,7 @@ macro_rules! impl_store {
                 Ok(rows
                     .into_iter()
                     .map(|(id, name, created_at, roles)| {
-                        let roles = roles.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+                        let roles = $crate::store::sql::role_list(&roles);
                         ($crate::store::Workspace { id, name, created_at }, roles)
                     })
                     .collect())
@@ -410,7 +419,7 @@ macro_rules! impl_store {
                 .await?;
                 Ok(rows
                     .into_iter()
-                    .map(|(l, r)| (l, r.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect()))
+                    .map(|(l, r)| (l, $crate::store::sql::role_list(&r)))
                     .collect())
             }
 
@@ -435,7 +444,7 @@ macro_rules! impl_store {
                         .fetch_optional(&self.pool)
                         .await?;
                 Ok(row
-                    .map(|(r,)| r.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+                    .map(|(r,)| $crate::store::sql::role_list(&r))
                     .unwrap_or_default())
             }
 
