@@ -741,11 +741,7 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                     )
                 }
                 SiteCmd::List { tag } => {
-                    let mut list = sites.list().await?;
-                    if let Some(t) = tag {
-                        let t = t.trim().to_ascii_lowercase();
-                        list.retain(|s| s.tags.contains(&t));
-                    }
+                    let list = sites.list(None, tag.as_deref()).await?;
                     emit(json, &list, |l| {
                         l.iter()
                             .map(|s| {

@@ -605,10 +605,23 @@ impl Sites {
         })
     }
 
-    pub async fn list(&self) -> Result<Vec<SiteDetails>> {
+    /// Live sites, only those of `workspace_id` when given (filtered before their details are
+    /// read) and only those tagged `tag` (case-insensitive) when given.
+    pub async fn list(
+        &self,
+        workspace_id: Option<&str>,
+        tag: Option<&str>,
+    ) -> Result<Vec<SiteDetails>> {
+        let tag = tag.map(|t| t.trim().to_ascii_lowercase());
         let mut out = Vec::new();
         for s in self.store.list_sites().await? {
-            out.push(self.details(s).await?);
+            if workspace_id.is_some_and(|w| w != s.workspace_id) {
+                continue;
+            }
+            let d = self.details(s).await?;
+            if tag.as_ref().is_none_or(|t| d.tags.contains(t)) {
+                out.push(d);
+            }
         }
         Ok(out)
     }

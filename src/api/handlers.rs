@@ -319,13 +319,10 @@ pub async fn list_sites(
     Extension(c): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Res {
-    let ws = c.workspace()?;
-    let mut list = api.sites.list().await?;
-    list.retain(|s| s.workspace_id == ws.id);
-    if let Some(t) = q.get("tag") {
-        let t = t.trim().to_ascii_lowercase();
-        list.retain(|s| s.tags.contains(&t));
-    }
+    let list = api
+        .sites
+        .list(Some(&c.workspace()?.id), q.get("tag").map(String::as_str))
+        .await?;
     ok(StatusCode::OK, &list)
 }
 
