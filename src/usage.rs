@@ -261,6 +261,7 @@ pub async fn sample(
         let before = marks.get(&key).map(|m| m.cpu_ms).unwrap_or(0);
         let delta = (cpu_ms as i64 - before).max(0);
         *cpu.entry(site.clone()).or_default() += delta;
+        report.cpu_ms += delta;
         report.processes += 1;
         store
             .put_usage_proc(&UsageProc {
@@ -312,12 +313,6 @@ pub async fn sample(
             })
             .await?;
     }
-    report.cpu_ms = store
-        .site_usage(&month)
-        .await?
-        .iter()
-        .map(|u| u.cpu_ms)
-        .sum();
     Ok(report)
 }
 
