@@ -170,8 +170,26 @@ pub async fn create_workspace(
     Ok(store.create_workspace(name, &owner.id).await?)
 }
 
-/// The workspace roles (SPEC §2).
-pub const ROLES: &[&str] = &["owner", "billing", "developer"];
+/// A workspace role (SPEC §2); stored and shown by its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Owner,
+    Billing,
+    Developer,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Owner, Role::Billing, Role::Developer];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Role::Owner => "owner",
+            Role::Billing => "billing",
+            Role::Developer => "developer",
+        }
+    }
+}
 
 /// Add an existing user to a workspace with a non-empty mix of roles.
 pub async fn add_member(
@@ -191,7 +209,7 @@ fn clean_roles(roles: &[String]) -> Result<Vec<String>> {
     let mut clean: Vec<String> = Vec::new();
     for r in roles {
         let r = r.trim().to_ascii_lowercase();
-        if !ROLES.contains(&r.as_str()) {
+        if !Role::ALL.iter().any(|known| known.as_str() == r) {
             return Err(ServiceError::Invalid(format!(
                 "unknown role `{}`: use owner, billing or developer",
                 r.escape_debug()

@@ -24,9 +24,9 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter};
-use serde::Serialize;
 
 use crate::config::Config;
+pub use crate::service::Role;
 use crate::service::ServiceError;
 use crate::sites::{SiteError, Sites};
 use crate::store::{Site, Store, StoreError, User, Workspace};
@@ -47,25 +47,6 @@ impl Api {
             store,
             config: config.clone(),
         })
-    }
-}
-
-/// A workspace role (SPEC §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Owner,
-    Billing,
-    Developer,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Owner => "owner",
-            Role::Billing => "billing",
-            Role::Developer => "developer",
-        }
     }
 }
 

@@ -36,7 +36,7 @@ enum Caller {
 
 impl Caller {
     fn is_developer(&self) -> bool {
-        matches!(self, Caller::Member { roles, .. } if roles.iter().any(|r| r == "developer"))
+        matches!(self, Caller::Member { roles, .. } if roles.iter().any(|r| r == crate::service::Role::Developer.as_str()))
     }
 
     /// Why a mutating command is refused; names the role it needs.
