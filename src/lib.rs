@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod api;
+pub mod app;
 pub mod clone;
 pub mod commands;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod duration;
 pub mod forge;
 pub mod gateway;
 pub mod git;
+pub mod ids;
 pub mod jobs;
 pub mod metrics;
 pub mod previews;

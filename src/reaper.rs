@@ -16,11 +16,12 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::jobs::{JobEnd, JobKind, NewJob};
 use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
 use crate::previews::Lifecycle;
 use crate::previews::lifecycle::{expiry_action, state, why_torn_down};
 use crate::sites::Sites;
-use crate::store::{JobEnd, NewJob, Store};
+use crate::store::Store;
 
 const LEASE: &str = "reaper";
 
@@ -233,7 +234,7 @@ impl Reaper {
     ) -> anyhow::Result<bool> {
         let now = crate::now_ms();
         let job = NewJob {
-            kind: "expire".into(),
+            kind: JobKind::Expire,
             job_key: format!("{connection_id}#{number}"),
             head_sha: None,
             payload: String::new(),

@@ -10,39 +10,9 @@ use axum::routing::{get, post};
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::store::{self, Backend, DeliveryWriter, Store};
+pub use crate::app::AppState;
+use crate::app::error_response;
 use crate::webhooks;
-
-pub struct AppState {
-    pub config: Config,
-    pub store: Arc<dyn Store>,
-    pub writer: DeliveryWriter,
-    pub metrics: Arc<Metrics>,
-    /// Signalled when a delivery queued a job, so idle workers claim it at once.
-    pub jobs_queued: Arc<tokio::sync::Notify>,
-}
-
-impl AppState {
-    /// Open the store, apply migrations and start the delivery writer.
-    pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
-        let store = store::connect(&config.store.url, config.store.max_connections).await?;
-        store.migrate().await?;
-        let writers = match store.backend() {
-            Backend::Sqlite => 1,
-            Backend::Postgres => 4,
-        };
-        let writer = DeliveryWriter::spawn(store.clone(), config.webhooks.max_batch, writers);
-        Ok(Arc::new(Self {
-            config,
-            store,
-            writer,
-            metrics: Arc::new(Metrics::default()),
-            jobs_queued: Arc::new(tokio::sync::Notify::new()),
-        }))
-    }
-}
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -64,9 +34,7 @@ async fn healthz() -> Response {
 async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     match app.store.ready().await {
         Ok(()) => (StatusCode::OK, axum::Json(json!({"status": "ready"}))).into_response(),
-        Err(e) => {
-            webhooks::error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string())
-        }
+        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", e.to_string()),
     }
 }
 

@@ -18,18 +18,10 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::json;
 
+use crate::app::{AppState, error_response};
 use crate::forge::{Classified, EventKind, ForgeEvent, ForgeKind, signature};
-use crate::server::AppState;
-use crate::store::{DeliveryOutcome, Inserted, NewDelivery, NewJob, new_id};
-
-/// The JSON error body used by every endpoint: `{"error": {"code", "message"}}`.
-pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        axum::Json(json!({"error": {"code": code, "message": message.into()}})),
-    )
-        .into_response()
-}
+use crate::jobs::{JobKind, NewJob};
+use crate::store::{DeliveryOutcome, Inserted, NewDelivery, new_id};
 
 struct Rejection {
     status: StatusCode,
@@ -315,11 +307,11 @@ pub fn job_for(
     max_attempts: i64,
 ) -> NewJob {
     let (kind, supersede, head_sha) = match &ev.kind {
-        EventKind::PullRequest(p) => ("pull_request", true, Some(p.head_sha.clone())),
-        EventKind::Comment(c) => ("comment", false, c.head_sha.clone()),
+        EventKind::PullRequest(p) => (JobKind::PullRequest, true, Some(p.head_sha.clone())),
+        EventKind::Comment(c) => (JobKind::Comment, false, c.head_sha.clone()),
     };
     NewJob {
-        kind: kind.into(),
+        kind,
         job_key: format!("{connection_id}#{}", ev.number()),
         head_sha,
         payload: normalized.to_string(),

@@ -257,7 +257,7 @@ async fn commands_tags_and_access(db: &TestStore) {
     // Comment jobs are not cancelled by a later push of their PR (their commands must run).
     let comment = NewDelivery {
         job: Some(endor::store::NewJob {
-            kind: "comment".into(),
+            kind: endor::jobs::JobKind::Comment,
             supersede: false,
             ..with_job(&c.id, "x", 5).job.unwrap()
         }),
@@ -269,6 +269,7 @@ async fn commands_tags_and_access(db: &TestStore) {
     s.insert_deliveries(&[with_job(&c.id, "p2", 5)])
         .await
         .unwrap();
+    use endor::jobs::JobKind;
     let states: Vec<_> = s
         .jobs_for_key(&format!("{}#5", c.id))
         .await
@@ -279,9 +280,9 @@ async fn commands_tags_and_access(db: &TestStore) {
     assert_eq!(
         states,
         vec![
-            ("comment".to_string(), "queued".to_string()),
-            ("pull_request".into(), "cancelled".into()),
-            ("pull_request".into(), "queued".into()),
+            (JobKind::Comment, "queued".to_string()),
+            (JobKind::PullRequest, "cancelled".into()),
+            (JobKind::PullRequest, "queued".into()),
         ]
     );
 
@@ -518,7 +519,7 @@ async fn previews_and_their_steps(db: &TestStore) {
 fn with_job(conn: &str, key: &str, pr: u64) -> NewDelivery {
     NewDelivery {
         job: Some(endor::store::NewJob {
-            kind: "pull_request".into(),
+            kind: endor::jobs::JobKind::PullRequest,
             job_key: format!("{conn}#{pr}"),
             head_sha: Some(key.into()),
             payload: "{}".into(),

@@ -346,11 +346,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            axum::Json(serde_json::json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        crate::app::error_response(self.status, self.code, self.message)
     }
 }
 

@@ -18,7 +18,11 @@ use async_trait::async_trait;
 use rand::Rng;
 use tokio::sync::watch;
 
-use crate::store::{Heartbeat, Job, JobEnd, Store};
+mod kind;
+mod queue;
+
+pub use kind::JobKind;
+pub use queue::{Heartbeat, Job, JobEnd, JobQueue, NewJob};
 
 /// How a handler's run ended, when it did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,7 +113,11 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    pub fn spawn(store: Arc<dyn Store>, handler: Arc<dyn JobHandler>, cfg: WorkerConfig) -> Self {
+    pub fn spawn<Q: JobQueue + ?Sized + 'static>(
+        store: Arc<Q>,
+        handler: Arc<dyn JobHandler>,
+        cfg: WorkerConfig,
+    ) -> Self {
         let (stop, stopped) = watch::channel(false);
         let tasks = (0..cfg.workers.max(1))
             .map(|i| {
@@ -135,8 +143,8 @@ impl WorkerPool {
     }
 }
 
-async fn worker_loop(
-    store: Arc<dyn Store>,
+async fn worker_loop<Q: JobQueue + ?Sized + 'static>(
+    store: Arc<Q>,
     handler: Arc<dyn JobHandler>,
     cfg: WorkerConfig,
     worker: String,
@@ -170,8 +178,8 @@ async fn worker_loop(
     }
 }
 
-async fn run_one(
-    store: &Arc<dyn Store>,
+async fn run_one<Q: JobQueue + ?Sized + 'static>(
+    store: &Arc<Q>,
     handler: &Arc<dyn JobHandler>,
     cfg: &WorkerConfig,
     worker: &str,

@@ -27,12 +27,13 @@ use crate::config::Config;
 use crate::forge::{EventKind, ForgeEvent, PrAction};
 use crate::gateway::Route;
 use crate::git::{GitError, GitMirrors, pr_ref};
-use crate::jobs::{JobContext, JobError, JobHandler};
+use crate::jobs::Job;
+use crate::jobs::{JobContext, JobError, JobHandler, JobKind, NewJob};
 use crate::metrics::Metrics;
 use crate::previews::config::RepoConfig;
 use crate::runtime::{self, Sandbox, Supervised};
 use crate::sites::{SiteError, Sites};
-use crate::store::{Connection, Job, NewJob, Preview, PreviewStep, Site, SiteState, Store};
+use crate::store::{Connection, Preview, PreviewStep, Site, SiteState, Store};
 use crate::writeback::ForgeClients;
 
 /// The states a preview goes through (stored as text).
@@ -165,7 +166,7 @@ impl Lifecycle {
                 self.store
                     .enqueue_job(
                         &NewJob {
-                            kind: "resume".into(),
+                            kind: JobKind::Resume,
                             job_key: format!("{}#{}", p.connection_id, p.number),
                             head_sha: p.ready_sha.clone(),
                             payload: p.id.clone(),
@@ -1053,12 +1054,11 @@ struct Started {
 #[async_trait]
 impl JobHandler for Lifecycle {
     async fn run(&self, job: &Job, ctx: JobContext) -> Result<(), JobError> {
-        let result = match job.kind.as_str() {
-            "pull_request" => self.handle_event(job, ctx).await,
-            "resume" => self.handle_resume(job, ctx).await,
-            "expire" => self.handle_expire(job).await,
-            "comment" => self.handle_comment(job, ctx).await,
-            other => Err(JobError::Permanent(format!("unknown job kind {other}"))),
+        let result = match job.kind {
+            JobKind::PullRequest => self.handle_event(job, ctx).await,
+            JobKind::Resume => self.handle_resume(job, ctx).await,
+            JobKind::Expire => self.handle_expire(job).await,
+            JobKind::Comment => self.handle_comment(job, ctx).await,
         };
         let outcome = match &result {
             Ok(()) => "done",
@@ -1066,7 +1066,7 @@ impl JobHandler for Lifecycle {
             Err(JobError::Transient(_)) => "retry",
             Err(JobError::Permanent(_)) => "failed",
         };
-        self.metrics.job(&job.kind, outcome);
+        self.metrics.job(job.kind.as_str(), outcome);
         result
     }
 }

@@ -21,6 +21,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::forge::ForgeKind;
+pub use crate::jobs::{Heartbeat, Job, JobEnd, JobKind, JobQueue, NewJob};
 use crate::secret::WebhookSecret;
 
 #[derive(Debug, thiserror::Error)]
@@ -379,74 +380,38 @@ pub enum OutboxEnd {
     },
 }
 
-/// A unit of background work (see `crate::jobs`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
-pub struct Job {
-    pub id: String,
-    pub kind: String,
-    pub job_key: String,
-    pub head_sha: Option<String>,
-    pub payload: String,
-    /// `queued`, `running`, `done`, `failed`, `cancelled`.
-    pub state: String,
-    pub attempts: i64,
-    pub max_attempts: i64,
-    pub run_after: i64,
-    pub lease_owner: Option<String>,
-    pub lease_until: Option<i64>,
-    pub cancel_requested: i64,
-    pub last_error: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-#[derive(Debug, Clone)]
-pub struct NewJob {
-    pub kind: String,
-    pub job_key: String,
-    pub head_sha: Option<String>,
-    pub payload: String,
-    pub max_attempts: i64,
-    /// Newest wins: queued jobs of the same key are cancelled and the running one is asked to
-    /// stop.
-    pub supersede: bool,
-}
-
-/// How a worker ends its job.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JobEnd {
-    Done,
-    /// Try again at `run_after` (ms), or fail for good when attempts are used up.
-    Retry {
-        error: String,
-        run_after: i64,
-    },
-    Failed {
-        error: String,
-    },
-    Cancelled {
-        reason: String,
-    },
-}
-
-/// What a heartbeat learned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Heartbeat {
-    /// The lease is extended; `cancel` says a newer job asked this one to stop.
-    Held { cancel: bool },
-    /// Another worker owns the job now (this lease expired): stop at once, write nothing.
-    Lost,
-}
-
-/// The persistence operations endor needs, nothing more.
+/// The persistence operations endor needs, nothing more: one trait per aggregate, all
+/// implemented by both backends from the one body of SQL in `sql.rs`.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    UserStore
+    + WorkspaceStore
+    + ConnectionStore
+    + DeliveryStore
+    + SiteStore
+    + AccessStore
+    + RouteStore
+    + PreviewStore
+    + OutboxStore
+    + CommandStore
+    + LeaseStore
+    + AuditStore
+    + UsageStore
+    + JobQueue<Error = StoreError>
+    + Send
+    + Sync
+    + 'static
+{
     fn backend(&self) -> Backend;
     /// Apply this backend's embedded migrations.
     async fn migrate(&self) -> Result<()>;
     /// The store answers and every embedded migration is applied.
     async fn ready(&self) -> Result<()>;
+}
 
+/// Users, their forge identities and API tokens.
+#[async_trait]
+pub trait UserStore: Send + Sync {
     async fn create_user(
         &self,
         login: &str,
@@ -457,7 +422,18 @@ pub trait Store: Send + Sync + 'static {
     /// Link a forge identity (`github:octocat`) to a user; one user per identity.
     async fn link_identity(&self, user_id: &str, forge: ForgeKind, login: &str) -> Result<()>;
     async fn user_by_identity(&self, forge: ForgeKind, login: &str) -> Result<Option<User>>;
+    /// A new API token of `user_id`, kept as its hash only.
+    async fn create_token(&self, user_id: &str, name: &str, token_hash: &str) -> Result<ApiToken>;
+    /// The user a live (not revoked) token belongs to, and the token's id.
+    async fn token_user(&self, token_hash: &str, now: i64) -> Result<Option<(User, String)>>;
+    async fn list_tokens(&self, user_id: &str) -> Result<Vec<ApiToken>>;
+    /// Revoke one of `user_id`'s tokens; false when there is no such live token.
+    async fn revoke_token(&self, user_id: &str, token_id: &str) -> Result<bool>;
+}
 
+/// Workspaces and their members' roles.
+#[async_trait]
+pub trait WorkspaceStore: Send + Sync {
     /// Create a workspace with `owner_id` as its first owner, atomically.
     async fn create_workspace(&self, name: &str, owner_id: &str) -> Result<Workspace>;
     async fn workspace_by_name(&self, name: &str) -> Result<Option<Workspace>>;
@@ -481,7 +457,11 @@ pub trait Store: Send + Sync + 'static {
     /// Members of a workspace: (login, roles), by login.
     async fn list_members(&self, workspace_id: &str) -> Result<Vec<(String, Vec<String>)>>;
     async fn rename_workspace(&self, workspace_id: &str, name: &str) -> Result<()>;
+}
 
+/// Repository connections and their webhook secrets.
+#[async_trait]
+pub trait ConnectionStore: Send + Sync {
     async fn create_connection(&self, c: &NewConnection) -> Result<Connection>;
     /// A live (not deleted) connection.
     async fn connection(&self, id: &str) -> Result<Option<Connection>>;
@@ -495,7 +475,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Soft-delete: the connection stops accepting deliveries; its history stays.
     async fn delete_connection(&self, id: &str) -> Result<bool>;
+}
 
+/// Webhook deliveries (and the jobs they queue, in the same transaction).
+#[async_trait]
+pub trait DeliveryStore: Send + Sync {
     /// Store a batch of deliveries in one transaction (group commit). Each result says whether
     /// the delivery was new or a redelivery of one already stored.
     async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<Inserted>>;
@@ -506,7 +490,11 @@ pub trait Store: Send + Sync + 'static {
         connection_id: Option<&str>,
         limit: i64,
     ) -> Result<Vec<Delivery>>;
+}
 
+/// Sites, their resources, generations and tags.
+#[async_trait]
+pub trait SiteStore: Send + Sync {
     /// A new site in state `creating`; the name must be free among sites not deleted.
     async fn create_site(&self, s: &NewSite) -> Result<Site>;
     async fn set_site_state(&self, id: &str, state: SiteState) -> Result<()>;
@@ -525,32 +513,43 @@ pub trait Store: Send + Sync + 'static {
     /// Oldest first.
     async fn generations(&self, site_id: &str) -> Result<Vec<Generation>>;
     async fn delete_generation(&self, id: &str) -> Result<()>;
-
-    /// Queue a job (and, with `supersede`, cancel older queued jobs of its key and ask the
-    /// running one to stop), atomically.
-    async fn enqueue_job(&self, job: &NewJob, now: i64) -> Result<Job>;
-    /// Take the oldest runnable job whose key has no other running job and no older queued
-    /// job (strict order per key), or a running job whose lease expired; it becomes `running` under `worker`'s lease until `lease_until`.
-    async fn claim_job(&self, worker: &str, now: i64, lease_until: i64) -> Result<Option<Job>>;
-    /// Extend `worker`'s lease on a running job.
-    async fn heartbeat_job(
+    /// A site's tags, sorted.
+    async fn site_tags(&self, site_id: &str) -> Result<Vec<String>>;
+    /// False when the site had the tag already.
+    async fn add_site_tag(&self, site_id: &str, tag: &str) -> Result<bool>;
+    /// False when the site did not have the tag.
+    async fn remove_site_tag(&self, site_id: &str, tag: &str) -> Result<bool>;
+    /// A workspace's sites (deleted ones included) alive at some time in `[from, to)`.
+    async fn workspace_sites_between(
         &self,
-        id: &str,
-        worker: &str,
-        now: i64,
-        lease_until: i64,
-    ) -> Result<Heartbeat>;
-    /// End a job `worker` holds; false if the lease was lost (nothing is written then).
-    async fn finish_job(&self, id: &str, worker: &str, end: &JobEnd, now: i64) -> Result<bool>;
-    async fn job(&self, id: &str) -> Result<Option<Job>>;
-    /// Oldest first.
-    async fn jobs_for_key(&self, key: &str) -> Result<Vec<Job>>;
+        workspace_id: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<Site>>;
+}
 
+/// A site's access settings at the gateway.
+#[async_trait]
+pub trait AccessStore: Send + Sync {
+    async fn site_access(&self, site_id: &str) -> Result<Option<SiteAccess>>;
+    /// The access settings of the live site of that name (what the gateway checks).
+    async fn site_access_by_name(&self, site_name: &str) -> Result<Option<SiteAccess>>;
+    async fn put_site_access(&self, a: &SiteAccess) -> Result<()>;
+}
+
+/// What the gateway serves for each site name.
+#[async_trait]
+pub trait RouteStore: Send + Sync {
     /// Insert or replace the route of a site name.
     async fn put_route(&self, route: &RouteRow) -> Result<()>;
     async fn route(&self, site_name: &str) -> Result<Option<RouteRow>>;
     async fn delete_route(&self, site_name: &str) -> Result<()>;
+    async fn list_routes(&self) -> Result<Vec<RouteRow>>;
+}
 
+/// Previews of pull requests and the steps of their runs.
+#[async_trait]
+pub trait PreviewStore: Send + Sync {
     /// Insert or replace a preview (unique per connection and number).
     async fn put_preview(&self, p: &Preview) -> Result<()> {
         self.put_preview_with_outbox(p, &[], crate::now_ms()).await
@@ -571,7 +570,11 @@ pub trait Store: Send + Sync + 'static {
     async fn put_step(&self, s: &PreviewStep) -> Result<()>;
     /// The steps of the preview's newest run, in order.
     async fn last_run_steps(&self, preview_id: &str) -> Result<Vec<PreviewStep>>;
+}
 
+/// The durable outbox of write-backs, and the ids forges gave back.
+#[async_trait]
+pub trait OutboxStore: Send + Sync {
     /// Store a write-back; replaces the payload of a pending item of the same key.
     async fn enqueue_outbox(&self, item: &NewOutbox, now: i64) -> Result<()>;
     /// Take up to `limit` due items (pending, or sending with an expired lease) whose key has
@@ -607,7 +610,11 @@ pub trait Store: Send + Sync + 'static {
         kind: &str,
         ref_id: &str,
     ) -> Result<()>;
+}
 
+/// Which slash-commands of a comment already ran.
+#[async_trait]
+pub trait CommandStore: Send + Sync {
     /// The commands of a comment that already ran, with their recorded outcomes.
     async fn comment_commands(
         &self,
@@ -623,41 +630,19 @@ pub trait Store: Send + Sync + 'static {
         outcome: &str,
         now: i64,
     ) -> Result<()>;
+}
 
-    /// A site's tags, sorted.
-    async fn site_tags(&self, site_id: &str) -> Result<Vec<String>>;
-    /// False when the site had the tag already.
-    async fn add_site_tag(&self, site_id: &str, tag: &str) -> Result<bool>;
-    /// False when the site did not have the tag.
-    async fn remove_site_tag(&self, site_id: &str, tag: &str) -> Result<bool>;
-
-    async fn site_access(&self, site_id: &str) -> Result<Option<SiteAccess>>;
-    /// The access settings of the live site of that name (what the gateway checks).
-    async fn site_access_by_name(&self, site_name: &str) -> Result<Option<SiteAccess>>;
-    async fn put_site_access(&self, a: &SiteAccess) -> Result<()>;
-
+/// Named leases (one reaper pass at a time).
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
     /// Take (or renew) the named lease until `until` unless another owner holds it unexpired.
     async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> Result<bool>;
     async fn release_lease(&self, name: &str, owner: &str) -> Result<()>;
-    /// Insert `job` already running under `worker`'s lease; `None` when a job of its key is
-    /// running (the key is busy).
-    async fn start_job_now(
-        &self,
-        job: &NewJob,
-        worker: &str,
-        now: i64,
-        lease_until: i64,
-    ) -> Result<Option<Job>>;
-    async fn list_routes(&self) -> Result<Vec<RouteRow>>;
+}
 
-    /// A new API token of `user_id`, kept as its hash only.
-    async fn create_token(&self, user_id: &str, name: &str, token_hash: &str) -> Result<ApiToken>;
-    /// The user a live (not revoked) token belongs to, and the token's id.
-    async fn token_user(&self, token_hash: &str, now: i64) -> Result<Option<(User, String)>>;
-    async fn list_tokens(&self, user_id: &str) -> Result<Vec<ApiToken>>;
-    /// Revoke one of `user_id`'s tokens; false when there is no such live token.
-    async fn revoke_token(&self, user_id: &str, token_id: &str) -> Result<bool>;
-
+/// The audit trail.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
     async fn record_audit(
         &self,
         caller: &str,
@@ -666,7 +651,11 @@ pub trait Store: Send + Sync + 'static {
         detail: &str,
     ) -> Result<()>;
     async fn audit_events(&self, site_id: Option<&str>) -> Result<Vec<AuditEvent>>;
+}
 
+/// Usage samples and the CPU readings of site processes.
+#[async_trait]
+pub trait UsageStore: Send + Sync {
     /// Add CPU and GiB-hours to a site's month; `sampled_at > 0` also records `last_bytes`.
     async fn add_site_usage(&self, u: &SiteUsage) -> Result<()>;
     async fn site_usage(&self, month: &str) -> Result<Vec<SiteUsage>>;
@@ -675,13 +664,6 @@ pub trait Store: Send + Sync + 'static {
     async fn usage_procs(&self) -> Result<Vec<UsageProc>>;
     async fn put_usage_proc(&self, p: &UsageProc) -> Result<()>;
     async fn delete_usage_proc(&self, pid: i64, start_ticks: i64) -> Result<()>;
-    /// A workspace's sites (deleted ones included) alive at some time in `[from, to)`.
-    async fn workspace_sites_between(
-        &self,
-        workspace_id: &str,
-        from: i64,
-        to: i64,
-    ) -> Result<Vec<Site>>;
 }
 
 /// An API bearer token (the token itself is never stored).

@@ -142,10 +142,11 @@ macro_rules! supersede_in {
         {
             sqlx::query(
                 "UPDATE jobs SET state = 'cancelled', last_error = 'superseded by a newer job', updated_at = $1 \
-                 WHERE job_key = $2 AND state = 'queued' AND kind <> 'comment'",
+                 WHERE job_key = $2 AND state = 'queued' AND kind <> $3",
             )
             .bind(now)
             .bind(key)
+            .bind($crate::jobs::JobKind::NEVER_SUPERSEDED)
             .execute(&mut *$tx)
             .await?;
             sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE job_key = $2 AND state = 'running'")
@@ -230,7 +231,10 @@ macro_rules! impl_store {
                 }
                 Ok(())
             }
+        }
 
+        #[async_trait::async_trait]
+        impl $crate::store::UserStore for $store {
             async fn create_user(
                 &self,
                 login: &str,
@@ -289,6 +293,63 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn create_token(&self, user_id: &str, name: &str, token_hash: &str) -> $crate::store::Result<$crate::store::ApiToken> {
+                Ok(sqlx::query_as(
+                    "INSERT INTO api_tokens (id, user_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
+                     RETURNING id, user_id, name, created_at, last_used_at, revoked_at",
+                )
+                .bind($crate::store::new_id())
+                .bind(user_id)
+                .bind(name)
+                .bind(token_hash)
+                .bind($crate::now_ms())
+                .fetch_one(&self.pool)
+                .await?)
+            }
+
+            async fn token_user(&self, token_hash: &str, now: i64) -> $crate::store::Result<Option<($crate::store::User, String)>> {
+                let row: Option<(String, String, Option<String>, Option<String>, i64, String)> = sqlx::query_as(
+                    "SELECT u.id, u.login, u.name, u.email, u.created_at, t.id FROM api_tokens t \
+                     JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
+                )
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some((id, login, name, email, created_at, token_id)) = row else {
+                    return Ok(None);
+                };
+                // last_used_at to the minute: one write per token per minute, not per request.
+                sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)")
+                    .bind(now)
+                    .bind(&token_id)
+                    .bind(now - 60_000)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(Some(($crate::store::User { id, login, name, email, created_at }, token_id)))
+            }
+
+            async fn list_tokens(&self, user_id: &str) -> $crate::store::Result<Vec<$crate::store::ApiToken>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, user_id, name, created_at, last_used_at, revoked_at FROM api_tokens WHERE user_id = $1 ORDER BY created_at, id",
+                )
+                .bind(user_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn revoke_token(&self, user_id: &str, token_id: &str) -> $crate::store::Result<bool> {
+                let r = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL")
+                    .bind($crate::now_ms())
+                    .bind(token_id)
+                    .bind(user_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(r.rows_affected() == 1)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::WorkspaceStore for $store {
             async fn create_workspace(
                 &self,
                 name: &str,
@@ -447,7 +508,10 @@ macro_rules! impl_store {
                     .map(|(r,)| $crate::store::sql::role_list(&r))
                     .unwrap_or_default())
             }
+        }
 
+        #[async_trait::async_trait]
+        impl $crate::store::ConnectionStore for $store {
             async fn create_connection(
                 &self,
                 c: &$crate::store::NewConnection,
@@ -526,7 +590,10 @@ macro_rules! impl_store {
                     .await?;
                 Ok(done.rows_affected() == 1)
             }
+        }
 
+        #[async_trait::async_trait]
+        impl $crate::store::DeliveryStore for $store {
             async fn insert_deliveries(
                 &self,
                 batch: &[$crate::store::NewDelivery],
@@ -585,7 +652,7 @@ macro_rules! impl_store {
                     if job.supersede && superseded.insert(job.job_key.as_str()) {
                         $crate::store::sql::supersede_in!(tx, &job.job_key, at);
                     }
-                    let later = job.kind != "comment"
+                    let later = job.kind.superseded_by_newer()
                         && last_superseding.get(job.job_key.as_str()).is_some_and(|&last| last > i);
                     $crate::store::sql::insert_job_in!(tx, job, if later { "cancelled" } else { "queued" }, at);
                 }
@@ -617,7 +684,10 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await?)
             }
+        }
 
+        #[async_trait::async_trait]
+        impl $crate::store::SiteStore for $store {
             async fn create_site(&self, s: &$crate::store::NewSite) -> $crate::store::Result<$crate::store::Site> {
                 let row: $crate::store::sql::SiteRow = sqlx::query_as(concat!(
                     "INSERT INTO sites (id, name, workspace_id, region, parent_id, read_only, state, created_at) \
@@ -758,6 +828,478 @@ macro_rules! impl_store {
                 .await?)
             }
 
+            async fn site_tags(&self, site_id: &str) -> $crate::store::Result<Vec<String>> {
+                let rows: Vec<(String,)> = sqlx::query_as("SELECT tag FROM site_tags WHERE site_id = $1 ORDER BY tag")
+                    .bind(site_id)
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows.into_iter().map(|r| r.0).collect())
+            }
+
+            async fn add_site_tag(&self, site_id: &str, tag: &str) -> $crate::store::Result<bool> {
+                let r = sqlx::query("INSERT INTO site_tags (site_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                    .bind(site_id)
+                    .bind(tag)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn remove_site_tag(&self, site_id: &str, tag: &str) -> $crate::store::Result<bool> {
+                let r = sqlx::query("DELETE FROM site_tags WHERE site_id = $1 AND tag = $2")
+                    .bind(site_id)
+                    .bind(tag)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn delete_generation(&self, id: &str) -> $crate::store::Result<()> {
+                sqlx::query("DELETE FROM generations WHERE id = $1").bind(id).execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn workspace_sites_between(&self, workspace_id: &str, from: i64, to: i64) -> $crate::store::Result<Vec<$crate::store::Site>> {
+                let rows: Vec<$crate::store::sql::SiteRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::site_columns!(),
+                    " FROM sites WHERE workspace_id = $1 AND created_at < $3 AND (deleted_at IS NULL OR deleted_at >= $2) ORDER BY name, created_at"
+                ))
+                .bind(workspace_id)
+                .bind(from)
+                .bind(to)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::AccessStore for $store {
+            async fn site_access(&self, site_id: &str) -> $crate::store::Result<Option<$crate::store::SiteAccess>> {
+                Ok(sqlx::query_as(
+                    "SELECT site_id, robots, basic_user, basic_hash, basic_sealed, updated_at, allow_cidrs, deny_cidrs FROM site_access WHERE site_id = $1",
+                )
+                .bind(site_id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn site_access_by_name(&self, site_name: &str) -> $crate::store::Result<Option<$crate::store::SiteAccess>> {
+                Ok(sqlx::query_as(
+                    "SELECT a.site_id, a.robots, a.basic_user, a.basic_hash, a.basic_sealed, a.updated_at, a.allow_cidrs, a.deny_cidrs \
+                     FROM site_access a JOIN sites s ON s.id = a.site_id WHERE s.name = $1 AND s.state <> 'deleted'",
+                )
+                .bind(site_name)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn put_site_access(&self, a: &$crate::store::SiteAccess) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO site_access (site_id, robots, basic_user, basic_hash, basic_sealed, updated_at, allow_cidrs, deny_cidrs) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (site_id) DO UPDATE SET robots = excluded.robots, \
+                     basic_user = excluded.basic_user, basic_hash = excluded.basic_hash, \
+                     basic_sealed = excluded.basic_sealed, updated_at = excluded.updated_at, \
+                     allow_cidrs = excluded.allow_cidrs, deny_cidrs = excluded.deny_cidrs",
+                )
+                .bind(&a.site_id)
+                .bind(a.robots)
+                .bind(&a.basic_user)
+                .bind(&a.basic_hash)
+                .bind(&a.basic_sealed)
+                .bind(a.updated_at)
+                .bind(&a.allow_cidrs)
+                .bind(&a.deny_cidrs)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::RouteStore for $store {
+            async fn put_route(&self, r: &$crate::store::RouteRow) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO routes (site_name, kind, target, robots, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (site_name) DO UPDATE SET kind = excluded.kind, target = excluded.target, \
+                     robots = excluded.robots, updated_at = excluded.updated_at",
+                )
+                .bind(&r.site_name)
+                .bind(&r.kind)
+                .bind(&r.target)
+                .bind(r.robots)
+                .bind(r.updated_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn route(&self, site_name: &str) -> $crate::store::Result<Option<$crate::store::RouteRow>> {
+                Ok(sqlx::query_as("SELECT site_name, kind, target, robots, updated_at FROM routes WHERE site_name = $1")
+                    .bind(site_name)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn delete_route(&self, site_name: &str) -> $crate::store::Result<()> {
+                sqlx::query("DELETE FROM routes WHERE site_name = $1").bind(site_name).execute(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn list_routes(&self) -> $crate::store::Result<Vec<$crate::store::RouteRow>> {
+                Ok(sqlx::query_as("SELECT site_name, kind, target, robots, updated_at FROM routes ORDER BY site_name")
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::PreviewStore for $store {
+            async fn put_preview_with_outbox(&self, p: &$crate::store::Preview, rows: &[$crate::store::NewOutbox], now: i64) -> $crate::store::Result<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO previews (id, connection_id, number, site_name, site_id, state, head_sha, ready_sha, \
+                     approved_sha, is_fork, reason, port, pid, received_at, created_at, updated_at, title, expires_at, \
+                     teardown_step, warned_expiry, ttl_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
+                     ON CONFLICT (connection_id, number) DO UPDATE SET site_name = excluded.site_name, \
+                     site_id = excluded.site_id, state = excluded.state, head_sha = excluded.head_sha, \
+                     ready_sha = excluded.ready_sha, approved_sha = excluded.approved_sha, is_fork = excluded.is_fork, \
+                     reason = excluded.reason, port = excluded.port, pid = excluded.pid, \
+                     received_at = excluded.received_at, updated_at = excluded.updated_at, title = excluded.title, \
+                     expires_at = excluded.expires_at, teardown_step = excluded.teardown_step, \
+                     warned_expiry = excluded.warned_expiry, ttl_ms = excluded.ttl_ms",
+                )
+                .bind(&p.id)
+                .bind(&p.connection_id)
+                .bind(p.number)
+                .bind(&p.site_name)
+                .bind(&p.site_id)
+                .bind(&p.state)
+                .bind(&p.head_sha)
+                .bind(&p.ready_sha)
+                .bind(&p.approved_sha)
+                .bind(p.is_fork)
+                .bind(&p.reason)
+                .bind(p.port)
+                .bind(p.pid)
+                .bind(p.received_at)
+                .bind(p.created_at)
+                .bind(p.updated_at)
+                .bind(&p.title)
+                .bind(p.expires_at)
+                .bind(&p.teardown_step)
+                .bind(p.warned_expiry)
+                .bind(p.ttl_ms)
+                .execute(&mut *tx)
+                .await?;
+                for o in rows {
+                    enqueue_outbox_in!(&mut *tx, o, now);
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn preview(&self, connection_id: &str, number: i64) -> $crate::store::Result<Option<$crate::store::Preview>> {
+                Ok(sqlx::query_as(concat!("SELECT ", $crate::store::sql::preview_cols!(), " FROM previews WHERE connection_id = $1 AND number = $2"))
+                    .bind(connection_id)
+                    .bind(number)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn preview_by_site_name(&self, site_name: &str) -> $crate::store::Result<Option<$crate::store::Preview>> {
+                Ok(sqlx::query_as(concat!("SELECT ", $crate::store::sql::preview_cols!(), " FROM previews WHERE site_name = $1 ORDER BY updated_at DESC LIMIT 1"))
+                    .bind(site_name)
+                    .fetch_optional(&self.pool)
+                    .await?)
+            }
+
+            async fn list_previews(&self) -> $crate::store::Result<Vec<$crate::store::Preview>> {
+                Ok(sqlx::query_as(concat!("SELECT ", $crate::store::sql::preview_cols!(), " FROM previews ORDER BY site_name"))
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn put_step(&self, s: &$crate::store::PreviewStep) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO preview_steps (preview_id, run_id, step, seq, started_at, ended_at, ok, detail) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (preview_id, run_id, step) DO UPDATE SET \
+                     seq = excluded.seq, started_at = excluded.started_at, ended_at = excluded.ended_at, ok = excluded.ok, \
+                     detail = excluded.detail",
+                )
+                .bind(&s.preview_id)
+                .bind(&s.run_id)
+                .bind(&s.step)
+                .bind(s.seq)
+                .bind(s.started_at)
+                .bind(s.ended_at)
+                .bind(s.ok)
+                .bind(&s.detail)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn last_run_steps(&self, preview_id: &str) -> $crate::store::Result<Vec<$crate::store::PreviewStep>> {
+                Ok(sqlx::query_as(
+                    "SELECT preview_id, run_id, step, seq, started_at, ended_at, ok, detail FROM preview_steps \
+                     WHERE preview_id = $1 AND run_id = (SELECT run_id FROM preview_steps WHERE preview_id = $1 \
+                     ORDER BY started_at DESC, seq DESC LIMIT 1) ORDER BY seq",
+                )
+                .bind(preview_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::OutboxStore for $store {
+            async fn enqueue_outbox(&self, o: &$crate::store::NewOutbox, now: i64) -> $crate::store::Result<()> {
+                enqueue_outbox_in!(&self.pool, o, now);
+                Ok(())
+            }
+
+            async fn claim_outbox(&self, worker: &str, now: i64, lease_until: i64, limit: i64) -> $crate::store::Result<Vec<$crate::store::OutboxItem>> {
+                // The outer state test is re-checked on PostgreSQL when another claimer took a
+                // row first, so an item is never held by two senders.
+                Ok(sqlx::query_as(
+                    "UPDATE outbox SET state = 'sending', lease_owner = $1, lease_until = $3, attempts = attempts + 1, \
+                     updated_at = $2 WHERE (state = 'pending' AND run_after <= $2 OR state = 'sending' AND lease_until < $2) \
+                     AND id IN (SELECT o.id FROM outbox o WHERE (o.state = 'pending' AND o.run_after <= $2 \
+                     OR o.state = 'sending' AND o.lease_until < $2) AND NOT EXISTS (SELECT 1 FROM outbox s \
+                     WHERE s.coalesce_key = o.coalesce_key AND s.state = 'sending' AND s.lease_until >= $2 AND s.id <> o.id) \
+                     ORDER BY o.created_at LIMIT $4) \
+                     RETURNING id, connection_id, number, kind, coalesce_key, payload, state, attempts, run_after, \
+                     lease_owner, lease_until, last_error, created_at, updated_at",
+                )
+                .bind(worker)
+                .bind(now)
+                .bind(lease_until)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn finish_outbox(&self, id: &str, worker: &str, end: &$crate::store::OutboxEnd, now: i64) -> $crate::store::Result<bool> {
+                use $crate::store::OutboxEnd;
+                let r = match end {
+                    OutboxEnd::Done => sqlx::query(
+                        "UPDATE outbox SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $3 \
+                         WHERE id = $1 AND state = 'sending' AND lease_owner = $2",
+                    )
+                    .bind(id).bind(worker).bind(now)
+                    .execute(&self.pool).await?,
+                    OutboxEnd::Failed { error } => sqlx::query(
+                        "UPDATE outbox SET state = 'failed', lease_owner = NULL, lease_until = NULL, last_error = $4, \
+                         updated_at = $3 WHERE id = $1 AND state = 'sending' AND lease_owner = $2",
+                    )
+                    .bind(id).bind(worker).bind(now).bind(error)
+                    .execute(&self.pool).await?,
+                    OutboxEnd::Retry { error, run_after } => sqlx::query(
+                        "UPDATE outbox SET state = CASE WHEN EXISTS (SELECT 1 FROM outbox p WHERE \
+                         p.coalesce_key = outbox.coalesce_key AND p.state = 'pending') THEN 'superseded' ELSE 'pending' END, \
+                         lease_owner = NULL, lease_until = NULL, last_error = $4, run_after = $5, updated_at = $3 \
+                         WHERE id = $1 AND state = 'sending' AND lease_owner = $2",
+                    )
+                    .bind(id).bind(worker).bind(now).bind(error).bind(run_after)
+                    .execute(&self.pool).await?,
+                };
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn outbox_items(&self, connection_id: &str) -> $crate::store::Result<Vec<$crate::store::OutboxItem>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, connection_id, number, kind, coalesce_key, payload, state, attempts, run_after, lease_owner, \
+                     lease_until, last_error, created_at, updated_at FROM outbox WHERE connection_id = $1 ORDER BY created_at, id",
+                )
+                .bind(connection_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn forge_ref(&self, connection_id: &str, number: i64, kind: &str) -> $crate::store::Result<Option<String>> {
+                let row: Option<(String,)> = sqlx::query_as(
+                    "SELECT ref_id FROM forge_refs WHERE connection_id = $1 AND number = $2 AND kind = $3",
+                )
+                .bind(connection_id)
+                .bind(number)
+                .bind(kind)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(|r| r.0))
+            }
+
+            async fn put_forge_ref(&self, connection_id: &str, number: i64, kind: &str, ref_id: &str) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO forge_refs (connection_id, number, kind, ref_id) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (connection_id, number, kind) DO UPDATE SET ref_id = excluded.ref_id",
+                )
+                .bind(connection_id)
+                .bind(number)
+                .bind(kind)
+                .bind(ref_id)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::CommandStore for $store {
+            async fn comment_commands(&self, connection_id: &str, comment_id: &str) -> $crate::store::Result<Vec<(String, String)>> {
+                Ok(sqlx::query_as(
+                    "SELECT command, outcome FROM comment_commands WHERE connection_id = $1 AND comment_id = $2 ORDER BY created_at, command",
+                )
+                .bind(connection_id)
+                .bind(comment_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn record_comment_command(&self, connection_id: &str, comment_id: &str, command: &str, outcome: &str, now: i64) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO comment_commands (connection_id, comment_id, command, outcome, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                )
+                .bind(connection_id)
+                .bind(comment_id)
+                .bind(command)
+                .bind(outcome)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::LeaseStore for $store {
+            async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> $crate::store::Result<bool> {
+                let r = sqlx::query(
+                    "INSERT INTO leases (name, owner, until) VALUES ($1, $2, $3) \
+                     ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until \
+                     WHERE leases.until < $4 OR leases.owner = excluded.owner",
+                )
+                .bind(name)
+                .bind(owner)
+                .bind(until)
+                .bind(now)
+                .execute(&self.pool)
+                .await?;
+                Ok(r.rows_affected() == 1)
+            }
+
+            async fn release_lease(&self, name: &str, owner: &str) -> $crate::store::Result<()> {
+                sqlx::query("DELETE FROM leases WHERE name = $1 AND owner = $2")
+                    .bind(name)
+                    .bind(owner)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::AuditStore for $store {
+            async fn record_audit(&self, caller: &str, action: &str, site_id: Option<&str>, detail: &str) -> $crate::store::Result<()> {
+                sqlx::query("INSERT INTO audit_events (id, at, caller, action, site_id, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+                    .bind($crate::store::new_id())
+                    .bind($crate::now_ms())
+                    .bind(caller)
+                    .bind(action)
+                    .bind(site_id)
+                    .bind(detail)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn audit_events(&self, site_id: Option<&str>) -> $crate::store::Result<Vec<$crate::store::AuditEvent>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, at, caller, action, site_id, detail FROM audit_events \
+                     WHERE $1 IS NULL OR site_id = $1 ORDER BY at, id",
+                )
+                .bind(site_id)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::UsageStore for $store {
+            async fn add_site_usage(&self, u: &$crate::store::SiteUsage) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO site_usage (site_id, month, cpu_ms, gib_hours, last_bytes, sampled_at) VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (site_id, month) DO UPDATE SET cpu_ms = site_usage.cpu_ms + excluded.cpu_ms, \
+                     gib_hours = site_usage.gib_hours + excluded.gib_hours, \
+                     last_bytes = CASE WHEN excluded.sampled_at > 0 THEN excluded.last_bytes ELSE site_usage.last_bytes END, \
+                     sampled_at = CASE WHEN excluded.sampled_at > 0 THEN excluded.sampled_at ELSE site_usage.sampled_at END",
+                )
+                .bind(&u.site_id)
+                .bind(&u.month)
+                .bind(u.cpu_ms)
+                .bind(u.gib_hours)
+                .bind(u.last_bytes)
+                .bind(u.sampled_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn site_usage(&self, month: &str) -> $crate::store::Result<Vec<$crate::store::SiteUsage>> {
+                Ok(sqlx::query_as(
+                    "SELECT site_id, month, cpu_ms, gib_hours, last_bytes, sampled_at FROM site_usage WHERE month = $1",
+                )
+                .bind(month)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn last_storage_sample(&self, site_id: &str) -> $crate::store::Result<Option<(i64, i64)>> {
+                Ok(sqlx::query_as(
+                    "SELECT last_bytes, sampled_at FROM site_usage WHERE site_id = $1 AND sampled_at > 0 ORDER BY sampled_at DESC LIMIT 1",
+                )
+                .bind(site_id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn usage_procs(&self) -> $crate::store::Result<Vec<$crate::store::UsageProc>> {
+                Ok(sqlx::query_as("SELECT site_id, pid, start_ticks, cpu_ms FROM usage_procs")
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn put_usage_proc(&self, p: &$crate::store::UsageProc) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO usage_procs (site_id, pid, start_ticks, cpu_ms) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (pid, start_ticks) DO UPDATE SET cpu_ms = excluded.cpu_ms, site_id = excluded.site_id",
+                )
+                .bind(&p.site_id)
+                .bind(p.pid)
+                .bind(p.start_ticks)
+                .bind(p.cpu_ms)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn delete_usage_proc(&self, pid: i64, start_ticks: i64) -> $crate::store::Result<()> {
+                sqlx::query("DELETE FROM usage_procs WHERE pid = $1 AND start_ticks = $2")
+                    .bind(pid)
+                    .bind(start_ticks)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::jobs::JobQueue for $store {
+            type Error = $crate::store::StoreError;
+
             async fn enqueue_job(&self, job: &$crate::store::NewJob, now: i64) -> $crate::store::Result<$crate::store::Job> {
                 let mut tx = self.pool.begin().await?;
                 $crate::store::sql::lock_job_keys!(tx, vec![job.job_key.as_str()]);
@@ -860,321 +1402,6 @@ macro_rules! impl_store {
                 .await?)
             }
 
-            async fn put_route(&self, r: &$crate::store::RouteRow) -> $crate::store::Result<()> {
-                sqlx::query(
-                    "INSERT INTO routes (site_name, kind, target, robots, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (site_name) DO UPDATE SET kind = excluded.kind, target = excluded.target, \
-                     robots = excluded.robots, updated_at = excluded.updated_at",
-                )
-                .bind(&r.site_name)
-                .bind(&r.kind)
-                .bind(&r.target)
-                .bind(r.robots)
-                .bind(r.updated_at)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            async fn route(&self, site_name: &str) -> $crate::store::Result<Option<$crate::store::RouteRow>> {
-                Ok(sqlx::query_as("SELECT site_name, kind, target, robots, updated_at FROM routes WHERE site_name = $1")
-                    .bind(site_name)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            async fn delete_route(&self, site_name: &str) -> $crate::store::Result<()> {
-                sqlx::query("DELETE FROM routes WHERE site_name = $1").bind(site_name).execute(&self.pool).await?;
-                Ok(())
-            }
-
-            async fn put_preview_with_outbox(&self, p: &$crate::store::Preview, rows: &[$crate::store::NewOutbox], now: i64) -> $crate::store::Result<()> {
-                let mut tx = self.pool.begin().await?;
-                sqlx::query(
-                    "INSERT INTO previews (id, connection_id, number, site_name, site_id, state, head_sha, ready_sha, \
-                     approved_sha, is_fork, reason, port, pid, received_at, created_at, updated_at, title, expires_at, \
-                     teardown_step, warned_expiry, ttl_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
-                     ON CONFLICT (connection_id, number) DO UPDATE SET site_name = excluded.site_name, \
-                     site_id = excluded.site_id, state = excluded.state, head_sha = excluded.head_sha, \
-                     ready_sha = excluded.ready_sha, approved_sha = excluded.approved_sha, is_fork = excluded.is_fork, \
-                     reason = excluded.reason, port = excluded.port, pid = excluded.pid, \
-                     received_at = excluded.received_at, updated_at = excluded.updated_at, title = excluded.title, \
-                     expires_at = excluded.expires_at, teardown_step = excluded.teardown_step, \
-                     warned_expiry = excluded.warned_expiry, ttl_ms = excluded.ttl_ms",
-                )
-                .bind(&p.id)
-                .bind(&p.connection_id)
-                .bind(p.number)
-                .bind(&p.site_name)
-                .bind(&p.site_id)
-                .bind(&p.state)
-                .bind(&p.head_sha)
-                .bind(&p.ready_sha)
-                .bind(&p.approved_sha)
-                .bind(p.is_fork)
-                .bind(&p.reason)
-                .bind(p.port)
-                .bind(p.pid)
-                .bind(p.received_at)
-                .bind(p.created_at)
-                .bind(p.updated_at)
-                .bind(&p.title)
-                .bind(p.expires_at)
-                .bind(&p.teardown_step)
-                .bind(p.warned_expiry)
-                .bind(p.ttl_ms)
-                .execute(&mut *tx)
-                .await?;
-                for o in rows {
-                    enqueue_outbox_in!(&mut *tx, o, now);
-                }
-                tx.commit().await?;
-                Ok(())
-            }
-
-            async fn preview(&self, connection_id: &str, number: i64) -> $crate::store::Result<Option<$crate::store::Preview>> {
-                Ok(sqlx::query_as(concat!("SELECT ", $crate::store::sql::preview_cols!(), " FROM previews WHERE connection_id = $1 AND number = $2"))
-                    .bind(connection_id)
-                    .bind(number)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            async fn preview_by_site_name(&self, site_name: &str) -> $crate::store::Result<Option<$crate::store::Preview>> {
-                Ok(sqlx::query_as(concat!("SELECT ", $crate::store::sql::preview_cols!(), " FROM previews WHERE site_name = $1 ORDER BY updated_at DESC LIMIT 1"))
-                    .bind(site_name)
-                    .fetch_optional(&self.pool)
-                    .await?)
-            }
-
-            async fn list_previews(&self) -> $crate::store::Result<Vec<$crate::store::Preview>> {
-                Ok(sqlx::query_as(concat!("SELECT ", $crate::store::sql::preview_cols!(), " FROM previews ORDER BY site_name"))
-                    .fetch_all(&self.pool)
-                    .await?)
-            }
-
-            async fn put_step(&self, s: &$crate::store::PreviewStep) -> $crate::store::Result<()> {
-                sqlx::query(
-                    "INSERT INTO preview_steps (preview_id, run_id, step, seq, started_at, ended_at, ok, detail) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (preview_id, run_id, step) DO UPDATE SET \
-                     seq = excluded.seq, started_at = excluded.started_at, ended_at = excluded.ended_at, ok = excluded.ok, \
-                     detail = excluded.detail",
-                )
-                .bind(&s.preview_id)
-                .bind(&s.run_id)
-                .bind(&s.step)
-                .bind(s.seq)
-                .bind(s.started_at)
-                .bind(s.ended_at)
-                .bind(s.ok)
-                .bind(&s.detail)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            async fn last_run_steps(&self, preview_id: &str) -> $crate::store::Result<Vec<$crate::store::PreviewStep>> {
-                Ok(sqlx::query_as(
-                    "SELECT preview_id, run_id, step, seq, started_at, ended_at, ok, detail FROM preview_steps \
-                     WHERE preview_id = $1 AND run_id = (SELECT run_id FROM preview_steps WHERE preview_id = $1 \
-                     ORDER BY started_at DESC, seq DESC LIMIT 1) ORDER BY seq",
-                )
-                .bind(preview_id)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn enqueue_outbox(&self, o: &$crate::store::NewOutbox, now: i64) -> $crate::store::Result<()> {
-                enqueue_outbox_in!(&self.pool, o, now);
-                Ok(())
-            }
-
-            async fn claim_outbox(&self, worker: &str, now: i64, lease_until: i64, limit: i64) -> $crate::store::Result<Vec<$crate::store::OutboxItem>> {
-                // The outer state test is re-checked on PostgreSQL when another claimer took a
-                // row first, so an item is never held by two senders.
-                Ok(sqlx::query_as(
-                    "UPDATE outbox SET state = 'sending', lease_owner = $1, lease_until = $3, attempts = attempts + 1, \
-                     updated_at = $2 WHERE (state = 'pending' AND run_after <= $2 OR state = 'sending' AND lease_until < $2) \
-                     AND id IN (SELECT o.id FROM outbox o WHERE (o.state = 'pending' AND o.run_after <= $2 \
-                     OR o.state = 'sending' AND o.lease_until < $2) AND NOT EXISTS (SELECT 1 FROM outbox s \
-                     WHERE s.coalesce_key = o.coalesce_key AND s.state = 'sending' AND s.lease_until >= $2 AND s.id <> o.id) \
-                     ORDER BY o.created_at LIMIT $4) \
-                     RETURNING id, connection_id, number, kind, coalesce_key, payload, state, attempts, run_after, \
-                     lease_owner, lease_until, last_error, created_at, updated_at",
-                )
-                .bind(worker)
-                .bind(now)
-                .bind(lease_until)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn finish_outbox(&self, id: &str, worker: &str, end: &$crate::store::OutboxEnd, now: i64) -> $crate::store::Result<bool> {
-                use $crate::store::OutboxEnd;
-                let r = match end {
-                    OutboxEnd::Done => sqlx::query(
-                        "UPDATE outbox SET state = 'done', lease_owner = NULL, lease_until = NULL, updated_at = $3 \
-                         WHERE id = $1 AND state = 'sending' AND lease_owner = $2",
-                    )
-                    .bind(id).bind(worker).bind(now)
-                    .execute(&self.pool).await?,
-                    OutboxEnd::Failed { error } => sqlx::query(
-                        "UPDATE outbox SET state = 'failed', lease_owner = NULL, lease_until = NULL, last_error = $4, \
-                         updated_at = $3 WHERE id = $1 AND state = 'sending' AND lease_owner = $2",
-                    )
-                    .bind(id).bind(worker).bind(now).bind(error)
-                    .execute(&self.pool).await?,
-                    OutboxEnd::Retry { error, run_after } => sqlx::query(
-                        "UPDATE outbox SET state = CASE WHEN EXISTS (SELECT 1 FROM outbox p WHERE \
-                         p.coalesce_key = outbox.coalesce_key AND p.state = 'pending') THEN 'superseded' ELSE 'pending' END, \
-                         lease_owner = NULL, lease_until = NULL, last_error = $4, run_after = $5, updated_at = $3 \
-                         WHERE id = $1 AND state = 'sending' AND lease_owner = $2",
-                    )
-                    .bind(id).bind(worker).bind(now).bind(error).bind(run_after)
-                    .execute(&self.pool).await?,
-                };
-                Ok(r.rows_affected() == 1)
-            }
-
-            async fn outbox_items(&self, connection_id: &str) -> $crate::store::Result<Vec<$crate::store::OutboxItem>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, connection_id, number, kind, coalesce_key, payload, state, attempts, run_after, lease_owner, \
-                     lease_until, last_error, created_at, updated_at FROM outbox WHERE connection_id = $1 ORDER BY created_at, id",
-                )
-                .bind(connection_id)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn forge_ref(&self, connection_id: &str, number: i64, kind: &str) -> $crate::store::Result<Option<String>> {
-                let row: Option<(String,)> = sqlx::query_as(
-                    "SELECT ref_id FROM forge_refs WHERE connection_id = $1 AND number = $2 AND kind = $3",
-                )
-                .bind(connection_id)
-                .bind(number)
-                .bind(kind)
-                .fetch_optional(&self.pool)
-                .await?;
-                Ok(row.map(|r| r.0))
-            }
-
-            async fn comment_commands(&self, connection_id: &str, comment_id: &str) -> $crate::store::Result<Vec<(String, String)>> {
-                Ok(sqlx::query_as(
-                    "SELECT command, outcome FROM comment_commands WHERE connection_id = $1 AND comment_id = $2 ORDER BY created_at, command",
-                )
-                .bind(connection_id)
-                .bind(comment_id)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn record_comment_command(&self, connection_id: &str, comment_id: &str, command: &str, outcome: &str, now: i64) -> $crate::store::Result<()> {
-                sqlx::query(
-                    "INSERT INTO comment_commands (connection_id, comment_id, command, outcome, created_at) \
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                )
-                .bind(connection_id)
-                .bind(comment_id)
-                .bind(command)
-                .bind(outcome)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            async fn site_tags(&self, site_id: &str) -> $crate::store::Result<Vec<String>> {
-                let rows: Vec<(String,)> = sqlx::query_as("SELECT tag FROM site_tags WHERE site_id = $1 ORDER BY tag")
-                    .bind(site_id)
-                    .fetch_all(&self.pool)
-                    .await?;
-                Ok(rows.into_iter().map(|r| r.0).collect())
-            }
-
-            async fn add_site_tag(&self, site_id: &str, tag: &str) -> $crate::store::Result<bool> {
-                let r = sqlx::query("INSERT INTO site_tags (site_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                    .bind(site_id)
-                    .bind(tag)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(r.rows_affected() == 1)
-            }
-
-            async fn remove_site_tag(&self, site_id: &str, tag: &str) -> $crate::store::Result<bool> {
-                let r = sqlx::query("DELETE FROM site_tags WHERE site_id = $1 AND tag = $2")
-                    .bind(site_id)
-                    .bind(tag)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(r.rows_affected() == 1)
-            }
-
-            async fn site_access(&self, site_id: &str) -> $crate::store::Result<Option<$crate::store::SiteAccess>> {
-                Ok(sqlx::query_as(
-                    "SELECT site_id, robots, basic_user, basic_hash, basic_sealed, updated_at, allow_cidrs, deny_cidrs FROM site_access WHERE site_id = $1",
-                )
-                .bind(site_id)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
-
-            async fn site_access_by_name(&self, site_name: &str) -> $crate::store::Result<Option<$crate::store::SiteAccess>> {
-                Ok(sqlx::query_as(
-                    "SELECT a.site_id, a.robots, a.basic_user, a.basic_hash, a.basic_sealed, a.updated_at, a.allow_cidrs, a.deny_cidrs \
-                     FROM site_access a JOIN sites s ON s.id = a.site_id WHERE s.name = $1 AND s.state <> 'deleted'",
-                )
-                .bind(site_name)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
-
-            async fn put_site_access(&self, a: &$crate::store::SiteAccess) -> $crate::store::Result<()> {
-                sqlx::query(
-                    "INSERT INTO site_access (site_id, robots, basic_user, basic_hash, basic_sealed, updated_at, allow_cidrs, deny_cidrs) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (site_id) DO UPDATE SET robots = excluded.robots, \
-                     basic_user = excluded.basic_user, basic_hash = excluded.basic_hash, \
-                     basic_sealed = excluded.basic_sealed, updated_at = excluded.updated_at, \
-                     allow_cidrs = excluded.allow_cidrs, deny_cidrs = excluded.deny_cidrs",
-                )
-                .bind(&a.site_id)
-                .bind(a.robots)
-                .bind(&a.basic_user)
-                .bind(&a.basic_hash)
-                .bind(&a.basic_sealed)
-                .bind(a.updated_at)
-                .bind(&a.allow_cidrs)
-                .bind(&a.deny_cidrs)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> $crate::store::Result<bool> {
-                let r = sqlx::query(
-                    "INSERT INTO leases (name, owner, until) VALUES ($1, $2, $3) \
-                     ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until \
-                     WHERE leases.until < $4 OR leases.owner = excluded.owner",
-                )
-                .bind(name)
-                .bind(owner)
-                .bind(until)
-                .bind(now)
-                .execute(&self.pool)
-                .await?;
-                Ok(r.rows_affected() == 1)
-            }
-
-            async fn release_lease(&self, name: &str, owner: &str) -> $crate::store::Result<()> {
-                sqlx::query("DELETE FROM leases WHERE name = $1 AND owner = $2")
-                    .bind(name)
-                    .bind(owner)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
-
             async fn start_job_now(&self, job: &$crate::store::NewJob, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<Option<$crate::store::Job>> {
                 let r = sqlx::query_as(concat!(
                     "INSERT INTO jobs (id, kind, job_key, head_sha, payload, state, attempts, max_attempts, run_after, \
@@ -1213,188 +1440,6 @@ macro_rules! impl_store {
                     }
                     Err(e) => Err(e.into()),
                 }
-            }
-
-            async fn list_routes(&self) -> $crate::store::Result<Vec<$crate::store::RouteRow>> {
-                Ok(sqlx::query_as("SELECT site_name, kind, target, robots, updated_at FROM routes ORDER BY site_name")
-                    .fetch_all(&self.pool)
-                    .await?)
-            }
-
-            async fn put_forge_ref(&self, connection_id: &str, number: i64, kind: &str, ref_id: &str) -> $crate::store::Result<()> {
-                sqlx::query(
-                    "INSERT INTO forge_refs (connection_id, number, kind, ref_id) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (connection_id, number, kind) DO UPDATE SET ref_id = excluded.ref_id",
-                )
-                .bind(connection_id)
-                .bind(number)
-                .bind(kind)
-                .bind(ref_id)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            async fn delete_generation(&self, id: &str) -> $crate::store::Result<()> {
-                sqlx::query("DELETE FROM generations WHERE id = $1").bind(id).execute(&self.pool).await?;
-                Ok(())
-            }
-
-            async fn create_token(&self, user_id: &str, name: &str, token_hash: &str) -> $crate::store::Result<$crate::store::ApiToken> {
-                Ok(sqlx::query_as(
-                    "INSERT INTO api_tokens (id, user_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
-                     RETURNING id, user_id, name, created_at, last_used_at, revoked_at",
-                )
-                .bind($crate::store::new_id())
-                .bind(user_id)
-                .bind(name)
-                .bind(token_hash)
-                .bind($crate::now_ms())
-                .fetch_one(&self.pool)
-                .await?)
-            }
-
-            async fn token_user(&self, token_hash: &str, now: i64) -> $crate::store::Result<Option<($crate::store::User, String)>> {
-                let row: Option<(String, String, Option<String>, Option<String>, i64, String)> = sqlx::query_as(
-                    "SELECT u.id, u.login, u.name, u.email, u.created_at, t.id FROM api_tokens t \
-                     JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
-                )
-                .bind(token_hash)
-                .fetch_optional(&self.pool)
-                .await?;
-                let Some((id, login, name, email, created_at, token_id)) = row else {
-                    return Ok(None);
-                };
-                // last_used_at to the minute: one write per token per minute, not per request.
-                sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $3)")
-                    .bind(now)
-                    .bind(&token_id)
-                    .bind(now - 60_000)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(Some(($crate::store::User { id, login, name, email, created_at }, token_id)))
-            }
-
-            async fn list_tokens(&self, user_id: &str) -> $crate::store::Result<Vec<$crate::store::ApiToken>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, user_id, name, created_at, last_used_at, revoked_at FROM api_tokens WHERE user_id = $1 ORDER BY created_at, id",
-                )
-                .bind(user_id)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn revoke_token(&self, user_id: &str, token_id: &str) -> $crate::store::Result<bool> {
-                let r = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL")
-                    .bind($crate::now_ms())
-                    .bind(token_id)
-                    .bind(user_id)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(r.rows_affected() == 1)
-            }
-
-            async fn record_audit(&self, caller: &str, action: &str, site_id: Option<&str>, detail: &str) -> $crate::store::Result<()> {
-                sqlx::query("INSERT INTO audit_events (id, at, caller, action, site_id, detail) VALUES ($1, $2, $3, $4, $5, $6)")
-                    .bind($crate::store::new_id())
-                    .bind($crate::now_ms())
-                    .bind(caller)
-                    .bind(action)
-                    .bind(site_id)
-                    .bind(detail)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
-
-            async fn audit_events(&self, site_id: Option<&str>) -> $crate::store::Result<Vec<$crate::store::AuditEvent>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, at, caller, action, site_id, detail FROM audit_events \
-                     WHERE $1 IS NULL OR site_id = $1 ORDER BY at, id",
-                )
-                .bind(site_id)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn add_site_usage(&self, u: &$crate::store::SiteUsage) -> $crate::store::Result<()> {
-                sqlx::query(
-                    "INSERT INTO site_usage (site_id, month, cpu_ms, gib_hours, last_bytes, sampled_at) VALUES ($1, $2, $3, $4, $5, $6) \
-                     ON CONFLICT (site_id, month) DO UPDATE SET cpu_ms = site_usage.cpu_ms + excluded.cpu_ms, \
-                     gib_hours = site_usage.gib_hours + excluded.gib_hours, \
-                     last_bytes = CASE WHEN excluded.sampled_at > 0 THEN excluded.last_bytes ELSE site_usage.last_bytes END, \
-                     sampled_at = CASE WHEN excluded.sampled_at > 0 THEN excluded.sampled_at ELSE site_usage.sampled_at END",
-                )
-                .bind(&u.site_id)
-                .bind(&u.month)
-                .bind(u.cpu_ms)
-                .bind(u.gib_hours)
-                .bind(u.last_bytes)
-                .bind(u.sampled_at)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            async fn site_usage(&self, month: &str) -> $crate::store::Result<Vec<$crate::store::SiteUsage>> {
-                Ok(sqlx::query_as(
-                    "SELECT site_id, month, cpu_ms, gib_hours, last_bytes, sampled_at FROM site_usage WHERE month = $1",
-                )
-                .bind(month)
-                .fetch_all(&self.pool)
-                .await?)
-            }
-
-            async fn last_storage_sample(&self, site_id: &str) -> $crate::store::Result<Option<(i64, i64)>> {
-                Ok(sqlx::query_as(
-                    "SELECT last_bytes, sampled_at FROM site_usage WHERE site_id = $1 AND sampled_at > 0 ORDER BY sampled_at DESC LIMIT 1",
-                )
-                .bind(site_id)
-                .fetch_optional(&self.pool)
-                .await?)
-            }
-
-            async fn usage_procs(&self) -> $crate::store::Result<Vec<$crate::store::UsageProc>> {
-                Ok(sqlx::query_as("SELECT site_id, pid, start_ticks, cpu_ms FROM usage_procs")
-                    .fetch_all(&self.pool)
-                    .await?)
-            }
-
-            async fn put_usage_proc(&self, p: &$crate::store::UsageProc) -> $crate::store::Result<()> {
-                sqlx::query(
-                    "INSERT INTO usage_procs (site_id, pid, start_ticks, cpu_ms) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (pid, start_ticks) DO UPDATE SET cpu_ms = excluded.cpu_ms, site_id = excluded.site_id",
-                )
-                .bind(&p.site_id)
-                .bind(p.pid)
-                .bind(p.start_ticks)
-                .bind(p.cpu_ms)
-                .execute(&self.pool)
-                .await?;
-                Ok(())
-            }
-
-            async fn delete_usage_proc(&self, pid: i64, start_ticks: i64) -> $crate::store::Result<()> {
-                sqlx::query("DELETE FROM usage_procs WHERE pid = $1 AND start_ticks = $2")
-                    .bind(pid)
-                    .bind(start_ticks)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
-
-            async fn workspace_sites_between(&self, workspace_id: &str, from: i64, to: i64) -> $crate::store::Result<Vec<$crate::store::Site>> {
-                let rows: Vec<$crate::store::sql::SiteRow> = sqlx::query_as(concat!(
-                    "SELECT ",
-                    $crate::store::sql::site_columns!(),
-                    " FROM sites WHERE workspace_id = $1 AND created_at < $3 AND (deleted_at IS NULL OR deleted_at >= $2) ORDER BY name, created_at"
-                ))
-                .bind(workspace_id)
-                .bind(from)
-                .bind(to)
-                .fetch_all(&self.pool)
-                .await?;
-                rows.into_iter().map(TryInto::try_into).collect()
             }
         }
     };
