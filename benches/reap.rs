@@ -110,7 +110,7 @@ async fn plant(store: &dyn Store, sites: &Sites, conn: &str, number: i64, from: 
             number,
             site_name: name,
             site_id: Some(site.id),
-            state: "ready".into(),
+            state: endor::store::PreviewState::Ready,
             head_sha: Some("a".repeat(40)),
             ready_sha: Some("a".repeat(40)),
             approved_sha: None,

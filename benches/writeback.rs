@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use endor::config::Config;
+use endor::previews::report::rows_for;
 use endor::store::Preview;
-use endor::writeback::{ForgeClients, Sender, rows_for};
+use endor::store::PreviewState;
+use endor::writeback::{ForgeClients, Sender};
 use fake_forge::{BOT, FakeForge, TOKEN};
 
 fn arg(name: &str, default: f64) -> f64 {
@@ -75,12 +77,12 @@ async fn main() {
 
     // The burst: every PR goes through five reported states, as fast as the store takes them.
     let started = Instant::now();
-    let rounds: [(&str, u64); 5] = [
-        ("queued", 1),
-        ("ready", 1),
-        ("queued", 2),
-        ("ready", 2),
-        ("destroyed", 2),
+    let rounds: [(PreviewState, u64); 5] = [
+        (PreviewState::Queued, 1),
+        (PreviewState::Ready, 1),
+        (PreviewState::Queued, 2),
+        (PreviewState::Ready, 2),
+        (PreviewState::Destroyed, 2),
     ];
     let mut changes = 0u64;
     for (state, round) in rounds {
@@ -91,7 +93,7 @@ async fn main() {
                 number: n as i64,
                 site_name: format!("shop-pr-{n}"),
                 site_id: None,
-                state: state.into(),
+                state,
                 head_sha: Some(sha(n, round)),
                 ready_sha: None,
                 approved_sha: None,

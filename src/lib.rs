@@ -28,6 +28,7 @@ pub mod store;
 pub mod telemetry;
 pub mod usage;
 pub mod webhooks;
+pub mod worker;
 pub mod writeback;
 
 /// Milliseconds since the Unix epoch; the store keeps every timestamp in this form so that

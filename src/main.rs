@@ -746,8 +746,8 @@ async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()>
                         l.iter()
                             .map(|s| {
                                 let state = match &s.preview {
-                                    Some(p) => p.state.clone(),
-                                    None => format!("{:?}", s.state).to_lowercase(),
+                                    Some(p) => p.state.to_string(),
+                                    None => s.state.as_str().to_string(),
                                 };
                                 format!("{}\t{}\t{}", s.name, state, s.url)
                             })

@@ -19,7 +19,7 @@ use crate::config::Config;
 use crate::jobs::{JobEnd, JobKind, NewJob};
 use crate::metrics::{KindLabels, Metrics, OutcomeLabels};
 use crate::previews::Lifecycle;
-use crate::previews::lifecycle::{expiry_action, state, why_torn_down};
+use crate::previews::state::{PreviewState, expiry_action, why_torn_down};
 use crate::sites::Sites;
 use crate::store::Store;
 
@@ -158,7 +158,7 @@ impl Reaper {
         for p in self.store.list_previews().await? {
             let action = expiry_action(&p, now);
             let due_warning = warn > 0
-                && p.state == state::READY
+                && p.state == PreviewState::Ready
                 && p.expires_at
                     .is_some_and(|e| e - warn <= now && p.warned_expiry != Some(e));
             if action.is_none() && !due_warning {
@@ -175,7 +175,7 @@ impl Reaper {
                 continue;
             }
             if let Some(final_state) = action {
-                let resumed = p.state == state::DESTROYING;
+                let resumed = p.state == PreviewState::Destroying;
                 if dry_run {
                     if resumed {
                         report.resumed.push(p.site_name.clone());
@@ -230,7 +230,7 @@ impl Reaper {
         &self,
         connection_id: &str,
         number: i64,
-        final_state: &str,
+        final_state: PreviewState,
     ) -> anyhow::Result<bool> {
         let now = crate::now_ms();
         let job = NewJob {
@@ -251,7 +251,7 @@ impl Reaper {
         // Read it again under the job: the PR may have moved on since the list was read.
         let result = match self.store.preview(connection_id, number).await? {
             Some(mut p) => match expiry_action(&p, crate::now_ms()) {
-                Some(s) if s == final_state || p.state == state::DESTROYING => {
+                Some(s) if s == final_state || p.state == PreviewState::Destroying => {
                     let why = why_torn_down(&p, s);
                     self.lifecycle
                         .teardown(&mut p, s, &why)

@@ -154,8 +154,8 @@ pub async fn serve_roles(
     if roles.worker {
         sender = Some(crate::writeback::Sender::spawn(
             state.store.clone(),
-            forges,
-            outbox_wake,
+            forges.clone(),
+            outbox_wake.clone(),
             state.metrics.clone(),
         ));
         match lifecycle.resume_all().await {
@@ -163,9 +163,18 @@ pub async fn serve_roles(
             Ok(n) => tracing::info!(count = n, "relaunching previews whose processes are gone"),
             Err(e) => tracing::warn!(error = %e, "could not look for previews to relaunch"),
         }
+        let comments = crate::commands::CommentRunner::new(
+            state.store.clone(),
+            &state.config,
+            lifecycle.clone(),
+            forges.clone(),
+            outbox_wake.clone(),
+        );
+        let dispatcher =
+            crate::worker::Dispatcher::new(lifecycle.clone(), comments, state.metrics.clone());
         workers = Some(crate::jobs::WorkerPool::spawn(
             state.store.clone(),
-            lifecycle.clone(),
+            Arc::new(dispatcher),
             crate::jobs::WorkerConfig {
                 workers: state.config.jobs.workers,
                 lease: state.config.jobs.lease.0,

@@ -115,7 +115,7 @@ pub struct SiteDetails {
 #[derive(Debug, Clone, Serialize)]
 pub struct PreviewReport {
     pub number: i64,
-    pub state: String,
+    pub state: crate::store::PreviewState,
     pub head_sha: Option<String>,
     pub ready_sha: Option<String>,
     pub reason: Option<String>,

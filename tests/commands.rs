@@ -4,6 +4,7 @@
 
 mod support;
 
+use endor::store::PreviewState;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -204,8 +205,15 @@ async fn github_commands_permissions_and_effects() {
     let sha1 = repo.push_pr("feature", 7, "first");
     let pr = Pr::new("opened", 7, &sha1, "feature", "octo/shop");
     assert_eq!(h.pr_event(&conn, "octo/shop", pr).await, 202);
-    let p = h.wait(&conn.0, 7, &["ready", "failed"], None).await;
-    assert_eq!(p.state, "ready", "{p:?}");
+    let p = h
+        .wait(
+            &conn.0,
+            7,
+            &[PreviewState::Ready, PreviewState::Failed],
+            None,
+        )
+        .await;
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
     let comment = |id: u64, author: &'static str, body: &'static str| {
         let (h, conn) = (&h, &conn);
         async move {
@@ -245,7 +253,10 @@ async fn github_commands_permissions_and_effects() {
         "```\n/preview destroy\n```\n> /preview destroy\n\n    /preview destroy\n\n`/preview destroy`",
     )
     .await;
-    assert_eq!(h.preview(&conn.0, 7).await.unwrap().state, "ready");
+    assert_eq!(
+        h.preview(&conn.0, 7).await.unwrap().state,
+        PreviewState::Ready
+    );
     assert_eq!(h.get(site, "/").await.0, 200);
     // Anyone may ask for the status: a reaction, no reply.
     comment(16, "rando", "/preview status").await;
@@ -418,7 +429,10 @@ async fn github_commands_permissions_and_effects() {
     .await;
     assert_eq!(code, 202);
     idle(&h, &conn.0, 7).await;
-    assert_eq!(h.preview(&conn.0, 7).await.unwrap().state, "ready");
+    assert_eq!(
+        h.preview(&conn.0, 7).await.unwrap().state,
+        PreviewState::Ready
+    );
 
     // Help from anyone: a reply with the command list.
     comment(26, "rando", "/preview help").await;
@@ -441,13 +455,16 @@ async fn github_commands_permissions_and_effects() {
 
     // Destroy, then deploy brings it back at the current head.
     comment(27, "dev-user", "/preview destroy").await;
-    assert_eq!(h.preview(&conn.0, 7).await.unwrap().state, "destroyed");
+    assert_eq!(
+        h.preview(&conn.0, 7).await.unwrap().state,
+        PreviewState::Destroyed
+    );
     assert_eq!(h.get(site, "/").await.0, 410);
     comment(28, "dev-user", "/preview").await;
     let p = h.preview(&conn.0, 7).await.unwrap();
     assert_eq!(
-        (p.state.as_str(), p.ready_sha.as_deref()),
-        ("ready", Some(sha1.as_str()))
+        (p.state, p.ready_sha.as_deref()),
+        (PreviewState::Ready, Some(sha1.as_str()))
     );
     assert_eq!(reactions_on(&forge, 28), vec!["+1"]);
     let (code, body) = h.get(site, "/").await;
@@ -473,7 +490,8 @@ async fn fork_approval_is_bound_to_one_sha() {
         h.pr_event(&conn, "octo/shop", pr("opened", &sha1)).await,
         202
     );
-    h.wait(&conn.0, 9, &["awaiting-approval"], None).await;
+    h.wait(&conn.0, 9, &[PreviewState::AwaitingApproval], None)
+        .await;
     assert_eq!(h.get(site, "/").await.0, 404);
 
     // Not a developer: refused, still waiting, nothing built.
@@ -493,8 +511,8 @@ async fn fork_approval_is_bound_to_one_sha() {
     idle(&h, &conn.0, 9).await;
     let p = h.preview(&conn.0, 9).await.unwrap();
     assert_eq!(
-        (p.state.as_str(), p.approved_sha.as_deref()),
-        ("awaiting-approval", None)
+        (p.state, p.approved_sha.as_deref()),
+        (PreviewState::AwaitingApproval, None)
     );
     assert!(p.site_id.is_none());
 
@@ -514,7 +532,7 @@ async fn fork_approval_is_bound_to_one_sha() {
     assert_eq!(code, 202);
     idle(&h, &conn.0, 9).await;
     let p = h.preview(&conn.0, 9).await.unwrap();
-    assert_eq!(p.state, "ready", "{p:?}");
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
     assert_eq!(p.approved_sha.as_deref(), Some(sha1.as_str()));
     assert_eq!(p.ready_sha.as_deref(), Some(sha1.as_str()));
     assert!(h.get(site, "/").await.1.starts_with("page=fork-one"));
@@ -529,7 +547,7 @@ async fn fork_approval_is_bound_to_one_sha() {
     );
     idle(&h, &conn.0, 9).await;
     let p = h.preview(&conn.0, 9).await.unwrap();
-    assert_eq!(p.state, "awaiting-approval", "{p:?}");
+    assert_eq!(p.state, PreviewState::AwaitingApproval, "{p:?}");
     assert_eq!(p.ready_sha.as_deref(), Some(sha1.as_str()));
     assert!(h.get(site, "/").await.1.starts_with("page=fork-one"));
     let code = gh_comment(
@@ -548,12 +566,12 @@ async fn fork_approval_is_bound_to_one_sha() {
     idle(&h, &conn.0, 9).await;
     let p = h.preview(&conn.0, 9).await.unwrap();
     assert_eq!(
+        (p.state, p.approved_sha.as_deref(), p.ready_sha.as_deref()),
         (
-            p.state.as_str(),
-            p.approved_sha.as_deref(),
-            p.ready_sha.as_deref()
-        ),
-        ("ready", Some(sha2.as_str()), Some(sha2.as_str()))
+            PreviewState::Ready,
+            Some(sha2.as_str()),
+            Some(sha2.as_str())
+        )
     );
     assert!(h.get(site, "/").await.1.starts_with("page=fork-two"));
     h.stop().await;
@@ -590,7 +608,7 @@ async fn gitlab_notes() {
         h.gitlab_event(&c, serde_json::to_vec(&mr).unwrap()).await,
         202
     );
-    h.wait(&c.connection_id, 4, &["awaiting-approval"], None)
+    h.wait(&c.connection_id, 4, &[PreviewState::AwaitingApproval], None)
         .await;
 
     let note = |id: u64, author: &'static str, body: &'static str, last_commit: String| {
@@ -615,14 +633,14 @@ async fn gitlab_notes() {
     // A note written on an older commit does not approve the current head.
     note(50, "dev-user", "/preview deploy", "1".repeat(40)).await;
     let p = h.preview(&c.connection_id, 4).await.unwrap();
-    assert_eq!(p.state, "awaiting-approval");
+    assert_eq!(p.state, PreviewState::AwaitingApproval);
     let r = replies(&forge, "grp/app", 4);
     assert!(r.last().unwrap().contains("a new commit"), "{r:?}");
     // Billing only: refused.
     note(51, "payer-user", "/preview deploy", sha1.clone()).await;
     assert_eq!(
         h.preview(&c.connection_id, 4).await.unwrap().state,
-        "awaiting-approval"
+        PreviewState::AwaitingApproval
     );
     assert!(
         replies(&forge, "grp/app", 4)
@@ -634,8 +652,8 @@ async fn gitlab_notes() {
     note(52, "dev-user", "/preview deploy", sha1.clone()).await;
     let p = h.preview(&c.connection_id, 4).await.unwrap();
     assert_eq!(
-        (p.state.as_str(), p.approved_sha.as_deref()),
-        ("ready", Some(sha1.as_str()))
+        (p.state, p.approved_sha.as_deref()),
+        (PreviewState::Ready, Some(sha1.as_str()))
     );
     assert_eq!(reactions_on(&forge, 52), vec!["thumbsup"]);
     assert!(h.get("app-pr-4", "/").await.1.starts_with("page=mr-one"));
@@ -667,9 +685,14 @@ async fn gitea_comments() {
         202
     );
     let p = h
-        .wait(&c.connection_id, 2, &["ready", "failed"], None)
+        .wait(
+            &c.connection_id,
+            2,
+            &[PreviewState::Ready, PreviewState::Failed],
+            None,
+        )
         .await;
-    assert_eq!(p.state, "ready", "{p:?}");
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
     let comment = |id: u64, author: &'static str, body: &'static str| {
         let (h, c) = (&h, &c);
         async move {
@@ -717,7 +740,10 @@ async fn gitea_comments() {
             .contains_key("x-robots-tag")
     );
     comment(72, BOT, "/preview destroy").await;
-    assert_eq!(h.preview(&c.connection_id, 2).await.unwrap().state, "ready");
+    assert_eq!(
+        h.preview(&c.connection_id, 2).await.unwrap().state,
+        PreviewState::Ready
+    );
     comment(73, "dev-user", "/preview password on").await;
     assert_eq!(get_with(&h, "web-pr-2", None).await.status(), 401);
     comment(74, "dev-user", "/preview password off").await;

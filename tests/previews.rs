@@ -4,6 +4,7 @@
 
 mod support;
 
+use endor::store::PreviewState;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -37,8 +38,15 @@ async fn open_push_close_with_a_sqlite_parent() {
         h.pr_event(&conn, "octo/shop", pr("opened", &sha1)).await,
         202
     );
-    let p = h.wait(&conn.0, 7, &["ready", "failed"], None).await;
-    assert_eq!(p.state, "ready", "{p:?}");
+    let p = h
+        .wait(
+            &conn.0,
+            7,
+            &[PreviewState::Ready, PreviewState::Failed],
+            None,
+        )
+        .await;
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
     assert_eq!(p.ready_sha.as_deref(), Some(sha1.as_str()));
     assert_eq!(p.site_name, site);
 
@@ -95,8 +103,15 @@ async fn open_push_close_with_a_sqlite_parent() {
             .await,
         202
     );
-    let p2 = h.wait(&conn.0, 7, &["ready", "failed"], Some(&sha2)).await;
-    assert_eq!(p2.state, "ready", "{p2:?}");
+    let p2 = h
+        .wait(
+            &conn.0,
+            7,
+            &[PreviewState::Ready, PreviewState::Failed],
+            Some(&sha2),
+        )
+        .await;
+    assert_eq!(p2.state, PreviewState::Ready, "{p2:?}");
     assert_eq!(p2.site_id, p.site_id, "an update keeps the site");
     let (code, body) = h.get(site, "/").await;
     assert_eq!(code, 200);
@@ -124,7 +139,7 @@ async fn open_push_close_with_a_sqlite_parent() {
         h.pr_event(&conn, "octo/shop", pr("closed", &sha2)).await,
         202
     );
-    let p3 = h.wait(&conn.0, 7, &["destroyed"], None).await;
+    let p3 = h.wait(&conn.0, 7, &[PreviewState::Destroyed], None).await;
     assert_eq!(h.get(site, "/").await.0, 410);
     assert!(!site_dir.exists(), "site files left behind");
     assert!(
@@ -173,8 +188,15 @@ async fn postgres_parent_on_a_postgres_store() {
     let sha = repo.push_pr("feature", 3, "pg-preview");
     let pr = |action| Pr::new(action, 3, &sha, "feature", "octo/api");
     assert_eq!(h.pr_event(&conn, "octo/api", pr("opened")).await, 202);
-    let p = h.wait(&conn.0, 3, &["ready", "failed"], None).await;
-    assert_eq!(p.state, "ready", "{p:?}");
+    let p = h
+        .wait(
+            &conn.0,
+            3,
+            &[PreviewState::Ready, PreviewState::Failed],
+            None,
+        )
+        .await;
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
     let (code, body) = h.get("api-pr-3", "/").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body, "page=pg-preview logo=pg-logo accounts=100 notes=");
@@ -193,7 +215,7 @@ async fn postgres_parent_on_a_postgres_store() {
     assert!(Path::new(&pg_dir).exists());
 
     assert_eq!(h.pr_event(&conn, "octo/api", pr("closed")).await, 202);
-    h.wait(&conn.0, 3, &["destroyed"], None).await;
+    h.wait(&conn.0, 3, &[PreviewState::Destroyed], None).await;
     assert_eq!(h.get("api-pr-3", "/").await.0, 410);
     assert!(
         !Path::new(&pg_dir).exists(),
@@ -226,8 +248,15 @@ async fn newest_head_wins() {
         assert_eq!(h.pr_event(&conn, "octo/web", pr).await, 202);
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    let p = h.wait(&conn.0, 1, &["ready", "failed"], Some(&sha2)).await;
-    assert_eq!(p.state, "ready", "{p:?}");
+    let p = h
+        .wait(
+            &conn.0,
+            1,
+            &[PreviewState::Ready, PreviewState::Failed],
+            Some(&sha2),
+        )
+        .await;
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
     assert_eq!(p.ready_sha.as_deref(), Some(sha2.as_str()));
     let (code, body) = h.get("web-pr-1", "/index.html").await;
     assert_eq!((code, body.trim()), (200, "two"));
@@ -288,8 +317,15 @@ async fn failures_are_clear_and_harmless() {
         conns.push(conn);
     }
     for ((name, _, reason), conn) in cases.iter().zip(&conns) {
-        let p = h.wait(&conn.0, 1, &["ready", "failed"], None).await;
-        assert_eq!(p.state, "failed", "{name}: {p:?}");
+        let p = h
+            .wait(
+                &conn.0,
+                1,
+                &[PreviewState::Ready, PreviewState::Failed],
+                None,
+            )
+            .await;
+        assert_eq!(p.state, PreviewState::Failed, "{name}: {p:?}");
         let got = p.reason.clone().unwrap_or_default();
         assert!(
             got.contains(reason),
@@ -320,8 +356,15 @@ async fn failures_are_clear_and_harmless() {
         "octo/hostile",
     );
     assert_eq!(h.pr_event(&conn, "octo/hostile", pr).await, 202);
-    let p = h.wait(&conn.0, 1, &["ready", "failed"], None).await;
-    assert_eq!(p.state, "ready", "{p:?}");
+    let p = h
+        .wait(
+            &conn.0,
+            1,
+            &[PreviewState::Ready, PreviewState::Failed],
+            None,
+        )
+        .await;
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
     let find = Command::new("find")
         .args([
             h.dir.path().to_str().unwrap(),
@@ -360,7 +403,9 @@ async fn forks_wait_for_approval_and_drafts_are_skipped() {
     let sha = repo.push_pr("evil", 5, "fork");
     let fork = Pr::new("opened", 5, &sha, "evil", "mallory/lib");
     assert_eq!(h.pr_event(&conn, "octo/lib", fork).await, 202);
-    let p = h.wait(&conn.0, 5, &["awaiting-approval"], None).await;
+    let p = h
+        .wait(&conn.0, 5, &[PreviewState::AwaitingApproval], None)
+        .await;
     assert!(p.reason.unwrap().contains("/preview deploy"));
     assert!(p.site_id.is_none());
     assert!(h.store().site_by_name("lib-pr-5").await.unwrap().is_none());
@@ -376,7 +421,7 @@ async fn forks_wait_for_approval_and_drafts_are_skipped() {
         ..Pr::new("opened", 6, &sha6, "wip", "octo/lib")
     };
     assert_eq!(h.pr_event(&conn, "octo/lib", draft).await, 202);
-    let p = h.wait(&conn.0, 6, &["skipped"], None).await;
+    let p = h.wait(&conn.0, 6, &[PreviewState::Skipped], None).await;
     assert!(p.reason.unwrap().contains("draft"));
     assert!(h.store().site_by_name("lib-pr-6").await.unwrap().is_none());
     h.stop().await;
@@ -400,7 +445,9 @@ async fn sigkill_mid_build_then_restart() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let p = store.preview(&conn.0, 9).await.unwrap();
-        if p.as_ref().is_some_and(|p| p.state == "building") {
+        if p.as_ref()
+            .is_some_and(|p| p.state == PreviewState::Building)
+        {
             break;
         }
         assert!(Instant::now() < deadline, "never started building: {p:?}");
@@ -411,13 +458,13 @@ async fn sigkill_mid_build_then_restart() {
     let deadline = Instant::now() + Duration::from_secs(90);
     let p = loop {
         let p = store.preview(&conn.0, 9).await.unwrap().unwrap();
-        if p.state == "ready" || p.state == "failed" {
+        if p.state == PreviewState::Ready || p.state == PreviewState::Failed {
             break p;
         }
         assert!(Instant::now() < deadline, "not ready after restart: {p:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(p.state, "ready", "{p:?}");
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
     // Nothing doubled: one site of that name ever, one checkout, one finished job.
     let sites: Vec<_> = store
         .list_sites()
@@ -513,9 +560,14 @@ async fn gitlab_and_gitea_previews() {
         202
     );
     let p = h
-        .wait(&c.connection_id, 4, &["ready", "failed"], None)
+        .wait(
+            &c.connection_id,
+            4,
+            &[PreviewState::Ready, PreviewState::Failed],
+            None,
+        )
         .await;
-    assert_eq!(p.state, "ready", "{p:?}");
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
     assert_eq!(p.site_name, "glshop-pr-4");
     let (code, body) = h.get("glshop-pr-4", "/index.html").await;
     assert_eq!((code, body.trim()), (200, "from-gitlab"));
@@ -524,7 +576,8 @@ async fn gitlab_and_gitea_previews() {
             .await,
         202
     );
-    h.wait(&c.connection_id, 4, &["destroyed"], None).await;
+    h.wait(&c.connection_id, 4, &[PreviewState::Destroyed], None)
+        .await;
     assert_eq!(h.get("glshop-pr-4", "/").await.0, 410);
 
     // Gitea.
@@ -537,9 +590,14 @@ async fn gitlab_and_gitea_previews() {
         202
     );
     let p = h
-        .wait(&c.connection_id, 2, &["ready", "failed"], None)
+        .wait(
+            &c.connection_id,
+            2,
+            &[PreviewState::Ready, PreviewState::Failed],
+            None,
+        )
         .await;
-    assert_eq!(p.state, "ready", "{p:?}");
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
     let (code, body) = h.get("gtshop-pr-2", "/index.html").await;
     assert_eq!((code, body.trim()), (200, "from-gitea"));
     h.stop().await;
@@ -561,8 +619,15 @@ async fn ready_previews_come_back_after_a_restart() {
     let sha = repo.push_pr("f", 2, "served");
     let pr = Pr::new("opened", 2, &sha, "f", "octo/svc");
     assert_eq!(h.pr_event(&conn, "octo/svc", pr).await, 202);
-    let p = h.wait(&conn.0, 2, &["ready", "failed"], None).await;
-    assert_eq!(p.state, "ready", "{p:?}");
+    let p = h
+        .wait(
+            &conn.0,
+            2,
+            &[PreviewState::Ready, PreviewState::Failed],
+            None,
+        )
+        .await;
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
     assert_eq!(h.get("svc-pr-2", "/index.html").await.1.trim(), "served");
     let pid = p.pid.unwrap();
     let dir = h.stop_keeping_files().await;
@@ -572,7 +637,7 @@ async fn ready_previews_come_back_after_a_restart() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let p2 = loop {
         let p = h.preview(&conn.0, 2).await.unwrap();
-        if p.state == "ready" && p.pid != Some(pid) {
+        if p.state == PreviewState::Ready && p.pid != Some(pid) {
             break p;
         }
         assert!(Instant::now() < deadline, "not relaunched: {p:?}");
@@ -604,13 +669,15 @@ async fn split_roles_over_one_postgres_store() {
     let deadline = Instant::now() + Duration::from_secs(90);
     let p = loop {
         let p = store.preview(&conn.0, 3).await.unwrap();
-        if let Some(p) = p.filter(|p| p.state == "ready" || p.state == "failed") {
+        if let Some(p) =
+            p.filter(|p| p.state == PreviewState::Ready || p.state == PreviewState::Failed)
+        {
             break p;
         }
         assert!(Instant::now() < deadline, "never ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(p.state, "ready", "{p:?}");
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
     let gw = served.config.gateway.listen;
     let get = || {
         served

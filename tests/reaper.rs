@@ -4,6 +4,7 @@
 
 mod support;
 
+use endor::store::PreviewState;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -89,8 +90,15 @@ async fn expiry_end_to_end() {
                 .await,
             202
         );
-        let p = h.wait(&conn.0, n, &["ready", "failed"], None).await;
-        assert_eq!(p.state, "ready", "{p:?}");
+        let p = h
+            .wait(
+                &conn.0,
+                n,
+                &[PreviewState::Ready, PreviewState::Failed],
+                None,
+            )
+            .await;
+        assert_eq!(p.state, PreviewState::Ready, "{p:?}");
         let left = p.expires_at.unwrap() - endor::now_ms();
         assert!(left > 0, "expires_at is in the future");
     }
@@ -107,7 +115,10 @@ async fn expiry_end_to_end() {
     // Dry run: reported, nothing changed.
     let dry = reaper.pass(true).await.unwrap();
     assert_eq!(dry.expired, vec!["short-pr-1"]);
-    assert_eq!(h.preview(&c_short.0, 1).await.unwrap().state, "ready");
+    assert_eq!(
+        h.preview(&c_short.0, 1).await.unwrap().state,
+        PreviewState::Ready
+    );
     assert_eq!(h.get("short-pr-1", "/").await.0, 200);
     assert!(a_site.files_dir.exists());
 
@@ -115,8 +126,8 @@ async fn expiry_end_to_end() {
     assert_eq!(r.expired, vec!["short-pr-1"], "{r:?}");
     let a = h.preview(&c_short.0, 1).await.unwrap();
     assert_eq!(
-        (a.state.as_str(), a.teardown_step.as_deref()),
-        ("expired", None)
+        (a.state, a.teardown_step.as_deref()),
+        (PreviewState::Expired, None)
     );
     assert_eq!(h.get("short-pr-1", "/").await.0, 410);
     assert!(!a_site.files_dir.exists());
@@ -175,7 +186,8 @@ async fn expiry_end_to_end() {
         .await,
         202
     );
-    h.wait(&c_short.0, 1, &["ready"], Some(&sha_a2)).await;
+    h.wait(&c_short.0, 1, &[PreviewState::Ready], Some(&sha_a2))
+        .await;
     assert_eq!(h.get("short-pr-1", "/").await.1.trim(), "a2");
     h.stop().await;
     db.cleanup().await;
@@ -242,7 +254,7 @@ async fn planted_preview(
         number,
         site_name: name,
         site_id: Some(site.id),
-        state: "ready".into(),
+        state: PreviewState::Ready,
         head_sha: Some("a".repeat(40)),
         ready_sha: Some("a".repeat(40)),
         approved_sha: None,
@@ -330,7 +342,7 @@ async fn killed_at_every_teardown_step_the_next_pass_finishes() {
         assert_eq!(report["expired"], serde_json::json!([p.site_name]));
         assert_eq!(
             store.preview(&conn, 99).await.unwrap().unwrap().state,
-            "ready"
+            PreviewState::Ready
         );
         assert!(
             config
@@ -343,7 +355,7 @@ async fn killed_at_every_teardown_step_the_next_pass_finishes() {
         assert!(out.status.success());
         assert_eq!(
             store.preview(&conn, 99).await.unwrap().unwrap().state,
-            "expired"
+            PreviewState::Expired
         );
     }
     for (i, step) in ["begin", "stop", "route", "data", "logs"]
@@ -359,7 +371,11 @@ async fn killed_at_every_teardown_step_the_next_pass_finishes() {
         let out = reap(Some(step));
         assert!(!out.status.success(), "the crash point {step} did not fire");
         let mid = store.preview(&conn, number).await.unwrap().unwrap();
-        assert_eq!(mid.state, "destroying", "after a crash at {step}");
+        assert_eq!(
+            mid.state,
+            PreviewState::Destroying,
+            "after a crash at {step}"
+        );
         assert_eq!(
             mid.teardown_step.as_deref(),
             Some(format!("expired/{step}").as_str())
@@ -380,8 +396,8 @@ async fn killed_at_every_teardown_step_the_next_pass_finishes() {
         );
         let end = store.preview(&conn, number).await.unwrap().unwrap();
         assert_eq!(
-            (end.state.as_str(), end.teardown_step.as_deref(), end.pid),
-            ("expired", None, None),
+            (end.state, end.teardown_step.as_deref(), end.pid),
+            (PreviewState::Expired, None, None),
             "after a crash at {step}"
         );
         assert!(!site_dir.exists(), "site data left after a crash at {step}");
@@ -601,7 +617,10 @@ async fn two_replicas_on_postgres_reap_each_site_once() {
             .await
             .unwrap();
         assert_eq!(jobs.len(), 1, "{jobs:?}");
-        assert_eq!(h.preview(&conn, i as u64).await.unwrap().state, "expired");
+        assert_eq!(
+            h.preview(&conn, i as u64).await.unwrap().state,
+            PreviewState::Expired
+        );
     }
     h.stop().await;
     db.cleanup().await;

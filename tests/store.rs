@@ -4,6 +4,8 @@ mod support;
 
 use endor::forge::ForgeKind;
 use endor::secret::WebhookSecret;
+use endor::store::OutboxKind;
+use endor::store::PreviewState;
 use endor::store::{DeliveryOutcome, Inserted, NewConnection, NewDelivery, StoreError, new_id};
 use support::TestStore;
 
@@ -328,7 +330,7 @@ async fn outbox_coalesces_and_keeps_order(db: &TestStore) {
     let item = |key: &str, payload: &str| NewOutbox {
         connection_id: c.id.clone(),
         number: 1,
-        kind: key.split('#').nth(1).unwrap().into(),
+        kind: OutboxKind::parse(key.split('#').nth(1).unwrap()).unwrap(),
         coalesce_key: key.into(),
         payload: payload.into(),
     };
@@ -346,7 +348,7 @@ async fn outbox_coalesces_and_keeps_order(db: &TestStore) {
     assert_eq!(claimed.len(), 2);
     let comment = claimed
         .iter()
-        .find(|i| i.kind == "comment")
+        .find(|i| i.kind == OutboxKind::Comment)
         .unwrap()
         .clone();
     assert_eq!(comment.payload, "building");
@@ -386,7 +388,10 @@ async fn outbox_coalesces_and_keeps_order(db: &TestStore) {
             .unwrap()
     );
     // An expired lease is taken over.
-    let status = claimed.iter().find(|i| i.kind == "status").unwrap();
+    let status = claimed
+        .iter()
+        .find(|i| i.kind == OutboxKind::Status)
+        .unwrap();
     let again = s.claim_outbox("w3", 20_000, 30_000, 10).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(
@@ -451,7 +456,7 @@ async fn previews_and_their_steps(db: &TestStore) {
         number: 4,
         site_name: "a-pr-4".into(),
         site_id: None,
-        state: "queued".into(),
+        state: PreviewState::Queued,
         head_sha: Some("a".repeat(40)),
         ready_sha: None,
         approved_sha: None,
@@ -469,7 +474,7 @@ async fn previews_and_their_steps(db: &TestStore) {
         ttl_ms: None,
     };
     s.put_preview(&p).await.unwrap();
-    p.state = "ready".into();
+    p.state = PreviewState::Ready;
     p.port = Some(4242);
     p.updated_at = 20;
     // Same connection and number: replaced, not added (even under another id).
@@ -481,8 +486,8 @@ async fn previews_and_their_steps(db: &TestStore) {
     .unwrap();
     let got = s.preview(&c.id, 4).await.unwrap().unwrap();
     assert_eq!(
-        (got.id.as_str(), got.state.as_str(), got.port),
-        ("p1", "ready", Some(4242))
+        (got.id.as_str(), got.state, got.port),
+        ("p1", PreviewState::Ready, Some(4242))
     );
     assert_eq!(s.list_previews().await.unwrap().len(), 1);
     assert_eq!(got.title.as_deref(), Some("Add <b>checkout</b>"));

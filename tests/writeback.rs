@@ -4,6 +4,7 @@
 
 mod support;
 
+use endor::store::PreviewState;
 use std::time::{Duration, Instant};
 
 use endor::config::Config;
@@ -82,8 +83,15 @@ async fn github_lifecycle(forge: &FakeForge) {
         ..Pr::new("opened", 7, &sha1, "f", "octo/shop")
     };
     assert_eq!(h.pr_event(&conn, "octo/shop", open).await, 202);
-    let p = h.wait(&conn.0, 7, &["ready", "failed"], None).await;
-    assert_eq!(p.state, "ready", "{p:?}");
+    let p = h
+        .wait(
+            &conn.0,
+            7,
+            &[PreviewState::Ready, PreviewState::Failed],
+            None,
+        )
+        .await;
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
     settled(&h, &conn.0).await;
     let body = forge.with(|f| f.comments[&dup].body.clone());
     assert!(
@@ -115,7 +123,8 @@ async fn github_lifecycle(forge: &FakeForge) {
         .await,
         202
     );
-    h.wait(&conn.0, 7, &["ready"], Some(&sha2)).await;
+    h.wait(&conn.0, 7, &[PreviewState::Ready], Some(&sha2))
+        .await;
     assert_eq!(
         h.pr_event(
             &conn,
@@ -125,7 +134,7 @@ async fn github_lifecycle(forge: &FakeForge) {
         .await,
         202
     );
-    h.wait(&conn.0, 7, &["destroyed"], None).await;
+    h.wait(&conn.0, 7, &[PreviewState::Destroyed], None).await;
     settled(&h, &conn.0).await;
 
     forge.with(|f| {
@@ -281,7 +290,7 @@ async fn write_backs_survive_sigkill() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let p = store.preview(&conn.0, 3).await.unwrap();
-        if p.as_ref().is_some_and(|p| p.state == "ready") {
+        if p.as_ref().is_some_and(|p| p.state == PreviewState::Ready) {
             break;
         }
         assert!(Instant::now() < deadline, "not ready: {p:?}");
@@ -292,7 +301,7 @@ async fn write_backs_survive_sigkill() {
     assert!(
         pending
             .iter()
-            .any(|i| i.kind == "comment" && i.state != "done"),
+            .any(|i| i.kind == endor::store::OutboxKind::Comment && i.state != "done"),
         "{pending:?}"
     );
     let served = served.kill_and_restart().await;
@@ -365,14 +374,14 @@ async fn gitlab_gitea_lifecycle(forge: &FakeForge) {
                 .await,
             202
         );
-        let want: &[&str] = if step < 2 {
-            &["ready", "failed"]
+        let want: &[PreviewState] = if step < 2 {
+            &[PreviewState::Ready, PreviewState::Failed]
         } else {
-            &["destroyed"]
+            &[PreviewState::Destroyed]
         };
         for (conn, n, sha) in [(&gl_conn, 4, &gl_sha), (&gt_conn, 2, &gt_sha)] {
             let p = h.wait(&conn.connection_id, n, want, Some(sha)).await;
-            assert_ne!(p.state, "failed", "{p:?}");
+            assert_ne!(p.state, PreviewState::Failed, "{p:?}");
             settled(&h, &conn.connection_id).await;
         }
     }
@@ -467,7 +476,7 @@ async fn github_app_installation_tokens() {
         .await,
         202
     );
-    h.wait(&conn.0, 5, &["ready"], None).await;
+    h.wait(&conn.0, 5, &[PreviewState::Ready], None).await;
     settled(&h, &conn.0).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
@@ -479,7 +488,7 @@ async fn github_app_installation_tokens() {
         .await,
         202
     );
-    h.wait(&conn.0, 5, &["destroyed"], None).await;
+    h.wait(&conn.0, 5, &[PreviewState::Destroyed], None).await;
     settled(&h, &conn.0).await;
     forge.with(|f| {
         assert!(

@@ -1,13 +1,16 @@
 //! Slash-commands in PR comments: the grammar (`grammar.rs`, pure), which commands of a
-//! comment to run (this file, pure), and the effects (`crate::previews::commands`, where the
-//! preview lifecycle lives).
+//! comment to run and what to reply (this file, pure), and the effects (`effects.rs`: the
+//! comment job, the role check, one function per verb calling the previews' public API).
 //!
 //! Which commands run: a comment's commands run once each (the store records each one as it
 //! ends, so a retried job skips them); an edit runs only the commands its edit added (neither
 //! in the body before the edit, where the forge sends it, nor already run for that comment);
 //! a deleted comment runs nothing; comments by endor itself or by bot accounts are ignored.
 
+mod effects;
 pub mod grammar;
+
+pub use effects::CommentRunner;
 
 use grammar::{Command, Parsed, SyncWhat};
 
@@ -107,7 +110,7 @@ pub enum Reply {
 /// A message whose `code spans` hold the (backtick-free) untrusted parts: the text between
 /// them is escaped, the spans are kept (nothing renders inside a code span).
 pub fn md(message: &str) -> String {
-    use crate::writeback::render::escape_md;
+    use crate::forge::markdown::escape_md;
     message
         .split('`')
         .enumerate()
@@ -128,7 +131,7 @@ pub fn reply(
     errors: &[&grammar::ParseError],
     refused: usize,
 ) -> Option<Reply> {
-    use crate::writeback::render::escape_md;
+    use crate::forge::markdown::escape_md;
     if results.is_empty() && errors.is_empty() && refused == 0 {
         return None;
     }

@@ -6,6 +6,7 @@ pub mod event;
 pub mod gitea;
 pub mod github;
 pub mod gitlab;
+pub mod markdown;
 pub mod signature;
 
 use serde::{Deserialize, Serialize};

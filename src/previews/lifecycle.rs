@@ -20,7 +20,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use crate::config::Config;
@@ -28,29 +27,15 @@ use crate::forge::{EventKind, ForgeEvent, PrAction};
 use crate::gateway::Route;
 use crate::git::{GitError, GitMirrors, pr_ref};
 use crate::jobs::Job;
-use crate::jobs::{JobContext, JobError, JobHandler, JobKind, NewJob};
+use crate::jobs::{JobContext, JobError, JobKind, NewJob};
 use crate::metrics::Metrics;
 use crate::previews::config::RepoConfig;
 use crate::runtime::{self, Sandbox, Supervised};
 use crate::sites::{SiteError, Sites};
 use crate::store::{Connection, Preview, PreviewStep, Site, SiteState, Store};
-use crate::writeback::ForgeClients;
 
-/// The states a preview goes through (stored as text).
-pub mod state {
-    pub const QUEUED: &str = "queued";
-    pub const AWAITING_APPROVAL: &str = "awaiting-approval";
-    pub const SKIPPED: &str = "skipped";
-    pub const CLONING: &str = "cloning";
-    pub const BUILDING: &str = "building";
-    pub const STARTING: &str = "starting";
-    pub const READY: &str = "ready";
-    pub const FAILED: &str = "failed";
-    pub const DESTROYING: &str = "destroying";
-    pub const DESTROYED: &str = "destroyed";
-    /// Destroyed by the reaper: past `expires_at`.
-    pub const EXPIRED: &str = "expired";
-}
+use super::state::{self, PreviewState};
+use crate::writeback::ForgeClients;
 
 /// `{repo}-pr-{number}` as a DNS label: the repository's last path segment, lowercased, every
 /// other character a `-`; shortened with a stable hash of the full name when over 63.
@@ -80,8 +65,8 @@ pub fn site_name(repo: &str, number: u64) -> String {
     format!("{head}-{hash}{suffix}")
 }
 
-/// Runs preview jobs (`pull_request` and `resume`; comments belong to the slash-command
-/// work and are acknowledged here).
+/// Runs preview jobs (`pull_request`, `resume`, `expire`) and serves the previews' public
+/// API (`actions.rs`).
 pub struct Lifecycle {
     pub(super) store: Arc<dyn Store>,
     pub(super) config: Config,
@@ -95,8 +80,6 @@ pub struct Lifecycle {
     pub(super) forges: Arc<ForgeClients>,
     /// Wakes the outbox sender when a state change stored write-backs.
     pub(super) outbox_wake: Arc<tokio::sync::Notify>,
-    /// Seals generated passwords (`storage.secret_key`), loaded on first use.
-    pub(super) sealer: std::sync::OnceLock<crate::secret::Sealer>,
 }
 
 /// What a launch aims at.
@@ -107,7 +90,7 @@ pub(super) struct Target {
     pub(super) received_at: i64,
 }
 
-fn transient(e: impl std::fmt::Display) -> JobError {
+pub(super) fn transient(e: impl std::fmt::Display) -> JobError {
     JobError::Transient(e.to_string())
 }
 
@@ -145,7 +128,6 @@ impl Lifecycle {
             procs: Mutex::new(HashMap::new()),
             forges,
             outbox_wake,
-            sealer: std::sync::OnceLock::new(),
         })
     }
 
@@ -162,7 +144,7 @@ impl Lifecycle {
             let alive = p
                 .pid
                 .is_some_and(|pid| process_of_site(pid as u32, &p.site_name));
-            if p.state == state::READY && p.port.is_some() && !alive {
+            if p.state == PreviewState::Ready && p.port.is_some() && !alive {
                 self.store
                     .enqueue_job(
                         &NewJob {
@@ -199,10 +181,10 @@ impl Lifecycle {
     pub(super) async fn set_state(
         &self,
         p: &mut Preview,
-        state: &str,
+        state: PreviewState,
         reason: Option<String>,
     ) -> Result<(), JobError> {
-        p.state = state.into();
+        p.state = state;
         p.reason = reason;
         p.updated_at = crate::now_ms();
         let rows = self.write_backs(p).await?;
@@ -220,7 +202,7 @@ impl Lifecycle {
         &self,
         p: &Preview,
     ) -> Result<Vec<crate::store::NewOutbox>, JobError> {
-        crate::writeback::rows_for(self.store.as_ref(), &self.forges, &self.config, p)
+        super::report::rows_for(self.store.as_ref(), &self.forges, &self.config, p)
             .await
             .map_err(transient)
     }
@@ -245,7 +227,7 @@ impl Lifecycle {
             number: number as i64,
             site_name: site_name(&conn.repo, number),
             site_id: None,
-            state: state::QUEUED.into(),
+            state: PreviewState::Queued,
             head_sha: None,
             ready_sha: None,
             approved_sha: None,
@@ -289,7 +271,8 @@ impl Lifecycle {
             .ok_or_else(|| JobError::Permanent(format!("bad job key {}", job.job_key)))
     }
 
-    pub(super) async fn connection(&self, job: &Job) -> Result<Connection, JobError> {
+    /// The repository connection of a PR job.
+    pub async fn connection(&self, job: &Job) -> Result<Connection, JobError> {
         let (conn_id, _) = Self::key_parts(job)?;
         self.store
             .connection(conn_id)
@@ -326,7 +309,7 @@ impl Lifecycle {
                     return self
                         .set_state(
                             &mut preview,
-                            state::SKIPPED,
+                            PreviewState::Skipped,
                             Some("draft pull request (previews.drafts is off)".into()),
                         )
                         .await;
@@ -335,7 +318,7 @@ impl Lifecycle {
                     return self
                         .set_state(
                             &mut preview,
-                            state::AWAITING_APPROVAL,
+                            PreviewState::AwaitingApproval,
                             Some(format!(
                                 "pull request from a fork: a member with the developer role must comment `/preview deploy` to build {}",
                                 &pr.head_sha[..pr.head_sha.len().min(12)]
@@ -366,7 +349,10 @@ impl Lifecycle {
         else {
             return Ok(());
         };
-        let (Some(sha), true) = (preview.ready_sha.clone(), preview.state == state::READY) else {
+        let (Some(sha), true) = (
+            preview.ready_sha.clone(),
+            preview.state == PreviewState::Ready,
+        ) else {
             return Ok(());
         };
         let target = Target {
@@ -411,7 +397,7 @@ impl Lifecycle {
             }
             JobError::Transient(e) | JobError::Permanent(e) => {
                 tracing::warn!(preview = %preview.site_name, error = %e, "launch failed");
-                self.set_state(preview, state::FAILED, Some(e.clone()))
+                self.set_state(preview, PreviewState::Failed, Some(e.clone()))
                     .await?;
                 // A preview that never became ready shows a failure page; one that did keeps
                 // serving its last good version.
@@ -488,7 +474,7 @@ impl Lifecycle {
         let previous_pid = preview.pid.map(|p| p as u32);
         preview.received_at = Some(target.received_at);
         preview.head_sha = Some(target.head_sha.clone());
-        self.set_state(preview, state::QUEUED, None).await?;
+        self.set_state(preview, PreviewState::Queued, None).await?;
 
         // 1. fetch: the head commit and the repository config of the default branch.
         let s = self.begin(preview, run, 1, "fetch").await?;
@@ -501,7 +487,7 @@ impl Lifecycle {
         self.give_way(job, ctx).await?;
 
         // 2. clone: the site and its data (kept when the site exists: an update).
-        self.set_state(preview, state::CLONING, None).await?;
+        self.set_state(preview, PreviewState::Cloning, None).await?;
         let s = self.begin(preview, run, 2, "clone").await?;
         let made = self.ensure_site(conn, preview, &cfg).await;
         let detail = made
@@ -524,7 +510,8 @@ impl Lifecycle {
         self.give_way(job, ctx).await?;
 
         // 3. build, in a fresh checkout of the head.
-        self.set_state(preview, state::BUILDING, None).await?;
+        self.set_state(preview, PreviewState::Building, None)
+            .await?;
         let s = self.begin(preview, run, 3, "build").await?;
         let code = self.sites.site_dir(&site).join("code").join(run);
         *started = Some(Started {
@@ -538,7 +525,8 @@ impl Lifecycle {
         self.give_way(job, ctx).await?;
 
         // 4. start (a process) or a static folder; 5. health.
-        self.set_state(preview, state::STARTING, None).await?;
+        self.set_state(preview, PreviewState::Starting, None)
+            .await?;
         let s = self.begin(preview, run, 4, "start").await?;
         let route = match &cfg.preview.start {
             Some(cmd) => {
@@ -644,7 +632,7 @@ impl Lifecycle {
         preview.ttl_ms = Some(ttl.as_millis() as i64);
         let expires = crate::now_ms() + ttl.as_millis() as i64;
         preview.expires_at = Some(preview.expires_at.map_or(expires, |e| e.max(expires)));
-        self.set_state(preview, state::READY, None).await?;
+        self.set_state(preview, PreviewState::Ready, None).await?;
         let secs = (crate::now_ms() - target.received_at).max(0) as f64 / 1000.0;
         self.metrics.launch_seconds.observe(secs);
         tracing::info!(preview = %preview.site_name, head = %target.head_sha, seconds = secs, "preview ready");
@@ -895,19 +883,23 @@ impl Lifecycle {
 
     /// Stop the processes, drop the data, answer 410: idempotent, every step safe to repeat.
     pub(super) async fn destroy(&self, preview: &mut Preview, why: &str) -> Result<(), JobError> {
-        if preview.state == state::DESTROYED {
+        if preview.state == PreviewState::Destroyed {
             return Ok(());
         }
-        self.teardown(preview, state::DESTROYED, &format!("pull request {why}"))
-            .await
+        self.teardown(
+            preview,
+            PreviewState::Destroyed,
+            &format!("pull request {why}"),
+        )
+        .await
     }
 
     /// The reaper's warning: the status comment says the preview expires soon (once per
     /// expiry time).
     pub async fn warn_expiry(&self, p: &mut Preview) -> Result<(), JobError> {
         p.warned_expiry = p.expires_at;
-        let (st, reason) = (p.state.clone(), p.reason.clone());
-        self.set_state(p, &st, reason).await
+        let (st, reason) = (p.state, p.reason.clone());
+        self.set_state(p, st, reason).await
     }
 
     /// An `expire` job (a reaper's teardown whose reaper died, taken over by a worker):
@@ -917,9 +909,9 @@ impl Lifecycle {
         let Some(mut p) = self.store.preview(conn, number).await.map_err(transient)? else {
             return Ok(());
         };
-        match expiry_action(&p, crate::now_ms()) {
+        match state::expiry_action(&p, crate::now_ms()) {
             Some(final_state) => {
-                let why = why_torn_down(&p, final_state);
+                let why = state::why_torn_down(&p, final_state);
                 self.teardown(&mut p, final_state, &why).await
             }
             None => Ok(()),
@@ -932,11 +924,11 @@ impl Lifecycle {
     pub async fn teardown(
         &self,
         preview: &mut Preview,
-        final_state: &str,
+        final_state: PreviewState,
         why: &str,
     ) -> Result<(), JobError> {
         let step = |p: &mut Preview, name: &str| {
-            p.teardown_step = Some(format!("{final_state}/{name}"));
+            p.teardown_step = Some(state::teardown_step(final_state, name));
         };
         // A protected site is never deleted by a PR or the reaper (only by `endor site delete
         // --bypass-protection`).
@@ -957,7 +949,7 @@ impl Lifecycle {
             .map_err(transient)?
             .is_some();
         step(preview, "begin");
-        self.set_state(preview, state::DESTROYING, Some(why.to_string()))
+        self.set_state(preview, PreviewState::Destroying, Some(why.to_string()))
             .await?;
         crash_point("begin");
         let proc_ = self.procs.lock().await.remove(&preview.id);
@@ -1001,36 +993,8 @@ impl Lifecycle {
         preview.warned_expiry = None;
         self.set_state(preview, final_state, Some(why.to_string()))
             .await?;
-        tracing::info!(preview = %preview.site_name, state = final_state, "preview torn down");
+        tracing::info!(preview = %preview.site_name, state = %final_state, "preview torn down");
         Ok(())
-    }
-}
-
-/// What the reaper must do to a preview now: finish its unfinished teardown (into the state it
-/// was heading for), expire it (past `expires_at`), or nothing.
-pub fn expiry_action(p: &Preview, now: i64) -> Option<&'static str> {
-    if p.state == state::DESTROYING {
-        let target = p.teardown_step.as_deref().and_then(|s| s.split('/').next());
-        return Some(if target == Some(state::EXPIRED) {
-            state::EXPIRED
-        } else {
-            state::DESTROYED
-        });
-    }
-    // Gone already, or never launched (skipped, awaiting approval without a site): nothing
-    // to expire.
-    let live = !matches!(p.state.as_str(), state::DESTROYED | state::EXPIRED)
-        && (p.site_id.is_some()
-            || !matches!(p.state.as_str(), state::SKIPPED | state::AWAITING_APPROVAL));
-    (live && p.expires_at.is_some_and(|e| e <= now)).then_some(state::EXPIRED)
-}
-
-/// The reason a teardown records.
-pub fn why_torn_down(p: &Preview, final_state: &str) -> String {
-    match (final_state, p.reason.as_deref()) {
-        (state::EXPIRED, _) => "expired: no activity within its time to live".into(),
-        (_, Some(r)) if p.state == state::DESTROYING => r.to_string(),
-        _ => "destroyed".into(),
     }
 }
 
@@ -1051,23 +1015,18 @@ struct Started {
     process: Option<Supervised>,
 }
 
-#[async_trait]
-impl JobHandler for Lifecycle {
-    async fn run(&self, job: &Job, ctx: JobContext) -> Result<(), JobError> {
-        let result = match job.kind {
+impl Lifecycle {
+    /// Run a job of the previews' kinds (PR events, resumes, expiries); comments are the
+    /// slash-commands' (`crate::commands`), dispatched by `crate::worker`.
+    pub async fn run_job(&self, job: &Job, ctx: JobContext) -> Result<(), JobError> {
+        match job.kind {
             JobKind::PullRequest => self.handle_event(job, ctx).await,
             JobKind::Resume => self.handle_resume(job, ctx).await,
             JobKind::Expire => self.handle_expire(job).await,
-            JobKind::Comment => self.handle_comment(job, ctx).await,
-        };
-        let outcome = match &result {
-            Ok(()) => "done",
-            Err(JobError::Cancelled) => "cancelled",
-            Err(JobError::Transient(_)) => "retry",
-            Err(JobError::Permanent(_)) => "failed",
-        };
-        self.metrics.job(job.kind.as_str(), outcome);
-        result
+            JobKind::Comment => Err(JobError::Permanent(
+                "comment jobs are run by the slash-commands".into(),
+            )),
+        }
     }
 }
 

@@ -1,9 +1,14 @@
-//! The preview lifecycle: what a repository asks for (`config.rs`) and the state machine that
-//! turns PR events into live previews and back (`lifecycle.rs`), and what slash-commands in PR
-//! comments do to a preview (`commands.rs`).
+//! The preview lifecycle: what a repository asks for (`config.rs`), the state machine's rules
+//! (`state.rs`), the work that turns PR events into live previews and back (`lifecycle.rs`),
+//! and what each state shows on the forge (`report.rs`, `comment.rs`). Knows no forge API and
+//! no comment grammar: slash-commands call its public API.
 
-mod commands;
+pub mod actions;
+mod comment;
 pub mod config;
 pub mod lifecycle;
+pub mod report;
+pub mod state;
 
 pub use lifecycle::{Lifecycle, site_name};
+pub use state::PreviewState;

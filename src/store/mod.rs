@@ -257,6 +257,34 @@ pub struct RouteRow {
     pub updated_at: i64,
 }
 
+crate::stored_enum! {
+    /// Where a preview is in its lifecycle. The machine's rules (what follows what, when the
+    /// reaper acts, what each state shows on the forge) live in the previews room; the store
+    /// only keeps the name.
+    ///
+    /// ```text
+    /// queued ─► cloning ─► building ─► starting ─► ready
+    ///    │         └──────────┴───────────┴──────► failed
+    ///    ├─► skipped (draft)   ├─► awaiting-approval (fork)
+    /// any ─► destroying ─► destroyed | expired
+    /// ```
+    pub enum PreviewState {
+        Queued = "queued",
+        AwaitingApproval = "awaiting-approval",
+        /// A draft, while `previews.drafts` is off.
+        Skipped = "skipped",
+        Cloning = "cloning",
+        Building = "building",
+        Starting = "starting",
+        Ready = "ready",
+        Failed = "failed",
+        Destroying = "destroying",
+        Destroyed = "destroyed",
+        /// Destroyed by the reaper: past `expires_at`.
+        Expired = "expired",
+    }
+}
+
 /// A pull/merge request's preview: its lifecycle state (see `crate::previews`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Preview {
@@ -265,9 +293,7 @@ pub struct Preview {
     pub number: i64,
     pub site_name: String,
     pub site_id: Option<String>,
-    /// `queued`, `awaiting-approval`, `skipped`, `cloning`, `building`, `starting`, `ready`,
-    /// `failed`, `destroying`, `destroyed`.
-    pub state: String,
+    pub state: PreviewState,
     pub head_sha: Option<String>,
     pub ready_sha: Option<String>,
     pub approved_sha: Option<String>,
@@ -334,14 +360,27 @@ pub struct PreviewStep {
     pub detail: Option<String>,
 }
 
+crate::stored_enum! {
+    /// What an outbox row writes to the forge.
+    pub enum OutboxKind {
+        /// The sticky status comment.
+        Comment = "comment",
+        Status = "status",
+        Deployment = "deployment",
+        /// A reply comment to a slash-command comment.
+        Reply = "reply",
+        /// A reaction on a slash-command comment.
+        Reaction = "reaction",
+    }
+}
+
 /// A write-back to a forge waiting in the durable outbox (see `crate::writeback`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct OutboxItem {
     pub id: String,
     pub connection_id: String,
     pub number: i64,
-    /// `comment`, `status`, `deployment`.
-    pub kind: String,
+    pub kind: OutboxKind,
     pub coalesce_key: String,
     pub payload: String,
     /// `pending`, `sending`, `done`, `superseded`, `failed`.
@@ -359,7 +398,7 @@ pub struct OutboxItem {
 pub struct NewOutbox {
     pub connection_id: String,
     pub number: i64,
-    pub kind: String,
+    pub kind: OutboxKind,
     /// Items of one key are sent in order, one at a time; a pending item not yet sent is
     /// replaced by a newer one of its key.
     pub coalesce_key: String,

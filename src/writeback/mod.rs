@@ -15,7 +15,6 @@ pub mod gitea;
 pub mod github;
 pub mod gitlab;
 mod http;
-pub mod render;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,6 +30,7 @@ use tokio::sync::{Mutex, watch};
 
 use crate::config::Config;
 use crate::forge::ForgeKind;
+pub use crate::store::OutboxKind;
 use crate::store::{Connection, NewOutbox, OutboxEnd, OutboxItem, Store};
 
 /// The commit status context endor writes.
@@ -407,7 +407,7 @@ pub enum Payload {
         url: Option<String>,
     },
     /// A reply comment to a slash-command comment (errors, refusals, help). `key` names it:
-    /// the body starts with [`reply_marker`]`(key)` and the forge's id is kept under it, so it
+    /// the body starts with [`reply_marker`](crate::forge::markdown::reply_marker)`(key)` and the forge's id is kept under it, so it
     /// is posted once.
     Reply {
         repo: String,
@@ -422,19 +422,14 @@ pub enum Payload {
     },
 }
 
-/// The hidden first line of a reply comment.
-pub fn reply_marker(key: &str) -> String {
-    format!("<!-- endor:reply {key} -->")
-}
-
 impl Payload {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> OutboxKind {
         match self {
-            Payload::Comment { .. } => "comment",
-            Payload::Status { .. } => "status",
-            Payload::Deployment { .. } => "deployment",
-            Payload::Reply { .. } => "reply",
-            Payload::Reaction { .. } => "reaction",
+            Payload::Comment { .. } => OutboxKind::Comment,
+            Payload::Status { .. } => OutboxKind::Status,
+            Payload::Deployment { .. } => OutboxKind::Deployment,
+            Payload::Reply { .. } => OutboxKind::Reply,
+            Payload::Reaction { .. } => OutboxKind::Reaction,
         }
     }
 
@@ -454,7 +449,7 @@ impl Payload {
         NewOutbox {
             connection_id: connection_id.into(),
             number,
-            kind: self.kind().into(),
+            kind: self.kind(),
             coalesce_key: key,
             payload: serde_json::to_string(self).unwrap_or_default(),
         }
@@ -604,124 +599,6 @@ impl ForgeClients {
     }
 }
 
-/// What the forge should show for the preview's new state: the status comment, the
-/// commit status of its head, its deployment. Nothing for internal steps, or when endor
-/// has no credentials for the forge.
-pub async fn rows_for(
-    store: &dyn Store,
-    forges: &ForgeClients,
-    config: &Config,
-    p: &crate::store::Preview,
-) -> Result<Vec<NewOutbox>, crate::store::StoreError> {
-    use crate::previews::lifecycle::state;
-    use render::{CommentView, StepLine, render};
-    use {CommitState as C, DeployState as D};
-    let (shown, status, deploy): (&str, Option<(C, String)>, Option<D>) = match p.state.as_str() {
-        state::QUEUED => (
-            "building",
-            Some((C::Pending, "building".into())),
-            Some(D::InProgress),
-        ),
-        state::READY => (
-            "ready",
-            Some((C::Success, "preview ready".into())),
-            Some(D::Success),
-        ),
-        state::FAILED => (
-            "failed",
-            Some((
-                C::Failure,
-                p.reason.clone().unwrap_or_else(|| "failed".into()),
-            )),
-            Some(D::Failure),
-        ),
-        state::SKIPPED => ("skipped", None, None),
-        state::AWAITING_APPROVAL => (
-            "awaiting-approval",
-            Some((C::Pending, "waiting for a member's /preview deploy".into())),
-            None,
-        ),
-        state::DESTROYED => ("destroyed", None, Some(D::Inactive)),
-        state::EXPIRED => ("expired", None, Some(D::Inactive)),
-        _ => return Ok(Vec::new()),
-    };
-    let Some(conn) = store.connection(&p.connection_id).await? else {
-        return Ok(Vec::new());
-    };
-    if !forges.enabled(conn.forge) {
-        return Ok(Vec::new());
-    }
-    let sha = p.head_sha.clone().unwrap_or_default();
-    let served = p.state == state::READY;
-    let url = served.then(|| {
-        format!(
-            "http://{}.{}:{}/",
-            p.site_name,
-            config.gateway.domain,
-            config.gateway.listen.port()
-        )
-    });
-    let steps = if matches!(p.state.as_str(), state::READY | state::FAILED) {
-        store
-            .last_run_steps(&p.id)
-            .await?
-            .into_iter()
-            .map(|s| StepLine {
-                time: match s.ended_at {
-                    Some(e) => format!("{} ms", e - s.started_at),
-                    None => "—".into(),
-                },
-                name: s.step,
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let body = render(&CommentView {
-        state: shown.into(),
-        title: p.title.clone(),
-        site: p.site_name.clone(),
-        url: url.clone(),
-        head_sha: sha.clone(),
-        expires_at: p
-            .expires_at
-            .filter(|_| served)
-            .map(crate::duration::format_utc),
-        expiring: served && p.warned_expiry.is_some() && p.warned_expiry == p.expires_at,
-        steps,
-        error: (p.state == state::FAILED)
-            .then(|| p.reason.clone())
-            .flatten(),
-    });
-    let mut out = vec![Payload::Comment {
-        repo: conn.repo.clone(),
-        body,
-    }];
-    if !sha.is_empty() {
-        if let Some((state, description)) = status {
-            out.push(Payload::Status {
-                repo: conn.repo.clone(),
-                sha: sha.clone(),
-                state,
-                target_url: url.clone(),
-                description,
-            });
-        }
-        if let Some(state) = deploy {
-            out.push(Payload::Deployment {
-                repo: conn.repo.clone(),
-                sha,
-                state,
-                url,
-            });
-        }
-    }
-    Ok(out
-        .iter()
-        .map(|w| w.row(&p.connection_id, p.number))
-        .collect())
-}
-
 /// Sends the outbox: claims due rows, one in flight per key, and records how each ended.
 pub struct Sender {
     stop: watch::Sender<bool>,
@@ -839,7 +716,7 @@ async fn send_one(
         OutboxEnd::Retry { .. } => "retry",
         OutboxEnd::Failed { .. } => "failed",
     };
-    metrics.writeback(&item.kind, outcome);
+    metrics.writeback(item.kind.as_str(), outcome);
     match &end {
         OutboxEnd::Done => tracing::debug!(id = %item.id, kind = %item.kind, "write-back sent"),
         OutboxEnd::Retry { error, .. } => {
@@ -923,7 +800,9 @@ async fn deliver(
             }
             // An earlier attempt may have posted it before its answer was lost.
             if item.attempts > 1 {
-                let found = forge.marked_comments(&pr, &reply_marker(&key)).await?;
+                let found = forge
+                    .marked_comments(&pr, &crate::forge::markdown::reply_marker(&key))
+                    .await?;
                 if let Some(id) = found.first() {
                     return Ok(store
                         .put_forge_ref(&conn.id, item.number, &kind, id)
@@ -1093,7 +972,9 @@ async fn upsert_comment_once(
     let found = if searched.as_deref() == Some("none") {
         Vec::new()
     } else {
-        forge.marked_comments(pr, render::MARKER).await?
+        forge
+            .marked_comments(pr, crate::forge::markdown::MARKER)
+            .await?
     };
     match found.split_first() {
         Some((id, dups)) => {

@@ -2,6 +2,7 @@
 //! (a bare "remote" per repository), signed webhooks made from the real fixtures, and an
 //! in-process `endor serve` (API, gateway, workers, outbox) over a throw-away store.
 
+use endor::store::PreviewState;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -370,13 +371,13 @@ impl Harness {
         &self,
         conn: &str,
         number: u64,
-        states: &[&str],
+        states: &[PreviewState],
         sha: Option<&str>,
     ) -> Preview {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(p) = self.preview(conn, number).await
-                && states.contains(&p.state.as_str())
+                && states.contains(&p.state)
                 && sha.is_none_or(|s| p.head_sha.as_deref() == Some(s))
             {
                 return p;

@@ -1,4 +1,4 @@
-//! The sticky status comment, rendered from `templates/status_comment.md` (built in) with
+//! The sticky status comment (what a preview's state shows on its PR), rendered from `templates/status_comment.md` (built in) with
 //! minijinja. Every piece of text that came from outside (PR titles, branch names, error
 //! messages that quote them) goes through the `md` filter, which makes it inert in Markdown and
 //! HTML: no markup, no mention, no way to forge the hidden marker.
@@ -6,10 +6,9 @@
 use minijinja::{Environment, context};
 use serde::Serialize;
 
-/// The hidden first line that marks endor's status comment.
-pub const MARKER: &str = "<!-- endor:status -->";
-/// GitHub's limit on a comment body, in characters.
-pub const MAX_COMMENT_CHARS: usize = 65_536;
+use crate::forge::markdown::{MARKER, escape_md, trim};
+use crate::store::PreviewState;
+
 const TEMPLATE: &str = include_str!("../../templates/status_comment.md");
 /// The longest error text shown.
 const MAX_ERROR_CHARS: usize = 1_000;
@@ -21,9 +20,9 @@ pub struct StepLine {
 }
 
 /// What the comment shows.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CommentView {
-    pub state: String,
+    pub state: PreviewState,
     pub title: Option<String>,
     pub site: String,
     pub url: Option<String>,
@@ -35,50 +34,30 @@ pub struct CommentView {
     pub error: Option<String>,
 }
 
-/// Escape untrusted text for a Markdown line (and the HTML GitHub allows in it): entities for
-/// `&`, `<`, `>`, `@` (so `@someone` mentions nobody) and `|`; a backslash before every other
-/// Markdown punctuation; line breaks become spaces.
-pub fn escape_md(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 16);
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '@' => out.push_str("&#64;"),
-            '|' => out.push_str("&#124;"),
-            '\r' | '\n' | '\t' => out.push(' '),
-            c if c.is_control() => {}
-            '\\' | '`' | '*' | '_' | '{' | '}' | '[' | ']' | '(' | ')' | '#' | '+' | '-' | '.'
-            | '!' | '~' | '=' | '"' | '\'' | ':' => {
-                out.push('\\');
-                out.push(c);
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-fn label(state: &str) -> (&'static str, &'static str) {
+fn label(state: PreviewState) -> (&'static str, &'static str) {
+    use PreviewState as S;
     match state {
-        "ready" => ("✅", "ready"),
-        "failed" => ("❌", "failed"),
-        "destroyed" | "destroying" => ("🗑️", "destroyed"),
-        "expired" => ("⌛", "expired"),
-        "awaiting-approval" => ("✋", "awaiting approval"),
-        "skipped" => ("⏭️", "skipped (draft)"),
-        _ => ("⏳", "building"),
+        S::Ready => ("✅", "ready"),
+        S::Failed => ("❌", "failed"),
+        S::Destroyed | S::Destroying => ("🗑️", "destroyed"),
+        S::Expired => ("⌛", "expired"),
+        S::AwaitingApproval => ("✋", "awaiting approval"),
+        S::Skipped => ("⏭️", "skipped (draft)"),
+        S::Queued | S::Cloning | S::Building | S::Starting => ("⏳", "building"),
     }
 }
 
-fn hint(state: &str) -> Option<&'static str> {
+fn hint(state: PreviewState) -> Option<&'static str> {
     match state {
-        "awaiting-approval" => Some(
+        PreviewState::AwaitingApproval => Some(
             "This pull request comes from a fork: a member with the developer role can comment `/preview deploy` to build this commit.",
         ),
-        "expired" => Some("This preview expired. Comment `/preview deploy` to bring it back."),
-        "skipped" => Some("Draft pull requests get no preview; mark it ready for review."),
+        PreviewState::Expired => {
+            Some("This preview expired. Comment `/preview deploy` to bring it back.")
+        }
+        PreviewState::Skipped => {
+            Some("Draft pull requests get no preview; mark it ready for review.")
+        }
         _ => None,
     }
 }
@@ -90,7 +69,7 @@ pub fn render(view: &CommentView) -> String {
     // The template is part of the binary: a failure here is a bug caught by the tests.
     env.add_template("status", TEMPLATE)
         .expect("templates/status_comment.md is valid");
-    let (icon, state_label) = label(&view.state);
+    let (icon, state_label) = label(view.state);
     let error = view.error.as_ref().map(|e| {
         let mut e: String = e.chars().take(MAX_ERROR_CHARS).collect();
         if view
@@ -117,7 +96,7 @@ pub fn render(view: &CommentView) -> String {
                 expiring => view.expiring,
                 steps => view.steps,
                 error,
-                hint => hint(&view.state),
+                hint => hint(view.state),
             })
         })
         .unwrap_or_else(|e| format!("{MARKER}\nPreview {}: (rendering failed: {e})", view.state));
@@ -143,25 +122,15 @@ fn collapse_blank_lines(s: &str) -> String {
     out
 }
 
-/// Keep a body under [`MAX_COMMENT_CHARS`], saying that it was cut.
-pub fn trim(body: String) -> String {
-    if body.chars().count() <= MAX_COMMENT_CHARS {
-        return body;
-    }
-    const NOTE: &str = "\n\n… (trimmed to fit the forge's comment limit)";
-    let keep = MAX_COMMENT_CHARS - NOTE.chars().count();
-    let mut out: String = body.chars().take(keep).collect();
-    out.push_str(NOTE);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    use crate::forge::markdown::MAX_COMMENT_CHARS;
+
     fn view(state: &str) -> CommentView {
         CommentView {
-            state: state.into(),
+            state: PreviewState::parse(state).unwrap(),
             title: Some("Add checkout".into()),
             site: "shop-pr-7".into(),
             url: Some("http://shop-pr-7.preview.localhost:8081/".into()),
@@ -170,7 +139,9 @@ mod tests {
                 name: "clone".into(),
                 time: "27 ms".into(),
             }],
-            ..Default::default()
+            expires_at: None,
+            expiring: false,
+            error: None,
         }
     }
 

@@ -1,0 +1,523 @@
+//! Slash-command jobs: a PR comment's commands, checked against the author's workspace roles
+//! and carried out on the PR's preview through the previews' public API (one function per
+//! verb, in [`CommentRunner::apply`]); the reply (a reaction, or a comment for errors, refusals
+//! and help) goes through the outbox.
+//!
+//! Permission: the comment author's forge login → the endor user it is linked to → that user's
+//! roles in the workspace of the repository's connection. Mutating commands need `developer`;
+//! `status` and `help` anyone. Comments by endor itself, by accounts the forge flags as bots, and
+//! endor's own marked comments are ignored.
+
+use std::sync::Arc;
+
+use super::grammar::{self, CidrOp, Command, SyncWhat};
+use super::{Outcome, Reply};
+use crate::config::Config;
+use crate::forge::{CommentAction, CommentEvent, EventKind, ForgeEvent};
+use crate::jobs::{Job, JobContext, JobError};
+use crate::previews::Lifecycle;
+use crate::previews::actions::{Deployed, SyncParts, Synced};
+use crate::store::{Connection, Site, Store};
+use crate::writeback::{ForgeClients, Payload};
+
+/// Runs `comment` jobs.
+pub struct CommentRunner {
+    store: Arc<dyn Store>,
+    config: Config,
+    previews: Arc<Lifecycle>,
+    forges: Arc<ForgeClients>,
+    /// Wakes the outbox sender when a reply was stored.
+    outbox_wake: Arc<tokio::sync::Notify>,
+    /// Seals generated passwords (`storage.secret_key`), loaded on first use.
+    sealer: std::sync::OnceLock<crate::secret::Sealer>,
+}
+
+fn transient(e: impl std::fmt::Display) -> JobError {
+    JobError::Transient(e.to_string())
+}
+
+/// Who wrote the comment, as far as the workspace is concerned.
+enum Caller {
+    /// The forge account is linked to no endor user.
+    Unlinked,
+    /// Linked, but not a member of the connection's workspace.
+    Outsider {
+        user: String,
+    },
+    Member {
+        user: String,
+        roles: Vec<String>,
+    },
+}
+
+impl Caller {
+    fn is_developer(&self) -> bool {
+        matches!(self, Caller::Member { roles, .. } if roles.iter().any(|r| r == crate::service::Role::Developer.as_str()))
+    }
+
+    /// Why a mutating command is refused; names the role it needs.
+    fn refusal(&self, forge: &str, login: &str, workspace: &str) -> String {
+        let login = grammar::clip(login);
+        let workspace = grammar::clip(workspace);
+        let need = format!("this command needs the developer role in workspace `{workspace}`");
+        match self {
+            Caller::Unlinked => format!(
+                "{need}; the {forge} account `{login}` is not linked to an endor user (an owner can run `endor user link USER {forge}:{login}`)"
+            ),
+            Caller::Outsider { user } => format!(
+                "{need}; endor user `{}` is not a member of it",
+                grammar::clip(user)
+            ),
+            Caller::Member { user, roles } => format!(
+                "{need}; endor user `{}` has only `{}`",
+                grammar::clip(user),
+                roles.join(", ")
+            ),
+        }
+    }
+}
+
+impl CommentRunner {
+    pub fn new(
+        store: Arc<dyn Store>,
+        config: &Config,
+        previews: Arc<Lifecycle>,
+        forges: Arc<ForgeClients>,
+        outbox_wake: Arc<tokio::sync::Notify>,
+    ) -> Self {
+        Self {
+            store,
+            config: config.clone(),
+            previews,
+            forges,
+            outbox_wake,
+            sealer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Run a `comment` job: the comment's new commands, once each, then the reply.
+    pub async fn run(&self, job: &Job, ctx: JobContext) -> Result<(), JobError> {
+        let ev: ForgeEvent = serde_json::from_str(&job.payload)
+            .map_err(|e| JobError::Permanent(format!("unreadable job payload: {e}")))?;
+        let EventKind::Comment(c) = &ev.kind else {
+            return Ok(());
+        };
+        if c.action == CommentAction::Deleted {
+            return Ok(());
+        }
+        let prefix = self.config.commands.prefix.as_str();
+        let now = grammar::parse(&c.body, prefix);
+        if now.commands.is_empty() && now.errors.is_empty() && now.refused == 0 {
+            return Ok(());
+        }
+        let conn = self.previews.connection(job).await?;
+        if self.written_by_a_bot(&conn, c).await {
+            tracing::debug!(author = %c.author, "comment by a bot ignored");
+            return Ok(());
+        }
+        let before = match (c.action, &c.previous_body) {
+            (CommentAction::Edited, Some(b)) => Some(grammar::parse(b, prefix)),
+            _ => None,
+        };
+        let comment_key = c.comment_id.to_string();
+        let recorded = self
+            .store
+            .comment_commands(&conn.id, &comment_key)
+            .await
+            .map_err(transient)?;
+        // What earlier attempts of this job ran count as this job's results; what other jobs
+        // (the comment before an edit) ran is not run again.
+        let mine = format!("{}|", job.id);
+        let done_elsewhere: Vec<String> = recorded
+            .iter()
+            .filter(|(_, o)| !o.starts_with(&mine))
+            .map(|(c, _)| c.clone())
+            .collect();
+        let to_run = super::to_run(&now, before.as_ref(), &done_elsewhere);
+        let errors = super::new_errors(&now, before.as_ref());
+        let refused = match &before {
+            Some(b) => now.refused.saturating_sub(b.refused),
+            None => now.refused,
+        };
+        if to_run.is_empty() && errors.is_empty() && refused == 0 {
+            return Ok(());
+        }
+        let caller = self.caller(&conn, &c.author).await?;
+        let workspace = self
+            .store
+            .list_workspaces()
+            .await
+            .map_err(transient)?
+            .into_iter()
+            .find(|w| w.id == conn.workspace_id)
+            .map(|w| w.name)
+            .unwrap_or_default();
+        let mut results = Vec::new();
+        for cmd in to_run {
+            let text = cmd.canonical();
+            if let Some((_, o)) = recorded.iter().find(|(c, _)| *c == text) {
+                // Ran in an earlier attempt of this job (which then failed): keep its result.
+                results.push((text, decode(o)));
+                continue;
+            }
+            let outcome = if cmd.mutating() && !caller.is_developer() {
+                Outcome::Refused(caller.refusal(&ev.forge.to_string(), &c.author, &workspace))
+            } else {
+                self.apply(job, &ctx, &conn, c, &cmd).await?
+            };
+            tracing::info!(
+                pr = c.number, author = %c.author, command = %text, outcome = outcome.label(),
+                "slash-command"
+            );
+            self.store
+                .record_comment_command(
+                    &conn.id,
+                    &comment_key,
+                    &text,
+                    &encode(&job.id, &outcome),
+                    crate::now_ms(),
+                )
+                .await
+                .map_err(transient)?;
+            results.push((text, outcome));
+        }
+        // A developer's command is activity: the expiry moves to now + the preview's TTL
+        // (never earlier than it was).
+        if caller.is_developer() && results.iter().any(|(_, o)| matches!(o, Outcome::Done(_))) {
+            self.previews.touch(&conn, c.number).await?;
+        }
+        self.reply(&conn, c, job, &results, &errors, refused).await
+    }
+
+    /// Endor's own comments, accounts the forge flags as bots, and marked endor comments.
+    async fn written_by_a_bot(&self, conn: &Connection, c: &CommentEvent) -> bool {
+        if c.author_is_bot || c.body.trim_start().starts_with("<!-- endor:") {
+            return true;
+        }
+        if !self.forges.enabled(conn.forge) {
+            return false;
+        }
+        let account = match self.forges.client(conn).await {
+            Ok(f) => f.account().await,
+            Err(e) => Err(e),
+        };
+        match account {
+            Ok(a) => a.eq_ignore_ascii_case(&c.author),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not learn endor's own forge account");
+                false
+            }
+        }
+    }
+
+    async fn caller(&self, conn: &Connection, login: &str) -> Result<Caller, JobError> {
+        let Some(user) = self
+            .store
+            .user_by_identity(conn.forge, login)
+            .await
+            .map_err(transient)?
+        else {
+            return Ok(Caller::Unlinked);
+        };
+        let roles = self
+            .store
+            .member_roles(&conn.workspace_id, &user.id)
+            .await
+            .map_err(transient)?;
+        Ok(if roles.is_empty() {
+            Caller::Outsider { user: user.login }
+        } else {
+            Caller::Member {
+                user: user.login,
+                roles,
+            }
+        })
+    }
+
+    async fn reply(
+        &self,
+        conn: &Connection,
+        c: &CommentEvent,
+        job: &Job,
+        results: &[(String, Outcome)],
+        errors: &[&grammar::ParseError],
+        refused: usize,
+    ) -> Result<(), JobError> {
+        if !self.forges.enabled(conn.forge) {
+            return Ok(());
+        }
+        let prefix = &self.config.commands.prefix;
+        let payload = match super::reply(&c.author, prefix, results, errors, refused) {
+            None => return Ok(()),
+            Some(Reply::Reaction(r)) => Payload::Reaction {
+                repo: conn.repo.clone(),
+                comment_id: c.comment_id.to_string(),
+                content: r.into(),
+            },
+            Some(Reply::Comment(body)) => {
+                let key = format!("{}-{}", c.comment_id, job.id);
+                Payload::Reply {
+                    repo: conn.repo.clone(),
+                    body: format!("{}\n{body}", crate::forge::markdown::reply_marker(&key)),
+                    key,
+                }
+            }
+        };
+        self.store
+            .enqueue_outbox(&payload.row(&conn.id, c.number as i64), crate::now_ms())
+            .await
+            .map_err(transient)?;
+        self.outbox_wake.notify_waiters();
+        Ok(())
+    }
+
+    /// Carry out one permitted command. Transient failures are returned (the job is retried
+    /// and the command runs again); everything else is an outcome.
+    async fn apply(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        conn: &Connection,
+        c: &CommentEvent,
+        cmd: &Command,
+    ) -> Result<Outcome, JobError> {
+        match cmd {
+            Command::Deploy => self.deploy(job, ctx, conn, c).await,
+            Command::Help => Ok(Outcome::Text(grammar::help(&self.config.commands.prefix))),
+            Command::Status => self.status(conn, c).await,
+            Command::Destroy => self.destroy(conn, c).await,
+            Command::Extend(d) => self.extend(conn, c, *d).await,
+            Command::Sync(what) => self.sync(conn, c, *what).await,
+            Command::TagAdd(t) => self.tag(conn, c, t, true).await,
+            Command::TagRm(t) => self.tag(conn, c, t, false).await,
+            Command::Password(on) => self.password(conn, c, *on).await,
+            Command::Cidr(op) => self.cidr(conn, c, op).await,
+            Command::Robots(on) => self.robots(conn, c, *on).await,
+        }
+    }
+
+    async fn deploy(
+        &self,
+        job: &Job,
+        ctx: &JobContext,
+        conn: &Connection,
+        c: &CommentEvent,
+    ) -> Result<Outcome, JobError> {
+        let prefix = &self.config.commands.prefix;
+        let deployed = self
+            .previews
+            .deploy(job, ctx, conn, c.number, c.head_sha.as_deref(), prefix)
+            .await?;
+        Ok(match deployed {
+            Deployed::Ready { head } => {
+                Outcome::Done(Some(format!("ready at `{}`", &head[..head.len().min(12)])))
+            }
+            Deployed::Superseded => Outcome::Done(Some(
+                "superseded by a newer push, which is being built".into(),
+            )),
+            Deployed::NotBuilt(why) | Deployed::Failed(why) => Outcome::Failed(why),
+        })
+    }
+
+    async fn status(&self, conn: &Connection, c: &CommentEvent) -> Result<Outcome, JobError> {
+        Ok(if self.previews.repost_status(conn, c.number).await? {
+            Outcome::Done(None)
+        } else {
+            self.no_preview()
+        })
+    }
+
+    async fn destroy(&self, conn: &Connection, c: &CommentEvent) -> Result<Outcome, JobError> {
+        let why = format!("destroyed by {} with a command", c.author);
+        Ok(if self.previews.destroy_pr(conn, c.number, &why).await? {
+            Outcome::Done(None)
+        } else {
+            Outcome::Done(Some("there was no preview to destroy".into()))
+        })
+    }
+
+    async fn extend(
+        &self,
+        conn: &Connection,
+        c: &CommentEvent,
+        by: std::time::Duration,
+    ) -> Result<Outcome, JobError> {
+        let Some(e) = self.previews.extend(conn, c.number, by).await? else {
+            return Ok(self.no_preview());
+        };
+        let when = crate::duration::format_utc(e.expires_at);
+        Ok(Outcome::Done(Some(if e.capped {
+            format!(
+                "expires {when} (capped by previews.max_ttl = {})",
+                self.config.previews.max_ttl
+            )
+        } else {
+            format!("expires {when}")
+        })))
+    }
+
+    async fn sync(
+        &self,
+        conn: &Connection,
+        c: &CommentEvent,
+        what: SyncWhat,
+    ) -> Result<Outcome, JobError> {
+        let Some(site) = self.previews.site_of(conn, c.number).await? else {
+            return Ok(self.no_preview());
+        };
+        let parts = SyncParts {
+            files: matches!(what, SyncWhat::Files | SyncWhat::All),
+            databases: matches!(what, SyncWhat::Db | SyncWhat::All),
+        };
+        Ok(match self.previews.sync_from_parent(&site, parts).await? {
+            Synced::Done {
+                parent,
+                duration_ms,
+            } => Outcome::Done(Some(format!("from `{parent}` in {duration_ms} ms"))),
+            Synced::NoParent => {
+                Outcome::Failed("this preview has no parent site to sync from".into())
+            }
+            Synced::ParentGone => Outcome::Failed("the parent site is gone".into()),
+            Synced::Failed(e) => Outcome::Failed(e),
+        })
+    }
+
+    /// The PR's live site, or the outcome that says there is none.
+    async fn site(
+        &self,
+        conn: &Connection,
+        c: &CommentEvent,
+    ) -> Result<Result<Site, Outcome>, JobError> {
+        Ok(self
+            .previews
+            .site_of(conn, c.number)
+            .await?
+            .ok_or_else(|| self.no_preview()))
+    }
+
+    async fn tag(
+        &self,
+        conn: &Connection,
+        c: &CommentEvent,
+        tag: &str,
+        add: bool,
+    ) -> Result<Outcome, JobError> {
+        let site = match self.site(conn, c).await? {
+            Ok(s) => s,
+            Err(o) => return Ok(o),
+        };
+        let tag = match crate::access::validate_tag(tag) {
+            Ok(t) => t,
+            Err(e) => return Ok(Outcome::Failed(e)),
+        };
+        let changed = if add {
+            self.store.add_site_tag(&site.id, &tag).await
+        } else {
+            self.store.remove_site_tag(&site.id, &tag).await
+        }
+        .map_err(transient)?;
+        Ok(Outcome::Done(
+            (!changed).then(|| "nothing to change".into()),
+        ))
+    }
+
+    async fn password(
+        &self,
+        conn: &Connection,
+        c: &CommentEvent,
+        on: bool,
+    ) -> Result<Outcome, JobError> {
+        let site = match self.site(conn, c).await? {
+            Ok(s) => s,
+            Err(o) => return Ok(o),
+        };
+        let sealer = self.sealer()?;
+        crate::access::set_generated_password(self.store.as_ref(), &sealer, &site.id, on)
+            .await
+            .map_err(|e| match e {
+                crate::access::AccessError::Store(e) => transient(e),
+                other => JobError::Permanent(other.to_string()),
+            })?;
+        Ok(Outcome::Done(on.then(|| {
+            format!(
+                "members see the credentials with `endor site access {}`",
+                site.name
+            )
+        })))
+    }
+
+    async fn cidr(
+        &self,
+        conn: &Connection,
+        c: &CommentEvent,
+        op: &CidrOp,
+    ) -> Result<Outcome, JobError> {
+        let site = match self.site(conn, c).await? {
+            Ok(s) => s,
+            Err(o) => return Ok(o),
+        };
+        let (allow, deny, clear) = match op {
+            CidrOp::Allow(c) => (vec![c.clone()], vec![], false),
+            CidrOp::Deny(c) => (vec![], vec![c.clone()], false),
+            CidrOp::Clear => (vec![], vec![], true),
+        };
+        match crate::access::set_cidrs(self.store.as_ref(), &site.id, &allow, &deny, clear).await {
+            Ok(()) => Ok(Outcome::Done(None)),
+            Err(crate::access::AccessError::Invalid(e)) => Ok(Outcome::Failed(e)),
+            Err(e) => Err(JobError::Transient(e.to_string())),
+        }
+    }
+
+    async fn robots(
+        &self,
+        conn: &Connection,
+        c: &CommentEvent,
+        on: bool,
+    ) -> Result<Outcome, JobError> {
+        let site = match self.site(conn, c).await? {
+            Ok(s) => s,
+            Err(o) => return Ok(o),
+        };
+        crate::access::set_robots(self.store.as_ref(), &site.id, on)
+            .await
+            .map_err(transient)?;
+        Ok(Outcome::Done(None))
+    }
+
+    fn no_preview(&self) -> Outcome {
+        Outcome::Failed(format!(
+            "this pull request has no preview; comment `{} deploy` to make one",
+            self.config.commands.prefix
+        ))
+    }
+
+    fn sealer(&self) -> Result<crate::secret::Sealer, JobError> {
+        if let Some(s) = self.sealer.get() {
+            return Ok(s.clone());
+        }
+        let s = crate::secret::Sealer::from_file(&self.config.storage.secret_key)
+            .map_err(|e| JobError::Permanent(e.to_string()))?;
+        Ok(self.sealer.get_or_init(|| s).clone())
+    }
+}
+
+/// A recorded outcome: `{job id}|{label}|{text}`.
+fn encode(job: &str, o: &Outcome) -> String {
+    let text = match o {
+        Outcome::Done(n) => n.clone().unwrap_or_default(),
+        Outcome::Refused(t) | Outcome::Failed(t) | Outcome::Text(t) => t.clone(),
+    };
+    format!("{job}|{}|{text}", o.label())
+}
+
+fn decode(s: &str) -> Outcome {
+    let mut parts = s.splitn(3, '|');
+    let (_, label, text) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+    let text = text.to_string();
+    match label {
+        Some("refused") => Outcome::Refused(text),
+        Some("failed") => Outcome::Failed(text),
+        Some("text") => Outcome::Text(text),
+        _ => Outcome::Done((!text.is_empty()).then_some(text)),
+    }
+}
