@@ -472,7 +472,7 @@ impl Config {
             );
         }
         for p in &self.gateway.trusted_proxies {
-            if crate::access::parse_cidr(p).is_err() {
+            if crate::net::parse_cidr(p).is_err() {
                 return key(
                     "gateway.trusted_proxies",
                     "must be CIDRs such as 10.0.0.0/8 or ::1/128",
@@ -559,7 +559,7 @@ impl Config {
     }
 
     /// The webhook URL a connection's forge should call.
-    pub fn webhook_url(&self, forge: crate::forge::ForgeKind, connection_id: &str) -> String {
+    pub fn webhook_url(&self, forge: &str, connection_id: &str) -> String {
         format!(
             "{}/webhooks/{}/{}",
             self.server.public_url.trim_end_matches('/'),

@@ -6,7 +6,6 @@
 /// An enum stored as its name: `as_str`, `parse`, `ALL`, `Display`, serde by name, and the
 /// sqlx `Type`/`Encode`/`Decode` of a text column (an unknown name read back is an error, not
 /// a silent default).
-#[macro_export]
 macro_rules! stored_enum {
     ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -87,3 +86,4 @@ macro_rules! stored_enum {
         }
     };
 }
+pub(crate) use stored_enum;

@@ -326,7 +326,7 @@ pub async fn connect_repo(
             secret: secret.clone(),
         })
         .await?;
-    let webhook_url = cfg.webhook_url(repo.forge, &conn.id);
+    let webhook_url = cfg.webhook_url(repo.forge.as_str(), &conn.id);
     let (events, instructions) = setup_instructions(repo.forge, &webhook_url);
     tracing::info!(connection = %conn.id, repo = %repo, workspace = %ws.name, "repository connected");
     Ok(Connected {
@@ -405,7 +405,7 @@ pub async fn list_repos(
         .await?
         .into_iter()
         .map(|c| ConnectionInfo {
-            webhook_url: cfg.webhook_url(c.forge, &c.id),
+            webhook_url: cfg.webhook_url(c.forge.as_str(), &c.id),
             connection_id: c.id,
             workspace_id: c.workspace_id,
             forge: c.forge,

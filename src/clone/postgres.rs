@@ -482,19 +482,13 @@ fn redact(msg: &str, url: &str) -> String {
     }
 }
 
+/// The uid/gid a database server runs as (servers refuse to run as root).
 pub(crate) fn lookup_user(name: &str) -> Result<(u32, u32), CloneError> {
-    let cname = std::ffi::CString::new(name)
-        .map_err(|_| CloneError::Refused(format!("bad user name {name:?}")))?;
-    // SAFETY: getpwnam with a valid C string; the result is read at once, before any other
-    // call that could reuse its static buffer.
-    let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
-    if pw.is_null() {
-        return Err(CloneError::Refused(format!(
-            "OS user `{name}` does not exist: PostgreSQL servers cannot run as root (postgres.os_user)"
-        )));
-    }
-    // SAFETY: pw is non-null and points to a passwd record.
-    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+    crate::unix::lookup_user(name).map_err(|e| {
+        CloneError::Refused(format!(
+            "{e}: database servers cannot run as root (postgres.os_user, mariadb.os_user)"
+        ))
+    })
 }
 
 pub fn save(dir: &Path, inst: &Instance) -> Result<(), CloneError> {

@@ -1,6 +1,6 @@
 //! What a job does, stored by name in `jobs.kind`.
 
-crate::stored_enum! {
+crate::ids::stored_enum! {
     /// The kinds of background work; the worker dispatches on it (`previews::Lifecycle` runs
     /// PR events, resumes and expiries; `commands` runs comments).
     pub enum JobKind {

@@ -51,8 +51,8 @@ impl Sandbox {
         // SAFETY: geteuid has no preconditions.
         let run_as = if unsafe { libc::geteuid() } == 0 {
             Some(
-                crate::clone::postgres::lookup_user(user)
-                    .map_err(|e| RuntimeError::Invalid(e.to_string()))?,
+                crate::unix::lookup_user(user)
+                    .map_err(|e| RuntimeError::Invalid(format!("runtime.user: {e}")))?,
             )
         } else {
             None

@@ -165,35 +165,13 @@ pub struct Delivery {
     pub received_at: i64,
 }
 
-/// A site's lifecycle in the store. `deleted` rows are kept (history; the name becomes free).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SiteState {
-    Creating,
-    Active,
-    Deleting,
-    Deleted,
-}
-
-impl SiteState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SiteState::Creating => "creating",
-            SiteState::Active => "active",
-            SiteState::Deleting => "deleting",
-            SiteState::Deleted => "deleted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            SiteState::Creating,
-            SiteState::Active,
-            SiteState::Deleting,
-            SiteState::Deleted,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+crate::ids::stored_enum! {
+    /// A site's lifecycle in the store. `deleted` rows are kept (history; the name becomes free).
+    pub enum SiteState {
+        Creating = "creating",
+        Active = "active",
+        Deleting = "deleting",
+        Deleted = "deleted",
     }
 }
 
@@ -257,7 +235,7 @@ pub struct RouteRow {
     pub updated_at: i64,
 }
 
-crate::stored_enum! {
+crate::ids::stored_enum! {
     /// Where a preview is in its lifecycle. The machine's rules (what follows what, when the
     /// reaper acts, what each state shows on the forge) live in the previews room; the store
     /// only keeps the name.
@@ -360,7 +338,7 @@ pub struct PreviewStep {
     pub detail: Option<String>,
 }
 
-crate::stored_enum! {
+crate::ids::stored_enum! {
     /// What an outbox row writes to the forge.
     pub enum OutboxKind {
         /// The sticky status comment.
