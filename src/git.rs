@@ -12,8 +12,6 @@ use std::process::Stdio;
 
 use tokio::process::Command;
 
-use crate::forge::ForgeKind;
-
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
     #[error("git {op} failed: {detail}")]
@@ -41,14 +39,6 @@ pub fn validate_sha(sha: &str) -> Result<(), GitError> {
             "not a commit id: `{}`",
             sha.escape_debug()
         )))
-    }
-}
-
-/// The ref a forge publishes a PR's head under.
-pub fn pr_ref(forge: ForgeKind, number: u64) -> String {
-    match forge {
-        ForgeKind::Gitlab => format!("refs/merge-requests/{number}/head"),
-        ForgeKind::Github | ForgeKind::Gitea => format!("refs/pull/{number}/head"),
     }
 }
 
@@ -251,6 +241,7 @@ impl GitMirrors {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::forge::ForgeKind;
 
     #[test]
     fn shas_and_refs() {
@@ -266,7 +257,7 @@ mod tests {
         ] {
             assert!(validate_sha(bad).is_err(), "{bad}");
         }
-        assert_eq!(pr_ref(ForgeKind::Github, 7), "refs/pull/7/head");
-        assert_eq!(pr_ref(ForgeKind::Gitlab, 7), "refs/merge-requests/7/head");
+        assert_eq!(ForgeKind::Github.pr_ref(7), "refs/pull/7/head");
+        assert_eq!(ForgeKind::Gitlab.pr_ref(7), "refs/merge-requests/7/head");
     }
 }

@@ -277,26 +277,7 @@ pub struct Connected {
 }
 
 pub fn setup_instructions(forge: ForgeKind, url: &str) -> (Vec<&'static str>, String) {
-    match forge {
-        ForgeKind::Github => (
-            vec!["pull_request", "issue_comment"],
-            format!(
-                "In the repository: Settings → Webhooks → Add webhook.\n  Payload URL: {url}\n  Content type: application/json\n  Secret: the secret above\n  Events: \"Let me select individual events\" → Pull requests, Issue comments."
-            ),
-        ),
-        ForgeKind::Gitlab => (
-            vec!["Merge request events", "Comments"],
-            format!(
-                "In the project: Settings → Webhooks → Add new webhook.\n  URL: {url}\n  Secret token: the secret above\n  Trigger: Merge request events, Comments."
-            ),
-        ),
-        ForgeKind::Gitea => (
-            vec!["pull_request", "issue_comment"],
-            format!(
-                "In the repository: Settings → Webhooks → Add Webhook → Gitea.\n  Target URL: {url}\n  HTTP method: POST, POST content type: application/json\n  Secret: the secret above\n  Trigger on: Custom events → Pull request, Issue comment."
-            ),
-        ),
-    }
+    forge.setup(url)
 }
 
 pub async fn connect_repo(

@@ -221,7 +221,7 @@ async fn handle(
         .delivery_store_seconds
         .observe(started.elapsed().as_secs_f64());
 
-    let event_label = event_label(&event);
+    let event_label = forge.event_label(&event);
     let resp = match (stored, outcome) {
         (Inserted::Duplicate, _) => {
             app.metrics
@@ -360,9 +360,9 @@ fn decode_body(forge: ForgeKind, headers: &HeaderMap, raw: Bytes) -> Result<Byte
                 .to_ascii_lowercase()
                 .starts_with("application/x-www-form-urlencoded")
         });
-    if !(form && forge == ForgeKind::Github) {
+    let Some(field) = forge.form_payload_field().filter(|_| form) else {
         return Ok(raw);
-    }
+    };
     let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(&raw).map_err(|e| {
         reject(
             StatusCode::BAD_REQUEST,
@@ -373,7 +373,7 @@ fn decode_body(forge: ForgeKind, headers: &HeaderMap, raw: Bytes) -> Result<Byte
     })?;
     fields
         .into_iter()
-        .find(|(k, _)| k == "payload")
+        .find(|(k, _)| k == field)
         .map(|(_, v)| Bytes::from(v))
         .ok_or_else(|| {
             reject(
@@ -383,27 +383,4 @@ fn decode_body(forge: ForgeKind, headers: &HeaderMap, raw: Bytes) -> Result<Byte
                 "form body has no `payload` field",
             )
         })
-}
-
-/// Metric label for an authenticated event header: the known kinds by name, the rest `other`,
-/// so label cardinality stays bounded.
-fn event_label(event: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "pull_request",
-        "issue_comment",
-        "pull_request_comment",
-        "pull_request_sync",
-        "push",
-        "installation",
-        "installation_repositories",
-        "Merge Request Hook",
-        "Note Hook",
-        "Confidential Note Hook",
-        "Push Hook",
-    ];
-    KNOWN
-        .iter()
-        .find(|k| **k == event)
-        .copied()
-        .unwrap_or("other")
 }

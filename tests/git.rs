@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use endor::forge::ForgeKind;
-use endor::git::{GitMirrors, pr_ref};
+use endor::git::GitMirrors;
 
 fn sh_git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
@@ -73,7 +73,7 @@ async fn mirror_fetch_read_config_and_checkout() {
     let (bare, sha) = remote(d.path());
     let url = format!("file://{}", bare.display());
     let mirrors = GitMirrors::new(d.path().join("mirrors"));
-    let refs = vec![pr_ref(ForgeKind::Github, 7)];
+    let refs = vec![ForgeKind::Github.pr_ref(7)];
     let default = mirrors.fetch(CONN, &url, &refs).await.unwrap();
     assert_eq!(default, "main");
 

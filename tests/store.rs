@@ -22,7 +22,41 @@ both_backends!(
     commands_tags_and_access,
     members_keep_an_owner,
     tokens_audit_and_usage,
+    every_forge_is_accepted_by_the_store,
 );
+
+/// The store's forge constraint (a CHECK in the migrations) accepts every `ForgeKind`: adding a
+/// forge without the migration that widens it fails here, not silently in production.
+async fn every_forge_is_accepted_by_the_store(db: &TestStore) {
+    let s = db.store.as_ref();
+    let ws = workspace(db, "forges").await;
+    let u = s.create_user("forge-user", None, None).await.unwrap();
+    for forge in ForgeKind::ALL {
+        let c = s
+            .create_connection(&NewConnection {
+                workspace_id: ws.clone(),
+                forge,
+                repo: format!("o/{forge}"),
+                api_url: None,
+                git_url: None,
+                secret: WebhookSecret::generate(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{forge}: a connection is refused: {e}"));
+        assert_eq!(s.connection(&c.id).await.unwrap().unwrap().forge, forge);
+        s.link_identity(&u.id, forge, &format!("login-{forge}"))
+            .await
+            .unwrap_or_else(|e| panic!("{forge}: an identity is refused: {e}"));
+        assert_eq!(
+            s.user_by_identity(forge, &format!("login-{forge}"))
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            u.id
+        );
+    }
+}
 
 async fn tokens_audit_and_usage(db: &TestStore) {
     use endor::store::{NewSite, SiteState, SiteUsage, UsageProc};

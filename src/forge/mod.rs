@@ -1,15 +1,26 @@
-//! Everything that differs between GitHub, GitLab and Gitea on the way *in*: which forge a
-//! connection talks to, how a delivery proves it is authentic, and how a payload becomes one
-//! forge-neutral [`ForgeEvent`]. One file per forge; this module knows nothing of sites.
+//! Everything that differs between GitHub, GitLab and Gitea, both ways, one folder per forge
+//! (`github/`, `gitlab/`, `gitea/`): how a delivery proves it is authentic, how a payload
+//! becomes one forge-neutral [`ForgeEvent`], which events exist, where PR heads live in git,
+//! how a webhook is set up, and (`client.rs` in each folder) the write-back client behind the
+//! [`client::Forge`] trait. [`ForgeKind`] is the one list of forges: each of its methods
+//! matches every forge, so a new variant makes the compiler name every place to fill in.
+//! This module knows nothing of sites or the store.
 
+pub mod client;
 pub mod event;
 pub mod gitea;
 pub mod github;
 pub mod gitlab;
+mod http;
 pub mod markdown;
 pub mod signature;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+use client::{Forge, ForgeError, Limiter};
 
 pub use event::{
     Classified, CommentAction, CommentEvent, EventKind, ForgeEvent, PrAction, PullRequestEvent,
@@ -42,18 +53,78 @@ impl ForgeKind {
     /// The header that names the event kind of a delivery.
     pub fn event_header(self) -> &'static str {
         match self {
-            ForgeKind::Github => "x-github-event",
-            ForgeKind::Gitlab => "x-gitlab-event",
-            ForgeKind::Gitea => "x-gitea-event",
+            ForgeKind::Github => github::EVENT_HEADER,
+            ForgeKind::Gitlab => gitlab::EVENT_HEADER,
+            ForgeKind::Gitea => gitea::EVENT_HEADER,
         }
     }
 
     /// The headers that carry the forge's delivery id, in order of preference (SPEC §3).
     pub fn delivery_headers(self) -> &'static [&'static str] {
         match self {
-            ForgeKind::Github => &["x-github-delivery"],
-            ForgeKind::Gitlab => &["idempotency-key", "x-gitlab-event-uuid"],
-            ForgeKind::Gitea => &["x-gitea-delivery"],
+            ForgeKind::Github => github::DELIVERY_HEADERS,
+            ForgeKind::Gitlab => gitlab::DELIVERY_HEADERS,
+            ForgeKind::Gitea => gitea::DELIVERY_HEADERS,
+        }
+    }
+
+    /// The event kinds metrics count by name (bounded label cardinality).
+    pub fn known_events(self) -> &'static [&'static str] {
+        match self {
+            ForgeKind::Github => github::KNOWN_EVENTS,
+            ForgeKind::Gitlab => gitlab::KNOWN_EVENTS,
+            ForgeKind::Gitea => gitea::KNOWN_EVENTS,
+        }
+    }
+
+    /// Metric label for an authenticated event header: a known kind by name, else `other`.
+    pub fn event_label(self, event: &str) -> &'static str {
+        self.known_events()
+            .iter()
+            .find(|k| **k == event)
+            .copied()
+            .unwrap_or("other")
+    }
+
+    /// How many `/`-separated segments a repository path may have (GitLab nests groups).
+    pub fn max_path_segments(self) -> usize {
+        match self {
+            ForgeKind::Github => github::MAX_PATH_SEGMENTS,
+            ForgeKind::Gitlab => gitlab::MAX_PATH_SEGMENTS,
+            ForgeKind::Gitea => gitea::MAX_PATH_SEGMENTS,
+        }
+    }
+
+    /// Does endor write to this forge as an app rather than with a token (GitHub App mode:
+    /// `[github] app_id` and no token)?
+    pub fn writes_as_app(self, cfg: &crate::config::ForgeConfig) -> bool {
+        match self {
+            ForgeKind::Github => cfg.token.is_empty(),
+            ForgeKind::Gitlab | ForgeKind::Gitea => false,
+        }
+    }
+
+    /// The form field that holds the JSON when the forge posts a form
+    /// (`application/x-www-form-urlencoded`), for forges that can.
+    pub fn form_payload_field(self) -> Option<&'static str> {
+        match self {
+            ForgeKind::Github => github::FORM_PAYLOAD_FIELD,
+            ForgeKind::Gitlab => gitlab::FORM_PAYLOAD_FIELD,
+            ForgeKind::Gitea => gitea::FORM_PAYLOAD_FIELD,
+        }
+    }
+
+    /// Is the delivery authentic under one of `secrets`?
+    pub fn verify(
+        self,
+        headers: &::http::HeaderMap,
+        body: &[u8],
+        secrets: &[&crate::secret::WebhookSecret],
+    ) -> Result<(), signature::SignatureError> {
+        match self {
+            ForgeKind::Github => github::verify(headers, body, secrets),
+            ForgeKind::Gitlab => gitlab::verify(headers, body, secrets),
+            ForgeKind::Gitea => gitea::verify(headers, body, secrets),
         }
     }
 
@@ -65,12 +136,89 @@ impl ForgeKind {
             ForgeKind::Gitea => gitea::classify(event, body),
         }
     }
+
+    /// The git ref the forge publishes PR `number`'s head under.
+    pub fn pr_ref(self, number: u64) -> String {
+        match self {
+            ForgeKind::Github => github::pr_ref(number),
+            ForgeKind::Gitlab => gitlab::pr_ref(number),
+            ForgeKind::Gitea => gitea::pr_ref(number),
+        }
+    }
+
+    /// The events a webhook pointed at `url` must send, and how to add it by hand.
+    pub fn setup(self, url: &str) -> (Vec<&'static str>, String) {
+        match self {
+            ForgeKind::Github => github::setup(url),
+            ForgeKind::Gitlab => gitlab::setup(url),
+            ForgeKind::Gitea => gitea::setup(url),
+        }
+    }
+
+    /// The API when neither the config nor the connection names one.
+    pub fn default_api_url(self) -> Option<&'static str> {
+        match self {
+            ForgeKind::Github => github::DEFAULT_API_URL,
+            ForgeKind::Gitlab => gitlab::DEFAULT_API_URL,
+            ForgeKind::Gitea => gitea::DEFAULT_API_URL,
+        }
+    }
+
+    /// Does this section of the config let endor write to the forge?
+    pub fn has_credentials(self, cfg: &crate::config::ForgeConfig) -> bool {
+        match self {
+            ForgeKind::Github => github::client::has_credentials(cfg),
+            ForgeKind::Gitlab | ForgeKind::Gitea => !cfg.token.is_empty(),
+        }
+    }
+
+    /// A write-back client for one repository.
+    pub async fn client(self, r: Reach<'_>) -> Result<Arc<dyn Forge>, ForgeError> {
+        Ok(match self {
+            ForgeKind::Github => match r.github_app {
+                Some(app) => {
+                    Arc::new(github::client::GitHub::as_installation(app, r.repo, r.limiter).await?)
+                }
+                None => Arc::new(github::client::GitHub::with_token(
+                    r.api, r.token, r.timeout, r.limiter,
+                )?),
+            },
+            ForgeKind::Gitlab => Arc::new(gitlab::client::GitLab::new(
+                r.api, r.token, r.timeout, r.limiter,
+            )?),
+            ForgeKind::Gitea => Arc::new(gitea::client::Gitea::new(
+                r.api, r.token, r.timeout, r.limiter,
+            )?),
+        })
+    }
+
+    /// This forge's section of the config (`[github]`, `[gitlab]`, `[gitea]`).
+    pub fn config(self, config: &crate::config::Config) -> &crate::config::ForgeConfig {
+        match self {
+            ForgeKind::Github => &config.github,
+            ForgeKind::Gitlab => &config.gitlab,
+            ForgeKind::Gitea => &config.gitea,
+        }
+    }
 }
 
 impl std::fmt::Display for ForgeKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// How to reach one repository's forge API (what the config and the connection say).
+pub struct Reach<'a> {
+    pub api: &'a str,
+    pub token: &'a str,
+    /// `owner/name` (GitLab: the full project path).
+    pub repo: &'a str,
+    pub timeout: Duration,
+    /// Shared by every connection to the same API host.
+    pub limiter: Arc<Limiter>,
+    /// The GitHub App's client (its JWT), used when there is no token.
+    pub github_app: Option<&'a octocrab::Octocrab>,
 }
 
 /// A body that is not the JSON its event header announces.
@@ -139,7 +287,7 @@ impl RepoRef {
         let forge = ForgeKind::parse(&forge.to_ascii_lowercase())
             .ok_or_else(|| RepoRefError::UnknownForge(forge.to_string()))?;
         let segments: Vec<&str> = path.split('/').collect();
-        let max_segments = if forge == ForgeKind::Gitlab { 20 } else { 2 };
+        let max_segments = forge.max_path_segments();
         if segments.len() < 2 || segments.len() > max_segments || path.len() > 255 {
             return Err(RepoRefError::Shape(s.to_string()));
         }
@@ -170,6 +318,57 @@ impl std::fmt::Display for RepoRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every forge has every piece the compiler cannot check: a name that round-trips, headers,
+    /// events, a PR ref git accepts, setup text that names the URL, a section in the shipped
+    /// config, and recorded payloads to replay. (The store's constraint is checked by
+    /// `tests/store.rs::every_forge_is_accepted_by_the_store`.)
+    #[test]
+    fn every_forge_has_every_piece() {
+        let shipped = include_str!("../../config/endor.toml");
+        let fixtures =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks");
+        let recorded: Vec<String> = std::fs::read_dir(&fixtures)
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        for forge in ForgeKind::ALL {
+            let name = forge.as_str();
+            assert_eq!(ForgeKind::parse(name), Some(forge));
+            assert!(
+                forge.event_header().starts_with("x-"),
+                "{name}: event header"
+            );
+            assert!(
+                !forge.delivery_headers().is_empty(),
+                "{name}: delivery headers"
+            );
+            assert!(!forge.known_events().is_empty(), "{name}: known events");
+            let r = forge.pr_ref(7);
+            assert!(
+                r.starts_with("refs/") && r.contains('7'),
+                "{name}: pr ref {r}"
+            );
+            let (events, text) = forge.setup("https://endor.example/webhooks/x/1");
+            assert!(!events.is_empty(), "{name}: setup events");
+            assert!(
+                text.contains("https://endor.example/webhooks/x/1"),
+                "{name}: setup text"
+            );
+            assert!(
+                shipped.lines().any(|l| l.trim() == format!("[{name}]")),
+                "{name}: no [{name}] section in config/endor.toml"
+            );
+            assert!(
+                recorded.iter().any(|f| f.starts_with(&format!("{name}."))),
+                "{name}: no recorded payloads in tests/fixtures/webhooks"
+            );
+            assert!(
+                forge.verify(&::http::HeaderMap::new(), b"{}", &[]).is_err(),
+                "{name}: an unsigned delivery must be refused"
+            );
+        }
+    }
 
     #[test]
     fn repo_refs_parse() {

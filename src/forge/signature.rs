@@ -26,54 +26,56 @@ pub enum SignatureError {
 }
 
 /// Check a delivery against every secret currently accepted for its connection (two during a
-/// rotation). Succeeds if any matches.
+/// rotation). Succeeds if any matches. Each forge's own check lives in its folder.
 pub fn verify(
     forge: ForgeKind,
     headers: &HeaderMap,
     body: &[u8],
     secrets: &[&WebhookSecret],
 ) -> Result<(), SignatureError> {
-    match forge {
-        ForgeKind::Github => {
-            let sig = header(headers, "x-hub-signature-256")?;
-            let hex_sig = sig
-                .strip_prefix("sha256=")
-                .ok_or(SignatureError::Malformed("X-Hub-Signature-256"))?;
-            verify_hmac_hex(hex_sig, "X-Hub-Signature-256", body, secrets)
-        }
-        ForgeKind::Gitea => {
-            // Gitea sends X-Gitea-Signature (bare hex); newer versions also X-Hub-Signature-256.
-            if let Ok(sig) = header(headers, "x-gitea-signature") {
-                verify_hmac_hex(sig, "X-Gitea-Signature", body, secrets)
-            } else if let Ok(sig) = header(headers, "x-hub-signature-256") {
-                let hex_sig = sig
-                    .strip_prefix("sha256=")
-                    .ok_or(SignatureError::Malformed("X-Hub-Signature-256"))?;
-                verify_hmac_hex(hex_sig, "X-Hub-Signature-256", body, secrets)
-            } else {
-                Err(SignatureError::Missing("X-Gitea-Signature"))
-            }
-        }
-        ForgeKind::Gitlab => {
-            let token = headers
-                .get("x-gitlab-token")
-                .ok_or(SignatureError::Missing("X-Gitlab-Token"))?
-                .as_bytes();
-            let given = Sha256::digest(token);
-            let mut ok = subtle::Choice::from(0);
-            for s in secrets {
-                ok |= Sha256::digest(s.expose().as_bytes()).ct_eq(&given);
-            }
-            if bool::from(ok) {
-                Ok(())
-            } else {
-                Err(SignatureError::Mismatch)
-            }
-        }
+    forge.verify(headers, body, secrets)
+}
+
+/// `sha256=HEX` in a `X-Hub-Signature-256` header (GitHub, newer Gitea).
+pub(crate) fn verify_hub_sha256(
+    headers: &HeaderMap,
+    body: &[u8],
+    secrets: &[&WebhookSecret],
+) -> Result<(), SignatureError> {
+    let sig = header(headers, "x-hub-signature-256")?;
+    let hex_sig = sig
+        .strip_prefix("sha256=")
+        .ok_or(SignatureError::Malformed("X-Hub-Signature-256"))?;
+    verify_hmac_hex(hex_sig, "X-Hub-Signature-256", body, secrets)
+}
+
+/// A shared token sent as is (GitLab's `X-Gitlab-Token`), compared in constant time.
+pub(crate) fn verify_token(
+    headers: &HeaderMap,
+    name: &'static str,
+    display: &'static str,
+    secrets: &[&WebhookSecret],
+) -> Result<(), SignatureError> {
+    let token = headers
+        .get(name)
+        .ok_or(SignatureError::Missing(display))?
+        .as_bytes();
+    let given = Sha256::digest(token);
+    let mut ok = subtle::Choice::from(0);
+    for s in secrets {
+        ok |= Sha256::digest(s.expose().as_bytes()).ct_eq(&given);
+    }
+    if bool::from(ok) {
+        Ok(())
+    } else {
+        Err(SignatureError::Mismatch)
     }
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str, SignatureError> {
+pub(crate) fn header<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+) -> Result<&'a str, SignatureError> {
     let v = headers
         .get(name)
         .ok_or(SignatureError::Missing(display_name(name)))?;
@@ -89,7 +91,7 @@ fn display_name(name: &'static str) -> &'static str {
     }
 }
 
-fn verify_hmac_hex(
+pub(crate) fn verify_hmac_hex(
     hex_sig: &str,
     header_name: &'static str,
     body: &[u8],

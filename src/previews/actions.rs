@@ -141,7 +141,7 @@ impl Lifecycle {
     /// The PR's head from the repository (its PR ref), when no event told endor.
     async fn discover_head(&self, conn: &Connection, number: u64) -> Option<String> {
         let url = conn.git_url.as_deref()?;
-        let r = crate::git::pr_ref(conn.forge, number);
+        let r = conn.forge.pr_ref(number);
         self.git
             .fetch(&conn.id, url, std::slice::from_ref(&r))
             .await

@@ -25,7 +25,7 @@ use tokio::sync::Mutex;
 use crate::config::Config;
 use crate::forge::{EventKind, ForgeEvent, PrAction};
 use crate::gateway::Route;
-use crate::git::{GitError, GitMirrors, pr_ref};
+use crate::git::{GitError, GitMirrors};
 use crate::jobs::Job;
 use crate::jobs::{JobContext, JobError, JobKind, NewJob};
 use crate::metrics::Metrics;
@@ -650,7 +650,7 @@ impl Lifecycle {
                 "the repository connection has no git URL (endor repo connect --git-url)".into(),
             )
         })?;
-        let pr = pr_ref(conn.forge, target.number);
+        let pr = conn.forge.pr_ref(target.number);
         // The forge's PR ref carries fork heads; a remote without it (a plain repository)
         // still has the branch the PR comes from.
         let branch = match self

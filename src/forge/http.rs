@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{ForgeError, Limiter, classify_status};
+use super::client::{ForgeError, Limiter, classify_status};
 
 pub struct RawClient {
     client: reqwest::Client,

@@ -4,6 +4,8 @@
 //! endor does not act on are answered without a full parse, and new actions GitHub adds later
 //! are ignored instead of rejected. Only acted-on actions go through octocrab's full models.
 
+pub mod client;
+
 use octocrab::models::webhook_events::WebhookEventPayload;
 use octocrab::models::webhook_events::payload::{
     IssueCommentWebhookEventAction, PullRequestWebhookEventAction,
@@ -11,8 +13,55 @@ use octocrab::models::webhook_events::payload::{
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use super::event::*;
-use super::{ForgeKind, PayloadError, parse_json, require_object};
+use crate::forge::event::*;
+use crate::forge::signature::{self, SignatureError};
+use crate::forge::{ForgeKind, PayloadError, parse_json, require_object};
+use crate::secret::WebhookSecret;
+use http::HeaderMap;
+
+/// A repository path is `owner/name`.
+pub const MAX_PATH_SEGMENTS: usize = 2;
+/// The header that names the event kind of a delivery.
+pub const EVENT_HEADER: &str = "x-github-event";
+/// A webhook set to `application/x-www-form-urlencoded` sends the JSON in this field.
+pub const FORM_PAYLOAD_FIELD: Option<&str> = Some("payload");
+/// The headers that carry the delivery id, in order of preference (SPEC §3).
+pub const DELIVERY_HEADERS: &[&str] = &["x-github-delivery"];
+/// Event kinds counted by name in metrics (the rest are `other`).
+pub const KNOWN_EVENTS: &[&str] = &[
+    "pull_request",
+    "issue_comment",
+    "pull_request_comment",
+    "push",
+    "installation",
+    "installation_repositories",
+];
+/// The public API, when neither the config nor the connection names one.
+pub const DEFAULT_API_URL: Option<&str> = Some("https://api.github.com");
+
+/// `X-Hub-Signature-256: sha256=HEX` over the raw body.
+pub fn verify(
+    headers: &HeaderMap,
+    body: &[u8],
+    secrets: &[&WebhookSecret],
+) -> Result<(), SignatureError> {
+    signature::verify_hub_sha256(headers, body, secrets)
+}
+
+/// The ref GitHub publishes a PR's head under (fork heads included).
+pub fn pr_ref(number: u64) -> String {
+    format!("refs/pull/{number}/head")
+}
+
+/// The events a repository's webhook must send, and how to add it by hand.
+pub fn setup(url: &str) -> (Vec<&'static str>, String) {
+    (
+        vec!["pull_request", "issue_comment"],
+        format!(
+            "In the repository: Settings → Webhooks → Add webhook.\n  Payload URL: {url}\n  Content type: application/json\n  Secret: the secret above\n  Events: \"Let me select individual events\" → Pull requests, Issue comments."
+        ),
+    )
+}
 
 #[derive(Deserialize)]
 struct Probe {

@@ -2,10 +2,65 @@
 //! deliveries `issue_comment` (with `is_pull: true` on PRs); some senders use
 //! `pull_request_comment`, which is accepted too.
 
+pub mod client;
+
 use serde::Deserialize;
 
-use super::event::*;
-use super::{ForgeKind, PayloadError, parse_json, require_object};
+use crate::forge::event::*;
+use crate::forge::signature::{self, SignatureError};
+use crate::forge::{ForgeKind, PayloadError, parse_json, require_object};
+use crate::secret::WebhookSecret;
+use http::HeaderMap;
+
+/// A repository path is `owner/name`.
+pub const MAX_PATH_SEGMENTS: usize = 2;
+/// The header that names the event kind of a delivery.
+pub const EVENT_HEADER: &str = "x-gitea-event";
+/// Deliveries are always JSON bodies.
+pub const FORM_PAYLOAD_FIELD: Option<&str> = None;
+/// The headers that carry the delivery id, in order of preference (SPEC §3).
+pub const DELIVERY_HEADERS: &[&str] = &["x-gitea-delivery"];
+/// Event kinds counted by name in metrics (the rest are `other`).
+pub const KNOWN_EVENTS: &[&str] = &[
+    "pull_request",
+    "pull_request_sync",
+    "issue_comment",
+    "pull_request_comment",
+    "push",
+];
+/// Gitea is self-hosted: there is no default API.
+pub const DEFAULT_API_URL: Option<&str> = None;
+
+/// `X-Gitea-Signature` (bare hex HMAC-SHA256); newer versions also send
+/// `X-Hub-Signature-256`, accepted when the first is absent.
+pub fn verify(
+    headers: &HeaderMap,
+    body: &[u8],
+    secrets: &[&WebhookSecret],
+) -> Result<(), SignatureError> {
+    if let Ok(sig) = signature::header(headers, "x-gitea-signature") {
+        signature::verify_hmac_hex(sig, "X-Gitea-Signature", body, secrets)
+    } else if headers.contains_key("x-hub-signature-256") {
+        signature::verify_hub_sha256(headers, body, secrets)
+    } else {
+        Err(SignatureError::Missing("X-Gitea-Signature"))
+    }
+}
+
+/// The ref Gitea publishes a PR's head under.
+pub fn pr_ref(number: u64) -> String {
+    format!("refs/pull/{number}/head")
+}
+
+/// The events a repository's webhook must send, and how to add it by hand.
+pub fn setup(url: &str) -> (Vec<&'static str>, String) {
+    (
+        vec!["pull_request", "issue_comment"],
+        format!(
+            "In the repository: Settings → Webhooks → Add Webhook → Gitea.\n  Target URL: {url}\n  HTTP method: POST, POST content type: application/json\n  Secret: the secret above\n  Trigger on: Custom events → Pull request, Issue comment."
+        ),
+    )
+}
 
 #[derive(Deserialize)]
 struct User {

@@ -7,8 +7,10 @@ use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::json;
 
-use super::http::RawClient;
-use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, github_state, id_of};
+use crate::forge::client::{
+    CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, github_state, id_of,
+};
+use crate::forge::http::RawClient;
 
 pub struct Gitea {
     http: RawClient,
@@ -85,7 +87,7 @@ impl Forge for Gitea {
             );
             self.http.call(Method::GET, &path, None).await
         };
-        super::marked_in_pages(page, 50, "/user/login", &me, marker).await
+        crate::forge::client::marked_in_pages(page, 50, "/user/login", &me, marker).await
     }
 
     async fn commit_status(
@@ -96,7 +98,12 @@ impl Forge for Gitea {
         target_url: Option<&str>,
         description: &str,
     ) -> Result<(), ForgeError> {
-        let body = super::status_body("context", github_state(state), target_url, description);
+        let body = crate::forge::client::status_body(
+            "context",
+            github_state(state),
+            target_url,
+            description,
+        );
         self.http
             .call(
                 Method::POST,
@@ -121,7 +128,7 @@ impl Forge for Gitea {
                 None,
             )
             .await?;
-        Ok(super::newest_status_is(
+        Ok(crate::forge::client::newest_status_is(
             &v,
             true,
             "context",

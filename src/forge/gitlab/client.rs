@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use reqwest::Method;
 use serde_json::json;
 
-use super::http::RawClient;
-use super::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, id_of};
+use crate::forge::client::{CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, id_of};
+use crate::forge::http::RawClient;
 
 pub struct GitLab {
     http: RawClient,
@@ -119,7 +119,7 @@ impl Forge for GitLab {
             );
             self.http.call(Method::GET, &path, None).await
         };
-        super::marked_in_pages(page, 100, "/author/username", &me, marker).await
+        crate::forge::client::marked_in_pages(page, 100, "/author/username", &me, marker).await
     }
 
     async fn commit_status(
@@ -130,7 +130,8 @@ impl Forge for GitLab {
         target_url: Option<&str>,
         description: &str,
     ) -> Result<(), ForgeError> {
-        let body = super::status_body("name", status_name(state), target_url, description);
+        let body =
+            crate::forge::client::status_body("name", status_name(state), target_url, description);
         self.http
             .call(
                 Method::POST,
@@ -154,13 +155,13 @@ impl Forge for GitLab {
                 &format!(
                     "/projects/{}/repository/commits/{sha}/statuses?name={}&per_page=100",
                     project(repo),
-                    project(super::STATUS_CONTEXT)
+                    project(crate::forge::client::STATUS_CONTEXT)
                 ),
                 None,
             )
             .await?;
         // GitLab lists oldest first.
-        Ok(super::newest_status_is(
+        Ok(crate::forge::client::newest_status_is(
             &v,
             false,
             "name",

@@ -2,10 +2,57 @@
 //! structs holding only the fields endor reads; unknown fields are ignored, so GitLab adding
 //! fields never breaks ingestion. `object_kind` must agree with the `X-Gitlab-Event` header.
 
+pub mod client;
+
 use serde::Deserialize;
 
-use super::event::*;
-use super::{ForgeKind, PayloadError, parse_json, require_object};
+use crate::forge::event::*;
+use crate::forge::signature::{self, SignatureError};
+use crate::forge::{ForgeKind, PayloadError, parse_json, require_object};
+use crate::secret::WebhookSecret;
+use http::HeaderMap;
+
+/// A repository path is `group/subgroup/…/name`: groups nest (GitLab allows 20 levels).
+pub const MAX_PATH_SEGMENTS: usize = 20;
+/// The header that names the event kind of a delivery.
+pub const EVENT_HEADER: &str = "x-gitlab-event";
+/// Deliveries are always JSON bodies.
+pub const FORM_PAYLOAD_FIELD: Option<&str> = None;
+/// The headers that carry the delivery id, in order of preference (SPEC §3).
+pub const DELIVERY_HEADERS: &[&str] = &["idempotency-key", "x-gitlab-event-uuid"];
+/// Event kinds counted by name in metrics (the rest are `other`).
+pub const KNOWN_EVENTS: &[&str] = &[
+    "Merge Request Hook",
+    "Note Hook",
+    "Confidential Note Hook",
+    "Push Hook",
+];
+/// gitlab.com's API, when neither the config nor the connection names one.
+pub const DEFAULT_API_URL: Option<&str> = Some("https://gitlab.com/api/v4");
+
+/// `X-Gitlab-Token`: the secret itself, compared in constant time.
+pub fn verify(
+    headers: &HeaderMap,
+    _body: &[u8],
+    secrets: &[&WebhookSecret],
+) -> Result<(), SignatureError> {
+    signature::verify_token(headers, "x-gitlab-token", "X-Gitlab-Token", secrets)
+}
+
+/// The ref GitLab publishes a merge request's head under.
+pub fn pr_ref(number: u64) -> String {
+    format!("refs/merge-requests/{number}/head")
+}
+
+/// The events a project's webhook must send, and how to add it by hand.
+pub fn setup(url: &str) -> (Vec<&'static str>, String) {
+    (
+        vec!["Merge request events", "Comments"],
+        format!(
+            "In the project: Settings → Webhooks → Add new webhook.\n  URL: {url}\n  Secret token: the secret above\n  Trigger: Merge request events, Comments."
+        ),
+    )
+}
 
 #[derive(Deserialize)]
 struct KindProbe {

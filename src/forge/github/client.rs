@@ -9,10 +9,44 @@ use axum::http;
 use octocrab::Octocrab;
 use serde_json::{Value, json};
 
-use super::{
+use crate::forge::client::{
     CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, classify_status, github_state,
     id_of,
 };
+
+/// Has `[github]` a token, or a GitHub App (id and key file)?
+pub fn has_credentials(cfg: &crate::config::ForgeConfig) -> bool {
+    !cfg.token.is_empty() || (cfg.app_id.is_some() && cfg.private_key_file.is_some())
+}
+
+/// The GitHub App client (its JWT) from `[github] app_id` and `private_key_file`.
+pub fn app(
+    api: &str,
+    cfg: &crate::config::ForgeConfig,
+    timeout: std::time::Duration,
+) -> Result<Octocrab, ForgeError> {
+    let (Some(id), Some(path)) = (cfg.app_id, cfg.private_key_file.as_ref()) else {
+        return Err(ForgeError::Permanent("no GitHub App configured".into()));
+    };
+    let pem = std::fs::read(path).map_err(|e| {
+        ForgeError::Permanent(format!("[github] private_key_file {}: {e}", path.display()))
+    })?;
+    let key = octocrab::EncodingKey::from_rsa_pem(&pem).map_err(|e| {
+        ForgeError::Permanent(format!(
+            "[github] private_key_file {}: not an RSA key in PEM: {e}",
+            path.display()
+        ))
+    })?;
+    Octocrab::builder()
+        .base_uri(api)
+        .map_err(|e| ForgeError::Permanent(format!("github api_url: {e}")))?
+        .app(octocrab::models::AppId(id), key)
+        .set_connect_timeout(Some(timeout))
+        .set_read_timeout(Some(timeout))
+        .set_write_timeout(Some(timeout))
+        .build()
+        .map_err(|e| ForgeError::Permanent(format!("github app client: {e}")))
+}
 
 pub struct GitHub {
     octo: Octocrab,
@@ -187,7 +221,7 @@ impl Forge for GitHub {
             );
             self.call(http::Method::GET, &path, None).await
         };
-        super::marked_in_pages(page, 100, "/user/login", &me, marker).await
+        crate::forge::client::marked_in_pages(page, 100, "/user/login", &me, marker).await
     }
 
     async fn commit_status(
@@ -198,7 +232,12 @@ impl Forge for GitHub {
         target_url: Option<&str>,
         description: &str,
     ) -> Result<(), ForgeError> {
-        let body = super::status_body("context", github_state(state), target_url, description);
+        let body = crate::forge::client::status_body(
+            "context",
+            github_state(state),
+            target_url,
+            description,
+        );
         self.call(
             http::Method::POST,
             &format!("/repos/{repo}/statuses/{sha}"),
@@ -221,7 +260,7 @@ impl Forge for GitHub {
                 None,
             )
             .await?;
-        Ok(super::newest_status_is(
+        Ok(crate::forge::client::newest_status_is(
             &v,
             true,
             "context",
