@@ -371,6 +371,13 @@ mod tests {
     }
 
     #[test]
+    fn pr_heads_live_where_each_forge_puts_them() {
+        assert_eq!(ForgeKind::Github.pr_ref(7), "refs/pull/7/head");
+        assert_eq!(ForgeKind::Gitlab.pr_ref(7), "refs/merge-requests/7/head");
+        assert_eq!(ForgeKind::Gitea.pr_ref(7), "refs/pull/7/head");
+    }
+
+    #[test]
     fn repo_refs_parse() {
         let r = RepoRef::parse("github:Codertocat/Hello-World").unwrap();
         assert_eq!(r.forge, ForgeKind::Github);
