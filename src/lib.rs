@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod git;
 pub mod ids;
 pub mod jobs;
+pub mod logs;
 pub mod metrics;
 pub mod net;
 pub mod previews;

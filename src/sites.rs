@@ -525,6 +525,15 @@ impl Sites {
         Ok(out)
     }
 
+    /// The audit trail, all of it or one live site's (by name).
+    pub async fn audit_trail(&self, site: Option<&str>) -> Result<Vec<crate::store::AuditEvent>> {
+        let site_id = match site {
+            None => None,
+            Some(name) => Some(self.get(name).await?.id),
+        };
+        Ok(self.store.audit_events(site_id.as_deref()).await?)
+    }
+
     pub async fn show(&self, name: &str) -> Result<SiteDetails> {
         let site = self.get(name).await?;
         self.details(site).await

@@ -131,11 +131,6 @@ impl Lifecycle {
         })
     }
 
-    /// The log file of one of a site's services (`build`, `web`).
-    pub fn log_path(logs: &Path, site_id: &str, service: &str) -> PathBuf {
-        logs.join(site_id).join(format!("{service}.log"))
-    }
-
     /// Queue a relaunch of every ready preview whose site process is not running (after a
     /// restart of endor, its processes are gone with it).
     pub async fn resume_all(&self) -> crate::store::Result<usize> {
@@ -825,7 +820,7 @@ impl Lifecycle {
         )
         .await
         .map_err(|e| JobError::Transient(format!("build could not run: {e}")))?;
-        let log_path = Self::log_path(&self.logs, &site.id, "build");
+        let log_path = crate::logs::path(&self.logs, &site.id, crate::logs::Service::Build);
         if let Some(dir) = log_path.parent() {
             std::fs::create_dir_all(dir).map_err(transient)?;
         }
@@ -874,7 +869,7 @@ impl Lifecycle {
         env.push(("PORT".into(), port.to_string()));
         let sandbox = Sandbox::new(code, env, &self.config.runtime.user)
             .map_err(|e| JobError::Permanent(e.to_string()))?;
-        let log = Self::log_path(&self.logs, &site.id, "web");
+        let log = crate::logs::path(&self.logs, &site.id, crate::logs::Service::Web);
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir).map_err(transient)?;
         }

@@ -1,0 +1,39 @@
+//! The command groups of the `endor` binary, one file each. Each is a thin call into the
+//! library: parse (clap), call, print text or `--json`. No rule lives here; a rule the CLI
+//! needs is a library function the API can call too.
+
+pub mod audit;
+pub mod delivery;
+pub mod repo;
+pub mod serve;
+pub mod site;
+pub mod usage;
+pub mod user;
+pub mod workspace;
+
+use std::sync::Arc;
+
+use endor::config::Config;
+use endor::store::{self, Store};
+use serde::Serialize;
+
+/// Print `value` as JSON, or through `text` for people.
+pub fn emit<T: Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        println!("{}", text(value));
+    }
+    Ok(())
+}
+
+/// Open the configured store, migrated.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store = store::connect(&config.store.url, config.store.max_connections).await?;
+    store.migrate().await?;
+    Ok(store)
+}

@@ -1,0 +1,109 @@
+//! `endor repo`: repository connections (webhook endpoints).
+
+use clap::Subcommand;
+use endor::config::Config;
+use endor::service;
+
+use super::{emit, open_store};
+
+#[derive(Subcommand)]
+pub enum RepoCmd {
+    /// Connect a repository (github:OWNER/NAME, gitlab:GROUP/NAME, gitea:OWNER/NAME) to a
+    /// workspace; prints the webhook URL and its secret (shown this once).
+    Connect {
+        workspace: String,
+        repo: String,
+        /// The forge's API base (GitHub Enterprise, a GitLab or Gitea host).
+        #[arg(long)]
+        api_url: Option<String>,
+        /// Where to fetch the repository from (any URL git accepts, file:// included).
+        #[arg(long)]
+        git_url: Option<String>,
+    },
+    /// List connected repositories.
+    List {
+        #[arg(long)]
+        workspace: Option<String>,
+    },
+    /// Issue a new webhook secret; the old one stays accepted until --retire-old.
+    RotateSecret {
+        connection_id: String,
+        /// Stop accepting the previous secret (no new secret is issued).
+        #[arg(long)]
+        retire_old: bool,
+    },
+    /// Delete a connection: its webhook URL stops accepting deliveries.
+    Delete { connection_id: String },
+}
+
+pub async fn run(cmd: RepoCmd, json: bool, config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    match cmd {
+        RepoCmd::Connect {
+            workspace,
+            repo,
+            api_url,
+            git_url,
+        } => {
+            let c = service::connect_repo(
+                store.as_ref(),
+                config,
+                &workspace,
+                &repo,
+                api_url.as_deref(),
+                git_url.as_deref(),
+            )
+            .await?;
+            emit(json, &c, |c| {
+                format!(
+                    "connected {}:{} to workspace {}\n\nconnection id: {}\nwebhook URL:   {}\nsecret:        {}\n(the secret is shown this once; rotate it with `endor repo rotate-secret {}`)\n\n{}",
+                    c.forge,
+                    c.repo,
+                    c.workspace,
+                    c.connection_id,
+                    c.webhook_url,
+                    c.secret,
+                    c.connection_id,
+                    c.instructions
+                )
+            })
+        }
+        RepoCmd::List { workspace } => {
+            let list = service::list_repos(store.as_ref(), config, workspace.as_deref()).await?;
+            emit(json, &list, |l| {
+                l.iter()
+                    .map(|c| {
+                        format!(
+                            "{}\t{}:{}\t{}{}",
+                            c.connection_id,
+                            c.forge,
+                            c.repo,
+                            c.webhook_url,
+                            if c.rotating { "\t(rotating)" } else { "" }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        RepoCmd::RotateSecret {
+            connection_id,
+            retire_old,
+        } => {
+            let r = service::rotate_secret(store.as_ref(), &connection_id, retire_old).await?;
+            emit(json, &r, |r| match &r.secret {
+                Some(s) => format!(
+                    "new secret: {s}\nthe previous secret stays accepted until `endor repo rotate-secret {} --retire-old`",
+                    r.connection_id
+                ),
+                None => "previous secret retired: only the current secret is accepted".into(),
+            })
+        }
+        RepoCmd::Delete { connection_id } => {
+            service::delete_repo(store.as_ref(), &connection_id).await?;
+            emit(json, &serde_json::json!({"deleted": connection_id}), |_| {
+                format!("deleted connection {connection_id}")
+            })
+        }
+    }
+}

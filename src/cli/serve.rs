@@ -1,0 +1,113 @@
+//! `endor serve`, `endor migrate`, `endor reap`: the server and its one-off passes.
+
+use endor::config::Config;
+use endor::server::{self, AppState};
+
+use super::{emit, open_store};
+
+/// `endor serve --roles …`.
+pub async fn serve(roles: String, config: Config) -> anyhow::Result<()> {
+    let roles = match server::Roles::parse(&roles) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: --roles: {e}");
+            std::process::exit(2);
+        }
+    };
+    let listener = if roles.api {
+        Some(
+            tokio::net::TcpListener::bind(config.server.listen)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {} (server.listen): {e}",
+                        config.server.listen
+                    )
+                })?,
+        )
+    } else {
+        None
+    };
+    let gateway = if roles.gateway {
+        Some(
+            tokio::net::TcpListener::bind(config.gateway.listen)
+                .await
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot listen on {} (gateway.listen): {e}",
+                        config.gateway.listen
+                    )
+                })?,
+        )
+    } else {
+        None
+    };
+    let state = AppState::start(config).await?;
+    server::serve_roles(state, roles, listener, gateway, shutdown_signal()).await
+}
+
+/// `endor migrate`.
+pub async fn migrate(json: bool, config: &Config) -> anyhow::Result<()> {
+    open_store(config).await?;
+    emit(json, &serde_json::json!({"status": "migrated"}), |_| {
+        "migrations applied".into()
+    })
+}
+
+/// `endor reap [--dry-run]`.
+pub async fn reap(dry_run: bool, json: bool, config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let reaper = endor::reaper::Reaper::standalone(store, config);
+    let r = reaper.pass(dry_run).await?;
+    emit(json, &r, |r| {
+        if let Some(why) = &r.skipped {
+            return format!("skipped: {why}");
+        }
+        let mut out = format!(
+            "{}expired {}, finished {}, busy {}, warned {}, failed {}; swept {} dirs, {} processes, {} routes in {} ms",
+            if r.dry_run {
+                "(dry run) would have "
+            } else {
+                ""
+            },
+            r.expired.len(),
+            r.resumed.len(),
+            r.busy.len(),
+            r.warned.len(),
+            r.failed.len(),
+            r.swept.dirs,
+            r.swept.processes,
+            r.swept.routes,
+            r.duration_ms
+        );
+        for name in &r.expired {
+            out.push_str(&format!("\nexpired\t{name}"));
+        }
+        for (name, e) in &r.failed {
+            out.push_str(&format!("\nfailed\t{name}\t{e}"));
+        }
+        out
+    })
+}
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

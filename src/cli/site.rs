@@ -1,0 +1,328 @@
+//! `endor site`: sites, their data, generations, clones, access, logs.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+use endor::config::Config;
+
+use super::{emit, open_store};
+
+#[derive(Subcommand)]
+pub enum SiteCmd {
+    /// Create a site and import its files and databases once.
+    Create {
+        site: String,
+        #[arg(long)]
+        workspace: String,
+        #[arg(long, default_value = "default")]
+        region: String,
+        /// A directory whose tree becomes the site's files.
+        #[arg(long)]
+        files: Option<PathBuf>,
+        /// A SQLite database file to import (consistently, even while in use).
+        #[arg(long)]
+        sqlite: Option<PathBuf>,
+        /// A PostgreSQL database to import into a server of the site's own.
+        #[arg(long)]
+        postgres: Option<String>,
+        /// A MariaDB/MySQL database (mysql://USER[:PASSWORD]@HOST[:PORT]/DB) to import into a
+        /// server of the site's own.
+        #[arg(long)]
+        mariadb: Option<String>,
+    },
+    /// List sites (`--tag TAG`: only those with the tag).
+    List {
+        #[arg(long)]
+        tag: Option<String>,
+    },
+    /// Site tags (`production` look-alikes and the `endor` prefix are refused).
+    #[command(subcommand)]
+    Tag(TagCmd),
+    /// A site's state, URL, paths, databases, parent, generations and clone strategies.
+    Show { site: String },
+    /// Freeze a consistent generation of a site's files and databases.
+    Snapshot { site: String },
+    /// Make a new site DST from the newest generation of SRC (taking one if none exists).
+    Clone {
+        src: String,
+        dst: String,
+        /// Clear every write bit in the clone's files.
+        #[arg(long)]
+        read_only: bool,
+        /// Clone into DST even when it exists and is protected (logged with the caller).
+        #[arg(long)]
+        bypass_protection: bool,
+    },
+    /// Replace DST's data by a fresh clone of SRC's newest generation (both when neither flag).
+    Sync {
+        src: String,
+        dst: String,
+        #[arg(long)]
+        files: bool,
+        #[arg(long)]
+        db: bool,
+        #[arg(long)]
+        bypass_protection: bool,
+    },
+    /// Protect a site (no sync into it, no delete) or lift the protection.
+    Protect {
+        site: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+    },
+    /// Print a site's log: the build log (`--service build`) or its process's output
+    /// (`--service web`).
+    Logs {
+        site: String,
+        #[arg(long, default_value = "build")]
+        service: String,
+        /// Keep printing what is appended.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Show a site's HTTP access settings (generated credentials included), or change them.
+    Access {
+        site: String,
+        /// `generate` (new credentials), `off`, or USER:PASSWORD.
+        #[arg(long, value_name = "generate|off|USER:PASSWORD")]
+        basic_auth: Option<String>,
+        /// Send `X-Robots-Tag: noindex, nofollow` (on) or not (off).
+        #[arg(long, value_name = "on|off")]
+        robots: Option<String>,
+        /// Admit only these addresses (CIDR; repeatable).
+        #[arg(long, value_name = "CIDR")]
+        allow: Vec<String>,
+        /// Refuse these addresses (CIDR; repeatable; deny wins).
+        #[arg(long, value_name = "CIDR")]
+        deny: Vec<String>,
+        /// Drop every allow and deny rule (before adding the ones given).
+        #[arg(long)]
+        clear_cidr: bool,
+    },
+    /// Delete a site and every resource it owns.
+    Delete {
+        site: String,
+        #[arg(long)]
+        bypass_protection: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TagCmd {
+    /// Add a tag to a site.
+    Add { site: String, tag: String },
+    /// Remove a tag from a site.
+    Rm { site: String, tag: String },
+}
+
+pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let sites = endor::sites::Sites::new(store.clone(), config);
+    let op = |r: &endor::sites::OperationReport| {
+        let mut lines = vec![format!(
+            "{}{} in {} ms",
+            r.site,
+            r.generation
+                .map(|g| format!(" (generation {g})"))
+                .unwrap_or_default(),
+            r.duration_ms
+        )];
+        for res in &r.resources {
+            lines.push(format!(
+                "  {} {}: {} — {} bytes, {} written, {:.3} ms",
+                res.kind,
+                res.name,
+                res.strategy,
+                res.bytes_logical,
+                res.bytes_written,
+                res.duration_ms
+            ));
+        }
+        lines.join("\n")
+    };
+    match cmd {
+        SiteCmd::Create {
+            site,
+            workspace,
+            region,
+            files,
+            sqlite,
+            postgres,
+            mariadb,
+        } => {
+            let imports = endor::sites::Imports {
+                files: files.as_deref(),
+                sqlite: sqlite.as_deref(),
+                postgres: postgres.as_deref(),
+                mariadb: mariadb.as_deref(),
+            };
+            let r = sites.create(&site, &workspace, &region, imports).await?;
+            emit(json, &r, op)
+        }
+        SiteCmd::Tag(cmd) => {
+            let (site, tag, add) = match cmd {
+                TagCmd::Add { site, tag } => (site, tag, true),
+                TagCmd::Rm { site, tag } => (site, tag, false),
+            };
+            let tags = sites.tag(&site, &tag, add).await?;
+            emit(
+                json,
+                &serde_json::json!({"site": site, "tags": tags}),
+                |_| format!("{site}: {}", tags.join(", ")),
+            )
+        }
+        SiteCmd::List { tag } => {
+            let list = sites.list(None, tag.as_deref()).await?;
+            emit(json, &list, |l| {
+                l.iter()
+                    .map(|s| {
+                        let state = match &s.preview {
+                            Some(p) => p.state.to_string(),
+                            None => s.state.as_str().to_string(),
+                        };
+                        format!("{}\t{}\t{}", s.name, state, s.url)
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        SiteCmd::Show { site } => {
+            let d = sites.show(&site).await?;
+            emit(json, &d, |d| {
+                serde_json::to_string_pretty(d).unwrap_or_default()
+            })
+        }
+        SiteCmd::Logs {
+            site,
+            service,
+            follow,
+        } => {
+            let service = endor::logs::Service::named(&service)
+                .map_err(|e| anyhow::anyhow!("--service: {e}"))?;
+            let d = sites.show(&site).await?;
+            let logs = std::path::absolute(&config.storage.logs)?;
+            print_log(&endor::logs::path(&logs, &d.id, service), follow, json).await
+        }
+        SiteCmd::Access {
+            site,
+            basic_auth,
+            robots,
+            allow,
+            deny,
+            clear_cidr,
+        } => {
+            let d = sites.show(&site).await?;
+            let sealer = endor::secret::Sealer::from_file(&config.storage.secret_key)?;
+            let robots = match robots.as_deref() {
+                None => None,
+                Some("on") => Some(true),
+                Some("off") => Some(false),
+                Some(_) => anyhow::bail!("--robots must be on or off"),
+            };
+            let change = endor::access::AccessChange {
+                basic_auth,
+                robots,
+                allow,
+                deny,
+                clear_cidr,
+            };
+            let v = endor::access::change(store.as_ref(), &sealer, &d.name, &d.id, &change).await?;
+            emit(json, &v, |v| {
+                let auth = match &v.basic_auth {
+                    None => "off".to_string(),
+                    Some(c) => match &c.password {
+                        Some(p) => format!("user {} password {p}", c.user),
+                        None => format!("user {} (password chosen, not shown)", c.user),
+                    },
+                };
+                format!(
+                    "site:       {}\nbasic auth: {auth}\nrobots:     {}\nallow:      {}\ndeny:       {}",
+                    v.site,
+                    if v.robots { "noindex, nofollow" } else { "off" },
+                    if v.allow.is_empty() {
+                        "everyone".into()
+                    } else {
+                        v.allow.join(", ")
+                    },
+                    if v.deny.is_empty() {
+                        "nobody".into()
+                    } else {
+                        v.deny.join(", ")
+                    },
+                )
+            })
+        }
+        SiteCmd::Snapshot { site } => emit(json, &sites.snapshot(&site).await?, op),
+        SiteCmd::Clone {
+            src,
+            dst,
+            read_only,
+            bypass_protection,
+        } => {
+            let guard = endor::sites::Guard::cli(bypass_protection);
+            emit(
+                json,
+                &sites.clone_site(&src, &dst, read_only, guard).await?,
+                op,
+            )
+        }
+        SiteCmd::Sync {
+            src,
+            dst,
+            files,
+            db,
+            bypass_protection,
+        } => {
+            let guard = endor::sites::Guard::cli(bypass_protection);
+            emit(json, &sites.sync(&src, &dst, files, db, guard).await?, op)
+        }
+        SiteCmd::Protect { site, state } => {
+            sites.protect(&site, state == "on").await?;
+            emit(
+                json,
+                &serde_json::json!({"site": site, "protected": state == "on"}),
+                |_| format!("{site}: protection {state}"),
+            )
+        }
+        SiteCmd::Delete {
+            site,
+            bypass_protection,
+        } => {
+            sites
+                .delete(&site, endor::sites::Guard::cli(bypass_protection))
+                .await?;
+            emit(json, &serde_json::json!({"deleted": site}), |_| {
+                format!("deleted site {site}")
+            })
+        }
+    }
+}
+
+/// Print a log file (as one JSON string with --json), and with `follow` what is appended.
+async fn print_log(path: &std::path::Path, follow: bool, json: bool) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut offset = 0usize;
+    loop {
+        let new = match endor::logs::read_since(path, offset)? {
+            Some((new, next)) => {
+                offset = next;
+                new
+            }
+            None if follow => Vec::new(),
+            None => anyhow::bail!("no such log yet ({})", path.display()),
+        };
+        if json && !follow {
+            println!(
+                "{}",
+                serde_json::json!({"log": String::from_utf8_lossy(&new)})
+            );
+        } else {
+            std::io::stdout().write_all(&new)?;
+            std::io::stdout().flush()?;
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
