@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::jobs::{JobEnd, JobKind, NewJob};
@@ -164,52 +165,92 @@ impl Reaper {
             if action.is_none() && !due_warning {
                 continue;
             }
-            // A protected site is never expired (nor warned about).
-            if let Some(id) = &p.site_id
-                && self
-                    .store
-                    .site(id)
-                    .await?
-                    .is_some_and(|s| s.protected && s.state != crate::store::SiteState::Deleted)
+            // Every line about this preview names it: its PR, repository and site.
+            let repo = self
+                .store
+                .connection(&p.connection_id)
+                .await?
+                .map(|c| c.repo)
+                .unwrap_or_default();
+            let span = tracing::info_span!(
+                "preview",
+                pr = p.number,
+                repo = %repo,
+                site = %p.site_name,
+                connection = %p.connection_id,
+            );
+            self.one(p, action, due_warning, dry_run, report)
+                .instrument(span)
+                .await?;
+        }
+        report.swept = self.sweep(dry_run).await?;
+        Ok(())
+    }
+
+    /// The pass's work on one preview that is due: expire it (or finish its teardown), or
+    /// warn ahead of its expiry.
+    async fn one(
+        &self,
+        p: crate::store::Preview,
+        action: Option<PreviewState>,
+        due_warning: bool,
+        dry_run: bool,
+        report: &mut PassReport,
+    ) -> anyhow::Result<()> {
+        // A protected site is never expired (nor warned about).
+        if let Some(id) = &p.site_id
+            && self
+                .store
+                .site(id)
+                .await?
+                .is_some_and(|s| s.protected && s.state != crate::store::SiteState::Deleted)
+        {
+            return Ok(());
+        }
+        if let Some(final_state) = action {
+            let resumed = p.state == PreviewState::Destroying;
+            if dry_run {
+                if resumed {
+                    report.resumed.push(p.site_name.clone());
+                } else {
+                    report.expired.push(p.site_name.clone());
+                }
+                return Ok(());
+            }
+            self.renew().await?;
+            match self
+                .tear_down(&p.connection_id, p.number, final_state)
+                .await
             {
-                continue;
-            }
-            if let Some(final_state) = action {
-                let resumed = p.state == PreviewState::Destroying;
-                if dry_run {
-                    if resumed {
-                        report.resumed.push(p.site_name.clone());
-                    } else {
-                        report.expired.push(p.site_name.clone());
-                    }
-                    continue;
+                Ok(true) if resumed => {
+                    tracing::info!(state = %final_state, "unfinished teardown finished");
+                    report.resumed.push(p.site_name.clone())
                 }
-                self.renew().await?;
-                match self
-                    .tear_down(&p.connection_id, p.number, final_state)
-                    .await
-                {
-                    Ok(true) if resumed => report.resumed.push(p.site_name.clone()),
-                    Ok(true) => report.expired.push(p.site_name.clone()),
-                    Ok(false) => report.busy.push(p.site_name.clone()),
-                    Err(e) => {
-                        tracing::warn!(preview = %p.site_name, error = %e, "teardown failed; next pass retries");
-                        report.failed.push((p.site_name.clone(), e.to_string()));
-                    }
+                Ok(true) => {
+                    tracing::info!(state = %final_state, "expired preview torn down");
+                    report.expired.push(p.site_name.clone())
                 }
-                continue;
+                Ok(false) => {
+                    tracing::info!("a job of the PR is running; the next pass expires it");
+                    report.busy.push(p.site_name.clone())
+                }
+                Err(e) => {
+                    tracing::warn!(preview = %p.site_name, error = %e, "teardown failed; next pass retries");
+                    report.failed.push((p.site_name.clone(), e.to_string()));
+                }
             }
-            if due_warning {
-                report.warned.push(p.site_name.clone());
-                if !dry_run {
-                    let mut p = p;
-                    if let Err(e) = self.lifecycle.warn_expiry(&mut p).await {
-                        tracing::warn!(preview = %p.site_name, error = %e, "expiry warning not stored");
-                    }
+            return Ok(());
+        }
+        if due_warning {
+            tracing::info!(expires_at = p.expires_at, "warning of the coming expiry");
+            report.warned.push(p.site_name.clone());
+            if !dry_run {
+                let mut p = p;
+                if let Err(e) = self.lifecycle.warn_expiry(&mut p).await {
+                    tracing::warn!(preview = %p.site_name, error = %e, "expiry warning not stored");
                 }
             }
         }
-        report.swept = self.sweep(dry_run).await?;
         Ok(())
     }
 
@@ -235,7 +276,7 @@ impl Reaper {
         let now = crate::now_ms();
         let job = NewJob {
             kind: JobKind::Expire,
-            job_key: format!("{connection_id}#{number}"),
+            job_key: crate::jobs::pr_key(connection_id, number),
             head_sha: None,
             payload: String::new(),
             max_attempts: self.config.jobs.max_attempts,

@@ -25,6 +25,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.store.clone(),
             &state.config,
         )))
+        .layer(axum::middleware::from_fn(crate::app::traced))
 }
 
 async fn healthz() -> Response {

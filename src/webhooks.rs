@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde_json::json;
+use tracing::Instrument;
 
 use crate::app::{AppState, error_response};
 use crate::forge::{Classified, EventKind, ForgeEvent, ForgeKind, signature};
@@ -54,7 +55,19 @@ pub async fn receive(
     let Some(forge) = ForgeKind::parse(&forge) else {
         return error_response(StatusCode::NOT_FOUND, "not_found", "unknown forge");
     };
-    match handle(&app, forge, &connection_id, &headers, body, started).await {
+    let span = tracing::info_span!(
+        "delivery",
+        forge = %forge,
+        connection = %connection_id.escape_debug(),
+        delivery = tracing::field::Empty,
+        event = tracing::field::Empty,
+        repo = tracing::field::Empty,
+        pr = tracing::field::Empty,
+    );
+    match handle(&app, forge, &connection_id, &headers, body, started)
+        .instrument(span)
+        .await
+    {
         Ok(resp) => resp,
         Err(r) => {
             app.metrics.delivery(forge.as_str(), "-", r.outcome);
@@ -111,6 +124,7 @@ async fn handle(
         }
     };
 
+    tracing::Span::current().record("repo", conn.repo.as_str());
     let raw = read_body(body, limit).await?;
 
     // Authenticity over the raw bytes, before anything is parsed.
@@ -139,6 +153,9 @@ async fn handle(
         .to_string();
 
     let delivery_key = delivery_key(forge, headers)?;
+    let span = tracing::Span::current();
+    span.record("event", event.as_str());
+    span.record("delivery", delivery_key.as_str());
     let payload = decode_body(forge, headers, raw)?;
 
     let classified = forge.classify(&event, &payload).map_err(|e| {
@@ -172,6 +189,7 @@ async fn handle(
             )
         }
         Classified::Acted(ev) => {
+            tracing::Span::current().record("pr", ev.number());
             let normalized = serde_json::to_string(&ev).map_err(|e| {
                 reject(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -312,7 +330,7 @@ pub fn job_for(
     };
     NewJob {
         kind,
-        job_key: format!("{connection_id}#{}", ev.number()),
+        job_key: crate::jobs::pr_key(connection_id, ev.number()),
         head_sha,
         payload: normalized.to_string(),
         max_attempts,

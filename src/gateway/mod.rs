@@ -10,6 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use axum::Router;
 use axum::body::Body;
@@ -211,7 +212,19 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let Some(site) = gw.site_of(host) else {
+    let site = gw.site_of(host);
+    // Every line the gateway writes for a request names the site it was for.
+    let span = tracing::info_span!(
+        "request",
+        site = site.as_deref().unwrap_or("-"),
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    serve(gw, site, req).instrument(span).await
+}
+
+async fn serve(gw: Arc<Gateway>, site: Option<String>, req: Request) -> Response {
+    let Some(site) = site else {
         return page(
             StatusCode::NOT_FOUND,
             "No such preview",

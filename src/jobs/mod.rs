@@ -17,12 +17,25 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rand::Rng;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 mod kind;
 mod queue;
 
 pub use kind::JobKind;
 pub use queue::{Heartbeat, Job, JobEnd, JobQueue, NewJob};
+
+/// The key of a pull request's jobs: `{connection id}#{number}`. Jobs of one key run one at a
+/// time, in order.
+pub fn pr_key(connection_id: &str, number: impl std::fmt::Display) -> String {
+    format!("{connection_id}#{number}")
+}
+
+/// The connection id and PR number of a key made by [`pr_key`].
+pub fn parse_pr_key(key: &str) -> Option<(&str, i64)> {
+    key.split_once('#')
+        .and_then(|(c, n)| Some((c, n.parse().ok()?)))
+}
 
 /// How a handler's run ended, when it did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -185,8 +198,31 @@ async fn run_one<Q: JobQueue + ?Sized + 'static>(
     worker: &str,
     job: Job,
 ) {
-    let span = tracing::info_span!("job", job = %job.id, kind = %job.kind, key = %job.job_key, attempt = job.attempts);
-    let _enter = span.enter();
+    // What the job is about: its PR from the key; the handler records the repository and the
+    // site once it has loaded them, so every line of the job names them.
+    let pr = parse_pr_key(&job.job_key).map(|(_, n)| n);
+    let span = tracing::info_span!(
+        "job",
+        job = %job.id,
+        kind = %job.kind,
+        attempt = job.attempts,
+        connection = parse_pr_key(&job.job_key).map(|(c, _)| c).unwrap_or_default(),
+        pr,
+        repo = tracing::field::Empty,
+        site = tracing::field::Empty,
+    );
+    run_in_span(store, handler, cfg, worker, job)
+        .instrument(span)
+        .await
+}
+
+async fn run_in_span<Q: JobQueue + ?Sized + 'static>(
+    store: &Arc<Q>,
+    handler: &Arc<dyn JobHandler>,
+    cfg: &WorkerConfig,
+    worker: &str,
+    job: Job,
+) {
     let (cancel_tx, cancel_rx) = watch::channel(job.cancel_requested != 0);
     let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Heartbeats keep the lease and carry cancellation requests to the handler.
@@ -198,28 +234,31 @@ async fn run_one<Q: JobQueue + ?Sized + 'static>(
             cfg.lease,
             lost.clone(),
         );
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease / 3).await;
-                let now = crate::now_ms();
-                match store
-                    .heartbeat_job(&id, &worker, now, now + lease.as_millis() as i64)
-                    .await
-                {
-                    Ok(Heartbeat::Held { cancel }) => {
-                        if cancel {
-                            let _ = cancel_tx.send(true);
+        tokio::spawn(
+            async move {
+                loop {
+                    tokio::time::sleep(lease / 3).await;
+                    let now = crate::now_ms();
+                    match store
+                        .heartbeat_job(&id, &worker, now, now + lease.as_millis() as i64)
+                        .await
+                    {
+                        Ok(Heartbeat::Held { cancel }) => {
+                            if cancel {
+                                let _ = cancel_tx.send(true);
+                            }
                         }
+                        Ok(Heartbeat::Lost) => {
+                            lost.store(true, std::sync::atomic::Ordering::SeqCst);
+                            let _ = cancel_tx.send(true);
+                            return;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
                     }
-                    Ok(Heartbeat::Lost) => {
-                        lost.store(true, std::sync::atomic::Ordering::SeqCst);
-                        let _ = cancel_tx.send(true);
-                        return;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "heartbeat failed; retrying"),
                 }
             }
-        })
+            .in_current_span(),
+        )
     };
     let result = handler.run(&job, JobContext { cancel: cancel_rx }).await;
     beat.abort();

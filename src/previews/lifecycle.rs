@@ -144,7 +144,7 @@ impl Lifecycle {
                     .enqueue_job(
                         &NewJob {
                             kind: JobKind::Resume,
-                            job_key: format!("{}#{}", p.connection_id, p.number),
+                            job_key: crate::jobs::pr_key(&p.connection_id, p.number),
                             head_sha: p.ready_sha.clone(),
                             payload: p.id.clone(),
                             max_attempts: self.config.jobs.max_attempts,
@@ -260,20 +260,23 @@ impl Lifecycle {
 
     /// The connection and PR number of a job key (`{connection}#{number}`).
     pub(super) fn key_parts(job: &Job) -> Result<(&str, i64), JobError> {
-        job.job_key
-            .split_once('#')
-            .and_then(|(c, n)| Some((c, n.parse().ok()?)))
+        crate::jobs::parse_pr_key(&job.job_key)
             .ok_or_else(|| JobError::Permanent(format!("bad job key {}", job.job_key)))
     }
 
-    /// The repository connection of a PR job.
+    /// The repository connection of a PR job (named on the job's span from here on).
     pub async fn connection(&self, job: &Job) -> Result<Connection, JobError> {
-        let (conn_id, _) = Self::key_parts(job)?;
-        self.store
+        let (conn_id, number) = Self::key_parts(job)?;
+        let conn = self
+            .store
             .connection(conn_id)
             .await
             .map_err(transient)?
-            .ok_or_else(|| JobError::Permanent("the repository connection was deleted".into()))
+            .ok_or_else(|| JobError::Permanent("the repository connection was deleted".into()))?;
+        let span = tracing::Span::current();
+        span.record("repo", conn.repo.as_str());
+        span.record("site", site_name(&conn.repo, number as u64).as_str());
+        Ok(conn)
     }
 
     async fn handle_event(&self, job: &Job, ctx: JobContext) -> Result<(), JobError> {

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, watch};
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::forge::ForgeKind;
@@ -268,7 +269,16 @@ impl Sender {
                         let max_attempts = cfg.max_attempts;
                         async move {
                             for item in group {
+                                let span = tracing::info_span!(
+                                    "write-back",
+                                    outbox = %item.id,
+                                    kind = %item.kind,
+                                    connection = %item.connection_id,
+                                    pr = item.number,
+                                    repo = tracing::field::Empty,
+                                );
                                 send_one(&store, &clients, &name, item, max_attempts, &metrics)
+                                    .instrument(span)
                                     .await;
                             }
                         }
@@ -352,6 +362,7 @@ async fn deliver(
         .connection(&item.connection_id)
         .await?
         .ok_or_else(|| ForgeError::Permanent("the connection was deleted".into()))?;
+    tracing::Span::current().record("repo", conn.repo.as_str());
     let forge = clients.client(&conn).await?;
     match payload {
         Payload::Comment { repo, body } => {
