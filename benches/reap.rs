@@ -91,7 +91,13 @@ async fn parent(sites: &Sites, dir: &Path, name: &str, pg: Option<&str>) {
         .unwrap();
 }
 
-async fn plant(store: &dyn Store, sites: &Sites, conn: &str, number: i64, from: &str) {
+async fn plant(
+    store: &dyn Store,
+    sites: &Sites,
+    conn: &endor::ids::ConnectionId,
+    number: i64,
+    from: &str,
+) {
     let name = format!("app-pr-{number}");
     sites
         .clone_site(from, &name, false, endor::sites::Guard::default())
@@ -105,8 +111,8 @@ async fn plant(store: &dyn Store, sites: &Sites, conn: &str, number: i64, from: 
     let now = endor::now_ms();
     store
         .put_preview(&Preview {
-            id: endor::store::new_id(),
-            connection_id: conn.into(),
+            id: endor::ids::PreviewId::generate(),
+            connection_id: conn.clone(),
             number,
             site_name: name,
             site_id: Some(site.id),

@@ -88,7 +88,7 @@ async fn main() {
     for (state, round) in rounds {
         for n in 1..=prs {
             let p = Preview {
-                id: format!("p{n}"),
+                id: format!("p{n}").into(),
                 connection_id: conn.connection_id.clone(),
                 number: n as i64,
                 site_name: format!("shop-pr-{n}"),

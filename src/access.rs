@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
+use crate::ids::SiteId;
 use crate::secret::Sealer;
 use crate::store::{SiteAccess, Store, StoreError};
 
@@ -103,7 +104,7 @@ pub fn admitted(a: &SiteAccess, ip: std::net::IpAddr) -> bool {
 /// Add allow/deny CIDRs (after clearing both lists when `clear`).
 pub async fn set_cidrs(
     store: &dyn Store,
-    site_id: &str,
+    site_id: &SiteId,
     allow: &[String],
     deny: &[String],
     clear: bool,
@@ -152,7 +153,7 @@ async fn hash_password(password: &str) -> Result<String, AccessError> {
         .map_err(|e| AccessError::Hash(e.to_string()))
 }
 
-async fn current(store: &dyn Store, site_id: &str) -> Result<SiteAccess, StoreError> {
+async fn current(store: &dyn Store, site_id: &SiteId) -> Result<SiteAccess, StoreError> {
     Ok(store
         .site_access(site_id)
         .await?
@@ -163,7 +164,7 @@ async fn current(store: &dyn Store, site_id: &str) -> Result<SiteAccess, StoreEr
 pub async fn set_generated_password(
     store: &dyn Store,
     sealer: &Sealer,
-    site_id: &str,
+    site_id: &SiteId,
     on: bool,
 ) -> Result<(), AccessError> {
     let mut a = current(store, site_id).await?;
@@ -185,7 +186,7 @@ pub async fn set_generated_password(
 /// Basic auth with credentials the caller chose: only the hash is kept (never shown again).
 pub async fn set_chosen_password(
     store: &dyn Store,
-    site_id: &str,
+    site_id: &SiteId,
     user: &str,
     password: &str,
 ) -> Result<(), AccessError> {
@@ -207,7 +208,7 @@ pub async fn set_chosen_password(
     Ok(store.put_site_access(&a).await?)
 }
 
-pub async fn set_robots(store: &dyn Store, site_id: &str, on: bool) -> Result<(), AccessError> {
+pub async fn set_robots(store: &dyn Store, site_id: &SiteId, on: bool) -> Result<(), AccessError> {
     let mut a = current(store, site_id).await?;
     a.robots = on as i64;
     a.updated_at = crate::now_ms();
@@ -240,7 +241,7 @@ pub async fn change(
     store: &dyn Store,
     sealer: &Sealer,
     site_name: &str,
-    site_id: &str,
+    site_id: &SiteId,
     change: &AccessChange,
 ) -> Result<AccessView, AccessError> {
     for c in change.allow.iter().chain(&change.deny) {
@@ -278,7 +279,7 @@ pub async fn view(
     store: &dyn Store,
     sealer: &Sealer,
     site_name: &str,
-    site_id: &str,
+    site_id: &SiteId,
 ) -> Result<AccessView, AccessError> {
     let a = current(store, site_id).await?;
     let basic_auth = match (&a.basic_user, &a.basic_hash) {
@@ -441,7 +442,7 @@ mod tests {
         let a = SiteAccess {
             allow_cidrs: Some("127.0.0.2/32,::1/128,10.0.0.0/8".into()),
             deny_cidrs: Some("10.9.0.0/16".into()),
-            ..SiteAccess::default_for("s")
+            ..SiteAccess::default_for(&"s".into())
         };
         assert!(admitted(&a, ip("127.0.0.2")));
         assert!(admitted(&a, ip("::ffff:127.0.0.2")));
@@ -449,7 +450,10 @@ mod tests {
         assert!(!admitted(&a, ip("127.0.0.3")));
         assert!(admitted(&a, ip("10.1.2.3")));
         assert!(!admitted(&a, ip("10.9.1.1")), "deny wins");
-        assert!(admitted(&SiteAccess::default_for("s"), ip("8.8.8.8")));
+        assert!(admitted(
+            &SiteAccess::default_for(&"s".into()),
+            ip("8.8.8.8")
+        ));
         assert!(parse_cidr("10.0.0.1/8").unwrap().to_string() == "10.0.0.0/8");
         assert!(parse_cidr("::1").is_ok() && parse_cidr("nope").is_err());
         assert!(parse_cidr("10.0.0.0/33").is_err());
@@ -484,7 +488,7 @@ mod tests {
         let a = SiteAccess {
             basic_user: Some("preview".into()),
             basic_hash: Some(hash),
-            ..SiteAccess::default_for("s")
+            ..SiteAccess::default_for(&"s".into())
         };
         let cache = AuthCache::default();
         let header = |u: &str, p: &str| {
@@ -503,6 +507,10 @@ mod tests {
         assert_eq!(cache.lock().len(), 1);
         assert!(cache.check(&a, Some(&header("preview", "s3cret"))).await);
         // No basic auth: anyone.
-        assert!(cache.check(&SiteAccess::default_for("s"), None).await);
+        assert!(
+            cache
+                .check(&SiteAccess::default_for(&"s".into()), None)
+                .await
+        );
     }
 }

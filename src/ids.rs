@@ -87,3 +87,112 @@ macro_rules! stored_enum {
     };
 }
 pub(crate) use stored_enum;
+
+/// A typed id: a UUIDv7 string (time-ordered) that only converts to another kind of id on
+/// purpose. Stored as text; serialized as the bare string.
+macro_rules! id_type {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(
+            Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord,
+            serde::Serialize, serde::Deserialize, sqlx::Type,
+        )]
+        #[serde(transparent)]
+        #[sqlx(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// A new, unique id.
+            pub fn generate() -> Self {
+                Self(uuid::Uuid::now_v7().to_string())
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn into_string(self) -> String {
+                self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        /// An id read from outside (a path, a command line, the store): no check is implied.
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                Self(s)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                Self(s.to_string())
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A site (`sites.id`).
+    SiteId
+);
+/// A site's directories (`{storage.root}/{site id}`, `{storage.logs}/{site id}`) are named by
+/// its id, which endor generated (sites are addressed by name from outside).
+impl AsRef<std::path::Path> for SiteId {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(&self.0)
+    }
+}
+
+id_type!(
+    /// A pull request's preview (`previews.id`).
+    PreviewId
+);
+id_type!(
+    /// A repository connection (`connections.id`): where its webhooks arrive.
+    ConnectionId
+);
+id_type!(
+    /// A background job (`jobs.id`); a preview's run is named by its job.
+    JobId
+);
+id_type!(
+    /// A stored webhook delivery (`deliveries.id`; the forge's own id is its `delivery_key`).
+    DeliveryId
+);
+id_type!(
+    /// A workspace (`workspaces.id`).
+    WorkspaceId
+);
+id_type!(
+    /// A user (`users.id`).
+    UserId
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_strings_of_their_own_kind() {
+        let a = SiteId::generate();
+        let b = SiteId::generate();
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 36);
+        assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{a}\""));
+        let back: SiteId = serde_json::from_str(&format!("\"{a}\"")).unwrap();
+        assert_eq!(back, a);
+        assert_eq!(SiteId::from("x").as_str(), "x");
+    }
+}

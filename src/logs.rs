@@ -29,8 +29,8 @@ impl Service {
 }
 
 /// The log file of one of a site's services.
-pub fn path(logs: &Path, site_id: &str, service: Service) -> PathBuf {
-    logs.join(site_id).join(format!("{service}.log"))
+pub fn path(logs: &Path, site_id: &crate::ids::SiteId, service: Service) -> PathBuf {
+    logs.join(site_id.as_str()).join(format!("{service}.log"))
 }
 
 /// What a log holds past `offset`, and the offset to read from next. A log shorter than
@@ -57,7 +57,7 @@ mod tests {
         let e = Service::named("../../etc/passwd").unwrap_err();
         assert!(e.contains("build, web"), "{e}");
         assert_eq!(
-            path(Path::new("/l"), "s1", Service::Build),
+            path(Path::new("/l"), &"s1".into(), Service::Build),
             PathBuf::from("/l/s1/build.log")
         );
     }

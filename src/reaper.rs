@@ -269,7 +269,7 @@ impl Reaper {
     /// Tear down one preview as its PR's `expire` job; false when a job of the PR is running.
     async fn tear_down(
         &self,
-        connection_id: &str,
+        connection_id: &crate::ids::ConnectionId,
         number: i64,
         final_state: PreviewState,
     ) -> anyhow::Result<bool> {
@@ -321,7 +321,7 @@ impl Reaper {
     async fn sweep(&self, dry_run: bool) -> anyhow::Result<Swept> {
         let grace = self.config.reaper.grace.0;
         let dirs = self.sites.sweep(grace, dry_run).await?.removed.len();
-        let live: std::collections::HashMap<String, String> = self
+        let live: std::collections::HashMap<crate::ids::SiteId, String> = self
             .store
             .list_sites()
             .await?
@@ -332,7 +332,7 @@ impl Reaper {
         let root = std::path::absolute(&self.config.storage.root)?;
         let mut processes = 0;
         for (pid, site_id) in crate::procfs::site_processes(&root) {
-            if live.contains_key(&site_id)
+            if live.contains_key(&crate::ids::SiteId::from(site_id.as_str()))
                 || crate::procfs::process_age(pid).is_none_or(|age| age < grace)
             {
                 continue;

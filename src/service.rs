@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::forge::{ForgeKind, RepoRef};
+use crate::ids::{ConnectionId, WorkspaceId};
 use crate::secret::WebhookSecret;
 use crate::store::{NewConnection, Store, StoreError, User, Workspace};
 
@@ -265,7 +266,7 @@ pub async fn workspace(store: &dyn Store, name: &str) -> Result<Workspace> {
 /// What `repo connect` prints: the secret appears here and nowhere else, ever.
 #[derive(Debug, Serialize)]
 pub struct Connected {
-    pub connection_id: String,
+    pub connection_id: ConnectionId,
     pub workspace: String,
     pub forge: ForgeKind,
     pub repo: String,
@@ -307,7 +308,7 @@ pub async fn connect_repo(
             secret: secret.clone(),
         })
         .await?;
-    let webhook_url = cfg.webhook_url(repo.forge.as_str(), &conn.id);
+    let webhook_url = cfg.webhook_url(repo.forge.as_str(), conn.id.as_str());
     let (events, instructions) = setup_instructions(repo.forge, &webhook_url);
     tracing::info!(connection = %conn.id, repo = %repo, workspace = %ws.name, "repository connected");
     Ok(Connected {
@@ -335,6 +336,7 @@ pub struct Rotated {
 /// Without `retire_old`: a new secret becomes current and the old one stays accepted.
 /// With it: only the current secret is accepted from now on.
 pub async fn rotate_secret(store: &dyn Store, id: &str, retire_old: bool) -> Result<Rotated> {
+    let id = &ConnectionId::from(id);
     let conn = store
         .connection(id)
         .await?
@@ -361,8 +363,8 @@ pub async fn rotate_secret(store: &dyn Store, id: &str, retire_old: bool) -> Res
 
 #[derive(Debug, Serialize)]
 pub struct ConnectionInfo {
-    pub connection_id: String,
-    pub workspace_id: String,
+    pub connection_id: ConnectionId,
+    pub workspace_id: WorkspaceId,
     pub forge: ForgeKind,
     pub repo: String,
     pub webhook_url: String,
@@ -382,11 +384,11 @@ pub async fn list_repos(
         None => None,
     };
     Ok(store
-        .list_connections(ws_id.as_deref())
+        .list_connections(ws_id.as_ref())
         .await?
         .into_iter()
         .map(|c| ConnectionInfo {
-            webhook_url: cfg.webhook_url(c.forge.as_str(), &c.id),
+            webhook_url: cfg.webhook_url(c.forge.as_str(), c.id.as_str()),
             connection_id: c.id,
             workspace_id: c.workspace_id,
             forge: c.forge,
@@ -400,7 +402,7 @@ pub async fn list_repos(
 }
 
 pub async fn delete_repo(store: &dyn Store, id: &str) -> Result<()> {
-    if store.delete_connection(id).await? {
+    if store.delete_connection(&id.into()).await? {
         tracing::info!(connection = %id, "repository connection deleted");
         Ok(())
     } else {

@@ -25,6 +25,7 @@ use crate::clone::pg_template::Template;
 use crate::clone::postgres::{self as pg, PgTools};
 use crate::clone::{CloneError, CloneStats, Strategy, probe, sqlite};
 use crate::clone::{DbServer, db_name};
+use crate::ids::{SiteId, WorkspaceId};
 use crate::store::{NewSite, Site, SiteResource, SiteState, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,10 +93,10 @@ impl From<SiteResource> for ResourceReport {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct SiteDetails {
-    pub id: String,
+    pub id: SiteId,
     pub name: String,
     pub state: SiteState,
-    pub workspace_id: String,
+    pub workspace_id: WorkspaceId,
     pub region: String,
     pub parent: Option<String>,
     pub protected: bool,
@@ -264,7 +265,7 @@ impl Sites {
     }
 
     fn dir(&self, site: &Site) -> PathBuf {
-        self.root.join(&site.id)
+        self.root.join(site.id.as_str())
     }
 
     /// The storage root (absolute) every site's directory is under.
@@ -292,13 +293,13 @@ impl Sites {
     }
 
     /// An empty site (no files, no databases) in the workspace `workspace_id`.
-    pub async fn create_empty(&self, name: &str, workspace_id: &str) -> Result<Site> {
+    pub async fn create_empty(&self, name: &str, workspace_id: &WorkspaceId) -> Result<Site> {
         validate_site_name(name)?;
         let site = self
             .store
             .create_site(&NewSite {
                 name: name.into(),
-                workspace_id: workspace_id.into(),
+                workspace_id: workspace_id.clone(),
                 region: "default".into(),
                 parent_id: None,
                 read_only: false,
@@ -315,7 +316,7 @@ impl Sites {
     }
 
     /// Delete the site with this id and everything it owns; nothing to do when it is gone.
-    pub async fn discard_id(&self, id: &str) -> Result<()> {
+    pub async fn discard_id(&self, id: &SiteId) -> Result<()> {
         match self.store.site(id).await? {
             Some(site) if site.state != SiteState::Deleted => self.discard(&site).await,
             _ => Ok(()),
@@ -531,7 +532,7 @@ impl Sites {
             None => None,
             Some(name) => Some(self.get(name).await?.id),
         };
-        Ok(self.store.audit_events(site_id.as_deref()).await?)
+        Ok(self.store.audit_events(site_id.as_ref()).await?)
     }
 
     pub async fn show(&self, name: &str) -> Result<SiteDetails> {
@@ -556,7 +557,7 @@ impl Sites {
             .filter_map(|r| database_url(&r.kind, &r.location))
             .collect();
         let preview = match self.store.preview_by_site_name(&site.name).await? {
-            Some(p) if p.site_id.as_deref() == Some(site.id.as_str()) => {
+            Some(p) if p.site_id.as_ref() == Some(&site.id) => {
                 let steps = self
                     .store
                     .last_run_steps(&p.id)
@@ -618,13 +619,13 @@ impl Sites {
     /// read) and only those tagged `tag` (case-insensitive) when given.
     pub async fn list(
         &self,
-        workspace_id: Option<&str>,
+        workspace_id: Option<&WorkspaceId>,
         tag: Option<&str>,
     ) -> Result<Vec<SiteDetails>> {
         let tag = tag.map(|t| t.trim().to_ascii_lowercase());
         let mut out = Vec::new();
         for s in self.store.list_sites().await? {
-            if workspace_id.is_some_and(|w| w != s.workspace_id) {
+            if workspace_id.is_some_and(|w| *w != s.workspace_id) {
                 continue;
             }
             let d = self.details(s).await?;
@@ -1010,7 +1011,7 @@ impl Sites {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return Ok(report);
         };
-        let live: std::collections::HashSet<String> = self
+        let live: std::collections::HashSet<SiteId> = self
             .store
             .list_sites()
             .await?
@@ -1027,7 +1028,7 @@ impl Sites {
             } else if name.starts_with(".endor-probe-") {
                 false
             } else {
-                !live.contains(&name) && older_than(&path, grace)
+                !live.contains(&SiteId::from(name.as_str())) && older_than(&path, grace)
             };
             if !orphan {
                 continue;

@@ -21,6 +21,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::config::{Config, UsageConfig};
+use crate::ids::SiteId;
 use crate::sites::Sites;
 use crate::store::{SiteState, SiteUsage, Store, StoreError, UsageProc, Workspace};
 
@@ -254,8 +255,10 @@ pub async fn sample(
         .map(|p| ((p.pid, p.start_ticks), p))
         .collect();
     let mut alive: HashSet<(i64, i64)> = HashSet::new();
-    let mut cpu: HashMap<String, i64> = HashMap::new();
+    let mut cpu: HashMap<SiteId, i64> = HashMap::new();
     for (pid, site, start, cpu_ms) in procs {
+        // The site id a process's environment names (`ENDOR_FILES_DIR` under the root).
+        let site = SiteId::from(site);
         let key = (pid as i64, start as i64);
         alive.insert(key);
         let before = marks.get(&key).map(|m| m.cpu_ms).unwrap_or(0);
@@ -336,9 +339,9 @@ impl Cost {
 #[derive(Debug, Clone, Serialize)]
 pub struct SiteLine {
     pub site: String,
-    pub site_id: String,
+    pub site_id: SiteId,
     pub state: SiteState,
-    pub parent_id: Option<String>,
+    pub parent_id: Option<SiteId>,
     pub hours_alive: f64,
     /// The newest measure of the bytes the site is charged for.
     pub physical_bytes: i64,
@@ -391,7 +394,7 @@ pub async fn report(
     let now = crate::now_ms();
     let month = month.map(str::to_string).unwrap_or_else(|| month_of(now));
     let (from, to) = month_bounds(&month)?;
-    let usage: HashMap<String, SiteUsage> = store
+    let usage: HashMap<SiteId, SiteUsage> = store
         .site_usage(&month)
         .await?
         .into_iter()

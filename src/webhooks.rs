@@ -111,7 +111,7 @@ async fn handle(
     {
         return Err(unknown());
     }
-    let conn = match app.store.connection(connection_id).await {
+    let conn = match app.store.connection(&connection_id.into()).await {
         Ok(Some(c)) if c.forge == forge => c,
         Ok(_) => return Err(unknown()),
         Err(e) => {
@@ -198,7 +198,12 @@ async fn handle(
                     e.to_string(),
                 )
             })?;
-            let job = job_for(&conn.id, &ev, &normalized, app.config.jobs.max_attempts);
+            let job = job_for(
+                conn.id.as_str(),
+                &ev,
+                &normalized,
+                app.config.jobs.max_attempts,
+            );
             (
                 DeliveryOutcome::Queued,
                 Some(ev.action_name().to_string()),
@@ -209,7 +214,7 @@ async fn handle(
         }
     };
 
-    let id = new_id();
+    let id = crate::ids::DeliveryId::generate();
     let stored = app
         .writer
         .write(NewDelivery {

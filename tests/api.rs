@@ -114,7 +114,7 @@ impl World {
             tokens,
             spare,
             revoked: revoked.token,
-            connection: conn.connection_id,
+            connection: conn.connection_id.to_string(),
         }
     }
 

@@ -65,7 +65,7 @@ async fn people(h: &Harness) {
 #[allow(clippy::too_many_arguments)]
 async fn gh_comment(
     h: &Harness,
-    conn: &(String, String),
+    conn: &(endor::ids::ConnectionId, String),
     repo: &str,
     number: u64,
     id: u64,
@@ -113,7 +113,7 @@ async fn gh_comment(
 }
 
 /// Wait until every job of the PR has ended.
-async fn idle(h: &Harness, conn: &str, number: u64) {
+async fn idle(h: &Harness, conn: &endor::ids::ConnectionId, number: u64) {
     let key = format!("{conn}#{number}");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -134,7 +134,7 @@ async fn idle(h: &Harness, conn: &str, number: u64) {
 }
 
 /// Wait until no write-back of the connection is pending or being sent.
-async fn settled(h: &Harness, conn: &str) {
+async fn settled(h: &Harness, conn: &endor::ids::ConnectionId) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let items = h.store().outbox_items(conn).await.unwrap();

@@ -254,7 +254,7 @@ async fn strict_order_per_key_across_retries(db: &TestStore) {
 #[derive(Default)]
 struct Recorder {
     running_keys: Mutex<HashMap<String, usize>>,
-    runs: Mutex<Vec<(String, String)>>,
+    runs: Mutex<Vec<(String, endor::ids::JobId)>>,
     overlaps: AtomicUsize,
 }
 
@@ -355,14 +355,14 @@ async fn worker_pool_runs_everything_once_per_key_in_order(db: &TestStore) {
     );
     // Per key, jobs started in the order they were queued (retries run again before the next).
     for k in &keys {
-        let order: Vec<&String> = runs
+        let order: Vec<&endor::ids::JobId> = runs
             .iter()
             .filter(|(key, _)| key == k)
             .map(|(_, id)| id)
             .collect();
         let mut dedup = order.clone();
         dedup.dedup();
-        let queued: Vec<&String> = ids
+        let queued: Vec<&endor::ids::JobId> = ids
             .iter()
             .enumerate()
             .filter(|(n, _)| &keys[n % 5] == k)

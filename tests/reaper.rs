@@ -37,7 +37,7 @@ fn github(forge: &FakeForge) -> impl FnOnce(&mut Config) {
     }
 }
 
-async fn settled(h: &Harness, conn: &str) {
+async fn settled(h: &Harness, conn: &endor::ids::ConnectionId) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let items = h.store().outbox_items(conn).await.unwrap();
@@ -223,7 +223,7 @@ fn site_process(site: &str, files_dir: &Path) -> (Child, u16) {
 async fn planted_preview(
     store: &dyn Store,
     sites: &Sites,
-    conn: &str,
+    conn: &endor::ids::ConnectionId,
     number: i64,
     with_process: bool,
 ) -> (Preview, Option<Child>) {
@@ -249,8 +249,8 @@ async fn planted_preview(
         .unwrap();
     let now = endor::now_ms();
     let p = Preview {
-        id: endor::store::new_id(),
-        connection_id: conn.into(),
+        id: endor::ids::PreviewId::generate(),
+        connection_id: conn.clone(),
         number,
         site_name: name,
         site_id: Some(site.id),

@@ -190,7 +190,7 @@ async fn one_prs_story_is_on_every_line() {
     }
 }
 
-async fn settled(h: &Harness, conn: &str) {
+async fn settled(h: &Harness, conn: &endor::ids::ConnectionId) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let items = h.store().outbox_items(conn).await.unwrap();

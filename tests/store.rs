@@ -3,10 +3,11 @@
 mod support;
 
 use endor::forge::ForgeKind;
+use endor::ids::{ConnectionId, WorkspaceId};
 use endor::secret::WebhookSecret;
 use endor::store::OutboxKind;
 use endor::store::PreviewState;
-use endor::store::{DeliveryOutcome, Inserted, NewConnection, NewDelivery, StoreError, new_id};
+use endor::store::{DeliveryOutcome, Inserted, NewConnection, NewDelivery, StoreError};
 use support::TestStore;
 
 both_backends!(
@@ -95,7 +96,7 @@ async fn tokens_audit_and_usage(db: &TestStore) {
     s.record_audit(
         "cli:root",
         "bypass_protection",
-        Some("site-1"),
+        Some(&"site-1".into()),
         "delete prod",
     )
     .await
@@ -104,7 +105,7 @@ async fn tokens_audit_and_usage(db: &TestStore) {
         .await
         .unwrap();
     assert_eq!(s.audit_events(None).await.unwrap().len(), 2);
-    let one = s.audit_events(Some("site-1")).await.unwrap();
+    let one = s.audit_events(Some(&"site-1".into())).await.unwrap();
     assert_eq!((one.len(), one[0].caller.as_str()), (1, "cli:root"));
     // Usage: increments add up per site and month; a CPU-only increment keeps the last
     // storage sample.
@@ -528,7 +529,7 @@ async fn previews_and_their_steps(db: &TestStore) {
     assert_eq!(got.expires_at, Some(99));
     assert_eq!(
         s.preview_by_site_name("a-pr-4").await.unwrap().unwrap().id,
-        "p1"
+        endor::ids::PreviewId::from("p1")
     );
     let step = |run: &str, name: &str, seq, at| PreviewStep {
         preview_id: "p1".into(),
@@ -547,7 +548,7 @@ async fn previews_and_their_steps(db: &TestStore) {
     done.ended_at = Some(250);
     done.ok = Some(1);
     s.put_step(&done).await.unwrap();
-    let last = s.last_run_steps("p1").await.unwrap();
+    let last = s.last_run_steps(&"p1".into()).await.unwrap();
     assert_eq!(last.len(), 1, "only the newest run: {last:?}");
     assert_eq!(
         (last[0].run_id.as_str(), last[0].ended_at),
@@ -555,7 +556,7 @@ async fn previews_and_their_steps(db: &TestStore) {
     );
 }
 
-fn with_job(conn: &str, key: &str, pr: u64) -> NewDelivery {
+fn with_job(conn: &ConnectionId, key: &str, pr: u64) -> NewDelivery {
     NewDelivery {
         job: Some(endor::store::NewJob {
             kind: endor::jobs::JobKind::PullRequest,
@@ -609,7 +610,7 @@ async fn deliveries_and_their_jobs_commit_together(db: &TestStore) {
     assert!(
         s.insert_deliveries(&[
             with_job(&c.id, "d3", 8),
-            delivery("no-such-connection", "d4")
+            delivery(&"no-such-connection".into(), "d4")
         ])
         .await
         .is_err()
@@ -676,7 +677,11 @@ async fn workspaces_have_their_creator_as_owner(db: &TestStore) {
         Err(StoreError::Conflict(_))
     ));
     // A failed creation leaves nothing behind (the member insert is in the same transaction).
-    assert!(s.create_workspace("ghost", "no-such-user").await.is_err());
+    assert!(
+        s.create_workspace("ghost", &"no-such-user".into())
+            .await
+            .is_err()
+    );
     assert!(s.workspace_by_name("ghost").await.unwrap().is_none());
     s.create_workspace("beta", &u.id).await.unwrap();
     let names: Vec<_> = s
@@ -689,10 +694,10 @@ async fn workspaces_have_their_creator_as_owner(db: &TestStore) {
     assert_eq!(names, vec!["acme", "beta"]);
 }
 
-async fn new_connection(db: &TestStore, ws: &str, repo: &str) -> endor::store::Connection {
+async fn new_connection(db: &TestStore, ws: &WorkspaceId, repo: &str) -> endor::store::Connection {
     db.store
         .create_connection(&NewConnection {
-            workspace_id: ws.to_string(),
+            workspace_id: ws.clone(),
             forge: ForgeKind::Github,
             repo: repo.to_string(),
             api_url: None,
@@ -703,7 +708,7 @@ async fn new_connection(db: &TestStore, ws: &str, repo: &str) -> endor::store::C
         .unwrap()
 }
 
-async fn workspace(db: &TestStore, name: &str) -> String {
+async fn workspace(db: &TestStore, name: &str) -> WorkspaceId {
     let u = db
         .store
         .create_user(&format!("{name}-owner"), None, None)
@@ -751,7 +756,7 @@ async fn connections_lifecycle(db: &TestStore) {
     assert!(s.connection(&a.id).await.unwrap().is_none());
     assert!(!s.set_connection_secrets(&a.id, &fresh, None).await.unwrap());
     assert_eq!(s.list_connections(None).await.unwrap().len(), 1);
-    assert!(s.connection("nope").await.unwrap().is_none());
+    assert!(s.connection(&"nope".into()).await.unwrap().is_none());
 }
 
 async fn connection_needs_a_real_secret(db: &TestStore) {
@@ -770,10 +775,10 @@ async fn connection_needs_a_real_secret(db: &TestStore) {
     assert!(r.is_err(), "a connection without a secret was stored");
 }
 
-fn delivery(conn: &str, key: &str) -> NewDelivery {
+fn delivery(conn: &ConnectionId, key: &str) -> NewDelivery {
     NewDelivery {
-        id: new_id(),
-        connection_id: conn.to_string(),
+        id: endor::ids::DeliveryId::generate(),
+        connection_id: conn.clone(),
         delivery_key: key.to_string(),
         forge: ForgeKind::Github,
         event: "pull_request".into(),
@@ -826,7 +831,10 @@ async fn deliveries_are_deduplicated_per_connection(db: &TestStore) {
     assert_eq!(listed[0].outcome, "queued");
     // A batch that fails (unknown connection: foreign key) stores none of its deliveries.
     let r = s
-        .insert_deliveries(&[delivery(&a.id, "k3"), delivery("no-such-connection", "k4")])
+        .insert_deliveries(&[
+            delivery(&a.id, "k3"),
+            delivery(&"no-such-connection".into(), "k4"),
+        ])
         .await;
     assert!(r.is_err());
     assert_eq!(s.count_deliveries(None).await.unwrap(), 3);

@@ -81,7 +81,7 @@ async fn clones_pay_for_what_they_write_and_cpu_is_counted_once() {
     usage::sample(s, &sites, t1).await.unwrap();
     let month = usage::month_of(t1);
     let rows = s.site_usage(&month).await.unwrap();
-    let of = |id: &str| rows.iter().find(|u| u.site_id == id).cloned().unwrap();
+    let of = |id: &endor::ids::SiteId| rows.iter().find(|u| u.site_id == *id).cloned().unwrap();
     let (u_prod, u_pr) = (of(&prod.id), of(&pr.id));
     assert!(u_prod.last_bytes as u64 >= 16 * MIB, "{u_prod:?}");
     assert!((u_pr.last_bytes as u64) < MIB / 4, "{u_pr:?}");
@@ -149,7 +149,7 @@ async fn clones_pay_for_what_they_write_and_cpu_is_counted_once() {
     assert!(s.usage_procs().await.unwrap().is_empty());
 
     let rows = s.site_usage(&month).await.unwrap();
-    let of = |id: &str| rows.iter().find(|u| u.site_id == id).cloned().unwrap();
+    let of = |id: &endor::ids::SiteId| rows.iter().find(|u| u.site_id == *id).cloned().unwrap();
     let u_pr = of(&pr.id);
     assert!(
         u_pr.last_bytes as u64 >= 3 * MIB && (u_pr.last_bytes as u64) < 4 * MIB,

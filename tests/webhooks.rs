@@ -40,7 +40,7 @@ async fn connect(server: &TestServer, repo: &str) -> Conn {
         server.url(&format!("/webhooks/{}/{}", c.forge, c.connection_id))
     );
     Conn {
-        id: c.connection_id,
+        id: c.connection_id.to_string(),
         secret: c.secret,
     }
 }
@@ -415,7 +415,7 @@ async fn replay_every_fixture(server: &TestServer) {
         let jobs_before = all_jobs(server, &conn.id).await;
         let before = server
             .store()
-            .count_deliveries(Some(&conn.id))
+            .count_deliveries(Some(&conn.id.as_str().into()))
             .await
             .unwrap();
         let (status, reply) = post(
@@ -428,7 +428,7 @@ async fn replay_every_fixture(server: &TestServer) {
         .await;
         let after = server
             .store()
-            .count_deliveries(Some(&conn.id))
+            .count_deliveries(Some(&conn.id.as_str().into()))
             .await
             .unwrap();
         match expect {
@@ -441,7 +441,7 @@ async fn replay_every_fixture(server: &TestServer) {
                 );
                 let stored = &server
                     .store()
-                    .list_deliveries(Some(&conn.id), 1)
+                    .list_deliveries(Some(&conn.id.as_str().into()), 1)
                     .await
                     .unwrap()[0];
                 assert_eq!(stored.delivery_key, delivery);
@@ -464,7 +464,7 @@ async fn replay_every_fixture(server: &TestServer) {
                 assert!(!reply["reason"].as_str().unwrap().is_empty());
                 let stored = &server
                     .store()
-                    .list_deliveries(Some(&conn.id), 1)
+                    .list_deliveries(Some(&conn.id.as_str().into()), 1)
                     .await
                     .unwrap()[0];
                 assert_eq!(
@@ -495,7 +495,7 @@ async fn replay_every_fixture(server: &TestServer) {
             assert_eq!(
                 server
                     .store()
-                    .count_deliveries(Some(&conn.id))
+                    .count_deliveries(Some(&conn.id.as_str().into()))
                     .await
                     .unwrap(),
                 after
@@ -566,7 +566,7 @@ async fn gitea_vectors_verify_over_http() {
         endor::secret::WebhookSecret::from_stored("IsWishesWereHorsesWedAllBeEatingSteak!".into());
     server
         .store()
-        .set_connection_secrets(&c.id, &vector, None)
+        .set_connection_secrets(&c.id.as_str().into(), &vector, None)
         .await
         .unwrap();
     for (file, event, sig) in [
@@ -967,7 +967,7 @@ async fn form_encoded_github_delivery_is_accepted() {
     assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
     let stored = &server
         .store()
-        .list_deliveries(Some(&gh.id), 1)
+        .list_deliveries(Some(&gh.id.as_str().into()), 1)
         .await
         .unwrap()[0];
     assert_eq!(stored.payload, json, "the decoded JSON is what is stored");

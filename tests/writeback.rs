@@ -27,7 +27,7 @@ fn github(forge: &FakeForge) -> impl FnOnce(&mut Config) {
 }
 
 /// Wait until no write-back of the connection is pending or being sent.
-async fn settled(h: &Harness, conn: &str) {
+async fn settled(h: &Harness, conn: &endor::ids::ConnectionId) {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let items = h.store().outbox_items(conn).await.unwrap();

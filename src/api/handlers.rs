@@ -284,7 +284,7 @@ pub async fn connect(
 
 /// The connection the path names, when it belongs to the path's workspace.
 async fn own_connection(api: &Api, c: &Caller, id: &str) -> Result<(), ApiError> {
-    match api.store.connection(id).await? {
+    match api.store.connection(&id.into()).await? {
         Some(conn) if conn.workspace_id == c.workspace()?.id => Ok(()),
         _ => Err(ApiError::not_found(format!("connection {id}"))),
     }

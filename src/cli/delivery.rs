@@ -19,7 +19,8 @@ pub enum DeliveryCmd {
 pub async fn run(cmd: DeliveryCmd, json: bool, config: &Config) -> anyhow::Result<()> {
     let DeliveryCmd::List { connection, limit } = cmd;
     let store = open_store(config).await?;
-    let list = store.list_deliveries(connection.as_deref(), limit).await?;
+    let connection = connection.map(endor::ids::ConnectionId::from);
+    let list = store.list_deliveries(connection.as_ref(), limit).await?;
     emit(json, &list, |l| {
         l.iter()
             .map(|d| {

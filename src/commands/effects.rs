@@ -174,7 +174,7 @@ impl CommentRunner {
                     &conn.id,
                     &comment_key,
                     &text,
-                    &encode(&job.id, &outcome),
+                    &encode(job.id.as_str(), &outcome),
                     crate::now_ms(),
                 )
                 .await

@@ -27,7 +27,7 @@ pub use queue::{Heartbeat, Job, JobEnd, JobQueue, NewJob};
 
 /// The key of a pull request's jobs: `{connection id}#{number}`. Jobs of one key run one at a
 /// time, in order.
-pub fn pr_key(connection_id: &str, number: impl std::fmt::Display) -> String {
+pub fn pr_key(connection_id: impl std::fmt::Display, number: impl std::fmt::Display) -> String {
     format!("{connection_id}#{number}")
 }
 

@@ -10,7 +10,7 @@ use super::JobKind;
 /// A unit of background work.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Job {
-    pub id: String,
+    pub id: crate::ids::JobId,
     pub kind: JobKind,
     pub job_key: String,
     pub head_sha: Option<String>,
@@ -86,7 +86,7 @@ pub trait JobQueue: Send + Sync {
     /// Extend `worker`'s lease on a running job.
     async fn heartbeat_job(
         &self,
-        id: &str,
+        id: &crate::ids::JobId,
         worker: &str,
         now: i64,
         lease_until: i64,
@@ -94,12 +94,12 @@ pub trait JobQueue: Send + Sync {
     /// End a job `worker` holds; false if the lease was lost (nothing is written then).
     async fn finish_job(
         &self,
-        id: &str,
+        id: &crate::ids::JobId,
         worker: &str,
         end: &JobEnd,
         now: i64,
     ) -> Result<bool, Self::Error>;
-    async fn job(&self, id: &str) -> Result<Option<Job>, Self::Error>;
+    async fn job(&self, id: &crate::ids::JobId) -> Result<Option<Job>, Self::Error>;
     /// Oldest first.
     async fn jobs_for_key(&self, key: &str) -> Result<Vec<Job>, Self::Error>;
 

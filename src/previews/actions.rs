@@ -143,10 +143,10 @@ impl Lifecycle {
         let url = conn.git_url.as_deref()?;
         let r = conn.forge.pr_ref(number);
         self.git
-            .fetch(&conn.id, url, std::slice::from_ref(&r))
+            .fetch(conn.id.as_str(), url, std::slice::from_ref(&r))
             .await
             .ok()?;
-        self.git.resolve(&conn.id, &r).await.ok()
+        self.git.resolve(conn.id.as_str(), &r).await.ok()
     }
 
     /// Tear the PR's preview down (until the next push or deploy); false when there was none.

@@ -75,7 +75,7 @@ pub struct Lifecycle {
     pub(super) metrics: Arc<Metrics>,
     pub(super) logs: PathBuf,
     /// Site processes this endor process supervises, by preview id.
-    pub(super) procs: Mutex<HashMap<String, Supervised>>,
+    pub(super) procs: Mutex<HashMap<crate::ids::PreviewId, Supervised>>,
     /// Which forges endor may write back to.
     pub(super) forges: Arc<ForgeClients>,
     /// Wakes the outbox sender when a state change stored write-backs.
@@ -146,7 +146,7 @@ impl Lifecycle {
                             kind: JobKind::Resume,
                             job_key: crate::jobs::pr_key(&p.connection_id, p.number),
                             head_sha: p.ready_sha.clone(),
-                            payload: p.id.clone(),
+                            payload: p.id.to_string(),
                             max_attempts: self.config.jobs.max_attempts,
                             supersede: false,
                         },
@@ -217,7 +217,7 @@ impl Lifecycle {
         }
         let now = crate::now_ms();
         Ok(Preview {
-            id: crate::store::new_id(),
+            id: crate::ids::PreviewId::generate(),
             connection_id: conn.id.clone(),
             number: number as i64,
             site_name: site_name(&conn.repo, number),
@@ -269,7 +269,7 @@ impl Lifecycle {
         let (conn_id, number) = Self::key_parts(job)?;
         let conn = self
             .store
-            .connection(conn_id)
+            .connection(&conn_id.into())
             .await
             .map_err(transient)?
             .ok_or_else(|| JobError::Permanent("the repository connection was deleted".into()))?;
@@ -343,7 +343,7 @@ impl Lifecycle {
             .preview(&conn.id, number)
             .await
             .map_err(transient)?
-            .filter(|p| p.id == job.payload)
+            .filter(|p| p.id.as_str() == job.payload)
         else {
             return Ok(());
         };
@@ -653,19 +653,19 @@ impl Lifecycle {
         // still has the branch the PR comes from.
         let branch = match self
             .git
-            .fetch(&conn.id, url, std::slice::from_ref(&pr))
+            .fetch(conn.id.as_str(), url, std::slice::from_ref(&pr))
             .await
         {
             Ok(b) => b,
             Err(GitError::Failed { .. }) => self
                 .git
-                .fetch(&conn.id, url, &[])
+                .fetch(conn.id.as_str(), url, &[])
                 .await
                 .map_err(git_error)?,
             Err(e) => return Err(git_error(e)),
         };
         self.git
-            .resolve(&conn.id, &target.head_sha)
+            .resolve(conn.id.as_str(), &target.head_sha)
             .await
             .map_err(|_| {
                 JobError::Transient(format!(
@@ -675,12 +675,12 @@ impl Lifecycle {
             })?;
         let default_sha = self
             .git
-            .resolve(&conn.id, &branch)
+            .resolve(conn.id.as_str(), &branch)
             .await
             .map_err(git_error)?;
         let cfg = match self
             .git
-            .read_file(&conn.id, &default_sha, ".endor.toml")
+            .read_file(conn.id.as_str(), &default_sha, ".endor.toml")
             .await
             .map_err(git_error)?
         {
@@ -705,7 +705,7 @@ impl Lifecycle {
     ) -> Result<(Site, bool), JobError> {
         let name = &preview.site_name;
         if let Some(site) = self.store.site_by_name(name).await.map_err(transient)? {
-            if preview.site_id.as_deref() != Some(site.id.as_str()) {
+            if preview.site_id.as_ref() != Some(&site.id) {
                 return Err(JobError::Permanent(format!(
                     "a site named {name} already exists and does not belong to this preview"
                 )));
@@ -805,7 +805,7 @@ impl Lifecycle {
             std::fs::create_dir_all(parent).map_err(transient)?;
         }
         self.git
-            .checkout(&conn.id, &target.head_sha, code)
+            .checkout(conn.id.as_str(), &target.head_sha, code)
             .await
             .map_err(git_error)?;
         let env = self.site_env(site).await?;
@@ -904,7 +904,12 @@ impl Lifecycle {
     /// finish an unfinished teardown, or expire a preview that is still past its expiry.
     async fn handle_expire(&self, job: &Job) -> Result<(), JobError> {
         let (conn, number) = Self::key_parts(job)?;
-        let Some(mut p) = self.store.preview(conn, number).await.map_err(transient)? else {
+        let Some(mut p) = self
+            .store
+            .preview(&conn.into(), number)
+            .await
+            .map_err(transient)?
+        else {
             return Ok(());
         };
         match state::expiry_action(&p, crate::now_ms()) {
@@ -978,7 +983,7 @@ impl Lifecycle {
         self.save(preview).await?;
         crash_point("data");
         if let Some(id) = preview.site_id.clone() {
-            let logs = self.logs.join(&id);
+            let logs = self.logs.join(id.as_str());
             if logs.exists() {
                 std::fs::remove_dir_all(&logs).map_err(transient)?;
             }

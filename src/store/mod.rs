@@ -21,6 +21,7 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::forge::ForgeKind;
+pub use crate::ids::{ConnectionId, DeliveryId, JobId, PreviewId, SiteId, UserId, WorkspaceId};
 pub use crate::jobs::{Heartbeat, Job, JobEnd, JobKind, JobQueue, NewJob};
 use crate::secret::WebhookSecret;
 
@@ -53,7 +54,7 @@ pub enum Backend {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct User {
-    pub id: String,
+    pub id: UserId,
     pub login: String,
     pub name: Option<String>,
     pub email: Option<String>,
@@ -62,7 +63,7 @@ pub struct User {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Workspace {
-    pub id: String,
+    pub id: WorkspaceId,
     pub name: String,
     pub created_at: i64,
 }
@@ -70,8 +71,8 @@ pub struct Workspace {
 /// A repository connected to a workspace: where its webhooks arrive and how they are checked.
 #[derive(Debug, Clone)]
 pub struct Connection {
-    pub id: String,
-    pub workspace_id: String,
+    pub id: ConnectionId,
+    pub workspace_id: WorkspaceId,
     pub forge: ForgeKind,
     /// `owner/name` (GitLab: full namespace path).
     pub repo: String,
@@ -94,7 +95,7 @@ impl Connection {
 
 #[derive(Debug, Clone)]
 pub struct NewConnection {
-    pub workspace_id: String,
+    pub workspace_id: WorkspaceId,
     pub forge: ForgeKind,
     pub repo: String,
     pub api_url: Option<String>,
@@ -123,8 +124,8 @@ impl DeliveryOutcome {
 
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
-    pub id: String,
-    pub connection_id: String,
+    pub id: DeliveryId,
+    pub connection_id: ConnectionId,
     /// The forge's delivery id (or one we generated when the forge sent none); unique per
     /// connection, which is what makes redeliveries duplicates.
     pub delivery_key: String,
@@ -151,8 +152,8 @@ pub enum Inserted {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Delivery {
-    pub id: String,
-    pub connection_id: String,
+    pub id: DeliveryId,
+    pub connection_id: ConnectionId,
     pub delivery_key: String,
     pub forge: String,
     pub event: String,
@@ -177,11 +178,11 @@ crate::ids::stored_enum! {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Site {
-    pub id: String,
+    pub id: SiteId,
     pub name: String,
-    pub workspace_id: String,
+    pub workspace_id: WorkspaceId,
     pub region: String,
-    pub parent_id: Option<String>,
+    pub parent_id: Option<SiteId>,
     pub protected: bool,
     pub read_only: bool,
     pub state: SiteState,
@@ -192,16 +193,16 @@ pub struct Site {
 #[derive(Debug, Clone)]
 pub struct NewSite {
     pub name: String,
-    pub workspace_id: String,
+    pub workspace_id: WorkspaceId,
     pub region: String,
-    pub parent_id: Option<String>,
+    pub parent_id: Option<SiteId>,
     pub read_only: bool,
 }
 
 /// One resource a site owns, and how it was last made (the clone engine's report).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct SiteResource {
-    pub site_id: String,
+    pub site_id: SiteId,
     /// `files`, `sqlite`, `postgres`, `mariadb`.
     pub kind: String,
     pub name: String,
@@ -219,7 +220,7 @@ pub struct SiteResource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Generation {
     pub id: String,
-    pub site_id: String,
+    pub site_id: SiteId,
     pub seq: i64,
     pub created_at: i64,
 }
@@ -266,11 +267,11 @@ crate::ids::stored_enum! {
 /// A pull/merge request's preview: its lifecycle state (see `crate::previews`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Preview {
-    pub id: String,
-    pub connection_id: String,
+    pub id: PreviewId,
+    pub connection_id: ConnectionId,
     pub number: i64,
     pub site_name: String,
-    pub site_id: Option<String>,
+    pub site_id: Option<SiteId>,
     pub state: PreviewState,
     pub head_sha: Option<String>,
     pub ready_sha: Option<String>,
@@ -297,7 +298,7 @@ pub struct Preview {
 /// A site's HTTP access settings at the gateway (no row: robots header on, no basic auth).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct SiteAccess {
-    pub site_id: String,
+    pub site_id: SiteId,
     pub robots: i64,
     pub basic_user: Option<String>,
     /// bcrypt hash of the password: what the gateway checks.
@@ -311,9 +312,9 @@ pub struct SiteAccess {
 }
 
 impl SiteAccess {
-    pub fn default_for(site_id: &str) -> Self {
+    pub fn default_for(site_id: &SiteId) -> Self {
         Self {
-            site_id: site_id.into(),
+            site_id: site_id.clone(),
             robots: 1,
             basic_user: None,
             basic_hash: None,
@@ -328,8 +329,8 @@ impl SiteAccess {
 /// One timed launch step of one run (a job) of a preview.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct PreviewStep {
-    pub preview_id: String,
-    pub run_id: String,
+    pub preview_id: PreviewId,
+    pub run_id: JobId,
     pub step: String,
     pub seq: i64,
     pub started_at: i64,
@@ -356,7 +357,7 @@ crate::ids::stored_enum! {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct OutboxItem {
     pub id: String,
-    pub connection_id: String,
+    pub connection_id: ConnectionId,
     pub number: i64,
     pub kind: OutboxKind,
     pub coalesce_key: String,
@@ -374,7 +375,7 @@ pub struct OutboxItem {
 
 #[derive(Debug, Clone)]
 pub struct NewOutbox {
-    pub connection_id: String,
+    pub connection_id: ConnectionId,
     pub number: i64,
     pub kind: OutboxKind,
     /// Items of one key are sent in order, one at a time; a pending item not yet sent is
@@ -437,43 +438,57 @@ pub trait UserStore: Send + Sync {
     ) -> Result<User>;
     async fn user_by_login(&self, login: &str) -> Result<Option<User>>;
     /// Link a forge identity (`github:octocat`) to a user; one user per identity.
-    async fn link_identity(&self, user_id: &str, forge: ForgeKind, login: &str) -> Result<()>;
+    async fn link_identity(&self, user_id: &UserId, forge: ForgeKind, login: &str) -> Result<()>;
     async fn user_by_identity(&self, forge: ForgeKind, login: &str) -> Result<Option<User>>;
     /// A new API token of `user_id`, kept as its hash only.
-    async fn create_token(&self, user_id: &str, name: &str, token_hash: &str) -> Result<ApiToken>;
+    async fn create_token(
+        &self,
+        user_id: &UserId,
+        name: &str,
+        token_hash: &str,
+    ) -> Result<ApiToken>;
     /// The user a live (not revoked) token belongs to, and the token's id.
     async fn token_user(&self, token_hash: &str, now: i64) -> Result<Option<(User, String)>>;
-    async fn list_tokens(&self, user_id: &str) -> Result<Vec<ApiToken>>;
+    async fn list_tokens(&self, user_id: &UserId) -> Result<Vec<ApiToken>>;
     /// Revoke one of `user_id`'s tokens; false when there is no such live token.
-    async fn revoke_token(&self, user_id: &str, token_id: &str) -> Result<bool>;
+    async fn revoke_token(&self, user_id: &UserId, token_id: &str) -> Result<bool>;
 }
 
 /// Workspaces and their members' roles.
 #[async_trait]
 pub trait WorkspaceStore: Send + Sync {
     /// Create a workspace with `owner_id` as its first owner, atomically.
-    async fn create_workspace(&self, name: &str, owner_id: &str) -> Result<Workspace>;
+    async fn create_workspace(&self, name: &str, owner_id: &UserId) -> Result<Workspace>;
     async fn workspace_by_name(&self, name: &str) -> Result<Option<Workspace>>;
     async fn list_workspaces(&self) -> Result<Vec<Workspace>>;
-    async fn workspace_by_id(&self, id: &str) -> Result<Option<Workspace>>;
+    async fn workspace_by_id(&self, id: &WorkspaceId) -> Result<Option<Workspace>>;
     /// The workspaces `user_id` is a member of, with their roles there.
-    async fn user_workspaces(&self, user_id: &str) -> Result<Vec<(Workspace, Vec<String>)>>;
+    async fn user_workspaces(&self, user_id: &UserId) -> Result<Vec<(Workspace, Vec<String>)>>;
     /// The member's roles in a workspace (empty when not a member).
-    async fn member_roles(&self, workspace_id: &str, user_id: &str) -> Result<Vec<String>>;
+    async fn member_roles(
+        &self,
+        workspace_id: &WorkspaceId,
+        user_id: &UserId,
+    ) -> Result<Vec<String>>;
     /// Add a member with these roles (comma-joined); `Conflict` when already a member.
-    async fn add_member(&self, workspace_id: &str, user_id: &str, roles: &[String]) -> Result<()>;
+    async fn add_member(
+        &self,
+        workspace_id: &WorkspaceId,
+        user_id: &UserId,
+        roles: &[String],
+    ) -> Result<()>;
     /// Set a member's roles, or remove the member (`roles` empty). `LastOwner` when the
     /// workspace would be left without an owner; `NotFound` when not a member. Serialized per
     /// workspace (its row is locked first), so concurrent demotions cannot both pass.
     async fn change_member(
         &self,
-        workspace_id: &str,
-        user_id: &str,
+        workspace_id: &WorkspaceId,
+        user_id: &UserId,
         roles: &[String],
     ) -> Result<()>;
     /// Members of a workspace: (login, roles), by login.
-    async fn list_members(&self, workspace_id: &str) -> Result<Vec<(String, Vec<String>)>>;
-    async fn rename_workspace(&self, workspace_id: &str, name: &str) -> Result<()>;
+    async fn list_members(&self, workspace_id: &WorkspaceId) -> Result<Vec<(String, Vec<String>)>>;
+    async fn rename_workspace(&self, workspace_id: &WorkspaceId, name: &str) -> Result<()>;
 }
 
 /// Repository connections and their webhook secrets.
@@ -481,17 +496,18 @@ pub trait WorkspaceStore: Send + Sync {
 pub trait ConnectionStore: Send + Sync {
     async fn create_connection(&self, c: &NewConnection) -> Result<Connection>;
     /// A live (not deleted) connection.
-    async fn connection(&self, id: &str) -> Result<Option<Connection>>;
-    async fn list_connections(&self, workspace_id: Option<&str>) -> Result<Vec<Connection>>;
+    async fn connection(&self, id: &ConnectionId) -> Result<Option<Connection>>;
+    async fn list_connections(&self, workspace_id: Option<&WorkspaceId>)
+    -> Result<Vec<Connection>>;
     /// Replace the accepted secrets of a live connection; false if there is none.
     async fn set_connection_secrets(
         &self,
-        id: &str,
+        id: &ConnectionId,
         secret: &WebhookSecret,
         previous: Option<&WebhookSecret>,
     ) -> Result<bool>;
     /// Soft-delete: the connection stops accepting deliveries; its history stays.
-    async fn delete_connection(&self, id: &str) -> Result<bool>;
+    async fn delete_connection(&self, id: &ConnectionId) -> Result<bool>;
 }
 
 /// Webhook deliveries (and the jobs they queue, in the same transaction).
@@ -500,11 +516,11 @@ pub trait DeliveryStore: Send + Sync {
     /// Store a batch of deliveries in one transaction (group commit). Each result says whether
     /// the delivery was new or a redelivery of one already stored.
     async fn insert_deliveries(&self, batch: &[NewDelivery]) -> Result<Vec<Inserted>>;
-    async fn count_deliveries(&self, connection_id: Option<&str>) -> Result<i64>;
+    async fn count_deliveries(&self, connection_id: Option<&ConnectionId>) -> Result<i64>;
     /// Newest first.
     async fn list_deliveries(
         &self,
-        connection_id: Option<&str>,
+        connection_id: Option<&ConnectionId>,
         limit: i64,
     ) -> Result<Vec<Delivery>>;
 }
@@ -514,32 +530,32 @@ pub trait DeliveryStore: Send + Sync {
 pub trait SiteStore: Send + Sync {
     /// A new site in state `creating`; the name must be free among sites not deleted.
     async fn create_site(&self, s: &NewSite) -> Result<Site>;
-    async fn set_site_state(&self, id: &str, state: SiteState) -> Result<()>;
-    async fn set_site_protected(&self, id: &str, protected: bool) -> Result<()>;
+    async fn set_site_state(&self, id: &SiteId, state: SiteState) -> Result<()>;
+    async fn set_site_protected(&self, id: &SiteId, protected: bool) -> Result<()>;
     /// The site of that name that is not deleted.
     async fn site_by_name(&self, name: &str) -> Result<Option<Site>>;
-    async fn site(&self, id: &str) -> Result<Option<Site>>;
+    async fn site(&self, id: &SiteId) -> Result<Option<Site>>;
     /// Sites not deleted, by name.
     async fn list_sites(&self) -> Result<Vec<Site>>;
     /// Insert or replace one resource record.
     async fn put_resource(&self, r: &SiteResource) -> Result<()>;
-    async fn site_resources(&self, site_id: &str) -> Result<Vec<SiteResource>>;
-    async fn delete_resources(&self, site_id: &str) -> Result<()>;
+    async fn site_resources(&self, site_id: &SiteId) -> Result<Vec<SiteResource>>;
+    async fn delete_resources(&self, site_id: &SiteId) -> Result<()>;
     /// Record a new generation with the next sequence number.
-    async fn add_generation(&self, site_id: &str) -> Result<Generation>;
+    async fn add_generation(&self, site_id: &SiteId) -> Result<Generation>;
     /// Oldest first.
-    async fn generations(&self, site_id: &str) -> Result<Vec<Generation>>;
+    async fn generations(&self, site_id: &SiteId) -> Result<Vec<Generation>>;
     async fn delete_generation(&self, id: &str) -> Result<()>;
     /// A site's tags, sorted.
-    async fn site_tags(&self, site_id: &str) -> Result<Vec<String>>;
+    async fn site_tags(&self, site_id: &SiteId) -> Result<Vec<String>>;
     /// False when the site had the tag already.
-    async fn add_site_tag(&self, site_id: &str, tag: &str) -> Result<bool>;
+    async fn add_site_tag(&self, site_id: &SiteId, tag: &str) -> Result<bool>;
     /// False when the site did not have the tag.
-    async fn remove_site_tag(&self, site_id: &str, tag: &str) -> Result<bool>;
+    async fn remove_site_tag(&self, site_id: &SiteId, tag: &str) -> Result<bool>;
     /// A workspace's sites (deleted ones included) alive at some time in `[from, to)`.
     async fn workspace_sites_between(
         &self,
-        workspace_id: &str,
+        workspace_id: &WorkspaceId,
         from: i64,
         to: i64,
     ) -> Result<Vec<Site>>;
@@ -548,7 +564,7 @@ pub trait SiteStore: Send + Sync {
 /// A site's access settings at the gateway.
 #[async_trait]
 pub trait AccessStore: Send + Sync {
-    async fn site_access(&self, site_id: &str) -> Result<Option<SiteAccess>>;
+    async fn site_access(&self, site_id: &SiteId) -> Result<Option<SiteAccess>>;
     /// The access settings of the live site of that name (what the gateway checks).
     async fn site_access_by_name(&self, site_name: &str) -> Result<Option<SiteAccess>>;
     async fn put_site_access(&self, a: &SiteAccess) -> Result<()>;
@@ -579,14 +595,14 @@ pub trait PreviewStore: Send + Sync {
         rows: &[NewOutbox],
         now: i64,
     ) -> Result<()>;
-    async fn preview(&self, connection_id: &str, number: i64) -> Result<Option<Preview>>;
+    async fn preview(&self, connection_id: &ConnectionId, number: i64) -> Result<Option<Preview>>;
     /// The newest preview that uses this site name.
     async fn preview_by_site_name(&self, site_name: &str) -> Result<Option<Preview>>;
     async fn list_previews(&self) -> Result<Vec<Preview>>;
     /// Insert or replace one step of a run.
     async fn put_step(&self, s: &PreviewStep) -> Result<()>;
     /// The steps of the preview's newest run, in order.
-    async fn last_run_steps(&self, preview_id: &str) -> Result<Vec<PreviewStep>>;
+    async fn last_run_steps(&self, preview_id: &PreviewId) -> Result<Vec<PreviewStep>>;
 }
 
 /// The durable outbox of write-backs, and the ids forges gave back.
@@ -612,17 +628,17 @@ pub trait OutboxStore: Send + Sync {
         now: i64,
     ) -> Result<bool>;
     /// Oldest first.
-    async fn outbox_items(&self, connection_id: &str) -> Result<Vec<OutboxItem>>;
+    async fn outbox_items(&self, connection_id: &ConnectionId) -> Result<Vec<OutboxItem>>;
     /// An id the forge gave back (the status comment, the deployment) for a PR.
     async fn forge_ref(
         &self,
-        connection_id: &str,
+        connection_id: &ConnectionId,
         number: i64,
         kind: &str,
     ) -> Result<Option<String>>;
     async fn put_forge_ref(
         &self,
-        connection_id: &str,
+        connection_id: &ConnectionId,
         number: i64,
         kind: &str,
         ref_id: &str,
@@ -635,13 +651,13 @@ pub trait CommandStore: Send + Sync {
     /// The commands of a comment that already ran, with their recorded outcomes.
     async fn comment_commands(
         &self,
-        connection_id: &str,
+        connection_id: &ConnectionId,
         comment_id: &str,
     ) -> Result<Vec<(String, String)>>;
     /// Record that a command of a comment ran (a second record of it is ignored).
     async fn record_comment_command(
         &self,
-        connection_id: &str,
+        connection_id: &ConnectionId,
         comment_id: &str,
         command: &str,
         outcome: &str,
@@ -664,10 +680,10 @@ pub trait AuditStore: Send + Sync {
         &self,
         caller: &str,
         action: &str,
-        site_id: Option<&str>,
+        site_id: Option<&SiteId>,
         detail: &str,
     ) -> Result<()>;
-    async fn audit_events(&self, site_id: Option<&str>) -> Result<Vec<AuditEvent>>;
+    async fn audit_events(&self, site_id: Option<&SiteId>) -> Result<Vec<AuditEvent>>;
 }
 
 /// Usage samples and the CPU readings of site processes.
@@ -677,7 +693,7 @@ pub trait UsageStore: Send + Sync {
     async fn add_site_usage(&self, u: &SiteUsage) -> Result<()>;
     async fn site_usage(&self, month: &str) -> Result<Vec<SiteUsage>>;
     /// The newest storage sample of a site: (bytes, when).
-    async fn last_storage_sample(&self, site_id: &str) -> Result<Option<(i64, i64)>>;
+    async fn last_storage_sample(&self, site_id: &SiteId) -> Result<Option<(i64, i64)>>;
     async fn usage_procs(&self) -> Result<Vec<UsageProc>>;
     async fn put_usage_proc(&self, p: &UsageProc) -> Result<()>;
     async fn delete_usage_proc(&self, pid: i64, start_ticks: i64) -> Result<()>;
@@ -687,7 +703,7 @@ pub trait UsageStore: Send + Sync {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct ApiToken {
     pub id: String,
-    pub user_id: String,
+    pub user_id: UserId,
     pub name: String,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
@@ -701,14 +717,14 @@ pub struct AuditEvent {
     pub at: i64,
     pub caller: String,
     pub action: String,
-    pub site_id: Option<String>,
+    pub site_id: Option<SiteId>,
     pub detail: String,
 }
 
 /// A site's usage in one month (UTC `YYYY-MM`), or a sample's increment of it.
 #[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct SiteUsage {
-    pub site_id: String,
+    pub site_id: SiteId,
     pub month: String,
     pub cpu_ms: i64,
     pub gib_hours: f64,
@@ -719,7 +735,7 @@ pub struct SiteUsage {
 /// The last CPU reading of one site process.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct UsageProc {
-    pub site_id: String,
+    pub site_id: SiteId,
     pub pid: i64,
     pub start_ticks: i64,
     pub cpu_ms: i64,

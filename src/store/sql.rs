@@ -8,8 +8,8 @@ use crate::secret::WebhookSecret;
 
 #[derive(sqlx::FromRow)]
 pub(super) struct ConnectionRow {
-    pub id: String,
-    pub workspace_id: String,
+    pub id: crate::ids::ConnectionId,
+    pub workspace_id: crate::ids::WorkspaceId,
     pub forge: String,
     pub repo: String,
     pub api_url: Option<String>,
@@ -50,11 +50,11 @@ pub(super) fn map_unique(what: &str) -> impl FnOnce(sqlx::Error) -> StoreError +
 
 #[derive(sqlx::FromRow)]
 pub(super) struct SiteRow {
-    pub id: String,
+    pub id: crate::ids::SiteId,
     pub name: String,
-    pub workspace_id: String,
+    pub workspace_id: crate::ids::WorkspaceId,
     pub region: String,
-    pub parent_id: Option<String>,
+    pub parent_id: Option<crate::ids::SiteId>,
     pub protected: i64,
     pub read_only: i64,
     pub state: String,
@@ -264,7 +264,7 @@ macro_rules! impl_store {
 
             async fn link_identity(
                 &self,
-                user_id: &str,
+                user_id: &$crate::ids::UserId,
                 forge: $crate::forge::ForgeKind,
                 login: &str,
             ) -> $crate::store::Result<()> {
@@ -293,7 +293,7 @@ macro_rules! impl_store {
                 .await?)
             }
 
-            async fn create_token(&self, user_id: &str, name: &str, token_hash: &str) -> $crate::store::Result<$crate::store::ApiToken> {
+            async fn create_token(&self, user_id: &$crate::ids::UserId, name: &str, token_hash: &str) -> $crate::store::Result<$crate::store::ApiToken> {
                 Ok(sqlx::query_as(
                     "INSERT INTO api_tokens (id, user_id, name, token_hash, created_at) VALUES ($1, $2, $3, $4, $5) \
                      RETURNING id, user_id, name, created_at, last_used_at, revoked_at",
@@ -308,7 +308,7 @@ macro_rules! impl_store {
             }
 
             async fn token_user(&self, token_hash: &str, now: i64) -> $crate::store::Result<Option<($crate::store::User, String)>> {
-                let row: Option<(String, String, Option<String>, Option<String>, i64, String)> = sqlx::query_as(
+                let row: Option<($crate::ids::UserId, String, Option<String>, Option<String>, i64, String)> = sqlx::query_as(
                     "SELECT u.id, u.login, u.name, u.email, u.created_at, t.id FROM api_tokens t \
                      JOIN users u ON u.id = t.user_id WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
                 )
@@ -328,7 +328,7 @@ macro_rules! impl_store {
                 Ok(Some(($crate::store::User { id, login, name, email, created_at }, token_id)))
             }
 
-            async fn list_tokens(&self, user_id: &str) -> $crate::store::Result<Vec<$crate::store::ApiToken>> {
+            async fn list_tokens(&self, user_id: &$crate::ids::UserId) -> $crate::store::Result<Vec<$crate::store::ApiToken>> {
                 Ok(sqlx::query_as(
                     "SELECT id, user_id, name, created_at, last_used_at, revoked_at FROM api_tokens WHERE user_id = $1 ORDER BY created_at, id",
                 )
@@ -337,7 +337,7 @@ macro_rules! impl_store {
                 .await?)
             }
 
-            async fn revoke_token(&self, user_id: &str, token_id: &str) -> $crate::store::Result<bool> {
+            async fn revoke_token(&self, user_id: &$crate::ids::UserId, token_id: &str) -> $crate::store::Result<bool> {
                 let r = sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND user_id = $3 AND revoked_at IS NULL")
                     .bind($crate::now_ms())
                     .bind(token_id)
@@ -353,7 +353,7 @@ macro_rules! impl_store {
             async fn create_workspace(
                 &self,
                 name: &str,
-                owner_id: &str,
+                owner_id: &$crate::ids::UserId,
             ) -> $crate::store::Result<$crate::store::Workspace> {
                 let mut tx = self.pool.begin().await?;
                 let ws: $crate::store::Workspace = sqlx::query_as(
@@ -381,15 +381,15 @@ macro_rules! impl_store {
                     .await?)
             }
 
-            async fn workspace_by_id(&self, id: &str) -> $crate::store::Result<Option<$crate::store::Workspace>> {
+            async fn workspace_by_id(&self, id: &$crate::ids::WorkspaceId) -> $crate::store::Result<Option<$crate::store::Workspace>> {
                 Ok(sqlx::query_as("SELECT id, name, created_at FROM workspaces WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await?)
             }
 
-            async fn user_workspaces(&self, user_id: &str) -> $crate::store::Result<Vec<($crate::store::Workspace, Vec<String>)>> {
-                let rows: Vec<(String, String, i64, String)> = sqlx::query_as(
+            async fn user_workspaces(&self, user_id: &$crate::ids::UserId) -> $crate::store::Result<Vec<($crate::store::Workspace, Vec<String>)>> {
+                let rows: Vec<($crate::ids::WorkspaceId, String, i64, String)> = sqlx::query_as(
                     "SELECT w.id, w.name, w.created_at, m.roles FROM members m JOIN workspaces w ON w.id = m.workspace_id \
                      WHERE m.user_id = $1 ORDER BY w.name",
                 )
@@ -411,7 +411,7 @@ macro_rules! impl_store {
                     .await?)
             }
 
-            async fn add_member(&self, workspace_id: &str, user_id: &str, roles: &[String]) -> $crate::store::Result<()> {
+            async fn add_member(&self, workspace_id: &$crate::ids::WorkspaceId, user_id: &$crate::ids::UserId, roles: &[String]) -> $crate::store::Result<()> {
                 sqlx::query("INSERT INTO members (workspace_id, user_id, roles) VALUES ($1, $2, $3)")
                     .bind(workspace_id)
                     .bind(user_id)
@@ -422,7 +422,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn change_member(&self, workspace_id: &str, user_id: &str, roles: &[String]) -> $crate::store::Result<()> {
+            async fn change_member(&self, workspace_id: &$crate::ids::WorkspaceId, user_id: &$crate::ids::UserId, roles: &[String]) -> $crate::store::Result<()> {
                 let mut tx = self.pool.begin().await?;
                 // The workspace row is locked first: changes to one workspace's members run one
                 // after the other (PostgreSQL row lock; SQLite's single writer).
@@ -471,7 +471,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn list_members(&self, workspace_id: &str) -> $crate::store::Result<Vec<(String, Vec<String>)>> {
+            async fn list_members(&self, workspace_id: &$crate::ids::WorkspaceId) -> $crate::store::Result<Vec<(String, Vec<String>)>> {
                 let rows: Vec<(String, String)> = sqlx::query_as(
                     "SELECT u.login, m.roles FROM members m JOIN users u ON u.id = m.user_id WHERE m.workspace_id = $1 ORDER BY u.login",
                 )
@@ -484,7 +484,7 @@ macro_rules! impl_store {
                     .collect())
             }
 
-            async fn rename_workspace(&self, workspace_id: &str, name: &str) -> $crate::store::Result<()> {
+            async fn rename_workspace(&self, workspace_id: &$crate::ids::WorkspaceId, name: &str) -> $crate::store::Result<()> {
                 let r = sqlx::query("UPDATE workspaces SET name = $2 WHERE id = $1")
                     .bind(workspace_id)
                     .bind(name)
@@ -497,7 +497,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn member_roles(&self, workspace_id: &str, user_id: &str) -> $crate::store::Result<Vec<String>> {
+            async fn member_roles(&self, workspace_id: &$crate::ids::WorkspaceId, user_id: &$crate::ids::UserId) -> $crate::store::Result<Vec<String>> {
                 let row: Option<(String,)> =
                     sqlx::query_as("SELECT roles FROM members WHERE workspace_id = $1 AND user_id = $2")
                         .bind(workspace_id)
@@ -535,7 +535,7 @@ macro_rules! impl_store {
                 row.try_into()
             }
 
-            async fn connection(&self, id: &str) -> $crate::store::Result<Option<$crate::store::Connection>> {
+            async fn connection(&self, id: &$crate::ids::ConnectionId) -> $crate::store::Result<Option<$crate::store::Connection>> {
                 let row: Option<$crate::store::sql::ConnectionRow> = sqlx::query_as(concat!(
                     "SELECT ",
                     $crate::store::sql::connection_columns!(),
@@ -549,7 +549,7 @@ macro_rules! impl_store {
 
             async fn list_connections(
                 &self,
-                workspace_id: Option<&str>,
+                workspace_id: Option<&$crate::ids::WorkspaceId>,
             ) -> $crate::store::Result<Vec<$crate::store::Connection>> {
                 let rows: Vec<$crate::store::sql::ConnectionRow> = sqlx::query_as(concat!(
                     "SELECT ",
@@ -565,7 +565,7 @@ macro_rules! impl_store {
 
             async fn set_connection_secrets(
                 &self,
-                id: &str,
+                id: &$crate::ids::ConnectionId,
                 secret: &$crate::secret::WebhookSecret,
                 previous: Option<&$crate::secret::WebhookSecret>,
             ) -> $crate::store::Result<bool> {
@@ -582,7 +582,7 @@ macro_rules! impl_store {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn delete_connection(&self, id: &str) -> $crate::store::Result<bool> {
+            async fn delete_connection(&self, id: &$crate::ids::ConnectionId) -> $crate::store::Result<bool> {
                 let done = sqlx::query("UPDATE connections SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
                     .bind($crate::now_ms())
                     .bind(id)
@@ -660,7 +660,7 @@ macro_rules! impl_store {
                 Ok(out)
             }
 
-            async fn count_deliveries(&self, connection_id: Option<&str>) -> $crate::store::Result<i64> {
+            async fn count_deliveries(&self, connection_id: Option<&$crate::ids::ConnectionId>) -> $crate::store::Result<i64> {
                 let (n,): (i64,) =
                     sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE ($1 IS NULL OR connection_id = $1)")
                         .bind(connection_id)
@@ -671,7 +671,7 @@ macro_rules! impl_store {
 
             async fn list_deliveries(
                 &self,
-                connection_id: Option<&str>,
+                connection_id: Option<&$crate::ids::ConnectionId>,
                 limit: i64,
             ) -> $crate::store::Result<Vec<$crate::store::Delivery>> {
                 Ok(sqlx::query_as(
@@ -707,7 +707,7 @@ macro_rules! impl_store {
                 row.try_into()
             }
 
-            async fn set_site_state(&self, id: &str, state: $crate::store::SiteState) -> $crate::store::Result<()> {
+            async fn set_site_state(&self, id: &$crate::ids::SiteId, state: $crate::store::SiteState) -> $crate::store::Result<()> {
                 let deleted_at = (state == $crate::store::SiteState::Deleted).then($crate::now_ms);
                 sqlx::query("UPDATE sites SET state = $1, deleted_at = COALESCE($2, deleted_at) WHERE id = $3")
                     .bind(state.as_str())
@@ -718,7 +718,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn set_site_protected(&self, id: &str, protected: bool) -> $crate::store::Result<()> {
+            async fn set_site_protected(&self, id: &$crate::ids::SiteId, protected: bool) -> $crate::store::Result<()> {
                 sqlx::query("UPDATE sites SET protected = $1 WHERE id = $2")
                     .bind(protected as i64)
                     .bind(id)
@@ -739,7 +739,7 @@ macro_rules! impl_store {
                 row.map(TryInto::try_into).transpose()
             }
 
-            async fn site(&self, id: &str) -> $crate::store::Result<Option<$crate::store::Site>> {
+            async fn site(&self, id: &$crate::ids::SiteId) -> $crate::store::Result<Option<$crate::store::Site>> {
                 let row: Option<$crate::store::sql::SiteRow> = sqlx::query_as(concat!(
                     "SELECT ",
                     $crate::store::sql::site_columns!(),
@@ -786,7 +786,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn site_resources(&self, site_id: &str) -> $crate::store::Result<Vec<$crate::store::SiteResource>> {
+            async fn site_resources(&self, site_id: &$crate::ids::SiteId) -> $crate::store::Result<Vec<$crate::store::SiteResource>> {
                 Ok(sqlx::query_as(concat!(
                     "SELECT ",
                     $crate::store::sql::resource_columns!(),
@@ -797,7 +797,7 @@ macro_rules! impl_store {
                 .await?)
             }
 
-            async fn delete_resources(&self, site_id: &str) -> $crate::store::Result<()> {
+            async fn delete_resources(&self, site_id: &$crate::ids::SiteId) -> $crate::store::Result<()> {
                 sqlx::query("DELETE FROM site_resources WHERE site_id = $1")
                     .bind(site_id)
                     .execute(&self.pool)
@@ -805,7 +805,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn add_generation(&self, site_id: &str) -> $crate::store::Result<$crate::store::Generation> {
+            async fn add_generation(&self, site_id: &$crate::ids::SiteId) -> $crate::store::Result<$crate::store::Generation> {
                 Ok(sqlx::query_as(
                     "INSERT INTO generations (id, site_id, seq, created_at) \
                      SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3 FROM generations WHERE site_id = $2 \
@@ -819,7 +819,7 @@ macro_rules! impl_store {
                 .map_err($crate::store::sql::map_unique("generation"))?)
             }
 
-            async fn generations(&self, site_id: &str) -> $crate::store::Result<Vec<$crate::store::Generation>> {
+            async fn generations(&self, site_id: &$crate::ids::SiteId) -> $crate::store::Result<Vec<$crate::store::Generation>> {
                 Ok(sqlx::query_as(
                     "SELECT id, site_id, seq, created_at FROM generations WHERE site_id = $1 ORDER BY seq",
                 )
@@ -828,7 +828,7 @@ macro_rules! impl_store {
                 .await?)
             }
 
-            async fn site_tags(&self, site_id: &str) -> $crate::store::Result<Vec<String>> {
+            async fn site_tags(&self, site_id: &$crate::ids::SiteId) -> $crate::store::Result<Vec<String>> {
                 let rows: Vec<(String,)> = sqlx::query_as("SELECT tag FROM site_tags WHERE site_id = $1 ORDER BY tag")
                     .bind(site_id)
                     .fetch_all(&self.pool)
@@ -836,7 +836,7 @@ macro_rules! impl_store {
                 Ok(rows.into_iter().map(|r| r.0).collect())
             }
 
-            async fn add_site_tag(&self, site_id: &str, tag: &str) -> $crate::store::Result<bool> {
+            async fn add_site_tag(&self, site_id: &$crate::ids::SiteId, tag: &str) -> $crate::store::Result<bool> {
                 let r = sqlx::query("INSERT INTO site_tags (site_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                     .bind(site_id)
                     .bind(tag)
@@ -845,7 +845,7 @@ macro_rules! impl_store {
                 Ok(r.rows_affected() == 1)
             }
 
-            async fn remove_site_tag(&self, site_id: &str, tag: &str) -> $crate::store::Result<bool> {
+            async fn remove_site_tag(&self, site_id: &$crate::ids::SiteId, tag: &str) -> $crate::store::Result<bool> {
                 let r = sqlx::query("DELETE FROM site_tags WHERE site_id = $1 AND tag = $2")
                     .bind(site_id)
                     .bind(tag)
@@ -859,7 +859,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn workspace_sites_between(&self, workspace_id: &str, from: i64, to: i64) -> $crate::store::Result<Vec<$crate::store::Site>> {
+            async fn workspace_sites_between(&self, workspace_id: &$crate::ids::WorkspaceId, from: i64, to: i64) -> $crate::store::Result<Vec<$crate::store::Site>> {
                 let rows: Vec<$crate::store::sql::SiteRow> = sqlx::query_as(concat!(
                     "SELECT ",
                     $crate::store::sql::site_columns!(),
@@ -876,7 +876,7 @@ macro_rules! impl_store {
 
         #[async_trait::async_trait]
         impl $crate::store::AccessStore for $store {
-            async fn site_access(&self, site_id: &str) -> $crate::store::Result<Option<$crate::store::SiteAccess>> {
+            async fn site_access(&self, site_id: &$crate::ids::SiteId) -> $crate::store::Result<Option<$crate::store::SiteAccess>> {
                 Ok(sqlx::query_as(
                     "SELECT site_id, robots, basic_user, basic_hash, basic_sealed, updated_at, allow_cidrs, deny_cidrs FROM site_access WHERE site_id = $1",
                 )
@@ -1001,7 +1001,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn preview(&self, connection_id: &str, number: i64) -> $crate::store::Result<Option<$crate::store::Preview>> {
+            async fn preview(&self, connection_id: &$crate::ids::ConnectionId, number: i64) -> $crate::store::Result<Option<$crate::store::Preview>> {
                 Ok(sqlx::query_as(concat!("SELECT ", $crate::store::sql::preview_cols!(), " FROM previews WHERE connection_id = $1 AND number = $2"))
                     .bind(connection_id)
                     .bind(number)
@@ -1042,7 +1042,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn last_run_steps(&self, preview_id: &str) -> $crate::store::Result<Vec<$crate::store::PreviewStep>> {
+            async fn last_run_steps(&self, preview_id: &$crate::ids::PreviewId) -> $crate::store::Result<Vec<$crate::store::PreviewStep>> {
                 Ok(sqlx::query_as(
                     "SELECT preview_id, run_id, step, seq, started_at, ended_at, ok, detail FROM preview_steps \
                      WHERE preview_id = $1 AND run_id = (SELECT run_id FROM preview_steps WHERE preview_id = $1 \
@@ -1109,7 +1109,7 @@ macro_rules! impl_store {
                 Ok(r.rows_affected() == 1)
             }
 
-            async fn outbox_items(&self, connection_id: &str) -> $crate::store::Result<Vec<$crate::store::OutboxItem>> {
+            async fn outbox_items(&self, connection_id: &$crate::ids::ConnectionId) -> $crate::store::Result<Vec<$crate::store::OutboxItem>> {
                 Ok(sqlx::query_as(
                     "SELECT id, connection_id, number, kind, coalesce_key, payload, state, attempts, run_after, lease_owner, \
                      lease_until, last_error, created_at, updated_at FROM outbox WHERE connection_id = $1 ORDER BY created_at, id",
@@ -1119,7 +1119,7 @@ macro_rules! impl_store {
                 .await?)
             }
 
-            async fn forge_ref(&self, connection_id: &str, number: i64, kind: &str) -> $crate::store::Result<Option<String>> {
+            async fn forge_ref(&self, connection_id: &$crate::ids::ConnectionId, number: i64, kind: &str) -> $crate::store::Result<Option<String>> {
                 let row: Option<(String,)> = sqlx::query_as(
                     "SELECT ref_id FROM forge_refs WHERE connection_id = $1 AND number = $2 AND kind = $3",
                 )
@@ -1131,7 +1131,7 @@ macro_rules! impl_store {
                 Ok(row.map(|r| r.0))
             }
 
-            async fn put_forge_ref(&self, connection_id: &str, number: i64, kind: &str, ref_id: &str) -> $crate::store::Result<()> {
+            async fn put_forge_ref(&self, connection_id: &$crate::ids::ConnectionId, number: i64, kind: &str, ref_id: &str) -> $crate::store::Result<()> {
                 sqlx::query(
                     "INSERT INTO forge_refs (connection_id, number, kind, ref_id) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (connection_id, number, kind) DO UPDATE SET ref_id = excluded.ref_id",
@@ -1148,7 +1148,7 @@ macro_rules! impl_store {
 
         #[async_trait::async_trait]
         impl $crate::store::CommandStore for $store {
-            async fn comment_commands(&self, connection_id: &str, comment_id: &str) -> $crate::store::Result<Vec<(String, String)>> {
+            async fn comment_commands(&self, connection_id: &$crate::ids::ConnectionId, comment_id: &str) -> $crate::store::Result<Vec<(String, String)>> {
                 Ok(sqlx::query_as(
                     "SELECT command, outcome FROM comment_commands WHERE connection_id = $1 AND comment_id = $2 ORDER BY created_at, command",
                 )
@@ -1158,7 +1158,7 @@ macro_rules! impl_store {
                 .await?)
             }
 
-            async fn record_comment_command(&self, connection_id: &str, comment_id: &str, command: &str, outcome: &str, now: i64) -> $crate::store::Result<()> {
+            async fn record_comment_command(&self, connection_id: &$crate::ids::ConnectionId, comment_id: &str, command: &str, outcome: &str, now: i64) -> $crate::store::Result<()> {
                 sqlx::query(
                     "INSERT INTO comment_commands (connection_id, comment_id, command, outcome, created_at) \
                      VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -1203,7 +1203,7 @@ macro_rules! impl_store {
 
         #[async_trait::async_trait]
         impl $crate::store::AuditStore for $store {
-            async fn record_audit(&self, caller: &str, action: &str, site_id: Option<&str>, detail: &str) -> $crate::store::Result<()> {
+            async fn record_audit(&self, caller: &str, action: &str, site_id: Option<&$crate::ids::SiteId>, detail: &str) -> $crate::store::Result<()> {
                 sqlx::query("INSERT INTO audit_events (id, at, caller, action, site_id, detail) VALUES ($1, $2, $3, $4, $5, $6)")
                     .bind($crate::store::new_id())
                     .bind($crate::now_ms())
@@ -1216,7 +1216,7 @@ macro_rules! impl_store {
                 Ok(())
             }
 
-            async fn audit_events(&self, site_id: Option<&str>) -> $crate::store::Result<Vec<$crate::store::AuditEvent>> {
+            async fn audit_events(&self, site_id: Option<&$crate::ids::SiteId>) -> $crate::store::Result<Vec<$crate::store::AuditEvent>> {
                 Ok(sqlx::query_as(
                     "SELECT id, at, caller, action, site_id, detail FROM audit_events \
                      WHERE $1 IS NULL OR site_id = $1 ORDER BY at, id",
@@ -1257,7 +1257,7 @@ macro_rules! impl_store {
                 .await?)
             }
 
-            async fn last_storage_sample(&self, site_id: &str) -> $crate::store::Result<Option<(i64, i64)>> {
+            async fn last_storage_sample(&self, site_id: &$crate::ids::SiteId) -> $crate::store::Result<Option<(i64, i64)>> {
                 Ok(sqlx::query_as(
                     "SELECT last_bytes, sampled_at FROM site_usage WHERE site_id = $1 AND sampled_at > 0 ORDER BY sampled_at DESC LIMIT 1",
                 )
@@ -1340,7 +1340,7 @@ macro_rules! impl_store {
                 }
             }
 
-            async fn heartbeat_job(&self, id: &str, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<$crate::store::Heartbeat> {
+            async fn heartbeat_job(&self, id: &$crate::ids::JobId, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<$crate::store::Heartbeat> {
                 let row: Option<(i64,)> = sqlx::query_as(
                     "UPDATE jobs SET lease_until = $1, updated_at = $2 \
                      WHERE id = $3 AND lease_owner = $4 AND state = 'running' RETURNING cancel_requested",
@@ -1357,7 +1357,7 @@ macro_rules! impl_store {
                 })
             }
 
-            async fn finish_job(&self, id: &str, worker: &str, end: &$crate::store::JobEnd, now: i64) -> $crate::store::Result<bool> {
+            async fn finish_job(&self, id: &$crate::ids::JobId, worker: &str, end: &$crate::store::JobEnd, now: i64) -> $crate::store::Result<bool> {
                 use $crate::store::JobEnd;
                 let (state, error, run_after): (&str, Option<&str>, Option<i64>) = match end {
                     JobEnd::Done => ("done", None, None),
@@ -1384,7 +1384,7 @@ macro_rules! impl_store {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn job(&self, id: &str) -> $crate::store::Result<Option<$crate::store::Job>> {
+            async fn job(&self, id: &$crate::ids::JobId) -> $crate::store::Result<Option<$crate::store::Job>> {
                 Ok(sqlx::query_as(concat!("SELECT ", $crate::store::sql::job_columns!(), " FROM jobs WHERE id = $1"))
                     .bind(id)
                     .fetch_optional(&self.pool)

@@ -24,6 +24,7 @@ use crate::forge::ForgeKind;
 pub use crate::forge::client::{
     CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, STATUS_CONTEXT, classify_status,
 };
+use crate::ids::ConnectionId;
 pub use crate::store::OutboxKind;
 use crate::store::{Connection, NewOutbox, OutboxEnd, OutboxItem, Store};
 
@@ -83,7 +84,7 @@ impl Payload {
     }
 
     /// The outbox row for this write-back of PR `number` of `connection_id`.
-    pub fn row(&self, connection_id: &str, number: i64) -> NewOutbox {
+    pub fn row(&self, connection_id: &ConnectionId, number: i64) -> NewOutbox {
         let key = match self {
             Payload::Comment { .. } => format!("{connection_id}#{number}#comment"),
             Payload::Status { sha, .. } => format!("{connection_id}#{sha}#status"),
@@ -96,7 +97,7 @@ impl Payload {
             } => format!("{connection_id}#{number}#reaction#{comment_id}#{content}"),
         };
         NewOutbox {
-            connection_id: connection_id.into(),
+            connection_id: connection_id.clone(),
             number,
             kind: self.kind(),
             coalesce_key: key,
@@ -108,7 +109,7 @@ impl Payload {
 /// The forge clients of every connection, made on first use; one [`Limiter`] per API base.
 pub struct ForgeClients {
     config: Config,
-    clients: Mutex<HashMap<String, Arc<dyn Forge>>>,
+    clients: Mutex<HashMap<ConnectionId, Arc<dyn Forge>>>,
     limiters: std::sync::Mutex<HashMap<String, Arc<Limiter>>>,
     github_app: tokio::sync::OnceCell<octocrab::Octocrab>,
 }
@@ -544,7 +545,7 @@ async fn deliver(
 async fn upsert_comment(
     store: &Arc<dyn Store>,
     forge: &dyn Forge,
-    connection_id: &str,
+    connection_id: &ConnectionId,
     pr: &PrRef<'_>,
     body: &str,
 ) -> Result<(), ForgeError> {
@@ -554,7 +555,7 @@ async fn upsert_comment(
 async fn upsert_comment_once(
     store: &Arc<dyn Store>,
     forge: &dyn Forge,
-    connection_id: &str,
+    connection_id: &ConnectionId,
     pr: &PrRef<'_>,
     body: &str,
     again: bool,
@@ -655,7 +656,7 @@ mod tests {
             repo: "o/r".into(),
             body: "b".into(),
         }
-        .row("conn", 7);
+        .row(&"conn".into(), 7);
         assert_eq!(
             (c.kind.as_str(), c.coalesce_key.as_str()),
             ("comment", "conn#7#comment")
@@ -667,7 +668,7 @@ mod tests {
             target_url: None,
             description: "d".into(),
         }
-        .row("conn", 7);
+        .row(&"conn".into(), 7);
         assert_eq!(s.coalesce_key, "conn#abc#status");
         let back: Payload = serde_json::from_str(&s.payload).unwrap();
         assert!(matches!(

@@ -2,6 +2,7 @@
 //! (a bare "remote" per repository), signed webhooks made from the real fixtures, and an
 //! in-process `endor serve` (API, gateway, workers, outbox) over a throw-away store.
 
+use endor::ids::ConnectionId;
 use endor::store::PreviewState;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -198,7 +199,7 @@ impl<'a> Pr<'a> {
 pub async fn send_pr(
     http: &reqwest::Client,
     api: SocketAddr,
-    conn: &(String, String),
+    conn: &(ConnectionId, String),
     repo: &str,
     pr: Pr<'_>,
 ) -> u16 {
@@ -331,14 +332,14 @@ impl Harness {
     }
 
     /// A repository `octo/{name}` with this `.endor.toml`, connected from GitHub.
-    pub async fn repo(&self, name: &str, endor_toml: &str) -> (Repo, (String, String)) {
+    pub async fn repo(&self, name: &str, endor_toml: &str) -> (Repo, (ConnectionId, String)) {
         let repo = Repo::new(self.dir.path(), name, endor_toml);
         let conn = self.connect(&format!("octo/{name}"), &repo.url()).await;
         (repo, conn)
     }
 
     /// Connect `owner/name` on GitHub with its git URL; returns (connection id, secret).
-    pub async fn connect(&self, repo: &str, git_url: &str) -> (String, String) {
+    pub async fn connect(&self, repo: &str, git_url: &str) -> (ConnectionId, String) {
         let c = self.connect_spec(&format!("github:{repo}"), git_url).await;
         (c.connection_id, c.secret)
     }
@@ -358,18 +359,18 @@ impl Harness {
     }
 
     /// Post a signed GitHub `pull_request` delivery for `repo`; returns the HTTP status.
-    pub async fn pr_event(&self, conn: &(String, String), repo: &str, pr: Pr<'_>) -> u16 {
+    pub async fn pr_event(&self, conn: &(ConnectionId, String), repo: &str, pr: Pr<'_>) -> u16 {
         send_pr(&self.http, self.api, conn, repo, pr).await
     }
 
-    pub async fn preview(&self, conn: &str, number: u64) -> Option<Preview> {
+    pub async fn preview(&self, conn: &ConnectionId, number: u64) -> Option<Preview> {
         self.store().preview(conn, number as i64).await.unwrap()
     }
 
     /// Wait until the preview reaches one of `states` (and, when given, is at `sha`).
     pub async fn wait(
         &self,
-        conn: &str,
+        conn: &ConnectionId,
         number: u64,
         states: &[PreviewState],
         sha: Option<&str>,
@@ -557,7 +558,7 @@ impl ServedBinary {
     }
 
     /// A repository `octo/{name}` connected from GitHub through the CLI.
-    pub fn repo(&self, name: &str, endor_toml: &str) -> (Repo, (String, String)) {
+    pub fn repo(&self, name: &str, endor_toml: &str) -> (Repo, (ConnectionId, String)) {
         let repo = Repo::new(self.dir.path(), name, endor_toml);
         let connected: Value = serde_json::from_str(&self.cli(&[
             "--json",
@@ -570,13 +571,13 @@ impl ServedBinary {
         ]))
         .unwrap();
         let conn = (
-            connected["connection_id"].as_str().unwrap().to_string(),
+            ConnectionId::from(connected["connection_id"].as_str().unwrap()),
             connected["secret"].as_str().unwrap().to_string(),
         );
         (repo, conn)
     }
 
-    pub async fn pr_event(&self, conn: &(String, String), repo: &str, pr: Pr<'_>) -> u16 {
+    pub async fn pr_event(&self, conn: &(ConnectionId, String), repo: &str, pr: Pr<'_>) -> u16 {
         send_pr(&self.http, self.config.server.listen, conn, repo, pr).await
     }
 
