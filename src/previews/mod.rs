@@ -1,14 +1,17 @@
 //! The preview lifecycle: what a repository asks for (`config.rs`), the state machine's rules
-//! (`state.rs`), the work that turns PR events into live previews and back (`lifecycle.rs`),
+//! (`state.rs`), the work that turns PR events into live previews and back (`lifecycle.rs`, with
+//! `launch.rs` and `teardown.rs`),
 //! and what each state shows on the forge (`report.rs`, `comment.rs`). Knows no forge API and
 //! no comment grammar: slash-commands call its public API.
 
 pub mod actions;
 mod comment;
 pub mod config;
+mod launch;
 pub mod lifecycle;
 pub mod report;
 pub mod state;
+mod teardown;
 
 pub use lifecycle::{Lifecycle, site_name};
 pub use state::PreviewState;

@@ -1,0 +1,183 @@
+//! Repository connections and the deliveries that arrive on them.
+
+macro_rules! impl_connections {
+    ($store:ty) => {
+        #[async_trait::async_trait]
+        impl $crate::store::ConnectionStore for $store {
+            async fn create_connection(
+                &self,
+                c: &$crate::store::NewConnection,
+            ) -> $crate::store::Result<$crate::store::Connection> {
+                let row: $crate::store::sql::ConnectionRow = sqlx::query_as(concat!(
+                    "INSERT INTO connections (id, workspace_id, forge, repo, api_url, git_url, secret, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+                    $crate::store::sql::connection_columns!()
+                ))
+                .bind($crate::store::new_id())
+                .bind(&c.workspace_id)
+                .bind(c.forge.as_str())
+                .bind(&c.repo)
+                .bind(&c.api_url)
+                .bind(&c.git_url)
+                .bind(c.secret.expose())
+                .bind($crate::now_ms())
+                .fetch_one(&self.pool)
+                .await
+                .map_err($crate::store::sql::map_unique("connection"))?;
+                row.try_into()
+            }
+
+            async fn connection(&self, id: &$crate::ids::ConnectionId) -> $crate::store::Result<Option<$crate::store::Connection>> {
+                let row: Option<$crate::store::sql::ConnectionRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::connection_columns!(),
+                    " FROM connections WHERE id = $1 AND deleted_at IS NULL"
+                ))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn list_connections(
+                &self,
+                workspace_id: Option<&$crate::ids::WorkspaceId>,
+            ) -> $crate::store::Result<Vec<$crate::store::Connection>> {
+                let rows: Vec<$crate::store::sql::ConnectionRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::connection_columns!(),
+                    " FROM connections WHERE deleted_at IS NULL AND ($1 IS NULL OR workspace_id = $1) \
+                     ORDER BY created_at, id"
+                ))
+                .bind(workspace_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn set_connection_secrets(
+                &self,
+                id: &$crate::ids::ConnectionId,
+                secret: &$crate::secret::WebhookSecret,
+                previous: Option<&$crate::secret::WebhookSecret>,
+            ) -> $crate::store::Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE connections SET secret = $1, previous_secret = $2, rotated_at = $3 \
+                     WHERE id = $4 AND deleted_at IS NULL",
+                )
+                .bind(secret.expose())
+                .bind(previous.map(|p| p.expose()))
+                .bind($crate::now_ms())
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn delete_connection(&self, id: &$crate::ids::ConnectionId) -> $crate::store::Result<bool> {
+                let done = sqlx::query("UPDATE connections SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
+                    .bind($crate::now_ms())
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::store::DeliveryStore for $store {
+            async fn insert_deliveries(
+                &self,
+                batch: &[$crate::store::NewDelivery],
+            ) -> $crate::store::Result<Vec<$crate::store::Inserted>> {
+                let mut tx = self.pool.begin().await?;
+                $crate::store::sql::lock_job_keys!(
+                    tx,
+                    batch.iter().filter_map(|d| d.job.as_ref().map(|j| j.job_key.as_str())).collect()
+                );
+                let mut out = Vec::with_capacity(batch.len());
+                for d in batch {
+                    let done = sqlx::query(
+                        "INSERT INTO deliveries (id, connection_id, delivery_key, forge, event, action, outcome, \
+                         reason, normalized, payload, received_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                         ON CONFLICT (connection_id, delivery_key) DO NOTHING",
+                    )
+                    .bind(&d.id)
+                    .bind(&d.connection_id)
+                    .bind(&d.delivery_key)
+                    .bind(d.forge.as_str())
+                    .bind(&d.event)
+                    .bind(&d.action)
+                    .bind(d.outcome.as_str())
+                    .bind(&d.reason)
+                    .bind(&d.normalized)
+                    .bind(&d.payload)
+                    .bind(d.received_at)
+                    .execute(&mut *tx)
+                    .await?;
+                    out.push(if done.rows_affected() == 1 {
+                        $crate::store::Inserted::New
+                    } else {
+                        $crate::store::Inserted::Duplicate
+                    });
+                }
+                // The jobs of the new deliveries, in the same transaction (a crash keeps both or
+                // neither; a redelivery queues nothing). Same outcome as queuing them one by one,
+                // with fewer statements: a key's older jobs are superseded once per batch, and a
+                // job that a later superseding job of this batch cancels is stored cancelled.
+                let jobs: Vec<(usize, &$crate::store::NewJob, i64)> = batch
+                    .iter()
+                    .zip(&out)
+                    .enumerate()
+                    .filter(|(_, (_, ins))| **ins == $crate::store::Inserted::New)
+                    .filter_map(|(i, (d, _))| d.job.as_ref().map(|j| (i, j, d.received_at)))
+                    .collect();
+                let mut last_superseding: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+                for (i, j, _) in &jobs {
+                    if j.supersede {
+                        last_superseding.insert(j.job_key.as_str(), *i);
+                    }
+                }
+                let mut superseded: std::collections::HashSet<&str> = std::collections::HashSet::new();
+                for (i, job, at) in jobs {
+                    if job.supersede && superseded.insert(job.job_key.as_str()) {
+                        $crate::store::sql::supersede_in!(tx, &job.job_key, at);
+                    }
+                    let later = job.kind.superseded_by_newer()
+                        && last_superseding.get(job.job_key.as_str()).is_some_and(|&last| last > i);
+                    $crate::store::sql::insert_job_in!(tx, job, if later { "cancelled" } else { "queued" }, at);
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn count_deliveries(&self, connection_id: Option<&$crate::ids::ConnectionId>) -> $crate::store::Result<i64> {
+                let (n,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE ($1 IS NULL OR connection_id = $1)")
+                        .bind(connection_id)
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok(n)
+            }
+
+            async fn list_deliveries(
+                &self,
+                connection_id: Option<&$crate::ids::ConnectionId>,
+                limit: i64,
+            ) -> $crate::store::Result<Vec<$crate::store::Delivery>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, connection_id, delivery_key, forge, event, action, outcome, reason, normalized, \
+                     payload, received_at FROM deliveries WHERE ($1 IS NULL OR connection_id = $1) \
+                     ORDER BY received_at DESC, id DESC LIMIT $2",
+                )
+                .bind(connection_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+        }
+    };
+}
+
+pub(in crate::store) use impl_connections;

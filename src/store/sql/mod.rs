@@ -1,0 +1,287 @@
+//! The one body of SQL both backends run. `impl_store!` expands it for a store type whose
+//! `pool` field is a `sqlx::Pool` of the given database: the queries are written once, so the
+//! SQLite and PostgreSQL implementations cannot drift apart. One file per group of aggregates
+//! (`accounts.rs`, `sites.rs`, …), each a macro that `impl_store!` expands; this file holds the
+//! row types and the statements several of them share.
+
+pub(super) mod accounts;
+pub(super) mod audit_usage;
+pub(super) mod connections;
+pub(super) mod jobs;
+pub(super) mod outbox;
+pub(super) mod previews;
+pub(super) mod sites;
+
+use super::{Connection, StoreError};
+use crate::forge::ForgeKind;
+use crate::secret::WebhookSecret;
+
+#[derive(sqlx::FromRow)]
+pub(super) struct ConnectionRow {
+    pub id: crate::ids::ConnectionId,
+    pub workspace_id: crate::ids::WorkspaceId,
+    pub forge: String,
+    pub repo: String,
+    pub api_url: Option<String>,
+    pub git_url: Option<String>,
+    pub secret: String,
+    pub previous_secret: Option<String>,
+    pub created_at: i64,
+}
+
+impl TryFrom<ConnectionRow> for Connection {
+    type Error = StoreError;
+    fn try_from(r: ConnectionRow) -> Result<Self, StoreError> {
+        let forge = ForgeKind::parse(&r.forge).ok_or_else(|| {
+            StoreError::Corrupt(format!("connection {} has unknown forge {}", r.id, r.forge))
+        })?;
+        Ok(Connection {
+            id: r.id,
+            workspace_id: r.workspace_id,
+            forge,
+            repo: r.repo,
+            api_url: r.api_url,
+            git_url: r.git_url,
+            secret: WebhookSecret::from_stored(r.secret),
+            previous_secret: r.previous_secret.map(WebhookSecret::from_stored),
+            created_at: r.created_at,
+        })
+    }
+}
+
+pub(super) fn map_unique(what: &str) -> impl FnOnce(sqlx::Error) -> StoreError + '_ {
+    move |e| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            StoreError::Conflict(what.to_string())
+        }
+        _ => StoreError::Db(e),
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(super) struct SiteRow {
+    pub id: crate::ids::SiteId,
+    pub name: String,
+    pub workspace_id: crate::ids::WorkspaceId,
+    pub region: String,
+    pub parent_id: Option<crate::ids::SiteId>,
+    pub protected: i64,
+    pub read_only: i64,
+    pub state: String,
+    pub created_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+impl TryFrom<SiteRow> for super::Site {
+    type Error = StoreError;
+    fn try_from(r: SiteRow) -> Result<Self, StoreError> {
+        let state = super::SiteState::parse(&r.state).ok_or_else(|| {
+            StoreError::Corrupt(format!("site {} has unknown state {}", r.id, r.state))
+        })?;
+        Ok(super::Site {
+            id: r.id,
+            name: r.name,
+            workspace_id: r.workspace_id,
+            region: r.region,
+            parent_id: r.parent_id,
+            protected: r.protected != 0,
+            read_only: r.read_only != 0,
+            state,
+            created_at: r.created_at,
+            deleted_at: r.deleted_at,
+        })
+    }
+}
+
+/// A member's roles as stored (comma-separated) → the list.
+pub(super) fn role_list(stored: &str) -> Vec<String> {
+    stored
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+macro_rules! site_columns {
+    () => {
+        "id, name, workspace_id, region, parent_id, protected, read_only, state, created_at, deleted_at"
+    };
+}
+pub(super) use site_columns;
+
+macro_rules! resource_columns {
+    () => {
+        "site_id, kind, name, strategy, location, bytes_logical, bytes_written, duration_us, updated_at"
+    };
+}
+pub(super) use resource_columns;
+
+macro_rules! job_columns {
+    () => {
+        "id, kind, job_key, head_sha, payload, state, attempts, max_attempts, run_after, lease_owner, \
+         lease_until, cancel_requested, last_error, created_at, updated_at"
+    };
+}
+pub(super) use job_columns;
+
+macro_rules! connection_columns {
+    () => {
+        "id, workspace_id, forge, repo, api_url, git_url, secret, previous_secret, created_at"
+    };
+}
+pub(super) use connection_columns;
+
+/// The statements that queue a job (and, with `supersede`, cancel the older ones of its key),
+/// inside the caller's transaction `$tx`: shared by `enqueue_job` and `insert_deliveries`.
+macro_rules! enqueue_in {
+    ($tx:ident, $job:expr, $now:expr) => {{
+        let job: &$crate::store::NewJob = $job;
+        if job.supersede {
+            $crate::store::sql::supersede_in!($tx, &job.job_key, $now);
+        }
+        $crate::store::sql::insert_job_in!($tx, job, "queued", $now)
+    }};
+}
+pub(super) use enqueue_in;
+
+/// Cancel the queued jobs of a key and ask its running one to stop.
+macro_rules! supersede_in {
+    ($tx:ident, $key:expr, $now:expr) => {{
+        let key: &str = $key;
+        let now: i64 = $now;
+        {
+            sqlx::query(
+                "UPDATE jobs SET state = 'cancelled', last_error = 'superseded by a newer job', updated_at = $1 \
+                 WHERE job_key = $2 AND state = 'queued' AND kind <> $3",
+            )
+            .bind(now)
+            .bind(key)
+            .bind($crate::jobs::JobKind::NEVER_SUPERSEDED)
+            .execute(&mut *$tx)
+            .await?;
+            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE job_key = $2 AND state = 'running'")
+                .bind(now)
+                .bind(key)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+pub(super) use supersede_in;
+
+/// Insert a job in state `$state` (`queued`, or `cancelled` when a later job of the same batch
+/// supersedes it).
+macro_rules! insert_job_in {
+    ($tx:ident, $job:expr, $state:expr, $now:expr) => {{
+        let job: &$crate::store::NewJob = $job;
+        let now: i64 = $now;
+        let row: $crate::store::Job = sqlx::query_as(concat!(
+            "INSERT INTO jobs (id, kind, job_key, head_sha, payload, state, attempts, max_attempts, run_after, \
+             cancel_requested, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $8, 0, $6, $7, 0, $7, $7) RETURNING ",
+            $crate::store::sql::job_columns!()
+        ))
+        .bind($crate::store::new_id())
+        .bind(&job.kind)
+        .bind(&job.job_key)
+        .bind(&job.head_sha)
+        .bind(&job.payload)
+        .bind(job.max_attempts)
+        .bind(now)
+        .bind($state)
+        .fetch_one(&mut *$tx)
+        .await?;
+        row
+    }};
+}
+pub(super) use insert_job_in;
+
+/// Lock the rows of `job_keys` for these keys, in sorted order (see migration 0003).
+macro_rules! lock_job_keys {
+    ($tx:ident, $keys:expr) => {{
+        let mut keys: Vec<&str> = $keys;
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            sqlx::query(
+                "INSERT INTO job_keys (job_key) VALUES ($1) ON CONFLICT (job_key) DO UPDATE SET job_key = excluded.job_key",
+            )
+            .bind(key)
+            .execute(&mut *$tx)
+            .await?;
+        }
+    }};
+}
+pub(super) use lock_job_keys;
+
+macro_rules! impl_store {
+    ($store:ty, $backend:expr, $migrator:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            fn backend(&self) -> $crate::store::Backend {
+                $backend
+            }
+
+            async fn migrate(&self) -> $crate::store::Result<()> {
+                $migrator.run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn ready(&self) -> $crate::store::Result<()> {
+                let applied: Vec<(i64,)> =
+                    sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success = TRUE")
+                        .fetch_all(&self.pool)
+                        .await?;
+                for m in $migrator.iter() {
+                    if !applied.iter().any(|(v,)| *v == m.version) {
+                        return Err($crate::store::StoreError::Unavailable(format!(
+                            "migration {} is not applied",
+                            m.version
+                        )));
+                    }
+                }
+                Ok(())
+            }
+        }
+        $crate::store::sql::accounts::impl_accounts!($store);
+        $crate::store::sql::connections::impl_connections!($store);
+        $crate::store::sql::sites::impl_sites!($store);
+        $crate::store::sql::previews::impl_previews!($store);
+        $crate::store::sql::outbox::impl_outbox!($store);
+        $crate::store::sql::jobs::impl_jobs!($store);
+        $crate::store::sql::audit_usage::impl_audit_usage!($store);
+    };
+}
+
+/// Store one outbox row on `$exec` (a pool or a transaction): a pending row of the same key has
+/// its payload replaced.
+macro_rules! enqueue_outbox_in {
+    ($exec:expr, $o:expr, $now:expr) => {
+        sqlx::query(
+            "INSERT INTO outbox (id, connection_id, number, kind, coalesce_key, payload, state, attempts, run_after, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7) \
+             ON CONFLICT (coalesce_key) WHERE state = 'pending' DO UPDATE SET payload = excluded.payload, \
+             updated_at = excluded.updated_at",
+        )
+        .bind($crate::store::new_id())
+        .bind(&$o.connection_id)
+        .bind($o.number)
+        .bind(&$o.kind)
+        .bind(&$o.coalesce_key)
+        .bind(&$o.payload)
+        .bind($now)
+        .execute($exec)
+        .await?
+    };
+}
+
+/// The columns of `previews`, in `Preview`'s order.
+macro_rules! preview_cols {
+    () => {
+        "id, connection_id, number, site_name, site_id, state, head_sha, ready_sha, approved_sha, is_fork, \
+         reason, port, pid, received_at, created_at, updated_at, title, expires_at, teardown_step, warned_expiry, ttl_ms"
+    };
+}
+
+pub(super) use enqueue_outbox_in;
+pub(super) use impl_store;
+pub(super) use preview_cols;
