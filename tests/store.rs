@@ -32,7 +32,7 @@ async fn every_forge_is_accepted_by_the_store(db: &TestStore) {
     let s = db.store.as_ref();
     let ws = workspace(db, "forges").await;
     let u = s.create_user("forge-user", None, None).await.unwrap();
-    for forge in ForgeKind::ALL {
+    for &forge in ForgeKind::ALL {
         let c = s
             .create_connection(&NewConnection {
                 workspace_id: ws.clone(),

@@ -18,7 +18,7 @@ pub mod signature;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use client::{Forge, ForgeError, Limiter};
 
@@ -26,30 +26,17 @@ pub use event::{
     Classified, CommentAction, CommentEvent, EventKind, ForgeEvent, PrAction, PullRequestEvent,
 };
 
-/// The forges endor can connect repositories from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ForgeKind {
-    Github,
-    Gitlab,
-    Gitea,
+crate::ids::stored_enum! {
+    /// The forges endor can connect repositories from: the one list (config sections, the
+    /// store's constraint and every per-forge piece are checked against it).
+    pub enum ForgeKind {
+        Github = "github",
+        Gitlab = "gitlab",
+        Gitea = "gitea",
+    }
 }
 
 impl ForgeKind {
-    pub const ALL: [ForgeKind; 3] = [ForgeKind::Github, ForgeKind::Gitlab, ForgeKind::Gitea];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ForgeKind::Github => "github",
-            ForgeKind::Gitlab => "gitlab",
-            ForgeKind::Gitea => "gitea",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-
     /// The header that names the event kind of a delivery.
     pub fn event_header(self) -> &'static str {
         match self {
@@ -202,12 +189,6 @@ impl ForgeKind {
     }
 }
 
-impl std::fmt::Display for ForgeKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// How to reach one repository's forge API (what the config and the connection say).
 pub struct Reach<'a> {
     pub api: &'a str,
@@ -332,7 +313,7 @@ mod tests {
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .collect();
-        for forge in ForgeKind::ALL {
+        for &forge in ForgeKind::ALL {
             let name = forge.as_str();
             assert_eq!(ForgeKind::parse(name), Some(forge));
             assert!(
