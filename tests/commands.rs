@@ -133,26 +133,6 @@ async fn idle(h: &Harness, conn: &endor::ids::ConnectionId, number: u64) {
     }
 }
 
-/// Wait until no write-back of the connection is pending or being sent.
-async fn settled(h: &Harness, conn: &endor::ids::ConnectionId) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let items = h.store().outbox_items(conn).await.unwrap();
-        if items
-            .iter()
-            .all(|i| i.state != "pending" && i.state != "sending")
-        {
-            assert!(
-                items.iter().all(|i| i.state != "failed"),
-                "a write-back failed: {items:?}"
-            );
-            return;
-        }
-        assert!(Instant::now() < deadline, "write-backs never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The reply comments endor posted on the PR (status comment excluded).
 fn replies(forge: &FakeForge, repo: &str, number: u64) -> Vec<String> {
     forge.with(|f| {
@@ -205,22 +185,14 @@ async fn github_commands_permissions_and_effects() {
     let sha1 = repo.push_pr("feature", 7, "first");
     let pr = Pr::new("opened", 7, &sha1, "feature", "octo/shop");
     assert_eq!(h.pr_event(&conn, "octo/shop", pr).await, 202);
-    let p = h
-        .wait(
-            &conn.0,
-            7,
-            &[PreviewState::Ready, PreviewState::Failed],
-            None,
-        )
-        .await;
-    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
+    h.ready(&conn.0, 7, None).await;
     let comment = |id: u64, author: &'static str, body: &'static str| {
         let (h, conn) = (&h, &conn);
         async move {
             let code = gh_comment(h, conn, "octo/shop", 7, id, "created", author, body, None).await;
             assert_eq!(code, 202, "comment {id}");
             idle(h, &conn.0, 7).await;
-            settled(h, &conn.0).await;
+            h.settled(&conn.0).await;
         }
     };
 
@@ -391,7 +363,7 @@ async fn github_commands_permissions_and_effects() {
     .await;
     assert_eq!(code, 202);
     idle(&h, &conn.0, 7).await;
-    settled(&h, &conn.0).await;
+    h.settled(&conn.0).await;
     // `qa` was not added again, the password was not regenerated, expiry not pushed again.
     assert_eq!(h.sites().show(site).await.unwrap().tags, vec!["demo"]);
     assert_eq!(get_with(&h, site, Some(&auth)).await.status(), 200);
@@ -627,7 +599,7 @@ async fn gitlab_notes() {
                 .await;
             assert_eq!(code, 202);
             idle(h, &c.connection_id, 4).await;
-            settled(h, &c.connection_id).await;
+            h.settled(&c.connection_id).await;
         }
     };
     // A note written on an older commit does not approve the current head.
@@ -684,15 +656,7 @@ async fn gitea_comments() {
             .await,
         202
     );
-    let p = h
-        .wait(
-            &c.connection_id,
-            2,
-            &[PreviewState::Ready, PreviewState::Failed],
-            None,
-        )
-        .await;
-    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
+    h.ready(&c.connection_id, 2, None).await;
     let comment = |id: u64, author: &'static str, body: &'static str| {
         let (h, c) = (&h, &c);
         async move {
@@ -709,7 +673,7 @@ async fn gitea_comments() {
                 .await;
             assert_eq!(code, 202);
             idle(h, &c.connection_id, 2).await;
-            settled(h, &c.connection_id).await;
+            h.settled(&c.connection_id).await;
         }
     };
     assert!(

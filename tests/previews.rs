@@ -38,15 +38,7 @@ async fn open_push_close_with_a_sqlite_parent() {
         h.pr_event(&conn, "octo/shop", pr("opened", &sha1)).await,
         202
     );
-    let p = h
-        .wait(
-            &conn.0,
-            7,
-            &[PreviewState::Ready, PreviewState::Failed],
-            None,
-        )
-        .await;
-    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
+    let p = h.ready(&conn.0, 7, None).await;
     assert_eq!(p.ready_sha.as_deref(), Some(sha1.as_str()));
     assert_eq!(p.site_name, site);
 
@@ -103,15 +95,7 @@ async fn open_push_close_with_a_sqlite_parent() {
             .await,
         202
     );
-    let p2 = h
-        .wait(
-            &conn.0,
-            7,
-            &[PreviewState::Ready, PreviewState::Failed],
-            Some(&sha2),
-        )
-        .await;
-    assert_eq!(p2.state, PreviewState::Ready, "{p2:?}");
+    let p2 = h.ready(&conn.0, 7, Some(&sha2)).await;
     assert_eq!(p2.site_id, p.site_id, "an update keeps the site");
     let (code, body) = h.get(site, "/").await;
     assert_eq!(code, 200);
@@ -188,15 +172,7 @@ async fn postgres_parent_on_a_postgres_store() {
     let sha = repo.push_pr("feature", 3, "pg-preview");
     let pr = |action| Pr::new(action, 3, &sha, "feature", "octo/api");
     assert_eq!(h.pr_event(&conn, "octo/api", pr("opened")).await, 202);
-    let p = h
-        .wait(
-            &conn.0,
-            3,
-            &[PreviewState::Ready, PreviewState::Failed],
-            None,
-        )
-        .await;
-    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
+    h.ready(&conn.0, 3, None).await;
     let (code, body) = h.get("api-pr-3", "/").await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body, "page=pg-preview logo=pg-logo accounts=100 notes=");
@@ -248,15 +224,7 @@ async fn newest_head_wins() {
         assert_eq!(h.pr_event(&conn, "octo/web", pr).await, 202);
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
-    let p = h
-        .wait(
-            &conn.0,
-            1,
-            &[PreviewState::Ready, PreviewState::Failed],
-            Some(&sha2),
-        )
-        .await;
-    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
+    let p = h.ready(&conn.0, 1, Some(&sha2)).await;
     assert_eq!(p.ready_sha.as_deref(), Some(sha2.as_str()));
     let (code, body) = h.get("web-pr-1", "/index.html").await;
     assert_eq!((code, body.trim()), (200, "two"));
@@ -356,15 +324,7 @@ async fn failures_are_clear_and_harmless() {
         "octo/hostile",
     );
     assert_eq!(h.pr_event(&conn, "octo/hostile", pr).await, 202);
-    let p = h
-        .wait(
-            &conn.0,
-            1,
-            &[PreviewState::Ready, PreviewState::Failed],
-            None,
-        )
-        .await;
-    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
+    h.ready(&conn.0, 1, None).await;
     let find = Command::new("find")
         .args([
             h.dir.path().to_str().unwrap(),
@@ -559,15 +519,7 @@ async fn gitlab_and_gitea_previews() {
             .await,
         202
     );
-    let p = h
-        .wait(
-            &c.connection_id,
-            4,
-            &[PreviewState::Ready, PreviewState::Failed],
-            None,
-        )
-        .await;
-    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
+    let p = h.ready(&c.connection_id, 4, None).await;
     assert_eq!(p.site_name, "glshop-pr-4");
     let (code, body) = h.get("glshop-pr-4", "/index.html").await;
     assert_eq!((code, body.trim()), (200, "from-gitlab"));
@@ -589,15 +541,7 @@ async fn gitlab_and_gitea_previews() {
             .await,
         202
     );
-    let p = h
-        .wait(
-            &c.connection_id,
-            2,
-            &[PreviewState::Ready, PreviewState::Failed],
-            None,
-        )
-        .await;
-    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
+    h.ready(&c.connection_id, 2, None).await;
     let (code, body) = h.get("gtshop-pr-2", "/index.html").await;
     assert_eq!((code, body.trim()), (200, "from-gitea"));
     h.stop().await;
@@ -619,15 +563,7 @@ async fn ready_previews_come_back_after_a_restart() {
     let sha = repo.push_pr("f", 2, "served");
     let pr = Pr::new("opened", 2, &sha, "f", "octo/svc");
     assert_eq!(h.pr_event(&conn, "octo/svc", pr).await, 202);
-    let p = h
-        .wait(
-            &conn.0,
-            2,
-            &[PreviewState::Ready, PreviewState::Failed],
-            None,
-        )
-        .await;
-    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
+    let p = h.ready(&conn.0, 2, None).await;
     assert_eq!(h.get("svc-pr-2", "/index.html").await.1.trim(), "served");
     let pid = p.pid.unwrap();
     let dir = h.stop_keeping_files().await;

@@ -37,22 +37,6 @@ fn github(forge: &FakeForge) -> impl FnOnce(&mut Config) {
     }
 }
 
-async fn settled(h: &Harness, conn: &endor::ids::ConnectionId) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let items = h.store().outbox_items(conn).await.unwrap();
-        if items
-            .iter()
-            .all(|i| i.state != "pending" && i.state != "sending")
-        {
-            assert!(items.iter().all(|i| i.state != "failed"), "{items:?}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "write-backs never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn reaper_of(h: &Harness, config: &Config) -> endor::reaper::Reaper {
     endor::reaper::Reaper::standalone(h.state.store.clone(), config)
 }
@@ -90,15 +74,7 @@ async fn expiry_end_to_end() {
                 .await,
             202
         );
-        let p = h
-            .wait(
-                &conn.0,
-                n,
-                &[PreviewState::Ready, PreviewState::Failed],
-                None,
-            )
-            .await;
-        assert_eq!(p.state, PreviewState::Ready, "{p:?}");
+        let p = h.ready(&conn.0, n, None).await;
         let left = p.expires_at.unwrap() - endor::now_ms();
         assert!(left > 0, "expires_at is in the future");
     }
@@ -139,8 +115,8 @@ async fn expiry_end_to_end() {
     assert_eq!(h.get("short-pr-3", "/").await.0, 200);
     // B expires within warn_before: warned once, in its one status comment.
     assert!(r.warned.contains(&"long-pr-2".to_string()), "{r:?}");
-    settled(&h, &c_short.0).await;
-    settled(&h, &c_long.0).await;
+    h.settled(&c_short.0).await;
+    h.settled(&c_long.0).await;
     let comments = status_comment(&forge, "octo/short", 1);
     assert_eq!(comments.len(), 1);
     assert!(comments[0].contains("expired"), "{}", comments[0]);

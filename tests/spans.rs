@@ -8,7 +8,7 @@ mod support;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use endor::config::Config;
 use endor::duration::HumanDuration;
@@ -107,21 +107,13 @@ async fn one_prs_story_is_on_every_line() {
     let sha1 = repo.push_pr("f", 7, "one");
     let opened = Pr::new("opened", 7, &sha1, "f", "octo/spans");
     assert_eq!(h.pr_event(&conn, "octo/spans", opened).await, 202);
-    let p = h
-        .wait(
-            &conn.0,
-            7,
-            &[PreviewState::Ready, PreviewState::Failed],
-            None,
-        )
-        .await;
-    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
+    h.ready(&conn.0, 7, None).await;
     let sha2 = repo.push_pr("f", 7, "two");
     let pushed = Pr::new("synchronize", 7, &sha2, "f", "octo/spans");
     assert_eq!(h.pr_event(&conn, "octo/spans", pushed).await, 202);
     h.wait(&conn.0, 7, &[PreviewState::Ready], Some(&sha2))
         .await;
-    settled(&h, &conn.0).await;
+    h.settled(&conn.0).await;
 
     // Past its TTL the reaper expires it; the write-backs say so.
     tokio::time::sleep(Duration::from_millis(2200)).await;
@@ -130,7 +122,7 @@ async fn one_prs_story_is_on_every_line() {
         .await
         .unwrap();
     assert_eq!(report.expired, vec!["spans-pr-7".to_string()], "{report:?}");
-    settled(&h, &conn.0).await;
+    h.settled(&conn.0).await;
     h.stop().await;
 
     let lines = log.lines();
@@ -187,22 +179,5 @@ async fn one_prs_story_is_on_every_line() {
     for l in deliveries {
         assert_eq!(field(l, "pr").and_then(Value::as_i64), Some(7), "{l}");
         assert!(field(l, "delivery").is_some(), "{l}");
-    }
-}
-
-async fn settled(h: &Harness, conn: &endor::ids::ConnectionId) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let items = h.store().outbox_items(conn).await.unwrap();
-        if !items.is_empty()
-            && items
-                .iter()
-                .all(|i| i.state != "pending" && i.state != "sending")
-        {
-            assert!(items.iter().all(|i| i.state != "failed"), "{items:?}");
-            return;
-        }
-        assert!(Instant::now() < deadline, "write-backs never settled");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -26,30 +26,6 @@ fn github(forge: &FakeForge) -> impl FnOnce(&mut Config) {
     }
 }
 
-/// Wait until no write-back of the connection is pending or being sent.
-async fn settled(h: &Harness, conn: &endor::ids::ConnectionId) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let items = h.store().outbox_items(conn).await.unwrap();
-        if !items.is_empty()
-            && items
-                .iter()
-                .all(|i| i.state != "pending" && i.state != "sending")
-        {
-            assert!(
-                items.iter().all(|i| i.state != "failed"),
-                "a write-back failed: {items:?}"
-            );
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "write-backs never settled: {items:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Statuses must be pending* then one final state (coalescing may skip some pendings).
 fn in_order(states: &[String], last: &str) {
     assert!(!states.is_empty(), "no status");
@@ -83,16 +59,8 @@ async fn github_lifecycle(forge: &FakeForge) {
         ..Pr::new("opened", 7, &sha1, "f", "octo/shop")
     };
     assert_eq!(h.pr_event(&conn, "octo/shop", open).await, 202);
-    let p = h
-        .wait(
-            &conn.0,
-            7,
-            &[PreviewState::Ready, PreviewState::Failed],
-            None,
-        )
-        .await;
-    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
-    settled(&h, &conn.0).await;
+    h.ready(&conn.0, 7, None).await;
+    h.settled(&conn.0).await;
     let body = forge.with(|f| f.comments[&dup].body.clone());
     assert!(
         forge.with(|f| !f.comments.contains_key(&dup2)),
@@ -135,7 +103,7 @@ async fn github_lifecycle(forge: &FakeForge) {
         202
     );
     h.wait(&conn.0, 7, &[PreviewState::Destroyed], None).await;
-    settled(&h, &conn.0).await;
+    h.settled(&conn.0).await;
 
     forge.with(|f| {
         let marked: Vec<_> = f
@@ -382,7 +350,7 @@ async fn gitlab_gitea_lifecycle(forge: &FakeForge) {
         for (conn, n, sha) in [(&gl_conn, 4, &gl_sha), (&gt_conn, 2, &gt_sha)] {
             let p = h.wait(&conn.connection_id, n, want, Some(sha)).await;
             assert_ne!(p.state, PreviewState::Failed, "{p:?}");
-            settled(&h, &conn.connection_id).await;
+            h.settled(&conn.connection_id).await;
         }
     }
     forge.with(|f| {
@@ -477,7 +445,7 @@ async fn github_app_installation_tokens() {
         202
     );
     h.wait(&conn.0, 5, &[PreviewState::Ready], None).await;
-    settled(&h, &conn.0).await;
+    h.settled(&conn.0).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         h.pr_event(
@@ -489,7 +457,7 @@ async fn github_app_installation_tokens() {
         202
     );
     h.wait(&conn.0, 5, &[PreviewState::Destroyed], None).await;
-    settled(&h, &conn.0).await;
+    h.settled(&conn.0).await;
     forge.with(|f| {
         assert!(
             f.installation_tokens.len() >= 2,

@@ -288,11 +288,25 @@ impl CommentRunner {
             Command::Destroy => self.destroy(conn, c).await,
             Command::Extend(d) => self.extend(conn, c, *d).await,
             Command::Sync(what) => self.sync(conn, c, *what).await,
-            Command::TagAdd(t) => self.tag(conn, c, t, true).await,
-            Command::TagRm(t) => self.tag(conn, c, t, false).await,
-            Command::Password(on) => self.password(conn, c, *on).await,
-            Command::Cidr(op) => self.cidr(conn, c, op).await,
-            Command::Robots(on) => self.robots(conn, c, *on).await,
+            Command::TagAdd(_)
+            | Command::TagRm(_)
+            | Command::Password(_)
+            | Command::Cidr(_)
+            | Command::Robots(_) => {
+                // These change the PR's live site: there must be one.
+                let Some(site) = self.previews.site_of(conn, c.number).await? else {
+                    return Ok(self.no_preview());
+                };
+                match cmd {
+                    Command::TagAdd(t) => self.tag(&site, t, true).await,
+                    Command::TagRm(t) => self.tag(&site, t, false).await,
+                    Command::Password(on) => self.password(&site, *on).await,
+                    Command::Cidr(op) => self.cidr(&site, op).await,
+                    Command::Robots(on) => self.robots(&site, *on).await,
+                    // The arm above admits only the five site commands matched here.
+                    _ => unreachable!("not a site command"),
+                }
+            }
         }
     }
 
@@ -382,30 +396,7 @@ impl CommentRunner {
         })
     }
 
-    /// The PR's live site, or the outcome that says there is none.
-    async fn site(
-        &self,
-        conn: &Connection,
-        c: &CommentEvent,
-    ) -> Result<Result<Site, Outcome>, JobError> {
-        Ok(self
-            .previews
-            .site_of(conn, c.number)
-            .await?
-            .ok_or_else(|| self.no_preview()))
-    }
-
-    async fn tag(
-        &self,
-        conn: &Connection,
-        c: &CommentEvent,
-        tag: &str,
-        add: bool,
-    ) -> Result<Outcome, JobError> {
-        let site = match self.site(conn, c).await? {
-            Ok(s) => s,
-            Err(o) => return Ok(o),
-        };
+    async fn tag(&self, site: &Site, tag: &str, add: bool) -> Result<Outcome, JobError> {
         let tag = match crate::access::validate_tag(tag) {
             Ok(t) => t,
             Err(e) => return Ok(Outcome::Failed(e)),
@@ -421,16 +412,7 @@ impl CommentRunner {
         ))
     }
 
-    async fn password(
-        &self,
-        conn: &Connection,
-        c: &CommentEvent,
-        on: bool,
-    ) -> Result<Outcome, JobError> {
-        let site = match self.site(conn, c).await? {
-            Ok(s) => s,
-            Err(o) => return Ok(o),
-        };
+    async fn password(&self, site: &Site, on: bool) -> Result<Outcome, JobError> {
         let sealer = self.sealer()?;
         crate::access::set_generated_password(self.store.as_ref(), &sealer, &site.id, on)
             .await
@@ -446,16 +428,7 @@ impl CommentRunner {
         })))
     }
 
-    async fn cidr(
-        &self,
-        conn: &Connection,
-        c: &CommentEvent,
-        op: &CidrOp,
-    ) -> Result<Outcome, JobError> {
-        let site = match self.site(conn, c).await? {
-            Ok(s) => s,
-            Err(o) => return Ok(o),
-        };
+    async fn cidr(&self, site: &Site, op: &CidrOp) -> Result<Outcome, JobError> {
         let (allow, deny, clear) = match op {
             CidrOp::Allow(c) => (vec![c.clone()], vec![], false),
             CidrOp::Deny(c) => (vec![], vec![c.clone()], false),
@@ -468,16 +441,7 @@ impl CommentRunner {
         }
     }
 
-    async fn robots(
-        &self,
-        conn: &Connection,
-        c: &CommentEvent,
-        on: bool,
-    ) -> Result<Outcome, JobError> {
-        let site = match self.site(conn, c).await? {
-            Ok(s) => s,
-            Err(o) => return Ok(o),
-        };
+    async fn robots(&self, site: &Site, on: bool) -> Result<Outcome, JobError> {
         crate::access::set_robots(self.store.as_ref(), &site.id, on)
             .await
             .map_err(transient)?;

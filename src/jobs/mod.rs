@@ -169,7 +169,12 @@ async fn worker_loop<Q: JobQueue + ?Sized + 'static>(
             .claim_job(&worker, now, now + cfg.lease.as_millis() as i64)
             .await
         {
-            Ok(Some(job)) => run_one(&store, &handler, &cfg, &worker, job).await,
+            Ok(Some(job)) => {
+                let span = job_span(&job);
+                run_one(&store, &handler, &cfg, &worker, job)
+                    .instrument(span)
+                    .await
+            }
             Ok(None) => {
                 let woken = async {
                     match &cfg.wake {
@@ -191,32 +196,26 @@ async fn worker_loop<Q: JobQueue + ?Sized + 'static>(
     }
 }
 
-async fn run_one<Q: JobQueue + ?Sized + 'static>(
-    store: &Arc<Q>,
-    handler: &Arc<dyn JobHandler>,
-    cfg: &WorkerConfig,
-    worker: &str,
-    job: Job,
-) {
-    // What the job is about: its PR from the key; the handler records the repository and the
-    // site once it has loaded them, so every line of the job names them.
-    let pr = parse_pr_key(&job.job_key).map(|(_, n)| n);
-    let span = tracing::info_span!(
+/// The span a job runs in: what it is about. Its PR comes from the key; the handler records
+/// the repository and the site once it has loaded them, so every line of the job names them.
+fn job_span(job: &Job) -> tracing::Span {
+    let (connection, pr) = match parse_pr_key(&job.job_key) {
+        Some((c, n)) => (c, Some(n)),
+        None => ("", None),
+    };
+    tracing::info_span!(
         "job",
         job = %job.id,
         kind = %job.kind,
         attempt = job.attempts,
-        connection = parse_pr_key(&job.job_key).map(|(c, _)| c).unwrap_or_default(),
+        connection,
         pr,
         repo = tracing::field::Empty,
         site = tracing::field::Empty,
-    );
-    run_in_span(store, handler, cfg, worker, job)
-        .instrument(span)
-        .await
+    )
 }
 
-async fn run_in_span<Q: JobQueue + ?Sized + 'static>(
+async fn run_one<Q: JobQueue + ?Sized + 'static>(
     store: &Arc<Q>,
     handler: &Arc<dyn JobHandler>,
     cfg: &WorkerConfig,

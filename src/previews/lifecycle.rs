@@ -216,30 +216,12 @@ impl Lifecycle {
         {
             return Ok(p);
         }
-        let now = crate::now_ms();
-        Ok(Preview {
-            id: crate::ids::PreviewId::generate(),
-            connection_id: conn.id.clone(),
-            number: number as i64,
-            site_name: site_name(&conn.repo, number),
-            site_id: None,
-            state: PreviewState::Queued,
-            head_sha: None,
-            ready_sha: None,
-            approved_sha: None,
-            is_fork: 0,
-            reason: None,
-            port: None,
-            pid: None,
-            received_at: None,
-            created_at: now,
-            updated_at: now,
-            title: None,
-            expires_at: None,
-            teardown_step: None,
-            warned_expiry: None,
-            ttl_ms: None,
-        })
+        Ok(Preview::new(
+            conn.id.clone(),
+            number as i64,
+            site_name(&conn.repo, number),
+            crate::now_ms(),
+        ))
     }
 
     /// Is the job superseded (a newer head arrived)? Asks the store too, so a cancellation is

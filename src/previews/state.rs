@@ -56,27 +56,10 @@ mod tests {
 
     fn preview(state: PreviewState) -> Preview {
         Preview {
-            id: "p".into(),
-            connection_id: "c".into(),
-            number: 1,
-            site_name: "s-pr-1".into(),
             site_id: Some("site".into()),
             state,
-            head_sha: None,
-            ready_sha: None,
-            approved_sha: None,
-            is_fork: 0,
-            reason: None,
-            port: None,
-            pid: None,
-            received_at: None,
-            created_at: 0,
-            updated_at: 0,
-            title: None,
             expires_at: Some(100),
-            teardown_step: None,
-            warned_expiry: None,
-            ttl_ms: None,
+            ..Preview::new("c".into(), 1, "s-pr-1".into(), 0)
         }
     }
 

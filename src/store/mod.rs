@@ -295,6 +295,35 @@ pub struct Preview {
     pub ttl_ms: Option<i64>,
 }
 
+impl Preview {
+    /// A new preview of PR `number`, queued, with nothing launched yet.
+    pub fn new(connection_id: ConnectionId, number: i64, site_name: String, now: i64) -> Self {
+        Self {
+            id: PreviewId::generate(),
+            connection_id,
+            number,
+            site_name,
+            site_id: None,
+            state: PreviewState::Queued,
+            head_sha: None,
+            ready_sha: None,
+            approved_sha: None,
+            is_fork: 0,
+            reason: None,
+            port: None,
+            pid: None,
+            received_at: None,
+            created_at: now,
+            updated_at: now,
+            title: None,
+            expires_at: None,
+            teardown_step: None,
+            warned_expiry: None,
+            ttl_ms: None,
+        }
+    }
+}
+
 /// A site's HTTP access settings at the gateway (no row: robots header on, no basic auth).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct SiteAccess {

@@ -367,6 +367,45 @@ impl Harness {
         self.store().preview(conn, number as i64).await.unwrap()
     }
 
+    /// Wait until the preview has settled (ready or failed, at `sha` when given) and check
+    /// that it is ready.
+    pub async fn ready(&self, conn: &ConnectionId, number: u64, sha: Option<&str>) -> Preview {
+        let p = self
+            .wait(
+                conn,
+                number,
+                &[PreviewState::Ready, PreviewState::Failed],
+                sha,
+            )
+            .await;
+        assert_eq!(p.state, PreviewState::Ready, "{p:?}");
+        p
+    }
+
+    /// Wait until no write-back of the connection is pending or being sent; none may have
+    /// failed.
+    pub async fn settled(&self, conn: &ConnectionId) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let items = self.store().outbox_items(conn).await.unwrap();
+            if items
+                .iter()
+                .all(|i| i.state != "pending" && i.state != "sending")
+            {
+                assert!(
+                    items.iter().all(|i| i.state != "failed"),
+                    "a write-back failed: {items:?}"
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "write-backs never settled: {items:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Wait until the preview reaches one of `states` (and, when given, is at `sha`).
     pub async fn wait(
         &self,
