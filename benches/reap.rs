@@ -111,27 +111,13 @@ async fn plant(
     let now = endor::now_ms();
     store
         .put_preview(&Preview {
-            id: endor::ids::PreviewId::generate(),
-            connection_id: conn.clone(),
-            number,
-            site_name: name,
             site_id: Some(site.id),
             state: endor::store::PreviewState::Ready,
             head_sha: Some("a".repeat(40)),
             ready_sha: Some("a".repeat(40)),
-            approved_sha: None,
-            is_fork: 0,
-            reason: None,
-            port: None,
-            pid: None,
             received_at: Some(now),
-            created_at: now,
-            updated_at: now,
-            title: None,
             expires_at: Some(now - 1000),
-            teardown_step: None,
-            warned_expiry: None,
-            ttl_ms: None,
+            ..Preview::new(conn.clone(), number, name, now)
         })
         .await
         .unwrap();

@@ -89,26 +89,16 @@ async fn main() {
         for n in 1..=prs {
             let p = Preview {
                 id: format!("p{n}").into(),
-                connection_id: conn.connection_id.clone(),
-                number: n as i64,
-                site_name: format!("shop-pr-{n}"),
-                site_id: None,
                 state,
                 head_sha: Some(sha(n, round)),
-                ready_sha: None,
-                approved_sha: None,
-                is_fork: 0,
-                reason: None,
-                port: None,
-                pid: None,
-                received_at: None,
-                created_at: 0,
                 updated_at: endor::now_ms(),
                 title: Some(format!("Change number {n}")),
-                expires_at: None,
-                teardown_step: None,
-                warned_expiry: None,
-                ttl_ms: None,
+                ..Preview::new(
+                    conn.connection_id.clone(),
+                    n as i64,
+                    format!("shop-pr-{n}"),
+                    0,
+                )
             };
             let rows = rows_for(store.as_ref(), &forges, &config, &p)
                 .await

@@ -225,27 +225,15 @@ async fn planted_preview(
         .unwrap();
     let now = endor::now_ms();
     let p = Preview {
-        id: endor::ids::PreviewId::generate(),
-        connection_id: conn.clone(),
-        number,
-        site_name: name,
         site_id: Some(site.id),
         state: PreviewState::Ready,
         head_sha: Some("a".repeat(40)),
         ready_sha: Some("a".repeat(40)),
-        approved_sha: None,
-        is_fork: 0,
-        reason: None,
         port: port.map(i64::from),
         pid: child.as_ref().map(|c| c.id() as i64),
         received_at: Some(now),
-        created_at: now,
-        updated_at: now,
-        title: None,
         expires_at: Some(now - 1000),
-        teardown_step: None,
-        warned_expiry: None,
-        ttl_ms: None,
+        ..Preview::new(conn.clone(), number, name, now)
     };
     store.put_preview(&p).await.unwrap();
     (p, child)

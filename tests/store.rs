@@ -487,26 +487,11 @@ async fn previews_and_their_steps(db: &TestStore) {
     assert!(s.preview(&c.id, 4).await.unwrap().is_none());
     let mut p = Preview {
         id: "p1".into(),
-        connection_id: c.id.clone(),
-        number: 4,
-        site_name: "a-pr-4".into(),
-        site_id: None,
-        state: PreviewState::Queued,
         head_sha: Some("a".repeat(40)),
-        ready_sha: None,
-        approved_sha: None,
-        is_fork: 0,
-        reason: None,
-        port: None,
-        pid: None,
         received_at: Some(10),
-        created_at: 10,
-        updated_at: 10,
         title: Some("Add <b>checkout</b>".into()),
         expires_at: Some(99),
-        teardown_step: None,
-        warned_expiry: None,
-        ttl_ms: None,
+        ..Preview::new(c.id.clone(), 4, "a-pr-4".into(), 10)
     };
     s.put_preview(&p).await.unwrap();
     p.state = PreviewState::Ready;
