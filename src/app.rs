@@ -13,8 +13,8 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::store::{self, Backend, DeliveryWriter, Store};
 
-/// Runs every request of the server (webhooks, API, health) in a span naming its method and
-/// path, so each line it writes can be traced back to it.
+/// Runs an API request in a span naming its method and path, so each line it writes can be
+/// traced back to it.
 pub async fn traced(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     use tracing::Instrument;
     let span = tracing::info_span!(

@@ -21,11 +21,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/webhooks/{forge}/{connection_id}", post(webhooks::receive))
         .with_state(state.clone())
-        .merge(crate::api::router(crate::api::Api::new(
-            state.store.clone(),
-            &state.config,
-        )))
-        .layer(axum::middleware::from_fn(crate::app::traced))
+        .merge(
+            // API requests run in a `request` span; a webhook delivery runs in its own
+            // `delivery` span (webhooks.rs), which names the repository and the PR.
+            crate::api::router(crate::api::Api::new(state.store.clone(), &state.config))
+                .layer(axum::middleware::from_fn(crate::app::traced)),
+        )
 }
 
 async fn healthz() -> Response {
