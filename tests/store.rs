@@ -24,7 +24,55 @@ both_backends!(
     members_keep_an_owner,
     tokens_audit_and_usage,
     every_forge_is_accepted_by_the_store,
+    unknown_stored_names_are_errors,
 );
+
+/// A job kind or preview state the code does not know (a row written by a newer endor, or by
+/// hand) is an error when read, never taken for another value.
+async fn unknown_stored_names_are_errors(db: &TestStore) {
+    use sqlx::Connection as _;
+    let s = db.store.as_ref();
+    let ws = workspace(db, "names").await;
+    let c = new_connection(db, &ws, "o/names").await;
+    let key = endor::jobs::pr_key(&c.id, 1);
+    let job_sql = "INSERT INTO jobs (id, kind, job_key, head_sha, payload, state, attempts, max_attempts, \
+                   run_after, cancel_requested, created_at, updated_at) \
+                   VALUES ('j-odd', 'rebuild_everything', $1, NULL, '{}', 'queued', 0, 3, 0, 0, 0, 0)";
+    let preview_sql = "INSERT INTO previews (id, connection_id, number, site_name, state, is_fork, \
+                       created_at, updated_at) VALUES ('p-odd', $1, 2, 'odd-pr-2', 'levitating', 0, 0, 0)";
+    if db.url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
+        sqlx::query(job_sql)
+            .bind(&key)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(preview_sql)
+            .bind(c.id.as_str())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query(job_sql)
+            .bind(&key)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(preview_sql)
+            .bind(c.id.as_str())
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let jobs = s.jobs_for_key(&key).await;
+    assert!(jobs.is_err(), "an unknown job kind was read as {jobs:?}");
+    let preview = s.preview(&c.id, 2).await;
+    assert!(
+        preview.is_err(),
+        "an unknown preview state was read as {preview:?}"
+    );
+}
 
 /// The store's forge constraint (a CHECK in the migrations) accepts every `ForgeKind`: adding a
 /// forge without the migration that widens it fails here, not silently in production.

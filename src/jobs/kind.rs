@@ -36,6 +36,7 @@ mod tests {
             assert_eq!(JobKind::parse(k.as_str()), Some(*k));
         }
         assert_eq!(JobKind::parse("Comment"), None);
+        assert!(serde_json::from_str::<JobKind>("\"rebuild\"").is_err());
         assert_eq!(
             serde_json::to_string(&JobKind::PullRequest).unwrap(),
             "\"pull_request\""
