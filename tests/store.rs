@@ -40,30 +40,19 @@ async fn unknown_stored_names_are_errors(db: &TestStore) {
                    VALUES ('j-odd', 'rebuild_everything', $1, NULL, '{}', 'queued', 0, 3, 0, 0, 0, 0)";
     let preview_sql = "INSERT INTO previews (id, connection_id, number, site_name, state, is_fork, \
                        created_at, updated_at) VALUES ('p-odd', $1, 2, 'odd-pr-2', 'levitating', 0, 0, 0)";
+    // The same two rows, written past the store on either backend.
+    macro_rules! plant {
+        ($conn:ty) => {{
+            let mut conn = <$conn>::connect(&db.url).await.unwrap();
+            for (sql, arg) in [(job_sql, key.as_str()), (preview_sql, c.id.as_str())] {
+                sqlx::query(sql).bind(arg).execute(&mut conn).await.unwrap();
+            }
+        }};
+    }
     if db.url.starts_with("sqlite:") {
-        let mut conn = sqlx::SqliteConnection::connect(&db.url).await.unwrap();
-        sqlx::query(job_sql)
-            .bind(&key)
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        sqlx::query(preview_sql)
-            .bind(c.id.as_str())
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        plant!(sqlx::SqliteConnection);
     } else {
-        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
-        sqlx::query(job_sql)
-            .bind(&key)
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        sqlx::query(preview_sql)
-            .bind(c.id.as_str())
-            .execute(&mut conn)
-            .await
-            .unwrap();
+        plant!(sqlx::PgConnection);
     }
     let jobs = s.jobs_for_key(&key).await;
     assert!(jobs.is_err(), "an unknown job kind was read as {jobs:?}");
