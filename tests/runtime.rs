@@ -184,6 +184,47 @@ async fn the_start_process_is_health_checked_restarted_and_stopped() {
     );
 }
 
+/// A site process's output is in its log while it runs (not only once it exits), stderr too;
+/// a flood is cut at 1 MiB per run with a note, and never blocks the process.
+#[tokio::test]
+async fn the_web_log_is_written_while_the_process_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("web.log");
+    let proc = Supervised::start(
+        sandbox(d.path(), vec![]),
+        "echo started; echo oops >&2; head -c 3000000 /dev/zero | tr '\\0' x; echo after > flood-done; exec sleep 60"
+            .into(),
+        log.clone(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("not kept") && d.path().join("flood-done").exists() {
+            assert!(
+                text.starts_with("started\n") && text.contains("oops\n"),
+                "{}",
+                &text[..64.min(text.len())]
+            );
+            assert!(
+                text.len() <= (1 << 20) + 100,
+                "the log kept {} bytes",
+                text.len()
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the running process's output never reached its log ({} bytes)",
+            text.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still running: the log was written before the process ended.
+    // SAFETY: kill(2) with signal 0 only asks whether the process we started exists.
+    assert!(proc.pid() != 0 && unsafe { libc::kill(proc.pid() as i32, 0) } == 0);
+    proc.stop().await;
+}
+
 #[tokio::test]
 async fn a_health_check_that_never_passes_fails_clearly() {
     let port = free_port();

@@ -161,6 +161,49 @@ fn append(log: &mut Vec<u8>, chunk: &[u8], cap: usize, truncated: &mut bool) {
     log.extend_from_slice(&chunk[..chunk.len().min(room)]);
 }
 
+/// How much of one run of a site process's output is kept in its log (the rest is drained and
+/// dropped, with a note).
+const SITE_LOG_CAP: usize = 1 << 20;
+
+/// Append a process's stdout and stderr to `path` as they arrive, until both close; past `cap`
+/// bytes the output is read and dropped (one note says so).
+async fn follow_output(child: &mut Child, path: &Path, cap: usize) {
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+        .ok();
+    let mut out = child.stdout.take();
+    let mut err = child.stderr.take();
+    let mut buf_o = [0u8; 8192];
+    let mut buf_e = [0u8; 8192];
+    let (mut written, mut noted) = (0usize, false);
+    while out.is_some() || err.is_some() {
+        let chunk: &[u8] = tokio::select! {
+            r = async { match out.as_mut() { Some(o) => o.read(&mut buf_o).await, None => std::future::pending().await } } => {
+                match r { Ok(0) | Err(_) => { out = None; &[] } Ok(n) => &buf_o[..n] }
+            }
+            r = async { match err.as_mut() { Some(e) => e.read(&mut buf_e).await, None => std::future::pending().await } } => {
+                match r { Ok(0) | Err(_) => { err = None; &[] } Ok(n) => &buf_e[..n] }
+            }
+        };
+        let Some(f) = file.as_mut() else { continue };
+        let keep = chunk.len().min(cap.saturating_sub(written));
+        if keep > 0 && f.write_all(&chunk[..keep]).await.is_err() {
+            file = None;
+            continue;
+        }
+        if keep < chunk.len() && !noted {
+            noted = true;
+            let _ = f
+                .write_all(b"\n[endor] output past this point is not kept (1 MiB per run)\n")
+                .await;
+        }
+        written += chunk.len();
+    }
+}
+
 /// Run the build steps in order; the first failure (or timeout) ends the build.
 pub async fn build(
     sandbox: &Sandbox,
@@ -296,18 +339,10 @@ impl Supervised {
                 match sandbox.command(&command).spawn() {
                     Ok(mut child) => {
                         p.store(child.id().unwrap_or(0), Ordering::SeqCst);
-                        let mut log = Vec::new();
-                        let mut truncated = false;
-                        collect(&mut child, &mut log, 1 << 20, &mut truncated).await;
+                        // Written as it arrives, so the log can be followed while the site
+                        // runs; the pipes are always drained, so a chatty site never blocks.
+                        follow_output(&mut child, &log_path, SITE_LOG_CAP).await;
                         let status = child.wait().await;
-                        if let Ok(mut f) = tokio::fs::OpenOptions::new()
-                            .create(true)
-                            .append(true)
-                            .open(&log_path)
-                            .await
-                        {
-                            let _ = f.write_all(&log).await;
-                        }
                         if s.load(Ordering::SeqCst) {
                             return;
                         }
