@@ -130,26 +130,53 @@ pub struct BuildReport {
     pub truncated: bool,
 }
 
+/// A child's stdout and stderr, read as one stream of chunks in the order they arrive.
+struct Output {
+    out: Option<tokio::process::ChildStdout>,
+    err: Option<tokio::process::ChildStderr>,
+    buf_o: [u8; 8192],
+    buf_e: [u8; 8192],
+}
+
+impl Output {
+    fn of(child: &mut Child) -> Self {
+        Self {
+            out: child.stdout.take(),
+            err: child.stderr.take(),
+            buf_o: [0; 8192],
+            buf_e: [0; 8192],
+        }
+    }
+
+    /// The next chunk of either pipe; `None` once both are closed. An empty chunk means a pipe
+    /// just closed.
+    async fn next(&mut self) -> Option<&[u8]> {
+        if self.out.is_none() && self.err.is_none() {
+            return None;
+        }
+        let Self {
+            out,
+            err,
+            buf_o,
+            buf_e,
+        } = self;
+        Some(tokio::select! {
+            r = async { match out.as_mut() { Some(o) => o.read(buf_o).await, None => std::future::pending().await } } => {
+                match r { Ok(0) | Err(_) => { *out = None; &[] } Ok(n) => &buf_o[..n] }
+            }
+            r = async { match err.as_mut() { Some(e) => e.read(buf_e).await, None => std::future::pending().await } } => {
+                match r { Ok(0) | Err(_) => { *err = None; &[] } Ok(n) => &buf_e[..n] }
+            }
+        })
+    }
+}
+
 /// Read a child's two pipes into one capped buffer (and keep draining past the cap so the
 /// child never blocks on a full pipe).
 async fn collect(child: &mut Child, log: &mut Vec<u8>, cap: usize, truncated: &mut bool) {
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let mut buf_o = [0u8; 8192];
-    let mut buf_e = [0u8; 8192];
-    loop {
-        let n = tokio::select! {
-            r = async { match out.as_mut() { Some(o) => o.read(&mut buf_o).await, None => std::future::pending().await } } => {
-                match r { Ok(0) | Err(_) => { out = None; 0 } Ok(n) => { append(log, &buf_o[..n], cap, truncated); n } }
-            }
-            r = async { match err.as_mut() { Some(e) => e.read(&mut buf_e).await, None => std::future::pending().await } } => {
-                match r { Ok(0) | Err(_) => { err = None; 0 } Ok(n) => { append(log, &buf_e[..n], cap, truncated); n } }
-            }
-        };
-        let _ = n;
-        if out.is_none() && err.is_none() {
-            return;
-        }
+    let mut output = Output::of(child);
+    while let Some(chunk) = output.next().await {
+        append(log, chunk, cap, truncated);
     }
 }
 
@@ -174,20 +201,9 @@ async fn follow_output(child: &mut Child, path: &Path, cap: usize) {
         .open(path)
         .await
         .ok();
-    let mut out = child.stdout.take();
-    let mut err = child.stderr.take();
-    let mut buf_o = [0u8; 8192];
-    let mut buf_e = [0u8; 8192];
+    let mut output = Output::of(child);
     let (mut written, mut noted) = (0usize, false);
-    while out.is_some() || err.is_some() {
-        let chunk: &[u8] = tokio::select! {
-            r = async { match out.as_mut() { Some(o) => o.read(&mut buf_o).await, None => std::future::pending().await } } => {
-                match r { Ok(0) | Err(_) => { out = None; &[] } Ok(n) => &buf_o[..n] }
-            }
-            r = async { match err.as_mut() { Some(e) => e.read(&mut buf_e).await, None => std::future::pending().await } } => {
-                match r { Ok(0) | Err(_) => { err = None; &[] } Ok(n) => &buf_e[..n] }
-            }
-        };
+    while let Some(chunk) = output.next().await {
         let Some(f) = file.as_mut() else { continue };
         let keep = chunk.len().min(cap.saturating_sub(written));
         if keep > 0 && f.write_all(&chunk[..keep]).await.is_err() {
