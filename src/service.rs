@@ -277,10 +277,6 @@ pub struct Connected {
     pub instructions: String,
 }
 
-pub fn setup_instructions(forge: ForgeKind, url: &str) -> (Vec<&'static str>, String) {
-    forge.setup(url)
-}
-
 pub async fn connect_repo(
     store: &dyn Store,
     cfg: &Config,
@@ -309,7 +305,7 @@ pub async fn connect_repo(
         })
         .await?;
     let webhook_url = cfg.webhook_url(repo.forge.as_str(), conn.id.as_str());
-    let (events, instructions) = setup_instructions(repo.forge, &webhook_url);
+    let (events, instructions) = repo.forge.setup(&webhook_url);
     tracing::info!(connection = %conn.id, repo = %repo, workspace = %ws.name, "repository connected");
     Ok(Connected {
         connection_id: conn.id,

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use endor::jobs::{JobContext, JobError, JobHandler, WorkerConfig, WorkerPool};
-use endor::store::{Heartbeat, Job, JobEnd, NewJob, Store};
+use endor::jobs::{
+    Heartbeat, Job, JobContext, JobEnd, JobError, JobHandler, NewJob, WorkerConfig, WorkerPool,
+};
+use endor::store::Store;
 use support::TestStore;
 
 both_backends!(

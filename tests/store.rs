@@ -330,7 +330,7 @@ async fn commands_tags_and_access(db: &TestStore) {
 
     // Comment jobs are not cancelled by a later push of their PR (their commands must run).
     let comment = NewDelivery {
-        job: Some(endor::store::NewJob {
+        job: Some(endor::jobs::NewJob {
             kind: endor::jobs::JobKind::Comment,
             supersede: false,
             ..with_job(&c.id, "x", 5).job.unwrap()
@@ -580,7 +580,7 @@ async fn previews_and_their_steps(db: &TestStore) {
 
 fn with_job(conn: &ConnectionId, key: &str, pr: u64) -> NewDelivery {
     NewDelivery {
-        job: Some(endor::store::NewJob {
+        job: Some(endor::jobs::NewJob {
             kind: endor::jobs::JobKind::PullRequest,
             job_key: format!("{conn}#{pr}"),
             head_sha: Some(key.into()),

@@ -22,7 +22,7 @@ pub use sqlite::SqliteStore;
 
 use crate::forge::ForgeKind;
 pub use crate::ids::{ConnectionId, DeliveryId, JobId, PreviewId, SiteId, UserId, WorkspaceId};
-pub use crate::jobs::{Heartbeat, Job, JobEnd, JobKind, JobQueue, NewJob};
+use crate::jobs::{JobQueue, NewJob};
 use crate::secret::WebhookSecret;
 
 #[derive(Debug, thiserror::Error)]

@@ -126,7 +126,7 @@ macro_rules! impl_connections {
                 // neither; a redelivery queues nothing). Same outcome as queuing them one by one,
                 // with fewer statements: a key's older jobs are superseded once per batch, and a
                 // job that a later superseding job of this batch cancels is stored cancelled.
-                let jobs: Vec<(usize, &$crate::store::NewJob, i64)> = batch
+                let jobs: Vec<(usize, &$crate::jobs::NewJob, i64)> = batch
                     .iter()
                     .zip(&out)
                     .enumerate()

@@ -6,7 +6,7 @@ macro_rules! impl_jobs {
         impl $crate::jobs::JobQueue for $store {
             type Error = $crate::store::StoreError;
 
-            async fn enqueue_job(&self, job: &$crate::store::NewJob, now: i64) -> $crate::store::Result<$crate::store::Job> {
+            async fn enqueue_job(&self, job: &$crate::jobs::NewJob, now: i64) -> $crate::store::Result<$crate::jobs::Job> {
                 let mut tx = self.pool.begin().await?;
                 $crate::store::sql::lock_job_keys!(tx, vec![job.job_key.as_str()]);
                 let row = $crate::store::sql::enqueue_in!(tx, job, now);
@@ -14,13 +14,13 @@ macro_rules! impl_jobs {
                 Ok(row)
             }
 
-            async fn claim_job(&self, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<Option<$crate::store::Job>> {
+            async fn claim_job(&self, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<Option<$crate::jobs::Job>> {
                 // Strictly in order per key: a job waits while an older job of its key is queued
                 // (e.g. waiting out a retry backoff) or running. The state conditions stand in
                 // the outer WHERE too: PostgreSQL re-checks them on
                 // a row another worker changed meanwhile, so a lost race claims nothing. The
                 // unique index on running jobs per key is the last word.
-                let claimed: std::result::Result<Option<$crate::store::Job>, sqlx::Error> = sqlx::query_as(concat!(
+                let claimed: std::result::Result<Option<$crate::jobs::Job>, sqlx::Error> = sqlx::query_as(concat!(
                     "UPDATE jobs SET state = 'running', lease_owner = $1, lease_until = $3, attempts = attempts + 1, \
                      updated_at = $2 \
                      WHERE ((state = 'queued' AND run_after <= $2) OR (state = 'running' AND lease_until < $2)) \
@@ -46,7 +46,7 @@ macro_rules! impl_jobs {
                 }
             }
 
-            async fn heartbeat_job(&self, id: &$crate::ids::JobId, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<$crate::store::Heartbeat> {
+            async fn heartbeat_job(&self, id: &$crate::ids::JobId, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<$crate::jobs::Heartbeat> {
                 let row: Option<(i64,)> = sqlx::query_as(
                     "UPDATE jobs SET lease_until = $1, updated_at = $2 \
                      WHERE id = $3 AND lease_owner = $4 AND state = 'running' RETURNING cancel_requested",
@@ -58,13 +58,13 @@ macro_rules! impl_jobs {
                 .fetch_optional(&self.pool)
                 .await?;
                 Ok(match row {
-                    Some((c,)) => $crate::store::Heartbeat::Held { cancel: c != 0 },
-                    None => $crate::store::Heartbeat::Lost,
+                    Some((c,)) => $crate::jobs::Heartbeat::Held { cancel: c != 0 },
+                    None => $crate::jobs::Heartbeat::Lost,
                 })
             }
 
-            async fn finish_job(&self, id: &$crate::ids::JobId, worker: &str, end: &$crate::store::JobEnd, now: i64) -> $crate::store::Result<bool> {
-                use $crate::store::JobEnd;
+            async fn finish_job(&self, id: &$crate::ids::JobId, worker: &str, end: &$crate::jobs::JobEnd, now: i64) -> $crate::store::Result<bool> {
+                use $crate::jobs::JobEnd;
                 let (state, error, run_after): (&str, Option<&str>, Option<i64>) = match end {
                     JobEnd::Done => ("done", None, None),
                     JobEnd::Retry { error, run_after } => ("retry", Some(error), Some(*run_after)),
@@ -90,14 +90,14 @@ macro_rules! impl_jobs {
                 Ok(done.rows_affected() == 1)
             }
 
-            async fn job(&self, id: &$crate::ids::JobId) -> $crate::store::Result<Option<$crate::store::Job>> {
+            async fn job(&self, id: &$crate::ids::JobId) -> $crate::store::Result<Option<$crate::jobs::Job>> {
                 Ok(sqlx::query_as(concat!("SELECT ", $crate::store::sql::job_columns!(), " FROM jobs WHERE id = $1"))
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await?)
             }
 
-            async fn jobs_for_key(&self, key: &str) -> $crate::store::Result<Vec<$crate::store::Job>> {
+            async fn jobs_for_key(&self, key: &str) -> $crate::store::Result<Vec<$crate::jobs::Job>> {
                 Ok(sqlx::query_as(concat!(
                     "SELECT ",
                     $crate::store::sql::job_columns!(),
@@ -108,7 +108,7 @@ macro_rules! impl_jobs {
                 .await?)
             }
 
-            async fn start_job_now(&self, job: &$crate::store::NewJob, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<Option<$crate::store::Job>> {
+            async fn start_job_now(&self, job: &$crate::jobs::NewJob, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<Option<$crate::jobs::Job>> {
                 let r = sqlx::query_as(concat!(
                     "INSERT INTO jobs (id, kind, job_key, head_sha, payload, state, attempts, max_attempts, run_after, \
                      lease_owner, lease_until, cancel_requested, created_at, updated_at) \

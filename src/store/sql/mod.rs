@@ -135,7 +135,7 @@ pub(super) use connection_columns;
 /// inside the caller's transaction `$tx`: shared by `enqueue_job` and `insert_deliveries`.
 macro_rules! enqueue_in {
     ($tx:ident, $job:expr, $now:expr) => {{
-        let job: &$crate::store::NewJob = $job;
+        let job: &$crate::jobs::NewJob = $job;
         if job.supersede {
             $crate::store::sql::supersede_in!($tx, &job.job_key, $now);
         }
@@ -173,9 +173,9 @@ pub(super) use supersede_in;
 /// supersedes it).
 macro_rules! insert_job_in {
     ($tx:ident, $job:expr, $state:expr, $now:expr) => {{
-        let job: &$crate::store::NewJob = $job;
+        let job: &$crate::jobs::NewJob = $job;
         let now: i64 = $now;
-        let row: $crate::store::Job = sqlx::query_as(concat!(
+        let row: $crate::jobs::Job = sqlx::query_as(concat!(
             "INSERT INTO jobs (id, kind, job_key, head_sha, payload, state, attempts, max_attempts, run_after, \
              cancel_requested, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $8, 0, $6, $7, 0, $7, $7) RETURNING ",
             $crate::store::sql::job_columns!()
