@@ -64,4 +64,11 @@ ensure_postgres
 ensure_mariadb
 # Clone engine: MariaDB generations are taken with mariadb-backup.
 command -v mariadb-backup >/dev/null 2>&1 || apt_install mariadb-backup
-log "PostgreSQL and MariaDB are up"
+# The default sandbox for PR code (bubblewrap) and the isolated network (pasta, from passt).
+command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
+command -v pasta >/dev/null 2>&1 || apt_install passt
+# pasta opens /dev/net/tun as the site's uid: udev makes it 0666 on a usual machine.
+if [ -c /dev/net/tun ] && [ "$(stat -c %a /dev/net/tun)" != 666 ] && [ "$(id -u)" = 0 ]; then
+  chmod 0666 /dev/net/tun
+fi
+log "PostgreSQL and MariaDB are up; bubblewrap and pasta installed"

@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
+use crate::size::ByteSize;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -238,7 +239,8 @@ impl Default for PreviewsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Unprivileged OS user builds and site processes run as when endor runs as root.
+    /// Unprivileged OS user builds and site processes run as when endor runs as root and
+    /// `runtime.isolation = "none"` (with isolation, each site has a uid of its own).
     pub user: String,
     /// Longest a single build step may run.
     pub build_timeout: HumanDuration,
@@ -246,6 +248,19 @@ pub struct RuntimeConfig {
     pub output_cap: usize,
     /// Longest a started site may take to pass its health check.
     pub health_timeout: HumanDuration,
+    /// How PR code is confined: `sandbox` (bubblewrap namespaces, a uid per site, cgroup
+    /// limits) or `none` (which must be said explicitly; `serve` warns at every start).
+    pub isolation: Isolation,
+    /// `shared`: previews reach the network as the host does; `isolated`: a network namespace
+    /// of their own (through pasta), with no route to the host's loopback services or to other
+    /// previews.
+    pub network: NetworkMode,
+    /// uids (and gids) given to sites, one each (`first-last`).
+    pub uid_range: UidRange,
+    /// Where the cgroup hierarchies are mounted.
+    pub cgroup_root: PathBuf,
+    /// Limits of each site's processes; `.endor.toml` `[preview.limits]` may only lower them.
+    pub limits: LimitsConfig,
 }
 
 impl Default for RuntimeConfig {
@@ -255,6 +270,96 @@ impl Default for RuntimeConfig {
             build_timeout: HumanDuration(std::time::Duration::from_secs(600)),
             output_cap: 1024 * 1024,
             health_timeout: HumanDuration(std::time::Duration::from_secs(60)),
+            isolation: Isolation::Sandbox,
+            network: NetworkMode::Shared,
+            uid_range: UidRange {
+                first: 200_000,
+                last: 299_999,
+            },
+            cgroup_root: "/sys/fs/cgroup".into(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    Sandbox,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    Shared,
+    Isolated,
+}
+
+/// `runtime.uid_range = "200000-299999"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(into = "String")]
+pub struct UidRange {
+    pub first: u32,
+    pub last: u32,
+}
+
+impl std::str::FromStr for UidRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "runtime.uid_range `{}`: write FIRST-LAST, both above 999 and below 4294967294, FIRST <= LAST",
+                s.escape_debug()
+            )
+        };
+        let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+        let first: u32 = a.trim().parse().map_err(|_| bad())?;
+        let last: u32 = b.trim().parse().map_err(|_| bad())?;
+        // Below 1000 are system accounts; 65534 is nobody; u32::MAX - 1 and MAX mean "none".
+        if first < 1000 || first > last || last >= u32::MAX - 1 || (first..=last).contains(&65534) {
+            return Err(bad());
+        }
+        Ok(Self { first, last })
+    }
+}
+
+impl From<UidRange> for String {
+    fn from(r: UidRange) -> String {
+        format!("{}-{}", r.first, r.last)
+    }
+}
+
+impl<'de> Deserialize<'de> for UidRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[runtime.limits]`: what one site's processes may use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Memory of all the site's processes together; past it the kernel kills one of them.
+    pub memory: ByteSize,
+    /// CPU time, in cores (0.5 = half a core).
+    pub cpus: f64,
+    /// Processes and threads at once (a fork bomb stops here).
+    pub processes: u32,
+    /// Disk the site's checkout and files may take (enforced where the storage root has
+    /// XFS project quotas; `endor doctor` says).
+    pub disk: ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            memory: ByteSize(512 << 20),
+            cpus: 1.0,
+            processes: 256,
+            disk: ByteSize(2 << 30),
         }
     }
 }
@@ -524,6 +629,19 @@ impl Config {
         }
         if self.writeback.max_attempts < 1 {
             return key("writeback.max_attempts", "must be at least 1");
+        }
+        let l = &self.runtime.limits;
+        if !(l.cpus.is_finite() && l.cpus >= 0.01 && l.cpus <= 1024.0) {
+            return key(
+                "runtime.limits.cpus",
+                "must be a number of cores from 0.01 to 1024",
+            );
+        }
+        if l.processes < 8 {
+            return key("runtime.limits.processes", "must be at least 8");
+        }
+        if l.memory.0 < 16 << 20 {
+            return key("runtime.limits.memory", "must be at least 16MiB");
         }
         if self.jobs.workers == 0 {
             return key("jobs.workers", "must be at least 1");

@@ -26,6 +26,7 @@ pub mod secret;
 pub mod server;
 pub mod service;
 pub mod sites;
+pub mod size;
 pub mod store;
 pub mod telemetry;
 pub mod unix;

@@ -250,7 +250,7 @@ impl Lifecycle {
             .await
         {
             Ok(r) => {
-                self.hand_over(site)?;
+                self.hand_over(site).await?;
                 Ok(Synced::Done {
                     parent: parent.name,
                     duration_ms: r.duration_ms,

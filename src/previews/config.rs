@@ -4,16 +4,19 @@
 
 use serde::Deserialize;
 
+use crate::config::LimitsConfig;
 use crate::duration::HumanDuration;
+use crate::runtime::Limits;
+use crate::size::ByteSize;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepoConfig {
     #[serde(default)]
     pub preview: PreviewConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PreviewConfig {
     /// Site whose files and databases are cloned; none means an empty site.
@@ -28,6 +31,35 @@ pub struct PreviewConfig {
     pub root: Option<String>,
     /// Path that must answer 2xx/3xx before the site counts as ready.
     pub health: String,
+    /// Lower limits than `[runtime.limits]` for this repository's previews (higher ones are
+    /// capped at the configured limits).
+    pub limits: RepoLimits,
+}
+
+/// `[preview.limits]`: each optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepoLimits {
+    pub memory: Option<ByteSize>,
+    pub cpus: Option<f64>,
+    pub processes: Option<u32>,
+    pub disk: Option<ByteSize>,
+}
+
+impl RepoLimits {
+    /// The limits a preview gets: the configured ones, lowered where the repository asks.
+    pub fn within(&self, host: &LimitsConfig) -> Limits {
+        Limits {
+            memory: self
+                .memory
+                .map_or(host.memory.0, |m| m.0.min(host.memory.0)),
+            cpus: self.cpus.map_or(host.cpus, |c| c.min(host.cpus)),
+            processes: self
+                .processes
+                .map_or(host.processes, |p| p.min(host.processes)),
+            disk: self.disk.map_or(host.disk.0, |d| d.0.min(host.disk.0)),
+        }
+    }
 }
 
 impl Default for PreviewConfig {
@@ -39,6 +71,7 @@ impl Default for PreviewConfig {
             start: None,
             root: None,
             health: "/".into(),
+            limits: RepoLimits::default(),
         }
     }
 }
@@ -103,6 +136,22 @@ impl RepoConfig {
                 "preview.start must be a non-empty command".into(),
             ));
         }
+        let l = &p.limits;
+        if l.cpus.is_some_and(|c| !(c.is_finite() && c >= 0.01)) {
+            return Err(RepoConfigError(
+                "preview.limits.cpus must be a number of cores of at least 0.01".into(),
+            ));
+        }
+        if l.processes.is_some_and(|n| n < 8) {
+            return Err(RepoConfigError(
+                "preview.limits.processes must be at least 8".into(),
+            ));
+        }
+        if l.memory.is_some_and(|m| m.0 < 16 << 20) {
+            return Err(RepoConfigError(
+                "preview.limits.memory must be at least 16MiB".into(),
+            ));
+        }
         if p.start.is_some() && p.root.is_some() {
             return Err(RepoConfigError("preview.start and preview.root exclude each other: a site is either a process or a static folder".into()));
         }
@@ -133,6 +182,34 @@ mod tests {
         assert_eq!(p.build, vec!["npm ci", "npm run build"]);
         assert_eq!(p.start.as_deref(), Some("node server.js"));
         assert_eq!(p.health, "/healthz");
+    }
+
+    #[test]
+    fn repository_limits_only_lower_the_configured_ones() {
+        let cfg = RepoConfig::parse(
+            r#"
+            [preview.limits]
+            memory = "128MiB"
+            cpus = 4.0
+            processes = 64
+            "#,
+        )
+        .unwrap();
+        let host = LimitsConfig::default();
+        let l = cfg.preview.limits.within(&host);
+        assert_eq!(l.memory, 128 << 20);
+        assert_eq!(l.cpus, 1.0, "capped at runtime.limits.cpus");
+        assert_eq!(l.processes, 64);
+        assert_eq!(l.disk, host.disk.0);
+        for bad in [
+            "[preview.limits]\nmemory = \"1MiB\"",
+            "[preview.limits]\ncpus = -1.0",
+            "[preview.limits]\nprocesses = 1",
+            "[preview.limits]\nswap = \"1GiB\"",
+            "[preview.limits]\nmemory = \"lots\"",
+        ] {
+            assert!(RepoConfig::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

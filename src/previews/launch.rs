@@ -9,7 +9,7 @@ use crate::git::GitError;
 use crate::jobs::Job;
 use crate::jobs::{JobContext, JobError};
 use crate::previews::config::RepoConfig;
-use crate::runtime::{self, Sandbox, Supervised};
+use crate::runtime::{self, Sandbox, SiteBox, Supervised};
 use crate::store::{Connection, Preview, PreviewStep, Site, SiteState};
 
 use super::state::PreviewState;
@@ -183,7 +183,7 @@ impl Lifecycle {
         let s = self.begin(preview, run, 4, "start").await?;
         let route = match &cfg.preview.start {
             Some(cmd) => {
-                let started_proc = self.start(&site, &code, env, cmd).await;
+                let started_proc = self.start(&site, &cfg, &code, env, cmd).await;
                 let detail = started_proc
                     .as_ref()
                     .ok()
@@ -402,23 +402,66 @@ impl Lifecycle {
                 .await
                 .map_err(site_error)?,
         };
-        self.hand_over(&site)?;
+        self.hand_over(&site).await?;
         Ok((site, false))
     }
 
-    /// The site's own processes write its data: its data folders go to `runtime.user`.
-    pub(super) fn hand_over(&self, site: &Site) -> Result<(), JobError> {
-        let sandbox = Sandbox::new(self.sites.site_dir(site), vec![], &self.config.runtime.user)
+    /// The site as the host runs it: its own uid (assigned on first use, from
+    /// `runtime.uid_range`), its writable folders, its limits.
+    pub(super) async fn site_box(
+        &self,
+        site: &Site,
+        cfg: Option<&RepoConfig>,
+    ) -> Result<SiteBox, JobError> {
+        let uid = if self.host.per_site_uids() {
+            let r = self.config.runtime.uid_range;
+            Some(
+                self.store
+                    .assign_site_uid(&site.id, r.first, r.last)
+                    .await
+                    .map_err(|e| match e {
+                        crate::store::StoreError::Exhausted(m) => JobError::Permanent(m),
+                        e => transient(e),
+                    })?,
+            )
+        } else {
+            None
+        };
+        let limits = cfg
+            .map(|c| c.preview.limits.clone())
+            .unwrap_or_default()
+            .within(&self.config.runtime.limits);
+        Ok(SiteBox {
+            key: site.id.to_string(),
+            uid,
+            writable: self.sites.writable_dirs(site),
+            limits,
+        })
+    }
+
+    /// The site's own processes write its data: its data folders go to its uid (or
+    /// `runtime.user` without isolation), mode 0700, and its directory is not listable.
+    pub(super) async fn hand_over(&self, site: &Site) -> Result<SiteBox, JobError> {
+        let sbox = self.site_box(site, None).await?;
+        let dir = self.sites.site_dir(site);
+        let sandbox = self
+            .host
+            .sandbox(&sbox, &dir, vec![], None)
             .map_err(|e| JobError::Permanent(e.to_string()))?;
-        for dir in self.sites.writable_dirs(site) {
+        let fail = |e: &dyn std::fmt::Display| {
+            JobError::Transient(format!("handing over the site's data: {e}"))
+        };
+        set_mode(&dir, 0o711).map_err(|e| fail(&e))?;
+        for d in &sbox.writable {
             Sandbox {
-                dir,
+                dir: d.clone(),
                 ..sandbox.clone()
             }
             .hand_over()
-            .map_err(|e| JobError::Transient(format!("handing over the site's data: {e}")))?;
+            .map_err(|e| fail(&e))?;
+            set_mode(d, 0o700).map_err(|e| fail(&e))?;
         }
-        Ok(())
+        Ok(sbox)
     }
 
     async fn site_env(&self, site: &Site) -> Result<Vec<(String, String)>, JobError> {
@@ -464,7 +507,10 @@ impl Lifecycle {
             .await
             .map_err(git_error)?;
         let env = self.site_env(site).await?;
-        let sandbox = Sandbox::new(code, env.clone(), &self.config.runtime.user)
+        let sbox = self.site_box(site, Some(cfg)).await?;
+        let sandbox = self
+            .host
+            .sandbox(&sbox, code, env.clone(), None)
             .map_err(|e| JobError::Permanent(e.to_string()))?;
         sandbox
             .hand_over()
@@ -495,6 +541,11 @@ impl Lifecycle {
         if !report.ok {
             let last = report.steps.last();
             let why = match last {
+                Some(s) if s.killed.is_some() => format!(
+                    "build step `{}` was {}",
+                    s.command,
+                    s.killed.as_deref().unwrap_or_default()
+                ),
                 Some(s) if s.timed_out => format!(
                     "build step `{}` timed out after {}",
                     s.command, self.config.runtime.build_timeout
@@ -519,13 +570,17 @@ impl Lifecycle {
     async fn start(
         &self,
         site: &Site,
+        cfg: &RepoConfig,
         code: &Path,
         mut env: Vec<(String, String)>,
         cmd: &str,
     ) -> Result<(u16, Supervised), JobError> {
         let port = free_port().map_err(transient)?;
         env.push(("PORT".into(), port.to_string()));
-        let sandbox = Sandbox::new(code, env, &self.config.runtime.user)
+        let sbox = self.site_box(site, Some(cfg)).await?;
+        let sandbox = self
+            .host
+            .sandbox(&sbox, code, env, Some(port))
             .map_err(|e| JobError::Permanent(e.to_string()))?;
         let log = crate::logs::path(&self.logs, &site.id, crate::logs::Service::Web);
         if let Some(dir) = log.parent() {
@@ -546,4 +601,12 @@ fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }

@@ -72,6 +72,8 @@ pub struct Lifecycle {
     pub(super) store: Arc<dyn Store>,
     pub(super) config: Config,
     pub(super) sites: Sites,
+    /// How PR code is confined on this host.
+    pub(super) host: crate::runtime::Host,
     pub(super) git: GitMirrors,
     pub(super) metrics: Arc<Metrics>,
     pub(super) logs: PathBuf,
@@ -121,6 +123,7 @@ impl Lifecycle {
         let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         Arc::new(Self {
             sites: Sites::new(store.clone(), config),
+            host: crate::runtime::Host::new(&config.runtime),
             git: GitMirrors::new(abs(&config.storage.git)),
             logs: abs(&config.storage.logs),
             store,

@@ -96,6 +96,10 @@ impl Lifecycle {
                 }
             }
         }
+        // Whatever the site's code left running goes, with its control group.
+        if let Some(id) = &preview.site_id {
+            self.host.release(id.as_str());
+        }
         preview.pid = None;
         preview.port = None;
         step(preview, "stop");

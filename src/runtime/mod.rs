@@ -31,6 +31,22 @@ pub enum RuntimeError {
     },
 }
 
+pub mod cgroup;
+pub mod jail;
+
+use crate::config::{Isolation, NetworkMode, RuntimeConfig};
+use cgroup::{Cgroups, Group};
+use jail::Jail;
+
+/// What one site's processes may use together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub memory: u64,
+    pub cpus: f64,
+    pub processes: u32,
+    pub disk: u64,
+}
+
 /// Who and where commands run.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
@@ -39,10 +55,17 @@ pub struct Sandbox {
     pub env: Vec<(String, String)>,
     /// uid/gid to run as (set when endor is root).
     pub run_as: Option<(u32, u32)>,
+    /// The namespaces the code runs in (none with `runtime.isolation = "none"`).
+    pub jail: Option<Jail>,
+    /// The site's control group (its limits), where the host has one.
+    pub cgroup: Option<Group>,
+    /// The memory limit, for saying why a process was killed.
+    pub memory_limit: Option<u64>,
 }
 
 impl Sandbox {
-    /// Resolve `runtime.user` when running as root; otherwise commands run as ourselves.
+    /// No isolation: resolve `runtime.user` when running as root; otherwise commands run as
+    /// ourselves.
     pub fn new(
         dir: impl Into<PathBuf>,
         env: Vec<(String, String)>,
@@ -61,12 +84,31 @@ impl Sandbox {
             dir: dir.into(),
             env,
             run_as,
+            jail: None,
+            cgroup: None,
+            memory_limit: None,
         })
     }
 
-    fn command(&self, script: &str) -> Command {
-        let mut c = Command::new("/bin/sh");
-        c.arg("-c").arg(script).current_dir(&self.dir).env_clear();
+    /// The command, and the files its child must still have open when it is spawned.
+    fn command(&self, script: &str) -> std::io::Result<(Command, Vec<std::fs::File>)> {
+        let mut keep = Vec::new();
+        let mut c = match &self.jail {
+            None => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c").arg(script);
+                c
+            }
+            Some(j) => {
+                keep = jail::open_dirs(&j.writable)?;
+                let (program, args) = j.argv(&self.dir, script, &Group::raw_fds(&keep));
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+        };
+        let bind_fds = Group::raw_fds(&keep);
+        c.current_dir(&self.dir).env_clear();
         c.env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &self.dir)
             .env("LANG", "C.UTF-8");
@@ -82,7 +124,46 @@ impl Sandbox {
             // Dropping from root, std also clears the supplementary groups before setuid.
             c.uid(uid).gid(gid);
         }
-        c
+        let mut procs = match &self.cgroup {
+            Some(g) => g.open_procs()?,
+            None => Vec::new(),
+        };
+        let fds = Group::raw_fds(&procs);
+        procs.extend(keep);
+        let jailed = self.jail.is_some();
+        // SAFETY: runs in the child between fork and exec; it only calls write(2) and prctl(2).
+        unsafe {
+            c.pre_exec(move || {
+                Group::enter_from_child(&fds)?;
+                jail::keep_open(&bind_fds)?;
+                if jailed && libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok((c, procs))
+    }
+
+    fn spawn(&self, script: &str) -> std::io::Result<Child> {
+        let (mut c, _procs) = self.command(script)?;
+        c.spawn()
+    }
+
+    fn oom_kills(&self) -> u64 {
+        self.cgroup.as_ref().map_or(0, Group::oom_kills)
+    }
+
+    /// Why a process that just ended was killed, if its group ran out of memory since
+    /// `kills_before`.
+    fn oom_note(&self, kills_before: u64) -> Option<String> {
+        (self.oom_kills() > kills_before).then(|| match self.memory_limit {
+            Some(m) => format!(
+                "killed: the site's processes reached their memory limit ({})",
+                crate::size::ByteSize(m)
+            ),
+            None => "killed: out of memory".into(),
+        })
     }
 
     /// Give the sandbox's directory to its user (the checkout is written by endor).
@@ -91,6 +172,280 @@ impl Sandbox {
             chown_tree(&self.dir, uid, gid)?;
         }
         Ok(())
+    }
+}
+
+/// One site as the host runs it.
+#[derive(Debug, Clone)]
+pub struct SiteBox {
+    /// The site's id: names its control group.
+    pub key: String,
+    /// Its own uid (and gid), when endor runs as root with isolation.
+    pub uid: Option<u32>,
+    /// Folders its code may write besides the working directory.
+    pub writable: Vec<PathBuf>,
+    pub limits: Limits,
+}
+
+/// What this host does to confine PR code, decided once from `[runtime]`.
+#[derive(Debug, Clone)]
+pub struct Host {
+    isolation: Isolation,
+    network: NetworkMode,
+    bwrap: Option<PathBuf>,
+    pasta: Option<PathBuf>,
+    cgroups: Option<Cgroups>,
+    root: bool,
+    user: String,
+}
+
+/// One line of what the host enforces (for `endor doctor`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Capability {
+    pub what: &'static str,
+    pub enforced: bool,
+    pub detail: String,
+}
+
+impl Host {
+    pub fn new(cfg: &RuntimeConfig) -> Self {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let sandboxed = cfg.isolation == Isolation::Sandbox;
+        Self {
+            isolation: cfg.isolation,
+            network: cfg.network,
+            bwrap: jail::find_program("bwrap").filter(|_| sandboxed),
+            pasta: jail::find_program("pasta").filter(|_| sandboxed),
+            // Limits need a group endor may make: as root, with isolation.
+            cgroups: (root && sandboxed)
+                .then(|| Cgroups::detect(&cfg.cgroup_root))
+                .flatten(),
+            root,
+            user: cfg.user.clone(),
+        }
+    }
+
+    pub fn isolated(&self) -> bool {
+        self.isolation == Isolation::Sandbox
+    }
+
+    /// Whether sites get their own uid (root with isolation).
+    pub fn per_site_uids(&self) -> bool {
+        self.root && self.isolated()
+    }
+
+    /// What this host enforces, one line each.
+    pub fn report(&self) -> Vec<Capability> {
+        let mut out = Vec::new();
+        let mut line = |what, enforced, detail: String| {
+            out.push(Capability {
+                what,
+                enforced,
+                detail,
+            })
+        };
+        if !self.isolated() {
+            line(
+                "isolation",
+                false,
+                "runtime.isolation = \"none\": PR code runs unconfined as runtime.user".into(),
+            );
+            return out;
+        }
+        match (&self.bwrap, self.sandbox_works()) {
+            (Some(b), Ok(())) => line(
+                "sandbox",
+                true,
+                format!(
+                    "bubblewrap ({}): own PID/IPC/UTS namespaces, system read-only, private /tmp, no new privileges",
+                    b.display()
+                ),
+            ),
+            (Some(b), Err(e)) => line(
+                "sandbox",
+                false,
+                format!("{} does not work here: {e}", b.display()),
+            ),
+            (None, _) => line(
+                "sandbox",
+                false,
+                "bubblewrap (bwrap) is not installed: apt-get install bubblewrap".into(),
+            ),
+        }
+        line(
+            "uid per site",
+            self.root,
+            if self.root {
+                "each site runs as a uid of its own from runtime.uid_range, its folders 0700".into()
+            } else {
+                "endor does not run as root: every site runs as endor's own uid".into()
+            },
+        );
+        match self.network {
+            NetworkMode::Shared => line(
+                "network",
+                false,
+                "runtime.network = \"shared\": previews reach the network as the host does".into(),
+            ),
+            NetworkMode::Isolated => match self.network_works() {
+                Ok(p) => line(
+                    "network",
+                    true,
+                    format!(
+                        "a namespace per preview through pasta ({}), app port forwarded from the host's loopback, no route to the host's services",
+                        p.display()
+                    ),
+                ),
+                Err(e) => line("network", false, e),
+            },
+        }
+        match &self.cgroups {
+            Some(c) => {
+                line("memory limit", true, c.describe());
+                line("cpu limit", true, c.describe());
+                line("process limit", true, c.describe());
+            }
+            None => {
+                let why = if self.root {
+                    "no cgroup hierarchy with memory, cpu and pids that endor can write".to_string()
+                } else {
+                    "endor does not run as root".to_string()
+                };
+                for what in ["memory limit", "cpu limit", "process limit"] {
+                    line(what, false, why.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// An error when PR code cannot run the way the config asks (`serve` refuses to start).
+    pub fn check(&self) -> Result<(), RuntimeError> {
+        if !self.isolated() {
+            return Ok(());
+        }
+        match &self.bwrap {
+            None => {
+                return Err(RuntimeError::Invalid(
+                    "runtime.isolation = \"sandbox\" needs bubblewrap (apt-get install bubblewrap); set runtime.isolation = \"none\" to run PR code unconfined".into(),
+                ));
+            }
+            Some(_) => self.sandbox_works().map_err(|e| {
+                RuntimeError::Invalid(format!(
+                    "the sandbox does not work on this host: {e}; set runtime.isolation = \"none\" to run PR code unconfined"
+                ))
+            })?,
+        }
+        if self.network == NetworkMode::Isolated {
+            self.network_works().map_err(RuntimeError::Invalid)?;
+        }
+        Ok(())
+    }
+
+    fn sandbox_works(&self) -> Result<(), String> {
+        let Some(bwrap) = &self.bwrap else {
+            return Err("no bwrap".into());
+        };
+        let jail = Jail {
+            bwrap: bwrap.clone(),
+            writable: vec![],
+            network: None,
+        };
+        let (program, args) = jail.argv(Path::new("/"), "exit 0", &[]);
+        let mut c = std::process::Command::new(program);
+        c.args(args)
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if self.root {
+            use std::os::unix::process::CommandExt;
+            c.uid(65534).gid(65534);
+        }
+        let out = c.output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+        }
+    }
+
+    fn network_works(&self) -> Result<PathBuf, String> {
+        let pasta = self.pasta.clone().ok_or(
+            "runtime.network = \"isolated\" needs pasta (apt-get install passt)".to_string(),
+        )?;
+        let tun = std::fs::metadata("/dev/net/tun")
+            .map_err(|e| format!("runtime.network = \"isolated\" needs /dev/net/tun: {e}"))?;
+        use std::os::unix::fs::PermissionsExt;
+        if self.root && tun.permissions().mode() & 0o006 != 0o006 {
+            return Err("runtime.network = \"isolated\": /dev/net/tun must be usable by site uids (mode 0666, as udev makes it)".into());
+        }
+        Ok(pasta)
+    }
+
+    /// How to run commands of `site` in `dir` with `env`; `port` is forwarded into an
+    /// isolated network.
+    pub fn sandbox(
+        &self,
+        site: &SiteBox,
+        dir: &Path,
+        env: Vec<(String, String)>,
+        port: Option<u16>,
+    ) -> Result<Sandbox, RuntimeError> {
+        if !self.isolated() {
+            return Sandbox::new(dir, env, &self.user);
+        }
+        let bwrap = self
+            .bwrap
+            .clone()
+            .ok_or_else(|| RuntimeError::Invalid("bubblewrap (bwrap) is not installed".into()))?;
+        let run_as = match (self.root, site.uid) {
+            (false, _) => None,
+            (true, Some(uid)) => Some((uid, uid)),
+            (true, None) => {
+                return Err(RuntimeError::Invalid(format!(
+                    "site {} has no uid of its own",
+                    site.key
+                )));
+            }
+        };
+        let network = match self.network {
+            NetworkMode::Shared => None,
+            NetworkMode::Isolated => {
+                Some((self.network_works().map_err(RuntimeError::Invalid)?, port))
+            }
+        };
+        let mut writable = vec![dir.to_path_buf()];
+        writable.extend(site.writable.iter().cloned());
+        let cgroup = match &self.cgroups {
+            Some(c) => Some(c.group(&site.key, &site.limits)?),
+            None => None,
+        };
+        Ok(Sandbox {
+            dir: dir.to_path_buf(),
+            env,
+            run_as,
+            jail: Some(Jail {
+                bwrap,
+                writable,
+                network,
+            }),
+            cgroup,
+            memory_limit: Some(site.limits.memory),
+        })
+    }
+
+    /// Kill whatever the site left running and remove its control group.
+    pub fn release(&self, key: &str) {
+        if let Some(c) = &self.cgroups {
+            c.existing(key).remove();
+        }
+    }
+
+    /// The site's control group, for reading what happened in it.
+    pub fn group(&self, key: &str) -> Option<Group> {
+        self.cgroups.as_ref().map(|c| c.existing(key))
     }
 }
 
@@ -115,6 +470,9 @@ pub struct StepReport {
     pub command: String,
     pub exit_code: Option<i32>,
     pub timed_out: bool,
+    /// Why the kernel killed it, when it did (its memory limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub killed: Option<String>,
     pub duration_ms: u64,
 }
 
@@ -220,6 +578,18 @@ async fn follow_output(child: &mut Child, path: &Path, cap: usize) {
     }
 }
 
+/// Append one line to a log file.
+async fn note(path: &Path, line: &str) {
+    if let Ok(mut f) = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
+    {
+        let _ = f.write_all(format!("{line}\n").as_bytes()).await;
+    }
+}
+
 /// Run the build steps in order; the first failure (or timeout) ends the build.
 pub async fn build(
     sandbox: &Sandbox,
@@ -259,7 +629,8 @@ pub async fn build_cancellable(
             output_cap,
             &mut report.truncated,
         );
-        let mut child = sandbox.command(step).spawn()?;
+        let kills_before = sandbox.oom_kills();
+        let mut child = sandbox.spawn(step)?;
         let pid = child.id().unwrap_or(0);
         let mut log = std::mem::take(&mut report.log);
         let mut truncated = report.truncated;
@@ -319,10 +690,20 @@ pub async fn build_cancellable(
         };
         // Whatever the step left running in its group goes with it.
         kill_group(pid);
+        let killed = sandbox.oom_note(kills_before);
+        if let Some(k) = &killed {
+            append(
+                &mut report.log,
+                format!("\n[endor] {k}\n").as_bytes(),
+                usize::MAX,
+                &mut report.truncated,
+            );
+        }
         report.steps.push(StepReport {
             command: step.clone(),
             exit_code,
             timed_out,
+            killed,
             duration_ms: started.elapsed().as_millis() as u64,
         });
         if timed_out || exit_code != Some(0) {
@@ -352,7 +733,8 @@ impl Supervised {
             let mut backoff = Duration::from_millis(200);
             while !s.load(Ordering::SeqCst) {
                 let started = Instant::now();
-                match sandbox.command(&command).spawn() {
+                let kills_before = sandbox.oom_kills();
+                match sandbox.spawn(&command) {
                     Ok(mut child) => {
                         p.store(child.id().unwrap_or(0), Ordering::SeqCst);
                         // Written as it arrives, so the log can be followed while the site
@@ -362,7 +744,17 @@ impl Supervised {
                         if s.load(Ordering::SeqCst) {
                             return;
                         }
-                        tracing::warn!(command = %command, status = ?status.ok(), "site process exited; restarting");
+                        if let Some(why) = sandbox.oom_note(kills_before) {
+                            // The site's log says why, where its owner looks.
+                            note(
+                                &log_path,
+                                &format!("[endor] site process {why}; restarting"),
+                            )
+                            .await;
+                            tracing::warn!(command = %command, "site process {why}; restarting");
+                        } else {
+                            tracing::warn!(command = %command, status = ?status.ok(), "site process exited; restarting");
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "site process could not start"),
                 }

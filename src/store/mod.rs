@@ -41,6 +41,9 @@ pub enum StoreError {
     Unavailable(String),
     #[error("a workspace keeps at least one owner: give another member the owner role first")]
     LastOwner,
+    /// A bounded resource (a configured range) has nothing left.
+    #[error("{0}")]
+    Exhausted(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -188,6 +191,9 @@ pub struct Site {
     pub state: SiteState,
     pub created_at: i64,
     pub deleted_at: Option<i64>,
+    /// The uid (and gid) the site's code and database servers run as, from
+    /// `runtime.uid_range`; released when the site is deleted.
+    pub uid: Option<u32>,
 }
 
 #[derive(Debug, Clone)]
@@ -561,6 +567,9 @@ pub trait SiteStore: Send + Sync {
     async fn create_site(&self, s: &NewSite) -> Result<Site>;
     async fn set_site_state(&self, id: &SiteId, state: SiteState) -> Result<()>;
     async fn set_site_protected(&self, id: &SiteId, protected: bool) -> Result<()>;
+    /// The site's own uid: the one it has, or the lowest in `first..=last` that no live site
+    /// holds (two live sites never share one; a deleted site's is free again).
+    async fn assign_site_uid(&self, id: &SiteId, first: u32, last: u32) -> Result<u32>;
     /// The site of that name that is not deleted.
     async fn site_by_name(&self, name: &str) -> Result<Option<Site>>;
     async fn site(&self, id: &SiteId) -> Result<Option<Site>>;

@@ -70,6 +70,7 @@ pub(super) struct SiteRow {
     pub state: String,
     pub created_at: i64,
     pub deleted_at: Option<i64>,
+    pub uid: Option<i64>,
 }
 
 impl TryFrom<SiteRow> for super::Site {
@@ -89,6 +90,7 @@ impl TryFrom<SiteRow> for super::Site {
             state,
             created_at: r.created_at,
             deleted_at: r.deleted_at,
+            uid: r.uid.map(|u| u as u32),
         })
     }
 }
@@ -104,7 +106,7 @@ pub(super) fn role_list(stored: &str) -> Vec<String> {
 
 macro_rules! site_columns {
     () => {
-        "id, name, workspace_id, region, parent_id, protected, read_only, state, created_at, deleted_at"
+        "id, name, workspace_id, region, parent_id, protected, read_only, state, created_at, deleted_at, uid"
     };
 }
 pub(super) use site_columns;

@@ -25,7 +25,9 @@ macro_rules! impl_sites {
 
             async fn set_site_state(&self, id: &$crate::ids::SiteId, state: $crate::store::SiteState) -> $crate::store::Result<()> {
                 let deleted_at = (state == $crate::store::SiteState::Deleted).then($crate::now_ms);
-                sqlx::query("UPDATE sites SET state = $1, deleted_at = COALESCE($2, deleted_at) WHERE id = $3")
+                // A deleted site gives its uid back.
+                sqlx::query("UPDATE sites SET state = $1, deleted_at = COALESCE($2, deleted_at), \
+                             uid = CASE WHEN $1 = 'deleted' THEN NULL ELSE uid END WHERE id = $3")
                     .bind(state.as_str())
                     .bind(deleted_at)
                     .bind(id)
@@ -41,6 +43,50 @@ macro_rules! impl_sites {
                     .execute(&self.pool)
                     .await?;
                 Ok(())
+            }
+
+            async fn assign_site_uid(&self, id: &$crate::ids::SiteId, first: u32, last: u32) -> $crate::store::Result<u32> {
+                for _ in 0..16 {
+                    let current: Option<(Option<i64>,)> = sqlx::query_as("SELECT uid FROM sites WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                    match current {
+                        None => return Err($crate::store::StoreError::NotFound(format!("site {id}"))),
+                        Some((Some(uid),)) => return Ok(uid as u32),
+                        Some((None,)) => {}
+                    }
+                    let taken: Vec<(i64,)> = sqlx::query_as(
+                        "SELECT uid FROM sites WHERE uid >= $1 AND uid <= $2 ORDER BY uid",
+                    )
+                    .bind(first as i64)
+                    .bind(last as i64)
+                    .fetch_all(&self.pool)
+                    .await?;
+                    // The lowest uid of the range no site holds.
+                    let mut free = first as i64;
+                    for (t,) in taken {
+                        if t == free { free += 1 } else if t > free { break }
+                    }
+                    if free > last as i64 {
+                        return Err($crate::store::StoreError::Exhausted(format!(
+                            "every uid of runtime.uid_range {first}-{last} is held by a live site"
+                        )));
+                    }
+                    // Another process may take the same one first: the unique index says so
+                    // and the next round picks again.
+                    match sqlx::query("UPDATE sites SET uid = $1 WHERE id = $2 AND uid IS NULL")
+                        .bind(free)
+                        .bind(id)
+                        .execute(&self.pool)
+                        .await
+                    {
+                        Ok(_) => continue,
+                        Err(sqlx::Error::Database(d)) if d.is_unique_violation() => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                Err($crate::store::StoreError::Unavailable("no uid could be assigned after 16 tries".into()))
             }
 
             async fn site_by_name(&self, name: &str) -> $crate::store::Result<Option<$crate::store::Site>> {

@@ -1,0 +1,236 @@
+//! Hostile PR code under the default sandbox: a PR's build steps and start command try to reach
+//! what is not theirs (other sites' files and databases, endor's store and keys, other
+//! processes), to fork without end and to take more memory than their limit. Each attempt must
+//! fail while the preview it attacks and endor keep serving. Every attack script also does one
+//! thing it is allowed to do, so a script that did not run cannot pass for a blocked one.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use endor::size::ByteSize;
+use endor::store::PreviewState;
+use support::TestStore;
+use support::preview::*;
+
+const VICTIM_TOML: &str = r#"
+[preview]
+parent = "production"
+build = ["test -f app.py"]
+start = "/usr/bin/python3 app.py"
+health = "/health"
+"#;
+
+/// Each probe prints `NAME: SUCCEEDED` or `NAME: blocked`.
+fn attack_script(targets: &[(&str, String)]) -> String {
+    let mut s = String::from(
+        "try() { name=$1; shift; if \"$@\" >/dev/null 2>&1; then echo \"$name: SUCCEEDED\"; else echo \"$name: blocked\"; fi; }\n",
+    );
+    for (name, cmd) in targets {
+        s.push_str(&format!("try {name} sh -c '{cmd}'\n"));
+    }
+    s
+}
+
+fn commit_files(repo: &Repo, files: &[(&str, String)]) {
+    for (name, text) in files {
+        std::fs::write(repo.work.join(name), text).unwrap();
+    }
+    git(&repo.work, &["add", "-A"]);
+    git(&repo.work, &["commit", "-qm", "files"]);
+    git(&repo.work, &["push", "-q", "origin", "main"]);
+}
+
+fn lines(report: &str) -> Vec<(&str, &str)> {
+    report.lines().filter_map(|l| l.split_once(": ")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hostile_pr_code_reaches_only_its_own_site() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start_with(&db, |c| {
+        c.runtime.limits.processes = 64;
+        c.runtime.limits.memory = ByteSize(64 << 20);
+    })
+    .await;
+    sqlite_parent(&h.sites(), h.dir.path(), 10).await;
+
+    // The victim: a running preview of another repository, with its own files and database.
+    let (victim_repo, victim_conn) = h.repo("shop", VICTIM_TOML).await;
+    let sha = victim_repo.push_pr("feature", 1, "victim");
+    let pr = Pr::new("opened", 1, &sha, "feature", "octo/shop");
+    assert_eq!(h.pr_event(&victim_conn, "octo/shop", pr).await, 202);
+    let victim = h.ready(&victim_conn.0, 1, None).await;
+    assert_eq!(h.post("shop-pr-1", "/victim-note").await, 200);
+    let sites = h.sites();
+    let v = sites.show("shop-pr-1").await.unwrap();
+    let p = sites.show("production").await.unwrap();
+    let victim_dir = sites.root().join(&v.id);
+    let parent_dir = sites.root().join(&p.id);
+    let victim_files = victim_dir.join("live/files");
+    let victim_db = victim_dir.join("live/sqlite/main.db");
+    let parent_db = parent_dir.join("live/sqlite/main.db");
+    assert!(victim_db.exists() && parent_db.exists());
+    let store_file = db.url.trim_start_matches("sqlite://").to_string();
+    let key = h.state.config.storage.secret_key.clone();
+    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+    std::fs::write(&key, [7u8; 32]).unwrap();
+    let endor_pid = std::process::id();
+    let victim_port = victim.port.unwrap();
+
+    let d = |p: &Path| p.display().to_string();
+    let probes: Vec<(&str, String)> = vec![
+        // Allowed: its own files and database (the control).
+        (
+            "own-files",
+            "echo mine > \"$ENDOR_FILES_DIR/mine.txt\"".into(),
+        ),
+        ("own-db", "test -s \"${DATABASE_URL#sqlite://}\"".into()),
+        // Not allowed.
+        (
+            "read-victim-files",
+            format!("cat {}/logo.txt", d(&victim_files)),
+        ),
+        ("read-victim-db", format!("head -c 16 {}", d(&victim_db))),
+        ("read-parent-db", format!("head -c 16 {}", d(&parent_db))),
+        // The storage root shows only the folders of this site's own mounts.
+        (
+            "list-other-sites",
+            format!("ls -a {} | grep -q {}", d(sites.root()), v.id),
+        ),
+        ("read-store", format!("head -c 16 {store_file}")),
+        ("read-secret-key", format!("head -c 1 {}", d(&key))),
+        (
+            "write-parent-files",
+            format!("echo pwned > {}/live/files/pwned.txt", d(&parent_dir)),
+        ),
+        (
+            "write-victim-files",
+            format!("echo pwned > {}/pwned.txt", d(&victim_files)),
+        ),
+        (
+            "write-victim-db",
+            format!("echo pwned >> {}", d(&victim_db)),
+        ),
+        (
+            "read-endor-environ",
+            format!("head -c 1 /proc/{endor_pid}/environ"),
+        ),
+        ("signal-endor", format!("kill -0 {endor_pid}")),
+        (
+            "see-host-processes",
+            "test $(ls /proc | grep -c \"^[0-9]\") -gt 20".into(),
+        ),
+        ("read-host-root", "ls /root".into()),
+    ];
+    let bomb = "b() { b | b & }; b";
+    let evil_toml = r#"
+[preview]
+parent = "production"
+build = [
+  "sh attack.sh > report.txt 2>&1",
+  "sh bomb.sh; sleep 2; echo \"bomb-procs: $(ls /proc | grep -c '^[0-9]')\" >> report.txt",
+  "kill -9 -1; echo \"after-kill: alive\" >> report.txt",
+]
+start = "/usr/bin/python3 -m http.server $PORT --bind 127.0.0.1"
+health = "/report.txt"
+"#;
+    let (evil_repo, evil_conn) = h.repo("evil", evil_toml).await;
+    commit_files(
+        &evil_repo,
+        &[
+            ("attack.sh", attack_script(&probes)),
+            ("bomb.sh", bomb.to_string()),
+        ],
+    );
+    let sha = evil_repo.push_pr("evil", 2, "evil");
+    let pr = Pr::new("opened", 2, &sha, "evil", "octo/evil");
+    assert_eq!(h.pr_event(&evil_conn, "octo/evil", pr).await, 202);
+    let evil = h
+        .wait(
+            &evil_conn.0,
+            2,
+            &[PreviewState::Ready, PreviewState::Failed],
+            None,
+        )
+        .await;
+    assert_eq!(evil.state, PreviewState::Ready, "{:?}", evil.reason);
+    let (code, report) = h.get("evil-pr-2", "/report.txt").await;
+    assert_eq!(code, 200, "{report}");
+    let got = lines(&report);
+    for (name, _) in &probes {
+        let want = if name.starts_with("own-") {
+            "SUCCEEDED"
+        } else {
+            "blocked"
+        };
+        assert!(
+            got.contains(&(*name, want)),
+            "{name} should be {want}:\n{report}"
+        );
+    }
+    // The fork bomb ran into the process limit inside its own PID namespace.
+    let procs: usize = got
+        .iter()
+        .find(|(n, _)| *n == "bomb-procs")
+        .map(|(_, v)| v.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no bomb count:\n{report}"));
+    assert!(procs <= 64, "the bomb made {procs} processes:\n{report}");
+    let e = h.store().site_by_name("evil-pr-2").await.unwrap().unwrap();
+    if let Some(g) = endor::runtime::Host::new(&h.state.config.runtime).group(e.id.as_str()) {
+        assert!(
+            g.fork_refusals() > 0,
+            "the process limit never refused a fork"
+        );
+    }
+    assert!(report.contains("after-kill: alive"), "{report}");
+
+    // Nothing of theirs was touched, and the victim, its parent and endor still serve.
+    assert!(!victim_files.join("pwned.txt").exists());
+    assert!(!parent_dir.join("live/files/pwned.txt").exists());
+    let (code, body) = h.get("shop-pr-1", "/").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.ends_with("notes=victim-note"), "{body}");
+    assert_eq!(
+        h.preview(&victim_conn.0, 1).await.unwrap().port,
+        Some(victim_port)
+    );
+
+    // Each site has a uid of its own, and its data folders are its own, 0700.
+    let uid_of = |name: &str| {
+        let name = name.to_string();
+        let store = h.state.store.clone();
+        async move { store.site_by_name(&name).await.unwrap().unwrap().uid }
+    };
+    let (vu, eu) = (uid_of("shop-pr-1").await, uid_of("evil-pr-2").await);
+    assert!(vu.is_some() && eu.is_some() && vu != eu, "{vu:?} {eu:?}");
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&victim_files).unwrap();
+    assert_eq!((m.uid(), m.mode() & 0o777), (vu.unwrap(), 0o700));
+
+    // A memory hog: the kernel kills it at the limit, and the preview says why.
+    let hog_toml = r#"
+[preview]
+build = ["/usr/bin/python3 -c 'x = bytearray(128 * 1024 * 1024); print(len(x))'"]
+root = "."
+"#;
+    let (hog_repo, hog_conn) = h.repo("hog", hog_toml).await;
+    let sha = hog_repo.push_pr("hog", 3, "hog");
+    let pr = Pr::new("opened", 3, &sha, "hog", "octo/hog");
+    assert_eq!(h.pr_event(&hog_conn, "octo/hog", pr).await, 202);
+    let hog = h
+        .wait(
+            &hog_conn.0,
+            3,
+            &[PreviewState::Ready, PreviewState::Failed],
+            None,
+        )
+        .await;
+    assert_eq!(hog.state, PreviewState::Failed);
+    let reason = hog.reason.unwrap_or_default();
+    assert!(reason.contains("memory limit (64MiB)"), "{reason}");
+    assert_eq!(h.get("shop-pr-1", "/health").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    h.stop().await;
+}
