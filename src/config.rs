@@ -524,6 +524,14 @@ pub enum ConfigError {
 impl Config {
     /// Load with the precedence described in the module doc. `explicit` is `--config` or
     /// `ENDOR_CONFIG`.
+    /// The config file `load` reads: the one given, or `config/endor.toml` when it exists.
+    pub fn file(explicit: Option<&Path>) -> Option<PathBuf> {
+        match explicit {
+            Some(p) => Some(p.to_path_buf()),
+            None => Some(PathBuf::from("config/endor.toml")).filter(|p| p.is_file()),
+        }
+    }
+
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         match explicit {
@@ -733,7 +741,9 @@ mod tests {
             );
             for (k, _) in table.as_table().unwrap() {
                 assert!(
-                    text.contains(&format!("{k} =")) || text.contains(&format!("# {k} =")),
+                    text.contains(&format!("{k} ="))
+                        || text.contains(&format!("# {k} ="))
+                        || text.contains(&format!("[{section}.{k}]")),
                     "key {section}.{k} undocumented"
                 );
             }

@@ -33,6 +33,12 @@ pub fn path(logs: &Path, site_id: &crate::ids::SiteId, service: Service) -> Path
     logs.join(site_id.as_str()).join(format!("{service}.log"))
 }
 
+/// Make the folder of a site's logs; the logs root, when missing, readable by endor alone.
+pub fn create_dir(logs: &Path, site_id: &crate::ids::SiteId) -> std::io::Result<()> {
+    crate::unix::create_private_dir(logs)?;
+    std::fs::create_dir_all(logs.join(site_id.as_str()))
+}
+
 /// What a log holds past `offset`, and the offset to read from next. A log shorter than
 /// `offset` was rewritten (a new build): it is read from the start. `None` when there is no
 /// log (yet).

@@ -45,6 +45,9 @@ enum Command {
         #[arg(long, default_value = "api,worker,reaper,gateway")]
         roles: String,
     },
+    /// What this host enforces on PR code (sandbox, uids, network, limits) and whether
+    /// endor's own files are private; exits 1 when `serve` would refuse to start.
+    Doctor,
     /// Apply database migrations (serve does this at start too).
     Migrate,
     /// One reaper pass now: destroy expired previews, finish interrupted teardowns, warn
@@ -107,7 +110,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command, cli.json, config)) {
+    let config_file = Config::file(cli.config.as_deref());
+    match runtime.block_on(run(cli.command, cli.json, config, config_file)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -117,9 +121,15 @@ fn main() -> ExitCode {
 }
 
 /// One command, to the file of its group.
-async fn run(command: Command, json: bool, config: Config) -> anyhow::Result<()> {
+async fn run(
+    command: Command,
+    json: bool,
+    config: Config,
+    config_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     match command {
-        Command::Serve { roles } => cli::serve::serve(roles, config).await,
+        Command::Serve { roles } => cli::serve::serve(roles, config, config_file).await,
+        Command::Doctor => cli::doctor::run(json, &config, config_file.as_deref()),
         Command::Migrate => cli::serve::migrate(json, &config).await,
         Command::Reap { dry_run } => cli::serve::reap(dry_run, json, &config).await,
         Command::User(cmd) => cli::user::run(cmd, json, &config).await,

@@ -93,7 +93,12 @@ impl Sealer {
             Err(e) => return Err(err(e.to_string())),
         }
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(dir)
+                .map_err(|e| err(e.to_string()))?;
         }
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);

@@ -58,6 +58,7 @@ fn help_lists_every_command() {
         "reap",
         "usage",
         "audit",
+        "doctor",
     ] {
         assert!(text.contains(cmd), "--help lacks {cmd}: {text}");
     }
@@ -923,4 +924,73 @@ async fn serve_runs_only_the_roles_asked_for() {
         assert_eq!(out.status.code(), Some(2), "{bad:?}");
         assert!(stderr(&out).contains("--roles"), "{}", stderr(&out));
     }
+}
+
+/// `endor doctor` says what the host enforces and which of endor's files others can read;
+/// `serve` refuses to start while one can (the config names every secret endor keeps).
+#[test]
+fn serve_refuses_files_others_can_read_and_doctor_says_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("endor.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[gateway]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg_s = cfg.to_str().unwrap();
+
+    let out = endor(dir.path(), &["--config", cfg_s, "serve"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("config file") && err.contains("mode 0644") && err.contains("chmod 600"),
+        "{err}"
+    );
+
+    let out = endor(dir.path(), &["--config", cfg_s, "--json", "doctor"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = v["isolation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["what"].as_str().unwrap())
+        .collect();
+    for what in [
+        "sandbox",
+        "uid per site",
+        "network",
+        "memory limit",
+        "process limit",
+    ] {
+        assert!(names.contains(&what), "{what} missing: {v}");
+    }
+    assert!(
+        v["problems"][0].as_str().unwrap().contains("endor.toml"),
+        "{v}"
+    );
+
+    // Made private, it passes; the store endor creates is private from the start.
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = endor(dir.path(), &["--config", cfg_s, "user", "create", "alice"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir.path().join("data/endor.db")), 0o600);
+    assert_eq!(mode(&dir.path().join("data")), 0o711);
+    let out = endor(dir.path(), &["--config", cfg_s, "doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("endor serve can start"), "{text}");
+
+    // A store others can read is refused too.
+    std::fs::set_permissions(
+        dir.path().join("data/endor.db"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = endor(dir.path(), &["--config", cfg_s, "serve"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("store"), "{}", stderr(&out));
 }

@@ -9,8 +9,9 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
+use endor::ids::ConnectionId;
 use endor::size::ByteSize;
-use endor::store::PreviewState;
+use endor::store::{Preview, PreviewState};
 use support::TestStore;
 use support::preview::*;
 
@@ -42,6 +43,38 @@ fn commit_files(repo: &Repo, files: &[(&str, String)]) {
     git(&repo.work, &["push", "-q", "origin", "main"]);
 }
 
+/// The victim: a running preview (`shop-pr-1`) of another repository, with its own files and
+/// database cloned from `production`.
+async fn victim(h: &Harness) -> ((ConnectionId, String), Preview) {
+    sqlite_parent(&h.sites(), h.dir.path(), 10).await;
+    let (repo, conn) = h.repo("shop", VICTIM_TOML).await;
+    let sha = repo.push_pr("feature", 1, "victim");
+    let pr = Pr::new("opened", 1, &sha, "feature", "octo/shop");
+    assert_eq!(h.pr_event(&conn, "octo/shop", pr).await, 202);
+    let p = h.ready(&conn.0, 1, None).await;
+    (conn, p)
+}
+
+/// A PR of repository `name` (number `n`) with `toml` as its config and `files` committed;
+/// waits until it is ready or failed.
+async fn hostile(h: &Harness, name: &str, n: u64, toml: &str, files: &[(&str, String)]) -> Preview {
+    let (repo, conn) = h.repo(name, toml).await;
+    if !files.is_empty() {
+        commit_files(&repo, files);
+    }
+    let sha = repo.push_pr(name, n, name);
+    let full = format!("octo/{name}");
+    let pr = Pr::new("opened", n, &sha, name, &full);
+    assert_eq!(h.pr_event(&conn, &full, pr).await, 202);
+    h.wait(
+        &conn.0,
+        n,
+        &[PreviewState::Ready, PreviewState::Failed],
+        None,
+    )
+    .await
+}
+
 fn lines(report: &str) -> Vec<(&str, &str)> {
     report.lines().filter_map(|l| l.split_once(": ")).collect()
 }
@@ -54,14 +87,7 @@ async fn hostile_pr_code_reaches_only_its_own_site() {
         c.runtime.limits.memory = ByteSize(64 << 20);
     })
     .await;
-    sqlite_parent(&h.sites(), h.dir.path(), 10).await;
-
-    // The victim: a running preview of another repository, with its own files and database.
-    let (victim_repo, victim_conn) = h.repo("shop", VICTIM_TOML).await;
-    let sha = victim_repo.push_pr("feature", 1, "victim");
-    let pr = Pr::new("opened", 1, &sha, "feature", "octo/shop");
-    assert_eq!(h.pr_event(&victim_conn, "octo/shop", pr).await, 202);
-    let victim = h.ready(&victim_conn.0, 1, None).await;
+    let (victim_conn, victim) = victim(&h).await;
     assert_eq!(h.post("shop-pr-1", "/victim-note").await, 200);
     let sites = h.sites();
     let v = sites.show("shop-pr-1").await.unwrap();
@@ -136,25 +162,11 @@ build = [
 start = "/usr/bin/python3 -m http.server $PORT --bind 127.0.0.1"
 health = "/report.txt"
 "#;
-    let (evil_repo, evil_conn) = h.repo("evil", evil_toml).await;
-    commit_files(
-        &evil_repo,
-        &[
-            ("attack.sh", attack_script(&probes)),
-            ("bomb.sh", bomb.to_string()),
-        ],
-    );
-    let sha = evil_repo.push_pr("evil", 2, "evil");
-    let pr = Pr::new("opened", 2, &sha, "evil", "octo/evil");
-    assert_eq!(h.pr_event(&evil_conn, "octo/evil", pr).await, 202);
-    let evil = h
-        .wait(
-            &evil_conn.0,
-            2,
-            &[PreviewState::Ready, PreviewState::Failed],
-            None,
-        )
-        .await;
+    let files = [
+        ("attack.sh", attack_script(&probes)),
+        ("bomb.sh", bomb.to_string()),
+    ];
+    let evil = hostile(&h, "evil", 2, evil_toml, &files).await;
     assert_eq!(evil.state, PreviewState::Ready, "{:?}", evil.reason);
     let (code, report) = h.get("evil-pr-2", "/report.txt").await;
     assert_eq!(code, 200, "{report}");
@@ -215,22 +227,74 @@ health = "/report.txt"
 build = ["/usr/bin/python3 -c 'x = bytearray(128 * 1024 * 1024); print(len(x))'"]
 root = "."
 "#;
-    let (hog_repo, hog_conn) = h.repo("hog", hog_toml).await;
-    let sha = hog_repo.push_pr("hog", 3, "hog");
-    let pr = Pr::new("opened", 3, &sha, "hog", "octo/hog");
-    assert_eq!(h.pr_event(&hog_conn, "octo/hog", pr).await, 202);
-    let hog = h
-        .wait(
-            &hog_conn.0,
-            3,
-            &[PreviewState::Ready, PreviewState::Failed],
-            None,
-        )
-        .await;
+    let hog = hostile(&h, "hog", 3, hog_toml, &[]).await;
     assert_eq!(hog.state, PreviewState::Failed);
     let reason = hog.reason.unwrap_or_default();
     assert!(reason.contains("memory limit (64MiB)"), "{reason}");
     assert_eq!(h.get("shop-pr-1", "/health").await.0, 200);
     tokio::time::sleep(Duration::from_millis(10)).await;
+    h.stop().await;
+}
+
+/// With `runtime.network = "isolated"`, a preview has a network namespace of its own: the
+/// gateway still reaches its app (its port is forwarded from the host's loopback), but from
+/// inside, neither another preview's port nor the host's database servers answer, on the
+/// loopback or through the namespace's gateway address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_isolated_network_reaches_neither_the_host_nor_other_previews() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start_with(&db, |c| {
+        c.runtime.network = endor::config::NetworkMode::Isolated;
+    })
+    .await;
+    let (_, victim) = victim(&h).await;
+    let victim_port = victim.port.unwrap();
+    // The victim answers on the host's loopback (through its forwarded port).
+    assert_eq!(h.get("shop-pr-1", "/health").await.0, 200);
+
+    let probe = format!(
+        r#"
+import socket, struct
+def gateway():
+    for line in open("/proc/net/route").read().splitlines()[1:]:
+        f = line.split()
+        if f[1] == "00000000":
+            return socket.inet_ntoa(struct.pack("<L", int(f[2], 16)))
+targets = [("victim-port", "127.0.0.1", {victim_port}), ("host-postgres", "127.0.0.1", 5432),
+           ("host-mariadb", "127.0.0.1", 3306)]
+gw = gateway()
+if gw:
+    targets += [("victim-port-via-gateway", gw, {victim_port}), ("host-postgres-via-gateway", gw, 5432)]
+out = open("report.txt", "w")
+for name, host, port in targets:
+    try:
+        socket.create_connection((host, port), 2).close()
+        out.write(name + ": SUCCEEDED\n")
+    except OSError:
+        out.write(name + ": blocked\n")
+out.write("gateway: " + str(gw) + "\n")
+"#
+    );
+    let evil_toml = r#"
+[preview]
+parent = "production"
+build = ["/usr/bin/python3 probe.py"]
+start = "/usr/bin/python3 -m http.server $PORT --bind 127.0.0.1"
+health = "/report.txt"
+"#;
+    let evil = hostile(&h, "evil", 2, evil_toml, &[("probe.py", probe)]).await;
+    assert_eq!(evil.state, PreviewState::Ready, "{:?}", evil.reason);
+    // The gateway reaches the isolated app: that is how the report is read.
+    let (code, report) = h.get("evil-pr-2", "/report.txt").await;
+    assert_eq!(code, 200, "{report}");
+    let got = lines(&report);
+    for name in ["victim-port", "host-postgres", "host-mariadb"] {
+        assert!(got.contains(&(name, "blocked")), "{name}:\n{report}");
+    }
+    assert!(
+        !report.contains("SUCCEEDED"),
+        "something outside answered:\n{report}"
+    );
+    assert_eq!(h.get("shop-pr-1", "/health").await.0, 200);
     h.stop().await;
 }

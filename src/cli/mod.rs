@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod delivery;
+pub mod doctor;
 pub mod repo;
 pub mod serve;
 pub mod site;

@@ -6,7 +6,11 @@ use endor::server::{self, AppState};
 use super::{emit, open_store};
 
 /// `endor serve --roles …`.
-pub async fn serve(roles: String, config: Config) -> anyhow::Result<()> {
+pub async fn serve(
+    roles: String,
+    config: Config,
+    config_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     let roles = match server::Roles::parse(&roles) {
         Ok(r) => r,
         Err(e) => {
@@ -14,6 +18,22 @@ pub async fn serve(roles: String, config: Config) -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    // Endor's secrets private, PR code confined as configured: or no start at all.
+    let host = endor::runtime::Host::new(&config.runtime);
+    super::doctor::prepare(&config)?;
+    let files = super::doctor::check_files(&config, config_file.as_deref());
+    let problems = super::doctor::problems(&host, &files);
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "endor serve cannot start safely:\n  - {}\n(endor doctor prints every check)",
+            problems.join("\n  - ")
+        );
+    }
+    if !host.isolated() {
+        tracing::warn!(
+            "runtime.isolation = \"none\": pull requests' code runs unconfined on this host and can read every site's data"
+        );
+    }
     let listener = if roles.api {
         Some(
             tokio::net::TcpListener::bind(config.server.listen)

@@ -434,7 +434,7 @@ impl Lifecycle {
         Ok(SiteBox {
             key: site.id.to_string(),
             uid,
-            writable: self.sites.writable_dirs(site),
+            writable: vec![self.sites.live_dir(site)],
             limits,
         })
     }
@@ -452,7 +452,7 @@ impl Lifecycle {
             JobError::Transient(format!("handing over the site's data: {e}"))
         };
         set_mode(&dir, 0o711).map_err(|e| fail(&e))?;
-        for d in &sbox.writable {
+        for d in &self.sites.writable_dirs(site) {
             Sandbox {
                 dir: d.clone(),
                 ..sandbox.clone()
@@ -525,9 +525,7 @@ impl Lifecycle {
         .await
         .map_err(|e| JobError::Transient(format!("build could not run: {e}")))?;
         let log_path = crate::logs::path(&self.logs, &site.id, crate::logs::Service::Build);
-        if let Some(dir) = log_path.parent() {
-            std::fs::create_dir_all(dir).map_err(transient)?;
-        }
+        crate::logs::create_dir(&self.logs, &site.id).map_err(transient)?;
         let mut log =
             format!("[endor] build of {} at {}\n", site.name, target.head_sha).into_bytes();
         log.extend_from_slice(&report.log);
@@ -583,9 +581,7 @@ impl Lifecycle {
             .sandbox(&sbox, code, env, Some(port))
             .map_err(|e| JobError::Permanent(e.to_string()))?;
         let log = crate::logs::path(&self.logs, &site.id, crate::logs::Service::Web);
-        if let Some(dir) = log.parent() {
-            std::fs::create_dir_all(dir).map_err(transient)?;
-        }
+        crate::logs::create_dir(&self.logs, &site.id).map_err(transient)?;
         Ok((port, Supervised::start(sandbox, cmd.to_string(), log)))
     }
 }

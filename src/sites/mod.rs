@@ -286,6 +286,12 @@ impl Sites {
         self.live(site).join("files")
     }
 
+    /// The folder of the site's live data (`files/`, `sqlite/`, database servers' folders):
+    /// what a sandbox binds, so data swapped in by a sync is seen at once.
+    pub fn live_dir(&self, site: &Site) -> PathBuf {
+        self.live(site)
+    }
+
     /// The site's live data directories (files and SQLite databases), which its own processes
     /// may write.
     pub fn writable_dirs(&self, site: &Site) -> Vec<PathBuf> {

@@ -33,9 +33,27 @@ impl SqliteStore {
         if let Some(parent) = Path::new(opts.get_filename()).parent()
             && !parent.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
-            })?;
+            // Traverse-only for others: the storage root below it stays reachable by the
+            // database servers' users, while nobody else can list it.
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(parent)
+                .map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", parent.display()))
+                })?;
+        }
+        // The store holds every connection's webhook secret: made readable by endor alone
+        // (SQLite gives its -wal and -shm files the same mode).
+        let file = Path::new(opts.get_filename());
+        if !file.as_os_str().is_empty() && !file.exists() && file != Path::new(":memory:") {
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(file);
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)

@@ -253,6 +253,7 @@ pub fn harness_config(dir: &Path, store_url: &str) -> Config {
     config.storage.root = dir.join("sites");
     config.storage.git = dir.join("git");
     config.storage.logs = dir.join("logs");
+    config.storage.secret_key = dir.join("secret.key");
     config.jobs.lease = HumanDuration(Duration::from_secs(3));
     config.jobs.workers = 4;
     config.runtime.health_timeout = HumanDuration(Duration::from_secs(8));
@@ -543,6 +544,9 @@ impl ServedBinary {
         tweak(&mut config);
         let cfg_path = dir.path().join("endor.toml");
         std::fs::write(&cfg_path, toml::to_string(&config).unwrap()).unwrap();
+        // Endor's config is for endor's eyes only (serve refuses it otherwise).
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg_path, std::fs::Permissions::from_mode(0o600)).unwrap();
         let store_url = config.store.url.clone();
         let s = Self {
             child: Command::new("true").spawn().unwrap(),
@@ -574,11 +578,16 @@ impl ServedBinary {
     }
 
     async fn spawn(&self, args: &[&str]) -> std::process::Child {
-        let child = Command::new(env!("CARGO_BIN_EXE_endor"))
+        // Its stderr goes to a file, shown when it does not start.
+        let err_path = self
+            .cfg_path
+            .with_extension(format!("serve-{}.err", args.join("-")));
+        let err = std::fs::File::create(&err_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_endor"))
             .args(["--config", self.cfg_path.to_str().unwrap(), "serve"])
             .args(args)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(err)
             .spawn()
             .unwrap();
         let api = self.config.server.listen;
@@ -590,7 +599,12 @@ impl ServedBinary {
             .await
             .is_err()
         {
-            assert!(Instant::now() < deadline, "serve did not start");
+            let exited = child.try_wait().unwrap().is_some();
+            assert!(
+                Instant::now() < deadline && !exited,
+                "serve did not start: {}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         child
