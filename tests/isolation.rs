@@ -190,7 +190,7 @@ health = "/report.txt"
         .unwrap_or_else(|| panic!("no bomb count:\n{report}"));
     assert!(procs <= 64, "the bomb made {procs} processes:\n{report}");
     let e = h.store().site_by_name("evil-pr-2").await.unwrap().unwrap();
-    if let Some(g) = endor::runtime::Host::new(&h.state.config.runtime).group(e.id.as_str()) {
+    if let Some(g) = endor::runtime::Host::new(&h.state.config).group(e.id.as_str()) {
         assert!(
             g.fork_refusals() > 0,
             "the process limit never refused a fork"
@@ -296,5 +296,36 @@ health = "/report.txt"
         "something outside answered:\n{report}"
     );
     assert_eq!(h.get("shop-pr-1", "/health").await.0, 200);
+    h.stop().await;
+}
+
+/// Disk: what a preview writes (build output in its checkout, new files in its files folder)
+/// counts against its disk limit; past it the build stops and the preview says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writing_past_the_disk_limit_fails_with_the_reason() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start_with(&db, |c| c.runtime.limits.disk = ByteSize(8 << 20)).await;
+    let toml = r#"
+[preview]
+build = [
+  "dd if=/dev/zero of=small bs=1M count=3",
+  "dd if=/dev/zero of=\"$ENDOR_FILES_DIR/big\" bs=1M count=16",
+]
+root = "."
+"#;
+    let p = hostile(&h, "filler", 4, toml, &[]).await;
+    assert_eq!(p.state, PreviewState::Failed);
+    let reason = p.reason.unwrap_or_default();
+    assert!(
+        reason.contains("of=\"$ENDOR_FILES_DIR/big\"") && reason.contains("disk limit (8MiB)"),
+        "{reason}"
+    );
+    let site = h.sites().show("filler-pr-4").await.unwrap();
+    let log = std::fs::read_to_string(h.dir.path().join("logs").join(&site.id).join("build.log"))
+        .unwrap();
+    assert!(
+        log.contains("$ dd if=/dev/zero of=small") && log.contains("[endor] the step was stopped"),
+        "{log}"
+    );
     h.stop().await;
 }

@@ -108,7 +108,7 @@ pub fn problems(host: &Host, files: &[FileCheck]) -> Vec<String> {
 
 /// `endor doctor`.
 pub fn run(json: bool, config: &Config, config_file: Option<&Path>) -> anyhow::Result<()> {
-    let host = Host::new(&config.runtime);
+    let host = Host::new(config);
     let files = check_files(config, config_file);
     let problems = problems(&host, &files);
     let report = Report {
@@ -130,12 +130,6 @@ pub fn run(json: bool, config: &Config, config_file: Option<&Path>) -> anyhow::R
                 c.detail
             ));
         }
-        s.push_str(&format!(
-            "  {:<14} {:<12} {}\n",
-            "disk limit",
-            "NOT enforced",
-            "no disk quota support yet: runtime.limits.disk is recorded, not enforced"
-        ));
         s.push_str("endor's own files:\n");
         for f in &r.files {
             s.push_str(&format!(

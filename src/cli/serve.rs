@@ -19,7 +19,7 @@ pub async fn serve(
         }
     };
     // Endor's secrets private, PR code confined as configured: or no start at all.
-    let host = endor::runtime::Host::new(&config.runtime);
+    let host = endor::runtime::Host::new(&config);
     super::doctor::prepare(&config)?;
     let files = super::doctor::check_files(&config, config_file.as_deref());
     let problems = super::doctor::problems(&host, &files);

@@ -435,6 +435,7 @@ impl Lifecycle {
             key: site.id.to_string(),
             uid,
             writable: vec![self.sites.live_dir(site)],
+            quota_dirs: self.sites.writable_dirs(site),
             limits,
         })
     }
@@ -540,7 +541,7 @@ impl Lifecycle {
             let last = report.steps.last();
             let why = match last {
                 Some(s) if s.killed.is_some() => format!(
-                    "build step `{}` was {}",
+                    "build step `{}` {}",
                     s.command,
                     s.killed.as_deref().unwrap_or_default()
                 ),

@@ -123,7 +123,7 @@ impl Lifecycle {
         let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         Arc::new(Self {
             sites: Sites::new(store.clone(), config),
-            host: crate::runtime::Host::new(&config.runtime),
+            host: crate::runtime::Host::new(config),
             git: GitMirrors::new(abs(&config.storage.git)),
             logs: abs(&config.storage.logs),
             store,

@@ -32,10 +32,12 @@ pub enum RuntimeError {
 }
 
 pub mod cgroup;
+pub mod disk;
 pub mod jail;
 
-use crate::config::{Isolation, NetworkMode, RuntimeConfig};
+use crate::config::{Config, Isolation, NetworkMode};
 use cgroup::{Cgroups, Group};
+use disk::DiskWatch;
 use jail::Jail;
 
 /// What one site's processes may use together.
@@ -61,6 +63,8 @@ pub struct Sandbox {
     pub cgroup: Option<Group>,
     /// The memory limit, for saying why a process was killed.
     pub memory_limit: Option<u64>,
+    /// What the site's code has written, against its disk limit.
+    pub disk: Option<DiskWatch>,
 }
 
 impl Sandbox {
@@ -87,6 +91,7 @@ impl Sandbox {
             jail: None,
             cgroup: None,
             memory_limit: None,
+            disk: None,
         })
     }
 
@@ -159,10 +164,10 @@ impl Sandbox {
     fn oom_note(&self, kills_before: u64) -> Option<String> {
         (self.oom_kills() > kills_before).then(|| match self.memory_limit {
             Some(m) => format!(
-                "killed: the site's processes reached their memory limit ({})",
+                "was killed: the site's processes reached their memory limit ({})",
                 crate::size::ByteSize(m)
             ),
-            None => "killed: out of memory".into(),
+            None => "was killed: out of memory".into(),
         })
     }
 
@@ -184,6 +189,8 @@ pub struct SiteBox {
     pub uid: Option<u32>,
     /// Folders its code may write besides the working directory.
     pub writable: Vec<PathBuf>,
+    /// Folders whose new data counts against the disk limit (besides the working directory).
+    pub quota_dirs: Vec<PathBuf>,
     pub limits: Limits,
 }
 
@@ -208,7 +215,8 @@ pub struct Capability {
 }
 
 impl Host {
-    pub fn new(cfg: &RuntimeConfig) -> Self {
+    pub fn new(config: &Config) -> Self {
+        let cfg = &config.runtime;
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         let sandboxed = cfg.isolation == Isolation::Sandbox;
@@ -317,6 +325,11 @@ impl Host {
                 }
             }
         }
+        line(
+            "disk limit",
+            true,
+            "what a site writes (checkout, files, SQLite) is measured every 0.5 s; past runtime.limits.disk its build step or process is stopped".into(),
+        );
         out
     }
 
@@ -422,6 +435,9 @@ impl Host {
             Some(c) => Some(c.group(&site.key, &site.limits)?),
             None => None,
         };
+        let mut dirs = vec![dir.to_path_buf()];
+        dirs.extend(site.quota_dirs.iter().cloned());
+        let disk = Some(DiskWatch::new(dirs, site.limits.disk));
         Ok(Sandbox {
             dir: dir.to_path_buf(),
             env,
@@ -433,6 +449,7 @@ impl Host {
             }),
             cgroup,
             memory_limit: Some(site.limits.memory),
+            disk,
         })
     }
 
@@ -578,6 +595,14 @@ async fn follow_output(child: &mut Child, path: &Path, cap: usize) {
     }
 }
 
+/// Returns once the sandbox's code has written past its disk limit (never without one).
+async fn over_limit(disk: Option<&DiskWatch>) {
+    match disk {
+        Some(d) => d.exceeded().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Append one line to a log file.
 async fn note(path: &Path, line: &str) {
     if let Ok(mut f) = tokio::fs::OpenOptions::new()
@@ -644,9 +669,16 @@ pub async fn build_cancellable(
             }
         };
         let mut was_cancelled = false;
+        let mut over_disk = false;
         let finished = tokio::select! {
             r = tokio::time::timeout(step_timeout, async {
-                collect(&mut child, &mut log, output_cap, &mut truncated).await;
+                tokio::select! {
+                    _ = collect(&mut child, &mut log, output_cap, &mut truncated) => {}
+                    _ = over_limit(sandbox.disk.as_ref()) => {
+                        over_disk = true;
+                        kill_group(pid);
+                    }
+                }
                 child.wait().await
             }) => r,
             _ = cancelled => {
@@ -690,11 +722,28 @@ pub async fn build_cancellable(
         };
         // Whatever the step left running in its group goes with it.
         kill_group(pid);
-        let killed = sandbox.oom_note(kills_before);
+        // A quick writer can finish between two looks: one more after the step.
+        if !over_disk && let Some(d) = sandbox.disk.clone() {
+            let limit = d.limit;
+            over_disk = tokio::task::spawn_blocking(move || d.written())
+                .await
+                .unwrap_or(0)
+                > limit;
+        }
+        let exit_code = if over_disk {
+            exit_code.filter(|c| *c != 0).or(Some(1))
+        } else {
+            exit_code
+        };
+        let killed = sandbox.oom_note(kills_before).or_else(|| {
+            over_disk
+                .then(|| sandbox.disk.as_ref().map(DiskWatch::note))
+                .flatten()
+        });
         if let Some(k) = &killed {
             append(
                 &mut report.log,
-                format!("\n[endor] {k}\n").as_bytes(),
+                format!("\n[endor] the step {k}\n").as_bytes(),
                 usize::MAX,
                 &mut report.truncated,
             );
@@ -739,7 +788,22 @@ impl Supervised {
                         p.store(child.id().unwrap_or(0), Ordering::SeqCst);
                         // Written as it arrives, so the log can be followed while the site
                         // runs; the pipes are always drained, so a chatty site never blocks.
-                        follow_output(&mut child, &log_path, SITE_LOG_CAP).await;
+                        let pid = child.id().unwrap_or(0);
+                        {
+                            let mut output =
+                                std::pin::pin!(follow_output(&mut child, &log_path, SITE_LOG_CAP));
+                            tokio::select! {
+                                _ = &mut output => {}
+                                _ = over_limit(sandbox.disk.as_ref()) => {
+                                    kill_group(pid);
+                                    output.await;
+                                    if let Some(d) = &sandbox.disk {
+                                        note(&log_path, &format!("[endor] the site process {}", d.note())).await;
+                                        tracing::warn!(command = %command, "the site process {}", d.note());
+                                    }
+                                }
+                            }
+                        }
                         let status = child.wait().await;
                         if s.load(Ordering::SeqCst) {
                             return;
@@ -811,7 +875,13 @@ pub async fn health_check(port: u16, path: &str, timeout: Duration) -> Result<u1
             Ok(code) => last = format!("status {code}"),
             Err(e) => last = e.to_string(),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Often at first (most apps answer within a second), then every 50 ms.
+        let pause = if Instant::now() + timeout < deadline + Duration::from_secs(1) {
+            10
+        } else {
+            50
+        };
+        tokio::time::sleep(Duration::from_millis(pause)).await;
     }
     Err(RuntimeError::Unhealthy {
         url,
