@@ -329,3 +329,135 @@ root = "."
     );
     h.stop().await;
 }
+
+/// Another site's database server: a hostile preview finds its port (shared network) but
+/// cannot log in without that site's own password, nor as endor's superuser, and its Unix
+/// socket is not there at all (the sandbox's /tmp is its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_sites_postgres_refuses_a_hostile_preview() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start(&db).await;
+    let (_src, src_url) = support::pg_source_db().await;
+    let files = h.dir.path().join("parent-files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("logo.txt"), "pg-logo").unwrap();
+    h.sites()
+        .create(
+            "production",
+            "acme",
+            "default",
+            endor::sites::Imports {
+                files: Some(&files),
+                postgres: Some(&src_url),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let (repo, conn) = h.repo("api", VICTIM_TOML).await;
+    let sha = repo.push_pr("feature", 1, "victim");
+    let pr = Pr::new("opened", 1, &sha, "feature", "octo/api");
+    assert_eq!(h.pr_event(&conn, "octo/api", pr).await, 202);
+    h.ready(&conn.0, 1, None).await;
+    let victim = h.sites().show("api-pr-1").await.unwrap();
+    let parent = h.sites().show("production").await.unwrap();
+    // host:port of each server, from its URL (the password stays with its site).
+    let port_of = |urls: &[String]| -> u16 {
+        let url = urls.iter().find(|u| u.starts_with("postgres")).unwrap();
+        let at = url.rsplit_once('@').unwrap().1;
+        at.split(['/', ':']).nth(1).unwrap().parse().unwrap()
+    };
+    let (vp, pp) = (
+        port_of(&victim.database_urls),
+        port_of(&parent.database_urls),
+    );
+    let sockets: Vec<String> = std::fs::read_dir("/tmp")
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("endor-pg-")
+        })
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(!sockets.is_empty());
+    let psql = "PGCONNECT_TIMEOUT=3 psql -X -w -A -t -c \"select 1\"";
+    let victim_url = victim
+        .database_urls
+        .iter()
+        .find(|u| u.starts_with("postgres"))
+        .unwrap()
+        .clone();
+    let mut probes: Vec<(&str, String)> = vec![
+        ("own-db", "test -n \"$DATABASE_URL\"".into()),
+        // The control: with the victim's own password the port answers, so psql works in
+        // the sandbox and every refusal below is the server's.
+        ("with-the-password", format!("{psql} {victim_url}")),
+        (
+            "victim-port-as-app",
+            format!("{psql} postgresql://app@127.0.0.1:{vp}/app"),
+        ),
+        (
+            "victim-port-as-endor",
+            format!("{psql} postgresql://endor@127.0.0.1:{vp}/postgres"),
+        ),
+        (
+            "victim-port-as-postgres",
+            format!("{psql} postgresql://postgres@127.0.0.1:{vp}/postgres"),
+        ),
+        (
+            "parent-port-as-app",
+            format!("{psql} postgresql://app@127.0.0.1:{pp}/app"),
+        ),
+        (
+            "parent-port-as-endor",
+            format!("{psql} postgresql://endor@127.0.0.1:{pp}/postgres"),
+        ),
+    ];
+    for s in &sockets {
+        probes.push(("socket", format!("ls {s}/.s.PGSQL.*")));
+        probes.push((
+            "socket-login",
+            format!("{psql} -h {s} -p {vp} -U endor postgres"),
+        ));
+    }
+    let evil_toml = r#"
+[preview]
+build = ["sh attack.sh > report.txt 2>&1"]
+root = "."
+"#;
+    let evil = hostile(
+        &h,
+        "evil",
+        2,
+        evil_toml,
+        &[("attack.sh", attack_script(&probes))],
+    )
+    .await;
+    assert_eq!(evil.state, PreviewState::Ready, "{:?}", evil.reason);
+    let (code, report) = h.get("evil-pr-2", "/report.txt").await;
+    assert_eq!(code, 200, "{report}");
+    let got = lines(&report);
+    assert!(
+        got.contains(&("own-db", "blocked")),
+        "an empty site has no database:\n{report}"
+    );
+    assert!(
+        got.contains(&("with-the-password", "SUCCEEDED")),
+        "{report}"
+    );
+    let refused = probes
+        .iter()
+        .filter(|(n, _)| !matches!(*n, "own-db" | "with-the-password"));
+    for (name, _) in refused {
+        assert!(got.contains(&(*name, "blocked")), "{name}:\n{report}");
+    }
+    // Endor itself still reaches the victim's database (the preview serves from it).
+    let (code, body) = h.get("api-pr-1", "/").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("logo=pg-logo accounts=100"), "{body}");
+    h.stop().await;
+}
