@@ -337,23 +337,7 @@ root = "."
 async fn another_sites_postgres_refuses_a_hostile_preview() {
     let db = TestStore::sqlite().await;
     let h = Harness::start(&db).await;
-    let (_src, src_url) = support::pg_source_db().await;
-    let files = h.dir.path().join("parent-files");
-    std::fs::create_dir_all(&files).unwrap();
-    std::fs::write(files.join("logo.txt"), "pg-logo").unwrap();
-    h.sites()
-        .create(
-            "production",
-            "acme",
-            "default",
-            endor::sites::Imports {
-                files: Some(&files),
-                postgres: Some(&src_url),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let src = pg_parent(&h.sites(), h.dir.path()).await;
     let (repo, conn) = h.repo("api", VICTIM_TOML).await;
     let sha = repo.push_pr("feature", 1, "victim");
     let pr = Pr::new("opened", 1, &sha, "feature", "octo/api");
@@ -460,4 +444,5 @@ root = "."
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("logo=pg-logo accounts=100"), "{body}");
     h.stop().await;
+    support::drop_pg_db(&src).await;
 }

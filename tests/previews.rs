@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use endor::sites::Imports;
 use serde_json::Value;
 use support::TestStore;
 use support::preview::*;
@@ -151,23 +150,7 @@ async fn open_push_close_with_a_sqlite_parent() {
 async fn postgres_parent_on_a_postgres_store() {
     let db = TestStore::postgres().await;
     let h = Harness::start(&db).await;
-    let (src_name, src_url) = support::pg_source_db().await;
-    let files = h.dir.path().join("parent-files");
-    std::fs::create_dir_all(&files).unwrap();
-    std::fs::write(files.join("logo.txt"), "pg-logo").unwrap();
-    h.sites()
-        .create(
-            "production",
-            "acme",
-            "default",
-            Imports {
-                files: Some(&files),
-                postgres: Some(&src_url),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let src_name = pg_parent(&h.sites(), h.dir.path()).await;
     let (repo, conn) = h.repo("api", APP_TOML).await;
     let sha = repo.push_pr("feature", 3, "pg-preview");
     let pr = |action| Pr::new(action, 3, &sha, "feature", "octo/api");

@@ -760,6 +760,30 @@ pub fn sqlite_accounts(path: &Path, n: usize) {
 
 /// A parent site `production` in workspace `acme`: `files/logo.txt` (`parent-logo`) and a
 /// SQLite database of `accounts` accounts, its sources under `dir/parent-src`.
+/// A site `production` (workspace `acme`) with `logo.txt` = `pg-logo` and a PostgreSQL
+/// database imported from a fresh source database (100 accounts) into a server of its own;
+/// returns the source database's name.
+pub async fn pg_parent(sites: &Sites, dir: &Path) -> String {
+    let (src_name, src_url) = super::pg_source_db().await;
+    let files = dir.join("parent-files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("logo.txt"), "pg-logo").unwrap();
+    sites
+        .create(
+            "production",
+            "acme",
+            "default",
+            Imports {
+                files: Some(&files),
+                postgres: Some(&src_url),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    src_name
+}
+
 pub async fn sqlite_parent(sites: &Sites, dir: &Path, accounts: usize) {
     let src = dir.join("parent-src");
     std::fs::create_dir_all(src.join("files")).unwrap();
