@@ -12,6 +12,12 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
   "select datname from pg_database where datname like 'endor\_test\_%'" 2>/dev/null |
   while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true; done
 
+# The docker runtime tests need dockerd and a locally built base image.
+bash scripts/docker.sh
+# Containers and networks of sites left by an interrupted run (tests release their own).
+docker ps -aq --filter label=endor.site | xargs -r docker rm -f >/dev/null 2>&1 || true
+docker network ls -q --filter label=endor.site | xargs -r docker network rm >/dev/null 2>&1 || true
+
 # Clone-engine tests need a filesystem with reflink (XFS image, loop-mounted).
 mnt=$(bash scripts/reflink-fs.sh)
 export ENDOR_TEST_REFLINK_DIR="${ENDOR_TEST_REFLINK_DIR:-$mnt/endor-test}"

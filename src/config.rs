@@ -248,6 +248,11 @@ pub struct RuntimeConfig {
     pub output_cap: usize,
     /// Longest a started site may take to pass its health check.
     pub health_timeout: HumanDuration,
+    /// Where PR code runs: `local` (processes on this host, confined per `isolation`) or
+    /// `docker` (containers through the Docker Engine API).
+    pub kind: RuntimeKind,
+    /// With `kind = "docker"`: the image when `.endor.toml` names none.
+    pub image: String,
     /// How PR code is confined: `sandbox` (bubblewrap namespaces, a uid per site, cgroup
     /// limits) or `none` (which must be said explicitly; `serve` warns at every start).
     pub isolation: Isolation,
@@ -270,6 +275,8 @@ impl Default for RuntimeConfig {
             build_timeout: HumanDuration(std::time::Duration::from_secs(600)),
             output_cap: 1024 * 1024,
             health_timeout: HumanDuration(std::time::Duration::from_secs(60)),
+            kind: RuntimeKind::Local,
+            image: "debian:bookworm-slim".into(),
             isolation: Isolation::Sandbox,
             network: NetworkMode::Shared,
             uid_range: UidRange {
@@ -280,6 +287,13 @@ impl Default for RuntimeConfig {
             limits: LimitsConfig::default(),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Local,
+    Docker,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

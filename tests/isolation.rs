@@ -34,6 +34,31 @@ fn attack_script(targets: &[(&str, String)]) -> String {
     s
 }
 
+/// The attacker's config: the probes, a fork bomb and `kill -9 -1` as build steps (each
+/// appending to `report.txt`), then `start` serving the checkout.
+fn attacker_toml(start: &str) -> String {
+    format!(
+        r#"
+[preview]
+parent = "production"
+build = [
+  "sh attack.sh > report.txt 2>&1",
+  "sh bomb.sh; sleep 2; echo \"bomb-procs: $(ls /proc | grep -c '^[0-9]')\" >> report.txt",
+  "kill -9 -1; echo \"after-kill: alive\" >> report.txt",
+]
+start = "{start}"
+health = "/report.txt"
+"#
+    )
+}
+
+fn attacker_files(probes: &[(&str, String)]) -> [(&'static str, String); 2] {
+    [
+        ("attack.sh", attack_script(probes)),
+        ("bomb.sh", "b() { b | b & }; b".to_string()),
+    ]
+}
+
 fn commit_files(repo: &Repo, files: &[(&str, String)]) {
     for (name, text) in files {
         std::fs::write(repo.work.join(name), text).unwrap();
@@ -73,6 +98,38 @@ async fn hostile(h: &Harness, name: &str, n: u64, toml: &str, files: &[(&str, St
         None,
     )
     .await
+}
+
+/// Launch the hostile PR `evil` #2 (must get ready), read its `report.txt` through the
+/// gateway, and check every probe: `own-*` succeeded, every other one was blocked. Returns the
+/// report and the process count its fork bomb reached (when it had one).
+async fn evil_report(
+    h: &Harness,
+    toml: &str,
+    files: &[(&str, String)],
+    probes: &[(&str, String)],
+) -> (String, Option<usize>) {
+    let evil = hostile(h, "evil", 2, toml, files).await;
+    assert_eq!(evil.state, PreviewState::Ready, "{:?}", evil.reason);
+    let (code, report) = h.get("evil-pr-2", "/report.txt").await;
+    assert_eq!(code, 200, "{report}");
+    let got = lines(&report);
+    for (name, _) in probes {
+        let want = if name.starts_with("own-") {
+            "SUCCEEDED"
+        } else {
+            "blocked"
+        };
+        assert!(
+            got.contains(&(*name, want)),
+            "{name} should be {want}:\n{report}"
+        );
+    }
+    let procs = got
+        .iter()
+        .find(|(n, _)| *n == "bomb-procs")
+        .map(|(_, v)| v.trim().parse().unwrap());
+    (report, procs)
 }
 
 fn lines(report: &str) -> Vec<(&str, &str)> {
@@ -150,44 +207,11 @@ async fn hostile_pr_code_reaches_only_its_own_site() {
         ),
         ("read-host-root", "ls /root".into()),
     ];
-    let bomb = "b() { b | b & }; b";
-    let evil_toml = r#"
-[preview]
-parent = "production"
-build = [
-  "sh attack.sh > report.txt 2>&1",
-  "sh bomb.sh; sleep 2; echo \"bomb-procs: $(ls /proc | grep -c '^[0-9]')\" >> report.txt",
-  "kill -9 -1; echo \"after-kill: alive\" >> report.txt",
-]
-start = "/usr/bin/python3 -m http.server $PORT --bind 127.0.0.1"
-health = "/report.txt"
-"#;
-    let files = [
-        ("attack.sh", attack_script(&probes)),
-        ("bomb.sh", bomb.to_string()),
-    ];
-    let evil = hostile(&h, "evil", 2, evil_toml, &files).await;
-    assert_eq!(evil.state, PreviewState::Ready, "{:?}", evil.reason);
-    let (code, report) = h.get("evil-pr-2", "/report.txt").await;
-    assert_eq!(code, 200, "{report}");
-    let got = lines(&report);
-    for (name, _) in &probes {
-        let want = if name.starts_with("own-") {
-            "SUCCEEDED"
-        } else {
-            "blocked"
-        };
-        assert!(
-            got.contains(&(*name, want)),
-            "{name} should be {want}:\n{report}"
-        );
-    }
+    let evil_toml = &attacker_toml("/usr/bin/python3 -m http.server $PORT --bind 127.0.0.1");
+    let files = attacker_files(&probes);
+    let (report, procs) = evil_report(&h, evil_toml, &files, &probes).await;
     // The fork bomb ran into the process limit inside its own PID namespace.
-    let procs: usize = got
-        .iter()
-        .find(|(n, _)| *n == "bomb-procs")
-        .map(|(_, v)| v.trim().parse().unwrap())
-        .unwrap_or_else(|| panic!("no bomb count:\n{report}"));
+    let procs = procs.unwrap_or_else(|| panic!("no bomb count:\n{report}"));
     assert!(procs <= 64, "the bomb made {procs} processes:\n{report}");
     let e = h.store().site_by_name("evil-pr-2").await.unwrap().unwrap();
     if let Some(g) = endor::runtime::Host::new(&h.state.config).group(e.id.as_str()) {
@@ -445,4 +469,118 @@ root = "."
     assert!(body.contains("logo=pg-logo accounts=100"), "{body}");
     h.stop().await;
     support::drop_pg_db(&src).await;
+}
+
+/// `runtime.kind = "docker"`: the same hostile PR in containers of a locally built image
+/// (`scripts/docker.sh`; nothing is pulled): it reaches neither another site's data nor
+/// endor's, its fork bomb and `kill -9 -1` stay inside, another preview's port does not
+/// answer from its network, a memory hog is killed with the reason, and the gateway serves
+/// both previews through their published loopback ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn docker_previews_are_isolated_the_same_way() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start_with(&db, |c| {
+        c.runtime.kind = endor::config::RuntimeKind::Docker;
+        c.runtime.image = "endor-base:bookworm-py".into();
+        c.runtime.limits.processes = 64;
+        c.runtime.limits.memory = ByteSize(64 << 20);
+    })
+    .await;
+    let host = endor::runtime::Host::new(&h.state.config);
+    host.check()
+        .unwrap_or_else(|e| panic!("scripts/docker.sh starts dockerd and builds the image: {e}"));
+    sqlite_parent(&h.sites(), h.dir.path(), 10).await;
+    // In a container the app listens on 0.0.0.0 (its port is published on the host's loopback).
+    let victim_toml = r#"
+[preview]
+parent = "production"
+build = ["cp \"$ENDOR_FILES_DIR/logo.txt\" logo.txt"]
+start = "exec python3 -m http.server $PORT --bind 0.0.0.0"
+health = "/logo.txt"
+"#;
+    let victim = hostile(&h, "shop", 1, victim_toml, &[]).await;
+    assert_eq!(victim.state, PreviewState::Ready, "{:?}", victim.reason);
+    assert_eq!(
+        h.get("shop-pr-1", "/logo.txt").await,
+        (200, "parent-logo".into())
+    );
+    let sites = h.sites();
+    let v = sites.show("shop-pr-1").await.unwrap();
+    let victim_dir = sites.root().join(&v.id);
+    let victim_files = victim_dir.join("live/files");
+    let store_file = db.url.trim_start_matches("sqlite://").to_string();
+    let victim_port = victim.port.unwrap();
+    let d = |p: &Path| p.display().to_string();
+    let probes: Vec<(&str, String)> = vec![
+        (
+            "own-files",
+            "echo mine > \"$ENDOR_FILES_DIR/mine.txt\"".into(),
+        ),
+        (
+            "read-victim-files",
+            format!("cat {}/logo.txt", d(&victim_files)),
+        ),
+        (
+            "read-victim-db",
+            format!("head -c 16 {}/live/sqlite/main.db", d(&victim_dir)),
+        ),
+        (
+            "write-victim-files",
+            format!("echo pwned > {}/pwned.txt", d(&victim_files)),
+        ),
+        ("read-store", format!("head -c 16 {store_file}")),
+        (
+            "see-host-processes",
+            "test $(ls /proc | grep -c \"^[0-9]\") -gt 20".into(),
+        ),
+        (
+            "victim-port",
+            format!(
+                "python3 -c \"import socket; socket.create_connection((\\\"127.0.0.1\\\", {victim_port}), 2)\""
+            ),
+        ),
+    ];
+    let evil_toml = &attacker_toml("exec python3 -m http.server $PORT --bind 0.0.0.0");
+    let files = attacker_files(&probes);
+    let (report, procs) = evil_report(&h, evil_toml, &files, &probes).await;
+    let procs = procs.unwrap_or_else(|| panic!("no bomb count:\n{report}"));
+    assert!(procs <= 64, "the bomb made {procs} processes:\n{report}");
+    assert!(report.contains("after-kill: alive"), "{report}");
+    assert!(!victim_files.join("pwned.txt").exists());
+    assert_eq!(h.get("shop-pr-1", "/logo.txt").await.0, 200);
+
+    // A memory hog: the container is killed at the limit, and the preview says why.
+    let hog_toml = r#"
+[preview]
+build = ["python3 -c 'x = bytearray(128 * 1024 * 1024); print(len(x))'"]
+root = "."
+"#;
+    let hog = hostile(&h, "hog", 3, hog_toml, &[]).await;
+    assert_eq!(hog.state, PreviewState::Failed);
+    let reason = hog.reason.unwrap_or_default();
+    assert!(reason.contains("memory limit (64MiB)"), "{reason}");
+
+    // Released, a site leaves no container and no network behind.
+    let ids: Vec<String> = h
+        .store()
+        .list_sites()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    h.stop().await;
+    for id in &ids {
+        host.release(id).await;
+        let docker = |args: &[&str]| {
+            let out = std::process::Command::new("docker")
+                .args(args)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let label = format!("label=endor.site={id}");
+        assert_eq!(docker(&["ps", "-aq", "--filter", &label]), "");
+        assert_eq!(docker(&["network", "ls", "-q", "--filter", &label]), "");
+    }
 }

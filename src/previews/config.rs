@@ -31,6 +31,8 @@ pub struct PreviewConfig {
     pub root: Option<String>,
     /// Path that must answer 2xx/3xx before the site counts as ready.
     pub health: String,
+    /// With `runtime.kind = "docker"`: the image build steps and the start command run in.
+    pub image: Option<String>,
     /// Lower limits than `[runtime.limits]` for this repository's previews (higher ones are
     /// capped at the configured limits).
     pub limits: RepoLimits,
@@ -71,6 +73,7 @@ impl Default for PreviewConfig {
             start: None,
             root: None,
             health: "/".into(),
+            image: None,
             limits: RepoLimits::default(),
         }
     }
@@ -134,6 +137,18 @@ impl RepoConfig {
         {
             return Err(RepoConfigError(
                 "preview.start must be a non-empty command".into(),
+            ));
+        }
+        if p.image.as_deref().is_some_and(|i| {
+            i.is_empty()
+                || i.len() > 255
+                || i.starts_with('-')
+                || !i
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-/:@".contains(c))
+        }) {
+            return Err(RepoConfigError(
+                "preview.image must be an image reference such as python:3.12-slim".into(),
             ));
         }
         let l = &p.limits;

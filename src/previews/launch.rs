@@ -437,6 +437,7 @@ impl Lifecycle {
             writable: vec![self.sites.live_dir(site)],
             quota_dirs: self.sites.writable_dirs(site),
             limits,
+            image: cfg.and_then(|c| c.preview.image.clone()),
         })
     }
 

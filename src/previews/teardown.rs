@@ -98,7 +98,7 @@ impl Lifecycle {
         }
         // Whatever the site's code left running goes, with its control group.
         if let Some(id) = &preview.site_id {
-            self.host.release(id.as_str());
+            self.host.release(id.as_str()).await;
         }
         preview.pid = None;
         preview.port = None;

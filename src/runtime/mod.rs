@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
@@ -33,9 +34,10 @@ pub enum RuntimeError {
 
 pub mod cgroup;
 pub mod disk;
+pub mod docker;
 pub mod jail;
 
-use crate::config::{Config, Isolation, NetworkMode};
+use crate::config::{Config, Isolation, NetworkMode, RuntimeKind};
 use cgroup::{Cgroups, Group};
 use disk::DiskWatch;
 use jail::Jail;
@@ -65,6 +67,8 @@ pub struct Sandbox {
     pub memory_limit: Option<u64>,
     /// What the site's code has written, against its disk limit.
     pub disk: Option<DiskWatch>,
+    /// With `runtime.kind = "docker"`: the engine and what the site's containers are made of.
+    pub docker: Option<(docker::Engine, docker::Spec)>,
 }
 
 impl Sandbox {
@@ -92,6 +96,7 @@ impl Sandbox {
             cgroup: None,
             memory_limit: None,
             disk: None,
+            docker: None,
         })
     }
 
@@ -162,13 +167,17 @@ impl Sandbox {
     /// Why a process that just ended was killed, if its group ran out of memory since
     /// `kills_before`.
     fn oom_note(&self, kills_before: u64) -> Option<String> {
-        (self.oom_kills() > kills_before).then(|| match self.memory_limit {
+        (self.oom_kills() > kills_before).then(|| self.memory_note())
+    }
+
+    fn memory_note(&self) -> String {
+        match self.memory_limit {
             Some(m) => format!(
                 "was killed: the site's processes reached their memory limit ({})",
                 crate::size::ByteSize(m)
             ),
             None => "was killed: out of memory".into(),
-        })
+        }
     }
 
     /// Give the sandbox's directory to its user (the checkout is written by endor).
@@ -177,6 +186,29 @@ impl Sandbox {
             chown_tree(&self.dir, uid, gid)?;
         }
         Ok(())
+    }
+}
+
+/// `GET /_ping` on the Docker Engine's socket: `Ok` when it answers `OK`.
+fn docker_ping() -> Result<(), String> {
+    use std::io::{Read, Write};
+    let fail = |e: &dyn std::fmt::Display| {
+        format!(
+            "runtime.kind = \"docker\" but the Docker Engine does not answer on /var/run/docker.sock: {e}"
+        )
+    };
+    let mut s =
+        std::os::unix::net::UnixStream::connect("/var/run/docker.sock").map_err(|e| fail(&e))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| fail(&e))?;
+    s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        .map_err(|e| fail(&e))?;
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    if answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+        Ok(())
+    } else {
+        Err(fail(&answer.lines().next().unwrap_or("no answer")))
     }
 }
 
@@ -192,11 +224,15 @@ pub struct SiteBox {
     /// Folders whose new data counts against the disk limit (besides the working directory).
     pub quota_dirs: Vec<PathBuf>,
     pub limits: Limits,
+    /// With `runtime.kind = "docker"`: the repository's image, if it names one.
+    pub image: Option<String>,
 }
 
 /// What this host does to confine PR code, decided once from `[runtime]`.
 #[derive(Debug, Clone)]
 pub struct Host {
+    /// With `runtime.kind = "docker"`: the engine and the default image.
+    docker: Option<(docker::Engine, String)>,
     isolation: Isolation,
     network: NetworkMode,
     bwrap: Option<PathBuf>,
@@ -219,9 +255,21 @@ impl Host {
         let cfg = &config.runtime;
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
-        let sandboxed = cfg.isolation == Isolation::Sandbox;
+        let sandboxed = cfg.isolation == Isolation::Sandbox && cfg.kind == RuntimeKind::Local;
+        let docker = (cfg.kind == RuntimeKind::Docker)
+            .then(|| {
+                docker::Engine::connect()
+                    .ok()
+                    .map(|e| (e, cfg.image.clone()))
+            })
+            .flatten();
         Self {
-            isolation: cfg.isolation,
+            docker,
+            isolation: if cfg.kind == RuntimeKind::Docker {
+                Isolation::Sandbox
+            } else {
+                cfg.isolation
+            },
             network: cfg.network,
             bwrap: jail::find_program("bwrap").filter(|_| sandboxed),
             pasta: jail::find_program("pasta").filter(|_| sandboxed),
@@ -236,6 +284,11 @@ impl Host {
 
     pub fn isolated(&self) -> bool {
         self.isolation == Isolation::Sandbox
+    }
+
+    /// Whether PR code runs in containers (`runtime.kind = "docker"`).
+    pub fn containers(&self) -> bool {
+        self.docker.is_some()
     }
 
     /// Whether sites get their own uid (root with isolation).
@@ -253,6 +306,32 @@ impl Host {
                 detail,
             })
         };
+        if let Some((_, image)) = &self.docker {
+            match docker_ping() {
+                Ok(()) => line(
+                    "containers",
+                    true,
+                    format!(
+                        "runtime.kind = \"docker\": Docker Engine at /var/run/docker.sock, default image {image}; a bridge network per site, all capabilities dropped, no new privileges"
+                    ),
+                ),
+                Err(e) => line("containers", false, e),
+            }
+            line(
+                "uid per site",
+                self.root,
+                "containers run as the site's uid".into(),
+            );
+            for what in ["memory limit", "cpu limit", "process limit"] {
+                line(what, true, "the container's own limits".into());
+            }
+            line(
+                "disk limit",
+                true,
+                "what a site writes into its bound folders is measured every 0.5 s".into(),
+            );
+            return out;
+        }
         if !self.isolated() {
             line(
                 "isolation",
@@ -335,6 +414,9 @@ impl Host {
 
     /// An error when PR code cannot run the way the config asks (`serve` refuses to start).
     pub fn check(&self) -> Result<(), RuntimeError> {
+        if self.docker.is_some() {
+            return docker_ping().map_err(RuntimeError::Invalid);
+        }
         if !self.isolated() {
             return Ok(());
         }
@@ -406,6 +488,34 @@ impl Host {
         env: Vec<(String, String)>,
         port: Option<u16>,
     ) -> Result<Sandbox, RuntimeError> {
+        if let Some((engine, image)) = &self.docker {
+            let mut binds = vec![dir.to_path_buf()];
+            binds.extend(site.writable.iter().cloned());
+            let mut quota = vec![dir.to_path_buf()];
+            quota.extend(site.quota_dirs.iter().cloned());
+            return Ok(Sandbox {
+                dir: dir.to_path_buf(),
+                env: env.clone(),
+                run_as: site.uid.filter(|_| self.root).map(|u| (u, u)),
+                jail: None,
+                cgroup: None,
+                memory_limit: Some(site.limits.memory),
+                disk: Some(DiskWatch::new(quota, site.limits.disk)),
+                docker: Some((
+                    engine.clone(),
+                    docker::Spec {
+                        image: site.image.clone().unwrap_or_else(|| image.clone()),
+                        key: site.key.clone(),
+                        uid: site.uid.filter(|_| self.root),
+                        workdir: dir.to_path_buf(),
+                        binds,
+                        env,
+                        limits: site.limits.clone(),
+                        port,
+                    },
+                )),
+            });
+        }
         if !self.isolated() {
             return Sandbox::new(dir, env, &self.user);
         }
@@ -450,13 +560,18 @@ impl Host {
             cgroup,
             memory_limit: Some(site.limits.memory),
             disk,
+            docker: None,
         })
     }
 
-    /// Kill whatever the site left running and remove its control group.
-    pub fn release(&self, key: &str) {
+    /// Kill whatever the site left running and remove its control group (or its containers
+    /// and network).
+    pub async fn release(&self, key: &str) {
         if let Some(c) = &self.cgroups {
             c.existing(key).remove();
+        }
+        if let Some((engine, _)) = &self.docker {
+            engine.release(key).await;
         }
     }
 
@@ -570,28 +685,10 @@ const SITE_LOG_CAP: usize = 1 << 20;
 /// Append a process's stdout and stderr to `path` as they arrive, until both close; past `cap`
 /// bytes the output is read and dropped (one note says so).
 async fn follow_output(child: &mut Child, path: &Path, cap: usize) {
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await
-        .ok();
+    let mut log = CappedLog::open(path, cap).await;
     let mut output = Output::of(child);
-    let (mut written, mut noted) = (0usize, false);
     while let Some(chunk) = output.next().await {
-        let Some(f) = file.as_mut() else { continue };
-        let keep = chunk.len().min(cap.saturating_sub(written));
-        if keep > 0 && f.write_all(&chunk[..keep]).await.is_err() {
-            file = None;
-            continue;
-        }
-        if keep < chunk.len() && !noted {
-            noted = true;
-            let _ = f
-                .write_all(b"\n[endor] output past this point is not kept (1 MiB per run)\n")
-                .await;
-        }
-        written += chunk.len();
+        log.write(chunk).await;
     }
 }
 
@@ -625,6 +722,140 @@ pub async fn build(
     build_cancellable(sandbox, steps, step_timeout, output_cap, None).await
 }
 
+/// How one build step ended.
+struct StepEnd {
+    exit_code: Option<i32>,
+    timed_out: bool,
+    cancelled: bool,
+    /// Why the kernel or the disk watch stopped it.
+    killed: Option<String>,
+}
+
+/// Returns once `cancel` turns true (never without one).
+async fn until_cancelled(cancel: Option<tokio::sync::watch::Receiver<bool>>) {
+    match cancel {
+        Some(mut c) => {
+            let _ = c.wait_for(|v| *v).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// One step in a container of the site's image.
+async fn container_step(
+    sandbox: &Sandbox,
+    (engine, spec): (&docker::Engine, &docker::Spec),
+    step: &str,
+    step_timeout: Duration,
+    io: (&mut Vec<u8>, &mut bool, usize),
+    cancel: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<StepEnd, RuntimeError> {
+    let (log, truncated, cap) = io;
+    let (id, mut output) = engine
+        .start(spec, step)
+        .await
+        .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+    let mut over_disk = false;
+    let finished = tokio::select! {
+        r = tokio::time::timeout(step_timeout, async {
+            tokio::select! {
+                _ = async { while let Some(c) = output.next().await { append(log, &c, cap, truncated) } } => {}
+                _ = over_limit(sandbox.disk.as_ref()) => { over_disk = true; }
+            }
+            engine.wait(&id).await
+        }) => Some(r),
+        _ = until_cancelled(cancel) => None,
+    };
+    engine.remove(&id).await;
+    Ok(match finished {
+        None => StepEnd {
+            exit_code: None,
+            timed_out: false,
+            cancelled: true,
+            killed: None,
+        },
+        Some(Err(_)) => StepEnd {
+            exit_code: None,
+            timed_out: true,
+            cancelled: false,
+            killed: None,
+        },
+        Some(Ok(ended)) => StepEnd {
+            exit_code: ended.exit_code.map(|c| c as i32),
+            timed_out: false,
+            cancelled: false,
+            killed: if ended.oom_killed {
+                Some(sandbox.memory_note())
+            } else if over_disk {
+                sandbox.disk.as_ref().map(DiskWatch::note)
+            } else {
+                None
+            },
+        },
+    })
+}
+
+/// One step as a process (in the jail, when there is one), or in a container.
+async fn run_step(
+    sandbox: &Sandbox,
+    step: &str,
+    step_timeout: Duration,
+    cap: usize,
+    log: &mut Vec<u8>,
+    truncated: &mut bool,
+    cancel: Option<tokio::sync::watch::Receiver<bool>>,
+) -> Result<StepEnd, RuntimeError> {
+    if let Some((engine, spec)) = &sandbox.docker {
+        let io = (log, truncated, cap);
+        return container_step(sandbox, (engine, spec), step, step_timeout, io, cancel).await;
+    }
+    let kills_before = sandbox.oom_kills();
+    let mut child = sandbox.spawn(step)?;
+    let pid = child.id().unwrap_or(0);
+    let mut over_disk = false;
+    let finished = tokio::select! {
+        r = tokio::time::timeout(step_timeout, async {
+            tokio::select! {
+                _ = collect(&mut child, log, cap, truncated) => {}
+                _ = over_limit(sandbox.disk.as_ref()) => {
+                    over_disk = true;
+                    kill_group(pid);
+                }
+            }
+            child.wait().await
+        }) => Some(r),
+        _ = until_cancelled(cancel) => None,
+    };
+    // Whatever the step left running in its group goes with it.
+    kill_group(pid);
+    let Some(finished) = finished else {
+        let _ = child.wait().await;
+        return Ok(StepEnd {
+            exit_code: None,
+            timed_out: false,
+            cancelled: true,
+            killed: None,
+        });
+    };
+    let (exit_code, timed_out) = match finished {
+        Ok(status) => (status?.code(), false),
+        Err(_) => {
+            let _ = child.wait().await;
+            (None, true)
+        }
+    };
+    Ok(StepEnd {
+        exit_code,
+        timed_out,
+        cancelled: false,
+        killed: sandbox.oom_note(kills_before).or_else(|| {
+            over_disk
+                .then(|| sandbox.disk.as_ref().map(DiskWatch::note))
+                .flatten()
+        }),
+    })
+}
+
 /// [`build`], also ended (every process of the running step killed) as soon as `cancel`
 /// turns true.
 pub async fn build_cancellable(
@@ -654,42 +885,18 @@ pub async fn build_cancellable(
             output_cap,
             &mut report.truncated,
         );
-        let kills_before = sandbox.oom_kills();
-        let mut child = sandbox.spawn(step)?;
-        let pid = child.id().unwrap_or(0);
-        let mut log = std::mem::take(&mut report.log);
-        let mut truncated = report.truncated;
-        let mut cancel_rx = cancel.clone();
-        let cancelled = async move {
-            match cancel_rx.as_mut() {
-                Some(c) => {
-                    let _ = c.wait_for(|v| *v).await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let mut was_cancelled = false;
-        let mut over_disk = false;
-        let finished = tokio::select! {
-            r = tokio::time::timeout(step_timeout, async {
-                tokio::select! {
-                    _ = collect(&mut child, &mut log, output_cap, &mut truncated) => {}
-                    _ = over_limit(sandbox.disk.as_ref()) => {
-                        over_disk = true;
-                        kill_group(pid);
-                    }
-                }
-                child.wait().await
-            }) => r,
-            _ = cancelled => {
-                was_cancelled = true;
-                kill_group(pid);
-                Ok(child.wait().await)
-            }
-        };
-        if was_cancelled {
-            report.log = log;
-            report.truncated = truncated;
+        let (log, truncated) = (&mut report.log, &mut report.truncated);
+        let mut end = run_step(
+            sandbox,
+            step,
+            step_timeout,
+            output_cap,
+            log,
+            truncated,
+            cancel.clone(),
+        )
+        .await?;
+        if end.cancelled {
             report.ok = false;
             report.cancelled = true;
             append(
@@ -700,47 +907,33 @@ pub async fn build_cancellable(
             );
             break;
         }
-        report.log = log;
-        report.truncated = truncated;
-        let (exit_code, timed_out) = match finished {
-            Ok(status) => (status?.code(), false),
-            Err(_) => {
-                kill_group(pid);
-                let _ = child.wait().await;
-                append(
-                    &mut report.log,
-                    format!(
-                        "\n[endor] step timed out after {} s\n",
-                        step_timeout.as_secs()
-                    )
-                    .as_bytes(),
-                    usize::MAX,
-                    &mut report.truncated,
-                );
-                (None, true)
-            }
-        };
-        // Whatever the step left running in its group goes with it.
-        kill_group(pid);
-        // A quick writer can finish between two looks: one more after the step.
-        if !over_disk && let Some(d) = sandbox.disk.clone() {
-            let limit = d.limit;
-            over_disk = tokio::task::spawn_blocking(move || d.written())
-                .await
-                .unwrap_or(0)
-                > limit;
+        if end.timed_out {
+            append(
+                &mut report.log,
+                format!(
+                    "\n[endor] step timed out after {} s\n",
+                    step_timeout.as_secs()
+                )
+                .as_bytes(),
+                usize::MAX,
+                &mut report.truncated,
+            );
         }
-        let exit_code = if over_disk {
-            exit_code.filter(|c| *c != 0).or(Some(1))
-        } else {
-            exit_code
-        };
-        let killed = sandbox.oom_note(kills_before).or_else(|| {
-            over_disk
-                .then(|| sandbox.disk.as_ref().map(DiskWatch::note))
-                .flatten()
-        });
-        if let Some(k) = &killed {
+        // A quick writer can finish between two looks: one more after the step.
+        if end.killed.is_none()
+            && let Some(d) = sandbox.disk.clone()
+        {
+            let limit = d.limit;
+            let note = d.note();
+            let written = tokio::task::spawn_blocking(move || d.written())
+                .await
+                .unwrap_or(0);
+            if written > limit {
+                end.killed = Some(note);
+                end.exit_code = end.exit_code.filter(|c| *c != 0).or(Some(1));
+            }
+        }
+        if let Some(k) = &end.killed {
             append(
                 &mut report.log,
                 format!("\n[endor] the step {k}\n").as_bytes(),
@@ -748,14 +941,15 @@ pub async fn build_cancellable(
                 &mut report.truncated,
             );
         }
+        let failed = end.timed_out || end.exit_code != Some(0);
         report.steps.push(StepReport {
             command: step.clone(),
-            exit_code,
-            timed_out,
-            killed,
+            exit_code: end.exit_code,
+            timed_out: end.timed_out,
+            killed: end.killed,
             duration_ms: started.elapsed().as_millis() as u64,
         });
-        if timed_out || exit_code != Some(0) {
+        if failed {
             report.ok = false;
             break;
         }
@@ -769,6 +963,8 @@ pub struct Supervised {
     pid: Arc<AtomicU32>,
     restarts: Arc<AtomicU32>,
     task: tokio::task::JoinHandle<()>,
+    /// The running container, with `runtime.kind = "docker"`.
+    container: Arc<std::sync::Mutex<Option<(docker::Engine, String)>>>,
 }
 
 impl Supervised {
@@ -777,12 +973,31 @@ impl Supervised {
         let stop = Arc::new(AtomicBool::new(false));
         let pid = Arc::new(AtomicU32::new(0));
         let restarts = Arc::new(AtomicU32::new(0));
-        let (s, p, r) = (stop.clone(), pid.clone(), restarts.clone());
+        let container = Arc::new(std::sync::Mutex::new(None));
+        let (s, p, r, ct) = (
+            stop.clone(),
+            pid.clone(),
+            restarts.clone(),
+            container.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
             while !s.load(Ordering::SeqCst) {
                 let started = Instant::now();
                 let kills_before = sandbox.oom_kills();
+                if let Some((engine, spec)) = &sandbox.docker {
+                    run_container(&sandbox, engine, spec, &command, &log_path, &s, &ct).await;
+                    if s.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    r.fetch_add(1, Ordering::SeqCst);
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff = Duration::from_millis(200);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
                 match sandbox.spawn(&command) {
                     Ok(mut child) => {
                         p.store(child.id().unwrap_or(0), Ordering::SeqCst);
@@ -835,6 +1050,7 @@ impl Supervised {
             pid,
             restarts,
             task,
+            container,
         }
     }
 
@@ -854,7 +1070,117 @@ impl Supervised {
         if pid != 0 {
             kill_group(pid);
         }
+        let running = self.container.lock().ok().and_then(|mut c| c.take());
+        if let Some((engine, id)) = running {
+            engine.remove(&id).await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// One run of a site's start command in a container: its output appended to the log (capped
+/// as for a process), until it ends; why it ended, when the limits ended it.
+async fn run_container(
+    sandbox: &Sandbox,
+    engine: &docker::Engine,
+    spec: &docker::Spec,
+    command: &str,
+    log_path: &Path,
+    stopping: &AtomicBool,
+    running: &std::sync::Mutex<Option<(docker::Engine, String)>>,
+) {
+    let (id, mut output) = match engine.start(spec, command).await {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "site container could not start");
+            note(
+                log_path,
+                &format!("[endor] the site container could not start: {e}"),
+            )
+            .await;
+            return;
+        }
+    };
+    if let Ok(mut r) = running.lock() {
+        *r = Some((engine.clone(), id.clone()));
+    }
+    if stopping.load(Ordering::SeqCst) {
+        engine.remove(&id).await;
+        return;
+    }
+    let mut log = CappedLog::open(log_path, SITE_LOG_CAP).await;
+    let over_disk = tokio::select! {
+        _ = async { while let Some(c) = output.next().await { log.write(&c).await } } => false,
+        _ = over_limit(sandbox.disk.as_ref()) => true,
+    };
+    let ended = if over_disk {
+        engine.remove(&id).await;
+        None
+    } else {
+        Some(engine.wait(&id).await)
+    };
+    engine.remove(&id).await;
+    if stopping.load(Ordering::SeqCst) {
+        return;
+    }
+    let why = match &ended {
+        None => sandbox.disk.as_ref().map(DiskWatch::note),
+        Some(e) if e.oom_killed => Some(sandbox.memory_note()),
+        Some(_) => None,
+    };
+    match why {
+        Some(why) => {
+            note(
+                log_path,
+                &format!("[endor] the site container {why}; restarting"),
+            )
+            .await;
+            tracing::warn!(command = %command, "the site container {why}; restarting");
+        }
+        None => {
+            tracing::warn!(command = %command, exit = ?ended.and_then(|e| e.exit_code), "site container exited; restarting")
+        }
+    }
+}
+
+/// A site log written as output arrives, at most `cap` bytes per run (one note past it).
+struct CappedLog {
+    file: Option<tokio::fs::File>,
+    cap: usize,
+    written: usize,
+    noted: bool,
+}
+
+impl CappedLog {
+    async fn open(path: &Path, cap: usize) -> Self {
+        let file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await
+            .ok();
+        Self {
+            file,
+            cap,
+            written: 0,
+            noted: false,
+        }
+    }
+
+    async fn write(&mut self, chunk: &[u8]) {
+        let Some(f) = self.file.as_mut() else { return };
+        let keep = chunk.len().min(self.cap.saturating_sub(self.written));
+        if keep > 0 && f.write_all(&chunk[..keep]).await.is_err() {
+            self.file = None;
+            return;
+        }
+        if keep < chunk.len() && !self.noted {
+            self.noted = true;
+            let _ = f
+                .write_all(b"\n[endor] output past this point is not kept (1 MiB per run)\n")
+                .await;
+        }
+        self.written += chunk.len();
     }
 }
 
