@@ -584,3 +584,59 @@ root = "."
         assert_eq!(docker(&["network", "ls", "-q", "--filter", &label]), "");
     }
 }
+
+/// Ownership changes, data does not move: a preview's copy of its parent's 16 MiB is chowned
+/// to the preview's own uid and still shares every extent with the parent (what FIEMAP sees
+/// as its own stays near zero).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clone_owned_by_its_site_still_shares_its_extents() {
+    use std::os::unix::fs::MetadataExt;
+    const MIB: u64 = 1 << 20;
+    let db = TestStore::sqlite().await;
+    let h = Harness::start(&db).await;
+    let src = h.dir.path().join("big-src");
+    std::fs::create_dir_all(&src).unwrap();
+    let block: Vec<u8> = (0..MIB).map(|i| (i * 7 % 251) as u8).collect();
+    let mut data = Vec::new();
+    for i in 0..16u8 {
+        data.extend(block.iter().map(|b| b ^ i));
+    }
+    std::fs::write(src.join("big.bin"), &data).unwrap();
+    h.sites()
+        .create(
+            "production",
+            "acme",
+            "default",
+            endor::sites::Imports {
+                files: Some(&src),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let toml = r#"
+[preview]
+parent = "production"
+build = ["test -s \"$ENDOR_FILES_DIR/big.bin\""]
+root = "."
+"#;
+    let p = hostile(&h, "shop", 1, toml, &[]).await;
+    assert_eq!(p.state, PreviewState::Ready, "{:?}", p.reason);
+    let site = h.store().site_by_name("shop-pr-1").await.unwrap().unwrap();
+    let files = h.sites().files_dir(&site);
+    let m = std::fs::metadata(files.join("big.bin")).unwrap();
+    assert_eq!(
+        Some(m.uid()),
+        site.uid,
+        "the copy belongs to the preview's uid"
+    );
+    assert_ne!(site.uid, Some(0));
+    let fp = endor::usage::footprint(&files);
+    assert!(fp.logical >= 16 * MIB, "{fp:?}");
+    assert!(
+        fp.exclusive < MIB / 4,
+        "after the chown the preview owns {} bytes of its own",
+        fp.exclusive
+    );
+    h.stop().await;
+}
