@@ -12,8 +12,23 @@ if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null
 fi
 docker_ok() { /usr/bin/docker version >/dev/null 2>&1; }
+# A network per site: Docker's default address pools hold about 30 networks, so give it
+# small subnets (4,096 networks of 14 addresses), as a host running many previews needs.
+conf=/etc/docker/daemon.json
+want='{"default-address-pools": [{"base": "10.213.0.0/16", "size": 28}]}'
+if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then
+  mkdir -p /etc/docker
+  printf '%s\n' "$want" > "$conf"
+  if docker_ok; then
+    log "restarting dockerd for its address pools"
+    pkill -x dockerd || true
+    for _ in $(seq 1 150); do pgrep -x dockerd >/dev/null || break; sleep 0.2; done
+  fi
+fi
 if ! docker_ok; then
   log "starting dockerd"
+  # A pid file left by a dockerd that is gone would stop the new one.
+  pgrep -x dockerd >/dev/null || rm -f /var/run/docker.pid
   nohup dockerd --host unix:///var/run/docker.sock >/var/log/endor-dockerd.log 2>&1 &
   for _ in $(seq 1 100); do docker_ok && break; sleep 0.2; done
   docker_ok || { log "dockerd did not start (see /var/log/endor-dockerd.log)"; exit 1; }
