@@ -52,6 +52,24 @@ health = "/report.txt"
     )
 }
 
+/// The same for containers, where every step runs in one container under a step runner: the
+/// `kill -9 -1` goes first in the start command (a step that kills every process it can ends
+/// its own build there).
+fn container_attacker_toml(start: &str) -> String {
+    format!(
+        r#"
+[preview]
+parent = "production"
+build = [
+  "sh attack.sh > report.txt 2>&1",
+  "sh bomb.sh; sleep 2; echo \"bomb-procs: $(ls /proc | grep -c '^[0-9]')\" >> report.txt",
+]
+start = "kill -9 -1; echo \"after-kill: alive\" >> report.txt; {start}"
+health = "/report.txt"
+"#
+    )
+}
+
 fn attacker_files(probes: &[(&str, String)]) -> [(&'static str, String); 2] {
     [
         ("attack.sh", attack_script(probes)),
@@ -540,7 +558,7 @@ health = "/logo.txt"
             ),
         ),
     ];
-    let evil_toml = &attacker_toml("exec python3 -m http.server $PORT --bind 0.0.0.0");
+    let evil_toml = &container_attacker_toml("exec python3 -m http.server $PORT --bind 0.0.0.0");
     let files = attacker_files(&probes);
     let (report, procs) = evil_report(&h, evil_toml, &files, &probes).await;
     let procs = procs.unwrap_or_else(|| panic!("no bomb count:\n{report}"));
@@ -559,6 +577,34 @@ root = "."
     assert_eq!(hog.state, PreviewState::Failed);
     let reason = hog.reason.unwrap_or_default();
     assert!(reason.contains("memory limit (64MiB)"), "{reason}");
+
+    // Steps in one container: each with its own output and exit code in the log, the first
+    // failure ends the build, nothing after it runs.
+    let steps_toml = r#"
+[preview]
+build = ["echo one", "printf 'no newline'", "echo two; exit 3", "echo never"]
+root = "."
+"#;
+    let failed = hostile(&h, "steps", 4, steps_toml, &[]).await;
+    assert_eq!(failed.state, PreviewState::Failed);
+    let reason = failed.reason.unwrap_or_default();
+    assert!(
+        reason.contains("build step `echo two; exit 3` failed with exit code 3"),
+        "{reason}"
+    );
+    let site = h.sites().show("steps-pr-4").await.unwrap();
+    let log = std::fs::read_to_string(h.dir.path().join("logs").join(&site.id).join("build.log"))
+        .unwrap();
+    assert!(
+        log.contains(
+            "$ echo one\none\n$ printf 'no newline'\nno newline\n$ echo two; exit 3\ntwo\n"
+        ),
+        "{log}"
+    );
+    assert!(
+        !log.contains("never") && !log.contains("ENDOR-STEP"),
+        "{log}"
+    );
 
     // Released, a site leaves no container and no network behind.
     let ids: Vec<String> = h

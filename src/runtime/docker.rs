@@ -151,6 +151,7 @@ impl Engine {
         &self,
         spec: &Spec,
         script: &str,
+        extra_env: &[(String, String)],
     ) -> Result<(String, futures_util::stream::BoxStream<'static, Vec<u8>>), DockerError> {
         self.ensure_image(&spec.image).await?;
         let network = self.ensure_network(&spec.key).await?;
@@ -192,6 +193,7 @@ impl Engine {
             env: Some(
                 spec.env
                     .iter()
+                    .chain(extra_env)
                     .map(|(k, v)| format!("{k}={v}"))
                     .chain([
                         "PATH=/usr/local/bin:/usr/bin:/bin".to_string(),
@@ -252,6 +254,23 @@ impl Engine {
             exit_code: state.as_ref().and_then(|s| s.exit_code),
             oom_killed: state.and_then(|s| s.oom_killed).unwrap_or(false),
         }
+    }
+
+    /// How many times the kernel killed a process of the container for memory (its cgroup's
+    /// counter: Docker's `OOMKilled` says so only when the container's main process was the
+    /// one killed).
+    pub fn oom_kills(&self, id: &str) -> u64 {
+        [
+            format!("/sys/fs/cgroup/memory/docker/{id}/memory.oom_control"),
+            format!("/sys/fs/cgroup/docker/{id}/memory.events"),
+            format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.events"),
+        ]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+        .unwrap_or(0)
     }
 
     /// Kill and remove a container (nothing when it is gone).

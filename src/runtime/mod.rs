@@ -741,61 +741,7 @@ async fn until_cancelled(cancel: Option<tokio::sync::watch::Receiver<bool>>) {
     }
 }
 
-/// One step in a container of the site's image.
-async fn container_step(
-    sandbox: &Sandbox,
-    (engine, spec): (&docker::Engine, &docker::Spec),
-    step: &str,
-    step_timeout: Duration,
-    io: (&mut Vec<u8>, &mut bool, usize),
-    cancel: Option<tokio::sync::watch::Receiver<bool>>,
-) -> Result<StepEnd, RuntimeError> {
-    let (log, truncated, cap) = io;
-    let (id, mut output) = engine
-        .start(spec, step)
-        .await
-        .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
-    let mut over_disk = false;
-    let finished = tokio::select! {
-        r = tokio::time::timeout(step_timeout, async {
-            tokio::select! {
-                _ = async { while let Some(c) = output.next().await { append(log, &c, cap, truncated) } } => {}
-                _ = over_limit(sandbox.disk.as_ref()) => { over_disk = true; }
-            }
-            engine.wait(&id).await
-        }) => Some(r),
-        _ = until_cancelled(cancel) => None,
-    };
-    engine.remove(&id).await;
-    Ok(match finished {
-        None => StepEnd {
-            exit_code: None,
-            timed_out: false,
-            cancelled: true,
-            killed: None,
-        },
-        Some(Err(_)) => StepEnd {
-            exit_code: None,
-            timed_out: true,
-            cancelled: false,
-            killed: None,
-        },
-        Some(Ok(ended)) => StepEnd {
-            exit_code: ended.exit_code.map(|c| c as i32),
-            timed_out: false,
-            cancelled: false,
-            killed: if ended.oom_killed {
-                Some(sandbox.memory_note())
-            } else if over_disk {
-                sandbox.disk.as_ref().map(DiskWatch::note)
-            } else {
-                None
-            },
-        },
-    })
-}
-
-/// One step as a process (in the jail, when there is one), or in a container.
+/// One step as a process (in the jail, when there is one).
 async fn run_step(
     sandbox: &Sandbox,
     step: &str,
@@ -805,10 +751,6 @@ async fn run_step(
     truncated: &mut bool,
     cancel: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> Result<StepEnd, RuntimeError> {
-    if let Some((engine, spec)) = &sandbox.docker {
-        let io = (log, truncated, cap);
-        return container_step(sandbox, (engine, spec), step, step_timeout, io, cancel).await;
-    }
     let kills_before = sandbox.oom_kills();
     let mut child = sandbox.spawn(step)?;
     let pid = child.id().unwrap_or(0);
@@ -856,6 +798,241 @@ async fn run_step(
     })
 }
 
+/// Every build step in one container (a container costs a few hundred milliseconds to make):
+/// a fixed script runs the steps, given as environment variables (never spliced into the
+/// script), one after the other, and prints a marker line with a per-build nonce before and
+/// after each, with its exit code; endor splits the output into steps by those lines. What a
+/// step leaves running is killed before the next starts. A step's timeout, a cancel or the
+/// disk limit kill the container. (A step that itself kills every process it can ends its
+/// own build: in one container, the script is one of them.)
+struct ContainerBuild<'a> {
+    sandbox: &'a Sandbox,
+    engine: &'a docker::Engine,
+    spec: &'a docker::Spec,
+    step_timeout: Duration,
+    cap: usize,
+}
+
+const STEP_RUNNER: &str = r#"i=0
+while [ "$i" -lt "$ENDOR_STEPS" ]; do
+  eval "step=\${ENDOR_STEP_$i}"
+  printf '\n%s start %s\n' "$ENDOR_MARK" "$i"
+  sh -c "$step"
+  rc=$?
+  # Whatever the step left running goes with it (kill -1 spares its caller and PID 1).
+  kill -9 -1 2>/dev/null; kill -9 -1 2>/dev/null
+  printf '\n%s end %s %s\n' "$ENDOR_MARK" "$i" "$rc"
+  [ "$rc" -eq 0 ] || exit "$rc"
+  i=$((i + 1))
+done"#;
+
+/// What the container build saw of one step.
+struct Seen {
+    started: Instant,
+    exit_code: Option<i32>,
+    duration_ms: Option<u64>,
+    /// Set when the kernel killed one of its processes for memory.
+    oom: bool,
+}
+
+impl ContainerBuild<'_> {
+    async fn run(
+        &self,
+        steps: &[String],
+        report: &mut BuildReport,
+        cancel: Option<tokio::sync::watch::Receiver<bool>>,
+    ) -> Result<(), RuntimeError> {
+        let mark = format!("ENDOR-STEP-{}", uuid::Uuid::new_v4().simple());
+        let mut env = vec![
+            ("ENDOR_MARK".to_string(), mark.clone()),
+            ("ENDOR_STEPS".to_string(), steps.len().to_string()),
+        ];
+        for (i, st) in steps.iter().enumerate() {
+            env.push((format!("ENDOR_STEP_{i}"), st.clone()));
+        }
+        let (id, mut output) = self
+            .engine
+            .start(self.spec, STEP_RUNNER, &env)
+            .await
+            .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        let mut seen: Vec<Seen> = Vec::new();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut held_blank = false;
+        let mut oom_seen = 0;
+        let (mut cancelled, mut timed_out, mut over_disk) = (false, false, false);
+        let mut cancel_wait = std::pin::pin!(until_cancelled(cancel));
+        let mut disk_wait = std::pin::pin!(over_limit(self.sandbox.disk.as_ref()));
+        loop {
+            let deadline = seen
+                .last()
+                .filter(|s| s.exit_code.is_none())
+                .map(|s| s.started + self.step_timeout);
+            let step_over = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                chunk = output.next() => match chunk {
+                    Some(c) => {
+                        pending.extend_from_slice(&c);
+                        while let Some(n) = pending.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = pending.drain(..=n).collect();
+                            let text = String::from_utf8_lossy(&line[..line.len() - 1]).to_string();
+                            self.line(&text, &line, &mark, steps, &mut seen, &mut held_blank, report);
+                            // A step that just ended: did the kernel kill one of its processes?
+                            if let Some(last) = seen.last_mut().filter(|s| s.exit_code.is_some() && !s.oom) {
+                                let kills = self.engine.oom_kills(&id);
+                                if kills > oom_seen {
+                                    oom_seen = kills;
+                                    last.oom = true;
+                                }
+                            }
+                        }
+                    }
+                    None => break,
+                },
+                _ = &mut cancel_wait => { cancelled = true; break; }
+                _ = step_over => { timed_out = true; break; }
+                _ = &mut disk_wait => { over_disk = true; break; }
+            }
+        }
+        if !pending.is_empty() {
+            append(&mut report.log, &pending, self.cap, &mut report.truncated);
+        }
+        let ended = if cancelled || timed_out || over_disk {
+            None
+        } else {
+            Some(self.engine.wait(&id).await)
+        };
+        // Read before the container (and its cgroup) goes.
+        let late_oom = self.engine.oom_kills(&id) > oom_seen;
+        self.engine.remove(&id).await;
+        if cancelled {
+            report.ok = false;
+            report.cancelled = true;
+            append(
+                &mut report.log,
+                b"\n[endor] build cancelled: a newer head arrived\n",
+                usize::MAX,
+                &mut report.truncated,
+            );
+            return Ok(());
+        }
+        let oom = ended.as_ref().is_some_and(|e| e.oom_killed) || late_oom;
+        let last = seen.len().saturating_sub(1);
+        for (i, st) in seen.iter().enumerate() {
+            let unfinished = st.exit_code.is_none();
+            let killed = if st.oom || (i == last && unfinished && oom) {
+                Some(self.sandbox.memory_note())
+            } else if i == last && over_disk {
+                self.sandbox.disk.as_ref().map(DiskWatch::note)
+            } else {
+                None
+            };
+            let step_timed_out = i == last && unfinished && timed_out;
+            if step_timed_out {
+                append(
+                    &mut report.log,
+                    format!(
+                        "\n[endor] step timed out after {} s\n",
+                        self.step_timeout.as_secs()
+                    )
+                    .as_bytes(),
+                    usize::MAX,
+                    &mut report.truncated,
+                );
+            }
+            if let Some(k) = &killed {
+                append(
+                    &mut report.log,
+                    format!("\n[endor] the step {k}\n").as_bytes(),
+                    usize::MAX,
+                    &mut report.truncated,
+                );
+            }
+            let exit_code = if killed.is_some() && st.exit_code == Some(0) {
+                Some(1)
+            } else {
+                st.exit_code
+            };
+            report.steps.push(StepReport {
+                command: steps[i].clone(),
+                exit_code,
+                timed_out: step_timed_out,
+                killed,
+                duration_ms: st
+                    .duration_ms
+                    .unwrap_or_else(|| st.started.elapsed().as_millis() as u64),
+            });
+        }
+        let all_passed = seen.len() == steps.len()
+            && report
+                .steps
+                .iter()
+                .all(|s| s.exit_code == Some(0) && !s.timed_out);
+        if !all_passed || ended.is_some_and(|e| e.exit_code != Some(0)) {
+            report.ok = false;
+        }
+        Ok(())
+    }
+
+    /// One line of the container's output: a marker (a step starts or ends) or the steps'
+    /// own output. The blank line a marker prints first is dropped.
+    #[allow(clippy::too_many_arguments)]
+    fn line(
+        &self,
+        text: &str,
+        raw: &[u8],
+        mark: &str,
+        steps: &[String],
+        seen: &mut Vec<Seen>,
+        held_blank: &mut bool,
+        report: &mut BuildReport,
+    ) {
+        if let Some(rest) = text.strip_prefix(mark) {
+            *held_blank = false;
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            match words.as_slice() {
+                ["start", i] => {
+                    if let Some(step) = i.parse::<usize>().ok().and_then(|i| steps.get(i)) {
+                        append(
+                            &mut report.log,
+                            format!("$ {step}\n").as_bytes(),
+                            self.cap,
+                            &mut report.truncated,
+                        );
+                        seen.push(Seen {
+                            started: Instant::now(),
+                            exit_code: None,
+                            duration_ms: None,
+                            oom: false,
+                        });
+                    }
+                }
+                ["end", _, rc] => {
+                    if let Some(last) = seen.last_mut() {
+                        last.exit_code = rc.parse().ok();
+                        last.duration_ms = Some(last.started.elapsed().as_millis() as u64);
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
+        if *held_blank {
+            append(&mut report.log, b"\n", self.cap, &mut report.truncated);
+            *held_blank = false;
+        }
+        if text.is_empty() {
+            *held_blank = true;
+        } else {
+            append(&mut report.log, raw, self.cap, &mut report.truncated);
+        }
+    }
+}
+
 /// [`build`], also ended (every process of the running step killed) as soon as `cancel`
 /// turns true.
 pub async fn build_cancellable(
@@ -872,6 +1049,17 @@ pub async fn build_cancellable(
         log: Vec::new(),
         truncated: false,
     };
+    if let Some((engine, spec)) = &sandbox.docker {
+        let run = ContainerBuild {
+            sandbox,
+            engine,
+            spec,
+            step_timeout,
+            cap: output_cap,
+        };
+        run.run(steps, &mut report, cancel).await?;
+        return Ok(report);
+    }
     for step in steps {
         if cancel.as_ref().is_some_and(|c| *c.borrow()) {
             report.ok = false;
@@ -1089,7 +1277,7 @@ async fn run_container(
     stopping: &AtomicBool,
     running: &std::sync::Mutex<Option<(docker::Engine, String)>>,
 ) {
-    let (id, mut output) = match engine.start(spec, command).await {
+    let (id, mut output) = match engine.start(spec, command, &[]).await {
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "site container could not start");
@@ -1114,18 +1302,19 @@ async fn run_container(
         _ = over_limit(sandbox.disk.as_ref()) => true,
     };
     let ended = if over_disk {
-        engine.remove(&id).await;
         None
     } else {
         Some(engine.wait(&id).await)
     };
+    // Any of its processes killed for memory (read before the container's cgroup goes).
+    let oom = engine.oom_kills(&id) > 0 || ended.as_ref().is_some_and(|e| e.oom_killed);
     engine.remove(&id).await;
     if stopping.load(Ordering::SeqCst) {
         return;
     }
     let why = match &ended {
         None => sandbox.disk.as_ref().map(DiskWatch::note),
-        Some(e) if e.oom_killed => Some(sandbox.memory_note()),
+        Some(_) if oom => Some(sandbox.memory_note()),
         Some(_) => None,
     };
     match why {
