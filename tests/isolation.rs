@@ -34,9 +34,18 @@ fn attack_script(targets: &[(&str, String)]) -> String {
     s
 }
 
-/// The attacker's config: the probes, a fork bomb and `kill -9 -1` as build steps (each
-/// appending to `report.txt`), then `start` serving the checkout.
-fn attacker_toml(start: &str) -> String {
+/// The attacker's config: the probes and a fork bomb as build steps (each appending to
+/// `report.txt`), and `kill -9 -1`, then `start` serving the checkout. Locally the kill is a
+/// build step of its own; in containers (`in_start`), where every step runs in one container
+/// under a step runner, it goes first in the start command (a step that kills every process it
+/// can ends its own build there).
+fn attacker_toml(start: &str, in_start: bool) -> String {
+    let kill = "kill -9 -1; echo \\\"after-kill: alive\\\" >> report.txt";
+    let (kill_step, start) = if in_start {
+        (String::new(), format!("{kill}; {start}"))
+    } else {
+        (format!("  \"{kill}\",\n"), start.to_string())
+    };
     format!(
         r#"
 [preview]
@@ -44,27 +53,8 @@ parent = "production"
 build = [
   "sh attack.sh > report.txt 2>&1",
   "sh bomb.sh; sleep 2; echo \"bomb-procs: $(ls /proc | grep -c '^[0-9]')\" >> report.txt",
-  "kill -9 -1; echo \"after-kill: alive\" >> report.txt",
-]
+{kill_step}]
 start = "{start}"
-health = "/report.txt"
-"#
-    )
-}
-
-/// The same for containers, where every step runs in one container under a step runner: the
-/// `kill -9 -1` goes first in the start command (a step that kills every process it can ends
-/// its own build there).
-fn container_attacker_toml(start: &str) -> String {
-    format!(
-        r#"
-[preview]
-parent = "production"
-build = [
-  "sh attack.sh > report.txt 2>&1",
-  "sh bomb.sh; sleep 2; echo \"bomb-procs: $(ls /proc | grep -c '^[0-9]')\" >> report.txt",
-]
-start = "kill -9 -1; echo \"after-kill: alive\" >> report.txt; {start}"
 health = "/report.txt"
 "#
     )
@@ -225,7 +215,10 @@ async fn hostile_pr_code_reaches_only_its_own_site() {
         ),
         ("read-host-root", "ls /root".into()),
     ];
-    let evil_toml = &attacker_toml("/usr/bin/python3 -m http.server $PORT --bind 127.0.0.1");
+    let evil_toml = &attacker_toml(
+        "/usr/bin/python3 -m http.server $PORT --bind 127.0.0.1",
+        false,
+    );
     let files = attacker_files(&probes);
     let (report, procs) = evil_report(&h, evil_toml, &files, &probes).await;
     // The fork bomb ran into the process limit inside its own PID namespace.
@@ -558,7 +551,7 @@ health = "/logo.txt"
             ),
         ),
     ];
-    let evil_toml = &container_attacker_toml("exec python3 -m http.server $PORT --bind 0.0.0.0");
+    let evil_toml = &attacker_toml("exec python3 -m http.server $PORT --bind 0.0.0.0", true);
     let files = attacker_files(&probes);
     let (report, procs) = evil_report(&h, evil_toml, &files, &probes).await;
     let procs = procs.unwrap_or_else(|| panic!("no bomb count:\n{report}"));

@@ -225,7 +225,9 @@ impl Engine {
                     stdout: Some(true),
                     stderr: Some(true),
                     stream: Some(true),
-                    logs: Some(true),
+                    // Attached before the start: there is nothing to replay, and a replay
+                    // could repeat what the stream also sends.
+                    logs: Some(false),
                     ..Default::default()
                 }),
             )

@@ -620,6 +620,20 @@ pub struct BuildReport {
     pub truncated: bool,
 }
 
+impl BuildReport {
+    /// The build ended early: a newer head arrived.
+    fn mark_cancelled(&mut self) {
+        self.ok = false;
+        self.cancelled = true;
+        append(
+            &mut self.log,
+            b"\n[endor] build cancelled: a newer head arrived\n",
+            usize::MAX,
+            &mut self.truncated,
+        );
+    }
+}
+
 /// A child's stdout and stderr, read as one stream of chunks in the order they arrive.
 struct Output {
     out: Option<tokio::process::ChildStdout>,
@@ -910,14 +924,7 @@ impl ContainerBuild<'_> {
         let late_oom = self.engine.oom_kills(&id) > oom_seen;
         self.engine.remove(&id).await;
         if cancelled {
-            report.ok = false;
-            report.cancelled = true;
-            append(
-                &mut report.log,
-                b"\n[endor] build cancelled: a newer head arrived\n",
-                usize::MAX,
-                &mut report.truncated,
-            );
+            report.mark_cancelled();
             return Ok(());
         }
         let oom = ended.as_ref().is_some_and(|e| e.oom_killed) || late_oom;
@@ -958,7 +965,7 @@ impl ContainerBuild<'_> {
                 st.exit_code
             };
             report.steps.push(StepReport {
-                command: steps[i].clone(),
+                command: steps.get(i).cloned().unwrap_or_default(),
                 exit_code,
                 timed_out: step_timed_out,
                 killed,
@@ -995,8 +1002,9 @@ impl ContainerBuild<'_> {
             *held_blank = false;
             let words: Vec<&str> = rest.split_whitespace().collect();
             match words.as_slice() {
-                ["start", i] => {
-                    if let Some(step) = i.parse::<usize>().ok().and_then(|i| steps.get(i)) {
+                // Only the next step can start (a repeated line changes nothing).
+                ["start", i] if i.parse::<usize>().ok() == Some(seen.len()) => {
+                    if let Some(step) = steps.get(seen.len()) {
                         append(
                             &mut report.log,
                             format!("$ {step}\n").as_bytes(),
@@ -1011,8 +1019,8 @@ impl ContainerBuild<'_> {
                         });
                     }
                 }
-                ["end", _, rc] => {
-                    if let Some(last) = seen.last_mut() {
+                ["end", i, rc] if i.parse::<usize>().ok() == seen.len().checked_sub(1) => {
+                    if let Some(last) = seen.last_mut().filter(|l| l.exit_code.is_none()) {
                         last.exit_code = rc.parse().ok();
                         last.duration_ms = Some(last.started.elapsed().as_millis() as u64);
                     }
@@ -1085,14 +1093,7 @@ pub async fn build_cancellable(
         )
         .await?;
         if end.cancelled {
-            report.ok = false;
-            report.cancelled = true;
-            append(
-                &mut report.log,
-                b"\n[endor] build cancelled: a newer head arrived\n",
-                usize::MAX,
-                &mut report.truncated,
-            );
+            report.mark_cancelled();
             break;
         }
         if end.timed_out {
