@@ -35,7 +35,8 @@ fn attack_script(targets: &[(&str, String)]) -> String {
 }
 
 /// The attacker's config: the probes and a fork bomb as build steps (each appending to
-/// `report.txt`), and `kill -9 -1`, then `start` serving the checkout. Locally the kill is a
+/// `report.txt`; the bomb's processes are counted with shell builtins only, as forks fail
+/// while it runs), and `kill -9 -1`, then `start` serving the checkout. Locally the kill is a
 /// build step of its own; in containers (`in_start`), where every step runs in one container
 /// under a step runner, it goes first in the start command (a step that kills every process it
 /// can ends its own build there).
@@ -52,7 +53,7 @@ fn attacker_toml(start: &str, in_start: bool) -> String {
 parent = "production"
 build = [
   "sh attack.sh > report.txt 2>&1",
-  "sh bomb.sh; sleep 2; echo \"bomb-procs: $(ls /proc | grep -c '^[0-9]')\" >> report.txt",
+  "sh bomb.sh; sleep 2; set -- /proc/[0-9]*; echo \"bomb-procs: $#\" >> report.txt; true",
 {kill_step}]
 start = "{start}"
 health = "/report.txt"
