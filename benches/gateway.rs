@@ -180,6 +180,9 @@ fn main() {
         ),
     )
     .unwrap();
+    // `endor serve` refuses a config others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
     endor(&cfg, &["user", "create", "owner"]);
     endor(&cfg, &["workspace", "create", "acme", "--owner", "owner"]);
     endor(&cfg, &["site", "create", "app", "--workspace", "acme"]);
