@@ -29,6 +29,13 @@ pub async fn serve(
             problems.join("\n  - ")
         );
     }
+    let report = host.report();
+    let enforced: Vec<&str> = report
+        .iter()
+        .filter(|c| c.enforced)
+        .map(|c| c.what)
+        .collect();
+    tracing::info!(enforced = %enforced.join(", "), "PR code confinement (endor doctor prints each check)");
     if !host.isolated() {
         tracing::warn!(
             "runtime.isolation = \"none\": pull requests' code runs unconfined on this host and can read every site's data"
