@@ -362,8 +362,8 @@ pub struct LimitsConfig {
     pub cpus: f64,
     /// Processes and threads at once (a fork bomb stops here).
     pub processes: u32,
-    /// Disk the site's checkout and files may take (enforced where the storage root has
-    /// XFS project quotas; `endor doctor` says).
+    /// What the site's code may write into its checkout, files and SQLite folders (measured
+    /// while it runs; past it the step or process is stopped).
     pub disk: ByteSize,
 }
 
