@@ -27,8 +27,13 @@ if [ "$(cat "$conf" 2>/dev/null)" != "$want" ]; then
 fi
 if ! docker_ok; then
   log "starting dockerd"
-  # A pid file left by a dockerd that is gone would stop the new one.
-  pgrep -x dockerd >/dev/null || rm -f /var/run/docker.pid
+  # A pid file left by a dockerd that is gone (or a zombie) would stop the new one.
+  if [ -f /var/run/docker.pid ]; then
+    pid=$(cat /var/run/docker.pid)
+    state=$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+    comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
+    if [ -z "$state" ] || [ "$state" = Z ] || [ "$comm" != dockerd ]; then rm -f /var/run/docker.pid; fi
+  fi
   nohup dockerd --host unix:///var/run/docker.sock >/var/log/endor-dockerd.log 2>&1 &
   for _ in $(seq 1 100); do docker_ok && break; sleep 0.2; done
   docker_ok || { log "dockerd did not start (see /var/log/endor-dockerd.log)"; exit 1; }
