@@ -34,8 +34,16 @@ if ! docker_ok; then
     comm=$(cat "/proc/$pid/comm" 2>/dev/null || true)
     if [ -z "$state" ] || [ "$state" = Z ] || [ "$comm" != dockerd ]; then rm -f /var/run/docker.pid; fi
   fi
-  nohup dockerd --host unix:///var/run/docker.sock >/var/log/endor-dockerd.log 2>&1 &
-  for _ in $(seq 1 100); do docker_ok && break; sleep 0.2; done
+  # Twice at most: a containerd left by a killed dockerd can make the first start time out.
+  for attempt in 1 2; do
+    nohup dockerd --host unix:///var/run/docker.sock >/var/log/endor-dockerd.log 2>&1 &
+    for _ in $(seq 1 150); do docker_ok && break; sleep 0.2; done
+    docker_ok && break
+    log "dockerd did not answer (attempt $attempt)"
+    pkill -x dockerd || true
+    sleep 2
+    rm -f /var/run/docker.pid
+  done
   docker_ok || { log "dockerd did not start (see /var/log/endor-dockerd.log)"; exit 1; }
 fi
 if ! /usr/bin/docker image inspect "$image" >/dev/null 2>&1; then
