@@ -9,7 +9,7 @@ use crate::git::GitError;
 use crate::jobs::Job;
 use crate::jobs::{JobContext, JobError};
 use crate::previews::config::RepoConfig;
-use crate::runtime::{self, Sandbox, SiteBox, Supervised};
+use crate::runtime::{self, SiteBox, Supervised};
 use crate::store::{Connection, Preview, PreviewStep, Site, SiteState};
 
 use super::state::PreviewState;
@@ -446,21 +446,16 @@ impl Lifecycle {
     pub(super) async fn hand_over(&self, site: &Site) -> Result<SiteBox, JobError> {
         let sbox = self.site_box(site, None).await?;
         let dir = self.sites.site_dir(site);
-        let sandbox = self
+        let owner = self
             .host
-            .sandbox(&sbox, &dir, vec![], None)
+            .owner(&sbox)
             .map_err(|e| JobError::Permanent(e.to_string()))?;
         let fail = |e: &dyn std::fmt::Display| {
             JobError::Transient(format!("handing over the site's data: {e}"))
         };
         set_mode(&dir, 0o711).map_err(|e| fail(&e))?;
         for d in &self.sites.writable_dirs(site) {
-            Sandbox {
-                dir: d.clone(),
-                ..sandbox.clone()
-            }
-            .hand_over()
-            .map_err(|e| fail(&e))?;
+            runtime::hand_over(d, owner).map_err(|e| fail(&e))?;
             set_mode(d, 0o700).map_err(|e| fail(&e))?;
         }
         Ok(sbox)

@@ -106,6 +106,19 @@ impl Cgroups {
     }
 }
 
+/// The number after `key ` in a cgroup file of `key value` lines (`memory.events`,
+/// `pids.events`, v1's `memory.oom_control`); 0 when the file or the line is not there.
+pub fn counter(path: &Path, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok()).flatten()
+        })
+        .unwrap_or(0)
+}
+
 fn put(dir: &Path, file: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(dir.join(file), value).map_err(|e| {
         std::io::Error::new(
@@ -176,47 +189,13 @@ impl Group {
             Version::V1 => "memory.oom_control",
             Version::V2 => "memory.events",
         };
-        std::fs::read_to_string(self.dirs[0].join(file))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// Most memory the group has used at once (v1; v2 has `memory.peak` on newer kernels).
-    pub fn memory_peak(&self) -> Option<u64> {
-        let file = match self.version {
-            Version::V1 => "memory.max_usage_in_bytes",
-            Version::V2 => "memory.peak",
-        };
-        std::fs::read_to_string(self.dirs[0].join(file))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// Memory the group uses now.
-    pub fn memory_current(&self) -> Option<u64> {
-        let file = match self.version {
-            Version::V1 => "memory.usage_in_bytes",
-            Version::V2 => "memory.current",
-        };
-        std::fs::read_to_string(self.dirs[0].join(file))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
+        counter(&self.dirs[0].join(file), "oom_kill")
     }
 
     /// How many forks the process limit refused.
     pub fn fork_refusals(&self) -> u64 {
         let dir = self.dirs.last().expect("a group has a directory");
-        std::fs::read_to_string(dir.join("pids.events"))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("max ")?.trim().parse().ok())
-            .unwrap_or(0)
+        counter(&dir.join("pids.events"), "max")
     }
 
     /// The pids in the group now.

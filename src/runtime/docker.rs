@@ -268,11 +268,9 @@ impl Engine {
             format!("/sys/fs/cgroup/system.slice/docker-{id}.scope/memory.events"),
         ]
         .iter()
-        .find_map(|p| std::fs::read_to_string(p).ok())
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
-        .unwrap_or(0)
+        .map(std::path::Path::new)
+        .find(|p| p.exists())
+        .map_or(0, |p| super::cgroup::counter(p, "oom_kill"))
     }
 
     /// Kill and remove a container (nothing when it is gone).

@@ -182,10 +182,7 @@ impl Sandbox {
 
     /// Give the sandbox's directory to its user (the checkout is written by endor).
     pub fn hand_over(&self) -> Result<(), RuntimeError> {
-        if let Some((uid, gid)) = self.run_as {
-            chown_tree(&self.dir, uid, gid)?;
-        }
-        Ok(())
+        hand_over(&self.dir, self.run_as)
     }
 }
 
@@ -523,16 +520,7 @@ impl Host {
             .bwrap
             .clone()
             .ok_or_else(|| RuntimeError::Invalid("bubblewrap (bwrap) is not installed".into()))?;
-        let run_as = match (self.root, site.uid) {
-            (false, _) => None,
-            (true, Some(uid)) => Some((uid, uid)),
-            (true, None) => {
-                return Err(RuntimeError::Invalid(format!(
-                    "site {} has no uid of its own",
-                    site.key
-                )));
-            }
-        };
+        let run_as = self.owner(site)?;
         let network = match self.network {
             NetworkMode::Shared => None,
             NetworkMode::Isolated => {
@@ -564,6 +552,26 @@ impl Host {
         })
     }
 
+    /// Whom a site's code runs as (and its data belongs to): its own uid with isolation, else
+    /// `runtime.user`, when endor is root; nobody else when it is not.
+    pub fn owner(&self, site: &SiteBox) -> Result<Option<(u32, u32)>, RuntimeError> {
+        if !self.root {
+            return Ok(None);
+        }
+        if self.isolated() {
+            return match site.uid {
+                Some(uid) => Ok(Some((uid, uid))),
+                None => Err(RuntimeError::Invalid(format!(
+                    "site {} has no uid of its own",
+                    site.key
+                ))),
+            };
+        }
+        crate::unix::lookup_user(&self.user)
+            .map(Some)
+            .map_err(|e| RuntimeError::Invalid(format!("runtime.user: {e}")))
+    }
+
     /// Kill whatever the site left running and remove its control group (or its containers
     /// and network).
     pub async fn release(&self, key: &str) {
@@ -579,6 +587,14 @@ impl Host {
     pub fn group(&self, key: &str) -> Option<Group> {
         self.cgroups.as_ref().map(|c| c.existing(key))
     }
+}
+
+/// Give `dir` and everything under it to `owner` (nothing to do without one).
+pub fn hand_over(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), RuntimeError> {
+    if let Some((uid, gid)) = owner {
+        chown_tree(dir, uid, gid)?;
+    }
+    Ok(())
 }
 
 fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
