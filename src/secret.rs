@@ -76,8 +76,6 @@ pub enum SealError {
 impl Sealer {
     /// The key in `path`, created when the file does not exist yet.
     pub fn from_file(path: &std::path::Path) -> Result<Self, SealError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let err = |message: String| SealError::Key {
             path: path.display().to_string(),
             message,
@@ -102,21 +100,13 @@ impl Sealer {
         }
         let mut bytes = [0u8; 32];
         rand::rng().fill_bytes(&mut bytes);
-        // create_new: two processes racing both end up with the file the first one wrote.
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(mut f) => {
-                f.write_all(&bytes).map_err(|e| err(e.to_string()))?;
-                f.sync_all().map_err(|e| err(e.to_string()))?;
-                Ok(Self {
-                    key: *chacha20poly1305::Key::from_slice(&bytes),
-                })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::from_file(path),
+        // Written whole beside the path and linked into place: a reader never sees a partial
+        // key, and of two processes racing the first one's key stays (the other reads it).
+        match crate::unix::create_file_atomic(path, &bytes, 0o600) {
+            Ok(true) => Ok(Self {
+                key: *chacha20poly1305::Key::from_slice(&bytes),
+            }),
+            Ok(false) => Self::from_file(path),
             Err(e) => Err(err(e.to_string())),
         }
     }
@@ -199,5 +189,25 @@ mod sealer_tests {
         let p = generate_password();
         assert_eq!(p.len(), 24);
         assert_ne!(p, generate_password());
+    }
+
+    #[test]
+    fn many_first_uses_at_once_share_one_whole_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("secret.key");
+            let sealed: Vec<String> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| Sealer::from_file(&path).unwrap().seal("x")))
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            // Every caller got the one key the file holds: each sealed value opens with it.
+            let key = Sealer::from_file(&path).unwrap();
+            for v in &sealed {
+                assert_eq!(key.open(v).unwrap(), "x");
+            }
+            assert_eq!(std::fs::read(&path).unwrap().len(), 32);
+        }
     }
 }

@@ -579,6 +579,40 @@ async fn bad_bodies_get_json_errors_and_change_nothing() {
         .await;
     assert_eq!(access["allow"], json!([]));
     assert!(access["basic_auth"].is_null());
+    // What the framework itself rejects (bytes that are not UTF-8 in a path segment or a
+    // query) is a JSON error too, with the same status.
+    for (method, path) in [
+        (Method::GET, "/api/v1/workspaces/%FF/members"),
+        (Method::GET, "/api/v1/sites/%C3%28"),
+        (Method::PUT, "/api/v1/sites/web/tags/%FF"),
+    ] {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header("authorization", format!("Bearer {}", w.tokens["own"]));
+        req = req.header("content-length", "0");
+        let resp = w
+            .app
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{method} {path}");
+        assert_eq!(
+            resp.headers()["content-type"].to_str().unwrap(),
+            "application/json",
+            "{method} {path}"
+        );
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["error"]["code"], "invalid", "{method} {path}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("UTF-8"),
+            "{v}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -768,12 +802,12 @@ async fn protection(w: World) {
                 .unwrap()
                 .contains("bypass_protection")
         );
-        assert!(
-            w.store
-                .audit_events(Some(&site.id))
-                .await
-                .unwrap()
-                .is_empty()
+        // Only the line of turning protection on: a refusal writes none.
+        let audit = w.store.audit_events(Some(&site.id)).await.unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(
+            (audit[0].caller.as_str(), audit[0].action.as_str()),
+            ("api:dev", "protect")
         );
         let _ = ok;
     }
@@ -786,20 +820,58 @@ async fn protection(w: World) {
             .await;
         assert_eq!(status, *ok, "{method} {path}: {v}");
         let audit = w.store.audit_events(Some(&site.id)).await.unwrap();
-        assert_eq!(audit.len(), i + 1);
+        assert_eq!(audit.len(), i + 2);
         let last = audit.last().unwrap();
         assert_eq!(last.caller, "api:dev");
         assert_eq!(last.action, "bypass_protection");
     }
     let audit = w.store.audit_events(Some(&site.id)).await.unwrap();
     let details: Vec<_> = audit.iter().map(|a| a.detail.as_str()).collect();
-    assert_eq!(details, ["clone into web", "sync into web", "delete web"]);
-    // Unprotected sites need no bypass and leave no audit line.
+    assert_eq!(
+        details,
+        [
+            "protection on for web",
+            "clone into web",
+            "sync into web",
+            "delete web"
+        ]
+    );
+    // Protection dropped before a delete is never silent: turning it off is an audit line of
+    // its own, with the caller, and the delete that follows needs no bypass.
+    let (status, _) = w
+        .call(
+            Who::Developer,
+            Method::PUT,
+            "/api/v1/sites/web-2/protection",
+            Some(json!({"protected": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = w
+        .call(
+            Who::Developer,
+            Method::PUT,
+            "/api/v1/sites/web-2/protection",
+            Some(json!({"protected": false})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
     let (status, _) = w
         .call(Who::Developer, Method::DELETE, "/api/v1/sites/web-2", None)
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    assert_eq!(w.store.audit_events(None).await.unwrap().len(), 3);
+    let all = w.store.audit_events(None).await.unwrap();
+    let tail: Vec<_> = all[4..]
+        .iter()
+        .map(|a| (a.caller.as_str(), a.action.as_str(), a.detail.as_str()))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            ("api:dev", "protect", "protection on for web-2"),
+            ("api:dev", "unprotect", "protection off for web-2"),
+        ]
+    );
     w.finish().await;
 }
 

@@ -813,8 +813,8 @@ fn protection_bypass_tokens_and_usage_on_the_binary() {
             stderr(&done)
         );
         let audit = ok_json(d, &["audit", "--json"]);
-        assert_eq!(audit.as_array().unwrap().len(), i + 1);
-        assert!(audit[i]["caller"].as_str().unwrap().starts_with("cli:"));
+        assert_eq!(audit.as_array().unwrap().len(), i + 2);
+        assert!(audit[i + 1]["caller"].as_str().unwrap().starts_with("cli:"));
     }
     let audit = ok_json(d, &["audit", "--json"]);
     let details: Vec<_> = audit
@@ -825,7 +825,23 @@ fn protection_bypass_tokens_and_usage_on_the_binary() {
         .collect();
     assert_eq!(
         details,
-        ["clone into prod", "sync into prod", "delete prod"]
+        [
+            "protection on for prod",
+            "clone into prod",
+            "sync into prod",
+            "delete prod"
+        ]
+    );
+    // Turning protection off is audited too, and `endor audit` shows it as text.
+    ok_json(d, &["site", "protect", "staging", "on", "--json"]);
+    ok_json(d, &["site", "protect", "staging", "off", "--json"]);
+    let text = endor(d, &["audit"]);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout).to_string();
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("\tunprotect\tprotection off for staging") && last.contains("\tcli:"),
+        "{text}"
     );
     // API tokens: printed once, listed without the secret, revocable.
     let t = ok_json(d, &["user", "token", "alice", "--name", "ci", "--json"]);

@@ -495,7 +495,10 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
     assert_eq!(fs::read(clone.files_dir.join("index.html")).unwrap(), b"v2");
 
     // Protection guards sync-into and delete unless bypassed.
-    f.sites.protect("production", true).await.unwrap();
+    f.sites
+        .protect("production", true, &Default::default())
+        .await
+        .unwrap();
     assert!(matches!(
         f.sites
             .sync("shop-pr-1", "production", true, true, Guard::default())

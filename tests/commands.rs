@@ -414,7 +414,10 @@ async fn github_commands_permissions_and_effects() {
     }
 
     // A protected site takes no pull request deploy (only git tags) and is not destroyed.
-    h.sites().protect(site, true).await.unwrap();
+    h.sites()
+        .protect(site, true, &Default::default())
+        .await
+        .unwrap();
     comment(30, "dev-user", "/preview deploy").await;
     let last = replies(&forge, "octo/shop", 7).pop().unwrap();
     assert!(last.contains("protected"), "{last}");
@@ -423,7 +426,10 @@ async fn github_commands_permissions_and_effects() {
         200,
         "the last good version serves on"
     );
-    h.sites().protect(site, false).await.unwrap();
+    h.sites()
+        .protect(site, false, &Default::default())
+        .await
+        .unwrap();
 
     // Destroy, then deploy brings it back at the current head.
     comment(27, "dev-user", "/preview destroy").await;

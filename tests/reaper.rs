@@ -135,13 +135,19 @@ async fn expiry_end_to_end() {
     // A protected site is never reaped, even past its expiry.
     let mut b = h.preview(&c_long.0, 2).await.unwrap();
     let original = b.expires_at;
-    h.sites().protect("long-pr-2", true).await.unwrap();
+    h.sites()
+        .protect("long-pr-2", true, &Default::default())
+        .await
+        .unwrap();
     b.expires_at = Some(endor::now_ms() - 1000);
     h.store().put_preview(&b).await.unwrap();
     let kept = reaper.pass(false).await.unwrap();
     assert!(kept.expired.is_empty(), "{kept:?}");
     assert_eq!(h.get("long-pr-2", "/").await.0, 200);
-    h.sites().protect("long-pr-2", false).await.unwrap();
+    h.sites()
+        .protect("long-pr-2", false, &Default::default())
+        .await
+        .unwrap();
     b.expires_at = original;
     h.store().put_preview(&b).await.unwrap();
     // A second pass: nothing new to do, no second warning.

@@ -465,7 +465,9 @@ pub async fn protect(
 ) -> Res {
     let b: Protection = body(raw).await?;
     let site = c.site()?;
-    api.sites.protect(&site.name, b.protected).await?;
+    api.sites
+        .protect(&site.name, b.protected, &guard(&c, false))
+        .await?;
     ok(
         StatusCode::OK,
         &json!({"site": site.name, "protected": b.protected}),

@@ -277,7 +277,9 @@ pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()
             emit(json, &sites.sync(&src, &dst, files, db, guard).await?, op)
         }
         SiteCmd::Protect { site, state } => {
-            sites.protect(&site, state == "on").await?;
+            sites
+                .protect(&site, state == "on", &endor::sites::Guard::cli(false))
+                .await?;
             emit(
                 json,
                 &serde_json::json!({"site": site, "protected": state == "on"}),

@@ -56,9 +56,9 @@ pub(crate) fn save_record<T: Serialize>(
     std::fs::create_dir_all(dir).map_err(CloneError::io("mkdir", dir))?;
     let p = dir.join(file);
     let text = serde_json::to_string(value).map_err(|e| CloneError::Refused(e.to_string()))?;
-    std::fs::write(&p, text).map_err(CloneError::io("write", &p))?;
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
-        .map_err(CloneError::io("chmod", &p))
+    // Whole and private from the start: never a moment readable by others, never half written.
+    crate::unix::replace_file_atomic(&p, text.as_bytes(), 0o600)
+        .map_err(CloneError::io("write", &p))
 }
 
 pub(crate) fn load_record<T: DeserializeOwned>(dir: &Path, file: &str) -> Result<T, CloneError> {

@@ -683,9 +683,21 @@ impl Sites {
         Ok(())
     }
 
-    pub async fn protect(&self, name: &str, on: bool) -> Result<()> {
+    /// Turn protection on or off. Either way an audit line (log + store) names the caller, so
+    /// protection is never dropped silently before a delete.
+    pub async fn protect(&self, name: &str, on: bool, guard: &Guard) -> Result<()> {
         let site = self.get(name).await?;
         self.store.set_site_protected(&site.id, on).await?;
+        let caller = guard.caller.as_deref().unwrap_or("unknown");
+        let (action, detail) = if on {
+            ("protect", format!("protection on for {}", site.name))
+        } else {
+            ("unprotect", format!("protection off for {}", site.name))
+        };
+        tracing::warn!(target: "endor::audit", site = %site.name, caller, action, "production protection changed");
+        self.store
+            .record_audit(caller, action, Some(&site.id), &detail)
+            .await?;
         Ok(())
     }
 
