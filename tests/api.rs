@@ -60,12 +60,7 @@ impl World {
 
     async fn on(db: TestStore) -> Self {
         let dir = support::plain_dir();
-        let mut config = Config::default();
-        config.store.url = db.url.clone();
-        config.storage.root = dir.path().join("sites");
-        config.storage.logs = dir.path().join("logs");
-        config.storage.git = dir.path().join("git");
-        config.storage.secret_key = dir.path().join("secret.key");
+        let config = support::config_in(&db.url, dir.path());
         let store = db.store.clone();
         let s = store.as_ref();
         let mut tokens = std::collections::HashMap::new();

@@ -430,6 +430,7 @@ impl From<SiteError> for ApiError {
                     "site {site} is protected: send \"bypass_protection\": true to {action} it"
                 ),
             ),
+            SiteError::Busy(m) => Self::new(StatusCode::CONFLICT, "busy", m),
             SiteError::Store(s) => s.into(),
             SiteError::Clone(c) => Self::internal(&c.to_string()),
         }

@@ -101,6 +101,8 @@ pub(super) fn site_error(e: SiteError) -> JobError {
     match e {
         SiteError::Store(e) => JobError::Transient(e.to_string()),
         SiteError::Clone(e) => JobError::Transient(format!("clone: {e}")),
+        // Another operation held the site longer than the worker waits: try again later.
+        SiteError::Busy(m) => JobError::Transient(m),
         other => JobError::Permanent(other.to_string()),
     }
 }
@@ -122,7 +124,8 @@ impl Lifecycle {
     ) -> Arc<Self> {
         let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
         Arc::new(Self {
-            sites: Sites::new(store.clone(), config),
+            sites: Sites::new(store.clone(), config)
+                .waiting_for_locks(std::time::Duration::from_secs(120)),
             host: crate::runtime::Host::new(config),
             git: GitMirrors::new(abs(&config.storage.git)),
             logs: abs(&config.storage.logs),

@@ -6,11 +6,17 @@ use super::*;
 impl Sites {
     /// Freeze a consistent generation of the site's files and databases.
     pub async fn snapshot(&self, name: &str) -> Result<OperationReport> {
-        let site = self.get(name).await?;
-        self.snapshot_site(&site).await
+        validate_site_name(name)?;
+        self.locked(&[(name, Mode::Exclusive)], "snapshot", async {
+            let site = self.get_active(name).await?;
+            self.snapshot_site(&site, true).await
+        })
+        .await
     }
 
-    pub(super) async fn snapshot_site(&self, site: &Site) -> Result<OperationReport> {
+    /// Freeze a generation of `site`; with `prune`, only the newest two are kept (never under
+    /// a shared lock: another reader may be cloning an older one).
+    pub(super) async fn snapshot_site(&self, site: &Site, prune: bool) -> Result<OperationReport> {
         let started = std::time::Instant::now();
         let reflink = self.reflink()?;
         let gen_row = self.store.add_generation(&site.id).await?;
@@ -44,7 +50,9 @@ impl Sites {
         .await;
         match made {
             Ok(resources) => {
-                self.prune_generations(site, 2).await?;
+                if prune {
+                    self.prune_generations(site, 2).await?;
+                }
                 tracing::info!(site = %site.name, generation = gen_row.seq, "generation frozen");
                 Ok(OperationReport {
                     site: site.name.clone(),
@@ -83,7 +91,11 @@ impl Sites {
     ) -> Result<(i64, Vec<ResourceReport>)> {
         let seq = match self.store.generations(&src.id).await?.last() {
             Some(g) => g.seq,
-            None => self.snapshot_site(src).await?.generation.unwrap_or(1),
+            None => self
+                .snapshot_site(src, false)
+                .await?
+                .generation
+                .unwrap_or(1),
         };
         let gen_dir = self.generation_dir(src, seq);
         let reflink = self.reflink()?;
@@ -154,9 +166,28 @@ impl Sites {
         read_only: bool,
         guard: Guard,
     ) -> Result<OperationReport> {
-        let started = std::time::Instant::now();
-        let source = self.get(src).await?;
+        validate_site_name(src)?;
         validate_site_name(dst)?;
+        if src == dst {
+            return Err(SiteError::Invalid("cannot clone a site into itself".into()));
+        }
+        self.locked(
+            &[(src, Mode::Shared), (dst, Mode::Exclusive)],
+            "clone",
+            self.clone_locked(src, dst, read_only, guard),
+        )
+        .await
+    }
+
+    async fn clone_locked(
+        &self,
+        src: &str,
+        dst: &str,
+        read_only: bool,
+        guard: Guard,
+    ) -> Result<OperationReport> {
+        let started = std::time::Instant::now();
+        let source = self.get_active(src).await?;
         if let Some(existing) = self.store.site_by_name(dst).await? {
             if existing.id == source.id {
                 return Err(SiteError::Invalid("cannot clone a site into itself".into()));
@@ -218,12 +249,30 @@ impl Sites {
         db: bool,
         guard: Guard,
     ) -> Result<OperationReport> {
-        let started = std::time::Instant::now();
-        let source = self.get(src).await?;
-        let target = self.get(dst).await?;
-        if source.id == target.id {
+        validate_site_name(src)?;
+        validate_site_name(dst)?;
+        if src == dst {
             return Err(SiteError::Invalid("cannot sync a site into itself".into()));
         }
+        self.locked(
+            &[(src, Mode::Shared), (dst, Mode::Exclusive)],
+            "sync",
+            self.sync_locked(src, dst, files, db, guard),
+        )
+        .await
+    }
+
+    async fn sync_locked(
+        &self,
+        src: &str,
+        dst: &str,
+        files: bool,
+        db: bool,
+        guard: Guard,
+    ) -> Result<OperationReport> {
+        let started = std::time::Instant::now();
+        let source = self.get_active(src).await?;
+        let target = self.get_active(dst).await?;
         self.guard(&target, "sync into", &guard).await?;
         let (files, db) = if files || db {
             (files, db)

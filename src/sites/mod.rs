@@ -14,7 +14,10 @@
 //! mistaken for a live one, and the sweep finishes what a crash left.
 
 mod data;
+mod lock;
 mod sweep;
+
+use lock::Mode;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +42,9 @@ pub enum SiteError {
     NotFound(String),
     #[error("site {0} is protected: pass --bypass-protection to {1} it")]
     Protected(String, &'static str),
+    /// Another operation holds the site (see `lock`).
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Clone(#[from] CloneError),
     #[error(transparent)]
@@ -185,6 +191,8 @@ pub struct Sites {
     pg_strategy: String,
     pg_admin_url: String,
     maria_user: String,
+    /// How long an operation waits for a busy site before giving up (none: at once).
+    lock_wait: std::time::Duration,
 }
 
 /// What `site create` imports, each optional.
@@ -215,7 +223,15 @@ impl Sites {
             pg_strategy: config.postgres.strategy.clone(),
             pg_admin_url: config.postgres.admin_url.clone(),
             maria_user: config.mariadb.os_user.clone(),
+            lock_wait: std::time::Duration::ZERO,
         }
+    }
+
+    /// Wait up to `wait` for a site another operation holds, instead of failing at once with
+    /// [`SiteError::Busy`] (the preview worker, whose jobs must not fail on a snapshot).
+    pub fn waiting_for_locks(mut self, wait: std::time::Duration) -> Self {
+        self.lock_wait = wait;
+        self
     }
 
     fn template(&self) -> Result<Template> {
@@ -304,6 +320,15 @@ impl Sites {
     /// An empty site (no files, no databases) in the workspace `workspace_id`.
     pub async fn create_empty(&self, name: &str, workspace_id: &WorkspaceId) -> Result<Site> {
         validate_site_name(name)?;
+        self.locked(
+            &[(name, Mode::Exclusive)],
+            "create",
+            self.create_empty_locked(name, workspace_id),
+        )
+        .await
+    }
+
+    async fn create_empty_locked(&self, name: &str, workspace_id: &WorkspaceId) -> Result<Site> {
         let site = self
             .store
             .create_site(&NewSite {
@@ -326,10 +351,20 @@ impl Sites {
 
     /// Delete the site with this id and everything it owns; nothing to do when it is gone.
     pub async fn discard_id(&self, id: &SiteId) -> Result<()> {
-        match self.store.site(id).await? {
-            Some(site) if site.state != SiteState::Deleted => self.discard(&site).await,
-            _ => Ok(()),
+        let Some(site) = self.store.site(id).await? else {
+            return Ok(());
+        };
+        if site.state == SiteState::Deleted {
+            return Ok(());
         }
+        self.locked(&[(&site.name, Mode::Exclusive)], "teardown", async {
+            // Read again under the lock: another operation may have deleted it meanwhile.
+            match self.store.site(id).await? {
+                Some(site) if site.state != SiteState::Deleted => self.discard(&site).await,
+                _ => Ok(()),
+            }
+        })
+        .await
     }
 
     /// Remove a path under the storage root (through the trash).
@@ -437,12 +472,27 @@ impl Sites {
                 )));
             }
         }
+        self.locked(
+            &[(name, Mode::Exclusive)],
+            "create",
+            self.create_locked(name, ws.id, region, imports),
+        )
+        .await
+    }
+
+    async fn create_locked(
+        &self,
+        name: &str,
+        workspace_id: WorkspaceId,
+        region: &str,
+        imports: Imports<'_>,
+    ) -> Result<OperationReport> {
         let started = std::time::Instant::now();
         let site = self
             .store
             .create_site(&NewSite {
                 name: name.into(),
-                workspace_id: ws.id,
+                workspace_id,
                 region: region.into(),
                 parent_id: None,
                 read_only: false,
@@ -703,11 +753,16 @@ impl Sites {
 
     /// Delete a site and every resource it owns. Idempotent: a `deleting` site is finished.
     pub async fn delete(&self, name: &str, guard: Guard) -> Result<()> {
-        let site = self.get(name).await?;
-        self.guard(&site, "delete", &guard).await?;
-        self.discard(&site).await?;
-        tracing::info!(site = %name, "site deleted");
-        Ok(())
+        validate_site_name(name)?;
+        self.locked(&[(name, Mode::Exclusive)], "delete", async {
+            // Any state: a delete finishes a site a crash left half made or half deleted.
+            let site = self.get(name).await?;
+            self.guard(&site, "delete", &guard).await?;
+            self.discard(&site).await?;
+            tracing::info!(site = %name, "site deleted");
+            Ok(())
+        })
+        .await
     }
 }
 

@@ -709,6 +709,8 @@ pub trait LeaseStore: Send + Sync {
     /// Take (or renew) the named lease until `until` unless another owner holds it unexpired.
     async fn try_lease(&self, name: &str, owner: &str, now: i64, until: i64) -> Result<bool>;
     async fn release_lease(&self, name: &str, owner: &str) -> Result<()>;
+    /// The unexpired leases whose name starts with `prefix`: (name, owner).
+    async fn leases_with_prefix(&self, prefix: &str, now: i64) -> Result<Vec<(String, String)>>;
 }
 
 /// The audit trail.

@@ -78,6 +78,18 @@ impl TestStore {
     }
 }
 
+/// A config on the store `url` whose storage (sites, logs, git mirrors, secret key) is all
+/// under `dir`.
+pub fn config_in(url: &str, dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.store.url = url.to_string();
+    config.storage.root = dir.join("sites");
+    config.storage.logs = dir.join("logs");
+    config.storage.git = dir.join("git");
+    config.storage.secret_key = dir.join("secret.key");
+    config
+}
+
 /// A running server on 127.0.0.1:random.
 pub struct TestServer {
     pub addr: SocketAddr,

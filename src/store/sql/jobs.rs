@@ -174,6 +174,18 @@ macro_rules! impl_jobs {
                     .await?;
                 Ok(())
             }
+
+            async fn leases_with_prefix(&self, prefix: &str, now: i64) -> $crate::store::Result<Vec<(String, String)>> {
+                // substr, not LIKE: the prefix is matched as it is, whatever characters it holds.
+                let rows: Vec<(String, String)> = sqlx::query_as(
+                    "SELECT name, owner FROM leases WHERE substr(name, 1, length($1)) = $1 AND until >= $2 ORDER BY name",
+                )
+                .bind(prefix)
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows)
+            }
         }
     };
 }
