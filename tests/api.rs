@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use endor::api::{self, Api, Need, ROUTES, Role};
-use endor::config::Config;
 use endor::service;
 use endor::sites::{Imports, Sites};
 use endor::store::Store;
