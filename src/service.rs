@@ -172,7 +172,7 @@ pub async fn create_workspace(
 }
 
 /// A workspace role (SPEC §2); stored and shown by its lowercase name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Owner,
@@ -264,7 +264,7 @@ pub async fn workspace(store: &dyn Store, name: &str) -> Result<Workspace> {
 }
 
 /// What `repo connect` prints: the secret appears here and nowhere else, ever.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Connected {
     pub connection_id: ConnectionId,
     pub workspace: String,
@@ -320,7 +320,7 @@ pub async fn connect_repo(
     })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Rotated {
     pub connection_id: String,
     /// The new secret (absent when only retiring the old one).
@@ -357,7 +357,7 @@ pub async fn rotate_secret(store: &dyn Store, id: &str, retire_old: bool) -> Res
     })
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConnectionInfo {
     pub connection_id: ConnectionId,
     pub workspace_id: WorkspaceId,

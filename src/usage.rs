@@ -319,7 +319,7 @@ pub async fn sample(
     Ok(report)
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Cost {
     pub alive: f64,
     pub storage: f64,
@@ -336,7 +336,7 @@ impl Cost {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SiteLine {
     pub site: String,
     pub site_id: SiteId,
@@ -350,7 +350,7 @@ pub struct SiteLine {
     pub cost: Cost,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Rates {
     pub currency: String,
     pub site_hour: f64,
@@ -358,7 +358,7 @@ pub struct Rates {
     pub cpu_hour: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UsageReport {
     pub workspace: String,
     pub month: String,

@@ -75,17 +75,7 @@ impl World {
                 service::issue_token(s, login, "spare").await.unwrap().id,
             );
         }
-        service::create_workspace(s, "acme", "own").await.unwrap();
-        service::add_member(s, "acme", "bill", &["billing".into()])
-            .await
-            .unwrap();
-        service::add_member(s, "acme", "dev", &["developer".into()])
-            .await
-            .unwrap();
-        service::create_workspace(s, "other", "out").await.unwrap();
-        service::set_member_roles(s, "other", "out", &["owner".into(), "developer".into()])
-            .await
-            .unwrap();
+        support::acme_and_other(s).await;
         let revoked = service::issue_token(s, "dev", "old").await.unwrap();
         service::revoke_token(s, "dev", &revoked.id).await.unwrap();
         let sites = Sites::new(store.clone(), &config);
@@ -362,8 +352,34 @@ async fn openapi_document_matches_the_route_table() {
             assert_eq!(op["security"][0]["bearer"], json!([]));
             if let Some(body) = route.body {
                 let r = &op["requestBody"]["content"]["application/json"]["schema"]["$ref"];
-                assert_eq!(r, &json!(format!("#/components/schemas/{body}")));
-                assert!(doc["components"]["schemas"][body].is_object(), "{body}");
+                let name = body.schema;
+                assert_eq!(r, &json!(format!("#/components/schemas/{name}")));
+                assert!(doc["components"]["schemas"][name].is_object(), "{name}");
+                assert_eq!(op["requestBody"]["required"], json!(body.required));
+            }
+            // A success body has the schema of the handler's Rust type, and every schema it
+            // refers to is in the document.
+            let ok = &op["responses"][route.ok.as_u16().to_string()];
+            match route.reply {
+                Some(reply) => {
+                    let schema = &ok["content"]["application/json"]["schema"];
+                    let name = reply.trim_end_matches("[]");
+                    let r = if reply.ends_with("[]") {
+                        assert_eq!(schema["type"], "array");
+                        &schema["items"]["$ref"]
+                    } else {
+                        &schema["$ref"]
+                    };
+                    assert_eq!(r, &json!(format!("#/components/schemas/{name}")));
+                }
+                None => assert_eq!(route.ok, StatusCode::NO_CONTENT),
+            }
+            for link in ok["links"].as_object().into_iter().flat_map(|l| l.values()) {
+                let id = link["operationId"].as_str().unwrap();
+                assert!(
+                    ROUTES.iter().any(|r| api::operation_id(r) == id),
+                    "a link to {id}"
+                );
             }
             if matches!(route.need, Need::Roles(_)) {
                 assert!(op["responses"]["403"].is_object());
@@ -894,4 +910,250 @@ async fn the_api_is_served_by_endor_serve_s_listener() {
         .unwrap();
     assert_eq!(r.status(), 200);
     server.stop().await;
+}
+
+/// A request that makes `route` answer `status` with `code`, for each (status, code) the route
+/// documents beyond those every route of its kind sends: the conflicts, the last owner, the
+/// protected site and the busy one. `None` when the test has no way to make it happen (the
+/// test fails then: every documented answer must be reached).
+async fn provoke(
+    w: &World,
+    route: &api::ApiRoute,
+    status: u16,
+    code: &str,
+) -> Option<(Who, String, Option<Value>)> {
+    let p = |s: &str| format!("/api/v1{s}");
+    let hold = |site: &str| {
+        let store = w.store.clone();
+        let lease = format!("site:{site}");
+        async move {
+            let now = endor::now_ms();
+            assert!(
+                store
+                    .try_lease(&lease, "snapshot test", now, now + 60_000)
+                    .await
+                    .unwrap()
+            );
+        }
+    };
+    let protect = |site: &'static str| {
+        let store = w.store.clone();
+        async move {
+            let s = store.site_by_name(site).await.unwrap().unwrap();
+            store.set_site_protected(&s.id, true).await.unwrap();
+        }
+    };
+    Some(match (route.method.as_str(), route.path, status, code) {
+        ("DELETE", "/tokens/{token_id}", 404, "not_found") => (
+            Who::Owner,
+            p("/tokens/0193c3b1-0000-7000-8000-000000000000"),
+            None,
+        ),
+        ("POST", "/workspaces", 409, "conflict") => {
+            (Who::Owner, p("/workspaces"), Some(json!({"name": "other"})))
+        }
+        ("PATCH", "/workspaces/{ws}", 409, "conflict") => (
+            Who::Owner,
+            p("/workspaces/acme"),
+            Some(json!({"name": "other"})),
+        ),
+        ("POST", "/workspaces/{ws}/members", 409, "conflict") => (
+            Who::Owner,
+            p("/workspaces/acme/members"),
+            Some(json!({"login": "dev", "roles": ["billing"]})),
+        ),
+        ("PUT", "/workspaces/{ws}/members/{login}", 409, "last_owner") => (
+            Who::Owner,
+            p("/workspaces/acme/members/own"),
+            Some(json!({"roles": ["developer"]})),
+        ),
+        ("DELETE", "/workspaces/{ws}/members/{login}", 409, "last_owner") => {
+            (Who::Owner, p("/workspaces/acme/members/own"), None)
+        }
+        ("POST", "/workspaces/{ws}/sites", 409, "conflict") => (
+            Who::Developer,
+            p("/workspaces/acme/sites"),
+            Some(json!({"name": "web"})),
+        ),
+        ("POST", "/workspaces/{ws}/sites", 409, "busy") => {
+            hold("fresh").await;
+            (
+                Who::Developer,
+                p("/workspaces/acme/sites"),
+                Some(json!({"name": "fresh"})),
+            )
+        }
+        ("DELETE", "/sites/{site}", 409, "protected") => {
+            protect("web").await;
+            (Who::Developer, p("/sites/web"), None)
+        }
+        ("POST", "/sites/{site}/clone", 409, "protected") => {
+            protect("web-2").await;
+            (
+                Who::Developer,
+                p("/sites/web/clone"),
+                Some(json!({"name": "web-2"})),
+            )
+        }
+        ("POST", "/sites/{site}/sync", 409, "protected") => {
+            protect("web-2").await;
+            (
+                Who::Developer,
+                p("/sites/web-2/sync"),
+                Some(json!({"from": "web"})),
+            )
+        }
+        (_, _, 409, "busy") => {
+            hold("web").await;
+            let (path, body) = sample(w, &route.method, route.path, Who::Developer)?;
+            let path = path.replace("/sites/web-2/", "/sites/web/");
+            let body = body.map(|mut b| {
+                if b.get("from").is_some() {
+                    b["from"] = json!("web-2");
+                }
+                b
+            });
+            (Who::Developer, path, body)
+        }
+        _ => return None,
+    })
+}
+
+/// The OpenAPI document against the routes' behaviour: every status each operation documents
+/// is reached by a request here, with an `error.code` the document lists for it, and no
+/// request of this test gets a status the document does not list.
+#[tokio::test]
+async fn every_documented_status_of_every_route_is_reached() {
+    let doc = api::openapi();
+    let mut unreached = Vec::new();
+    for route in ROUTES {
+        let op = &doc["paths"][format!("/api/v1{}", route.path)]
+            [route.method.as_str().to_ascii_lowercase()];
+        let documented: std::collections::BTreeSet<u16> = op["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.parse().unwrap())
+            .collect();
+        let errors = api::error_statuses(route);
+        let mut reached = std::collections::BTreeSet::new();
+        let mut check = |what: &str, status: StatusCode, v: &Value| {
+            let s = status.as_u16();
+            assert!(
+                documented.contains(&s),
+                "{} {} ({what}) answered {s}, which the document does not list: {v}",
+                route.method,
+                route.path
+            );
+            if s != route.ok.as_u16() {
+                let code = v["error"]["code"].as_str().unwrap_or_default();
+                let codes = op["responses"][s.to_string()]["content"]["application/json"]["schema"]
+                    ["properties"]["error"]["properties"]["code"]["enum"]
+                    .as_array()
+                    .unwrap();
+                assert!(
+                    codes.contains(&json!(code)),
+                    "{} {} ({what}) answered {s} `{code}`, not among {codes:?}",
+                    route.method,
+                    route.path
+                );
+            }
+            reached.insert(s);
+        };
+        let has_param = route.path.contains('{');
+        // 401: no token.
+        {
+            let w = World::new().await;
+            let (path, body) = sample(&w, &route.method, route.path, Who::Owner).unwrap();
+            let (s, v) = w
+                .call(Who::NoToken, route.method.clone(), &path, body)
+                .await;
+            check("no token", s, &v);
+        }
+        if let Need::Roles(_) = route.need {
+            // 403: a member without the role (or a member of another workspace).
+            let w = World::new().await;
+            let who = [Who::Billing, Who::Developer, Who::Owner, Who::Outsider]
+                .into_iter()
+                .find(|w| !allowed(route.need, *w))
+                .unwrap();
+            let (path, body) = sample(&w, &route.method, route.path, who).unwrap();
+            let (s, v) = w.call(who, route.method.clone(), &path, body).await;
+            check("without the role", s, &v);
+            // 404: the workspace or site the path names does not exist.
+            let (path, body) = sample(&w, &route.method, route.path, Who::Owner).unwrap();
+            let path = path
+                .replacen("/workspaces/acme", "/workspaces/nope", 1)
+                .replacen("/sites/web-2", "/sites/nope", 1)
+                .replacen("/sites/web", "/sites/nope", 1);
+            let (s, v) = w.call(Who::Owner, route.method.clone(), &path, body).await;
+            check("unknown workspace or site", s, &v);
+        }
+        if route.body.is_some() || has_param || !route.query.is_empty() {
+            // 400: a body that is not JSON, else bytes that are not UTF-8 in the path.
+            let w = World::new().await;
+            let who = *policy(&route.method, route.path).first().unwrap();
+            let (path, _) = sample(&w, &route.method, route.path, who).unwrap();
+            let (path, body) = if route.body.is_some() {
+                (path, Some("{not json".to_string()))
+            } else {
+                // The last path segment that is a parameter, as bytes that are not UTF-8.
+                let segs: Vec<&str> = route.path.split('/').collect();
+                let i = segs.iter().rposition(|s| s.starts_with('{')).unwrap() + 2;
+                let mut real: Vec<String> = path.split('/').map(String::from).collect();
+                real[i] = "%FF".into();
+                (real.join("/"), None)
+            };
+            let token = w.token(who);
+            let (s, v) = w
+                .raw(token.as_deref(), route.method.clone(), &path, body)
+                .await;
+            check("a bad request", s, &v);
+        }
+        if route.body.is_some() {
+            // 413: a body over the limit.
+            let w = World::new().await;
+            let who = *policy(&route.method, route.path).first().unwrap();
+            let (path, _) = sample(&w, &route.method, route.path, who).unwrap();
+            let huge = format!(r#"{{"pad":"{}"}}"#, "x".repeat(100_000));
+            let token = w.token(who);
+            let (s, v) = w
+                .raw(token.as_deref(), route.method.clone(), &path, Some(huge))
+                .await;
+            check("a huge body", s, &v);
+        }
+        // The route's own answers, each code of each.
+        for (status, codes) in route.errors {
+            for code in *codes {
+                let w = World::new().await;
+                let Some((who, path, body)) = provoke(&w, route, *status, code).await else {
+                    unreached.push(format!("{} {} {status} {code}", route.method, route.path));
+                    continue;
+                };
+                let (s, v) = w.call(who, route.method.clone(), &path, body).await;
+                assert_eq!(s.as_u16(), *status, "{} {path}: {v}", route.method);
+                assert_eq!(v["error"]["code"], *code, "{} {path}: {v}", route.method);
+                check(code, s, &v);
+            }
+        }
+        // Success last.
+        {
+            let w = World::new().await;
+            let who = *policy(&route.method, route.path).first().unwrap();
+            let (path, body) = sample(&w, &route.method, route.path, who).unwrap();
+            let (s, v) = w.call(who, route.method.clone(), &path, body).await;
+            check("success", s, &v);
+        }
+        let mut want: std::collections::BTreeSet<u16> = errors.keys().copied().collect();
+        want.insert(route.ok.as_u16());
+        assert_eq!(want, documented, "{} {}", route.method, route.path);
+        let missed: Vec<_> = documented.difference(&reached).collect();
+        if !missed.is_empty() {
+            unreached.push(format!("{} {}: {missed:?}", route.method, route.path));
+        }
+    }
+    assert!(
+        unreached.is_empty(),
+        "documented but never reached: {unreached:#?}"
+    );
 }

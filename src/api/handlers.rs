@@ -9,11 +9,11 @@ use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::{Api, ApiError, Caller, Role};
+use crate::ids::WorkspaceId;
 use crate::service;
 use crate::sites::Guard;
 
@@ -56,29 +56,62 @@ fn guard(caller: &Caller, bypass_protection: bool) -> Guard {
     }
 }
 
+// Request bodies. Their schemas carry the rules the validators enforce (lengths, patterns,
+// enums, non-empty lists), so a generated client can check a request before sending it; the
+// server checks them all again (and a few the document cannot say, such as reserved tags).
+
+/// A workspace, user or region name: 1-64 letters, digits, `-`, `_`, `.`, not starting with
+/// `-` or `.`.
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$";
+/// A site name: a DNS label of lowercase letters, digits and `-`.
+pub const SITE_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
+/// A tag as sent (trimmed and lowercased by the server).
+pub const TAG_PATTERN: &str = "^[A-Za-z0-9_.-]{1,63}$";
+/// A month of usage.
+pub const MONTH_PATTERN: &str = "^[0-9]{4}-(0[1-9]|1[0-2])$";
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWorkspace {
+    #[schema(
+        pattern = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameWorkspace {
+    #[schema(
+        pattern = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub name: String,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMember {
+    /// An existing user's login.
+    #[schema(
+        pattern = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub login: String,
     /// owner, billing, developer: a non-empty mix.
+    #[schema(value_type = Vec<Role>, min_items = 1)]
     pub roles: Vec<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MemberRoles {
+    /// owner, billing, developer: a non-empty mix (the last owner keeps owner).
+    #[schema(value_type = Vec<Role>, min_items = 1)]
     pub roles: Vec<String>,
 }
 
@@ -86,15 +119,23 @@ pub struct MemberRoles {
 #[serde(deny_unknown_fields)]
 pub struct NewConnection {
     /// `github:OWNER/NAME`, `gitlab:GROUP/NAME` or `gitea:OWNER/NAME`.
+    #[schema(
+        pattern = "^(github|gitlab|gitea):[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)+$",
+        max_length = 262
+    )]
     pub repo: String,
+    /// The forge's API (http or https), when not the forge's default.
+    #[schema(pattern = "^https?://[^\\s]+$", max_length = 2048)]
     pub api_url: Option<String>,
     /// http(s), ssh or git URL (`file://` only through the CLI: it reads the server's disk).
+    #[schema(pattern = "^(https?|ssh|git)://[^\\s]+$", max_length = 2048)]
     pub git_url: Option<String>,
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
+    /// Stop accepting the previous secret (no new one is issued).
     #[serde(default)]
     pub retire_old: bool,
 }
@@ -102,13 +143,25 @@ pub struct RotateSecret {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSite {
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
+    /// Default `default`.
+    #[schema(
+        pattern = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$",
+        min_length = 1,
+        max_length = 64
+    )]
     pub region: Option<String>,
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Bypass {
+    /// Needed to delete a protected site (the bypass is audited).
     #[serde(default)]
     pub bypass_protection: bool,
 }
@@ -117,9 +170,16 @@ pub struct Bypass {
 #[serde(deny_unknown_fields)]
 pub struct CloneRequest {
     /// The new site (or an existing one of the same workspace, whose data is replaced).
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub name: String,
+    /// Clear every write bit in the clone's files.
     #[serde(default)]
     pub read_only: bool,
+    /// Needed to clone into an existing protected site (audited).
     #[serde(default)]
     pub bypass_protection: bool,
 }
@@ -127,12 +187,21 @@ pub struct CloneRequest {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SyncRequest {
-    /// The site whose newest generation is cloned into this one.
+    /// The site whose newest generation is cloned into this one (the caller must be a
+    /// developer where it lives).
+    #[schema(
+        pattern = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        min_length = 1,
+        max_length = 63
+    )]
     pub from: String,
+    /// Replace the files (with `db` false and this false: both).
     #[serde(default)]
     pub files: bool,
+    /// Replace the databases.
     #[serde(default)]
     pub db: bool,
+    /// Needed to sync into a protected site (audited).
     #[serde(default)]
     pub bypass_protection: bool,
 }
@@ -143,16 +212,78 @@ pub struct Protection {
     pub protected: bool,
 }
 
+// Replies the handlers build themselves (the rest are the service layer's types).
+
+/// The caller and their workspaces.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Me {
+    pub login: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub workspaces: Vec<WorkspaceRoles>,
+}
+
+/// A workspace of the caller's, with the caller's roles there.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WorkspaceRoles {
+    pub name: String,
+    pub id: WorkspaceId,
+    pub created_at: i64,
+    #[schema(value_type = Vec<Role>)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Member {
+    pub login: String,
+    #[schema(value_type = Vec<Role>)]
+    pub roles: Vec<String>,
+}
+
+/// A member's roles in a workspace, as they are after the call.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Membership {
+    pub workspace: String,
+    pub login: String,
+    #[schema(value_type = Vec<Role>)]
+    pub roles: Vec<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SiteTags {
+    pub site: String,
+    pub tags: Vec<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct SiteProtection {
+    pub site: String,
+    pub protected: bool,
+}
+
 pub async fn me(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>) -> Res {
-    let ws = api.store.user_workspaces(&c.user.id).await?;
-    let workspaces: Vec<_> = ws
-        .iter()
-        .map(|(w, roles)| json!({"name": w.name, "id": w.id, "roles": roles}))
-        .collect();
-    ok(
-        StatusCode::OK,
-        &json!({"login": c.user.login, "name": c.user.name, "email": c.user.email, "workspaces": workspaces}),
-    )
+    let me = Me {
+        workspaces: workspaces(&api, &c).await?,
+        login: c.user.login,
+        name: c.user.name,
+        email: c.user.email,
+    };
+    ok(StatusCode::OK, &me)
+}
+
+async fn workspaces(api: &Api, c: &Caller) -> Result<Vec<WorkspaceRoles>, ApiError> {
+    Ok(api
+        .store
+        .user_workspaces(&c.user.id)
+        .await?
+        .into_iter()
+        .map(|(w, roles)| WorkspaceRoles {
+            name: w.name,
+            id: w.id,
+            created_at: w.created_at,
+            roles,
+        })
+        .collect())
 }
 
 pub async fn list_tokens(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>) -> Res {
@@ -172,12 +303,7 @@ pub async fn revoke_token(
 }
 
 pub async fn list_workspaces(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>) -> Res {
-    let ws = api.store.user_workspaces(&c.user.id).await?;
-    let list: Vec<_> = ws
-        .iter()
-        .map(|(w, roles)| json!({"name": w.name, "id": w.id, "created_at": w.created_at, "roles": roles}))
-        .collect();
-    ok(StatusCode::OK, &list)
+    ok(StatusCode::OK, &workspaces(&api, &c).await?)
 }
 
 pub async fn create_workspace(
@@ -201,13 +327,13 @@ pub async fn rename_workspace(
 }
 
 pub async fn list_members(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>) -> Res {
-    let members: Vec<_> = api
+    let members = api
         .store
         .list_members(&c.workspace()?.id)
         .await?
         .into_iter()
-        .map(|(login, roles)| json!({"login": login, "roles": roles}))
-        .collect();
+        .map(|(login, roles)| Member { login, roles })
+        .collect::<Vec<_>>();
     ok(StatusCode::OK, &members)
 }
 
@@ -221,7 +347,11 @@ pub async fn add_member(
     let roles = service::add_member(api.store.as_ref(), ws, &b.login, &b.roles).await?;
     ok(
         StatusCode::CREATED,
-        &json!({"workspace": ws, "login": b.login, "roles": roles}),
+        &Membership {
+            workspace: ws.clone(),
+            login: b.login,
+            roles,
+        },
     )
 }
 
@@ -237,7 +367,11 @@ pub async fn set_member_roles(
     let roles = service::set_member_roles(api.store.as_ref(), ws, login, &b.roles).await?;
     ok(
         StatusCode::OK,
-        &json!({"workspace": ws, "login": login, "roles": roles}),
+        &Membership {
+            workspace: ws.clone(),
+            login: login.clone(),
+            roles,
+        },
     )
 }
 
@@ -439,7 +573,13 @@ pub async fn snapshot_site(State(api): State<Arc<Api>>, Extension(c): Extension<
 async fn tag(api: &Api, c: &Caller, tag: &str, add: bool) -> Res {
     let site = c.site()?;
     let tags = api.sites.tag(&site.name, tag, add).await?;
-    ok(StatusCode::OK, &json!({"site": site.name, "tags": tags}))
+    ok(
+        StatusCode::OK,
+        &SiteTags {
+            site: site.name.clone(),
+            tags,
+        },
+    )
 }
 
 pub async fn add_tag(
@@ -470,7 +610,10 @@ pub async fn protect(
         .await?;
     ok(
         StatusCode::OK,
-        &json!({"site": site.name, "protected": b.protected}),
+        &SiteProtection {
+            site: site.name.clone(),
+            protected: b.protected,
+        },
     )
 }
 

@@ -31,7 +31,7 @@ use crate::service::ServiceError;
 use crate::sites::{SiteError, Sites};
 use crate::store::{Site, Store, StoreError, User, Workspace};
 
-pub use openapi::openapi;
+pub use openapi::{LINKS, error_statuses, openapi, operation_id};
 
 /// What the API's handlers share.
 pub struct Api {
@@ -66,6 +66,37 @@ const BILLING: Need = Need::Roles(&[Role::Owner, Role::Billing]);
 
 type Handler = fn(MethodFilter) -> MethodRouter<Arc<Api>>;
 
+/// A route's JSON request body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDoc {
+    /// Its schema (a component of the OpenAPI document).
+    pub schema: &'static str,
+    /// Must a body be sent? (An optional one reads as `{}` when empty.)
+    pub required: bool,
+}
+
+const fn required(schema: &'static str) -> Option<BodyDoc> {
+    Some(BodyDoc {
+        schema,
+        required: true,
+    })
+}
+
+const fn optional(schema: &'static str) -> Option<BodyDoc> {
+    Some(BodyDoc {
+        schema,
+        required: false,
+    })
+}
+
+/// A query parameter: name, pattern, description.
+pub type QueryDoc = (&'static str, &'static str, &'static str);
+
+/// An error a route sends beyond those every route of its kind sends (401; 400 for a body,
+/// path or query; 403 and 404 for a role-checked route; 413 for a body): the status and the
+/// `error.code`s it comes with.
+pub type ErrorDoc = (u16, &'static [&'static str]);
+
 /// One row of the route table.
 pub struct ApiRoute {
     pub method: Method,
@@ -75,20 +106,27 @@ pub struct ApiRoute {
     pub summary: &'static str,
     /// The status of a successful call.
     pub ok: StatusCode,
-    /// The JSON body's schema (a component of the OpenAPI document), when it takes one.
-    pub body: Option<&'static str>,
+    /// The success body's schema (a component; `Name[]` for an array of them), `None` for 204.
+    pub reply: Option<&'static str>,
+    /// The JSON body it takes, if any.
+    pub body: Option<BodyDoc>,
+    pub query: &'static [QueryDoc],
+    pub errors: &'static [ErrorDoc],
     handler: Handler,
 }
 
 macro_rules! route {
-    ($method:ident $path:literal, $need:expr, $ok:ident, $body:expr, $summary:literal, $h:path) => {
+    ($method:ident $path:literal, $need:expr, $ok:ident => $reply:expr, body $body:expr, query $query:expr, errors $errors:expr, $summary:literal, $h:path) => {
         ApiRoute {
             method: Method::$method,
             path: $path,
             need: $need,
             summary: $summary,
             ok: StatusCode::$ok,
+            reply: $reply,
             body: $body,
+            query: $query,
+            errors: $errors,
             handler: |m| axum::routing::on(m, $h),
         }
     };
@@ -96,35 +134,72 @@ macro_rules! route {
 
 use handlers as h;
 
+const NONE: &[ErrorDoc] = &[];
+const NO_QUERY: &[QueryDoc] = &[];
+const CONFLICT: &[ErrorDoc] = &[(409, &["conflict"])];
+const LAST_OWNER: &[ErrorDoc] = &[(409, &["last_owner"])];
+const BUSY: &[ErrorDoc] = &[(409, &["busy"])];
+const CREATE_SITE: &[ErrorDoc] = &[(409, &["conflict", "busy"])];
+const GUARDED: &[ErrorDoc] = &[(409, &["protected", "busy"])];
+
 /// Every route of the API. Adding a route means adding a row here, with the roles it needs.
 pub static ROUTES: &[ApiRoute] = &[
-    route!(GET "/me", Need::Token, OK, None, "The caller and their workspaces with roles", h::me),
-    route!(GET "/tokens", Need::Token, OK, None, "The caller's API tokens (never the tokens themselves)", h::list_tokens),
-    route!(DELETE "/tokens/{token_id}", Need::Token, NO_CONTENT, None, "Revoke one of the caller's tokens", h::revoke_token),
-    route!(GET "/workspaces", Need::Token, OK, None, "Workspaces the caller is a member of", h::list_workspaces),
-    route!(POST "/workspaces", Need::Token, CREATED, Some("NewWorkspace"), "Create a workspace; the caller is its first owner", h::create_workspace),
-    route!(PATCH "/workspaces/{ws}", OWNER, OK, Some("RenameWorkspace"), "Rename a workspace", h::rename_workspace),
-    route!(GET "/workspaces/{ws}/members", MEMBERS, OK, None, "Members and their roles", h::list_members),
-    route!(POST "/workspaces/{ws}/members", OWNER, CREATED, Some("NewMember"), "Add an existing user with roles", h::add_member),
-    route!(PUT "/workspaces/{ws}/members/{login}", OWNER, OK, Some("MemberRoles"), "Replace a member's roles (the last owner keeps owner)", h::set_member_roles),
-    route!(DELETE "/workspaces/{ws}/members/{login}", OWNER, NO_CONTENT, None, "Remove a member (never the last owner)", h::remove_member),
-    route!(GET "/workspaces/{ws}/connections", MEMBERS, OK, None, "Connected repositories", h::list_connections),
-    route!(POST "/workspaces/{ws}/connections", OWNER, CREATED, Some("NewConnection"), "Connect a repository: webhook URL and secret (shown once)", h::connect),
-    route!(POST "/workspaces/{ws}/connections/{connection_id}/rotate-secret", OWNER, OK, Some("RotateSecret"), "Issue a new webhook secret, or retire the previous one", h::rotate_secret),
-    route!(DELETE "/workspaces/{ws}/connections/{connection_id}", OWNER, NO_CONTENT, None, "Delete a connection", h::delete_connection),
-    route!(GET "/workspaces/{ws}/sites", MEMBERS, OK, None, "Sites of a workspace (`?tag=` filters)", h::list_sites),
-    route!(POST "/workspaces/{ws}/sites", DEVELOPER, CREATED, Some("NewSite"), "Create an empty site", h::create_site),
-    route!(GET "/workspaces/{ws}/usage", BILLING, OK, None, "Usage and cost per site for a month (`?month=YYYY-MM`)", h::usage),
-    route!(GET "/sites/{site}", MEMBERS, OK, None, "A site: state, URL, databases, parent, tags, expiry, strategies", h::show_site),
-    route!(DELETE "/sites/{site}", DEVELOPER, NO_CONTENT, Some("Bypass"), "Delete a site and everything it owns", h::delete_site),
-    route!(POST "/sites/{site}/clone", DEVELOPER, CREATED, Some("CloneRequest"), "Clone the site into a new (or existing) site", h::clone_site),
-    route!(POST "/sites/{site}/sync", DEVELOPER, OK, Some("SyncRequest"), "Replace the site's files and/or databases by a clone of another site", h::sync_site),
-    route!(POST "/sites/{site}/snapshot", DEVELOPER, OK, None, "Freeze a consistent generation", h::snapshot_site),
-    route!(PUT "/sites/{site}/tags/{tag}", DEVELOPER, OK, None, "Add a tag", h::add_tag),
-    route!(DELETE "/sites/{site}/tags/{tag}", DEVELOPER, OK, None, "Remove a tag", h::remove_tag),
-    route!(PUT "/sites/{site}/protection", DEVELOPER, OK, Some("Protection"), "Turn production protection on or off", h::protect),
-    route!(GET "/sites/{site}/access", MEMBERS, OK, None, "HTTP access settings (generated credentials included)", h::show_access),
-    route!(PATCH "/sites/{site}/access", DEVELOPER, OK, Some("AccessChange"), "Change HTTP access settings", h::change_access),
+    route!(GET "/me", Need::Token, OK => Some("Me"), body None, query NO_QUERY, errors NONE,
+        "The caller and their workspaces with roles", h::me),
+    route!(GET "/tokens", Need::Token, OK => Some("ApiToken[]"), body None, query NO_QUERY, errors NONE,
+        "The caller's API tokens (never the tokens themselves)", h::list_tokens),
+    route!(DELETE "/tokens/{token_id}", Need::Token, NO_CONTENT => None, body None, query NO_QUERY, errors &[(404, &["not_found"])],
+        "Revoke one of the caller's tokens", h::revoke_token),
+    route!(GET "/workspaces", Need::Token, OK => Some("WorkspaceRoles[]"), body None, query NO_QUERY, errors NONE,
+        "Workspaces the caller is a member of", h::list_workspaces),
+    route!(POST "/workspaces", Need::Token, CREATED => Some("Workspace"), body required("NewWorkspace"), query NO_QUERY, errors CONFLICT,
+        "Create a workspace; the caller is its first owner", h::create_workspace),
+    route!(PATCH "/workspaces/{ws}", OWNER, OK => Some("Workspace"), body required("RenameWorkspace"), query NO_QUERY, errors CONFLICT,
+        "Rename a workspace", h::rename_workspace),
+    route!(GET "/workspaces/{ws}/members", MEMBERS, OK => Some("Member[]"), body None, query NO_QUERY, errors NONE,
+        "Members and their roles", h::list_members),
+    route!(POST "/workspaces/{ws}/members", OWNER, CREATED => Some("Membership"), body required("NewMember"), query NO_QUERY, errors CONFLICT,
+        "Add an existing user with roles", h::add_member),
+    route!(PUT "/workspaces/{ws}/members/{login}", OWNER, OK => Some("Membership"), body required("MemberRoles"), query NO_QUERY, errors LAST_OWNER,
+        "Replace a member's roles (the last owner keeps owner)", h::set_member_roles),
+    route!(DELETE "/workspaces/{ws}/members/{login}", OWNER, NO_CONTENT => None, body None, query NO_QUERY, errors LAST_OWNER,
+        "Remove a member (never the last owner)", h::remove_member),
+    route!(GET "/workspaces/{ws}/connections", MEMBERS, OK => Some("ConnectionInfo[]"), body None, query NO_QUERY, errors NONE,
+        "Connected repositories", h::list_connections),
+    route!(POST "/workspaces/{ws}/connections", OWNER, CREATED => Some("Connected"), body required("NewConnection"), query NO_QUERY, errors NONE,
+        "Connect a repository: webhook URL and secret (shown once)", h::connect),
+    route!(POST "/workspaces/{ws}/connections/{connection_id}/rotate-secret", OWNER, OK => Some("Rotated"), body optional("RotateSecret"), query NO_QUERY, errors NONE,
+        "Issue a new webhook secret, or retire the previous one", h::rotate_secret),
+    route!(DELETE "/workspaces/{ws}/connections/{connection_id}", OWNER, NO_CONTENT => None, body None, query NO_QUERY, errors NONE,
+        "Delete a connection", h::delete_connection),
+    route!(GET "/workspaces/{ws}/sites", MEMBERS, OK => Some("SiteDetails[]"), body None,
+        query &[("tag", handlers::TAG_PATTERN, "Only sites with this tag (case-insensitive)")], errors NONE,
+        "Sites of a workspace (`?tag=` filters)", h::list_sites),
+    route!(POST "/workspaces/{ws}/sites", DEVELOPER, CREATED => Some("SiteDetails"), body required("NewSite"), query NO_QUERY, errors CREATE_SITE,
+        "Create an empty site", h::create_site),
+    route!(GET "/workspaces/{ws}/usage", BILLING, OK => Some("UsageReport"), body None,
+        query &[("month", handlers::MONTH_PATTERN, "The month, YYYY-MM (default: this one)")], errors NONE,
+        "Usage and cost per site for a month (`?month=YYYY-MM`)", h::usage),
+    route!(GET "/sites/{site}", MEMBERS, OK => Some("SiteDetails"), body None, query NO_QUERY, errors NONE,
+        "A site: state, URL, databases, parent, tags, expiry, strategies", h::show_site),
+    route!(DELETE "/sites/{site}", DEVELOPER, NO_CONTENT => None, body optional("Bypass"), query NO_QUERY, errors GUARDED,
+        "Delete a site and everything it owns", h::delete_site),
+    route!(POST "/sites/{site}/clone", DEVELOPER, CREATED => Some("OperationReport"), body required("CloneRequest"), query NO_QUERY, errors GUARDED,
+        "Clone the site into a new (or existing) site", h::clone_site),
+    route!(POST "/sites/{site}/sync", DEVELOPER, OK => Some("OperationReport"), body required("SyncRequest"), query NO_QUERY, errors GUARDED,
+        "Replace the site's files and/or databases by a clone of another site", h::sync_site),
+    route!(POST "/sites/{site}/snapshot", DEVELOPER, OK => Some("OperationReport"), body None, query NO_QUERY, errors BUSY,
+        "Freeze a consistent generation", h::snapshot_site),
+    route!(PUT "/sites/{site}/tags/{tag}", DEVELOPER, OK => Some("SiteTags"), body None, query NO_QUERY, errors NONE,
+        "Add a tag", h::add_tag),
+    route!(DELETE "/sites/{site}/tags/{tag}", DEVELOPER, OK => Some("SiteTags"), body None, query NO_QUERY, errors NONE,
+        "Remove a tag", h::remove_tag),
+    route!(PUT "/sites/{site}/protection", DEVELOPER, OK => Some("SiteProtection"), body required("Protection"), query NO_QUERY, errors NONE,
+        "Turn production protection on or off (audited either way)", h::protect),
+    route!(GET "/sites/{site}/access", MEMBERS, OK => Some("AccessView"), body None, query NO_QUERY, errors NONE,
+        "HTTP access settings (generated credentials included)", h::show_access),
+    route!(PATCH "/sites/{site}/access", DEVELOPER, OK => Some("AccessView"), body optional("AccessChange"), query NO_QUERY, errors NONE,
+        "Change HTTP access settings", h::change_access),
 ];
 
 /// Who is calling, resolved by [`authorize`] before the handler runs.

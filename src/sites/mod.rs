@@ -74,7 +74,7 @@ pub fn validate_site_name(name: &str) -> Result<()> {
 }
 
 /// One resource as `site show` and clone reports present it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ResourceReport {
     pub kind: String,
     pub name: String,
@@ -100,7 +100,7 @@ impl From<SiteResource> for ResourceReport {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct SiteDetails {
     pub id: SiteId,
     pub name: String,
@@ -111,6 +111,7 @@ pub struct SiteDetails {
     pub protected: bool,
     pub read_only: bool,
     pub url: String,
+    #[schema(value_type = String)]
     pub files_dir: PathBuf,
     pub database_urls: Vec<String>,
     pub generations: Vec<i64>,
@@ -122,7 +123,7 @@ pub struct SiteDetails {
     pub preview: Option<PreviewReport>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PreviewReport {
     pub number: i64,
     pub state: crate::store::PreviewState,
@@ -136,7 +137,7 @@ pub struct PreviewReport {
     pub steps: Vec<StepReport>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StepReport {
     pub step: String,
     pub started_at: i64,
@@ -146,7 +147,7 @@ pub struct StepReport {
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OperationReport {
     pub site: String,
     pub generation: Option<i64>,

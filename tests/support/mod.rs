@@ -90,6 +90,23 @@ pub fn config_in(url: &str, dir: &Path) -> Config {
     config
 }
 
+/// The API's cast: workspace `acme` (owner `own`, billing `bill`, developer `dev`) and workspace
+/// `other` (`out`, owner and developer); the users must exist.
+pub async fn acme_and_other(s: &dyn Store) {
+    use endor::service;
+    service::create_workspace(s, "acme", "own").await.unwrap();
+    service::add_member(s, "acme", "bill", &["billing".into()])
+        .await
+        .unwrap();
+    service::add_member(s, "acme", "dev", &["developer".into()])
+        .await
+        .unwrap();
+    service::create_workspace(s, "other", "out").await.unwrap();
+    service::set_member_roles(s, "other", "out", &["owner".into(), "developer".into()])
+        .await
+        .unwrap();
+}
+
 /// A running server on 127.0.0.1:random.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -101,6 +118,12 @@ pub struct TestServer {
 impl TestServer {
     pub async fn start(db: TestStore) -> Self {
         let mut config = Config::default();
+        config.store.url = db.url.clone();
+        Self::start_with(db, config).await
+    }
+
+    /// A server on `db` with `config` (its listen address and public URL replaced).
+    pub async fn start_with(db: TestStore, mut config: Config) -> Self {
         config.store.url = db.url.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
