@@ -456,3 +456,45 @@ async fn a_busy_site_says_what_holds_it() {
         .unwrap();
     assert!(held.is_empty(), "{held:?}");
 }
+
+/// The secret key's first use, many times at once: concurrent access changes right after the
+/// start (no key file yet) all succeed with the one key, never "holds 0 bytes".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_first_uses_of_the_secret_key_race_safely() {
+    let w = World::new(TestStore::sqlite().await).await;
+    let key = w
+        .cli_env
+        .iter()
+        .find(|(k, _)| k == "ENDOR__STORAGE__SECRET_KEY")
+        .unwrap()
+        .1
+        .clone();
+    assert!(!Path::new(&key).exists());
+    let calls: Vec<_> = (0..16)
+        .map(|_| {
+            w.api(
+                Method::PATCH,
+                "/sites/production/access",
+                Some(json!({"basic_auth": "generate"})),
+            )
+        })
+        .collect();
+    for c in calls {
+        let (what, status, body) = c.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{what}: {body}");
+    }
+    assert_eq!(std::fs::read(&key).unwrap().len(), 32);
+    // And the credentials stored by any of them open with the key now on disk.
+    let (_, status, body) = w
+        .api(Method::GET, "/sites/production/access", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["basic_auth"]["password"]
+            .as_str()
+            .is_some_and(|p| p.len() >= 16),
+        "{body}"
+    );
+}
