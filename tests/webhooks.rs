@@ -860,6 +860,16 @@ async fn bad_inputs_store_nothing(server: &TestServer) {
             reply["error"]["code"].is_string() && reply["error"]["message"].is_string(),
             "{name}: {reply}"
         );
+        if name == "gitlab wrong token" {
+            // A token is not a signature: the answer says what did not match.
+            assert!(
+                reply["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("X-Gitlab-Token does not match"),
+                "{reply}"
+            );
+        }
         assert_eq!(
             server.store().count_deliveries(None).await.unwrap(),
             0,
@@ -883,6 +893,32 @@ async fn bad_inputs_store_nothing(server: &TestServer) {
         assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED, "{method}");
     }
     assert_eq!(server.store().count_deliveries(None).await.unwrap(), 0);
+    // An authentic GitLab hook endor does not act on is answered 2xx whatever object_kind a
+    // newer GitLab sends under its header: a work item comes as `Issue Hook`.
+    for (event, body, delivery) in [
+        (
+            "Issue Hook",
+            r#"{"object_kind":"work_item","event_type":"work_item","object_attributes":{"id":1,"type":"Task"}}"#,
+        ),
+        (
+            "Issue Hook",
+            r#"{"object_kind":"issue","object_attributes":{"id":2}}"#,
+        ),
+        (
+            "Pipeline Hook",
+            r#"{"object_kind":"pipeline","object_attributes":{"id":3}}"#,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (e, b))| (e, b, format!("wi-{i}")))
+    {
+        let body = body.as_bytes().to_vec();
+        let headers = signed(ForgeKind::Gitlab, event, &delivery, &gl.secret, &body);
+        let (status, reply) = post(server, ForgeKind::Gitlab, &gl.id, &headers, body).await;
+        assert_eq!(status, StatusCode::OK, "{event}: {reply}");
+        assert_eq!(reply["status"], "ignored", "{event}: {reply}");
+    }
     let metrics = reqwest::get(server.url("/metrics"))
         .await
         .unwrap()

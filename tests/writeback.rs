@@ -402,6 +402,135 @@ async fn gitlab_and_gitea_with_faults_and_rate_limits() {
     forge.with(|f| assert!(f.requests.iter().any(|r| r.status == 429)));
 }
 
+/// A Gitea pull request with 120 comments, endor's status comment among them: through open,
+/// push and close with 502s, a 429 and answers lost to timeouts, the status comment is found in
+/// the one unpaginated listing (never counted twice), edited in place and never deleted, no
+/// other comment is touched or added, and statuses are read newest first as asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gitea_pr_with_many_comments_keeps_its_one_status_comment() {
+    let forge = FakeForge::start().await;
+    let gt = forge.gitea_url();
+    let db = TestStore::sqlite().await;
+    let h = Harness::start_with(&db, move |c| {
+        c.gitea.api_url = gt;
+        c.gitea.token = TOKEN.into();
+        c.writeback.rate_per_second = 50.0;
+        c.writeback.timeout = endor::duration::HumanDuration(Duration::from_secs(2));
+    })
+    .await;
+    let repo = Repo::new(h.dir.path(), "busy", STATIC_SITE);
+    let conn = h.connect_spec("gitea:octo/busy", &repo.url()).await;
+    // 120 comments: people talking, endor's own other remarks, a spoofed marker, and endor's
+    // status comment 50th.
+    let (ours, before) = forge.with(|f| {
+        let mut ours = 0;
+        for i in 0..120 {
+            let id = match i {
+                49 => f.plant(
+                    "octo/busy",
+                    3,
+                    BOT,
+                    &format!("{MARKER}\nfrom an earlier run"),
+                ),
+                7 | 77 => f.plant("octo/busy", 3, BOT, &format!("an earlier reply {i}")),
+                90 => f.plant("octo/busy", 3, "mallory", &format!("{MARKER}\nfake")),
+                _ => f.plant(
+                    "octo/busy",
+                    3,
+                    &format!("user{}", i % 5),
+                    &format!("comment {i}"),
+                ),
+            };
+            if i == 49 {
+                ours = id;
+            }
+        }
+        let before: Vec<(u64, String, String)> = f
+            .comments_on("octo/busy", 3)
+            .into_iter()
+            .filter(|c| c.id != ours)
+            .map(|c| (c.id, c.author, c.body))
+            .collect();
+        f.faults.fail_every = Some(3);
+        f.faults.rate_limited = Some((1, 2));
+        f.faults.slow = Some((2, Duration::from_secs(4)));
+        (ours, before)
+    });
+    let mut shas = Vec::new();
+    for (step, action) in ["opened", "synchronized", "closed"].into_iter().enumerate() {
+        let sha = if step < 2 {
+            let s = repo.push_pr("feat", 3, &format!("busy-{step}"));
+            shas.push(s.clone());
+            s
+        } else {
+            shas.last().unwrap().clone()
+        };
+        assert_eq!(
+            h.gitea_event(&conn, gitea_pr("octo/busy", 3, &sha, action))
+                .await,
+            202
+        );
+        let want: &[PreviewState] = if step < 2 {
+            &[PreviewState::Ready, PreviewState::Failed]
+        } else {
+            &[PreviewState::Destroyed]
+        };
+        let p = h.wait(&conn.connection_id, 3, want, Some(&sha)).await;
+        assert_ne!(p.state, PreviewState::Failed, "{p:?}");
+        h.settled(&conn.connection_id).await;
+    }
+    forge.with(|f| {
+        let all = f.comments_on("octo/busy", 3);
+        assert_eq!(all.len(), 120, "no comment added or lost");
+        let marked: Vec<_> = all
+            .iter()
+            .filter(|c| c.author == BOT && c.body.starts_with(MARKER))
+            .collect();
+        assert_eq!(marked.len(), 1, "{marked:?}");
+        assert_eq!(
+            marked[0].id, ours,
+            "the existing status comment is kept and edited"
+        );
+        assert!(
+            marked[0].body.contains("| State | destroyed |"),
+            "{}",
+            marked[0].body
+        );
+        let after: Vec<(u64, String, String)> = all
+            .into_iter()
+            .filter(|c| c.id != ours)
+            .map(|c| (c.id, c.author, c.body))
+            .collect();
+        assert_eq!(after, before, "no other comment is touched");
+        assert!(
+            !f.requests
+                .iter()
+                .any(|r| r.method == "DELETE" && r.path.contains("/issues/comments/")),
+            "nothing deleted"
+        );
+        // The comment listing is asked without pagination parameters Gitea does not have;
+        // statuses are asked in a specified order.
+        for r in &f.requests {
+            if r.method == "GET" && r.path.contains("/comments") {
+                assert!(
+                    !r.path.contains("limit=") && !r.path.contains("page="),
+                    "{}",
+                    r.path
+                );
+            }
+            if r.method == "GET" && r.path.contains("/statuses") {
+                assert!(r.path.contains("sort="), "{}", r.path);
+            }
+        }
+        for sha in &shas {
+            in_order(&f.statuses_for(sha), "success");
+        }
+        assert!(f.requests.iter().any(|r| r.status == 429));
+    });
+    h.stop().await;
+    db.cleanup().await;
+}
+
 /// As a GitHub App: the installation is found with the app's JWT, installation tokens are
 /// minted and renewed before they expire, and the app's bot owns the one status comment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -293,17 +293,45 @@ where
     Fut: std::future::Future<Output = Result<serde_json::Value, ForgeError>>,
 {
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for n in 1..=50 {
         let v = page(n).await?;
         let items = v.as_array().cloned().unwrap_or_default();
+        let mut new = 0;
         for c in &items {
-            let mine = c.pointer(author).and_then(|a| a.as_str()) == Some(me);
-            if mine && c["body"].as_str().is_some_and(|b| b.starts_with(marker)) {
-                out.push(id_of(c)?);
+            // Comments are told apart by id, never counted: a server that ignores the page
+            // parameter answers the same list again, and its comments are not duplicates.
+            if !seen.insert(id_of(c)?) {
+                continue;
             }
+            new += 1;
         }
-        if items.len() < per_page {
+        out.extend(marked_in(&items, author, me, marker)?);
+        if items.len() < per_page || new == 0 {
             break;
+        }
+    }
+    let mut unique = std::collections::HashSet::new();
+    out.retain(|id| unique.insert(id.clone()));
+    Ok(out)
+}
+
+/// The ids of `me`'s comments in `list` (a JSON array) whose body starts with `marker`, each
+/// once, in the list's order.
+pub(crate) fn marked_in(
+    list: &[serde_json::Value],
+    author: &str,
+    me: &str,
+    marker: &str,
+) -> Result<Vec<String>, ForgeError> {
+    let mut out: Vec<String> = Vec::new();
+    for c in list {
+        let mine = c.pointer(author).and_then(|a| a.as_str()) == Some(me);
+        if mine && c["body"].as_str().is_some_and(|b| b.starts_with(marker)) {
+            let id = id_of(c)?;
+            if !out.contains(&id) {
+                out.push(id);
+            }
         }
     }
     Ok(out)

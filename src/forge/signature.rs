@@ -23,6 +23,9 @@ pub enum SignatureError {
     Malformed(&'static str),
     #[error("signature does not match")]
     Mismatch,
+    /// A secret token sent as it is (GitLab's `X-Gitlab-Token`) that is not the connection's.
+    #[error("{0} does not match the connection's secret")]
+    TokenMismatch(&'static str),
 }
 
 /// Check a delivery against every secret currently accepted for its connection (two during a
@@ -68,7 +71,7 @@ pub(crate) fn verify_token(
     if bool::from(ok) {
         Ok(())
     } else {
-        Err(SignatureError::Mismatch)
+        Err(SignatureError::TokenMismatch(display))
     }
 }
 
@@ -221,15 +224,20 @@ mod tests {
                 b"",
                 &[&s]
             ),
-            Err(SignatureError::Mismatch)
+            Err(SignatureError::TokenMismatch("X-Gitlab-Token"))
         );
         assert_eq!(
             verify(ForgeKind::Gitlab, &with("x-gitlab-token", ""), b"", &[&s]),
-            Err(SignatureError::Mismatch)
+            Err(SignatureError::TokenMismatch("X-Gitlab-Token"))
         );
         assert_eq!(
             verify(ForgeKind::Gitlab, &HeaderMap::new(), b"", &[&s]),
             Err(SignatureError::Missing("X-Gitlab-Token"))
+        );
+        // Logged as what it is: the token is not the secret (no signature is involved).
+        assert_eq!(
+            SignatureError::TokenMismatch("X-Gitlab-Token").to_string(),
+            "X-Gitlab-Token does not match the connection's secret"
         );
     }
 

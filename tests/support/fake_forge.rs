@@ -415,10 +415,14 @@ fn route(
         ("GET", ["repos", o, r, "issues", n, "comments"]) => {
             let repo = format!("{o}/{r}");
             let all = st.comments_on(&repo, n.parse().unwrap_or(0));
-            let items: Vec<Value> = page_of(all, query, 30)
-                .iter()
-                .map(|c| comment_json(forge, c))
-                .collect();
+            // GitHub pages this listing; Gitea's `issueGetComments` has no pagination and
+            // answers every comment whatever `limit`/`page` say, as the real one does.
+            let all = if forge == "gitea" {
+                all
+            } else {
+                page_of(all, query, 30)
+            };
+            let items: Vec<Value> = all.iter().map(|c| comment_json(forge, c)).collect();
             reply(StatusCode::OK, Value::Array(items))
         }
         ("POST", ["repos", o, r, "issues", n, "comments"]) => {
@@ -462,13 +466,21 @@ fn route(
         }
         ("GET", ["repos", o, r, "commits", sha, "statuses"]) => {
             let repo = format!("{o}/{r}");
-            let items: Vec<Value> = st
+            let mut items: Vec<Value> = st
                 .statuses
                 .iter()
-                .rev()
                 .filter(|s| s.repo == repo && s.sha == *sha)
                 .map(|s| json!({"state": s.state, "context": s.context}))
                 .collect();
+            // GitHub answers newest first. Gitea's order is unspecified unless `sort` says:
+            // without it this fake answers oldest first, so a client must ask.
+            let sort = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("sort="))
+                .unwrap_or("");
+            if forge == "github" || matches!(sort, "highestindex" | "recentupdate") {
+                items.reverse();
+            }
             reply(StatusCode::OK, Value::Array(items))
         }
         ("GET", ["projects", p, "repository", "commits", sha, "statuses"]) => {

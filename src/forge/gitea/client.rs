@@ -80,14 +80,12 @@ impl Forge for Gitea {
         marker: &str,
     ) -> Result<Vec<String>, ForgeError> {
         let me = self.http.me("login").await?;
-        let page = |n: u32| async move {
-            let path = format!(
-                "/repos/{}/issues/{}/comments?limit=50&page={n}",
-                pr.repo, pr.number
-            );
-            self.http.call(Method::GET, &path, None).await
-        };
-        crate::forge::client::marked_in_pages(page, 50, "/user/login", &me, marker).await
+        // `issueGetComments` has no pagination (only `since`/`before`): one call answers every
+        // comment of the pull request.
+        let path = format!("/repos/{}/issues/{}/comments", pr.repo, pr.number);
+        let v = self.http.call(Method::GET, &path, None).await?;
+        let all = v.as_array().map(Vec::as_slice).unwrap_or_default();
+        crate::forge::client::marked_in(all, "/user/login", &me, marker)
     }
 
     async fn commit_status(
@@ -124,7 +122,8 @@ impl Forge for Gitea {
             .http
             .call(
                 Method::GET,
-                &format!("/repos/{repo}/commits/{sha}/statuses?limit=50"),
+                // `repoListStatusesByRef` leaves the default order unsaid: newest first, asked.
+                &format!("/repos/{repo}/commits/{sha}/statuses?sort=highestindex&limit=50"),
                 None,
             )
             .await?;

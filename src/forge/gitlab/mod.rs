@@ -1,6 +1,7 @@
 //! GitLab deliveries. The `gitlab` crate no longer ships hook types, so these are our own serde
 //! structs holding only the fields endor reads; unknown fields are ignored, so GitLab adding
-//! fields never breaks ingestion. `object_kind` must agree with the `X-Gitlab-Event` header.
+//! fields never breaks ingestion. For the hooks endor acts on (merge requests, notes), `object_kind`
+//! must agree with the `X-Gitlab-Event` header; every other hook is ignored with a 2xx.
 
 pub mod client;
 
@@ -134,19 +135,13 @@ struct NoteMergeRequest {
     last_commit: Option<Commit>,
 }
 
-/// The `object_kind` each hook header must carry.
+/// The `object_kind` each hook endor acts on must carry. Every other hook is ignored with a
+/// 2xx whatever its `object_kind` (GitLab sends work items under `Issue Hook` with
+/// `object_kind: work_item`, and disables hooks that keep getting 4xx).
 fn expected_kind(event: &str) -> Option<&'static str> {
     Some(match event {
         "Merge Request Hook" => "merge_request",
         "Note Hook" | "Confidential Note Hook" => "note",
-        "Push Hook" => "push",
-        "Tag Push Hook" => "tag_push",
-        "Issue Hook" | "Confidential Issue Hook" => "issue",
-        "Pipeline Hook" => "pipeline",
-        "Job Hook" => "build",
-        "Wiki Page Hook" => "wiki_page",
-        "Deployment Hook" => "deployment",
-        "Release Hook" => "release",
         _ => return None,
     })
 }
@@ -192,11 +187,7 @@ pub fn classify(event: &str, body: &[u8]) -> Result<Classified, PayloadError> {
     }
     match kind {
         "merge_request" => merge_request(event, body),
-        "note" => note(event, body),
-        _ => Ok(Classified::ignored(
-            None,
-            format!("event `{event}` is not acted on"),
-        )),
+        _ => note(event, body),
     }
 }
 
@@ -328,5 +319,21 @@ mod tests {
             classify("Member Hook", br#"{"object_kind":"member"}"#).unwrap(),
             Classified::ignored(None, "event `Member Hook` is not acted on")
         );
+        // Kinds endor does not act on are ignored whatever object_kind a newer GitLab sends
+        // under their header (a work item under `Issue Hook`), as long as the body is JSON.
+        for (event, body) in [
+            ("Issue Hook", &br#"{"object_kind":"work_item"}"#[..]),
+            ("Issue Hook", br#"{"object_kind":"issue"}"#),
+            ("Confidential Issue Hook", br#"{"object_kind":"work_item"}"#),
+            ("Pipeline Hook", br#"{"object_kind":"pipeline","x":1}"#),
+            ("Push Hook", br#"{"object_kind":"push"}"#),
+            ("Emoji Hook", br#"{"object_kind":"emoji"}"#),
+        ] {
+            assert_eq!(
+                classify(event, body).unwrap(),
+                Classified::ignored(None, format!("event `{event}` is not acted on"))
+            );
+        }
+        assert!(classify("Issue Hook", b"not json").is_err());
     }
 }
