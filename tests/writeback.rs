@@ -172,6 +172,9 @@ async fn github_lifecycle(forge: &FakeForge) {
         metrics.contains("endor_writebacks_total{kind=\"comment\",outcome=\"done\"}"),
         "{metrics}"
     );
+    // Every request of the lifecycle (retries, lost answers and all) is one GitHub's own REST
+    // API description allows.
+    forge.assert_conforms("github", true);
     h.stop().await;
     db.cleanup().await;
 }
@@ -606,6 +609,7 @@ async fn github_app_installation_tokens() {
                 .collect::<Vec<_>>()
         );
     });
+    forge.assert_conforms("github", true);
     h.stop().await;
     db.cleanup().await;
 }
@@ -662,6 +666,7 @@ async fn reactions_and_replies_on_every_forge() {
             );
         });
     }
+    forge.assert_conforms("github", true);
     // Without credentials for a forge, nothing is attempted.
     let bare = ForgeClients::new(&Config::default());
     assert!(!bare.enabled(endor::forge::ForgeKind::Github));
@@ -669,4 +674,66 @@ async fn reactions_and_replies_on_every_forge() {
     let err = bare.client(&conn).await.err().unwrap();
     assert!(err.to_string().contains("credentials"), "{err}");
     db.cleanup().await;
+}
+
+/// The conformance check can fail: requests GitHub's description does not allow (a query
+/// parameter it does not declare, a state it does not know, a method it does not have) are
+/// named, and a fake answer missing what the description requires is named too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_check_refuses_what_github_does_not_allow() {
+    let forge = FakeForge::start().await;
+    let http = reqwest::Client::new();
+    let call = |m: reqwest::Method, p: &str, body: Option<serde_json::Value>| {
+        let mut r = http
+            .request(m, format!("{}{p}", forge.github_url()))
+            .header("authorization", format!("Bearer {TOKEN}"))
+            .header("user-agent", "endor-test");
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send()
+    };
+    call(
+        reqwest::Method::POST,
+        "/repos/o/r/issues/7/comments",
+        Some(serde_json::json!({"body": "ok"})),
+    )
+    .await
+    .unwrap();
+    // Allowed so far.
+    forge.assert_conforms("github", true);
+    for (m, p, b) in [
+        (
+            reqwest::Method::GET,
+            "/repos/o/r/issues/7/comments?limit=50&page=1",
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/repos/o/r/statuses/abc",
+            Some(serde_json::json!({"state": "building", "context": "endor/preview"})),
+        ),
+        (
+            reqwest::Method::PUT,
+            "/repos/o/r/issues/comments/1",
+            Some(serde_json::json!({"body": "x"})),
+        ),
+    ] {
+        let _ = call(m, p, b).await.unwrap();
+    }
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        forge.assert_conforms("github", true)
+    }));
+    let why = refused
+        .err()
+        .and_then(|e| e.downcast::<String>().ok())
+        .map(|s| *s)
+        .unwrap_or_default();
+    for want in [
+        "query parameter `limit` is not declared",
+        "'building' is not one of",
+        "PUT /repos/o/r/issues/comments/1: no such operation",
+    ] {
+        assert!(why.contains(want), "{want}: {why}");
+    }
 }

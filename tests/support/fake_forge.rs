@@ -26,6 +26,8 @@ pub struct Recorded {
     pub status: u16,
     pub at: Instant,
     pub body: Value,
+    /// The JSON the fake answered (`Null` for none).
+    pub response: Value,
 }
 
 #[derive(Debug, Clone)]
@@ -157,6 +159,61 @@ impl FakeForge {
         format!("http://{}/api/v4", self.addr)
     }
 
+    /// Hold every request made to `forge` (`github`, `gitea`, `gitlab`) so far, and the fake's
+    /// 2xx answers, to the forge's published API description in `tests/fixtures/forge-api/`
+    /// (`tests/support/conformance.py`); panics with each mismatch.
+    pub fn assert_conforms(&self, forge: &str, answers_too: bool) {
+        let prefix = match forge {
+            "gitlab" => "/api/v4",
+            "gitea" => "/api/v1",
+            _ => "",
+        };
+        let records: Vec<Value> = self.with(|f| {
+            f.requests
+                .iter()
+                .filter(|r| match forge {
+                    "github" => !r.path.starts_with("/api/v4") && !r.path.starts_with("/api/v1"),
+                    _ => r.path.starts_with(prefix),
+                })
+                .map(|r| {
+                    json!({
+                        "method": r.method,
+                        "path": &r.path[prefix.len()..],
+                        "body": r.body,
+                        "status": r.status,
+                        "response": if answers_too { r.response.clone() } else { Value::Null },
+                    })
+                })
+                .collect()
+        });
+        assert!(!records.is_empty(), "no request was made to {forge}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("records.json");
+        std::fs::write(&file, serde_json::to_vec(&records).unwrap()).unwrap();
+        let py = std::path::PathBuf::from(
+            std::env::var("ENDOR_TEST_PYENV").unwrap_or_else(|_| "/var/tmp/endor/py".into()),
+        )
+        .join("bin/python");
+        assert!(
+            py.exists(),
+            "{} is missing: run scripts/api-tools.sh (scripts/test.sh does)",
+            py.display()
+        );
+        let root = env!("CARGO_MANIFEST_DIR");
+        let out = std::process::Command::new(py)
+            .arg(format!("{root}/tests/support/conformance.py"))
+            .arg(format!("{root}/tests/fixtures/forge-api/{forge}.json"))
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "requests to {forge} that its API description does not allow:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn gitea_url(&self) -> String {
         format!("http://{}/api/v1", self.addr)
     }
@@ -260,7 +317,7 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request) -> Res
     let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().unwrap_or("").to_string();
-    let (resp, delay) = {
+    let (resp, delay, index) = {
         let mut st = state.lock().unwrap();
         st.calls += 1;
         let calls = st.calls;
@@ -330,6 +387,7 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request) -> Res
         };
         let status = resp.status().as_u16();
         st.requests.push(Recorded {
+            response: Value::Null,
             method: parts.method.to_string(),
             path: format!(
                 "{path}{}",
@@ -343,12 +401,86 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request) -> Res
             at: Instant::now(),
             body: json,
         });
-        (resp, delay)
+        let index = st.requests.len() - 1;
+        (resp, delay, index)
     };
+    // Keep what was answered, for the conformance check of the answers.
+    let (rparts, rbody) = resp.into_parts();
+    let mut rbytes = axum::body::to_bytes(rbody, 10 << 20)
+        .await
+        .unwrap_or_default();
+    let is_github = !path.starts_with("/api/v4") && !path.starts_with("/api/v1");
+    if is_github
+        && rparts.status.is_success()
+        && let Ok(v) = serde_json::from_slice::<Value>(&rbytes)
+        && let Some(example) = github_example(parts.method.as_str(), &path, rparts.status.as_u16())
+    {
+        // Answer in the shape GitHub documents: its own example, with what this fake knows
+        // (ids, bodies, authors, states) written over it.
+        rbytes = Bytes::from(serde_json::to_vec(&overlay(&example, &v)).unwrap());
+    }
+    if let Ok(v) = serde_json::from_slice::<Value>(&rbytes) {
+        let mut st = state.lock().unwrap();
+        if let Some(r) = st.requests.get_mut(index) {
+            r.response = v;
+        }
+    }
+    let resp = Response::from_parts(rparts, axum::body::Body::from(rbytes));
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
     resp
+}
+
+/// GitHub's documented example answer of the operation `method path` for `status`, from the
+/// description cut into `tests/fixtures/forge-api/github.json`.
+fn github_example(method: &str, path: &str, status: u16) -> Option<Value> {
+    static DESCRIPTION: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let d = DESCRIPTION.get_or_init(|| {
+        serde_json::from_str(include_str!("../fixtures/forge-api/github.json")).unwrap()
+    });
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let matches = |template: &str| {
+        let t: Vec<&str> = template.trim_start_matches('/').split('/').collect();
+        t.len() == segs.len()
+            && t.iter()
+                .zip(&segs)
+                .all(|(t, s)| t.starts_with('{') || t == s)
+    };
+    d["operations"]
+        .as_array()?
+        .iter()
+        .filter(|o| o["method"] == method && matches(o["path"].as_str().unwrap_or("")))
+        // The most literal template wins (`/issues/comments/{id}` over `/issues/{n}/comments`).
+        .max_by_key(|o| {
+            let t = o["path"].as_str().unwrap_or("");
+            t.split('/')
+                .filter(|s| !s.starts_with('{'))
+                .map(str::len)
+                .sum::<usize>()
+        })
+        .and_then(|o| o["examples"].get(status.to_string()).cloned())
+}
+
+/// `ours` written over `base`: objects merged key by key, each item of an array over the
+/// base's first item.
+fn overlay(base: &Value, ours: &Value) -> Value {
+    match (base, ours) {
+        (Value::Object(b), Value::Object(o)) => {
+            let mut out = b.clone();
+            for (k, v) in o {
+                let merged = overlay(b.get(k).unwrap_or(&Value::Null), v);
+                out.insert(k.clone(), merged);
+            }
+            Value::Object(out)
+        }
+        (Value::Array(b), Value::Array(o)) => Value::Array(
+            o.iter()
+                .map(|v| overlay(b.first().unwrap_or(&Value::Null), v))
+                .collect(),
+        ),
+        (_, o) => o.clone(),
+    }
 }
 
 fn page_of<T: Clone>(items: Vec<T>, query: &str, default_per: usize) -> Vec<T> {
