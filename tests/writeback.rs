@@ -384,6 +384,7 @@ async fn gitlab_gitea_lifecycle(forge: &FakeForge) {
                 .all(|r| r.status != 401 && r.status != 422)
         );
     });
+    forge.assert_conforms("gitea", true);
     h.stop().await;
     db.cleanup().await;
 }
@@ -530,6 +531,8 @@ async fn a_gitea_pr_with_many_comments_keeps_its_one_status_comment() {
         }
         assert!(f.requests.iter().any(|r| r.status == 429));
     });
+    // Every request (and every answer of the fake) is one Gitea's swagger allows.
+    forge.assert_conforms("gitea", true);
     h.stop().await;
     db.cleanup().await;
 }
@@ -667,6 +670,7 @@ async fn reactions_and_replies_on_every_forge() {
         });
     }
     forge.assert_conforms("github", true);
+    forge.assert_conforms("gitea", true);
     // Without credentials for a forge, nothing is attempted.
     let bare = ForgeClients::new(&Config::default());
     assert!(!bare.enabled(endor::forge::ForgeKind::Github));

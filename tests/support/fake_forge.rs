@@ -602,7 +602,11 @@ fn route(
                 .statuses
                 .iter()
                 .filter(|s| s.repo == repo && s.sha == *sha)
-                .map(|s| json!({"state": s.state, "context": s.context}))
+                // Gitea's CommitStatus names its state `status`; GitHub's `state`.
+                .map(|s| match forge {
+                    "gitea" => json!({"status": s.state, "context": s.context}),
+                    _ => json!({"state": s.state, "context": s.context}),
+                })
                 .collect();
             // GitHub answers newest first. Gitea's order is unspecified unless `sort` says:
             // without it this fake answers oldest first, so a client must ask.

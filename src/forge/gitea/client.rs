@@ -127,11 +127,12 @@ impl Forge for Gitea {
                 None,
             )
             .await?;
+        // Gitea's CommitStatus answers its state as `status` (`state` is the request's name).
         Ok(crate::forge::client::newest_status_is(
             &v,
             true,
             "context",
-            "state",
+            "status",
             github_state(state),
         ))
     }
