@@ -621,3 +621,69 @@ async fn split_roles_over_one_postgres_store() {
     served.stop();
     db.cleanup().await;
 }
+
+/// A preview under steady load through ten pushes: every answer is a 2xx. The new version goes
+/// live only once healthy, and the old process keeps answering until no gateway can still
+/// route to it (the gateway's route cache), so a push never shows visitors a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_pushes_under_load_without_a_single_error() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start(&db).await;
+    sqlite_parent(&h.sites(), h.dir.path(), 10).await;
+    let (repo, conn) = h.repo("shop", APP_TOML).await;
+    let site = "shop-pr-9";
+    let pr = |action, sha| Pr::new(action, 9, sha, "feature", "octo/shop");
+    let sha = repo.push_pr("feature", 9, "v0");
+    assert_eq!(
+        h.pr_event(&conn, "octo/shop", pr("opened", &sha)).await,
+        202
+    );
+    h.ready(&conn.0, 9, None).await;
+    assert_eq!(h.get(site, "/").await.0, 200);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, gateway, http) = (stop.clone(), h.gateway, h.http.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut bad) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = http
+                    .get(format!("http://{gateway}/"))
+                    .header("host", format!("{site}.preview.localhost"))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().is_success() => ok += 1,
+                    Ok(r) => bad.push(format!(
+                        "{} {}",
+                        r.status().as_u16(),
+                        r.text().await.unwrap_or_default()
+                    )),
+                    Err(e) => bad.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, bad)
+        })
+    };
+    for i in 1..=10 {
+        let head = repo.push_pr("feature", 9, &format!("v{i}"));
+        let event = Pr::new("synchronize", 9, &head, "feature", "octo/shop");
+        assert_eq!(h.pr_event(&conn, "octo/shop", event).await, 202);
+        let p = h.ready(&conn.0, 9, Some(&head)).await;
+        eprintln!("DEBUGREADY {i} port={:?} at={}", p.port, endor::now_ms());
+    }
+    // Past the last swap's grace, then stop the load.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, bad) = load.await.unwrap();
+    assert!(
+        bad.is_empty(),
+        "{} of {} answers were not 2xx: {bad:?}",
+        bad.len(),
+        ok as usize + bad.len()
+    );
+    assert!(ok > 50, "the load ran ({ok} answers)");
+    assert!(h.get(site, "/").await.1.starts_with("page=v10"));
+    h.stop().await;
+    db.cleanup().await;
+}

@@ -252,27 +252,28 @@ impl Lifecycle {
                 None => procs.remove(&preview.id),
             }
         };
-        match old {
-            Some(p) => p.stop().await,
-            None => {
-                // A process a dead run (or a previous endor) left behind.
-                if let Some(pid) = previous_pid.filter(|p| Some(*p) != new_pid) {
-                    kill_site_process(pid, &preview.site_name);
-                }
+        if old.is_none() {
+            // A process a dead run (or a previous endor) left behind.
+            if let Some(pid) = previous_pid.filter(|p| Some(*p) != new_pid) {
+                kill_site_process(pid, &preview.site_name);
             }
         }
         if cfg.preview.start.is_none() {
             preview.port = None;
             preview.pid = None;
         }
-        // Older checkouts go.
-        if let Ok(entries) = std::fs::read_dir(self.sites.site_dir(&site).join("code")) {
-            for e in entries.flatten() {
-                if e.path() != code {
-                    let _ = self.sites.remove_path(&e.path());
-                }
-            }
-        }
+        // The old version (its process, or the folder a static site is served from) and older
+        // checkouts go once no gateway can route to them any more.
+        let older: Vec<PathBuf> = std::fs::read_dir(self.sites.site_dir(&site).join("code"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| *p != code)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.retire(old, older);
         preview.ready_sha = Some(target.head_sha.clone());
         // Expiry: this activity + the repository's TTL (capped), never earlier than an
         // extension already granted.

@@ -79,6 +79,9 @@ pub struct Lifecycle {
     pub(super) logs: PathBuf,
     /// Site processes this endor process supervises, by preview id.
     pub(super) procs: Mutex<HashMap<crate::ids::PreviewId, Supervised>>,
+    /// Old versions replaced by an update, still answering until no gateway can route to them
+    /// (see `retire`); stopped then, or at shutdown.
+    pub(super) retiring: Arc<Mutex<HashMap<u64, Supervised>>>,
     /// Which forges endor may write back to.
     pub(super) forges: Arc<ForgeClients>,
     /// Wakes the outbox sender when a state change stored write-backs.
@@ -133,6 +136,7 @@ impl Lifecycle {
             config: config.clone(),
             metrics,
             procs: Mutex::new(HashMap::new()),
+            retiring: Arc::new(Mutex::new(HashMap::new())),
             forges,
             outbox_wake,
         })
@@ -168,10 +172,42 @@ impl Lifecycle {
 
     /// Stop every supervised site process (endor is shutting down).
     pub async fn shutdown(&self) {
-        let procs: Vec<_> = self.procs.lock().await.drain().collect();
-        for (_, p) in procs {
+        let mut procs: Vec<Supervised> = self.procs.lock().await.drain().map(|(_, p)| p).collect();
+        procs.extend(self.retiring.lock().await.drain().map(|(_, p)| p));
+        for p in procs {
             p.stop().await;
         }
+    }
+
+    /// Stop the old version of a site (`old`, its process if it had one) and remove `dirs` (the
+    /// old checkouts, a static site's served folder among them) once no gateway can still
+    /// route to them: a gateway reads a site's route at most once per `gateway.cache_ttl_ms`,
+    /// so the old version keeps answering that long after the new route was stored, plus half
+    /// a second for requests in flight. A push never shows visitors a 502.
+    pub(super) fn retire(&self, old: Option<Supervised>, dirs: Vec<PathBuf>) {
+        if old.is_none() && dirs.is_empty() {
+            return;
+        }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let key = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let grace = std::time::Duration::from_millis(self.config.gateway.cache_ttl_ms + 500);
+        let retiring = self.retiring.clone();
+        let sites = self.sites.clone();
+        tokio::spawn(async move {
+            if let Some(p) = old {
+                retiring.lock().await.insert(key, p);
+            }
+            tokio::time::sleep(grace).await;
+            // Gone already when endor shut down meanwhile (shutdown stopped it).
+            let old = retiring.lock().await.remove(&key);
+            if let Some(p) = old {
+                p.stop().await;
+            }
+            for d in dirs {
+                // A site torn down meanwhile took its folders with it.
+                let _ = sites.remove_path(&d);
+            }
+        });
     }
 
     pub(super) async fn save(&self, p: &mut Preview) -> Result<(), JobError> {

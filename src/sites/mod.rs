@@ -182,6 +182,7 @@ impl Guard {
     }
 }
 
+#[derive(Clone)]
 pub struct Sites {
     store: Arc<dyn Store>,
     root: PathBuf,
