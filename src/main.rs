@@ -92,6 +92,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        // A command's output piped into `head` ends quietly when the reader goes, as other
+        // command-line tools do, instead of a panic on the broken pipe. (`serve` keeps
+        // ignoring SIGPIPE: a visitor closing a socket must not end the server.)
+        // SAFETY: restoring a signal's default action before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     telemetry::init(cli.log_format);
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,

@@ -1010,3 +1010,54 @@ fn serve_refuses_files_others_can_read_and_doctor_says_why() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("store"), "{}", stderr(&out));
 }
+
+/// Output piped into a reader that goes away (`endor … | head`) ends the command quietly, not
+/// with a panic; a log written to a pipe or file has no colour codes; `ENDOR_LOG=debug` does
+/// not flood with the driver's SQL.
+#[test]
+fn a_closed_pipe_ends_quietly_and_logs_stay_plain() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok_json(d, &["user", "create", "alice", "--json"]);
+    ok_json(
+        d,
+        &["workspace", "create", "acme", "--owner", "alice", "--json"],
+    );
+    for i in 0..3 {
+        ok_json(
+            d,
+            &[
+                "site",
+                "create",
+                &format!("s{i}"),
+                "--workspace",
+                "acme",
+                "--json",
+            ],
+        );
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_endor"))
+        .current_dir(d)
+        .args(["site", "list", "--json"])
+        .env_remove("ENDOR_CONFIG")
+        .env("ENDOR_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The reader is gone before a byte is written.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+    // The same command's log, into a pipe: plain text, no SQL of the driver's.
+    let out = endor_env(d, &["site", "list"], &[("ENDOR_LOG", "debug")]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains('\u{1b}'),
+        "colour codes in a piped log: {err:?}"
+    );
+    assert!(!err.contains("sqlx::query"), "{err}");
+}
