@@ -32,8 +32,21 @@ fn probe_tells_reflink_from_plain_storage() {
         !probe::reflink_supported(e.path()).unwrap(),
         "ext4 must probe as copy"
     );
-    // The probe leaves nothing behind.
-    assert_eq!(fs::read_dir(x.path()).unwrap().count(), 0);
+    // The probe leaves nothing behind but its remembered answer (so the next command neither
+    // probes nor warns again), which names the filesystem it holds for.
+    let left: Vec<_> = fs::read_dir(x.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from(".endor-reflink")]);
+    let marker = e.path().join(".endor-reflink");
+    assert!(fs::read_to_string(&marker).unwrap().trim().ends_with(" no"));
+    // An answer remembered for another filesystem is not believed: probed again.
+    fs::write(&marker, "1 yes\n").unwrap();
+    let fresh = plain_dir();
+    fs::write(fresh.path().join(".endor-reflink"), "1 yes\n").unwrap();
+    assert!(!probe::reflink_supported(fresh.path()).unwrap());
 }
 
 /// A tree with what a site has: nested and empty directories, modes, a relative symlink, a
@@ -560,7 +573,7 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
-        .filter(|n| n != ".trash")
+        .filter(|n| n != ".trash" && n != ".endor-reflink")
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
     assert_eq!(fs::read_dir(f.root.join(".trash")).unwrap().count(), 0);

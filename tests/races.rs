@@ -202,6 +202,9 @@ impl World {
         }
         for e in std::fs::read_dir(&self.root).unwrap() {
             let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            if name == ".endor-reflink" {
+                continue;
+            }
             if name == ".trash" {
                 let left = std::fs::read_dir(self.root.join(".trash")).unwrap().count();
                 assert_eq!(left, 0, "{round}: the trash holds {left} entries");

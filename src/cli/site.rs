@@ -304,13 +304,23 @@ pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()
 async fn print_log(path: &std::path::Path, follow: bool, json: bool) -> anyhow::Result<()> {
     use std::io::Write;
     let mut offset = 0usize;
+    let mut said_waiting = false;
     loop {
         let new = match endor::logs::read_since(path, offset)? {
             Some((new, next)) => {
                 offset = next;
                 new
             }
-            None if follow => Vec::new(),
+            None if follow => {
+                if !said_waiting {
+                    eprintln!(
+                        "no such log yet ({}): waiting for it (Ctrl-C to stop)",
+                        path.display()
+                    );
+                    said_waiting = true;
+                }
+                Vec::new()
+            }
             None => anyhow::bail!("no such log yet ({})", path.display()),
         };
         if json && !follow {

@@ -20,15 +20,37 @@ pub fn reflink_supported(root: &Path) -> Result<bool, CloneError> {
     if let Some(v) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(*v);
     }
-    let supported = probe(&key)?;
-    if supported {
-        tracing::info!(root = %key.display(), "storage root supports reflink: clones are copy-on-write");
-    } else {
-        tracing::warn!(
-            root = %key.display(),
-            "storage root has no reflink support: clones fall back to copying data (slower, grows with size); use XFS with reflink=1 or btrfs"
-        );
-    }
+    // An earlier process's answer for this root on this filesystem: the warning is said once,
+    // not by every command.
+    let marker = key.join(".endor-reflink");
+    let device = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(&key).map(|m| m.dev()).unwrap_or(0)
+    };
+    let remembered = std::fs::read_to_string(&marker).ok().and_then(|t| {
+        let (dev, answer) = t.trim().split_once(' ')?;
+        (dev.parse::<u64>().ok()? == device).then_some(answer == "yes")
+    });
+    let supported = match remembered {
+        Some(s) => {
+            tracing::debug!(root = %key.display(), reflink = s, "reflink support as probed before");
+            s
+        }
+        None => {
+            let supported = probe(&key)?;
+            if supported {
+                tracing::info!(root = %key.display(), "storage root supports reflink: clones are copy-on-write");
+            } else {
+                tracing::warn!(
+                    root = %key.display(),
+                    "storage root has no reflink support: clones fall back to copying data (slower, grows with size); use XFS with reflink=1 or btrfs"
+                );
+            }
+            let answer = if supported { "yes" } else { "no" };
+            let _ = std::fs::write(&marker, format!("{device} {answer}\n"));
+            supported
+        }
+    };
     cache
         .lock()
         .unwrap_or_else(|p| p.into_inner())

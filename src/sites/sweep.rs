@@ -59,7 +59,8 @@ impl Sites {
                 std::fs::read_dir(&path)
                     .map(|mut d| d.next().is_some())
                     .unwrap_or(false)
-            } else if name.starts_with(".endor-probe-") {
+            } else if name.starts_with(".endor-probe-") || name == ".endor-reflink" {
+                // The reflink probe's file and its remembered answer are not a site's.
                 false
             } else {
                 !live.contains(&SiteId::from(name.as_str())) && older_than(&path, grace)
