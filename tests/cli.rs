@@ -1061,3 +1061,43 @@ fn a_closed_pipe_ends_quietly_and_logs_stay_plain() {
     );
     assert!(!err.contains("sqlx::query"), "{err}");
 }
+
+/// The README's "Connecting a repository" commands, word for word, in an empty folder: every
+/// line succeeds (a README that drifts from the CLI fails here).
+#[test]
+fn the_readme_connecting_commands_run_verbatim() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("## Connecting a repository")
+        .nth(1)
+        .expect("the section is in the README");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("its first shell block");
+    let dir = tempfile::tempdir().unwrap();
+    let mut ran = 0;
+    for line in block.lines() {
+        let command = line.split(" #").next().unwrap().trim();
+        if command.is_empty() {
+            continue;
+        }
+        let words: Vec<&str> = command.split_whitespace().collect();
+        assert_eq!(words[0], "endor", "{line}");
+        let out = endor(dir.path(), &words[1..]);
+        assert!(
+            out.status.success(),
+            "`{command}` failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ran += 1;
+    }
+    assert!(ran >= 6, "{ran} commands");
+    let members = ok_json(
+        dir.path(),
+        &["workspace", "member", "list", "acme", "--json"],
+    );
+    assert_eq!(members.as_array().unwrap().len(), 2, "{members}");
+}
