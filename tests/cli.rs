@@ -1101,3 +1101,33 @@ fn the_readme_connecting_commands_run_verbatim() {
     );
     assert_eq!(members.as_array().unwrap().len(), 2, "{members}");
 }
+
+/// A command run from another folder than `endor serve`'s does not make a new, empty store
+/// there: it says where it looked and what to do; the store is made only by `serve`,
+/// `migrate` or the first `user create`.
+#[test]
+fn commands_refuse_to_make_a_store_they_only_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for args in [
+        &["site", "list"][..],
+        &["site", "show", "shop-pr-1"],
+        &["repo", "list"],
+        &["audit"],
+        &["delivery", "list"],
+        &["workspace", "list"],
+        &["user", "tokens", "alice"],
+    ] {
+        let out = endor(d, args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.contains("no store at") && err.contains("--config"),
+            "{args:?}: {err}"
+        );
+        assert!(!d.join("data").exists(), "{args:?} made a store");
+    }
+    ok_json(d, &["user", "create", "alice", "--json"]);
+    assert!(d.join("data/endor.db").exists());
+    assert!(endor(d, &["workspace", "list"]).status.success());
+}

@@ -33,7 +33,23 @@ pub fn emit<T: Serialize>(
 }
 
 /// Open the configured store, migrated.
+/// The store of `config`, which must exist already: a command run from another folder than
+/// `endor serve`'s would otherwise make a new, empty store there and then find nothing.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    if let Some(file) = store::sqlite_file(&config.store.url)
+        && !file.exists()
+    {
+        anyhow::bail!(
+            "no store at {}: run endor from the folder `endor serve` runs in, or pass the same --config \
+             (a new store is made by `endor serve`, `endor migrate` or `endor user create`)",
+            file.display()
+        );
+    }
+    create_store(config).await
+}
+
+/// The store of `config`, made (and migrated) when it does not exist yet.
+pub async fn create_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store = store::connect(&config.store.url, config.store.max_connections).await?;
     store.migrate().await?;
     Ok(store)

@@ -3,7 +3,7 @@
 use endor::config::Config;
 use endor::server::{self, AppState};
 
-use super::{emit, open_store};
+use super::{create_store, emit};
 
 /// `endor serve --roles …`.
 pub async fn serve(
@@ -75,7 +75,7 @@ pub async fn serve(
 
 /// `endor migrate`.
 pub async fn migrate(json: bool, config: &Config) -> anyhow::Result<()> {
-    open_store(config).await?;
+    create_store(config).await?;
     emit(json, &serde_json::json!({"status": "migrated"}), |_| {
         "migrations applied".into()
     })
@@ -83,7 +83,7 @@ pub async fn migrate(json: bool, config: &Config) -> anyhow::Result<()> {
 
 /// `endor reap [--dry-run]`.
 pub async fn reap(dry_run: bool, json: bool, config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
+    let store = create_store(config).await?;
     let reaper = endor::reaper::Reaper::standalone(store, config);
     let r = reaper.pass(dry_run).await?;
     emit(json, &r, |r| {

@@ -32,7 +32,12 @@ pub enum UserCmd {
 }
 
 pub async fn run(cmd: UserCmd, json: bool, config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
+    // The first user is made in a new store; every other user command needs one.
+    let store = if matches!(cmd, UserCmd::Create { .. }) {
+        super::create_store(config).await?
+    } else {
+        open_store(config).await?
+    };
     match cmd {
         UserCmd::Create { login, email, name } => {
             let u = service::create_user(store.as_ref(), &login, name.as_deref(), email.as_deref())

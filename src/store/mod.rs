@@ -782,6 +782,18 @@ pub struct UsageProc {
 }
 
 /// Open the store named by `url` (`sqlite:...` or `postgres://...`).
+/// The file of a SQLite store URL (`sqlite://data/endor.db`), `None` for another backend or
+/// an in-memory database.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    use std::str::FromStr;
+    if !url.starts_with("sqlite:") {
+        return None;
+    }
+    let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
+    let f = opts.get_filename();
+    (!f.as_os_str().is_empty() && f != std::path::Path::new(":memory:")).then(|| f.to_path_buf())
+}
+
 pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
