@@ -832,6 +832,11 @@ fn protection_bypass_tokens_and_usage_on_the_binary() {
             "delete prod"
         ]
     );
+    // The trail of a deleted site is still there by its name (its delete is in it).
+    let trail = ok_json(d, &["audit", "--site", "prod", "--json"]);
+    assert_eq!(trail.as_array().unwrap().len(), 4, "{trail}");
+    assert_eq!(trail[3]["detail"], "delete prod");
+    assert!(!endor(d, &["audit", "--site", "never-was"]).status.success());
     // Turning protection off is audited too, and `endor audit` shows it as text.
     ok_json(d, &["site", "protect", "staging", "on", "--json"]);
     ok_json(d, &["site", "protect", "staging", "off", "--json"]);

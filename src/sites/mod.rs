@@ -588,12 +588,23 @@ impl Sites {
     }
 
     /// The audit trail, all of it or one live site's (by name).
+    /// The audit trail, all of it or that of every site ever named `site` (a deleted one's
+    /// trail outlives it: its delete is often the line one looks for).
     pub async fn audit_trail(&self, site: Option<&str>) -> Result<Vec<crate::store::AuditEvent>> {
-        let site_id = match site {
-            None => None,
-            Some(name) => Some(self.get(name).await?.id),
+        let Some(name) = site else {
+            return Ok(self.store.audit_events(None).await?);
         };
-        Ok(self.store.audit_events(site_id.as_ref()).await?)
+        validate_site_name(name)?;
+        let ids = self.store.sites_ever_named(name).await?;
+        if ids.is_empty() {
+            return Err(SiteError::NotFound(format!("site {name} (never existed)")));
+        }
+        let mut out = Vec::new();
+        for id in &ids {
+            out.extend(self.store.audit_events(Some(id)).await?);
+        }
+        out.sort_by(|a, b| a.at.cmp(&b.at).then_with(|| a.id.cmp(&b.id)));
+        Ok(out)
     }
 
     pub async fn show(&self, name: &str) -> Result<SiteDetails> {

@@ -572,6 +572,9 @@ pub trait SiteStore: Send + Sync {
     async fn assign_site_uid(&self, id: &SiteId, first: u32, last: u32) -> Result<u32>;
     /// The site of that name that is not deleted.
     async fn site_by_name(&self, name: &str) -> Result<Option<Site>>;
+    /// Every site ever named `name`, deleted ones too, oldest first (their audit trail
+    /// outlives them).
+    async fn sites_ever_named(&self, name: &str) -> Result<Vec<SiteId>>;
     async fn site(&self, id: &SiteId) -> Result<Option<Site>>;
     /// Sites not deleted, by name.
     async fn list_sites(&self) -> Result<Vec<Site>>;

@@ -101,6 +101,15 @@ macro_rules! impl_sites {
                 row.map(TryInto::try_into).transpose()
             }
 
+            async fn sites_ever_named(&self, name: &str) -> $crate::store::Result<Vec<$crate::ids::SiteId>> {
+                let rows: Vec<($crate::ids::SiteId,)> =
+                    sqlx::query_as("SELECT id FROM sites WHERE name = $1 ORDER BY created_at, id")
+                        .bind(name)
+                        .fetch_all(&self.pool)
+                        .await?;
+                Ok(rows.into_iter().map(|r| r.0).collect())
+            }
+
             async fn site(&self, id: &$crate::ids::SiteId) -> $crate::store::Result<Option<$crate::store::Site>> {
                 let row: Option<$crate::store::sql::SiteRow> = sqlx::query_as(concat!(
                     "SELECT ",
