@@ -12,15 +12,24 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 pub struct PgStore {
     pool: PgPool,
+    /// For leases (site locks, the reaper's): they protect operations of live processes only,
+    /// so their commits need not wait for the WAL flush (`synchronous_commit = off`).
+    lease_pool: PgPool,
 }
 
 impl PgStore {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+        use std::str::FromStr;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .connect(url)
             .await?;
-        Ok(Self { pool })
+        let opts = sqlx::postgres::PgConnectOptions::from_str(url)?
+            .options([("synchronous_commit", "off")]);
+        let lease_pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(opts);
+        Ok(Self { pool, lease_pool })
     }
 }
 

@@ -19,6 +19,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// For leases (site locks, the reaper's): they protect operations of live processes only,
+    /// so their commits need not wait for the disk (`synchronous = NORMAL` in WAL mode survives
+    /// a killed process; a power cut ends every holder anyway). A site lock costs a few
+    /// commits per operation: at FULL each was an fsync.
+    lease_pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -57,9 +62,12 @@ impl SqliteStore {
         }
         let pool = SqlitePoolOptions::new()
             .max_connections(max_connections)
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await?;
-        Ok(Self { pool })
+        let lease_pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_lazy_with(opts.synchronous(SqliteSynchronous::Normal));
+        Ok(Self { pool, lease_pool })
     }
 }
 

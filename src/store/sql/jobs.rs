@@ -161,7 +161,7 @@ macro_rules! impl_jobs {
                 .bind(owner)
                 .bind(until)
                 .bind(now)
-                .execute(&self.pool)
+                .execute(&self.lease_pool)
                 .await?;
                 Ok(r.rows_affected() == 1)
             }
@@ -170,7 +170,7 @@ macro_rules! impl_jobs {
                 sqlx::query("DELETE FROM leases WHERE name = $1 AND owner = $2")
                     .bind(name)
                     .bind(owner)
-                    .execute(&self.pool)
+                    .execute(&self.lease_pool)
                     .await?;
                 Ok(())
             }
@@ -182,7 +182,7 @@ macro_rules! impl_jobs {
                 )
                 .bind(prefix)
                 .bind(now)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.lease_pool)
                 .await?;
                 Ok(rows)
             }
