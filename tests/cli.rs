@@ -403,6 +403,11 @@ impl Drop for Served {
     }
 }
 
+/// Where `serve(…)` on `port` writes its log.
+fn serve_log(port: u16) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("endor-test-serve-{port}.log"))
+}
+
 fn serve(dir: &Path) -> Served {
     let port = free_port();
     let gateway_port = free_port();
@@ -414,9 +419,9 @@ fn serve(dir: &Path) -> Served {
             "ENDOR__GATEWAY__LISTEN",
             format!("127.0.0.1:{gateway_port}"),
         )
-        .env("ENDOR_LOG", "warn")
+        .env("ENDOR_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(serve_log(port)).unwrap())
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -461,6 +466,22 @@ async fn serve_in_an_empty_folder() {
         .unwrap();
     assert_eq!(gw.status(), 404);
     assert!(gw.text().await.unwrap().contains("No such preview"));
+    // The banner says where things are and that write-back is off without credentials.
+    let log = std::fs::read_to_string(serve_log(s.port)).unwrap();
+    let banner = log
+        .lines()
+        .find(|l| l.contains("endor serve") && l.contains("store="))
+        .unwrap_or_else(|| panic!("no banner in {log}"));
+    for want in [
+        "store=sqlite://data/endor.db",
+        "config=built-in defaults",
+        "webhooks=http://127.0.0.1:8080/webhooks/{forge}/{connection_id}",
+        "previews=http://{site}.preview.localhost:",
+        "github off (no [github] token",
+    ] {
+        assert!(banner.contains(want), "{want}: {banner}");
+    }
+    let _ = std::fs::remove_file(serve_log(s.port));
 }
 
 /// SIGKILL during a burst of deliveries: every delivery that got a 202 is in the store.
