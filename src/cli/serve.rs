@@ -74,20 +74,6 @@ pub async fn serve(
     server::serve_roles(state, roles, listener, gateway, shutdown_signal()).await
 }
 
-/// A store URL as it may be printed: a password in it is replaced by `***`.
-fn redacted(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// What a new user needs to see at start: where the store and config are, where webhooks
 /// arrive, what previews' addresses look like, and to which forges endor writes back.
 fn banner(config: &Config, config_file: Option<&std::path::Path>) {
@@ -103,7 +89,7 @@ fn banner(config: &Config, config_file: Option<&std::path::Path>) {
         })
         .collect();
     tracing::info!(
-        store = %redacted(&config.store.url),
+        store = %endor::store::redacted_url(&config.store.url),
         config = %config_file
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "built-in defaults".into()),
@@ -178,23 +164,4 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
     tracing::info!("shutting down");
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn store_passwords_are_not_printed() {
-        assert_eq!(
-            super::redacted("postgres://endor:s3cret@db:5432/endor"),
-            "postgres://endor:***@db:5432/endor"
-        );
-        assert_eq!(
-            super::redacted("postgres://endor@db/endor"),
-            "postgres://endor@db/endor"
-        );
-        assert_eq!(
-            super::redacted("sqlite://data/endor.db"),
-            "sqlite://data/endor.db"
-        );
-    }
 }

@@ -785,6 +785,20 @@ pub struct UsageProc {
 }
 
 /// Open the store named by `url` (`sqlite:...` or `postgres://...`).
+/// A store URL as it may be printed: a password in it is replaced by `***`.
+pub fn redacted_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// The file of a SQLite store URL (`sqlite://data/endor.db`), `None` for another backend or
 /// an in-memory database.
 pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
@@ -811,4 +825,23 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> 
 
 pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
+}
+
+#[cfg(test)]
+mod url_tests {
+    #[test]
+    fn store_passwords_are_not_printed() {
+        assert_eq!(
+            super::redacted_url("postgres://endor:s3cret@db:5432/endor"),
+            "postgres://endor:***@db:5432/endor"
+        );
+        assert_eq!(
+            super::redacted_url("postgres://endor@db/endor"),
+            "postgres://endor@db/endor"
+        );
+        assert_eq!(
+            super::redacted_url("sqlite://data/endor.db"),
+            "sqlite://data/endor.db"
+        );
+    }
 }
