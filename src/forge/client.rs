@@ -297,22 +297,19 @@ where
     for n in 1..=50 {
         let v = page(n).await?;
         let items = v.as_array().cloned().unwrap_or_default();
-        let mut new = 0;
+        // Comments are told apart by id, never counted: a server that ignores the page
+        // parameter answers the same list again, and its comments are not duplicates.
+        let mut fresh = Vec::new();
         for c in &items {
-            // Comments are told apart by id, never counted: a server that ignores the page
-            // parameter answers the same list again, and its comments are not duplicates.
-            if !seen.insert(id_of(c)?) {
-                continue;
+            if seen.insert(id_of(c)?) {
+                fresh.push(c.clone());
             }
-            new += 1;
         }
-        out.extend(marked_in(&items, author, me, marker)?);
-        if items.len() < per_page || new == 0 {
+        out.extend(marked_in(&fresh, author, me, marker)?);
+        if items.len() < per_page || fresh.is_empty() {
             break;
         }
     }
-    let mut unique = std::collections::HashSet::new();
-    out.retain(|id| unique.insert(id.clone()));
     Ok(out)
 }
 

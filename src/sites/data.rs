@@ -166,17 +166,34 @@ impl Sites {
         read_only: bool,
         guard: Guard,
     ) -> Result<OperationReport> {
-        validate_site_name(src)?;
-        validate_site_name(dst)?;
-        if src == dst {
-            return Err(SiteError::Invalid("cannot clone a site into itself".into()));
-        }
-        self.locked(
-            &[(src, Mode::Shared), (dst, Mode::Exclusive)],
+        self.reading_into(
+            src,
+            dst,
             "clone",
             self.clone_locked(src, dst, read_only, guard),
         )
         .await
+    }
+
+    /// Run `work`, an operation `op` that reads `src` and replaces `dst`'s data, under their
+    /// locks (shared on the source, exclusive on the target), once both names are valid and
+    /// not the same site.
+    async fn reading_into<T>(
+        &self,
+        src: &str,
+        dst: &str,
+        op: &'static str,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        validate_site_name(src)?;
+        validate_site_name(dst)?;
+        if src == dst {
+            return Err(SiteError::Invalid(format!(
+                "cannot {op} a site into itself"
+            )));
+        }
+        self.locked(&[(src, Mode::Shared), (dst, Mode::Exclusive)], op, work)
+            .await
     }
 
     async fn clone_locked(
@@ -249,13 +266,9 @@ impl Sites {
         db: bool,
         guard: Guard,
     ) -> Result<OperationReport> {
-        validate_site_name(src)?;
-        validate_site_name(dst)?;
-        if src == dst {
-            return Err(SiteError::Invalid("cannot sync a site into itself".into()));
-        }
-        self.locked(
-            &[(src, Mode::Shared), (dst, Mode::Exclusive)],
+        self.reading_into(
+            src,
+            dst,
             "sync",
             self.sync_locked(src, dst, files, db, guard),
         )

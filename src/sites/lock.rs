@@ -139,13 +139,7 @@ impl Sites {
                     .try_lease(&exclusive, &held.owner, now, now + TTL_MS)
                     .await?
                 {
-                    let holder = store
-                        .leases_with_prefix(&exclusive, now)
-                        .await?
-                        .into_iter()
-                        .find(|(n, _)| *n == exclusive)
-                        .map(|(_, o)| o)
-                        .unwrap_or_default();
+                    let holder = self.exclusive_holder(site, now).await?.unwrap_or_default();
                     return Ok(Some(busy(&holder)));
                 }
                 held.leases.push(exclusive);
@@ -164,17 +158,25 @@ impl Sites {
                     .try_lease(&mine, &held.owner, now, now + TTL_MS)
                     .await?;
                 held.leases.push(mine);
-                if let Some((_, writer)) = store
-                    .leases_with_prefix(&exclusive, now)
-                    .await?
-                    .into_iter()
-                    .find(|(n, _)| *n == exclusive)
-                {
+                if let Some(writer) = self.exclusive_holder(site, now).await? {
                     return Ok(Some(busy(&writer)));
                 }
             }
         }
         Ok(None)
+    }
+
+    /// The owner of `site`'s unexpired exclusive lease, if any (the prefix also matches
+    /// longer names, `site:web` → `site:web-2`: only the exact name counts).
+    async fn exclusive_holder(&self, site: &str, now: i64) -> Result<Option<String>> {
+        let exclusive = exclusive_lease(site);
+        Ok(self
+            .store
+            .leases_with_prefix(&exclusive, now)
+            .await?
+            .into_iter()
+            .find(|(n, _)| *n == exclusive)
+            .map(|(_, o)| o))
     }
 
     fn renewal(&self, leases: Vec<String>, owner: String) -> tokio::task::JoinHandle<()> {
