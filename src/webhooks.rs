@@ -167,6 +167,7 @@ async fn handle(
         )
     })?;
 
+    let mut number = None;
     let (outcome, action, reason, normalized, job) = match classified {
         Classified::Ping => {
             app.metrics.delivery(forge.as_str(), &event, "ping");
@@ -190,6 +191,7 @@ async fn handle(
         }
         Classified::Acted(ev) => {
             tracing::Span::current().record("pr", ev.number());
+            number = i64::try_from(ev.number()).ok();
             let normalized = serde_json::to_string(&ev).map_err(|e| {
                 reject(
                     StatusCode::INTERNAL_SERVER_ERROR,
@@ -224,6 +226,7 @@ async fn handle(
             forge,
             event: event.clone(),
             action,
+            number,
             outcome,
             reason: reason.clone(),
             normalized,

@@ -405,6 +405,7 @@ async fn outbox_coalesces_and_keeps_order(db: &TestStore) {
         kind: OutboxKind::parse(key.split('#').nth(1).unwrap()).unwrap(),
         coalesce_key: key.into(),
         payload: payload.into(),
+        held: None,
     };
     // Two pending items of one key: only the newest payload is kept.
     s.enqueue_outbox(&item("pr1#comment", "queued"), 100)
@@ -506,6 +507,38 @@ async fn outbox_coalesces_and_keeps_order(db: &TestStore) {
         .map(|i| i.state)
         .collect();
     assert_eq!(states, ["superseded", "sending", "done"]);
+    // A held item (no credentials) is stored unsent with its reason, twice over (no
+    // coalescing), and never claimed.
+    let held = |payload: &str| NewOutbox {
+        held: Some("not sent: no credentials for github".into()),
+        number: 2,
+        ..item("pr2#comment", payload)
+    };
+    s.enqueue_outbox(&held("queued"), 30_000).await.unwrap();
+    s.enqueue_outbox(&held("ready"), 30_001).await.unwrap();
+    assert!(
+        s.claim_outbox("w4", 90_000, 99_000, 10)
+            .await
+            .unwrap()
+            .iter()
+            .all(|i| i.number != 2)
+    );
+    let pr2: Vec<_> = s
+        .pr_outbox(&c.id, 2)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.payload, i.state, i.last_error))
+        .collect();
+    let why = Some("not sent: no credentials for github".to_string());
+    assert_eq!(
+        pr2,
+        [
+            ("queued".into(), "unsent".into(), why.clone()),
+            ("ready".into(), "unsent".into(), why)
+        ]
+    );
+    assert_eq!(s.pr_outbox(&c.id, 1).await.unwrap().len(), 3);
     // Forge ids.
     assert!(s.forge_ref(&c.id, 1, "comment").await.unwrap().is_none());
     s.put_forge_ref(&c.id, 1, "comment", "42").await.unwrap();
@@ -588,6 +621,7 @@ fn with_job(conn: &ConnectionId, key: &str, pr: u64) -> NewDelivery {
             max_attempts: 5,
             supersede: true,
         }),
+        number: Some(pr as i64),
         ..delivery(conn, key)
     }
 }
@@ -612,6 +646,21 @@ async fn deliveries_and_their_jobs_commit_together(db: &TestStore) {
         .await
         .unwrap();
     assert_eq!(s.jobs_for_key(&pr).await.unwrap().len(), 2);
+    // Each delivery names its PR and the job it queued, with that job's state now.
+    let of_pr = s.pr_deliveries(&c.id, 7, 10).await.unwrap();
+    let seen: Vec<_> = of_pr
+        .iter()
+        .map(|d| (d.delivery_key.as_str(), d.number, d.job_state.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("d1", Some(7), Some("cancelled")),
+            ("d2", Some(7), Some("queued"))
+        ]
+    );
+    assert_eq!(of_pr[1].job_id.as_deref(), Some(jobs[1].id.as_str()));
+    assert!(s.pr_deliveries(&c.id, 8, 10).await.unwrap().is_empty());
     // A redelivery at the end of a batch supersedes nothing: the new job before it stays queued.
     let pr9 = format!("{}#9", c.id);
     s.insert_deliveries(&[with_job(&c.id, "e1", 9)])
@@ -805,6 +854,7 @@ fn delivery(conn: &ConnectionId, key: &str) -> NewDelivery {
         forge: ForgeKind::Github,
         event: "pull_request".into(),
         action: Some("opened".into()),
+        number: None,
         outcome: DeliveryOutcome::Queued,
         reason: None,
         normalized: Some("{}".into()),

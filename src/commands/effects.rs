@@ -243,9 +243,6 @@ impl CommentRunner {
         errors: &[&grammar::ParseError],
         refused: usize,
     ) -> Result<(), JobError> {
-        if !self.forges.enabled(conn.forge) {
-            return Ok(());
-        }
         let prefix = &self.config.commands.prefix;
         let payload = match super::reply(&c.author, prefix, results, errors, refused) {
             None => return Ok(()),
@@ -264,7 +261,12 @@ impl CommentRunner {
             }
         };
         self.store
-            .enqueue_outbox(&payload.row(&conn.id, c.number as i64), crate::now_ms())
+            .enqueue_outbox(
+                &self
+                    .forges
+                    .row(conn.forge, &payload, &conn.id, c.number as i64),
+                crate::now_ms(),
+            )
             .await
             .map_err(transient)?;
         self.outbox_wake.notify_waiters();

@@ -8,8 +8,8 @@ use crate::store::{NewOutbox, Preview, PreviewState, Store, StoreError};
 use crate::writeback::{CommitState, DeployState, ForgeClients, Payload};
 
 /// What the forge should show for the preview's new state: the status comment, the
-/// commit status of its head, its deployment. Nothing for internal steps, or when endor
-/// has no credentials for the forge.
+/// commit status of its head, its deployment. Nothing for internal steps. Without credentials
+/// for the forge the rows are still made, held (stored `unsent`: `endor preview show`).
 pub async fn rows_for(
     store: &dyn Store,
     forges: &ForgeClients,
@@ -51,9 +51,6 @@ pub async fn rows_for(
     let Some(conn) = store.connection(&p.connection_id).await? else {
         return Ok(Vec::new());
     };
-    if !forges.enabled(conn.forge) {
-        return Ok(Vec::new());
-    }
     let sha = p.head_sha.clone().unwrap_or_default();
     let served = p.state == S::Ready;
     let url = served.then(|| {
@@ -119,6 +116,6 @@ pub async fn rows_for(
     }
     Ok(out
         .iter()
-        .map(|w| w.row(&p.connection_id, p.number))
+        .map(|w| forges.row(conn.forge, w, &p.connection_id, p.number))
         .collect())
 }

@@ -135,6 +135,8 @@ pub struct NewDelivery {
     pub forge: ForgeKind,
     pub event: String,
     pub action: Option<String>,
+    /// The pull/merge request the event is about (acted-on deliveries).
+    pub number: Option<i64>,
     pub outcome: DeliveryOutcome,
     pub reason: Option<String>,
     /// The normalized [`crate::forge::ForgeEvent`] as JSON, for acted-on deliveries.
@@ -167,6 +169,13 @@ pub struct Delivery {
     #[serde(skip)]
     pub payload: Vec<u8>,
     pub received_at: i64,
+    /// The pull/merge request the event is about (acted-on deliveries).
+    pub number: Option<i64>,
+    /// The job the delivery queued, and that job's state now (`queued`, `running`, `done`,
+    /// `failed`, `cancelled`: superseded by a newer event of the same PR).
+    pub job_id: Option<String>,
+    pub job_state: Option<String>,
+    pub job_error: Option<String>,
 }
 
 crate::ids::stored_enum! {
@@ -397,7 +406,7 @@ pub struct OutboxItem {
     pub kind: OutboxKind,
     pub coalesce_key: String,
     pub payload: String,
-    /// `pending`, `sending`, `done`, `superseded`, `failed`.
+    /// `pending`, `sending`, `done`, `superseded`, `failed`, `unsent` (see [`NewOutbox::held`]).
     pub state: String,
     pub attempts: i64,
     pub run_after: i64,
@@ -417,6 +426,9 @@ pub struct NewOutbox {
     /// replaced by a newer one of its key.
     pub coalesce_key: String,
     pub payload: String,
+    /// Why it will not be sent (no credentials for the forge): kept as `unsent` with this
+    /// reason, so what endor would have posted stays visible (`endor preview show`).
+    pub held: Option<String>,
 }
 
 /// How a sender ends an outbox item.
@@ -558,6 +570,13 @@ pub trait DeliveryStore: Send + Sync {
         connection_id: Option<&ConnectionId>,
         limit: i64,
     ) -> Result<Vec<Delivery>>;
+    /// The deliveries about one pull request, oldest first (at most `limit`, the newest).
+    async fn pr_deliveries(
+        &self,
+        connection_id: &ConnectionId,
+        number: i64,
+        limit: i64,
+    ) -> Result<Vec<Delivery>>;
 }
 
 /// Sites, their resources, generations and tags.
@@ -670,6 +689,9 @@ pub trait OutboxStore: Send + Sync {
     ) -> Result<bool>;
     /// Oldest first.
     async fn outbox_items(&self, connection_id: &ConnectionId) -> Result<Vec<OutboxItem>>;
+    /// One pull request's write-backs (sent, pending, failed and unsent), oldest first.
+    async fn pr_outbox(&self, connection_id: &ConnectionId, number: i64)
+    -> Result<Vec<OutboxItem>>;
     /// An id the forge gave back (the status comment, the deployment) for a PR.
     async fn forge_ref(
         &self,

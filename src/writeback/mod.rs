@@ -102,6 +102,7 @@ impl Payload {
             kind: self.kind(),
             coalesce_key: key,
             payload: serde_json::to_string(self).unwrap_or_default(),
+            held: None,
         }
     }
 }
@@ -131,6 +132,26 @@ impl ForgeClients {
     /// Does endor have credentials to write to this connection's forge?
     pub fn enabled(&self, forge: ForgeKind) -> bool {
         forge.has_credentials(self.forge_config(forge))
+    }
+
+    /// Why a write-back to this forge would not be sent (`None`: it will be). Rows are stored
+    /// either way: a held one as `unsent`, with this reason.
+    pub fn held_reason(&self, forge: ForgeKind) -> Option<String> {
+        (!self.enabled(forge)).then(|| format!("not sent: no credentials for {forge}"))
+    }
+
+    /// An outbox row for `payload`, held when this forge cannot be written to.
+    pub fn row(
+        &self,
+        forge: ForgeKind,
+        payload: &Payload,
+        connection_id: &ConnectionId,
+        number: i64,
+    ) -> NewOutbox {
+        NewOutbox {
+            held: self.held_reason(forge),
+            ..payload.row(connection_id, number)
+        }
     }
 
     /// The GitHub App client (its JWT), made once from `[github] app_id` and the key file.

@@ -96,11 +96,16 @@ macro_rules! impl_connections {
                     batch.iter().filter_map(|d| d.job.as_ref().map(|j| j.job_key.as_str())).collect()
                 );
                 let mut out = Vec::with_capacity(batch.len());
-                for d in batch {
+                // Each job's id is chosen here so its delivery can name it.
+                let job_ids: Vec<Option<String>> = batch
+                    .iter()
+                    .map(|d| d.job.as_ref().map(|_| $crate::store::new_id()))
+                    .collect();
+                for (d, job_id) in batch.iter().zip(&job_ids) {
                     let done = sqlx::query(
                         "INSERT INTO deliveries (id, connection_id, delivery_key, forge, event, action, outcome, \
-                         reason, normalized, payload, received_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                         reason, normalized, payload, received_at, number, job_id) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
                          ON CONFLICT (connection_id, delivery_key) DO NOTHING",
                     )
                     .bind(&d.id)
@@ -114,6 +119,8 @@ macro_rules! impl_connections {
                     .bind(&d.normalized)
                     .bind(&d.payload)
                     .bind(d.received_at)
+                    .bind(d.number)
+                    .bind(job_id)
                     .execute(&mut *tx)
                     .await?;
                     out.push(if done.rows_affected() == 1 {
@@ -126,27 +133,30 @@ macro_rules! impl_connections {
                 // neither; a redelivery queues nothing). Same outcome as queuing them one by one,
                 // with fewer statements: a key's older jobs are superseded once per batch, and a
                 // job that a later superseding job of this batch cancels is stored cancelled.
-                let jobs: Vec<(usize, &$crate::jobs::NewJob, i64)> = batch
+                let jobs: Vec<(usize, &$crate::jobs::NewJob, i64, &str)> = batch
                     .iter()
                     .zip(&out)
+                    .zip(&job_ids)
                     .enumerate()
-                    .filter(|(_, (_, ins))| **ins == $crate::store::Inserted::New)
-                    .filter_map(|(i, (d, _))| d.job.as_ref().map(|j| (i, j, d.received_at)))
+                    .filter(|(_, ((_, ins), _))| **ins == $crate::store::Inserted::New)
+                    .filter_map(|(i, ((d, _), id))| {
+                        Some((i, d.job.as_ref()?, d.received_at, id.as_deref()?))
+                    })
                     .collect();
                 let mut last_superseding: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-                for (i, j, _) in &jobs {
+                for (i, j, _, _) in &jobs {
                     if j.supersede {
                         last_superseding.insert(j.job_key.as_str(), *i);
                     }
                 }
                 let mut superseded: std::collections::HashSet<&str> = std::collections::HashSet::new();
-                for (i, job, at) in jobs {
+                for (i, job, at, id) in jobs {
                     if job.supersede && superseded.insert(job.job_key.as_str()) {
                         $crate::store::sql::supersede_in!(tx, &job.job_key, at);
                     }
                     let later = job.kind.superseded_by_newer()
                         && last_superseding.get(job.job_key.as_str()).is_some_and(|&last| last > i);
-                    $crate::store::sql::insert_job_in!(tx, job, if later { "cancelled" } else { "queued" }, at);
+                    $crate::store::sql::insert_job_in!(tx, job, if later { "cancelled" } else { "queued" }, at, id);
                 }
                 tx.commit().await?;
                 Ok(out)
@@ -166,15 +176,33 @@ macro_rules! impl_connections {
                 connection_id: Option<&$crate::ids::ConnectionId>,
                 limit: i64,
             ) -> $crate::store::Result<Vec<$crate::store::Delivery>> {
-                Ok(sqlx::query_as(
-                    "SELECT id, connection_id, delivery_key, forge, event, action, outcome, reason, normalized, \
-                     payload, received_at FROM deliveries WHERE ($1 IS NULL OR connection_id = $1) \
-                     ORDER BY received_at DESC, id DESC LIMIT $2",
-                )
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ", $crate::store::sql::delivery_cols!(), " FROM deliveries d LEFT JOIN jobs j ON j.id = d.job_id \
+                     WHERE ($1 IS NULL OR d.connection_id = $1) ORDER BY d.received_at DESC, d.id DESC LIMIT $2",
+                ))
                 .bind(connection_id)
                 .bind(limit)
                 .fetch_all(&self.pool)
                 .await?)
+            }
+
+            async fn pr_deliveries(
+                &self,
+                connection_id: &$crate::ids::ConnectionId,
+                number: i64,
+                limit: i64,
+            ) -> $crate::store::Result<Vec<$crate::store::Delivery>> {
+                let mut rows: Vec<$crate::store::Delivery> = sqlx::query_as(concat!(
+                    "SELECT ", $crate::store::sql::delivery_cols!(), " FROM deliveries d LEFT JOIN jobs j ON j.id = d.job_id \
+                     WHERE d.connection_id = $1 AND d.number = $2 ORDER BY d.received_at DESC, d.id DESC LIMIT $3",
+                ))
+                .bind(connection_id)
+                .bind(number)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.reverse();
+                Ok(rows)
             }
         }
     };

@@ -174,7 +174,10 @@ pub(super) use supersede_in;
 /// Insert a job in state `$state` (`queued`, or `cancelled` when a later job of the same batch
 /// supersedes it).
 macro_rules! insert_job_in {
-    ($tx:ident, $job:expr, $state:expr, $now:expr) => {{
+    ($tx:ident, $job:expr, $state:expr, $now:expr) => {
+        $crate::store::sql::insert_job_in!($tx, $job, $state, $now, $crate::store::new_id())
+    };
+    ($tx:ident, $job:expr, $state:expr, $now:expr, $id:expr) => {{
         let job: &$crate::jobs::NewJob = $job;
         let now: i64 = $now;
         let row: $crate::jobs::Job = sqlx::query_as(concat!(
@@ -182,7 +185,7 @@ macro_rules! insert_job_in {
              cancel_requested, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $8, 0, $6, $7, 0, $7, $7) RETURNING ",
             $crate::store::sql::job_columns!()
         ))
-        .bind($crate::store::new_id())
+        .bind($id)
         .bind(&job.kind)
         .bind(&job.job_key)
         .bind(&job.head_sha)
@@ -260,7 +263,8 @@ macro_rules! enqueue_outbox_in {
     ($exec:expr, $o:expr, $now:expr) => {
         sqlx::query(
             "INSERT INTO outbox (id, connection_id, number, kind, coalesce_key, payload, state, attempts, run_after, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, 'pending', 0, $7, $7, $7) \
+             created_at, updated_at, last_error) VALUES ($1, $2, $3, $4, $5, $6, \
+             CASE WHEN $8 IS NULL THEN 'pending' ELSE 'unsent' END, 0, $7, $7, $7, $8) \
              ON CONFLICT (coalesce_key) WHERE state = 'pending' DO UPDATE SET payload = excluded.payload, \
              updated_at = excluded.updated_at",
         )
@@ -271,8 +275,17 @@ macro_rules! enqueue_outbox_in {
         .bind(&$o.coalesce_key)
         .bind(&$o.payload)
         .bind($now)
+        .bind(&$o.held)
         .execute($exec)
         .await?
+    };
+}
+
+/// The columns of `Delivery`: `deliveries d` joined with the job it queued (`jobs j`).
+macro_rules! delivery_cols {
+    () => {
+        "d.id, d.connection_id, d.delivery_key, d.forge, d.event, d.action, d.outcome, d.reason, d.normalized, \
+         d.payload, d.received_at, d.number, d.job_id, j.state AS job_state, j.last_error AS job_error"
     };
 }
 
@@ -284,6 +297,7 @@ macro_rules! preview_cols {
     };
 }
 
+pub(super) use delivery_cols;
 pub(super) use enqueue_outbox_in;
 pub(super) use impl_store;
 pub(super) use preview_cols;

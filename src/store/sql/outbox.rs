@@ -67,6 +67,18 @@ macro_rules! impl_outbox {
                 .await?)
             }
 
+            async fn pr_outbox(&self, connection_id: &$crate::ids::ConnectionId, number: i64) -> $crate::store::Result<Vec<$crate::store::OutboxItem>> {
+                Ok(sqlx::query_as(
+                    "SELECT id, connection_id, number, kind, coalesce_key, payload, state, attempts, run_after, lease_owner, \
+                     lease_until, last_error, created_at, updated_at FROM outbox WHERE connection_id = $1 AND number = $2 \
+                     ORDER BY created_at, id",
+                )
+                .bind(connection_id)
+                .bind(number)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
             async fn forge_ref(&self, connection_id: &$crate::ids::ConnectionId, number: i64, kind: &str) -> $crate::store::Result<Option<String>> {
                 let row: Option<(String,)> = sqlx::query_as(
                     "SELECT ref_id FROM forge_refs WHERE connection_id = $1 AND number = $2 AND kind = $3",
