@@ -26,6 +26,54 @@ pub struct GitMirrors {
     root: PathBuf,
 }
 
+impl GitError {
+    /// Does git say the repository is not there (as opposed to a host it could not reach,
+    /// or a passing failure)? Fetching it again will not help.
+    pub fn is_missing_repository(&self) -> bool {
+        let GitError::Failed { detail, .. } = self else {
+            return false;
+        };
+        let d = detail.to_ascii_lowercase();
+        [
+            "does not appear to be a git repository",
+            "repository not found",
+            "does not exist",
+            "no such file or directory",
+            "not a git repository",
+        ]
+        .iter()
+        .any(|m| d.contains(m))
+    }
+}
+
+/// What `git ls-remote` says of a URL (see [`probe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// It answered with its branches.
+    Fetchable,
+    /// It answered: there is no repository there.
+    Missing(String),
+    /// No answer that settles it: the host could not be reached, credentials were asked for,
+    /// or the time ran out. It may still work from the server.
+    Unsure(String),
+}
+
+/// Can `url` be fetched from here? `git ls-remote --heads`, with the same cleared environment
+/// and transports as fetches, for at most `timeout`.
+pub async fn probe(url: &str, timeout: std::time::Duration) -> Probe {
+    if url.starts_with('-') || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Probe::Missing("bad git url".into());
+    }
+    let mut c = git(None);
+    c.args(["ls-remote", "--heads"]).arg(url);
+    match tokio::time::timeout(timeout, run(c, "ls-remote")).await {
+        Err(_) => Probe::Unsure(format!("no answer within {} s", timeout.as_secs())),
+        Ok(Ok(_)) => Probe::Fetchable,
+        Ok(Err(e)) if e.is_missing_repository() => Probe::Missing(e.to_string()),
+        Ok(Err(e)) => Probe::Unsure(e.to_string()),
+    }
+}
+
 /// A full commit id (SHA-1 or SHA-256), lowercase hex.
 pub fn validate_sha(sha: &str) -> Result<(), GitError> {
     if (sha.len() == 40 || sha.len() == 64)

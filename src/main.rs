@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use cli::delivery::DeliveryCmd;
+use cli::preview::PreviewCmd;
 use cli::repo::RepoCmd;
 use cli::site::SiteCmd;
 use cli::user::UserCmd;
@@ -69,6 +70,9 @@ enum Command {
     /// Stored webhook deliveries.
     #[command(subcommand)]
     Delivery(DeliveryCmd),
+    /// Previews of pull requests: every one's state, failure, steps and posts.
+    #[command(subcommand)]
+    Preview(PreviewCmd),
     /// Sites: their files and databases, generations, clones.
     #[command(subcommand)]
     Site(SiteCmd),
@@ -145,6 +149,7 @@ async fn run(
         Command::Workspace(cmd) => cli::workspace::run(cmd, json, &config).await,
         Command::Repo(cmd) => cli::repo::run(cmd, json, &config).await,
         Command::Delivery(cmd) => cli::delivery::run(cmd, json, &config).await,
+        Command::Preview(cmd) => cli::preview::run(cmd, json, &config).await,
         Command::Site(cmd) => cli::site::run(cmd, json, &config).await,
         Command::Audit { site } => cli::audit::run(site, json, &config).await,
         Command::Usage {

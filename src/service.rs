@@ -275,6 +275,9 @@ pub struct Connected {
     pub content_type: &'static str,
     pub events: Vec<&'static str>,
     pub instructions: String,
+    /// Set when the git URL could not be checked from here (see [`check_git_url`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 pub async fn connect_repo(
@@ -317,7 +320,25 @@ pub async fn connect_repo(
         content_type: "application/json",
         events,
         instructions,
+        warning: None,
     })
+}
+
+/// Before connecting: can the git URL be fetched? A repository that is not there is refused
+/// (previews would fail at their first fetch); an answer that settles nothing (the host not
+/// reachable from here, credentials asked for, no answer in time) is a warning returned.
+pub async fn check_git_url(url: &str) -> Result<Option<String>> {
+    match crate::git::probe(url, std::time::Duration::from_secs(15)).await {
+        crate::git::Probe::Fetchable => Ok(None),
+        crate::git::Probe::Missing(why) => Err(ServiceError::Invalid(format!(
+            "cannot fetch {url}: {} (check the URL; --no-check connects anyway)",
+            why.lines().find(|l| !l.trim().is_empty()).unwrap_or("")
+        ))),
+        crate::git::Probe::Unsure(why) => Ok(Some(format!(
+            "could not check {url} from here: {}; previews fail at their fetch step until endor can fetch it",
+            why.lines().next().unwrap_or("")
+        ))),
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

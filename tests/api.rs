@@ -89,6 +89,16 @@ impl World {
         let conn = service::connect_repo(s, &config, "acme", "github:acme/web", None, None)
             .await
             .unwrap();
+        // PR 1 of acme/web failed at its config step.
+        let mut pr1 = endor::store::Preview::new(
+            conn.connection_id.clone(),
+            1,
+            "web-pr-1".into(),
+            endor::now_ms(),
+        );
+        pr1.state = endor::store::PreviewState::Failed;
+        pr1.reason = Some(".endor.toml: unknown field `bulid`".into());
+        s.put_preview(&pr1).await.unwrap();
         let app = api::router(Api::new(store.clone(), &config));
         World {
             _db: db,
@@ -214,6 +224,14 @@ fn sample(w: &World, method: &Method, path: &str, who: Who) -> Option<(String, O
             (p("/workspaces/acme/sites"), Some(json!({"name": "fresh"})))
         }
         ("GET", "/workspaces/{ws}/usage") => (p("/workspaces/acme/usage"), None),
+        ("GET", "/workspaces/{ws}/previews") => (
+            p("/workspaces/acme/previews?repo=acme/web&state=failed"),
+            None,
+        ),
+        ("GET", "/workspaces/{ws}/connections/{connection_id}/previews/{number}") => (
+            p(&format!("/workspaces/acme/connections/{conn}/previews/1")),
+            None,
+        ),
         ("GET", "/sites/{site}") => (p("/sites/web"), None),
         ("DELETE", "/sites/{site}") => (p("/sites/web"), None),
         ("POST", "/sites/{site}/clone") => {
@@ -248,7 +266,11 @@ fn policy(method: &Method, path: &str) -> &'static [Who] {
         (_, "/me" | "/tokens" | "/tokens/{token_id}" | "/workspaces") => ANY,
         (
             "GET",
-            "/workspaces/{ws}/members" | "/workspaces/{ws}/connections" | "/workspaces/{ws}/sites",
+            "/workspaces/{ws}/members"
+            | "/workspaces/{ws}/connections"
+            | "/workspaces/{ws}/sites"
+            | "/workspaces/{ws}/previews"
+            | "/workspaces/{ws}/connections/{connection_id}/previews/{number}",
         ) => READERS,
         (_, p)
             if p.starts_with("/workspaces/{ws}/members")
@@ -882,6 +904,76 @@ async fn protection(w: World) {
             ("api:dev", "unprotect", "protection off for web-2"),
         ]
     );
+    w.finish().await;
+}
+
+/// Previews through the API: listed per workspace with filters, one shown by connection and
+/// number; bad filters are 400, another workspace's connection and unknown PRs are 404.
+#[tokio::test]
+async fn previews_are_listed_and_shown_within_their_workspace() {
+    let w = World::new().await;
+    let get = |path: String| {
+        let w = &w;
+        async move { w.call(Who::Developer, Method::GET, &path, None).await }
+    };
+    let (s, v) = get("/api/v1/workspaces/acme/previews".into()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v[0]["name"], "acme/web#1");
+    assert_eq!(v[0]["state"], "failed");
+    assert_eq!(v[0]["reason"], ".endor.toml: unknown field `bulid`");
+    assert!(v[0]["url"].is_null(), "{v}");
+    for q in ["?state=ready", "?repo=acme/other"] {
+        let (s, v) = get(format!("/api/v1/workspaces/acme/previews{q}")).await;
+        match q {
+            "?state=ready" => assert_eq!((s, v.as_array().unwrap().len()), (StatusCode::OK, 0)),
+            _ => assert_eq!(
+                (s, v["error"]["code"].clone()),
+                (StatusCode::NOT_FOUND, json!("not_found"))
+            ),
+        }
+    }
+    for q in ["?state=exploded", "?repo=-rf", "?repo=a%20b"] {
+        let (s, v) = get(format!("/api/v1/workspaces/acme/previews{q}")).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{q}: {v}");
+        assert_eq!(v["error"]["code"], "invalid", "{q}: {v}");
+    }
+    let conn = &w.connection;
+    let (s, v) = get(format!(
+        "/api/v1/workspaces/acme/connections/{conn}/previews/1"
+    ))
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["preview"]["site"], "web-pr-1");
+    assert!(v["steps"].as_array().unwrap().is_empty());
+    let (s, v) = get(format!(
+        "/api/v1/workspaces/acme/connections/{conn}/previews/2"
+    ))
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no preview of acme/web#2"),
+        "{v}"
+    );
+    for n in ["0", "-1", "x", "99999999999999999999"] {
+        let (s, _) = get(format!(
+            "/api/v1/workspaces/acme/connections/{conn}/previews/{n}"
+        ))
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{n}");
+    }
+    // The outsider's own workspace does not see acme's connection.
+    let (s, _) = w
+        .call(
+            Who::Outsider,
+            Method::GET,
+            &format!("/api/v1/workspaces/other/connections/{conn}/previews/1"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     w.finish().await;
 }
 

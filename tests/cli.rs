@@ -1141,6 +1141,8 @@ fn commands_refuse_to_make_a_store_they_only_read() {
         &["repo", "list"],
         &["audit"],
         &["delivery", "list"],
+        &["preview", "list"],
+        &["preview", "show", "acme/shop#1"],
         &["workspace", "list"],
         &["user", "tokens", "alice"],
     ] {

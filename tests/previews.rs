@@ -61,7 +61,9 @@ async fn open_push_close_with_a_sqlite_parent() {
     let names: Vec<_> = steps.iter().map(|s| s.0.as_str()).collect();
     assert_eq!(
         names,
-        ["fetch", "clone", "build", "start", "health", "route"]
+        [
+            "fetch", "config", "clone", "build", "start", "health", "route"
+        ]
     );
     assert!(steps.iter().all(|s| s.1 == Some(true)), "{steps:?}");
     let log = std::fs::read_to_string(
@@ -459,8 +461,11 @@ async fn sigkill_mid_build_then_restart() {
         .iter()
         .map(|s| s["step"].as_str().unwrap())
         .collect();
-    assert_eq!(steps, ["fetch", "clone", "build", "start", "route"]);
-    assert!(show["preview"]["steps"][2]["duration_ms"].as_i64().unwrap() >= 4000);
+    assert_eq!(
+        steps,
+        ["fetch", "config", "clone", "build", "start", "route"]
+    );
+    assert!(show["preview"]["steps"][3]["duration_ms"].as_i64().unwrap() >= 4000);
     let log = served.cli(&["site", "logs", "slow-pr-9", "--service", "build"]);
     assert!(
         log.contains("$ sleep 4") && log.contains("$ echo done > done.txt"),

@@ -68,6 +68,12 @@ pub const SITE_PATTERN: &str = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$";
 /// A tag as sent (trimmed and lowercased by the server).
 pub const TAG_PATTERN: &str = "^[A-Za-z0-9_.-]{1,63}$";
 /// A month of usage.
+/// A repository as `owner/name` (GitLab: nested groups), or a connection id.
+pub const REPO_PATTERN: &str = "^[A-Za-z0-9_.][A-Za-z0-9_./-]{0,254}$";
+/// A pull/merge request's number.
+pub const PR_NUMBER_PATTERN: &str = "^[1-9][0-9]{0,17}$";
+/// A preview state's name.
+pub const PREVIEW_STATE_PATTERN: &str = "^(queued|awaiting-approval|skipped|cloning|building|starting|ready|failed|destroying|destroyed|expired)$";
 pub const MONTH_PATTERN: &str = "^[0-9]{4}-(0[1-9]|1[0-2])$";
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -491,6 +497,67 @@ pub async fn usage(
             crate::usage::UsageError::Store(s) => s.into(),
         })?;
     ok(StatusCode::OK, &r)
+}
+
+pub async fn list_previews(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Res {
+    use crate::previews::{PreviewState, story};
+    let repo = q.get("repo").map(String::as_str);
+    let repo_ok = |r: &str| {
+        r.len() <= 255
+            && r.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.')
+            && r.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_./-".contains(&b))
+    };
+    if let Some(r) = repo
+        && !repo_ok(r)
+    {
+        return Err(ApiError::invalid(format!(
+            "repo `{}` is not owner/name or a connection id",
+            r.escape_debug()
+        )));
+    }
+    let state = match q.get("state") {
+        None => None,
+        Some(s) => Some(PreviewState::parse(s).ok_or_else(|| {
+            ApiError::invalid(format!("unknown preview state `{}`", s.escape_debug()))
+        })?),
+    };
+    let filter = story::Filter {
+        workspace: Some(&c.workspace()?.id),
+        repo,
+        state,
+    };
+    ok(
+        StatusCode::OK,
+        &story::list(api.store.as_ref(), &api.config, &filter).await?,
+    )
+}
+
+pub async fn show_preview(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    Path(params): Path<HashMap<String, String>>,
+) -> Res {
+    let id = &params["connection_id"];
+    let number: i64 = params["number"]
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::invalid("number must be a positive integer"))?;
+    own_connection(&api, &c, id).await?;
+    let Some(conn) = api.store.connection(&id.as_str().into()).await? else {
+        return Err(ApiError::not_found(format!("connection {id}")));
+    };
+    ok(
+        StatusCode::OK,
+        &crate::previews::story::show(api.store.as_ref(), &api.config, &conn, number).await?,
+    )
 }
 
 pub async fn show_site(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>) -> Res {

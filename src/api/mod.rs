@@ -180,6 +180,12 @@ pub static ROUTES: &[ApiRoute] = &[
     route!(GET "/workspaces/{ws}/usage", BILLING, OK => Some("UsageReport"), body None,
         query &[("month", handlers::MONTH_PATTERN, "The month, YYYY-MM (default: this one)")], errors NONE,
         "Usage and cost per site for a month (`?month=YYYY-MM`)", h::usage),
+    route!(GET "/workspaces/{ws}/previews", MEMBERS, OK => Some("PreviewLine[]"), body None,
+        query &[("repo", handlers::REPO_PATTERN, "Only this repository's (owner/name, any case, or a connection id)"),
+                ("state", handlers::PREVIEW_STATE_PATTERN, "Only previews in this state")], errors NONE,
+        "Every preview of the workspace, failed and destroyed ones included, newest activity first", h::list_previews),
+    route!(GET "/workspaces/{ws}/connections/{connection_id}/previews/{number}", MEMBERS, OK => Some("PreviewStory"), body None, query NO_QUERY, errors NONE,
+        "A preview's story: state, failure, steps, deliveries, and what endor posted or would post", h::show_preview),
     route!(GET "/sites/{site}", MEMBERS, OK => Some("SiteDetails"), body None, query NO_QUERY, errors NONE,
         "A site: state, URL, databases, parent, tags, expiry, strategies", h::show_site),
     route!(DELETE "/sites/{site}", DEVELOPER, NO_CONTENT => None, body optional("Bypass"), query NO_QUERY, errors GUARDED,
@@ -508,6 +514,17 @@ impl From<SiteError> for ApiError {
             SiteError::Busy(m) => Self::new(StatusCode::CONFLICT, "busy", m),
             SiteError::Store(s) => s.into(),
             SiteError::Clone(c) => Self::internal(&c.to_string()),
+        }
+    }
+}
+
+impl From<crate::previews::story::StoryError> for ApiError {
+    fn from(e: crate::previews::story::StoryError) -> Self {
+        use crate::previews::story::StoryError as E;
+        match e {
+            E::NotFound(m) => Self::new(StatusCode::NOT_FOUND, "not_found", m),
+            E::Invalid(m) => Self::invalid(m),
+            E::Store(s) => s.into(),
         }
     }
 }

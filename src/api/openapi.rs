@@ -20,7 +20,7 @@ use utoipa::openapi::{
     RefOr, Required, Type,
 };
 
-use super::handlers::{self as h, NAME_PATTERN, SITE_PATTERN, TAG_PATTERN};
+use super::handlers::{self as h, NAME_PATTERN, PR_NUMBER_PATTERN, SITE_PATTERN, TAG_PATTERN};
 use super::{ApiRoute, Need, ROUTES};
 
 fn method(m: &axum::http::Method) -> HttpMethod {
@@ -136,6 +136,11 @@ fn path_param(name: &str) -> (Option<&'static str>, Option<&'static str>, &'stat
         "site" => (Some(SITE_PATTERN), None, "a site name"),
         "tag" => (Some(TAG_PATTERN), None, "a tag"),
         "token_id" => (None, Some("uuid"), "a token's id (from GET /tokens)"),
+        "number" => (
+            Some(PR_NUMBER_PATTERN),
+            None,
+            "the pull/merge request's number",
+        ),
         "connection_id" => (
             None,
             Some("uuid"),
@@ -484,6 +489,8 @@ fn document() -> OpenApi {
     c = with::<crate::service::Rotated>(c);
     c = with::<crate::sites::SiteDetails>(c);
     c = with::<crate::sites::OperationReport>(c);
+    c = with::<crate::previews::story::PreviewLine>(c);
+    c = with::<crate::previews::story::PreviewStory>(c);
     c = with::<crate::usage::UsageReport>(c);
     c = with::<crate::access::AccessView>(c);
     let components = c

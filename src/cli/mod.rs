@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod delivery;
 pub mod doctor;
+pub mod preview;
 pub mod repo;
 pub mod serve;
 pub mod site;

@@ -17,8 +17,12 @@ pub enum RepoCmd {
         #[arg(long)]
         api_url: Option<String>,
         /// Where to fetch the repository from (any URL git accepts, file:// included).
+        /// Checked with `git ls-remote`: a repository that is not there is refused.
         #[arg(long)]
         git_url: Option<String>,
+        /// Connect without checking that the git URL can be fetched.
+        #[arg(long)]
+        no_check: bool,
     },
     /// List connected repositories.
     List {
@@ -44,8 +48,16 @@ pub async fn run(cmd: RepoCmd, json: bool, config: &Config) -> anyhow::Result<()
             repo,
             api_url,
             git_url,
+            no_check,
         } => {
-            let c = service::connect_repo(
+            let warning = match (&git_url, no_check) {
+                (Some(url), false) => service::check_git_url(url).await?,
+                _ => None,
+            };
+            if let Some(w) = &warning {
+                eprintln!("warning: {w}");
+            }
+            let mut c = service::connect_repo(
                 store.as_ref(),
                 config,
                 &workspace,
@@ -54,6 +66,7 @@ pub async fn run(cmd: RepoCmd, json: bool, config: &Config) -> anyhow::Result<()
                 git_url.as_deref(),
             )
             .await?;
+            c.warning = warning;
             emit(json, &c, |c| {
                 format!(
                     "connected {}:{} to workspace {}\n\nconnection id: {}\nwebhook URL:   {}\nsecret:        {}\n(the secret is shown this once; rotate it with `endor repo rotate-secret {}`)\n\n{}",

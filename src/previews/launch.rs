@@ -129,19 +129,24 @@ impl Lifecycle {
         preview.head_sha = Some(target.head_sha.clone());
         self.set_state(preview, PreviewState::Queued, None).await?;
 
-        // 1. fetch: the head commit and the repository config of the default branch.
+        // 1. fetch: the head commit and the default branch.
         let s = self.begin(preview, run, 1, "fetch").await?;
         let fetched = self.fetch(conn, target).await;
         let detail = fetched
             .as_ref()
             .ok()
-            .map(|(_, sha)| format!("config from {sha}"));
-        let cfg = self.end(s, fetched, detail).await?.0;
+            .map(|(branch, sha)| format!("head {}, {branch} at {sha}", target.head_sha));
+        let (branch, default_sha) = self.end(s, fetched, detail).await?;
+        // 2. config: `.endor.toml` of the default branch (never the PR's own).
+        let s = self.begin(preview, run, 2, "config").await?;
+        let read = self.read_config(conn, &branch, &default_sha).await;
+        let detail = read.as_ref().ok().map(|(_, d)| d.clone());
+        let (cfg, _) = self.end(s, read, detail).await?;
         self.give_way(job, ctx).await?;
 
-        // 2. clone: the site and its data (kept when the site exists: an update).
+        // 3. clone: the site and its data (kept when the site exists: an update).
         self.set_state(preview, PreviewState::Cloning, None).await?;
-        let s = self.begin(preview, run, 2, "clone").await?;
+        let s = self.begin(preview, run, 3, "clone").await?;
         let made = self.ensure_site(conn, preview, &cfg).await;
         let detail = made
             .as_ref()
@@ -162,10 +167,10 @@ impl Lifecycle {
         }
         self.give_way(job, ctx).await?;
 
-        // 3. build, in a fresh checkout of the head.
+        // 4. build, in a fresh checkout of the head.
         self.set_state(preview, PreviewState::Building, None)
             .await?;
-        let s = self.begin(preview, run, 3, "build").await?;
+        let s = self.begin(preview, run, 4, "build").await?;
         let code = self.sites.site_dir(&site).join("code").join(run);
         *started = Some(Started {
             code_dir: Some(code.clone()),
@@ -177,10 +182,10 @@ impl Lifecycle {
             .await?;
         self.give_way(job, ctx).await?;
 
-        // 4. start (a process) or a static folder; 5. health.
+        // 5. start (a process) or a static folder; 6. health.
         self.set_state(preview, PreviewState::Starting, None)
             .await?;
-        let s = self.begin(preview, run, 4, "start").await?;
+        let s = self.begin(preview, run, 5, "start").await?;
         let route = match &cfg.preview.start {
             Some(cmd) => {
                 let started_proc = self.start(&site, &cfg, &code, env, cmd).await;
@@ -195,7 +200,7 @@ impl Lifecycle {
                     st.process = Some(proc_);
                 }
                 self.save(preview).await?;
-                let s = self.begin(preview, run, 5, "health").await?;
+                let s = self.begin(preview, run, 6, "health").await?;
                 let mut c = ctx.clone();
                 let healthy = tokio::select! {
                     r = runtime::health_check(port, &cfg.preview.health, self.config.runtime.health_timeout.0) => {
@@ -237,8 +242,8 @@ impl Lifecycle {
         // The last moment to give way to a newer head: after this the route changes.
         self.give_way(job, ctx).await?;
 
-        // 6. route: the new version goes live, then the old one is stopped.
-        let s = self.begin(preview, run, 6, "route").await?;
+        // 7. route: the new version goes live, then the old one is stopped.
+        let s = self.begin(preview, run, 7, "route").await?;
         let routed = self
             .put_route(&preview.site_name, route, !site.protected)
             .await;
@@ -293,11 +298,12 @@ impl Lifecycle {
         Ok(())
     }
 
+    /// Fetch the head; returns the default branch and its commit.
     async fn fetch(
         &self,
         conn: &Connection,
         target: &Target,
-    ) -> Result<(RepoConfig, String), JobError> {
+    ) -> Result<(String, String), JobError> {
         crate::git::validate_sha(&target.head_sha).map_err(git_error)?;
         let url = conn.git_url.as_deref().ok_or_else(|| {
             JobError::Permanent(
@@ -334,21 +340,46 @@ impl Lifecycle {
             .resolve(conn.id.as_str(), &branch)
             .await
             .map_err(git_error)?;
-        let cfg = match self
+        Ok((branch, default_sha))
+    }
+
+    /// The repository's `.endor.toml` on the default branch, and what the step says of it.
+    /// Without one the preview serves the repository root as static files: said in the step,
+    /// and as a warning.
+    async fn read_config(
+        &self,
+        conn: &Connection,
+        branch: &str,
+        sha: &str,
+    ) -> Result<(RepoConfig, String), JobError> {
+        let short = &sha[..sha.len().min(12)];
+        match self
             .git
-            .read_file(conn.id.as_str(), &default_sha, ".endor.toml")
+            .read_file(conn.id.as_str(), sha, ".endor.toml")
             .await
             .map_err(git_error)?
         {
-            None => RepoConfig::default(),
+            None => {
+                tracing::warn!(
+                    repo = %conn.repo, branch, commit = short,
+                    "no .endor.toml on the default branch: serving the repository root as static files"
+                );
+                Ok((
+                    RepoConfig::default(),
+                    format!(
+                        "no .endor.toml on {branch} ({short}): serving the repository root as static files"
+                    ),
+                ))
+            }
             Some(bytes) => {
                 let text = String::from_utf8(bytes).map_err(|_| {
                     JobError::Permanent(".endor.toml: the file is not UTF-8".into())
                 })?;
-                RepoConfig::parse(&text).map_err(|e| JobError::Permanent(e.to_string()))?
+                let cfg =
+                    RepoConfig::parse(&text).map_err(|e| JobError::Permanent(e.to_string()))?;
+                Ok((cfg, format!(".endor.toml of {branch} ({short})")))
             }
-        };
-        Ok((cfg, default_sha))
+        }
     }
 
     /// The preview's site: the one it has (an update keeps its data) or a new one, cloned

@@ -113,6 +113,10 @@ pub(super) fn site_error(e: SiteError) -> JobError {
 pub(super) fn git_error(e: GitError) -> JobError {
     match e {
         GitError::Invalid(m) => JobError::Permanent(m),
+        // Retrying a repository that is not there only delays the failure.
+        e if e.is_missing_repository() => JobError::Permanent(format!(
+            "{e} (check the connection's git URL: endor repo list)"
+        )),
         other => JobError::Transient(other.to_string()),
     }
 }

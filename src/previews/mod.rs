@@ -1,7 +1,8 @@
 //! The preview lifecycle: what a repository asks for (`config.rs`), the state machine's rules
 //! (`state.rs`), the work that turns PR events into live previews and back (`lifecycle.rs`, with
 //! `launch.rs` and `teardown.rs`),
-//! and what each state shows on the forge (`report.rs`, `comment.rs`). Knows no forge API and
+//! what each state shows on the forge (`report.rs`, `comment.rs`), and each preview's story as
+//! a user reads it (`story.rs`: `endor preview list/show`). Knows no forge API and
 //! no comment grammar: slash-commands call its public API.
 
 pub mod actions;
@@ -11,6 +12,7 @@ mod launch;
 pub mod lifecycle;
 pub mod report;
 pub mod state;
+pub mod story;
 mod teardown;
 
 pub use lifecycle::{Lifecycle, site_name};

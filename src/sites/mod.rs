@@ -147,6 +147,19 @@ pub struct StepReport {
     pub detail: Option<String>,
 }
 
+impl From<crate::store::PreviewStep> for StepReport {
+    fn from(s: crate::store::PreviewStep) -> Self {
+        Self {
+            duration_ms: s.ended_at.map(|e| e - s.started_at),
+            step: s.step,
+            started_at: s.started_at,
+            ended_at: s.ended_at,
+            ok: s.ok.map(|o| o != 0),
+            detail: s.detail,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct OperationReport {
     pub site: String,
@@ -635,14 +648,7 @@ impl Sites {
                     .last_run_steps(&p.id)
                     .await?
                     .into_iter()
-                    .map(|s| StepReport {
-                        duration_ms: s.ended_at.map(|e| e - s.started_at),
-                        step: s.step,
-                        started_at: s.started_at,
-                        ended_at: s.ended_at,
-                        ok: s.ok.map(|o| o != 0),
-                        detail: s.detail,
-                    })
+                    .map(StepReport::from)
                     .collect();
                 Some(PreviewReport {
                     number: p.number,
