@@ -9,7 +9,6 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use endor::config::Config;
-use endor::forge::signature::sign_hex;
 use endor::service;
 use serde_json::Value;
 use support::TestStore;
@@ -74,42 +73,15 @@ async fn gh_comment(
     body: &str,
     previous: Option<&str>,
 ) -> u16 {
-    let name = format!("github.issue_comment.{action}.on-pr.json");
-    let mut b: Value = serde_json::from_slice(&fixture(&name)).unwrap();
-    b["action"] = action.into();
-    b["repository"]["full_name"] = repo.into();
-    b["issue"]["number"] = number.into();
-    b["comment"]["id"] = id.into();
-    b["comment"]["body"] = body.into();
-    b["comment"]["user"]["login"] = author.into();
-    b["comment"]["user"]["type"] = if author.ends_with("[bot]") {
-        "Bot"
-    } else {
-        "User"
-    }
-    .into();
-    match previous {
-        Some(p) => b["changes"] = serde_json::json!({"body": {"from": p}}),
-        None => {
-            if let Some(o) = b.as_object_mut() {
-                o.remove("changes");
-            }
-        }
-    }
-    let bytes = serde_json::to_vec(&b).unwrap();
-    let sig = format!("sha256={}", sign_hex(conn.1.as_bytes(), &bytes));
-    h.http
-        .post(format!("http://{}/webhooks/github/{}", h.api, conn.0))
-        .header("x-github-event", "issue_comment")
-        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-        .header("x-hub-signature-256", sig)
-        .header("content-type", "application/json")
-        .body(bytes)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    let c = GhComment {
+        number,
+        id,
+        action,
+        author,
+        body,
+        previous,
+    };
+    send_comment(&h.http, h.api, conn, repo, c).await
 }
 
 /// Wait until every job of the PR has ended.

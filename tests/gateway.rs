@@ -245,11 +245,18 @@ async fn websocket_upgrades_pass_through() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_previews_say_so() {
     let gw = start().await;
-    gw.route("broken", Route::Failed, true).await;
+    gw.route("broken", Route::Failed(Some("acme/<b>shop#8".into())), true)
+        .await;
     let r = gw.get("broken.preview.localhost", "/").await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_none());
-    assert!(r.text().await.unwrap().contains("Preview failed"));
+    let page = r.text().await.unwrap();
+    assert!(page.contains("Preview failed"), "{page}");
+    // The page names the command that says why (the name escaped).
+    assert!(
+        page.contains("endor preview show acme/&lt;b&gt;shop#8"),
+        "{page}"
+    );
     gw.db.cleanup().await;
 }
 

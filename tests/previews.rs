@@ -236,40 +236,62 @@ async fn newest_head_wins() {
 async fn failures_are_clear_and_harmless() {
     let db = TestStore::sqlite().await;
     let h = Harness::start(&db).await;
-    let cases: &[(&str, &str, &str)] = &[
+    // (repository, .endor.toml, the reason, the step that failed)
+    let cases: &[(&str, &str, &str, &str)] = &[
         (
             "buildfail",
             "[preview]\nbuild = [\"echo compiling\", \"exit 3\"]\nroot = \".\"\n",
             "build step `exit 3` failed with exit code 3",
+            "build",
         ),
         (
             "startexit",
             "[preview]\nstart = \"exit 1\"\nhealth = \"/\"\n",
             "did not pass",
+            "health",
         ),
         (
             "unhealthy",
             "[preview]\nstart = \"/usr/bin/python3 -m http.server $PORT --bind 127.0.0.1\"\nhealth = \"/no-such-page\"\n",
             "status 404",
+            "health",
         ),
-        ("nottoml", "this is [not toml\n", ".endor.toml:"),
+        ("nottoml", "this is [not toml\n", ".endor.toml:", "config"),
+        (
+            "typo",
+            "[preview]\nbulid = [\"true\"]\n",
+            "unknown field `bulid`",
+            "config",
+        ),
         (
             "noparent",
             "[preview]\nparent = \"nonexistent\"\n",
             "preview.parent: no site named nonexistent",
+            "clone",
+        ),
+        // A git URL with no repository behind it: failed at once, not after five retries.
+        (
+            "nogit",
+            "",
+            "does not appear to be a git repository",
+            "fetch",
         ),
     ];
     let mut conns = Vec::new();
-    for (name, toml, _) in cases {
+    for (name, toml, _, _) in cases {
         let repo = Repo::new(h.dir.path(), name, toml);
-        let conn = h.connect(&format!("octo/{name}"), &repo.url()).await;
+        let url = match *name {
+            "nogit" => format!("file://{}", h.dir.path().join("no-such-repo.git").display()),
+            _ => repo.url(),
+        };
+        let conn = h.connect(&format!("octo/{name}"), &url).await;
         let sha = repo.push_pr("f", 1, name);
         let full = format!("octo/{name}");
         let pr = Pr::new("opened", 1, &sha, "f", &full);
         assert_eq!(h.pr_event(&conn, &full, pr).await, 202);
         conns.push(conn);
     }
-    for ((name, _, reason), conn) in cases.iter().zip(&conns) {
+    for ((name, _, reason, step), conn) in cases.iter().zip(&conns) {
         let p = h
             .wait(
                 &conn.0,
@@ -284,10 +306,33 @@ async fn failures_are_clear_and_harmless() {
             got.contains(reason),
             "{name}: reason {got:?}, wanted {reason:?}"
         );
-        // The gateway says it failed; no process is left.
+        // The story names the step that failed; a missing repository is not retried.
+        let c = h.store().connection(&conn.0).await.unwrap().unwrap();
+        let story = endor::previews::story::show(h.store(), &h.state.config, &c, 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            story.preview.failed_step.as_deref(),
+            Some(*step),
+            "{name}: {:?}",
+            story.steps
+        );
+        if *name == "nogit" {
+            let jobs = h
+                .store()
+                .jobs_for_key(&format!("{}#1", conn.0))
+                .await
+                .unwrap();
+            assert_eq!(jobs[0].attempts, 1, "{jobs:?}");
+        }
+        // The gateway says it failed and names the command that says why; no process is left.
         let (code, body) = h.get(&format!("{name}-pr-1"), "/").await;
         assert_eq!(code, 503, "{name}");
         assert!(body.contains("Preview failed"), "{name}: {body}");
+        assert!(
+            body.contains(&format!("endor preview show octo/{name}#1")),
+            "{name}: {body}"
+        );
         if let Some(pid) = p.pid {
             eventually("a failed preview's process is stopped", || !pid_alive(pid)).await;
         }
@@ -691,4 +736,166 @@ async fn ten_pushes_under_load_without_a_single_error() {
     assert!(h.get(site, "/").await.1.starts_with("page=v10"));
     h.stop().await;
     db.cleanup().await;
+}
+
+/// A new user's first try, without forge credentials: a `.endor.toml` typo, a typo'd command
+/// and `/preview help`. Everything endor would have posted is kept and shown by `endor preview
+/// show` (marked not sent); the failure names its step; the record outlives the close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_preview_s_story_is_told_without_credentials() {
+    let served = ServedBinary::start(|_| {}).await;
+    let (repo, conn) = served.repo("shop", "[preview]\nbulid = [\"true\"]\n");
+    let sha = repo.push_pr("feature", 1, "first");
+    let pr = Pr::new("opened", 1, &sha, "feature", "octo/shop");
+    assert_eq!(served.pr_event(&conn, "octo/shop", pr).await, 202);
+    let store = served.store().await;
+    let comment = GhComment {
+        number: 1,
+        id: 501,
+        action: "created",
+        author: "newcomer",
+        body: "/preview destory\n/preview help",
+        previous: None,
+    };
+    let api = served.config.server.listen;
+    assert_eq!(
+        send_comment(&served.http, api, &conn, "octo/shop", comment).await,
+        202
+    );
+    // Wait for the failure and for the reply to the comment to be stored.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = store.preview(&conn.0, 1).await.unwrap();
+        let posts = store.pr_outbox(&conn.0, 1).await.unwrap();
+        let failed = p.is_some_and(|p| p.state == PreviewState::Failed);
+        if failed && posts.iter().any(|i| i.kind.as_str() == "reply") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failure or no reply: {posts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let show: Value =
+        serde_json::from_str(&served.cli(&["--json", "preview", "show", "octo/shop#1"])).unwrap();
+    assert_eq!(show["preview"]["state"], "failed", "{show}");
+    assert_eq!(show["preview"]["failed_step"], "config", "{show}");
+    assert!(
+        show["preview"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `bulid`"),
+        "{show}"
+    );
+    let posts = show["posts"].as_array().unwrap();
+    let of = |kind: &str| -> Vec<&Value> { posts.iter().filter(|p| p["kind"] == kind).collect() };
+    // Nothing was sent; each says why.
+    assert!(!posts.is_empty());
+    for p in posts {
+        assert_eq!(p["state"], "unsent", "{p}");
+        assert_eq!(p["note"], "not sent: no credentials for github", "{p}");
+    }
+    // The status comment, as it would read on the PR: failed, with the reason.
+    let comment = of("comment");
+    assert_eq!(comment.len(), 1, "{posts:?}");
+    let body = comment[0]["text"].as_str().unwrap();
+    assert!(body.contains("bulid"), "{body}");
+    // The commit status of the head.
+    let status = of("status");
+    assert!(
+        status[0]["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("failure on "),
+        "{status:?}"
+    );
+    // The reply to the comment: "did you mean" and the help text.
+    let reply = of("reply");
+    assert_eq!(reply.len(), 1, "{posts:?}");
+    let text = reply[0]["text"].as_str().unwrap();
+    assert!(text.contains("destroy"), "{text}");
+    assert!(text.contains("/preview extend"), "{text}");
+    // The deliveries that drove it, with their jobs.
+    let events: Vec<(&str, &str)> = show["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["event"].as_str().unwrap(),
+                d["job_state"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert!(events.contains(&("issue_comment", "done")), "{events:?}");
+    assert!(events.iter().any(|e| e.0 == "pull_request"), "{events:?}");
+
+    // The same for people.
+    let text = served.cli(&["preview", "show", "octo/shop#1"]);
+    for want in [
+        "octo/shop#1\tfailed\tsite shop-pr-1",
+        "failed:  at config: .endor.toml: unknown field `bulid`",
+        "config  FAILED",
+        "[not sent: no credentials for github]",
+        "issue_comment created",
+    ] {
+        assert!(text.contains(want), "{want:?} not in:\n{text}");
+    }
+    let list = served.cli(&["preview", "list", "--state", "failed"]);
+    assert!(
+        list.starts_with(
+            "octo/shop#1\tfailed\tshop-pr-1\t-\tconfig: .endor.toml: unknown field `bulid`"
+        ),
+        "{list}"
+    );
+    let deliveries = served.cli(&["delivery", "list"]);
+    assert!(
+        deliveries
+            .lines()
+            .any(|l| l.contains("issue_comment\tcreated\t#1\tjob done")),
+        "{deliveries}"
+    );
+    // A wrong name, a wrong state: clear errors.
+    for (args, want) in [
+        (&["preview", "show", "octo/shop"][..], "is not REPO#NUMBER"),
+        (
+            &["preview", "show", "octo/nope#1"],
+            "repository octo/nope is not connected",
+        ),
+        (
+            &["preview", "show", "octo/shop#2"],
+            "no preview of octo/shop#2",
+        ),
+        (
+            &["preview", "list", "--state", "exploded"],
+            "unknown state `exploded`",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_endor"))
+            .args(["--config", served.cfg_path.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+
+    // Closed: the preview's record stays, destroyed.
+    let pr = Pr::new("closed", 1, &sha, "feature", "octo/shop");
+    assert_eq!(served.pr_event(&conn, "octo/shop", pr).await, 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.preview(&conn.0, 1).await.unwrap().unwrap().state != PreviewState::Destroyed {
+        assert!(Instant::now() < deadline, "not destroyed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let list = served.cli(&["preview", "list", "--repo", "octo/shop"]);
+    assert!(
+        list.starts_with("octo/shop#1\tdestroyed\tshop-pr-1"),
+        "{list}"
+    );
+    served.stop();
 }

@@ -87,6 +87,11 @@ fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
 }
 
+/// Lines after the first, indented under a `label:  ` column.
+fn indented(s: &str) -> String {
+    s.trim_end().replace('\n', "\n         ")
+}
+
 fn time(ms: i64) -> String {
     endor::duration::format_utc(ms)
 }
@@ -109,8 +114,8 @@ fn show_text(s: &PreviewStory) -> String {
         out.push(format!("url:     {u}"));
     }
     match (&p.failed_step, &p.reason) {
-        (Some(step), Some(r)) => out.push(format!("failed:  at {step}: {r}")),
-        (None, Some(r)) => out.push(format!("reason:  {r}")),
+        (Some(step), Some(r)) => out.push(format!("failed:  at {step}: {}", indented(r))),
+        (None, Some(r)) => out.push(format!("reason:  {}", indented(r))),
         _ => {}
     }
     if let Some(e) = p.expires_at {

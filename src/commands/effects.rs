@@ -142,6 +142,9 @@ impl CommentRunner {
         if to_run.is_empty() && errors.is_empty() && refused == 0 {
             return Ok(());
         }
+        for e in &errors {
+            tracing::info!(pr = c.number, author = %c.author, line = %e.line.escape_debug(), error = %e.message, "slash-command not understood");
+        }
         let caller = self.caller(&conn, &c.author).await?;
         let workspace = self
             .store

@@ -31,8 +31,9 @@ pub enum Route {
     Static(PathBuf),
     Proxy(u16),
     Gone,
-    /// The launch failed: a page says so (the PR's status says why).
-    Failed,
+    /// The launch failed: a page says so, and names the preview (`REPO#N`) whose story
+    /// `endor preview show` tells.
+    Failed(Option<String>),
 }
 
 impl Route {
@@ -42,7 +43,7 @@ impl Route {
             Route::Static(p) => ("static", Some(p.display().to_string())),
             Route::Proxy(port) => ("proxy", Some(port.to_string())),
             Route::Gone => ("gone", None),
-            Route::Failed => ("failed", None),
+            Route::Failed(preview) => ("failed", preview.clone()),
         };
         RouteRow {
             site_name: site_name.into(),
@@ -57,7 +58,7 @@ impl Route {
         Some(match r.kind.as_str() {
             "building" => Route::Building,
             "gone" => Route::Gone,
-            "failed" => Route::Failed,
+            "failed" => Route::Failed(r.target.clone()),
             "static" => Route::Static(PathBuf::from(r.target.as_ref()?)),
             "proxy" => Route::Proxy(r.target.as_ref()?.parse().ok()?),
             _ => return None,
@@ -194,6 +195,13 @@ impl Gateway {
     }
 }
 
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
 fn page(status: StatusCode, title: &str, text: &str) -> Response {
     let body = format!(
         "<!doctype html><meta charset=utf-8><title>{title}</title><body style=\"font-family:sans-serif;margin:3em\"><h1>{title}</h1><p>{text}</p></body>"
@@ -315,10 +323,17 @@ async fn serve(gw: Arc<Gateway>, site: Option<String>, req: Request) -> Response
             "Preview removed",
             "This preview expired or was deleted.",
         ),
-        Some(Route::Failed) => page(
+        Some(Route::Failed(preview)) => page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Preview failed",
-            "This preview could not be built or started; the pull request's status says why.",
+            &match preview {
+                Some(p) => format!(
+                    "This preview could not be built or started. Why: <code>endor preview show {}</code> \
+                     (members; also in the pull request's status comment when endor can post there).",
+                    html_escape(&p)
+                ),
+                None => "This preview could not be built or started; <code>endor preview list --state failed</code> says why.".into(),
+            },
         ),
         Some(Route::Static(root)) => {
             match tower_http::services::ServeDir::new(root).oneshot(req).await {

@@ -92,8 +92,20 @@ impl RepoConfig {
                 "file is over {MAX_CONFIG_BYTES} bytes"
             )));
         }
-        let cfg: RepoConfig =
-            toml::from_str(text).map_err(|e| RepoConfigError(e.to_string().trim().to_string()))?;
+        let cfg: RepoConfig = toml::from_str(text).map_err(|e| {
+            // One line (it goes into a status, a comment and `preview list`): the message and
+            // where, without the excerpt toml draws under it.
+            let message = e.message().trim().replace('\n', " ");
+            RepoConfigError(match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("{message} (line {line}, column {column})")
+                }
+                None => message,
+            })
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }

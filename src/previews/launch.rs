@@ -55,7 +55,8 @@ impl Lifecycle {
                 // A preview that never became ready shows a failure page; one that did keeps
                 // serving its last good version.
                 if preview.ready_sha.is_none() {
-                    self.put_route(&preview.site_name, Route::Failed, true)
+                    let name = format!("{}#{}", conn.repo, preview.number);
+                    self.put_route(&preview.site_name, Route::Failed(Some(name)), true)
                         .await?;
                 }
             }

@@ -222,10 +222,21 @@ pub async fn send_pr(
         p["title"] = pr.title.into();
     }
     p["base"]["repo"]["full_name"] = repo.into();
-    let bytes = serde_json::to_vec(&body).unwrap();
+    post_github(http, api, conn, "pull_request", &body).await
+}
+
+/// Sign `body` with the connection's secret and post it as GitHub would, as event `event`.
+pub async fn post_github(
+    http: &reqwest::Client,
+    api: SocketAddr,
+    conn: &(ConnectionId, String),
+    event: &str,
+    body: &Value,
+) -> u16 {
+    let bytes = serde_json::to_vec(body).unwrap();
     let sig = format!("sha256={}", sign_hex(conn.1.as_bytes(), &bytes));
-    http.post(format!("http://{}/webhooks/github/{}", api, conn.0))
-        .header("x-github-event", "pull_request")
+    http.post(format!("http://{api}/webhooks/github/{}", conn.0))
+        .header("x-github-event", event)
         .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
         .header("x-hub-signature-256", sig)
         .header("content-type", "application/json")
@@ -235,6 +246,51 @@ pub async fn send_pr(
         .unwrap()
         .status()
         .as_u16()
+}
+
+/// A GitHub `issue_comment` on a PR (see [`send_comment`]).
+pub struct GhComment<'a> {
+    pub number: u64,
+    pub id: u64,
+    /// `created`, `edited`, `deleted`.
+    pub action: &'a str,
+    pub author: &'a str,
+    pub body: &'a str,
+    /// The body before an edit.
+    pub previous: Option<&'a str>,
+}
+
+/// Post a signed GitHub `issue_comment` (the real fixture of its action) to the server at `api`.
+pub async fn send_comment(
+    http: &reqwest::Client,
+    api: SocketAddr,
+    conn: &(ConnectionId, String),
+    repo: &str,
+    c: GhComment<'_>,
+) -> u16 {
+    let name = format!("github.issue_comment.{}.on-pr.json", c.action);
+    let mut b: Value = serde_json::from_slice(&fixture(&name)).unwrap();
+    b["action"] = c.action.into();
+    b["repository"]["full_name"] = repo.into();
+    b["issue"]["number"] = c.number.into();
+    b["comment"]["id"] = c.id.into();
+    b["comment"]["body"] = c.body.into();
+    b["comment"]["user"]["login"] = c.author.into();
+    b["comment"]["user"]["type"] = if c.author.ends_with("[bot]") {
+        "Bot"
+    } else {
+        "User"
+    }
+    .into();
+    match c.previous {
+        Some(p) => b["changes"] = serde_json::json!({"body": {"from": p}}),
+        None => {
+            if let Some(o) = b.as_object_mut() {
+                o.remove("changes");
+            }
+        }
+    }
+    post_github(http, api, conn, "issue_comment", &b).await
 }
 
 pub struct Harness {
