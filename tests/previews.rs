@@ -899,3 +899,91 @@ async fn a_preview_s_story_is_told_without_credentials() {
     );
     served.stop();
 }
+
+/// `endor site logs SITE --service web -f` shows what the app prints while it runs: a line
+/// printed at start and one printed for a request made after the follower started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn site_logs_follow_the_app_as_it_prints() {
+    const LOG_APP: &str = r#"
+import os, http.server
+print("started on", os.environ["PORT"])
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        print("visited", self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+"#;
+    let served = ServedBinary::start(|_| {}).await;
+    let toml = "[preview]\nstart = \"/usr/bin/python3 logapp.py\"\nhealth = \"/health\"\n";
+    let (repo, conn) = served.repo("logs", toml);
+    std::fs::write(repo.work.join("logapp.py"), LOG_APP).unwrap();
+    git(&repo.work, &["add", "logapp.py"]);
+    git(&repo.work, &["commit", "-qm", "app"]);
+    git(&repo.work, &["push", "-q", "origin", "main"]);
+    let sha = repo.push_pr("f", 1, "logs");
+    let pr = Pr::new("opened", 1, &sha, "f", "octo/logs");
+    assert_eq!(served.pr_event(&conn, "octo/logs", pr).await, 202);
+    let store = served.store().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let p = store.preview(&conn.0, 1).await.unwrap();
+        match p.map(|p| p.state) {
+            Some(PreviewState::Ready) => break,
+            Some(PreviewState::Failed) => panic!("failed: {:?}", store.preview(&conn.0, 1).await),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_endor"))
+        .args(["--config", served.cfg_path.to_str().unwrap()])
+        .args(["site", "logs", "logs-pr-1", "--service", "web", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) if l.contains(want) => return,
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("{want:?} never followed; saw {seen:?}"),
+            }
+        }
+    };
+    wait_for("started on");
+    // A request made now: its line arrives while the app keeps running.
+    let gw = served.config.gateway.listen;
+    let r = served
+        .http
+        .get(format!("http://{gw}/marker-7f3"))
+        .header("host", "logs-pr-1.preview.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_for("visited /marker-7f3");
+    let p = store.preview(&conn.0, 1).await.unwrap().unwrap();
+    assert!(pid_alive(p.pid.unwrap()), "the app is still running");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    served.stop();
+}

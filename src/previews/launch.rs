@@ -503,6 +503,9 @@ impl Lifecycle {
         });
         let mut env = vec![
             ("ENDOR_SITE".to_string(), site.name.clone()),
+            // Output reaches the site's log as it is printed (`endor site logs -f`), not when
+            // a buffer fills or the process exits: Python buffers stdout to a file otherwise.
+            ("PYTHONUNBUFFERED".to_string(), "1".to_string()),
             (
                 "ENDOR_FILES_DIR".to_string(),
                 self.sites.files_dir(site).display().to_string(),
