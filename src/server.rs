@@ -153,6 +153,7 @@ pub async fn serve_roles(
     let mut sender = None;
     let mut workers = None;
     let mut sampler = None;
+    let mut reconciler = None;
     if roles.worker {
         sender = Some(crate::writeback::Sender::spawn(
             state.store.clone(),
@@ -186,6 +187,7 @@ pub async fn serve_roles(
         ));
         tracing::info!(workers = state.config.jobs.workers, "job workers started");
         sampler = Some(tokio::spawn(sample_usage(state.clone(), rx.clone())));
+        reconciler = Some(tokio::spawn(reconcile(lifecycle.clone(), rx.clone())));
     }
     let reaper = (roles.reaper && state.config.reaper.enabled).then(|| {
         let r = Arc::new(crate::reaper::Reaper::new(
@@ -206,6 +208,9 @@ pub async fn serve_roles(
     };
     if let Some(s) = sampler {
         let _ = s.await;
+    }
+    if let Some(r) = reconciler {
+        let _ = r.await;
     }
     if let Some(r) = reaper {
         let _ = r.await;
@@ -235,6 +240,23 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())
+}
+
+/// Every 2 s, let go of site processes whose site another endor process tore down or deleted
+/// (`endor reap`, `endor site delete`): the store is the one owner of running sites.
+async fn reconcile(
+    lifecycle: Arc<crate::previews::Lifecycle>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        lifecycle.reconcile().await;
+    }
 }
 
 /// Sample every live site's CPU and physical storage each `usage.sample_interval` (the first

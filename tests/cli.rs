@@ -202,18 +202,27 @@ fn users_workspaces_and_repository_connections() {
     );
     ok_json(d, &["workspace", "rename", "acme2", "acme", "--json"]);
 
-    let out = endor(
-        d,
-        &[
-            "repo",
-            "connect",
-            "acme",
-            "github:Codertocat/Hello-World",
-            "--git-url",
-            "file:///srv/git/hello.git",
-            "--json",
-        ],
+    // A git URL with no repository behind it is refused (previews would fail at once)...
+    let connect = [
+        "repo",
+        "connect",
+        "acme",
+        "github:Codertocat/Hello-World",
+        "--git-url",
+        "file:///srv/git/hello.git",
+        "--json",
+    ];
+    let out = endor(d, &connect);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot fetch file:///srv/git/hello.git")
+            && err.contains("does not appear to be a git repository")
+            && err.contains("--no-check"),
+        "{err}"
     );
+    // ... and connected with --no-check, for a repository that is not there yet.
+    let out = endor(d, &[&connect[..], &["--no-check"]].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     let c: Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = c["connection_id"].as_str().unwrap().to_string();

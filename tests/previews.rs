@@ -987,3 +987,77 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve
     let _ = follower.wait();
     served.stop();
 }
+
+/// One owner of running sites, the store: `endor reap` and `endor site delete`, run while
+/// `endor serve` supervises the sites' processes, tear them down; `serve` lets them go (no
+/// restart, no loop, its messages name the site), and both previews answer 410.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_teardowns_during_serve_leave_no_restart_loop() {
+    let served = ServedBinary::start(|_| {}).await;
+    let app = "[preview]\nstart = \"exec /usr/bin/python3 -m http.server $PORT --bind 127.0.0.1\"\nhealth = \"/\"\n";
+    let store = served.store().await;
+    let mut conns = Vec::new();
+    for (name, ttl) in [("reaped", "ttl = \"2s\"\n"), ("deleted", "")] {
+        let (repo, conn) = served.repo(name, &format!("{app}{ttl}"));
+        let sha = repo.push_pr("f", 1, name);
+        let full = format!("octo/{name}");
+        let pr = Pr::new("opened", 1, &sha, "f", &full);
+        assert_eq!(served.pr_event(&conn, &full, pr).await, 202);
+        conns.push(conn);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut pids = Vec::new();
+    for conn in &conns {
+        loop {
+            let p = store.preview(&conn.0, 1).await.unwrap();
+            if let Some(p) = p.filter(|p| p.state == PreviewState::Ready) {
+                pids.push(p.pid.unwrap());
+                break;
+            }
+            assert!(Instant::now() < deadline, "not ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Past the 2 s TTL of `reaped`: a reaper pass from the CLI expires it.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let out = served.cli(&["reap"]);
+    assert!(out.contains("expired\treaped-pr-1"), "{out}");
+    // `deleted`'s site goes from under its preview.
+    served.cli(&["site", "delete", "deleted-pr-1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while store.preview(&conns[1].0, 1).await.unwrap().unwrap().state != PreviewState::Destroyed {
+        assert!(
+            Instant::now() < deadline,
+            "serve never let the deleted site go"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let p = store.preview(&conns[1].0, 1).await.unwrap().unwrap();
+    assert_eq!(
+        p.reason.as_deref(),
+        Some("its site deleted-pr-1 was deleted")
+    );
+    // Long enough for a restart loop to show (its first retries come within 2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for pid in &pids {
+        assert!(!pid_alive(*pid), "pid {pid} still runs");
+    }
+    for site in ["reaped-pr-1", "deleted-pr-1"] {
+        let r = served
+            .http
+            .get(format!("http://{}/", served.config.gateway.listen))
+            .header("host", format!("{site}.preview.localhost"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 410, "{site}");
+    }
+    let log = std::fs::read_to_string(served.cfg_path.with_extension("serve-.err")).unwrap();
+    assert!(!log.contains("could not start"), "{log}");
+    assert!(!log.contains("restarting"), "{log}");
+    assert!(
+        log.contains("site=reaped-pr-1") && log.contains("not restarted"),
+        "{log}"
+    );
+    served.stop();
+}

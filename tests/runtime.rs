@@ -1,5 +1,6 @@
 //! Build steps and site processes: real shells, real processes, real ports.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use endor::runtime::{Sandbox, Supervised, build, health_check};
@@ -156,6 +157,8 @@ async fn the_start_process_is_health_checked_restarted_and_stopped() {
         sb,
         "exec /usr/bin/python3 -m http.server \"$PORT\" --bind 127.0.0.1".into(),
         d.path().join("start.log"),
+        "web".into(),
+        None,
     );
     assert_eq!(
         health_check(port, "/", Duration::from_secs(20))
@@ -184,6 +187,43 @@ async fn the_start_process_is_health_checked_restarted_and_stopped() {
     );
 }
 
+/// A process no longer wanted (its site torn down by another endor process: the store says
+/// so) is not restarted when it dies, and its pid is not kept for a later stop to signal.
+#[tokio::test]
+async fn a_process_no_longer_wanted_is_not_restarted() {
+    let d = tempfile::tempdir().unwrap();
+    let asked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let a = asked.clone();
+    let wanted: endor::runtime::StillWanted = Arc::new(move || {
+        a.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async { false })
+    });
+    let proc = Supervised::start(
+        sandbox(d.path(), vec![]),
+        "exec sleep 60".into(),
+        d.path().join("web.log"),
+        "gone".into(),
+        Some(wanted),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while proc.pid() == 0 {
+        assert!(std::time::Instant::now() < deadline, "never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = proc.pid();
+    // SAFETY: kill(2) on the process we started.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    while asked.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(std::time::Instant::now() < deadline, "never asked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(proc.restarts(), 0, "asked once, then let go");
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(proc.pid(), 0, "the dead process's pid is forgotten");
+    proc.stop().await;
+}
+
 /// A site process's output is in its log while it runs (not only once it exits), stderr too;
 /// a flood is cut at 1 MiB per run with a note, and never blocks the process.
 #[tokio::test]
@@ -195,6 +235,8 @@ async fn the_web_log_is_written_while_the_process_runs() {
         "echo started; echo oops >&2; head -c 3000000 /dev/zero | tr '\\0' x; echo after > flood-done; exec sleep 60"
             .into(),
         log.clone(),
+        "web".into(),
+        None,
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {

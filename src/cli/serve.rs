@@ -110,7 +110,7 @@ pub async fn migrate(json: bool, config: &Config) -> anyhow::Result<()> {
 
 /// `endor reap [--dry-run]`.
 pub async fn reap(dry_run: bool, json: bool, config: &Config) -> anyhow::Result<()> {
-    let store = create_store(config).await?;
+    let store = super::open_store(config).await?;
     let reaper = endor::reaper::Reaper::standalone(store, config);
     let r = reaper.pass(dry_run).await?;
     emit(json, &r, |r| {

@@ -189,7 +189,16 @@ impl Lifecycle {
         let s = self.begin(preview, run, 5, "start").await?;
         let route = match &cfg.preview.start {
             Some(cmd) => {
-                let started_proc = self.start(&site, &cfg, &code, env, cmd).await;
+                let started_proc = self
+                    .start(
+                        &site,
+                        &cfg,
+                        &code,
+                        env,
+                        cmd,
+                        (&preview.connection_id, preview.number),
+                    )
+                    .await;
                 let detail = started_proc
                     .as_ref()
                     .ok()
@@ -605,6 +614,7 @@ impl Lifecycle {
         code: &Path,
         mut env: Vec<(String, String)>,
         cmd: &str,
+        pr: (&crate::ids::ConnectionId, i64),
     ) -> Result<(u16, Supervised), JobError> {
         let port = free_port().map_err(transient)?;
         env.push(("PORT".into(), port.to_string()));
@@ -615,7 +625,19 @@ impl Lifecycle {
             .map_err(|e| JobError::Permanent(e.to_string()))?;
         let log = crate::logs::path(&self.logs, &site.id, crate::logs::Service::Web);
         crate::logs::create_dir(&self.logs, &site.id).map_err(transient)?;
-        Ok((port, Supervised::start(sandbox, cmd.to_string(), log)))
+        // The supervisor asks the store before each restart.
+        let wanted =
+            super::lifecycle::still_wanted(self.store.clone(), pr.0.clone(), pr.1, site.id.clone());
+        Ok((
+            port,
+            Supervised::start(
+                sandbox,
+                cmd.to_string(),
+                log,
+                site.name.clone(),
+                Some(wanted),
+            ),
+        ))
     }
 }
 

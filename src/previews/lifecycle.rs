@@ -27,13 +27,14 @@ use tokio::sync::Mutex;
 
 use crate::config::Config;
 use crate::forge::{EventKind, ForgeEvent, PrAction};
+use crate::gateway::Route;
 use crate::git::{GitError, GitMirrors};
 use crate::jobs::Job;
 use crate::jobs::{JobContext, JobError, JobKind, NewJob};
 use crate::metrics::Metrics;
 use crate::runtime::Supervised;
 use crate::sites::{SiteError, Sites};
-use crate::store::{Connection, Preview, Store};
+use crate::store::{Connection, Preview, SiteState, Store};
 
 use super::state::PreviewState;
 use crate::writeback::ForgeClients;
@@ -407,6 +408,96 @@ impl Lifecycle {
     }
 }
 
+/// Should the process of PR `number`'s preview on site `site_id` still run? Not once the store
+/// says the preview is torn down (or being torn down) or the site is deleted — by this process
+/// or another (`endor reap`, `endor site delete`): one owner of running sites, the store.
+/// A store that cannot be read keeps the process.
+async fn wanted(
+    store: &dyn Store,
+    connection_id: &crate::ids::ConnectionId,
+    number: i64,
+    site_id: &crate::ids::SiteId,
+) -> bool {
+    let preview = match store.preview(connection_id, number).await {
+        Ok(p) => p,
+        Err(_) => return true,
+    };
+    let live = preview.is_some_and(|p| {
+        !matches!(
+            p.state,
+            PreviewState::Destroying | PreviewState::Destroyed | PreviewState::Expired
+        ) && p.site_id.as_ref() == Some(site_id)
+    });
+    let site = match store.site(site_id).await {
+        Ok(s) => s,
+        Err(_) => return true,
+    };
+    live && site.is_some_and(|s| !matches!(s.state, SiteState::Deleting | SiteState::Deleted))
+}
+
+/// [`wanted`] as the supervisor asks it, before each restart.
+pub(super) fn still_wanted(
+    store: Arc<dyn Store>,
+    connection_id: crate::ids::ConnectionId,
+    number: i64,
+    site_id: crate::ids::SiteId,
+) -> crate::runtime::StillWanted {
+    Arc::new(move || {
+        let (store, c, s) = (store.clone(), connection_id.clone(), site_id.clone());
+        Box::pin(async move { wanted(store.as_ref(), &c, number, &s).await })
+    })
+}
+
+impl Lifecycle {
+    /// Stop this process's site processes that the store says are no longer wanted (their
+    /// preview torn down, or their site deleted, by another endor process). A preview whose
+    /// site was deleted under it is marked destroyed and answers 410. Run every few seconds by
+    /// `endor serve`; returns the sites let go.
+    pub async fn reconcile(&self) -> Vec<String> {
+        let ids: Vec<crate::ids::PreviewId> = self.procs.lock().await.keys().cloned().collect();
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let Ok(previews) = self.store.list_previews().await else {
+            return Vec::new();
+        };
+        let mut let_go = Vec::new();
+        for mut p in previews.into_iter().filter(|p| ids.contains(&p.id)) {
+            let Some(site_id) = p.site_id.clone() else {
+                continue;
+            };
+            if wanted(self.store.as_ref(), &p.connection_id, p.number, &site_id).await {
+                continue;
+            }
+            let Some(proc_) = self.procs.lock().await.remove(&p.id) else {
+                continue;
+            };
+            proc_.stop().await;
+            tracing::info!(site = %p.site_name, "stopped the site process: its site was torn down by another endor process");
+            let torn_down = matches!(
+                p.state,
+                PreviewState::Destroying | PreviewState::Destroyed | PreviewState::Expired
+            );
+            if !torn_down {
+                // The site went (`endor site delete`) while its preview was live.
+                let why = format!("its site {} was deleted", p.site_name);
+                p.pid = None;
+                p.port = None;
+                p.ready_sha = None;
+                let _ = self.put_route(&p.site_name, Route::Gone, true).await;
+                if let Err(e) = self
+                    .set_state(&mut p, PreviewState::Destroyed, Some(why))
+                    .await
+                {
+                    tracing::warn!(site = %p.site_name, error = %e, "could not mark the preview destroyed");
+                }
+            }
+            let_go.push(p.site_name);
+        }
+        let_go
+    }
+}
+
 /// Is `pid` a process endor started for `site` (its environment says `ENDOR_SITE=site`)?
 /// Guards against killing an unrelated process that reused the pid.
 pub fn process_of_site(pid: u32, site: &str) -> bool {
@@ -422,7 +513,11 @@ pub(super) fn kill_site_process(pid: u32, site: &str) {
     if pid > 1 && process_of_site(pid, site) {
         // SAFETY: kill(2) on a process group whose leader we verified is this site's.
         unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-        tracing::info!(pid, site, "stopped a site process left by an earlier run");
+        tracing::info!(
+            pid,
+            site,
+            "stopped the site's process (started by another endor process or an earlier run)"
+        );
     }
 }
 

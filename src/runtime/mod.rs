@@ -1162,9 +1162,18 @@ pub async fn build_cancellable(
     Ok(report)
 }
 
-/// A start command kept running: restarted with backoff when it exits, until stopped.
+/// Asked before each restart of a supervised process: is it still wanted? (Another endor
+/// process may have torn its site down: the store says so, and the supervisor lets it go.)
+pub type StillWanted = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>> + Send + Sync,
+>;
+
+/// A start command kept running: restarted with backoff when it exits, until stopped or no
+/// longer wanted.
 pub struct Supervised {
     stop: Arc<AtomicBool>,
+    /// Wakes the supervisor from its backoff when stopped.
+    wake: Arc<tokio::sync::Notify>,
     pid: Arc<AtomicU32>,
     restarts: Arc<AtomicU32>,
     task: tokio::task::JoinHandle<()>,
@@ -1173,21 +1182,41 @@ pub struct Supervised {
 }
 
 impl Supervised {
-    /// Start `command`; its output is appended to `log_path`.
-    pub fn start(sandbox: Sandbox, command: String, log_path: PathBuf) -> Self {
+    /// Start `command` for site `site`; its output is appended to `log_path`. Before each
+    /// restart `wanted` (when given) is asked whether the process is still wanted.
+    pub fn start(
+        sandbox: Sandbox,
+        command: String,
+        log_path: PathBuf,
+        site: String,
+        wanted: Option<StillWanted>,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(tokio::sync::Notify::new());
         let pid = Arc::new(AtomicU32::new(0));
         let restarts = Arc::new(AtomicU32::new(0));
         let container = Arc::new(std::sync::Mutex::new(None));
-        let (s, p, r, ct) = (
+        let (s, w, p, r, ct) = (
             stop.clone(),
+            wake.clone(),
             pid.clone(),
             restarts.clone(),
             container.clone(),
         );
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
+            let mut first = true;
             while !s.load(Ordering::SeqCst) {
+                if !std::mem::take(&mut first)
+                    && let Some(wanted) = &wanted
+                    && !wanted().await
+                {
+                    tracing::info!(site = %site, "site process not restarted: the site was torn down by another endor process");
+                    return;
+                }
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
                 let started = Instant::now();
                 let kills_before = sandbox.oom_kills();
                 if let Some((engine, spec)) = &sandbox.docker {
@@ -1199,7 +1228,7 @@ impl Supervised {
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff = Duration::from_millis(200);
                     }
-                    tokio::time::sleep(backoff).await;
+                    pause(&w, backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
                 }
@@ -1225,7 +1254,15 @@ impl Supervised {
                             }
                         }
                         let status = child.wait().await;
+                        // The pid is no longer this site's: a stop must not signal it.
+                        p.store(0, Ordering::SeqCst);
                         if s.load(Ordering::SeqCst) {
+                            return;
+                        }
+                        if let Some(wanted) = &wanted
+                            && !wanted().await
+                        {
+                            tracing::info!(site = %site, "site process ended and is not restarted: the site was torn down by another endor process");
                             return;
                         }
                         if let Some(why) = sandbox.oom_note(kills_before) {
@@ -1235,23 +1272,26 @@ impl Supervised {
                                 &format!("[endor] site process {why}; restarting"),
                             )
                             .await;
-                            tracing::warn!(command = %command, "site process {why}; restarting");
+                            tracing::warn!(site = %site, command = %command, "site process {why}; restarting");
                         } else {
-                            tracing::warn!(command = %command, status = ?status.ok(), "site process exited; restarting");
+                            tracing::warn!(site = %site, command = %command, status = ?status.ok(), "site process exited; restarting");
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "site process could not start"),
+                    Err(e) => {
+                        tracing::warn!(site = %site, command = %command, error = %e, "site process could not start")
+                    }
                 }
                 r.fetch_add(1, Ordering::SeqCst);
                 if started.elapsed() > Duration::from_secs(30) {
                     backoff = Duration::from_millis(200);
                 }
-                tokio::time::sleep(backoff).await;
+                pause(&w, backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));
             }
         });
         Self {
             stop,
+            wake,
             pid,
             restarts,
             task,
@@ -1271,6 +1311,7 @@ impl Supervised {
     /// Stop supervising and kill the process group.
     pub async fn stop(self) {
         self.stop.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
         let pid = self.pid();
         if pid != 0 {
             kill_group(pid);
@@ -1280,6 +1321,14 @@ impl Supervised {
             engine.remove(&id).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// Sleep `d`, or less when woken (a stop).
+async fn pause(wake: &tokio::sync::Notify, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = wake.notified() => {}
     }
 }
 
