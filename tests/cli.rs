@@ -1137,6 +1137,81 @@ fn the_readme_connecting_commands_run_verbatim() {
     assert_eq!(members.as_array().unwrap().len(), 2, "{members}");
 }
 
+/// The README's quickstart, held here line for line (a change to either fails this test):
+/// `endor serve` in an empty folder, with no config, answers on 127.0.0.1:8080 and makes its
+/// store in `data/`; `scripts/test.sh` is there to run. `cargo install --path .` is the build
+/// the suite has already made (`endor` here is that binary); it is not run again from inside
+/// the suite, nor is the suite itself.
+#[test]
+fn the_readme_quickstart_runs_verbatim() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("## Quickstart")
+        .nth(1)
+        .and_then(|s| s.split("```sh\n").nth(1))
+        .and_then(|b| b.split("```").next())
+        .expect("the quickstart's shell block");
+    let commands: Vec<&str> = block
+        .lines()
+        .map(|l| l.split(" #").next().unwrap().trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(
+        commands,
+        ["cargo install --path .", "endor serve", "scripts/test.sh"]
+    );
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains("name = \"endor\""),
+        "cargo install gives `endor`"
+    );
+    let script = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test.sh"));
+    use std::os::unix::fs::PermissionsExt;
+    assert!(script.metadata().unwrap().permissions().mode() & 0o111 != 0);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_endor"))
+        .current_dir(dir.path())
+        .arg("serve")
+        .env_remove("ENDOR_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let healthy = loop {
+        if let Ok(mut s) = std::net::TcpStream::connect("127.0.0.1:8080") {
+            use std::io::{Read, Write};
+            s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .unwrap();
+            let mut got = String::new();
+            let _ = s.read_to_string(&mut got);
+            break got;
+        }
+        if std::time::Instant::now() > deadline || serve.try_wait().unwrap().is_some() {
+            let _ = serve.kill();
+            let out = serve.wait_with_output().unwrap();
+            panic!(
+                "endor serve did not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    // SAFETY: signalling the child we started.
+    unsafe { libc::kill(serve.id() as i32, libc::SIGTERM) };
+    let out = serve.wait_with_output().unwrap();
+    assert!(healthy.starts_with("HTTP/1.1 200"), "{healthy}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("data/endor.db").exists());
+}
+
 /// A command run from another folder than `endor serve`'s does not make a new, empty store
 /// there: it says where it looked and what to do; the store is made only by `serve`,
 /// `migrate` or the first `user create`.

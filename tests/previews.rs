@@ -373,6 +373,30 @@ async fn failures_are_clear_and_harmless() {
     );
     assert!(!Path::new("pwned").exists());
 
+    // No .endor.toml on the default branch: served as static files, and the story says so.
+    let (repo, conn) = h.repo("plain", "").await;
+    git(&repo.work, &["rm", "-q", ".endor.toml"]);
+    git(&repo.work, &["commit", "-qm", "no config"]);
+    git(&repo.work, &["push", "-q", "origin", "main"]);
+    let sha = repo.push_pr("f", 1, "plain page");
+    let pr = Pr::new("opened", 1, &sha, "f", "octo/plain");
+    assert_eq!(h.pr_event(&conn, "octo/plain", pr).await, 202);
+    h.ready(&conn.0, 1, None).await;
+    assert_eq!(h.get("plain-pr-1", "/index.html").await.1, "plain page\n");
+    let c = h.store().connection(&conn.0).await.unwrap().unwrap();
+    let story = endor::previews::story::show(h.store(), &h.state.config, &c, 1)
+        .await
+        .unwrap();
+    let config = story.steps.iter().find(|s| s.step == "config").unwrap();
+    assert!(
+        config
+            .detail
+            .as_deref()
+            .unwrap()
+            .starts_with("no .endor.toml on main"),
+        "{config:?}"
+    );
+
     // The server is unharmed.
     let r = h
         .http
@@ -495,6 +519,14 @@ async fn sigkill_mid_build_then_restart() {
         list.lines()
             .any(|l| l.starts_with("slow-pr-9\tready\thttp://slow-pr-9.preview.localhost:")),
         "{list}"
+    );
+    let text = served.cli(&["site", "show", "slow-pr-9"]);
+    assert!(
+        text.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("preview:     octo/slow#9 ready"),
+        "{text}"
     );
     let show: Value =
         serde_json::from_str(&served.cli(&["--json", "site", "show", "slow-pr-9"])).unwrap();
@@ -872,6 +904,11 @@ async fn a_preview_s_story_is_told_without_credentials() {
         (
             &["preview", "list", "--state", "exploded"],
             "unknown state `exploded`",
+        ),
+        // The preview failed before its site was made: site show points at its story.
+        (
+            &["site", "show", "shop-pr-1"],
+            "it is the site of preview octo/shop#1 (failed), which has none now; endor preview show octo/shop#1 says why",
         ),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_endor"))

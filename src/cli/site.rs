@@ -187,10 +187,29 @@ pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()
             })
         }
         SiteCmd::Show { site } => {
-            let d = sites.show(&site).await?;
-            emit(json, &d, |d| {
-                serde_json::to_string_pretty(d).unwrap_or_default()
-            })
+            let d = match sites.show(&site).await {
+                Ok(d) => d,
+                Err(endor::sites::SiteError::NotFound(what)) => {
+                    // A preview that failed before its site was made, or was torn down.
+                    match store.preview_by_site_name(&site).await? {
+                        Some(p) => {
+                            let repo = store
+                                .connection(&p.connection_id)
+                                .await?
+                                .map(|c| c.repo)
+                                .unwrap_or_default();
+                            anyhow::bail!(
+                                "{what} not found: it is the site of preview {repo}#{n} ({}), which has none now; endor preview show {repo}#{n} says why",
+                                p.state,
+                                n = p.number
+                            )
+                        }
+                        None => anyhow::bail!("{what} not found"),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            };
+            emit(json, &d, show_text)
         }
         SiteCmd::Logs {
             site,
@@ -298,6 +317,48 @@ pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()
             })
         }
     }
+}
+
+/// `site show` for people: the site's state, and its preview's (a site stays `active` when
+/// its preview's newest build failed: the last good version still serves).
+fn show_text(d: &endor::sites::SiteDetails) -> String {
+    let mut out = vec![format!("{}\t{}\t{}", d.name, d.state, d.url)];
+    if let Some(p) = &d.preview {
+        let mut line = format!("preview:     {} {}", p.name, p.state);
+        if let Some(r) = &p.reason {
+            line.push_str(&format!(": {}", r.lines().next().unwrap_or("")));
+        }
+        if p.state == endor::store::PreviewState::Failed {
+            line.push_str(&format!(" (endor preview show {})", p.name));
+        }
+        out.push(line);
+        if let Some(e) = &p.expires {
+            out.push(format!("expires:     {e}"));
+        }
+    }
+    if let Some(parent) = &d.parent {
+        out.push(format!("parent:      {parent}"));
+    }
+    out.push(format!(
+        "protected:   {}",
+        if d.protected { "yes" } else { "no" }
+    ));
+    out.push(format!("files:       {}", d.files_dir.display()));
+    for u in &d.database_urls {
+        out.push(format!("database:    {u}"));
+    }
+    if !d.tags.is_empty() {
+        out.push(format!("tags:        {}", d.tags.join(", ")));
+    }
+    out.push(format!(
+        "generations: {}",
+        d.generations
+            .iter()
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    out.join("\n")
 }
 
 /// Print a log file (as one JSON string with --json), and with `follow` what is appended.

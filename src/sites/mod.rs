@@ -125,6 +125,8 @@ pub struct SiteDetails {
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PreviewReport {
+    /// `REPO#N`: what `endor preview show` takes.
+    pub name: String,
     pub number: i64,
     pub state: crate::store::PreviewState,
     pub head_sha: Option<String>,
@@ -650,7 +652,14 @@ impl Sites {
                     .into_iter()
                     .map(StepReport::from)
                     .collect();
+                let repo = self
+                    .store
+                    .connection(&p.connection_id)
+                    .await?
+                    .map(|c| c.repo)
+                    .unwrap_or_else(|| p.connection_id.to_string());
                 Some(PreviewReport {
+                    name: format!("{repo}#{}", p.number),
                     number: p.number,
                     state: p.state,
                     head_sha: p.head_sha,
