@@ -36,7 +36,7 @@ fn attack_script(targets: &[(&str, String)]) -> String {
 
 /// The attacker's config: the probes and a fork bomb as build steps (each appending to
 /// `report.txt`; the bomb's processes are counted with shell builtins only, as forks fail
-/// while it runs), and `kill -9 -1`, then `start` serving the checkout. Locally the kill is a
+/// while it runs: even the wait for it to grow is in its own shell, which a failed fork ends), and `kill -9 -1`, then `start` serving the checkout. Locally the kill is a
 /// build step of its own; in containers (`in_start`), where every step runs in one container
 /// under a step runner, it goes first in the start command (a step that kills every process it
 /// can ends its own build there).
@@ -53,7 +53,7 @@ fn attacker_toml(start: &str, in_start: bool) -> String {
 parent = "production"
 build = [
   "sh attack.sh > report.txt 2>&1",
-  "sh bomb.sh; sleep 2; set -- /proc/[0-9]*; echo \"bomb-procs: $#\" >> report.txt; true",
+  "sh bomb.sh; set -- /proc/[0-9]*; echo \"bomb-procs: $#\" >> report.txt; true",
 {kill_step}]
 start = "{start}"
 health = "/report.txt"
@@ -64,7 +64,9 @@ health = "/report.txt"
 fn attacker_files(probes: &[(&str, String)]) -> [(&'static str, String); 2] {
     [
         ("attack.sh", attack_script(probes)),
-        ("bomb.sh", "b() { b | b & }; b".to_string()),
+        // The wait is inside the bomb's own shell: when the process limit makes its fork fail,
+        // dash ends that shell (status 2), not the step that counts.
+        ("bomb.sh", "b() { b | b & }; b; sleep 2".to_string()),
     ]
 }
 

@@ -1096,5 +1096,27 @@ async fn cli_teardowns_during_serve_leave_no_restart_loop() {
         log.contains("site=reaped-pr-1") && log.contains("not restarted"),
         "{log}"
     );
+    // A site deleted while serve is down is not relaunched when serve comes back: its preview
+    // is destroyed, with the reason.
+    let (repo, conn) = served.repo("offline", app);
+    let sha = repo.push_pr("f", 1, "offline");
+    let pr = Pr::new("opened", 1, &sha, "f", "octo/offline");
+    assert_eq!(served.pr_event(&conn, "octo/offline", pr).await, 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.preview(&conn.0, 1).await.unwrap().map(|p| p.state) != Some(PreviewState::Ready) {
+        assert!(Instant::now() < deadline, "offline not ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let served = served
+        .kill_then_restart(|s| {
+            s.cli(&["site", "delete", "offline-pr-1"]);
+        })
+        .await;
+    let p = store.preview(&conn.0, 1).await.unwrap().unwrap();
+    assert_eq!(p.state, PreviewState::Destroyed, "{p:?}");
+    assert_eq!(
+        p.reason.as_deref(),
+        Some("its site offline-pr-1 was deleted")
+    );
     served.stop();
 }

@@ -151,11 +151,18 @@ impl Lifecycle {
     /// restart of endor, its processes are gone with it).
     pub async fn resume_all(&self) -> crate::store::Result<usize> {
         let mut n = 0;
-        for p in self.store.list_previews().await? {
+        for mut p in self.store.list_previews().await? {
             let alive = p
                 .pid
                 .is_some_and(|pid| process_of_site(pid as u32, &p.site_name));
             if p.state == PreviewState::Ready && p.port.is_some() && !alive {
+                // Its site was deleted while endor was down: nothing to relaunch.
+                if let Some(site_id) = p.site_id.clone()
+                    && !wanted(self.store.as_ref(), &p.connection_id, p.number, &site_id).await
+                {
+                    self.site_gone(&mut p).await;
+                    continue;
+                }
                 self.store
                     .enqueue_job(
                         &NewJob {
@@ -474,27 +481,30 @@ impl Lifecycle {
             };
             proc_.stop().await;
             tracing::info!(site = %p.site_name, "stopped the site process: its site was torn down by another endor process");
-            let torn_down = matches!(
-                p.state,
-                PreviewState::Destroying | PreviewState::Destroyed | PreviewState::Expired
-            );
-            if !torn_down {
-                // The site went (`endor site delete`) while its preview was live.
-                let why = format!("its site {} was deleted", p.site_name);
-                p.pid = None;
-                p.port = None;
-                p.ready_sha = None;
-                let _ = self.put_route(&p.site_name, Route::Gone, true).await;
-                if let Err(e) = self
-                    .set_state(&mut p, PreviewState::Destroyed, Some(why))
-                    .await
-                {
-                    tracing::warn!(site = %p.site_name, error = %e, "could not mark the preview destroyed");
-                }
-            }
+            self.site_gone(&mut p).await;
             let_go.push(p.site_name);
         }
         let_go
+    }
+
+    /// A live preview whose site was deleted from under it (`endor site delete`) is destroyed,
+    /// with that reason, and answers 410. Torn-down previews are left as they are.
+    async fn site_gone(&self, p: &mut Preview) {
+        let torn_down = matches!(
+            p.state,
+            PreviewState::Destroying | PreviewState::Destroyed | PreviewState::Expired
+        );
+        if torn_down {
+            return;
+        }
+        let why = format!("its site {} was deleted", p.site_name);
+        p.pid = None;
+        p.port = None;
+        p.ready_sha = None;
+        let _ = self.put_route(&p.site_name, Route::Gone, true).await;
+        if let Err(e) = self.set_state(p, PreviewState::Destroyed, Some(why)).await {
+            tracing::warn!(site = %p.site_name, error = %e, "could not mark the preview destroyed");
+        }
     }
 }
 

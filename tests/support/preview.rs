@@ -696,9 +696,16 @@ impl ServedBinary {
     }
 
     /// SIGKILL the server and start a new one on the same directory.
-    pub async fn kill_and_restart(mut self) -> Self {
+    pub async fn kill_and_restart(self) -> Self {
+        self.kill_then_restart(|_| {}).await
+    }
+
+    /// SIGKILL the server, run `meanwhile` (CLI commands while no server runs), start a new
+    /// one on the same directory.
+    pub async fn kill_then_restart(mut self, meanwhile: impl FnOnce(&Self)) -> Self {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        meanwhile(&self);
         self.child = self.spawn(&[]).await;
         self
     }
