@@ -385,6 +385,7 @@ async fn gitlab_gitea_lifecycle(forge: &FakeForge) {
         );
     });
     forge.assert_conforms("gitea", true);
+    forge.assert_conforms("gitlab", true);
     h.stop().await;
     db.cleanup().await;
 }
@@ -671,6 +672,7 @@ async fn reactions_and_replies_on_every_forge() {
     }
     forge.assert_conforms("github", true);
     forge.assert_conforms("gitea", true);
+    forge.assert_conforms("gitlab", true);
     // Without credentials for a forge, nothing is attempted.
     let bare = ForgeClients::new(&Config::default());
     assert!(!bare.enabled(endor::forge::ForgeKind::Github));
@@ -688,14 +690,11 @@ async fn the_conformance_check_refuses_what_github_does_not_allow() {
     let forge = FakeForge::start().await;
     let http = reqwest::Client::new();
     let call = |m: reqwest::Method, p: &str, body: Option<serde_json::Value>| {
-        let mut r = http
+        let r = http
             .request(m, format!("{}{p}", forge.github_url()))
             .header("authorization", format!("Bearer {TOKEN}"))
             .header("user-agent", "endor-test");
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        r.send()
+        with_json(r, body).send()
     };
     call(
         reqwest::Method::POST,
@@ -725,14 +724,7 @@ async fn the_conformance_check_refuses_what_github_does_not_allow() {
     ] {
         let _ = call(m, p, b).await.unwrap();
     }
-    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        forge.assert_conforms("github", true)
-    }));
-    let why = refused
-        .err()
-        .and_then(|e| e.downcast::<String>().ok())
-        .map(|s| *s)
-        .unwrap_or_default();
+    let why = refusals(&forge, "github");
     for want in [
         "query parameter `limit` is not declared",
         "'building' is not one of",
@@ -740,4 +732,90 @@ async fn the_conformance_check_refuses_what_github_does_not_allow() {
     ] {
         assert!(why.contains(want), "{want}: {why}");
     }
+}
+
+/// The same for GitLab (its description transcribed from GitLab's API documentation): an
+/// undeclared body field, a state GitLab does not know, a note edit without its body, and an
+/// operation it does not have are each named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_conformance_check_refuses_what_gitlab_does_not_allow() {
+    let forge = FakeForge::start().await;
+    let http = reqwest::Client::new();
+    let call = |m: reqwest::Method, p: &str, body: Option<serde_json::Value>| {
+        let r = http
+            .request(m, format!("{}{p}", forge.gitlab_url()))
+            .header("private-token", TOKEN);
+        with_json(r, body).send()
+    };
+    let notes = "/projects/grp%2Fr/merge_requests/7/notes";
+    call(
+        reqwest::Method::POST,
+        notes,
+        Some(serde_json::json!({"body": "ok"})),
+    )
+    .await
+    .unwrap();
+    call(
+        reqwest::Method::GET,
+        &format!("{notes}?sort=asc&order_by=created_at&per_page=100&page=1"),
+        None,
+    )
+    .await
+    .unwrap();
+    // Allowed so far.
+    forge.assert_conforms("gitlab", true);
+    for (m, p, b) in [
+        (
+            reqwest::Method::POST,
+            notes.to_string(),
+            Some(serde_json::json!({"body": "x", "sticky": true})),
+        ),
+        (
+            reqwest::Method::POST,
+            "/projects/grp%2Fr/statuses/abc".to_string(),
+            Some(serde_json::json!({"state": "building", "name": "endor/preview"})),
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("{notes}/1"),
+            Some(serde_json::json!({})),
+        ),
+        (
+            reqwest::Method::PATCH,
+            "/projects/grp%2Fr/environments/1".to_string(),
+            Some(serde_json::json!({"external_url": "http://x"})),
+        ),
+    ] {
+        let _ = call(m, &p, b).await.unwrap();
+    }
+    let why = refusals(&forge, "gitlab");
+    for want in [
+        "Additional properties are not allowed ('sticky' was unexpected)",
+        "'building' is not one of",
+        "editMergeRequestNote needs a body",
+        "PATCH /projects/grp%2Fr/environments/1: no such operation",
+    ] {
+        assert!(why.contains(want), "{want}: {why}");
+    }
+}
+
+fn with_json(
+    r: reqwest::RequestBuilder,
+    body: Option<serde_json::Value>,
+) -> reqwest::RequestBuilder {
+    match body {
+        Some(b) => r.json(&b),
+        None => r,
+    }
+}
+
+/// What `assert_conforms` names when it refuses the recorded requests (empty if it does not).
+fn refusals(forge: &FakeForge, name: &str) -> String {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        forge.assert_conforms(name, true)
+    }))
+    .err()
+    .and_then(|e| e.downcast::<String>().ok())
+    .map(|s| *s)
+    .unwrap_or_default()
 }

@@ -498,6 +498,16 @@ fn page_of<T: Clone>(items: Vec<T>, query: &str, default_per: usize) -> Vec<T> {
     items.into_iter().skip((page - 1) * per).take(per).collect()
 }
 
+/// A commit status as GitLab answers it (`status` is the state, `name` the context).
+fn gitlab_status(id: usize, s: &Status) -> Value {
+    json!({"id": id, "sha": s.sha, "status": s.state, "name": s.context, "target_url": s.target_url})
+}
+
+/// An environment as GitLab answers it.
+fn environment_json(e: &Environment) -> Value {
+    json!({"id": e.id, "name": e.name, "state": e.state, "external_url": e.external_url})
+}
+
 fn comment_json(forge: &str, c: &Comment) -> Value {
     match forge {
         "gitlab" => json!({"id": c.id, "body": c.body, "author": {"username": c.author}}),
@@ -540,7 +550,7 @@ fn route(
             json!({"message": "Resource not accessible by integration"}),
         ),
         ("GET", ["user"]) => match forge {
-            "gitlab" => reply(StatusCode::OK, json!({"username": BOT})),
+            "gitlab" => reply(StatusCode::OK, json!({"id": 1, "username": BOT})),
             _ => reply(StatusCode::OK, json!({"login": BOT})),
         },
         // GitHub and Gitea: issue comments.
@@ -623,8 +633,9 @@ fn route(
             let items: Vec<Value> = st
                 .statuses
                 .iter()
-                .filter(|s| s.repo == *p && s.sha == *sha)
-                .map(|s| json!({"status": s.state, "name": s.context}))
+                .enumerate()
+                .filter(|(_, s)| s.repo == *p && s.sha == *sha)
+                .map(|(i, s)| gitlab_status(i + 1, s))
                 .collect();
             reply(StatusCode::OK, Value::Array(items))
         }
@@ -789,8 +800,11 @@ fn route(
             let Some(n) = text("name") else {
                 return bad("name is required");
             };
-            st.reactions.push((id.parse().unwrap_or(0), n));
-            reply(StatusCode::CREATED, json!({"id": 1}))
+            st.reactions.push((id.parse().unwrap_or(0), n.clone()));
+            reply(
+                StatusCode::CREATED,
+                json!({"id": st.reactions.len(), "name": n}),
+            )
         }
         ("POST", ["projects", p, "statuses", sha]) => {
             let ok_states: &[&str] = &["pending", "running", "success", "failed", "canceled"];
@@ -807,7 +821,8 @@ fn route(
                 context: name,
                 target_url: text("target_url"),
             });
-            reply(StatusCode::CREATED, json!({"id": st.statuses.len()}))
+            let n = st.statuses.len();
+            reply(StatusCode::CREATED, gitlab_status(n, &st.statuses[n - 1]))
         }
         ("GET", ["projects", p, "environments"]) => {
             let want = query
@@ -818,7 +833,7 @@ fn route(
                 .environments
                 .iter()
                 .filter(|e| e.project == *p && want.as_deref().is_none_or(|w| w == e.name))
-                .map(|e| json!({"id": e.id, "name": e.name, "state": e.state, "external_url": e.external_url}))
+                .map(environment_json)
                 .collect();
             reply(StatusCode::OK, Value::Array(items))
         }
@@ -837,14 +852,16 @@ fn route(
                 );
             }
             let id = st.id();
-            st.environments.push(Environment {
+            let e = Environment {
                 id,
                 project: p.to_string(),
                 name,
                 external_url: text("external_url"),
                 state: "available".into(),
-            });
-            reply(StatusCode::CREATED, json!({"id": id}))
+            };
+            let answer = environment_json(&e);
+            st.environments.push(e);
+            reply(StatusCode::CREATED, answer)
         }
         ("PUT", ["projects", _, "environments", id]) => {
             let id: u64 = id.parse().unwrap_or(0);
@@ -853,7 +870,7 @@ fn route(
                 Some(e) => {
                     e.external_url = url;
                     e.state = "available".into();
-                    reply(StatusCode::OK, json!({"id": id}))
+                    reply(StatusCode::OK, environment_json(e))
                 }
                 None => reply(StatusCode::NOT_FOUND, json!({"message": "404 Not found"})),
             }
@@ -863,7 +880,7 @@ fn route(
             match st.environments.iter_mut().find(|e| e.id == id) {
                 Some(e) => {
                     e.state = "stopped".into();
-                    reply(StatusCode::OK, json!({"id": id, "state": "stopped"}))
+                    reply(StatusCode::OK, environment_json(e))
                 }
                 None => reply(StatusCode::NOT_FOUND, json!({"message": "404 Not found"})),
             }
