@@ -12,6 +12,11 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
   "select datname from pg_database where datname like 'endor\_test\_%'" 2>/dev/null |
   while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true; done
 
+# The API tools the OpenAPI document and the forge conformance checks are held to (PyPI), and
+# GitHub's example webhook payloads (npm) the ingest test replays.
+bash scripts/api-tools.sh
+bash scripts/webhook-examples.sh
+
 # The docker runtime tests need dockerd and a locally built base image.
 bash scripts/docker.sh
 # Containers and networks of sites left by an interrupted run (tests release their own).

@@ -1119,3 +1119,90 @@ async fn health_readiness_and_metrics() {
     assert!(text.contains("endor_webhook_store_seconds"), "{text}");
     server.stop().await;
 }
+
+/// GitHub's own example payloads, every event and action (npm `@octokit/webhooks-examples`,
+/// fetched by `scripts/webhook-examples.sh`), each posted as GitHub would (its event name as
+/// the header — digits included, as in `projects_v2_item` — signed, a delivery id of its own,
+/// the repository set to the connected one): every one answered 2xx, every pull request action
+/// endor acts on and every comment on a pull request 202, and every one stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_github_example_payload_is_answered_right() {
+    let dir = std::env::var("ENDOR_TEST_GH_EXAMPLES")
+        .unwrap_or_else(|_| "/var/tmp/endor/webhooks-examples".into());
+    let file = std::path::Path::new(&dir).join("package/api.github.com/index.json");
+    let corpus: Value = serde_json::from_slice(&std::fs::read(&file).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}: run scripts/webhook-examples.sh (scripts/test.sh does)",
+            file.display()
+        )
+    }))
+    .unwrap();
+    let server = TestServer::start(TestStore::sqlite().await).await;
+    setup(&server).await;
+    let conn = connect(&server, "github:acme/web").await;
+    let (mut sent, mut pongs, mut queued) = (0usize, 0usize, 0usize);
+    let mut events_with_digits = 0;
+    let mut wrong = Vec::new();
+    for event in corpus.as_array().unwrap() {
+        let name = event["name"].as_str().unwrap();
+        events_with_digits += name.bytes().any(|b| b.is_ascii_digit()) as usize;
+        for (i, example) in event["examples"].as_array().unwrap().iter().enumerate() {
+            let mut body = example.clone();
+            if body["repository"].is_object() {
+                body["repository"]["full_name"] = "acme/web".into();
+            }
+            let action = body["action"].as_str().unwrap_or("").to_string();
+            let acted = match name {
+                "pull_request" => matches!(
+                    action.as_str(),
+                    "opened"
+                        | "reopened"
+                        | "synchronize"
+                        | "ready_for_review"
+                        | "converted_to_draft"
+                        | "closed"
+                ),
+                "issue_comment" => body["issue"]["pull_request"].is_object(),
+                _ => false,
+            };
+            let bytes = serde_json::to_vec(&body).unwrap();
+            let delivery = format!("{name}-{i}-{}", uuid::Uuid::new_v4());
+            let headers = signed(ForgeKind::Github, name, &delivery, &conn.secret, &bytes);
+            let (status, reply) = post(&server, ForgeKind::Github, &conn.id, &headers, bytes).await;
+            sent += 1;
+            let want = if name == "ping" {
+                pongs += 1;
+                StatusCode::OK
+            } else if acted {
+                queued += 1;
+                StatusCode::ACCEPTED
+            } else {
+                StatusCode::OK
+            };
+            if status != want {
+                wrong.push(format!("{name} {action} #{i}: {status} {reply}"));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} answered wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert!(sent > 300, "{sent} payloads");
+    assert!(
+        events_with_digits > 0,
+        "the corpus has events like projects_v2_item"
+    );
+    assert!(queued >= 15, "{queued} queued");
+    // Nothing lost: every delivery but the pings (answered, not stored) is in the store.
+    let stored = server
+        .store()
+        .count_deliveries(Some(&conn.id.as_str().into()))
+        .await
+        .unwrap();
+    assert_eq!(stored as usize, sent - pongs);
+    assert_eq!(all_jobs(&server, &conn.id).await, queued);
+    server.stop().await;
+}

@@ -202,6 +202,17 @@ pub struct Reach<'a> {
     pub github_app: Option<&'a octocrab::Octocrab>,
 }
 
+/// An event name as GitHub and Gitea send it: lowercase letters, digits and `_`
+/// (`projects_v2_item`), at most 64 bytes. Anything else is a malformed header, and never
+/// reaches a metric label or the store.
+pub fn valid_event_name(event: &str) -> bool {
+    !event.is_empty()
+        && event.len() <= 64
+        && event
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
 /// A body that is not the JSON its event header announces.
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
@@ -299,6 +310,29 @@ impl std::fmt::Display for RepoRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_names_as_forges_send_them() {
+        for ok in [
+            "push",
+            "pull_request",
+            "projects_v2_item",
+            "projects_v2_status_update",
+        ] {
+            assert!(valid_event_name(ok), "{ok}");
+        }
+        let long = "a".repeat(65);
+        for bad in [
+            "",
+            "Push",
+            "pull-request",
+            "pull_request\"}",
+            "a b",
+            long.as_str(),
+        ] {
+            assert!(!valid_event_name(bad), "{bad}");
+        }
+    }
 
     /// Every forge has every piece the compiler cannot check: a name that round-trips, headers,
     /// events, a PR ref git accepts, setup text that names the URL, a section in the shipped

@@ -139,10 +139,7 @@ struct CommentHook {
 }
 
 pub fn classify(event: &str, body: &[u8]) -> Result<Classified, PayloadError> {
-    if event.is_empty()
-        || event.len() > 64
-        || !event.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
-    {
+    if !crate::forge::valid_event_name(event) {
         return Err(PayloadError::BadEventHeader);
     }
     match event {

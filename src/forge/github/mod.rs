@@ -75,7 +75,7 @@ struct Probe {
 }
 
 pub fn classify(event: &str, body: &[u8]) -> Result<Classified, PayloadError> {
-    if event.is_empty() || !event.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+    if !crate::forge::valid_event_name(event) {
         return Err(PayloadError::BadEventHeader);
     }
     match event {
