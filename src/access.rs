@@ -307,24 +307,57 @@ pub async fn view(
     })
 }
 
+/// Wrong passwords one visitor address may send in [`FAILURE_WINDOW`] before it is refused
+/// without a check (429) until the window ends.
+pub const MAX_FAILURES: u32 = 10;
+pub const FAILURE_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the gateway does with a request to a site with basic auth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthCheck {
+    /// The credentials are right (or the site has no basic auth).
+    Ok,
+    /// No credentials, or wrong ones: 401.
+    Refused,
+    /// Too many wrong passwords from this address: 429 for this long, no bcrypt run.
+    Throttled { retry_after_secs: u64 },
+}
+
 /// Verified `Authorization` headers, so a visitor does not pay bcrypt on every request. Keyed
 /// by a hash of the site's password hash and the header: a new password invalidates at once.
+/// A header being verified is verified once however many requests carry it at once (the others
+/// wait for that one answer), and wrong passwords are limited per visitor address, so a flood
+/// of them cannot take the CPU from other sites.
 #[derive(Default)]
 pub struct AuthCache {
     ok: Mutex<HashMap<[u8; 32], ()>>,
+    inflight: Mutex<HashMap<[u8; 32], std::sync::Arc<tokio::sync::OnceCell<bool>>>>,
+    failures: Mutex<HashMap<std::net::IpAddr, (u32, std::time::Instant)>>,
+    verifications: std::sync::atomic::AtomicU64,
 }
 
 /// Entries kept before the cache starts again from empty.
 const CACHE_MAX: usize = 10_000;
 
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl AuthCache {
-    /// Does `authorization` (the header's value) carry the user and password of `a`?
-    pub async fn check(&self, a: &SiteAccess, authorization: Option<&str>) -> bool {
+    /// Does `authorization` (the header's value) carry the user and password of `a`, for a
+    /// visitor at `visitor`?
+    pub async fn check(
+        &self,
+        a: &SiteAccess,
+        authorization: Option<&str>,
+        visitor: std::net::IpAddr,
+    ) -> AuthCheck {
         let (Some(user), Some(hash)) = (&a.basic_user, &a.basic_hash) else {
-            return true;
+            return AuthCheck::Ok;
         };
+        // No header: the browser's first request, answered with the challenge; not a failure.
         let Some(header) = authorization else {
-            return false;
+            return AuthCheck::Refused;
         };
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
@@ -332,31 +365,84 @@ impl AuthCache {
         h.update([0]);
         h.update(header.as_bytes());
         let key: [u8; 32] = h.finalize().into();
-        if self.lock().contains_key(&key) {
-            return true;
+        if locked(&self.ok).contains_key(&key) {
+            return AuthCheck::Ok;
         }
-        let Some((u, p)) = parse_basic(header) else {
-            return false;
+        if let Some(retry_after_secs) = self.throttled(visitor) {
+            return AuthCheck::Throttled { retry_after_secs };
+        }
+        let right_user = parse_basic(header).filter(|(u, _)| {
+            bool::from(subtle::ConstantTimeEq::ct_eq(u.as_bytes(), user.as_bytes()))
+        });
+        let Some((_, password)) = right_user else {
+            self.failed(visitor);
+            return AuthCheck::Refused;
         };
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(u.as_bytes(), user.as_bytes())) {
-            return false;
-        }
+        // One bcrypt run per header in flight; concurrent requests with it share the answer.
+        let cell = locked(&self.inflight).entry(key).or_default().clone();
         let hash = hash.clone();
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(p, &hash).unwrap_or(false))
-            .await
-            .unwrap_or(false);
+        let ok = *cell
+            .get_or_init(|| async move {
+                self.verifications
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tokio::task::spawn_blocking(move || {
+                    bcrypt::verify(password, &hash).unwrap_or(false)
+                })
+                .await
+                .unwrap_or(false)
+            })
+            .await;
+        {
+            let mut inflight = locked(&self.inflight);
+            if inflight
+                .get(&key)
+                .is_some_and(|c| std::sync::Arc::ptr_eq(c, &cell))
+            {
+                inflight.remove(&key);
+            }
+        }
         if ok {
-            let mut map = self.lock();
+            let mut map = locked(&self.ok);
             if map.len() >= CACHE_MAX {
                 map.clear();
             }
             map.insert(key, ());
+            AuthCheck::Ok
+        } else {
+            self.failed(visitor);
+            AuthCheck::Refused
         }
-        ok
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], ()>> {
-        self.ok.lock().unwrap_or_else(|e| e.into_inner())
+    /// How many bcrypt verifications ran (for tests and metrics).
+    pub fn verifications(&self) -> u64 {
+        self.verifications
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Seconds until `visitor` may try again, when it is over [`MAX_FAILURES`].
+    fn throttled(&self, visitor: std::net::IpAddr) -> Option<u64> {
+        let map = locked(&self.failures);
+        let (count, since) = map.get(&visitor)?;
+        let left = FAILURE_WINDOW.checked_sub(since.elapsed())?;
+        (*count >= MAX_FAILURES).then(|| left.as_secs().max(1))
+    }
+
+    fn failed(&self, visitor: std::net::IpAddr) {
+        let mut map = locked(&self.failures);
+        if map.len() >= CACHE_MAX {
+            map.retain(|_, (_, since)| since.elapsed() < FAILURE_WINDOW);
+        }
+        let entry = map.entry(visitor).or_insert((0, std::time::Instant::now()));
+        if entry.1.elapsed() >= FAILURE_WINDOW {
+            *entry = (0, std::time::Instant::now());
+        }
+        entry.0 += 1;
+    }
+
+    #[cfg(test)]
+    fn cached(&self) -> usize {
+        locked(&self.ok).len()
     }
 }
 
@@ -482,6 +568,75 @@ mod tests {
         assert_eq!(client_ip(ip("127.0.0.3"), None, &trusted), ip("127.0.0.3"));
     }
 
+    /// 64 requests arriving at once with one new credential run bcrypt once; a flood of wrong
+    /// passwords from one address is refused without bcrypt after [`MAX_FAILURES`], while
+    /// another address is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_verification_per_credential_and_wrong_passwords_limited() {
+        let a = SiteAccess {
+            basic_user: Some("preview".into()),
+            basic_hash: Some(bcrypt::hash("s3cret", 6).unwrap()),
+            ..SiteAccess::default_for(&"s".into())
+        };
+        let cache = std::sync::Arc::new(AuthCache::default());
+        let header = |p: &str| {
+            use base64::Engine;
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("preview:{p}"))
+            )
+        };
+        let good = header("s3cret");
+        let mut tasks = Vec::new();
+        for i in 0..64u8 {
+            let (cache, a, good) = (cache.clone(), a.clone(), good.clone());
+            tasks.push(tokio::spawn(async move {
+                let ip = std::net::IpAddr::from([10, 0, 0, i]);
+                cache.check(&a, Some(&good), ip).await
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), AuthCheck::Ok);
+        }
+        assert_eq!(cache.verifications(), 1, "one bcrypt run for 64 requests");
+
+        let attacker: std::net::IpAddr = "192.0.2.7".parse().unwrap();
+        for n in 0..MAX_FAILURES {
+            let wrong = header(&format!("guess-{n}"));
+            assert_eq!(
+                cache.check(&a, Some(&wrong), attacker).await,
+                AuthCheck::Refused
+            );
+        }
+        let runs = cache.verifications();
+        assert_eq!(runs, 1 + u64::from(MAX_FAILURES));
+        for n in 0..100 {
+            let wrong = header(&format!("more-{n}"));
+            assert!(matches!(
+                cache.check(&a, Some(&wrong), attacker).await,
+                AuthCheck::Throttled { retry_after_secs } if (1..=60).contains(&retry_after_secs)
+            ));
+        }
+        assert_eq!(cache.verifications(), runs, "no bcrypt run while throttled");
+        // A credential not verified yet is refused to the throttled address too; another
+        // address is checked as usual.
+        let other_pw = SiteAccess {
+            basic_hash: Some(bcrypt::hash("other", 4).unwrap()),
+            ..a.clone()
+        };
+        assert!(matches!(
+            cache
+                .check(&other_pw, Some(&header("other")), attacker)
+                .await,
+            AuthCheck::Throttled { .. }
+        ));
+        let friend: std::net::IpAddr = "192.0.2.8".parse().unwrap();
+        assert_eq!(
+            cache.check(&other_pw, Some(&header("other")), friend).await,
+            AuthCheck::Ok
+        );
+    }
+
     #[tokio::test]
     async fn basic_auth_checks_and_caches() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
@@ -491,6 +646,7 @@ mod tests {
             ..SiteAccess::default_for(&"s".into())
         };
         let cache = AuthCache::default();
+        let me: std::net::IpAddr = "127.0.0.1".parse().unwrap();
         let header = |u: &str, p: &str| {
             use base64::Engine;
             format!(
@@ -498,19 +654,39 @@ mod tests {
                 base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
             )
         };
-        assert!(!cache.check(&a, None).await);
-        assert!(!cache.check(&a, Some(&header("preview", "wrong"))).await);
-        assert!(!cache.check(&a, Some(&header("other", "s3cret"))).await);
-        assert!(!cache.check(&a, Some("Bearer x")).await);
-        assert!(!cache.check(&a, Some("Basic !!!")).await);
-        assert!(cache.check(&a, Some(&header("preview", "s3cret"))).await);
-        assert_eq!(cache.lock().len(), 1);
-        assert!(cache.check(&a, Some(&header("preview", "s3cret"))).await);
-        // No basic auth: anyone.
-        assert!(
+        use AuthCheck::{Ok, Refused};
+        assert_eq!(cache.check(&a, None, me).await, Refused);
+        assert_eq!(
+            cache.check(&a, Some(&header("preview", "wrong")), me).await,
+            Refused
+        );
+        assert_eq!(
+            cache.check(&a, Some(&header("other", "s3cret")), me).await,
+            Refused
+        );
+        assert_eq!(cache.check(&a, Some("Bearer x"), me).await, Refused);
+        assert_eq!(cache.check(&a, Some("Basic !!!"), me).await, Refused);
+        assert_eq!(
             cache
-                .check(&SiteAccess::default_for(&"s".into()), None)
-                .await
+                .check(&a, Some(&header("preview", "s3cret")), me)
+                .await,
+            Ok
+        );
+        assert_eq!(cache.cached(), 1);
+        assert_eq!(
+            cache
+                .check(&a, Some(&header("preview", "s3cret")), me)
+                .await,
+            Ok
+        );
+        // Two bcrypt runs: the wrong password and the right one (the cached header runs none).
+        assert_eq!(cache.verifications(), 2);
+        // No basic auth: anyone.
+        assert_eq!(
+            cache
+                .check(&SiteAccess::default_for(&"s".into()), None, me)
+                .await,
+            Ok
         );
     }
 }

@@ -365,6 +365,18 @@ async fn cidr_rules_from_real_source_addresses() {
     assert_eq!(get("127.0.0.2", None, Some(&bad)).await, 401);
     assert_eq!(get("127.0.0.2", None, Some(&good)).await, 200);
     assert_eq!(get("127.0.0.3", None, Some(&good)).await, 403);
+    // A flood of wrong passwords from one address: refused with 429 once over the limit
+    // (one wrong attempt above, nine more here), without a password check; the credentials it
+    // already proved still work.
+    for n in 0..(endor::access::MAX_FAILURES - 1) {
+        let wrong = format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("ops:guess-{n}"))
+        );
+        assert_eq!(get("127.0.0.2", None, Some(&wrong)).await, 401, "guess {n}");
+    }
+    assert_eq!(get("127.0.0.2", None, Some(&bad)).await, 429);
+    assert_eq!(get("127.0.0.2", None, Some(&good)).await, 200);
     db.cleanup().await;
 }
 

@@ -291,7 +291,30 @@ async fn serve(gw: Arc<Gateway>, site: Option<String>, req: Request) -> Response
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok());
-        if !gw.auth.check(a, given).await {
+        let visitor = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| {
+                let forwarded = req
+                    .headers()
+                    .get("x-forwarded-for")
+                    .and_then(|h| h.to_str().ok());
+                crate::access::client_ip(c.0.ip(), forwarded, &gw.trusted_proxies)
+            })
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let checked = gw.auth.check(a, given, visitor).await;
+        if let crate::access::AuthCheck::Throttled { retry_after_secs } = checked {
+            tracing::warn!(site = %site, visitor = %visitor, "too many wrong passwords; refused for now");
+            let mut r = page(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many attempts",
+                "Too many wrong passwords from your address; try again later.",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            return r;
+        }
+        if checked != crate::access::AuthCheck::Ok {
             let mut r = page(
                 StatusCode::UNAUTHORIZED,
                 "Password required",
