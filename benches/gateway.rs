@@ -7,7 +7,8 @@
 //! `--compiled-only` skips it). Each is loaded directly, then through the real `endor serve`
 //! gateway (release build) with basic auth and a CIDR list on for the site, in one run, from N
 //! keep-alive connections: requests/s of each, their ratio (gateway/direct, target ≥ 0.7), and
-//! the p50/p99 latency the gateway adds.
+//! the p50/p99 latency the gateway adds. Then a static preview served by the gateway itself,
+//! on one kept-alive connection and on N: requests/s and p50/p99.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -259,6 +260,40 @@ fn main() {
         std::thread::sleep(Duration::from_millis(1500));
         println!("site process: {label}");
         rt.block_on(measure(gw_addr, site_port, &auth, conns, dur, secs));
+    }
+    // A static preview (the common case for front-end work): a folder served by the gateway
+    // itself, without access rules, on one kept-alive connection and on N.
+    let root = dir.path().join("static");
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("index.html"), "hello").unwrap();
+    rt.block_on(async {
+        let store =
+            endor::store::connect(&format!("sqlite://{}/endor.db", dir.path().display()), 2)
+                .await
+                .unwrap();
+        store
+            .put_route(&endor::gateway::Route::Static(root.clone()).row("docs", true))
+            .await
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    println!("static preview (index.html, 5 bytes)");
+    for (n, label) in [(1, "1 kept-alive connection"), (conns, "connections")] {
+        let r = rt.block_on(load(
+            format!("http://{gw_addr}/"),
+            Some("docs.preview.localhost".into()),
+            None,
+            n,
+            dur,
+        ));
+        println!(
+            "{n:>3} {label:<24} {:>9.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  ({} ok, {} bad)",
+            r.rate(),
+            r.pct(0.5),
+            r.pct(0.99),
+            r.ok,
+            r.bad
+        );
     }
 }
 

@@ -134,6 +134,12 @@ pub async fn serve_roles(
             tracing::info!(addr = %gateway.local_addr()?, domain = %state.config.gateway.domain, "gateway listening");
             let gw_rx = rx.clone();
             Some(tokio::spawn(async move {
+                // No Nagle: a small answer on a kept-alive connection goes out at once instead
+                // of waiting for the visitor's delayed ACK (about 40 ms per request).
+                use axum::serve::ListenerExt;
+                let gateway = gateway.tap_io(|tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
                 axum::serve(gateway, gw.app())
                     .with_graceful_shutdown(stopped(gw_rx))
                     .await
@@ -236,6 +242,10 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, store = ?state.store.backend(), "endor listening");
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await?;
