@@ -246,16 +246,11 @@ fn main() {
         }
         let _site = Kill(cmd.spawn().unwrap());
         wait_for(site_port);
-        rt.block_on(async {
-            let store =
-                endor::store::connect(&format!("sqlite://{}/endor.db", dir.path().display()), 2)
-                    .await
-                    .unwrap();
-            store
-                .put_route(&endor::gateway::Route::Proxy(site_port).row("app", true))
-                .await
-                .unwrap();
-        });
+        put_route(
+            &rt,
+            dir.path(),
+            endor::gateway::Route::Proxy(site_port).row("app", true),
+        );
         // The gateway's settings cache (gateway.cache_ttl_ms, 1 s) must see the new route.
         std::thread::sleep(Duration::from_millis(1500));
         println!("site process: {label}");
@@ -266,16 +261,11 @@ fn main() {
     let root = dir.path().join("static");
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("index.html"), "hello").unwrap();
-    rt.block_on(async {
-        let store =
-            endor::store::connect(&format!("sqlite://{}/endor.db", dir.path().display()), 2)
-                .await
-                .unwrap();
-        store
-            .put_route(&endor::gateway::Route::Static(root.clone()).row("docs", true))
-            .await
-            .unwrap();
-    });
+    put_route(
+        &rt,
+        dir.path(),
+        endor::gateway::Route::Static(root.clone()).row("docs", true),
+    );
     std::thread::sleep(Duration::from_millis(1500));
     println!("static preview (index.html, 5 bytes)");
     for (n, label) in [(1, "1 kept-alive connection"), (conns, "connections")] {
@@ -295,6 +285,16 @@ fn main() {
             r.bad
         );
     }
+}
+
+/// Store a route in the bench's store (the gateway reads it within its cache time).
+fn put_route(rt: &tokio::runtime::Runtime, dir: &Path, row: endor::store::RouteRow) {
+    rt.block_on(async {
+        let store = endor::store::connect(&format!("sqlite://{}/endor.db", dir.display()), 2)
+            .await
+            .unwrap();
+        store.put_route(&row).await.unwrap();
+    });
 }
 
 /// The kind of site process the preview tests run: Python's http.server (HTTP/1.1 keep-alive).
