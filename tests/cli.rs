@@ -1135,6 +1135,15 @@ fn the_readme_connecting_commands_run_verbatim() {
         &["workspace", "member", "list", "acme", "--json"],
     );
     assert_eq!(members.as_array().unwrap().len(), 2, "{members}");
+    // Nothing has arrived yet, and the lists say so.
+    for (args, want) in [
+        (&["delivery", "list"][..], "no deliveries"),
+        (&["preview", "list"], "no previews"),
+    ] {
+        let out = endor(dir.path(), args);
+        assert!(out.status.success(), "{args:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), want);
+    }
 }
 
 /// The README's quickstart, held here line for line (a change to either fails this test):

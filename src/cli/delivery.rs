@@ -23,6 +23,9 @@ pub async fn run(cmd: DeliveryCmd, json: bool, config: &Config) -> anyhow::Resul
     let connection = connection.map(endor::ids::ConnectionId::from);
     let list = store.list_deliveries(connection.as_ref(), limit).await?;
     emit(json, &list, |l| {
+        if l.is_empty() {
+            return "no deliveries".into();
+        }
         l.iter()
             .map(|d| {
                 // What became of it: the job's state for acted-on deliveries (`queued` until
