@@ -46,6 +46,11 @@ impl GitError {
     }
 }
 
+/// The first 12 characters of a commit id, as people are shown it.
+pub fn short_sha(sha: &str) -> &str {
+    &sha[..sha.len().min(12)]
+}
+
 /// What `git ls-remote` says of a URL (see [`probe`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {

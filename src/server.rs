@@ -134,13 +134,8 @@ pub async fn serve_roles(
             tracing::info!(addr = %gateway.local_addr()?, domain = %state.config.gateway.domain, "gateway listening");
             let gw_rx = rx.clone();
             Some(tokio::spawn(async move {
-                // No Nagle: a small answer on a kept-alive connection goes out at once instead
-                // of waiting for the visitor's delayed ACK (about 40 ms per request).
                 use axum::serve::ListenerExt;
-                let gateway = gateway.tap_io(|tcp| {
-                    let _ = tcp.set_nodelay(true);
-                });
-                axum::serve(gateway, gw.app())
+                axum::serve(gateway.tap_io(no_delay), gw.app())
                     .with_graceful_shutdown(stopped(gw_rx))
                     .await
             }))
@@ -235,6 +230,12 @@ pub async fn serve_roles(
     Ok(())
 }
 
+/// No Nagle on an accepted connection: a small answer on a kept-alive connection goes out at
+/// once instead of waiting for the peer's delayed ACK (about 40 ms per request).
+fn no_delay(tcp: &mut tokio::net::TcpStream) {
+    let _ = tcp.set_nodelay(true);
+}
+
 /// Serve until `shutdown` resolves.
 pub async fn serve(
     state: Arc<AppState>,
@@ -243,10 +244,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, store = ?state.store.backend(), "endor listening");
     use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state))
+    axum::serve(listener.tap_io(no_delay), router(state))
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())

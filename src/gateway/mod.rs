@@ -195,6 +195,18 @@ impl Gateway {
     }
 }
 
+/// The visitor's address: the peer's, or what a trusted proxy says it forwarded for. Worked
+/// out only for the rules that need it (CIDR lists, basic auth's per-address limit).
+fn visitor(req: &Request, trusted: &[ipnet::IpNet]) -> Option<std::net::IpAddr> {
+    let forwarded = req
+        .headers()
+        .get("x-forwarded-for")
+        .and_then(|h| h.to_str().ok());
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| crate::access::client_ip(c.0.ip(), forwarded, trusted))
+}
+
 fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -265,42 +277,22 @@ async fn serve(gw: Arc<Gateway>, site: Option<String>, req: Request) -> Response
     let access = &view.access;
     if let Some(a) = &access
         && (a.allow_cidrs.is_some() || a.deny_cidrs.is_some())
+        && !visitor(&req, &gw.trusted_proxies).is_some_and(|ip| crate::access::admitted(a, ip))
     {
-        let peer = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip());
-        let forwarded = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|h| h.to_str().ok());
-        let ok = peer.is_some_and(|peer| {
-            let ip = crate::access::client_ip(peer, forwarded, &gw.trusted_proxies);
-            crate::access::admitted(a, ip)
-        });
-        if !ok {
-            return page(
-                StatusCode::FORBIDDEN,
-                "Not allowed",
-                "This preview does not accept visitors from your address.",
-            );
-        }
+        return page(
+            StatusCode::FORBIDDEN,
+            "Not allowed",
+            "This preview does not accept visitors from your address.",
+        );
     }
-    if let Some(a) = &access {
+    if let Some(a) = &access
+        && a.basic_hash.is_some()
+    {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|h| h.to_str().ok());
-        let visitor = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| {
-                let forwarded = req
-                    .headers()
-                    .get("x-forwarded-for")
-                    .and_then(|h| h.to_str().ok());
-                crate::access::client_ip(c.0.ip(), forwarded, &gw.trusted_proxies)
-            })
+        let visitor = visitor(&req, &gw.trusted_proxies)
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         let checked = gw.auth.check(a, given, visitor).await;
         if let crate::access::AuthCheck::Throttled { retry_after_secs } = checked {

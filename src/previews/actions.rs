@@ -114,7 +114,7 @@ impl Lifecycle {
                 let current = p.head_sha.clone().unwrap_or_default();
                 return Ok(Deployed::NotBuilt(format!(
                     "a new commit `{}` arrived after this comment; review it and comment `{prefix} deploy` again to approve it",
-                    &current[..current.len().min(12)],
+                    crate::git::short_sha(&current),
                 )));
             }
             p.approved_sha = Some(head.clone());

@@ -189,16 +189,7 @@ impl Lifecycle {
         let s = self.begin(preview, run, 5, "start").await?;
         let route = match &cfg.preview.start {
             Some(cmd) => {
-                let started_proc = self
-                    .start(
-                        &site,
-                        &cfg,
-                        &code,
-                        env,
-                        cmd,
-                        (&preview.connection_id, preview.number),
-                    )
-                    .await;
+                let started_proc = self.start(&site, &cfg, &code, env, cmd, preview).await;
                 let detail = started_proc
                     .as_ref()
                     .ok()
@@ -362,7 +353,7 @@ impl Lifecycle {
         branch: &str,
         sha: &str,
     ) -> Result<(RepoConfig, String), JobError> {
-        let short = &sha[..sha.len().min(12)];
+        let short = crate::git::short_sha(sha);
         match self
             .git
             .read_file(conn.id.as_str(), sha, ".endor.toml")
@@ -614,7 +605,7 @@ impl Lifecycle {
         code: &Path,
         mut env: Vec<(String, String)>,
         cmd: &str,
-        pr: (&crate::ids::ConnectionId, i64),
+        preview: &Preview,
     ) -> Result<(u16, Supervised), JobError> {
         let port = free_port().map_err(transient)?;
         env.push(("PORT".into(), port.to_string()));
@@ -626,8 +617,12 @@ impl Lifecycle {
         let log = crate::logs::path(&self.logs, &site.id, crate::logs::Service::Web);
         crate::logs::create_dir(&self.logs, &site.id).map_err(transient)?;
         // The supervisor asks the store before each restart.
-        let wanted =
-            super::lifecycle::still_wanted(self.store.clone(), pr.0.clone(), pr.1, site.id.clone());
+        let wanted = super::lifecycle::still_wanted(
+            self.store.clone(),
+            preview.connection_id.clone(),
+            preview.number,
+            site.id.clone(),
+        );
         Ok((
             port,
             Supervised::start(

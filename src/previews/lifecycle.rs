@@ -158,7 +158,8 @@ impl Lifecycle {
             if p.state == PreviewState::Ready && p.port.is_some() && !alive {
                 // Its site was deleted while endor was down: nothing to relaunch.
                 if let Some(site_id) = p.site_id.clone()
-                    && !wanted(self.store.as_ref(), &p.connection_id, p.number, &site_id).await
+                    && let Ok(site) = self.store.site(&site_id).await
+                    && !runs(&p, &site_id, site.as_ref())
                 {
                     self.site_gone(&mut p).await;
                     continue;
@@ -356,7 +357,7 @@ impl Lifecycle {
                             PreviewState::AwaitingApproval,
                             Some(format!(
                                 "pull request from a fork: a member with the developer role must comment `/preview deploy` to build {}",
-                                &pr.head_sha[..pr.head_sha.len().min(12)]
+                                crate::git::short_sha(&pr.head_sha)
                             )),
                         )
                         .await;
@@ -429,17 +430,19 @@ async fn wanted(
         Ok(p) => p,
         Err(_) => return true,
     };
-    let live = preview.is_some_and(|p| {
-        !matches!(
-            p.state,
-            PreviewState::Destroying | PreviewState::Destroyed | PreviewState::Expired
-        ) && p.site_id.as_ref() == Some(site_id)
-    });
     let site = match store.site(site_id).await {
         Ok(s) => s,
         Err(_) => return true,
     };
-    live && site.is_some_and(|s| !matches!(s.state, SiteState::Deleting | SiteState::Deleted))
+    preview.is_some_and(|p| runs(&p, site_id, site.as_ref()))
+}
+
+/// The rule [`wanted`] applies: the preview is not torn down, still uses `site_id`, and that
+/// site (`site`, as read from the store) is not deleted.
+fn runs(p: &Preview, site_id: &crate::ids::SiteId, site: Option<&crate::store::Site>) -> bool {
+    !super::state::torn_down(p.state)
+        && p.site_id.as_ref() == Some(site_id)
+        && site.is_some_and(|s| !matches!(s.state, SiteState::Deleting | SiteState::Deleted))
 }
 
 /// [`wanted`] as the supervisor asks it, before each restart.
@@ -459,21 +462,24 @@ impl Lifecycle {
     /// Stop this process's site processes that the store says are no longer wanted (their
     /// preview torn down, or their site deleted, by another endor process). A preview whose
     /// site was deleted under it is marked destroyed and answers 410. Run every few seconds by
-    /// `endor serve`; returns the sites let go.
-    pub async fn reconcile(&self) -> Vec<String> {
+    /// `endor serve`.
+    pub async fn reconcile(&self) {
         let ids: Vec<crate::ids::PreviewId> = self.procs.lock().await.keys().cloned().collect();
         if ids.is_empty() {
-            return Vec::new();
+            return;
         }
         let Ok(previews) = self.store.list_previews().await else {
-            return Vec::new();
+            return;
         };
-        let mut let_go = Vec::new();
         for mut p in previews.into_iter().filter(|p| ids.contains(&p.id)) {
             let Some(site_id) = p.site_id.clone() else {
                 continue;
             };
-            if wanted(self.store.as_ref(), &p.connection_id, p.number, &site_id).await {
+            // A store that cannot be read keeps the process.
+            let Ok(site) = self.store.site(&site_id).await else {
+                continue;
+            };
+            if runs(&p, &site_id, site.as_ref()) {
                 continue;
             }
             let Some(proc_) = self.procs.lock().await.remove(&p.id) else {
@@ -482,19 +488,13 @@ impl Lifecycle {
             proc_.stop().await;
             tracing::info!(site = %p.site_name, "stopped the site process: its site was torn down by another endor process");
             self.site_gone(&mut p).await;
-            let_go.push(p.site_name);
         }
-        let_go
     }
 
     /// A live preview whose site was deleted from under it (`endor site delete`) is destroyed,
     /// with that reason, and answers 410. Torn-down previews are left as they are.
     async fn site_gone(&self, p: &mut Preview) {
-        let torn_down = matches!(
-            p.state,
-            PreviewState::Destroying | PreviewState::Destroyed | PreviewState::Expired
-        );
-        if torn_down {
+        if super::state::torn_down(p.state) {
             return;
         }
         let why = format!("its site {} was deleted", p.site_name);

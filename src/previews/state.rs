@@ -41,6 +41,14 @@ pub fn is_live(state: PreviewState) -> bool {
     !matches!(state, PreviewState::Destroyed | PreviewState::Destroying)
 }
 
+/// Is the preview torn down, or being torn down (its process must not run)?
+pub fn torn_down(state: PreviewState) -> bool {
+    matches!(
+        state,
+        PreviewState::Destroying | PreviewState::Destroyed | PreviewState::Expired
+    )
+}
+
 /// The reason a teardown records.
 pub fn why_torn_down(p: &Preview, final_state: PreviewState) -> String {
     match (final_state, p.reason.as_deref()) {
@@ -86,5 +94,7 @@ mod tests {
         p.teardown_step = None;
         assert_eq!(expiry_action(&p, 0), Some(S::Destroyed));
         assert!(!is_live(S::Destroying) && is_live(S::Expired) && is_live(S::Ready));
+        assert!(torn_down(S::Destroying) && torn_down(S::Destroyed) && torn_down(S::Expired));
+        assert!(!torn_down(S::Ready) && !torn_down(S::Failed) && !torn_down(S::Queued));
     }
 }

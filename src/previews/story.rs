@@ -333,7 +333,11 @@ fn text(payload: &str) -> String {
             target_url,
             ..
         }) => {
-            let mut t = format!("{} on {}: {description}", json_name(&state), short(&sha));
+            let mut t = format!(
+                "{} on {}: {description}",
+                json_name(&state),
+                crate::git::short_sha(&sha)
+            );
             if let Some(u) = target_url {
                 t.push_str(&format!(" ({u})"));
             }
@@ -342,7 +346,7 @@ fn text(payload: &str) -> String {
         Ok(Payload::Deployment {
             sha, state, url, ..
         }) => {
-            let mut t = format!("{} for {}", json_name(&state), short(&sha));
+            let mut t = format!("{} for {}", json_name(&state), crate::git::short_sha(&sha));
             if let Some(u) = url {
                 t.push_str(&format!(" ({u})"));
             }
@@ -362,8 +366,4 @@ fn json_name<T: Serialize>(v: &T) -> String {
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default()
-}
-
-fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
 }

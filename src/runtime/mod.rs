@@ -1205,23 +1205,12 @@ impl Supervised {
         );
         let task = tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
-            let mut first = true;
             while !s.load(Ordering::SeqCst) {
-                if !std::mem::take(&mut first)
-                    && let Some(wanted) = &wanted
-                    && !wanted().await
-                {
-                    tracing::info!(site = %site, "site process not restarted: the site was torn down by another endor process");
-                    return;
-                }
-                if s.load(Ordering::SeqCst) {
-                    return;
-                }
                 let started = Instant::now();
                 let kills_before = sandbox.oom_kills();
                 if let Some((engine, spec)) = &sandbox.docker {
                     run_container(&sandbox, engine, spec, &command, &log_path, &s, &ct).await;
-                    if s.load(Ordering::SeqCst) {
+                    if s.load(Ordering::SeqCst) || let_go(&wanted, &site).await {
                         return;
                     }
                     r.fetch_add(1, Ordering::SeqCst);
@@ -1259,10 +1248,7 @@ impl Supervised {
                         if s.load(Ordering::SeqCst) {
                             return;
                         }
-                        if let Some(wanted) = &wanted
-                            && !wanted().await
-                        {
-                            tracing::info!(site = %site, "site process ended and is not restarted: the site was torn down by another endor process");
+                        if let_go(&wanted, &site).await {
                             return;
                         }
                         if let Some(why) = sandbox.oom_note(kills_before) {
@@ -1278,7 +1264,10 @@ impl Supervised {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(site = %site, command = %command, error = %e, "site process could not start")
+                        tracing::warn!(site = %site, command = %command, error = %e, "site process could not start");
+                        if let_go(&wanted, &site).await {
+                            return;
+                        }
                     }
                 }
                 r.fetch_add(1, Ordering::SeqCst);
@@ -1322,6 +1311,19 @@ impl Supervised {
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
     }
+}
+
+/// Asked once before each restart: is the process no longer wanted (its site torn down by
+/// another endor process)? Then the supervisor lets it go, and says so.
+async fn let_go(wanted: &Option<StillWanted>, site: &str) -> bool {
+    let Some(wanted) = wanted else {
+        return false;
+    };
+    if wanted().await {
+        return false;
+    }
+    tracing::info!(site = %site, "site process not restarted: the site was torn down by another endor process");
+    true
 }
 
 /// Sleep `d`, or less when woken (a stop).
