@@ -423,9 +423,14 @@ pub async fn connect(
 }
 
 /// The connection the path names, when it belongs to the path's workspace.
-async fn own_connection(api: &Api, c: &Caller, id: &str) -> Result<(), ApiError> {
+/// The connection `id`, when it belongs to the caller's workspace (else 404).
+async fn own_connection(
+    api: &Api,
+    c: &Caller,
+    id: &str,
+) -> Result<crate::store::Connection, ApiError> {
     match api.store.connection(&id.into()).await? {
-        Some(conn) if conn.workspace_id == c.workspace()?.id => Ok(()),
+        Some(conn) if conn.workspace_id == c.workspace()?.id => Ok(conn),
         _ => Err(ApiError::not_found(format!("connection {id}"))),
     }
 }
@@ -550,10 +555,7 @@ pub async fn show_preview(
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| ApiError::invalid("number must be a positive integer"))?;
-    own_connection(&api, &c, id).await?;
-    let Some(conn) = api.store.connection(&id.as_str().into()).await? else {
-        return Err(ApiError::not_found(format!("connection {id}")));
-    };
+    let conn = own_connection(&api, &c, id).await?;
     ok(
         StatusCode::OK,
         &crate::previews::story::show(api.store.as_ref(), &api.config, &conn, number).await?,
