@@ -433,6 +433,9 @@ pub struct PostgresConfig {
     pub strategy: String,
     /// Superuser URL of the shared server for strategy `template`.
     pub admin_url: String,
+    /// Per-site servers also listen on 127.0.0.1 (a port each; `DATABASE_URL` then names it).
+    /// Off: only their Unix socket, which only the site's own processes can reach.
+    pub tcp: bool,
 }
 
 impl Default for PostgresConfig {
@@ -442,6 +445,7 @@ impl Default for PostgresConfig {
             os_user: "postgres".into(),
             strategy: "auto".into(),
             admin_url: String::new(),
+            tcp: false,
         }
     }
 }
@@ -452,12 +456,15 @@ impl Default for PostgresConfig {
 pub struct MariadbConfig {
     /// OS user the servers run as when endor runs as root.
     pub os_user: String,
+    /// Per-site servers also listen on 127.0.0.1 (see `postgres.tcp`).
+    pub tcp: bool,
 }
 
 impl Default for MariadbConfig {
     fn default() -> Self {
         Self {
             os_user: "mysql".into(),
+            tcp: false,
         }
     }
 }

@@ -16,6 +16,21 @@ pub fn lookup_user(name: &str) -> Result<(u32, u32), String> {
     Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
 }
 
+/// The name of the user with this uid, when it has one.
+pub fn user_name(uid: u32) -> Option<String> {
+    let mut buf = vec![0 as libc::c_char; 4096];
+    // SAFETY: a zeroed passwd filled by getpwuid_r, which writes its strings into `buf`.
+    let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut out: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe { libc::getpwuid_r(uid, &mut pw, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        return None;
+    }
+    // SAFETY: pw_name points into `buf`, NUL-terminated, when getpwuid_r succeeded.
+    let name = unsafe { std::ffi::CStr::from_ptr(pw.pw_name) };
+    Some(name.to_string_lossy().into_owned())
+}
+
 /// Make `dir` readable by its owner alone (0700) when it does not exist; folders made above it
 /// are traverse-only for others (0711), so a storage root beside it stays reachable by the
 /// users database servers run as. An existing folder is left as it is.

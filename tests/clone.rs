@@ -615,10 +615,16 @@ async fn sweep_removes_orphans_but_not_sites_being_made() {
     // The orphan still has database servers running: the sweep must stop them.
     let pg_tools = endor::clone::postgres::PgTools::detect(None, "postgres").unwrap();
     let orphan_pg = orphan.join("live/postgres/main");
-    let pg_inst = pg_tools.create(&orphan_pg).await.unwrap();
+    pg_tools
+        .create(&orphan_pg, endor::clone::Access::default())
+        .await
+        .unwrap();
     let maria_tools = endor::clone::mariadb::MariaTools::detect("mysql").unwrap();
     let orphan_maria = orphan.join("live/mariadb/main");
-    let maria_inst = maria_tools.create(&orphan_maria).await.unwrap();
+    maria_tools
+        .create(&orphan_maria, endor::clone::Access::default())
+        .await
+        .unwrap();
     let old = FileTime::from_unix_time(1_600_000_000, 0);
     filetime::set_file_times(&orphan, old, old).unwrap();
     let fresh = f.root.join("01a1f3e6-0000-7000-8000-00000000beef"); // as if mid-creation
@@ -644,10 +650,14 @@ async fn sweep_removes_orphans_but_not_sites_being_made() {
         .unwrap();
     assert_eq!(swept.removed.len(), 2);
     assert!(!orphan.exists() && !trash.exists());
-    for port in [pg_inst.port, maria_inst.port] {
+    for alias in [
+        endor::clone::postgres::run_dir(&orphan_pg),
+        endor::clone::mariadb::run_dir(&orphan_maria),
+    ] {
         assert!(
-            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
-            "an orphan's server still listens on {port}"
+            std::fs::symlink_metadata(&alias).is_err(),
+            "an orphan's socket name {} is left",
+            alias.display()
         );
     }
     let ps = std::process::Command::new("ps")

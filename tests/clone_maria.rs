@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use endor::clone::Strategy;
 use endor::clone::mariadb::{Instance, MariaTools, data_dir};
+use endor::clone::{Access, Strategy};
 
 fn totals(i: &Instance) -> String {
     sql(
@@ -72,7 +72,13 @@ async fn scenario(tools: MariaTools, generation_strategy: Strategy) {
     )
     .unwrap();
     let parent = d.path().join("parent");
-    let inst = tools.create(&parent).await.unwrap();
+    // With `mariadb.tcp` on: the checks below reach each server by its port (the socket-only
+    // default is tested through previews in tests/isolation.rs).
+    let tcp = Access {
+        tcp: true,
+        ..Access::default()
+    };
+    let inst = tools.create(&parent, tcp).await.unwrap();
     tools
         .import(&parent, &format!("mysql://root@127.0.0.1:3306/{src}"))
         .await
@@ -143,7 +149,10 @@ async fn scenario(tools: MariaTools, generation_strategy: Strategy) {
                 .unwrap()
         };
         let before = used(d.path());
-        let (ci, stats) = tools.clone_generation(&gen_dir, &dst, true).await.unwrap();
+        let (ci, stats) = tools
+            .clone_generation(&gen_dir, &dst, true, tcp)
+            .await
+            .unwrap();
         Command::new("sync").status().unwrap();
         // A clone shares its data: what it writes is what the server touches at start, not
         // the redo log rewritten (that was 116 MB per clone before generations were settled).
@@ -162,7 +171,7 @@ async fn scenario(tools: MariaTools, generation_strategy: Strategy) {
     let gen2 = d.path().join("gen2");
     tools.snapshot(&parent, &gen2).await.unwrap();
     let (c2, _) = tools
-        .clone_generation(&gen2, &d.path().join("clone-2"), true)
+        .clone_generation(&gen2, &d.path().join("clone-2"), true, tcp)
         .await
         .unwrap();
     assert_eq!(rows(&c2), rows(&inst));

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use endor::clone::Strategy;
-use endor::clone::postgres::{PgTools, data_dir, load};
+use endor::clone::postgres::{PgTools, data_dir, load, run_dir};
+use endor::clone::{Access, Strategy};
 use sqlx::Connection;
 use sqlx::postgres::{PgConnection, PgPoolOptions};
 
@@ -45,14 +45,15 @@ async fn instance_generation_is_consistent_under_writes_and_clones_are_isolated(
     let d = reflink_dir();
     let (src_name, src_url) = support::pg_source_db().await;
     let parent = d.path().join("parent");
-    let inst = tools.create(&parent).await.unwrap();
+    let inst = tools.create(&parent, Access::default()).await.unwrap();
+    let parent_url = inst.url(&parent);
     tools.import(&parent, &inst, &src_url).await.unwrap();
-    assert_eq!(support::pg_totals(&inst.url()).await, (100, 100_000));
+    assert_eq!(support::pg_totals(&parent_url).await, (100, 100_000));
 
     // A writer moves money on the parent the whole time.
     let pool = PgPoolOptions::new()
         .max_connections(2)
-        .connect(&inst.url())
+        .connect(&parent_url)
         .await
         .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -93,26 +94,37 @@ async fn instance_generation_is_consistent_under_writes_and_clones_are_isolated(
     // Row-level equality: with the writer stopped, a fresh generation's clone equals the parent.
     let gen2 = d.path().join("gen2");
     tools.snapshot(&parent, &gen2, true).await.unwrap();
+    let c2_dir = d.path().join("clone-2");
     let (c2, _) = tools
-        .clone_generation(&gen2, &d.path().join("clone-2"), true)
+        .clone_generation(&gen2, &c2_dir, true, Access::default())
         .await
         .unwrap();
-    assert_eq!(rows(&c2.url()).await, rows(&inst.url()).await);
-    assert_eq!(rows(&c2.url()).await.len(), 100);
+    assert_eq!(rows(&c2.url(&c2_dir)).await, rows(&parent_url).await);
+    assert_eq!(rows(&c2.url(&c2_dir)).await.len(), 100);
     tools.stop(&d.path().join("clone-2")).await.unwrap();
 
     let mut clones = Vec::new();
     for i in 0..2 {
         let dst = d.path().join(format!("clone-{i}"));
-        let (ci, stats) = tools.clone_generation(&gen_dir, &dst, true).await.unwrap();
+        let (ci, stats) = tools
+            .clone_generation(&gen_dir, &dst, true, Access::default())
+            .await
+            .unwrap();
         assert_eq!(stats.strategy, Strategy::Instance);
         assert_eq!(stats.bytes_written, 0, "a reflink clone wrote data");
         assert_eq!(
-            support::pg_totals(&ci.url()).await,
+            support::pg_totals(&ci.url(&dst)).await,
             (100, 100_000),
             "clone {i} is inconsistent"
         );
-        assert_ne!(ci.port, inst.port);
+        // Its own socket, and no TCP port at all.
+        assert!(
+            !ci.tcp
+                && ci
+                    .url(&dst)
+                    .contains(&format!("host={}", run_dir(&dst).display()))
+        );
+        assert_ne!(run_dir(&dst), run_dir(&parent));
         assert_ne!(
             ci.password, inst.password,
             "clones share credentials with the parent"
@@ -121,27 +133,33 @@ async fn instance_generation_is_consistent_under_writes_and_clones_are_isolated(
     }
     // Isolation both ways.
     let (c0, i0) = &clones[0];
-    let mut c = PgConnection::connect(&i0.url()).await.unwrap();
+    let mut c = PgConnection::connect(&i0.url(c0)).await.unwrap();
     sqlx::query("UPDATE accounts SET balance = 0")
         .execute(&mut c)
         .await
         .unwrap();
     c.close().await.unwrap();
-    assert_eq!(support::pg_totals(&inst.url()).await, (100, 100_000));
-    assert_eq!(support::pg_totals(&clones[1].1.url()).await, (100, 100_000));
-    let mut p = PgConnection::connect(&inst.url()).await.unwrap();
+    assert_eq!(support::pg_totals(&parent_url).await, (100, 100_000));
+    assert_eq!(
+        support::pg_totals(&clones[1].1.url(&clones[1].0)).await,
+        (100, 100_000)
+    );
+    let mut p = PgConnection::connect(&parent_url).await.unwrap();
     sqlx::query("DELETE FROM accounts WHERE id < 10")
         .execute(&mut p)
         .await
         .unwrap();
     p.close().await.unwrap();
-    assert_eq!(support::pg_totals(&clones[1].1.url()).await, (100, 100_000));
+    assert_eq!(
+        support::pg_totals(&clones[1].1.url(&clones[1].0)).await,
+        (100, 100_000)
+    );
     // Another clone's password does not open this one.
-    let wrong = i0.url().replace(&i0.password, &clones[1].1.password);
+    let wrong = i0.url(c0).replace(&i0.password, &clones[1].1.password);
     assert!(PgConnection::connect(&wrong).await.is_err());
     assert_eq!(load(c0).unwrap().port, i0.port);
 
-    // Stopping leaves no process and frees the port.
+    // Stopping leaves no process and no socket behind.
     for dir in [
         parent.as_path(),
         clones[0].0.as_path(),
@@ -152,10 +170,11 @@ async fn instance_generation_is_consistent_under_writes_and_clones_are_isolated(
         assert!(!alive(pid), "postgres {pid} still runs");
         tools.stop(dir).await.unwrap(); // idempotent
     }
-    for port in [inst.port, clones[0].1.port, clones[1].1.port] {
+    for dir in [&parent, &clones[0].0, &clones[1].0] {
         assert!(
-            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
-            "port {port} still taken"
+            std::fs::symlink_metadata(run_dir(dir)).is_err(),
+            "{} outlived its server",
+            run_dir(dir).display()
         );
     }
     support::drop_pg_db(&src_name).await;

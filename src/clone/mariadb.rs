@@ -8,10 +8,12 @@
 //! the generation is made from a `mariadb-dump --single-transaction` of the parent into a fresh
 //! instance instead (also consistent, also once per generation, slower), and the report says so.
 //!
-//! Servers run as the `mysql` OS user when endor is root, detached, on 127.0.0.1 and a socket of
-//! their own. Control goes through the `mariadb` client with argument vectors (no shell).
-//! Credentials: `root` only through the socket; an application user `app` that owns database
-//! `app`, with a fresh random password per clone.
+//! Servers run as the `mysql` OS user when endor is root, detached, on a Unix socket in the
+//! instance's `run/` folder, which only the site's own group may pass (see [`Access`]); with
+//! networking skipped unless `mariadb.tcp` says so (then on 127.0.0.1). Control goes through
+//! the `mariadb` client with argument vectors (no shell). Credentials: `root` only by the
+//! socket's peer check of the OS user root (so not by the site's code), and an application
+//! user `app` that owns database `app`, with a fresh random password per clone.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -22,7 +24,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    clone_data_dir, free_port, fresh_password, load_record, runtime_dir, save_record, tree_size,
+    Access, clone_data_dir, free_port, fresh_password, load_record, prepare_socket, remove_alias,
+    save_record, socket_alias, tree_size,
 };
 use super::{CloneError, CloneStats, Strategy};
 
@@ -39,16 +42,42 @@ pub struct MariaTools {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Instance {
+    /// The TCP port, used only with `tcp`.
     pub port: u16,
     pub password: String,
+    /// Also listening on 127.0.0.1.
+    #[serde(default)]
+    pub tcp: bool,
+    /// The group allowed through the socket's folder.
+    #[serde(default)]
+    pub group: Option<u32>,
 }
 
 impl Instance {
-    pub fn url(&self) -> String {
-        format!(
-            "mysql://{APP}:{}@127.0.0.1:{}/{APP}",
-            self.password, self.port
-        )
+    fn new(access: Access, password: String) -> Result<Self, CloneError> {
+        Ok(Self {
+            port: if access.tcp { free_port()? } else { 0 },
+            password,
+            tcp: access.tcp,
+            group: access.group,
+        })
+    }
+
+    /// The application's URL for the instance in `dir`: through its socket, or 127.0.0.1
+    /// when it listens there.
+    pub fn url(&self, dir: &Path) -> String {
+        if self.tcp {
+            format!(
+                "mysql://{APP}:{}@127.0.0.1:{}/{APP}",
+                self.password, self.port
+            )
+        } else {
+            format!(
+                "mysql://{APP}:{}@localhost/{APP}?socket={}",
+                self.password,
+                socket(dir).display()
+            )
+        }
     }
 }
 
@@ -56,9 +85,13 @@ pub fn data_dir(dir: &Path) -> PathBuf {
     dir.join("data")
 }
 
-/// Socket paths are limited to 107 bytes: a short one under /tmp, named by the instance path.
+/// The short name of the socket folder (see [`socket_alias`]).
+pub fn run_dir(dir: &Path) -> PathBuf {
+    socket_alias("my", dir)
+}
+
 fn socket(dir: &Path) -> PathBuf {
-    runtime_dir("endor-my", dir).join("mysqld.sock")
+    run_dir(dir).join("mysqld.sock")
 }
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CloneError + 'a {
@@ -201,7 +234,7 @@ impl MariaTools {
     }
 
     /// A new, empty instance in `dir` with database and user `app`; started.
-    pub async fn create(&self, dir: &Path) -> Result<Instance, CloneError> {
+    pub async fn create(&self, dir: &Path, access: Access) -> Result<Instance, CloneError> {
         std::fs::create_dir_all(dir).map_err(err("mkdir", dir))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .map_err(err("chmod", dir))?;
@@ -217,10 +250,7 @@ impl MariaTools {
             .args(["--auth-root-authentication-method=socket", "--skip-test-db"]);
         self.output(c, "mariadb-install-db")?;
         self.own_tree(&data)?;
-        let inst = Instance {
-            port: free_port()?,
-            password: fresh_password(),
-        };
+        let inst = Instance::new(access, fresh_password())?;
         self.start(dir, &inst).await?;
         // Names are constants and the password is hex we generated.
         self.sql(
@@ -239,22 +269,30 @@ impl MariaTools {
     /// Start the server of `dir`, detached, and wait until it answers.
     pub async fn start(&self, dir: &Path, inst: &Instance) -> Result<(), CloneError> {
         let sock = socket(dir);
-        let sock_dir = sock.parent().unwrap_or(Path::new("/tmp")).to_path_buf();
-        std::fs::create_dir_all(&sock_dir).map_err(err("mkdir", &sock_dir))?;
-        self.own(&sock_dir)?;
+        let access = Access {
+            group: inst.group,
+            tcp: inst.tcp,
+        };
+        prepare_socket(dir, &run_dir(dir), self.run_as, access)?;
         let log = dir.join("server.log");
         let mut c = self.cmd("/usr/sbin/mariadbd", true);
         c.arg("--no-defaults")
             .arg(format!("--datadir={}", data_dir(dir).display()))
             .arg(format!("--socket={}", sock.display()))
-            .arg(format!("--port={}", inst.port))
+            .args(if inst.tcp {
+                vec![
+                    format!("--port={}", inst.port),
+                    "--bind-address=127.0.0.1".to_string(),
+                ]
+            } else {
+                vec!["--skip-networking".to_string()]
+            })
             .arg(format!(
                 "--pid-file={}",
                 data_dir(dir).join("mariadbd.pid").display()
             ))
             .arg(format!("--log-error={}", log.display()))
             .args([
-                "--bind-address=127.0.0.1",
                 "--innodb-buffer-pool-size=16M",
                 "--skip-log-bin",
                 "--max-connections=30",
@@ -326,9 +364,7 @@ impl MariaTools {
             }
         }
         let _ = std::fs::remove_file(&pid_file);
-        if let Some(d) = socket(dir).parent() {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        remove_alias(&run_dir(dir));
         Ok(())
     }
 
@@ -424,16 +460,14 @@ impl MariaTools {
             // Start once and shut down cleanly: InnoDB settles its redo log here, once, instead
             // of rewriting ~100 MB in every clone at its first start (measured: 116 MB per
             // clone without this).
-            let settle = Instance {
-                port: free_port()?,
-                password: inst.password.clone(),
-            };
+            // Endor's alone while it settles: no group through its socket folder.
+            let settle = Instance::new(Access::default(), inst.password.clone())?;
             self.start(gen_dir, &settle).await?;
             self.stop(gen_dir).await?;
             Strategy::Instance
         } else {
             tracing::warn!(site_dir = %live.display(), "mariadb-backup is missing: generation made by mariadb-dump (slower, time grows with the data)");
-            let fresh = self.create(gen_dir).await?;
+            let fresh = self.create(gen_dir, Access::default()).await?;
             let mut dump = self.cmd("/usr/bin/mariadb-dump", false);
             dump.arg("--no-defaults")
                 .arg(format!("--socket={}", socket(live).display()))
@@ -463,13 +497,11 @@ impl MariaTools {
         gen_dir: &Path,
         dst: &Path,
         reflink: bool,
+        access: Access,
     ) -> Result<(Instance, CloneStats), CloneError> {
         let started = Instant::now();
         let stats = clone_data_dir(&data_dir(gen_dir), dst, reflink)?;
-        let inst = Instance {
-            port: free_port()?,
-            password: fresh_password(),
-        };
+        let inst = Instance::new(access, fresh_password())?;
         self.start(dst, &inst).await?;
         self.sql(
             dst,

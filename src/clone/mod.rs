@@ -17,6 +17,8 @@ pub mod sqlite;
 
 use std::path::{Path, PathBuf};
 
+pub use common::Access;
+
 use serde::Serialize;
 
 /// How a resource was copied.
@@ -151,13 +153,14 @@ impl DbServer {
         gen_dir: &Path,
         dst: &Path,
         reflink: bool,
+        access: Access,
     ) -> Result<CloneStats, CloneError> {
         Ok(match self {
-            DbServer::Postgres(t) => t.clone_generation(gen_dir, dst, reflink).await?.1,
+            DbServer::Postgres(t) => t.clone_generation(gen_dir, dst, reflink, access).await?.1,
             DbServer::PostgresTemplate(t) => {
                 t.clone_generation(gen_dir, dst, &db_name(dst)).await?
             }
-            DbServer::Mariadb(t) => t.clone_generation(gen_dir, dst, reflink).await?.1,
+            DbServer::Mariadb(t) => t.clone_generation(gen_dir, dst, reflink, access).await?.1,
         })
     }
 
@@ -177,11 +180,23 @@ impl DbServer {
             "postgres" if dir.join("template.json").exists() => {
                 pg_template::load(dir).ok().map(|d| d.url())
             }
-            "postgres" => postgres::load(dir).ok().map(|i| i.url()),
-            "mariadb" => mariadb::load(dir).ok().map(|i| i.url()),
+            "postgres" => postgres::load(dir).ok().map(|i| i.url(dir)),
+            "mariadb" => mariadb::load(dir).ok().map(|i| i.url(dir)),
             _ => None,
         }
     }
+}
+
+/// The socket folder of the per-site server in `dir` (kind `postgres` or `mariadb`), as
+/// `(short name, real folder)`: what a sandbox shows its site at the short name the URL
+/// uses. `None` for databases on a shared server and for folders without a server.
+pub fn socket_link(kind: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    let alias = match kind {
+        "postgres" if dir.join("instance.json").exists() => postgres::run_dir(dir),
+        "mariadb" if dir.join("instance.json").exists() => mariadb::run_dir(dir),
+        _ => return None,
+    };
+    Some((alias, common::socket_dir(dir)))
 }
 
 /// A database name on a shared server for the resource directory `dir`: derived from the

@@ -10,10 +10,13 @@
 //! without recovery.
 //!
 //! Servers run as the `postgres` OS user when endor runs as root (PostgreSQL refuses root),
-//! detached from endor (their own process group), listening on 127.0.0.1 and a socket
-//! directory of their own. No shell is involved: every program is run with an argument vector.
-//! Credentials: a superuser `endor` reachable only through the instance's socket, and an
-//! application role `app` that owns database `app`, with a fresh random password per clone.
+//! detached from endor (their own process group), listening on a Unix socket in the instance's
+//! `run/` folder, which only the site's own group may pass (see [`Access`]); on 127.0.0.1 too
+//! only when `postgres.tcp` says so. No shell is involved: every program is run with an
+//! argument vector. Credentials (`pg_hba.conf`, rewritten at every start): the superuser
+//! `endor` only by peer authentication of endor's own OS user (no password exists for it, so
+//! the site's code cannot become it even through its own socket), and an application role
+//! `app` that owns database `app`, with a fresh random password per clone.
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -26,7 +29,8 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{ConnectOptions, Connection};
 
 use super::common::{
-    clone_data_dir, free_port, fresh_password, load_record, runtime_dir, save_record,
+    Access, clone_data_dir, free_port, fresh_password, load_record, prepare_socket, remove_alias,
+    save_record, socket_alias,
 };
 use super::files::{TreeOptions, clone_tree, remove_tree};
 use super::{CloneError, CloneStats, Strategy};
@@ -46,16 +50,50 @@ pub struct PgTools {
 /// beside the data directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Instance {
+    /// The TCP port with `tcp`; otherwise only the number in the socket's name.
     pub port: u16,
     pub password: String,
+    /// Also listening on 127.0.0.1.
+    #[serde(default)]
+    pub tcp: bool,
+    /// The group allowed through the socket's folder.
+    #[serde(default)]
+    pub group: Option<u32>,
 }
 
+/// The socket's port number when there is no TCP port: each server has a folder of its own.
+const SOCKET_PORT: u16 = 5432;
+
 impl Instance {
-    pub fn url(&self) -> String {
-        format!(
-            "postgres://{APP_ROLE}:{}@127.0.0.1:{}/{APP_ROLE}",
-            self.password, self.port
-        )
+    fn new(access: Access, password: String) -> Result<Self, CloneError> {
+        Ok(Self {
+            port: if access.tcp {
+                free_port()?
+            } else {
+                SOCKET_PORT
+            },
+            password,
+            tcp: access.tcp,
+            group: access.group,
+        })
+    }
+
+    /// The application's URL for the instance in `dir`: through its socket (libpq's `host`
+    /// parameter naming a folder), or 127.0.0.1 when it listens there.
+    pub fn url(&self, dir: &Path) -> String {
+        if self.tcp {
+            format!(
+                "postgres://{APP_ROLE}:{}@127.0.0.1:{}/{APP_ROLE}",
+                self.password, self.port
+            )
+        } else {
+            format!(
+                "postgres://{APP_ROLE}:{}@localhost:{}/{APP_ROLE}?host={}",
+                self.password,
+                self.port,
+                run_dir(dir).display()
+            )
+        }
     }
 }
 
@@ -65,10 +103,9 @@ pub fn data_dir(dir: &Path) -> PathBuf {
     dir.join("data")
 }
 
-/// The server's socket directory. Unix socket paths are limited to 107 bytes, so it lives
-/// under /tmp, named by a hash of the instance directory (stable: found again from the path).
-fn run_dir(dir: &Path) -> PathBuf {
-    runtime_dir("endor-pg", dir)
+/// The short name of the server's socket folder (see [`socket_alias`]).
+pub fn run_dir(dir: &Path) -> PathBuf {
+    socket_alias("pg", dir)
 }
 
 fn err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CloneError + 'a {
@@ -143,7 +180,7 @@ impl PgTools {
     }
 
     /// A new, empty instance in `dir` with the `app` role and database; started.
-    pub async fn create(&self, dir: &Path) -> Result<Instance, CloneError> {
+    pub async fn create(&self, dir: &Path, access: Access) -> Result<Instance, CloneError> {
         std::fs::create_dir_all(dir).map_err(err("mkdir", dir))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
             .map_err(err("chmod", dir))?;
@@ -168,10 +205,7 @@ impl PgTools {
             )),
             _ => e,
         })?;
-        let inst = Instance {
-            port: free_port()?,
-            password: fresh_password(),
-        };
+        let inst = Instance::new(access, fresh_password())?;
         self.start(dir, &inst).await?;
         let mut c = self
             .superuser(dir, inst.port, "postgres")
@@ -199,8 +233,12 @@ impl PgTools {
     /// connections (recovery included).
     pub async fn start(&self, dir: &Path, inst: &Instance) -> Result<(), CloneError> {
         let run = run_dir(dir);
-        std::fs::create_dir_all(&run).map_err(err("mkdir", &run))?;
-        self.own(&run)?;
+        let access = Access {
+            group: inst.group,
+            tcp: inst.tcp,
+        };
+        prepare_socket(dir, &run, self.run_as, access)?;
+        self.write_hba(dir)?;
         let log_path = dir.join("server.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -215,14 +253,13 @@ impl PgTools {
             .arg(inst.port.to_string())
             .arg("-k")
             .arg(&run)
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "max_connections=30",
-                "-c",
-                "shared_buffers=16MB",
-            ])
+            .arg("-c")
+            .arg(if inst.tcp {
+                "listen_addresses=127.0.0.1"
+            } else {
+                "listen_addresses="
+            })
+            .args(["-c", "max_connections=30", "-c", "shared_buffers=16MB"])
             .stdout(log.try_clone().map_err(err("open", &log_path))?)
             .stderr(log)
             // Its own process group: the server outlives the endor command that started it
@@ -308,7 +345,32 @@ impl PgTools {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let _ = std::fs::remove_dir_all(run_dir(dir));
+        remove_alias(&run_dir(dir));
+        Ok(())
+    }
+
+    /// Who may log in how, written before every start (a copy made from an older generation
+    /// gets it too): `endor` by peer authentication of endor's and the server's OS users only,
+    /// `app` with its password.
+    fn write_hba(&self, dir: &Path) -> Result<(), CloneError> {
+        let data = data_dir(dir);
+        let hba = "# Written by endor at every start of this server.\n\
+                   local all endor peer map=endor\n\
+                   local all app scram-sha-256\n\
+                   host all app 127.0.0.1/32 scram-sha-256\n";
+        // SAFETY: geteuid has no preconditions.
+        let mut users = vec![unsafe { libc::geteuid() }];
+        users.extend(self.run_as.map(|(uid, _)| uid));
+        let mut ident = String::from("# Written by endor at every start of this server.\n");
+        for name in users.into_iter().filter_map(crate::unix::user_name) {
+            ident.push_str(&format!("endor {name} endor\n"));
+        }
+        for (file, text) in [("pg_hba.conf", hba.to_string()), ("pg_ident.conf", ident)] {
+            let path = data.join(file);
+            crate::unix::replace_file_atomic(&path, text.as_bytes(), 0o600)
+                .map_err(err("write", &path))?;
+            self.own(&path)?;
+        }
         Ok(())
     }
 
@@ -335,7 +397,8 @@ impl PgTools {
             .take()
             .ok_or_else(|| CloneError::Refused("pg_dump has no stdout".into()))?;
         let mut psql = self.cmd("psql");
-        psql.args(["-q", "-v", "ON_ERROR_STOP=1", "-h"])
+        psql.env("PGPASSWORD", &inst.password)
+            .args(["-q", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(run_dir(dir))
             .arg("-p")
             .arg(inst.port.to_string())
@@ -409,10 +472,8 @@ impl PgTools {
         std::fs::write(&label_path, label).map_err(err("write", &label_path))?;
         self.own(&label_path)?;
         // Recover once, then shut down cleanly: clones of a clean directory start fast.
-        let temp = Instance {
-            port: free_port()?,
-            password: inst.password.clone(),
-        };
+        // Endor's alone while it recovers: no group through its socket folder.
+        let temp = Instance::new(Access::default(), inst.password.clone())?;
         self.start(gen_dir, &temp).await?;
         self.stop(gen_dir).await?;
         save(gen_dir, &temp)?;
@@ -430,13 +491,11 @@ impl PgTools {
         gen_dir: &Path,
         dst: &Path,
         reflink: bool,
+        access: Access,
     ) -> Result<(Instance, CloneStats), CloneError> {
         let started = Instant::now();
         let stats = clone_data_dir(&data_dir(gen_dir), dst, reflink)?;
-        let inst = Instance {
-            port: free_port()?,
-            password: fresh_password(),
-        };
+        let inst = Instance::new(access, fresh_password())?;
         self.start(dst, &inst).await?;
         let mut c = self
             .superuser(dst, inst.port, "postgres")

@@ -464,10 +464,16 @@ impl Lifecycle {
             .map(|c| c.preview.limits.clone())
             .unwrap_or_default()
             .within(&self.config.runtime.limits);
+        let sockets = self
+            .sites
+            .database_sockets(site)
+            .await
+            .map_err(site_error)?;
         Ok(SiteBox {
             key: site.id.to_string(),
             uid,
             writable: vec![self.sites.live_dir(site)],
+            sockets,
             quota_dirs: self.sites.writable_dirs(site),
             limits,
             image: cfg.and_then(|c| c.preview.image.clone()),

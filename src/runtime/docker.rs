@@ -35,6 +35,8 @@ pub struct Spec {
     pub uid: Option<u32>,
     pub workdir: PathBuf,
     pub binds: Vec<PathBuf>,
+    /// Socket folders, `(short name, real folder)`: the real folder bound at the short name.
+    pub sockets: Vec<(PathBuf, PathBuf)>,
     pub env: Vec<(String, String)>,
     pub limits: Limits,
     /// Published on 127.0.0.1 (the app's `PORT`).
@@ -162,6 +164,11 @@ impl Engine {
                 spec.binds
                     .iter()
                     .map(|b| format!("{}:{}", b.display(), b.display()))
+                    .chain(
+                        spec.sockets
+                            .iter()
+                            .map(|(alias, real)| format!("{}:{}", real.display(), alias.display())),
+                    )
                     .collect(),
             ),
             memory: Some(l.memory as i64),

@@ -26,6 +26,9 @@ pub struct Jail {
     pub bwrap: PathBuf,
     /// Folders the code may write (its checkout, its site's files and databases).
     pub writable: Vec<PathBuf>,
+    /// Symlinks `(name, target)` made inside: the short names of the site's database socket
+    /// folders (the targets are inside `writable`).
+    pub links: Vec<(PathBuf, PathBuf)>,
     /// Set for an isolated network: pasta, and the port to forward from the host's loopback.
     pub network: Option<(PathBuf, Option<u16>)>,
 }
@@ -77,6 +80,18 @@ impl Jail {
             a.push("--bind-fd".into());
             a.push(fd.to_string().into());
             a.push(w.clone().into_os_string());
+        }
+        for (name, target) in &self.links {
+            if let Some(parent) = name.parent() {
+                // Made on the private /run; passable by the site's uid (bwrap's default is 0700).
+                for flag in ["--perms", "0755", "--dir"] {
+                    a.push(flag.into());
+                }
+                a.push(parent.as_os_str().to_owned());
+            }
+            a.push("--symlink".into());
+            a.push(target.clone().into_os_string());
+            a.push(name.clone().into_os_string());
         }
         a.push("--chdir".into());
         a.push(cwd.as_os_str().to_owned());

@@ -218,6 +218,9 @@ pub struct SiteBox {
     pub uid: Option<u32>,
     /// Folders its code may write besides the working directory.
     pub writable: Vec<PathBuf>,
+    /// Its database servers' socket folders, as `(short name, real folder)`: shown at the
+    /// short name its `DATABASE_URL` uses (the real folder is inside `writable`).
+    pub sockets: Vec<(PathBuf, PathBuf)>,
     /// Folders whose new data counts against the disk limit (besides the working directory).
     pub quota_dirs: Vec<PathBuf>,
     pub limits: Limits,
@@ -442,6 +445,7 @@ impl Host {
         let jail = Jail {
             bwrap: bwrap.clone(),
             writable: vec![],
+            links: vec![],
             network: None,
         };
         let (program, args) = jail.argv(Path::new("/"), "exit 0", &[]);
@@ -506,6 +510,7 @@ impl Host {
                         uid: site.uid.filter(|_| self.root),
                         workdir: dir.to_path_buf(),
                         binds,
+                        sockets: site.sockets.clone(),
                         env,
                         limits: site.limits.clone(),
                         port,
@@ -543,6 +548,7 @@ impl Host {
             jail: Some(Jail {
                 bwrap,
                 writable,
+                links: site.sockets.clone(),
                 network,
             }),
             cgroup,

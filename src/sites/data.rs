@@ -128,8 +128,14 @@ impl Sites {
                     self.trash(&target)?;
                     let parent = self.live(dst).join(&r.kind);
                     std::fs::create_dir_all(&parent).map_err(CloneError::io("mkdir", &parent))?;
+                    let access = self.db_access(dst, &r.kind).await?;
                     let s = server
-                        .clone_generation(&gen_dir.join(&r.kind).join(&r.name), &target, reflink)
+                        .clone_generation(
+                            &gen_dir.join(&r.kind).join(&r.name),
+                            &target,
+                            reflink,
+                            access,
+                        )
                         .await?;
                     out.push(self.record(dst, &r.kind, &r.name, &target, &s).await?);
                 }

@@ -29,8 +29,8 @@ use crate::clone::files::{TreeOptions, clone_tree, remove_tree};
 use crate::clone::mariadb::{self as maria, MariaTools};
 use crate::clone::pg_template::Template;
 use crate::clone::postgres::{self as pg, PgTools};
+use crate::clone::{Access, DbServer, db_name};
 use crate::clone::{CloneError, CloneStats, Strategy, probe, sqlite};
-use crate::clone::{DbServer, db_name};
 use crate::ids::{SiteId, WorkspaceId};
 use crate::store::{NewSite, Site, SiteResource, SiteState, Store, StoreError};
 
@@ -208,6 +208,11 @@ pub struct Sites {
     pg_strategy: String,
     pg_admin_url: String,
     maria_user: String,
+    /// Per-site servers also on 127.0.0.1 (`postgres.tcp`, `mariadb.tcp`).
+    pg_tcp: bool,
+    maria_tcp: bool,
+    /// Whose processes may pass a site's database sockets' folder.
+    db_group: DbGroup,
     /// How long an operation waits for a busy site before giving up (none: at once).
     lock_wait: std::time::Duration,
 }
@@ -225,6 +230,31 @@ pub struct Imports<'a> {
 
 const MAIN_DB: &str = "main";
 
+/// The group whose processes may reach a site's database servers through their socket folder:
+/// the processes that run the site's code, as the runtime runs them.
+#[derive(Debug, Clone)]
+enum DbGroup {
+    /// Endor is not root: every process runs as endor's own uid.
+    Endor,
+    /// The site's own gid (= its uid) from `runtime.uid_range`: isolation is on.
+    PerSite(crate::config::UidRange),
+    /// `runtime.user`'s group: no isolation, every site's code runs as that user.
+    User(String),
+}
+
+impl DbGroup {
+    fn of(config: &crate::config::Config) -> Self {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            DbGroup::Endor
+        } else if config.runtime.isolation == crate::config::Isolation::Sandbox {
+            DbGroup::PerSite(config.runtime.uid_range)
+        } else {
+            DbGroup::User(config.runtime.user.clone())
+        }
+    }
+}
+
 impl Sites {
     pub fn new(store: Arc<dyn Store>, config: &crate::config::Config) -> Self {
         Self {
@@ -240,6 +270,9 @@ impl Sites {
             pg_strategy: config.postgres.strategy.clone(),
             pg_admin_url: config.postgres.admin_url.clone(),
             maria_user: config.mariadb.os_user.clone(),
+            pg_tcp: config.postgres.tcp,
+            maria_tcp: config.mariadb.tcp,
+            db_group: DbGroup::of(config),
             lock_wait: std::time::Duration::ZERO,
         }
     }
@@ -282,6 +315,41 @@ impl Sites {
             ("mariadb", _) => DbServer::Mariadb(MariaTools::detect(&self.maria_user)?),
             (other, _) => return Err(SiteError::Invalid(format!("no server engine for {other}"))),
         })
+    }
+
+    /// How the site's own processes reach its server of `kind` (and nobody else's do).
+    async fn db_access(&self, site: &Site, kind: &str) -> Result<Access> {
+        let group = match &self.db_group {
+            DbGroup::Endor => None,
+            DbGroup::PerSite(r) => Some(
+                self.store
+                    .assign_site_uid(&site.id, r.first, r.last)
+                    .await?,
+            ),
+            DbGroup::User(name) => Some(
+                crate::unix::lookup_user(name)
+                    .map_err(|e| SiteError::Invalid(format!("runtime.user: {e}")))?
+                    .1,
+            ),
+        };
+        let tcp = if kind == "postgres" {
+            self.pg_tcp
+        } else {
+            self.maria_tcp
+        };
+        Ok(Access { group, tcp })
+    }
+
+    /// The folders of the site's database sockets, as `(short name, real folder)`: what its
+    /// sandbox shows at the names its `DATABASE_URL` uses.
+    pub async fn database_sockets(&self, site: &Site) -> Result<Vec<(PathBuf, PathBuf)>> {
+        Ok(self
+            .store
+            .site_resources(&site.id)
+            .await?
+            .into_iter()
+            .filter_map(|r| crate::clone::socket_link(&r.kind, Path::new(&r.location)))
+            .collect())
     }
 
     /// Stop every database server under `dir` and drop every shared-server database recorded
@@ -582,7 +650,7 @@ impl Sites {
             let dir = live.join(kind).join(MAIN_DB);
             let size = match self.server(kind, None)? {
                 DbServer::Postgres(t) => {
-                    let inst = t.create(&dir).await?;
+                    let inst = t.create(&dir, self.db_access(site, kind).await?).await?;
                     t.import(&dir, &inst, url).await?;
                     tree_size(&pg::data_dir(&dir))
                 }
@@ -591,7 +659,7 @@ impl Sites {
                     t.size(&db.db).await?
                 }
                 DbServer::Mariadb(t) => {
-                    t.create(&dir).await?;
+                    t.create(&dir, self.db_access(site, kind).await?).await?;
                     t.import(&dir, url).await?;
                     tree_size(&maria::data_dir(&dir))
                 }

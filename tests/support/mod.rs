@@ -249,28 +249,53 @@ pub fn maria_sql(
     db: &str,
     q: &str,
 ) -> Result<String, String> {
+    maria_run(
+        &["-h", "127.0.0.1", "-P", &port.to_string()],
+        user,
+        password,
+        db,
+        q,
+    )
+}
+
+/// `q` through the `mariadb` client reaching the server with `how` (host and port, or socket).
+fn maria_run(
+    how: &[&str],
+    user: &str,
+    password: &str,
+    db: &str,
+    q: &str,
+) -> Result<String, String> {
     let out = std::process::Command::new("mariadb")
         .env("MYSQL_PWD", password)
-        .args([
-            "--no-defaults",
-            "-h",
-            "127.0.0.1",
-            "-P",
-            &port.to_string(),
-            "-u",
-            user,
-            "-N",
-            "-B",
-            db,
-            "-e",
-            q,
-        ])
+        .arg("--no-defaults")
+        .args(how)
+        .args(["-u", user, "-N", "-B", db, "-e", q])
         .output()
         .unwrap();
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// `q` as the user of a mysql:// URL of an endor instance (by its socket or its port).
+pub fn maria_url_sql(url: &str, q: &str) -> Result<String, String> {
+    let rest = url.strip_prefix("mysql://").unwrap();
+    let (auth, hostdb) = rest.split_once('@').unwrap();
+    let (user, pw) = auth.split_once(':').unwrap();
+    let (hostport, dbq) = hostdb.split_once('/').unwrap();
+    let (db, socket) = match dbq.split_once("?socket=") {
+        Some((db, socket)) => (db, Some(socket)),
+        None => (dbq, None),
+    };
+    match socket {
+        Some(socket) => maria_run(&["--socket", socket], user, pw, db, q),
+        None => {
+            let port = hostport.rsplit_once(':').unwrap().1;
+            maria_run(&["-h", "127.0.0.1", "-P", port], user, pw, db, q)
+        }
     }
 }
 
@@ -305,19 +330,7 @@ pub fn drop_maria_db(name: &str) {
 
 /// "rows\ttotal" of `accounts` at a mysql:// URL of an endor instance.
 pub fn maria_totals(url: &str) -> String {
-    let rest = url.strip_prefix("mysql://").unwrap();
-    let (auth, hostdb) = rest.split_once('@').unwrap();
-    let (user, pw) = auth.split_once(':').unwrap();
-    let (hostport, db) = hostdb.split_once('/').unwrap();
-    let port: u16 = hostport.rsplit_once(':').unwrap().1.parse().unwrap();
-    maria_sql(
-        port,
-        user,
-        pw,
-        db,
-        "SELECT COUNT(*), SUM(balance) FROM accounts",
-    )
-    .unwrap()
+    maria_url_sql(url, "SELECT COUNT(*), SUM(balance) FROM accounts").unwrap()
 }
 
 /// A fresh directory on the reflink filesystem (`ENDOR_TEST_REFLINK_DIR`, mounted by
