@@ -368,121 +368,218 @@ root = "."
     h.stop().await;
 }
 
-/// Another site's database server: a hostile preview finds its port (shared network) but
-/// cannot log in without that site's own password, nor as endor's superuser, and its Unix
-/// socket is not there at all (the sandbox's /tmp is its own).
+/// Another site's database servers: they listen on no port, their socket folders are not in a
+/// hostile preview's sandbox (neither at the short name its URL uses nor at the real path),
+/// and outside any sandbox only the site's own uid passes them. A preview reaches its own
+/// servers through its socket as `app` only: never as PostgreSQL's superuser or MariaDB's
+/// root, so nothing of the server (which runs outside the sandbox) is its to command.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn another_sites_postgres_refuses_a_hostile_preview() {
+async fn another_sites_database_servers_refuse_a_hostile_preview() {
     let db = TestStore::sqlite().await;
     let h = Harness::start(&db).await;
-    let src = pg_parent(&h.sites(), h.dir.path()).await;
+    let (pg_src, maria_src) = db_parent(&h.sites(), h.dir.path()).await;
     let (repo, conn) = h.repo("api", VICTIM_TOML).await;
     let sha = repo.push_pr("feature", 1, "victim");
     let pr = Pr::new("opened", 1, &sha, "feature", "octo/api");
     assert_eq!(h.pr_event(&conn, "octo/api", pr).await, 202);
     h.ready(&conn.0, 1, None).await;
-    let victim = h.sites().show("api-pr-1").await.unwrap();
-    let parent = h.sites().show("production").await.unwrap();
-    // host:port of each server, from its URL (the password stays with its site).
-    let port_of = |urls: &[String]| -> u16 {
-        let url = urls.iter().find(|u| u.starts_with("postgres")).unwrap();
-        let at = url.rsplit_once('@').unwrap().1;
-        at.split(['/', ':']).nth(1).unwrap().parse().unwrap()
+    let sites = h.sites();
+    let victim = sites.show("api-pr-1").await.unwrap();
+    let parent = sites.show("production").await.unwrap();
+    let url = |d: &endor::sites::SiteDetails, scheme: &str| -> String {
+        d.database_urls
+            .iter()
+            .find(|u| u.starts_with(scheme))
+            .unwrap_or_else(|| panic!("no {scheme} URL in {:?}", d.database_urls))
+            .clone()
     };
-    let (vp, pp) = (
-        port_of(&victim.database_urls),
-        port_of(&parent.database_urls),
+    let (vpg, vmy, ppg) = (
+        url(&victim, "postgres"),
+        url(&victim, "mysql"),
+        url(&parent, "postgres"),
     );
-    let sockets: Vec<String> = std::fs::read_dir("/tmp")
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("endor-pg-")
-        })
-        .map(|p| p.display().to_string())
-        .collect();
-    assert!(!sockets.is_empty());
+    let password = |u: &str| {
+        u.split_once("app:")
+            .unwrap()
+            .1
+            .split_once('@')
+            .unwrap()
+            .0
+            .to_string()
+    };
+    let instance = |d: &endor::sites::SiteDetails, kind: &str| {
+        sites
+            .root()
+            .join(d.id.as_str())
+            .join("live")
+            .join(kind)
+            .join("main")
+    };
+    let (vpg_dir, vmy_dir, ppg_dir) = (
+        instance(&victim, "postgres"),
+        instance(&victim, "mariadb"),
+        instance(&parent, "postgres"),
+    );
+    let pg_alias = |d: &Path| endor::clone::postgres::run_dir(d).display().to_string();
+    let my_alias = |d: &Path| endor::clone::mariadb::run_dir(d).display().to_string();
+    let real = |d: &Path| d.join("run").display().to_string();
+    assert_eq!(
+        vpg,
+        format!(
+            "postgres://app:{}@localhost:5432/app?host={}",
+            password(&vpg),
+            pg_alias(&vpg_dir)
+        )
+    );
+    assert!(
+        vmy.ends_with(&format!("?socket={}/mysqld.sock", my_alias(&vmy_dir))),
+        "{vmy}"
+    );
+
+    // No TCP: none of their servers' processes listens on a port.
+    let pids: Vec<String> = [
+        vpg_dir.join("data/postmaster.pid"),
+        ppg_dir.join("data/postmaster.pid"),
+        vmy_dir.join("data/mariadbd.pid"),
+    ]
+    .iter()
+    .map(|f| {
+        let text = std::fs::read_to_string(f).unwrap();
+        text.lines().next().unwrap().trim().to_string()
+    })
+    .collect();
+    let ss = std::process::Command::new("ss")
+        .args(["-H", "-ltnp"])
+        .output()
+        .unwrap();
+    let listening = String::from_utf8_lossy(&ss.stdout).into_owned();
+    for pid in &pids {
+        assert!(
+            !listening.contains(&format!("pid={pid},")),
+            "server {pid} listens on TCP:\n{listening}"
+        );
+    }
+
+    // Outside any sandbox (as with runtime.isolation = "none"): the socket folders let the
+    // site's own uid through and nobody else's.
+    let uid_of = |d: &endor::sites::SiteDetails| {
+        let store = h.state.store.clone();
+        let id = d.id.clone();
+        async move { store.site(&id).await.unwrap().unwrap().uid.unwrap() }
+    };
+    let (victim_uid, parent_uid) = (uid_of(&victim).await, uid_of(&parent).await);
+    let psql_as = |uid: u32, url: &str| {
+        use std::os::unix::process::CommandExt;
+        let out = std::process::Command::new("psql")
+            .args(["-X", "-w", "-A", "-t", "-c", "select 1", url])
+            .env_clear()
+            .env("PGCONNECT_TIMEOUT", "3")
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        psql_as(victim_uid, &vpg),
+        (true, String::new()),
+        "the victim's own uid"
+    );
+    for (uid, u) in [(parent_uid, &vpg), (65534, &vpg), (victim_uid, &ppg)] {
+        let (ok, err) = psql_as(uid, u);
+        assert!(
+            !ok && err.contains("Permission denied"),
+            "uid {uid} reached {u}: {err}"
+        );
+    }
+
     let psql = "PGCONNECT_TIMEOUT=3 psql -X -w -A -t -c \"select 1\"";
-    let victim_url = victim
-        .database_urls
-        .iter()
-        .find(|u| u.starts_with("postgres"))
-        .unwrap()
-        .clone();
-    let mut probes: Vec<(&str, String)> = vec![
-        ("own-db", "test -n \"$DATABASE_URL\"".into()),
-        // The control: with the victim's own password the port answers, so psql works in
-        // the sandbox and every refusal below is the server's.
-        ("with-the-password", format!("{psql} {victim_url}")),
+    let maria = "mariadb --no-defaults --connect-timeout=3 -e \"select 1\"";
+    let own_socket = "\"${DATABASE_URL#*host=}\"";
+    let own_maria = "$(dirname \"${DATABASE_URL#*host=}\")/my-*/mysqld.sock";
+    let (vpw, vmpw, ppw) = (password(&vpg), password(&vmy), password(&ppg));
+    let probes: Vec<(&str, String)> = vec![
+        // Allowed: its own servers through their sockets (the controls).
+        ("own-db", format!("{psql} \"$DATABASE_URL\"")),
+        ("own-mariadb-socket", format!("test -S {own_maria}")),
+        // Its own servers, as their superusers: refused.
         (
-            "victim-port-as-app",
-            format!("{psql} postgresql://app@127.0.0.1:{vp}/app"),
+            "su-own-pg-endor",
+            format!("{psql} -h {own_socket} -p 5432 -U endor postgres"),
         ),
         (
-            "victim-port-as-endor",
-            format!("{psql} postgresql://endor@127.0.0.1:{vp}/postgres"),
+            "su-own-pg-postgres",
+            format!("{psql} -h {own_socket} -p 5432 -U postgres postgres"),
         ),
         (
-            "victim-port-as-postgres",
-            format!("{psql} postgresql://postgres@127.0.0.1:{vp}/postgres"),
+            "su-own-mariadb-root",
+            format!("{maria} -S {own_maria} -uroot mysql"),
         ),
         (
-            "parent-port-as-app",
-            format!("{psql} postgresql://app@127.0.0.1:{pp}/app"),
+            "su-own-mariadb-mysql",
+            format!("{maria} -S {own_maria} -umysql mysql"),
+        ),
+        // Other sites' servers, with their own passwords, by every path.
+        ("victim-pg-url", format!("{psql} \"{vpg}\"")),
+        (
+            "victim-pg-real",
+            format!(
+                "PGPASSWORD={vpw} {psql} -h {} -p 5432 -U app app",
+                real(&vpg_dir)
+            ),
+        ),
+        ("victim-pg-listing", format!("ls {}", real(&vpg_dir))),
+        (
+            "victim-mariadb-alias",
+            format!(
+                "MYSQL_PWD={vmpw} {maria} -S {}/mysqld.sock -uapp app",
+                my_alias(&vmy_dir)
+            ),
         ),
         (
-            "parent-port-as-endor",
-            format!("{psql} postgresql://endor@127.0.0.1:{pp}/postgres"),
+            "victim-mariadb-real",
+            format!(
+                "MYSQL_PWD={vmpw} {maria} -S {}/mysqld.sock -uapp app",
+                real(&vmy_dir)
+            ),
+        ),
+        ("parent-pg-url", format!("{psql} \"{ppg}\"")),
+        (
+            "parent-pg-real",
+            format!(
+                "PGPASSWORD={ppw} {psql} -h {} -p 5432 -U app app",
+                real(&ppg_dir)
+            ),
+        ),
+        // And the old ways in: the machine's loopback ports of the victim's servers.
+        (
+            "victim-pg-tcp",
+            format!("PGPASSWORD={vpw} {psql} -h 127.0.0.1 -p 5432 -U app app"),
         ),
     ];
-    for s in &sockets {
-        probes.push(("socket", format!("ls {s}/.s.PGSQL.*")));
-        probes.push((
-            "socket-login",
-            format!("{psql} -h {s} -p {vp} -U endor postgres"),
-        ));
-    }
     let evil_toml = r#"
 [preview]
+parent = "production"
 build = ["sh attack.sh > report.txt 2>&1"]
 root = "."
 "#;
-    let evil = hostile(
+    evil_report(
         &h,
-        "evil",
-        2,
         evil_toml,
         &[("attack.sh", attack_script(&probes))],
+        &probes,
     )
     .await;
-    assert_eq!(evil.state, PreviewState::Ready, "{:?}", evil.reason);
-    let (code, report) = h.get("evil-pr-2", "/report.txt").await;
-    assert_eq!(code, 200, "{report}");
-    let got = lines(&report);
-    assert!(
-        got.contains(&("own-db", "blocked")),
-        "an empty site has no database:\n{report}"
-    );
-    assert!(
-        got.contains(&("with-the-password", "SUCCEEDED")),
-        "{report}"
-    );
-    let refused = probes
-        .iter()
-        .filter(|(n, _)| !matches!(*n, "own-db" | "with-the-password"));
-    for (name, _) in refused {
-        assert!(got.contains(&(*name, "blocked")), "{name}:\n{report}");
-    }
-    // Endor itself still reaches the victim's database (the preview serves from it).
+    // The victim's app still reaches its own database through its socket in its sandbox.
     let (code, body) = h.get("api-pr-1", "/").await;
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("logo=pg-logo accounts=100"), "{body}");
     h.stop().await;
-    support::drop_pg_db(&src).await;
+    support::drop_pg_db(&pg_src).await;
+    support::drop_maria_db(&maria_src);
 }
 
 /// `runtime.kind = "docker"`: the same hostile PR in containers of a locally built image

@@ -847,6 +847,31 @@ pub async fn pg_parent(sites: &Sites, dir: &Path) -> String {
     src_name
 }
 
+/// A parent site `production` with files, a PostgreSQL and a MariaDB database (each on a
+/// server of its own). Returns the source databases' names, to drop at the end.
+pub async fn db_parent(sites: &Sites, dir: &Path) -> (String, String) {
+    let (pg_name, pg_url) = super::pg_source_db().await;
+    let (maria_name, maria_url) = super::maria_source_db();
+    let files = dir.join("parent-files");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(files.join("logo.txt"), "pg-logo").unwrap();
+    sites
+        .create(
+            "production",
+            "acme",
+            "default",
+            Imports {
+                files: Some(&files),
+                postgres: Some(&pg_url),
+                mariadb: Some(&maria_url),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    (pg_name, maria_name)
+}
+
 pub async fn sqlite_parent(sites: &Sites, dir: &Path, accounts: usize) {
     let src = dir.join("parent-src");
     std::fs::create_dir_all(src.join("files")).unwrap();
