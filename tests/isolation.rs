@@ -699,6 +699,43 @@ root = "."
         "{log}"
     );
 
+    // A site's own PostgreSQL, in a container: its socket folder is bound at the short name
+    // its DATABASE_URL uses (the build connects to it), and there is no port to reach.
+    let (pg_src, pg_url) = support::pg_source_db().await;
+    h.sites()
+        .create(
+            "pgprod",
+            "acme",
+            "default",
+            endor::sites::Imports {
+                postgres: Some(&pg_url),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let connect = "import os, socket\n\
+                   d = os.environ[\"DATABASE_URL\"].split(\"host=\")[1]\n\
+                   s = socket.socket(socket.AF_UNIX)\n\
+                   s.connect(d + \"/.s.PGSQL.5432\")\n\
+                   print(\"reached\", d)\n";
+    let pg_toml =
+        "[preview]\nparent = \"pgprod\"\nbuild = [\"python3 connect.py\"]\nroot = \".\"\n";
+    let pg = hostile(
+        &h,
+        "pgapp",
+        5,
+        pg_toml,
+        &[("connect.py", connect.to_string())],
+    )
+    .await;
+    assert_eq!(pg.state, PreviewState::Ready, "{:?}", pg.reason);
+    let site = h.sites().show("pgapp-pr-5").await.unwrap();
+    let log = std::fs::read_to_string(h.dir.path().join("logs").join(&site.id).join("build.log"))
+        .unwrap();
+    assert!(log.contains("reached /run/endor/pg-"), "{log}");
+    support::drop_pg_db(&pg_src).await;
+
     // Released, a site leaves no container and no network behind.
     let ids: Vec<String> = h
         .store()
