@@ -60,6 +60,8 @@ ensure_mariadb() {
 }
 
 command -v psql >/dev/null 2>&1 || apt_install postgresql-client
+# `ss` (the isolation tests check that no site database server listens on TCP).
+command -v ss >/dev/null 2>&1 || apt_install iproute2
 ensure_postgres
 ensure_mariadb
 # Clone engine: MariaDB generations are taken with mariadb-backup.

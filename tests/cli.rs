@@ -1015,9 +1015,17 @@ fn serve_refuses_files_others_can_read_and_doctor_says_why() {
         "network",
         "memory limit",
         "process limit",
+        "databases",
     ] {
         assert!(names.contains(&what), "{what} missing: {v}");
     }
+    let databases = v["isolation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["what"] == "databases")
+        .unwrap();
+    assert_eq!(databases["enforced"], true, "{databases}");
     assert!(
         v["problems"][0].as_str().unwrap().contains("endor.toml"),
         "{v}"

@@ -106,13 +106,39 @@ pub fn problems(host: &Host, files: &[FileCheck]) -> Vec<String> {
     out
 }
 
+/// How a site's database servers can be reached: only through their socket (the site's own
+/// group), or also on a loopback port.
+fn database_servers(config: &Config) -> Capability {
+    let tcp: Vec<&str> = [
+        ("postgres.tcp", config.postgres.tcp),
+        ("mariadb.tcp", config.mariadb.tcp),
+    ]
+    .into_iter()
+    .filter_map(|(k, on)| on.then_some(k))
+    .collect();
+    Capability {
+        what: "databases",
+        enforced: tcp.is_empty(),
+        detail: if tcp.is_empty() {
+            "per-site servers listen only on a socket in the site's folder that the site's own processes alone can pass".into()
+        } else {
+            format!(
+                "{} = true: per-site servers also listen on 127.0.0.1, reachable by every preview on a shared network (with the password)",
+                tcp.join(", ")
+            )
+        },
+    }
+}
+
 /// `endor doctor`.
 pub fn run(json: bool, config: &Config, config_file: Option<&Path>) -> anyhow::Result<()> {
     let host = Host::new(config);
     let files = check_files(config, config_file);
     let problems = problems(&host, &files);
+    let mut isolation = host.report();
+    isolation.push(database_servers(config));
     let report = Report {
-        isolation: host.report(),
+        isolation,
         files,
         problems,
     };
