@@ -53,6 +53,11 @@ pub struct Access {
     pub tcp: bool,
 }
 
+/// What an instance record without `tcp` means: its server listens on 127.0.0.1.
+pub(crate) fn listened_on_tcp() -> bool {
+    true
+}
+
 /// The folder that holds a server's socket, inside its instance directory.
 pub fn socket_dir(dir: &Path) -> PathBuf {
     dir.join("run")

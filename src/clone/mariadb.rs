@@ -45,8 +45,9 @@ pub struct Instance {
     /// The TCP port, used only with `tcp`.
     pub port: u16,
     pub password: String,
-    /// Also listening on 127.0.0.1.
-    #[serde(default)]
+    /// Also listening on 127.0.0.1. A record without it is of a server started before
+    /// sockets were the default, which listens there.
+    #[serde(default = "super::common::listened_on_tcp")]
     pub tcp: bool,
     /// The group allowed through the socket's folder.
     #[serde(default)]

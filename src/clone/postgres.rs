@@ -53,8 +53,9 @@ pub struct Instance {
     /// The TCP port with `tcp`; otherwise only the number in the socket's name.
     pub port: u16,
     pub password: String,
-    /// Also listening on 127.0.0.1.
-    #[serde(default)]
+    /// Also listening on 127.0.0.1. A record without it is of a server started before
+    /// sockets were the default, which listens there.
+    #[serde(default = "super::common::listened_on_tcp")]
     pub tcp: bool,
     /// The group allowed through the socket's folder.
     #[serde(default)]
@@ -556,4 +557,28 @@ pub fn save(dir: &Path, inst: &Instance) -> Result<(), CloneError> {
 
 pub fn load(dir: &Path) -> Result<Instance, CloneError> {
     load_record(dir, "instance.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_the_socket_unless_tcp_and_old_records_keep_their_port() {
+        let dir = Path::new("/srv/endor/sites/0193/live/postgres/main");
+        let socket: Instance =
+            serde_json::from_str(r#"{"port":5432,"password":"pw","tcp":false,"group":200001}"#)
+                .unwrap();
+        assert_eq!(
+            socket.url(dir),
+            format!(
+                "postgres://app:pw@localhost:5432/app?host={}",
+                run_dir(dir).display()
+            )
+        );
+        assert!(run_dir(dir).as_os_str().len() + "/.s.PGSQL.5432".len() < 108);
+        let old: Instance = serde_json::from_str(r#"{"port":41234,"password":"pw"}"#).unwrap();
+        assert!(old.tcp && old.group.is_none());
+        assert_eq!(old.url(dir), "postgres://app:pw@127.0.0.1:41234/app");
+    }
 }
