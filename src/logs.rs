@@ -11,6 +11,8 @@ crate::ids::stored_enum! {
         Build = "build",
         /// The site process's output.
         Web = "web",
+        /// Ad-hoc commands (`endor site exec`): who ran what, its output, how it ended.
+        Exec = "exec",
     }
 }
 
@@ -61,7 +63,7 @@ mod tests {
     fn services_are_named_and_unknown_ones_listed() {
         assert_eq!(Service::named("web"), Ok(Service::Web));
         let e = Service::named("../../etc/passwd").unwrap_err();
-        assert!(e.contains("build, web"), "{e}");
+        assert!(e.contains("build, web, exec"), "{e}");
         assert_eq!(
             path(Path::new("/l"), &"s1".into(), Service::Build),
             PathBuf::from("/l/s1/build.log")

@@ -1260,3 +1260,121 @@ fn commands_refuse_to_make_a_store_they_only_read() {
     assert!(d.join("data/endor.db").exists());
     assert!(endor(d, &["workspace", "list"]).status.success());
 }
+
+/// `endor site exec SITE -- CMD ARGS…`: the command runs as it is (no shell between: `;` and
+/// `$(…)` in an argument stay text) in the site's sandbox as the site's own uid, in its files
+/// folder, with its environment; stdout and stderr stay apart, the command's exit code is
+/// endor's, and the site's `exec` log keeps who ran what and how it ended. Wrong sites, hostile
+/// names and a missing command are refused with a clear error.
+#[test]
+fn site_exec_runs_a_command_in_the_sites_sandbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok_json(d, &["user", "create", "alice", "--json"]);
+    ok_json(
+        d,
+        &["workspace", "create", "acme", "--owner", "alice", "--json"],
+    );
+    std::fs::create_dir_all(d.join("in")).unwrap();
+    std::fs::write(d.join("in/logo.txt"), b"logo").unwrap();
+    for site in ["prod", "other"] {
+        ok_json(
+            d,
+            &[
+                "site",
+                "create",
+                site,
+                "--workspace",
+                "acme",
+                "--files",
+                "in",
+                "--json",
+            ],
+        );
+    }
+    let other = ok_json(d, &["site", "show", "other", "--json"]);
+    let other_files = other["files_dir"].as_str().unwrap().to_string();
+
+    let out = endor(
+        d,
+        &[
+            "site",
+            "exec",
+            "prod",
+            "--",
+            "sh",
+            "-c",
+            "id -u; cat logo.txt; echo; echo \"$ENDOR_SITE\"; echo oops >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = text.lines().collect();
+    let uid: u32 = lines[0].parse().unwrap_or_else(|_| panic!("{text}"));
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } == 0 {
+        assert!(uid >= 200_000, "ran as {uid}, not the site's own uid");
+    }
+    assert_eq!(&lines[1..], ["logo", "prod"], "{text}");
+    assert!(stderr(&out).contains("oops"), "{}", stderr(&out));
+    assert!(!text.contains("oops"));
+
+    // No shell between: the argument is printed as it is.
+    let literal = "a; echo pwned $(id)";
+    let out = endor(d, &["site", "exec", "prod", "--", "printf", "%s", literal]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), literal);
+
+    // Another site's files are not there.
+    let out = endor(
+        d,
+        &[
+            "site",
+            "exec",
+            "prod",
+            "--",
+            "cat",
+            &format!("{other_files}/logo.txt"),
+        ],
+    );
+    assert!(!out.status.success(), "read another site's files");
+
+    // The exec log: who, what, how it ended.
+    let log = endor(d, &["site", "logs", "prod", "--service", "exec"]);
+    let log = String::from_utf8_lossy(&log.stdout).into_owned();
+    assert!(log.contains("exec by cli:"), "{log}");
+    assert!(log.contains("exit code 3"), "{log}");
+    assert!(log.contains("oops"), "{log}");
+    assert!(
+        log.contains(&serde_json::to_string(literal).unwrap()),
+        "{log}"
+    );
+
+    for (args, says) in [
+        (
+            &["site", "exec", "nope", "--", "true"][..],
+            "no site named nope",
+        ),
+        (&["site", "exec", "../x", "--", "true"][..], "site name"),
+        (&["site", "exec", "prod", "--", ""][..], "no command"),
+        (
+            &["site", "exec", "prod", "--", "/no/such/program"][..],
+            "/no/such/program",
+        ),
+    ] {
+        let out = endor(d, args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = stderr(&out);
+        assert!(
+            err.to_lowercase().contains(&says.to_lowercase()),
+            "{args:?}: {err}"
+        );
+    }
+    let out = endor(d, &["site", "exec", "prod"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "clap wants a command: {}",
+        stderr(&out)
+    );
+}

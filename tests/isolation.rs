@@ -734,6 +734,26 @@ root = "."
     let log = std::fs::read_to_string(h.dir.path().join("logs").join(&site.id).join("build.log"))
         .unwrap();
     assert!(log.contains("reached /run/endor/pg-"), "{log}");
+    // `site exec` in a container of the site: its argv as it is, its environment, its code.
+    let lifecycle = endor::previews::Lifecycle::standalone(h.state.store.clone(), &h.state.config);
+    let mut out = Vec::new();
+    let argv: Vec<String> = [
+        "sh",
+        "-c",
+        "echo \"$ENDOR_SITE\" \"$1\"; exit 4",
+        "sh",
+        "a; b",
+    ]
+    .map(String::from)
+    .to_vec();
+    let end = lifecycle
+        .exec("pgapp-pr-5", &argv, "test", |_, chunk| {
+            out.extend_from_slice(chunk)
+        })
+        .await
+        .unwrap();
+    assert_eq!(end.exit_code, Some(4), "{}", String::from_utf8_lossy(&out));
+    assert_eq!(String::from_utf8_lossy(&out).trim(), "pgapp-pr-5 a; b");
     support::drop_pg_db(&pg_src).await;
 
     // Released, a site leaves no container and no network behind.

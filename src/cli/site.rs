@@ -99,6 +99,15 @@ pub enum SiteCmd {
         #[arg(long)]
         clear_cidr: bool,
     },
+    /// Run a command in a site's sandbox (its uid, limits, folders and database sockets) with
+    /// its environment (DATABASE_URL, ENDOR_FILES_DIR, ENDOR_SITE): output streamed, the
+    /// command's exit code returned, the run kept in the site's `exec` log.
+    Exec {
+        site: String,
+        /// The command and its arguments, after `--`: run as they are, no shell between.
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
     /// Delete a site and every resource it owns.
     Delete {
         site: String,
@@ -221,6 +230,27 @@ pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()
             let d = sites.show(&site).await?;
             let logs = std::path::absolute(&config.storage.logs)?;
             print_log(&endor::logs::path(&logs, &d.id, service), follow, json).await
+        }
+        SiteCmd::Exec { site, command } => {
+            use std::io::Write;
+            let lifecycle = endor::previews::Lifecycle::standalone(store.clone(), config);
+            let who = endor::sites::Guard::cli(false)
+                .caller
+                .unwrap_or_else(|| "cli".into());
+            let end = lifecycle
+                .exec(&site, &command, &who, |pipe, chunk| {
+                    let _ = match pipe {
+                        endor::runtime::Pipe::Out => std::io::stdout().write_all(chunk),
+                        endor::runtime::Pipe::Err => std::io::stderr().write_all(chunk),
+                    };
+                })
+                .await?;
+            let _ = std::io::stdout().flush();
+            if let Some(why) = &end.killed {
+                eprintln!("endor: the command {why}");
+            }
+            // The command's own exit code; a kill reads as a shell shows it (128 + SIGKILL).
+            std::process::exit(end.exit_code.unwrap_or(137))
         }
         SiteCmd::Access {
             site,

@@ -500,7 +500,7 @@ impl Lifecycle {
         Ok(sbox)
     }
 
-    async fn site_env(&self, site: &Site) -> Result<Vec<(String, String)>, JobError> {
+    pub(super) async fn site_env(&self, site: &Site) -> Result<Vec<(String, String)>, JobError> {
         let dbs = self.sites.database_urls(site).await.map_err(site_error)?;
         let pick = ["postgres", "mariadb", "sqlite"].iter().find_map(|k| {
             dbs.iter()

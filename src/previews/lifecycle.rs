@@ -147,6 +147,19 @@ impl Lifecycle {
         })
     }
 
+    /// A lifecycle outside `endor serve` (`endor site exec`): its own metrics and forge
+    /// clients; whatever it stores for the forges is sent by the `endor serve` sharing the
+    /// store.
+    pub fn standalone(store: Arc<dyn Store>, config: &Config) -> Arc<Self> {
+        Self::new(
+            store,
+            config,
+            Arc::new(Metrics::default()),
+            Arc::new(ForgeClients::new(config)),
+            Arc::new(tokio::sync::Notify::new()),
+        )
+    }
+
     /// Queue a relaunch of every ready preview whose site process is not running (after a
     /// restart of endor, its processes are gone with it).
     pub async fn resume_all(&self) -> crate::store::Result<usize> {

@@ -2,12 +2,14 @@
 //! (`state.rs`), the work that turns PR events into live previews and back (`lifecycle.rs`, with
 //! `launch.rs` and `teardown.rs`),
 //! what each state shows on the forge (`report.rs`, `comment.rs`), and each preview's story as
-//! a user reads it (`story.rs`: `endor preview list/show`). Knows no forge API and
+//! a user reads it (`story.rs`: `endor preview list/show`), and ad-hoc commands in a site's
+//! sandbox (`exec.rs`: `endor site exec`). Knows no forge API and
 //! no comment grammar: slash-commands call its public API.
 
 pub mod actions;
 mod comment;
 pub mod config;
+pub mod exec;
 mod launch;
 pub mod lifecycle;
 pub mod report;

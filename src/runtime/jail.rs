@@ -34,10 +34,10 @@ pub struct Jail {
 }
 
 impl Jail {
-    /// The program and arguments that run `/bin/sh -c script` in `cwd` inside the jail;
-    /// `fds[i]` is an open descriptor of `writable[i]` (bound by descriptor, so the site's uid
-    /// needs no way through the folders above it).
-    pub fn argv(&self, cwd: &Path, script: &str, fds: &[i32]) -> (PathBuf, Vec<OsString>) {
+    /// The program and arguments that run `cmd` (a program and its arguments, as they are) in
+    /// `cwd` inside the jail; `fds[i]` is an open descriptor of `writable[i]` (bound by
+    /// descriptor, so the site's uid needs no way through the folders above it).
+    pub fn argv(&self, cwd: &Path, cmd: &[OsString], fds: &[i32]) -> (PathBuf, Vec<OsString>) {
         let mut a: Vec<OsString> = Vec::new();
         let mut arg = |s: &str| a.push(s.into());
         for flag in [
@@ -96,9 +96,7 @@ impl Jail {
         a.push("--chdir".into());
         a.push(cwd.as_os_str().to_owned());
         a.push("--".into());
-        a.push("/bin/sh".into());
-        a.push("-c".into());
-        a.push(script.into());
+        a.extend(cmd.iter().cloned());
         match &self.network {
             None => (self.bwrap.clone(), a),
             Some((pasta, port)) => {

@@ -7,6 +7,7 @@
 //! variables given, in their own process group (a timeout kills every process they started),
 //! and, when endor runs as root, as an unprivileged user (`runtime.user`).
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -100,18 +101,27 @@ impl Sandbox {
         })
     }
 
-    /// The command, and the files its child must still have open when it is spawned.
+    /// `/bin/sh -c script` as [`Sandbox::command_argv`] runs it.
     fn command(&self, script: &str) -> std::io::Result<(Command, Vec<std::fs::File>)> {
+        self.command_argv(&["/bin/sh".into(), "-c".into(), script.into()])
+    }
+
+    /// The command running `argv` (a program and its arguments, no shell between), and the
+    /// files its child must still have open when it is spawned.
+    fn command_argv(&self, argv: &[OsString]) -> std::io::Result<(Command, Vec<std::fs::File>)> {
         let mut keep = Vec::new();
+        let Some((program, rest)) = argv.split_first() else {
+            return Err(std::io::Error::other("no command to run"));
+        };
         let mut c = match &self.jail {
             None => {
-                let mut c = Command::new("/bin/sh");
-                c.arg("-c").arg(script);
+                let mut c = Command::new(program);
+                c.args(rest);
                 c
             }
             Some(j) => {
                 keep = jail::open_dirs(&j.writable)?;
-                let (program, args) = j.argv(&self.dir, script, &Group::raw_fds(&keep));
+                let (program, args) = j.argv(&self.dir, argv, &Group::raw_fds(&keep));
                 let mut c = Command::new(program);
                 c.args(args);
                 c
@@ -448,7 +458,11 @@ impl Host {
             links: vec![],
             network: None,
         };
-        let (program, args) = jail.argv(Path::new("/"), "exit 0", &[]);
+        let (program, args) = jail.argv(
+            Path::new("/"),
+            &["/bin/sh".into(), "-c".into(), "exit 0".into()],
+            &[],
+        );
         let mut c = std::process::Command::new(program);
         c.args(args)
             .env_clear()
@@ -677,6 +691,11 @@ impl Output {
     /// The next chunk of either pipe; `None` once both are closed. An empty chunk means a pipe
     /// just closed.
     async fn next(&mut self) -> Option<&[u8]> {
+        self.next_of().await.map(|(_, chunk)| chunk)
+    }
+
+    /// [`Output::next`], saying which pipe the chunk came from.
+    async fn next_of(&mut self) -> Option<(Pipe, &[u8])> {
         if self.out.is_none() && self.err.is_none() {
             return None;
         }
@@ -688,13 +707,136 @@ impl Output {
         } = self;
         Some(tokio::select! {
             r = async { match out.as_mut() { Some(o) => o.read(buf_o).await, None => std::future::pending().await } } => {
-                match r { Ok(0) | Err(_) => { *out = None; &[] } Ok(n) => &buf_o[..n] }
+                match r { Ok(0) | Err(_) => { *out = None; (Pipe::Out, &[][..]) } Ok(n) => (Pipe::Out, &buf_o[..n]) }
             }
             r = async { match err.as_mut() { Some(e) => e.read(buf_e).await, None => std::future::pending().await } } => {
-                match r { Ok(0) | Err(_) => { *err = None; &[] } Ok(n) => &buf_e[..n] }
+                match r { Ok(0) | Err(_) => { *err = None; (Pipe::Err, &[][..]) } Ok(n) => (Pipe::Err, &buf_e[..n]) }
             }
         })
     }
+}
+
+/// Which pipe a chunk of a process's output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipe {
+    Out,
+    Err,
+}
+
+/// How an ad-hoc command ended: its exit code (none when it was killed), and why the kernel or
+/// the disk watch killed it.
+#[derive(Debug, Clone)]
+pub struct ExecEnd {
+    pub exit_code: Option<i32>,
+    pub killed: Option<String>,
+}
+
+/// In a container, `argv` comes in environment variables (never spliced into a script) and is
+/// run as it is.
+const EXEC_RUNNER: &str = r#"i=0
+set --
+while [ "$i" -lt "$ENDOR_ARGC" ]; do
+  eval "arg=\${ENDOR_ARG_$i}"
+  set -- "$@" "$arg"
+  i=$((i + 1))
+done
+exec "$@""#;
+
+/// Run `argv` as it is (a program and its arguments, no shell between) in the site's sandbox
+/// (or a container of the site), handing each chunk of its output to `sink` as it arrives.
+/// What it leaves running is killed when it ends; the site's limits hold.
+pub async fn exec(
+    sandbox: &Sandbox,
+    argv: &[String],
+    mut sink: impl FnMut(Pipe, &[u8]),
+) -> Result<ExecEnd, RuntimeError> {
+    if argv.is_empty() {
+        return Err(RuntimeError::Invalid("no command to run".into()));
+    }
+    if let Some((engine, spec)) = &sandbox.docker {
+        let mut env = vec![("ENDOR_ARGC".to_string(), argv.len().to_string())];
+        env.extend(
+            argv.iter()
+                .enumerate()
+                .map(|(i, a)| (format!("ENDOR_ARG_{i}"), a.clone())),
+        );
+        let (id, mut output) = engine
+            .start(spec, EXEC_RUNNER, &env)
+            .await
+            .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
+        let drain = async {
+            while let Some(c) = output.next().await {
+                sink(Pipe::Out, &c)
+            }
+        };
+        let (ended, killed) = finish_container(sandbox, engine, &id, drain).await;
+        return Ok(ExecEnd {
+            exit_code: ended
+                .and_then(|e| e.exit_code)
+                .map(|c| c as i32)
+                .filter(|_| killed.is_none()),
+            killed,
+        });
+    }
+    let kills_before = sandbox.oom_kills();
+    let argv: Vec<OsString> = argv.iter().map(OsString::from).collect();
+    let (mut c, _procs) = sandbox.command_argv(&argv)?;
+    let mut child = c.spawn()?;
+    let pid = child.id().unwrap_or(0);
+    let over_disk = tokio::select! {
+        _ = async {
+            let mut output = Output::of(&mut child);
+            while let Some((pipe, chunk)) = output.next_of().await {
+                if !chunk.is_empty() {
+                    sink(pipe, chunk);
+                }
+            }
+        } => false,
+        _ = over_limit(sandbox.disk.as_ref()) => true,
+    };
+    if over_disk {
+        kill_group(pid);
+    }
+    let status = child.wait().await?;
+    kill_group(pid);
+    let killed = sandbox.oom_note(kills_before).or_else(|| {
+        over_disk
+            .then(|| sandbox.disk.as_ref().map(DiskWatch::note))
+            .flatten()
+    });
+    Ok(ExecEnd {
+        exit_code: status.code(),
+        killed,
+    })
+}
+
+/// Wait for a container whose output `drain` reads to end (or for its site to pass its disk
+/// limit: then it is stopped), and remove it. How it ended (`None`: stopped at the disk limit),
+/// and why it was killed: the disk limit, or the kernel killing one of its processes for
+/// memory (read before the container's cgroup goes).
+async fn finish_container(
+    sandbox: &Sandbox,
+    engine: &docker::Engine,
+    id: &str,
+    drain: impl std::future::Future<Output = ()>,
+) -> (Option<docker::Ended>, Option<String>) {
+    let over_disk = tokio::select! {
+        _ = drain => false,
+        _ = over_limit(sandbox.disk.as_ref()) => true,
+    };
+    let ended = if over_disk {
+        None
+    } else {
+        Some(engine.wait(id).await)
+    };
+    let oom = engine.oom_kills(id) > 0 || ended.as_ref().is_some_and(|e| e.oom_killed);
+    engine.remove(id).await;
+    let why = match &ended {
+        None => sandbox.disk.as_ref().map(DiskWatch::note),
+        Some(_) if oom => Some(sandbox.memory_note()),
+        Some(_) => None,
+    };
+    (ended, why)
 }
 
 /// Read a child's two pipes into one capped buffer (and keep draining past the cap so the
@@ -1371,26 +1513,15 @@ async fn run_container(
         return;
     }
     let mut log = CappedLog::open(log_path, SITE_LOG_CAP).await;
-    let over_disk = tokio::select! {
-        _ = async { while let Some(c) = output.next().await { log.write(&c).await } } => false,
-        _ = over_limit(sandbox.disk.as_ref()) => true,
+    let drain = async {
+        while let Some(c) = output.next().await {
+            log.write(&c).await
+        }
     };
-    let ended = if over_disk {
-        None
-    } else {
-        Some(engine.wait(&id).await)
-    };
-    // Any of its processes killed for memory (read before the container's cgroup goes).
-    let oom = engine.oom_kills(&id) > 0 || ended.as_ref().is_some_and(|e| e.oom_killed);
-    engine.remove(&id).await;
+    let (ended, why) = finish_container(sandbox, engine, &id, drain).await;
     if stopping.load(Ordering::SeqCst) {
         return;
     }
-    let why = match &ended {
-        None => sandbox.disk.as_ref().map(DiskWatch::note),
-        Some(_) if oom => Some(sandbox.memory_note()),
-        Some(_) => None,
-    };
     match why {
         Some(why) => {
             note(

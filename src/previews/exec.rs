@@ -1,0 +1,126 @@
+//! `endor site exec`: an ad-hoc command in a site's sandbox (its uid, its cgroup, its folders,
+//! its database sockets) with the site's environment. Its output goes to the caller as it
+//! comes and, with who ran what and how it ended, into the site's `exec` log.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use crate::logs::Service;
+use crate::runtime::{self, ExecEnd, Pipe};
+use crate::store::{Site, SiteState};
+
+use super::lifecycle::Lifecycle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("no site named {0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl Lifecycle {
+    /// Run `argv` (as it is: no shell between) in the site `name`'s sandbox, in its current
+    /// checkout (or its files folder when it has none), handing output to `sink`. `who` is
+    /// written to the `exec` log with the command and its end.
+    pub async fn exec(
+        &self,
+        name: &str,
+        argv: &[String],
+        who: &str,
+        mut sink: impl FnMut(Pipe, &[u8]),
+    ) -> Result<ExecEnd, ExecError> {
+        crate::sites::validate_site_name(name).map_err(|e| ExecError::Invalid(e.to_string()))?;
+        if argv.is_empty() || argv[0].is_empty() {
+            return Err(ExecError::Invalid(
+                "no command: endor site exec SITE -- COMMAND [ARGS…]".into(),
+            ));
+        }
+        let failed = |e: &dyn std::fmt::Display| ExecError::Failed(e.to_string());
+        let site = self
+            .store
+            .site_by_name(name)
+            .await
+            .map_err(|e| failed(&e))?
+            .ok_or_else(|| ExecError::NotFound(name.to_string()))?;
+        if site.state != SiteState::Active {
+            return Err(ExecError::Invalid(format!(
+                "site {name} is {}: nothing runs there",
+                site.state
+            )));
+        }
+        let cwd = self.exec_dir(&site);
+        let env = self.site_env(&site).await.map_err(|e| failed(&e))?;
+        let mut sbox = self.site_box(&site, None).await.map_err(|e| failed(&e))?;
+        // A site no preview launched (made with `site create`) has not been handed to its
+        // own uid yet: its code, this command included, owns its data.
+        let owner = self.host.owner(&sbox).map_err(|e| failed(&e))?;
+        let owned = |uid: u32| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(self.sites.files_dir(&site)).is_ok_and(|m| m.uid() == uid)
+        };
+        if let Some((uid, _)) = owner
+            && !owned(uid)
+        {
+            sbox = self.hand_over(&site).await.map_err(|e| failed(&e))?;
+        }
+        let sandbox = self
+            .host
+            .sandbox(&sbox, &cwd, env, None)
+            .map_err(|e| failed(&e))?;
+        crate::logs::create_dir(&self.logs, &site.id).map_err(|e| failed(&e))?;
+        let path = crate::logs::path(&self.logs, &site.id, Service::Exec);
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| failed(&e))?;
+        let when = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let what = serde_json::to_string(argv).unwrap_or_default();
+        let _ = writeln!(
+            log,
+            "[endor] {when} exec by {who} in {}: {what}",
+            cwd.display()
+        );
+        let cap = self.config.runtime.output_cap;
+        let mut kept = 0usize;
+        let mut cut = false;
+        let end = runtime::exec(&sandbox, argv, |pipe, chunk| {
+            sink(pipe, chunk);
+            let room = cap.saturating_sub(kept);
+            let take = chunk.len().min(room);
+            let _ = log.write_all(&chunk[..take]);
+            kept += take;
+            cut |= take < chunk.len();
+        })
+        .await
+        .map_err(|e| failed(&e))?;
+        if cut {
+            let _ = writeln!(log, "\n[endor] output cut at runtime.output_cap");
+        }
+        let how = match (&end.killed, end.exit_code) {
+            (Some(why), _) => format!("was killed: {why}"),
+            (None, Some(code)) => format!("exit code {code}"),
+            (None, None) => "ended by a signal".to_string(),
+        };
+        let _ = writeln!(log, "\n[endor] exec by {who}: {what} {how}");
+        tracing::info!(site = %name, %who, command = %what, end = %how, "site exec");
+        Ok(end)
+    }
+
+    /// Where an ad-hoc command runs: the site's newest checkout, or its files.
+    fn exec_dir(&self, site: &Site) -> PathBuf {
+        let newest = std::fs::read_dir(self.sites.site_dir(site).join("code"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+        match newest {
+            Some(e) => e.path(),
+            None => self.sites.files_dir(site),
+        }
+    }
+}
