@@ -32,6 +32,7 @@ pub struct Config {
     pub commands: CommandsConfig,
     pub reaper: ReaperConfig,
     pub usage: UsageConfig,
+    pub logs: LogsConfig,
     pub github: ForgeConfig,
     pub gitlab: ForgeConfig,
     pub gitea: ForgeConfig,
@@ -66,6 +67,9 @@ pub struct GatewayConfig {
     /// How long (ms) the gateway reuses a site's route and access settings before reading
     /// them again (0: every request reads the store). Changes apply within this time.
     pub cache_ttl_ms: u64,
+    /// Each request of a site is a line of its `access` log (and a refusal or an app not
+    /// answering one of its `error` log).
+    pub access_log: bool,
 }
 
 impl Default for GatewayConfig {
@@ -75,6 +79,7 @@ impl Default for GatewayConfig {
             domain: "preview.localhost".into(),
             trusted_proxies: Vec::new(),
             cache_ttl_ms: 1000,
+            access_log: true,
         }
     }
 }
@@ -117,6 +122,28 @@ impl Default for StorageConfig {
             git: "data/git".into(),
             logs: "data/logs".into(),
             secret_key: "data/secret.key".into(),
+        }
+    }
+}
+
+/// Sites' logs (`endor site logs`): how long they are kept and how big they may grow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogsConfig {
+    /// Lines older than this are removed by the reaper (a deleted site's logs too).
+    pub retention: HumanDuration,
+    /// Every log of one site together; past it its oldest lines go (a reader is told).
+    pub max_bytes_per_site: ByteSize,
+    /// A longer line is cut, with a marker counting the rest.
+    pub max_line_bytes: ByteSize,
+}
+
+impl Default for LogsConfig {
+    fn default() -> Self {
+        Self {
+            retention: HumanDuration(std::time::Duration::from_secs(7 * 24 * 3600)),
+            max_bytes_per_site: ByteSize(64 << 20),
+            max_line_bytes: ByteSize(16 << 10),
         }
     }
 }

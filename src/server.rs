@@ -131,6 +131,11 @@ pub async fn serve_roles(
         Some(gateway) => {
             let gw =
                 crate::gateway::Gateway::from_config(state.store.clone(), &state.config.gateway);
+            if state.config.gateway.access_log {
+                let logs =
+                    crate::logs::Logs::new(&state.config.storage.logs, (&state.config.logs).into());
+                gw.log_to(crate::gateway::AccessLog::start(logs));
+            }
             tracing::info!(addr = %gateway.local_addr()?, domain = %state.config.gateway.domain, "gateway listening");
             let gw_rx = rx.clone();
             Some(tokio::spawn(async move {

@@ -359,8 +359,11 @@ root = "."
         "{reason}"
     );
     let site = h.sites().show("filler-pr-4").await.unwrap();
-    let log = std::fs::read_to_string(h.dir.path().join("logs").join(&site.id).join("build.log"))
-        .unwrap();
+    let log = support::log_text(
+        &h.dir.path().join("logs"),
+        &site.id,
+        endor::logs::Service::Build,
+    );
     assert!(
         log.contains("$ dd if=/dev/zero of=small") && log.contains("[endor] the step was stopped"),
         "{log}"
@@ -686,8 +689,11 @@ root = "."
         "{reason}"
     );
     let site = h.sites().show("steps-pr-4").await.unwrap();
-    let log = std::fs::read_to_string(h.dir.path().join("logs").join(&site.id).join("build.log"))
-        .unwrap();
+    let log = support::log_text(
+        &h.dir.path().join("logs"),
+        &site.id,
+        endor::logs::Service::Build,
+    );
     assert!(
         log.contains(
             "$ echo one\none\n$ printf 'no newline'\nno newline\n$ echo two; exit 3\ntwo\n"
@@ -731,8 +737,11 @@ root = "."
     .await;
     assert_eq!(pg.state, PreviewState::Ready, "{:?}", pg.reason);
     let site = h.sites().show("pgapp-pr-5").await.unwrap();
-    let log = std::fs::read_to_string(h.dir.path().join("logs").join(&site.id).join("build.log"))
-        .unwrap();
+    let log = support::log_text(
+        &h.dir.path().join("logs"),
+        &site.id,
+        endor::logs::Service::Build,
+    );
     assert!(log.contains("reached /run/endor/pg-"), "{log}");
     // `site exec` in a container of the site: its argv as it is, its environment, its code.
     let lifecycle = endor::previews::Lifecycle::standalone(h.state.store.clone(), &h.state.config);

@@ -66,14 +66,11 @@ async fn open_push_close_with_a_sqlite_parent() {
         ]
     );
     assert!(steps.iter().all(|s| s.1 == Some(true)), "{steps:?}");
-    let log = std::fs::read_to_string(
-        h.dir
-            .path()
-            .join("logs")
-            .join(&details.id)
-            .join("build.log"),
-    )
-    .unwrap();
+    let log = support::log_text(
+        &h.dir.path().join("logs"),
+        &details.id,
+        endor::logs::Service::Build,
+    );
     assert!(log.contains("$ echo built > built.txt"), "{log}");
     let metrics = h
         .http
@@ -338,8 +335,11 @@ async fn failures_are_clear_and_harmless() {
         }
     }
     let log = h.sites().show("buildfail-pr-1").await.unwrap();
-    let text =
-        std::fs::read_to_string(h.dir.path().join("logs").join(&log.id).join("build.log")).unwrap();
+    let text = support::log_text(
+        &h.dir.path().join("logs"),
+        &log.id,
+        endor::logs::Service::Build,
+    );
     assert!(text.contains("compiling"), "{text}");
 
     // A hostile branch name is only data: the preview builds, nothing runs it.

@@ -156,7 +156,10 @@ async fn the_start_process_is_health_checked_restarted_and_stopped() {
     let proc = Supervised::start(
         sb,
         "exec /usr/bin/python3 -m http.server \"$PORT\" --bind 127.0.0.1".into(),
-        d.path().join("start.log"),
+        endor::runtime::WebLog::new(
+            endor::logs::Logs::new(&d.path().join("logs"), Default::default()),
+            endor::ids::SiteId::from("web"),
+        ),
         "web".into(),
         None,
     );
@@ -201,7 +204,10 @@ async fn a_process_no_longer_wanted_is_not_restarted() {
     let proc = Supervised::start(
         sandbox(d.path(), vec![]),
         "exec sleep 60".into(),
-        d.path().join("web.log"),
+        endor::runtime::WebLog::new(
+            endor::logs::Logs::new(&d.path().join("logs"), Default::default()),
+            endor::ids::SiteId::from("gone"),
+        ),
         "gone".into(),
         Some(wanted),
     );
@@ -224,48 +230,139 @@ async fn a_process_no_longer_wanted_is_not_restarted() {
     proc.stop().await;
 }
 
-/// A site process's output is in its log while it runs (not only once it exits), stderr too;
-/// a flood is cut at 1 MiB per run with a note, and never blocks the process.
-#[tokio::test]
+/// A site process's output is in its log while it runs (not only once it exits), each line
+/// marked with its stream; binary output is escaped, a 10 MB line is cut with a marker, and a
+/// flood of 100 MB never blocks the process nor takes the site's logs past their cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_web_log_is_written_while_the_process_runs() {
+    use endor::logs::{Limits, Logs, Service, Stream};
     let d = tempfile::tempdir().unwrap();
-    let log = d.path().join("web.log");
+    let work = d.path().to_path_buf();
+    let logs_dir = tempfile::tempdir().unwrap();
+    let cap = 4u64 << 20;
+    let logs = Logs::new(
+        &logs_dir.path().join("logs"),
+        Limits {
+            max_bytes_per_site: cap,
+            max_line_bytes: 16 << 10,
+        },
+    );
+    let site = endor::ids::SiteId::from("s1");
     let proc = Supervised::start(
-        sandbox(d.path(), vec![]),
-        "echo started; echo oops >&2; head -c 3000000 /dev/zero | tr '\\0' x; echo after > flood-done; exec sleep 60"
+        sandbox(&work, vec![]),
+        "echo started; echo oops >&2; printf '\\377\\033[31mbin\\n'; \
+         head -c 10000000 /dev/zero | tr '\\0' y; echo; \
+         yes 0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789 | head -c 100000000; echo; \
+         echo after > flood-done; echo the-end; exec sleep 60"
             .into(),
-        log.clone(),
+        endor::runtime::WebLog::new(logs.clone(), site.clone()),
         "web".into(),
         None,
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let root = logs_dir.path().join("logs");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("not kept") && d.path().join("flood-done").exists() {
-            // stdout and stderr are two pipes: their order in the log is not fixed.
-            assert!(
-                text.contains("started\n") && text.contains("oops\n"),
-                "{}",
-                &text[..64.min(text.len())]
-            );
-            assert!(
-                text.len() <= (1 << 20) + 100,
-                "the log kept {} bytes",
-                text.len()
-            );
+        let done = work.join("flood-done").exists();
+        let (lines, _) =
+            endor::logs::read_since(&root, &site, &[Service::Web], &Default::default(), Some(1))
+                .unwrap();
+        if done && lines.last().is_some_and(|r| r.entry.text == "the-end") {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the running process's output never reached its log ({} bytes)",
-            text.len()
+            "the running process's output never reached its log (flood done: {done}, last: {:?})",
+            lines.last()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let size: u64 = walk(&root)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(size <= cap, "the site's logs hold {size} bytes, past {cap}");
+    let (lines, _) =
+        endor::logs::read_since(&root, &site, &[Service::Web], &Default::default(), None).unwrap();
+    // The start of the flood is gone (the cap), and the reader is told.
+    assert!(
+        lines[0]
+            .entry
+            .text
+            .contains("older lines of this log are gone"),
+        "{:?}",
+        lines[0]
+    );
+    let last = lines.last().unwrap();
+    assert_eq!(
+        (last.entry.text.as_str(), last.entry.stream),
+        ("the-end", Some(Stream::Stdout))
+    );
     // Still running: the log was written before the process ended.
     // SAFETY: kill(2) with signal 0 only asks whether the process we started exists.
     assert!(proc.pid() != 0 && unsafe { libc::kill(proc.pid() as i32, 0) } == 0);
     proc.stop().await;
+
+    // The first lines, in a site whose cap the flood did not reach.
+    let small = endor::ids::SiteId::from("s2");
+    let proc = Supervised::start(
+        sandbox(&work, vec![]),
+        "echo started; echo oops >&2; printf '\\377\\033[31mbin\\n'; \
+         head -c 10000000 /dev/zero | tr '\\0' y; echo; echo the-end; exec sleep 60"
+            .into(),
+        endor::runtime::WebLog::new(logs.clone(), small.clone()),
+        "web".into(),
+        None,
+    );
+    let lines = loop {
+        let (lines, _) =
+            endor::logs::read_since(&root, &small, &[Service::Web], &Default::default(), None)
+                .unwrap();
+        if lines.last().is_some_and(|r| r.entry.text == "the-end") {
+            break lines;
+        }
+        assert!(std::time::Instant::now() < deadline, "{lines:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let has = |text: &str, stream| {
+        lines
+            .iter()
+            .any(|r| r.entry.text == text && r.entry.stream == Some(stream))
+    };
+    assert!(
+        has("started", Stream::Stdout) && has("oops", Stream::Stderr),
+        "{lines:?}"
+    );
+    assert!(
+        has("\\xff\\x1b[31mbin", Stream::Stdout),
+        "binary output escaped: {lines:?}"
+    );
+    let long = lines
+        .iter()
+        .find(|r| r.entry.text.starts_with("yyy"))
+        .unwrap();
+    assert!(
+        long.entry.text.len() < 17_000
+            && long.entry.text.ends_with(&format!(
+                "[endor: line cut, {} more bytes]",
+                10_000_000 - (16 << 10)
+            )),
+        "{}",
+        &long.entry.text[long.entry.text.len() - 60..]
+    );
+    proc.stop().await;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 #[tokio::test]

@@ -70,12 +70,25 @@ pub enum SiteCmd {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
-    /// Print a site's log: the build log (`--service build`) or its process's output
-    /// (`--service web`).
+    /// Print a site's logs, every service interleaved by time (or the ones named): build,
+    /// web (the app's stdout/stderr), exec, access, error, endor (its events).
     Logs {
         site: String,
-        #[arg(long, default_value = "build")]
-        service: String,
+        /// Only this service (repeatable).
+        #[arg(long = "service", short = 's', value_name = "SERVICE")]
+        services: Vec<String>,
+        /// Lines from this time on: `10m` (ago) or an RFC 3339 time.
+        #[arg(long, value_name = "10m|TIME")]
+        since: Option<String>,
+        /// Lines before this time: `1h` (ago) or an RFC 3339 time.
+        #[arg(long, value_name = "1h|TIME")]
+        until: Option<String>,
+        /// Only lines containing this text (in the line or a field).
+        #[arg(long, value_name = "TEXT")]
+        grep: Option<String>,
+        /// The last N lines (then, with -f, what comes).
+        #[arg(short = 'n', long = "lines", value_name = "N")]
+        lines: Option<usize>,
         /// Keep printing what is appended.
         #[arg(short, long)]
         follow: bool,
@@ -222,14 +235,33 @@ pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()
         }
         SiteCmd::Logs {
             site,
-            service,
+            services,
+            since,
+            until,
+            grep,
+            lines,
             follow,
         } => {
-            let service = endor::logs::Service::named(&service)
+            let services = services
+                .iter()
+                .map(|s| endor::logs::Service::named(s))
+                .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| anyhow::anyhow!("--service: {e}"))?;
+            let now = endor::now_ms();
+            let time = |flag: &str, v: &Option<String>| {
+                v.as_deref()
+                    .map(|t| endor::logs::parse_time(t, now))
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+            };
+            let filter = endor::logs::Filter {
+                since: time("--since", &since)?,
+                until: time("--until", &until)?,
+                grep,
+            };
             let d = sites.show(&site).await?;
             let logs = std::path::absolute(&config.storage.logs)?;
-            print_log(&endor::logs::path(&logs, &d.id, service), follow, json).await
+            print_logs(&logs, &d.id, &services, &filter, lines, follow, json).await
         }
         SiteCmd::Exec { site, command } => {
             use std::io::Write;
@@ -391,41 +423,40 @@ fn show_text(d: &endor::sites::SiteDetails) -> String {
     out.join("\n")
 }
 
-/// Print a log file (as one JSON string with --json), and with `follow` what is appended.
-async fn print_log(path: &std::path::Path, follow: bool, json: bool) -> anyhow::Result<()> {
+/// Print a site's log lines (a JSON object a line with --json), and with `follow` what is
+/// appended, as it comes.
+async fn print_logs(
+    root: &std::path::Path,
+    site: &endor::ids::SiteId,
+    services: &[endor::logs::Service],
+    filter: &endor::logs::Filter,
+    tail: Option<usize>,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut offset = 0usize;
-    let mut said_waiting = false;
+    let services = if services.is_empty() {
+        endor::logs::Service::ALL
+    } else {
+        services
+    };
+    let (mut lines, mut cursor) = endor::logs::read_since(root, site, services, filter, tail)?;
     loop {
-        let new = match endor::logs::read_since(path, offset)? {
-            Some((new, next)) => {
-                offset = next;
-                new
+        let mut out = std::io::stdout().lock();
+        for r in &lines {
+            if json {
+                serde_json::to_writer(&mut out, r)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{}", endor::logs::line_text(&r.entry))?;
             }
-            None if follow => {
-                if !said_waiting {
-                    eprintln!(
-                        "no such log yet ({}): waiting for it (Ctrl-C to stop)",
-                        path.display()
-                    );
-                    said_waiting = true;
-                }
-                Vec::new()
-            }
-            None => anyhow::bail!("no such log yet ({})", path.display()),
-        };
-        if json && !follow {
-            println!(
-                "{}",
-                serde_json::json!({"log": String::from_utf8_lossy(&new)})
-            );
-        } else {
-            std::io::stdout().write_all(&new)?;
-            std::io::stdout().flush()?;
         }
+        out.flush()?;
+        drop(out);
         if !follow {
             return Ok(());
         }
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        (lines, cursor) = endor::logs::read(root, site, services, &cursor, filter, 10_000)?;
     }
 }

@@ -7,6 +7,12 @@
 //! robots toggle. Bodies stream both ways and WebSocket (any `Upgrade`) connections are passed
 //! through to the site's process. CIDR allow/deny rules see the peer's address (or, behind a
 //! trusted proxy, the `X-Forwarded-For` client); they are checked before basic auth (403).
+//! Each request of a site is a line of its `access` log, and what went wrong one of its `error`
+//! log (`log.rs`).
+
+mod log;
+
+pub use log::AccessLog;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,6 +81,8 @@ pub struct Gateway {
     /// Route and access settings per site name, read at most once per `cache_ttl`.
     cache: std::sync::Mutex<std::collections::HashMap<String, Cached>>,
     cache_ttl: std::time::Duration,
+    /// Where each site's access and error lines go (none: not logged).
+    access_log: std::sync::OnceLock<AccessLog>,
 }
 
 type Cached = (std::time::Instant, Arc<(Option<RouteRow>, SiteView)>);
@@ -82,6 +90,8 @@ type Cached = (std::time::Instant, Arc<(Option<RouteRow>, SiteView)>);
 /// What the gateway needs of a site besides its route.
 #[derive(Clone, Default)]
 struct SiteView {
+    /// Its logs are kept under its id.
+    id: Option<crate::ids::SiteId>,
     access: Option<crate::store::SiteAccess>,
     /// A protected (production) site never gets `X-Robots-Tag`.
     protected: bool,
@@ -133,7 +143,13 @@ impl Gateway {
                 .collect(),
             cache: Default::default(),
             cache_ttl,
+            access_log: Default::default(),
         })
+    }
+
+    /// Write each site's access and error lines to `log` from now on.
+    pub fn log_to(&self, log: AccessLog) {
+        let _ = self.access_log.set(log);
     }
 
     /// The site's route and access settings, from the cache while fresh (shared, not copied:
@@ -153,6 +169,7 @@ impl Gateway {
                 Some(s) => SiteView {
                     access: self.store.site_access(&s.id).await?,
                     protected: s.protected,
+                    id: Some(s.id),
                 },
                 None => SiteView::default(),
             },
@@ -241,48 +258,72 @@ async fn handle(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         method = %req.method(),
         path = %req.uri().path(),
     );
-    serve(gw, site, req).instrument(span).await
+    let Some(log) = gw.access_log.get().cloned() else {
+        return serve(gw, site, req).instrument(span).await.0;
+    };
+    let seen = log::Seen::of(&req, visitor(&req, &gw.trusted_proxies));
+    match serve(gw, site, req).instrument(span).await {
+        (resp, Some(id)) => log::finish(&log, id, seen, resp),
+        (resp, None) => resp,
+    }
 }
 
-async fn serve(gw: Arc<Gateway>, site: Option<String>, req: Request) -> Response {
+/// The answer, and the id of the site it was for (when there is one: its logs).
+async fn serve(
+    gw: Arc<Gateway>,
+    site: Option<String>,
+    req: Request,
+) -> (Response, Option<crate::ids::SiteId>) {
     let Some(site) = site else {
-        return page(
+        let r = page(
             StatusCode::NOT_FOUND,
             "No such preview",
             "This address does not belong to any preview.",
         );
+        return (r, None);
     };
     // The route and the site's access settings (checked before anything is served).
     let found = match gw.lookup(&site).await {
         Ok(f) => f,
         Err(e) => {
             tracing::error!(site = %site, error = %e, "route lookup failed");
-            return page(
+            let r = page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Unavailable",
                 "The gateway cannot read its routes right now.",
             );
+            return (r, None);
         }
     };
     let (row, view) = match &*found {
         (Some(r), v) => (r, v),
         (None, _) => {
-            return page(
+            let r = page(
                 StatusCode::NOT_FOUND,
                 "No such preview",
                 "This address does not belong to any preview.",
             );
+            return (r, None);
         }
+    };
+    let id = view.id.clone();
+    let refused = |mut r: Response, why: &str| {
+        r.extensions_mut().insert(log::Failure(why.to_string()));
+        (r, id.clone())
     };
     let access = &view.access;
     if let Some(a) = &access
         && (a.allow_cidrs.is_some() || a.deny_cidrs.is_some())
         && !visitor(&req, &gw.trusted_proxies).is_some_and(|ip| crate::access::admitted(a, ip))
     {
-        return page(
+        let r = page(
             StatusCode::FORBIDDEN,
             "Not allowed",
             "This preview does not accept visitors from your address.",
+        );
+        return refused(
+            r,
+            "refused: the visitor's address is not allowed (CIDR rules)",
         );
     }
     if let Some(a) = &access
@@ -304,7 +345,7 @@ async fn serve(gw: Arc<Gateway>, site: Option<String>, req: Request) -> Response
             );
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            return r;
+            return refused(r, "refused: too many wrong passwords from this address");
         }
         if checked != crate::access::AuthCheck::Ok {
             let mut r = page(
@@ -317,7 +358,12 @@ async fn serve(gw: Arc<Gateway>, site: Option<String>, req: Request) -> Response
             {
                 r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
             }
-            return r;
+            let why = if given.is_some() {
+                "refused: wrong user or password (basic auth)"
+            } else {
+                "refused: no password given (basic auth)"
+            };
+            return refused(r, why);
         }
     }
     let robots =
@@ -369,7 +415,7 @@ async fn serve(gw: Arc<Gateway>, site: Option<String>, req: Request) -> Response
             HeaderValue::from_static("noindex, nofollow"),
         );
     }
-    resp
+    (resp, id)
 }
 
 /// Forward to the site's process on 127.0.0.1, streaming both bodies.
@@ -419,11 +465,15 @@ async fn proxy(gw: &Gateway, req: Request, port: u16, site: &str) -> Response {
         Ok(r) => r.map(Body::new),
         Err(e) => {
             tracing::warn!(site = %site, port, error = %e, "site process did not answer");
-            page(
+            let mut r = page(
                 StatusCode::BAD_GATEWAY,
                 "Preview not answering",
                 "The preview's process did not answer.",
-            )
+            );
+            r.extensions_mut().insert(log::Failure(format!(
+                "the app did not answer on 127.0.0.1:{port}: {e}"
+            )));
+            r
         }
     }
 }

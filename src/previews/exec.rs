@@ -2,10 +2,9 @@
 //! its database sockets) with the site's environment. Its output goes to the caller as it
 //! comes and, with who ran what and how it ended, into the site's `exec` log.
 
-use std::io::Write;
 use std::path::PathBuf;
 
-use crate::logs::Service;
+use crate::logs::{Entry, LineSplitter, Service, Stream};
 use crate::runtime::{self, ExecEnd, Pipe};
 use crate::store::{Site, SiteState};
 
@@ -70,42 +69,67 @@ impl Lifecycle {
             .host
             .sandbox(&sbox, &cwd, env, None)
             .map_err(|e| failed(&e))?;
-        crate::logs::create_dir(&self.logs, &site.id).map_err(|e| failed(&e))?;
-        let path = crate::logs::path(&self.logs, &site.id, Service::Exec);
-        let mut log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| failed(&e))?;
-        let when = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let what = serde_json::to_string(argv).unwrap_or_default();
-        let _ = writeln!(
-            log,
-            "[endor] {when} exec by {who} in {}: {what}",
-            cwd.display()
+        let event = |text: String| {
+            Entry::now(Service::Exec, None, text)
+                .with("who", who)
+                .with("command", argv.to_vec())
+        };
+        self.logs.write(
+            &site.id,
+            event(format!(
+                "[endor] exec by {who} in {}: {what}",
+                cwd.display()
+            ))
+            .with("cwd", cwd.display().to_string()),
         );
         let cap = self.config.runtime.output_cap;
+        let max = self.logs.limits().max_line_bytes;
         let mut kept = 0usize;
-        let mut cut = false;
+        let (mut out, mut err) = (LineSplitter::default(), LineSplitter::default());
+        let mut lines = Vec::new();
+        let log_lines = |stream: Stream, lines: &mut Vec<String>| {
+            let entries: Vec<Entry> = lines
+                .drain(..)
+                .map(|t| Entry::now(Service::Exec, Some(stream), t))
+                .collect();
+            let _ = self.logs.append(&site.id, Service::Exec, &entries);
+        };
         let end = runtime::exec(&sandbox, argv, |pipe, chunk| {
             sink(pipe, chunk);
-            let room = cap.saturating_sub(kept);
-            let take = chunk.len().min(room);
-            let _ = log.write_all(&chunk[..take]);
+            // What the log keeps of one command's output.
+            let take = chunk.len().min(cap.saturating_sub(kept));
             kept += take;
-            cut |= take < chunk.len();
+            let (splitter, stream) = match pipe {
+                Pipe::Out => (&mut out, Stream::Stdout),
+                Pipe::Err => (&mut err, Stream::Stderr),
+            };
+            splitter.push(&chunk[..take], max, &mut lines);
+            log_lines(stream, &mut lines);
         })
         .await
         .map_err(|e| failed(&e))?;
-        if cut {
-            let _ = writeln!(log, "\n[endor] output cut at runtime.output_cap");
+        for (splitter, stream) in [(&mut out, Stream::Stdout), (&mut err, Stream::Stderr)] {
+            lines.extend(splitter.flush(max));
+            log_lines(stream, &mut lines);
+        }
+        if kept >= cap {
+            self.logs.write(
+                &site.id,
+                event("[endor] output past runtime.output_cap is not kept".into()),
+            );
         }
         let how = match (&end.killed, end.exit_code) {
             (Some(why), _) => format!("was killed: {why}"),
             (None, Some(code)) => format!("exit code {code}"),
             (None, None) => "ended by a signal".to_string(),
         };
-        let _ = writeln!(log, "\n[endor] exec by {who}: {what} {how}");
+        self.logs.write(
+            &site.id,
+            event(format!("[endor] exec by {who}: {what} {how}"))
+                .with("exit_code", end.exit_code)
+                .with("killed", end.killed.clone()),
+        );
         tracing::info!(site = %name, %who, command = %what, end = %how, "site exec");
         Ok(end)
     }

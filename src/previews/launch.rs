@@ -563,15 +563,8 @@ impl Lifecycle {
         )
         .await
         .map_err(|e| JobError::Transient(format!("build could not run: {e}")))?;
-        let log_path = crate::logs::path(&self.logs, &site.id, crate::logs::Service::Build);
-        crate::logs::create_dir(&self.logs, &site.id).map_err(transient)?;
-        let mut log =
-            format!("[endor] build of {} at {}\n", site.name, target.head_sha).into_bytes();
-        log.extend_from_slice(&report.log);
-        if report.truncated {
-            log.extend_from_slice(b"\n[endor] output cut at runtime.output_cap\n");
-        }
-        std::fs::write(&log_path, &log).map_err(transient)?;
+        self.write_build_log(site, target, &report)
+            .map_err(transient)?;
         if report.cancelled {
             return Err(JobError::Cancelled);
         }
@@ -604,6 +597,36 @@ impl Lifecycle {
         Ok(env)
     }
 
+    /// The build's output into the site's `build` log, a line each, after a line naming it.
+    fn write_build_log(
+        &self,
+        site: &Site,
+        target: &Target,
+        report: &runtime::BuildReport,
+    ) -> std::io::Result<()> {
+        use crate::logs::{Entry, LineSplitter, Service};
+        let max = self.logs.limits().max_line_bytes;
+        let mut lines = vec![format!(
+            "[endor] build of {} at {}",
+            site.name, target.head_sha
+        )];
+        let mut splitter = LineSplitter::default();
+        splitter.push(&report.log, max, &mut lines);
+        lines.extend(splitter.flush(max));
+        if report.truncated {
+            lines.push("[endor] output cut at runtime.output_cap".into());
+        }
+        let time = crate::now_ms();
+        let entries: Vec<Entry> = lines
+            .into_iter()
+            .map(|text| Entry {
+                time,
+                ..Entry::now(Service::Build, None, text)
+            })
+            .collect();
+        self.logs.append(&site.id, Service::Build, &entries)
+    }
+
     async fn start(
         &self,
         site: &Site,
@@ -620,8 +643,7 @@ impl Lifecycle {
             .host
             .sandbox(&sbox, code, env, Some(port))
             .map_err(|e| JobError::Permanent(e.to_string()))?;
-        let log = crate::logs::path(&self.logs, &site.id, crate::logs::Service::Web);
-        crate::logs::create_dir(&self.logs, &site.id).map_err(transient)?;
+        let log = runtime::WebLog::new(self.logs.clone(), site.id.clone());
         // The supervisor asks the store before each restart.
         let wanted = super::lifecycle::still_wanted(
             self.store.clone(),

@@ -77,7 +77,7 @@ pub struct Lifecycle {
     pub(super) host: crate::runtime::Host,
     pub(super) git: GitMirrors,
     pub(super) metrics: Arc<Metrics>,
-    pub(super) logs: PathBuf,
+    pub(super) logs: crate::logs::Logs,
     /// Site processes this endor process supervises, by preview id.
     pub(super) procs: Mutex<HashMap<crate::ids::PreviewId, Supervised>>,
     /// Old versions replaced by an update, still answering until no gateway can route to them
@@ -136,7 +136,7 @@ impl Lifecycle {
                 .waiting_for_locks(std::time::Duration::from_secs(120)),
             host: crate::runtime::Host::new(config),
             git: GitMirrors::new(abs(&config.storage.git)),
-            logs: abs(&config.storage.logs),
+            logs: crate::logs::Logs::new(&abs(&config.storage.logs), (&config.logs).into()),
             store,
             config: config.clone(),
             metrics,

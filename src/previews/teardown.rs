@@ -119,10 +119,7 @@ impl Lifecycle {
         self.save(preview).await?;
         crash_point("data");
         if let Some(id) = preview.site_id.clone() {
-            let logs = self.logs.join(id.as_str());
-            if logs.exists() {
-                std::fs::remove_dir_all(&logs).map_err(transient)?;
-            }
+            self.logs.remove_site(&id).map_err(transient)?;
         }
         step(preview, "logs");
         self.save(preview).await?;

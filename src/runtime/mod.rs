@@ -856,17 +856,72 @@ fn append(log: &mut Vec<u8>, chunk: &[u8], cap: usize, truncated: &mut bool) {
     log.extend_from_slice(&chunk[..chunk.len().min(room)]);
 }
 
-/// How much of one run of a site process's output is kept in its log (the rest is drained and
-/// dropped, with a note).
-const SITE_LOG_CAP: usize = 1 << 20;
+/// Where a site process's output goes: its `web` log, whole lines marked with their stream
+/// (the logs' cap per site bounds it; the pipes are always drained, so a flood never blocks
+/// the process).
+#[derive(Debug, Clone)]
+pub struct WebLog {
+    logs: crate::logs::Logs,
+    site: crate::ids::SiteId,
+}
 
-/// Append a process's stdout and stderr to `path` as they arrive, until both close; past `cap`
-/// bytes the output is read and dropped (one note says so).
-async fn follow_output(child: &mut Child, path: &Path, cap: usize) {
-    let mut log = CappedLog::open(path, cap).await;
+impl WebLog {
+    pub fn new(logs: crate::logs::Logs, site: crate::ids::SiteId) -> Self {
+        Self { logs, site }
+    }
+
+    /// A line of endor's own about the process (no stream).
+    fn note(&self, text: &str) {
+        self.logs.write(
+            &self.site,
+            crate::logs::Entry::now(crate::logs::Service::Web, None, text.to_string()),
+        );
+    }
+
+    fn lines(&self, stream: crate::logs::Stream, lines: &mut Vec<String>) {
+        if lines.is_empty() {
+            return;
+        }
+        let time = crate::now_ms();
+        let entries: Vec<crate::logs::Entry> = lines
+            .drain(..)
+            .map(|text| crate::logs::Entry {
+                time,
+                service: crate::logs::Service::Web,
+                stream: Some(stream),
+                text,
+                fields: Default::default(),
+            })
+            .collect();
+        if let Err(e) = self
+            .logs
+            .append(&self.site, crate::logs::Service::Web, &entries)
+        {
+            tracing::warn!(site = %self.site, error = %e, "the web log could not be written");
+        }
+    }
+}
+
+/// Write a process's stdout and stderr to its log as whole lines as they arrive, until both
+/// close.
+async fn follow_output(child: &mut Child, log: &WebLog) {
+    use crate::logs::{LineSplitter, Stream};
+    let max = log.logs.limits().max_line_bytes;
+    let (mut out, mut err) = (LineSplitter::default(), LineSplitter::default());
+    let mut lines = Vec::new();
     let mut output = Output::of(child);
-    while let Some(chunk) = output.next().await {
-        log.write(chunk).await;
+    while let Some((pipe, chunk)) = output.next_of().await {
+        let (splitter, stream) = match pipe {
+            Pipe::Out => (&mut out, Stream::Stdout),
+            Pipe::Err => (&mut err, Stream::Stderr),
+        };
+        if chunk.is_empty() {
+            // The pipe closed: what is left of its last line.
+            lines.extend(splitter.flush(max));
+        } else {
+            splitter.push(chunk, max, &mut lines);
+        }
+        log.lines(stream, &mut lines);
     }
 }
 
@@ -875,18 +930,6 @@ async fn over_limit(disk: Option<&DiskWatch>) {
     match disk {
         Some(d) => d.exceeded().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Append one line to a log file.
-async fn note(path: &Path, line: &str) {
-    if let Ok(mut f) = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await
-    {
-        let _ = f.write_all(format!("{line}\n").as_bytes()).await;
     }
 }
 
@@ -1330,12 +1373,12 @@ pub struct Supervised {
 }
 
 impl Supervised {
-    /// Start `command` for site `site`; its output is appended to `log_path`. Before each
-    /// restart `wanted` (when given) is asked whether the process is still wanted.
+    /// Start `command` for site `site`; its output goes to `log`. Before each restart
+    /// `wanted` (when given) is asked whether the process is still wanted.
     pub fn start(
         sandbox: Sandbox,
         command: String,
-        log_path: PathBuf,
+        log: WebLog,
         site: String,
         wanted: Option<StillWanted>,
     ) -> Self {
@@ -1357,7 +1400,7 @@ impl Supervised {
                 let started = Instant::now();
                 let kills_before = sandbox.oom_kills();
                 if let Some((engine, spec)) = &sandbox.docker {
-                    run_container(&sandbox, engine, spec, &command, &log_path, &s, &ct).await;
+                    run_container(&sandbox, engine, spec, &command, &log, &s, &ct).await;
                     if s.load(Ordering::SeqCst) || let_go(&wanted, &site).await {
                         return;
                     }
@@ -1376,15 +1419,14 @@ impl Supervised {
                         // runs; the pipes are always drained, so a chatty site never blocks.
                         let pid = child.id().unwrap_or(0);
                         {
-                            let mut output =
-                                std::pin::pin!(follow_output(&mut child, &log_path, SITE_LOG_CAP));
+                            let mut output = std::pin::pin!(follow_output(&mut child, &log));
                             tokio::select! {
                                 _ = &mut output => {}
                                 _ = over_limit(sandbox.disk.as_ref()) => {
                                     kill_group(pid);
                                     output.await;
                                     if let Some(d) = &sandbox.disk {
-                                        note(&log_path, &format!("[endor] the site process {}", d.note())).await;
+                                        log.note(&format!("[endor] the site process {}", d.note()));
                                         tracing::warn!(command = %command, "the site process {}", d.note());
                                     }
                                 }
@@ -1401,11 +1443,7 @@ impl Supervised {
                         }
                         if let Some(why) = sandbox.oom_note(kills_before) {
                             // The site's log says why, where its owner looks.
-                            note(
-                                &log_path,
-                                &format!("[endor] site process {why}; restarting"),
-                            )
-                            .await;
+                            log.note(&format!("[endor] site process {why}; restarting"));
                             tracing::warn!(site = %site, command = %command, "site process {why}; restarting");
                         } else {
                             tracing::warn!(site = %site, command = %command, status = ?status.ok(), "site process exited; restarting");
@@ -1482,14 +1520,15 @@ async fn pause(wake: &tokio::sync::Notify, d: Duration) {
     }
 }
 
-/// One run of a site's start command in a container: its output appended to the log (capped
-/// as for a process), until it ends; why it ended, when the limits ended it.
+/// One run of a site's start command in a container: its output written to the log as lines
+/// (a container's two streams arrive as one: they are marked stdout), until it ends; why it
+/// ended, when the limits ended it.
 async fn run_container(
     sandbox: &Sandbox,
     engine: &docker::Engine,
     spec: &docker::Spec,
     command: &str,
-    log_path: &Path,
+    log: &WebLog,
     stopping: &AtomicBool,
     running: &std::sync::Mutex<Option<(docker::Engine, String)>>,
 ) {
@@ -1497,11 +1536,7 @@ async fn run_container(
         Ok(v) => v,
         Err(e) => {
             tracing::warn!(error = %e, "site container could not start");
-            note(
-                log_path,
-                &format!("[endor] the site container could not start: {e}"),
-            )
-            .await;
+            log.note(&format!("[endor] the site container could not start: {e}"));
             return;
         }
     };
@@ -1512,11 +1547,16 @@ async fn run_container(
         engine.remove(&id).await;
         return;
     }
-    let mut log = CappedLog::open(log_path, SITE_LOG_CAP).await;
+    let max = log.logs.limits().max_line_bytes;
     let drain = async {
+        let mut splitter = crate::logs::LineSplitter::default();
+        let mut lines = Vec::new();
         while let Some(c) = output.next().await {
-            log.write(&c).await
+            splitter.push(&c, max, &mut lines);
+            log.lines(crate::logs::Stream::Stdout, &mut lines);
         }
+        lines.extend(splitter.flush(max));
+        log.lines(crate::logs::Stream::Stdout, &mut lines);
     };
     let (ended, why) = finish_container(sandbox, engine, &id, drain).await;
     if stopping.load(Ordering::SeqCst) {
@@ -1524,57 +1564,12 @@ async fn run_container(
     }
     match why {
         Some(why) => {
-            note(
-                log_path,
-                &format!("[endor] the site container {why}; restarting"),
-            )
-            .await;
+            log.note(&format!("[endor] the site container {why}; restarting"));
             tracing::warn!(command = %command, "the site container {why}; restarting");
         }
         None => {
             tracing::warn!(command = %command, exit = ?ended.and_then(|e| e.exit_code), "site container exited; restarting")
         }
-    }
-}
-
-/// A site log written as output arrives, at most `cap` bytes per run (one note past it).
-struct CappedLog {
-    file: Option<tokio::fs::File>,
-    cap: usize,
-    written: usize,
-    noted: bool,
-}
-
-impl CappedLog {
-    async fn open(path: &Path, cap: usize) -> Self {
-        let file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .await
-            .ok();
-        Self {
-            file,
-            cap,
-            written: 0,
-            noted: false,
-        }
-    }
-
-    async fn write(&mut self, chunk: &[u8]) {
-        let Some(f) = self.file.as_mut() else { return };
-        let keep = chunk.len().min(self.cap.saturating_sub(self.written));
-        if keep > 0 && f.write_all(&chunk[..keep]).await.is_err() {
-            self.file = None;
-            return;
-        }
-        if keep < chunk.len() && !self.noted {
-            self.noted = true;
-            let _ = f
-                .write_all(b"\n[endor] output past this point is not kept (1 MiB per run)\n")
-                .await;
-        }
-        self.written += chunk.len();
     }
 }
 

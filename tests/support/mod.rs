@@ -357,3 +357,14 @@ fn open_up(dir: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
+
+/// The text of one service's log of a site, a line each (what `endor site logs` shows, without
+/// times).
+pub fn log_text(logs: &Path, site: &endor::ids::SiteId, service: endor::logs::Service) -> String {
+    let (lines, _) =
+        endor::logs::read_since(logs, site, &[service], &Default::default(), None).unwrap();
+    lines
+        .iter()
+        .map(|r| format!("{}\n", r.entry.text))
+        .collect()
+}
