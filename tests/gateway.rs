@@ -449,3 +449,156 @@ async fn site_row(store: &dyn endor::store::Store, name: &str) -> endor::store::
         .await
         .unwrap()
 }
+
+/// Real traffic makes each site's access and error lines: the visitor's address from a client
+/// bound to 127.0.0.2 and, through a trusted proxy, from its `X-Forwarded-For` (an untrusted
+/// peer's header is not believed); method, path, status, bytes, duration, user agent and the
+/// basic-auth user (never the password); a 401 and an app not answering in the error log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_and_error_logs_from_real_traffic() {
+    use endor::logs::{Filter, Service};
+    let db = TestStore::sqlite().await;
+    let store = db.store.clone();
+    let site = site_row(store.as_ref(), "app-pr-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), "hello").unwrap();
+    store
+        .put_route(&Route::Static(dir.path().to_path_buf()).row("app-pr-1", true))
+        .await
+        .unwrap();
+    let logs_dir = tempfile::tempdir().unwrap();
+    let logs = endor::logs::Logs::new(logs_dir.path(), Default::default());
+    let gw = Gateway::with_proxies(store.clone(), "preview.localhost", &["127.0.0.3/32".into()]);
+    gw.log_to(endor::gateway::AccessLog::start(logs.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, gw.app()).await.unwrap() });
+    let get = |from: &str, path: &str, xff: Option<&str>, auth: Option<&str>| {
+        let from: std::net::IpAddr = from.parse().unwrap();
+        let (path, xff, auth) = (
+            path.to_string(),
+            xff.map(str::to_string),
+            auth.map(str::to_string),
+        );
+        async move {
+            let c = reqwest::Client::builder()
+                .local_address(from)
+                .build()
+                .unwrap();
+            let mut r = c
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .header("host", "app-pr-1.preview.localhost")
+                .header("user-agent", "endor-test/1");
+            if let Some(x) = xff {
+                r = r.header("x-forwarded-for", x);
+            }
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            r.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(get("127.0.0.2", "/", None, None).await, 200);
+    assert_eq!(
+        get("127.0.0.3", "/?q=1", Some("203.0.113.7"), None).await,
+        200
+    );
+    assert_eq!(
+        get("127.0.0.2", "/index.html", Some("198.51.100.1"), None).await,
+        200
+    );
+    // Basic auth on: no credentials and wrong ones are refused (and logged as errors).
+    endor::access::set_chosen_password(store.as_ref(), &site.id, "alice", "s3cret-pass")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get("127.0.0.2", "/private", None, None).await, 401);
+    // alice:wrong-password
+    assert_eq!(
+        get(
+            "127.0.0.2",
+            "/private",
+            None,
+            Some("Basic YWxpY2U6d3JvbmctcGFzc3dvcmQ=")
+        )
+        .await,
+        401
+    );
+    // A proxied route whose app is not there: 502, an error line naming the port.
+    endor::access::set_generated_password(
+        store.as_ref(),
+        &endor::secret::Sealer::from_file(&logs_dir.path().join("key")).unwrap(),
+        &site.id,
+        false,
+    )
+    .await
+    .unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    store
+        .put_route(&Route::Proxy(dead_port).row("app-pr-1", true))
+        .await
+        .unwrap();
+    assert_eq!(get("127.0.0.2", "/api", None, None).await, 502);
+
+    let read = |service| {
+        let (lines, _) = endor::logs::read_since(
+            logs_dir.path(),
+            &site.id,
+            &[service],
+            &Filter::default(),
+            None,
+        )
+        .unwrap();
+        lines
+    };
+    let mut access = read(Service::Access);
+    for _ in 0..100 {
+        if access.len() >= 6 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        access = read(Service::Access);
+    }
+    assert_eq!(access.len(), 6, "{access:#?}");
+    let f = |i: usize, k: &str| access[i].entry.fields[k].clone();
+    assert_eq!(f(0, "visitor"), "127.0.0.2");
+    assert_eq!(
+        (f(0, "method"), f(0, "path"), f(0, "status")),
+        ("GET".into(), "/".into(), 200.into())
+    );
+    assert_eq!(f(0, "bytes"), 5);
+    assert_eq!(f(0, "user_agent"), "endor-test/1");
+    assert!(f(0, "duration_ms").as_f64().unwrap() >= 0.0);
+    assert_eq!(f(1, "visitor"), "203.0.113.7", "through the trusted proxy");
+    assert_eq!(f(1, "path"), "/?q=1");
+    assert_eq!(
+        f(2, "visitor"),
+        "127.0.0.2",
+        "an untrusted peer's header is not believed"
+    );
+    assert_eq!((f(3, "status"), f(4, "status")), (401.into(), 401.into()));
+    assert_eq!(f(4, "user"), "alice");
+    assert!(!access[4].entry.text.contains("wrong-password"));
+    assert_eq!(f(5, "status"), 502);
+    assert!(
+        access[0].entry.text.starts_with("127.0.0.2 GET / 200 5 "),
+        "{}",
+        access[0].entry.text
+    );
+
+    let errors = read(Service::Error);
+    let texts: Vec<&str> = errors.iter().map(|r| r.entry.text.as_str()).collect();
+    assert_eq!(errors.len(), 3, "{texts:?}");
+    assert!(
+        texts[0].contains("401") && texts[0].contains("no password given"),
+        "{texts:?}"
+    );
+    assert!(texts[1].contains("wrong user or password"), "{texts:?}");
+    assert!(
+        texts[2].contains("502") && texts[2].contains(&format!("127.0.0.1:{dead_port}")),
+        "{texts:?}"
+    );
+    assert_eq!(errors[0].entry.fields["visitor"], "127.0.0.2");
+}
