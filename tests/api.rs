@@ -245,6 +245,7 @@ fn sample(w: &World, method: &Method, path: &str, who: Who) -> Option<(String, O
             (p("/sites/web/protection"), Some(json!({"protected": true})))
         }
         ("GET", "/sites/{site}/access") => (p("/sites/web/access"), None),
+        ("GET", "/sites/{site}/logs") => (p("/sites/web/logs?service=web,endor&n=10"), None),
         ("PATCH", "/sites/{site}/access") => {
             (p("/sites/web/access"), Some(json!({"robots": false})))
         }
@@ -280,7 +281,7 @@ fn policy(method: &Method, path: &str) -> &'static [Who] {
         }
         ("PATCH", "/workspaces/{ws}") => OWNERS,
         (_, "/workspaces/{ws}/usage") => BILLERS,
-        ("GET", "/sites/{site}" | "/sites/{site}/access") => READERS,
+        ("GET", "/sites/{site}" | "/sites/{site}/access" | "/sites/{site}/logs") => READERS,
         (_, p) if p.starts_with("/sites/") || p == "/workspaces/{ws}/sites" => DEVS,
         _ => panic!("no policy for {method} {path}"),
     }
@@ -1248,4 +1249,180 @@ async fn every_documented_status_of_every_route_is_reached() {
         unreached.is_empty(),
         "documented but never reached: {unreached:#?}"
     );
+}
+
+/// Server-Sent Events as `GET /sites/{site}/logs?follow=true` sends them: `(id, data)` pairs,
+/// read from `resp` until `want` of them came (keep-alive comments skipped).
+async fn sse_events(
+    resp: &mut reqwest::Response,
+    buf: &mut String,
+    want: usize,
+) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while out.len() < want {
+        while let Some(end) = buf.find("\n\n") {
+            let event: String = buf.drain(..end + 2).collect();
+            let (mut id, mut data) = (String::new(), String::new());
+            for line in event.lines() {
+                if let Some(v) = line
+                    .strip_prefix("id: ")
+                    .or_else(|| line.strip_prefix("id:"))
+                {
+                    id = v.to_string();
+                } else if let Some(v) = line
+                    .strip_prefix("data: ")
+                    .or_else(|| line.strip_prefix("data:"))
+                {
+                    data.push_str(v);
+                }
+            }
+            if !data.is_empty() {
+                out.push((id, serde_json::from_str(&data).unwrap()));
+            }
+        }
+        if out.len() >= want {
+            break;
+        }
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match tokio::time::timeout(left, resp.chunk()).await {
+            Ok(Ok(Some(c))) => buf.push_str(&String::from_utf8_lossy(&c)),
+            other => panic!("the stream ended or stalled after {out:?}: {other:?}"),
+        }
+    }
+    out
+}
+
+/// A site's logs over the API: lines of the services asked for, filtered, the last N; billing
+/// members get 403; a follower (Server-Sent Events) sees a new line as it is written, and after
+/// a dropped connection resumes with `Last-Event-ID`: nothing lost, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_logs_are_read_and_followed_over_the_api() {
+    use endor::logs::{Entry, Logs, Service, Stream};
+    let db = TestStore::sqlite().await;
+    let dir = support::plain_dir();
+    let config = support::config_in(&db.url, dir.path());
+    let s = db.store.as_ref();
+    let mut tokens = std::collections::HashMap::new();
+    for login in ["own", "bill", "dev", "out"] {
+        service::create_user(s, login, None, None).await.unwrap();
+        tokens.insert(
+            login,
+            service::issue_token(s, login, "t").await.unwrap().token,
+        );
+    }
+    support::acme_and_other(s).await;
+    let sites = Sites::new(db.store.clone(), &config);
+    sites
+        .create("web", "acme", "default", Imports::default())
+        .await
+        .unwrap();
+    let id = sites.show("web").await.unwrap().id;
+    let logs = Logs::new(&config.storage.logs, Default::default());
+    let out = |text: &str| Entry::now(Service::Web, Some(Stream::Stdout), text.into());
+    logs.append(&id, Service::Web, &[out("one"), out("two")])
+        .unwrap();
+    logs.write(
+        &id,
+        Entry::now(Service::Access, None, "127.0.0.2 GET /x 200 5".into()).with("status", 200),
+    );
+    let server = support::TestServer::start_with(db, config).await;
+    let client = reqwest::Client::new();
+    let get = |who: &str, q: &str| {
+        client
+            .get(server.url(&format!("/api/v1/sites/web/logs{q}")))
+            .bearer_auth(&tokens[who])
+    };
+    let json = |r: reqwest::Response| async move {
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let (st, v) = json(get("dev", "?service=web").send().await.unwrap()).await;
+    assert_eq!(st, 200, "{v}");
+    let texts: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["one", "two"]);
+    assert_eq!(v[0]["stream"], "stdout");
+    assert_eq!(v[0]["service"], "web");
+    let (_, v) = json(get("own", "?grep=GET").send().await.unwrap()).await;
+    assert_eq!(
+        (
+            v.as_array().unwrap().len(),
+            v[0]["fields"]["status"].clone()
+        ),
+        (1, json!(200))
+    );
+    let (_, v) = json(get("dev", "?n=1").send().await.unwrap()).await;
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    let (st, v) = json(get("bill", "").send().await.unwrap()).await;
+    assert_eq!(st, 403, "billing members do not read logs: {v}");
+    let (st, _) = json(get("out", "").send().await.unwrap()).await;
+    assert_eq!(st, 403);
+    for bad in [
+        "?since=banana",
+        "?service=web,nope",
+        "?n=0",
+        "?follow=maybe",
+    ] {
+        let (st, v) = json(get("dev", bad).send().await.unwrap()).await;
+        assert_eq!(
+            (st, v["error"]["code"].clone()),
+            (400, json!("invalid")),
+            "{bad}: {v}"
+        );
+    }
+
+    // Follow.
+    let follow = |last: Option<&str>| {
+        let mut r = get("dev", "?service=web&follow=true").header("accept", "text/event-stream");
+        if let Some(id) = last {
+            r = r.header("last-event-id", id);
+        }
+        r.send()
+    };
+    let mut resp = follow(None).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
+    let mut buf = String::new();
+    let first = sse_events(&mut resp, &mut buf, 2).await;
+    assert_eq!(
+        (first[0].1["text"].clone(), first[1].1["text"].clone()),
+        (json!("one"), json!("two"))
+    );
+    logs.write(&id, out("three"));
+    let next = sse_events(&mut resp, &mut buf, 1).await;
+    assert_eq!(next[0].1["text"], "three");
+    let last_id = next[0].0.clone();
+    assert_eq!(next[0].1["id"], last_id.as_str());
+    drop(resp);
+    // Written while nobody follows.
+    logs.append(&id, Service::Web, &[out("four"), out("five")])
+        .unwrap();
+    let mut resp = follow(Some(&last_id)).await.unwrap();
+    let mut buf = String::new();
+    let resumed = sse_events(&mut resp, &mut buf, 2).await;
+    let texts: Vec<&str> = resumed
+        .iter()
+        .map(|e| e.1["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        ["four", "five"],
+        "resumed after `three`: nothing lost, nothing twice"
+    );
+    logs.write(&id, out("six"));
+    let more = sse_events(&mut resp, &mut buf, 1).await;
+    assert_eq!(more[0].1["text"], "six");
+    drop(resp);
+    let bad = follow(Some("web:zz")).await.unwrap();
+    assert_eq!(bad.status(), 400);
+    server.stop().await;
 }

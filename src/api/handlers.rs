@@ -714,3 +714,184 @@ pub async fn change_access(
         crate::access::change(api.store.as_ref(), &sealer(&api)?, &site.name, &site.id, &b).await?;
     ok(StatusCode::OK, &v)
 }
+
+/// A comma-separated list of log services.
+pub const LOG_SERVICES_PATTERN: &str =
+    "^(build|web|exec|access|error|endor)(,(build|web|exec|access|error|endor)){0,5}$";
+/// `10m` (ago: `s`, `m`, `h`, `d`) or an RFC 3339 time.
+pub const LOG_TIME_PATTERN: &str = "^([0-9]{1,9}[smhd]|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2}))$";
+pub const LOG_GREP_PATTERN: &str = "^[^\\x00-\\x1f]{1,200}$";
+pub const LOG_LINES_PATTERN: &str = "^[1-9][0-9]{0,4}$";
+pub const BOOL_PATTERN: &str = "^(true|false)$";
+
+/// Lines a JSON reply (or the start of a follow) holds when `n` is not given.
+const LOG_LINES_DEFAULT: usize = 1000;
+/// A follow stream ends after this; an `EventSource` reconnects with `Last-Event-ID` and
+/// misses nothing (and a server shutting down never waits long for its followers).
+const FOLLOW_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One line of a site's log.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LogLine {
+    /// Resumes right after this line (`Last-Event-ID` of a follow).
+    id: String,
+    /// Milliseconds since the Unix epoch.
+    time: i64,
+    #[schema(pattern = "^(build|web|exec|access|error|endor)$")]
+    service: String,
+    /// `stdout` or `stderr` for a process's output.
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<String>,
+    text: String,
+    /// Structured parts (an access line's status, visitor, bytes…).
+    #[schema(value_type = Object)]
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl From<crate::logs::Record> for LogLine {
+    fn from(r: crate::logs::Record) -> Self {
+        let stream = serde_json::to_value(r.entry.stream)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string));
+        Self {
+            id: r.id,
+            time: r.entry.time,
+            service: r.entry.service.to_string(),
+            stream,
+            text: r.entry.text,
+            fields: r.entry.fields,
+        }
+    }
+}
+
+/// `GET /sites/{site}/logs`: the site's log lines, interleaved by time (the last `n`, 1000 by
+/// default); with `follow=true` and `Accept: text/event-stream`, Server-Sent Events as lines
+/// come, resumable with `Last-Event-ID`.
+pub async fn site_logs(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> Res {
+    use crate::logs::{Cursor, Filter, Service};
+    let services = match q.get("service") {
+        None => Service::ALL.to_vec(),
+        Some(list) => list
+            .split(',')
+            .map(Service::named)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(ApiError::invalid)?,
+    };
+    let now = crate::now_ms();
+    let time = |k: &str| {
+        q.get(k)
+            .map(|t| {
+                crate::logs::parse_time(t, now).map_err(|e| ApiError::invalid(format!("{k}: {e}")))
+            })
+            .transpose()
+    };
+    let grep = q.get("grep").cloned();
+    if grep
+        .as_deref()
+        .is_some_and(|g| g.is_empty() || g.len() > 200 || g.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "grep: 1-200 characters, no control characters",
+        ));
+    }
+    let filter = Filter {
+        since: time("since")?,
+        until: time("until")?,
+        grep,
+    };
+    let n = match q.get("n") {
+        None => LOG_LINES_DEFAULT,
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=99_999).contains(n))
+            .ok_or_else(|| ApiError::invalid("n: a number of lines, 1-99999"))?,
+    };
+    let follow = match q.get("follow").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::invalid("follow: true or false")),
+    };
+    let root = std::path::absolute(&api.config.storage.logs)
+        .unwrap_or_else(|_| api.config.storage.logs.clone());
+    let site = c.site()?.id.clone();
+    let io = |e: std::io::Error| {
+        tracing::error!(error = %e, "reading a site's logs");
+        ApiError::internal("reading the site's logs failed")
+    };
+    let sse = follow
+        && headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/event-stream"));
+    if !sse {
+        let (lines, _) =
+            crate::logs::read_since(&root, &site, &services, &filter, Some(n)).map_err(io)?;
+        let lines: Vec<LogLine> = lines.into_iter().map(LogLine::from).collect();
+        return ok(StatusCode::OK, &lines);
+    }
+    // Where to start: after the last event the client saw, or the last `n` lines.
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| Cursor::parse(v).map_err(|e| ApiError::invalid(format!("Last-Event-ID: {e}"))))
+        .transpose()?;
+    let (first, cursor) = match resume {
+        Some(cursor) => {
+            crate::logs::read(&root, &site, &services, &cursor, &filter, 10_000).map_err(io)?
+        }
+        None => crate::logs::read_since(&root, &site, &services, &filter, Some(n)).map_err(io)?,
+    };
+    Ok(follow_stream(root, site, services, filter, first, cursor).into_response())
+}
+
+/// Server-Sent Events: `first`, then every new line as it is written (looked for every 50 ms),
+/// each with the id that resumes after it; ends after [`FOLLOW_FOR`].
+fn follow_stream(
+    root: std::path::PathBuf,
+    site: crate::ids::SiteId,
+    services: Vec<crate::logs::Service>,
+    filter: crate::logs::Filter,
+    first: Vec<crate::logs::Record>,
+    cursor: crate::logs::Cursor,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures_util::StreamExt;
+    let until = tokio::time::Instant::now() + FOLLOW_FOR;
+    let state = (first, cursor, true);
+    let batches = futures_util::stream::unfold(state, move |(lines, cursor, first)| {
+        let (root, site, services, filter) =
+            (root.clone(), site.clone(), services.clone(), filter.clone());
+        async move {
+            if !first {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            if tokio::time::Instant::now() >= until {
+                return None;
+            }
+            let (next, cursor) = if first {
+                (lines, cursor)
+            } else {
+                crate::logs::read(&root, &site, &services, &cursor, &filter, 10_000)
+                    .unwrap_or((Vec::new(), cursor))
+            };
+            Some((next, (Vec::new(), cursor, false)))
+        }
+    });
+    let events = batches.flat_map(|lines| {
+        futures_util::stream::iter(lines.into_iter().map(|r| {
+            let id = r.id.clone();
+            let data = serde_json::to_string(&LogLine::from(r)).unwrap_or_default();
+            Ok(Event::default().id(id).data(data))
+        }))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default())
+}

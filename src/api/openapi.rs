@@ -493,6 +493,7 @@ fn document() -> OpenApi {
     c = with::<crate::previews::story::PreviewStory>(c);
     c = with::<crate::usage::UsageReport>(c);
     c = with::<crate::access::AccessView>(c);
+    c = with::<h::LogLine>(c);
     let components = c
         .security_scheme(
             "bearer",
