@@ -53,6 +53,8 @@ pub struct Swept {
     /// Site processes (and their process groups).
     pub processes: usize,
     pub routes: usize,
+    /// Log segments past `logs.retention`.
+    pub logs: crate::logs::Pruned,
 }
 
 pub struct Reaper {
@@ -355,10 +357,21 @@ impl Reaper {
                 }
             }
         }
+        // Logs past retention (a deleted site's, all of them once old enough).
+        let ids: std::collections::HashSet<crate::ids::SiteId> = live.keys().cloned().collect();
+        let logs_root = std::path::absolute(&self.config.storage.logs)?;
+        let logs = if dry_run {
+            Default::default()
+        } else {
+            let retention = self.config.logs.retention.0;
+            tokio::task::spawn_blocking(move || crate::logs::prune(&logs_root, retention, &ids))
+                .await??
+        };
         let swept = Swept {
             dirs,
             processes,
             routes,
+            logs,
         };
         if !dry_run {
             for (kind, n) in [("dirs", dirs), ("processes", processes), ("routes", routes)] {

@@ -124,9 +124,25 @@ async fn open_push_close_with_a_sqlite_parent() {
     let p3 = h.wait(&conn.0, 7, &[PreviewState::Destroyed], None).await;
     assert_eq!(h.get(site, "/").await.0, 410);
     assert!(!site_dir.exists(), "site files left behind");
+    // Its logs stay for logs.retention: what happened can still be read, the teardown last.
+    let logs_dir = h.dir.path().join("logs");
+    let events = support::log_text(&logs_dir, &details.id, endor::logs::Service::Endor);
     assert!(
-        !h.dir.path().join("logs").join(&details.id).exists(),
-        "logs left behind"
+        events.contains("\nready at ")
+            && events.contains("\ntorn down: ")
+            && events.contains("\ndestroyed"),
+        "{events}"
+    );
+    // Past the retention, the reaper removes them.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut config = h.state.config.clone();
+    config.logs.retention = endor::duration::HumanDuration(Duration::ZERO);
+    let reaper = endor::reaper::Reaper::standalone(h.state.store.clone(), &config);
+    let pass = reaper.pass(false).await.unwrap();
+    assert!(pass.swept.logs.sites >= 1, "{pass:?}");
+    assert!(
+        !logs_dir.join(&details.id).exists(),
+        "logs left behind past retention"
     );
     let (pid, port) = (p2.pid.unwrap(), p2.port.unwrap());
     eventually("the site process is gone", || !pid_alive(pid)).await;

@@ -804,7 +804,8 @@ pub async fn site_logs(
         since: time("since")?,
         until: time("until")?,
         grep,
-    };
+    }
+    .within(api.config.logs.retention.0, now);
     let n = match q.get("n") {
         None => LOG_LINES_DEFAULT,
         Some(v) => v

@@ -258,7 +258,8 @@ pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()
                 since: time("--since", &since)?,
                 until: time("--until", &until)?,
                 grep,
-            };
+            }
+            .within(config.logs.retention.0, now);
             let d = sites.show(&site).await?;
             let logs = std::path::absolute(&config.storage.logs)?;
             print_logs(&logs, &d.id, &services, &filter, lines, follow, json).await

@@ -295,16 +295,63 @@ impl Logs {
         }
         Ok(())
     }
+}
 
-    /// Remove every log of a site.
-    pub fn remove_site(&self, site: &SiteId) -> std::io::Result<()> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.retain(|(s, _), _| s != site);
-        match std::fs::remove_dir_all(site_dir(&self.root, site)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+/// What a retention pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Pruned {
+    pub segments: usize,
+    pub bytes: u64,
+    /// Sites whose logs are all gone (deleted sites past retention).
+    pub sites: usize,
+}
+
+/// Remove what is past `retention` under `root`: every segment last written before it, but a
+/// live site's newest segment of each service (still being written; its old lines are not
+/// shown, [`read`] filters them); a site that is not live loses its folder once nothing of it
+/// is younger.
+pub fn prune(
+    root: &Path,
+    retention: std::time::Duration,
+    live: &std::collections::HashSet<SiteId>,
+) -> std::io::Result<Pruned> {
+    let cutoff = std::time::SystemTime::now() - retention;
+    let mut out = Pruned::default();
+    let Ok(dirs) = std::fs::read_dir(root) else {
+        return Ok(out);
+    };
+    for d in dirs.flatten() {
+        let Some(name) = d.file_name().to_str().map(SiteId::from) else {
+            continue;
+        };
+        if !d.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let is_live = live.contains(&name);
+        let mut left = 0usize;
+        for s in Service::ALL {
+            let segs = segments(root, &name, *s);
+            let newest = segs.last().map(|(_, p)| p.clone());
+            for (_, p) in segs {
+                let Ok(m) = std::fs::metadata(&p) else {
+                    continue;
+                };
+                let old = m.modified().is_ok_and(|t| t < cutoff);
+                if old && !(is_live && Some(&p) == newest.as_ref()) {
+                    std::fs::remove_file(&p)?;
+                    out.segments += 1;
+                    out.bytes += m.len();
+                } else {
+                    left += 1;
+                }
+            }
+        }
+        if !is_live && left == 0 {
+            std::fs::remove_dir_all(d.path())?;
+            out.sites += 1;
         }
     }
+    Ok(out)
 }
 
 /// Printable text of output bytes: UTF-8 kept, other bytes and control characters (but tab)
@@ -413,6 +460,66 @@ mod tests {
         assert_eq!(out, ["one", "two", "xxxx [endor: line cut, 8 more bytes]"]);
         assert_eq!(s.flush(4).as_deref(), Some("last"));
         assert_eq!(s.flush(4), None);
+    }
+
+    #[test]
+    fn retention_removes_old_segments_and_gone_sites() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::new(
+            dir.path(),
+            Limits {
+                max_bytes_per_site: 128 << 10,
+                max_line_bytes: 1024,
+            },
+        );
+        let (live, gone) = (SiteId::from("live"), SiteId::from("gone"));
+        for site in [&live, &gone] {
+            for i in 0..400 {
+                let e = Entry::now(Service::Web, None, format!("{i:0100}"));
+                logs.write(
+                    site,
+                    Entry {
+                        time: e.time - 2 * 86_400_000,
+                        ..e
+                    },
+                );
+            }
+        }
+        // Every segment written two days ago.
+        let old = filetime::FileTime::from_unix_time(crate::now_ms() / 1000 - 2 * 86_400, 0);
+        for site in [&live, &gone] {
+            for (_, p) in segments(dir.path(), site, Service::Web) {
+                filetime::set_file_mtime(&p, old).unwrap();
+            }
+        }
+        let before = segments(dir.path(), &live, Service::Web).len();
+        assert!(before > 1, "{before}");
+        let keep: std::collections::HashSet<SiteId> = [live.clone()].into();
+        let day = std::time::Duration::from_secs(86_400);
+        let pruned = prune(dir.path(), day, &keep).unwrap();
+        // The live site keeps only the segment being written; the gone site goes whole.
+        assert_eq!(segments(dir.path(), &live, Service::Web).len(), 1);
+        assert!(!site_dir(dir.path(), &gone).exists());
+        assert_eq!(pruned.sites, 1);
+        assert!(pruned.segments >= before, "{pruned:?}");
+        // Younger than the retention: nothing goes.
+        logs.write(&live, Entry::now(Service::Endor, None, "now".into()));
+        let again = prune(dir.path(), day * 3, &keep).unwrap();
+        assert_eq!(again, Pruned::default());
+        // A reader does not see what is past the retention in the segment kept.
+        let (lines, _) = read_since(
+            dir.path(),
+            &live,
+            Service::ALL,
+            &Filter::default().within(std::time::Duration::from_secs(60), crate::now_ms()),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            lines.iter().filter(|r| r.entry.time > 0).count(),
+            1,
+            "{lines:?}"
+        );
     }
 
     #[test]

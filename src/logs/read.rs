@@ -98,6 +98,14 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// The same, but nothing older than `retention` (lines past it are not shown even while
+    /// their segment is kept).
+    pub fn within(mut self, retention: std::time::Duration, now_ms: i64) -> Self {
+        let floor = now_ms - retention.as_millis() as i64;
+        self.since = Some(self.since.map_or(floor, |s| s.max(floor)));
+        self
+    }
+
     fn keeps(&self, e: &Entry) -> bool {
         self.since.is_none_or(|t| e.time >= t)
             && self.until.is_none_or(|t| e.time < t)
@@ -138,7 +146,7 @@ fn read_service(root: &Path, site: &SiteId, s: Service, from: u64) -> std::io::R
             s,
             None,
             format!(
-                "[endor] {} bytes of older lines of this log are gone (logs.max_bytes_per_site)",
+                "[endor] {} bytes of older lines of this log are gone (logs.max_bytes_per_site, logs.retention)",
                 first - pos
             ),
         );

@@ -251,6 +251,25 @@ impl Lifecycle {
         {
             Ok(r) => {
                 self.hand_over(site).await?;
+                self.event(
+                    &site.id,
+                    crate::logs::Entry::now(
+                        crate::logs::Service::Endor,
+                        None,
+                        format!(
+                            "synced from {} ({} ms): {}",
+                            parent.name,
+                            r.duration_ms,
+                            match (parts.files, parts.databases) {
+                                (true, false) => "files",
+                                (false, true) => "databases",
+                                _ => "files and databases",
+                            }
+                        ),
+                    )
+                    .with("event", "synced")
+                    .with("parent", parent.name.clone()),
+                );
                 Ok(Synced::Done {
                     parent: parent.name,
                     duration_ms: r.duration_ms,

@@ -248,9 +248,13 @@ impl Lifecycle {
         state: PreviewState,
         reason: Option<String>,
     ) -> Result<(), JobError> {
+        let changed = p.state != state || p.reason != reason;
         p.state = state;
         p.reason = reason;
         p.updated_at = crate::now_ms();
+        if changed && let Some(site) = &p.site_id {
+            self.event(site, super::events::state_line(p));
+        }
         let rows = self.write_backs(p).await?;
         self.store
             .put_preview_with_outbox(p, &rows, p.updated_at)
@@ -260,6 +264,11 @@ impl Lifecycle {
             self.outbox_wake.notify_waiters();
         }
         Ok(())
+    }
+
+    /// A line of the site's `endor` log (its own events).
+    pub(super) fn event(&self, site: &crate::ids::SiteId, entry: crate::logs::Entry) {
+        self.logs.write(site, entry);
     }
 
     pub(super) async fn write_backs(

@@ -9,6 +9,7 @@
 pub mod actions;
 mod comment;
 pub mod config;
+mod events;
 pub mod exec;
 mod launch;
 pub mod lifecycle;

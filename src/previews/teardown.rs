@@ -118,8 +118,18 @@ impl Lifecycle {
         step(preview, "data");
         self.save(preview).await?;
         crash_point("data");
+        // The site's logs stay for `logs.retention` (the reaper removes them then), so what
+        // happened can still be read after the PR closed.
         if let Some(id) = preview.site_id.clone() {
-            self.logs.remove_site(&id).map_err(transient)?;
+            self.event(
+                &id,
+                crate::logs::Entry::now(
+                    crate::logs::Service::Endor,
+                    None,
+                    format!("torn down: {why}"),
+                )
+                .with("event", "torn-down"),
+            );
         }
         step(preview, "logs");
         self.save(preview).await?;
