@@ -10,27 +10,13 @@
 //! the p50/p99 latency the gateway adds. Then a static preview served by the gateway itself,
 //! on one kept-alive connection and on N: requests/s and p50/p99.
 
+mod common;
+
+use common::*;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn arg(name: &str, default: u64) -> u64 {
-    let a: Vec<String> = std::env::args().collect();
-    a.iter()
-        .position(|x| x == name)
-        .and_then(|i| a.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 /// The site: a minimal keep-alive HTTP/1.1 server (hyper), one process.
 fn serve_site(port: u16) {
@@ -58,102 +44,6 @@ fn serve_site(port: u16) {
             });
         }
     });
-}
-
-struct Kill(Child);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn endor(cfg: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_endor"))
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "endor {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-#[derive(Default)]
-struct Run {
-    ok: usize,
-    bad: usize,
-    lat_us: Vec<u32>,
-    secs: f64,
-}
-
-impl Run {
-    fn rate(&self) -> f64 {
-        self.ok as f64 / self.secs
-    }
-    fn pct(&self, p: f64) -> f64 {
-        let i = ((self.lat_us.len().max(1) as f64 - 1.0) * p).round() as usize;
-        self.lat_us.get(i).copied().unwrap_or(0) as f64 / 1000.0
-    }
-}
-
-async fn load(
-    url: String,
-    host: Option<String>,
-    auth: Option<String>,
-    conns: usize,
-    dur: Duration,
-) -> Run {
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (url, host, auth) = (url.clone(), host.clone(), auth.clone());
-        tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
-                .build()
-                .unwrap();
-            let mut run = Run::default();
-            while start.elapsed() < dur {
-                let t = Instant::now();
-                let mut r = client.get(&url);
-                if let Some(h) = &host {
-                    r = r.header("host", h);
-                }
-                if let Some(a) = &auth {
-                    r = r.header("authorization", a);
-                }
-                match r.send().await {
-                    Ok(resp) => {
-                        let ok = resp.status() == 200;
-                        let body = resp.bytes().await.unwrap_or_default();
-                        if ok && &body[..] == b"hello" {
-                            run.ok += 1;
-                            run.lat_us.push(t.elapsed().as_micros() as u32);
-                        } else {
-                            run.bad += 1;
-                        }
-                    }
-                    Err(_) => run.bad += 1,
-                }
-            }
-            run
-        }));
-    }
-    let mut total = Run::default();
-    for t in tasks {
-        let r = t.await.unwrap();
-        total.ok += r.ok;
-        total.bad += r.bad;
-        total.lat_us.extend(r.lat_us);
-    }
-    total.secs = start.elapsed().as_secs_f64();
-    total.lat_us.sort_unstable();
-    total
 }
 
 fn main() {
@@ -315,14 +205,6 @@ class S(http.server.ThreadingHTTPServer):
     daemon_threads = True
 S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 "#;
-
-fn wait_for(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 async fn measure(
     gw_addr: SocketAddr,
