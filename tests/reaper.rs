@@ -387,7 +387,12 @@ async fn killed_at_every_teardown_step_the_next_pass_finishes() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(!config.storage.logs.join(&site_id).exists());
+        // Its logs stay for logs.retention, the teardown their last event.
+        let events = support::log_text(&config.storage.logs, &site_id, endor::logs::Service::Endor);
+        assert!(
+            events.contains("torn down: "),
+            "after a crash at {step}: {events}"
+        );
         // Each teardown ran as one `expire` job, taken over once.
         let jobs = store
             .jobs_for_key(&format!("{conn}#{number}"))

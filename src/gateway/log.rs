@@ -32,23 +32,18 @@ impl AccessLog {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(SiteId, Entry)>();
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(1024);
+            let mut groups: std::collections::HashMap<(SiteId, Service), Vec<Entry>> =
+                Default::default();
             while rx.recv_many(&mut batch, 1024).await > 0 {
-                batch.sort_by(|a, b| {
-                    (a.0.as_str(), a.1.service.as_str()).cmp(&(b.0.as_str(), b.1.service.as_str()))
-                });
-                let mut rest = &batch[..];
-                while let Some((site, first)) = rest.first() {
-                    let n = rest
-                        .iter()
-                        .take_while(|(s, e)| s == site && e.service == first.service)
-                        .count();
-                    let entries: Vec<Entry> = rest[..n].iter().map(|(_, e)| e.clone()).collect();
-                    if let Err(e) = logs.append(site, first.service, &entries) {
+                // One append per site and service, the lines in the order they came.
+                for (site, e) in batch.drain(..) {
+                    groups.entry((site, e.service)).or_default().push(e);
+                }
+                for ((site, service), entries) in groups.drain() {
+                    if let Err(e) = logs.append(&site, service, &entries) {
                         tracing::warn!(site = %site, error = %e, "the access log could not be written");
                     }
-                    rest = &rest[n..];
                 }
-                batch.clear();
             }
         });
         Self { tx }

@@ -674,17 +674,21 @@ impl BuildReport {
 struct Output {
     out: Option<tokio::process::ChildStdout>,
     err: Option<tokio::process::ChildStderr>,
-    buf_o: [u8; 8192],
-    buf_e: [u8; 8192],
+    buf_o: Vec<u8>,
+    buf_e: Vec<u8>,
 }
+
+/// What one read of a pipe takes at most (a pipe holds 64 KiB: a chatty process's whole
+/// backlog in one read, one log write).
+const PIPE_READ: usize = 64 << 10;
 
 impl Output {
     fn of(child: &mut Child) -> Self {
         Self {
             out: child.stdout.take(),
             err: child.stderr.take(),
-            buf_o: [0; 8192],
-            buf_e: [0; 8192],
+            buf_o: vec![0; PIPE_READ],
+            buf_e: vec![0; PIPE_READ],
         }
     }
 
@@ -1138,7 +1142,10 @@ impl ContainerBuild<'_> {
         let last = seen.len().saturating_sub(1);
         for (i, st) in seen.iter().enumerate() {
             let unfinished = st.exit_code.is_none();
-            let killed = if st.oom || (i == last && unfinished && oom) {
+            // The last step, unfinished or failed, when the container's count of memory kills
+            // grew after the step's own look (the count can lag its exit line).
+            let killed = if st.oom || (i == last && oom && (unfinished || st.exit_code != Some(0)))
+            {
                 Some(self.sandbox.memory_note())
             } else if i == last && over_disk {
                 self.sandbox.disk.as_ref().map(DiskWatch::note)
