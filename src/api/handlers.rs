@@ -751,9 +751,13 @@ pub struct LogLine {
 
 impl From<crate::logs::Record> for LogLine {
     fn from(r: crate::logs::Record) -> Self {
-        let stream = serde_json::to_value(r.entry.stream)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string));
+        let stream = r.entry.stream.map(|s| {
+            match s {
+                crate::logs::Stream::Stdout => "stdout",
+                crate::logs::Stream::Stderr => "stderr",
+            }
+            .to_string()
+        });
         Self {
             id: r.id,
             time: r.entry.time,

@@ -2,93 +2,247 @@
 //! visitor address as resolved through `gateway.trusted_proxies`, method, path, status, bytes,
 //! duration, user agent, basic-auth user), written when the answer's body has gone out (or the
 //! visitor left), and an error line for what went wrong (the app not answering, refusals).
-//! Lines go through a channel to one writer task that appends them in batches, so a request
-//! never waits on a file.
+//!
+//! A request only takes cheap handles of what its line needs (the method, the URI and the
+//! headers are shared, not copied) and sends them to one writer task, which makes the text and
+//! the JSON and appends each site's lines together every few milliseconds: a request never
+//! waits on a file and pays for no formatting.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
+use axum::http::{HeaderValue, Method, Uri};
 use hyper::body::{Frame, SizeHint};
+use serde::Serialize;
 
 use crate::ids::SiteId;
-use crate::logs::{Entry, Logs, Service};
+use crate::logs::{Entry, Logs, Service, printable};
 
 /// Why the gateway refused or failed a request, attached to the answer it made (the error log
 /// line's text).
 #[derive(Debug, Clone)]
 pub struct Failure(pub String);
 
-/// Where the gateway's lines go.
-#[derive(Clone)]
-pub struct AccessLog {
-    tx: tokio::sync::mpsc::UnboundedSender<(SiteId, Entry)>,
-}
-
-impl AccessLog {
-    /// A log writing into `logs` from a task of its own (it ends when every sender is gone).
-    pub fn start(logs: Logs) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(SiteId, Entry)>();
-        tokio::spawn(async move {
-            let mut batch = Vec::with_capacity(1024);
-            let mut groups: std::collections::HashMap<(SiteId, Service), Vec<Entry>> =
-                Default::default();
-            while rx.recv_many(&mut batch, 1024).await > 0 {
-                // One append per site and service, the lines in the order they came.
-                for (site, e) in batch.drain(..) {
-                    groups.entry((site, e.service)).or_default().push(e);
-                }
-                for ((site, service), entries) in groups.drain() {
-                    if let Err(e) = logs.append(&site, service, &entries) {
-                        tracing::warn!(site = %site, error = %e, "the access log could not be written");
-                    }
-                }
-            }
-        });
-        Self { tx }
-    }
-
-    fn send(&self, site: &SiteId, entry: Entry) {
-        let _ = self.tx.send((site.clone(), entry));
-    }
-}
-
-/// What the access line says of the request (taken before the request moves on).
+/// A request as its lines need it.
 pub struct Seen {
-    pub started: Instant,
-    pub method: String,
-    pub path: String,
-    pub visitor: Option<std::net::IpAddr>,
-    pub user_agent: Option<String>,
-    pub user: Option<String>,
+    started: Instant,
+    time: i64,
+    method: Method,
+    uri: Uri,
+    visitor: Option<std::net::IpAddr>,
+    user_agent: Option<HeaderValue>,
+    authorization: Option<HeaderValue>,
 }
 
 impl Seen {
     pub fn of(req: &axum::extract::Request, visitor: Option<std::net::IpAddr>) -> Self {
-        let header = |h| {
-            req.headers()
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| crate::logs::printable(v.as_bytes(), 512))
-        };
+        let h = req.headers();
         Self {
             started: Instant::now(),
-            method: req.method().to_string(),
-            path: crate::logs::printable(
-                req.uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .as_bytes(),
-                2048,
-            ),
+            time: crate::now_ms(),
+            method: req.method().clone(),
+            uri: req.uri().clone(),
             visitor,
-            user_agent: header(axum::http::header::USER_AGENT),
-            user: req
-                .headers()
-                .get(axum::http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(basic_user),
+            user_agent: h.get(axum::http::header::USER_AGENT).cloned(),
+            authorization: h.get(axum::http::header::AUTHORIZATION).cloned(),
+        }
+    }
+}
+
+/// What the writer is sent.
+enum Line {
+    Access {
+        site: SiteId,
+        seen: Seen,
+        status: u16,
+        bytes: u64,
+        duration_ms: f64,
+    },
+    Error {
+        site: SiteId,
+        seen: Seen,
+        status: u16,
+        why: String,
+    },
+}
+
+/// Where the gateway's lines go.
+#[derive(Clone)]
+pub struct AccessLog {
+    tx: tokio::sync::mpsc::UnboundedSender<Line>,
+}
+
+/// How long the writer gathers lines before appending them (a few ms: followers poll every
+/// 50 ms).
+const GATHER: Duration = Duration::from_millis(5);
+
+impl AccessLog {
+    /// A log writing into `logs` from a task of its own (it ends when every sender is gone).
+    pub fn start(logs: Logs) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Line>();
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(1024);
+            let mut out: std::collections::HashMap<(SiteId, Service), Vec<u8>> = Default::default();
+            while rx.recv_many(&mut batch, 4096).await > 0 {
+                tokio::time::sleep(GATHER).await;
+                while let Ok(line) = rx.try_recv() {
+                    batch.push(line);
+                }
+                for line in batch.drain(..) {
+                    let (site, service, entry) = line.into_entry();
+                    let buf = out.entry((site, service)).or_default();
+                    if serde_json::to_writer(&mut *buf, &entry).is_ok() {
+                        buf.push(b'\n');
+                    }
+                }
+                for ((site, service), bytes) in out.iter_mut() {
+                    if let Err(e) = logs.append_lines(site, *service, bytes) {
+                        tracing::warn!(site = %site, error = %e, "the access log could not be written");
+                    }
+                    bytes.clear();
+                }
+                out.retain(|_, b| b.capacity() < 1 << 20);
+            }
+        });
+        Self { tx }
+    }
+}
+
+/// An access line's fields, in the order they are written.
+#[derive(Serialize)]
+struct AccessFields<'a> {
+    visitor: &'a str,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    bytes: u64,
+    duration_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_agent: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+}
+
+/// An access line as stored (the shape of an [`Entry`]; its text is made from the fields when
+/// read).
+#[derive(Serialize)]
+struct AccessEntry<'a> {
+    time: i64,
+    service: Service,
+    fields: AccessFields<'a>,
+}
+
+impl Line {
+    fn into_entry(self) -> (SiteId, Service, LineEntry) {
+        match self {
+            Line::Access {
+                site,
+                seen,
+                status,
+                bytes,
+                duration_ms,
+            } => (
+                site,
+                Service::Access,
+                LineEntry::Access {
+                    seen,
+                    status,
+                    bytes,
+                    duration_ms,
+                },
+            ),
+            Line::Error {
+                site,
+                seen,
+                status,
+                why,
+            } => (site, Service::Error, LineEntry::Error { seen, status, why }),
+        }
+    }
+}
+
+enum LineEntry {
+    Access {
+        seen: Seen,
+        status: u16,
+        bytes: u64,
+        duration_ms: f64,
+    },
+    Error {
+        seen: Seen,
+        status: u16,
+        why: String,
+    },
+}
+
+fn path_of(seen: &Seen) -> String {
+    printable(
+        seen.uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .as_bytes(),
+        2048,
+    )
+}
+
+fn visitor_of(seen: &Seen) -> String {
+    seen.visitor
+        .map_or_else(|| "-".to_string(), |v| v.to_string())
+}
+
+impl Serialize for LineEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LineEntry::Access {
+                seen,
+                status,
+                bytes,
+                duration_ms,
+            } => {
+                let (path, visitor) = (path_of(seen), visitor_of(seen));
+                let user_agent = seen
+                    .user_agent
+                    .as_ref()
+                    .map(|v| printable(v.as_bytes(), 512));
+                let user = seen
+                    .authorization
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(basic_user);
+                AccessEntry {
+                    time: seen.time,
+                    service: Service::Access,
+                    fields: AccessFields {
+                        visitor: &visitor,
+                        method: seen.method.as_str(),
+                        path: &path,
+                        status: *status,
+                        bytes: *bytes,
+                        duration_ms: (duration_ms * 10.0).round() / 10.0,
+                        user_agent,
+                        user,
+                    },
+                }
+                .serialize(s)
+            }
+            LineEntry::Error { seen, status, why } => {
+                let path = path_of(seen);
+                Entry {
+                    time: seen.time,
+                    ..Entry::now(
+                        Service::Error,
+                        None,
+                        format!("{} {path} {status}: {why}", seen.method),
+                    )
+                }
+                .with("status", *status)
+                .with("method", seen.method.as_str())
+                .with("path", path)
+                .with("visitor", seen.visitor.map(|v| v.to_string()))
+                .serialize(s)
+            }
         }
     }
 }
@@ -104,7 +258,7 @@ fn basic_user(header: &str) -> Option<String> {
         .decode(b64.trim())
         .ok()?;
     let user = raw.split(|b| *b == b':').next()?;
-    Some(crate::logs::printable(user, 256))
+    Some(printable(user, 256))
 }
 
 /// Log the request whose answer is `resp`: its error line now (when the gateway attached a
@@ -117,16 +271,12 @@ pub fn finish(
 ) -> axum::response::Response {
     let status = resp.status().as_u16();
     if let Some(Failure(why)) = resp.extensions().get::<Failure>() {
-        let e = Entry::now(
-            Service::Error,
-            None,
-            format!("{} {} {status}: {why}", seen.method, seen.path),
-        )
-        .with("status", status)
-        .with("method", seen.method.clone())
-        .with("path", seen.path.clone())
-        .with("visitor", seen.visitor.map(|v| v.to_string()));
-        log.send(&site, e);
+        let _ = log.tx.send(Line::Error {
+            site: site.clone(),
+            seen: seen_copy(&seen),
+            status,
+            why: why.clone(),
+        });
     }
     let (parts, body) = resp.into_parts();
     let counted = Counted {
@@ -137,7 +287,20 @@ pub fn finish(
     axum::response::Response::from_parts(parts, Body::new(counted))
 }
 
-/// An answer's body that counts what goes out and writes the access line at its end.
+/// The same request, for a second line (its handles are shared, not copied).
+fn seen_copy(s: &Seen) -> Seen {
+    Seen {
+        started: s.started,
+        time: s.time,
+        method: s.method.clone(),
+        uri: s.uri.clone(),
+        visitor: s.visitor,
+        user_agent: s.user_agent.clone(),
+        authorization: s.authorization.clone(),
+    }
+}
+
+/// An answer's body that counts what goes out and sends the access line at its end.
 struct Counted {
     inner: Body,
     bytes: u64,
@@ -149,35 +312,14 @@ impl Counted {
         let Some((log, site, seen, status)) = self.done.take() else {
             return;
         };
-        let ms = seen.started.elapsed().as_secs_f64() * 1000.0;
-        let visitor = seen
-            .visitor
-            .map_or_else(|| "-".to_string(), |v| v.to_string());
-        let text = format!(
-            "{visitor} {} {} {status} {} {ms:.1}ms \"{}\"{}",
-            seen.method,
-            seen.path,
-            self.bytes,
-            seen.user_agent.as_deref().unwrap_or("-"),
-            seen.user
-                .as_deref()
-                .map(|u| format!(" user={u}"))
-                .unwrap_or_default(),
-        );
-        let mut e = Entry::now(Service::Access, None, text)
-            .with("visitor", visitor)
-            .with("method", seen.method)
-            .with("path", seen.path)
-            .with("status", status)
-            .with("bytes", self.bytes)
-            .with("duration_ms", (ms * 10.0).round() / 10.0);
-        if let Some(ua) = seen.user_agent {
-            e = e.with("user_agent", ua);
-        }
-        if let Some(u) = seen.user {
-            e = e.with("user", u);
-        }
-        log.send(&site, e);
+        let duration_ms = seen.started.elapsed().as_secs_f64() * 1000.0;
+        let _ = log.tx.send(Line::Access {
+            site,
+            seen,
+            status,
+            bytes: self.bytes,
+            duration_ms,
+        });
     }
 }
 

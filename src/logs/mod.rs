@@ -71,6 +71,8 @@ pub struct Entry {
     pub service: Service,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream: Option<Stream>,
+    /// Left out of an access line as stored (its fields say it all); made when read.
+    #[serde(default)]
     pub text: String,
     /// Structured parts (an access line's status, address, bytes…).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
@@ -220,6 +222,20 @@ impl Logs {
             serde_json::to_writer(&mut bytes, e).map_err(std::io::Error::other)?;
             bytes.push(b'\n');
         }
+        self.append_lines(site, service, &bytes)
+    }
+
+    /// Append lines already written as JSON (each an [`Entry`] of `service`, each ending with
+    /// a newline).
+    pub fn append_lines(
+        &self,
+        site: &SiteId,
+        service: Service,
+        bytes: &[u8],
+    ) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let key = (site.clone(), service);
         if !open.contains_key(&key) {
@@ -243,7 +259,7 @@ impl Logs {
         let Some(o) = open.get_mut(&key) else {
             return Ok(());
         };
-        o.file.write_all(&bytes)?;
+        o.file.write_all(bytes)?;
         o.len += bytes.len() as u64;
         Ok(())
     }
@@ -357,6 +373,13 @@ pub fn prune(
 /// Printable text of output bytes: UTF-8 kept, other bytes and control characters (but tab)
 /// as `\xNN`; past `max` bytes cut, with a marker counting the rest.
 pub fn printable(bytes: &[u8], max: usize) -> String {
+    // Most text is printable ASCII: taken as it is.
+    if bytes.len() <= max
+        && bytes.iter().all(|b| (0x20..0x7f).contains(b))
+        && let Ok(s) = std::str::from_utf8(bytes)
+    {
+        return s.to_string();
+    }
     let (keep, cut) = if bytes.len() > max {
         (&bytes[..max], bytes.len() - max)
     } else {

@@ -179,6 +179,7 @@ fn read_service(root: &Path, site: &SiteId, s: Service, from: u64) -> std::io::R
             at += nl as u64 + 1;
             rest = &rest[nl + 1..];
             let entry = match serde_json::from_slice::<Entry>(line) {
+                Ok(e) if e.text.is_empty() && e.service == Service::Access => access_text(e),
                 Ok(e) => e,
                 Err(_) => Entry::now(
                     s,
@@ -194,6 +195,35 @@ fn read_service(root: &Path, site: &SiteId, s: Service, from: u64) -> std::io::R
         pos = at;
     }
     Ok(out)
+}
+
+/// An access line's text, from its fields: `VISITOR METHOD PATH STATUS BYTES DURATIONms "UA"
+/// [user=USER]`.
+fn access_text(mut e: Entry) -> Entry {
+    let f = |k: &str| match e.fields.get(k) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "-".to_string(),
+    };
+    let user = match e.fields.get("user") {
+        Some(serde_json::Value::String(u)) => format!(" user={u}"),
+        _ => String::new(),
+    };
+    let ms = e
+        .fields
+        .get("duration_ms")
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0);
+    e.text = format!(
+        "{} {} {} {} {} {ms:.1}ms \"{}\"{user}",
+        f("visitor"),
+        f("method"),
+        f("path"),
+        f("status"),
+        f("bytes"),
+        f("user_agent"),
+    );
+    e
 }
 
 /// Lines of `services` after `from`, merged by time and filtered, at most `max` of them, and
