@@ -76,6 +76,23 @@ enum Command {
     /// Sites: their files and databases, generations, clones.
     #[command(subcommand)]
     Site(SiteCmd),
+    /// Every site's logs of a workspace, interleaved by time, each line prefixed with its site.
+    Logs {
+        #[arg(long)]
+        workspace: String,
+        /// Only this service (repeatable).
+        #[arg(long = "service", short = 's', value_name = "SERVICE")]
+        services: Vec<String>,
+        /// Only lines containing this text.
+        #[arg(long, value_name = "TEXT")]
+        grep: Option<String>,
+        /// The last N lines of each site (then, with -f, what comes).
+        #[arg(short = 'n', long = "lines", value_name = "N", default_value = "20")]
+        lines: usize,
+        /// Keep printing what is appended, new sites' too.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// The audit trail: bypasses of production protection and who asked.
     Audit {
         /// Only this site's lines.
@@ -152,6 +169,16 @@ async fn run(
         Command::Preview(cmd) => cli::preview::run(cmd, json, &config).await,
         Command::Site(cmd) => cli::site::run(cmd, json, &config).await,
         Command::Audit { site } => cli::audit::run(site, json, &config).await,
+        Command::Logs {
+            workspace,
+            services,
+            grep,
+            lines,
+            follow,
+        } => {
+            cli::site::workspace_logs(&workspace, &services, grep, lines, follow, json, &config)
+                .await
+        }
         Command::Usage {
             workspace,
             month,

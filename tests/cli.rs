@@ -1378,3 +1378,100 @@ fn site_exec_runs_a_command_in_the_sites_sandbox() {
         stderr(&out)
     );
 }
+
+/// `endor logs --workspace W [-f]`: every site of the workspace, its lines interleaved by time
+/// and prefixed with the site, another workspace's not; with `-f`, lines written later.
+#[test]
+fn workspace_logs_interleave_its_sites() {
+    use endor::logs::{Entry, Logs, Service};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok_json(d, &["user", "create", "alice", "--json"]);
+    ok_json(
+        d,
+        &["workspace", "create", "acme", "--owner", "alice", "--json"],
+    );
+    ok_json(
+        d,
+        &["workspace", "create", "beta", "--owner", "alice", "--json"],
+    );
+    let mut ids = std::collections::HashMap::new();
+    for (site, ws) in [("prod", "acme"), ("stage", "acme"), ("hidden", "beta")] {
+        ok_json(d, &["site", "create", site, "--workspace", ws, "--json"]);
+        let v = ok_json(d, &["site", "show", site, "--json"]);
+        ids.insert(site, endor::ids::SiteId::from(v["id"].as_str().unwrap()));
+    }
+    let logs = Logs::new(&d.join("data/logs"), Default::default());
+    let now = endor::now_ms();
+    let at = |ago: i64, text: &str| Entry {
+        time: now - ago,
+        ..Entry::now(Service::Endor, None, text.into())
+    };
+    logs.append(
+        &ids["prod"],
+        Service::Endor,
+        &[at(3000, "p1"), at(1000, "p3")],
+    )
+    .unwrap();
+    logs.write(&ids["stage"], at(2000, "s2"));
+    logs.write(&ids["hidden"], at(1500, "secret"));
+    let out = endor(d, &["logs", "--workspace", "acme"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let got: Vec<(&str, &str)> = text
+        .lines()
+        .map(|l| (l.split(' ').next().unwrap(), l.rsplit(' ').next().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [("prod", "p1"), ("stage", "s2"), ("prod", "p3")],
+        "{text}"
+    );
+    let out = endor(d, &["--json", "logs", "--workspace", "acme", "-s", "endor"]);
+    let first: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (first["site"].clone(), first["text"].clone()),
+        (serde_json::json!("prod"), serde_json::json!("p1"))
+    );
+    let bad = endor(d, &["logs", "--workspace", "nope"]);
+    assert!(
+        !bad.status.success() && stderr(&bad).contains("nope"),
+        "{}",
+        stderr(&bad)
+    );
+
+    // Following: a line written later arrives.
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_endor"))
+        .current_dir(d)
+        .args(["logs", "--workspace", "acme", "-f", "-n", "0"])
+        .env_remove("ENDOR_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    logs.write(
+        &ids["stage"],
+        Entry::now(Service::Endor, None, "s-later".into()),
+    );
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the new line never came");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(
+        line.starts_with("stage ") && line.ends_with("s-later"),
+        "{line}"
+    );
+}

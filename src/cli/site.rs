@@ -445,12 +445,7 @@ async fn print_logs(
     loop {
         let mut out = std::io::stdout().lock();
         for r in &lines {
-            if json {
-                serde_json::to_writer(&mut out, r)?;
-                writeln!(out)?;
-            } else {
-                writeln!(out, "{}", endor::logs::line_text(&r.entry))?;
-            }
+            print_record(&mut out, None, r, json)?;
         }
         out.flush()?;
         drop(out);
@@ -460,4 +455,100 @@ async fn print_logs(
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         (lines, cursor) = endor::logs::read(root, site, services, &cursor, filter, 10_000)?;
     }
+}
+
+/// `endor logs --workspace W`: every site's lines, merged by time, each prefixed with its site
+/// (and with `follow`, what comes, sites made meanwhile included).
+pub async fn workspace_logs(
+    workspace: &str,
+    services: &[String],
+    grep: Option<String>,
+    tail: usize,
+    follow: bool,
+    json: bool,
+    config: &Config,
+) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use std::io::Write;
+    let services = services
+        .iter()
+        .map(|s| endor::logs::Service::named(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--service: {e}"))?;
+    let services = if services.is_empty() {
+        endor::logs::Service::ALL.to_vec()
+    } else {
+        services
+    };
+    let store = open_store(config).await?;
+    let ws = store
+        .workspace_by_name(workspace)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("workspace {workspace} not found"))?;
+    let sites = endor::sites::Sites::new(store.clone(), config);
+    let root = std::path::absolute(&config.storage.logs)?;
+    let mut cursors: HashMap<endor::ids::SiteId, endor::logs::Cursor> = HashMap::new();
+    let mut first = true;
+    loop {
+        let filter = endor::logs::Filter {
+            grep: grep.clone(),
+            ..Default::default()
+        }
+        .within(config.logs.retention.0, endor::now_ms());
+        let mut lines: Vec<(String, endor::logs::Record)> = Vec::new();
+        for site in sites.list(Some(&ws.id), None).await? {
+            let (got, next) = match cursors.get(&site.id) {
+                Some(c) => endor::logs::read(&root, &site.id, &services, c, &filter, 10_000)?,
+                // A site seen for the first time: its last lines on the first look; all of a
+                // site made while following.
+                None if first => {
+                    endor::logs::read_since(&root, &site.id, &services, &filter, Some(tail))?
+                }
+                None => endor::logs::read(
+                    &root,
+                    &site.id,
+                    &services,
+                    &endor::logs::Cursor::default(),
+                    &filter,
+                    10_000,
+                )?,
+            };
+            cursors.insert(site.id.clone(), next);
+            lines.extend(got.into_iter().map(|r| (site.name.clone(), r)));
+        }
+        lines.sort_by_key(|(_, r)| r.entry.time);
+        let mut out = std::io::stdout().lock();
+        for (site, r) in &lines {
+            print_record(&mut out, Some(site), r, json)?;
+        }
+        out.flush()?;
+        drop(out);
+        if !follow {
+            return Ok(());
+        }
+        first = false;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// One log line as `site logs` / `logs --workspace` print it: text, or a JSON object (with its
+/// site when there are several).
+fn print_record(
+    out: &mut impl std::io::Write,
+    site: Option<&str>,
+    r: &endor::logs::Record,
+    json: bool,
+) -> anyhow::Result<()> {
+    match (json, site) {
+        (true, None) => serde_json::to_writer(&mut *out, r)?,
+        (true, Some(site)) => {
+            let mut v = serde_json::to_value(r)?;
+            v["site"] = serde_json::Value::String(site.to_string());
+            serde_json::to_writer(&mut *out, &v)?;
+        }
+        (false, None) => write!(out, "{}", endor::logs::line_text(&r.entry))?,
+        (false, Some(site)) => write!(out, "{site} {}", endor::logs::line_text(&r.entry))?,
+    }
+    writeln!(out)?;
+    Ok(())
 }
