@@ -25,7 +25,8 @@ use crate::logs::{Entry, Logs, Service, printable};
 #[derive(Debug, Clone)]
 pub struct Failure(pub String);
 
-/// A request as its lines need it.
+/// A request as its lines need it (its handles are shared, not copied, by a clone).
+#[derive(Clone)]
 pub struct Seen {
     started: Instant,
     time: i64,
@@ -273,7 +274,7 @@ pub fn finish(
     if let Some(Failure(why)) = resp.extensions().get::<Failure>() {
         let _ = log.tx.send(Line::Error {
             site: site.clone(),
-            seen: seen_copy(&seen),
+            seen: seen.clone(),
             status,
             why: why.clone(),
         });
@@ -285,19 +286,6 @@ pub fn finish(
         done: Some((log.clone(), site, seen, status)),
     };
     axum::response::Response::from_parts(parts, Body::new(counted))
-}
-
-/// The same request, for a second line (its handles are shared, not copied).
-fn seen_copy(s: &Seen) -> Seen {
-    Seen {
-        started: s.started,
-        time: s.time,
-        method: s.method.clone(),
-        uri: s.uri.clone(),
-        visitor: s.visitor,
-        user_agent: s.user_agent.clone(),
-        authorization: s.authorization.clone(),
-    }
 }
 
 /// An answer's body that counts what goes out and sends the access line at its end.

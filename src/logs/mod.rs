@@ -225,6 +225,39 @@ impl Logs {
         self.append_lines(site, service, &bytes)
     }
 
+    /// Append plain lines of text (taken from `lines`, all stamped now) to one of a site's
+    /// logs, marked with `stream` when they are a process's output.
+    pub fn append_text(
+        &self,
+        site: &SiteId,
+        service: Service,
+        stream: Option<Stream>,
+        lines: &mut Vec<String>,
+    ) -> std::io::Result<()> {
+        /// A line as stored (the shape of an [`Entry`]), written without copying its text.
+        #[derive(Serialize)]
+        struct Line<'a> {
+            time: i64,
+            service: Service,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            stream: Option<Stream>,
+            text: &'a str,
+        }
+        let time = crate::now_ms();
+        let mut bytes = Vec::with_capacity(lines.iter().map(|l| l.len() + 64).sum());
+        for text in lines.drain(..) {
+            let line = Line {
+                time,
+                service,
+                stream,
+                text: &text,
+            };
+            serde_json::to_writer(&mut bytes, &line).map_err(std::io::Error::other)?;
+            bytes.push(b'\n');
+        }
+        self.append_lines(site, service, &bytes)
+    }
+
     /// Append lines already written as JSON (each an [`Entry`] of `service`, each ending with
     /// a newline).
     pub fn append_lines(

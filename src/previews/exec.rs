@@ -89,11 +89,9 @@ impl Lifecycle {
         let (mut out, mut err) = (LineSplitter::default(), LineSplitter::default());
         let mut lines = Vec::new();
         let log_lines = |stream: Stream, lines: &mut Vec<String>| {
-            let entries: Vec<Entry> = lines
-                .drain(..)
-                .map(|t| Entry::now(Service::Exec, Some(stream), t))
-                .collect();
-            let _ = self.logs.append(&site.id, Service::Exec, &entries);
+            let _ = self
+                .logs
+                .append_text(&site.id, Service::Exec, Some(stream), lines);
         };
         let end = runtime::exec(&sandbox, argv, |pipe, chunk| {
             sink(pipe, chunk);

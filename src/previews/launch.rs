@@ -604,7 +604,7 @@ impl Lifecycle {
         target: &Target,
         report: &runtime::BuildReport,
     ) -> std::io::Result<()> {
-        use crate::logs::{Entry, LineSplitter, Service};
+        use crate::logs::{LineSplitter, Service};
         let max = self.logs.limits().max_line_bytes;
         let mut lines = vec![format!(
             "[endor] build of {} at {}",
@@ -616,15 +616,8 @@ impl Lifecycle {
         if report.truncated {
             lines.push("[endor] output cut at runtime.output_cap".into());
         }
-        let time = crate::now_ms();
-        let entries: Vec<Entry> = lines
-            .into_iter()
-            .map(|text| Entry {
-                time,
-                ..Entry::now(Service::Build, None, text)
-            })
-            .collect();
-        self.logs.append(&site.id, Service::Build, &entries)
+        self.logs
+            .append_text(&site.id, Service::Build, None, &mut lines)
     }
 
     async fn start(

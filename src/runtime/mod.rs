@@ -883,33 +883,9 @@ impl WebLog {
     }
 
     fn lines(&self, stream: crate::logs::Stream, lines: &mut Vec<String>) {
-        if lines.is_empty() {
-            return;
-        }
-        /// A web line as stored (the shape of an `Entry`), written without copying its text.
-        #[derive(serde::Serialize)]
-        struct Line<'a> {
-            time: i64,
-            service: crate::logs::Service,
-            stream: crate::logs::Stream,
-            text: &'a str,
-        }
-        let time = crate::now_ms();
-        let mut bytes = Vec::with_capacity(lines.iter().map(|l| l.len() + 64).sum());
-        for text in lines.drain(..) {
-            let line = Line {
-                time,
-                service: crate::logs::Service::Web,
-                stream,
-                text: &text,
-            };
-            if serde_json::to_writer(&mut bytes, &line).is_ok() {
-                bytes.push(b'\n');
-            }
-        }
-        if let Err(e) = self
-            .logs
-            .append_lines(&self.site, crate::logs::Service::Web, &bytes)
+        if let Err(e) =
+            self.logs
+                .append_text(&self.site, crate::logs::Service::Web, Some(stream), lines)
         {
             tracing::warn!(site = %self.site, error = %e, "the web log could not be written");
         }
