@@ -64,6 +64,18 @@ async fn clones_pay_for_what_they_write_and_cpu_is_counted_once() {
         r.resources[0].strategy, "reflink",
         "the test needs a reflink filesystem"
     );
+    // The samples below run over the three hours after creation; they must stay in one month
+    // (usage is kept per month), so on a month's last evening the sites are made 6 h older.
+    let created = s.site_by_name("prod").await.unwrap().unwrap().created_at;
+    if usage::month_of(created) != usage::month_of(created + 3 * 3_600_000) {
+        let pool = sqlx::SqlitePool::connect(&db.url).await.unwrap();
+        sqlx::query("UPDATE sites SET created_at = created_at - ?")
+            .bind(6 * 3_600_000i64)
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    }
     let prod = s.site_by_name("prod").await.unwrap().unwrap();
     let pr = s.site_by_name("prod-pr-1").await.unwrap().unwrap();
 
