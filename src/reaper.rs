@@ -364,8 +364,17 @@ impl Reaper {
             Default::default()
         } else {
             let retention = self.config.logs.retention.0;
-            tokio::task::spawn_blocking(move || crate::logs::prune(&logs_root, retention, &ids))
-                .await??
+            // Sites whose workspace keeps logs for a time of its own.
+            let own = crate::service::log_overrides(self.store.as_ref(), &self.config)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .into_iter()
+                .map(|(site, l)| (site, l.retention))
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                crate::logs::prune(&logs_root, retention, &own, &ids)
+            })
+            .await??
         };
         let swept = Swept {
             dirs,

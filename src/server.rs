@@ -127,14 +127,27 @@ pub async fn serve_roles(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     tracing::info!(?roles, "starting");
+    let forges = Arc::new(crate::writeback::ForgeClients::new(&state.config));
+    let outbox_wake = Arc::new(tokio::sync::Notify::new());
+    let lifecycle = crate::previews::Lifecycle::new(
+        state.store.clone(),
+        &state.config,
+        state.metrics.clone(),
+        forges.clone(),
+        outbox_wake.clone(),
+    );
+    // Every writer of sites' logs in this process shares the lifecycle's (and its limits).
+    let limits = tokio::spawn(refresh_log_limits(
+        state.clone(),
+        lifecycle.logs().clone(),
+        rx.clone(),
+    ));
     let gateway_task = match gateway {
         Some(gateway) => {
             let gw =
                 crate::gateway::Gateway::from_config(state.store.clone(), &state.config.gateway);
             if state.config.gateway.access_log {
-                let logs =
-                    crate::logs::Logs::new(&state.config.storage.logs, (&state.config.logs).into());
-                gw.log_to(crate::gateway::AccessLog::start(logs));
+                gw.log_to(crate::gateway::AccessLog::start(lifecycle.logs().clone()));
             }
             tracing::info!(addr = %gateway.local_addr()?, domain = %state.config.gateway.domain, "gateway listening");
             let gw_rx = rx.clone();
@@ -147,15 +160,6 @@ pub async fn serve_roles(
         }
         None => None,
     };
-    let forges = Arc::new(crate::writeback::ForgeClients::new(&state.config));
-    let outbox_wake = Arc::new(tokio::sync::Notify::new());
-    let lifecycle = crate::previews::Lifecycle::new(
-        state.store.clone(),
-        &state.config,
-        state.metrics.clone(),
-        forges.clone(),
-        outbox_wake.clone(),
-    );
     let mut sender = None;
     let mut workers = None;
     let mut sampler = None;
@@ -215,6 +219,7 @@ pub async fn serve_roles(
     if let Some(s) = sampler {
         let _ = s.await;
     }
+    let _ = limits.await;
     if let Some(r) = reconciler {
         let _ = r.await;
     }
@@ -271,6 +276,30 @@ async fn reconcile(
         lifecycle.reconcile().await;
     }
 }
+
+/// Keep the log writers' limits of sites whose workspace set its own (`endor workspace
+/// settings`, from any process) current: at start, then every 10 s, until shutdown.
+async fn refresh_log_limits(
+    state: Arc<AppState>,
+    logs: crate::logs::Logs,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(LOG_LIMITS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match crate::service::log_overrides(state.store.as_ref(), &state.config).await {
+            Ok(o) => logs.set_overrides(o),
+            Err(e) => tracing::warn!(error = %e, "could not read workspaces' log settings"),
+        }
+    }
+}
+
+/// How soon a workspace's new log settings reach the writers of `endor serve`.
+pub const LOG_LIMITS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sample every live site's CPU and physical storage each `usage.sample_interval` (the first
 /// sample at start), until shutdown.

@@ -461,3 +461,163 @@ mod tests {
         assert!(validate_url("--api-url", "ftp://x", &["http", "https"]).is_err());
     }
 }
+
+/// A workspace's log settings (`endor workspace settings`, `/workspaces/{ws}/settings`): what
+/// it set for itself (`null`: the config's `[logs]`) and what applies to its sites.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct WorkspaceSettingsView {
+    pub workspace: String,
+    /// Its own `logs.retention` (`30d`), or null.
+    pub log_retention: Option<String>,
+    /// Its own `logs.max_bytes_per_site` (`256MiB`), or null.
+    pub log_max_bytes_per_site: Option<String>,
+    /// The retention its sites' logs have.
+    pub effective_log_retention: String,
+    /// The cap its sites' logs have.
+    pub effective_log_max_bytes_per_site: String,
+}
+
+/// A change to one setting: a new value, or back to the config's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Setting<T> {
+    Keep,
+    Set(T),
+    Default,
+}
+
+impl<T: std::str::FromStr> Setting<T>
+where
+    T::Err: std::fmt::Display,
+{
+    /// `default` (back to the config's) or a value.
+    pub fn parse(name: &str, text: Option<&str>) -> Result<Self> {
+        match text {
+            None => Ok(Self::Keep),
+            Some("default") => Ok(Self::Default),
+            Some(t) => t
+                .parse()
+                .map(Self::Set)
+                .map_err(|e| ServiceError::Invalid(format!("{name}: {e}"))),
+        }
+    }
+}
+
+/// Retention a workspace may set: a minute to ten years.
+const RETENTION_RANGE: std::ops::RangeInclusive<u64> = 60..=3650 * 86_400;
+/// A cap a workspace may set: 1 MiB to 1 TiB.
+const LOG_CAP_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 40);
+
+/// The log limits of a workspace's sites: the config's `[logs]` with the workspace's own.
+pub async fn log_limits(
+    store: &dyn Store,
+    cfg: &Config,
+    ws: &WorkspaceId,
+) -> Result<crate::logs::Limits> {
+    let own = store.workspace_settings(ws).await?;
+    Ok(limits_with(cfg, &own))
+}
+
+fn limits_with(cfg: &Config, own: &crate::store::WorkspaceSettings) -> crate::logs::Limits {
+    let mut limits = crate::logs::Limits::from(&cfg.logs);
+    if let Some(ms) = own.log_retention_ms {
+        limits.retention = std::time::Duration::from_millis(ms.max(0) as u64);
+    }
+    if let Some(b) = own.log_max_bytes {
+        limits.max_bytes_per_site = b.max(0) as u64;
+    }
+    limits
+}
+
+/// The log limits of a site (its workspace's).
+pub async fn site_log_limits(
+    store: &dyn Store,
+    cfg: &Config,
+    site: &crate::ids::SiteId,
+) -> Result<crate::logs::Limits> {
+    let s = store
+        .site(site)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("site {site}")))?;
+    log_limits(store, cfg, &s.workspace_id).await
+}
+
+/// The limits of every site (deleted ones too: their logs wait for retention) whose
+/// workspace set its own: what the log writers and the reaper apply.
+pub async fn log_overrides(
+    store: &dyn Store,
+    cfg: &Config,
+) -> Result<std::collections::HashMap<crate::ids::SiteId, crate::logs::Limits>> {
+    let mut by_ws: std::collections::HashMap<WorkspaceId, Option<crate::logs::Limits>> =
+        Default::default();
+    let mut out = std::collections::HashMap::new();
+    for site in store.list_sites().await? {
+        let limits = match by_ws.get(&site.workspace_id) {
+            Some(l) => *l,
+            None => {
+                let own = store.workspace_settings(&site.workspace_id).await?;
+                let l = (own.log_retention_ms.is_some() || own.log_max_bytes.is_some())
+                    .then(|| limits_with(cfg, &own));
+                by_ws.insert(site.workspace_id.clone(), l);
+                l
+            }
+        };
+        if let Some(l) = limits {
+            out.insert(site.id, l);
+        }
+    }
+    Ok(out)
+}
+
+/// A workspace's log settings, after changing them (owners; the CLI and the API).
+pub async fn workspace_settings(
+    store: &dyn Store,
+    cfg: &Config,
+    name: &str,
+    retention: Setting<crate::duration::HumanDuration>,
+    max_bytes: Setting<crate::size::ByteSize>,
+) -> Result<WorkspaceSettingsView> {
+    let ws = workspace(store, name).await?;
+    let mut own = store.workspace_settings(&ws.id).await?;
+    let changed = !matches!((retention, max_bytes), (Setting::Keep, Setting::Keep));
+    match retention {
+        Setting::Keep => {}
+        Setting::Default => own.log_retention_ms = None,
+        Setting::Set(d) => {
+            if !RETENTION_RANGE.contains(&d.0.as_secs()) {
+                return Err(ServiceError::Invalid(
+                    "log retention: from 1m to 3650d".into(),
+                ));
+            }
+            own.log_retention_ms = Some(d.0.as_millis() as i64);
+        }
+    }
+    match max_bytes {
+        Setting::Keep => {}
+        Setting::Default => own.log_max_bytes = None,
+        Setting::Set(b) => {
+            if !LOG_CAP_RANGE.contains(&b.0) {
+                return Err(ServiceError::Invalid(
+                    "log max bytes per site: from 1MiB to 1TiB".into(),
+                ));
+            }
+            own.log_max_bytes = Some(b.0 as i64);
+        }
+    }
+    if changed {
+        store.put_workspace_settings(&own).await?;
+    }
+    let limits = limits_with(cfg, &own);
+    let duration = |ms: i64| {
+        crate::duration::HumanDuration(std::time::Duration::from_millis(ms as u64)).to_string()
+    };
+    Ok(WorkspaceSettingsView {
+        workspace: ws.name,
+        log_retention: own.log_retention_ms.map(duration),
+        log_max_bytes_per_site: own
+            .log_max_bytes
+            .map(|b| crate::size::ByteSize(b as u64).to_string()),
+        effective_log_retention: crate::duration::HumanDuration(limits.retention).to_string(),
+        effective_log_max_bytes_per_site: crate::size::ByteSize(limits.max_bytes_per_site)
+            .to_string(),
+    })
+}

@@ -196,6 +196,12 @@ fn sample(w: &World, method: &Method, path: &str, who: Who) -> Option<(String, O
         ("POST", "/workspaces") => (p("/workspaces"), Some(json!({"name": "fresh-ws"}))),
         ("PATCH", "/workspaces/{ws}") => (p("/workspaces/acme"), Some(json!({"name": "acme-2"}))),
         ("GET", "/workspaces/{ws}/members") => (p("/workspaces/acme/members"), None),
+        ("GET", "/workspaces/{ws}/logs") => (p("/workspaces/acme/logs?service=web&n=10"), None),
+        ("GET", "/workspaces/{ws}/settings") => (p("/workspaces/acme/settings"), None),
+        ("PATCH", "/workspaces/{ws}/settings") => (
+            p("/workspaces/acme/settings"),
+            Some(json!({"log_retention": "30d"})),
+        ),
         ("POST", "/workspaces/{ws}/members") => (
             p("/workspaces/acme/members"),
             Some(json!({"login": "newbie", "roles": ["developer"]})),
@@ -271,6 +277,8 @@ fn policy(method: &Method, path: &str) -> &'static [Who] {
             | "/workspaces/{ws}/connections"
             | "/workspaces/{ws}/sites"
             | "/workspaces/{ws}/previews"
+            | "/workspaces/{ws}/logs"
+            | "/workspaces/{ws}/settings"
             | "/workspaces/{ws}/connections/{connection_id}/previews/{number}",
         ) => READERS,
         (_, p)
@@ -279,7 +287,7 @@ fn policy(method: &Method, path: &str) -> &'static [Who] {
         {
             OWNERS
         }
-        ("PATCH", "/workspaces/{ws}") => OWNERS,
+        ("PATCH", "/workspaces/{ws}" | "/workspaces/{ws}/settings") => OWNERS,
         (_, "/workspaces/{ws}/usage") => BILLERS,
         ("GET", "/sites/{site}" | "/sites/{site}/access" | "/sites/{site}/logs") => READERS,
         (_, p) if p.starts_with("/sites/") || p == "/workspaces/{ws}/sites" => DEVS,
@@ -1251,6 +1259,23 @@ async fn every_documented_status_of_every_route_is_reached() {
     );
 }
 
+/// Users `own`, `bill`, `dev` (their roles in `acme`) and `out` (of `other`), with a token
+/// each.
+async fn owner_biller_developer_outsider(
+    s: &dyn endor::store::Store,
+) -> std::collections::HashMap<&'static str, String> {
+    let mut tokens = std::collections::HashMap::new();
+    for login in ["own", "bill", "dev", "out"] {
+        service::create_user(s, login, None, None).await.unwrap();
+        tokens.insert(
+            login,
+            service::issue_token(s, login, "t").await.unwrap().token,
+        );
+    }
+    support::acme_and_other(s).await;
+    tokens
+}
+
 /// Server-Sent Events as `GET /sites/{site}/logs?follow=true` sends them: `(id, data)` pairs,
 /// read from `resp` until `want` of them came (keep-alive comments skipped).
 async fn sse_events(
@@ -1303,15 +1328,7 @@ async fn site_logs_are_read_and_followed_over_the_api() {
     let dir = support::plain_dir();
     let config = support::config_in(&db.url, dir.path());
     let s = db.store.as_ref();
-    let mut tokens = std::collections::HashMap::new();
-    for login in ["own", "bill", "dev", "out"] {
-        service::create_user(s, login, None, None).await.unwrap();
-        tokens.insert(
-            login,
-            service::issue_token(s, login, "t").await.unwrap().token,
-        );
-    }
-    support::acme_and_other(s).await;
+    let tokens = owner_biller_developer_outsider(s).await;
     let sites = Sites::new(db.store.clone(), &config);
     sites
         .create("web", "acme", "default", Imports::default())
@@ -1424,5 +1441,195 @@ async fn site_logs_are_read_and_followed_over_the_api() {
     drop(resp);
     let bad = follow(Some("web:zz")).await.unwrap();
     assert_eq!(bad.status(), 400);
+    server.stop().await;
+}
+
+/// A workspace's logs over the API: every site's lines merged, each with its site, not another
+/// workspace's; billing gets 403; a follower sees a site made meanwhile, and resumes after a
+/// dropped connection with nothing lost or twice. Its settings: retention and cap of its own,
+/// `default` back to the config's, bad values refused; a shorter retention hides older lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workspace_logs_are_followed_and_its_settings_override_the_config() {
+    use endor::logs::{Entry, Logs, Service, Stream};
+    let db = TestStore::sqlite().await;
+    let dir = support::plain_dir();
+    let config = support::config_in(&db.url, dir.path());
+    let s = db.store.as_ref();
+    let tokens = owner_biller_developer_outsider(s).await;
+    let sites = Sites::new(db.store.clone(), &config);
+    for (name, ws) in [("web", "acme"), ("api", "acme"), ("theirs", "other")] {
+        sites
+            .create(name, ws, "default", Imports::default())
+            .await
+            .unwrap();
+    }
+    let id = |name: &'static str| {
+        let sites = &sites;
+        async move { sites.show(name).await.unwrap().id }
+    };
+    let (web, api, theirs) = (id("web").await, id("api").await, id("theirs").await);
+    let logs = Logs::new(&config.storage.logs, Default::default());
+    let at = |ago_ms: i64, text: &str| Entry {
+        time: endor::now_ms() - ago_ms,
+        ..Entry::now(Service::Web, Some(Stream::Stdout), text.into())
+    };
+    // An old line (two minutes ago), then lines of both sites, interleaved.
+    logs.write(&web, at(120_000, "old"));
+    logs.write(&web, at(30, "w1"));
+    logs.write(&api, at(20, "a1"));
+    logs.write(&web, at(10, "w2"));
+    logs.write(&theirs, at(5, "not ours"));
+    let store = db.store.clone();
+    let server = support::TestServer::start_with(db, config.clone()).await;
+    let client = reqwest::Client::new();
+    let get = |who: &str, path: &str| {
+        client
+            .get(server.url(&format!("/api/v1/workspaces/acme/{path}")))
+            .bearer_auth(&tokens[who])
+    };
+    let json = |r: reqwest::Response| async move {
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    let seen = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} {}",
+                    l["site"].as_str().unwrap(),
+                    l["text"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let (st, v) = json(get("dev", "logs?service=web").send().await.unwrap()).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(seen(&v), ["web old", "web w1", "api a1", "web w2"]);
+    let (st, _) = json(get("bill", "logs").send().await.unwrap()).await;
+    assert_eq!(st, 403, "billing members do not read logs");
+    let (st, _) = json(get("out", "logs").send().await.unwrap()).await;
+    assert_eq!(st, 403);
+
+    // Follow: the last two lines, a new line, a site made meanwhile.
+    let follow = |last: Option<&str>| {
+        let mut r =
+            get("dev", "logs?service=web&n=2&follow=true").header("accept", "text/event-stream");
+        if let Some(id) = last {
+            r = r.header("last-event-id", id);
+        }
+        r.send()
+    };
+    let mut resp = follow(None).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut buf = String::new();
+    let texts = |events: &[(String, Value)]| -> Vec<String> {
+        events
+            .iter()
+            .map(|(_, l)| {
+                format!(
+                    "{} {}",
+                    l["site"].as_str().unwrap(),
+                    l["text"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let first = sse_events(&mut resp, &mut buf, 2).await;
+    assert_eq!(texts(&first), ["api a1", "web w2"]);
+    logs.write(&api, at(0, "a2"));
+    sites
+        .create("docs", "acme", "default", Imports::default())
+        .await
+        .unwrap();
+    let docs = sites.show("docs").await.unwrap().id;
+    logs.write(&docs, at(0, "d1"));
+    let next = sse_events(&mut resp, &mut buf, 2).await;
+    // Resume from the last event received: what was written while away, once.
+    let last = next[1].0.clone();
+    let mut got = texts(&next);
+    got.sort();
+    assert_eq!(got, ["api a2", "docs d1"]);
+    drop(resp);
+    logs.write(&web, at(0, "w3"));
+    logs.write(&docs, at(0, "d2"));
+    let mut resp = follow(Some(&last)).await.unwrap();
+    let mut buf = String::new();
+    let mut resumed = texts(&sse_events(&mut resp, &mut buf, 2).await);
+    resumed.sort();
+    assert_eq!(
+        resumed,
+        ["docs d2", "web w3"],
+        "nothing lost, nothing twice"
+    );
+    drop(resp);
+    let bad = follow(Some("not-a-site web:1")).await.unwrap();
+    assert_eq!(bad.status(), 400);
+
+    // Settings: the config's at first.
+    let (st, v) = json(get("dev", "settings").send().await.unwrap()).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["log_retention"], Value::Null);
+    assert_eq!(v["effective_log_retention"], "7d");
+    let patch = |who: &str, body: Value| {
+        client
+            .patch(server.url("/api/v1/workspaces/acme/settings"))
+            .bearer_auth(&tokens[who])
+            .json(&body)
+            .send()
+    };
+    let (st, v) = json(
+        patch(
+            "own",
+            json!({"log_retention": "1m", "log_max_bytes_per_site": "256MiB"}),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(
+        (
+            v["log_retention"].clone(),
+            v["effective_log_max_bytes_per_site"].clone()
+        ),
+        (json!("1m"), json!("256MiB"))
+    );
+    // What the writers and the reaper apply: this workspace's sites, not another's.
+    let own = service::log_overrides(store.as_ref(), &config)
+        .await
+        .unwrap();
+    assert_eq!(own[&web].retention, std::time::Duration::from_secs(60));
+    assert_eq!(own[&api].max_bytes_per_site, 256 << 20);
+    assert!(!own.contains_key(&theirs));
+    // A minute's retention: the line of two minutes ago is no longer shown.
+    let (_, v) = json(get("dev", "logs?service=web").send().await.unwrap()).await;
+    assert!(!seen(&v).contains(&"web old".to_string()), "{v}");
+    for bad in [
+        json!({"log_retention": "banana"}),
+        json!({"log_retention": "5s"}),
+        json!({"log_max_bytes_per_site": "2TiB"}),
+        json!({"log_max_bytes_per_site": "12"}),
+        json!({"nope": "1d"}),
+    ] {
+        let (st, v) = json(patch("own", bad.clone()).await.unwrap()).await;
+        assert_eq!(st, 400, "{bad}: {v}");
+    }
+    let (st, _) = json(patch("dev", json!({"log_retention": "1d"})).await.unwrap()).await;
+    assert_eq!(st, 403, "only owners change settings");
+    let (_, v) = json(
+        patch("own", json!({"log_retention": "default"}))
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (
+            v["log_retention"].clone(),
+            v["effective_log_retention"].clone()
+        ),
+        (Value::Null, json!("7d"))
+    );
+    assert_eq!(v["log_max_bytes_per_site"], "256MiB");
     server.stop().await;
 }

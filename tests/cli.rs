@@ -1474,4 +1474,76 @@ fn workspace_logs_interleave_its_sites() {
         line.starts_with("stage ") && line.ends_with("s-later"),
         "{line}"
     );
+
+    // The workspace's own log settings: shown, set, refused when out of range, reset.
+    let v = ok_json(d, &["workspace", "settings", "acme", "--json"]);
+    assert_eq!(v["effective_log_retention"], "7d");
+    let out = endor(
+        d,
+        &[
+            "workspace",
+            "settings",
+            "acme",
+            "--log-retention",
+            "30d",
+            "--log-max-bytes",
+            "128MiB",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success() && text.contains("30d (set for this workspace)"),
+        "{text}{}",
+        stderr(&out)
+    );
+    assert!(
+        text.contains("at most 128MiB per site (set for this workspace)"),
+        "{text}"
+    );
+    for (flag, bad) in [("--log-retention", "banana"), ("--log-max-bytes", "1KiB")] {
+        let out = endor(d, &["workspace", "settings", "acme", flag, bad]);
+        assert!(
+            !out.status.success()
+                && stderr(&out)
+                    .contains(flag.trim_start_matches('-').split('-').next_back().unwrap()),
+            "{flag} {bad}: {}",
+            stderr(&out)
+        );
+    }
+    let v = ok_json(
+        d,
+        &[
+            "workspace",
+            "settings",
+            "acme",
+            "--log-retention",
+            "default",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        (
+            v["log_retention"].clone(),
+            v["log_max_bytes_per_site"].clone()
+        ),
+        (Value::Null, serde_json::json!("128MiB"))
+    );
+    // Lines past the workspace's retention are not shown.
+    logs.write(&ids["prod"], at(120_000, "ancient"));
+    ok_json(
+        d,
+        &[
+            "workspace",
+            "settings",
+            "acme",
+            "--log-retention",
+            "1m",
+            "--json",
+        ],
+    );
+    let out = endor(d, &["logs", "--workspace", "acme"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains(" p1") && !text.contains("ancient"), "{text}");
+    let out = endor(d, &["site", "logs", "prod"]);
+    assert!(out.status.success());
 }

@@ -245,6 +245,7 @@ async fn the_web_log_is_written_while_the_process_runs() {
         Limits {
             max_bytes_per_site: cap,
             max_line_bytes: 16 << 10,
+            ..Default::default()
         },
     );
     let site = endor::ids::SiteId::from("s1");

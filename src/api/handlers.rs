@@ -332,6 +332,53 @@ pub async fn rename_workspace(
     ok(StatusCode::OK, &ws)
 }
 
+/// A change to a workspace's settings: a value, or `default` (the config's).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SettingsChange {
+    /// How long its sites' logs are kept: `30d`, `12h`… (1m to 3650d), or `default`.
+    #[schema(pattern = "^([0-9]{1,9}[smhd]|default)$", nullable = false)]
+    pub log_retention: Option<String>,
+    /// How big each of its sites' logs may grow: `256MiB`, `2GiB`… (1MiB to 1TiB), or `default`.
+    #[schema(
+        pattern = "^([0-9]{1,13}(B|KiB|MiB|GiB|TiB)?|default)$",
+        nullable = false
+    )]
+    pub log_max_bytes_per_site: Option<String>,
+}
+
+pub async fn show_settings(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>) -> Res {
+    use service::Setting;
+    let ws = &c.workspace()?.name;
+    let v = service::workspace_settings(
+        api.store.as_ref(),
+        &api.config,
+        ws,
+        Setting::Keep,
+        Setting::Keep,
+    )
+    .await?;
+    ok(StatusCode::OK, &v)
+}
+
+pub async fn change_settings(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    raw: Body,
+) -> Res {
+    use service::Setting;
+    let b: SettingsChange = body(raw).await?;
+    let retention = Setting::parse("log_retention", b.log_retention.as_deref())?;
+    let cap = Setting::parse(
+        "log_max_bytes_per_site",
+        b.log_max_bytes_per_site.as_deref(),
+    )?;
+    let ws = &c.workspace()?.name;
+    let v =
+        service::workspace_settings(api.store.as_ref(), &api.config, ws, retention, cap).await?;
+    ok(StatusCode::OK, &v)
+}
+
 pub async fn list_members(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>) -> Res {
     let members = api
         .store
@@ -747,6 +794,17 @@ pub struct LogLine {
     /// Structured parts (an access line's status, visitor, bytes…).
     #[schema(value_type = Object)]
     fields: serde_json::Map<String, serde_json::Value>,
+    /// The site's name (a workspace's lines).
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    site: Option<String>,
+}
+
+impl LogLine {
+    fn of_site(mut self, site: String) -> Self {
+        self.site = Some(site);
+        self
+    }
 }
 
 impl From<crate::logs::Record> for LogLine {
@@ -765,6 +823,7 @@ impl From<crate::logs::Record> for LogLine {
             stream,
             text: r.entry.text,
             fields: r.entry.fields,
+            site: None,
         }
     }
 }
@@ -772,129 +831,272 @@ impl From<crate::logs::Record> for LogLine {
 /// `GET /sites/{site}/logs`: the site's log lines, interleaved by time (the last `n`, 1000 by
 /// default); with `follow=true` and `Accept: text/event-stream`, Server-Sent Events as lines
 /// come, resumable with `Last-Event-ID`.
+/// What a log reader asked for (`service`, `since`, `until`, `grep`, `n`, `follow` and the
+/// `Accept` and `Last-Event-ID` headers), checked.
+struct LogQuery {
+    services: Vec<crate::logs::Service>,
+    filter: crate::logs::Filter,
+    n: usize,
+    /// Follow as Server-Sent Events (`follow=true` with `Accept: text/event-stream`).
+    sse: bool,
+    /// Where a reconnecting follower was (`Last-Event-ID`).
+    resume: Option<String>,
+}
+
+impl LogQuery {
+    fn parse(
+        q: &HashMap<String, String>,
+        headers: &axum::http::HeaderMap,
+        retention: std::time::Duration,
+    ) -> Result<Self, ApiError> {
+        use crate::logs::{Filter, Service};
+        let services = match q.get("service") {
+            None => Service::ALL.to_vec(),
+            Some(list) => list
+                .split(',')
+                .map(Service::named)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(ApiError::invalid)?,
+        };
+        let now = crate::now_ms();
+        let time = |k: &str| {
+            q.get(k)
+                .map(|t| {
+                    crate::logs::parse_time(t, now)
+                        .map_err(|e| ApiError::invalid(format!("{k}: {e}")))
+                })
+                .transpose()
+        };
+        let grep = q.get("grep").cloned();
+        if grep
+            .as_deref()
+            .is_some_and(|g| g.is_empty() || g.len() > 200 || g.chars().any(char::is_control))
+        {
+            return Err(ApiError::invalid(
+                "grep: 1-200 characters, no control characters",
+            ));
+        }
+        let filter = Filter {
+            since: time("since")?,
+            until: time("until")?,
+            grep,
+        }
+        .within(retention, now);
+        let n = match q.get("n") {
+            None => LOG_LINES_DEFAULT,
+            Some(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=99_999).contains(n))
+                .ok_or_else(|| ApiError::invalid("n: a number of lines, 1-99999"))?,
+        };
+        let follow = match q.get("follow").map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(_) => return Err(ApiError::invalid("follow: true or false")),
+        };
+        let sse = follow
+            && headers
+                .get(axum::http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("text/event-stream"));
+        let resume = headers
+            .get("last-event-id")
+            .map(|v| {
+                v.to_str()
+                    .map(str::to_string)
+                    .map_err(|_| ApiError::invalid("Last-Event-ID: not text"))
+            })
+            .transpose()?;
+        Ok(Self {
+            services,
+            filter,
+            n,
+            sse,
+            resume,
+        })
+    }
+}
+
+fn logs_root(api: &Api) -> std::path::PathBuf {
+    std::path::absolute(&api.config.storage.logs)
+        .unwrap_or_else(|_| api.config.storage.logs.clone())
+}
+
+fn log_read_failed(e: std::io::Error) -> ApiError {
+    tracing::error!(error = %e, "reading logs");
+    ApiError::internal("reading the logs failed")
+}
+
 pub async fn site_logs(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
     Query(q): Query<HashMap<String, String>>,
     headers: axum::http::HeaderMap,
 ) -> Res {
-    use crate::logs::{Cursor, Filter, Service};
-    let services = match q.get("service") {
-        None => Service::ALL.to_vec(),
-        Some(list) => list
-            .split(',')
-            .map(Service::named)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(ApiError::invalid)?,
-    };
-    let now = crate::now_ms();
-    let time = |k: &str| {
-        q.get(k)
-            .map(|t| {
-                crate::logs::parse_time(t, now).map_err(|e| ApiError::invalid(format!("{k}: {e}")))
-            })
-            .transpose()
-    };
-    let grep = q.get("grep").cloned();
-    if grep
-        .as_deref()
-        .is_some_and(|g| g.is_empty() || g.len() > 200 || g.chars().any(char::is_control))
-    {
-        return Err(ApiError::invalid(
-            "grep: 1-200 characters, no control characters",
-        ));
-    }
-    let filter = Filter {
-        since: time("since")?,
-        until: time("until")?,
-        grep,
-    }
-    .within(api.config.logs.retention.0, now);
-    let n = match q.get("n") {
-        None => LOG_LINES_DEFAULT,
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=99_999).contains(n))
-            .ok_or_else(|| ApiError::invalid("n: a number of lines, 1-99999"))?,
-    };
-    let follow = match q.get("follow").map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(_) => return Err(ApiError::invalid("follow: true or false")),
-    };
-    let root = std::path::absolute(&api.config.storage.logs)
-        .unwrap_or_else(|_| api.config.storage.logs.clone());
     let site = c.site()?.id.clone();
-    let io = |e: std::io::Error| {
-        tracing::error!(error = %e, "reading a site's logs");
-        ApiError::internal("reading the site's logs failed")
-    };
-    let sse = follow
-        && headers
-            .get(axum::http::header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("text/event-stream"));
-    if !sse {
-        let (lines, _) =
-            crate::logs::read_since(&root, &site, &services, &filter, Some(n)).map_err(io)?;
-        let lines: Vec<LogLine> = lines.into_iter().map(LogLine::from).collect();
-        return ok(StatusCode::OK, &lines);
-    }
-    // Where to start: after the last event the client saw, or the last `n` lines.
-    let resume = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| Cursor::parse(v).map_err(|e| ApiError::invalid(format!("Last-Event-ID: {e}"))))
-        .transpose()?;
-    let (first, cursor) = match resume {
-        Some(cursor) => {
-            crate::logs::read(&root, &site, &services, &cursor, &filter, 10_000).map_err(io)?
-        }
-        None => crate::logs::read_since(&root, &site, &services, &filter, Some(n)).map_err(io)?,
-    };
-    Ok(follow_stream(root, site, services, filter, first, cursor).into_response())
+    let limits = crate::service::site_log_limits(api.store.as_ref(), &api.config, &site).await?;
+    logs_reply(api, LogSource::Site(site), limits.retention, &q, &headers).await
 }
 
-/// Server-Sent Events: `first`, then every new line as it is written (looked for every 50 ms),
-/// each with the id that resumes after it; ends after [`FOLLOW_FOR`].
-fn follow_stream(
-    root: std::path::PathBuf,
-    site: crate::ids::SiteId,
-    services: Vec<crate::logs::Service>,
-    filter: crate::logs::Filter,
-    first: Vec<crate::logs::Record>,
-    cursor: crate::logs::Cursor,
+/// Every site of a workspace's lines, merged by time, each with its site's name; followed as
+/// Server-Sent Events like a site's (a site made while following comes in from its start).
+pub async fn workspace_logs(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> Res {
+    let ws = c.workspace()?.id.clone();
+    let limits = crate::service::log_limits(api.store.as_ref(), &api.config, &ws).await?;
+    logs_reply(
+        api,
+        LogSource::Workspace(ws),
+        limits.retention,
+        &q,
+        &headers,
+    )
+    .await
+}
+
+/// Whose logs a reader reads: one site's, or every site's of a workspace (listed again at
+/// each look of a follower, so new sites join and deleted ones leave).
+#[derive(Clone)]
+enum LogSource {
+    Site(crate::ids::SiteId),
+    Workspace(crate::ids::WorkspaceId),
+}
+
+type SiteNames = HashMap<crate::ids::SiteId, String>;
+
+impl LogSource {
+    /// The sites to read, and their names when lines are to carry them.
+    async fn sites(
+        &self,
+        api: &Api,
+    ) -> Result<(Vec<crate::ids::SiteId>, Option<SiteNames>), ApiError> {
+        match self {
+            Self::Site(id) => Ok((vec![id.clone()], None)),
+            Self::Workspace(ws) => {
+                let list = api.sites.list(Some(ws), None).await?;
+                let names = list
+                    .iter()
+                    .map(|s| (s.id.clone(), s.name.clone()))
+                    .collect();
+                Ok((list.into_iter().map(|s| s.id).collect(), Some(names)))
+            }
+        }
+    }
+}
+
+fn log_lines(
+    lines: Vec<(crate::ids::SiteId, crate::logs::Record)>,
+    names: &Option<SiteNames>,
+) -> Vec<LogLine> {
+    lines
+        .into_iter()
+        .map(|(site, r)| {
+            let line = LogLine::from(r);
+            match names {
+                Some(names) => line.of_site(names.get(&site).cloned().unwrap_or_default()),
+                None => line,
+            }
+        })
+        .collect()
+}
+
+/// The lines a reader asked for: JSON (the last `n`), or Server-Sent Events that resume
+/// after `Last-Event-ID` (the [`crate::logs::Cursors`] of the last line received).
+async fn logs_reply(
+    api: Arc<Api>,
+    source: LogSource,
+    retention: std::time::Duration,
+    q: &HashMap<String, String>,
+    headers: &axum::http::HeaderMap,
+) -> Res {
+    use crate::logs::Cursors;
+    let LogQuery {
+        services,
+        filter,
+        n,
+        sse,
+        resume,
+    } = LogQuery::parse(q, headers, retention)?;
+    let root = logs_root(&api);
+    let (ids, names) = source.sites(&api).await?;
+    if !sse {
+        let (lines, _) = crate::logs::read_sites_since(&root, &ids, &services, &filter, Some(n))
+            .map_err(log_read_failed)?;
+        return ok(StatusCode::OK, &log_lines(lines, &names));
+    }
+    // Where to start: after the last event the client saw, or the last `n` lines.
+    let resume = resume
+        .map(|v| Cursors::parse(&v).map_err(|e| ApiError::invalid(format!("Last-Event-ID: {e}"))))
+        .transpose()?;
+    let (first, cursors) = match resume {
+        Some(from) => crate::logs::read_sites(&root, &ids, &services, &from, &filter, 10_000),
+        None => crate::logs::read_sites_since(&root, &ids, &services, &filter, Some(n)),
+    }
+    .map_err(log_read_failed)?;
+    let first = log_lines(first, &names);
+    let next = move |cursors: Cursors| {
+        let (api, source, root, services, filter) = (
+            api.clone(),
+            source.clone(),
+            root.clone(),
+            services.clone(),
+            filter.clone(),
+        );
+        async move {
+            let Ok((ids, names)) = source.sites(&api).await else {
+                return (Vec::new(), cursors);
+            };
+            match crate::logs::read_sites(&root, &ids, &services, &cursors, &filter, 10_000) {
+                Ok((lines, cursors)) => (log_lines(lines, &names), cursors),
+                Err(_) => (Vec::new(), cursors),
+            }
+        }
+    };
+    Ok(follow_stream(first, cursors, next).into_response())
+}
+
+/// Server-Sent Events: `first`, then what `next` reads from where the last read ended (looked
+/// for every 50 ms), each line with the id that resumes after it; ends after [`FOLLOW_FOR`].
+fn follow_stream<C, F, Fut>(
+    first: Vec<LogLine>,
+    cursor: C,
+    next: F,
 ) -> axum::response::sse::Sse<
     impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
-> {
+>
+where
+    C: Send + 'static,
+    F: Fn(C) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = (Vec<LogLine>, C)> + Send,
+{
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures_util::StreamExt;
     let until = tokio::time::Instant::now() + FOLLOW_FOR;
-    let state = (first, cursor, true);
-    let batches = futures_util::stream::unfold(state, move |(lines, cursor, first)| {
-        let (root, site, services, filter) =
-            (root.clone(), site.clone(), services.clone(), filter.clone());
-        async move {
-            if !first {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            if tokio::time::Instant::now() >= until {
-                return None;
-            }
-            let (next, cursor) = if first {
-                (lines, cursor)
-            } else {
-                crate::logs::read(&root, &site, &services, &cursor, &filter, 10_000)
-                    .unwrap_or((Vec::new(), cursor))
+    let batches = futures_util::stream::unfold(
+        (Some(first), cursor, next),
+        move |(first, cursor, next)| async move {
+            let (lines, cursor) = match first {
+                Some(lines) => (lines, cursor),
+                None => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    if tokio::time::Instant::now() >= until {
+                        return None;
+                    }
+                    next(cursor).await
+                }
             };
-            Some((next, (Vec::new(), cursor, false)))
-        }
-    });
+            Some((lines, (None, cursor, next)))
+        },
+    );
     let events = batches.flat_map(|lines| {
-        futures_util::stream::iter(lines.into_iter().map(|r| {
-            let id = r.id.clone();
-            let data = serde_json::to_string(&LogLine::from(r)).unwrap_or_default();
+        futures_util::stream::iter(lines.into_iter().map(|l| {
+            let id = l.id.clone();
+            let data = serde_json::to_string(&l).unwrap_or_default();
             Ok(Event::default().id(id).data(data))
         }))
     });

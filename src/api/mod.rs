@@ -142,6 +142,40 @@ const BUSY: &[ErrorDoc] = &[(409, &["busy"])];
 const CREATE_SITE: &[ErrorDoc] = &[(409, &["conflict", "busy"])];
 const GUARDED: &[ErrorDoc] = &[(409, &["protected", "busy"])];
 
+/// What a log reader may ask (a site's or a workspace's).
+const LOG_QUERY: &[QueryDoc] = &[
+    (
+        "service",
+        handlers::LOG_SERVICES_PATTERN,
+        "Only these services, comma-separated (default: all)",
+    ),
+    (
+        "since",
+        handlers::LOG_TIME_PATTERN,
+        "Lines from this time on: 10m (ago) or an RFC 3339 time",
+    ),
+    (
+        "until",
+        handlers::LOG_TIME_PATTERN,
+        "Lines before this time: 1h (ago) or an RFC 3339 time",
+    ),
+    (
+        "grep",
+        handlers::LOG_GREP_PATTERN,
+        "Only lines containing this text (in the line or a field)",
+    ),
+    (
+        "n",
+        handlers::LOG_LINES_PATTERN,
+        "The last N lines (default 1000)",
+    ),
+    (
+        "follow",
+        handlers::BOOL_PATTERN,
+        "With Accept: text/event-stream: Server-Sent Events as lines come (a workspace's: sites made meanwhile included), resumable with Last-Event-ID; a stream ends after 60 s",
+    ),
+];
+
 /// Every route of the API. Adding a route means adding a row here, with the roles it needs.
 pub static ROUTES: &[ApiRoute] = &[
     route!(GET "/me", Need::Token, OK => Some("Me"), body None, query NO_QUERY, errors NONE,
@@ -180,6 +214,14 @@ pub static ROUTES: &[ApiRoute] = &[
     route!(GET "/workspaces/{ws}/usage", BILLING, OK => Some("UsageReport"), body None,
         query &[("month", handlers::MONTH_PATTERN, "The month, YYYY-MM (default: this one)")], errors NONE,
         "Usage and cost per site for a month (`?month=YYYY-MM`)", h::usage),
+    route!(GET "/workspaces/{ws}/logs", MEMBERS, OK => Some("LogLine[]"), body None,
+        query LOG_QUERY,
+        errors NONE,
+        "Every site's log lines, interleaved by time, each with its site", h::workspace_logs),
+    route!(GET "/workspaces/{ws}/settings", MEMBERS, OK => Some("WorkspaceSettingsView"), body None, query NO_QUERY, errors NONE,
+        "The workspace's own settings (log retention and cap) and what applies", h::show_settings),
+    route!(PATCH "/workspaces/{ws}/settings", OWNER, OK => Some("WorkspaceSettingsView"), body required("SettingsChange"), query NO_QUERY, errors NONE,
+        "Change the workspace's log retention or cap (`default`: back to the config's)", h::change_settings),
     route!(GET "/workspaces/{ws}/previews", MEMBERS, OK => Some("PreviewLine[]"), body None,
         query &[("repo", handlers::REPO_PATTERN, "Only this repository's (owner/name, any case, or a connection id)"),
                 ("state", handlers::PREVIEW_STATE_PATTERN, "Only previews in this state")], errors NONE,
@@ -203,12 +245,7 @@ pub static ROUTES: &[ApiRoute] = &[
     route!(PUT "/sites/{site}/protection", DEVELOPER, OK => Some("SiteProtection"), body required("Protection"), query NO_QUERY, errors NONE,
         "Turn production protection on or off (audited either way)", h::protect),
     route!(GET "/sites/{site}/logs", MEMBERS, OK => Some("LogLine[]"), body None,
-        query &[("service", handlers::LOG_SERVICES_PATTERN, "Only these services, comma-separated (default: all)"),
-                ("since", handlers::LOG_TIME_PATTERN, "Lines from this time on: 10m (ago) or an RFC 3339 time"),
-                ("until", handlers::LOG_TIME_PATTERN, "Lines before this time: 1h (ago) or an RFC 3339 time"),
-                ("grep", handlers::LOG_GREP_PATTERN, "Only lines containing this text (in the line or a field)"),
-                ("n", handlers::LOG_LINES_PATTERN, "The last N lines (default 1000)"),
-                ("follow", handlers::BOOL_PATTERN, "With Accept: text/event-stream: Server-Sent Events as lines come, resumable with Last-Event-ID; a stream ends after 60 s")],
+        query LOG_QUERY,
         errors NONE,
         "A site's log lines, every service interleaved by time (build, web, exec, access, error, endor)", h::site_logs),
     route!(GET "/sites/{site}/access", MEMBERS, OK => Some("AccessView"), body None, query NO_QUERY, errors NONE,

@@ -465,6 +465,7 @@ fn document() -> OpenApi {
     // Request bodies.
     c = with::<h::NewWorkspace>(c);
     c = with::<h::RenameWorkspace>(c);
+    c = with::<h::SettingsChange>(c);
     c = with::<h::NewMember>(c);
     c = with::<h::MemberRoles>(c);
     c = with::<h::NewConnection>(c);
@@ -486,6 +487,7 @@ fn document() -> OpenApi {
     c = with::<crate::store::Workspace>(c);
     c = with::<crate::service::ConnectionInfo>(c);
     c = with::<crate::service::Connected>(c);
+    c = with::<crate::service::WorkspaceSettingsView>(c);
     c = with::<crate::service::Rotated>(c);
     c = with::<crate::sites::SiteDetails>(c);
     c = with::<crate::sites::OperationReport>(c);

@@ -254,13 +254,16 @@ pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("{flag}: {e}"))
             };
+            let d = sites.show(&site).await?;
+            let retention = endor::service::site_log_limits(store.as_ref(), config, &d.id)
+                .await?
+                .retention;
             let filter = endor::logs::Filter {
                 since: time("--since", &since)?,
                 until: time("--until", &until)?,
                 grep,
             }
-            .within(config.logs.retention.0, now);
-            let d = sites.show(&site).await?;
+            .within(retention, now);
             let logs = std::path::absolute(&config.storage.logs)?;
             print_logs(&logs, &d.id, &services, &filter, lines, follow, json).await
         }
@@ -487,46 +490,39 @@ pub async fn workspace_logs(
         .ok_or_else(|| anyhow::anyhow!("workspace {workspace} not found"))?;
     let sites = endor::sites::Sites::new(store.clone(), config);
     let root = std::path::absolute(&config.storage.logs)?;
-    let mut cursors: HashMap<endor::ids::SiteId, endor::logs::Cursor> = HashMap::new();
-    let mut first = true;
+    let retention = endor::service::log_limits(store.as_ref(), config, &ws.id)
+        .await?
+        .retention;
+    let filter = endor::logs::Filter {
+        grep,
+        ..Default::default()
+    }
+    .within(retention, endor::now_ms());
+    let mut cursors: Option<endor::logs::Cursors> = None;
     loop {
-        let filter = endor::logs::Filter {
-            grep: grep.clone(),
-            ..Default::default()
-        }
-        .within(config.logs.retention.0, endor::now_ms());
-        let mut lines: Vec<(String, endor::logs::Record)> = Vec::new();
-        for site in sites.list(Some(&ws.id), None).await? {
-            let (got, next) = match cursors.get(&site.id) {
-                Some(c) => endor::logs::read(&root, &site.id, &services, c, &filter, 10_000)?,
-                // A site seen for the first time: its last lines on the first look; all of a
-                // site made while following.
-                None if first => {
-                    endor::logs::read_since(&root, &site.id, &services, &filter, Some(tail))?
-                }
-                None => endor::logs::read(
-                    &root,
-                    &site.id,
-                    &services,
-                    &endor::logs::Cursor::default(),
-                    &filter,
-                    10_000,
-                )?,
-            };
-            cursors.insert(site.id.clone(), next);
-            lines.extend(got.into_iter().map(|r| (site.name.clone(), r)));
-        }
-        lines.sort_by_key(|(_, r)| r.entry.time);
+        // The workspace's sites as they are now: one made while following is read from its
+        // start, one deleted is let go.
+        let list = sites.list(Some(&ws.id), None).await?;
+        let names: HashMap<endor::ids::SiteId, String> = list
+            .iter()
+            .map(|s| (s.id.clone(), s.name.clone()))
+            .collect();
+        let ids: Vec<endor::ids::SiteId> = list.into_iter().map(|s| s.id).collect();
+        let (lines, next) = match &cursors {
+            None => endor::logs::read_sites_since(&root, &ids, &services, &filter, Some(tail))?,
+            Some(from) => endor::logs::read_sites(&root, &ids, &services, from, &filter, 10_000)?,
+        };
+        cursors = Some(next);
         let mut out = std::io::stdout().lock();
         for (site, r) in &lines {
-            print_record(&mut out, Some(site), r, json)?;
+            let name = names.get(site).map(String::as_str).unwrap_or("-");
+            print_record(&mut out, Some(name), r, json)?;
         }
         out.flush()?;
         drop(out);
         if !follow {
             return Ok(());
         }
-        first = false;
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }

@@ -21,6 +21,16 @@ pub enum WorkspaceCmd {
     /// Workspace members.
     #[command(subcommand)]
     Member(MemberCmd),
+    /// Show or change the workspace's own settings (over the config's `[logs]`).
+    Settings {
+        workspace: String,
+        /// How long its sites' logs are kept (`30d`), or `default`.
+        #[arg(long)]
+        log_retention: Option<String>,
+        /// How big each of its sites' logs may grow (`256MiB`), or `default`.
+        #[arg(long)]
+        log_max_bytes: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -49,6 +59,30 @@ pub enum MemberCmd {
 pub async fn run(cmd: WorkspaceCmd, json: bool, config: &Config) -> anyhow::Result<()> {
     let store = open_store(config).await?;
     match cmd {
+        WorkspaceCmd::Settings {
+            workspace,
+            log_retention,
+            log_max_bytes,
+        } => {
+            let retention = service::Setting::parse("--log-retention", log_retention.as_deref())?;
+            let cap = service::Setting::parse("--log-max-bytes", log_max_bytes.as_deref())?;
+            let v = service::workspace_settings(store.as_ref(), config, &workspace, retention, cap)
+                .await?;
+            emit(json, &v, |v| {
+                let own = |o: &Option<String>| match o {
+                    Some(_) => "set for this workspace",
+                    None => "the config's",
+                };
+                format!(
+                    "{}: logs kept {} ({}), at most {} per site ({})",
+                    v.workspace,
+                    v.effective_log_retention,
+                    own(&v.log_retention),
+                    v.effective_log_max_bytes_per_site,
+                    own(&v.log_max_bytes_per_site)
+                )
+            })
+        }
         WorkspaceCmd::Create { name, owner } => {
             let ws = service::create_workspace(store.as_ref(), &name, &owner).await?;
             emit(json, &ws, |w| {

@@ -12,7 +12,10 @@
 
 mod read;
 
-pub use read::{Cursor, Filter, Record, line_text, parse_time, read, read_since};
+pub use read::{
+    Cursor, Cursors, Filter, Record, line_text, parse_time, read, read_since, read_sites,
+    read_sites_since,
+};
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -97,13 +100,15 @@ impl Entry {
     }
 }
 
-/// How big logs may grow (`[logs]`).
+/// How big logs may grow and how long they are kept (`[logs]`, or a workspace's own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Every log of a site together; past it the oldest segments go.
     pub max_bytes_per_site: u64,
     /// A longer line is cut, with a marker.
     pub max_line_bytes: usize,
+    /// Lines older than this are not shown, and the reaper removes them.
+    pub retention: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -111,6 +116,7 @@ impl Default for Limits {
         Self {
             max_bytes_per_site: 64 << 20,
             max_line_bytes: 16 << 10,
+            retention: std::time::Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -135,6 +141,7 @@ impl From<&crate::config::LogsConfig> for Limits {
         Self {
             max_bytes_per_site: c.max_bytes_per_site.0,
             max_line_bytes: c.max_line_bytes.0 as usize,
+            retention: c.retention.0,
         }
     }
 }
@@ -181,6 +188,8 @@ struct Open {
 pub struct Logs {
     root: PathBuf,
     limits: Limits,
+    /// Sites whose workspace set its own limits ([`Logs::set_overrides`]).
+    overrides: Arc<std::sync::RwLock<HashMap<SiteId, Limits>>>,
     open: Arc<Mutex<HashMap<(SiteId, Service), Open>>>,
 }
 
@@ -195,8 +204,25 @@ impl Logs {
         Self {
             root: std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf()),
             limits,
+            overrides: Default::default(),
             open: Default::default(),
         }
+    }
+
+    /// The limits of every site whose workspace set its own (the others have the config's);
+    /// replaces the ones set before.
+    pub fn set_overrides(&self, overrides: HashMap<SiteId, Limits>) {
+        *self.overrides.write().unwrap_or_else(|p| p.into_inner()) = overrides;
+    }
+
+    /// A site's limits: its workspace's, or the config's.
+    pub fn limits_of(&self, site: &SiteId) -> Limits {
+        self.overrides
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(site)
+            .copied()
+            .unwrap_or(self.limits)
     }
 
     pub fn root(&self) -> &Path {
@@ -279,15 +305,16 @@ impl Logs {
             let o = self.open_segment(site, service, start)?;
             open.insert(key.clone(), o);
         }
+        let limits = self.limits_of(site);
         let full = open
             .get(&key)
-            .is_some_and(|o| o.len >= self.limits.segment_bytes());
+            .is_some_and(|o| o.len >= limits.segment_bytes());
         if full {
             if let Some(old) = open.remove(&key) {
                 let o = self.open_segment(site, service, old.start + old.len)?;
                 open.insert(key.clone(), o);
             }
-            self.enforce_cap(site)?;
+            self.enforce_cap(site, &limits)?;
         }
         let Some(o) = open.get_mut(&key) else {
             return Ok(());
@@ -319,7 +346,7 @@ impl Logs {
 
     /// Past the site's cap, remove its oldest segments (by modification time), never a
     /// service's newest.
-    fn enforce_cap(&self, site: &SiteId) -> std::io::Result<()> {
+    fn enforce_cap(&self, site: &SiteId, limits: &Limits) -> std::io::Result<()> {
         let mut all = Vec::new();
         for s in Service::ALL {
             let segs = segments(&self.root, site, *s);
@@ -336,7 +363,7 @@ impl Logs {
         all.sort_by_key(|(t, _, p)| (*t, p.clone()));
         let mut closed: u64 = all.iter().map(|(_, len, _)| *len).sum();
         for (_, len, p) in all {
-            if closed <= self.limits.closed_budget() {
+            if closed <= limits.closed_budget() {
                 break;
             }
             closed = closed.saturating_sub(len);
@@ -355,16 +382,17 @@ pub struct Pruned {
     pub sites: usize,
 }
 
-/// Remove what is past `retention` under `root`: every segment last written before it, but a
-/// live site's newest segment of each service (still being written; its old lines are not
-/// shown, [`read`] filters them); a site that is not live loses its folder once nothing of it
-/// is younger.
+/// Remove what is past retention under `root` (a site's own in `retention_of`, else
+/// `retention`): every segment last written before it, but a live site's newest segment of
+/// each service (still being written; its old lines are not shown, [`read`] filters them); a
+/// site that is not live loses its folder once nothing of it is younger.
 pub fn prune(
     root: &Path,
     retention: std::time::Duration,
+    retention_of: &HashMap<SiteId, std::time::Duration>,
     live: &std::collections::HashSet<SiteId>,
 ) -> std::io::Result<Pruned> {
-    let cutoff = std::time::SystemTime::now() - retention;
+    let now = std::time::SystemTime::now();
     let mut out = Pruned::default();
     let Ok(dirs) = std::fs::read_dir(root) else {
         return Ok(out);
@@ -377,6 +405,7 @@ pub fn prune(
             continue;
         }
         let is_live = live.contains(&name);
+        let cutoff = now - retention_of.get(&name).copied().unwrap_or(retention);
         let mut left = 0usize;
         for s in Service::ALL {
             let segs = segments(root, &name, *s);
@@ -526,10 +555,13 @@ mod tests {
             Limits {
                 max_bytes_per_site: 128 << 10,
                 max_line_bytes: 1024,
+                ..Default::default()
             },
         );
         let (live, gone) = (SiteId::from("live"), SiteId::from("gone"));
-        for site in [&live, &gone] {
+        // Its workspace keeps logs three days.
+        let kept = SiteId::from("kept");
+        for site in [&live, &gone, &kept] {
             for i in 0..400 {
                 let e = Entry::now(Service::Web, None, format!("{i:0100}"));
                 logs.write(
@@ -543,7 +575,7 @@ mod tests {
         }
         // Every segment written two days ago.
         let old = filetime::FileTime::from_unix_time(crate::now_ms() / 1000 - 2 * 86_400, 0);
-        for site in [&live, &gone] {
+        for site in [&live, &gone, &kept] {
             for (_, p) in segments(dir.path(), site, Service::Web) {
                 filetime::set_file_mtime(&p, old).unwrap();
             }
@@ -552,15 +584,18 @@ mod tests {
         assert!(before > 1, "{before}");
         let keep: std::collections::HashSet<SiteId> = [live.clone()].into();
         let day = std::time::Duration::from_secs(86_400);
-        let pruned = prune(dir.path(), day, &keep).unwrap();
-        // The live site keeps only the segment being written; the gone site goes whole.
+        let own: HashMap<SiteId, std::time::Duration> = [(kept.clone(), day * 3)].into();
+        let pruned = prune(dir.path(), day, &own, &keep).unwrap();
+        // The live site keeps only the segment being written; the gone site goes whole; the
+        // site with its own retention keeps everything.
         assert_eq!(segments(dir.path(), &live, Service::Web).len(), 1);
+        assert_eq!(segments(dir.path(), &kept, Service::Web).len(), before);
         assert!(!site_dir(dir.path(), &gone).exists());
         assert_eq!(pruned.sites, 1);
         assert!(pruned.segments >= before, "{pruned:?}");
         // Younger than the retention: nothing goes.
         logs.write(&live, Entry::now(Service::Endor, None, "now".into()));
-        let again = prune(dir.path(), day * 3, &keep).unwrap();
+        let again = prune(dir.path(), day * 3, &HashMap::new(), &keep).unwrap();
         assert_eq!(again, Pruned::default());
         // A reader does not see what is past the retention in the segment kept.
         let (lines, _) = read_since(
@@ -586,6 +621,7 @@ mod tests {
             Limits {
                 max_bytes_per_site: 256 << 10,
                 max_line_bytes: 1024,
+                ..Default::default()
             },
         );
         let site = SiteId::from("s1");
@@ -604,6 +640,24 @@ mod tests {
             .sum();
         // Written: about 700 KB; kept: at most the cap.
         assert!(total <= 256 << 10, "{total}");
+        // A site whose workspace allows more keeps more, still within its own cap.
+        let big = SiteId::from("big");
+        let mut own = logs.limits();
+        own.max_bytes_per_site = 512 << 10;
+        logs.set_overrides([(big.clone(), own)].into());
+        assert_eq!(logs.limits_of(&big), own);
+        assert_eq!(logs.limits_of(&site), logs.limits());
+        for _ in 0..100 {
+            let batch: Vec<Entry> = (0..50)
+                .map(|_| Entry::now(Service::Web, Some(Stream::Stdout), line.clone()))
+                .collect();
+            logs.append(&big, Service::Web, &batch).unwrap();
+        }
+        let kept: u64 = segments(dir.path(), &big, Service::Web)
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).unwrap().len())
+            .sum();
+        assert!(kept > 256 << 10 && kept <= 512 << 10, "{kept}");
         let segs = segments(dir.path(), &site, Service::Web);
         assert!(segs.len() > 1 && segs[0].0 > 0, "{segs:?}");
         // A second writer (another process) goes on where the first stopped.

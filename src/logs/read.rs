@@ -226,6 +226,94 @@ fn access_text(mut e: Entry) -> Entry {
     e
 }
 
+/// Where a reader is in the logs of several sites (a workspace's): each site's [`Cursor`].
+/// Written `SITE=web:1f40,access:a0;SITE=` (a site named with nothing after `=` had no lines
+/// yet); a site it does not name appeared since, and is read from its beginning.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cursors(BTreeMap<SiteId, Cursor>);
+
+/// At most this many sites in one [`Cursors`] (a header a client sends back).
+const MAX_CURSOR_SITES: usize = 10_000;
+
+impl Cursors {
+    pub fn encode(&self) -> String {
+        encode_sites(self.0.iter())
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut map = BTreeMap::new();
+        for part in text.split(';').filter(|p| !p.is_empty()) {
+            let bad = || format!("not a site's log position: `{}`", part.escape_debug());
+            let (site, cursor) = part.split_once('=').ok_or_else(bad)?;
+            let id_ok = !site.is_empty()
+                && site.len() <= 64
+                && site.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !id_ok {
+                return Err(bad());
+            }
+            map.insert(SiteId::from(site.to_string()), Cursor::parse(cursor)?);
+            if map.len() > MAX_CURSOR_SITES {
+                return Err(format!("more than {MAX_CURSOR_SITES} sites"));
+            }
+        }
+        Ok(Self(map))
+    }
+}
+
+fn encode_sites<'a>(sites: impl Iterator<Item = (&'a SiteId, &'a Cursor)>) -> String {
+    sites
+        .map(|(site, c)| format!("{site}={}", c.encode()))
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// Lines, each with the index of its site, and every site's cursor after them.
+type Merged = (Vec<(usize, Record)>, Vec<Cursor>);
+
+/// Lines of `services` of every site in `sites` after `from` (one cursor per site), merged
+/// by time, filtered, at most `max`; each record's id made by `id` from every site's cursor
+/// after it. Returns each line with the index of its site, and the cursors after the last line
+/// looked at (lines the filter drops are passed, not re-read).
+fn merge(
+    root: &Path,
+    sites: &[SiteId],
+    services: &[Service],
+    mut cursors: Vec<Cursor>,
+    filter: &Filter,
+    max: usize,
+    id: impl Fn(&[Cursor]) -> String,
+) -> std::io::Result<Merged> {
+    let mut all: Vec<(usize, usize, Raw)> = Vec::new();
+    for (k, site) in sites.iter().enumerate() {
+        for (i, s) in services.iter().enumerate() {
+            all.extend(
+                read_service(root, site, *s, cursors[k].at(*s))?
+                    .into_iter()
+                    .map(|r| (k, i, r)),
+            );
+        }
+    }
+    // By time; within one service of one site in the order written (its positions).
+    all.sort_by_key(|(k, i, r)| (r.entry.time, *k, *i, r.end));
+    let mut out = Vec::new();
+    for (k, _, r) in all {
+        if out.len() >= max {
+            break;
+        }
+        cursors[k].0.insert(r.entry.service.as_str(), r.end);
+        if filter.keeps(&r.entry) || r.entry.time == 0 {
+            out.push((
+                k,
+                Record {
+                    id: id(&cursors),
+                    entry: r.entry,
+                },
+            ));
+        }
+    }
+    Ok((out, cursors))
+}
+
 /// Lines of `services` after `from`, merged by time and filtered, at most `max` of them, and
 /// the cursor after the last line looked at (lines the filter drops are passed, not re-read).
 pub fn read(
@@ -236,31 +324,18 @@ pub fn read(
     filter: &Filter,
     max: usize,
 ) -> std::io::Result<(Vec<Record>, Cursor)> {
-    let mut all: Vec<(usize, Raw)> = Vec::new();
-    for (i, s) in services.iter().enumerate() {
-        all.extend(
-            read_service(root, site, *s, from.at(*s))?
-                .into_iter()
-                .map(|r| (i, r)),
-        );
-    }
-    // By time; within one service in the order written (its positions).
-    all.sort_by_key(|(i, r)| (r.entry.time, *i, r.end));
-    let mut cursor = from.clone();
-    let mut out = Vec::new();
-    for (_, r) in all {
-        if out.len() >= max {
-            break;
-        }
-        cursor.0.insert(r.entry.service.as_str(), r.end);
-        if filter.keeps(&r.entry) || r.entry.time == 0 {
-            out.push(Record {
-                id: cursor.encode(),
-                entry: r.entry,
-            });
-        }
-    }
-    Ok((out, cursor))
+    let sites = std::slice::from_ref(site);
+    let (lines, mut cursors) = merge(
+        root,
+        sites,
+        services,
+        vec![from.clone()],
+        filter,
+        max,
+        |c| c[0].encode(),
+    )?;
+    let lines = lines.into_iter().map(|(_, r)| r).collect();
+    Ok((lines, cursors.pop().unwrap_or_default()))
 }
 
 /// Every line of `services` from their beginning, filtered; the last `tail` when given.
@@ -272,11 +347,54 @@ pub fn read_since(
     tail: Option<usize>,
 ) -> std::io::Result<(Vec<Record>, Cursor)> {
     let (mut lines, cursor) = read(root, site, services, &Cursor::default(), filter, usize::MAX)?;
+    keep_last(&mut lines, tail);
+    Ok((lines, cursor))
+}
+
+fn keep_last<T>(lines: &mut Vec<T>, tail: Option<usize>) {
     if let Some(n) = tail {
         let cut = lines.len().saturating_sub(n);
         lines.drain(..cut);
     }
-    Ok((lines, cursor))
+}
+
+/// The lines of several sites after `from`, merged by time (each with its site), at most
+/// `max`; a site `from` does not name is read from its beginning, a site `sites` does not name
+/// is forgotten. Each record's id is the [`Cursors`] that resumes after it.
+pub fn read_sites(
+    root: &Path,
+    sites: &[SiteId],
+    services: &[Service],
+    from: &Cursors,
+    filter: &Filter,
+    max: usize,
+) -> std::io::Result<(Vec<(SiteId, Record)>, Cursors)> {
+    let start = sites
+        .iter()
+        .map(|s| from.0.get(s).cloned().unwrap_or_default())
+        .collect();
+    let encode = |c: &[Cursor]| encode_sites(sites.iter().zip(c));
+    let (lines, cursors) = merge(root, sites, services, start, filter, max, encode)?;
+    let lines = lines
+        .into_iter()
+        .map(|(k, r)| (sites[k].clone(), r))
+        .collect();
+    Ok((lines, Cursors(sites.iter().cloned().zip(cursors).collect())))
+}
+
+/// Every line of several sites from their beginning, merged and filtered; the last `tail`
+/// when given.
+pub fn read_sites_since(
+    root: &Path,
+    sites: &[SiteId],
+    services: &[Service],
+    filter: &Filter,
+    tail: Option<usize>,
+) -> std::io::Result<(Vec<(SiteId, Record)>, Cursors)> {
+    let from = Cursors::default();
+    let (mut lines, cursors) = read_sites(root, sites, services, &from, filter, usize::MAX)?;
+    keep_last(&mut lines, tail);
+    Ok((lines, cursors))
 }
 
 #[cfg(test)]
@@ -343,6 +461,44 @@ mod tests {
     }
 
     #[test]
+    fn several_sites_merge_by_time_and_resume_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::new(dir.path(), Limits::default());
+        let (a, b, c) = (SiteId::from("a1"), SiteId::from("b2"), SiteId::from("c3"));
+        let at = |t: i64, text: &str| Entry {
+            time: t,
+            ..Entry::now(Service::Web, Some(Stream::Stdout), text.into())
+        };
+        logs.append(&a, Service::Web, &[at(1, "a1"), at(4, "a4")])
+            .unwrap();
+        logs.append(&b, Service::Web, &[at(2, "b2"), at(3, "b3")])
+            .unwrap();
+        let web = [Service::Web];
+        let none = Filter::default();
+        let two = [a.clone(), b.clone()];
+        let (lines, _) = read_sites_since(dir.path(), &two, &web, &none, Some(3)).unwrap();
+        let seen: Vec<(&str, &str)> = lines
+            .iter()
+            .map(|(s, r)| (s.as_str(), r.entry.text.as_str()))
+            .collect();
+        assert_eq!(seen, [("b2", "b2"), ("b2", "b3"), ("a1", "a4")]);
+        // Resume after "b3": only "a4", then what came since, a new site's from its start.
+        let from = Cursors::parse(&lines[1].1.id).unwrap();
+        logs.append(&b, Service::Web, &[at(5, "b5")]).unwrap();
+        logs.append(&c, Service::Web, &[at(0, "c0")]).unwrap();
+        let three = [a.clone(), b.clone(), c.clone()];
+        let (rest, end) = read_sites(dir.path(), &three, &web, &from, &none, 100).unwrap();
+        let texts: Vec<&str> = rest.iter().map(|(_, r)| r.entry.text.as_str()).collect();
+        assert_eq!(texts, ["c0", "a4", "b5"]);
+        assert_eq!(Cursors::parse(&rest[2].1.id).unwrap(), end);
+        let (after, _) = read_sites(dir.path(), &three, &web, &end, &none, 100).unwrap();
+        assert!(after.is_empty());
+        for bad in ["a1", "=web:1", "a 1=web:1", "a1=web:zz", "a1=web:1;b2"] {
+            assert!(Cursors::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_reader_behind_the_cap_is_told_what_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         let logs = Logs::new(
@@ -350,6 +506,7 @@ mod tests {
             Limits {
                 max_bytes_per_site: 64 << 10,
                 max_line_bytes: 1024,
+                ..Default::default()
             },
         );
         let site = SiteId::from("s1");

@@ -267,6 +267,12 @@ impl Lifecycle {
     }
 
     /// A line of the site's `endor` log (its own events).
+    /// The writer of every site's logs this lifecycle runs (share it: it keeps the sites'
+    /// limits and open segments).
+    pub fn logs(&self) -> &crate::logs::Logs {
+        &self.logs
+    }
+
     pub(super) fn event(&self, site: &crate::ids::SiteId, entry: crate::logs::Entry) {
         self.logs.write(site, entry);
     }

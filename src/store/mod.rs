@@ -71,6 +71,16 @@ pub struct Workspace {
     pub created_at: i64,
 }
 
+/// What a workspace sets for itself over endor's config (`None`: the config's value).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct WorkspaceSettings {
+    pub workspace_id: WorkspaceId,
+    /// How long its sites' logs are kept (`logs.retention`), ms.
+    pub log_retention_ms: Option<i64>,
+    /// How big each of its sites' logs may grow (`logs.max_bytes_per_site`).
+    pub log_max_bytes: Option<i64>,
+}
+
 /// A repository connected to a workspace: where its webhooks arrive and how they are checked.
 #[derive(Debug, Clone)]
 pub struct Connection {
@@ -536,6 +546,9 @@ pub trait WorkspaceStore: Send + Sync {
     /// Members of a workspace: (login, roles), by login.
     async fn list_members(&self, workspace_id: &WorkspaceId) -> Result<Vec<(String, Vec<String>)>>;
     async fn rename_workspace(&self, workspace_id: &WorkspaceId, name: &str) -> Result<()>;
+    /// A workspace's own settings (every one `None` when it has set none).
+    async fn workspace_settings(&self, workspace_id: &WorkspaceId) -> Result<WorkspaceSettings>;
+    async fn put_workspace_settings(&self, s: &WorkspaceSettings) -> Result<()>;
 }
 
 /// Repository connections and their webhook secrets.

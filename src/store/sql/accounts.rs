@@ -150,6 +150,34 @@ macro_rules! impl_accounts {
                     .await?)
             }
 
+            async fn workspace_settings(&self, workspace_id: &$crate::ids::WorkspaceId) -> $crate::store::Result<$crate::store::WorkspaceSettings> {
+                let row: Option<$crate::store::WorkspaceSettings> = sqlx::query_as(
+                    "SELECT workspace_id, log_retention_ms, log_max_bytes FROM workspace_settings WHERE workspace_id = $1",
+                )
+                .bind(workspace_id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.unwrap_or_else(|| $crate::store::WorkspaceSettings {
+                    workspace_id: workspace_id.clone(),
+                    log_retention_ms: None,
+                    log_max_bytes: None,
+                }))
+            }
+
+            async fn put_workspace_settings(&self, s: &$crate::store::WorkspaceSettings) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO workspace_settings (workspace_id, log_retention_ms, log_max_bytes) VALUES ($1, $2, $3) \
+                     ON CONFLICT (workspace_id) DO UPDATE SET log_retention_ms = excluded.log_retention_ms, \
+                     log_max_bytes = excluded.log_max_bytes",
+                )
+                .bind(&s.workspace_id)
+                .bind(s.log_retention_ms)
+                .bind(s.log_max_bytes)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
             async fn workspace_by_id(&self, id: &$crate::ids::WorkspaceId) -> $crate::store::Result<Option<$crate::store::Workspace>> {
                 Ok(sqlx::query_as("SELECT id, name, created_at FROM workspaces WHERE id = $1")
                     .bind(id)
