@@ -252,6 +252,9 @@ fn sample(w: &World, method: &Method, path: &str, who: Who) -> Option<(String, O
         }
         ("GET", "/sites/{site}/access") => (p("/sites/web/access"), None),
         ("GET", "/sites/{site}/logs") => (p("/sites/web/logs?service=web,endor&n=10"), None),
+        ("POST", "/sites/{site}/exec") => {
+            (p("/sites/web/exec"), Some(json!({"command": ["true"]})))
+        }
         ("PATCH", "/sites/{site}/access") => {
             (p("/sites/web/access"), Some(json!({"robots": false})))
         }
@@ -393,7 +396,7 @@ async fn openapi_document_matches_the_route_table() {
             let ok = &op["responses"][route.ok.as_u16().to_string()];
             match route.reply {
                 Some(reply) => {
-                    let schema = &ok["content"]["application/json"]["schema"];
+                    let schema = &ok["content"][route.media]["schema"];
                     let name = reply.trim_end_matches("[]");
                     let r = if reply.ends_with("[]") {
                         assert_eq!(schema["type"], "array");
@@ -1071,6 +1074,18 @@ async fn provoke(
         ("DELETE", "/workspaces/{ws}/members/{login}", 409, "last_owner") => {
             (Who::Owner, p("/workspaces/acme/members/own"), None)
         }
+        ("POST", "/sites/{site}/exec", 409, "conflict") => {
+            let s = w.store.site_by_name("web").await.unwrap().unwrap();
+            w.store
+                .set_site_state(&s.id, endor::store::SiteState::Creating)
+                .await
+                .unwrap();
+            (
+                Who::Developer,
+                p("/sites/web/exec"),
+                Some(json!({"command": ["true"]})),
+            )
+        }
         ("POST", "/workspaces/{ws}/sites", 409, "conflict") => (
             Who::Developer,
             p("/workspaces/acme/sites"),
@@ -1631,5 +1646,165 @@ async fn workspace_logs_are_followed_and_its_settings_override_the_config() {
         (Value::Null, json!("7d"))
     );
     assert_eq!(v["log_max_bytes_per_site"], "256MiB");
+    server.stop().await;
+}
+
+/// `POST /sites/{site}/exec`: a command in the site's sandbox, its output streamed as JSON
+/// lines and its exit code last; no shell between; bad commands refused before anything runs;
+/// a site that is not active refused; the `exec` log names the caller; a caller that goes away
+/// ends the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_streams_a_command_s_output_and_its_exit_code() {
+    let db = TestStore::sqlite().await;
+    let dir = support::plain_dir();
+    let config = support::config_in(&db.url, dir.path());
+    let s = db.store.as_ref();
+    let tokens = owner_biller_developer_outsider(s).await;
+    let src = dir.path().join("in");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("logo.txt"), "logo").unwrap();
+    let sites = Sites::new(db.store.clone(), &config);
+    for name in ["web", "idle"] {
+        sites
+            .create(
+                name,
+                "acme",
+                "default",
+                Imports {
+                    files: Some(&src),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    let idle = sites.show("idle").await.unwrap().id;
+    s.set_site_state(&idle, endor::store::SiteState::Creating)
+        .await
+        .unwrap();
+    let server = support::TestServer::start_with(db, config).await;
+    let client = reqwest::Client::new();
+    let exec = |who: &str, site: &str, body: Value| {
+        client
+            .post(server.url(&format!("/api/v1/sites/{site}/exec")))
+            .bearer_auth(&tokens[who])
+            .json(&body)
+            .send()
+    };
+    let lines = |text: String| -> Vec<Value> {
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let r = exec(
+        "dev",
+        "web",
+        json!({"command": ["sh", "-c", "cat logo.txt; echo; echo \"$ENDOR_SITE\"; echo oops >&2; exit 3"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let events = lines(r.text().await.unwrap());
+    let text = |stream: &str| -> String {
+        events
+            .iter()
+            .filter(|e| e["stream"] == stream)
+            .map(|e| e["text"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(text("stdout"), "logo\nweb\n", "{events:?}");
+    assert_eq!(text("stderr"), "oops\n");
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last["done"].clone(), last["exit_code"].clone()),
+        (json!(true), json!(3)),
+        "{events:?}"
+    );
+    // No shell between: the argument comes back as it is.
+    let literal = "a; echo pwned $(id)";
+    let r = exec("dev", "web", json!({"command": ["printf", "%s", literal]}))
+        .await
+        .unwrap();
+    let events = lines(r.text().await.unwrap());
+    assert_eq!(events[0]["text"], literal, "{events:?}");
+    // Refused before anything runs.
+    for bad in [
+        json!({"command": []}),
+        json!({"command": [""]}),
+        json!({"command": ["a\u{0}b"]}),
+        json!({"command": "ls"}),
+        json!({"command": ["x".repeat(4097)]}),
+    ] {
+        let r = exec("dev", "web", bad.clone()).await.unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    let r = exec("dev", "idle", json!({"command": ["true"]}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409, "a site that is not active runs nothing");
+    for who in ["own", "bill", "out"] {
+        let r = exec(who, "web", json!({"command": ["true"]}))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{who}: developers only");
+    }
+    // A program that does not exist: the stream says so and ends.
+    let r = exec("dev", "web", json!({"command": ["/no/such/program"]}))
+        .await
+        .unwrap();
+    let events = lines(r.text().await.unwrap());
+    let last = events.last().unwrap();
+    assert!(
+        last["error"].is_string() || (last["done"] == true && last["exit_code"] != 0),
+        "{events:?}"
+    );
+    // The exec log: who ran what, how it ended.
+    let r = client
+        .get(server.url("/api/v1/sites/web/logs?service=exec"))
+        .bearer_auth(&tokens["dev"])
+        .send()
+        .await
+        .unwrap();
+    let log: Vec<String> = r
+        .json::<Vec<Value>>()
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("exec by api:dev") && l.contains("exit code 3")),
+        "{log:?}"
+    );
+    // A caller that goes away: the command ends with it.
+    let mut r = exec(
+        "dev",
+        "web",
+        json!({"command": ["sh", "-c", "echo started; exec sleep 301.25"]}),
+    )
+    .await
+    .unwrap();
+    let first = r.chunk().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("started"));
+    let running = || {
+        std::process::Command::new("pgrep")
+            .args(["-f", "sleep 301.25"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    assert!(running());
+    drop(r);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command outlived its caller"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     server.stop().await;
 }

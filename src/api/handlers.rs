@@ -1102,3 +1102,185 @@ where
     });
     Sse::new(events).keep_alive(KeepAlive::default())
 }
+
+/// One argument of an ad-hoc command: 1-4096 characters, no NUL.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct ExecArg(String);
+
+impl utoipa::PartialSchema for ExecArg {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^[^\\x00]{1,4096}$"))
+            .min_length(Some(1))
+            .max_length(Some(4096))
+            .description(Some("One argument: 1-4096 characters, no NUL"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ExecArg {}
+
+/// `POST /sites/{site}/exec`: the command, as a program and its arguments (no shell between;
+/// ask for one: `["sh", "-c", "…"]`).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    #[schema(min_items = 1, max_items = 256)]
+    pub command: Vec<ExecArg>,
+}
+
+/// One JSON line of an exec's reply: output as it comes (`stream` and `text`), output the
+/// caller read too slowly for (`dropped`), and last how the command ended (`exit_code` and
+/// `killed`) or why it could not run (`error`).
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct ExecEvent {
+    /// `stdout` or `stderr`.
+    #[schema(pattern = "^(stdout|stderr)$", nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<&'static str>,
+    /// Output, as written (bytes that are not UTF-8 replaced).
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+    /// Bytes of output not sent: the caller read slower than the command wrote (the `exec`
+    /// log keeps them, up to `runtime.output_cap`).
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dropped: Option<u64>,
+    /// Last line: the command ended (its exit code; null when a signal or endor ended it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    done: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exit_code: Option<i32>,
+    /// Why endor ended it (memory, disk).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    killed: Option<String>,
+    /// Last line: the command could not run.
+    #[schema(nullable = false)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Output lines an exec holds for a slow caller before it drops (and counts) output.
+const EXEC_BACKLOG: usize = 256;
+
+/// Text of output chunks that may split a UTF-8 character: an unfinished one waits for the
+/// next chunk.
+#[derive(Default)]
+struct Utf8Carry(Vec<u8>);
+
+impl Utf8Carry {
+    fn text(&mut self, chunk: &[u8]) -> String {
+        self.0.extend_from_slice(chunk);
+        let keep = match std::str::from_utf8(&self.0) {
+            Ok(_) => 0,
+            // An unfinished character at the end (at most 3 bytes) waits.
+            Err(e) if e.error_len().is_none() => self.0.len() - e.valid_up_to(),
+            Err(_) => 0,
+        };
+        let rest = self.0.split_off(self.0.len() - keep);
+        let text = String::from_utf8_lossy(&self.0).into_owned();
+        self.0 = rest;
+        text
+    }
+}
+
+pub async fn exec(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>, raw: Body) -> Res {
+    let b: ExecRequest = body(raw).await?;
+    let argv: Vec<String> = b.command.into_iter().map(|a| a.0).collect();
+    if argv.is_empty() || argv.len() > 256 {
+        return Err(ApiError::invalid("command: 1-256 arguments"));
+    }
+    if argv
+        .iter()
+        .any(|a| a.is_empty() || a.chars().count() > 4096 || a.contains('\0'))
+    {
+        return Err(ApiError::invalid(
+            "command: each argument 1-4096 bytes, no NUL",
+        ));
+    }
+    let site = c.site()?.clone();
+    if site.state != crate::store::SiteState::Active {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            format!("site {} is {}: nothing runs there", site.name, site.state),
+        ));
+    }
+    let runner = api.runner().await;
+    let limits = crate::service::site_log_limits(api.store.as_ref(), &api.config, &site.id).await?;
+    runner.logs().set_limits(&site.id, limits);
+    let who = c.audit_name();
+    let (tx, rx) = tokio::sync::mpsc::channel::<ExecEvent>(EXEC_BACKLOG);
+    let task = tokio::spawn(async move {
+        let (mut out, mut err) = (Utf8Carry::default(), Utf8Carry::default());
+        let mut dropped = 0u64;
+        let ended = runner
+            .exec(&site.name, &argv, &who, |pipe, chunk| {
+                let (carry, stream) = match pipe {
+                    crate::runtime::Pipe::Out => (&mut out, "stdout"),
+                    crate::runtime::Pipe::Err => (&mut err, "stderr"),
+                };
+                let text = carry.text(chunk);
+                if dropped > 0
+                    && tx
+                        .try_send(ExecEvent {
+                            dropped: Some(dropped),
+                            ..Default::default()
+                        })
+                        .is_ok()
+                {
+                    dropped = 0;
+                }
+                let event = ExecEvent {
+                    stream: Some(stream),
+                    text: Some(text),
+                    ..Default::default()
+                };
+                // Never held up by a slow caller: what it cannot take now is counted.
+                if tx.try_send(event).is_err() || dropped > 0 {
+                    dropped += chunk.len() as u64;
+                }
+            })
+            .await;
+        let last = match ended {
+            Ok(end) => ExecEvent {
+                dropped: (dropped > 0).then_some(dropped),
+                done: Some(true),
+                exit_code: end.exit_code,
+                killed: end.killed,
+                ..Default::default()
+            },
+            Err(e) => ExecEvent {
+                error: Some(e.to_string()),
+                ..Default::default()
+            },
+        };
+        let _ = tx.send(last).await;
+    });
+    // A caller that goes away ends the command (dropping the task kills its process).
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let guard = AbortOnDrop(task.abort_handle());
+    let lines = futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+        let event = rx.recv().await?;
+        let mut line = serde_json::to_vec(&event).unwrap_or_default();
+        line.push(b'\n');
+        Some((
+            Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(line)),
+            (rx, guard),
+        ))
+    });
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}

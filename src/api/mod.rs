@@ -38,6 +38,8 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     pub config: Config,
     pub sites: Sites,
+    /// Runs ad-hoc commands in sites' sandboxes (made at the first `exec`).
+    runner: tokio::sync::OnceCell<Arc<crate::previews::Lifecycle>>,
 }
 
 impl Api {
@@ -46,7 +48,17 @@ impl Api {
             sites: Sites::new(store.clone(), config),
             store,
             config: config.clone(),
+            runner: Default::default(),
         })
+    }
+
+    async fn runner(&self) -> Arc<crate::previews::Lifecycle> {
+        self.runner
+            .get_or_init(|| async {
+                crate::previews::Lifecycle::standalone(self.store.clone(), &self.config)
+            })
+            .await
+            .clone()
     }
 }
 
@@ -112,11 +124,16 @@ pub struct ApiRoute {
     pub body: Option<BodyDoc>,
     pub query: &'static [QueryDoc],
     pub errors: &'static [ErrorDoc],
+    /// The success body's media type.
+    pub media: &'static str,
     handler: Handler,
 }
 
 macro_rules! route {
     ($method:ident $path:literal, $need:expr, $ok:ident => $reply:expr, body $body:expr, query $query:expr, errors $errors:expr, $summary:literal, $h:path) => {
+        route!($method $path, $need, $ok => $reply, media "application/json", body $body, query $query, errors $errors, $summary, $h)
+    };
+    ($method:ident $path:literal, $need:expr, $ok:ident => $reply:expr, media $media:literal, body $body:expr, query $query:expr, errors $errors:expr, $summary:literal, $h:path) => {
         ApiRoute {
             method: Method::$method,
             path: $path,
@@ -127,6 +144,7 @@ macro_rules! route {
             body: $body,
             query: $query,
             errors: $errors,
+            media: $media,
             handler: |m| axum::routing::on(m, $h),
         }
     };
@@ -248,6 +266,8 @@ pub static ROUTES: &[ApiRoute] = &[
         query LOG_QUERY,
         errors NONE,
         "A site's log lines, every service interleaved by time (build, web, exec, access, error, endor)", h::site_logs),
+    route!(POST "/sites/{site}/exec", DEVELOPER, OK => Some("ExecEvent"), media "application/x-ndjson", body required("ExecRequest"), query NO_QUERY, errors CONFLICT,
+        "Run a command in the site's sandbox with its environment: its output streamed as JSON lines, then how it ended (logged in the site's `exec` log)", h::exec),
     route!(GET "/sites/{site}/access", MEMBERS, OK => Some("AccessView"), body None, query NO_QUERY, errors NONE,
         "HTTP access settings (generated credentials included)", h::show_access),
     route!(PATCH "/sites/{site}/access", DEVELOPER, OK => Some("AccessView"), body optional("AccessChange"), query NO_QUERY, errors NONE,

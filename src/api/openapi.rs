@@ -363,7 +363,7 @@ fn document() -> OpenApi {
         let mut ok = ResponseBuilder::new().description(r.summary);
         if let Some(reply) = r.reply {
             ok = ok.content(
-                "application/json",
+                r.media,
                 ContentBuilder::new()
                     .schema(Some(reply_schema(reply)))
                     .build(),
@@ -466,6 +466,9 @@ fn document() -> OpenApi {
     c = with::<h::NewWorkspace>(c);
     c = with::<h::RenameWorkspace>(c);
     c = with::<h::SettingsChange>(c);
+    c = with::<h::ExecArg>(c);
+    c = with::<h::ExecRequest>(c);
+    c = with::<h::ExecEvent>(c);
     c = with::<h::NewMember>(c);
     c = with::<h::MemberRoles>(c);
     c = with::<h::NewConnection>(c);

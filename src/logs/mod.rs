@@ -215,6 +215,14 @@ impl Logs {
         *self.overrides.write().unwrap_or_else(|p| p.into_inner()) = overrides;
     }
 
+    /// One site's own limits (its workspace's), beside the others set.
+    pub fn set_limits(&self, site: &SiteId, limits: Limits) {
+        self.overrides
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(site.clone(), limits);
+    }
+
     /// A site's limits: its workspace's, or the config's.
     pub fn limits_of(&self, site: &SiteId) -> Limits {
         self.overrides
