@@ -136,6 +136,9 @@ pub struct LogsConfig {
     pub max_bytes_per_site: ByteSize,
     /// A longer line is cut, with a marker counting the rest.
     pub max_line_bytes: ByteSize,
+    /// Per-site database servers log statements that take longer (ms) to the site's
+    /// `postgres` / `mariadb` log; 0 logs none.
+    pub slow_query_ms: u64,
 }
 
 impl Default for LogsConfig {
@@ -144,6 +147,7 @@ impl Default for LogsConfig {
             retention: HumanDuration(std::time::Duration::from_secs(7 * 24 * 3600)),
             max_bytes_per_site: ByteSize(64 << 20),
             max_line_bytes: ByteSize(16 << 10),
+            slow_query_ms: 500,
         }
     }
 }

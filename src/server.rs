@@ -164,6 +164,7 @@ pub async fn serve_roles(
     let mut workers = None;
     let mut sampler = None;
     let mut reconciler = None;
+    let mut shipper = None;
     if roles.worker {
         sender = Some(crate::writeback::Sender::spawn(
             state.store.clone(),
@@ -198,6 +199,10 @@ pub async fn serve_roles(
         tracing::info!(workers = state.config.jobs.workers, "job workers started");
         sampler = Some(tokio::spawn(sample_usage(state.clone(), rx.clone())));
         reconciler = Some(tokio::spawn(reconcile(lifecycle.clone(), rx.clone())));
+        shipper = Some(tokio::spawn(ship_server_logs(
+            lifecycle.clone(),
+            rx.clone(),
+        )));
     }
     let reaper = (roles.reaper && state.config.reaper.enabled).then(|| {
         let r = Arc::new(crate::reaper::Reaper::new(
@@ -222,6 +227,9 @@ pub async fn serve_roles(
     let _ = limits.await;
     if let Some(r) = reconciler {
         let _ = r.await;
+    }
+    if let Some(s) = shipper {
+        let _ = s.await;
     }
     if let Some(r) = reaper {
         let _ = r.await;
@@ -274,6 +282,23 @@ async fn reconcile(
             _ = stop.wait_for(|s| *s) => return,
         }
         lifecycle.reconcile().await;
+    }
+}
+
+/// Every 2 s, ship what sites' own database servers wrote into their `postgres` / `mariadb`
+/// logs, until shutdown.
+async fn ship_server_logs(
+    lifecycle: Arc<crate::previews::Lifecycle>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        lifecycle.ship_server_logs().await;
     }
 }
 

@@ -845,3 +845,119 @@ root = "."
     );
     h.stop().await;
 }
+
+/// A site's own database servers write into its logs: `endor serve` ships PostgreSQL's and
+/// MariaDB's server logs into the site's `postgres` and `mariadb` services, a statement slower
+/// than `logs.slow_query_ms` with its duration and text as fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_servers_logs_and_slow_queries_reach_the_site_s_logs() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start_with(&db, |c| c.logs.slow_query_ms = 200).await;
+    let (pg_src, maria_src) = db_parent(&h.sites(), h.dir.path()).await;
+    let site = h.sites().show("production").await.unwrap();
+    let url = |scheme: &str| {
+        site.database_urls
+            .iter()
+            .find(|u| u.starts_with(scheme))
+            .unwrap()
+            .clone()
+    };
+    let (pg, my) = (url("postgres"), url("mysql"));
+    let run = |program: &str, args: &[&str], env: &[(&str, &str)]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // A slow statement on each, and a fast one that is not logged.
+    run(
+        "psql",
+        &[
+            "-X",
+            "-w",
+            "-c",
+            "SELECT pg_sleep(0.3)",
+            "-c",
+            "SELECT 42",
+            &pg,
+        ],
+        &[],
+    );
+    let password = my.split_once("app:").unwrap().1.split_once('@').unwrap().0;
+    let socket = my.split_once("socket=").unwrap().1;
+    run(
+        "mariadb",
+        &[
+            "--no-defaults",
+            "-S",
+            socket,
+            "-uapp",
+            "app",
+            "-e",
+            "SELECT SLEEP(0.3); SELECT 42;",
+        ],
+        &[("MYSQL_PWD", password)],
+    );
+    let logs = std::path::absolute(&h.state.config.storage.logs).unwrap();
+    let lines_of = |service: endor::logs::Service| {
+        endor::logs::read_since(&logs, &site.id, &[service], &Default::default(), None)
+            .unwrap()
+            .0
+    };
+    let slow = |service: endor::logs::Service, needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = lines_of(service);
+            if let Some(r) = lines.iter().find(|r| {
+                r.entry
+                    .fields
+                    .get("statement")
+                    .and_then(|s| s.as_str())
+                    .is_some_and(|s| s.contains(needle))
+            }) {
+                return (r.entry.clone(), lines);
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no slow {needle} in the {service} log: {lines:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    use endor::logs::Service;
+    let (e, lines) = slow(Service::Postgres, "pg_sleep(0.3)");
+    let ms = e.fields["duration_ms"].as_f64().unwrap();
+    assert!((300.0..10_000.0).contains(&ms), "{e:?}");
+    assert_eq!(e.fields["slow"], true);
+    assert!(
+        !lines.iter().any(|r| r.entry.text.contains("SELECT 42")),
+        "a fast statement is not logged"
+    );
+    // The server's own lines come along (its start).
+    assert!(
+        lines
+            .iter()
+            .any(|r| r.entry.text.contains("ready to accept connections")),
+        "{lines:#?}"
+    );
+    let (e, lines) = slow(Service::Mariadb, "SLEEP(0.3)");
+    let ms = e.fields["duration_ms"].as_f64().unwrap();
+    assert!((300.0..10_000.0).contains(&ms), "{e:?}");
+    assert_eq!(e.fields["user"], "app");
+    assert!(!lines.iter().any(|r| r.entry.text.contains("SELECT 42")));
+    assert!(
+        lines
+            .iter()
+            .any(|r| r.entry.text.contains("ready for connections")),
+        "{lines:#?}"
+    );
+    h.stop().await;
+    support::drop_pg_db(&pg_src).await;
+    support::drop_maria_db(&maria_src);
+}

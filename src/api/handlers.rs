@@ -763,8 +763,7 @@ pub async fn change_access(
 }
 
 /// A comma-separated list of log services.
-pub const LOG_SERVICES_PATTERN: &str =
-    "^(build|web|exec|access|error|endor)(,(build|web|exec|access|error|endor)){0,5}$";
+pub const LOG_SERVICES_PATTERN: &str = "^(build|web|exec|access|error|endor|postgres|mariadb)(,(build|web|exec|access|error|endor|postgres|mariadb)){0,7}$";
 /// `10m` (ago: `s`, `m`, `h`, `d`) or an RFC 3339 time.
 pub const LOG_TIME_PATTERN: &str = "^([0-9]{1,9}[smhd]|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]{1,9})?(Z|[+-][0-9]{2}:[0-9]{2}))$";
 pub const LOG_GREP_PATTERN: &str = "^[^\\x00-\\x1f]{1,200}$";
@@ -784,7 +783,7 @@ pub struct LogLine {
     id: String,
     /// Milliseconds since the Unix epoch.
     time: i64,
-    #[schema(pattern = "^(build|web|exec|access|error|endor)$")]
+    #[schema(pattern = "^(build|web|exec|access|error|endor|postgres|mariadb)$")]
     service: String,
     /// `stdout` or `stderr` for a process's output.
     #[schema(nullable = false)]

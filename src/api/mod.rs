@@ -265,7 +265,7 @@ pub static ROUTES: &[ApiRoute] = &[
     route!(GET "/sites/{site}/logs", MEMBERS, OK => Some("LogLine[]"), body None,
         query LOG_QUERY,
         errors NONE,
-        "A site's log lines, every service interleaved by time (build, web, exec, access, error, endor)", h::site_logs),
+        "A site's log lines, every service interleaved by time (build, web, exec, access, error, endor, postgres, mariadb)", h::site_logs),
     route!(POST "/sites/{site}/exec", DEVELOPER, OK => Some("ExecEvent"), media "application/x-ndjson", body required("ExecRequest"), query NO_QUERY, errors CONFLICT,
         "Run a command in the site's sandbox with its environment: its output streamed as JSON lines, then how it ended (logged in the site's `exec` log)", h::exec),
     route!(GET "/sites/{site}/access", MEMBERS, OK => Some("AccessView"), body None, query NO_QUERY, errors NONE,

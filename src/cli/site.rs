@@ -71,7 +71,8 @@ pub enum SiteCmd {
         state: String,
     },
     /// Print a site's logs, every service interleaved by time (or the ones named): build,
-    /// web (the app's stdout/stderr), exec, access, error, endor (its events).
+    /// web (the app's stdout/stderr), exec, access, error, endor (its events), postgres and
+    /// mariadb (its own database servers' logs, slow statements included).
     Logs {
         site: String,
         /// Only this service (repeatable).

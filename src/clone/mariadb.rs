@@ -38,6 +38,8 @@ pub struct MariaTools {
     os_user: String,
     /// `mariadb-backup`, when installed.
     backup_tool: Option<PathBuf>,
+    /// Statements slower than this (ms) go to the server's slow log (`logs.slow_query_ms`).
+    slow_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,6 +172,7 @@ impl MariaTools {
             run_as,
             os_user: os_user.to_string(),
             backup_tool,
+            slow_ms: 0,
         })
     }
 
@@ -267,6 +270,12 @@ impl MariaTools {
         Ok(inst)
     }
 
+    /// Log statements slower than `ms` (0: none) to `slow.log` beside the server's log.
+    pub fn slow_queries(mut self, ms: u64) -> Self {
+        self.slow_ms = ms;
+        self
+    }
+
     /// Start the server of `dir`, detached, and wait until it answers.
     pub async fn start(&self, dir: &Path, inst: &Instance) -> Result<(), CloneError> {
         let sock = socket(dir);
@@ -298,16 +307,26 @@ impl MariaTools {
                 "--skip-log-bin",
                 "--max-connections=30",
             ])
+            .args(match self.slow_ms {
+                0 => vec!["--slow-query-log=0".to_string()],
+                ms => vec![
+                    "--slow-query-log=1".to_string(),
+                    format!("--long-query-time={:.3}", ms as f64 / 1000.0),
+                    format!("--slow-query-log-file={}", dir.join("slow.log").display()),
+                ],
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .process_group(0);
         if self.run_as.is_some() {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log)
-                .map_err(err("open", &log))?;
-            self.own(&log)?;
+            for f in [log.clone(), dir.join("slow.log")] {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&f)
+                    .map_err(err("open", &f))?;
+                self.own(&f)?;
+            }
         }
         let mut child = c
             .spawn()

@@ -199,6 +199,23 @@ pub fn socket_link(kind: &str, dir: &Path) -> Option<(PathBuf, PathBuf)> {
     Some((alias, common::socket_dir(dir)))
 }
 
+/// The log files the per-site server in `dir` writes, as `(what, path)`: `postgres` (its
+/// stderr), `mariadb` (its error log), `mariadb-slow` (its slow query log). Empty for
+/// databases on a shared server.
+pub fn server_logs(kind: &str, dir: &Path) -> Vec<(&'static str, PathBuf)> {
+    if !dir.join("instance.json").exists() {
+        return Vec::new();
+    }
+    match kind {
+        "postgres" => vec![("postgres", dir.join("server.log"))],
+        "mariadb" => vec![
+            ("mariadb", dir.join("server.log")),
+            ("mariadb-slow", dir.join("slow.log")),
+        ],
+        _ => Vec::new(),
+    }
+}
+
 /// A database name on a shared server for the resource directory `dir`: derived from the
 /// path (site id, generation, resource), so it is unique, stable and made of hex only.
 pub fn db_name(dir: &Path) -> String {

@@ -44,6 +44,8 @@ pub struct PgTools {
     bin: PathBuf,
     /// uid/gid to run servers as (when endor is root).
     run_as: Option<(u32, u32)>,
+    /// Statements slower than this (ms) go to the server's log (`logs.slow_query_ms`).
+    slow_ms: u64,
 }
 
 /// One per-site server: its data directory and how to reach it. Saved as `instance.json`
@@ -146,7 +148,11 @@ impl PgTools {
         } else {
             None
         };
-        Ok(Self { bin, run_as })
+        Ok(Self {
+            bin,
+            run_as,
+            slow_ms: 0,
+        })
     }
 
     fn cmd(&self, program: &str) -> Command {
@@ -230,6 +236,12 @@ impl PgTools {
         Ok(inst)
     }
 
+    /// Log statements slower than `ms` (0: none).
+    pub fn slow_queries(mut self, ms: u64) -> Self {
+        self.slow_ms = ms;
+        self
+    }
+
     /// Start the server of `dir` on `inst.port`, detached, and wait until it accepts
     /// connections (recovery included).
     pub async fn start(&self, dir: &Path, inst: &Instance) -> Result<(), CloneError> {
@@ -261,6 +273,13 @@ impl PgTools {
                 "listen_addresses="
             })
             .args(["-c", "max_connections=30", "-c", "shared_buffers=16MB"])
+            // Lines endor ships into the site's `postgres` log (logs::ServerLog).
+            .args(["-c", "log_timezone=UTC", "-c", "log_line_prefix=%m [%p] "])
+            .arg("-c")
+            .arg(match self.slow_ms {
+                0 => "log_min_duration_statement=-1".to_string(),
+                ms => format!("log_min_duration_statement={ms}"),
+            })
             .stdout(log.try_clone().map_err(err("open", &log_path))?)
             .stderr(log)
             // Its own process group: the server outlives the endor command that started it

@@ -11,11 +11,13 @@
 //! with a marker. Logs go with the site, after retention (the reaper).
 
 mod read;
+mod servers;
 
 pub use read::{
     Cursor, Cursors, Filter, Record, line_text, parse_time, read, read_since, read_sites,
     read_sites_since,
 };
+pub use servers::ServerLog;
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -41,6 +43,10 @@ crate::ids::stored_enum! {
         Error = "error",
         /// The site's own events: launched, updated, failed, reaped.
         Endor = "endor",
+        /// The site's own PostgreSQL server's log, slow statements included.
+        Postgres = "postgres",
+        /// The site's own MariaDB server's error log and its slow statements.
+        Mariadb = "mariadb",
     }
 }
 
@@ -531,7 +537,10 @@ mod tests {
     fn services_are_named_and_unknown_ones_listed() {
         assert_eq!(Service::named("web"), Ok(Service::Web));
         let e = Service::named("../../etc/passwd").unwrap_err();
-        assert!(e.contains("build, web, exec, access, error, endor"), "{e}");
+        assert!(
+            e.contains("build, web, exec, access, error, endor, postgres, mariadb"),
+            "{e}"
+        );
     }
 
     #[test]

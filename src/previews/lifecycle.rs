@@ -273,6 +273,40 @@ impl Lifecycle {
         &self.logs
     }
 
+    /// Ship what every live site's own database servers wrote since the last look into the
+    /// site's `postgres` / `mariadb` log. Returns the lines shipped.
+    pub async fn ship_server_logs(&self) -> usize {
+        let Ok(all) = self.store.list_sites().await else {
+            return 0;
+        };
+        let mut shipped = 0;
+        for site in all {
+            if !matches!(site.state, SiteState::Active | SiteState::Creating) {
+                continue;
+            }
+            let Ok(files) = self.sites.server_logs(&site).await else {
+                continue;
+            };
+            let files: Vec<crate::logs::ServerLog> = files
+                .into_iter()
+                .filter_map(|(what, path)| crate::logs::ServerLog::named(what, path))
+                .collect();
+            if files.is_empty() {
+                continue;
+            }
+            let logs = self.logs.clone();
+            let id = site.id.clone();
+            match tokio::task::spawn_blocking(move || logs.ship(&id, &files)).await {
+                Ok(Ok(n)) => shipped += n,
+                Ok(Err(e)) => {
+                    tracing::warn!(site = %site.name, error = %e, "a database server's log could not be shipped")
+                }
+                Err(_) => {}
+            }
+        }
+        shipped
+    }
+
     pub(super) fn event(&self, site: &crate::ids::SiteId, entry: crate::logs::Entry) {
         self.logs.write(site, entry);
     }

@@ -208,6 +208,8 @@ pub struct Sites {
     pg_strategy: String,
     pg_admin_url: String,
     maria_user: String,
+    /// `logs.slow_query_ms`, for the servers started.
+    slow_query_ms: u64,
     /// Per-site servers also on 127.0.0.1 (`postgres.tcp`, `mariadb.tcp`).
     pg_tcp: bool,
     maria_tcp: bool,
@@ -270,6 +272,7 @@ impl Sites {
             pg_strategy: config.postgres.strategy.clone(),
             pg_admin_url: config.postgres.admin_url.clone(),
             maria_user: config.mariadb.os_user.clone(),
+            slow_query_ms: config.logs.slow_query_ms,
             pg_tcp: config.postgres.tcp,
             maria_tcp: config.mariadb.tcp,
             db_group: DbGroup::of(config),
@@ -297,7 +300,10 @@ impl Sites {
     /// `dir`) keeps the engine it was made with; a new PostgreSQL import follows
     /// `postgres.strategy`.
     fn server(&self, kind: &str, dir: Option<&Path>) -> Result<DbServer> {
-        let instance = || PgTools::detect(self.pg_bin.as_deref(), &self.pg_user);
+        let instance = || {
+            PgTools::detect(self.pg_bin.as_deref(), &self.pg_user)
+                .map(|t| t.slow_queries(self.slow_query_ms))
+        };
         Ok(match (kind, dir) {
             ("postgres", Some(d)) if d.join("template.json").exists() => {
                 DbServer::PostgresTemplate(self.template()?)
@@ -312,7 +318,9 @@ impl Sites {
                     Err(_) => DbServer::PostgresTemplate(self.template()?),
                 },
             },
-            ("mariadb", _) => DbServer::Mariadb(MariaTools::detect(&self.maria_user)?),
+            ("mariadb", _) => DbServer::Mariadb(
+                MariaTools::detect(&self.maria_user)?.slow_queries(self.slow_query_ms),
+            ),
             (other, _) => return Err(SiteError::Invalid(format!("no server engine for {other}"))),
         })
     }
@@ -349,6 +357,18 @@ impl Sites {
             .await?
             .into_iter()
             .filter_map(|r| crate::clone::socket_link(&r.kind, Path::new(&r.location)))
+            .collect())
+    }
+
+    /// The log files of the site's own database servers, as `(what, path)`
+    /// ([`crate::clone::server_logs`]).
+    pub async fn server_logs(&self, site: &Site) -> Result<Vec<(&'static str, PathBuf)>> {
+        Ok(self
+            .store
+            .site_resources(&site.id)
+            .await?
+            .into_iter()
+            .flat_map(|r| crate::clone::server_logs(&r.kind, Path::new(&r.location)))
             .collect())
     }
 
