@@ -961,3 +961,102 @@ async fn database_servers_logs_and_slow_queries_reach_the_site_s_logs() {
     support::drop_pg_db(&pg_src).await;
     support::drop_maria_db(&maria_src);
 }
+
+/// A preview whose app floods its output (100 MB on start) blocks nothing: it goes on to
+/// serve, its logs stay under `logs.max_bytes_per_site` (a reader is told what was dropped),
+/// and the gateway keeps serving another preview all the while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooding_preview_blocks_nothing_and_stays_under_its_cap() {
+    let db = TestStore::sqlite().await;
+    let cap = 4u64 << 20;
+    let h = Harness::start_with(&db, |c| c.logs.max_bytes_per_site = ByteSize(cap)).await;
+    victim(&h).await;
+    let flood_toml = r#"
+[preview]
+parent = "production"
+build = ["true"]
+start = "yes 0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789 | head -c 100000000; echo flood-done > flood.txt; exec /usr/bin/python3 -m http.server $PORT --bind 127.0.0.1"
+health = "/flood.txt"
+"#;
+    let flood = {
+        let h = &h;
+        async move { hostile(h, "flood", 2, flood_toml, &[]).await }
+    };
+    // Another site through the gateway, again and again, while the flood runs.
+    let served = async {
+        let (mut ok, mut slowest) = (0usize, Duration::ZERO);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        loop {
+            let t = std::time::Instant::now();
+            let r = client
+                .get(format!("http://{}/health", h.gateway))
+                .header("host", "shop-pr-1.preview.localhost")
+                .send()
+                .await
+                .expect("the gateway stopped answering during the flood");
+            assert_eq!(r.status(), 200);
+            ok += 1;
+            slowest = slowest.max(t.elapsed());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if FLOOD_DONE.load(std::sync::atomic::Ordering::SeqCst) {
+                return (ok, slowest);
+            }
+        }
+    };
+    static FLOOD_DONE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let flood = async {
+        let p = flood.await;
+        FLOOD_DONE.store(true, std::sync::atomic::Ordering::SeqCst);
+        p
+    };
+    let (p, (ok, slowest)) = tokio::join!(flood, served);
+    assert_eq!(p.state, PreviewState::Ready, "{:?}", p.reason);
+    assert!(ok >= 5, "only {ok} requests served during the flood");
+    eprintln!("served {ok} requests during the flood, the slowest in {slowest:?}");
+    // The flood went on to serve: it was never blocked on its output.
+    assert_eq!(
+        h.get("flood-pr-2", "/flood.txt").await,
+        (200, "flood-done\n".into())
+    );
+    let logs = std::path::absolute(&h.state.config.storage.logs).unwrap();
+    let site = p.site_id.clone().unwrap();
+    let dir = endor::logs::site_dir(&logs, &site);
+    let size: u64 = walk(&dir)
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(size <= cap, "the site's logs hold {size} bytes, past {cap}");
+    let (lines, _) = endor::logs::read_since(
+        &logs,
+        &site,
+        &[endor::logs::Service::Web],
+        &Default::default(),
+        None,
+    )
+    .unwrap();
+    assert!(
+        lines[0]
+            .entry
+            .text
+            .contains("older lines of this log are gone"),
+        "{:?}",
+        lines[0]
+    );
+    h.stop().await;
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
