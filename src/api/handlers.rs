@@ -775,6 +775,8 @@ const LOG_LINES_DEFAULT: usize = 1000;
 /// A follow stream ends after this; an `EventSource` reconnects with `Last-Event-ID` and
 /// misses nothing (and a server shutting down never waits long for its followers).
 const FOLLOW_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+/// At most this many lines per read of a follow.
+const FOLLOW_BATCH: usize = 10_000;
 
 /// One line of a site's log.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -1033,7 +1035,7 @@ async fn logs_reply(
         .map(|v| Cursors::parse(&v).map_err(|e| ApiError::invalid(format!("Last-Event-ID: {e}"))))
         .transpose()?;
     let (first, cursors) = match resume {
-        Some(from) => crate::logs::read_sites(&root, &ids, &services, &from, &filter, 10_000),
+        Some(from) => crate::logs::read_sites(&root, &ids, &services, &from, &filter, FOLLOW_BATCH),
         None => crate::logs::read_sites_since(&root, &ids, &services, &filter, Some(n)),
     }
     .map_err(log_read_failed)?;
@@ -1050,7 +1052,7 @@ async fn logs_reply(
             let Ok((ids, names)) = source.sites(&api).await else {
                 return (Vec::new(), cursors);
             };
-            match crate::logs::read_sites(&root, &ids, &services, &cursors, &filter, 10_000) {
+            match crate::logs::read_sites(&root, &ids, &services, &cursors, &filter, FOLLOW_BATCH) {
                 Ok((lines, cursors)) => (log_lines(lines, &names), cursors),
                 Err(_) => (Vec::new(), cursors),
             }
@@ -1077,19 +1079,23 @@ where
     use futures_util::StreamExt;
     let until = tokio::time::Instant::now() + FOLLOW_FOR;
     let batches = futures_util::stream::unfold(
-        (Some(first), cursor, next),
-        move |(first, cursor, next)| async move {
+        (Some(first), cursor, next, false),
+        move |(first, cursor, next, behind)| async move {
             let (lines, cursor) = match first {
                 Some(lines) => (lines, cursor),
                 None => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    // A follower behind (its last read was a full batch) reads on at once.
+                    if !behind {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
                     if tokio::time::Instant::now() >= until {
                         return None;
                     }
                     next(cursor).await
                 }
             };
-            Some((lines, (None, cursor, next)))
+            let behind = lines.len() >= FOLLOW_BATCH;
+            Some((lines, (None, cursor, next, behind)))
         },
     );
     let events = batches.flat_map(|lines| {

@@ -430,6 +430,9 @@ fn show_text(d: &endor::sites::SiteDetails) -> String {
 
 /// Print a site's log lines (a JSON object a line with --json), and with `follow` what is
 /// appended, as it comes.
+/// At most this many lines per read of a follow.
+const FOLLOW_BATCH: usize = 10_000;
+
 async fn print_logs(
     root: &std::path::Path,
     site: &endor::ids::SiteId,
@@ -456,8 +459,11 @@ async fn print_logs(
         if !follow {
             return Ok(());
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        (lines, cursor) = endor::logs::read(root, site, services, &cursor, filter, 10_000)?;
+        // Behind (the last read was a full batch): read on at once.
+        if lines.len() < FOLLOW_BATCH {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        (lines, cursor) = endor::logs::read(root, site, services, &cursor, filter, FOLLOW_BATCH)?;
     }
 }
 
@@ -511,7 +517,9 @@ pub async fn workspace_logs(
         let ids: Vec<endor::ids::SiteId> = list.into_iter().map(|s| s.id).collect();
         let (lines, next) = match &cursors {
             None => endor::logs::read_sites_since(&root, &ids, &services, &filter, Some(tail))?,
-            Some(from) => endor::logs::read_sites(&root, &ids, &services, from, &filter, 10_000)?,
+            Some(from) => {
+                endor::logs::read_sites(&root, &ids, &services, from, &filter, FOLLOW_BATCH)?
+            }
         };
         cursors = Some(next);
         let mut out = std::io::stdout().lock();

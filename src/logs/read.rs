@@ -2,7 +2,7 @@
 //! time and filtered, each with the cursor that resumes right after it (what an SSE event id
 //! carries: a reconnect with `Last-Event-ID` loses and repeats nothing).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -133,9 +133,16 @@ struct Raw {
     end: u64,
 }
 
-/// The whole lines of one service's log after `from` (a line still being written is left for
-/// the next read). When the site's cap removed what `from` points into, a line says how much.
-fn read_service(root: &Path, site: &SiteId, s: Service, from: u64) -> std::io::Result<Vec<Raw>> {
+/// The whole lines of one service's log after `from`, at most `limit` (a line still being
+/// written is left for the next read), and whether more are there. When the site's cap
+/// removed what `from` points into, a line says how much.
+fn read_service(
+    root: &Path,
+    site: &SiteId,
+    s: Service,
+    from: u64,
+    limit: usize,
+) -> std::io::Result<(Vec<Raw>, bool)> {
     let segs = segments(root, site, s);
     let mut out = Vec::new();
     let mut pos = from;
@@ -175,6 +182,9 @@ fn read_service(root: &Path, site: &SiteId, s: Service, from: u64) -> std::io::R
         let mut at = *start + skip;
         let mut rest = &bytes[..];
         while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+            if out.len() >= limit {
+                return Ok((out, true));
+            }
             let line = &rest[..nl];
             at += nl as u64 + 1;
             rest = &rest[nl + 1..];
@@ -194,7 +204,7 @@ fn read_service(root: &Path, site: &SiteId, s: Service, from: u64) -> std::io::R
         }
         pos = at;
     }
-    Ok(out)
+    Ok((out, false))
 }
 
 /// An access line's text, from its fields: `VISITOR METHOD PATH STATUS BYTES DURATIONms "UA"
@@ -284,22 +294,28 @@ fn merge(
     id: impl Fn(&[Cursor]) -> String,
 ) -> std::io::Result<Merged> {
     let mut all: Vec<(usize, usize, Raw)> = Vec::new();
+    // Per log read: how many of its lines are left to merge, and whether it had more than
+    // were read (then the merge stops at its last line read: what comes after it in time
+    // may be among its lines not read yet).
+    let mut left: HashMap<(usize, usize), (usize, bool)> = HashMap::new();
     for (k, site) in sites.iter().enumerate() {
         for (i, s) in services.iter().enumerate() {
-            all.extend(
-                read_service(root, site, *s, cursors[k].at(*s))?
-                    .into_iter()
-                    .map(|r| (k, i, r)),
-            );
+            let (lines, more) = read_service(root, site, *s, cursors[k].at(*s), max)?;
+            left.insert((k, i), (lines.len(), more));
+            all.extend(lines.into_iter().map(|r| (k, i, r)));
         }
     }
     // By time; within one service of one site in the order written (its positions).
     all.sort_by_key(|(k, i, r)| (r.entry.time, *k, *i, r.end));
     let mut out = Vec::new();
-    for (k, _, r) in all {
+    for (k, i, r) in all {
         if out.len() >= max {
             break;
         }
+        let last_read = left.get_mut(&(k, i)).is_some_and(|(n, more)| {
+            *n -= 1;
+            *n == 0 && *more
+        });
         cursors[k].0.insert(r.entry.service.as_str(), r.end);
         if filter.keeps(&r.entry) || r.entry.time == 0 {
             out.push((
@@ -309,6 +325,9 @@ fn merge(
                     entry: r.entry,
                 },
             ));
+        }
+        if last_read {
+            break;
         }
     }
     Ok((out, cursors))
@@ -495,6 +514,50 @@ mod tests {
         assert!(after.is_empty());
         for bad in ["a1", "=web:1", "a 1=web:1", "a1=web:zz", "a1=web:1;b2"] {
             assert!(Cursors::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_reader_in_small_batches_gets_every_line_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::new(dir.path(), Limits::default());
+        let site = SiteId::from("s1");
+        let at = |t: i64, s: Service| Entry {
+            time: t,
+            ..Entry::now(s, None, format!("{s} {t}"))
+        };
+        // Web has many lines, access a few, interleaved in time.
+        let web: Vec<Entry> = (0..50).map(|t| at(t * 2, Service::Web)).collect();
+        logs.append(&site, Service::Web, &web).unwrap();
+        let access: Vec<Entry> = [3, 9, 61].iter().map(|t| at(*t, Service::Access)).collect();
+        logs.append(&site, Service::Access, &access).unwrap();
+        let both = [Service::Web, Service::Access];
+        let texts = |v: &[Record]| v.iter().map(|r| r.entry.text.clone()).collect::<Vec<_>>();
+        // Without a filter, and with one that drops most web lines.
+        for (filter, count) in [
+            (Filter::default(), 53),
+            (
+                Filter {
+                    grep: Some("1".into()),
+                    ..Default::default()
+                },
+                7,
+            ),
+        ] {
+            let (all, _) = read_since(dir.path(), &site, &both, &filter, None).unwrap();
+            let mut got = Vec::new();
+            let mut cursor = Cursor::default();
+            for _ in 0..100 {
+                let (batch, next) = read(dir.path(), &site, &both, &cursor, &filter, 4).unwrap();
+                assert!(batch.len() <= 4);
+                got.extend(batch);
+                if next == cursor {
+                    break;
+                }
+                cursor = next;
+            }
+            assert_eq!(texts(&got), texts(&all));
+            assert_eq!(got.len(), count, "{:?}", texts(&got));
         }
     }
 
