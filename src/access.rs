@@ -44,6 +44,41 @@ pub struct AccessView {
     pub deny: Vec<String>,
 }
 
+impl AccessChange {
+    /// Does it change nothing (a look at the settings)?
+    pub fn is_empty(&self) -> bool {
+        self.basic_auth.is_none()
+            && self.robots.is_none()
+            && self.allow.is_empty()
+            && self.deny.is_empty()
+            && !self.clear_cidr
+    }
+}
+
+impl AccessView {
+    /// The settings in a few words (never the password): what a site's `endor` log says when
+    /// they change.
+    pub fn summary(&self) -> String {
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "-".to_string()
+            } else {
+                v.join(",")
+            }
+        };
+        format!(
+            "basic auth {}, robots {}, allow {}, deny {}",
+            match &self.basic_auth {
+                Some(c) => format!("on (user {})", c.user),
+                None => "off".into(),
+            },
+            if self.robots { "noindex" } else { "allowed" },
+            list(&self.allow),
+            list(&self.deny)
+        )
+    }
+}
+
 pub use crate::net::parse_cidr;
 
 fn cidr_list(stored: &Option<String>) -> Vec<ipnet::IpNet> {

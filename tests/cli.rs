@@ -701,6 +701,19 @@ fn site_commands_report_strategies() {
     );
     assert_eq!(chosen["basic_auth"]["user"], "ops");
     assert!(chosen["basic_auth"]["password"].is_null());
+    // Each change is an event of the site's (a look is not); passwords are never in it.
+    let out = endor(d, &["site", "logs", "prod-pr-1", "--service", "endor"]);
+    let log = String::from_utf8_lossy(&out.stdout).into_owned();
+    let changes: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("access changed by"))
+        .collect();
+    assert_eq!(changes.len(), 2, "{log}");
+    assert!(changes[1].contains("basic auth on (user ops)"), "{log}");
+    assert!(
+        !log.contains(&password) && !log.contains("long-enough-pw"),
+        "{log}"
+    );
     for bad in [
         &["--basic-auth", "ops:short"][..],
         &["--basic-auth", "no-colon"],

@@ -759,6 +759,19 @@ pub async fn change_access(
     let site = c.site()?;
     let v =
         crate::access::change(api.store.as_ref(), &sealer(&api)?, &site.name, &site.id, &b).await?;
+    if !b.is_empty() {
+        let limits =
+            crate::service::site_log_limits(api.store.as_ref(), &api.config, &site.id).await?;
+        crate::logs::Logs::new(&logs_root(&api), limits).write(
+            &site.id,
+            crate::logs::Entry::now(
+                crate::logs::Service::Endor,
+                None,
+                format!("access changed by {}: {}", c.audit_name(), v.summary()),
+            )
+            .with("event", "access"),
+        );
+    }
     ok(StatusCode::OK, &v)
 }
 

@@ -313,6 +313,21 @@ pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()
                 clear_cidr,
             };
             let v = endor::access::change(store.as_ref(), &sealer, &d.name, &d.id, &change).await?;
+            if !change.is_empty() {
+                let who = endor::sites::Guard::cli(false)
+                    .caller
+                    .unwrap_or_else(|| "cli".into());
+                let limits = endor::service::site_log_limits(store.as_ref(), config, &d.id).await?;
+                endor::logs::Logs::new(&config.storage.logs, limits).write(
+                    &d.id,
+                    endor::logs::Entry::now(
+                        endor::logs::Service::Endor,
+                        None,
+                        format!("access changed by {who}: {}", v.summary()),
+                    )
+                    .with("event", "access"),
+                );
+            }
             emit(json, &v, |v| {
                 let auth = match &v.basic_auth {
                     None => "off".to_string(),

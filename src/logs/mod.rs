@@ -325,7 +325,10 @@ impl Logs {
             .is_some_and(|o| o.len >= limits.segment_bytes());
         if full {
             if let Some(old) = open.remove(&key) {
-                let o = self.open_segment(site, service, old.start + old.len)?;
+                // The segment's real length: another writer (another endor process) may have
+                // appended to it too, and positions must stay those of the bytes on disk.
+                let len = old.file.metadata().map_or(old.len, |m| m.len());
+                let o = self.open_segment(site, service, old.start + len)?;
                 open.insert(key.clone(), o);
             }
             self.enforce_cap(site, &limits)?;
