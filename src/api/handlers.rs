@@ -1239,8 +1239,8 @@ pub async fn exec(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>, 
         let ended = runner
             .exec(&site.name, &argv, &who, |pipe, chunk| {
                 let (carry, stream) = match pipe {
-                    crate::runtime::Pipe::Out => (&mut out, "stdout"),
-                    crate::runtime::Pipe::Err => (&mut err, "stderr"),
+                    crate::previews::Pipe::Out => (&mut out, "stdout"),
+                    crate::previews::Pipe::Err => (&mut err, "stderr"),
                 };
                 let text = carry.text(chunk);
                 if dropped > 0

@@ -18,5 +18,6 @@ pub mod state;
 pub mod story;
 mod teardown;
 
+pub use crate::runtime::Pipe;
 pub use lifecycle::{Lifecycle, site_name};
 pub use state::PreviewState;
