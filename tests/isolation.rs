@@ -745,24 +745,27 @@ root = "."
     assert!(log.contains("reached /run/endor/pg-"), "{log}");
     // `site exec` in a container of the site: its argv as it is, its environment, its code.
     let lifecycle = endor::previews::Lifecycle::standalone(h.state.store.clone(), &h.state.config);
-    let mut out = Vec::new();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
     let argv: Vec<String> = [
         "sh",
         "-c",
-        "echo \"$ENDOR_SITE\" \"$1\"; exit 4",
+        "echo \"$ENDOR_SITE\" \"$1\"; echo oops >&2; exit 4",
         "sh",
         "a; b",
     ]
     .map(String::from)
     .to_vec();
     let end = lifecycle
-        .exec("pgapp-pr-5", &argv, "test", |_, chunk| {
-            out.extend_from_slice(chunk)
+        .exec("pgapp-pr-5", &argv, "test", |pipe, chunk| match pipe {
+            endor::runtime::Pipe::Out => out.extend_from_slice(chunk),
+            endor::runtime::Pipe::Err => err.extend_from_slice(chunk),
         })
         .await
         .unwrap();
     assert_eq!(end.exit_code, Some(4), "{}", String::from_utf8_lossy(&out));
     assert_eq!(String::from_utf8_lossy(&out).trim(), "pgapp-pr-5 a; b");
+    // A container's stderr stays stderr.
+    assert_eq!(String::from_utf8_lossy(&err).trim(), "oops");
     support::drop_pg_db(&pg_src).await;
 
     // Released, a site leaves no container and no network behind.

@@ -148,13 +148,19 @@ impl Engine {
     }
 
     /// Create and start a container running `/bin/sh -c script`; returns its id and a stream
-    /// of its output (stdout and stderr as they come).
+    /// of its output (stdout and stderr as they come, each chunk with its pipe).
     pub async fn start(
         &self,
         spec: &Spec,
         script: &str,
         extra_env: &[(String, String)],
-    ) -> Result<(String, futures_util::stream::BoxStream<'static, Vec<u8>>), DockerError> {
+    ) -> Result<
+        (
+            String,
+            futures_util::stream::BoxStream<'static, (super::Pipe, Vec<u8>)>,
+        ),
+        DockerError,
+    > {
         self.ensure_image(&spec.image).await?;
         let network = self.ensure_network(&spec.key).await?;
         let l = &spec.limits;
@@ -244,7 +250,13 @@ impl Engine {
             return Err(e.into());
         }
         let output = output
-            .filter_map(|chunk| async move { chunk.ok().map(|c| c.into_bytes().to_vec()) })
+            .filter_map(|chunk| async move {
+                let pipe = match &chunk {
+                    Ok(bollard::container::LogOutput::StdErr { .. }) => super::Pipe::Err,
+                    _ => super::Pipe::Out,
+                };
+                chunk.ok().map(|c| (pipe, c.into_bytes().to_vec()))
+            })
             .boxed();
         Ok((id, output))
     }

@@ -769,8 +769,8 @@ pub async fn exec(
             .await
             .map_err(|e| RuntimeError::Invalid(e.to_string()))?;
         let drain = async {
-            while let Some(c) = output.next().await {
-                sink(Pipe::Out, &c)
+            while let Some((pipe, c)) = output.next().await {
+                sink(pipe, &c)
             }
         };
         let (ended, killed) = finish_container(sandbox, engine, &id, drain).await;
@@ -1086,7 +1086,8 @@ impl ContainerBuild<'_> {
             };
             tokio::select! {
                 chunk = output.next() => match chunk {
-                    Some(c) => {
+                    // A build's log is one stream (its steps' output, in order).
+                    Some((_, c)) => {
                         pending.extend_from_slice(&c);
                         while let Some(n) = pending.iter().position(|b| *b == b'\n') {
                             let line: Vec<u8> = pending.drain(..=n).collect();
@@ -1542,14 +1543,21 @@ async fn run_container(
     }
     let max = log.logs.limits().max_line_bytes;
     let drain = async {
-        let mut splitter = crate::logs::LineSplitter::default();
+        use crate::logs::{LineSplitter, Stream};
+        let (mut out, mut err) = (LineSplitter::default(), LineSplitter::default());
         let mut lines = Vec::new();
-        while let Some(c) = output.next().await {
+        while let Some((pipe, c)) = output.next().await {
+            let (splitter, stream) = match pipe {
+                Pipe::Out => (&mut out, Stream::Stdout),
+                Pipe::Err => (&mut err, Stream::Stderr),
+            };
             splitter.push(&c, max, &mut lines);
-            log.lines(crate::logs::Stream::Stdout, &mut lines);
+            log.lines(stream, &mut lines);
         }
-        lines.extend(splitter.flush(max));
-        log.lines(crate::logs::Stream::Stdout, &mut lines);
+        for (splitter, stream) in [(&mut out, Stream::Stdout), (&mut err, Stream::Stderr)] {
+            lines.extend(splitter.flush(max));
+            log.lines(stream, &mut lines);
+        }
     };
     let (ended, why) = finish_container(sandbox, engine, &id, drain).await;
     if stopping.load(Ordering::SeqCst) {
