@@ -972,7 +972,12 @@ async fn database_servers_logs_and_slow_queries_reach_the_site_s_logs() {
 async fn a_flooding_preview_blocks_nothing_and_stays_under_its_cap() {
     let db = TestStore::sqlite().await;
     let cap = 4u64 << 20;
-    let h = Harness::start_with(&db, |c| c.logs.max_bytes_per_site = ByteSize(cap)).await;
+    let h = Harness::start_with(&db, |c| {
+        c.logs.max_bytes_per_site = ByteSize(cap);
+        // The app serves once its 100 MB are out: on a busy machine that takes a while.
+        c.runtime.health_timeout = endor::duration::HumanDuration(Duration::from_secs(180));
+    })
+    .await;
     victim(&h).await;
     let flood_toml = r#"
 [preview]
