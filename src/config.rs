@@ -70,6 +70,9 @@ pub struct GatewayConfig {
     /// Each request of a site is a line of its `access` log (and a refusal or an app not
     /// answering one of its `error` log).
     pub access_log: bool,
+    /// Longest a site's app may take to start answering a request (its status and headers);
+    /// past it the visitor gets 504 and the site's `error` log a line. 0: no limit.
+    pub upstream_timeout: HumanDuration,
 }
 
 impl Default for GatewayConfig {
@@ -80,6 +83,7 @@ impl Default for GatewayConfig {
             trusted_proxies: Vec::new(),
             cache_ttl_ms: 1000,
             access_log: true,
+            upstream_timeout: HumanDuration(std::time::Duration::from_secs(60)),
         }
     }
 }

@@ -472,6 +472,7 @@ async fn access_and_error_logs_from_real_traffic() {
     gw.log_to(endor::gateway::AccessLog::start(logs.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let gateway = gw.clone();
     tokio::spawn(async move { axum::serve(listener, gw.app()).await.unwrap() });
     let get = |from: &str, path: &str, xff: Option<&str>, auth: Option<&str>| {
         let from: std::net::IpAddr = from.parse().unwrap();
@@ -541,6 +542,22 @@ async fn access_and_error_logs_from_real_traffic() {
         .await
         .unwrap();
     assert_eq!(get("127.0.0.2", "/api", None, None).await, 502);
+    // An app that takes the connection but never answers: 504 after the gateway's limit.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_port = mute.local_addr().unwrap().port();
+    let held = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        while let Ok((c, _)) = mute.accept().await {
+            kept.push(c);
+        }
+    });
+    store
+        .put_route(&Route::Proxy(mute_port).row("app-pr-1", true))
+        .await
+        .unwrap();
+    gateway.time_out_after(Duration::from_millis(300));
+    assert_eq!(get("127.0.0.2", "/slow", None, None).await, 504);
+    held.abort();
 
     let read = |service| {
         let (lines, _) = endor::logs::read_since(
@@ -555,13 +572,13 @@ async fn access_and_error_logs_from_real_traffic() {
     };
     let mut access = read(Service::Access);
     for _ in 0..100 {
-        if access.len() >= 6 {
+        if access.len() >= 7 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
         access = read(Service::Access);
     }
-    assert_eq!(access.len(), 6, "{access:#?}");
+    assert_eq!(access.len(), 7, "{access:#?}");
     let f = |i: usize, k: &str| access[i].entry.fields[k].clone();
     assert_eq!(f(0, "visitor"), "127.0.0.2");
     assert_eq!(
@@ -581,7 +598,7 @@ async fn access_and_error_logs_from_real_traffic() {
     assert_eq!((f(3, "status"), f(4, "status")), (401.into(), 401.into()));
     assert_eq!(f(4, "user"), "alice");
     assert!(!access[4].entry.text.contains("wrong-password"));
-    assert_eq!(f(5, "status"), 502);
+    assert_eq!((f(5, "status"), f(6, "status")), (502.into(), 504.into()));
     assert!(
         access[0].entry.text.starts_with("127.0.0.2 GET / 200 5 "),
         "{}",
@@ -590,7 +607,7 @@ async fn access_and_error_logs_from_real_traffic() {
 
     let errors = read(Service::Error);
     let texts: Vec<&str> = errors.iter().map(|r| r.entry.text.as_str()).collect();
-    assert_eq!(errors.len(), 3, "{texts:?}");
+    assert_eq!(errors.len(), 4, "{texts:?}");
     assert!(
         texts[0].contains("401") && texts[0].contains("no password given"),
         "{texts:?}"
@@ -598,6 +615,10 @@ async fn access_and_error_logs_from_real_traffic() {
     assert!(texts[1].contains("wrong user or password"), "{texts:?}");
     assert!(
         texts[2].contains("502") && texts[2].contains(&format!("127.0.0.1:{dead_port}")),
+        "{texts:?}"
+    );
+    assert!(
+        texts[3].contains("504") && texts[3].contains("did not answer within 300 ms"),
         "{texts:?}"
     );
     assert_eq!(errors[0].entry.fields["visitor"], "127.0.0.2");

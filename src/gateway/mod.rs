@@ -83,6 +83,8 @@ pub struct Gateway {
     cache_ttl: std::time::Duration,
     /// Where each site's access and error lines go (none: not logged).
     access_log: std::sync::OnceLock<AccessLog>,
+    /// Longest (ms) an app may take to start answering (0: no limit).
+    upstream_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 type Cached = (std::time::Instant, Arc<(Option<RouteRow>, SiteView)>);
@@ -114,12 +116,21 @@ impl Gateway {
 
     /// As configured (`[gateway]`).
     pub fn from_config(store: Arc<dyn Store>, c: &crate::config::GatewayConfig) -> Arc<Self> {
-        Self::with_options(
+        let gw = Self::with_options(
             store,
             &c.domain,
             &c.trusted_proxies,
             std::time::Duration::from_millis(c.cache_ttl_ms),
-        )
+        );
+        gw.time_out_after(c.upstream_timeout.0);
+        gw
+    }
+
+    /// Answer 504 when an app has not started answering within `d` (zero: wait as long as
+    /// it takes).
+    pub fn time_out_after(&self, d: std::time::Duration) {
+        self.upstream_timeout_ms
+            .store(d.as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn with_options(
@@ -144,6 +155,7 @@ impl Gateway {
             cache: Default::default(),
             cache_ttl,
             access_log: Default::default(),
+            upstream_timeout_ms: std::sync::atomic::AtomicU64::new(60_000),
         })
     }
 
@@ -438,7 +450,30 @@ async fn proxy(gw: &Gateway, req: Request, port: u16, site: &str) -> Response {
     let mut req = Request::from_parts(parts, body);
     // The visitor's side of an upgraded connection, taken before the request moves on.
     let downstream = upgrade.then(|| hyper::upgrade::on(&mut req));
-    match gw.client.request(req).await {
+    let limit = gw
+        .upstream_timeout_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let answer = gw.client.request(req);
+    let answer = if limit == 0 {
+        answer.await
+    } else {
+        match tokio::time::timeout(std::time::Duration::from_millis(limit), answer).await {
+            Ok(a) => a,
+            Err(_) => {
+                tracing::warn!(site = %site, port, "site process did not answer in time");
+                let mut r = page(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "Preview too slow",
+                    "The preview's process did not answer in time.",
+                );
+                r.extensions_mut().insert(log::Failure(format!(
+                    "the app did not answer within {limit} ms (gateway.upstream_timeout)"
+                )));
+                return r;
+            }
+        }
+    };
+    match answer {
         Ok(mut r) if r.status() == StatusCode::SWITCHING_PROTOCOLS => {
             let upstream = hyper::upgrade::on(&mut r);
             if let Some(downstream) = downstream {
