@@ -279,6 +279,22 @@ pub fn finish(
             why: why.clone(),
         });
     }
+    // A small body of a known size (a page, a small file) is not wrapped: it goes out in one
+    // piece, so its line goes now, with that size.
+    if let Some(bytes) = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .filter(|b| *b <= SMALL_BODY)
+    {
+        let duration_ms = seen.started.elapsed().as_secs_f64() * 1000.0;
+        let _ = log.tx.send(Line::Access {
+            site,
+            seen,
+            status,
+            bytes,
+            duration_ms,
+        });
+        return resp;
+    }
     let (parts, body) = resp.into_parts();
     let counted = Counted {
         inner: body,
@@ -287,6 +303,9 @@ pub fn finish(
     };
     axum::response::Response::from_parts(parts, Body::new(counted))
 }
+
+/// Bodies up to this size are logged when the answer starts (see [`finish`]).
+const SMALL_BODY: u64 = 64 << 10;
 
 /// An answer's body that counts what goes out and sends the access line at its end.
 struct Counted {
