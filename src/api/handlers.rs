@@ -1258,8 +1258,9 @@ pub async fn exec(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>, 
                     text: Some(text),
                     ..Default::default()
                 };
-                // Never held up by a slow caller: what it cannot take now is counted.
-                if tx.try_send(event).is_err() || dropped > 0 {
+                // Never held up by a slow caller: what it cannot take now is counted (and
+                // nothing is sent before the count of what was dropped, to keep the order).
+                if dropped > 0 || tx.try_send(event).is_err() {
                     dropped += chunk.len() as u64;
                 }
             })
