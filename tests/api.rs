@@ -1778,6 +1778,33 @@ async fn exec_streams_a_command_s_output_and_its_exit_code() {
             .any(|l| l.contains("exec by api:dev") && l.contains("exit code 3")),
         "{log:?}"
     );
+    // A caller that reads too slowly: the command is not held up, and every byte is either
+    // sent or counted as dropped.
+    let mut r = exec(
+        "dev",
+        "web",
+        json!({"command": ["sh", "-c", "yes | head -c 50000000"]}),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let mut body = Vec::new();
+    while let Some(c) = r.chunk().await.unwrap() {
+        body.extend_from_slice(&c);
+    }
+    let events = lines(String::from_utf8(body).unwrap());
+    let sent: usize = events
+        .iter()
+        .filter_map(|e| e["text"].as_str())
+        .map(str::len)
+        .sum();
+    let dropped: u64 = events.iter().filter_map(|e| e["dropped"].as_u64()).sum();
+    assert!(
+        dropped > 0,
+        "nothing dropped: the reader was not slow enough"
+    );
+    assert_eq!(sent as u64 + dropped, 50_000_000);
+    assert_eq!(events.last().unwrap()["exit_code"], 0);
     // A caller that goes away: the command ends with it.
     let mut r = exec(
         "dev",
