@@ -568,13 +568,15 @@ pub async fn log_overrides(
     Ok(out)
 }
 
-/// A workspace's log settings, after changing them (owners; the CLI and the API).
+/// A workspace's log settings, after changing them (owners; the CLI and the API). A change
+/// is in the audit trail under `caller`.
 pub async fn workspace_settings(
     store: &dyn Store,
     cfg: &Config,
     name: &str,
     retention: Setting<crate::duration::HumanDuration>,
     max_bytes: Setting<crate::size::ByteSize>,
+    caller: &str,
 ) -> Result<WorkspaceSettingsView> {
     let ws = workspace(store, name).await?;
     let mut own = store.workspace_settings(&ws.id).await?;
@@ -610,6 +612,19 @@ pub async fn workspace_settings(
     let duration = |ms: i64| {
         crate::duration::HumanDuration(std::time::Duration::from_millis(ms as u64)).to_string()
     };
+    if changed {
+        let detail = format!(
+            "workspace {}: log retention {}, log max bytes per site {}",
+            ws.name,
+            own.log_retention_ms.map_or("default".into(), duration),
+            own.log_max_bytes
+                .map_or("default".into(), |b| crate::size::ByteSize(b as u64)
+                    .to_string())
+        );
+        store
+            .record_audit(caller, "workspace.settings", None, &detail)
+            .await?;
+    }
     Ok(WorkspaceSettingsView {
         workspace: ws.name,
         log_retention: own.log_retention_ms.map(duration),

@@ -1610,6 +1610,19 @@ async fn workspace_logs_are_followed_and_its_settings_override_the_config() {
         ),
         (json!("1m"), json!("256MiB"))
     );
+    // The change is in the audit trail, with its caller (a look is not).
+    let audit = store.audit_events(None).await.unwrap();
+    let changes: Vec<_> = audit
+        .iter()
+        .filter(|e| e.action == "workspace.settings")
+        .collect();
+    assert_eq!(changes.len(), 1, "{audit:?}");
+    assert_eq!(changes[0].caller, "api:own");
+    assert!(
+        changes[0].detail.contains("log retention 1m") && changes[0].detail.contains("256MiB"),
+        "{:?}",
+        changes[0]
+    );
     // What the writers and the reaper apply: this workspace's sites, not another's.
     let own = service::log_overrides(store.as_ref(), &config)
         .await

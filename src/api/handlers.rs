@@ -356,6 +356,7 @@ pub async fn show_settings(State(api): State<Arc<Api>>, Extension(c): Extension<
         ws,
         Setting::Keep,
         Setting::Keep,
+        &c.audit_name(),
     )
     .await?;
     ok(StatusCode::OK, &v)
@@ -374,8 +375,9 @@ pub async fn change_settings(
         b.log_max_bytes_per_site.as_deref(),
     )?;
     let ws = &c.workspace()?.name;
-    let v =
-        service::workspace_settings(api.store.as_ref(), &api.config, ws, retention, cap).await?;
+    let who = c.audit_name();
+    let v = service::workspace_settings(api.store.as_ref(), &api.config, ws, retention, cap, &who)
+        .await?;
     ok(StatusCode::OK, &v)
 }
 

@@ -66,8 +66,18 @@ pub async fn run(cmd: WorkspaceCmd, json: bool, config: &Config) -> anyhow::Resu
         } => {
             let retention = service::Setting::parse("--log-retention", log_retention.as_deref())?;
             let cap = service::Setting::parse("--log-max-bytes", log_max_bytes.as_deref())?;
-            let v = service::workspace_settings(store.as_ref(), config, &workspace, retention, cap)
-                .await?;
+            let who = endor::sites::Guard::cli(false)
+                .caller
+                .unwrap_or_else(|| "cli".into());
+            let v = service::workspace_settings(
+                store.as_ref(),
+                config,
+                &workspace,
+                retention,
+                cap,
+                &who,
+            )
+            .await?;
             emit(json, &v, |v| {
                 let own = |o: &Option<String>| match o {
                     Some(_) => "set for this workspace",
