@@ -268,38 +268,49 @@ pub async fn serve(
     Ok(())
 }
 
-/// Every 2 s, let go of site processes whose site another endor process tore down or deleted
-/// (`endor reap`, `endor site delete`): the store is the one owner of running sites.
-async fn reconcile(
-    lifecycle: Arc<crate::previews::Lifecycle>,
+/// Run `work` at once and then every `period` (a late tick waits, never bunches up), until
+/// shutdown.
+async fn every<F, Fut>(
+    period: std::time::Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    mut work: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        lifecycle.reconcile().await;
+        work().await;
     }
+}
+
+/// Every 2 s, let go of site processes whose site another endor process tore down or deleted
+/// (`endor reap`, `endor site delete`): the store is the one owner of running sites.
+async fn reconcile(
+    lifecycle: Arc<crate::previews::Lifecycle>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    every(std::time::Duration::from_secs(2), stop, || {
+        lifecycle.reconcile()
+    })
+    .await
 }
 
 /// Every 2 s, ship what sites' own database servers wrote into their `postgres` / `mariadb`
 /// logs, until shutdown.
 async fn ship_server_logs(
     lifecycle: Arc<crate::previews::Lifecycle>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+    every(std::time::Duration::from_secs(2), stop, || async {
         lifecycle.ship_server_logs().await;
-    }
+    })
+    .await
 }
 
 /// Keep the log writers' limits of sites whose workspace set its own (`endor workspace
@@ -307,20 +318,15 @@ async fn ship_server_logs(
 async fn refresh_log_limits(
     state: Arc<AppState>,
     logs: crate::logs::Logs,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut tick = tokio::time::interval(LOG_LIMITS_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+    every(LOG_LIMITS_EVERY, stop, || async {
         match crate::service::log_overrides(state.store.as_ref(), &state.config).await {
             Ok(o) => logs.set_overrides(o),
             Err(e) => tracing::warn!(error = %e, "could not read workspaces' log settings"),
         }
-    }
+    })
+    .await
 }
 
 /// How soon a workspace's new log settings reach the writers of `endor serve`.
@@ -328,18 +334,13 @@ pub const LOG_LIMITS_EVERY: std::time::Duration = std::time::Duration::from_secs
 
 /// Sample every live site's CPU and physical storage each `usage.sample_interval` (the first
 /// sample at start), until shutdown.
-async fn sample_usage(state: Arc<AppState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn sample_usage(state: Arc<AppState>, stop: tokio::sync::watch::Receiver<bool>) {
     let sites = crate::sites::Sites::new(state.store.clone(), &state.config);
-    let mut tick = tokio::time::interval(state.config.usage.sample_interval.0);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+    every(state.config.usage.sample_interval.0, stop, || async {
         match crate::usage::sample(state.store.as_ref(), &sites, crate::now_ms()).await {
             Ok(r) => tracing::debug!(sites = r.sites, processes = r.processes, "usage sampled"),
             Err(e) => tracing::warn!(error = %e, "usage sample failed"),
         }
-    }
+    })
+    .await
 }

@@ -319,10 +319,7 @@ async fn serve(
         }
     };
     let id = view.id.clone();
-    let refused = |mut r: Response, why: &str| {
-        r.extensions_mut().insert(log::Failure(why.to_string()));
-        (r, id.clone())
-    };
+    let refused = |r: Response, why: &str| (failed(r, why.to_string()), id.clone());
     let access = &view.access;
     if let Some(a) = &access
         && (a.allow_cidrs.is_some() || a.deny_cidrs.is_some())
@@ -430,6 +427,12 @@ async fn serve(
     (resp, id)
 }
 
+/// `r`, marked for the site's error log with `why` ([`log::Failure`]).
+fn failed(mut r: Response, why: String) -> Response {
+    r.extensions_mut().insert(log::Failure(why));
+    r
+}
+
 /// Forward to the site's process on 127.0.0.1, streaming both bodies.
 async fn proxy(gw: &Gateway, req: Request, port: u16, site: &str) -> Response {
     let (mut parts, body) = req.into_parts();
@@ -461,15 +464,14 @@ async fn proxy(gw: &Gateway, req: Request, port: u16, site: &str) -> Response {
             Ok(a) => a,
             Err(_) => {
                 tracing::warn!(site = %site, port, "site process did not answer in time");
-                let mut r = page(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "Preview too slow",
-                    "The preview's process did not answer in time.",
+                return failed(
+                    page(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "Preview too slow",
+                        "The preview's process did not answer in time.",
+                    ),
+                    format!("the app did not answer within {limit} ms (gateway.upstream_timeout)"),
                 );
-                r.extensions_mut().insert(log::Failure(format!(
-                    "the app did not answer within {limit} ms (gateway.upstream_timeout)"
-                )));
-                return r;
             }
         }
     };
@@ -500,15 +502,14 @@ async fn proxy(gw: &Gateway, req: Request, port: u16, site: &str) -> Response {
         Ok(r) => r.map(Body::new),
         Err(e) => {
             tracing::warn!(site = %site, port, error = %e, "site process did not answer");
-            let mut r = page(
-                StatusCode::BAD_GATEWAY,
-                "Preview not answering",
-                "The preview's process did not answer.",
-            );
-            r.extensions_mut().insert(log::Failure(format!(
-                "the app did not answer on 127.0.0.1:{port}: {e}"
-            )));
-            r
+            failed(
+                page(
+                    StatusCode::BAD_GATEWAY,
+                    "Preview not answering",
+                    "The preview's process did not answer.",
+                ),
+                format!("the app did not answer on 127.0.0.1:{port}: {e}"),
+            )
         }
     }
 }
