@@ -763,7 +763,7 @@ pub async fn change_access(
         crate::access::change(api.store.as_ref(), &sealer(&api)?, &site.name, &site.id, &b).await?;
     if !b.is_empty() {
         let limits =
-            crate::service::site_log_limits(api.store.as_ref(), &api.config, &site.id).await?;
+            crate::service::log_limits(api.store.as_ref(), &api.config, &site.workspace_id).await?;
         crate::logs::Logs::new(&logs_root(&api), limits).write(
             &site.id,
             crate::logs::Entry::now(
@@ -950,8 +950,11 @@ pub async fn site_logs(
     Query(q): Query<HashMap<String, String>>,
     headers: axum::http::HeaderMap,
 ) -> Res {
-    let site = c.site()?.id.clone();
-    let limits = crate::service::site_log_limits(api.store.as_ref(), &api.config, &site).await?;
+    let site = c.site()?;
+    // The caller's site is at hand: its workspace's limits, without reading the site again.
+    let limits =
+        crate::service::log_limits(api.store.as_ref(), &api.config, &site.workspace_id).await?;
+    let site = site.id.clone();
     logs_reply(api, LogSource::Site(site), limits.retention, &q, &headers).await
 }
 
@@ -1231,7 +1234,8 @@ pub async fn exec(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>, 
         ));
     }
     let runner = api.runner().await;
-    let limits = crate::service::site_log_limits(api.store.as_ref(), &api.config, &site.id).await?;
+    let limits =
+        crate::service::log_limits(api.store.as_ref(), &api.config, &site.workspace_id).await?;
     runner.logs().set_limits(&site.id, limits);
     let who = c.audit_name();
     let (tx, rx) = tokio::sync::mpsc::channel::<ExecEvent>(EXEC_BACKLOG);
