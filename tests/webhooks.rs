@@ -1289,7 +1289,10 @@ async fn every_gitlab_documented_payload_is_answered_right() {
         wrong.len(),
         wrong.join("\n")
     );
-    assert_eq!(queued, 3, "the MR, the note on it and its confidential twin");
+    assert_eq!(
+        queued, 3,
+        "the MR, the note on it and its confidential twin"
+    );
     let stored = server
         .store()
         .count_deliveries(Some(&conn.id.as_str().into()))

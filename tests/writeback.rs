@@ -383,6 +383,27 @@ async fn gitlab_gitea_lifecycle(forge: &FakeForge) {
                 .iter()
                 .all(|r| r.status != 401 && r.status != 422)
         );
+        // GitLab is called through the `gitlab` crate's endpoints: bodies form-encoded as
+        // its builders make them, statuses read newest first by id, as asked.
+        let gitlab: Vec<_> = f
+            .requests
+            .iter()
+            .filter(|r| r.path.starts_with("/api/v4/"))
+            .collect();
+        assert!(gitlab.iter().any(|r| r.form));
+        for r in &gitlab {
+            assert_eq!(
+                r.form,
+                !r.body.is_null(),
+                "{} {} {}",
+                r.method,
+                r.path,
+                r.body
+            );
+            if r.method == "GET" && r.path.contains("/statuses") {
+                assert!(r.path.contains("order_by=id&sort=desc"), "{}", r.path);
+            }
+        }
     });
     forge.assert_conforms("gitea", true);
     forge.assert_conforms("gitlab", true);
@@ -405,6 +426,48 @@ async fn gitlab_and_gitea_with_faults_and_rate_limits() {
     });
     gitlab_gitea_lifecycle(&forge).await;
     forge.with(|f| assert!(f.requests.iter().any(|r| r.status == 429)));
+}
+
+/// GitLab and Gitea carry out a note, a commit status and an environment but answer too late
+/// (the client gives up after 2 s): the retries look first (the marked note by id, the newest
+/// status, the environment by name) and nothing is duplicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gitlab_and_gitea_with_lost_answers() {
+    let forge = FakeForge::start().await;
+    let lost = [
+        "POST /api/v4/projects/grp%2Fsub%2Fglshop/merge_requests/4/notes",
+        "POST /api/v4/projects/grp%2Fsub%2Fglshop/statuses/*state=success",
+        "POST /api/v4/projects/grp%2Fsub%2Fglshop/environments",
+        "POST /api/v1/repos/octo/gtshop/statuses/*\"state\":\"success\"",
+    ];
+    forge.with(|f| {
+        f.faults.slow_matching = lost
+            .iter()
+            .map(|t| (t.to_string(), 1, Duration::from_secs(4)))
+            .collect()
+    });
+    gitlab_gitea_lifecycle(&forge).await;
+    forge.with(|f| {
+        for (text, left, _) in &f.faults.slow_matching {
+            assert_eq!(*left, 0, "no answer to `{text}` was lost");
+        }
+        let gets = |needle: &str| {
+            f.requests
+                .iter()
+                .filter(|r| r.method == "GET" && r.path.contains(needle))
+                .count()
+        };
+        assert!(gets("/api/v4/projects/grp%2Fsub%2Fglshop/repository/commits/") > 0);
+        assert!(gets("/api/v4/projects/grp%2Fsub%2Fglshop/merge_requests/4/notes") > 0);
+        assert!(gets("/api/v1/repos/octo/gtshop/commits/") > 0);
+        assert_eq!(
+            f.environments
+                .iter()
+                .filter(|e| e.name == "preview/pr-4")
+                .count(),
+            1
+        );
+    });
 }
 
 /// A Gitea pull request with 120 comments, endor's status comment among them: through open,
@@ -724,8 +787,20 @@ async fn the_conformance_check_refuses_what_github_does_not_allow() {
     ] {
         let _ = call(m, p, b).await.unwrap();
     }
+    // GitHub's description takes JSON bodies only.
+    http.post(format!(
+        "{}/repos/o/r/issues/7/comments",
+        forge.github_url()
+    ))
+    .header("authorization", format!("Bearer {TOKEN}"))
+    .header("user-agent", "endor-test")
+    .form(&[("body", "ok")])
+    .send()
+    .await
+    .unwrap();
     let why = refusals(&forge, "github");
     for want in [
+        "sends a form-encoded body, which the description does not take",
         "query parameter `limit` is not declared",
         "'building' is not one of",
         "PUT /repos/o/r/issues/comments/1: no such operation",
@@ -762,8 +837,31 @@ async fn the_conformance_check_refuses_what_gitlab_does_not_allow() {
     )
     .await
     .unwrap();
+    // GitLab reads a body form-encoded as well (as the `gitlab` crate sends it), its fields
+    // typed as the schema says.
+    let form = |p: &str, fields: &[(&str, &str)]| {
+        http.post(format!("{}{p}", forge.gitlab_url()))
+            .header("private-token", TOKEN)
+            .form(fields)
+            .send()
+    };
+    let status = "/projects/grp%2Fr/statuses/abc";
+    form(
+        status,
+        &[
+            ("state", "running"),
+            ("name", "endor/preview"),
+            ("pipeline_id", "5"),
+        ],
+    )
+    .await
+    .unwrap();
     // Allowed so far.
     forge.assert_conforms("gitlab", true);
+    form(status, &[("state", "building")]).await.unwrap();
+    form(status, &[("state", "running"), ("pipeline_id", "five")])
+        .await
+        .unwrap();
     for (m, p, b) in [
         (
             reqwest::Method::POST,
@@ -794,6 +892,8 @@ async fn the_conformance_check_refuses_what_gitlab_does_not_allow() {
         "'building' is not one of",
         "editMergeRequestNote needs a body",
         "PATCH /projects/grp%2Fr/environments/1: no such operation",
+        "body ['state']: 'building' is not one of",
+        "body ['pipeline_id']: 'five' is not of type 'integer'",
     ] {
         assert!(why.contains(want), "{want}: {why}");
     }

@@ -1,4 +1,4 @@
-//! The HTTP stack of the GitLab and Gitea clients: reqwest (rustls), one auth header, the
+//! The HTTP stack of the Gitea client: reqwest (rustls), one auth header, the
 //! per-API limiter, and answers classified like GitHub's.
 
 use std::sync::Arc;
@@ -8,6 +8,23 @@ use reqwest::Method;
 use serde_json::Value;
 
 use super::client::{ForgeError, Limiter, classify_status};
+
+/// endor's HTTP client for a forge's API: rustls, the request timeout, endor's user agent.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, ForgeError> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .user_agent(concat!("endor/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ForgeError::Permanent(format!("http client: {e}")))
+}
+
+/// An API's root URL without its trailing `/`; only http(s).
+pub fn api_root(url: &str) -> Result<&str, ForgeError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ForgeError::Permanent(format!("bad API URL {url}")));
+    }
+    Ok(url.trim_end_matches('/'))
+}
 
 pub struct RawClient {
     client: reqwest::Client,
@@ -25,17 +42,9 @@ impl RawClient {
         timeout: Duration,
         limiter: Arc<Limiter>,
     ) -> Result<Self, ForgeError> {
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ForgeError::Permanent(format!("bad API URL {base}")));
-        }
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .user_agent(concat!("endor/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ForgeError::Permanent(format!("http client: {e}")))?;
         Ok(Self {
-            client,
-            base: base.trim_end_matches('/').to_string(),
+            client: client(timeout)?,
+            base: api_root(base)?.to_string(),
             auth,
             limiter,
             login: tokio::sync::OnceCell::new(),

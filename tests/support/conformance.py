@@ -4,10 +4,12 @@ description, as cut into tests/fixtures/forge-api/ by scripts/forge-api-descript
 
     conformance.py DESCRIPTION.json RECORDS.json
 
-RECORDS is a list of {"method", "path" (with its query), "body", "status", "response"}, paths
-relative to the API's root. Every request must name an operation the description has for its
-method, send only declared query parameters and every required one, and send a JSON body the
-operation's request schema accepts (none when it takes none). Every 2xx answer the fake gave
+RECORDS is a list of {"method", "path" (with its query), "body", "form", "status", "response"},
+paths relative to the API's root; `form` marks a form-encoded body (its fields as strings). Every request must name an operation the description has for its
+method, send only declared query parameters and every required one, and send a body the
+operation's request schema accepts (none when it takes none), form-encoded only where the
+description's `request_bodies` names `application/x-www-form-urlencoded` (its fields then read
+as the schema types them, as the server does). Every 2xx answer the fake gave
 must match the operation's response schema for that status. One line per mismatch; exit 1 if
 there is any. Needs `jsonschema` (installed with openapi-spec-validator by scripts/api-tools.sh).
 """
@@ -21,6 +23,26 @@ import jsonschema
 
 def compile_template(t):
     return re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", re.escape(t).replace(r"\{", "{").replace(r"\}", "}")) + "$")
+
+
+def typed(schema, fields):
+    """A form's string fields as the schema's types read them; a field that does not read
+    stays a string, so the schema refuses it."""
+    props = schema.get("properties", {})
+    out = {}
+    for k, v in fields.items():
+        t = props.get(k, {}).get("type")
+        try:
+            if t == "integer":
+                v = int(v)
+            elif t == "number":
+                v = float(v)
+            elif t == "boolean" and v in ("true", "false"):
+                v = v == "true"
+        except ValueError:
+            pass
+        out[k] = v
+    return out
 
 
 def main():
@@ -62,8 +84,11 @@ def main():
         if r["body"] is not None and r["body"] != {}:
             if not body or body.get("schema") is None:
                 problems.append(f"{what}: sends a body {op['operationId']} does not take")
+            elif r.get("form") and "application/x-www-form-urlencoded" not in desc.get("request_bodies", ["application/json"]):
+                problems.append(f"{what}: sends a form-encoded body, which the description does not take")
             else:
-                for err in jsonschema.Draft202012Validator(body["schema"]).iter_errors(r["body"]):
+                sent_body = typed(body["schema"], r["body"]) if r.get("form") else r["body"]
+                for err in jsonschema.Draft202012Validator(body["schema"]).iter_errors(sent_body):
                     problems.append(f"{what}: body {list(err.path)}: {err.message}")
         elif body and body.get("required"):
             problems.append(f"{what}: {op['operationId']} needs a body")

@@ -26,6 +26,9 @@ pub struct Recorded {
     pub status: u16,
     pub at: Instant,
     pub body: Value,
+    /// The body came form-encoded (`application/x-www-form-urlencoded`): `body` holds its
+    /// fields as strings, as a server reads them before it types them.
+    pub form: bool,
     /// The JSON the fake answered (`Null` for none).
     pub response: Value,
 }
@@ -78,6 +81,10 @@ pub struct Faults {
     /// The next `count` calls are carried out but answered only after `delay` (a client with
     /// a shorter timeout gives up: the write happened, the answer is lost).
     pub slow: Option<(u32, std::time::Duration)>,
+    /// Like `slow`, for the next `count` calls whose method, path and body
+    /// (`POST /api/v4/… state=success…`) contain every `*`-separated part of the text; each
+    /// entry on its own.
+    pub slow_matching: Vec<(String, u32, std::time::Duration)>,
 }
 
 #[derive(Debug, Default)]
@@ -180,6 +187,7 @@ impl FakeForge {
                         "method": r.method,
                         "path": &r.path[prefix.len()..],
                         "body": r.body,
+                        "form": r.form,
                         "status": r.status,
                         "response": if answers_too { r.response.clone() } else { Value::Null },
                     })
@@ -314,7 +322,25 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request) -> Res
     let bytes: Bytes = axum::body::to_bytes(body, 10 << 20)
         .await
         .unwrap_or_default();
-    let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let form = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let json: Value = if form {
+        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
+            .map(|pairs| {
+                Value::Object(
+                    pairs
+                        .into_iter()
+                        .map(|(k, v)| (k, Value::String(v)))
+                        .collect(),
+                )
+            })
+            .unwrap_or(Value::Null)
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
     let path = parts.uri.path().to_string();
     let query = parts.uri.query().unwrap_or("").to_string();
     let (resp, delay, index) = {
@@ -385,6 +411,23 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request) -> Res
             }
             _ => None,
         };
+        let call = format!(
+            "{} {path} {}",
+            parts.method,
+            String::from_utf8_lossy(&bytes)
+        );
+        let delay = match st
+            .faults
+            .slow_matching
+            .iter_mut()
+            .find(|(text, n, _)| *n > 0 && text.split('*').all(|part| call.contains(part)))
+        {
+            Some((_, n, d)) => {
+                *n -= 1;
+                Some(*d)
+            }
+            None => delay,
+        };
         let status = resp.status().as_u16();
         st.requests.push(Recorded {
             response: Value::Null,
@@ -400,6 +443,7 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request) -> Res
             status,
             at: Instant::now(),
             body: json,
+            form,
         });
         let index = st.requests.len() - 1;
         (resp, delay, index)
@@ -630,12 +674,41 @@ fn route(
             reply(StatusCode::OK, Value::Array(items))
         }
         ("GET", ["projects", p, "repository", "commits", sha, "statuses"]) => {
-            let items: Vec<Value> = st
+            // As GitLab documents it: filtered by `name`, the latest status of each name
+            // unless `all=true`, ordered by id ascending unless `sort=desc`, one page.
+            let q = |k: &str| {
+                query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+                    .map(|v| v.replace("%2F", "/"))
+            };
+            let name = q("name");
+            let all = q("all").as_deref() == Some("true");
+            let mut items: Vec<(usize, &Status)> = st
                 .statuses
                 .iter()
                 .enumerate()
+                .map(|(i, s)| (i + 1, s))
                 .filter(|(_, s)| s.repo == *p && s.sha == *sha)
-                .map(|(i, s)| gitlab_status(i + 1, s))
+                .filter(|(_, s)| name.as_ref().is_none_or(|n| *n == s.context))
+                .collect();
+            if !all {
+                let mut latest = std::collections::HashMap::new();
+                for (id, s) in &items {
+                    latest.insert(s.context.clone(), *id);
+                }
+                items.retain(|(id, s)| latest[&s.context] == *id);
+            }
+            if q("sort").as_deref() == Some("desc") {
+                items.reverse();
+            }
+            let per_page: usize = q("per_page").and_then(|v| v.parse().ok()).unwrap_or(20);
+            let page: usize = q("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1);
+            let items: Vec<Value> = items
+                .into_iter()
+                .skip((page - 1) * per_page)
+                .take(per_page)
+                .map(|(id, s)| gitlab_status(id, s))
                 .collect();
             reply(StatusCode::OK, Value::Array(items))
         }
