@@ -1302,3 +1302,106 @@ async fn every_gitlab_documented_payload_is_answered_right() {
     assert_eq!(all_jobs(&server, &conn.id).await, queued);
     server.stop().await;
 }
+
+/// Every kind of delivery Gitea sends (its webhook module's event types, and every action of a
+/// pull request or a comment), built on its real payloads (`tests/fixtures/webhooks/gitea.*`):
+/// all 2xx, pull requests opened, reopened, synchronized or closed and comments on a PR acted
+/// on (202), every delivery stored. Gitea names the event in `X-Gitea-Event` (the fine type,
+/// such as `pull_request_label`, goes in `X-Gitea-Event-Type`); newer types are sent too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_gitea_event_kind_is_answered_right() {
+    let pr: Value = serde_json::from_slice(&fixture("gitea.pull_request.opened.json")).unwrap();
+    let comment: Value =
+        serde_json::from_slice(&fixture("gitea.issue_comment.on-pr.json")).unwrap();
+    let mut cases: Vec<(String, Value, bool)> = Vec::new();
+    // Gitea's pull request actions (modules/structs/hook.go HookIssueAction).
+    for action in [
+        "opened",
+        "closed",
+        "reopened",
+        "edited",
+        "assigned",
+        "unassigned",
+        "label_updated",
+        "label_cleared",
+        "synchronized",
+        "milestoned",
+        "demilestoned",
+        "reviewed",
+        "review_requested",
+        "review_request_removed",
+    ] {
+        let mut body = pr.clone();
+        body["action"] = action.into();
+        let acted = ["opened", "reopened", "synchronized", "closed"].contains(&action);
+        cases.push(("pull_request".into(), body, acted));
+    }
+    for action in ["created", "edited", "deleted"] {
+        let mut on_pr = comment.clone();
+        on_pr["action"] = action.into();
+        cases.push(("issue_comment".into(), on_pr.clone(), true));
+        let mut on_issue = on_pr;
+        on_issue["is_pull"] = false.into();
+        on_issue["issue"]["pull_request"] = Value::Null;
+        cases.push(("issue_comment".into(), on_issue, false));
+    }
+    // The other event names Gitea sends, and some a newer Gitea or Forgejo adds.
+    for event in [
+        "create",
+        "delete",
+        "fork",
+        "push",
+        "issues",
+        "wiki",
+        "repository",
+        "release",
+        "package",
+        "status",
+        "workflow_run",
+        "workflow_job",
+        "pull_request_review_approved",
+        "pull_request_review_rejected",
+        "pull_request_review_comment",
+        "pull_request_review_request",
+        "schedule",
+    ] {
+        let mut body = pr.clone();
+        body["action"] = "whatever_comes_next".into();
+        cases.push((event.into(), body, false));
+    }
+    let server = TestServer::start(TestStore::sqlite().await).await;
+    setup(&server).await;
+    let conn = connect(&server, "gitea:acme/web").await;
+    let (mut queued, mut wrong) = (0usize, Vec::new());
+    for (i, (event, mut body, acted)) in cases.iter().cloned().enumerate() {
+        body["repository"]["full_name"] = "acme/web".into();
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let delivery = format!("gitea-{i}-{}", uuid::Uuid::new_v4());
+        let headers = signed(ForgeKind::Gitea, &event, &delivery, &conn.secret, &bytes);
+        let (status, reply) = post(&server, ForgeKind::Gitea, &conn.id, &headers, bytes).await;
+        let want = if acted {
+            queued += 1;
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        };
+        if status != want {
+            wrong.push(format!("{event} {}: {status} {reply}", body["action"]));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} answered wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
+    assert_eq!(queued, 7);
+    let stored = server
+        .store()
+        .count_deliveries(Some(&conn.id.as_str().into()))
+        .await
+        .unwrap();
+    assert_eq!(stored as usize, cases.len());
+    assert_eq!(all_jobs(&server, &conn.id).await, queued);
+    server.stop().await;
+}
