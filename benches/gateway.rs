@@ -180,9 +180,13 @@ fn main() {
 /// Store a route in the bench's store (the gateway reads it within its cache time).
 fn put_route(rt: &tokio::runtime::Runtime, dir: &Path, row: endor::store::RouteRow) {
     rt.block_on(async {
-        let store = endor::store::connect(&format!("sqlite://{}/endor.db", dir.display()), 2)
-            .await
-            .unwrap();
+        let store = endor::store::connect(
+            &format!("sqlite://{}/endor.db", dir.display()),
+            2,
+            bench_keyring(dir),
+        )
+        .await
+        .unwrap();
         store.put_route(&row).await.unwrap();
     });
 }
@@ -268,4 +272,9 @@ async fn measure(
         through.pct(0.5) - direct.pct(0.5),
         through.pct(0.99) - direct.pct(0.99)
     );
+}
+
+/// The master key of the bench's store (it holds no secret the bench reads).
+fn bench_keyring(dir: &Path) -> std::sync::Arc<endor::secret::Keyring> {
+    std::sync::Arc::new(endor::secret::Keyring::load(&dir.join("master.key")).unwrap())
 }

@@ -363,10 +363,15 @@ fn main() {
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("index.html"), "hello").unwrap();
     rt.block_on(async {
-        let store =
-            endor::store::connect(&format!("sqlite://{}/endor.db", dir.path().display()), 2)
-                .await
-                .unwrap();
+        let store = endor::store::connect(
+            &format!("sqlite://{}/endor.db", dir.path().display()),
+            2,
+            std::sync::Arc::new(
+                endor::secret::Keyring::load(&dir.path().join("master.key")).unwrap(),
+            ),
+        )
+        .await
+        .unwrap();
         store
             .put_route(&endor::gateway::Route::Static(root.clone()).row("app", true))
             .await

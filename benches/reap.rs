@@ -132,8 +132,9 @@ async fn run(base_dir: &Path, count: usize, pg: usize, pg_base: &str) {
     config.storage.git = dir.path().join("git");
     config.storage.logs = dir.path().join("logs");
     config.reaper.lease = endor::duration::HumanDuration(std::time::Duration::from_secs(600));
-    let store = endor::store::connect(&url, 8).await.unwrap();
-    store.migrate().await.unwrap();
+    let store = endor::store::open(&url, 8, &dir.path().join("master.key"))
+        .await
+        .unwrap();
     endor::service::create_user(store.as_ref(), "owner", None, None)
         .await
         .unwrap();

@@ -42,8 +42,9 @@ async fn main() {
     let forge = FakeForge::start().await;
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("endor.db").display());
-    let store = endor::store::connect(&url, 4).await.unwrap();
-    store.migrate().await.unwrap();
+    let store = endor::store::open(&url, 4, &dir.path().join("master.key"))
+        .await
+        .unwrap();
     let mut config = Config::default();
     config.store.url = url;
     config.github.api_url = forge.github_url();

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 use crate::ids::SiteId;
-use crate::secret::Sealer;
+use crate::secret::Keyring;
 use crate::store::{SiteAccess, Store, StoreError};
 
 /// The user name of generated basic-auth credentials.
@@ -198,7 +198,7 @@ async fn current(store: &dyn Store, site_id: &SiteId) -> Result<SiteAccess, Stor
 /// Turn basic auth on with generated credentials (a new password each time), or off.
 pub async fn set_generated_password(
     store: &dyn Store,
-    sealer: &Sealer,
+    sealer: &Keyring,
     site_id: &SiteId,
     on: bool,
 ) -> Result<(), AccessError> {
@@ -274,7 +274,7 @@ pub struct AccessChange {
 /// Every CIDR is checked before anything is written.
 pub async fn change(
     store: &dyn Store,
-    sealer: &Sealer,
+    sealer: &Keyring,
     site_name: &str,
     site_id: &SiteId,
     change: &AccessChange,
@@ -312,7 +312,7 @@ pub async fn change(
 
 pub async fn view(
     store: &dyn Store,
-    sealer: &Sealer,
+    sealer: &Keyring,
     site_name: &str,
     site_id: &SiteId,
 ) -> Result<AccessView, AccessError> {

@@ -46,8 +46,12 @@ pub struct AppState {
 impl AppState {
     /// Open the store, apply migrations and start the delivery writer.
     pub async fn start(config: Config) -> anyhow::Result<Arc<Self>> {
-        let store = store::connect(&config.store.url, config.store.max_connections).await?;
-        store.migrate().await?;
+        let store = store::open(
+            &config.store.url,
+            config.store.max_connections,
+            config.master_key_file(),
+        )
+        .await?;
         let writers = match store.backend() {
             Backend::Sqlite => 1,
             Backend::Postgres => 4,

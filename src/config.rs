@@ -22,6 +22,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub store: StoreConfig,
     pub storage: StorageConfig,
+    pub secrets: SecretsConfig,
+    pub backups: BackupsConfig,
     pub webhooks: WebhooksConfig,
     pub postgres: PostgresConfig,
     pub mariadb: MariadbConfig,
@@ -114,9 +116,51 @@ pub struct StorageConfig {
     pub git: PathBuf,
     /// Site logs (`{logs}/{site id}/{service}.log`).
     pub logs: PathBuf,
-    /// The key that seals secrets endor must show again (generated basic-auth passwords):
-    /// 32 random bytes, made (mode 0600) on first use.
-    pub secret_key: PathBuf,
+    /// The older name of `secrets.master_key_file`, still read when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_key: Option<PathBuf>,
+}
+
+/// Backups of sites (`endor backup`): where restic writes them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackupsConfig {
+    /// The restic repository backups are written to; empty: backups are off. It should
+    /// refuse deletes and overwrites (`rclone serve restic --append-only`):
+    /// `rest:http://127.0.0.1:8093/`. Its passphrase is made on first use and kept sealed in
+    /// the store.
+    pub repository: String,
+    /// The restic program.
+    pub restic: PathBuf,
+    /// restic's cache (made private).
+    pub cache: PathBuf,
+}
+
+impl Default for BackupsConfig {
+    fn default() -> Self {
+        Self {
+            repository: String::new(),
+            restic: "restic".into(),
+            cache: "data/backups/cache".into(),
+        }
+    }
+}
+
+/// The master key that seals the secrets endor keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// 32 random bytes, made (mode 0600) on first start; seals webhook secrets and generated
+    /// basic-auth passwords in the store. `endor secrets rotate` replaces it.
+    pub master_key_file: PathBuf,
+}
+
+impl Default for SecretsConfig {
+    fn default() -> Self {
+        Self {
+            master_key_file: "data/secret.key".into(),
+        }
+    }
 }
 
 impl Default for StorageConfig {
@@ -125,7 +169,7 @@ impl Default for StorageConfig {
             root: "data/sites".into(),
             git: "data/git".into(),
             logs: "data/logs".into(),
-            secret_key: "data/secret.key".into(),
+            secret_key: None,
         }
     }
 }
@@ -588,6 +632,14 @@ impl Config {
         }
     }
 
+    /// The master key's file: `secrets.master_key_file`, or the older `storage.secret_key`.
+    pub fn master_key_file(&self) -> &Path {
+        self.storage
+            .secret_key
+            .as_deref()
+            .unwrap_or(&self.secrets.master_key_file)
+    }
+
     pub fn load(explicit: Option<&Path>) -> Result<Self, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));
         match explicit {
@@ -625,6 +677,15 @@ impl Config {
             || self.store.url.starts_with("postgresql://"))
         {
             return key("store.url", "must start with sqlite: or postgres://");
+        }
+        if let Some(old) = &self.storage.secret_key
+            && *old != self.secrets.master_key_file
+            && self.secrets.master_key_file != SecretsConfig::default().master_key_file
+        {
+            return key(
+                "storage.secret_key",
+                "is the older name of secrets.master_key_file: set only one",
+            );
         }
         if self.store.max_connections == 0 {
             return key("store.max_connections", "must be at least 1");

@@ -93,6 +93,12 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Site backups in a restic repository.
+    #[command(subcommand)]
+    Backup(cli::backup::BackupCmd),
+    /// The master key that seals the secrets in the store.
+    #[command(subcommand)]
+    Secrets(cli::secrets::SecretsCmd),
     /// The audit trail: bypasses of production protection and who asked.
     Audit {
         /// Only this site's lines.
@@ -169,6 +175,8 @@ async fn run(
         Command::Preview(cmd) => cli::preview::run(cmd, json, &config).await,
         Command::Site(cmd) => cli::site::run(cmd, json, &config).await,
         Command::Audit { site } => cli::audit::run(site, json, &config).await,
+        Command::Secrets(cmd) => cli::secrets::run(cmd, json, &config).await,
+        Command::Backup(cmd) => cli::backup::run(cmd, json, &config).await,
         Command::Logs {
             workspace,
             services,

@@ -636,3 +636,54 @@ pub async fn workspace_settings(
             .to_string(),
     })
 }
+
+/// What `endor secrets rotate` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rotation {
+    /// The id of the key everything was sealed with before.
+    pub old_key: String,
+    /// The id of the master key now.
+    pub new_key: String,
+    /// Values sealed again under the new key.
+    pub resealed: u64,
+    /// How many stored secrets each key seals now.
+    pub sealed: std::collections::BTreeMap<String, u64>,
+}
+
+/// Seal every secret in the store under a new master key (see [`crate::secret::Keyring`] for
+/// why a crash at any point loses nothing; running it again resumes). Recorded in the audit
+/// trail with its caller; no secret is ever logged, only key ids and counts.
+pub async fn rotate_master_key(store: &dyn Store, caller: &str) -> Result<Rotation> {
+    let keyring = store.keyring();
+    let key_error = |e: crate::secret::SealError| ServiceError::Invalid(e.to_string());
+    let old_key = keyring.current_id();
+    let new_key = keyring.begin_rotation().map_err(key_error)?;
+    let mut resealed = store.reseal_secrets(Some(&new_key)).await?;
+    keyring.commit_rotation().map_err(key_error)?;
+    // Values another process sealed meanwhile with the key it held (or changed while this
+    // one read them) are sealed again until none is left under another key.
+    for _ in 0..10 {
+        resealed += store.reseal_secrets(Some(&new_key)).await?;
+        let sealed = store.sealed_counts().await?;
+        if sealed.keys().all(|k| *k == new_key) {
+            keyring.finish_rotation().map_err(key_error)?;
+            store
+                .record_audit(
+                    caller,
+                    "secrets.rotate",
+                    None,
+                    &format!("master key {old_key} replaced by {new_key}; {resealed} secrets sealed again"),
+                )
+                .await?;
+            return Ok(Rotation {
+                old_key,
+                new_key,
+                resealed,
+                sealed,
+            });
+        }
+    }
+    Err(ServiceError::Invalid(
+        "secrets kept changing under another key; the old key is kept: run it again".into(),
+    ))
+}

@@ -78,7 +78,7 @@ fn write_temp(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<std::path
     Ok(tmp)
 }
 
-fn sync_parent(path: &Path) {
+pub fn sync_parent(path: &Path) {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && let Ok(d) = std::fs::File::open(dir)
     {

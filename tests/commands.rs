@@ -238,8 +238,7 @@ async fn github_commands_permissions_and_effects() {
     let r = get_with(&h, site, None).await;
     assert_eq!(r.status(), 401);
     assert!(r.headers().contains_key("www-authenticate"));
-    let sealer = endor::secret::Sealer::from_file(&h.state.config.storage.secret_key).unwrap();
-    let view = endor::access::view(h.store(), &sealer, site, &details.id)
+    let view = endor::access::view(h.store(), h.store().keyring(), site, &details.id)
         .await
         .unwrap();
     let creds = view.basic_auth.clone().unwrap();

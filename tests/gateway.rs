@@ -528,7 +528,7 @@ async fn access_and_error_logs_from_real_traffic() {
     // A proxied route whose app is not there: 502, an error line naming the port.
     endor::access::set_generated_password(
         store.as_ref(),
-        &endor::secret::Sealer::from_file(&logs_dir.path().join("key")).unwrap(),
+        &endor::secret::Keyring::load(&logs_dir.path().join("key")).unwrap(),
         &site.id,
         false,
     )

@@ -167,9 +167,8 @@ async fn hostile_pr_code_reaches_only_its_own_site() {
     let parent_db = parent_dir.join("live/sqlite/main.db");
     assert!(victim_db.exists() && parent_db.exists());
     let store_file = db.url.trim_start_matches("sqlite://").to_string();
-    let key = h.state.config.storage.secret_key.clone();
-    std::fs::create_dir_all(key.parent().unwrap()).unwrap();
-    std::fs::write(&key, [7u8; 32]).unwrap();
+    let key = h.state.config.master_key_file().to_path_buf();
+    assert!(key.exists(), "made when the store was opened");
     let endor_pid = std::process::id();
     let victim_port = victim.port.unwrap();
 

@@ -437,7 +437,9 @@ async fn cancelled_jobs_stop_and_the_newest_runs(db: &TestStore) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_pools_share_one_postgres_queue() {
     let db = TestStore::postgres().await;
-    let second = endor::store::connect(&db.url, 8).await.unwrap();
+    let second = endor::store::connect(&db.url, 8, support::test_keyring())
+        .await
+        .unwrap();
     let keys: Vec<String> = (0..8).map(|i| format!("pr-{i}")).collect();
     for n in 0..120 {
         db.store

@@ -259,7 +259,9 @@ async fn killed_at_every_teardown_step_the_next_pass_finishes() {
     config.reaper.lease = HumanDuration(Duration::from_secs(1));
     let cfg_path = dir.path().join("endor.toml");
     std::fs::write(&cfg_path, toml::to_string(&config).unwrap()).unwrap();
-    let store = endor::store::connect(&store_url, 2).await.unwrap();
+    let store = endor::store::connect(&store_url, 2, support::test_keyring())
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     endor::service::create_user(store.as_ref(), "owner", None, None)
         .await
@@ -575,7 +577,9 @@ async fn two_replicas_on_postgres_reap_each_site_once() {
         planted_preview(h.store(), &sites, &conn, i, false).await;
     }
     // A second endor process's view of the same store.
-    let second = endor::store::connect(&db.url, 4).await.unwrap();
+    let second = endor::store::connect(&db.url, 4, support::test_keyring())
+        .await
+        .unwrap();
     let a = reaper_of(&h, &h.state.config);
     let b = endor::reaper::Reaper::standalone(second, &h.state.config);
     let (ra, rb) = tokio::join!(a.pass(false), b.pass(false));

@@ -923,7 +923,9 @@ async fn readiness_requires_migrations(db: &TestStore) {
 async fn an_unmigrated_store_is_not_ready() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("x.db").display());
-    let s = endor::store::connect(&url, 2).await.unwrap();
+    let s = endor::store::connect(&url, 2, support::test_keyring())
+        .await
+        .unwrap();
     assert!(s.ready().await.is_err());
     s.migrate().await.unwrap();
     s.ready().await.unwrap();

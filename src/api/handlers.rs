@@ -735,20 +735,15 @@ pub async fn protect(
     )
 }
 
-fn sealer(api: &Api) -> Result<crate::secret::Sealer, ApiError> {
-    crate::secret::Sealer::from_file(&api.config.storage.secret_key).map_err(|e| {
-        tracing::error!(error = %e, "cannot open the secret key");
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "the secret key cannot be read (see the server log)",
-        )
-    })
-}
-
 pub async fn show_access(State(api): State<Arc<Api>>, Extension(c): Extension<Caller>) -> Res {
     let site = c.site()?;
-    let v = crate::access::view(api.store.as_ref(), &sealer(&api)?, &site.name, &site.id).await?;
+    let v = crate::access::view(
+        api.store.as_ref(),
+        api.store.keyring(),
+        &site.name,
+        &site.id,
+    )
+    .await?;
     ok(StatusCode::OK, &v)
 }
 
@@ -759,8 +754,14 @@ pub async fn change_access(
 ) -> Res {
     let b: crate::access::AccessChange = body(raw).await?;
     let site = c.site()?;
-    let v =
-        crate::access::change(api.store.as_ref(), &sealer(&api)?, &site.name, &site.id, &b).await?;
+    let v = crate::access::change(
+        api.store.as_ref(),
+        api.store.keyring(),
+        &site.name,
+        &site.id,
+        &b,
+    )
+    .await?;
     if !b.is_empty() {
         let limits =
             crate::service::log_limits(api.store.as_ref(), &api.config, &site.workspace_id).await?;

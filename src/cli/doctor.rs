@@ -62,7 +62,7 @@ pub fn check_files(config: &Config, config_file: Option<&Path>) -> Vec<FileCheck
     if let Some(store) = sqlite_path(&config.store.url) {
         check("store", &store, false);
     }
-    check("secret key", &config.storage.secret_key, false);
+    check("master key", config.master_key_file(), false);
     if let Some(f) = config_file {
         check("config file", f, false);
     }

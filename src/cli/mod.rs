@@ -3,10 +3,12 @@
 //! needs is a library function the API can call too.
 
 pub mod audit;
+pub mod backup;
 pub mod delivery;
 pub mod doctor;
 pub mod preview;
 pub mod repo;
+pub mod secrets;
 pub mod serve;
 pub mod site;
 pub mod usage;
@@ -51,7 +53,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
 
 /// The store of `config`, made (and migrated) when it does not exist yet.
 pub async fn create_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store = store::connect(&config.store.url, config.store.max_connections).await?;
-    store.migrate().await?;
-    Ok(store)
+    store::open(
+        &config.store.url,
+        config.store.max_connections,
+        config.master_key_file(),
+    )
+    .await
 }

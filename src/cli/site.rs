@@ -298,7 +298,6 @@ pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()
             clear_cidr,
         } => {
             let d = sites.show(&site).await?;
-            let sealer = endor::secret::Sealer::from_file(&config.storage.secret_key)?;
             let robots = match robots.as_deref() {
                 None => None,
                 Some("on") => Some(true),
@@ -312,7 +311,8 @@ pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()
                 deny,
                 clear_cidr,
             };
-            let v = endor::access::change(store.as_ref(), &sealer, &d.name, &d.id, &change).await?;
+            let v = endor::access::change(store.as_ref(), store.keyring(), &d.name, &d.id, &change)
+                .await?;
             if !change.is_empty() {
                 let who = endor::sites::Guard::cli(false)
                     .caller

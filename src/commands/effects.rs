@@ -28,8 +28,6 @@ pub struct CommentRunner {
     forges: Arc<ForgeClients>,
     /// Wakes the outbox sender when a reply was stored.
     outbox_wake: Arc<tokio::sync::Notify>,
-    /// Seals generated passwords (`storage.secret_key`), loaded on first use.
-    sealer: std::sync::OnceLock<crate::secret::Sealer>,
 }
 
 fn transient(e: impl std::fmt::Display) -> JobError {
@@ -91,7 +89,6 @@ impl CommentRunner {
             previews,
             forges,
             outbox_wake,
-            sealer: std::sync::OnceLock::new(),
         }
     }
 
@@ -418,8 +415,8 @@ impl CommentRunner {
     }
 
     async fn password(&self, site: &Site, on: bool) -> Result<Outcome, JobError> {
-        let sealer = self.sealer()?;
-        crate::access::set_generated_password(self.store.as_ref(), &sealer, &site.id, on)
+        let sealer = self.store.keyring();
+        crate::access::set_generated_password(self.store.as_ref(), sealer, &site.id, on)
             .await
             .map_err(|e| match e {
                 crate::access::AccessError::Store(e) => transient(e),
@@ -458,15 +455,6 @@ impl CommentRunner {
             "this pull request has no preview; comment `{} deploy` to make one",
             self.config.commands.prefix
         ))
-    }
-
-    fn sealer(&self) -> Result<crate::secret::Sealer, JobError> {
-        if let Some(s) = self.sealer.get() {
-            return Ok(s.clone());
-        }
-        let s = crate::secret::Sealer::from_file(&self.config.storage.secret_key)
-            .map_err(|e| JobError::Permanent(e.to_string()))?;
-        Ok(self.sealer.get_or_init(|| s).clone())
     }
 }
 

@@ -13,6 +13,8 @@
 //! Removal renames a directory into `{root}/.trash/` first, so a half-deleted tree is never
 //! mistaken for a live one, and the sweep finishes what a crash left.
 
+mod backup;
+pub use backup::generation_resources;
 mod data;
 mod lock;
 mod sweep;

@@ -357,7 +357,7 @@ pub struct SiteAccess {
     pub basic_user: Option<String>,
     /// bcrypt hash of the password: what the gateway checks.
     pub basic_hash: Option<String>,
-    /// The generated password, encrypted (`crate::secret::Sealer`): what members are shown.
+    /// The generated password, encrypted (`crate::secret::Keyring`): what members are shown.
     pub basic_sealed: Option<String>,
     pub updated_at: i64,
     /// Comma-separated CIDRs admitted (none: everyone) and refused (deny wins).
@@ -471,6 +471,7 @@ pub trait Store:
     + CommandStore
     + LeaseStore
     + AuditStore
+    + BackupStore
     + UsageStore
     + JobQueue<Error = StoreError>
     + Send
@@ -478,6 +479,15 @@ pub trait Store:
     + 'static
 {
     fn backend(&self) -> Backend;
+    /// The master key's keyring: what the store seals its secrets with (webhook secrets) and
+    /// what callers seal theirs with (generated passwords).
+    fn keyring(&self) -> &std::sync::Arc<crate::secret::Keyring>;
+    /// Seal again every secret the store holds that is plain text (written before sealing)
+    /// or, with `target`, sealed under another key than `target` (a rotation); the number of
+    /// values sealed. A value changed meanwhile by someone else is left to them.
+    async fn reseal_secrets(&self, target: Option<&str>) -> Result<u64>;
+    /// How many stored secrets each key seals (`plain` for those not sealed yet).
+    async fn sealed_counts(&self) -> Result<std::collections::BTreeMap<String, u64>>;
     /// Apply this backend's embedded migrations.
     async fn migrate(&self) -> Result<()>;
     /// The store answers and every embedded migration is applied.
@@ -751,6 +761,41 @@ pub trait LeaseStore: Send + Sync {
     async fn leases_with_prefix(&self, prefix: &str, now: i64) -> Result<Vec<(String, String)>>;
 }
 
+/// One backup of a site: a restic snapshot in a repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Backup {
+    pub id: String,
+    pub site_id: SiteId,
+    pub site_name: String,
+    pub repository: String,
+    pub snapshot_id: String,
+    /// The folder restic recorded (the generation backed up).
+    pub source_path: String,
+    /// Comma-separated.
+    pub tags: String,
+    /// JSON `[[kind, name], ...]`.
+    pub resources: String,
+    pub files: i64,
+    pub bytes: i64,
+    pub bytes_added: i64,
+    pub created_at: i64,
+    pub created_by: String,
+}
+
+/// Backups and the passphrases of their repositories.
+#[async_trait]
+pub trait BackupStore: Send + Sync {
+    /// The passphrase of the repository at `url` (opened), if endor made one.
+    async fn backup_passphrase(&self, url: &str) -> Result<Option<String>>;
+    /// Keep `passphrase` (sealed) for `url` unless one is kept already; the one kept.
+    async fn keep_backup_passphrase(&self, url: &str, passphrase: &str) -> Result<String>;
+    async fn insert_backup(&self, b: &Backup) -> Result<()>;
+    /// Newest first; a site's only, or every site's.
+    async fn backups(&self, site_id: Option<&SiteId>) -> Result<Vec<Backup>>;
+    /// By id, or by a prefix of it (at least 8 characters) or of its snapshot's id.
+    async fn backup(&self, id: &str) -> Result<Option<Backup>>;
+}
+
 /// The audit trail.
 #[async_trait]
 pub trait AuditStore: Send + Sync {
@@ -846,11 +891,37 @@ pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     (!f.as_os_str().is_empty() && f != std::path::Path::new(":memory:")).then(|| f.to_path_buf())
 }
 
-pub async fn connect(url: &str, max_connections: u32) -> Result<Arc<dyn Store>> {
+/// The store at `url`, migrated, its secrets sealed with the master key in `master_key_file`
+/// (made on first start); secrets stored before sealing are sealed now.
+pub async fn open(
+    url: &str,
+    max_connections: u32,
+    master_key_file: &std::path::Path,
+) -> anyhow::Result<Arc<dyn Store>> {
+    let keyring = crate::secret::Keyring::load(master_key_file)?;
+    let store = connect(url, max_connections, Arc::new(keyring)).await?;
+    store.migrate().await?;
+    let sealed = store.reseal_secrets(None).await?;
+    if sealed > 0 {
+        tracing::info!(sealed, "secrets stored in plain text are now sealed");
+    }
+    Ok(store)
+}
+
+/// The store at `url`; its secrets are sealed with `keyring` (`secrets.master_key_file`).
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    keyring: Arc<crate::secret::Keyring>,
+) -> Result<Arc<dyn Store>> {
     if url.starts_with("sqlite:") {
-        Ok(Arc::new(SqliteStore::connect(url, max_connections).await?))
+        Ok(Arc::new(
+            SqliteStore::connect(url, max_connections, keyring).await?,
+        ))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(PgStore::connect(url, max_connections).await?))
+        Ok(Arc::new(
+            PgStore::connect(url, max_connections, keyring).await?,
+        ))
     } else {
         Err(StoreError::Unavailable(
             "store.url must start with sqlite: or postgres://".into(),

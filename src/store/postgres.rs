@@ -15,10 +15,15 @@ pub struct PgStore {
     /// For leases (site locks, the reaper's): they protect operations of live processes only,
     /// so their commits need not wait for the WAL flush (`synchronous_commit = off`).
     lease_pool: PgPool,
+    keyring: std::sync::Arc<crate::secret::Keyring>,
 }
 
 impl PgStore {
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        keyring: std::sync::Arc<crate::secret::Keyring>,
+    ) -> Result<Self> {
         use std::str::FromStr;
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -29,7 +34,11 @@ impl PgStore {
         let lease_pool = PgPoolOptions::new()
             .max_connections(2)
             .connect_lazy_with(opts);
-        Ok(Self { pool, lease_pool })
+        Ok(Self {
+            pool,
+            lease_pool,
+            keyring,
+        })
     }
 }
 

@@ -24,10 +24,15 @@ pub struct SqliteStore {
     /// a killed process; a power cut ends every holder anyway). A site lock costs a few
     /// commits per operation: at FULL each was an fsync.
     lease_pool: SqlitePool,
+    keyring: std::sync::Arc<crate::secret::Keyring>,
 }
 
 impl SqliteStore {
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self> {
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        keyring: std::sync::Arc<crate::secret::Keyring>,
+    ) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unavailable(format!("bad sqlite url: {e}")))?
             .create_if_missing(true)
@@ -67,7 +72,11 @@ impl SqliteStore {
         let lease_pool = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_lazy_with(opts.synchronous(SqliteSynchronous::Normal));
-        Ok(Self { pool, lease_pool })
+        Ok(Self {
+            pool,
+            lease_pool,
+            keyring,
+        })
     }
 }
 

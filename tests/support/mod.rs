@@ -28,11 +28,22 @@ pub struct TestStore {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// The master key the tests' stores and servers share (one file for the test run, so a
+/// store opened by a test and a server started on its config read each other's secrets).
+pub fn test_master_key() -> std::path::PathBuf {
+    std::env::temp_dir().join("endor-test-keys/master.key")
+}
+
+/// The keyring of [`test_master_key`].
+pub fn test_keyring() -> std::sync::Arc<endor::secret::Keyring> {
+    std::sync::Arc::new(endor::secret::Keyring::load(&test_master_key()).unwrap())
+}
+
 impl TestStore {
     pub async fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("endor.db").display());
-        let store = store::connect(&url, 8).await.unwrap();
+        let store = store::connect(&url, 8, test_keyring()).await.unwrap();
         store.migrate().await.unwrap();
         Self {
             store,
@@ -54,7 +65,7 @@ impl TestStore {
             .unwrap();
         admin.close().await.ok();
         let url = format!("{}/{}", pg_base(), name);
-        let store = store::connect(&url, 8).await.unwrap();
+        let store = store::connect(&url, 8, test_keyring()).await.unwrap();
         store.migrate().await.unwrap();
         Self {
             store,
@@ -86,7 +97,7 @@ pub fn config_in(url: &str, dir: &Path) -> Config {
     config.storage.root = dir.join("sites");
     config.storage.logs = dir.join("logs");
     config.storage.git = dir.join("git");
-    config.storage.secret_key = dir.join("secret.key");
+    config.secrets.master_key_file = test_master_key();
     config
 }
 

@@ -309,7 +309,7 @@ pub fn harness_config(dir: &Path, store_url: &str) -> Config {
     config.storage.root = dir.join("sites");
     config.storage.git = dir.join("git");
     config.storage.logs = dir.join("logs");
-    config.storage.secret_key = dir.join("secret.key");
+    config.secrets.master_key_file = crate::support::test_master_key();
     config.jobs.lease = HumanDuration(Duration::from_secs(3));
     config.jobs.workers = 4;
     config.runtime.health_timeout = HumanDuration(Duration::from_secs(8));
@@ -692,7 +692,9 @@ impl ServedBinary {
 
     /// A store handle on the same database.
     pub async fn store(&self) -> Arc<dyn Store> {
-        endor::store::connect(&self.store_url, 2).await.unwrap()
+        endor::store::connect(&self.store_url, 2, crate::support::test_keyring())
+            .await
+            .unwrap()
     }
 
     /// SIGKILL the server and start a new one on the same directory.

@@ -19,12 +19,12 @@ macro_rules! impl_connections {
                 .bind(&c.repo)
                 .bind(&c.api_url)
                 .bind(&c.git_url)
-                .bind(c.secret.expose())
+                .bind($crate::store::sql::sealed_secret(&self.keyring, &c.secret)?)
                 .bind($crate::now_ms())
                 .fetch_one(&self.pool)
                 .await
                 .map_err($crate::store::sql::map_unique("connection"))?;
-                row.try_into()
+                row.open(&self.keyring)
             }
 
             async fn connection(&self, id: &$crate::ids::ConnectionId) -> $crate::store::Result<Option<$crate::store::Connection>> {
@@ -36,7 +36,7 @@ macro_rules! impl_connections {
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
-                row.map(TryInto::try_into).transpose()
+                row.map(|r| r.open(&self.keyring)).transpose()
             }
 
             async fn list_connections(
@@ -52,7 +52,7 @@ macro_rules! impl_connections {
                 .bind(workspace_id)
                 .fetch_all(&self.pool)
                 .await?;
-                rows.into_iter().map(TryInto::try_into).collect()
+                rows.into_iter().map(|r| r.open(&self.keyring)).collect()
             }
 
             async fn set_connection_secrets(
@@ -61,12 +61,13 @@ macro_rules! impl_connections {
                 secret: &$crate::secret::WebhookSecret,
                 previous: Option<&$crate::secret::WebhookSecret>,
             ) -> $crate::store::Result<bool> {
+                let sealed = $crate::store::sql::sealed_secret(&self.keyring, secret)?;
                 let done = sqlx::query(
                     "UPDATE connections SET secret = $1, previous_secret = $2, rotated_at = $3 \
                      WHERE id = $4 AND deleted_at IS NULL",
                 )
-                .bind(secret.expose())
-                .bind(previous.map(|p| p.expose()))
+                .bind(sealed)
+                .bind(previous.map(|p| self.keyring.seal(p.expose())))
                 .bind($crate::now_ms())
                 .bind(id)
                 .execute(&self.pool)

@@ -6,6 +6,7 @@
 
 pub(super) mod accounts;
 pub(super) mod audit_usage;
+pub(super) mod backups;
 pub(super) mod connections;
 pub(super) mod jobs;
 pub(super) mod outbox;
@@ -15,6 +16,68 @@ pub(super) mod sites;
 use super::{Connection, StoreError};
 use crate::forge::ForgeKind;
 use crate::secret::WebhookSecret;
+
+/// Every stored column that holds a sealed secret: (table, key column, column).
+pub(super) const SEALED_COLUMNS: [(&str, &str, &str); 4] = [
+    ("connections", "id", "secret"),
+    ("connections", "id", "previous_secret"),
+    ("site_access", "site_id", "basic_sealed"),
+    ("backup_repositories", "url", "passphrase"),
+];
+
+/// `value` sealed again (under `target`, or the current key when it is plain text), or
+/// `None` when it needs nothing.
+pub(super) fn resealed(
+    keyring: &crate::secret::Keyring,
+    value: &str,
+    target: Option<&str>,
+) -> Result<Option<String>, StoreError> {
+    let sealed = crate::secret::Keyring::is_sealed(value);
+    let plain = match target {
+        None if sealed => return Ok(None),
+        None => return Ok(Some(keyring.seal(value))),
+        Some(t) if crate::secret::Keyring::sealed_with(value) == Some(t) => return Ok(None),
+        Some(_) if sealed => keyring.open(value).map_err(sealing)?,
+        Some(_) => value.to_string(),
+    };
+    Ok(Some(match target {
+        Some(t) => keyring.seal_with(t, &plain).map_err(sealing)?,
+        None => keyring.seal(&plain),
+    }))
+}
+
+/// A webhook secret, sealed for storage. The column's own length check now sees the sealed
+/// text, so the rule it kept (at least 16 characters; none is never stored) is kept here.
+pub(super) fn sealed_secret(
+    keyring: &crate::secret::Keyring,
+    secret: &WebhookSecret,
+) -> Result<String, StoreError> {
+    if secret.expose().len() < 16 {
+        return Err(StoreError::Corrupt(
+            "a webhook secret has at least 16 characters".into(),
+        ));
+    }
+    Ok(keyring.seal(secret.expose()))
+}
+
+fn sealing(e: crate::secret::SealError) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+/// A stored secret: opened when sealed; text stored before sealing is read as it is (the
+/// next start seals it).
+pub(super) fn open_secret(
+    keyring: &crate::secret::Keyring,
+    stored: String,
+) -> Result<WebhookSecret, StoreError> {
+    if crate::secret::Keyring::is_sealed(&stored) {
+        Ok(WebhookSecret::from_stored(
+            keyring.open(&stored).map_err(sealing)?,
+        ))
+    } else {
+        Ok(WebhookSecret::from_stored(stored))
+    }
+}
 
 #[derive(sqlx::FromRow)]
 pub(super) struct ConnectionRow {
@@ -29,9 +92,10 @@ pub(super) struct ConnectionRow {
     pub created_at: i64,
 }
 
-impl TryFrom<ConnectionRow> for Connection {
-    type Error = StoreError;
-    fn try_from(r: ConnectionRow) -> Result<Self, StoreError> {
+impl ConnectionRow {
+    /// The connection, its secrets opened with `keyring`.
+    pub(super) fn open(self, keyring: &crate::secret::Keyring) -> Result<Connection, StoreError> {
+        let r = self;
         let forge = ForgeKind::parse(&r.forge).ok_or_else(|| {
             StoreError::Corrupt(format!("connection {} has unknown forge {}", r.id, r.forge))
         })?;
@@ -42,8 +106,11 @@ impl TryFrom<ConnectionRow> for Connection {
             repo: r.repo,
             api_url: r.api_url,
             git_url: r.git_url,
-            secret: WebhookSecret::from_stored(r.secret),
-            previous_secret: r.previous_secret.map(WebhookSecret::from_stored),
+            secret: open_secret(keyring, r.secret)?,
+            previous_secret: r
+                .previous_secret
+                .map(|p| open_secret(keyring, p))
+                .transpose()?,
             created_at: r.created_at,
         })
     }
@@ -226,6 +293,62 @@ macro_rules! impl_store {
                 $backend
             }
 
+            fn keyring(&self) -> &std::sync::Arc<$crate::secret::Keyring> {
+                &self.keyring
+            }
+
+            async fn reseal_secrets(&self, target: Option<&str>) -> $crate::store::Result<u64> {
+                let mut sealed = 0;
+                for (table, key, column) in $crate::store::sql::SEALED_COLUMNS {
+                    // Table and column names are constants of this file.
+                    let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+                        "SELECT {key}, {column} FROM {table} WHERE {column} IS NOT NULL"
+                    ))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    for (id, value) in rows {
+                        let Some(fresh) =
+                            $crate::store::sql::resealed(&self.keyring, &value, target)?
+                        else {
+                            continue;
+                        };
+                        // Only if nobody changed it meanwhile (compare and swap).
+                        let done = sqlx::query(&format!(
+                            "UPDATE {table} SET {column} = $1 WHERE {key} = $2 AND {column} = $3"
+                        ))
+                        .bind(&fresh)
+                        .bind(&id)
+                        .bind(&value)
+                        .execute(&self.pool)
+                        .await?;
+                        sealed += done.rows_affected();
+                    }
+                }
+                Ok(sealed)
+            }
+
+            async fn sealed_counts(
+                &self,
+            ) -> $crate::store::Result<std::collections::BTreeMap<String, u64>> {
+                let mut counts = std::collections::BTreeMap::new();
+                for (table, _, column) in $crate::store::sql::SEALED_COLUMNS {
+                    let values: Vec<(String,)> = sqlx::query_as(&format!(
+                        "SELECT {column} FROM {table} WHERE {column} IS NOT NULL"
+                    ))
+                    .fetch_all(&self.pool)
+                    .await?;
+                    for (v,) in values {
+                        let key = match $crate::secret::Keyring::sealed_with(&v) {
+                            Some(id) => id.to_string(),
+                            None if $crate::secret::Keyring::is_sealed(&v) => "v1".to_string(),
+                            None => "plain".to_string(),
+                        };
+                        *counts.entry(key).or_insert(0) += 1;
+                    }
+                }
+                Ok(counts)
+            }
+
             async fn migrate(&self) -> $crate::store::Result<()> {
                 $migrator.run(&self.pool).await?;
                 Ok(())
@@ -254,6 +377,7 @@ macro_rules! impl_store {
         $crate::store::sql::outbox::impl_outbox!($store);
         $crate::store::sql::jobs::impl_jobs!($store);
         $crate::store::sql::audit_usage::impl_audit_usage!($store);
+        $crate::store::sql::backups::impl_backups!($store);
     };
 }
 

@@ -1,0 +1,27 @@
+-- Backups of sites in restic repositories. A repository's passphrase is made by endor on first
+-- use and kept sealed with the master key; a backup row indexes one restic snapshot.
+CREATE TABLE backup_repositories (
+    url         TEXT PRIMARY KEY,
+    passphrase  TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+
+CREATE TABLE backups (
+    id           TEXT PRIMARY KEY,
+    site_id      TEXT NOT NULL REFERENCES sites(id),
+    site_name    TEXT NOT NULL,
+    repository   TEXT NOT NULL,
+    snapshot_id  TEXT NOT NULL,
+    -- The path restic recorded (the generation's folder at the time).
+    source_path  TEXT NOT NULL,
+    -- Comma-separated.
+    tags         TEXT NOT NULL DEFAULT '',
+    -- JSON: the resources backed up, [[kind, name], ...].
+    resources    TEXT NOT NULL,
+    files        BIGINT NOT NULL,
+    bytes        BIGINT NOT NULL,
+    bytes_added  BIGINT NOT NULL,
+    created_at   BIGINT NOT NULL,
+    created_by   TEXT NOT NULL
+);
+CREATE INDEX backups_by_site ON backups (site_id, created_at);

@@ -1,0 +1,257 @@
+//! Backups of sites (SPEC §13): a frozen generation of the site (files and every database,
+//! consistent while the site serves) written to a restic repository by restic itself, never a
+//! home-made format. The repository endor pushes to should refuse deletes and overwrites
+//! (`rclone serve restic --append-only`): a backup, once written, cannot be removed with
+//! endor's credential. The repository's passphrase is made on first use and kept in the store,
+//! sealed with the master key. A restore makes a backup's generation the newest of a site and
+//! rebuilds the site's data from it, as a sync does.
+
+mod restic;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::sites::{Guard, OperationReport, SiteError, Sites};
+use crate::store::{Backup, Store, StoreError};
+
+pub use restic::Restic;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(
+        "backups are off: set backups.repository (a restic repository, e.g. rest:http://127.0.0.1:8093/)"
+    )]
+    NotConfigured,
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    /// restic (or moving what it restored) failed; its own words.
+    #[error("{0}")]
+    Tool(String),
+    #[error(transparent)]
+    Site(#[from] SiteError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T> = std::result::Result<T, BackupError>;
+
+/// A backup tag: 1–64 letters, digits, `-`, `_` or `.`.
+pub fn validate_tag(tag: &str) -> Result<()> {
+    let ok = !tag.is_empty()
+        && tag.len() <= 64
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(BackupError::Invalid(format!(
+            "invalid tag `{}`: use 1-64 letters, digits, `-`, `_` or `.`",
+            tag.escape_debug()
+        )))
+    }
+}
+
+/// What a restore did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Restored {
+    pub backup: String,
+    pub site: String,
+    /// The site was made by the restore (`--into` a new name).
+    pub created: bool,
+    pub report: OperationReport,
+}
+
+/// What `backup verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verified {
+    pub repository: String,
+    pub ok: bool,
+    /// restic's report (its last lines).
+    pub detail: String,
+}
+
+pub struct Backups {
+    store: Arc<dyn Store>,
+    sites: Sites,
+    config: Config,
+}
+
+impl Backups {
+    pub fn new(store: Arc<dyn Store>, config: &Config) -> Self {
+        Self {
+            sites: Sites::new(store.clone(), config),
+            store,
+            config: config.clone(),
+        }
+    }
+
+    /// restic on the configured repository, with its passphrase (made, kept sealed, and the
+    /// repository initialised on first use).
+    async fn restic(&self) -> Result<Restic> {
+        let url = self.config.backups.repository.trim();
+        if url.is_empty() {
+            return Err(BackupError::NotConfigured);
+        }
+        let cache = std::path::absolute(&self.config.backups.cache)
+            .map_err(|e| BackupError::Tool(format!("backups.cache: {e}")))?;
+        crate::unix::create_private_dir(&cache)
+            .map_err(|e| BackupError::Tool(format!("{}: {e}", cache.display())))?;
+        let (password, new) = match self.store.backup_passphrase(url).await? {
+            Some(p) => (p, false),
+            None => {
+                let made = crate::secret::WebhookSecret::generate();
+                let kept = self
+                    .store
+                    .keep_backup_passphrase(url, made.expose())
+                    .await?;
+                let new = kept == made.expose();
+                (kept, new)
+            }
+        };
+        let restic = Restic {
+            bin: self.config.backups.restic.clone(),
+            repository: url.to_string(),
+            password: password.into(),
+            cache,
+        };
+        if new {
+            restic.init().await?;
+        }
+        Ok(restic)
+    }
+
+    /// Back up `site` now: a generation frozen and written to the repository.
+    pub async fn create(&self, site: &str, tags: &[String], caller: &str) -> Result<Backup> {
+        for t in tags {
+            validate_tag(t)?;
+        }
+        let restic = self.restic().await?;
+        let restic = &restic;
+        let out = self
+            .sites
+            .read_frozen(site, |s, dir| async move {
+                let mut all = vec![format!("site:{}", s.id), format!("name:{}", s.name)];
+                all.extend(tags.iter().cloned());
+                let summary = restic.backup(&dir, &all).await?;
+                let resources = crate::sites::generation_resources(&dir);
+                Ok::<_, BackupError>((s, dir, summary, resources))
+            })
+            .await??;
+        let (s, dir, summary, resources) = out;
+        let backup = Backup {
+            id: crate::store::new_id(),
+            site_id: s.id.clone(),
+            site_name: s.name.clone(),
+            repository: restic.repository.clone(),
+            snapshot_id: summary.snapshot_id.clone(),
+            source_path: dir.display().to_string(),
+            tags: tags.join(","),
+            resources: serde_json::to_string(&resources).unwrap_or_else(|_| "[]".into()),
+            files: summary.total_files_processed as i64,
+            bytes: summary.total_bytes_processed as i64,
+            bytes_added: summary.data_added as i64,
+            created_at: crate::now_ms(),
+            created_by: caller.to_string(),
+        };
+        self.store.insert_backup(&backup).await?;
+        tracing::info!(site = %s.name, snapshot = %backup.snapshot_id, files = backup.files, bytes = backup.bytes, added = backup.bytes_added, "site backed up");
+        Ok(backup)
+    }
+
+    /// Backups, newest first: one site's (by name, deleted sites too) or all.
+    pub async fn list(&self, site: Option<&str>) -> Result<Vec<Backup>> {
+        let all = self.store.backups(None).await?;
+        Ok(match site {
+            Some(name) => {
+                let found: Vec<Backup> = all.into_iter().filter(|b| b.site_name == name).collect();
+                if found.is_empty() && self.store.site_by_name(name).await?.is_none() {
+                    return Err(BackupError::NotFound(format!("site {name}")));
+                }
+                found
+            }
+            None => all,
+        })
+    }
+
+    /// Restore `backup` (an id, or a prefix of 8 or more of its id or snapshot id) into the
+    /// site it was taken of, or `into` another site (made when it does not exist, in the
+    /// same workspace). A protected target needs the bypass, which is audited.
+    pub async fn restore(
+        &self,
+        backup: &str,
+        into: Option<&str>,
+        guard: Guard,
+    ) -> Result<Restored> {
+        let b = self
+            .store
+            .backup(backup)
+            .await?
+            .ok_or_else(|| BackupError::NotFound(format!("backup {backup}")))?;
+        let restic = self.restic().await?;
+        if restic.repository != b.repository {
+            return Err(BackupError::Invalid(format!(
+                "backup {} is in {}, not in backups.repository",
+                b.id, b.repository
+            )));
+        }
+        let target = into.unwrap_or(&b.site_name).to_string();
+        crate::sites::validate_site_name(&target)?;
+        let mut created = false;
+        if self.store.site_by_name(&target).await?.is_none() {
+            let source = self
+                .store
+                .site(&b.site_id)
+                .await?
+                .ok_or_else(|| BackupError::NotFound(format!("site of backup {}", b.id)))?;
+            self.sites
+                .create_empty(&target, &source.workspace_id)
+                .await?;
+            created = true;
+        }
+        let restored = self
+            .sites
+            .restore_with(&target, guard, |dir| {
+                let restic = &restic;
+                let b = &b;
+                async move { restic.restore(&b.snapshot_id, &b.source_path, &dir).await }
+            })
+            .await?;
+        let report = match restored {
+            Ok(r) => r,
+            Err(e) => {
+                if created {
+                    let _ = self.sites.delete(&target, Guard::default()).await;
+                }
+                return Err(e);
+            }
+        };
+        tracing::info!(backup = %b.id, site = %target, "backup restored");
+        Ok(Restored {
+            backup: b.id,
+            site: target,
+            created,
+            report,
+        })
+    }
+
+    /// Read the whole repository back and check it.
+    pub async fn verify(&self) -> Result<Verified> {
+        let restic = self.restic().await?;
+        let (ok, detail) = match restic.check().await {
+            Ok(out) => (true, out),
+            Err(BackupError::Tool(m)) => (false, m),
+            Err(e) => return Err(e),
+        };
+        let detail: Vec<&str> = detail.lines().rev().take(4).collect();
+        Ok(Verified {
+            repository: restic.repository.clone(),
+            ok,
+            detail: detail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+        })
+    }
+}

@@ -1,0 +1,120 @@
+//! restic, run as a program (never through a shell): the repository and its passphrase are
+//! given in its environment, every argument separately.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::BackupError;
+
+pub struct Restic {
+    pub bin: PathBuf,
+    pub repository: String,
+    pub password: SecretString,
+    pub cache: PathBuf,
+}
+
+/// The last line restic prints for `backup --json`.
+#[derive(Debug, Deserialize)]
+pub struct Summary {
+    pub snapshot_id: String,
+    pub total_files_processed: u64,
+    pub total_bytes_processed: u64,
+    pub data_added: u64,
+}
+
+impl Restic {
+    /// Run restic with `args` in `cwd`; its standard output, or its error text.
+    pub async fn run(&self, args: &[&str], cwd: Option<&Path>) -> Result<String, BackupError> {
+        let mut cmd = tokio::process::Command::new(&self.bin);
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &self.cache)
+            .env("RESTIC_REPOSITORY", &self.repository)
+            .env("RESTIC_PASSWORD", self.password.expose_secret())
+            .env("RESTIC_CACHE_DIR", &self.cache)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let out = cmd
+            .output()
+            .await
+            .map_err(|e| BackupError::Tool(format!("cannot run {}: {e}", self.bin.display())))?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        // restic's own words, the lines that say what failed (not its Go stack).
+        let said: Vec<&str> = err
+            .lines()
+            .filter(|l| !l.starts_with('\t') && !l.starts_with("goroutine") && !l.trim().is_empty())
+            .take(6)
+            .collect();
+        Err(BackupError::Tool(format!(
+            "restic {}: {}",
+            args.first().copied().unwrap_or(""),
+            said.join("; ")
+        )))
+    }
+
+    /// Make the repository unless it exists.
+    pub async fn init(&self) -> Result<(), BackupError> {
+        match self.run(&["init"], None).await {
+            Ok(_) => Ok(()),
+            Err(BackupError::Tool(m)) if m.contains("already") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Back up the current folder of `dir` with `tags`.
+    pub async fn backup(&self, dir: &Path, tags: &[String]) -> Result<Summary, BackupError> {
+        let mut args = vec!["backup", "--json", "--host", "endor"];
+        for t in tags {
+            args.push("--tag");
+            args.push(t);
+        }
+        args.push(".");
+        let out = self.run(&args, Some(dir)).await?;
+        out.lines()
+            .rev()
+            .find_map(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .filter(|v| v["message_type"] == "summary")
+                    .and_then(|v| serde_json::from_value(v).ok())
+            })
+            .ok_or_else(|| BackupError::Tool("restic backup printed no summary".into()))
+    }
+
+    /// Restore snapshot `id` (which recorded the folder `source`) so that `dest` holds what
+    /// `source` held. restic restores under the recorded path; the parts are moved up.
+    pub async fn restore(&self, id: &str, source: &str, dest: &Path) -> Result<(), BackupError> {
+        let scratch = dest.join(".restic-restore");
+        let target = scratch.display().to_string();
+        self.run(&["restore", id, "--target", &target], None)
+            .await?;
+        let restored = scratch.join(source.trim_start_matches('/'));
+        let io = |what: &str, p: &Path, e: std::io::Error| {
+            BackupError::Tool(format!("{what} {}: {e}", p.display()))
+        };
+        for entry in std::fs::read_dir(&restored).map_err(|e| io("read", &restored, e))? {
+            let entry = entry.map_err(|e| io("read", &restored, e))?;
+            let to = dest.join(entry.file_name());
+            std::fs::rename(entry.path(), &to).map_err(|e| io("move", &to, e))?;
+        }
+        std::fs::remove_dir_all(&scratch).map_err(|e| io("remove", &scratch, e))?;
+        Ok(())
+    }
+
+    /// Read every byte of the repository back and check it (`restic check --read-data`).
+    pub async fn check(&self) -> Result<String, BackupError> {
+        self.run(&["check", "--read-data"], None).await
+    }
+}

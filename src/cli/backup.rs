@@ -1,0 +1,104 @@
+//! `endor backup`: site backups (create, list, restore, verify).
+
+use clap::Subcommand;
+use endor::backups::Backups;
+use endor::config::Config;
+
+use super::{emit, open_store};
+
+#[derive(Subcommand)]
+pub enum BackupCmd {
+    /// Back up a site now (files and every database, consistent while it serves).
+    Create {
+        site: String,
+        /// A tag on the backup (repeat for more).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// Backups, newest first (one site's, or all).
+    List { site: Option<String> },
+    /// Make a site's data what a backup holds: the site it was taken of, or --into another
+    /// (made when it does not exist).
+    Restore {
+        backup: String,
+        #[arg(long)]
+        into: Option<String>,
+        /// Restore into a protected site (logged with the caller).
+        #[arg(long)]
+        bypass_protection: bool,
+    },
+    /// Read the whole repository back and check it; exit 1 when it is damaged.
+    Verify,
+}
+
+pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let backups = Backups::new(store, config);
+    let who = endor::sites::Guard::cli(false)
+        .caller
+        .unwrap_or_else(|| "cli".into());
+    match cmd {
+        BackupCmd::Create { site, tags } => {
+            let b = backups.create(&site, &tags, &who).await?;
+            emit(json, &b, |b| {
+                format!(
+                    "backup {} of {}: snapshot {}, {} files, {} bytes ({} added)",
+                    b.id, b.site_name, b.snapshot_id, b.files, b.bytes, b.bytes_added
+                )
+            })
+        }
+        BackupCmd::List { site } => {
+            let list = backups.list(site.as_deref()).await?;
+            emit(json, &list, |l| {
+                l.iter()
+                    .map(|b| {
+                        format!(
+                            "{}\t{}\t{}\t{}\t{} files\t{}",
+                            b.id,
+                            b.site_name,
+                            chrono::DateTime::from_timestamp_millis(b.created_at)
+                                .map(|t| t.to_rfc3339())
+                                .unwrap_or_default(),
+                            &b.snapshot_id[..b.snapshot_id.len().min(8)],
+                            b.files,
+                            b.tags
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+        }
+        BackupCmd::Restore {
+            backup,
+            into,
+            bypass_protection,
+        } => {
+            let guard = endor::sites::Guard::cli(bypass_protection);
+            let r = backups.restore(&backup, into.as_deref(), guard).await?;
+            emit(json, &r, |r| {
+                format!(
+                    "backup {} restored into {}{} in {} ms",
+                    r.backup,
+                    r.site,
+                    if r.created { " (new site)" } else { "" },
+                    r.report.duration_ms
+                )
+            })
+        }
+        BackupCmd::Verify => {
+            let v = backups.verify().await?;
+            emit(json, &v, |v| {
+                format!(
+                    "{}: {}\n{}",
+                    v.repository,
+                    if v.ok { "ok" } else { "DAMAGED" },
+                    v.detail
+                )
+            })?;
+            if !v.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
