@@ -16,6 +16,8 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
 # GitHub's example webhook payloads (npm) the ingest test replays.
 bash scripts/api-tools.sh
 bash scripts/webhook-examples.sh
+# restic and rclone for the backup tests (tests/backups.rs).
+bash scripts/backup-tools.sh
 
 # The docker runtime tests need dockerd and a locally built base image.
 bash scripts/docker.sh

@@ -218,7 +218,7 @@ impl Backups {
             .restore_with(&target, guard, |dir| {
                 let restic = &restic;
                 let b = &b;
-                async move { restic.restore(&b.snapshot_id, &b.source_path, &dir).await }
+                async move { restic.restore(&b.snapshot_id, &dir).await }
             })
             .await?;
         let report = match restored {

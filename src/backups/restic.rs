@@ -93,23 +93,12 @@ impl Restic {
             .ok_or_else(|| BackupError::Tool("restic backup printed no summary".into()))
     }
 
-    /// Restore snapshot `id` (which recorded the folder `source`) so that `dest` holds what
-    /// `source` held. restic restores under the recorded path; the parts are moved up.
-    pub async fn restore(&self, id: &str, source: &str, dest: &Path) -> Result<(), BackupError> {
-        let scratch = dest.join(".restic-restore");
-        let target = scratch.display().to_string();
+    /// Restore snapshot `id` into the empty folder `dest` (a backup of `.` restores its
+    /// contents at the target's top).
+    pub async fn restore(&self, id: &str, dest: &Path) -> Result<(), BackupError> {
+        let target = dest.display().to_string();
         self.run(&["restore", id, "--target", &target], None)
             .await?;
-        let restored = scratch.join(source.trim_start_matches('/'));
-        let io = |what: &str, p: &Path, e: std::io::Error| {
-            BackupError::Tool(format!("{what} {}: {e}", p.display()))
-        };
-        for entry in std::fs::read_dir(&restored).map_err(|e| io("read", &restored, e))? {
-            let entry = entry.map_err(|e| io("read", &restored, e))?;
-            let to = dest.join(entry.file_name());
-            std::fs::rename(entry.path(), &to).map_err(|e| io("move", &to, e))?;
-        }
-        std::fs::remove_dir_all(&scratch).map_err(|e| io("remove", &scratch, e))?;
         Ok(())
     }
 

@@ -1,0 +1,428 @@
+//! Site backups through restic into an append-only repository (`rclone serve restic
+//! --append-only`, started here on loopback): a damaged site restored equal to before, the
+//! repository refusing endor's own attempts to delete or rewrite a backup, a flipped byte in
+//! the repository found by `verify`, protection on restore, a restore into a new site, and the
+//! repository's passphrase sealed in the store.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use endor::backups::{BackupError, Backups};
+use endor::sites::{Guard, Imports, Sites};
+use sha2::Digest;
+use support::TestStore;
+
+/// `rclone serve restic --append-only` on a free loopback port, over a folder of its own;
+/// stopped when dropped.
+struct RepoServer {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RepoServer {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("rclone")
+            .args(["serve", "restic", "--append-only", "--addr"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rclone (scripts/backup-tools.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "rclone did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("rest:http://127.0.0.1:{}/", self.port)
+    }
+
+    fn http(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for RepoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct World {
+    db: TestStore,
+    sites: Sites,
+    backups: Backups,
+    repo: RepoServer,
+    _dir: tempfile::TempDir,
+}
+
+async fn world() -> World {
+    let dir = support::reflink_dir();
+    let repo = RepoServer::start();
+    let db = TestStore::sqlite().await;
+    let owner = db.store.create_user("owner", None, None).await.unwrap();
+    db.store.create_workspace("acme", &owner.id).await.unwrap();
+    let mut config = support::config_in(&db.url, dir.path());
+    config.backups.repository = repo.url();
+    config.backups.cache = dir.path().join("restic-cache");
+    let sites = Sites::new(db.store.clone(), &config);
+    let backups = Backups::new(db.store.clone(), &config);
+    World {
+        db,
+        sites,
+        backups,
+        repo,
+        _dir: dir,
+    }
+}
+
+/// A site `name` with a tree of files, a SQLite database and a PostgreSQL database of its own.
+async fn production(w: &World, name: &str) -> String {
+    let src = w._dir.path().join(format!("src-{name}"));
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::write(src.join("index.html"), b"<h1>shop</h1>").unwrap();
+    std::fs::write(src.join("a/b/big.bin"), vec![9u8; 2 * 1024 * 1024 + 3]).unwrap();
+    std::fs::write(src.join("a/notes.txt"), b"keep me").unwrap();
+    let sqlite = w._dir.path().join(format!("{name}.db"));
+    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&format!(
+        "sqlite://{}?mode=rwc",
+        sqlite.display()
+    ))
+    .await
+    .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE accounts (id INTEGER PRIMARY KEY, balance INTEGER NOT NULL);
+         WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 4999)
+         INSERT INTO accounts SELECT i, 1000 FROM n;",
+    )
+    .execute(&mut c)
+    .await
+    .unwrap();
+    sqlx::Connection::close(c).await.unwrap();
+    let (pg_name, pg_url) = support::pg_source_db().await;
+    w.sites
+        .create(
+            name,
+            "acme",
+            "default",
+            Imports {
+                files: Some(&src),
+                sqlite: Some(&sqlite),
+                postgres: Some(&pg_url),
+                mariadb: None,
+            },
+        )
+        .await
+        .unwrap();
+    support::drop_pg_db(&pg_name).await;
+    name.to_string()
+}
+
+/// Everything a site holds, comparable: every file's path and SHA-256, every SQLite table's
+/// rows, the PostgreSQL totals.
+async fn fingerprint(w: &World, name: &str) -> BTreeMap<String, String> {
+    let shown = w.sites.show(name).await.unwrap();
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                let digest = sha2::Sha256::digest(std::fs::read(&p).unwrap());
+                out.insert(
+                    format!("file {}", p.strip_prefix(root).unwrap().display()),
+                    hex::encode(digest),
+                );
+            }
+        }
+    }
+    walk(&shown.files_dir, &shown.files_dir, &mut out);
+    for url in &shown.database_urls {
+        if url.starts_with("sqlite:") {
+            let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(url)
+                .await
+                .unwrap();
+            let rows: Vec<(i64, i64)> =
+                sqlx::query_as("SELECT id, balance FROM accounts ORDER BY id")
+                    .fetch_all(&mut c)
+                    .await
+                    .unwrap_or_default();
+            out.insert("sqlite accounts".into(), format!("{rows:?}"));
+        } else if url.starts_with("postgres") {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+                .await
+                .unwrap();
+            let totals: Result<(i64, i64), _> =
+                sqlx::query_as("SELECT count(*), coalesce(sum(balance), 0)::bigint FROM accounts")
+                    .fetch_one(&mut c)
+                    .await;
+            out.insert(
+                "postgres accounts".into(),
+                format!("{:?}", totals.map_err(|e| e.to_string())),
+            );
+        }
+    }
+    out
+}
+
+async fn sqlite_file(w: &World, name: &str) -> PathBuf {
+    let shown = w.sites.show(name).await.unwrap();
+    let url = shown
+        .database_urls
+        .iter()
+        .find(|u| u.starts_with("sqlite:"))
+        .unwrap()
+        .clone();
+    PathBuf::from(
+        url.trim_start_matches("sqlite://")
+            .split('?')
+            .next()
+            .unwrap(),
+    )
+}
+
+/// Damage every part of a site: a file deleted and another changed, a page of its SQLite file
+/// overwritten, its PostgreSQL table dropped.
+async fn damage(w: &World, name: &str) {
+    let shown = w.sites.show(name).await.unwrap();
+    std::fs::remove_file(shown.files_dir.join("a/notes.txt")).unwrap();
+    std::fs::write(shown.files_dir.join("index.html"), b"defaced").unwrap();
+    let db = sqlite_file(w, name).await;
+    let mut bytes = std::fs::read(&db).unwrap();
+    for b in &mut bytes[4096..8192] {
+        *b = 0xAB;
+    }
+    std::fs::write(&db, bytes).unwrap();
+    let pg = shown
+        .database_urls
+        .iter()
+        .find(|u| u.starts_with("postgres"))
+        .unwrap()
+        .clone();
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&pg)
+        .await
+        .unwrap();
+    sqlx::query("DROP TABLE accounts")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    sqlx::Connection::close(c).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_damaged_site_is_restored_equal_to_before() {
+    let w = world().await;
+    let site = production(&w, "production").await;
+    let before = fingerprint(&w, &site).await;
+    assert!(before.len() >= 5, "{before:?}");
+    let b = w
+        .backups
+        .create(&site, &["nightly".into()], "cli:test")
+        .await
+        .unwrap();
+    assert_eq!(b.site_name, site);
+    assert!(b.files >= 4 && b.bytes > 2 * 1024 * 1024, "{b:?}");
+    assert_eq!(b.tags, "nightly");
+    let resources: Vec<(String, String)> = serde_json::from_str(&b.resources).unwrap();
+    assert!(
+        resources.contains(&("postgres".into(), "main".into())),
+        "{resources:?}"
+    );
+    assert!(
+        resources.contains(&("sqlite".into(), "main".into())),
+        "{resources:?}"
+    );
+    damage(&w, &site).await;
+    assert_ne!(fingerprint(&w, &site).await, before);
+    // By a prefix of its id, as a user types it.
+    let r = w
+        .backups
+        .restore(&b.id[..8], None, Guard::cli(false))
+        .await
+        .unwrap();
+    assert!(!r.created);
+    assert_eq!(fingerprint(&w, &site).await, before);
+    // A second backup after a small change adds little (restic deduplicates).
+    let shown = w.sites.show(&site).await.unwrap();
+    std::fs::write(shown.files_dir.join("a/new.txt"), b"one more file").unwrap();
+    let second = w.backups.create(&site, &[], "cli:test").await.unwrap();
+    assert!(
+        second.bytes_added < b.bytes_added / 4,
+        "{second:?} vs {b:?}"
+    );
+    let listed = w.backups.list(Some(&site)).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].id, second.id, "newest first");
+    // The repository's passphrase is in the store, sealed: not in the SQLite file.
+    let pass =
+        w.db.store
+            .backup_passphrase(&w.repo.url())
+            .await
+            .unwrap()
+            .unwrap();
+    let store_file = w.db.url.trim_start_matches("sqlite://").to_string();
+    for f in [store_file.clone(), format!("{store_file}-wal")] {
+        if let Ok(bytes) = std::fs::read(&f) {
+            assert!(!String::from_utf8_lossy(&bytes).contains(&pass), "{f}");
+        }
+    }
+    w.db.cleanup().await;
+}
+
+/// endor's own credential cannot delete or rewrite a backup: the repository refuses (403),
+/// and the backup is still there and restores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_repository_refuses_to_delete_or_rewrite_a_backup() {
+    let w = world().await;
+    let site = production(&w, "production").await;
+    let b = w.backups.create(&site, &[], "cli:test").await.unwrap();
+    let snapshots: Vec<String> = std::fs::read_dir(w.repo.dir.path().join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(snapshots.len(), 1);
+    assert!(snapshots[0].starts_with(&b.snapshot_id));
+    let http = reqwest::Client::new();
+    let path = format!("snapshots/{}", snapshots[0]);
+    let del = http.delete(w.repo.http(&path)).send().await.unwrap();
+    assert_eq!(del.status(), 403);
+    let over = http
+        .post(w.repo.http(&path))
+        .body("rewritten")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over.status(), 403);
+    let config = http.delete(w.repo.http("config")).send().await.unwrap();
+    assert_eq!(config.status(), 403);
+    assert!(
+        w.repo
+            .dir
+            .path()
+            .join("snapshots")
+            .join(&snapshots[0])
+            .exists()
+    );
+    let r = w.backups.restore(&b.id, None, Guard::cli(false)).await;
+    assert!(r.is_ok(), "{r:?}");
+    w.db.cleanup().await;
+}
+
+/// One flipped byte in the repository's data is found by `verify`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_finds_a_flipped_byte_in_the_repository() {
+    let w = world().await;
+    let site = production(&w, "production").await;
+    w.backups.create(&site, &[], "cli:test").await.unwrap();
+    let v = w.backups.verify().await.unwrap();
+    assert!(v.ok, "{v:?}");
+    // The largest pack holds the files' data.
+    let mut packs = Vec::new();
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            if e.path().is_dir() {
+                walk(&e.path(), out);
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    walk(&w.repo.dir.path().join("data"), &mut packs);
+    packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
+    let pack = packs.last().unwrap();
+    let mut bytes = std::fs::read(pack).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(pack, bytes).unwrap();
+    let v = w.backups.verify().await.unwrap();
+    assert!(!v.ok, "{v:?}");
+    w.db.cleanup().await;
+}
+
+/// Restoring into a protected site needs the bypass (audited); a restore `--into` a new name
+/// makes a site in the same workspace holding the backup's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restores_are_guarded_and_can_make_a_new_site() {
+    let w = world().await;
+    let site = production(&w, "production").await;
+    let before = fingerprint(&w, &site).await;
+    let b = w.backups.create(&site, &[], "cli:test").await.unwrap();
+    w.sites
+        .protect(&site, true, &Guard::cli(false))
+        .await
+        .unwrap();
+    let refused = w.backups.restore(&b.id, None, Guard::cli(false)).await;
+    assert!(
+        matches!(
+            refused,
+            Err(BackupError::Site(endor::sites::SiteError::Protected(..)))
+        ),
+        "{refused:?}"
+    );
+    w.backups
+        .restore(&b.id, None, Guard::cli(true))
+        .await
+        .unwrap();
+    let audit = w.db.store.audit_events(None).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "bypass_protection" && e.detail.starts_with("restore into")),
+        "{audit:?}"
+    );
+    let r = w
+        .backups
+        .restore(&b.id, Some("production-copy"), Guard::cli(false))
+        .await
+        .unwrap();
+    assert!(r.created);
+    assert_eq!(fingerprint(&w, "production-copy").await, before);
+    // Bad input: an unknown backup, a short or hostile id, a bad tag, a bad site name.
+    for id in [
+        "0123456789abcdef",
+        "abc",
+        "'; DROP TABLE backups; --",
+        "%%%%%%%%",
+    ] {
+        assert!(
+            matches!(
+                w.backups.restore(id, None, Guard::cli(false)).await,
+                Err(BackupError::NotFound(_))
+            ),
+            "{id}"
+        );
+    }
+    assert!(matches!(
+        w.backups.create(&site, &["a b".into()], "cli:test").await,
+        Err(BackupError::Invalid(_))
+    ));
+    assert!(
+        w.backups
+            .restore(&b.id, Some("Bad_Name"), Guard::cli(false))
+            .await
+            .is_err()
+    );
+    assert!(matches!(
+        w.backups.list(Some("nope")).await,
+        Err(BackupError::NotFound(_))
+    ));
+    w.db.cleanup().await;
+}
