@@ -426,3 +426,99 @@ async fn restores_are_guarded_and_can_make_a_new_site() {
     ));
     w.db.cleanup().await;
 }
+
+/// Move money between accounts in `url` (SQLite or PostgreSQL), one transfer per
+/// transaction, until `stop`; the number of transfers.
+fn transfers(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<u64> {
+    macro_rules! run {
+        ($pool:ty) => {
+            tokio::spawn(async move {
+                let pool = <$pool>::connect(&url).await.unwrap();
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let (from, to, amount) =
+                        ((n * 7) % 100, (n * 13 + 1) % 100, (n % 50) as i64 + 1);
+                    let mut tx = pool.begin().await.unwrap();
+                    for (id, delta) in [(from, -amount), (to, amount)] {
+                        sqlx::query("UPDATE accounts SET balance = balance + $1 WHERE id = $2")
+                            .bind(delta)
+                            .bind(id as i64)
+                            .execute(&mut *tx)
+                            .await
+                            .unwrap();
+                    }
+                    tx.commit().await.unwrap();
+                }
+                n
+            })
+        };
+    }
+    if url.starts_with("sqlite:") {
+        run!(sqlx::SqlitePool)
+    } else {
+        run!(sqlx::PgPool)
+    }
+}
+
+/// Backups taken while a writer moves money between accounts in the site's SQLite and
+/// PostgreSQL databases restore with the exact totals: each backup is one consistent moment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_under_writes_restores_with_the_exact_total() {
+    let w = world().await;
+    let site = production(&w, "production").await;
+    let shown = w.sites.show(&site).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = shown
+        .database_urls
+        .iter()
+        .filter(|u| u.starts_with("sqlite:") || u.starts_with("postgres"))
+        .map(|u| transfers(u.clone(), stop.clone()))
+        .collect();
+    assert_eq!(writers.len(), 2);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut taken = Vec::new();
+    for _ in 0..2 {
+        taken.push(w.backups.create(&site, &[], "cli:test").await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for wr in writers {
+        assert!(wr.await.unwrap() > 10, "a writer barely ran");
+    }
+    for (i, b) in taken.iter().enumerate() {
+        let copy = format!("restored-{i}");
+        w.backups
+            .restore(&b.id, Some(&copy), Guard::cli(false))
+            .await
+            .unwrap();
+        let f = fingerprint(&w, &copy).await;
+        // SQLite: 5,000 accounts of 1,000 before the writer, whose transfers keep the sum.
+        let rows: Vec<(i64, i64)> = {
+            let shown = w.sites.show(&copy).await.unwrap();
+            let url = shown
+                .database_urls
+                .iter()
+                .find(|u| u.starts_with("sqlite:"))
+                .unwrap()
+                .clone();
+            let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+                .await
+                .unwrap();
+            sqlx::query_as("SELECT id, balance FROM accounts")
+                .fetch_all(&mut c)
+                .await
+                .unwrap()
+        };
+        assert_eq!(rows.len(), 5000);
+        assert_eq!(
+            rows.iter().map(|r| r.1).sum::<i64>(),
+            5_000_000,
+            "backup {i}"
+        );
+        assert_eq!(f["postgres accounts"], "Ok((100, 100000))", "backup {i}");
+    }
+    w.db.cleanup().await;
+}
