@@ -134,6 +134,15 @@ pub struct BackupsConfig {
     pub restic: PathBuf,
     /// restic's cache (made private).
     pub cache: PathBuf,
+    /// When `endor serve` backs up the sites that are scheduled (protected sites unless they
+    /// say otherwise; others that say so): cron, 6 fields, seconds first, UTC.
+    pub schedule: String,
+}
+
+impl BackupsConfig {
+    pub fn parsed_schedule(&self) -> Result<cron::Schedule, String> {
+        parse_cron(&self.schedule)
+    }
 }
 
 impl Default for BackupsConfig {
@@ -142,6 +151,7 @@ impl Default for BackupsConfig {
             repository: String::new(),
             restic: "restic".into(),
             cache: "data/backups/cache".into(),
+            schedule: "0 0 3 * * *".into(),
         }
     }
 }
@@ -260,20 +270,25 @@ impl Default for ReaperConfig {
 impl ReaperConfig {
     /// The parsed schedule; the error names what is wrong.
     pub fn parsed_schedule(&self) -> Result<cron::Schedule, String> {
-        let fields = self.schedule.split_whitespace().count();
-        if !(6..=7).contains(&fields) {
-            return Err(format!(
-                "`{}` has {fields} fields; write 6 (seconds first), e.g. \"0 */5 * * * *\"",
-                self.schedule.escape_debug()
-            ));
-        }
-        self.schedule.parse::<cron::Schedule>().map_err(|e| {
-            format!(
-                "`{}` is not a cron expression: {e}",
-                self.schedule.escape_debug()
-            )
-        })
+        parse_cron(&self.schedule)
     }
+}
+
+/// A 6-field cron expression (seconds first), with an error that says how to write one.
+fn parse_cron(schedule: &str) -> Result<cron::Schedule, String> {
+    let fields = schedule.split_whitespace().count();
+    if !(6..=7).contains(&fields) {
+        return Err(format!(
+            "`{}` has {fields} fields; write 6 (seconds first), e.g. \"0 */5 * * * *\"",
+            schedule.escape_debug()
+        ));
+    }
+    schedule.parse::<cron::Schedule>().map_err(|e| {
+        format!(
+            "`{}` is not a cron expression: {e}",
+            schedule.escape_debug()
+        )
+    })
 }
 
 /// Slash-commands in PR comments.
@@ -711,6 +726,9 @@ impl Config {
         }
         if let Err(problem) = self.reaper.parsed_schedule() {
             return key("reaper.schedule", &problem);
+        }
+        if let Err(problem) = self.backups.parsed_schedule() {
+            return key("backups.schedule", &problem);
         }
         for (k, v) in [
             ("usage.site_hour", self.usage.site_hour),

@@ -214,6 +214,12 @@ pub async fn serve_roles(
         tracing::info!(schedule = %state.config.reaper.schedule, "reaper scheduled");
         tokio::spawn(r.run_scheduled(rx.clone()))
     });
+    let scheduled_backups =
+        (roles.reaper && !state.config.backups.repository.is_empty()).then(|| {
+            tracing::info!(schedule = %state.config.backups.schedule, "backups scheduled");
+            let backups = crate::backups::Backups::new(state.store.clone(), &state.config);
+            tokio::spawn(backups.run_scheduled(rx.clone()))
+        });
     let served = match api {
         Some(api) => serve(state, api, stopped(rx)).await,
         None => {
@@ -233,6 +239,9 @@ pub async fn serve_roles(
     }
     if let Some(r) = reaper {
         let _ = r.await;
+    }
+    if let Some(b) = scheduled_backups {
+        let _ = b.await;
     }
     if let Some(w) = workers {
         w.shutdown().await;

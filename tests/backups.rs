@@ -522,3 +522,77 @@ async fn a_backup_under_writes_restores_with_the_exact_total() {
     }
     w.db.cleanup().await;
 }
+
+/// `endor serve` backs up on `backups.schedule`: a protected site by default, another once it
+/// says `on`, none that says `off`, each once per tick; and the CLI's words for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serve_backs_up_scheduled_sites() {
+    let repo = RepoServer::start();
+    let url = repo.url();
+    let served = support::preview::ServedBinary::start(move |c| {
+        c.backups.repository = url;
+        c.backups.schedule = "*/2 * * * * *".into();
+    })
+    .await;
+    let public = served.dir.path().join("public");
+    std::fs::create_dir_all(&public).unwrap();
+    std::fs::write(public.join("index.html"), b"hi").unwrap();
+    for name in ["production", "staging", "scratch"] {
+        served.cli(&[
+            "site",
+            "create",
+            name,
+            "--workspace",
+            "acme",
+            "--files",
+            public.to_str().unwrap(),
+        ]);
+    }
+    served.cli(&["site", "protect", "production", "on"]);
+    let said = served.cli(&["backup", "schedule", "staging", "on"]);
+    assert!(
+        said.contains("staging: backed up on backups.schedule"),
+        "{said}"
+    );
+    let said = served.cli(&["backup", "schedule", "scratch", "default"]);
+    assert!(
+        said.contains("not backed up") && said.contains("(the default)"),
+        "{said}"
+    );
+    let store = served.store().await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let names = loop {
+        let all = store.backups(None).await.unwrap();
+        let mut names: Vec<String> = all.iter().map(|b| b.site_name.clone()).collect();
+        names.sort();
+        names.dedup();
+        if names.len() >= 2 && all.len() >= 4 {
+            assert!(
+                all.iter()
+                    .all(|b| b.tags == "scheduled" && b.created_by == "schedule")
+            );
+            break names;
+        }
+        assert!(Instant::now() < deadline, "scheduled backups: {all:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(names, ["production", "staging"]);
+    // Each tick backs a site up once, however many ticks have passed.
+    let all = store.backups(None).await.unwrap();
+    for site in ["production", "staging"] {
+        let mut times: Vec<i64> = all
+            .iter()
+            .filter(|b| b.site_name == site)
+            .map(|b| b.created_at / 2000)
+            .collect();
+        let n = times.len();
+        times.dedup();
+        assert_eq!(times.len(), n, "{site}: two backups in one tick");
+    }
+    let listed = served.cli(&["backup", "list", "production"]);
+    assert!(
+        listed.contains("production") && listed.contains("scheduled"),
+        "{listed}"
+    );
+    served.cli(&["backup", "schedule", "production", "off"]);
+}

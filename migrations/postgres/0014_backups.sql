@@ -25,3 +25,9 @@ CREATE TABLE backups (
     created_by   TEXT NOT NULL
 );
 CREATE INDEX backups_by_site ON backups (site_id, created_at);
+
+-- Whether a site is backed up on `backups.schedule` (no row: only if it is protected).
+CREATE TABLE site_backup_settings (
+    site_id    TEXT PRIMARY KEY REFERENCES sites(id),
+    scheduled  INTEGER NOT NULL
+);

@@ -255,3 +255,139 @@ impl Backups {
         })
     }
 }
+
+/// What `endor backup schedule` says of a site.
+#[derive(Debug, Clone, Serialize)]
+pub struct Scheduled {
+    pub site: String,
+    /// What the site said (`null`: the default, on for protected sites).
+    pub own: Option<bool>,
+    /// Whether it is backed up on `backups.schedule`.
+    pub scheduled: bool,
+}
+
+/// What one scheduled pass did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Pass {
+    pub backed_up: Vec<String>,
+    /// Sites whose backup failed, with why.
+    pub failed: Vec<(String, String)>,
+}
+
+/// The store lease a scheduled pass holds.
+const PASS_LEASE: &str = "backups";
+
+/// The tag scheduled backups carry.
+pub const SCHEDULED_TAG: &str = "scheduled";
+
+impl Backups {
+    /// Say whether `site` is backed up on schedule (`None`: the default).
+    pub async fn set_schedule(&self, site: &str, own: Option<bool>) -> Result<Scheduled> {
+        let s = self
+            .store
+            .site_by_name(site)
+            .await?
+            .ok_or_else(|| BackupError::NotFound(format!("site {site}")))?;
+        self.store.set_backup_schedule(&s.id, own).await?;
+        Ok(Scheduled {
+            site: s.name,
+            own,
+            scheduled: own.unwrap_or(s.protected),
+        })
+    }
+
+    /// The live sites backed up on schedule: protected ones unless they said no, and the
+    /// others that said yes.
+    pub async fn scheduled_sites(&self) -> Result<Vec<crate::store::Site>> {
+        let own: std::collections::HashMap<_, _> =
+            self.store.backup_schedules().await?.into_iter().collect();
+        Ok(self
+            .store
+            .list_sites()
+            .await?
+            .into_iter()
+            .filter(|s| s.state == crate::store::SiteState::Active)
+            .filter(|s| own.get(&s.id).copied().unwrap_or(s.protected))
+            .collect())
+    }
+
+    /// Back up every scheduled site that has no backup since `since` (ms): one pass of the
+    /// schedule. Another process that ran the same tick already made those backups, so
+    /// running a tick twice backs nothing up twice.
+    pub async fn scheduled_pass(&self, since: i64) -> Result<Pass> {
+        let mut pass = Pass::default();
+        // One pass at a time over every process of this store.
+        let owner = crate::store::new_id();
+        let now = crate::now_ms();
+        if !self
+            .store
+            .try_lease(PASS_LEASE, &owner, now, now + 6 * 3_600_000)
+            .await?
+        {
+            tracing::info!("scheduled backups skipped: another process is running them");
+            return Ok(pass);
+        }
+        let out = self.pass_held(since, &mut pass).await;
+        let _ = self.store.release_lease(PASS_LEASE, &owner).await;
+        out.map(|()| pass)
+    }
+
+    async fn pass_held(&self, since: i64, pass: &mut Pass) -> Result<()> {
+        let done: std::collections::HashSet<_> = self
+            .store
+            .backups(None)
+            .await?
+            .into_iter()
+            .filter(|b| b.created_at >= since)
+            .map(|b| b.site_id)
+            .collect();
+        for site in self.scheduled_sites().await? {
+            if done.contains(&site.id) {
+                continue;
+            }
+            match self
+                .create(&site.name, &[SCHEDULED_TAG.to_string()], "schedule")
+                .await
+            {
+                Ok(_) => pass.backed_up.push(site.name),
+                Err(e) => {
+                    tracing::warn!(site = %site.name, error = %e, "scheduled backup failed");
+                    pass.failed.push((site.name, e.to_string()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Run passes on `backups.schedule` until `stop` says so (only when a repository is set).
+    pub async fn run_scheduled(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let schedule = match self.config.backups.parsed_schedule() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "backups.schedule");
+                return;
+            }
+        };
+        loop {
+            let Some(next) = schedule.upcoming(chrono::Utc).next() else {
+                return;
+            };
+            let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            match self.scheduled_pass(next.timestamp_millis()).await {
+                Ok(p) if !p.backed_up.is_empty() || !p.failed.is_empty() => {
+                    tracing::info!(
+                        backed_up = p.backed_up.len(),
+                        failed = p.failed.len(),
+                        "scheduled backups"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "scheduled backup pass failed"),
+            }
+        }
+    }
+}

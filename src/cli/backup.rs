@@ -29,6 +29,13 @@ pub enum BackupCmd {
     },
     /// Read the whole repository back and check it; exit 1 when it is damaged.
     Verify,
+    /// Whether `endor serve` backs the site up on backups.schedule: on, off, or default
+    /// (on for protected sites).
+    Schedule {
+        site: String,
+        #[arg(value_parser = ["on", "off", "default"])]
+        state: String,
+    },
 }
 
 pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<()> {
@@ -82,6 +89,30 @@ pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<
                     r.site,
                     if r.created { " (new site)" } else { "" },
                     r.report.duration_ms
+                )
+            })
+        }
+        BackupCmd::Schedule { site, state } => {
+            let own = match state.as_str() {
+                "on" => Some(true),
+                "off" => Some(false),
+                _ => None,
+            };
+            let s = backups.set_schedule(&site, own).await?;
+            emit(json, &s, |s| {
+                format!(
+                    "{}: {} on backups.schedule{}",
+                    s.site,
+                    if s.scheduled {
+                        "backed up"
+                    } else {
+                        "not backed up"
+                    },
+                    if s.own.is_none() {
+                        " (the default)"
+                    } else {
+                        ""
+                    }
                 )
             })
         }

@@ -794,6 +794,10 @@ pub trait BackupStore: Send + Sync {
     async fn backups(&self, site_id: Option<&SiteId>) -> Result<Vec<Backup>>;
     /// By id, or by a prefix of it (at least 8 characters) or of its snapshot's id.
     async fn backup(&self, id: &str) -> Result<Option<Backup>>;
+    /// Sites that said whether they are backed up on schedule (the others: if protected).
+    async fn backup_schedules(&self) -> Result<Vec<(SiteId, bool)>>;
+    /// Say (or, with `None`, forget) whether a site is backed up on schedule.
+    async fn set_backup_schedule(&self, site_id: &SiteId, scheduled: Option<bool>) -> Result<()>;
 }
 
 /// The audit trail.

@@ -66,6 +66,40 @@ macro_rules! impl_backups {
                 .await?)
             }
 
+            async fn backup_schedules(&self) -> $crate::store::Result<Vec<($crate::ids::SiteId, bool)>> {
+                let rows: Vec<($crate::ids::SiteId, i64)> =
+                    sqlx::query_as("SELECT site_id, scheduled FROM site_backup_settings")
+                        .fetch_all(&self.pool)
+                        .await?;
+                Ok(rows.into_iter().map(|(s, on)| (s, on != 0)).collect())
+            }
+
+            async fn set_backup_schedule(
+                &self,
+                site_id: &$crate::ids::SiteId,
+                scheduled: Option<bool>,
+            ) -> $crate::store::Result<()> {
+                match scheduled {
+                    Some(on) => {
+                        sqlx::query(
+                            "INSERT INTO site_backup_settings (site_id, scheduled) VALUES ($1, $2) \
+                             ON CONFLICT (site_id) DO UPDATE SET scheduled = excluded.scheduled",
+                        )
+                        .bind(site_id)
+                        .bind(on as i64)
+                        .execute(&self.pool)
+                        .await?;
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM site_backup_settings WHERE site_id = $1")
+                            .bind(site_id)
+                            .execute(&self.pool)
+                            .await?;
+                    }
+                }
+                Ok(())
+            }
+
             async fn backup(&self, id: &str) -> $crate::store::Result<Option<$crate::store::Backup>> {
                 if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
                     return Ok(None);
