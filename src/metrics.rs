@@ -4,6 +4,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -39,6 +40,9 @@ pub struct Metrics {
     pub sites_reaped: Counter,
     /// Orphans swept, by kind (dirs, processes, routes).
     pub orphans_swept: Family<KindLabels, Counter>,
+    /// Backup drills recorded in the store (by any process), by outcome (passed, failed):
+    /// read from the store at each scrape.
+    pub backup_drills: Family<OutcomeLabels, Gauge>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
@@ -106,7 +110,14 @@ impl Default for Metrics {
             "Orphaned resources removed by the reaper, by kind (dirs, processes, routes)",
             orphans_swept.clone(),
         );
+        let backup_drills = Family::<OutcomeLabels, Gauge>::default();
+        registry.register(
+            "backup_drills",
+            "Backup restore drills recorded in the store, by outcome (passed, failed)",
+            backup_drills.clone(),
+        );
         Self {
+            backup_drills,
             reaper_runs,
             sites_reaped,
             orphans_swept,

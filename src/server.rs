@@ -41,6 +41,15 @@ async fn readyz(State(app): State<Arc<AppState>>) -> Response {
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    // Drills run from any process (`endor backup drill`) are counted from the store.
+    if let Ok((passed, failed)) = app.store.drill_counts().await {
+        for (outcome, n) in [("passed", passed), ("failed", failed)] {
+            app.metrics
+                .backup_drills
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome })
+                .set(n);
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

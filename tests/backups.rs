@@ -595,4 +595,90 @@ async fn serve_backs_up_scheduled_sites() {
         "{listed}"
     );
     served.cli(&["backup", "schedule", "production", "off"]);
+    // A drill from the CLI: recorded, shown by `backup list`, counted on /metrics.
+    let drilled = served.cli(&["backup", "drill", "production"]);
+    assert!(drilled.contains("passed"), "{drilled}");
+    let listed = served.cli(&["backup", "list", "production"]);
+    assert!(
+        listed.lines().next().unwrap().contains("drill: passed"),
+        "{listed}"
+    );
+    let metrics = served
+        .http
+        .get(format!("http://{}/metrics", served.config.server.listen))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("endor_backup_drills{outcome=\"passed\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// A drill restores the newest backup into a scratch site, checks it against the manifest and
+/// removes it; a backup whose data was damaged in the repository, or whose restore differs
+/// from its manifest, fails the drill loudly, and every outcome is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn drills_pass_on_good_backups_and_fail_loudly_on_damaged_ones() {
+    let w = world().await;
+    let site = production(&w, "production").await;
+    let b = w.backups.create(&site, &[], "cli:test").await.unwrap();
+    let r = w.backups.drill(&site).await.unwrap();
+    assert!(r.ok, "{r:?}");
+    assert!(r.detail.contains("1 PostgreSQL tables answer"), "{r:?}");
+    let live: Vec<_> =
+        w.db.store
+            .list_sites()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|s| s.state == endor::store::SiteState::Active)
+            .map(|s| s.name)
+            .collect();
+    assert_eq!(live, ["production"], "the scratch site is gone");
+    let listed = w.backups.list(Some(&site)).await.unwrap();
+    assert_eq!(listed[0].last_drill_ok, Some(1));
+    // A manifest the restore does not match.
+    let mut tampered: endor::backups::Manifest = serde_json::from_str(&b.manifest).unwrap();
+    let some_file = tampered.files.keys().next().unwrap().clone();
+    tampered.files.insert(some_file.clone(), "0".repeat(64));
+    let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&w.db.url)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE backups SET manifest = $1 WHERE id = $2")
+        .bind(serde_json::to_string(&tampered).unwrap())
+        .bind(&b.id)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let r = w.backups.drill(&site).await.unwrap();
+    assert!(
+        !r.ok && r.detail.contains(&format!("file {some_file} differs")),
+        "{r:?}"
+    );
+    // Damaged data in the repository: every pack flipped.
+    let second = w.backups.create(&site, &[], "cli:test").await.unwrap();
+    let mut stack = vec![w.repo.dir.path().join("data")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                let mut bytes = std::fs::read(e.path()).unwrap();
+                let mid = bytes.len() / 2;
+                bytes[mid] ^= 0xFF;
+                std::fs::write(e.path(), bytes).unwrap();
+            }
+        }
+    }
+    let r = w.backups.drill(&site).await.unwrap();
+    assert_eq!(r.backup, second.id);
+    assert!(!r.ok, "{r:?}");
+    let listed = w.backups.list(Some(&site)).await.unwrap();
+    assert_eq!(listed[0].last_drill_ok, Some(0));
+    assert_eq!(w.db.store.drill_counts().await.unwrap(), (1, 2));
+    w.db.cleanup().await;
 }

@@ -22,7 +22,9 @@ CREATE TABLE backups (
     bytes        INTEGER NOT NULL,
     bytes_added  INTEGER NOT NULL,
     created_at   INTEGER NOT NULL,
-    created_by   TEXT NOT NULL
+    created_by   TEXT NOT NULL,
+    -- JSON: every file's SHA-256 and every SQLite table's rows and checksum, as backed up.
+    manifest     TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX backups_by_site ON backups (site_id, created_at);
 
@@ -31,3 +33,14 @@ CREATE TABLE site_backup_settings (
     site_id    TEXT PRIMARY KEY REFERENCES sites(id),
     scheduled  INTEGER NOT NULL
 );
+
+-- Restore drills: a backup restored into a scratch site and checked against its manifest.
+CREATE TABLE backup_drills (
+    id           TEXT PRIMARY KEY,
+    backup_id    TEXT NOT NULL REFERENCES backups(id),
+    at           INTEGER NOT NULL,
+    ok           INTEGER NOT NULL,
+    detail       TEXT NOT NULL,
+    duration_ms  INTEGER NOT NULL
+);
+CREATE INDEX backup_drills_by_backup ON backup_drills (backup_id, at);

@@ -6,6 +6,7 @@
 //! sealed with the master key. A restore makes a backup's generation the newest of a site and
 //! rebuilds the site's data from it, as a sync does.
 
+mod manifest;
 mod restic;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::config::Config;
 use crate::sites::{Guard, OperationReport, SiteError, Sites};
 use crate::store::{Backup, Store, StoreError};
 
+pub use manifest::Manifest;
 pub use restic::Restic;
 
 #[derive(Debug, thiserror::Error)]
@@ -137,12 +139,13 @@ impl Backups {
             .read_frozen(site, |s, dir| async move {
                 let mut all = vec![format!("site:{}", s.id), format!("name:{}", s.name)];
                 all.extend(tags.iter().cloned());
+                let manifest = Manifest::of(&dir).await?;
                 let summary = restic.backup(&dir, &all).await?;
                 let resources = crate::sites::generation_resources(&dir);
-                Ok::<_, BackupError>((s, dir, summary, resources))
+                Ok::<_, BackupError>((s, dir, summary, resources, manifest))
             })
             .await??;
-        let (s, dir, summary, resources) = out;
+        let (s, dir, summary, resources, manifest) = out;
         let backup = Backup {
             id: crate::store::new_id(),
             site_id: s.id.clone(),
@@ -157,6 +160,9 @@ impl Backups {
             bytes_added: summary.data_added as i64,
             created_at: crate::now_ms(),
             created_by: caller.to_string(),
+            manifest: serde_json::to_string(&manifest).unwrap_or_else(|_| "{}".into()),
+            last_drill_at: None,
+            last_drill_ok: None,
         };
         self.store.insert_backup(&backup).await?;
         tracing::info!(site = %s.name, snapshot = %backup.snapshot_id, files = backup.files, bytes = backup.bytes, added = backup.bytes_added, "site backed up");
@@ -389,5 +395,111 @@ impl Backups {
                 Err(e) => tracing::warn!(error = %e, "scheduled backup pass failed"),
             }
         }
+    }
+}
+
+/// What a drill found.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    pub backup: String,
+    pub site: String,
+    pub ok: bool,
+    pub detail: String,
+    pub duration_ms: u64,
+}
+
+impl Backups {
+    /// Drill the newest backup of `site`: restore it into a scratch site (its databases
+    /// started), compare every file's checksum and every SQLite table's rows with the backup's
+    /// manifest, ask every table of its PostgreSQL databases for a count, remove the scratch
+    /// site, and record the outcome.
+    pub async fn drill(&self, site: &str) -> Result<DrillReport> {
+        let newest = self
+            .list(Some(site))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| BackupError::NotFound(format!("a backup of {site}")))?;
+        self.drill_backup(&newest).await
+    }
+
+    /// Drill the newest backup of every site that has one.
+    pub async fn drill_all(&self) -> Result<Vec<DrillReport>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for b in self.store.backups(None).await? {
+            if seen.insert(b.site_id.clone()) {
+                out.push(self.drill_backup(&b).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn drill_backup(&self, b: &Backup) -> Result<DrillReport> {
+        let started = std::time::Instant::now();
+        let scratch = format!("drill-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let outcome = self.drill_into(b, &scratch).await;
+        if self.store.site_by_name(&scratch).await?.is_some()
+            && let Err(e) = self.sites.delete(&scratch, Guard::default()).await
+        {
+            tracing::warn!(site = %scratch, error = %e, "the drill's scratch site was not removed");
+        }
+        let (ok, detail) = match outcome {
+            Ok(d) => (true, d),
+            Err(e) => (false, e.to_string()),
+        };
+        let drill = crate::store::Drill {
+            id: crate::store::new_id(),
+            backup_id: b.id.clone(),
+            at: crate::now_ms(),
+            ok: ok as i64,
+            detail: detail.clone(),
+            duration_ms: started.elapsed().as_millis() as i64,
+        };
+        self.store.insert_drill(&drill).await?;
+        if ok {
+            tracing::info!(backup = %b.id, site = %b.site_name, "backup drill passed");
+        } else {
+            tracing::error!(backup = %b.id, site = %b.site_name, detail = %detail, "backup drill FAILED");
+        }
+        Ok(DrillReport {
+            backup: b.id.clone(),
+            site: b.site_name.clone(),
+            ok,
+            detail,
+            duration_ms: drill.duration_ms as u64,
+        })
+    }
+
+    async fn drill_into(&self, b: &Backup, scratch: &str) -> Result<String> {
+        self.restore(&b.id, Some(scratch), Guard::default()).await?;
+        let generation = self.sites.newest_generation_dir(scratch).await?;
+        let want: Manifest = serde_json::from_str(&b.manifest)
+            .map_err(|e| BackupError::Invalid(format!("backup {}: its manifest: {e}", b.id)))?;
+        let got = Manifest::of(&generation).await?;
+        let diffs = got.differences(&want);
+        if !diffs.is_empty() {
+            return Err(BackupError::Invalid(format!(
+                "restored data differs from the backup's manifest ({} differences): {}",
+                diffs.len(),
+                diffs.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+            )));
+        }
+        let site = self
+            .store
+            .site_by_name(scratch)
+            .await?
+            .ok_or_else(|| BackupError::NotFound(format!("site {scratch}")))?;
+        let mut answered = 0;
+        for (_, url) in self.sites.database_urls(&site).await? {
+            if url.starts_with("postgres") {
+                answered += manifest::postgres_tables(&url).await?.len();
+            }
+        }
+        Ok(format!(
+            "{} files and {} SQLite tables as backed up; {answered} PostgreSQL tables answer",
+            want.files.len(),
+            want.tables.len()
+        ))
     }
 }

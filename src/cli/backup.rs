@@ -29,6 +29,15 @@ pub enum BackupCmd {
     },
     /// Read the whole repository back and check it; exit 1 when it is damaged.
     Verify,
+    /// Restore the newest backup of SITE (or of every site, --all) into a scratch site, check
+    /// it against the backup's manifest, remove it, and record the outcome; exit 1 when a
+    /// drill fails.
+    Drill {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        site: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
     /// Whether `endor serve` backs the site up on backups.schedule: on, off, or default
     /// (on for protected sites).
     Schedule {
@@ -60,7 +69,7 @@ pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<
                 l.iter()
                     .map(|b| {
                         format!(
-                            "{}\t{}\t{}\t{}\t{} files\t{}",
+                            "{}\t{}\t{}\t{}\t{} files\t{}\tdrill: {}",
                             b.id,
                             b.site_name,
                             chrono::DateTime::from_timestamp_millis(b.created_at)
@@ -68,7 +77,12 @@ pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<
                                 .unwrap_or_default(),
                             &b.snapshot_id[..b.snapshot_id.len().min(8)],
                             b.files,
-                            b.tags
+                            b.tags,
+                            match b.last_drill_ok {
+                                None => "none",
+                                Some(1) => "passed",
+                                Some(_) => "FAILED",
+                            }
                         )
                     })
                     .collect::<Vec<_>>()
@@ -115,6 +129,31 @@ pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<
                     }
                 )
             })
+        }
+        BackupCmd::Drill { site, all: _ } => {
+            let reports = match site {
+                Some(s) => vec![backups.drill(&s).await?],
+                None => backups.drill_all().await?,
+            };
+            emit(json, &reports, |rs| {
+                rs.iter()
+                    .map(|r| {
+                        format!(
+                            "{}\tbackup {}\t{}\t{} ms\t{}",
+                            r.site,
+                            r.backup,
+                            if r.ok { "passed" } else { "FAILED" },
+                            r.duration_ms,
+                            r.detail
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })?;
+            if reports.iter().any(|r| !r.ok) {
+                std::process::exit(1);
+            }
+            Ok(())
         }
         BackupCmd::Verify => {
             let v = backups.verify().await?;

@@ -61,6 +61,19 @@ impl Sites {
         .await
     }
 
+    /// The folder of `name`'s newest generation.
+    pub async fn newest_generation_dir(&self, name: &str) -> Result<PathBuf> {
+        let site = self.get(name).await?;
+        let g = self
+            .store
+            .generations(&site.id)
+            .await?
+            .last()
+            .cloned()
+            .ok_or_else(|| SiteError::NotFound(format!("a generation of {name}")))?;
+        Ok(self.generation_dir(&site, g.seq))
+    }
+
     /// Make `name`'s data what `fill` puts in a fresh generation directory (files/, sqlite/,
     /// postgres/, mariadb/ as a snapshot lays them out), guarded like a sync (a protected site
     /// needs the bypass, which is audited). The new generation becomes the site's newest,

@@ -780,6 +780,24 @@ pub struct Backup {
     pub bytes_added: i64,
     pub created_at: i64,
     pub created_by: String,
+    /// JSON: every file's SHA-256 and every SQLite table's rows and checksum (a drill checks
+    /// a restore against it).
+    #[serde(skip)]
+    pub manifest: String,
+    /// The newest drill of this backup: when, and whether it passed (1) or failed (0).
+    pub last_drill_at: Option<i64>,
+    pub last_drill_ok: Option<i64>,
+}
+
+/// One restore drill of a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Drill {
+    pub id: String,
+    pub backup_id: String,
+    pub at: i64,
+    pub ok: i64,
+    pub detail: String,
+    pub duration_ms: i64,
 }
 
 /// Backups and the passphrases of their repositories.
@@ -794,6 +812,9 @@ pub trait BackupStore: Send + Sync {
     async fn backups(&self, site_id: Option<&SiteId>) -> Result<Vec<Backup>>;
     /// By id, or by a prefix of it (at least 8 characters) or of its snapshot's id.
     async fn backup(&self, id: &str) -> Result<Option<Backup>>;
+    async fn insert_drill(&self, d: &Drill) -> Result<()>;
+    /// Drills by outcome: (passed, failed), over every backup.
+    async fn drill_counts(&self) -> Result<(i64, i64)>;
     /// Sites that said whether they are backed up on schedule (the others: if protected).
     async fn backup_schedules(&self) -> Result<Vec<(SiteId, bool)>>;
     /// Say (or, with `None`, forget) whether a site is backed up on schedule.

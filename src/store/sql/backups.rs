@@ -34,8 +34,8 @@ macro_rules! impl_backups {
             async fn insert_backup(&self, b: &$crate::store::Backup) -> $crate::store::Result<()> {
                 sqlx::query(
                     "INSERT INTO backups (id, site_id, site_name, repository, snapshot_id, source_path, tags, \
-                     resources, files, bytes, bytes_added, created_at, created_by) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                     resources, files, bytes, bytes_added, created_at, created_by, manifest) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 )
                 .bind(&b.id)
                 .bind(&b.site_id)
@@ -50,6 +50,7 @@ macro_rules! impl_backups {
                 .bind(b.bytes_added)
                 .bind(b.created_at)
                 .bind(&b.created_by)
+                .bind(&b.manifest)
                 .execute(&self.pool)
                 .await?;
                 Ok(())
@@ -57,13 +58,38 @@ macro_rules! impl_backups {
 
             async fn backups(&self, site_id: Option<&$crate::ids::SiteId>) -> $crate::store::Result<Vec<$crate::store::Backup>> {
                 Ok(sqlx::query_as(
-                    "SELECT id, site_id, site_name, repository, snapshot_id, source_path, tags, resources, files, \
-                     bytes, bytes_added, created_at, created_by FROM backups \
-                     WHERE ($1 IS NULL OR site_id = $1) ORDER BY created_at DESC, id DESC",
+                    concat!("SELECT ", $crate::store::sql::backups::backup_columns!(), " FROM backups b \
+                     WHERE ($1 IS NULL OR b.site_id = $1) ORDER BY b.created_at DESC, b.id DESC"),
                 )
                 .bind(site_id)
                 .fetch_all(&self.pool)
                 .await?)
+            }
+
+            async fn insert_drill(&self, d: &$crate::store::Drill) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO backup_drills (id, backup_id, at, ok, detail, duration_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(&d.id)
+                .bind(&d.backup_id)
+                .bind(d.at)
+                .bind(d.ok as i32)
+                .bind(&d.detail)
+                .bind(d.duration_ms)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn drill_counts(&self) -> $crate::store::Result<(i64, i64)> {
+                let (passed, failed): (i64, i64) = sqlx::query_as(
+                    "SELECT CAST(COALESCE(SUM(CASE WHEN ok = 1 THEN 1 ELSE 0 END), 0) AS BIGINT), \
+                     CAST(COALESCE(SUM(CASE WHEN ok = 1 THEN 0 ELSE 1 END), 0) AS BIGINT) FROM backup_drills",
+                )
+                .fetch_one(&self.pool)
+                .await?;
+                Ok((passed, failed))
             }
 
             async fn backup_schedules(&self) -> $crate::store::Result<Vec<($crate::ids::SiteId, bool)>> {
@@ -105,9 +131,8 @@ macro_rules! impl_backups {
                     return Ok(None);
                 }
                 let mut rows: Vec<$crate::store::Backup> = sqlx::query_as(
-                    "SELECT id, site_id, site_name, repository, snapshot_id, source_path, tags, resources, files, \
-                     bytes, bytes_added, created_at, created_by FROM backups \
-                     WHERE id LIKE $1 OR snapshot_id LIKE $1 LIMIT 2",
+                    concat!("SELECT ", $crate::store::sql::backups::backup_columns!(), " FROM backups b \
+                     WHERE b.id LIKE $1 OR b.snapshot_id LIKE $1 LIMIT 2"),
                 )
                 // Hex digits and dashes only (checked above): no LIKE wildcard in it.
                 .bind(format!("{id}%"))
@@ -120,3 +145,13 @@ macro_rules! impl_backups {
 }
 
 pub(in crate::store) use impl_backups;
+
+macro_rules! backup_columns {
+    () => {
+        "b.id, b.site_id, b.site_name, b.repository, b.snapshot_id, b.source_path, b.tags, b.resources, \
+         b.files, b.bytes, b.bytes_added, b.created_at, b.created_by, b.manifest, \
+         (SELECT MAX(d.at) FROM backup_drills d WHERE d.backup_id = b.id) AS last_drill_at, \
+         (SELECT CAST(d.ok AS BIGINT) FROM backup_drills d WHERE d.backup_id = b.id ORDER BY d.at DESC, d.id DESC LIMIT 1) AS last_drill_ok"
+    };
+}
+pub(in crate::store) use backup_columns;
