@@ -137,6 +137,13 @@ pub struct BackupsConfig {
     /// When `endor serve` backs up the sites that are scheduled (protected sites unless they
     /// say otherwise; others that say so): cron, 6 fields, seconds first, UTC.
     pub schedule: String,
+    /// What `endor backup forget` keeps of each site's backups (restic's policy): the newest
+    /// `keep_last`, and the newest of each of the last `keep_daily` days, `keep_weekly`
+    /// weeks and `keep_monthly` months.
+    pub keep_last: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
 }
 
 impl BackupsConfig {
@@ -152,6 +159,10 @@ impl Default for BackupsConfig {
             restic: "restic".into(),
             cache: "data/backups/cache".into(),
             schedule: "0 0 3 * * *".into(),
+            keep_last: 7,
+            keep_daily: 7,
+            keep_weekly: 4,
+            keep_monthly: 6,
         }
     }
 }

@@ -24,27 +24,35 @@ struct RepoServer {
     dir: tempfile::TempDir,
 }
 
+/// `rclone serve restic ARGS FOLDER` on a free loopback port, listening.
+fn rclone(folder: &Path, args: &[&str]) -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new("rclone")
+        .args(["serve", "restic"])
+        .args(args)
+        .arg("--addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(folder)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rclone (scripts/backup-tools.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "rclone did not listen");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
+
 impl RepoServer {
     fn start() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("rclone")
-            .args(["serve", "restic", "--append-only", "--addr"])
-            .arg(format!("127.0.0.1:{port}"))
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("rclone (scripts/backup-tools.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "rclone did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let (child, port) = rclone(dir.path(), &["--append-only"]);
         Self { child, port, dir }
     }
 
@@ -69,6 +77,7 @@ struct World {
     sites: Sites,
     backups: Backups,
     repo: RepoServer,
+    config: endor::config::Config,
     _dir: tempfile::TempDir,
 }
 
@@ -88,6 +97,7 @@ async fn world() -> World {
         sites,
         backups,
         repo,
+        config,
         _dir: dir,
     }
 }
@@ -681,4 +691,163 @@ async fn drills_pass_on_good_backups_and_fail_loudly_on_damaged_ones() {
     assert_eq!(listed[0].last_drill_ok, Some(0));
     assert_eq!(w.db.store.drill_counts().await.unwrap(), (1, 2));
     w.db.cleanup().await;
+}
+
+/// `backup forget` removes what the retention policy does not keep, only through a credential
+/// that may delete: the pushing URL is refused, a pruning server over the same folder (its own
+/// user and password, no `--append-only`) does it; the store forgets the same backups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forget_keeps_the_policy_s_backups_through_the_pruning_credential_only() {
+    let w = world().await;
+    let site = production(&w, "production").await;
+    let mut made = Vec::new();
+    for _ in 0..4 {
+        made.push(w.backups.create(&site, &[], "cli:test").await.unwrap());
+    }
+    let mut config = w.config.clone();
+    config.backups.keep_last = 2;
+    config.backups.keep_daily = 0;
+    config.backups.keep_weekly = 0;
+    config.backups.keep_monthly = 0;
+    let backups = Backups::new(w.db.store.clone(), &config);
+    for via in ["", w.repo.url().as_str()] {
+        assert!(
+            matches!(
+                backups.forget(None, via, false).await,
+                Err(BackupError::Invalid(_))
+            ),
+            "{via}"
+        );
+    }
+    // The same folder through a server that may delete, with its own credential.
+    let (mut pruner, port) = rclone(
+        w.repo.dir.path(),
+        &["--user", "pruner", "--pass", "s3cret-prune"],
+    );
+    let via = format!("rest:http://pruner:s3cret-prune@127.0.0.1:{port}/");
+    let dry = backups.forget(Some(&site), &via, true).await.unwrap();
+    assert_eq!(dry[0].removed.len(), 2);
+    assert_eq!(w.backups.list(Some(&site)).await.unwrap().len(), 4);
+    let done = backups.forget(Some(&site), &via, false).await.unwrap();
+    assert_eq!(done[0].removed.len(), 2);
+    let left: Vec<String> = w
+        .backups
+        .list(Some(&site))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(
+        left,
+        [made[3].id.clone(), made[2].id.clone()],
+        "the newest two are kept"
+    );
+    let snapshots = std::fs::read_dir(w.repo.dir.path().join("snapshots"))
+        .unwrap()
+        .count();
+    assert_eq!(snapshots, 2);
+    w.backups
+        .restore(&made[3].id, None, Guard::cli(false))
+        .await
+        .unwrap();
+    let _ = pruner.kill();
+    let _ = pruner.wait();
+    w.db.cleanup().await;
+}
+
+/// The backup rows on both store backends: listed newest first with their last drill, found
+/// by a prefix of their id or snapshot id (not by a hostile or ambiguous one), drills counted,
+/// schedules kept, rows forgotten by a snapshot's full id, passphrases sealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_rows_on_both_backends() {
+    for db in [TestStore::sqlite().await, TestStore::postgres().await] {
+        let s = db.store.clone();
+        let owner = s.create_user("owner", None, None).await.unwrap();
+        let ws = s.create_workspace("acme", &owner.id).await.unwrap();
+        let site = s
+            .create_site(&endor::store::NewSite {
+                name: "production".into(),
+                workspace_id: ws.id.clone(),
+                region: "default".into(),
+                parent_id: None,
+                read_only: false,
+            })
+            .await
+            .unwrap();
+        let row = |i: i64, snap: &str| endor::store::Backup {
+            id: endor::store::new_id(),
+            site_id: site.id.clone(),
+            site_name: "production".into(),
+            repository: "rest:http://x/".into(),
+            snapshot_id: snap.into(),
+            source_path: "/g/1".into(),
+            tags: String::new(),
+            resources: "[]".into(),
+            files: 1,
+            bytes: 2,
+            bytes_added: 3,
+            created_at: 1_000 + i,
+            created_by: "cli:t".into(),
+            manifest: "{}".into(),
+            last_drill_at: None,
+            last_drill_ok: None,
+        };
+        let (a, b) = (row(1, "aaaaaaaa"), row(2, "bbbbbbbb"));
+        s.insert_backup(&a).await.unwrap();
+        s.insert_backup(&b).await.unwrap();
+        s.insert_drill(&endor::store::Drill {
+            id: endor::store::new_id(),
+            backup_id: b.id.clone(),
+            at: 5,
+            ok: 1,
+            detail: "fine".into(),
+            duration_ms: 9,
+        })
+        .await
+        .unwrap();
+        let listed = s.backups(Some(&site.id)).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].id, b.id);
+        assert_eq!(
+            (listed[0].last_drill_at, listed[0].last_drill_ok),
+            (Some(5), Some(1))
+        );
+        assert_eq!(listed[1].last_drill_ok, None);
+        assert_eq!(s.backup(&a.id).await.unwrap().unwrap().id, a.id);
+        assert_eq!(s.backup("bbbbbbbb").await.unwrap().unwrap().id, b.id);
+        for bad in ["aaaa", "%", "' OR 1=1 --", &a.id[..8]] {
+            // Too short, hostile, or (two uuid v7 ids made together share 8) ambiguous.
+            let found = s.backup(bad).await.unwrap();
+            assert!(
+                found.is_none() || bad == &a.id[..8] && found.unwrap().id == a.id,
+                "{bad}"
+            );
+        }
+        assert_eq!(s.drill_counts().await.unwrap(), (1, 0));
+        s.set_backup_schedule(&site.id, Some(true)).await.unwrap();
+        assert_eq!(
+            s.backup_schedules().await.unwrap(),
+            [(site.id.clone(), true)]
+        );
+        s.set_backup_schedule(&site.id, None).await.unwrap();
+        assert!(s.backup_schedules().await.unwrap().is_empty());
+        let full = format!("bbbbbbbb{}", "c".repeat(56));
+        assert_eq!(s.delete_backups(&[full]).await.unwrap(), 1);
+        assert_eq!(s.backups(None).await.unwrap().len(), 1);
+        assert_eq!(s.drill_counts().await.unwrap(), (0, 0));
+        let kept = s
+            .keep_backup_passphrase("rest:http://x/", "first")
+            .await
+            .unwrap();
+        assert_eq!(kept, "first");
+        assert_eq!(
+            s.keep_backup_passphrase("rest:http://x/", "second")
+                .await
+                .unwrap(),
+            "first",
+            "the first passphrase stays"
+        );
+        db.cleanup().await;
+    }
 }

@@ -503,3 +503,64 @@ impl Backups {
         ))
     }
 }
+
+/// What `backup forget` did for one site.
+#[derive(Debug, Clone, Serialize)]
+pub struct Forgot {
+    pub site: String,
+    /// Snapshots removed from the repository (or that would be, with a dry run).
+    pub removed: Vec<String>,
+    pub dry_run: bool,
+}
+
+impl Backups {
+    /// Apply `[backups]`'s retention policy to each site's backups (one site's, or all),
+    /// through `via`: the same repository reached with a credential that may delete (the
+    /// pushing one refuses). The backups removed are forgotten in the store too.
+    pub async fn forget(
+        &self,
+        site: Option<&str>,
+        via: &str,
+        dry_run: bool,
+    ) -> Result<Vec<Forgot>> {
+        let via = via.trim();
+        if via.is_empty() {
+            return Err(BackupError::Invalid(
+                "forget needs --via: the repository through a credential that may delete".into(),
+            ));
+        }
+        if via == self.config.backups.repository.trim() {
+            return Err(BackupError::Invalid(
+                "--via is backups.repository, which refuses deletes: give the pruning credential's URL"
+                    .into(),
+            ));
+        }
+        let push = self.restic().await?;
+        let prune = Restic {
+            repository: via.to_string(),
+            ..push
+        };
+        let mut sites: Vec<(crate::ids::SiteId, String)> = Vec::new();
+        for b in self.list(site).await? {
+            if !sites.iter().any(|(id, _)| *id == b.site_id) {
+                sites.push((b.site_id.clone(), b.site_name.clone()));
+            }
+        }
+        let mut out = Vec::new();
+        for (id, name) in sites {
+            let removed = prune
+                .forget(&format!("site:{id}"), &self.config.backups, dry_run)
+                .await?;
+            if !dry_run {
+                self.store.delete_backups(&removed).await?;
+            }
+            tracing::info!(site = %name, removed = removed.len(), dry_run, "backups forgotten");
+            out.push(Forgot {
+                site: name,
+                removed,
+                dry_run,
+            });
+        }
+        Ok(out)
+    }
+}

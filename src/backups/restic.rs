@@ -102,6 +102,49 @@ impl Restic {
         Ok(())
     }
 
+    /// Apply a retention policy to the snapshots tagged `tag` (one group), removing what it does
+    /// not keep and pruning their data; the ids of the snapshots removed.
+    pub async fn forget(
+        &self,
+        tag: &str,
+        keep: &crate::config::BackupsConfig,
+        dry_run: bool,
+    ) -> Result<Vec<String>, BackupError> {
+        let (last, daily, weekly, monthly) = (
+            keep.keep_last.to_string(),
+            keep.keep_daily.to_string(),
+            keep.keep_weekly.to_string(),
+            keep.keep_monthly.to_string(),
+        );
+        let mut args = vec![
+            "forget",
+            "--json",
+            "--tag",
+            tag,
+            "--group-by",
+            "host",
+            "--keep-last",
+            &last,
+            "--keep-daily",
+            &daily,
+            "--keep-weekly",
+            &weekly,
+            "--keep-monthly",
+            &monthly,
+        ];
+        args.push(if dry_run { "--dry-run" } else { "--prune" });
+        let out = self.run(&args, None).await?;
+        let groups: Vec<serde_json::Value> = out
+            .lines()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .unwrap_or_default();
+        Ok(groups
+            .iter()
+            .flat_map(|g| g["remove"].as_array().cloned().unwrap_or_default())
+            .filter_map(|s| s["id"].as_str().map(str::to_string))
+            .collect())
+    }
+
     /// Read every byte of the repository back and check it (`restic check --read-data`).
     pub async fn check(&self) -> Result<String, BackupError> {
         self.run(&["check", "--read-data"], None).await

@@ -29,6 +29,16 @@ pub enum BackupCmd {
     },
     /// Read the whole repository back and check it; exit 1 when it is damaged.
     Verify,
+    /// Remove the backups [backups]'s retention policy does not keep (one site's, or all),
+    /// through a credential that may delete: --via the same repository's pruning URL.
+    Forget {
+        site: Option<String>,
+        #[arg(long, value_name = "PRUNE_URL")]
+        via: String,
+        /// Say what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Restore the newest backup of SITE (or of every site, --all) into a scratch site, check
     /// it against the backup's manifest, remove it, and record the outcome; exit 1 when a
     /// drill fails.
@@ -154,6 +164,26 @@ pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<
                 std::process::exit(1);
             }
             Ok(())
+        }
+        BackupCmd::Forget { site, via, dry_run } => {
+            let done = backups.forget(site.as_deref(), &via, dry_run).await?;
+            emit(json, &done, |d| {
+                d.iter()
+                    .map(|f| {
+                        format!(
+                            "{}: {} {}",
+                            f.site,
+                            f.removed.len(),
+                            if f.dry_run {
+                                "backups would be removed"
+                            } else {
+                                "backups removed"
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
         }
         BackupCmd::Verify => {
             let v = backups.verify().await?;

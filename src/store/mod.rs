@@ -813,6 +813,9 @@ pub trait BackupStore: Send + Sync {
     /// By id, or by a prefix of it (at least 8 characters) or of its snapshot's id.
     async fn backup(&self, id: &str) -> Result<Option<Backup>>;
     async fn insert_drill(&self, d: &Drill) -> Result<()>;
+    /// Forget the backups of these snapshots (full ids, or the short ones a row keeps) and
+    /// their drills; how many were forgotten.
+    async fn delete_backups(&self, snapshot_ids: &[String]) -> Result<u64>;
     /// Drills by outcome: (passed, failed), over every backup.
     async fn drill_counts(&self) -> Result<(i64, i64)>;
     /// Sites that said whether they are backed up on schedule (the others: if protected).

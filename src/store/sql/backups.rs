@@ -82,6 +82,29 @@ macro_rules! impl_backups {
                 Ok(())
             }
 
+            async fn delete_backups(&self, snapshot_ids: &[String]) -> $crate::store::Result<u64> {
+                let mut tx = self.pool.begin().await?;
+                let mut n = 0;
+                for id in snapshot_ids {
+                    sqlx::query(
+                        "DELETE FROM backup_drills WHERE backup_id IN \
+                         (SELECT id FROM backups WHERE $1 LIKE snapshot_id || '%')",
+                    )
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                    // restic names a snapshot by its full id; a backup row keeps the short
+                    // one restic printed (hex: no LIKE wildcard in it).
+                    n += sqlx::query("DELETE FROM backups WHERE $1 LIKE snapshot_id || '%'")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+                Ok(n)
+            }
+
             async fn drill_counts(&self) -> $crate::store::Result<(i64, i64)> {
                 let (passed, failed): (i64, i64) = sqlx::query_as(
                     "SELECT CAST(COALESCE(SUM(CASE WHEN ok = 1 THEN 1 ELSE 0 END), 0) AS BIGINT), \
@@ -94,7 +117,7 @@ macro_rules! impl_backups {
 
             async fn backup_schedules(&self) -> $crate::store::Result<Vec<($crate::ids::SiteId, bool)>> {
                 let rows: Vec<($crate::ids::SiteId, i64)> =
-                    sqlx::query_as("SELECT site_id, scheduled FROM site_backup_settings")
+                    sqlx::query_as("SELECT site_id, CAST(scheduled AS BIGINT) FROM site_backup_settings")
                         .fetch_all(&self.pool)
                         .await?;
                 Ok(rows.into_iter().map(|(s, on)| (s, on != 0)).collect())
