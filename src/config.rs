@@ -144,6 +144,9 @@ pub struct BackupsConfig {
     pub keep_daily: u32,
     pub keep_weekly: u32,
     pub keep_monthly: u32,
+    /// How many of each site's newest backups are also kept on this host as copy-on-write
+    /// copies beside the site, restored without reading the repository.
+    pub local_copies: u32,
 }
 
 impl BackupsConfig {
@@ -163,6 +166,7 @@ impl Default for BackupsConfig {
             keep_daily: 7,
             keep_weekly: 4,
             keep_monthly: 6,
+            local_copies: 2,
         }
     }
 }

@@ -268,6 +268,16 @@ async fn a_damaged_site_is_restored_equal_to_before() {
         .await
         .unwrap();
     assert!(!r.created);
+    assert_eq!(r.from, "local", "this host kept a copy");
+    assert_eq!(fingerprint(&w, &site).await, before);
+    // The same from the repository itself.
+    damage(&w, &site).await;
+    let r = w
+        .backups
+        .restore_from(&b.id, None, Guard::cli(false), false)
+        .await
+        .unwrap();
+    assert_eq!(r.from, "repository");
     assert_eq!(fingerprint(&w, &site).await, before);
     // A second backup after a small change adds little (restic deduplicates).
     let shown = w.sites.show(&site).await.unwrap();
@@ -331,7 +341,10 @@ async fn the_repository_refuses_to_delete_or_rewrite_a_backup() {
             .join(&snapshots[0])
             .exists()
     );
-    let r = w.backups.restore(&b.id, None, Guard::cli(false)).await;
+    let r = w
+        .backups
+        .restore_from(&b.id, None, Guard::cli(false), false)
+        .await;
     assert!(r.is_ok(), "{r:?}");
     w.db.cleanup().await;
 }
@@ -500,10 +513,12 @@ async fn a_backup_under_writes_restores_with_the_exact_total() {
     }
     for (i, b) in taken.iter().enumerate() {
         let copy = format!("restored-{i}");
-        w.backups
-            .restore(&b.id, Some(&copy), Guard::cli(false))
+        let r = w
+            .backups
+            .restore_from(&b.id, Some(&copy), Guard::cli(false), false)
             .await
             .unwrap();
+        assert_eq!(r.from, "repository");
         let f = fingerprint(&w, &copy).await;
         // SQLite: 5,000 accounts of 1,000 before the writer, whose transfers keep the sum.
         let rows: Vec<(i64, i64)> = {
@@ -747,6 +762,16 @@ async fn forget_keeps_the_policy_s_backups_through_the_pruning_credential_only()
         .unwrap()
         .count();
     assert_eq!(snapshots, 2);
+    // This host keeps copies of the newest two backups only (backups.local_copies).
+    let site_id = w.db.store.site_by_name(&site).await.unwrap().unwrap().id;
+    let copies: Vec<String> =
+        std::fs::read_dir(w.config.storage.root.join(site_id.as_str()).join("backups"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    assert!(copies.contains(&made[3].id) && copies.contains(&made[2].id));
     w.backups
         .restore(&made[3].id, None, Guard::cli(false))
         .await

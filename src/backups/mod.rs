@@ -63,6 +63,8 @@ pub fn validate_tag(tag: &str) -> Result<()> {
 pub struct Restored {
     pub backup: String,
     pub site: String,
+    /// Where the data came from: `local` (the copy kept on this host) or `repository`.
+    pub from: &'static str,
     /// The site was made by the restore (`--into` a new name).
     pub created: bool,
     pub report: OperationReport,
@@ -134,6 +136,10 @@ impl Backups {
         }
         let restic = self.restic().await?;
         let restic = &restic;
+        let id = crate::store::new_id();
+        let keep = self.config.backups.local_copies as usize;
+        let sites = &self.sites;
+        let id_ref = &id;
         let out = self
             .sites
             .read_frozen(site, |s, dir| async move {
@@ -142,12 +148,13 @@ impl Backups {
                 let manifest = Manifest::of(&dir).await?;
                 let summary = restic.backup(&dir, &all).await?;
                 let resources = crate::sites::generation_resources(&dir);
+                sites.keep_local_copy(&s, &dir, id_ref, keep)?;
                 Ok::<_, BackupError>((s, dir, summary, resources, manifest))
             })
             .await??;
         let (s, dir, summary, resources, manifest) = out;
         let backup = Backup {
-            id: crate::store::new_id(),
+            id,
             site_id: s.id.clone(),
             site_name: s.name.clone(),
             repository: restic.repository.clone(),
@@ -193,6 +200,18 @@ impl Backups {
         into: Option<&str>,
         guard: Guard,
     ) -> Result<Restored> {
+        self.restore_from(backup, into, guard, true).await
+    }
+
+    /// As [`Backups::restore`]; with `local`, from the copy this host kept when it has one,
+    /// else always from the repository (what a drill must read).
+    pub async fn restore_from(
+        &self,
+        backup: &str,
+        into: Option<&str>,
+        guard: Guard,
+        local: bool,
+    ) -> Result<Restored> {
         let b = self
             .store
             .backup(backup)
@@ -219,12 +238,24 @@ impl Backups {
                 .await?;
             created = true;
         }
+        let local = self.sites.local_copy(&b.site_id, &b.id).filter(|_| local);
+        let from = if local.is_some() {
+            "local"
+        } else {
+            "repository"
+        };
         let restored = self
             .sites
             .restore_with(&target, guard, |dir| {
                 let restic = &restic;
                 let b = &b;
-                async move { restic.restore(&b.snapshot_id, &dir).await }
+                let sites = &self.sites;
+                async move {
+                    match local {
+                        Some(copy) => Ok(sites.copy_generation(&copy, &dir)?),
+                        None => restic.restore(&b.snapshot_id, &dir).await,
+                    }
+                }
             })
             .await?;
         let report = match restored {
@@ -240,6 +271,7 @@ impl Backups {
         Ok(Restored {
             backup: b.id,
             site: target,
+            from,
             created,
             report,
         })
@@ -472,7 +504,9 @@ impl Backups {
     }
 
     async fn drill_into(&self, b: &Backup, scratch: &str) -> Result<String> {
-        self.restore(&b.id, Some(scratch), Guard::default()).await?;
+        // From the repository: the drill is of what the repository holds.
+        self.restore_from(&b.id, Some(scratch), Guard::default(), false)
+            .await?;
         let generation = self.sites.newest_generation_dir(scratch).await?;
         let want: Manifest = serde_json::from_str(&b.manifest)
             .map_err(|e| BackupError::Invalid(format!("backup {}: its manifest: {e}", b.id)))?;

@@ -26,6 +26,9 @@ pub enum BackupCmd {
         /// Restore into a protected site (logged with the caller).
         #[arg(long)]
         bypass_protection: bool,
+        /// Read the repository even when this host kept a local copy of the backup.
+        #[arg(long)]
+        from_repository: bool,
     },
     /// Read the whole repository back and check it; exit 1 when it is damaged.
     Verify,
@@ -103,15 +106,23 @@ pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<
             backup,
             into,
             bypass_protection,
+            from_repository,
         } => {
             let guard = endor::sites::Guard::cli(bypass_protection);
-            let r = backups.restore(&backup, into.as_deref(), guard).await?;
+            let r = backups
+                .restore_from(&backup, into.as_deref(), guard, !from_repository)
+                .await?;
             emit(json, &r, |r| {
                 format!(
-                    "backup {} restored into {}{} in {} ms",
+                    "backup {} restored into {}{} from the {} in {} ms",
                     r.backup,
                     r.site,
                     if r.created { " (new site)" } else { "" },
+                    if r.from == "local" {
+                        "local copy"
+                    } else {
+                        "repository"
+                    },
                     r.report.duration_ms
                 )
             })

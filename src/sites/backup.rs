@@ -61,6 +61,55 @@ impl Sites {
         .await
     }
 
+    /// Keep a copy-on-write copy of a backed-up generation beside the site
+    /// (`{site}/backups/{backup id}`), so that a restore on this host need not read the
+    /// repository; only the newest `keep` copies stay.
+    pub fn keep_local_copy(
+        &self,
+        site: &Site,
+        generation: &Path,
+        backup_id: &str,
+        keep: usize,
+    ) -> Result<()> {
+        let dir = self.dir(site).join("backups");
+        std::fs::create_dir_all(&dir).map_err(CloneError::io("mkdir", &dir))?;
+        if keep > 0 {
+            clone_tree(
+                generation,
+                &dir.join(backup_id),
+                TreeOptions::new(self.reflink()?),
+            )?;
+        }
+        let mut copies: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .map_err(CloneError::io("read", &dir))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        // Backup ids are UUIDv7: their order is their age.
+        copies.sort();
+        for old in copies.iter().take(copies.len().saturating_sub(keep)) {
+            self.trash(old)?;
+        }
+        Ok(())
+    }
+
+    /// The local copy of backup `backup_id` of the site with id `site_id`, if this host has it.
+    pub fn local_copy(&self, site_id: &SiteId, backup_id: &str) -> Option<PathBuf> {
+        let p = self
+            .root
+            .join(site_id.as_str())
+            .join("backups")
+            .join(backup_id);
+        p.is_dir().then_some(p)
+    }
+
+    /// Fill `to` with a copy-on-write copy of `from` (a local backup copy).
+    pub fn copy_generation(&self, from: &Path, to: &Path) -> Result<()> {
+        let _ = std::fs::remove_dir(to);
+        clone_tree(from, to, TreeOptions::new(self.reflink()?))?;
+        Ok(())
+    }
+
     /// The folder of `name`'s newest generation.
     pub async fn newest_generation_dir(&self, name: &str) -> Result<PathBuf> {
         let site = self.get(name).await?;
