@@ -598,3 +598,211 @@ impl Backups {
         Ok(out)
     }
 }
+
+/// What a drill of endor's own store found.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreDrill {
+    pub ok: bool,
+    /// The restic snapshot the store's copy was written to.
+    pub snapshot: String,
+    /// What was counted in the live store and found again in the restored one.
+    pub counts: std::collections::BTreeMap<String, i64>,
+    pub detail: String,
+    pub duration_ms: u64,
+}
+
+/// What a store holds, counted: workspaces, members, connections (their secrets opened),
+/// sites, backups, sealed secrets.
+async fn store_counts(
+    store: &dyn Store,
+) -> std::result::Result<std::collections::BTreeMap<String, i64>, StoreError> {
+    let mut c = std::collections::BTreeMap::new();
+    let workspaces = store.list_workspaces().await?;
+    let mut members = 0;
+    for w in &workspaces {
+        members += store.list_members(&w.id).await?.len() as i64;
+    }
+    c.insert("workspaces".into(), workspaces.len() as i64);
+    c.insert("members".into(), members);
+    c.insert(
+        "connections".into(),
+        store.list_connections(None).await?.len() as i64,
+    );
+    c.insert("sites".into(), store.list_sites().await?.len() as i64);
+    c.insert("backups".into(), store.backups(None).await?.len() as i64);
+    c.insert(
+        "sealed secrets".into(),
+        store.sealed_counts().await?.values().sum::<u64>() as i64,
+    );
+    Ok(c)
+}
+
+impl Backups {
+    /// Back up endor's own store (a SQLite online copy, or `pg_dump` of a PostgreSQL store)
+    /// into the repository (tag `store`), restore it from there into a fresh folder (a fresh
+    /// database on the same server for PostgreSQL), and check that workspaces, members,
+    /// connections (their secrets opened with the master key), sites and backups are all
+    /// found again. Recorded in the audit trail either way.
+    pub async fn drill_store(&self, caller: &str) -> Result<StoreDrill> {
+        let started = std::time::Instant::now();
+        let restic = self.restic().await?;
+        let work = restic
+            .cache
+            .with_file_name(format!("store-drill-{}", uuid::Uuid::new_v4().simple()));
+        crate::unix::create_private_dir(&work)
+            .map_err(|e| BackupError::Tool(format!("{}: {e}", work.display())))?;
+        let out = self.drill_store_in(&restic, &work).await;
+        let _ = std::fs::remove_dir_all(&work);
+        let (ok, snapshot, counts, detail) = match out {
+            Ok((snapshot, counts)) => (true, snapshot, counts, "every record found again".into()),
+            Err((snapshot, e)) => (false, snapshot, Default::default(), e.to_string()),
+        };
+        self.store
+            .record_audit(
+                caller,
+                "backup.drill_store",
+                None,
+                &format!("{}: {detail}", if ok { "passed" } else { "FAILED" }),
+            )
+            .await?;
+        Ok(StoreDrill {
+            ok,
+            snapshot,
+            counts,
+            detail,
+            duration_ms: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    async fn drill_store_in(
+        &self,
+        restic: &Restic,
+        work: &std::path::Path,
+    ) -> std::result::Result<(String, std::collections::BTreeMap<String, i64>), (String, BackupError)>
+    {
+        let no_snapshot = |e: BackupError| (String::new(), e);
+        let dump = work.join("dump");
+        std::fs::create_dir_all(&dump)
+            .map_err(|e| no_snapshot(BackupError::Tool(format!("{}: {e}", dump.display()))))?;
+        let want = store_counts(self.store.as_ref())
+            .await
+            .map_err(|e| no_snapshot(e.into()))?;
+        let url = self.config.store.url.clone();
+        let sqlite = url.starts_with("sqlite:");
+        if sqlite {
+            self.store
+                .copy_to(&dump.join("endor.db"))
+                .await
+                .map_err(|e| no_snapshot(e.into()))?;
+        } else {
+            pg_tool(
+                "pg_dump",
+                &url,
+                &["--no-owner", "--file"],
+                Some(&dump.join("endor.sql")),
+            )
+            .await
+            .map_err(no_snapshot)?;
+        }
+        let summary = restic
+            .backup(&dump, &["store".to_string()])
+            .await
+            .map_err(no_snapshot)?;
+        let snap = summary.snapshot_id.clone();
+        let fail = |e: BackupError| (snap.clone(), e);
+        let restored = work.join("restored");
+        std::fs::create_dir_all(&restored)
+            .map_err(|e| fail(BackupError::Tool(format!("{}: {e}", restored.display()))))?;
+        restic.restore(&snap, &restored).await.map_err(fail)?;
+        let keyring = self.store.keyring().clone();
+        let got = if sqlite {
+            let url = format!("sqlite://{}", restored.join("endor.db").display());
+            let copy = crate::store::connect(&url, 2, keyring)
+                .await
+                .map_err(|e| fail(e.into()))?;
+            store_counts(copy.as_ref())
+                .await
+                .map_err(|e| fail(e.into()))?
+        } else {
+            let name = format!("endor_drill_{}", uuid::Uuid::new_v4().simple());
+            let base = url
+                .rsplit_once('/')
+                .map(|(b, _)| b)
+                .unwrap_or(&url)
+                .to_string();
+            // The name is made here (hex): safe in DDL.
+            pg_tool(
+                "psql",
+                &format!("{base}/postgres"),
+                &["-qc", &format!("CREATE DATABASE {name}")],
+                None,
+            )
+            .await
+            .map_err(fail)?;
+            let fresh = format!("{base}/{name}");
+            let checked = async {
+                pg_tool(
+                    "psql",
+                    &fresh,
+                    &["-q", "-v", "ON_ERROR_STOP=1", "-f"],
+                    Some(&restored.join("endor.sql")),
+                )
+                .await?;
+                let copy = crate::store::connect(&fresh, 2, keyring).await?;
+                Ok::<_, BackupError>(store_counts(copy.as_ref()).await?)
+            }
+            .await;
+            let _ = pg_tool(
+                "psql",
+                &format!("{base}/postgres"),
+                &[
+                    "-qc",
+                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                ],
+                None,
+            )
+            .await;
+            checked.map_err(fail)?
+        };
+        if got != want {
+            return Err(fail(BackupError::Invalid(format!(
+                "the restored store differs: live {want:?}, restored {got:?}"
+            ))));
+        }
+        Ok((snap, got))
+    }
+}
+
+/// Run a PostgreSQL client tool on `url` with `args` (and `file` last); the URL's password,
+/// if any, goes in the environment, never on the command line.
+async fn pg_tool(
+    tool: &str,
+    url: &str,
+    args: &[&str],
+    file: Option<&std::path::Path>,
+) -> Result<()> {
+    let mut parsed =
+        reqwest::Url::parse(url).map_err(|e| BackupError::Invalid(format!("store.url: {e}")))?;
+    let password = parsed.password().map(str::to_string);
+    let _ = parsed.set_password(None);
+    let mut cmd = tokio::process::Command::new(tool);
+    cmd.arg("--dbname").arg(parsed.as_str()).args(args);
+    if let Some(f) = file {
+        cmd.arg(f);
+    }
+    if let Some(p) = password {
+        cmd.env("PGPASSWORD", p);
+    }
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| BackupError::Tool(format!("cannot run {tool}: {e}")))?;
+    if !out.status.success() {
+        return Err(BackupError::Tool(format!(
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}

@@ -46,10 +46,14 @@ pub enum BackupCmd {
     /// it against the backup's manifest, remove it, and record the outcome; exit 1 when a
     /// drill fails.
     Drill {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        #[arg(required_unless_present_any = ["all", "store"], conflicts_with_all = ["all", "store"])]
         site: Option<String>,
-        #[arg(long)]
+        #[arg(long, conflicts_with = "store")]
         all: bool,
+        /// Drill endor's own store instead: back it up into the repository, restore it into a
+        /// fresh folder (or database), and find every record again.
+        #[arg(long)]
+        store: bool,
     },
     /// Whether `endor serve` backs the site up on backups.schedule: on, off, or default
     /// (on for protected sites).
@@ -151,7 +155,27 @@ pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<
                 )
             })
         }
-        BackupCmd::Drill { site, all: _ } => {
+        BackupCmd::Drill { store: true, .. } => {
+            let d = backups.drill_store(&who).await?;
+            emit(json, &d, |d| {
+                format!(
+                    "store drill {} in {} ms (snapshot {}): {}{}",
+                    if d.ok { "passed" } else { "FAILED" },
+                    d.duration_ms,
+                    d.snapshot,
+                    d.detail,
+                    d.counts
+                        .iter()
+                        .map(|(k, v)| format!("\n  {k}: {v}"))
+                        .collect::<String>()
+                )
+            })?;
+            if !d.ok {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        BackupCmd::Drill { site, .. } => {
             let reports = match site {
                 Some(s) => vec![backups.drill(&s).await?],
                 None => backups.drill_all().await?,

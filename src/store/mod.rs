@@ -486,6 +486,9 @@ pub trait Store:
     /// or, with `target`, sealed under another key than `target` (a rotation); the number of
     /// values sealed. A value changed meanwhile by someone else is left to them.
     async fn reseal_secrets(&self, target: Option<&str>) -> Result<u64>;
+    /// A consistent copy of a SQLite store in the new file `path`, taken while it serves
+    /// (`VACUUM INTO`); a PostgreSQL store is copied with `pg_dump` instead.
+    async fn copy_to(&self, path: &std::path::Path) -> Result<()>;
     /// How many stored secrets each key seals (`plain` for those not sealed yet).
     async fn sealed_counts(&self) -> Result<std::collections::BTreeMap<String, u64>>;
     /// Apply this backend's embedded migrations.

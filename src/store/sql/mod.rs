@@ -327,6 +327,19 @@ macro_rules! impl_store {
                 Ok(sealed)
             }
 
+            async fn copy_to(&self, path: &std::path::Path) -> $crate::store::Result<()> {
+                if $backend != $crate::store::Backend::Sqlite {
+                    return Err($crate::store::StoreError::Unavailable(
+                        "a PostgreSQL store is copied with pg_dump".into(),
+                    ));
+                }
+                sqlx::query("VACUUM INTO $1")
+                    .bind(path.display().to_string())
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
             async fn sealed_counts(
                 &self,
             ) -> $crate::store::Result<std::collections::BTreeMap<String, u64>> {
