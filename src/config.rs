@@ -289,6 +289,29 @@ impl ReaperConfig {
     }
 }
 
+/// Run `work` at each upcoming time of `schedule` (given that time, in ms) until `stop` says
+/// so; a late run delays the next, never bunches them up.
+pub async fn on_schedule<F, Fut>(
+    schedule: cron::Schedule,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut work: F,
+) where
+    F: FnMut(i64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    loop {
+        let Some(next) = schedule.upcoming(chrono::Utc).next() else {
+            return;
+        };
+        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        work(next.timestamp_millis()).await;
+    }
+}
+
 /// A 6-field cron expression (seconds first), with an error that says how to write one.
 fn parse_cron(schedule: &str) -> Result<cron::Schedule, String> {
     let fields = schedule.split_whitespace().count();

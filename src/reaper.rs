@@ -394,7 +394,7 @@ impl Reaper {
     }
 
     /// Run passes on `reaper.schedule` until `stop` says so.
-    pub async fn run_scheduled(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_scheduled(self: Arc<Self>, stop: tokio::sync::watch::Receiver<bool>) {
         let schedule = match self.config.reaper.parsed_schedule() {
             Ok(s) => s,
             Err(e) => {
@@ -402,19 +402,12 @@ impl Reaper {
                 return;
             }
         };
-        loop {
-            let Some(next) = schedule.upcoming(chrono::Utc).next() else {
-                return;
-            };
-            let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
+        crate::config::on_schedule(schedule, stop, |_| async {
             if let Err(e) = self.pass(false).await {
                 tracing::warn!(error = %e, "reaper pass failed");
             }
-        }
+        })
+        .await
     }
 }
 

@@ -195,14 +195,19 @@ async fn fingerprint(w: &World, name: &str) -> BTreeMap<String, String> {
     out
 }
 
-async fn sqlite_file(w: &World, name: &str) -> PathBuf {
+/// The URL of `name`'s database whose URL starts with `scheme`.
+async fn db_url(w: &World, name: &str, scheme: &str) -> String {
     let shown = w.sites.show(name).await.unwrap();
-    let url = shown
+    shown
         .database_urls
         .iter()
-        .find(|u| u.starts_with("sqlite:"))
+        .find(|u| u.starts_with(scheme))
         .unwrap()
-        .clone();
+        .clone()
+}
+
+async fn sqlite_file(w: &World, name: &str) -> PathBuf {
+    let url = db_url(w, name, "sqlite:").await;
     PathBuf::from(
         url.trim_start_matches("sqlite://")
             .split('?')
@@ -223,12 +228,7 @@ async fn damage(w: &World, name: &str) {
         *b = 0xAB;
     }
     std::fs::write(&db, bytes).unwrap();
-    let pg = shown
-        .database_urls
-        .iter()
-        .find(|u| u.starts_with("postgres"))
-        .unwrap()
-        .clone();
+    let pg = db_url(w, name, "postgres").await;
     let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&pg)
         .await
         .unwrap();
@@ -525,13 +525,7 @@ async fn a_backup_under_writes_restores_with_the_exact_total() {
         let f = fingerprint(&w, &copy).await;
         // SQLite: 5,000 accounts of 1,000 before the writer, whose transfers keep the sum.
         let rows: Vec<(i64, i64)> = {
-            let shown = w.sites.show(&copy).await.unwrap();
-            let url = shown
-                .database_urls
-                .iter()
-                .find(|u| u.starts_with("sqlite:"))
-                .unwrap()
-                .clone();
+            let url = db_url(&w, &copy, "sqlite:").await;
             let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
                 .await
                 .unwrap();

@@ -1166,10 +1166,6 @@ async fn every_github_example_payload_is_answered_right() {
                 "issue_comment" => body["issue"]["pull_request"].is_object(),
                 _ => false,
             };
-            let bytes = serde_json::to_vec(&body).unwrap();
-            let delivery = format!("{name}-{i}-{}", uuid::Uuid::new_v4());
-            let headers = signed(ForgeKind::Github, name, &delivery, &conn.secret, &bytes);
-            let (status, reply) = post(&server, ForgeKind::Github, &conn.id, &headers, bytes).await;
             sent += 1;
             let want = if name == "ping" {
                 pongs += 1;
@@ -1180,17 +1176,21 @@ async fn every_github_example_payload_is_answered_right() {
             } else {
                 StatusCode::OK
             };
-            if status != want {
-                wrong.push(format!("{name} {action} #{i}: {status} {reply}"));
-            }
+            let label = format!("{name} {action} #{i}");
+            expect_answer(
+                &server,
+                ForgeKind::Github,
+                &conn,
+                name,
+                &body,
+                want,
+                label,
+                &mut wrong,
+            )
+            .await;
         }
     }
-    assert!(
-        wrong.is_empty(),
-        "{} answered wrong:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    assert_none_wrong(&wrong);
     assert!(sent > 300, "{sent} payloads");
     assert!(
         events_with_digits > 0,
@@ -1269,26 +1269,26 @@ async fn every_gitlab_documented_payload_is_answered_right() {
             }
             _ => false,
         };
-        let bytes = serde_json::to_vec(&body).unwrap();
-        let delivery = format!("doc-{i}-{}", uuid::Uuid::new_v4());
-        let headers = signed(ForgeKind::Gitlab, &header, &delivery, &conn.secret, &bytes);
-        let (status, reply) = post(&server, ForgeKind::Gitlab, &conn.id, &headers, bytes).await;
         let want = if acted {
             queued += 1;
             StatusCode::ACCEPTED
         } else {
             StatusCode::OK
         };
-        if status != want {
-            wrong.push(format!("{section} [{header}]: {status} {reply}"));
-        }
+        let label = format!("{section} [{header}] #{i}");
+        expect_answer(
+            &server,
+            ForgeKind::Gitlab,
+            &conn,
+            &header,
+            &body,
+            want,
+            label,
+            &mut wrong,
+        )
+        .await;
     }
-    assert!(
-        wrong.is_empty(),
-        "{} answered wrong:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    assert_none_wrong(&wrong);
     assert_eq!(
         queued, 3,
         "the MR, the note on it and its confidential twin"
@@ -1301,6 +1301,37 @@ async fn every_gitlab_documented_payload_is_answered_right() {
     assert_eq!(stored as usize, cases.len());
     assert_eq!(all_jobs(&server, &conn.id).await, queued);
     server.stop().await;
+}
+
+/// Deliver `body` as `event`, signed for `conn`; a line in `wrong` (naming `label`) unless the
+/// answer is `want`.
+#[allow(clippy::too_many_arguments)]
+async fn expect_answer(
+    server: &TestServer,
+    forge: ForgeKind,
+    conn: &Conn,
+    event: &str,
+    body: &Value,
+    want: StatusCode,
+    label: String,
+    wrong: &mut Vec<String>,
+) {
+    let bytes = serde_json::to_vec(body).unwrap();
+    let delivery = uuid::Uuid::new_v4().to_string();
+    let headers = signed(forge, event, &delivery, &conn.secret, &bytes);
+    let (status, reply) = post(server, forge, &conn.id, &headers, bytes).await;
+    if status != want {
+        wrong.push(format!("{label}: {status} {reply}"));
+    }
+}
+
+fn assert_none_wrong(wrong: &[String]) {
+    assert!(
+        wrong.is_empty(),
+        "{} answered wrong:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }
 
 /// Every kind of delivery Gitea sends (its webhook module's event types, and every action of a
@@ -1375,26 +1406,26 @@ async fn every_gitea_event_kind_is_answered_right() {
     let (mut queued, mut wrong) = (0usize, Vec::new());
     for (i, (event, mut body, acted)) in cases.iter().cloned().enumerate() {
         body["repository"]["full_name"] = "acme/web".into();
-        let bytes = serde_json::to_vec(&body).unwrap();
-        let delivery = format!("gitea-{i}-{}", uuid::Uuid::new_v4());
-        let headers = signed(ForgeKind::Gitea, &event, &delivery, &conn.secret, &bytes);
-        let (status, reply) = post(&server, ForgeKind::Gitea, &conn.id, &headers, bytes).await;
         let want = if acted {
             queued += 1;
             StatusCode::ACCEPTED
         } else {
             StatusCode::OK
         };
-        if status != want {
-            wrong.push(format!("{event} {}: {status} {reply}", body["action"]));
-        }
+        let label = format!("{event} {} #{i}", body["action"]);
+        expect_answer(
+            &server,
+            ForgeKind::Gitea,
+            &conn,
+            &event,
+            &body,
+            want,
+            label,
+            &mut wrong,
+        )
+        .await;
     }
-    assert!(
-        wrong.is_empty(),
-        "{} answered wrong:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    assert_none_wrong(&wrong);
     assert_eq!(queued, 7);
     let stored = server
         .store()

@@ -398,7 +398,7 @@ impl Backups {
     }
 
     /// Run passes on `backups.schedule` until `stop` says so (only when a repository is set).
-    pub async fn run_scheduled(self, mut stop: tokio::sync::watch::Receiver<bool>) {
+    pub async fn run_scheduled(self, stop: tokio::sync::watch::Receiver<bool>) {
         let schedule = match self.config.backups.parsed_schedule() {
             Ok(s) => s,
             Err(e) => {
@@ -406,16 +406,9 @@ impl Backups {
                 return;
             }
         };
-        loop {
-            let Some(next) = schedule.upcoming(chrono::Utc).next() else {
-                return;
-            };
-            let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
-            match self.scheduled_pass(next.timestamp_millis()).await {
+        let this = &self;
+        crate::config::on_schedule(schedule, stop, |tick| async move {
+            match this.scheduled_pass(tick).await {
                 Ok(p) if !p.backed_up.is_empty() || !p.failed.is_empty() => {
                     tracing::info!(
                         backed_up = p.backed_up.len(),
@@ -426,7 +419,8 @@ impl Backups {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "scheduled backup pass failed"),
             }
-        }
+        })
+        .await
     }
 }
 
