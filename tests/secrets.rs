@@ -135,6 +135,20 @@ async fn the_sqlite_store_holds_no_secret_in_plain_text() {
 async fn a_pg_dump_of_the_postgres_store_holds_no_secret() {
     let db = TestStore::postgres().await;
     let values = fill(db.store.as_ref(), 12).await;
+    // Nothing in plain text: sealing finds nothing to do; a value put back in plain text
+    // (as an older endor stored it) is the one sealed.
+    assert_eq!(db.store.reseal_secrets(None).await.unwrap(), 0);
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
+    let plain = values.values().next().unwrap().clone();
+    sqlx::query("UPDATE connections SET previous_secret = $1 WHERE previous_secret IS NOT NULL AND id = (SELECT min(id) FROM connections WHERE previous_secret IS NOT NULL)")
+        .bind(&plain)
+        .execute(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(db.store.reseal_secrets(None).await.unwrap(), 1);
+    assert_eq!(db.store.reseal_secrets(None).await.unwrap(), 0);
     let out = Command::new("pg_dump")
         .arg("--data-only")
         .arg(&db.url)

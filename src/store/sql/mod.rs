@@ -33,17 +33,27 @@ pub(super) fn resealed(
     target: Option<&str>,
 ) -> Result<Option<String>, StoreError> {
     let sealed = crate::secret::Keyring::is_sealed(value);
-    let plain = match target {
-        None if sealed => return Ok(None),
-        None => return Ok(Some(keyring.seal(value))),
-        Some(t) if crate::secret::Keyring::sealed_with(value) == Some(t) => return Ok(None),
-        Some(_) if sealed => keyring.open(value).map_err(sealing)?,
-        Some(_) => value.to_string(),
+    let Some(t) = target else {
+        return Ok((!sealed).then(|| keyring.seal(value)));
     };
-    Ok(Some(match target {
-        Some(t) => keyring.seal_with(t, &plain).map_err(sealing)?,
-        None => keyring.seal(&plain),
-    }))
+    if crate::secret::Keyring::sealed_with(value) == Some(t) {
+        return Ok(None);
+    }
+    let plain = if sealed {
+        keyring.open(value).map_err(sealing)?
+    } else {
+        value.to_string()
+    };
+    Ok(Some(keyring.seal_with(t, &plain).map_err(sealing)?))
+}
+
+/// The two prefixes a value `reseal_secrets(target)` need not read starts with: a sealed
+/// value's (none given), or one sealed under the target key.
+pub(super) fn resealed_prefixes(target: Option<&str>) -> (String, String) {
+    match target {
+        None => ("v1:".into(), "v2:".into()),
+        Some(t) => (format!("v2:{t}:"), format!("v2:{t}:")),
+    }
 }
 
 /// A webhook secret, sealed for storage. The column's own length check now sees the sealed
@@ -299,11 +309,18 @@ macro_rules! impl_store {
 
             async fn reseal_secrets(&self, target: Option<&str>) -> $crate::store::Result<u64> {
                 let mut sealed = 0;
+                // Only the values that may need it are read: opening a store (which seals
+                // what an older endor left in plain text) reads none in the common case.
+                let (done_a, done_b) = $crate::store::sql::resealed_prefixes(target);
                 for (table, key, column) in $crate::store::sql::SEALED_COLUMNS {
                     // Table and column names are constants of this file.
                     let rows: Vec<(String, String)> = sqlx::query_as(&format!(
-                        "SELECT {key}, {column} FROM {table} WHERE {column} IS NOT NULL"
+                        "SELECT {key}, {column} FROM {table} WHERE {column} IS NOT NULL \
+                         AND substr({column}, 1, length($1)) <> $1 \
+                         AND substr({column}, 1, length($2)) <> $2"
                     ))
+                    .bind(&done_a)
+                    .bind(&done_b)
                     .fetch_all(&self.pool)
                     .await?;
                     for (id, value) in rows {
