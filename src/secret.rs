@@ -101,6 +101,13 @@ fn key_id(key: &chacha20poly1305::Key) -> String {
     hex::encode(&sha2::Sha256::digest(key.as_slice())[..4])
 }
 
+/// Add a key to `all` unless its id is there.
+fn know(all: &mut Vec<(String, chacha20poly1305::Key)>, id: String, key: chacha20poly1305::Key) {
+    if !all.iter().any(|(i, _)| *i == id) {
+        all.push((id, key));
+    }
+}
+
 fn with_suffix(path: &std::path::Path, suffix: &str) -> std::path::PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
@@ -184,10 +191,7 @@ impl Keyring {
         };
         let mut all = vec![(key_id(&current), current)];
         for k in [next, old].into_iter().flatten() {
-            let id = key_id(&k);
-            if !all.iter().any(|(i, _)| *i == id) {
-                all.push((id, k));
-            }
+            know(&mut all, key_id(&k), k);
         }
         Ok(Keys {
             current: (key_id(&current), current),
@@ -207,9 +211,7 @@ impl Keyring {
         let mut keys = Self::read_keys(&self.path, false)?;
         let mut held = self.keys.write().unwrap_or_else(|e| e.into_inner());
         for (id, k) in &held.all {
-            if !keys.all.iter().any(|(i, _)| i == id) {
-                keys.all.push((id.clone(), *k));
-            }
+            know(&mut keys.all, id.clone(), *k);
         }
         *held = keys.clone();
         Ok(keys)

@@ -147,26 +147,34 @@ async fn production(w: &World, name: &str) -> String {
     name.to_string()
 }
 
+/// Every file below `dir` (its folders walked, symlinks not followed).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let (mut out, mut stack) = (Vec::new(), vec![dir.to_path_buf()]);
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
 /// Everything a site holds, comparable: every file's path and SHA-256, every SQLite table's
 /// rows, the PostgreSQL totals.
 async fn fingerprint(w: &World, name: &str) -> BTreeMap<String, String> {
     let shown = w.sites.show(name).await.unwrap();
     let mut out = BTreeMap::new();
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                walk(root, &p, out);
-            } else {
-                let digest = sha2::Sha256::digest(std::fs::read(&p).unwrap());
-                out.insert(
-                    format!("file {}", p.strip_prefix(root).unwrap().display()),
-                    hex::encode(digest),
-                );
-            }
-        }
+    let root = &shown.files_dir;
+    for p in files_under(root) {
+        let digest = sha2::Sha256::digest(std::fs::read(&p).unwrap());
+        out.insert(
+            format!("file {}", p.strip_prefix(root).unwrap().display()),
+            hex::encode(digest),
+        );
     }
-    walk(&shown.files_dir, &shown.files_dir, &mut out);
     for url in &shown.database_urls {
         if url.starts_with("sqlite:") {
             let mut c = <sqlx::SqliteConnection as sqlx::Connection>::connect(url)
@@ -361,17 +369,7 @@ async fn verify_finds_a_flipped_byte_in_the_repository() {
     let v = w.backups.verify().await.unwrap();
     assert!(v.ok, "{v:?}");
     // The largest pack holds the files' data.
-    let mut packs = Vec::new();
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap().flatten() {
-            if e.path().is_dir() {
-                walk(&e.path(), out);
-            } else {
-                out.push(e.path());
-            }
-        }
-    }
-    walk(&w.repo.dir.path().join("data"), &mut packs);
+    let mut packs = files_under(&w.repo.dir.path().join("data"));
     packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
     let pack = packs.last().unwrap();
     let mut bytes = std::fs::read(pack).unwrap();
@@ -683,18 +681,11 @@ async fn drills_pass_on_good_backups_and_fail_loudly_on_damaged_ones() {
     );
     // Damaged data in the repository: every pack flipped.
     let second = w.backups.create(&site, &[], "cli:test").await.unwrap();
-    let mut stack = vec![w.repo.dir.path().join("data")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            if e.path().is_dir() {
-                stack.push(e.path());
-            } else {
-                let mut bytes = std::fs::read(e.path()).unwrap();
-                let mid = bytes.len() / 2;
-                bytes[mid] ^= 0xFF;
-                std::fs::write(e.path(), bytes).unwrap();
-            }
-        }
+    for pack in files_under(&w.repo.dir.path().join("data")) {
+        let mut bytes = std::fs::read(&pack).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0xFF;
+        std::fs::write(&pack, bytes).unwrap();
     }
     let r = w.backups.drill(&site).await.unwrap();
     assert_eq!(r.backup, second.id);

@@ -205,6 +205,17 @@ fn endor(config: &Path, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
+/// `endor ARGS` run to its end; it must succeed.
+fn endor_ok(config: &Path, args: &[&str]) -> std::process::Output {
+    let out = endor(config, args).wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "endor {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn key_files(key: &Path) -> Vec<PathBuf> {
     [".next", ".old"]
         .iter()
@@ -235,14 +246,7 @@ async fn rotation_killed_anywhere_leaves_every_secret_readable() {
     drop(store);
     // How long one whole rotation takes here, to spread the kills over it.
     let started = Instant::now();
-    let out = endor(&config, &["secrets", "rotate", "--json"])
-        .wait_with_output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = endor_ok(&config, &["secrets", "rotate", "--json"]);
     let whole = started.elapsed();
     let first: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(first["resealed"], values.len() as u64);
@@ -267,14 +271,7 @@ async fn rotation_killed_anywhere_leaves_every_secret_readable() {
         );
     }
     assert!(cut_midway > 0, "no kill landed inside a rotation");
-    let out = endor(&config, &["secrets", "rotate", "--json"])
-        .wait_with_output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = endor_ok(&config, &["secrets", "rotate", "--json"]);
     let last: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(key_files(&key).is_empty(), "{:?}", key_files(&key));
     let store = endor::store::open(&url, 2, &key).await.unwrap();
@@ -295,10 +292,7 @@ async fn rotation_killed_anywhere_leaves_every_secret_readable() {
         "{audit:?}"
     );
     // `secrets status` names the one key and the counts, and no secret.
-    let out = endor(&config, &["secrets", "status"])
-        .wait_with_output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = endor_ok(&config, &["secrets", "status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(new_key) && text.contains("under"), "{text}");
     assert_nothing_plain("status", &out.stdout, &values);

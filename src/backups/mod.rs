@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::sites::{Guard, OperationReport, SiteError, Sites};
-use crate::store::{Backup, Store, StoreError};
+use crate::store::{Backend, Backup, Store, StoreError};
 
 pub use manifest::Manifest;
 pub use restic::Restic;
@@ -645,11 +645,25 @@ impl Backups {
             .with_file_name(format!("store-drill-{}", uuid::Uuid::new_v4().simple()));
         crate::unix::create_private_dir(&work)
             .map_err(|e| BackupError::Tool(format!("{}: {e}", work.display())))?;
-        let out = self.drill_store_in(&restic, &work).await;
+        let mut snapshot = String::new();
+        let out = async {
+            let want = store_counts(self.store.as_ref()).await?;
+            snapshot = self.back_up_store(&restic, &work.join("dump")).await?;
+            let got = self
+                .restored_store_counts(&restic, &snapshot, &work.join("restored"))
+                .await?;
+            if got != want {
+                return Err(BackupError::Invalid(format!(
+                    "the restored store differs: live {want:?}, restored {got:?}"
+                )));
+            }
+            Ok(got)
+        }
+        .await;
         let _ = std::fs::remove_dir_all(&work);
-        let (ok, snapshot, counts, detail) = match out {
-            Ok((snapshot, counts)) => (true, snapshot, counts, "every record found again".into()),
-            Err((snapshot, e)) => (false, snapshot, Default::default(), e.to_string()),
+        let (ok, counts, detail) = match out {
+            Ok(counts) => (true, counts, "every record found again".into()),
+            Err(e) => (false, Default::default(), e.to_string()),
         };
         self.store
             .record_audit(
@@ -668,103 +682,78 @@ impl Backups {
         })
     }
 
-    async fn drill_store_in(
-        &self,
-        restic: &Restic,
-        work: &std::path::Path,
-    ) -> std::result::Result<(String, std::collections::BTreeMap<String, i64>), (String, BackupError)>
-    {
-        let no_snapshot = |e: BackupError| (String::new(), e);
-        let dump = work.join("dump");
-        std::fs::create_dir_all(&dump)
-            .map_err(|e| no_snapshot(BackupError::Tool(format!("{}: {e}", dump.display()))))?;
-        let want = store_counts(self.store.as_ref())
-            .await
-            .map_err(|e| no_snapshot(e.into()))?;
-        let url = self.config.store.url.clone();
-        let sqlite = url.starts_with("sqlite:");
-        if sqlite {
-            self.store
-                .copy_to(&dump.join("endor.db"))
-                .await
-                .map_err(|e| no_snapshot(e.into()))?;
+    /// Copy the store into the new folder `dump` (a SQLite online copy, or `pg_dump`) and
+    /// write it to the repository (tag `store`); the snapshot's id.
+    async fn back_up_store(&self, restic: &Restic, dump: &std::path::Path) -> Result<String> {
+        make_dir(dump)?;
+        if self.store.backend() == Backend::Sqlite {
+            self.store.copy_to(&dump.join("endor.db")).await?;
         } else {
+            let file = dump.join("endor.sql");
             pg_tool(
                 "pg_dump",
-                &url,
+                &self.config.store.url,
                 &["--no-owner", "--file"],
-                Some(&dump.join("endor.sql")),
+                Some(&file),
             )
-            .await
-            .map_err(no_snapshot)?;
+            .await?;
         }
-        let summary = restic
-            .backup(&dump, &["store".to_string()])
-            .await
-            .map_err(no_snapshot)?;
-        let snap = summary.snapshot_id.clone();
-        let fail = |e: BackupError| (snap.clone(), e);
-        let restored = work.join("restored");
-        std::fs::create_dir_all(&restored)
-            .map_err(|e| fail(BackupError::Tool(format!("{}: {e}", restored.display()))))?;
-        restic.restore(&snap, &restored).await.map_err(fail)?;
+        Ok(restic
+            .backup(dump, &["store".to_string()])
+            .await?
+            .snapshot_id)
+    }
+
+    /// Restore the store's snapshot `snap` into the new folder `restored`, open it (a fresh
+    /// database on the same server for PostgreSQL, dropped after) and count what it holds.
+    async fn restored_store_counts(
+        &self,
+        restic: &Restic,
+        snap: &str,
+        restored: &std::path::Path,
+    ) -> Result<std::collections::BTreeMap<String, i64>> {
+        make_dir(restored)?;
+        restic.restore(snap, restored).await?;
         let keyring = self.store.keyring().clone();
-        let got = if sqlite {
+        if self.store.backend() == Backend::Sqlite {
             let url = format!("sqlite://{}", restored.join("endor.db").display());
-            let copy = crate::store::connect(&url, 2, keyring)
-                .await
-                .map_err(|e| fail(e.into()))?;
-            store_counts(copy.as_ref())
-                .await
-                .map_err(|e| fail(e.into()))?
-        } else {
-            let name = format!("endor_drill_{}", uuid::Uuid::new_v4().simple());
-            let base = url
-                .rsplit_once('/')
-                .map(|(b, _)| b)
-                .unwrap_or(&url)
-                .to_string();
-            // The name is made here (hex): safe in DDL.
+            let copy = crate::store::connect(&url, 2, keyring).await?;
+            return Ok(store_counts(copy.as_ref()).await?);
+        }
+        let url = &self.config.store.url;
+        let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
+        let admin = format!("{base}/postgres");
+        // The name is made here (hex): safe in DDL.
+        let name = format!("endor_drill_{}", uuid::Uuid::new_v4().simple());
+        pg_tool(
+            "psql",
+            &admin,
+            &["-qc", &format!("CREATE DATABASE {name}")],
+            None,
+        )
+        .await?;
+        let fresh = format!("{base}/{name}");
+        let counted = async {
+            let dump = restored.join("endor.sql");
             pg_tool(
                 "psql",
-                &format!("{base}/postgres"),
-                &["-qc", &format!("CREATE DATABASE {name}")],
-                None,
+                &fresh,
+                &["-q", "-v", "ON_ERROR_STOP=1", "-f"],
+                Some(&dump),
             )
-            .await
-            .map_err(fail)?;
-            let fresh = format!("{base}/{name}");
-            let checked = async {
-                pg_tool(
-                    "psql",
-                    &fresh,
-                    &["-q", "-v", "ON_ERROR_STOP=1", "-f"],
-                    Some(&restored.join("endor.sql")),
-                )
-                .await?;
-                let copy = crate::store::connect(&fresh, 2, keyring).await?;
-                Ok::<_, BackupError>(store_counts(copy.as_ref()).await?)
-            }
-            .await;
-            let _ = pg_tool(
-                "psql",
-                &format!("{base}/postgres"),
-                &[
-                    "-qc",
-                    &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                ],
-                None,
-            )
-            .await;
-            checked.map_err(fail)?
-        };
-        if got != want {
-            return Err(fail(BackupError::Invalid(format!(
-                "the restored store differs: live {want:?}, restored {got:?}"
-            ))));
+            .await?;
+            let copy = crate::store::connect(&fresh, 2, keyring).await?;
+            Ok(store_counts(copy.as_ref()).await?)
         }
-        Ok((snap, got))
+        .await;
+        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+        let _ = pg_tool("psql", &admin, &["-qc", &drop], None).await;
+        counted
     }
+}
+
+fn make_dir(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| BackupError::Tool(format!("{}: {e}", dir.display())))
 }
 
 /// Run a PostgreSQL client tool on `url` with `args` (and `file` last); the URL's password,
