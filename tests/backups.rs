@@ -623,15 +623,7 @@ async fn serve_backs_up_scheduled_sites() {
         listed.lines().next().unwrap().contains("drill: passed"),
         "{listed}"
     );
-    let metrics = served
-        .http
-        .get(format!("http://{}/metrics", served.config.server.listen))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = served.metrics().await;
     assert!(
         metrics.contains("endor_backup_drills{outcome=\"passed\"} 1"),
         "{metrics}"

@@ -615,15 +615,7 @@ async fn serve_runs_the_schedule_and_refuses_a_bad_one() {
     .await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let m = served
-            .http
-            .get(format!("http://{}/metrics", served.config.server.listen))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = served.metrics().await;
         if m.contains("endor_reaper_runs_total{outcome=\"done\"}") {
             for series in [
                 "endor_sites_reaped_total",

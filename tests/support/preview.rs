@@ -618,6 +618,18 @@ impl ServedBinary {
         s
     }
 
+    /// What the served process's `/metrics` says now.
+    pub async fn metrics(&self) -> String {
+        self.http
+            .get(format!("http://{}/metrics", self.config.server.listen))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Run an `endor` command on the same config; its stdout (it must succeed).
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_endor"))
