@@ -147,12 +147,40 @@ pub struct BackupsConfig {
     /// How many of each site's newest backups are also kept on this host as copy-on-write
     /// copies beside the site, restored without reading the repository.
     pub local_copies: u32,
+    /// An off-site restic repository every new backup is also copied to (`restic copy`);
+    /// empty: none. With `offsite_ssh` it is an `rclone:` repository reached over SSH.
+    pub offsite: String,
+    /// The SSH command (no shell: words, quotes allowed) restic runs to reach `offsite`, whose
+    /// host answers that key with a forced command serving an append-only repository:
+    /// `command="rclone serve restic --stdio --append-only /srv/endor",restrict ssh-ed25519 …`.
+    pub offsite_ssh: String,
 }
 
 impl BackupsConfig {
     pub fn parsed_schedule(&self) -> Result<cron::Schedule, String> {
         parse_cron(&self.schedule)
     }
+
+    /// The retention policy `[backups]` sets for every site.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            keep_last: self.keep_last,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+        }
+    }
+}
+
+/// What `backup forget` keeps of a site's backups (restic's policy): the newest `keep_last`,
+/// and the newest of each of the last `keep_daily` days, `keep_weekly` weeks and
+/// `keep_monthly` months.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    pub keep_last: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
 }
 
 impl Default for BackupsConfig {
@@ -167,6 +195,8 @@ impl Default for BackupsConfig {
             keep_weekly: 4,
             keep_monthly: 6,
             local_copies: 2,
+            offsite: String::new(),
+            offsite_ssh: String::new(),
         }
     }
 }

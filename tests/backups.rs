@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use endor::backups::{BackupError, Backups};
+use endor::backups::{BackupError, Backups, RetentionOf, Source};
 use endor::sites::{Guard, Imports, Sites};
+use endor::store::RetentionRow;
 use sha2::Digest;
 use support::TestStore;
 
@@ -69,6 +70,127 @@ impl Drop for RepoServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An off-site repository behind `sshd` on loopback (a configuration of its own, on a free
+/// port): the key `push_key` may only run `rclone serve restic --stdio --append-only` over
+/// the folder `repo` (a forced command), the key `prune_key` the same without
+/// `--append-only`. Stopped when dropped.
+struct SshRepo {
+    sshd: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SshRepo {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("repo")).unwrap();
+        for key in ["host_key", "push_key", "prune_key"] {
+            let made = Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(key))
+                .status()
+                .expect("ssh-keygen (scripts/backup-tools.sh installs openssh)");
+            assert!(made.success());
+        }
+        let public = |key: &str| std::fs::read_to_string(d.join(format!("{key}.pub"))).unwrap();
+        let repo = d.join("repo").display().to_string();
+        std::fs::write(
+            d.join("authorized_keys"),
+            format!(
+                "command=\"rclone serve restic --stdio --append-only {repo}\",restrict {}\
+                 command=\"rclone serve restic --stdio {repo}\",restrict {}",
+                public("push_key"),
+                public("prune_key")
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        std::fs::write(
+            d.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {0}/host_key\n\
+                 AuthorizedKeysFile {0}/authorized_keys\nPermitRootLogin forced-commands-only\n\
+                 PasswordAuthentication no\nKbdInteractiveAuthentication no\nStrictModes no\n\
+                 UsePAM no\nPidFile {0}/sshd.pid\n",
+                d.display()
+            ),
+        )
+        .unwrap();
+        let host = public("host_key");
+        let mut words = host.split_whitespace();
+        std::fs::write(
+            d.join("known_hosts"),
+            format!(
+                "[127.0.0.1]:{port} {} {}\n",
+                words.next().unwrap(),
+                words.next().unwrap()
+            ),
+        )
+        .unwrap();
+        let mut far = Self {
+            sshd: None,
+            port,
+            dir,
+        };
+        far.restart();
+        far
+    }
+
+    /// Start sshd again (after [`SshRepo::stop`]); back when it listens.
+    fn restart(&mut self) {
+        // sshd's privilege separation folder.
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let d = self.dir.path();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(d.join("sshd.log")).unwrap())
+            .spawn()
+            .expect("sshd (scripts/backup-tools.sh installs openssh-server)");
+        self.sshd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "sshd did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.sshd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The ssh command that reaches the far repository with `key`.
+    fn command(&self, key: &str) -> String {
+        let d = self.dir.path().display();
+        format!(
+            "ssh -i {d}/{key} -p {} -o UserKnownHostsFile={d}/known_hosts -o BatchMode=yes \
+             -o IdentitiesOnly=yes root@127.0.0.1",
+            self.port
+        )
+    }
+
+    fn snapshots(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("repo/snapshots"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for SshRepo {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -285,7 +407,7 @@ async fn a_damaged_site_is_restored_equal_to_before() {
     damage(&w, &site).await;
     let r = w
         .backups
-        .restore_from(&b.id, None, Guard::cli(false), false)
+        .restore_from(&b.id, None, Guard::cli(false), Source::Repository)
         .await
         .unwrap();
     assert_eq!(r.from, "repository");
@@ -354,7 +476,7 @@ async fn the_repository_refuses_to_delete_or_rewrite_a_backup() {
     );
     let r = w
         .backups
-        .restore_from(&b.id, None, Guard::cli(false), false)
+        .restore_from(&b.id, None, Guard::cli(false), Source::Repository)
         .await;
     assert!(r.is_ok(), "{r:?}");
     w.db.cleanup().await;
@@ -365,9 +487,24 @@ async fn the_repository_refuses_to_delete_or_rewrite_a_backup() {
 async fn verify_finds_a_flipped_byte_in_the_repository() {
     let w = world().await;
     let site = production(&w, "production").await;
-    w.backups.create(&site, &[], "cli:test").await.unwrap();
-    let v = w.backups.verify().await.unwrap();
+    let b = w.backups.create(&site, &[], "cli:test").await.unwrap();
+    let v = w.backups.verify(false).await.unwrap();
     assert!(v.ok, "{v:?}");
+    // One backup read back and checked against its manifest.
+    let one = w
+        .backups
+        .verify_backup(&b.id, Source::Repository)
+        .await
+        .unwrap();
+    assert!(one.ok, "{one:?}");
+    assert_eq!(one.backup.as_deref(), Some(b.id.as_str()));
+    assert!(one.detail.contains("files"), "{one:?}");
+    for bad in ["nope", "'; DROP TABLE backups; --"] {
+        assert!(matches!(
+            w.backups.verify_backup(bad, Source::Repository).await,
+            Err(BackupError::NotFound(_))
+        ));
+    }
     // The largest pack holds the files' data.
     let mut packs = files_under(&w.repo.dir.path().join("data"));
     packs.sort_by_key(|p| std::fs::metadata(p).unwrap().len());
@@ -376,8 +513,14 @@ async fn verify_finds_a_flipped_byte_in_the_repository() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
     std::fs::write(pack, bytes).unwrap();
-    let v = w.backups.verify().await.unwrap();
+    let v = w.backups.verify(false).await.unwrap();
     assert!(!v.ok, "{v:?}");
+    let one = w
+        .backups
+        .verify_backup(&b.id, Source::Repository)
+        .await
+        .unwrap();
+    assert!(!one.ok, "{one:?}");
     w.db.cleanup().await;
 }
 
@@ -516,7 +659,7 @@ async fn a_backup_under_writes_restores_with_the_exact_total() {
         let copy = format!("restored-{i}");
         let r = w
             .backups
-            .restore_from(&b.id, Some(&copy), Guard::cli(false), false)
+            .restore_from(&b.id, Some(&copy), Guard::cli(false), Source::Repository)
             .await
             .unwrap();
         assert_eq!(r.from, "repository");
@@ -643,7 +786,7 @@ async fn drills_pass_on_good_backups_and_fail_loudly_on_damaged_ones() {
     let w = world().await;
     let site = production(&w, "production").await;
     let b = w.backups.create(&site, &[], "cli:test").await.unwrap();
-    let r = w.backups.drill(&site).await.unwrap();
+    let r = w.backups.drill(&site, Source::Repository).await.unwrap();
     assert!(r.ok, "{r:?}");
     assert!(r.detail.contains("1 PostgreSQL tables answer"), "{r:?}");
     let live: Vec<_> =
@@ -671,7 +814,7 @@ async fn drills_pass_on_good_backups_and_fail_loudly_on_damaged_ones() {
         .execute(&mut c)
         .await
         .unwrap();
-    let r = w.backups.drill(&site).await.unwrap();
+    let r = w.backups.drill(&site, Source::Repository).await.unwrap();
     assert!(
         !r.ok && r.detail.contains(&format!("file {some_file} differs")),
         "{r:?}"
@@ -684,12 +827,20 @@ async fn drills_pass_on_good_backups_and_fail_loudly_on_damaged_ones() {
         bytes[mid] ^= 0xFF;
         std::fs::write(&pack, bytes).unwrap();
     }
-    let r = w.backups.drill(&site).await.unwrap();
+    let r = w.backups.drill(&site, Source::Repository).await.unwrap();
     assert_eq!(r.backup, second.id);
     assert!(!r.ok, "{r:?}");
     let listed = w.backups.list(Some(&site)).await.unwrap();
     assert_eq!(listed[0].last_drill_ok, Some(0));
     assert_eq!(w.db.store.drill_counts().await.unwrap(), (1, 2));
+    // Each drill is in the site's audit trail; a failed one as the event to tell.
+    let events =
+        w.db.store
+            .audit_events(Some(&listed[0].site_id))
+            .await
+            .unwrap();
+    let said = |action: &str| events.iter().filter(|e| e.action == action).count();
+    assert_eq!((said("backup.drill"), said("backup.drill_failed")), (1, 2));
     w.db.cleanup().await;
 }
 
@@ -704,31 +855,80 @@ async fn forget_keeps_the_policy_s_backups_through_the_pruning_credential_only()
     for _ in 0..4 {
         made.push(w.backups.create(&site, &[], "cli:test").await.unwrap());
     }
-    let mut config = w.config.clone();
-    config.backups.keep_last = 2;
-    config.backups.keep_daily = 0;
-    config.backups.keep_weekly = 0;
-    config.backups.keep_monthly = 0;
-    let backups = Backups::new(w.db.store.clone(), &config);
-    for via in ["", w.repo.url().as_str()] {
+    // [backups] keeps 7 last; the workspace keeps 3 last and nothing by day, week or month;
+    // the site says 2 last: the site's value over the workspace's, value by value.
+    let ws = w
+        .backups
+        .set_retention(
+            RetentionOf::Workspace("acme"),
+            Some(RetentionRow {
+                keep_last: Some(3),
+                keep_daily: Some(0),
+                keep_weekly: Some(0),
+                keep_monthly: Some(0),
+            }),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ws.applies.keep_last, 3);
+    let own = RetentionRow {
+        keep_last: Some(2),
+        ..Default::default()
+    };
+    let view = w
+        .backups
+        .set_retention(RetentionOf::Site(&site), Some(own))
+        .await
+        .unwrap();
+    assert_eq!(view.own, Some(own));
+    assert_eq!(
+        (
+            view.applies.keep_last,
+            view.applies.keep_daily,
+            view.applies.keep_weekly,
+            view.applies.keep_monthly
+        ),
+        (2, 0, 0, 0)
+    );
+    // Refused, and nothing changed: a negative count, a policy keeping nothing, unknown names.
+    for (of, keep_last) in [
+        (RetentionOf::Site(&site), -1),
+        (RetentionOf::Site(&site), 0),
+        (RetentionOf::Site("nope"), 1),
+        (RetentionOf::Workspace("'; DROP TABLE sites; --"), 1),
+    ] {
+        let bad = RetentionRow {
+            keep_last: Some(keep_last),
+            ..Default::default()
+        };
         assert!(
-            matches!(
-                backups.forget(None, via, false).await,
-                Err(BackupError::Invalid(_))
-            ),
-            "{via}"
+            w.backups.set_retention(of, Some(bad)).await.is_err(),
+            "{of:?} {keep_last}"
         );
     }
+    assert_eq!(
+        w.backups
+            .retention(RetentionOf::Site(&site))
+            .await
+            .unwrap()
+            .own,
+        Some(own)
+    );
+    let backups = &w.backups;
     // The same folder through a server that may delete, with its own credential.
     let (mut pruner, port) = rclone(
         w.repo.dir.path(),
         &["--user", "pruner", "--pass", "s3cret-prune"],
     );
     let via = format!("rest:http://pruner:s3cret-prune@127.0.0.1:{port}/");
-    let dry = backups.forget(Some(&site), &via, true).await.unwrap();
+    let dry = backups.forget(Some(&site), &via, None, true).await.unwrap();
     assert_eq!(dry[0].removed.len(), 2);
+    assert_eq!(dry[0].kept.keep_last, 2);
     assert_eq!(w.backups.list(Some(&site)).await.unwrap().len(), 4);
-    let done = backups.forget(Some(&site), &via, false).await.unwrap();
+    let done = backups
+        .forget(Some(&site), &via, None, false)
+        .await
+        .unwrap();
     assert_eq!(done[0].removed.len(), 2);
     let left: Vec<String> = w
         .backups
@@ -761,6 +961,13 @@ async fn forget_keeps_the_policy_s_backups_through_the_pruning_credential_only()
         .restore(&made[3].id, None, Guard::cli(false))
         .await
         .unwrap();
+    // Without the site's own policy, the workspace's applies.
+    let view = w
+        .backups
+        .set_retention(RetentionOf::Site(&site), None)
+        .await
+        .unwrap();
+    assert_eq!((view.own, view.applies.keep_last), (None, 3));
     let _ = pruner.kill();
     let _ = pruner.wait();
     w.db.cleanup().await;
@@ -802,6 +1009,7 @@ async fn backup_rows_on_both_backends() {
             manifest: "{}".into(),
             last_drill_at: None,
             last_drill_ok: None,
+            offsite_snapshot_id: None,
         };
         let (a, b) = (row(1, "aaaaaaaa"), row(2, "bbbbbbbb"));
         s.insert_backup(&a).await.unwrap();
@@ -842,6 +1050,56 @@ async fn backup_rows_on_both_backends() {
         );
         s.set_backup_schedule(&site.id, None).await.unwrap();
         assert!(s.backup_schedules().await.unwrap().is_empty());
+        // Retention per site and per workspace; a value left unset stays NULL.
+        use endor::store::RetentionScope::{Site, Workspace};
+        let policy = RetentionRow {
+            keep_last: Some(3),
+            keep_daily: None,
+            keep_weekly: Some(0),
+            keep_monthly: Some(12),
+        };
+        s.set_backup_retention(Site, site.id.as_str(), Some(policy))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.backup_retention(Site, site.id.as_str()).await.unwrap(),
+            Some(policy)
+        );
+        assert_eq!(
+            s.backup_retention(Workspace, site.id.as_str())
+                .await
+                .unwrap(),
+            None
+        );
+        s.set_backup_retention(Site, site.id.as_str(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            s.backup_retention(Site, site.id.as_str()).await.unwrap(),
+            None
+        );
+        // Off-site copies recorded, and forgotten by restic's full id.
+        s.set_offsite_snapshot(&a.id, &format!("dddddddd{}", "e".repeat(56)))
+            .await
+            .unwrap();
+        assert!(
+            s.backup(&a.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .offsite_snapshot_id
+                .is_some()
+        );
+        assert_eq!(
+            s.forget_offsite_copies(&[format!("dddddddd{}", "e".repeat(56))])
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.backup(&a.id).await.unwrap().unwrap().offsite_snapshot_id,
+            None
+        );
         let full = format!("bbbbbbbb{}", "c".repeat(56));
         assert_eq!(s.delete_backups(&[full]).await.unwrap(), 1);
         assert_eq!(s.backups(None).await.unwrap().len(), 1);
@@ -899,4 +1157,129 @@ async fn the_store_itself_is_drilled_on_both_backends() {
         );
         w.db.cleanup().await;
     }
+}
+
+/// An off-site repository over SSH on loopback: each backup is copied there; endor's key
+/// reaches only an append-only server (a forced command), so its own attempt to delete the
+/// copy is refused by the far side; a damaged site is restored from the copy, which verifies
+/// and drills; a backup made while the far host is down is said, kept, and copied by the next
+/// pass; forgetting there takes the pruning key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn offsite_copies_over_ssh_are_append_only_and_restore() {
+    let w = world().await;
+    let mut far = SshRepo::start();
+    let mut config = w.config.clone();
+    config.backups.offsite = "rclone:offsite:".into();
+    config.backups.offsite_ssh = far.command("push_key");
+    let backups = Backups::new(w.db.store.clone(), &config);
+    let site = production(&w, "production").await;
+    let before = fingerprint(&w, &site).await;
+    let b = backups
+        .create(&site, &["nightly".into()], "cli:test")
+        .await
+        .unwrap();
+    let copy = b.offsite_snapshot_id.clone().expect("copied off-site");
+    assert_eq!(far.snapshots(), 1);
+    assert_eq!(
+        backups.list(Some(&site)).await.unwrap()[0].offsite_snapshot_id,
+        Some(copy.clone())
+    );
+
+    // endor's own key, passphrase and all, cannot delete the copy: the far side refuses.
+    let pass =
+        w.db.store
+            .backup_passphrase("rclone:offsite:")
+            .await
+            .unwrap()
+            .expect("the off-site passphrase is kept");
+    let program = format!("rclone.program={}", far.command("push_key"));
+    let refused = Command::new("restic")
+        .args([
+            "-o",
+            &program,
+            "-r",
+            "rclone:offsite:",
+            "forget",
+            "--prune",
+            &copy,
+        ])
+        .env("RESTIC_PASSWORD", &pass)
+        .env("RESTIC_CACHE_DIR", w._dir.path().join("attacker-cache"))
+        .output()
+        .unwrap();
+    assert!(
+        !refused.status.success(),
+        "the append-only server deleted a snapshot"
+    );
+    assert_eq!(far.snapshots(), 1, "the copy is still there");
+
+    // A damaged site restored from the off-site copy is equal to before.
+    damage(&w, &site).await;
+    let r = backups
+        .restore_from(&b.id, None, Guard::cli(false), Source::Offsite)
+        .await
+        .unwrap();
+    assert_eq!(r.from, "offsite");
+    assert_eq!(fingerprint(&w, &site).await, before);
+    let v = backups.verify(true).await.unwrap();
+    assert!(v.ok && v.repository == "rclone:offsite:", "{v:?}");
+    let one = backups.verify_backup(&b.id, Source::Offsite).await.unwrap();
+    assert!(one.ok, "{one:?}");
+    let drill = backups.drill(&site, Source::Offsite).await.unwrap();
+    assert!(drill.ok, "{drill:?}");
+
+    // The far host down: the backup is written to the primary, the failure said; the next
+    // pass copies it.
+    far.stop();
+    let err = backups.create(&site, &[], "cli:test").await.unwrap_err();
+    assert!(
+        err.to_string().contains("copying it off-site failed"),
+        "{err}"
+    );
+    let newest = backups.list(Some(&site)).await.unwrap()[0].clone();
+    assert_ne!(newest.id, b.id);
+    assert_eq!(newest.offsite_snapshot_id, None);
+    far.restart();
+    let copied = backups.copy_missing_offsite().await.unwrap();
+    assert_eq!(copied, vec![newest.id.clone()]);
+    assert_eq!(far.snapshots(), 2);
+
+    // Forgetting: keep the newest one, in the primary through its pruning server and off-site
+    // through the pruning key (the pushing key's command is refused).
+    backups
+        .set_retention(
+            RetentionOf::Site(&site),
+            Some(RetentionRow {
+                keep_last: Some(1),
+                keep_daily: Some(0),
+                keep_weekly: Some(0),
+                keep_monthly: Some(0),
+            }),
+        )
+        .await
+        .unwrap();
+    let (mut pruner, port) = rclone(w.repo.dir.path(), &["--user", "p", "--pass", "pw"]);
+    let via = format!("rest:http://p:pw@127.0.0.1:{port}/");
+    let push = far.command("push_key");
+    assert!(matches!(
+        backups.forget(Some(&site), &via, Some(&push), false).await,
+        Err(BackupError::Invalid(_))
+    ));
+    let prune = far.command("prune_key");
+    let done = backups
+        .forget(Some(&site), &via, Some(&prune), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (done[0].removed.len(), done[0].removed_offsite.len()),
+        (1, 1)
+    );
+    assert_eq!(far.snapshots(), 1);
+    let left = backups.list(Some(&site)).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, newest.id);
+    assert!(left[0].offsite_snapshot_id.is_some());
+    let _ = pruner.kill();
+    let _ = pruner.wait();
+    w.db.cleanup().await;
 }

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, Retention};
 use crate::sites::{Guard, OperationReport, SiteError, Sites};
-use crate::store::{Backend, Backup, Store, StoreError};
+use crate::store::{Backend, Backup, RetentionRow, RetentionScope, Store, StoreError};
 
 pub use manifest::Manifest;
 pub use restic::Restic;
@@ -70,10 +70,23 @@ pub struct Restored {
     pub report: OperationReport,
 }
 
+/// Where a restore (or a verify, or a drill) reads a backup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The copy this host kept when it has one, else the primary repository.
+    Nearest,
+    /// The primary repository (`backups.repository`).
+    Repository,
+    /// The off-site repository (`backups.offsite`).
+    Offsite,
+}
+
 /// What `backup verify` found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verified {
     pub repository: String,
+    /// The backup read back; `None`: the whole repository was checked.
+    pub backup: Option<String>,
     pub ok: bool,
     /// restic's report (its last lines).
     pub detail: String,
@@ -101,6 +114,45 @@ impl Backups {
         if url.is_empty() {
             return Err(BackupError::NotConfigured);
         }
+        let (restic, new) = self.repository(url, Vec::new()).await?;
+        if new {
+            restic.init().await?;
+        }
+        Ok(restic)
+    }
+
+    /// restic on the off-site repository (`backups.offsite`, over `backups.offsite_ssh`), made
+    /// on first use with the primary's chunker parameters; `None` when none is configured.
+    async fn offsite(&self) -> Result<Option<Restic>> {
+        let url = self.config.backups.offsite.trim();
+        if url.is_empty() {
+            return Ok(None);
+        }
+        let primary = self.restic().await?;
+        let (restic, new) = self.repository(url, self.offsite_options(None)?).await?;
+        if new {
+            restic.init_like(&primary).await?;
+        }
+        Ok(Some(restic))
+    }
+
+    /// restic's options to reach the off-site repository over `ssh` (else `offsite_ssh`).
+    fn offsite_options(&self, ssh: Option<&str>) -> Result<Vec<String>> {
+        let ssh = ssh.unwrap_or(&self.config.backups.offsite_ssh).trim();
+        if ssh.is_empty() {
+            return Ok(Vec::new());
+        }
+        if ssh.contains(['\n', '\r', '\0']) {
+            return Err(BackupError::Invalid(
+                "backups.offsite_ssh: one line, please".into(),
+            ));
+        }
+        Ok(vec![format!("rclone.program={ssh}")])
+    }
+
+    /// restic on the repository at `url` with its passphrase, made and kept sealed on first
+    /// use; whether it was made now (the repository is new).
+    async fn repository(&self, url: &str, options: Vec<String>) -> Result<(Restic, bool)> {
         let cache = std::path::absolute(&self.config.backups.cache)
             .map_err(|e| BackupError::Tool(format!("backups.cache: {e}")))?;
         crate::unix::create_private_dir(&cache)
@@ -122,11 +174,9 @@ impl Backups {
             repository: url.to_string(),
             password: password.into(),
             cache,
+            options,
         };
-        if new {
-            restic.init().await?;
-        }
-        Ok(restic)
+        Ok((restic, new))
     }
 
     /// Back up `site` now: a generation frozen and written to the repository.
@@ -170,10 +220,48 @@ impl Backups {
             manifest: serde_json::to_string(&manifest).unwrap_or_else(|_| "{}".into()),
             last_drill_at: None,
             last_drill_ok: None,
+            offsite_snapshot_id: None,
         };
         self.store.insert_backup(&backup).await?;
         tracing::info!(site = %s.name, snapshot = %backup.snapshot_id, files = backup.files, bytes = backup.bytes, added = backup.bytes_added, "site backed up");
+        let mut backup = backup;
+        if let Some(offsite) = self
+            .offsite()
+            .await
+            .map_err(|e| offsite_failed(&backup, e))?
+        {
+            backup.offsite_snapshot_id = Some(
+                self.copy_offsite(&backup, restic, &offsite)
+                    .await
+                    .map_err(|e| offsite_failed(&backup, e))?,
+            );
+        }
         Ok(backup)
+    }
+
+    /// Copy `b` from the primary repository to the off-site one and record the copy's id.
+    async fn copy_offsite(&self, b: &Backup, primary: &Restic, offsite: &Restic) -> Result<String> {
+        let copy = offsite.copy_from(primary, &b.snapshot_id).await?;
+        self.store.set_offsite_snapshot(&b.id, &copy).await?;
+        tracing::info!(backup = %b.id, copy = %copy, "backup copied off-site");
+        Ok(copy)
+    }
+
+    /// Copy off-site every backup in the primary repository that has no copy there yet (one
+    /// whose copy failed, or made before `backups.offsite` was set); the ids copied.
+    pub async fn copy_missing_offsite(&self) -> Result<Vec<String>> {
+        let Some(offsite) = self.offsite().await? else {
+            return Ok(Vec::new());
+        };
+        let primary = self.restic().await?;
+        let mut copied = Vec::new();
+        for b in self.store.backups(None).await? {
+            if b.offsite_snapshot_id.is_none() && b.repository == primary.repository {
+                self.copy_offsite(&b, &primary, &offsite).await?;
+                copied.push(b.id);
+            }
+        }
+        Ok(copied)
     }
 
     /// Backups, newest first: one site's (by name, deleted sites too) or all.
@@ -200,30 +288,24 @@ impl Backups {
         into: Option<&str>,
         guard: Guard,
     ) -> Result<Restored> {
-        self.restore_from(backup, into, guard, true).await
+        self.restore_from(backup, into, guard, Source::Nearest)
+            .await
     }
 
-    /// As [`Backups::restore`]; with `local`, from the copy this host kept when it has one,
-    /// else always from the repository (what a drill must read).
+    /// As [`Backups::restore`], reading `from` where it says.
     pub async fn restore_from(
         &self,
         backup: &str,
         into: Option<&str>,
         guard: Guard,
-        local: bool,
+        from: Source,
     ) -> Result<Restored> {
         let b = self
             .store
             .backup(backup)
             .await?
             .ok_or_else(|| BackupError::NotFound(format!("backup {backup}")))?;
-        let restic = self.restic().await?;
-        if restic.repository != b.repository {
-            return Err(BackupError::Invalid(format!(
-                "backup {} is in {}, not in backups.repository",
-                b.id, b.repository
-            )));
-        }
+        let (restic, snapshot) = self.reader(&b, from).await?;
         let target = into.unwrap_or(&b.site_name).to_string();
         crate::sites::validate_site_name(&target)?;
         let mut created = false;
@@ -238,22 +320,25 @@ impl Backups {
                 .await?;
             created = true;
         }
-        let local = self.sites.local_copy(&b.site_id, &b.id).filter(|_| local);
-        let from = if local.is_some() {
-            "local"
-        } else {
-            "repository"
+        let local = self
+            .sites
+            .local_copy(&b.site_id, &b.id)
+            .filter(|_| from == Source::Nearest);
+        let from = match (&local, from) {
+            (Some(_), _) => "local",
+            (None, Source::Offsite) => "offsite",
+            (None, _) => "repository",
         };
         let restored = self
             .sites
             .restore_with(&target, guard, |dir| {
                 let restic = &restic;
-                let b = &b;
+                let snapshot = &snapshot;
                 let sites = &self.sites;
                 async move {
                     match local {
                         Some(copy) => Ok(sites.copy_generation(&copy, &dir)?),
-                        None => restic.restore(&b.snapshot_id, &dir).await,
+                        None => restic.restore(snapshot, &dir).await,
                     }
                 }
             })
@@ -277,9 +362,37 @@ impl Backups {
         })
     }
 
-    /// Read the whole repository back and check it.
-    pub async fn verify(&self) -> Result<Verified> {
+    /// restic on the repository `from` names and the snapshot of `b` there.
+    async fn reader(&self, b: &Backup, from: Source) -> Result<(Restic, String)> {
+        if from == Source::Offsite {
+            let offsite = self.offsite().await?.ok_or_else(|| {
+                BackupError::Invalid("no off-site repository: set backups.offsite".into())
+            })?;
+            let copy = b.offsite_snapshot_id.clone().ok_or_else(|| {
+                BackupError::NotFound(format!("an off-site copy of backup {}", b.id))
+            })?;
+            return Ok((offsite, copy));
+        }
         let restic = self.restic().await?;
+        if restic.repository != b.repository {
+            return Err(BackupError::Invalid(format!(
+                "backup {} is in {}, not in backups.repository",
+                b.id, b.repository
+            )));
+        }
+        Ok((restic, b.snapshot_id.clone()))
+    }
+
+    /// Read a whole repository back and check it (`restic check --read-data`): the primary,
+    /// or with `offsite` the off-site one.
+    pub async fn verify(&self, offsite: bool) -> Result<Verified> {
+        let restic = if offsite {
+            self.offsite().await?.ok_or_else(|| {
+                BackupError::Invalid("no off-site repository: set backups.offsite".into())
+            })?
+        } else {
+            self.restic().await?
+        };
         let (ok, detail) = match restic.check().await {
             Ok(out) => (true, out),
             Err(BackupError::Tool(m)) => (false, m),
@@ -288,10 +401,75 @@ impl Backups {
         let detail: Vec<&str> = detail.lines().rev().take(4).collect();
         Ok(Verified {
             repository: restic.repository.clone(),
+            backup: None,
             ok,
             detail: detail.into_iter().rev().collect::<Vec<_>>().join("\n"),
         })
     }
+
+    /// Read one backup back from its repository (`from`: the primary or the off-site one) into
+    /// a scratch folder and check every file's checksum and every SQLite table's rows against
+    /// the backup's manifest.
+    pub async fn verify_backup(&self, backup: &str, from: Source) -> Result<Verified> {
+        let b = self
+            .store
+            .backup(backup)
+            .await?
+            .ok_or_else(|| BackupError::NotFound(format!("backup {backup}")))?;
+        let (restic, snapshot) = self.reader(&b, from).await?;
+        let work = restic
+            .cache
+            .with_file_name(format!("verify-{}", uuid::Uuid::new_v4().simple()));
+        crate::unix::create_private_dir(&work)
+            .map_err(|e| BackupError::Tool(format!("{}: {e}", work.display())))?;
+        let out = async {
+            restic.restore(&snapshot, &work).await?;
+            check_manifest(&b, &work).await
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&work);
+        let (ok, detail) = match out {
+            Ok(d) => (true, d),
+            Err(e @ (BackupError::Invalid(_) | BackupError::Tool(_))) => (false, e.to_string()),
+            Err(e) => return Err(e),
+        };
+        Ok(Verified {
+            repository: restic.repository.clone(),
+            backup: Some(b.id),
+            ok,
+            detail,
+        })
+    }
+}
+
+/// Compare what was restored into `dir` with `b`'s manifest; what matched, or every way it
+/// differs.
+async fn check_manifest(b: &Backup, dir: &std::path::Path) -> Result<String> {
+    let want: Manifest = serde_json::from_str(&b.manifest)
+        .map_err(|e| BackupError::Invalid(format!("backup {}: its manifest: {e}", b.id)))?;
+    let got = Manifest::of(dir).await?;
+    let diffs = got.differences(&want);
+    if !diffs.is_empty() {
+        return Err(BackupError::Invalid(format!(
+            "restored data differs from the backup's manifest ({} differences): {}",
+            diffs.len(),
+            diffs.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
+        )));
+    }
+    Ok(format!(
+        "{} files and {} SQLite tables as backed up",
+        want.files.len(),
+        want.tables.len()
+    ))
+}
+
+/// A backup written to the primary repository whose off-site copy failed: said, the backup
+/// kept (the next scheduled pass copies it).
+fn offsite_failed(b: &Backup, e: BackupError) -> BackupError {
+    BackupError::Tool(format!(
+        "backup {} is in {}, but copying it off-site failed (the next scheduled pass tries again): {e}",
+        b.id, b.repository
+    ))
 }
 
 /// What `endor backup schedule` says of a site.
@@ -394,6 +572,11 @@ impl Backups {
                 }
             }
         }
+        // Backups whose off-site copy failed before (or made before there was one) go now.
+        if let Err(e) = self.copy_missing_offsite().await {
+            tracing::warn!(error = %e, "copying backups off-site failed");
+            pass.failed.push(("off-site".into(), e.to_string()));
+        }
         Ok(())
     }
 
@@ -439,32 +622,32 @@ impl Backups {
     /// started), compare every file's checksum and every SQLite table's rows with the backup's
     /// manifest, ask every table of its PostgreSQL databases for a count, remove the scratch
     /// site, and record the outcome.
-    pub async fn drill(&self, site: &str) -> Result<DrillReport> {
+    pub async fn drill(&self, site: &str, from: Source) -> Result<DrillReport> {
         let newest = self
             .list(Some(site))
             .await?
             .into_iter()
             .next()
             .ok_or_else(|| BackupError::NotFound(format!("a backup of {site}")))?;
-        self.drill_backup(&newest).await
+        self.drill_backup(&newest, from).await
     }
 
     /// Drill the newest backup of every site that has one.
-    pub async fn drill_all(&self) -> Result<Vec<DrillReport>> {
+    pub async fn drill_all(&self, from: Source) -> Result<Vec<DrillReport>> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for b in self.store.backups(None).await? {
             if seen.insert(b.site_id.clone()) {
-                out.push(self.drill_backup(&b).await?);
+                out.push(self.drill_backup(&b, from).await?);
             }
         }
         Ok(out)
     }
 
-    async fn drill_backup(&self, b: &Backup) -> Result<DrillReport> {
+    async fn drill_backup(&self, b: &Backup, from: Source) -> Result<DrillReport> {
         let started = std::time::Instant::now();
         let scratch = format!("drill-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let outcome = self.drill_into(b, &scratch).await;
+        let outcome = self.drill_into(b, &scratch, from).await;
         if self.store.site_by_name(&scratch).await?.is_some()
             && let Err(e) = self.sites.delete(&scratch, Guard::default()).await
         {
@@ -483,6 +666,20 @@ impl Backups {
             duration_ms: started.elapsed().as_millis() as i64,
         };
         self.store.insert_drill(&drill).await?;
+        // The audit trail keeps the outcome with the site: a failed drill is an event to tell.
+        let said = if ok {
+            "backup.drill"
+        } else {
+            "backup.drill_failed"
+        };
+        self.store
+            .record_audit(
+                "drill",
+                said,
+                Some(&b.site_id),
+                &format!("backup {}: {detail}", b.id),
+            )
+            .await?;
         if ok {
             tracing::info!(backup = %b.id, site = %b.site_name, "backup drill passed");
         } else {
@@ -497,22 +694,17 @@ impl Backups {
         })
     }
 
-    async fn drill_into(&self, b: &Backup, scratch: &str) -> Result<String> {
-        // From the repository: the drill is of what the repository holds.
-        self.restore_from(&b.id, Some(scratch), Guard::default(), false)
+    async fn drill_into(&self, b: &Backup, scratch: &str, from: Source) -> Result<String> {
+        // From a repository, never a local copy: the drill is of what the repository holds.
+        let from = if from == Source::Nearest {
+            Source::Repository
+        } else {
+            from
+        };
+        self.restore_from(&b.id, Some(scratch), Guard::default(), from)
             .await?;
         let generation = self.sites.newest_generation_dir(scratch).await?;
-        let want: Manifest = serde_json::from_str(&b.manifest)
-            .map_err(|e| BackupError::Invalid(format!("backup {}: its manifest: {e}", b.id)))?;
-        let got = Manifest::of(&generation).await?;
-        let diffs = got.differences(&want);
-        if !diffs.is_empty() {
-            return Err(BackupError::Invalid(format!(
-                "restored data differs from the backup's manifest ({} differences): {}",
-                diffs.len(),
-                diffs.iter().take(5).cloned().collect::<Vec<_>>().join("; ")
-            )));
-        }
+        let checked = check_manifest(b, &generation).await?;
         let site = self
             .store
             .site_by_name(scratch)
@@ -524,11 +716,141 @@ impl Backups {
                 answered += manifest::postgres_tables(&url).await?.len();
             }
         }
-        Ok(format!(
-            "{} files and {} SQLite tables as backed up; {answered} PostgreSQL tables answer",
-            want.files.len(),
-            want.tables.len()
-        ))
+        Ok(format!("{checked}; {answered} PostgreSQL tables answer"))
+    }
+}
+
+/// What a retention policy is set on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionOf<'a> {
+    Site(&'a str),
+    Workspace(&'a str),
+}
+
+/// A site's or a workspace's retention policy: what it set itself, and what applies (its own,
+/// else its workspace's, else `[backups]`'s, value by value).
+#[derive(Debug, Clone, Serialize)]
+pub struct RetentionView {
+    /// `site` or `workspace`.
+    pub scope: &'static str,
+    pub name: String,
+    pub own: Option<RetentionRow>,
+    pub applies: Retention,
+}
+
+/// `policy` with each value it leaves unset taken from `under`.
+fn retention_over(policy: Option<RetentionRow>, under: Retention) -> Retention {
+    let p = policy.unwrap_or_default();
+    let pick = |v: Option<i64>, d: u32| v.map_or(d, |v| v.clamp(0, u32::MAX as i64) as u32);
+    Retention {
+        keep_last: pick(p.keep_last, under.keep_last),
+        keep_daily: pick(p.keep_daily, under.keep_daily),
+        keep_weekly: pick(p.keep_weekly, under.keep_weekly),
+        keep_monthly: pick(p.keep_monthly, under.keep_monthly),
+    }
+}
+
+impl Backups {
+    /// The policy set on a workspace (by id) over `[backups]`'s.
+    async fn workspace_retention(&self, id: &crate::ids::WorkspaceId) -> Result<Retention> {
+        let own = self
+            .store
+            .backup_retention(RetentionScope::Workspace, id.as_ref())
+            .await?;
+        Ok(retention_over(own, self.config.backups.retention()))
+    }
+
+    /// The policy that applies to the site `id` (its own, its workspace's, `[backups]`'s).
+    async fn site_retention(&self, id: &crate::ids::SiteId) -> Result<Retention> {
+        let under = match self.store.site(id).await? {
+            Some(s) => self.workspace_retention(&s.workspace_id).await?,
+            None => self.config.backups.retention(),
+        };
+        let own = self
+            .store
+            .backup_retention(RetentionScope::Site, id.as_ref())
+            .await?;
+        Ok(retention_over(own, under))
+    }
+
+    /// Set (`Some`; values left `None` keep what was set before, or fall through) or forget
+    /// (`None`) the retention policy of a site or a workspace, and say what applies now.
+    /// Values are counts from 0, and the policy that applies must keep at least one backup.
+    pub async fn set_retention(
+        &self,
+        of: RetentionOf<'_>,
+        policy: Option<RetentionRow>,
+    ) -> Result<RetentionView> {
+        if let Some(p) = policy {
+            let values = [p.keep_last, p.keep_daily, p.keep_weekly, p.keep_monthly];
+            if values.iter().flatten().any(|v| *v < 0 || *v > 100_000) {
+                return Err(BackupError::Invalid(
+                    "retention values are counts from 0 to 100000".into(),
+                ));
+            }
+        }
+        let (scope, id) = self.retention_target(of).await?;
+        let before = self.store.backup_retention(scope, &id).await?;
+        // Values not given keep what was set before.
+        let policy = policy.map(|p| {
+            let b = before.unwrap_or_default();
+            RetentionRow {
+                keep_last: p.keep_last.or(b.keep_last),
+                keep_daily: p.keep_daily.or(b.keep_daily),
+                keep_weekly: p.keep_weekly.or(b.keep_weekly),
+                keep_monthly: p.keep_monthly.or(b.keep_monthly),
+            }
+        });
+        self.store.set_backup_retention(scope, &id, policy).await?;
+        let view = self.retention(of).await?;
+        let a = view.applies;
+        if a.keep_last + a.keep_daily + a.keep_weekly + a.keep_monthly == 0 {
+            // Keeping nothing would forget every backup: undo and refuse.
+            let _ = self.store.set_backup_retention(scope, &id, before).await;
+            return Err(BackupError::Invalid(
+                "that policy keeps no backup at all: keep at least one".into(),
+            ));
+        }
+        Ok(view)
+    }
+
+    /// What a site's or a workspace's retention policy is.
+    pub async fn retention(&self, of: RetentionOf<'_>) -> Result<RetentionView> {
+        let (scope, id) = self.retention_target(of).await?;
+        let own = self.store.backup_retention(scope, &id).await?;
+        let (name, applies) = match of {
+            RetentionOf::Site(name) => (name, self.site_retention(&id.clone().into()).await?),
+            RetentionOf::Workspace(name) => {
+                (name, self.workspace_retention(&id.clone().into()).await?)
+            }
+        };
+        Ok(RetentionView {
+            scope: scope.as_str(),
+            name: name.to_string(),
+            own,
+            applies,
+        })
+    }
+
+    async fn retention_target(&self, of: RetentionOf<'_>) -> Result<(RetentionScope, String)> {
+        Ok(match of {
+            RetentionOf::Site(name) => {
+                let s = self
+                    .store
+                    .site_by_name(name)
+                    .await?
+                    .ok_or_else(|| BackupError::NotFound(format!("site {name}")))?;
+                (RetentionScope::Site, s.id.to_string())
+            }
+            RetentionOf::Workspace(name) => {
+                let w = self
+                    .store
+                    .workspace_by_name(name)
+                    .await?
+                    .ok_or_else(|| BackupError::NotFound(format!("workspace {name}")))?;
+                (RetentionScope::Workspace, w.id.to_string())
+            }
+        })
     }
 }
 
@@ -538,17 +860,25 @@ pub struct Forgot {
     pub site: String,
     /// Snapshots removed from the repository (or that would be, with a dry run).
     pub removed: Vec<String>,
+    /// Their copies removed from the off-site repository.
+    pub removed_offsite: Vec<String>,
+    /// The policy applied.
+    pub kept: Retention,
     pub dry_run: bool,
 }
 
 impl Backups {
-    /// Apply `[backups]`'s retention policy to each site's backups (one site's, or all),
-    /// through `via`: the same repository reached with a credential that may delete (the
-    /// pushing one refuses). The backups removed are forgotten in the store too.
+    /// Apply each site's retention policy (its own, its workspace's, else `[backups]`'s) to its
+    /// backups (one site's, or all), through `via`: the same repository reached with a
+    /// credential that may delete (the pushing one refuses). With `offsite_ssh`, the off-site
+    /// repository too, through that SSH command (a key whose forced command may delete). The
+    /// backups removed from the primary are forgotten in the store; those removed off-site
+    /// lose their off-site copy.
     pub async fn forget(
         &self,
         site: Option<&str>,
         via: &str,
+        offsite_ssh: Option<&str>,
         dry_run: bool,
     ) -> Result<Vec<Forgot>> {
         let via = via.trim();
@@ -568,6 +898,24 @@ impl Backups {
             repository: via.to_string(),
             ..push
         };
+        let prune_offsite = match offsite_ssh {
+            None => None,
+            Some(ssh) => {
+                if ssh.trim() == self.config.backups.offsite_ssh.trim() {
+                    return Err(BackupError::Invalid(
+                        "--offsite-ssh is backups.offsite_ssh, whose key only appends: give the pruning key's command"
+                            .into(),
+                    ));
+                }
+                let offsite = self.offsite().await?.ok_or_else(|| {
+                    BackupError::Invalid("no off-site repository: set backups.offsite".into())
+                })?;
+                Some(Restic {
+                    options: self.offsite_options(Some(ssh))?,
+                    ..offsite
+                })
+            }
+        };
         let mut sites: Vec<(crate::ids::SiteId, String)> = Vec::new();
         for b in self.list(site).await? {
             if !sites.iter().any(|(id, _)| *id == b.site_id) {
@@ -576,16 +924,23 @@ impl Backups {
         }
         let mut out = Vec::new();
         for (id, name) in sites {
-            let removed = prune
-                .forget(&format!("site:{id}"), &self.config.backups, dry_run)
-                .await?;
+            let keep = self.site_retention(&id).await?;
+            let group = format!("site:{id}");
+            let removed = prune.forget(&group, &keep, dry_run).await?;
+            let removed_offsite = match &prune_offsite {
+                Some(r) => r.forget(&group, &keep, dry_run).await?,
+                None => Vec::new(),
+            };
             if !dry_run {
                 self.store.delete_backups(&removed).await?;
+                self.store.forget_offsite_copies(&removed_offsite).await?;
             }
-            tracing::info!(site = %name, removed = removed.len(), dry_run, "backups forgotten");
+            tracing::info!(site = %name, removed = removed.len(), offsite = removed_offsite.len(), dry_run, "backups forgotten");
             out.push(Forgot {
                 site: name,
+                kept: keep,
                 removed,
+                removed_offsite,
                 dry_run,
             });
         }

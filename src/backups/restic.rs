@@ -14,6 +14,9 @@ pub struct Restic {
     pub repository: String,
     pub password: SecretString,
     pub cache: PathBuf,
+    /// restic's extended options (`-o key=value`), e.g. `rclone.program` for an off-site
+    /// repository reached over SSH.
+    pub options: Vec<String>,
 }
 
 /// The last line restic prints for `backup --json`.
@@ -28,7 +31,20 @@ pub struct Summary {
 impl Restic {
     /// Run restic with `args` in `cwd`; its standard output, or its error text.
     pub async fn run(&self, args: &[&str], cwd: Option<&Path>) -> Result<String, BackupError> {
+        self.run_with(args, cwd, None).await
+    }
+
+    /// As [`Restic::run`], with `input` written to restic's standard input.
+    async fn run_with(
+        &self,
+        args: &[&str],
+        cwd: Option<&Path>,
+        input: Option<&str>,
+    ) -> Result<String, BackupError> {
         let mut cmd = tokio::process::Command::new(&self.bin);
+        for o in &self.options {
+            cmd.arg("-o").arg(o);
+        }
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -36,17 +52,27 @@ impl Restic {
             .env("RESTIC_REPOSITORY", &self.repository)
             .env("RESTIC_PASSWORD", self.password.expose_secret())
             .env("RESTIC_CACHE_DIR", &self.cache)
-            .stdin(Stdio::null())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
-        let out = cmd
-            .output()
-            .await
-            .map_err(|e| BackupError::Tool(format!("cannot run {}: {e}", self.bin.display())))?;
+        let cannot = |e: std::io::Error| {
+            BackupError::Tool(format!("cannot run {}: {e}", self.bin.display()))
+        };
+        let mut child = cmd.spawn().map_err(cannot)?;
+        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+            use tokio::io::AsyncWriteExt;
+            // restic reads one line; a closed pipe after it is restic's business.
+            let _ = stdin.write_all(format!("{text}\n").as_bytes()).await;
+        }
+        let out = child.wait_with_output().await.map_err(cannot)?;
         if out.status.success() {
             return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
         }
@@ -67,6 +93,27 @@ impl Restic {
     /// Make the repository unless it exists.
     pub async fn init(&self) -> Result<(), BackupError> {
         match self.run(&["init"], None).await {
+            Ok(_) => Ok(()),
+            Err(BackupError::Tool(m)) if m.contains("already") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Make this repository unless it exists, with `from`'s chunker parameters, so copies of
+    /// `from`'s snapshots deduplicate here as they do there.
+    pub async fn init_like(&self, from: &Restic) -> Result<(), BackupError> {
+        let args = [
+            "init",
+            "--copy-chunker-params",
+            "--from-repo",
+            from.repository.as_str(),
+            "--from-password-file",
+            "/dev/stdin",
+        ];
+        match self
+            .run_with(&args, None, Some(from.password.expose_secret()))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(BackupError::Tool(m)) if m.contains("already") => Ok(()),
             Err(e) => Err(e),
@@ -107,7 +154,7 @@ impl Restic {
     pub async fn forget(
         &self,
         tag: &str,
-        keep: &crate::config::BackupsConfig,
+        keep: &crate::config::Retention,
         dry_run: bool,
     ) -> Result<Vec<String>, BackupError> {
         let (last, daily, weekly, monthly) = (
@@ -143,6 +190,34 @@ impl Restic {
             .flat_map(|g| g["remove"].as_array().cloned().unwrap_or_default())
             .filter_map(|s| s["id"].as_str().map(str::to_string))
             .collect())
+    }
+
+    /// Copy snapshot `id` of `from` into this repository (`restic copy`); the copy's id. The
+    /// source's passphrase goes through restic's standard input, never a file or the command
+    /// line.
+    pub async fn copy_from(&self, from: &Restic, id: &str) -> Result<String, BackupError> {
+        let source = from.repository.as_str();
+        self.run_with(
+            &[
+                "copy",
+                "--from-repo",
+                source,
+                "--from-password-file",
+                "/dev/stdin",
+                id,
+            ],
+            None,
+            Some(from.password.expose_secret()),
+        )
+        .await?;
+        // The copy names its original: find it (restic 0.14's copy prints no JSON).
+        let out = self.run(&["snapshots", "--json"], None).await?;
+        let all: Vec<serde_json::Value> = serde_json::from_str(out.trim())
+            .map_err(|e| BackupError::Tool(format!("restic snapshots: {e}")))?;
+        all.iter()
+            .filter(|s| s["original"].as_str().is_some_and(|o| o.starts_with(id)))
+            .find_map(|s| s["id"].as_str().map(str::to_string))
+            .ok_or_else(|| BackupError::Tool(format!("restic copy: no copy of {id} found")))
     }
 
     /// Read every byte of the repository back and check it (`restic check --read-data`).

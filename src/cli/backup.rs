@@ -1,8 +1,9 @@
 //! `endor backup`: site backups (create, list, restore, verify).
 
 use clap::Subcommand;
-use endor::backups::Backups;
+use endor::backups::{Backups, RetentionOf, Source};
 use endor::config::Config;
+use endor::store::RetentionRow;
 
 use super::{emit, open_store};
 
@@ -27,20 +28,55 @@ pub enum BackupCmd {
         #[arg(long)]
         bypass_protection: bool,
         /// Read the repository even when this host kept a local copy of the backup.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from_offsite")]
         from_repository: bool,
+        /// Read the backup's copy in the off-site repository (backups.offsite).
+        #[arg(long)]
+        from_offsite: bool,
     },
-    /// Read the whole repository back and check it; exit 1 when it is damaged.
-    Verify,
+    /// Read one backup back and check every file and table against its manifest, or (--all,
+    /// or no BACKUP) the whole repository; exit 1 when anything is damaged.
+    Verify {
+        #[arg(conflicts_with = "all")]
+        backup: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// The off-site repository (backups.offsite) instead of the primary.
+        #[arg(long)]
+        offsite: bool,
+    },
     /// Remove the backups [backups]'s retention policy does not keep (one site's, or all),
     /// through a credential that may delete: --via the same repository's pruning URL.
     Forget {
         site: Option<String>,
         #[arg(long, value_name = "PRUNE_URL")]
         via: String,
+        /// Also apply it to the off-site repository through this SSH command: a key whose
+        /// forced command may delete (not backups.offsite_ssh's, which only appends).
+        #[arg(long, value_name = "SSH_COMMAND")]
+        offsite_ssh: Option<String>,
         /// Say what would be removed; remove nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Show or set what `forget` keeps of a site's backups (or, --workspace, of every site in
+    /// a workspace); a value not set falls through to the workspace's, then [backups]'s.
+    Retention {
+        #[arg(required_unless_present = "workspace", conflicts_with = "workspace")]
+        site: Option<String>,
+        #[arg(long)]
+        workspace: Option<String>,
+        #[arg(long)]
+        keep_last: Option<i64>,
+        #[arg(long)]
+        keep_daily: Option<i64>,
+        #[arg(long)]
+        keep_weekly: Option<i64>,
+        #[arg(long)]
+        keep_monthly: Option<i64>,
+        /// Forget what was set here: the workspace's (or [backups]'s) policy applies.
+        #[arg(long, conflicts_with_all = ["keep_last", "keep_daily", "keep_weekly", "keep_monthly"])]
+        default: bool,
     },
     /// Restore the newest backup of SITE (or of every site, --all) into a scratch site, check
     /// it against the backup's manifest, remove it, and record the outcome; exit 1 when a
@@ -54,6 +90,9 @@ pub enum BackupCmd {
         /// fresh folder (or database), and find every record again.
         #[arg(long)]
         store: bool,
+        /// Restore from the off-site repository (backups.offsite) instead of the primary.
+        #[arg(long, conflicts_with = "store")]
+        offsite: bool,
     },
     /// Whether `endor serve` backs the site up on backups.schedule: on, off, or default
     /// (on for protected sites).
@@ -111,10 +150,16 @@ pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<
             into,
             bypass_protection,
             from_repository,
+            from_offsite,
         } => {
             let guard = endor::sites::Guard::cli(bypass_protection);
+            let from = match (from_repository, from_offsite) {
+                (_, true) => Source::Offsite,
+                (true, _) => Source::Repository,
+                _ => Source::Nearest,
+            };
             let r = backups
-                .restore_from(&backup, into.as_deref(), guard, !from_repository)
+                .restore_from(&backup, into.as_deref(), guard, from)
                 .await?;
             emit(json, &r, |r| {
                 format!(
@@ -122,10 +167,10 @@ pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<
                     r.backup,
                     r.site,
                     if r.created { " (new site)" } else { "" },
-                    if r.from == "local" {
-                        "local copy"
-                    } else {
-                        "repository"
+                    match r.from {
+                        "local" => "local copy",
+                        "offsite" => "off-site repository",
+                        _ => "repository",
                     },
                     r.report.duration_ms
                 )
@@ -175,10 +220,15 @@ pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<
             }
             Ok(())
         }
-        BackupCmd::Drill { site, .. } => {
+        BackupCmd::Drill { site, offsite, .. } => {
+            let from = if offsite {
+                Source::Offsite
+            } else {
+                Source::Repository
+            };
             let reports = match site {
-                Some(s) => vec![backups.drill(&s).await?],
-                None => backups.drill_all().await?,
+                Some(s) => vec![backups.drill(&s, from).await?],
+                None => backups.drill_all(from).await?,
             };
             emit(json, &reports, |rs| {
                 rs.iter()
@@ -200,31 +250,63 @@ pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<
             }
             Ok(())
         }
-        BackupCmd::Forget { site, via, dry_run } => {
-            let done = backups.forget(site.as_deref(), &via, dry_run).await?;
+        BackupCmd::Forget {
+            site,
+            via,
+            offsite_ssh,
+            dry_run,
+        } => {
+            let done = backups
+                .forget(site.as_deref(), &via, offsite_ssh.as_deref(), dry_run)
+                .await?;
             emit(json, &done, |d| {
                 d.iter()
                     .map(|f| {
                         format!(
-                            "{}: {} {}",
+                            "{}: {} {}{} (keeping last {}, daily {}, weekly {}, monthly {})",
                             f.site,
                             f.removed.len(),
                             if f.dry_run {
                                 "backups would be removed"
                             } else {
                                 "backups removed"
-                            }
+                            },
+                            if offsite_ssh.is_some() {
+                                format!(", {} off-site", f.removed_offsite.len())
+                            } else {
+                                String::new()
+                            },
+                            f.kept.keep_last,
+                            f.kept.keep_daily,
+                            f.kept.keep_weekly,
+                            f.kept.keep_monthly
                         )
                     })
                     .collect::<Vec<_>>()
                     .join("\n")
             })
         }
-        BackupCmd::Verify => {
-            let v = backups.verify().await?;
+        BackupCmd::Verify {
+            backup,
+            all: _,
+            offsite,
+        } => {
+            let from = if offsite {
+                Source::Offsite
+            } else {
+                Source::Repository
+            };
+            let v = match backup {
+                Some(b) => backups.verify_backup(&b, from).await?,
+                None => backups.verify(offsite).await?,
+            };
             emit(json, &v, |v| {
                 format!(
-                    "{}: {}\n{}",
+                    "{}{}: {}\n{}",
+                    v.backup
+                        .as_ref()
+                        .map(|b| format!("backup {b} in "))
+                        .unwrap_or_default(),
                     v.repository,
                     if v.ok { "ok" } else { "DAMAGED" },
                     v.detail
@@ -234,6 +316,51 @@ pub async fn run(cmd: BackupCmd, json: bool, config: &Config) -> anyhow::Result<
                 std::process::exit(1);
             }
             Ok(())
+        }
+        BackupCmd::Retention {
+            site,
+            workspace,
+            keep_last,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            default,
+        } => {
+            let of = match (&site, &workspace) {
+                (Some(s), _) => RetentionOf::Site(s),
+                (None, Some(w)) => RetentionOf::Workspace(w),
+                (None, None) => unreachable!("clap requires a site or --workspace"),
+            };
+            let row = RetentionRow {
+                keep_last,
+                keep_daily,
+                keep_weekly,
+                keep_monthly,
+            };
+            let view = if default {
+                backups.set_retention(of, None).await?
+            } else if row == RetentionRow::default() {
+                backups.retention(of).await?
+            } else {
+                backups.set_retention(of, Some(row)).await?
+            };
+            emit(json, &view, |v| {
+                let a = v.applies;
+                format!(
+                    "{} {}: keeps last {}, daily {}, weekly {}, monthly {}{}",
+                    v.scope,
+                    v.name,
+                    a.keep_last,
+                    a.keep_daily,
+                    a.keep_weekly,
+                    a.keep_monthly,
+                    if v.own.is_some() {
+                        ""
+                    } else {
+                        " (nothing set here: inherited)"
+                    }
+                )
+            })
         }
     }
 }

@@ -790,6 +790,33 @@ pub struct Backup {
     /// The newest drill of this backup: when, and whether it passed (1) or failed (0).
     pub last_drill_at: Option<i64>,
     pub last_drill_ok: Option<i64>,
+    /// The snapshot's copy in the off-site repository, once copied there.
+    pub offsite_snapshot_id: Option<String>,
+}
+
+/// A retention policy set for a site or a workspace; `None`: the next scope's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct RetentionRow {
+    pub keep_last: Option<i64>,
+    pub keep_daily: Option<i64>,
+    pub keep_weekly: Option<i64>,
+    pub keep_monthly: Option<i64>,
+}
+
+/// What a retention policy is set for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetentionScope {
+    Site,
+    Workspace,
+}
+
+impl RetentionScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Site => "site",
+            Self::Workspace => "workspace",
+        }
+    }
 }
 
 /// One restore drill of a backup.
@@ -825,6 +852,23 @@ pub trait BackupStore: Send + Sync {
     async fn backup_schedules(&self) -> Result<Vec<(SiteId, bool)>>;
     /// Say (or, with `None`, forget) whether a site is backed up on schedule.
     async fn set_backup_schedule(&self, site_id: &SiteId, scheduled: Option<bool>) -> Result<()>;
+    /// The retention policy set for a site or a workspace (by id), if any.
+    async fn backup_retention(
+        &self,
+        scope: RetentionScope,
+        id: &str,
+    ) -> Result<Option<RetentionRow>>;
+    /// Set (or, with `None`, forget) the retention policy of a site or a workspace.
+    async fn set_backup_retention(
+        &self,
+        scope: RetentionScope,
+        id: &str,
+        policy: Option<RetentionRow>,
+    ) -> Result<()>;
+    /// Forget the off-site copies with these snapshot ids (full, or short).
+    async fn forget_offsite_copies(&self, snapshot_ids: &[String]) -> Result<u64>;
+    /// Record the off-site copy of a backup.
+    async fn set_offsite_snapshot(&self, backup_id: &str, snapshot_id: &str) -> Result<()>;
 }
 
 /// The audit trail.

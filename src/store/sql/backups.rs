@@ -149,6 +149,80 @@ macro_rules! impl_backups {
                 Ok(())
             }
 
+            async fn backup_retention(
+                &self,
+                scope: $crate::store::RetentionScope,
+                id: &str,
+            ) -> $crate::store::Result<Option<$crate::store::RetentionRow>> {
+                Ok(sqlx::query_as(
+                    "SELECT CAST(keep_last AS BIGINT) AS keep_last, CAST(keep_daily AS BIGINT) AS keep_daily, \
+                     CAST(keep_weekly AS BIGINT) AS keep_weekly, CAST(keep_monthly AS BIGINT) AS keep_monthly \
+                     FROM backup_retention WHERE scope = $1 AND scope_id = $2",
+                )
+                .bind(scope.as_str())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn set_backup_retention(
+                &self,
+                scope: $crate::store::RetentionScope,
+                id: &str,
+                policy: Option<$crate::store::RetentionRow>,
+            ) -> $crate::store::Result<()> {
+                match policy {
+                    Some(p) => {
+                        sqlx::query(
+                            "INSERT INTO backup_retention (scope, scope_id, keep_last, keep_daily, keep_weekly, keep_monthly) \
+                             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, scope_id) DO UPDATE SET \
+                             keep_last = excluded.keep_last, keep_daily = excluded.keep_daily, \
+                             keep_weekly = excluded.keep_weekly, keep_monthly = excluded.keep_monthly",
+                        )
+                        .bind(scope.as_str())
+                        .bind(id)
+                        .bind(p.keep_last)
+                        .bind(p.keep_daily)
+                        .bind(p.keep_weekly)
+                        .bind(p.keep_monthly)
+                        .execute(&self.pool)
+                        .await?;
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM backup_retention WHERE scope = $1 AND scope_id = $2")
+                            .bind(scope.as_str())
+                            .bind(id)
+                            .execute(&self.pool)
+                            .await?;
+                    }
+                }
+                Ok(())
+            }
+
+            async fn forget_offsite_copies(&self, snapshot_ids: &[String]) -> $crate::store::Result<u64> {
+                let mut n = 0;
+                for id in snapshot_ids {
+                    // The ids kept are restic's (hex): no LIKE wildcard in them.
+                    n += sqlx::query(
+                        "UPDATE backups SET offsite_snapshot_id = NULL WHERE $1 LIKE offsite_snapshot_id || '%'",
+                    )
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?
+                    .rows_affected();
+                }
+                Ok(n)
+            }
+
+            async fn set_offsite_snapshot(&self, backup_id: &str, snapshot_id: &str) -> $crate::store::Result<()> {
+                sqlx::query("UPDATE backups SET offsite_snapshot_id = $1 WHERE id = $2")
+                    .bind(snapshot_id)
+                    .bind(backup_id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
             async fn backup(&self, id: &str) -> $crate::store::Result<Option<$crate::store::Backup>> {
                 if id.len() < 8 || !id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
                     return Ok(None);
@@ -172,7 +246,7 @@ pub(in crate::store) use impl_backups;
 macro_rules! backup_columns {
     () => {
         "b.id, b.site_id, b.site_name, b.repository, b.snapshot_id, b.source_path, b.tags, b.resources, \
-         b.files, b.bytes, b.bytes_added, b.created_at, b.created_by, b.manifest, \
+         b.files, b.bytes, b.bytes_added, b.created_at, b.created_by, b.manifest, b.offsite_snapshot_id, \
          (SELECT MAX(d.at) FROM backup_drills d WHERE d.backup_id = b.id) AS last_drill_at, \
          (SELECT CAST(d.ok AS BIGINT) FROM backup_drills d WHERE d.backup_id = b.id ORDER BY d.at DESC, d.id DESC LIMIT 1) AS last_drill_ok"
     };
