@@ -175,7 +175,7 @@ impl BackupsConfig {
 /// What `backup forget` keeps of a site's backups (restic's policy): the newest `keep_last`,
 /// and the newest of each of the last `keep_daily` days, `keep_weekly` weeks and
 /// `keep_monthly` months.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Retention {
     pub keep_last: u32,
     pub keep_daily: u32,

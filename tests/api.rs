@@ -50,6 +50,11 @@ struct World {
     spare: std::collections::HashMap<&'static str, String>,
     revoked: String,
     connection: String,
+    /// The configuration its server runs with: backups go to a local restic repository
+    /// (made on first use).
+    config: endor::config::Config,
+    /// The backup of `web` that routes under `/backups/` act on.
+    backup: Option<String>,
 }
 
 impl World {
@@ -58,8 +63,61 @@ impl World {
     }
 
     async fn on(db: TestStore) -> Self {
+        Self::with_backups(db, true).await
+    }
+
+    /// A world for `route`: a backup of `web` made first when the route acts on one.
+    async fn for_route(route: &api::ApiRoute) -> Self {
+        let mut w = Self::new().await;
+        if route.path.contains("/backups/") {
+            let b = endor::backups::Backups::new(w.store.clone(), &w.config)
+                .create("web", &[], "test")
+                .await
+                .unwrap();
+            w.backup = Some(b.id);
+        }
+        w
+    }
+
+    /// A world whose server has backups off (`backups.repository` empty), with a row of a
+    /// backup of `web` made while they were on.
+    async fn backups_off() -> Self {
+        let mut w = Self::with_backups(TestStore::sqlite().await, false).await;
+        let web = w.store.site_by_name("web").await.unwrap().unwrap();
+        let id = endor::store::new_id();
+        w.store
+            .insert_backup(&endor::store::Backup {
+                id: id.clone(),
+                site_id: web.id,
+                site_name: "web".into(),
+                repository: "rest:http://127.0.0.1:9/".into(),
+                snapshot_id: "0badc0de".into(),
+                source_path: "/gone".into(),
+                tags: String::new(),
+                resources: "[]".into(),
+                files: 0,
+                bytes: 0,
+                bytes_added: 0,
+                created_at: endor::now_ms(),
+                created_by: "test".into(),
+                manifest: "{}".into(),
+                last_drill_at: None,
+                last_drill_ok: None,
+                offsite_snapshot_id: None,
+            })
+            .await
+            .unwrap();
+        w.backup = Some(id);
+        w
+    }
+
+    async fn with_backups(db: TestStore, backups: bool) -> Self {
         let dir = support::plain_dir();
-        let config = support::config_in(&db.url, dir.path());
+        let mut config = support::config_in(&db.url, dir.path());
+        if backups {
+            config.backups.repository = dir.path().join("restic-repo").display().to_string();
+            config.backups.cache = dir.path().join("restic-cache");
+        }
         let store = db.store.clone();
         let s = store.as_ref();
         let mut tokens = std::collections::HashMap::new();
@@ -109,6 +167,8 @@ impl World {
             spare,
             revoked: revoked.token,
             connection: conn.connection_id.to_string(),
+            config,
+            backup: None,
         }
     }
 
@@ -186,6 +246,11 @@ impl World {
 fn sample(w: &World, method: &Method, path: &str, who: Who) -> Option<(String, Option<Value>)> {
     let p = |s: &str| format!("/api/v1{s}");
     let conn = &w.connection;
+    // Routes on a backup without one in this world: any id (refused before it is looked up).
+    let backup = w
+        .backup
+        .as_deref()
+        .unwrap_or("0193c3b1-0000-7000-8000-000000000000");
     Some(match (method.as_str(), path) {
         ("GET", "/me") => (p("/me"), None),
         ("GET", "/tokens") => (p("/tokens"), None),
@@ -258,6 +323,30 @@ fn sample(w: &World, method: &Method, path: &str, who: Who) -> Option<(String, O
         ("PATCH", "/sites/{site}/access") => {
             (p("/sites/web/access"), Some(json!({"robots": false})))
         }
+        ("GET", "/sites/{site}/backups") => (p("/sites/web/backups"), None),
+        ("POST", "/sites/{site}/backups") => {
+            (p("/sites/web/backups"), Some(json!({"tags": ["api"]})))
+        }
+        ("POST", "/sites/{site}/backups/{backup}/restore") => (
+            p(&format!("/sites/web/backups/{backup}/restore")),
+            Some(json!({"into": "web-restored"})),
+        ),
+        ("POST", "/sites/{site}/backups/{backup}/verify") => {
+            (p(&format!("/sites/web/backups/{backup}/verify")), None)
+        }
+        ("POST", "/sites/{site}/backups/drill") => (p("/sites/web/backups/drill"), None),
+        ("GET", "/sites/{site}/backup-settings") => (p("/sites/web/backup-settings"), None),
+        ("PATCH", "/sites/{site}/backup-settings") => (
+            p("/sites/web/backup-settings"),
+            Some(json!({"scheduled": "on", "retention": {"keep_last": 3}})),
+        ),
+        ("GET", "/workspaces/{ws}/backup-retention") => {
+            (p("/workspaces/acme/backup-retention"), None)
+        }
+        ("PATCH", "/workspaces/{ws}/backup-retention") => (
+            p("/workspaces/acme/backup-retention"),
+            Some(json!({"keep_last": 5})),
+        ),
         _ => return None,
     })
 }
@@ -282,6 +371,7 @@ fn policy(method: &Method, path: &str) -> &'static [Who] {
             | "/workspaces/{ws}/previews"
             | "/workspaces/{ws}/logs"
             | "/workspaces/{ws}/settings"
+            | "/workspaces/{ws}/backup-retention"
             | "/workspaces/{ws}/connections/{connection_id}/previews/{number}",
         ) => READERS,
         (_, p)
@@ -290,9 +380,19 @@ fn policy(method: &Method, path: &str) -> &'static [Who] {
         {
             OWNERS
         }
-        ("PATCH", "/workspaces/{ws}" | "/workspaces/{ws}/settings") => OWNERS,
+        (
+            "PATCH",
+            "/workspaces/{ws}" | "/workspaces/{ws}/settings" | "/workspaces/{ws}/backup-retention",
+        ) => OWNERS,
         (_, "/workspaces/{ws}/usage") => BILLERS,
-        ("GET", "/sites/{site}" | "/sites/{site}/access" | "/sites/{site}/logs") => READERS,
+        (
+            "GET",
+            "/sites/{site}"
+            | "/sites/{site}/access"
+            | "/sites/{site}/logs"
+            | "/sites/{site}/backups"
+            | "/sites/{site}/backup-settings",
+        ) => READERS,
         (_, p) if p.starts_with("/sites/") || p == "/workspaces/{ws}/sites" => DEVS,
         _ => panic!("no policy for {method} {path}"),
     }
@@ -351,7 +451,7 @@ async fn authorization_matrix_over_every_route() {
             cells += 1;
         }
         for who in EVERYONE.into_iter().filter(|w| allowed(route.need, *w)) {
-            let w = World::new().await;
+            let w = World::for_route(route).await;
             let (path, body) = sample(&w, &route.method, route.path, who).unwrap();
             let (status, v) = w.call(who, route.method.clone(), &path, body).await;
             assert_eq!(status, route.ok, "{who:?} {} {path}: {v}", route.method);
@@ -1119,6 +1219,37 @@ async fn provoke(
                 Some(json!({"from": "web"})),
             )
         }
+        ("POST", "/sites/{site}/backups/{backup}/restore", 409, code) => {
+            // Into the backed-up site itself, protected or held by another operation.
+            if code == "protected" {
+                protect("web").await;
+            } else {
+                hold("web").await;
+            }
+            let (path, _) = sample(w, &route.method, route.path, Who::Developer)?;
+            (Who::Developer, path, None)
+        }
+        (_, _, 409, "not_configured") => {
+            // A world with backups off (see the caller).
+            let (path, body) = sample(w, &route.method, route.path, Who::Developer)?;
+            (Who::Developer, path, body)
+        }
+        ("POST", "/sites/{site}/backups", 502, "backup_failed") => {
+            // Where the repository should be, a file: restic cannot make it.
+            std::fs::write(&w.config.backups.repository, b"not a repository").unwrap();
+            let (path, body) = sample(w, &route.method, route.path, Who::Developer)?;
+            (Who::Developer, path, body)
+        }
+        ("POST", "/sites/{site}/backups/{backup}/restore", 502, "backup_failed") => {
+            // The repository's snapshots gone, read from the repository (not this host's
+            // copy).
+            let snapshots = std::path::Path::new(&w.config.backups.repository).join("snapshots");
+            for f in std::fs::read_dir(snapshots).unwrap() {
+                std::fs::remove_file(f.unwrap().path()).unwrap();
+            }
+            let (path, _) = sample(w, &route.method, route.path, Who::Developer)?;
+            (Who::Developer, path, Some(json!({"from": "repository"})))
+        }
         (_, _, 409, "busy") => {
             hold("web").await;
             let (path, body) = sample(w, &route.method, route.path, Who::Developer)?;
@@ -1241,7 +1372,11 @@ async fn every_documented_status_of_every_route_is_reached() {
         // The route's own answers, each code of each.
         for (status, codes) in route.errors {
             for code in *codes {
-                let w = World::new().await;
+                let w = if *code == "not_configured" {
+                    World::backups_off().await
+                } else {
+                    World::for_route(route).await
+                };
                 let Some((who, path, body)) = provoke(&w, route, *status, code).await else {
                     unreached.push(format!("{} {} {status} {code}", route.method, route.path));
                     continue;
@@ -1254,7 +1389,7 @@ async fn every_documented_status_of_every_route_is_reached() {
         }
         // Success last.
         {
-            let w = World::new().await;
+            let w = World::for_route(route).await;
             let who = *policy(&route.method, route.path).first().unwrap();
             let (path, body) = sample(&w, &route.method, route.path, who).unwrap();
             let (s, v) = w.call(who, route.method.clone(), &path, body).await;
@@ -1847,4 +1982,204 @@ async fn exec_streams_a_command_s_output_and_its_exit_code() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     server.stop().await;
+}
+
+/// A site's backups through the API: made with tags, listed, restored into the site (the
+/// bypass needed when it is protected, and audited) or into a new site, never into another
+/// workspace's site nor from another site's backup; verified and drilled; its schedule and
+/// retention set over the workspace's; bad values refused with nothing changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_through_the_api() {
+    let w = World::new().await;
+    let dev = Who::Developer;
+    let p = |s: &str| format!("/api/v1{s}");
+    Sites::new(w.store.clone(), &w.config)
+        .create("theirs", "other", "default", Imports::default())
+        .await
+        .unwrap();
+    for bad in [json!({"tags": ["a b"]}), json!({"tags": ["x"], "extra": 1})] {
+        let (s, v) = w
+            .call(dev, Method::POST, &p("/sites/web/backups"), Some(bad))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    }
+    let (s, made) = w
+        .call(
+            dev,
+            Method::POST,
+            &p("/sites/web/backups"),
+            Some(json!({"tags": ["before-migration"]})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{made}");
+    let id = made["id"].as_str().unwrap().to_string();
+    assert_eq!(made["tags"], "before-migration");
+    let (s, list) = w
+        .call(Who::Owner, Method::GET, &p("/sites/web/backups"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    assert!(list[0].get("manifest").is_none(), "{list}");
+    // Another site's backup is not found under this one; nor are hostile ids.
+    for path in [
+        format!("/sites/web-2/backups/{id}/restore"),
+        "/sites/web/backups/'%3B%20DROP%20TABLE%20backups%3B%20--/restore".to_string(),
+        "/sites/web/backups/0193c3b1/restore".to_string(),
+    ] {
+        let (s, v) = w.call(dev, Method::POST, &p(&path), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
+    }
+    // Into another workspace's site: not found (nothing learnt, nothing written).
+    let (s, v) = w
+        .call(
+            dev,
+            Method::POST,
+            &p(&format!("/sites/web/backups/{id}/restore")),
+            Some(json!({"into": "theirs"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
+    // Into a new site in this workspace.
+    let (s, r) = w
+        .call(
+            dev,
+            Method::POST,
+            &p(&format!("/sites/web/backups/{id}/restore")),
+            Some(json!({"into": "web-back", "from": "repository"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(
+        (r["created"].clone(), r["from"].clone()),
+        (json!(true), json!("repository"))
+    );
+    let back = w.store.site_by_name("web-back").await.unwrap().unwrap();
+    assert_eq!(
+        back.workspace_id,
+        w.store
+            .site_by_name("web")
+            .await
+            .unwrap()
+            .unwrap()
+            .workspace_id
+    );
+    // Into the protected site itself: the bypass is needed, and audited.
+    let web = w.store.site_by_name("web").await.unwrap().unwrap();
+    w.store.set_site_protected(&web.id, true).await.unwrap();
+    let restore = p(&format!("/sites/web/backups/{id}/restore"));
+    let (s, v) = w.call(dev, Method::POST, &restore, None).await;
+    assert_eq!(
+        (s, v["error"]["code"].clone()),
+        (StatusCode::CONFLICT, json!("protected"))
+    );
+    let (s, v) = w
+        .call(
+            dev,
+            Method::POST,
+            &restore,
+            Some(json!({"bypass_protection": true})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let audit = w.store.audit_events(Some(&web.id)).await.unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.caller == "api:dev" && e.action == "bypass_protection"),
+        "{audit:?}"
+    );
+    // Verified and drilled.
+    let (s, v) = w
+        .call(
+            dev,
+            Method::POST,
+            &p(&format!("/sites/web/backups/{id}/verify")),
+            None,
+        )
+        .await;
+    assert_eq!((s, v["ok"].clone()), (StatusCode::OK, json!(true)), "{v}");
+    let (s, v) = w
+        .call(
+            dev,
+            Method::POST,
+            &p(&format!("/sites/web/backups/{id}/verify")),
+            Some(json!({"from": "offsite"})),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::BAD_REQUEST,
+        "no off-site repository here: {v}"
+    );
+    let (s, d) = w
+        .call(dev, Method::POST, &p("/sites/web/backups/drill"), None)
+        .await;
+    assert_eq!((s, d["ok"].clone()), (StatusCode::OK, json!(true)), "{d}");
+    let (_, list) = w
+        .call(dev, Method::GET, &p("/sites/web/backups"), None)
+        .await;
+    assert_eq!(list[0]["last_drill_ok"], 1);
+    // Settings: the workspace keeps 5 last, the site 3; the site is scheduled.
+    let (s, v) = w
+        .call(
+            Who::Owner,
+            Method::PATCH,
+            &p("/workspaces/acme/backup-retention"),
+            Some(json!({"keep_last": 5, "keep_daily": 0})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = w
+        .call(
+            dev,
+            Method::PATCH,
+            &p("/sites/web/backup-settings"),
+            Some(json!({"scheduled": "off", "retention": {"keep_last": 3}})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["schedule"]["scheduled"], false, "{v}");
+    assert_eq!(v["retention"]["applies"]["keep_last"], 3);
+    assert_eq!(
+        v["retention"]["applies"]["keep_daily"], 0,
+        "the workspace's"
+    );
+    for bad in [
+        json!({"scheduled": "maybe"}),
+        json!({"retention": {"keep_last": -1}}),
+        json!({"retention": {"keep_last": 2, "default": true}}),
+        json!({"retention": {"keep_lats": 2}}),
+    ] {
+        let (s, v) = w
+            .call(
+                dev,
+                Method::PATCH,
+                &p("/sites/web/backup-settings"),
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {v}");
+    }
+    let (s, v) = w
+        .call(
+            Who::Owner,
+            Method::GET,
+            &p("/sites/web/backup-settings"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["retention"]["own"]["keep_last"], 3, "unchanged: {v}");
+    assert_eq!(v["schedule"]["own"], false);
+    let (_, v) = w
+        .call(
+            dev,
+            Method::PATCH,
+            &p("/sites/web/backup-settings"),
+            Some(json!({"scheduled": "default", "retention": {"default": true}})),
+        )
+        .await;
+    assert_eq!(v["retention"]["applies"]["keep_last"], 5, "{v}");
+    assert_eq!(v["schedule"]["scheduled"], true, "protected: on by default");
+    w.finish().await;
 }

@@ -771,6 +771,23 @@ async fn serve_backs_up_scheduled_sites() {
         .find(|l| l.starts_with(id))
         .unwrap_or_default();
     assert!(line.contains("drill: passed"), "{id}: {listed}");
+    // One backup read back from the CLI, and the site's retention set over [backups]'s.
+    let verified = served.cli(&["backup", "verify", id, "--json"]);
+    let verified: serde_json::Value = serde_json::from_str(&verified).unwrap();
+    assert_eq!(
+        (&verified["ok"], &verified["backup"]),
+        (&serde_json::json!(true), &serde_json::json!(id))
+    );
+    let kept = served.cli(&["backup", "retention", "production", "--keep-last", "4"]);
+    assert!(
+        kept.contains("keeps last 4, daily 7, weekly 4, monthly 6"),
+        "{kept}"
+    );
+    let kept = served.cli(&["backup", "retention", "production", "--default"]);
+    assert!(
+        kept.contains("keeps last 7") && kept.contains("inherited"),
+        "{kept}"
+    );
     let metrics = served.metrics().await;
     assert!(
         metrics.contains("endor_backup_drills{outcome=\"passed\"} 1"),

@@ -17,9 +17,9 @@ use crate::ids::WorkspaceId;
 use crate::service;
 use crate::sites::Guard;
 
-type Res = Result<Response, ApiError>;
+pub(super) type Res = Result<Response, ApiError>;
 
-fn ok<T: serde::Serialize>(status: StatusCode, value: &T) -> Res {
+pub(super) fn ok<T: serde::Serialize>(status: StatusCode, value: &T) -> Res {
     Ok((status, axum::Json(value)).into_response())
 }
 
@@ -32,7 +32,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 
 /// Read and parse a JSON body (at most [`MAX_BODY`] bytes); an empty body reads as `{}`.
 /// Unknown fields are refused by the types.
-async fn body<T: DeserializeOwned>(raw: Body) -> Result<T, ApiError> {
+pub(super) async fn body<T: DeserializeOwned>(raw: Body) -> Result<T, ApiError> {
     let bytes = axum::body::to_bytes(raw, MAX_BODY).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -49,7 +49,7 @@ async fn body<T: DeserializeOwned>(raw: Body) -> Result<T, ApiError> {
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
 }
 
-fn guard(caller: &Caller, bypass_protection: bool) -> Guard {
+pub(super) fn guard(caller: &Caller, bypass_protection: bool) -> Guard {
     Guard {
         bypass_protection,
         caller: Some(caller.audit_name()),

@@ -12,6 +12,7 @@
 //! The rules themselves (names, last owner, tags, protection, access settings) live in the
 //! service layer (`crate::service`, `crate::sites`, `crate::access`), which the CLI calls too.
 
+mod backups;
 mod handlers;
 mod openapi;
 
@@ -38,6 +39,7 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     pub config: Config,
     pub sites: Sites,
+    pub backups: crate::backups::Backups,
     /// Runs ad-hoc commands in sites' sandboxes (made at the first `exec`).
     runner: tokio::sync::OnceCell<Arc<crate::previews::Lifecycle>>,
 }
@@ -46,6 +48,7 @@ impl Api {
     pub fn new(store: Arc<dyn Store>, config: &Config) -> Arc<Self> {
         Arc::new(Self {
             sites: Sites::new(store.clone(), config),
+            backups: crate::backups::Backups::new(store.clone(), config),
             store,
             config: config.clone(),
             runner: Default::default(),
@@ -150,6 +153,7 @@ macro_rules! route {
     };
 }
 
+use backups as b;
 use handlers as h;
 
 const NONE: &[ErrorDoc] = &[];
@@ -159,6 +163,15 @@ const LAST_OWNER: &[ErrorDoc] = &[(409, &["last_owner"])];
 const BUSY: &[ErrorDoc] = &[(409, &["busy"])];
 const CREATE_SITE: &[ErrorDoc] = &[(409, &["conflict", "busy"])];
 const GUARDED: &[ErrorDoc] = &[(409, &["protected", "busy"])];
+const BACKUP: &[ErrorDoc] = &[
+    (409, &["busy", "not_configured"]),
+    (502, &["backup_failed"]),
+];
+const RESTORE: &[ErrorDoc] = &[
+    (409, &["protected", "busy", "not_configured"]),
+    (502, &["backup_failed"]),
+];
+const BACKUPS_OFF: &[ErrorDoc] = &[(409, &["not_configured"])];
 
 /// What a log reader may ask (a site's or a workspace's).
 const LOG_QUERY: &[QueryDoc] = &[
@@ -272,6 +285,24 @@ pub static ROUTES: &[ApiRoute] = &[
         "HTTP access settings (generated credentials included)", h::show_access),
     route!(PATCH "/sites/{site}/access", DEVELOPER, OK => Some("AccessView"), body optional("AccessChange"), query NO_QUERY, errors NONE,
         "Change HTTP access settings", h::change_access),
+    route!(GET "/sites/{site}/backups", MEMBERS, OK => Some("Backup[]"), body None, query NO_QUERY, errors NONE,
+        "The site's backups, newest first, each with its newest drill", b::list_backups),
+    route!(POST "/sites/{site}/backups", DEVELOPER, CREATED => Some("Backup"), body optional("NewBackup"), query NO_QUERY, errors BACKUP,
+        "Back the site up now (files and every database, consistent while it serves), copied off-site when one is configured", b::create_backup),
+    route!(POST "/sites/{site}/backups/{backup}/restore", DEVELOPER, OK => Some("Restored"), body optional("RestoreRequest"), query NO_QUERY, errors RESTORE,
+        "Make the site's data (or, `into`, another site's, made when missing) what the backup holds; a protected target needs bypass_protection (audited)", b::restore_backup),
+    route!(POST "/sites/{site}/backups/{backup}/verify", DEVELOPER, OK => Some("Verified"), body optional("ReadRequest"), query NO_QUERY, errors BACKUPS_OFF,
+        "Read the backup back from its repository and check every file and table against its manifest", b::verify_backup),
+    route!(POST "/sites/{site}/backups/drill", DEVELOPER, OK => Some("DrillReport"), body optional("ReadRequest"), query NO_QUERY, errors BACKUPS_OFF,
+        "Restore the newest backup into a scratch site, check it against its manifest, remove it, and record the outcome", b::drill_site),
+    route!(GET "/sites/{site}/backup-settings", MEMBERS, OK => Some("BackupSettings"), body None, query NO_QUERY, errors NONE,
+        "Whether the site is backed up on schedule, and the retention policy that applies to it", b::show_backup_settings),
+    route!(PATCH "/sites/{site}/backup-settings", DEVELOPER, OK => Some("BackupSettings"), body required("BackupSettingsChange"), query NO_QUERY, errors NONE,
+        "Turn scheduled backups on or off (or back to the default), set the site's retention policy", b::change_backup_settings),
+    route!(GET "/workspaces/{ws}/backup-retention", MEMBERS, OK => Some("RetentionView"), body None, query NO_QUERY, errors NONE,
+        "The retention policy the workspace sets for its sites' backups, and what applies", b::show_workspace_retention),
+    route!(PATCH "/workspaces/{ws}/backup-retention", OWNER, OK => Some("RetentionView"), body required("RetentionChange"), query NO_QUERY, errors NONE,
+        "Set the workspace's retention policy (`default`: back to the config's)", b::change_workspace_retention),
 ];
 
 /// Who is calling, resolved by [`authorize`] before the handler runs.

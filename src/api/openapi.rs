@@ -82,6 +82,8 @@ fn error_meaning(code: &str) -> &'static str {
         "last_owner" => "a workspace keeps at least one owner",
         "protected" => "the site is protected: send bypass_protection (audited)",
         "busy" => "another operation holds the site; try again when it is done",
+        "not_configured" => "backups are off on this server (backups.repository is empty)",
+        "backup_failed" => "the backup tool failed (its words are in the message)",
         _ => "see the message",
     }
 }
@@ -140,6 +142,11 @@ fn path_param(name: &str) -> (Option<&'static str>, Option<&'static str>, &'stat
             Some(PR_NUMBER_PATTERN),
             None,
             "the pull/merge request's number",
+        ),
+        "backup" => (
+            Some("^[0-9a-fA-F-]{8,36}$"),
+            None,
+            "a backup's id, or 8 or more of its first characters, or of its snapshot's id",
         ),
         "connection_id" => (
             None,
@@ -479,6 +486,12 @@ fn document() -> OpenApi {
     c = with::<h::SyncRequest>(c);
     c = with::<h::Protection>(c);
     c = with::<crate::access::AccessChange>(c);
+    c = with::<super::backups::NewBackup>(c);
+    c = with::<super::backups::RestoreRequest>(c);
+    c = with::<super::backups::ReadRequest>(c);
+    c = with::<super::backups::ReadFrom>(c);
+    c = with::<super::backups::RetentionChange>(c);
+    c = with::<super::backups::BackupSettingsChange>(c);
     // Replies.
     c = with::<h::Me>(c);
     c = with::<h::WorkspaceRoles>(c);
@@ -499,6 +512,15 @@ fn document() -> OpenApi {
     c = with::<crate::usage::UsageReport>(c);
     c = with::<crate::access::AccessView>(c);
     c = with::<h::LogLine>(c);
+    c = with::<crate::store::Backup>(c);
+    c = with::<crate::store::RetentionRow>(c);
+    c = with::<crate::config::Retention>(c);
+    c = with::<crate::backups::Restored>(c);
+    c = with::<crate::backups::Verified>(c);
+    c = with::<crate::backups::DrillReport>(c);
+    c = with::<crate::backups::Scheduled>(c);
+    c = with::<crate::backups::RetentionView>(c);
+    c = with::<super::backups::BackupSettings>(c);
     let components = c
         .security_scheme(
             "bearer",

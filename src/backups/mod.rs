@@ -59,7 +59,7 @@ pub fn validate_tag(tag: &str) -> Result<()> {
 }
 
 /// What a restore did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Restored {
     pub backup: String,
     pub site: String,
@@ -82,7 +82,7 @@ pub enum Source {
 }
 
 /// What `backup verify` found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Verified {
     pub repository: String,
     /// The backup read back; `None`: the whole repository was checked.
@@ -262,6 +262,16 @@ impl Backups {
             }
         }
         Ok(copied)
+    }
+
+    /// A backup by its id, or a prefix (8 or more) of its id or its snapshot's.
+    pub async fn find(&self, id: &str) -> Result<Option<Backup>> {
+        Ok(self.store.backup(id).await?)
+    }
+
+    /// One site's backups (by id), newest first.
+    pub async fn of_site(&self, site: &crate::ids::SiteId) -> Result<Vec<Backup>> {
+        Ok(self.store.backups(Some(site)).await?)
     }
 
     /// Backups, newest first: one site's (by name, deleted sites too) or all.
@@ -473,7 +483,7 @@ fn offsite_failed(b: &Backup, e: BackupError) -> BackupError {
 }
 
 /// What `endor backup schedule` says of a site.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Scheduled {
     pub site: String,
     /// What the site said (`null`: the default, on for protected sites).
@@ -497,6 +507,26 @@ const PASS_LEASE: &str = "backups";
 pub const SCHEDULED_TAG: &str = "scheduled";
 
 impl Backups {
+    /// Whether `site` is backed up on schedule, and what it said.
+    pub async fn schedule(&self, site: &str) -> Result<Scheduled> {
+        let s = self
+            .store
+            .site_by_name(site)
+            .await?
+            .ok_or_else(|| BackupError::NotFound(format!("site {site}")))?;
+        let own = self
+            .store
+            .backup_schedules()
+            .await?
+            .into_iter()
+            .find_map(|(id, on)| (id == s.id).then_some(on));
+        Ok(Scheduled {
+            scheduled: own.unwrap_or(s.protected),
+            site: s.name,
+            own,
+        })
+    }
+
     /// Say whether `site` is backed up on schedule (`None`: the default).
     pub async fn set_schedule(&self, site: &str, own: Option<bool>) -> Result<Scheduled> {
         let s = self
@@ -608,7 +638,7 @@ impl Backups {
 }
 
 /// What a drill found.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DrillReport {
     pub backup: String,
     pub site: String,
@@ -623,6 +653,8 @@ impl Backups {
     /// manifest, ask every table of its PostgreSQL databases for a count, remove the scratch
     /// site, and record the outcome.
     pub async fn drill(&self, site: &str, from: Source) -> Result<DrillReport> {
+        // Backups off is the caller's error, not a failed drill.
+        self.restic().await?;
         let newest = self
             .list(Some(site))
             .await?
@@ -634,6 +666,7 @@ impl Backups {
 
     /// Drill the newest backup of every site that has one.
     pub async fn drill_all(&self, from: Source) -> Result<Vec<DrillReport>> {
+        self.restic().await?;
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for b in self.store.backups(None).await? {
@@ -729,7 +762,7 @@ pub enum RetentionOf<'a> {
 
 /// A site's or a workspace's retention policy: what it set itself, and what applies (its own,
 /// else its workspace's, else `[backups]`'s, value by value).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RetentionView {
     /// `site` or `workspace`.
     pub scope: &'static str,

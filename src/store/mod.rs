@@ -765,7 +765,7 @@ pub trait LeaseStore: Send + Sync {
 }
 
 /// One backup of a site: a restic snapshot in a repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct Backup {
     pub id: String,
     pub site_id: SiteId,
@@ -795,7 +795,9 @@ pub struct Backup {
 }
 
 /// A retention policy set for a site or a workspace; `None`: the next scope's.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, sqlx::FromRow, utoipa::ToSchema,
+)]
 pub struct RetentionRow {
     pub keep_last: Option<i64>,
     pub keep_daily: Option<i64>,
