@@ -805,7 +805,7 @@ async fn drills_pass_on_good_backups_and_fail_loudly_on_damaged_ones() {
     let b = w.backups.create(&site, &[], "cli:test").await.unwrap();
     let r = w.backups.drill(&site, Source::Repository).await.unwrap();
     assert!(r.ok, "{r:?}");
-    assert!(r.detail.contains("1 PostgreSQL tables answer"), "{r:?}");
+    assert!(r.detail.contains("1 PostgreSQL and 0 MariaDB tables answer"), "{r:?}");
     let live: Vec<_> =
         w.db.store
             .list_sites()
@@ -1298,5 +1298,59 @@ async fn offsite_copies_over_ssh_are_append_only_and_restore() {
     assert!(left[0].offsite_snapshot_id.is_some());
     let _ = pruner.kill();
     let _ = pruner.wait();
+    w.db.cleanup().await;
+}
+
+/// A site with a MariaDB database of its own: backed up, its table dropped, restored to the
+/// same rows and total; its drill starts MariaDB on the restored data and every table answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mariadb_site_is_restored_and_drilled() {
+    let w = world().await;
+    let (maria_name, maria_url) = support::maria_source_db();
+    let src = w._dir.path().join("src-shop");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("index.html"), b"shop").unwrap();
+    w.sites
+        .create(
+            "shop",
+            "acme",
+            "default",
+            Imports {
+                files: Some(&src),
+                sqlite: None,
+                postgres: None,
+                mariadb: Some(&maria_url),
+            },
+        )
+        .await
+        .unwrap();
+    support::drop_maria_db(&maria_name);
+    let url = |w: &World| {
+        let sites = w.sites.clone();
+        async move {
+            sites
+                .show("shop")
+                .await
+                .unwrap()
+                .database_urls
+                .into_iter()
+                .find(|u| u.starts_with("mysql://"))
+                .unwrap()
+        }
+    };
+    assert_eq!(support::maria_totals(&url(&w).await), "100\t100000");
+    let b = w.backups.create("shop", &[], "cli:test").await.unwrap();
+    support::maria_url_sql(&url(&w).await, "DROP TABLE accounts").unwrap();
+    assert!(support::maria_url_sql(&url(&w).await, "SELECT 1 FROM accounts").is_err());
+    let r = w
+        .backups
+        .restore_from(&b.id, None, Guard::cli(false), Source::Repository)
+        .await
+        .unwrap();
+    assert_eq!(r.from, "repository");
+    assert_eq!(support::maria_totals(&url(&w).await), "100\t100000");
+    let d = w.backups.drill("shop", Source::Repository).await.unwrap();
+    assert!(d.ok, "{d:?}");
+    assert!(d.detail.contains("1 MariaDB tables answer"), "{d:?}");
     w.db.cleanup().await;
 }

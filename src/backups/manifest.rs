@@ -1,5 +1,7 @@
-//! A backup's manifest: every file's SHA-256 in the generation backed up, and every SQLite
-//! table's row count and checksum. A drill restores the backup and compares.
+//! A backup's manifest: every file's SHA-256 in the generation backed up (the files, the
+//! SQLite files, and the PostgreSQL and MariaDB data directories byte for byte), and every
+//! SQLite table's row count and checksum. A drill restores the backup and compares, then asks
+//! every PostgreSQL and MariaDB table of the started scratch site for a count.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -183,6 +185,62 @@ pub async fn postgres_tables(url: &str) -> Result<BTreeMap<String, i64>, BackupE
         out.insert(format!("{schema}.{table}"), n);
     }
     c.close().await.map_err(db)?;
+    Ok(out)
+}
+
+/// Every table of a running MariaDB database answers a count: its rows by table. Through the
+/// `mariadb` client (no shell; the password in its environment), at the app's `mysql://` URL
+/// (by its socket or 127.0.0.1).
+pub async fn mariadb_tables(url: &str) -> Result<BTreeMap<String, i64>, BackupError> {
+    let u = reqwest::Url::parse(url).map_err(|e| BackupError::Tool(format!("mariadb URL: {e}")))?;
+    let db = u.path().trim_start_matches('/').to_string();
+    let mut how: Vec<String> = vec!["--no-defaults".into(), "-u".into(), u.username().into()];
+    match u.query_pairs().find(|(k, _)| k == "socket") {
+        Some((_, socket)) => how.push(format!("--socket={socket}")),
+        None => how.extend([
+            "-h".into(),
+            "127.0.0.1".into(),
+            "-P".into(),
+            u.port().unwrap_or(3306).to_string(),
+        ]),
+    }
+    let password = u.password().unwrap_or_default().to_string();
+    let run = |sql: String| {
+        let mut c = tokio::process::Command::new("mariadb");
+        c.args(&how)
+            .args(["-N", "-B", &db, "-e", &sql])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/bin")
+            .env("MYSQL_PWD", &password)
+            .stdin(std::process::Stdio::null());
+        async move {
+            let out = c
+                .output()
+                .await
+                .map_err(|e| BackupError::Tool(format!("cannot run mariadb: {e}")))?;
+            if !out.status.success() {
+                return Err(BackupError::Tool(format!(
+                    "mariadb: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        }
+    };
+    let tables = run("SELECT table_name FROM information_schema.tables \
+         WHERE table_schema = DATABASE() AND table_type = 'BASE TABLE'"
+        .into())
+    .await?;
+    let mut out = BTreeMap::new();
+    for table in tables.lines().map(str::trim).filter(|t| !t.is_empty()) {
+        let quoted = format!("`{}`", table.replace('`', "``"));
+        let n = run(format!("SELECT COUNT(*) FROM {quoted}")).await?;
+        let n: i64 = n
+            .trim()
+            .parse()
+            .map_err(|_| BackupError::Tool(format!("mariadb: count of {table}: {n}")))?;
+        out.insert(table.to_string(), n);
+    }
     Ok(out)
 }
 

@@ -743,13 +743,17 @@ impl Backups {
             .site_by_name(scratch)
             .await?
             .ok_or_else(|| BackupError::NotFound(format!("site {scratch}")))?;
-        let mut answered = 0;
+        let (mut pg, mut maria) = (0, 0);
         for (_, url) in self.sites.database_urls(&site).await? {
             if url.starts_with("postgres") {
-                answered += manifest::postgres_tables(&url).await?.len();
+                pg += manifest::postgres_tables(&url).await?.len();
+            } else if url.starts_with("mysql") {
+                maria += manifest::mariadb_tables(&url).await?.len();
             }
         }
-        Ok(format!("{checked}; {answered} PostgreSQL tables answer"))
+        Ok(format!(
+            "{checked}; {pg} PostgreSQL and {maria} MariaDB tables answer"
+        ))
     }
 }
 
