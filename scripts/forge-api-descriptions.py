@@ -30,6 +30,9 @@ OPERATIONS = {
         ("get", "/repos/{owner}/{repo}/deployments"),
         ("post", "/repos/{owner}/{repo}/deployments"),
         ("post", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses"),
+        ("post", "/repos/{owner}/{repo}/hooks"),
+        ("patch", "/repos/{owner}/{repo}/hooks/{hook_id}"),
+        ("delete", "/repos/{owner}/{repo}/hooks/{hook_id}"),
     ],
 }
 

@@ -14,6 +14,7 @@ pub mod duration;
 pub mod forge;
 pub mod gateway;
 pub mod git;
+pub mod hooks;
 pub mod ids;
 pub mod jobs;
 pub mod logs;

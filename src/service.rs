@@ -278,6 +278,9 @@ pub struct Connected {
     /// Set when the git URL could not be checked from here (see [`check_git_url`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// The forge's webhook endor created (`--create-hook`): nothing to add by hand.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hook_id: Option<String>,
 }
 
 pub async fn connect_repo(
@@ -321,6 +324,7 @@ pub async fn connect_repo(
         events,
         instructions,
         warning: None,
+        hook_id: None,
     })
 }
 
@@ -348,6 +352,8 @@ pub struct Rotated {
     pub secret: Option<String>,
     /// Whether the previous secret is still accepted.
     pub previous_accepted: bool,
+    /// The forge's webhook endor made was given the new secret.
+    pub hook_updated: bool,
 }
 
 /// Without `retire_old`: a new secret becomes current and the old one stays accepted.
@@ -375,6 +381,7 @@ pub async fn rotate_secret(store: &dyn Store, id: &str, retire_old: bool) -> Res
         connection_id: id.to_string(),
         secret: fresh.map(|s| s.expose().to_string()),
         previous_accepted: previous.is_some(),
+        hook_updated: false,
     })
 }
 
@@ -389,6 +396,8 @@ pub struct ConnectionInfo {
     pub git_url: Option<String>,
     pub rotating: bool,
     pub created_at: i64,
+    /// The forge's webhook endor created and keeps up to date (`None`: added by hand).
+    pub hook_id: Option<String>,
 }
 
 pub async fn list_repos(
@@ -414,6 +423,7 @@ pub async fn list_repos(
             git_url: c.git_url,
             rotating: c.previous_secret.is_some(),
             created_at: c.created_at,
+            hook_id: c.hook_id,
         })
         .collect())
 }

@@ -1219,6 +1219,25 @@ async fn provoke(
                 Some(json!({"from": "web"})),
             )
         }
+        ("POST", "/workspaces/{ws}/connections", 502, "forge_failed") => (
+            // No Gitea token on this server: the hook cannot be made, nothing is connected.
+            Who::Owner,
+            p("/workspaces/acme/connections"),
+            Some(json!({"repo": "gitea:acme/api", "create_hook": true})),
+        ),
+        (
+            _,
+            "/workspaces/{ws}/connections/{connection_id}"
+            | "/workspaces/{ws}/connections/{connection_id}/rotate-secret",
+            502,
+            "forge_failed",
+        ) => {
+            // A connection whose hook endor made, on a server without a GitHub token.
+            let id = endor::ids::ConnectionId::from(w.connection.as_str());
+            w.store.set_connection_hook(&id, Some("1")).await.unwrap();
+            let (path, body) = sample(w, &route.method, route.path, Who::Owner)?;
+            (Who::Owner, path, body)
+        }
         ("POST", "/sites/{site}/backups/{backup}/restore", 409, code) => {
             // Into the backed-up site itself, protected or held by another operation.
             if code == "protected" {

@@ -805,7 +805,11 @@ async fn drills_pass_on_good_backups_and_fail_loudly_on_damaged_ones() {
     let b = w.backups.create(&site, &[], "cli:test").await.unwrap();
     let r = w.backups.drill(&site, Source::Repository).await.unwrap();
     assert!(r.ok, "{r:?}");
-    assert!(r.detail.contains("1 PostgreSQL and 0 MariaDB tables answer"), "{r:?}");
+    assert!(
+        r.detail
+            .contains("1 PostgreSQL and 0 MariaDB tables answer"),
+        "{r:?}"
+    );
     let live: Vec<_> =
         w.db.store
             .list_sites()

@@ -688,12 +688,7 @@ async fn reactions_and_replies_on_every_forge() {
     let forge = FakeForge::start().await;
     let db = TestStore::sqlite().await;
     let mut config = Config::default();
-    config.github.api_url = forge.github_url();
-    config.github.token = TOKEN.into();
-    config.gitlab.api_url = forge.gitlab_url();
-    config.gitlab.token = TOKEN.into();
-    config.gitea.api_url = forge.gitea_url();
-    config.gitea.token = TOKEN.into();
+    forge.point(&mut config);
     config.writeback.rate_per_second = 100.0;
     let s = db.store.as_ref();
     endor::service::create_user(s, "owner", None, None)

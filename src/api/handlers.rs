@@ -136,6 +136,10 @@ pub struct NewConnection {
     /// http(s), ssh or git URL (`file://` only through the CLI: it reads the server's disk).
     #[schema(pattern = "^(https?|ssh|git)://[^\\s]+$", max_length = 2048)]
     pub git_url: Option<String>,
+    /// Create the repository's webhook through the forge's API (the server's forge token):
+    /// nothing to paste by hand. Rotations update it; deleting the connection removes it.
+    #[serde(default)]
+    pub create_hook: bool,
 }
 
 #[derive(Deserialize, Default, utoipa::ToSchema)]
@@ -459,15 +463,13 @@ pub async fn connect(
             "git_url: file:// URLs read the server's own disk; connect such a repository with the CLI (endor repo connect --git-url)",
         ));
     }
-    let conn = service::connect_repo(
-        api.store.as_ref(),
-        &api.config,
-        &c.workspace()?.name,
-        &b.repo,
-        b.api_url.as_deref(),
-        b.git_url.as_deref(),
-    )
-    .await?;
+    let (store, ws) = (api.store.as_ref(), &c.workspace()?.name);
+    let (api_url, git_url) = (b.api_url.as_deref(), b.git_url.as_deref());
+    let conn = if b.create_hook {
+        crate::hooks::connect_with_hook(store, &api.config, ws, &b.repo, api_url, git_url).await?
+    } else {
+        service::connect_repo(store, &api.config, ws, &b.repo, api_url, git_url).await?
+    };
     ok(StatusCode::CREATED, &conn)
 }
 
@@ -493,7 +495,8 @@ pub async fn rotate_secret(
     let b: RotateSecret = body(raw).await?;
     let id = &params["connection_id"];
     own_connection(&api, &c, id).await?;
-    let r = service::rotate_secret(api.store.as_ref(), id, b.retire_old).await?;
+    let r =
+        crate::hooks::rotate_with_hook(api.store.as_ref(), &api.config, id, b.retire_old).await?;
     ok(StatusCode::OK, &r)
 }
 
@@ -501,10 +504,16 @@ pub async fn delete_connection(
     State(api): State<Arc<Api>>,
     Extension(c): Extension<Caller>,
     Path(params): Path<HashMap<String, String>>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Res {
     let id = &params["connection_id"];
     own_connection(&api, &c, id).await?;
-    service::delete_repo(api.store.as_ref(), id).await?;
+    let keep_hook = match q.get("keep_hook").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::invalid("keep_hook: true or false")),
+    };
+    crate::hooks::delete_with_hook(api.store.as_ref(), &api.config, id, keep_hook).await?;
     no_content()
 }
 

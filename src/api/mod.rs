@@ -172,6 +172,7 @@ const RESTORE: &[ErrorDoc] = &[
     (502, &["backup_failed"]),
 ];
 const BACKUPS_OFF: &[ErrorDoc] = &[(409, &["not_configured"])];
+const FORGE: &[ErrorDoc] = &[(502, &["forge_failed"])];
 
 /// What a log reader may ask (a site's or a workspace's).
 const LOG_QUERY: &[QueryDoc] = &[
@@ -231,12 +232,13 @@ pub static ROUTES: &[ApiRoute] = &[
         "Remove a member (never the last owner)", h::remove_member),
     route!(GET "/workspaces/{ws}/connections", MEMBERS, OK => Some("ConnectionInfo[]"), body None, query NO_QUERY, errors NONE,
         "Connected repositories", h::list_connections),
-    route!(POST "/workspaces/{ws}/connections", OWNER, CREATED => Some("Connected"), body required("NewConnection"), query NO_QUERY, errors NONE,
-        "Connect a repository: webhook URL and secret (shown once)", h::connect),
-    route!(POST "/workspaces/{ws}/connections/{connection_id}/rotate-secret", OWNER, OK => Some("Rotated"), body optional("RotateSecret"), query NO_QUERY, errors NONE,
-        "Issue a new webhook secret, or retire the previous one", h::rotate_secret),
-    route!(DELETE "/workspaces/{ws}/connections/{connection_id}", OWNER, NO_CONTENT => None, body None, query NO_QUERY, errors NONE,
-        "Delete a connection", h::delete_connection),
+    route!(POST "/workspaces/{ws}/connections", OWNER, CREATED => Some("Connected"), body required("NewConnection"), query NO_QUERY, errors FORGE,
+        "Connect a repository: webhook URL and secret (shown once); with create_hook, the forge's webhook made through its API", h::connect),
+    route!(POST "/workspaces/{ws}/connections/{connection_id}/rotate-secret", OWNER, OK => Some("Rotated"), body optional("RotateSecret"), query NO_QUERY, errors FORGE,
+        "Issue a new webhook secret (given to the forge's webhook endor made), or retire the previous one", h::rotate_secret),
+    route!(DELETE "/workspaces/{ws}/connections/{connection_id}", OWNER, NO_CONTENT => None, body None,
+        query &[("keep_hook", handlers::BOOL_PATTERN, "Leave the forge's webhook endor made in place (default: removed)")], errors FORGE,
+        "Delete a connection (and the forge's webhook endor made)", h::delete_connection),
     route!(GET "/workspaces/{ws}/sites", MEMBERS, OK => Some("SiteDetails[]"), body None,
         query &[("tag", handlers::TAG_PATTERN, "Only sites with this tag (case-insensitive)")], errors NONE,
         "Sites of a workspace (`?tag=` filters)", h::list_sites),
@@ -592,6 +594,17 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(m) => Self::invalid(m),
             ServiceError::NotFound(what) => Self::not_found(what),
             ServiceError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl From<crate::hooks::HookError> for ApiError {
+    fn from(e: crate::hooks::HookError) -> Self {
+        match e {
+            crate::hooks::HookError::Service(s) => s.into(),
+            crate::hooks::HookError::Forge(m) => {
+                Self::new(StatusCode::BAD_GATEWAY, "forge_failed", m)
+            }
         }
     }
 }

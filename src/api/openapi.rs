@@ -84,6 +84,9 @@ fn error_meaning(code: &str) -> &'static str {
         "busy" => "another operation holds the site; try again when it is done",
         "not_configured" => "backups are off on this server (backups.repository is empty)",
         "backup_failed" => "the backup tool failed (its words are in the message)",
+        "forge_failed" => {
+            "the forge refused or failed to make, change or remove the webhook (nothing changed here)"
+        }
         _ => "see the message",
     }
 }

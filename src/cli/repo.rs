@@ -23,6 +23,11 @@ pub enum RepoCmd {
         /// Connect without checking that the git URL can be fetched.
         #[arg(long)]
         no_check: bool,
+        /// Create the repository's webhook through the forge's API (the forge's token in the
+        /// config): nothing to paste by hand. Kept up to date by rotate-secret, removed by
+        /// delete.
+        #[arg(long)]
+        create_hook: bool,
     },
     /// List connected repositories.
     List {
@@ -36,8 +41,14 @@ pub enum RepoCmd {
         #[arg(long)]
         retire_old: bool,
     },
-    /// Delete a connection: its webhook URL stops accepting deliveries.
-    Delete { connection_id: String },
+    /// Delete a connection: its webhook URL stops accepting deliveries, and the forge's
+    /// webhook endor created is removed.
+    Delete {
+        connection_id: String,
+        /// Leave the forge's webhook in place.
+        #[arg(long)]
+        keep_hook: bool,
+    },
 }
 
 pub async fn run(cmd: RepoCmd, json: bool, config: &Config) -> anyhow::Result<()> {
@@ -49,6 +60,7 @@ pub async fn run(cmd: RepoCmd, json: bool, config: &Config) -> anyhow::Result<()
             api_url,
             git_url,
             no_check,
+            create_hook,
         } => {
             let warning = match (&git_url, no_check) {
                 (Some(url), false) => service::check_git_url(url).await?,
@@ -57,15 +69,12 @@ pub async fn run(cmd: RepoCmd, json: bool, config: &Config) -> anyhow::Result<()
             if let Some(w) = &warning {
                 eprintln!("warning: {w}");
             }
-            let mut c = service::connect_repo(
-                store.as_ref(),
-                config,
-                &workspace,
-                &repo,
-                api_url.as_deref(),
-                git_url.as_deref(),
-            )
-            .await?;
+            let (s, api, git) = (store.as_ref(), api_url.as_deref(), git_url.as_deref());
+            let mut c = if create_hook {
+                endor::hooks::connect_with_hook(s, config, &workspace, &repo, api, git).await?
+            } else {
+                service::connect_repo(s, config, &workspace, &repo, api, git).await?
+            };
             c.warning = warning;
             emit(json, &c, |c| {
                 format!(
@@ -103,17 +112,28 @@ pub async fn run(cmd: RepoCmd, json: bool, config: &Config) -> anyhow::Result<()
             connection_id,
             retire_old,
         } => {
-            let r = service::rotate_secret(store.as_ref(), &connection_id, retire_old).await?;
+            let r =
+                endor::hooks::rotate_with_hook(store.as_ref(), config, &connection_id, retire_old)
+                    .await?;
             emit(json, &r, |r| match &r.secret {
                 Some(s) => format!(
-                    "new secret: {s}\nthe previous secret stays accepted until `endor repo rotate-secret {} --retire-old`",
+                    "new secret: {s}\n{}the previous secret stays accepted until `endor repo rotate-secret {} --retire-old`",
+                    if r.hook_updated {
+                        "the forge's webhook signs with it already; "
+                    } else {
+                        ""
+                    },
                     r.connection_id
                 ),
                 None => "previous secret retired: only the current secret is accepted".into(),
             })
         }
-        RepoCmd::Delete { connection_id } => {
-            service::delete_repo(store.as_ref(), &connection_id).await?;
+        RepoCmd::Delete {
+            connection_id,
+            keep_hook,
+        } => {
+            endor::hooks::delete_with_hook(store.as_ref(), config, &connection_id, keep_hook)
+                .await?;
             emit(json, &serde_json::json!({"deleted": connection_id}), |_| {
                 format!("deleted connection {connection_id}")
             })

@@ -140,6 +140,19 @@ pub trait Forge: Send + Sync {
     ) -> Result<(), ForgeError>;
     /// The login endor writes as (its comments come back as comment events, ignored).
     async fn account(&self) -> Result<String, ForgeError>;
+    /// Create the repository's webhook: endor's events (pull/merge requests and their
+    /// comments) delivered as JSON to `url`, signed with `secret`; the hook's id.
+    async fn create_hook(&self, repo: &str, url: &str, secret: &str) -> Result<String, ForgeError>;
+    /// Point the webhook `id` at `url` with `secret` (after a rotation).
+    async fn update_hook(
+        &self,
+        repo: &str,
+        id: &str,
+        url: &str,
+        secret: &str,
+    ) -> Result<(), ForgeError>;
+    /// Remove the webhook `id`; gone already counts as done.
+    async fn delete_hook(&self, repo: &str, id: &str) -> Result<(), ForgeError>;
     /// A reaction (`+1`, `eyes`, `confused` ...) on a comment.
     async fn react(
         &self,

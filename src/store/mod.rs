@@ -95,6 +95,8 @@ pub struct Connection {
     /// The secret before the last rotation, accepted until retired.
     pub previous_secret: Option<WebhookSecret>,
     pub created_at: i64,
+    /// The forge's webhook endor created for it (`None`: added by hand).
+    pub hook_id: Option<String>,
 }
 
 impl Connection {
@@ -581,6 +583,8 @@ pub trait ConnectionStore: Send + Sync {
     ) -> Result<bool>;
     /// Soft-delete: the connection stops accepting deliveries; its history stays.
     async fn delete_connection(&self, id: &ConnectionId) -> Result<bool>;
+    /// Record (or forget) the forge's webhook endor created for a connection.
+    async fn set_connection_hook(&self, id: &ConnectionId, hook_id: Option<&str>) -> Result<bool>;
 }
 
 /// Webhook deliveries (and the jobs they queue, in the same transaction).

@@ -70,6 +70,20 @@ pub struct Environment {
     pub state: String,
 }
 
+/// A repository webhook made through the forge's API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hook {
+    pub id: u64,
+    pub forge: String,
+    /// `owner/name`, or GitLab's project path.
+    pub repo: String,
+    pub url: String,
+    pub secret: String,
+    /// What it delivers (GitLab: the `*_events` flags that are on).
+    pub events: Vec<String>,
+    pub active: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Faults {
     /// Every n-th call (counted over all calls) answers 502.
@@ -85,6 +99,8 @@ pub struct Faults {
     /// (`POST /api/v4/… state=success…`) contain every `*`-separated part of the text; each
     /// entry on its own.
     pub slow_matching: Vec<(String, u32, std::time::Duration)>,
+    /// Hook creation, edits and deletion answer this status (422: the forge refuses them).
+    pub refuse_hooks: Option<u16>,
 }
 
 #[derive(Debug, Default)]
@@ -95,6 +111,7 @@ pub struct FakeState {
     pub deployments: Vec<Deployment>,
     pub environments: Vec<Environment>,
     pub reactions: Vec<(u64, String)>,
+    pub hooks: Vec<Hook>,
     pub faults: Faults,
     /// GitHub App installation tokens issued: (token, valid until).
     pub installation_tokens: Vec<(String, std::time::SystemTime)>,
@@ -220,6 +237,16 @@ impl FakeForge {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Point `config`'s three forges at this fake, with its token.
+    pub fn point(&self, config: &mut endor::config::Config) {
+        config.github.api_url = self.github_url();
+        config.github.token = TOKEN.into();
+        config.gitlab.api_url = self.gitlab_url();
+        config.gitlab.token = TOKEN.into();
+        config.gitea.api_url = self.gitea_url();
+        config.gitea.token = TOKEN.into();
     }
 
     pub fn gitea_url(&self) -> String {
@@ -527,6 +554,105 @@ fn overlay(base: &Value, ours: &Value) -> Value {
     }
 }
 
+/// What a hook request says: (url, secret, events, active), each when given; an error for a
+/// body of the wrong shape.
+type HookFields = (
+    Option<String>,
+    Option<String>,
+    Option<Vec<String>>,
+    Option<bool>,
+);
+
+/// The repository a hook path names: `repos/OWNER/NAME/…` or GitLab's `projects/PATH/…`.
+fn hook_repo(seg: &[&str]) -> String {
+    if seg[0] == "projects" {
+        seg[1].to_string()
+    } else {
+        format!("{}/{}", seg[1], seg[2])
+    }
+}
+
+fn hook_of(forge: &str, body: &Value) -> Result<HookFields, String> {
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    if forge == "gitlab" {
+        // Form fields, as strings.
+        let flag = |k: &str| body.get(k).and_then(Value::as_str).map(|v| v == "true");
+        let events: Vec<String> = [
+            "push_events",
+            "merge_requests_events",
+            "note_events",
+            "issues_events",
+            "tag_push_events",
+        ]
+        .iter()
+        .filter(|k| flag(k).unwrap_or(**k == "push_events"))
+        .map(|k| k.to_string())
+        .collect();
+        return Ok((
+            body.get("url").and_then(text),
+            body.get("token").and_then(text),
+            Some(events),
+            None,
+        ));
+    }
+    let config = body.get("config").cloned().unwrap_or(Value::Null);
+    if !config.is_null() && !config.is_object() {
+        return Err("config must be an object".into());
+    }
+    if config
+        .get("content_type")
+        .and_then(Value::as_str)
+        .is_some_and(|c| c != "json")
+    {
+        return Err("endor wants JSON deliveries".into());
+    }
+    if forge == "gitea" && body.get("type").is_some() && body["type"] != "gitea" {
+        return Err("type must be gitea".into());
+    }
+    let events = body
+        .get("events")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(text).collect::<Vec<_>>());
+    Ok((
+        config.get("url").and_then(text),
+        config.get("secret").and_then(text),
+        events,
+        body.get("active").and_then(Value::as_bool),
+    ))
+}
+
+fn hook_json(forge: &str, h: &Hook) -> Value {
+    match forge {
+        "gitlab" => json!({
+            "id": h.id,
+            "url": h.url,
+            "project_id": 1,
+            "push_events": h.events.iter().any(|e| e == "push_events"),
+            "merge_requests_events": h.events.iter().any(|e| e == "merge_requests_events"),
+            "note_events": h.events.iter().any(|e| e == "note_events"),
+            "enable_ssl_verification": true,
+            "created_at": "2026-01-01T00:00:00Z",
+        }),
+        "gitea" => json!({
+            "id": h.id,
+            "type": "gitea",
+            "active": h.active,
+            "events": h.events,
+            "config": {"url": h.url, "content_type": "json"},
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z",
+        }),
+        // GitHub never answers the secret back.
+        _ => json!({
+            "id": h.id,
+            "name": "web",
+            "active": h.active,
+            "events": h.events,
+            "config": {"url": h.url, "content_type": "json", "insecure_ssl": "0"},
+        }),
+    }
+}
+
 fn page_of<T: Clone>(items: Vec<T>, query: &str, default_per: usize) -> Vec<T> {
     let get = |k: &str| {
         query
@@ -597,6 +723,81 @@ fn route(
             "gitlab" => reply(StatusCode::OK, json!({"id": 1, "username": BOT})),
             _ => reply(StatusCode::OK, json!({"login": BOT})),
         },
+        // Repository webhooks (GitHub and Gitea: JSON; GitLab: form fields).
+        (_, ["repos", _, _, "hooks", ..] | ["projects", _, "hooks", ..])
+            if st.faults.refuse_hooks.is_some() =>
+        {
+            let status = st.faults.refuse_hooks.unwrap_or(422);
+            reply(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY),
+                json!({"message": "Validation Failed", "errors": [{"message": "refused by the test"}]}),
+            )
+        }
+        ("POST", ["repos", _, _, "hooks"] | ["projects", _, "hooks"])
+        | ("PATCH", ["repos", _, _, "hooks", _])
+        | ("PUT", ["projects", _, "hooks", _]) => {
+            let repo = hook_repo(seg);
+            let hook = match hook_of(forge, body) {
+                Ok(h) => h,
+                Err(m) => return bad(&m),
+            };
+            let editing = method != "POST";
+            let id = if editing {
+                let id: u64 = seg.last().and_then(|x| x.parse().ok()).unwrap_or(0);
+                let Some(h) = st.hooks.iter_mut().find(|h| h.id == id && h.repo == repo) else {
+                    return reply(StatusCode::NOT_FOUND, json!({"message": "Not Found"}));
+                };
+                let (url, secret, events, active) = hook;
+                if let Some(u) = url {
+                    h.url = u;
+                }
+                if let Some(s) = secret {
+                    h.secret = s;
+                }
+                if let Some(e) = events {
+                    h.events = e;
+                }
+                if let Some(a) = active {
+                    h.active = a;
+                }
+                id
+            } else {
+                let (url, secret, events, active) = hook;
+                let Some(url) = url else {
+                    return bad("url is required");
+                };
+                let id = st.id();
+                st.hooks.push(Hook {
+                    id,
+                    forge: forge.to_string(),
+                    repo: repo.clone(),
+                    url,
+                    secret: secret.unwrap_or_default(),
+                    events: events.unwrap_or_default(),
+                    // GitHub's `active` defaults to true, Gitea's to false.
+                    active: active.unwrap_or(forge != "gitea"),
+                });
+                id
+            };
+            let h = st.hooks.iter().find(|h| h.id == id).cloned().unwrap();
+            let status = if editing {
+                StatusCode::OK
+            } else {
+                StatusCode::CREATED
+            };
+            reply(status, hook_json(forge, &h))
+        }
+        ("DELETE", ["repos", _, _, "hooks", id] | ["projects", _, "hooks", id]) => {
+            let repo = hook_repo(seg);
+            let id: u64 = id.parse().unwrap_or(0);
+            let before = st.hooks.len();
+            st.hooks.retain(|h| !(h.id == id && h.repo == repo));
+            if st.hooks.len() == before {
+                reply(StatusCode::NOT_FOUND, json!({"message": "Not Found"}))
+            } else {
+                StatusCode::NO_CONTENT.into_response()
+            }
+        }
         // GitHub and Gitea: issue comments.
         ("GET", ["repos", o, r, "issues", n, "comments"]) => {
             let repo = format!("{o}/{r}");

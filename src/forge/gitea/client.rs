@@ -34,6 +34,16 @@ impl Gitea {
     }
 }
 
+/// A repository webhook as endor wants it: JSON to `url` signed with `secret`, its events, and
+/// active (Gitea's `active` defaults to false).
+fn hook_body(url: &str, secret: &str) -> serde_json::Value {
+    json!({
+        "config": {"url": url, "content_type": "json", "secret": secret},
+        "events": crate::forge::gitea::EVENTS,
+        "active": true,
+    })
+}
+
 #[async_trait]
 impl Forge for Gitea {
     async fn create_comment(&self, pr: &PrRef<'_>, body: &str) -> Result<String, ForgeError> {
@@ -165,6 +175,45 @@ impl Forge for Gitea {
 
     async fn account(&self) -> Result<String, ForgeError> {
         self.http.me("login").await
+    }
+
+    async fn create_hook(&self, repo: &str, url: &str, secret: &str) -> Result<String, ForgeError> {
+        let mut body = hook_body(url, secret);
+        body["type"] = json!("gitea");
+        let v = self
+            .http
+            .call(Method::POST, &format!("/repos/{repo}/hooks"), Some(&body))
+            .await?;
+        id_of(&v)
+    }
+
+    async fn update_hook(
+        &self,
+        repo: &str,
+        id: &str,
+        url: &str,
+        secret: &str,
+    ) -> Result<(), ForgeError> {
+        let body = hook_body(url, secret);
+        self.http
+            .call(
+                Method::PATCH,
+                &format!("/repos/{repo}/hooks/{id}"),
+                Some(&body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_hook(&self, repo: &str, id: &str) -> Result<(), ForgeError> {
+        match self
+            .http
+            .call(Method::DELETE, &format!("/repos/{repo}/hooks/{id}"), None)
+            .await
+        {
+            Ok(_) | Err(ForgeError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn react(

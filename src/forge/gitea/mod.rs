@@ -53,9 +53,12 @@ pub fn pr_ref(number: u64) -> String {
 }
 
 /// The events a repository's webhook must send, and how to add it by hand.
+/// The events endor's webhook subscribes to.
+pub const EVENTS: &[&str] = &["pull_request", "issue_comment"];
+
 pub fn setup(url: &str) -> (Vec<&'static str>, String) {
     (
-        vec!["pull_request", "issue_comment"],
+        EVENTS.to_vec(),
         format!(
             "In the repository: Settings → Webhooks → Add Webhook → Gitea.\n  Target URL: {url}\n  HTTP method: POST, POST content type: application/json\n  Secret: the secret above\n  Trigger on: Custom events → Pull request, Issue comment."
         ),

@@ -183,6 +183,16 @@ async fn send(
     })
 }
 
+/// A repository webhook as endor wants it: active, its events, JSON to `url` signed with
+/// `secret`, TLS checked.
+fn hook_body(url: &str, secret: &str) -> Value {
+    json!({
+        "active": true,
+        "events": crate::forge::github::EVENTS,
+        "config": {"url": url, "content_type": "json", "secret": secret, "insecure_ssl": "0"},
+    })
+}
+
 #[async_trait]
 impl Forge for GitHub {
     async fn create_comment(&self, pr: &PrRef<'_>, body: &str) -> Result<String, ForgeError> {
@@ -341,6 +351,34 @@ impl Forge for GitHub {
 
     async fn account(&self) -> Result<String, ForgeError> {
         self.me().await
+    }
+
+    async fn create_hook(&self, repo: &str, url: &str, secret: &str) -> Result<String, ForgeError> {
+        let mut body = hook_body(url, secret);
+        body["name"] = json!("web");
+        let path = format!("/repos/{repo}/hooks");
+        id_of(&self.call(http::Method::POST, &path, Some(&body)).await?)
+    }
+
+    async fn update_hook(
+        &self,
+        repo: &str,
+        id: &str,
+        url: &str,
+        secret: &str,
+    ) -> Result<(), ForgeError> {
+        let path = format!("/repos/{repo}/hooks/{id}");
+        let body = hook_body(url, secret);
+        self.call(http::Method::PATCH, &path, Some(&body)).await?;
+        Ok(())
+    }
+
+    async fn delete_hook(&self, repo: &str, id: &str) -> Result<(), ForgeError> {
+        let path = format!("/repos/{repo}/hooks/{id}");
+        match self.call(http::Method::DELETE, &path, None).await {
+            Ok(_) | Err(ForgeError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn react(

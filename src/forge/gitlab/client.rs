@@ -15,6 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use gitlab::api::projects::environments::Environments;
+use gitlab::api::projects::hooks::{CreateHook, DeleteHook, EditHook};
 use gitlab::api::projects::merge_requests::notes::awards::CreateMergeRequestNoteAward;
 use gitlab::api::projects::merge_requests::notes::{
     CreateMergeRequestNote, EditMergeRequestNote, MergeRequestNotes, NoteOrderBy,
@@ -493,6 +494,57 @@ impl Forge for GitLab {
 
     async fn account(&self) -> Result<String, ForgeError> {
         self.me().await
+    }
+
+    async fn create_hook(&self, repo: &str, url: &str, secret: &str) -> Result<String, ForgeError> {
+        // Merge request events and comments; GitLab sends pushes unless told not to.
+        let hook = built(
+            CreateHook::builder()
+                .project(repo)
+                .url(url)
+                .token(secret)
+                .push_events(false)
+                .merge_requests_events(true)
+                .note_events(true)
+                .enable_ssl_verification(true)
+                .build(),
+        )?;
+        id_of(&self.rest.json(hook).await?)
+    }
+
+    async fn update_hook(
+        &self,
+        repo: &str,
+        id: &str,
+        url: &str,
+        secret: &str,
+    ) -> Result<(), ForgeError> {
+        let hook = built(
+            EditHook::builder()
+                .project(repo)
+                .hook_id(numeric(id)?)
+                .url(url)
+                .token(secret)
+                .push_events(false)
+                .merge_requests_events(true)
+                .note_events(true)
+                .enable_ssl_verification(true)
+                .build(),
+        )?;
+        self.rest.send(hook).await
+    }
+
+    async fn delete_hook(&self, repo: &str, id: &str) -> Result<(), ForgeError> {
+        let hook = built(
+            DeleteHook::builder()
+                .project(repo)
+                .hook_id(numeric(id)?)
+                .build(),
+        )?;
+        match self.rest.send(hook).await {
+            Ok(()) | Err(ForgeError::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn react(

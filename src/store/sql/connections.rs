@@ -75,6 +75,19 @@ macro_rules! impl_connections {
                 Ok(done.rows_affected() == 1)
             }
 
+            async fn set_connection_hook(
+                &self,
+                id: &$crate::ids::ConnectionId,
+                hook_id: Option<&str>,
+            ) -> $crate::store::Result<bool> {
+                let done = sqlx::query("UPDATE connections SET hook_id = $1 WHERE id = $2 AND deleted_at IS NULL")
+                    .bind(hook_id)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn delete_connection(&self, id: &$crate::ids::ConnectionId) -> $crate::store::Result<bool> {
                 let done = sqlx::query("UPDATE connections SET deleted_at = $1 WHERE id = $2 AND deleted_at IS NULL")
                     .bind($crate::now_ms())

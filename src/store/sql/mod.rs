@@ -100,6 +100,7 @@ pub(super) struct ConnectionRow {
     pub secret: String,
     pub previous_secret: Option<String>,
     pub created_at: i64,
+    pub hook_id: Option<String>,
 }
 
 impl ConnectionRow {
@@ -122,6 +123,7 @@ impl ConnectionRow {
                 .map(|p| open_secret(keyring, p))
                 .transpose()?,
             created_at: r.created_at,
+            hook_id: r.hook_id,
         })
     }
 }
@@ -205,7 +207,7 @@ pub(super) use job_columns;
 
 macro_rules! connection_columns {
     () => {
-        "id, workspace_id, forge, repo, api_url, git_url, secret, previous_secret, created_at"
+        "id, workspace_id, forge, repo, api_url, git_url, secret, previous_secret, created_at, hook_id"
     };
 }
 pub(super) use connection_columns;
