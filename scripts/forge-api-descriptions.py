@@ -30,6 +30,7 @@ OPERATIONS = {
         ("get", "/repos/{owner}/{repo}/deployments"),
         ("post", "/repos/{owner}/{repo}/deployments"),
         ("post", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses"),
+        ("post", "/app-manifests/{code}/conversions"),
         ("post", "/repos/{owner}/{repo}/hooks"),
         ("patch", "/repos/{owner}/{repo}/hooks/{hook_id}"),
         ("delete", "/repos/{owner}/{repo}/hooks/{hook_id}"),

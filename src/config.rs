@@ -674,6 +674,9 @@ pub struct ForgeConfig {
     pub app_id: Option<u64>,
     /// GitHub App private key, PEM (GitHub only).
     pub private_key_file: Option<PathBuf>,
+    /// The forge's web address, where a browser goes (GitHub: the app-manifest form posts
+    /// there); empty: `https://github.com`.
+    pub web_url: String,
 }
 
 impl std::fmt::Debug for ForgeConfig {
@@ -690,6 +693,7 @@ impl std::fmt::Debug for ForgeConfig {
             )
             .field("app_id", &self.app_id)
             .field("private_key_file", &self.private_key_file)
+            .field("web_url", &self.web_url)
             .finish()
     }
 }

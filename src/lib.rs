@@ -6,6 +6,7 @@
 pub mod access;
 pub mod api;
 pub mod app;
+pub mod apps;
 pub mod backups;
 pub mod clone;
 pub mod commands;

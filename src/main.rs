@@ -99,6 +99,9 @@ enum Command {
     /// The master key that seals the secrets in the store.
     #[command(subcommand)]
     Secrets(cli::secrets::SecretsCmd),
+    /// GitHub: the workspace's GitHub App, made through GitHub's app-manifest flow.
+    #[command(subcommand)]
+    Github(cli::github::GithubCmd),
     /// The audit trail: bypasses of production protection and who asked.
     Audit {
         /// Only this site's lines.
@@ -176,6 +179,7 @@ async fn run(
         Command::Site(cmd) => cli::site::run(cmd, json, &config).await,
         Command::Audit { site } => cli::audit::run(site, json, &config).await,
         Command::Secrets(cmd) => cli::secrets::run(cmd, json, &config).await,
+        Command::Github(cmd) => cli::github::run(cmd, json, &config).await,
         Command::Backup(cmd) => cli::backup::run(cmd, json, &config).await,
         Command::Logs {
             workspace,

@@ -19,7 +19,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/webhooks/github", post(webhooks::receive_app))
         .route("/webhooks/{forge}/{connection_id}", post(webhooks::receive))
+        .route("/github/app/new", get(github_app_new))
+        .route("/github/app/callback", get(github_app_callback))
         .with_state(state.clone())
         .merge(
             // API requests run in a `request` span; a webhook delivery runs in its own
@@ -27,6 +30,57 @@ pub fn router(state: Arc<AppState>) -> Router {
             crate::api::router(crate::api::Api::new(state.store.clone(), &state.config))
                 .layer(axum::middleware::from_fn(crate::app::traced)),
         )
+}
+
+type Params = axum::extract::Query<std::collections::HashMap<String, String>>;
+
+/// An HTML page, no-store (it carries a one-time state).
+fn page(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn app_error(e: crate::apps::AppError) -> Response {
+    use crate::apps::AppError;
+    let status = match &e {
+        AppError::Invalid(_) => StatusCode::BAD_REQUEST,
+        AppError::NotFound(_) => StatusCode::NOT_FOUND,
+        AppError::Forge(_) => StatusCode::BAD_GATEWAY,
+        AppError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    tracing::warn!(error = %e, "GitHub App manifest flow");
+    let said = crate::apps::html(&e.to_string());
+    page(
+        status,
+        format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>GitHub App not created</title></head>\n<body><main><h1>GitHub App not created</h1><p>{said}</p></main></body></html>\n"
+        ),
+    )
+}
+
+/// `GET /github/app/new?state=…`: the page that posts the app's manifest to GitHub.
+async fn github_app_new(State(app): State<Arc<AppState>>, q: Params) -> Response {
+    let state = q.get("state").map(String::as_str).unwrap_or_default();
+    match crate::apps::form_page(app.store.as_ref(), &app.config, state) {
+        Ok(html) => page(StatusCode::OK, html),
+        Err(e) => app_error(e),
+    }
+}
+
+/// `GET /github/app/callback?code=…&state=…`: GitHub's redirect after the app was made.
+async fn github_app_callback(State(app): State<Arc<AppState>>, q: Params) -> Response {
+    let get = |k: &str| q.get(k).map(String::as_str).unwrap_or_default();
+    match crate::apps::finish(app.store.as_ref(), &app.config, get("code"), get("state")).await {
+        Ok(made) => page(StatusCode::OK, crate::apps::done_page(&made)),
+        Err(e) => app_error(e),
+    }
 }
 
 async fn healthz() -> Response {

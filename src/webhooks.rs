@@ -136,7 +136,18 @@ async fn handle(
             e.to_string(),
         )
     })?;
+    accept(app, forge, &conn, headers, raw, started).await
+}
 
+/// A delivery whose signature was checked, for `conn`: its event, its key, classified, stored.
+async fn accept(
+    app: &AppState,
+    forge: ForgeKind,
+    conn: &crate::store::Connection,
+    headers: &HeaderMap,
+    raw: Bytes,
+    started: Instant,
+) -> Result<Response, Rejection> {
     let event_header = forge.event_header();
     let event = headers
         .get(event_header)
@@ -281,6 +292,122 @@ async fn handle(
         }
     };
     Ok(resp.into_response())
+}
+
+/// `POST /webhooks/github`: a GitHub App's deliveries for every repository it is installed
+/// on, signed with the app's webhook secret (an app made by `endor github app create`). Each is
+/// taken as a delivery of the connection of its repository (`repository.full_name`), as if it
+/// had come to that connection's own URL. Deliveries without a connected repository (the
+/// installation's own events among them) are answered 200 `ignored` and stored nowhere.
+pub async fn receive_app(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let forge = ForgeKind::Github;
+    let span = tracing::info_span!(
+        "delivery",
+        forge = %forge,
+        connection = tracing::field::Empty,
+        delivery = tracing::field::Empty,
+        event = tracing::field::Empty,
+        repo = tracing::field::Empty,
+        pr = tracing::field::Empty,
+    );
+    match handle_app(&app, &headers, body, started)
+        .instrument(span)
+        .await
+    {
+        Ok(resp) => resp,
+        Err(r) => {
+            app.metrics.delivery(forge.as_str(), "-", r.outcome);
+            tracing::warn!(forge = %forge, status = r.status.as_u16(), reason = %r.message, "app webhook delivery rejected");
+            error_response(r.status, r.code, r.message)
+        }
+    }
+}
+
+async fn handle_app(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    started: Instant,
+) -> Result<Response, Rejection> {
+    let forge = ForgeKind::Github;
+    let unavailable = |e: crate::store::StoreError| {
+        reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "error",
+            e.to_string(),
+        )
+    };
+    let limit = app.config.webhooks.max_body_bytes;
+    let apps = app.store.github_apps().await.map_err(unavailable)?;
+    if apps.is_empty() {
+        drain(body, limit).await;
+        return Err(reject(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "not_found",
+            "no GitHub App here: endor github app create",
+        ));
+    }
+    let raw = read_body(body, limit).await?;
+    let secrets: Vec<_> = apps.iter().map(|a| &a.webhook_secret).collect();
+    signature::verify(forge, headers, &raw, &secrets).map_err(|e| {
+        reject(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "unauthorized",
+            e.to_string(),
+        )
+    })?;
+    #[derive(serde::Deserialize)]
+    struct Repo<'a> {
+        #[serde(borrow)]
+        full_name: std::borrow::Cow<'a, str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Probe<'a> {
+        #[serde(borrow)]
+        repository: Option<Repo<'a>>,
+    }
+    let payload = decode_body(forge, headers, raw.clone())?;
+    let repo = serde_json::from_slice::<Probe>(&payload)
+        .ok()
+        .and_then(|p| p.repository.map(|r| r.full_name.into_owned()));
+    let conn = match &repo {
+        Some(name) => app
+            .store
+            .list_connections(None)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .find(|c| c.forge == forge && c.repo.eq_ignore_ascii_case(name)),
+        None => None,
+    };
+    let Some(conn) = conn else {
+        let event = headers
+            .get(forge.event_header())
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        app.metrics
+            .delivery(forge.as_str(), forge.event_label(event), "ignored");
+        let reason = match &repo {
+            Some(r) => format!("no connection for repository {r}"),
+            None => format!("`{}` names no repository", event.escape_debug()),
+        };
+        return Ok((
+            StatusCode::OK,
+            axum::Json(json!({"status": "ignored", "reason": reason})),
+        )
+            .into_response());
+    };
+    tracing::Span::current().record("connection", conn.id.as_str());
+    tracing::Span::current().record("repo", conn.repo.as_str());
+    accept(app, forge, &conn, headers, raw, started).await
 }
 
 /// Read the whole body, refusing (413) past `limit`. An oversized body is drained first, so

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod backup;
 pub mod delivery;
 pub mod doctor;
+pub mod github;
 pub mod preview;
 pub mod repo;
 pub mod secrets;

@@ -108,6 +108,39 @@ impl Connection {
     }
 }
 
+/// A GitHub App made through the manifest flow, its secrets opened.
+#[derive(Clone, Serialize)]
+pub struct GithubApp {
+    pub app_id: i64,
+    pub slug: String,
+    pub name: String,
+    /// The account that owns it (a user or an organization).
+    pub owner: String,
+    pub html_url: String,
+    pub client_id: String,
+    #[serde(skip)]
+    pub client_secret: String,
+    /// What GitHub signs the app's webhook deliveries with.
+    #[serde(skip)]
+    pub webhook_secret: WebhookSecret,
+    /// The app's private key, PEM.
+    #[serde(skip)]
+    pub pem: String,
+    pub workspace_id: WorkspaceId,
+    pub created_at: i64,
+}
+
+impl std::fmt::Debug for GithubApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GithubApp")
+            .field("app_id", &self.app_id)
+            .field("slug", &self.slug)
+            .field("owner", &self.owner)
+            .field("workspace_id", &self.workspace_id)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct NewConnection {
     pub workspace_id: WorkspaceId,
@@ -583,6 +616,10 @@ pub trait ConnectionStore: Send + Sync {
     ) -> Result<bool>;
     /// Soft-delete: the connection stops accepting deliveries; its history stays.
     async fn delete_connection(&self, id: &ConnectionId) -> Result<bool>;
+    /// Keep a GitHub App (its key and secrets sealed); one with the same slug is replaced.
+    async fn put_github_app(&self, app: &GithubApp) -> Result<()>;
+    /// Every GitHub App endor made, oldest first, their secrets opened.
+    async fn github_apps(&self) -> Result<Vec<GithubApp>>;
     /// Record (or forget) the forge's webhook endor created for a connection.
     async fn set_connection_hook(&self, id: &ConnectionId, hook_id: Option<&str>) -> Result<bool>;
 }

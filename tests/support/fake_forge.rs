@@ -112,6 +112,8 @@ pub struct FakeState {
     pub environments: Vec<Environment>,
     pub reactions: Vec<(u64, String)>,
     pub hooks: Vec<Hook>,
+    /// Codes of GitHub's app-manifest flow not yet exchanged, and the app each makes.
+    pub manifest_codes: BTreeMap<String, Value>,
     pub faults: Faults,
     /// GitHub App installation tokens issued: (token, valid until).
     pub installation_tokens: Vec<(String, std::time::SystemTime)>,
@@ -237,6 +239,25 @@ impl FakeForge {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// A code as GitHub's redirect carries it after the manifest made an app; the app (its id,
+    /// slug, key and secrets) is what exchanging the code answers, once.
+    pub fn manifest_code(&self, app_id: u64, slug: &str, pem: &str) -> (String, Value) {
+        let code = format!("c{}", uuid::Uuid::new_v4().simple());
+        let app = json!({
+            "id": app_id,
+            "slug": slug,
+            "name": format!("endor {slug}"),
+            "html_url": format!("https://github.com/apps/{slug}"),
+            "client_id": format!("Iv1.{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
+            "client_secret": uuid::Uuid::new_v4().simple().to_string(),
+            "webhook_secret": format!("whsec{}", uuid::Uuid::new_v4().simple()),
+            "pem": pem,
+            "owner": {"login": "acme-org", "type": "Organization"},
+        });
+        self.with(|f| f.manifest_codes.insert(code.clone(), app.clone()));
+        (code, app)
     }
 
     /// Point `config`'s three forges at this fake, with its token.
@@ -409,10 +430,12 @@ async fn handle(State(state): State<Arc<Mutex<FakeState>>>, req: Request) -> Res
                 .map(|x| x.replace("%2F", "/").replace("%2f", "/"))
                 .collect();
             let seg: Vec<&str> = decoded.iter().map(String::as_str).collect();
+            // Exchanging a manifest code takes no credentials: the code is the credential.
+            let open_route = forge == "github" && seg.first() == Some(&"app-manifests");
             let jwt_route = forge == "github"
                 && (seg.first() == Some(&"app")
                     || (seg.len() == 4 && seg[0] == "repos" && seg[3] == "installation"));
-            if !authorized(&st, forge, &parts.headers, jwt_route) {
+            if !open_route && !authorized(&st, forge, &parts.headers, jwt_route) {
                 return reply(
                     StatusCode::UNAUTHORIZED,
                     json!({"message": "Bad credentials"}),
@@ -697,6 +720,11 @@ fn route(
     let bad = |m: &str| reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"message": m}));
     let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
     match (method.as_str(), seg) {
+        // GitHub's app-manifest flow: a code is exchanged once, for the app it made.
+        ("POST", ["app-manifests", code, "conversions"]) => match st.manifest_codes.remove(*code) {
+            Some(app) => reply(StatusCode::CREATED, app),
+            None => reply(StatusCode::NOT_FOUND, json!({"message": "Not Found"})),
+        },
         // GitHub App: installation lookup and tokens (JWT routes).
         ("GET", ["app"]) => reply(StatusCode::OK, json!({"id": APP_ID, "slug": APP_SLUG})),
         ("GET", ["repos", _, _, "installation"]) => reply(StatusCode::OK, json!({"id": 77})),

@@ -48,6 +48,40 @@ pub fn app(
         .map_err(|e| ForgeError::Permanent(format!("github app client: {e}")))
 }
 
+/// Exchange the one-time `code` of GitHub's app-manifest flow for the app it made
+/// (`POST /app-manifests/{code}/conversions`, no credentials): GitHub's answer, whole.
+pub async fn convert_manifest(
+    api: &str,
+    code: &str,
+    timeout: std::time::Duration,
+) -> Result<Value, ForgeError> {
+    if code.is_empty() || code.len() > 100 || !code.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(ForgeError::Permanent(
+            "the manifest code is missing or malformed".into(),
+        ));
+    }
+    let api = crate::forge::http::api_root(api)?;
+    let resp = crate::forge::http::client(timeout)?
+        .post(format!("{api}/app-manifests/{code}/conversions"))
+        .header("accept", "application/vnd.github+json")
+        .send()
+        .await
+        .map_err(|e| ForgeError::lost(format!("the conversion did not answer: {e}")))?;
+    let status = resp.status();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| ForgeError::lost(format!("the conversion's answer: {e}")))?;
+    if !status.is_success() {
+        let said: String = text.chars().take(300).collect();
+        return Err(ForgeError::Permanent(format!(
+            "the conversion answered {status}: {said} (a code works once, for an hour)"
+        )));
+    }
+    serde_json::from_str(&text)
+        .map_err(|e| ForgeError::Permanent(format!("the conversion's answer: {e}")))
+}
+
 pub struct GitHub {
     octo: Octocrab,
     limiter: Arc<Limiter>,

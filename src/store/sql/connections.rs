@@ -75,6 +75,63 @@ macro_rules! impl_connections {
                 Ok(done.rows_affected() == 1)
             }
 
+            async fn put_github_app(&self, a: &$crate::store::GithubApp) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO github_apps (slug, app_id, name, owner, html_url, client_id, client_secret, \
+                     webhook_secret, pem, workspace_id, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                     ON CONFLICT (slug) DO UPDATE SET app_id = excluded.app_id, name = excluded.name, \
+                     owner = excluded.owner, html_url = excluded.html_url, client_id = excluded.client_id, \
+                     client_secret = excluded.client_secret, webhook_secret = excluded.webhook_secret, \
+                     pem = excluded.pem, workspace_id = excluded.workspace_id",
+                )
+                .bind(&a.slug)
+                .bind(a.app_id)
+                .bind(&a.name)
+                .bind(&a.owner)
+                .bind(&a.html_url)
+                .bind(&a.client_id)
+                .bind(self.keyring.seal(&a.client_secret))
+                .bind($crate::store::sql::sealed_secret(&self.keyring, &a.webhook_secret)?)
+                .bind(self.keyring.seal(&a.pem))
+                .bind(&a.workspace_id)
+                .bind(a.created_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn github_apps(&self) -> $crate::store::Result<Vec<$crate::store::GithubApp>> {
+                #[allow(clippy::type_complexity)]
+                let rows: Vec<(String, i64, String, String, String, String, String, String, String, $crate::ids::WorkspaceId, i64)> =
+                    sqlx::query_as(
+                        "SELECT slug, CAST(app_id AS BIGINT), name, owner, html_url, client_id, client_secret, \
+                         webhook_secret, pem, workspace_id, CAST(created_at AS BIGINT) FROM github_apps \
+                         ORDER BY created_at, slug",
+                    )
+                    .fetch_all(&self.pool)
+                    .await?;
+                let open = |v: String| {
+                    $crate::store::sql::open_secret(&self.keyring, v).map(|s| s.expose().to_string())
+                };
+                rows.into_iter()
+                    .map(|r| {
+                        Ok($crate::store::GithubApp {
+                            slug: r.0,
+                            app_id: r.1,
+                            name: r.2,
+                            owner: r.3,
+                            html_url: r.4,
+                            client_id: r.5,
+                            client_secret: open(r.6)?,
+                            webhook_secret: $crate::store::sql::open_secret(&self.keyring, r.7)?,
+                            pem: open(r.8)?,
+                            workspace_id: r.9,
+                            created_at: r.10,
+                        })
+                    })
+                    .collect()
+            }
+
             async fn set_connection_hook(
                 &self,
                 id: &$crate::ids::ConnectionId,

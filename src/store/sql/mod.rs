@@ -18,11 +18,14 @@ use crate::forge::ForgeKind;
 use crate::secret::WebhookSecret;
 
 /// Every stored column that holds a sealed secret: (table, key column, column).
-pub(super) const SEALED_COLUMNS: [(&str, &str, &str); 4] = [
+pub(super) const SEALED_COLUMNS: [(&str, &str, &str); 7] = [
     ("connections", "id", "secret"),
     ("connections", "id", "previous_secret"),
     ("site_access", "site_id", "basic_sealed"),
     ("backup_repositories", "url", "passphrase"),
+    ("github_apps", "slug", "client_secret"),
+    ("github_apps", "slug", "webhook_secret"),
+    ("github_apps", "slug", "pem"),
 ];
 
 /// `value` sealed again (under `target`, or the current key when it is plain text), or
