@@ -259,3 +259,184 @@ pub fn done_page(app: &GithubApp) -> String {
         )),
     )
 }
+
+/// What an installation event did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InstallationChange {
+    pub installation: i64,
+    pub action: String,
+    /// Repositories connected (`owner/name`).
+    pub connected: Vec<String>,
+    /// Repositories disconnected.
+    pub disconnected: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct InstallationEvent {
+    action: String,
+    installation: InstallationRef,
+    #[serde(default)]
+    repositories: Vec<RepoRef>,
+    #[serde(default)]
+    repositories_added: Vec<RepoRef>,
+    #[serde(default)]
+    repositories_removed: Vec<RepoRef>,
+}
+
+#[derive(Deserialize)]
+struct InstallationRef {
+    id: i64,
+    app_id: Option<i64>,
+    account: Option<Owner>,
+}
+
+#[derive(Deserialize)]
+struct RepoRef {
+    full_name: String,
+}
+
+/// An `installation` or `installation_repositories` event (its signature already checked
+/// against the app's secret): the installation recorded in the workspace of the app it
+/// belongs to, its repositories connected there (git over https from GitHub, write-back
+/// through the installation) or disconnected; suspended, unsuspended or deleted.
+pub async fn installation_event(
+    store: &dyn Store,
+    cfg: &Config,
+    apps: &[GithubApp],
+    payload: &[u8],
+) -> Result<InstallationChange> {
+    let ev: InstallationEvent = serde_json::from_slice(payload)
+        .map_err(|e| AppError::Invalid(format!("not an installation event: {e}")))?;
+    let app = match ev.installation.app_id {
+        Some(id) => apps.iter().find(|a| a.app_id == id),
+        None if apps.len() == 1 => apps.first(),
+        None => None,
+    }
+    .ok_or_else(|| AppError::NotFound(format!("the app of installation {}", ev.installation.id)))?;
+    let id = ev.installation.id;
+    let mut change = InstallationChange {
+        installation: id,
+        action: ev.action.clone(),
+        ..Default::default()
+    };
+    let record = |suspended: bool| crate::store::GithubInstallation {
+        id,
+        app_id: app.app_id,
+        account: ev
+            .installation
+            .account
+            .as_ref()
+            .map(|a| a.login.clone())
+            .unwrap_or_default(),
+        workspace_id: app.workspace_id.clone(),
+        suspended_at: suspended.then(crate::now_ms),
+        deleted_at: None,
+        created_at: crate::now_ms(),
+    };
+    match ev.action.as_str() {
+        "created" | "unsuspend" | "new_permissions_accepted" => {
+            if store.installation(id).await?.is_none() || ev.action == "created" {
+                store.put_installation(&record(false)).await?;
+            } else {
+                store.set_installation_state(id, false, false).await?;
+            }
+            for r in &ev.repositories {
+                connect(store, cfg, app, id, &r.full_name, &mut change).await?;
+            }
+        }
+        "suspend" => {
+            if store.installation(id).await?.is_none() {
+                store.put_installation(&record(true)).await?;
+            }
+            store.set_installation_state(id, true, false).await?;
+        }
+        "deleted" => {
+            store.set_installation_state(id, true, true).await?;
+            for c in installed(store, id).await? {
+                disconnect(store, &c, &mut change).await?;
+            }
+        }
+        "added" | "removed" => {
+            if store.installation(id).await?.is_none() {
+                store.put_installation(&record(false)).await?;
+            }
+            for r in &ev.repositories_added {
+                connect(store, cfg, app, id, &r.full_name, &mut change).await?;
+            }
+            for r in &ev.repositories_removed {
+                for c in installed(store, id).await? {
+                    if c.repo.eq_ignore_ascii_case(&r.full_name) {
+                        disconnect(store, &c, &mut change).await?;
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    tracing::info!(installation = id, action = %ev.action, connected = change.connected.len(), disconnected = change.disconnected.len(), "GitHub App installation");
+    Ok(change)
+}
+
+/// The live connections an installation made.
+async fn installed(store: &dyn Store, id: i64) -> Result<Vec<crate::store::Connection>> {
+    Ok(store
+        .list_connections(None)
+        .await?
+        .into_iter()
+        .filter(|c| c.installation_id == Some(id))
+        .collect())
+}
+
+/// Connect `full_name` to the app's workspace for installation `id` (once: a repository
+/// already connected there is left as it is).
+async fn connect(
+    store: &dyn Store,
+    cfg: &Config,
+    app: &GithubApp,
+    id: i64,
+    full_name: &str,
+    change: &mut InstallationChange,
+) -> Result<()> {
+    let already = store
+        .list_connections(Some(&app.workspace_id))
+        .await?
+        .into_iter()
+        .any(|c| {
+            c.forge == crate::forge::ForgeKind::Github && c.repo.eq_ignore_ascii_case(full_name)
+        });
+    if already {
+        return Ok(());
+    }
+    let ws = store
+        .list_workspaces()
+        .await?
+        .into_iter()
+        .find(|w| w.id == app.workspace_id)
+        .ok_or_else(|| AppError::NotFound(format!("the workspace of app {}", app.slug)))?;
+    let web = cfg.github.web_url.trim_end_matches('/');
+    let web = if web.is_empty() {
+        "https://github.com"
+    } else {
+        web
+    };
+    let git_url = format!("{web}/{full_name}.git");
+    let repo = format!("github:{full_name}");
+    let c = crate::service::connect_repo(store, cfg, &ws.name, &repo, None, Some(&git_url))
+        .await
+        .map_err(|e| AppError::Invalid(format!("{full_name}: {e}")))?;
+    store
+        .set_connection_installation(&c.connection_id, Some(id))
+        .await?;
+    change.connected.push(full_name.to_string());
+    Ok(())
+}
+
+async fn disconnect(
+    store: &dyn Store,
+    c: &crate::store::Connection,
+    change: &mut InstallationChange,
+) -> Result<()> {
+    store.delete_connection(&c.id).await?;
+    change.disconnected.push(c.repo.clone());
+    Ok(())
+}

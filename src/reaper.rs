@@ -96,7 +96,7 @@ impl Reaper {
             store.clone(),
             config,
             metrics.clone(),
-            Arc::new(crate::writeback::ForgeClients::new(config)),
+            Arc::new(crate::writeback::ForgeClients::new(config).with_store(store.clone())),
             Arc::new(tokio::sync::Notify::new()),
         );
         Self::new(store, lifecycle, config, metrics)

@@ -19,7 +19,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/webhooks/github", post(webhooks::receive_app))
+        .route("/webhooks/github", post(github_app_webhook))
         .route("/webhooks/{forge}/{connection_id}", post(webhooks::receive))
         .route("/github/app/new", get(github_app_new))
         .route("/github/app/callback", get(github_app_callback))
@@ -80,6 +80,56 @@ async fn github_app_callback(State(app): State<Arc<AppState>>, q: Params) -> Res
     match crate::apps::finish(app.store.as_ref(), &app.config, get("code"), get("state")).await {
         Ok(made) => page(StatusCode::OK, crate::apps::done_page(&made)),
         Err(e) => app_error(e),
+    }
+}
+
+/// `POST /webhooks/github`: the GitHub App's deliveries. Its installation events connect and
+/// disconnect the installation's repositories (`apps::installation_event`); every other
+/// delivery is taken as one of its repository's connection (`webhooks::receive_app`).
+async fn github_app_webhook(
+    State(app): State<Arc<AppState>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let event = headers
+        .get("x-github-event")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !matches!(event, "installation" | "installation_repositories") {
+        return webhooks::receive_app(State(app), headers, body).await;
+    }
+    let payload = match webhooks::verified_app_delivery(&app, &headers, body).await {
+        Ok(p) => p,
+        Err(refused) => return refused,
+    };
+    let apps = match app.store.github_apps().await {
+        Ok(a) => a,
+        Err(e) => {
+            return error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                e.to_string(),
+            );
+        }
+    };
+    use crate::apps::AppError;
+    match crate::apps::installation_event(app.store.as_ref(), &app.config, &apps, &payload).await {
+        Ok(change) => {
+            app.metrics.delivery("github", event, "applied");
+            (
+                StatusCode::OK,
+                axum::Json(json!({"status": "applied", "change": change})),
+            )
+                .into_response()
+        }
+        Err(e @ (AppError::Invalid(_) | AppError::NotFound(_))) => {
+            error_response(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
+        }
+        Err(e) => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        ),
     }
 }
 
@@ -190,7 +240,9 @@ pub async fn serve_roles(
         let _ = rx.wait_for(|stop| *stop).await;
     };
     tracing::info!(?roles, "starting");
-    let forges = Arc::new(crate::writeback::ForgeClients::new(&state.config));
+    let forges = Arc::new(
+        crate::writeback::ForgeClients::new(&state.config).with_store(state.store.clone()),
+    );
     let outbox_wake = Arc::new(tokio::sync::Notify::new());
     let lifecycle = crate::previews::Lifecycle::new(
         state.store.clone(),

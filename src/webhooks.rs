@@ -328,21 +328,40 @@ pub async fn receive_app(
     }
 }
 
-async fn handle_app(
+/// A delivery to `POST /webhooks/github` read whole and its signature checked against the
+/// apps' webhook secrets (decoded when GitHub sent a form): its body, or the reply that
+/// refuses it (logged and counted).
+pub async fn verified_app_delivery(
     app: &AppState,
     headers: &HeaderMap,
     body: Body,
-    started: Instant,
-) -> Result<Response, Rejection> {
+) -> Result<Bytes, Response> {
     let forge = ForgeKind::Github;
-    let unavailable = |e: crate::store::StoreError| {
-        reject(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "error",
-            e.to_string(),
-        )
-    };
+    match verify_app(app, headers, body).await {
+        Ok(raw) => decode_body(forge, headers, raw).map_err(|r| refused(app, r)),
+        Err(r) => Err(refused(app, r)),
+    }
+}
+
+fn refused(app: &AppState, r: Rejection) -> Response {
+    app.metrics
+        .delivery(ForgeKind::Github.as_str(), "-", r.outcome);
+    tracing::warn!(status = r.status.as_u16(), reason = %r.message, "app webhook delivery rejected");
+    error_response(r.status, r.code, r.message)
+}
+
+fn unavailable(e: crate::store::StoreError) -> Rejection {
+    reject(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "error",
+        e.to_string(),
+    )
+}
+
+/// The body of a delivery to `POST /webhooks/github` whose signature is one of the apps'.
+async fn verify_app(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
+    let forge = ForgeKind::Github;
     let limit = app.config.webhooks.max_body_bytes;
     let apps = app.store.github_apps().await.map_err(unavailable)?;
     if apps.is_empty() {
@@ -364,6 +383,17 @@ async fn handle_app(
             e.to_string(),
         )
     })?;
+    Ok(raw)
+}
+
+async fn handle_app(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    started: Instant,
+) -> Result<Response, Rejection> {
+    let forge = ForgeKind::Github;
+    let raw = verify_app(app, headers, body).await?;
     #[derive(serde::Deserialize)]
     struct Repo<'a> {
         #[serde(borrow)]

@@ -28,6 +28,29 @@ async fn world(forge: &FakeForge, db: TestStore) -> (TestServer, Config) {
     (server, config)
 }
 
+/// The app GitHub makes from the manifest (`app_id`, `slug`, key `pem`), through the link
+/// `github app create` prints and the callback; its webhook secret.
+async fn make_app(
+    s: &dyn Store,
+    config: &Config,
+    forge: &FakeForge,
+    app_id: u64,
+    slug: &str,
+    pem: &str,
+) -> String {
+    let (code, made) = forge.manifest_code(app_id, slug, pem);
+    let link = apps::start(s, config, "acme", None, None).await.unwrap();
+    let state = reqwest::Url::parse(&link)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    apps::finish(s, config, &code, &state).await.unwrap();
+    made["webhook_secret"].as_str().unwrap().to_string()
+}
+
 /// An attribute's value as the browser reads it.
 fn unescape(v: &str) -> String {
     v.replace("&quot;", "\"")
@@ -228,17 +251,7 @@ async fn the_app_webhook_takes_signed_deliveries_of_connected_repositories() {
         .unwrap();
     assert_eq!(r.status(), 404);
 
-    let (code, made) = forge.manifest_code(5151, "endor-acme", "pem");
-    let link = apps::start(s, &config, "acme", None, None).await.unwrap();
-    let state = reqwest::Url::parse(&link)
-        .unwrap()
-        .query_pairs()
-        .find(|(k, _)| k == "state")
-        .unwrap()
-        .1
-        .into_owned();
-    apps::finish(s, &config, &code, &state).await.unwrap();
-    let secret = made["webhook_secret"].as_str().unwrap().to_string();
+    let secret = make_app(s, &config, &forge, 5151, "endor-acme", "pem").await;
 
     // Signed with the app's secret, for a repository not connected: 200, ignored, not stored.
     let r = send("pull_request", body.clone(), secret.clone())
@@ -268,7 +281,17 @@ async fn the_app_webhook_takes_signed_deliveries_of_connected_repositories() {
         let r = send("pull_request", body.clone(), wrong).await.unwrap();
         assert_eq!(r.status(), 401);
     }
-    // The installation's own events name no repository: 200, ignored.
+    // Events that name no repository and are not the installation's: 200, ignored.
+    let r = send(
+        "ping",
+        fixture("github.ping.with-app_id.json"),
+        secret.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "ignored");
+    // Another app's installation (GitHub's example names app 29310): refused.
     let r = send(
         "installation",
         fixture("github.installation.created.json"),
@@ -276,8 +299,7 @@ async fn the_app_webhook_takes_signed_deliveries_of_connected_repositories() {
     )
     .await
     .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<Value>().await.unwrap()["status"], "ignored");
+    assert_eq!(r.status(), 400);
     assert_eq!(
         s.list_deliveries(Some(&c.connection_id), 10)
             .await
@@ -285,4 +307,163 @@ async fn the_app_webhook_takes_signed_deliveries_of_connected_repositories() {
             .len(),
         1
     );
+}
+
+/// GitHub's example payload `name`, as the app `app_id`'s installation `installation`.
+fn installation_payload(name: &str, app_id: u64, installation: u64) -> Value {
+    let mut v: Value = serde_json::from_slice(&fixture(name)).unwrap();
+    v["installation"]["id"] = installation.into();
+    v["installation"]["app_id"] = app_id.into();
+    v
+}
+
+/// Installation events of the app endor made connect its repositories to the app's
+/// workspace, and write-back to them goes through the installation's tokens; suspended, it
+/// stops and says so; uninstalled, its repositories are disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installations_connect_repositories_and_write_through_the_app() {
+    use endor::writeback::{ForgeClients, PrRef};
+    use support::fake_forge::APP_ID;
+    let forge = FakeForge::start().await;
+    let (server, config) = world(&forge, TestStore::sqlite().await).await;
+    let s: &dyn Store = server.store();
+    let http = reqwest::Client::new();
+    let keydir = tempfile::tempdir().unwrap();
+    let pem = std::fs::read_to_string(support::rsa_key(keydir.path())).unwrap();
+    let secret = make_app(s, &config, &forge, APP_ID, "endor-app", &pem).await;
+    let url = server.url("/webhooks/github");
+    let send = |event: &'static str, v: &Value, secret: &str| {
+        let body = serde_json::to_vec(v).unwrap();
+        http.post(&url)
+            .header("x-github-event", event)
+            .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+            .header(
+                "x-hub-signature-256",
+                format!("sha256={}", sign_hex(secret.as_bytes(), &body)),
+            )
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let repos = || async {
+        let mut r: Vec<(String, Option<i64>, Option<String>)> = s
+            .list_connections(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.repo, c.installation_id, c.git_url))
+            .collect();
+        r.sort();
+        r
+    };
+    const INST: u64 = 957387;
+
+    let created = installation_payload("github.installation.created.json", APP_ID, INST);
+    // Not signed by the app: refused, nothing connected.
+    let r = send("installation", &created, "not-the-secret-at-all")
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(repos().await.is_empty());
+    // Another app's installation: refused.
+    let foreign = installation_payload("github.installation.created.json", 29310, INST);
+    let r = send("installation", &foreign, &secret).await.unwrap();
+    assert_eq!(r.status(), 400);
+
+    for _ in 0..2 {
+        // Twice: a redelivery connects nothing twice.
+        let r = send("installation", &created, &secret).await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    let git = |r: &str| Some(format!("https://github.example/{r}.git"));
+    assert_eq!(
+        repos().await,
+        [(
+            "Codertocat/Hello-World".to_string(),
+            Some(INST as i64),
+            git("Codertocat/Hello-World")
+        )]
+    );
+    let added = installation_payload("github.installation_repositories.added.json", APP_ID, INST);
+    let r = send("installation_repositories", &added, &secret)
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["change"]["connected"],
+        serde_json::json!(["Codertocat/Space"])
+    );
+    assert_eq!(repos().await.len(), 2);
+    let mut removed = installation_payload(
+        "github.installation_repositories.removed.json",
+        APP_ID,
+        INST,
+    );
+    removed["repositories_removed"][0]["full_name"] = "Codertocat/Space".into();
+    let r = send("installation_repositories", &removed, &secret)
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["change"]["disconnected"],
+        serde_json::json!(["Codertocat/Space"])
+    );
+    assert_eq!(repos().await.len(), 1);
+
+    // Write-back to an installed repository goes through the installation's token, as the
+    // app's bot, with no [github] token or app in the config.
+    let conn = s.list_connections(None).await.unwrap().remove(0);
+    let forges = ForgeClients::new(&config).with_store(server.state.store.clone());
+    assert!(forges.enabled(&conn));
+    let client = forges.client(&conn).await.unwrap();
+    let pr = PrRef {
+        repo: &conn.repo,
+        number: 1,
+    };
+    client.create_comment(&pr, "preview ready").await.unwrap();
+    let authors: Vec<String> =
+        forge.with(|f| f.comments.values().map(|c| c.author.clone()).collect());
+    assert_eq!(authors, ["endor-app[bot]"]);
+    assert!(forge.with(|f| !f.installation_tokens.is_empty()));
+
+    // Suspended: write-back stops and says so; unsuspended, it goes again.
+    let mut suspend = created.clone();
+    suspend["action"] = "suspend".into();
+    assert_eq!(
+        send("installation", &suspend, &secret)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let fresh = ForgeClients::new(&config).with_store(server.state.store.clone());
+    let err = fresh.client(&conn).await.err().unwrap();
+    assert!(err.to_string().contains("suspended"), "{err}");
+    suspend["action"] = "unsuspend".into();
+    assert_eq!(
+        send("installation", &suspend, &secret)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(fresh.client(&conn).await.is_ok());
+
+    // Uninstalled: its repositories are disconnected, and nothing is written for them.
+    let deleted = installation_payload("github.installation.deleted.json", APP_ID, INST);
+    let r = send("installation", &deleted, &secret).await.unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["change"]["disconnected"],
+        serde_json::json!(["Codertocat/Hello-World"])
+    );
+    assert!(repos().await.is_empty());
+    let err = ForgeClients::new(&config)
+        .with_store(server.state.store.clone())
+        .client(&conn)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("uninstalled"), "{err}");
+    forge.assert_conforms("github", true);
 }

@@ -610,18 +610,7 @@ async fn github_app_installation_tokens() {
     // Tokens live 32 s; octocrab renews them 30 s before expiry, so every 2 s here.
     forge.with(|f| f.token_lifetime = Duration::from_secs(32));
     let keydir = tempfile::tempdir().unwrap();
-    let key = keydir.path().join("app.pem");
-    let made = std::process::Command::new("openssl")
-        .args(["genrsa", "-out"])
-        .arg(&key)
-        .arg("2048")
-        .output()
-        .unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    let key = support::rsa_key(keydir.path());
     let url = forge.github_url();
     let db = TestStore::sqlite().await;
     let key_path = key.clone();
@@ -733,8 +722,8 @@ async fn reactions_and_replies_on_every_forge() {
     forge.assert_conforms("gitlab", true);
     // Without credentials for a forge, nothing is attempted.
     let bare = ForgeClients::new(&Config::default());
-    assert!(!bare.enabled(endor::forge::ForgeKind::Github));
     let conn = s.list_connections(None).await.unwrap().remove(0);
+    assert!(!bare.enabled(&conn));
     let err = bare.client(&conn).await.err().unwrap();
     assert!(err.to_string().contains("credentials"), "{err}");
     db.cleanup().await;

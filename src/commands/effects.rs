@@ -194,7 +194,7 @@ impl CommentRunner {
         if c.author_is_bot || c.body.trim_start().starts_with("<!-- endor:") {
             return true;
         }
-        if !self.forges.enabled(conn.forge) {
+        if !self.forges.enabled(conn) {
             return false;
         }
         let account = match self.forges.client(conn).await {
@@ -262,9 +262,7 @@ impl CommentRunner {
         };
         self.store
             .enqueue_outbox(
-                &self
-                    .forges
-                    .row(conn.forge, &payload, &conn.id, c.number as i64),
+                &self.forges.row(conn, &payload, c.number as i64),
                 crate::now_ms(),
             )
             .await

@@ -151,11 +151,12 @@ impl Lifecycle {
     /// clients; whatever it stores for the forges is sent by the `endor serve` sharing the
     /// store.
     pub fn standalone(store: Arc<dyn Store>, config: &Config) -> Arc<Self> {
+        let forges = ForgeClients::new(config).with_store(store.clone());
         Self::new(
             store,
             config,
             Arc::new(Metrics::default()),
-            Arc::new(ForgeClients::new(config)),
+            Arc::new(forges),
             Arc::new(tokio::sync::Notify::new()),
         )
     }

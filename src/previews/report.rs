@@ -114,8 +114,5 @@ pub async fn rows_for(
             });
         }
     }
-    Ok(out
-        .iter()
-        .map(|w| forges.row(conn.forge, w, &p.connection_id, p.number))
-        .collect())
+    Ok(out.iter().map(|w| forges.row(&conn, w, p.number)).collect())
 }

@@ -97,6 +97,8 @@ pub struct Connection {
     pub created_at: i64,
     /// The forge's webhook endor created for it (`None`: added by hand).
     pub hook_id: Option<String>,
+    /// The GitHub App installation it came from (`None`: connected by hand).
+    pub installation_id: Option<i64>,
 }
 
 impl Connection {
@@ -139,6 +141,19 @@ impl std::fmt::Debug for GithubApp {
             .field("workspace_id", &self.workspace_id)
             .finish_non_exhaustive()
     }
+}
+
+/// An installation of a GitHub App endor made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct GithubInstallation {
+    pub id: i64,
+    pub app_id: i64,
+    /// The account it is installed on.
+    pub account: String,
+    pub workspace_id: WorkspaceId,
+    pub suspended_at: Option<i64>,
+    pub deleted_at: Option<i64>,
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -620,6 +635,18 @@ pub trait ConnectionStore: Send + Sync {
     async fn put_github_app(&self, app: &GithubApp) -> Result<()>;
     /// Every GitHub App endor made, oldest first, their secrets opened.
     async fn github_apps(&self) -> Result<Vec<GithubApp>>;
+    /// Record an installation (again: its account and workspace updated, not deleted).
+    async fn put_installation(&self, i: &GithubInstallation) -> Result<()>;
+    async fn installation(&self, id: i64) -> Result<Option<GithubInstallation>>;
+    /// Mark an installation suspended (or not) and, with `deleted`, deleted.
+    async fn set_installation_state(&self, id: i64, suspended: bool, deleted: bool)
+    -> Result<bool>;
+    /// Record the installation a connection came from.
+    async fn set_connection_installation(
+        &self,
+        id: &ConnectionId,
+        installation: Option<i64>,
+    ) -> Result<bool>;
     /// Record (or forget) the forge's webhook endor created for a connection.
     async fn set_connection_hook(&self, id: &ConnectionId, hook_id: Option<&str>) -> Result<bool>;
 }

@@ -113,6 +113,8 @@ pub struct ForgeClients {
     clients: Mutex<HashMap<ConnectionId, Arc<dyn Forge>>>,
     limiters: std::sync::Mutex<HashMap<String, Arc<Limiter>>>,
     github_app: tokio::sync::OnceCell<octocrab::Octocrab>,
+    /// Where a GitHub App made by `endor github app create` and its installations are kept.
+    store: Option<Arc<dyn crate::store::Store>>,
 }
 
 impl ForgeClients {
@@ -122,50 +124,96 @@ impl ForgeClients {
             clients: Mutex::new(HashMap::new()),
             limiters: std::sync::Mutex::new(HashMap::new()),
             github_app: tokio::sync::OnceCell::new(),
+            store: None,
         }
+    }
+
+    /// Also write to GitHub as the GitHub App kept in `store` (made by `endor github app
+    /// create`) when the config names neither a token nor an app, and stop writing to the
+    /// repositories of a suspended or deleted installation.
+    pub fn with_store(mut self, store: Arc<dyn crate::store::Store>) -> Self {
+        self.store = Some(store);
+        self
     }
 
     fn forge_config(&self, forge: ForgeKind) -> &crate::config::ForgeConfig {
         forge.config(&self.config)
     }
 
-    /// Does endor have credentials to write to this connection's forge?
-    pub fn enabled(&self, forge: ForgeKind) -> bool {
-        forge.has_credentials(self.forge_config(forge))
+    /// Does endor have credentials to write to this connection's forge? The config's, or,
+    /// for a repository a GitHub App installation connected, the app kept in the store.
+    pub fn enabled(&self, conn: &Connection) -> bool {
+        conn.forge.has_credentials(self.forge_config(conn.forge))
+            || (conn.installation_id.is_some() && self.store.is_some())
     }
 
-    /// Why a write-back to this forge would not be sent (`None`: it will be). Rows are stored
-    /// either way: a held one as `unsent`, with this reason.
-    pub fn held_reason(&self, forge: ForgeKind) -> Option<String> {
-        (!self.enabled(forge)).then(|| format!("not sent: no credentials for {forge}"))
+    /// Why a write-back to this connection would not be sent (`None`: it will be). Rows are
+    /// stored either way: a held one as `unsent`, with this reason.
+    pub fn held_reason(&self, conn: &Connection) -> Option<String> {
+        (!self.enabled(conn)).then(|| format!("not sent: no credentials for {}", conn.forge))
     }
 
-    /// An outbox row for `payload`, held when this forge cannot be written to.
-    pub fn row(
-        &self,
-        forge: ForgeKind,
-        payload: &Payload,
-        connection_id: &ConnectionId,
-        number: i64,
-    ) -> NewOutbox {
+    /// An outbox row for `payload`, held when this connection's forge cannot be written to.
+    pub fn row(&self, conn: &Connection, payload: &Payload, number: i64) -> NewOutbox {
         NewOutbox {
-            held: self.held_reason(forge),
-            ..payload.row(connection_id, number)
+            held: self.held_reason(conn),
+            ..payload.row(&conn.id, number)
         }
     }
 
-    /// The GitHub App client (its JWT), made once from `[github] app_id` and the key file.
+    /// The GitHub App client (its JWT), made once from `[github] app_id` and the key file, or
+    /// else from the app kept in the store.
     async fn github_app(&self, api: &str) -> Result<octocrab::Octocrab, ForgeError> {
+        let timeout = self.config.writeback.timeout.0;
         self.github_app
             .get_or_try_init(|| async {
-                crate::forge::github::client::app(
+                if self.config.github.app_id.is_some() {
+                    return crate::forge::github::client::app(api, &self.config.github, timeout);
+                }
+                let store = self.store.as_ref().ok_or_else(|| {
+                    ForgeError::Permanent("no GitHub App configured".into())
+                })?;
+                let apps = store
+                    .github_apps()
+                    .await
+                    .map_err(|e| ForgeError::transient(e.to_string()))?;
+                let app = apps.first().ok_or_else(|| {
+                    ForgeError::Permanent(
+                        "no GitHub credentials: set [github] token, or make an app (endor github app create)"
+                            .into(),
+                    )
+                })?;
+                crate::forge::github::client::app_with_key(
                     api,
-                    &self.config.github,
-                    self.config.writeback.timeout.0,
+                    app.app_id as u64,
+                    app.pem.as_bytes(),
+                    timeout,
                 )
             })
             .await
             .cloned()
+    }
+
+    /// Refuse to write for a connection whose GitHub App installation is suspended or gone.
+    async fn installation_live(&self, conn: &Connection) -> Result<(), ForgeError> {
+        let (Some(id), Some(store)) = (conn.installation_id, &self.store) else {
+            return Ok(());
+        };
+        let i = store
+            .installation(id)
+            .await
+            .map_err(|e| ForgeError::transient(e.to_string()))?;
+        match i {
+            Some(i) if i.deleted_at.is_some() => Err(ForgeError::Permanent(format!(
+                "the GitHub App was uninstalled from {}: nothing is written to {}",
+                i.account, conn.repo
+            ))),
+            Some(i) if i.suspended_at.is_some() => Err(ForgeError::Permanent(format!(
+                "the GitHub App's installation on {} is suspended: nothing is written to {} until it is unsuspended",
+                i.account, conn.repo
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn api_url(&self, conn: &Connection) -> Option<String> {
@@ -190,11 +238,12 @@ impl ForgeClients {
     }
 
     pub async fn client(&self, conn: &Connection) -> Result<Arc<dyn Forge>, ForgeError> {
+        self.installation_live(conn).await?;
         if let Some(c) = self.clients.lock().await.get(&conn.id) {
             return Ok(c.clone());
         }
         let cfg = self.forge_config(conn.forge);
-        if !self.enabled(conn.forge) {
+        if !self.enabled(conn) {
             return Err(ForgeError::Permanent(format!(
                 "no {} credentials configured ([{}] token)",
                 conn.forge, conn.forge

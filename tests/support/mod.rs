@@ -344,6 +344,23 @@ pub fn maria_totals(url: &str) -> String {
     maria_url_sql(url, "SELECT COUNT(*), SUM(balance) FROM accounts").unwrap()
 }
 
+/// A new 2048-bit RSA private key (PEM) in `dir`, made by openssl: a GitHub App's key.
+pub fn rsa_key(dir: &Path) -> std::path::PathBuf {
+    let key = dir.join("app.pem");
+    let made = std::process::Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    key
+}
+
 /// A fresh directory on the reflink filesystem (`ENDOR_TEST_REFLINK_DIR`, mounted by
 /// scripts/test.sh), reachable by the database servers' OS users.
 pub fn reflink_dir() -> tempfile::TempDir {

@@ -31,12 +31,20 @@ pub fn app(
     let pem = std::fs::read(path).map_err(|e| {
         ForgeError::Permanent(format!("[github] private_key_file {}: {e}", path.display()))
     })?;
-    let key = octocrab::EncodingKey::from_rsa_pem(&pem).map_err(|e| {
-        ForgeError::Permanent(format!(
-            "[github] private_key_file {}: not an RSA key in PEM: {e}",
-            path.display()
-        ))
-    })?;
+    app_with_key(api, id, &pem, timeout).map_err(|e| {
+        ForgeError::Permanent(format!("[github] private_key_file {}: {e}", path.display()))
+    })
+}
+
+/// The GitHub App client (its JWT) of app `id` with the PEM private key `pem`.
+pub fn app_with_key(
+    api: &str,
+    id: u64,
+    pem: &[u8],
+    timeout: std::time::Duration,
+) -> Result<Octocrab, ForgeError> {
+    let key = octocrab::EncodingKey::from_rsa_pem(pem)
+        .map_err(|e| ForgeError::Permanent(format!("not an RSA key in PEM: {e}")))?;
     Octocrab::builder()
         .base_uri(api)
         .map_err(|e| ForgeError::Permanent(format!("github api_url: {e}")))?

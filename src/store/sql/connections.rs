@@ -132,6 +132,63 @@ macro_rules! impl_connections {
                     .collect()
             }
 
+            async fn put_installation(&self, i: &$crate::store::GithubInstallation) -> $crate::store::Result<()> {
+                sqlx::query(
+                    "INSERT INTO github_installations (id, app_id, account, workspace_id, suspended_at, deleted_at, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, NULL, $6) ON CONFLICT (id) DO UPDATE SET app_id = excluded.app_id, \
+                     account = excluded.account, workspace_id = excluded.workspace_id, \
+                     suspended_at = excluded.suspended_at, deleted_at = NULL",
+                )
+                .bind(i.id)
+                .bind(i.app_id)
+                .bind(&i.account)
+                .bind(&i.workspace_id)
+                .bind(i.suspended_at)
+                .bind(i.created_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn installation(&self, id: i64) -> $crate::store::Result<Option<$crate::store::GithubInstallation>> {
+                Ok(sqlx::query_as(
+                    "SELECT CAST(id AS BIGINT) AS id, CAST(app_id AS BIGINT) AS app_id, account, workspace_id, \
+                     CAST(suspended_at AS BIGINT) AS suspended_at, CAST(deleted_at AS BIGINT) AS deleted_at, \
+                     CAST(created_at AS BIGINT) AS created_at FROM github_installations WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn set_installation_state(&self, id: i64, suspended: bool, deleted: bool) -> $crate::store::Result<bool> {
+                let now = $crate::now_ms();
+                let done = sqlx::query(
+                    "UPDATE github_installations SET suspended_at = $1, \
+                     deleted_at = CASE WHEN $2 THEN $3 ELSE deleted_at END WHERE id = $4",
+                )
+                .bind(suspended.then_some(now))
+                .bind(deleted)
+                .bind(now)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn set_connection_installation(
+                &self,
+                id: &$crate::ids::ConnectionId,
+                installation: Option<i64>,
+            ) -> $crate::store::Result<bool> {
+                let done = sqlx::query("UPDATE connections SET installation_id = $1 WHERE id = $2 AND deleted_at IS NULL")
+                    .bind(installation)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
             async fn set_connection_hook(
                 &self,
                 id: &$crate::ids::ConnectionId,

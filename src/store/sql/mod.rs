@@ -104,6 +104,7 @@ pub(super) struct ConnectionRow {
     pub previous_secret: Option<String>,
     pub created_at: i64,
     pub hook_id: Option<String>,
+    pub installation_id: Option<i64>,
 }
 
 impl ConnectionRow {
@@ -127,6 +128,7 @@ impl ConnectionRow {
                 .transpose()?,
             created_at: r.created_at,
             hook_id: r.hook_id,
+            installation_id: r.installation_id,
         })
     }
 }
@@ -210,7 +212,8 @@ pub(super) use job_columns;
 
 macro_rules! connection_columns {
     () => {
-        "id, workspace_id, forge, repo, api_url, git_url, secret, previous_secret, created_at, hook_id"
+        "id, workspace_id, forge, repo, api_url, git_url, secret, previous_secret, created_at, hook_id, \
+         CAST(installation_id AS BIGINT) AS installation_id"
     };
 }
 pub(super) use connection_columns;
