@@ -398,12 +398,10 @@ async fn connect(
     change: &mut InstallationChange,
 ) -> Result<()> {
     let already = store
-        .list_connections(Some(&app.workspace_id))
+        .connections_for_repo(crate::forge::ForgeKind::Github, full_name)
         .await?
         .into_iter()
-        .any(|c| {
-            c.forge == crate::forge::ForgeKind::Github && c.repo.eq_ignore_ascii_case(full_name)
-        });
+        .any(|c| c.workspace_id == app.workspace_id);
     if already {
         return Ok(());
     }

@@ -411,11 +411,11 @@ async fn handle_app(
     let conn = match &repo {
         Some(name) => app
             .store
-            .list_connections(None)
+            .connections_for_repo(forge, name)
             .await
             .map_err(unavailable)?
             .into_iter()
-            .find(|c| c.forge == forge && c.repo.eq_ignore_ascii_case(name)),
+            .next(),
         None => None,
     };
     let Some(conn) = conn else {

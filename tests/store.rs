@@ -25,7 +25,77 @@ both_backends!(
     tokens_audit_and_usage,
     every_forge_is_accepted_by_the_store,
     unknown_stored_names_are_errors,
+    connections_are_found_by_repository_and_installation,
 );
+
+/// A delivery to the GitHub App's webhook finds its connection by repository, in any case;
+/// deleted connections and other forges' are not found; installations and their state kept.
+async fn connections_are_found_by_repository_and_installation(db: &TestStore) {
+    let s = db.store.as_ref();
+    let ws = workspace(db, "repos").await;
+    let web = new_connection(db, &ws, "Acme/Web").await;
+    let other = new_connection(db, &ws, "acme/other").await;
+    let found = s
+        .connections_for_repo(ForgeKind::Github, "acme/web")
+        .await
+        .unwrap();
+    assert_eq!(found.iter().map(|c| &c.id).collect::<Vec<_>>(), [&web.id]);
+    assert!(
+        s.connections_for_repo(ForgeKind::Gitea, "acme/web")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.connections_for_repo(ForgeKind::Github, "acme/we%")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    s.delete_connection(&other.id).await.unwrap();
+    assert!(
+        s.connections_for_repo(ForgeKind::Github, "ACME/OTHER")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // An installation and its state; the connection it made.
+    let inst = endor::store::GithubInstallation {
+        id: 9_000_000_001,
+        app_id: 4242,
+        account: "acme".into(),
+        workspace_id: ws.clone(),
+        suspended_at: None,
+        deleted_at: None,
+        created_at: 1,
+    };
+    s.put_installation(&inst).await.unwrap();
+    assert_eq!(s.installation(inst.id).await.unwrap(), Some(inst.clone()));
+    assert!(
+        s.set_installation_state(inst.id, true, false)
+            .await
+            .unwrap()
+    );
+    let got = s.installation(inst.id).await.unwrap().unwrap();
+    assert!(got.suspended_at.is_some() && got.deleted_at.is_none());
+    assert!(s.set_installation_state(inst.id, true, true).await.unwrap());
+    assert!(
+        s.installation(inst.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .deleted_at
+            .is_some()
+    );
+    assert!(!s.set_installation_state(42, true, true).await.unwrap());
+    assert!(
+        s.set_connection_installation(&web.id, Some(inst.id))
+            .await
+            .unwrap()
+    );
+    let c = s.connection(&web.id).await.unwrap().unwrap();
+    assert_eq!(c.installation_id, Some(inst.id));
+}
 
 /// A job kind or preview state the code does not know (a row written by a newer endor, or by
 /// hand) is an error when read, never taken for another value.

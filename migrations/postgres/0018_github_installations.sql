@@ -12,3 +12,6 @@ CREATE TABLE github_installations (
 );
 
 ALTER TABLE connections ADD COLUMN installation_id BIGINT;
+
+-- Deliveries to the app's own webhook find their connection by repository.
+CREATE INDEX connections_by_repo ON connections (forge, lower(repo));

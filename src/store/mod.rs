@@ -635,6 +635,8 @@ pub trait ConnectionStore: Send + Sync {
     async fn put_github_app(&self, app: &GithubApp) -> Result<()>;
     /// Every GitHub App endor made, oldest first, their secrets opened.
     async fn github_apps(&self) -> Result<Vec<GithubApp>>;
+    /// The live connections of a repository on a forge (`repo` in any case), oldest first.
+    async fn connections_for_repo(&self, forge: ForgeKind, repo: &str) -> Result<Vec<Connection>>;
     /// Record an installation (again: its account and workspace updated, not deleted).
     async fn put_installation(&self, i: &GithubInstallation) -> Result<()>;
     async fn installation(&self, id: i64) -> Result<Option<GithubInstallation>>;

@@ -132,6 +132,24 @@ macro_rules! impl_connections {
                     .collect()
             }
 
+            async fn connections_for_repo(
+                &self,
+                forge: $crate::forge::ForgeKind,
+                repo: &str,
+            ) -> $crate::store::Result<Vec<$crate::store::Connection>> {
+                let rows: Vec<$crate::store::sql::ConnectionRow> = sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::connection_columns!(),
+                    " FROM connections WHERE forge = $1 AND lower(repo) = lower($2) AND deleted_at IS NULL \
+                     ORDER BY created_at, id"
+                ))
+                .bind(forge.as_str())
+                .bind(repo)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(|r| r.open(&self.keyring)).collect()
+            }
+
             async fn put_installation(&self, i: &$crate::store::GithubInstallation) -> $crate::store::Result<()> {
                 sqlx::query(
                     "INSERT INTO github_installations (id, app_id, account, workspace_id, suspended_at, deleted_at, created_at) \
