@@ -335,9 +335,10 @@ pub async fn installation_event(
     };
     match ev.action.as_str() {
         "created" | "unsuspend" | "new_permissions_accepted" => {
-            if store.installation(id).await?.is_none() || ev.action == "created" {
+            let known = store.installation(id).await?;
+            if known.is_none() || ev.action == "created" {
                 store.put_installation(&record(false)).await?;
-            } else {
+            } else if ev.action == "unsuspend" {
                 store.set_installation_state(id, false, false).await?;
             }
             for r in &ev.repositories {

@@ -439,6 +439,17 @@ async fn installations_connect_repositories_and_write_through_the_app() {
     let fresh = ForgeClients::new(&config).with_store(server.state.store.clone());
     let err = fresh.client(&conn).await.err().unwrap();
     assert!(err.to_string().contains("suspended"), "{err}");
+    // Accepting new permissions does not lift a suspension.
+    let mut accepted = created.clone();
+    accepted["action"] = "new_permissions_accepted".into();
+    assert_eq!(
+        send("installation", &accepted, &secret)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(fresh.client(&conn).await.is_err());
     suspend["action"] = "unsuspend".into();
     assert_eq!(
         send("installation", &suspend, &secret)
