@@ -407,10 +407,8 @@ async fn connect(
         return Ok(());
     }
     let ws = store
-        .list_workspaces()
+        .workspace_by_id(&app.workspace_id)
         .await?
-        .into_iter()
-        .find(|w| w.id == app.workspace_id)
         .ok_or_else(|| AppError::NotFound(format!("the workspace of app {}", app.slug)))?;
     let web = cfg.github.web_url.trim_end_matches('/');
     let web = if web.is_empty() {

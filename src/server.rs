@@ -98,19 +98,9 @@ async fn github_app_webhook(
     if !matches!(event, "installation" | "installation_repositories") {
         return webhooks::receive_app(State(app), headers, body).await;
     }
-    let payload = match webhooks::verified_app_delivery(&app, &headers, body).await {
+    let (payload, apps) = match webhooks::verified_app_delivery(&app, &headers, body).await {
         Ok(p) => p,
         Err(refused) => return refused,
-    };
-    let apps = match app.store.github_apps().await {
-        Ok(a) => a,
-        Err(e) => {
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            );
-        }
     };
     use crate::apps::AppError;
     match crate::apps::installation_event(app.store.as_ref(), &app.config, &apps, &payload).await {

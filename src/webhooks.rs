@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::app::{AppState, error_response};
 use crate::forge::{Classified, EventKind, ForgeEvent, ForgeKind, signature};
 use crate::jobs::{JobKind, NewJob};
-use crate::store::{DeliveryOutcome, Inserted, NewDelivery, new_id};
+use crate::store::{DeliveryOutcome, GithubApp, Inserted, NewDelivery, new_id};
 
 struct Rejection {
     status: StatusCode,
@@ -329,16 +329,18 @@ pub async fn receive_app(
 }
 
 /// A delivery to `POST /webhooks/github` read whole and its signature checked against the
-/// apps' webhook secrets (decoded when GitHub sent a form): its body, or the reply that
-/// refuses it (logged and counted).
+/// apps' webhook secrets (decoded when GitHub sent a form): its body and the apps, or the
+/// reply that refuses it (logged and counted).
 pub async fn verified_app_delivery(
     app: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Bytes, Response> {
+) -> Result<(Bytes, Vec<GithubApp>), Response> {
     let forge = ForgeKind::Github;
     match verify_app(app, headers, body).await {
-        Ok(raw) => decode_body(forge, headers, raw).map_err(|r| refused(app, r)),
+        Ok((raw, apps)) => decode_body(forge, headers, raw)
+            .map(|payload| (payload, apps))
+            .map_err(|r| refused(app, r)),
         Err(r) => Err(refused(app, r)),
     }
 }
@@ -359,8 +361,13 @@ fn unavailable(e: crate::store::StoreError) -> Rejection {
     )
 }
 
-/// The body of a delivery to `POST /webhooks/github` whose signature is one of the apps'.
-async fn verify_app(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, Rejection> {
+/// The body of a delivery to `POST /webhooks/github` whose signature is one of the apps', and
+/// the apps.
+async fn verify_app(
+    app: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Bytes, Vec<GithubApp>), Rejection> {
     let forge = ForgeKind::Github;
     let limit = app.config.webhooks.max_body_bytes;
     let apps = app.store.github_apps().await.map_err(unavailable)?;
@@ -383,7 +390,7 @@ async fn verify_app(app: &AppState, headers: &HeaderMap, body: Body) -> Result<B
             e.to_string(),
         )
     })?;
-    Ok(raw)
+    Ok((raw, apps))
 }
 
 async fn handle_app(
@@ -393,7 +400,7 @@ async fn handle_app(
     started: Instant,
 ) -> Result<Response, Rejection> {
     let forge = ForgeKind::Github;
-    let raw = verify_app(app, headers, body).await?;
+    let (raw, _) = verify_app(app, headers, body).await?;
     #[derive(serde::Deserialize)]
     struct Repo<'a> {
         #[serde(borrow)]

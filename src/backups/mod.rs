@@ -110,15 +110,21 @@ impl Backups {
     /// restic on the configured repository, with its passphrase (made, kept sealed, and the
     /// repository initialised on first use).
     async fn restic(&self) -> Result<Restic> {
-        let url = self.config.backups.repository.trim();
-        if url.is_empty() {
-            return Err(BackupError::NotConfigured);
-        }
+        let url = self.primary_url()?;
         let (restic, new) = self.repository(url, Vec::new()).await?;
         if new {
             restic.init().await?;
         }
         Ok(restic)
+    }
+
+    /// `backups.repository`, or `NotConfigured` when backups are off.
+    fn primary_url(&self) -> Result<&str> {
+        let url = self.config.backups.repository.trim();
+        if url.is_empty() {
+            return Err(BackupError::NotConfigured);
+        }
+        Ok(url)
     }
 
     /// restic on the off-site repository (`backups.offsite`, over `backups.offsite_ssh`), made
@@ -128,10 +134,9 @@ impl Backups {
         if url.is_empty() {
             return Ok(None);
         }
-        let primary = self.restic().await?;
         let (restic, new) = self.repository(url, self.offsite_options(None)?).await?;
         if new {
-            restic.init_like(&primary).await?;
+            restic.init_like(&self.restic().await?).await?;
         }
         Ok(Some(restic))
     }
@@ -654,7 +659,7 @@ impl Backups {
     /// site, and record the outcome.
     pub async fn drill(&self, site: &str, from: Source) -> Result<DrillReport> {
         // Backups off is the caller's error, not a failed drill.
-        self.restic().await?;
+        self.primary_url()?;
         let newest = self
             .list(Some(site))
             .await?
@@ -666,7 +671,7 @@ impl Backups {
 
     /// Drill the newest backup of every site that has one.
     pub async fn drill_all(&self, from: Source) -> Result<Vec<DrillReport>> {
-        self.restic().await?;
+        self.primary_url()?;
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for b in self.store.backups(None).await? {
