@@ -8,7 +8,6 @@ mod support;
 
 use endor::apps;
 use endor::config::Config;
-use endor::forge::signature::sign_hex;
 use endor::service;
 use endor::store::Store;
 use serde_json::Value;
@@ -234,16 +233,7 @@ async fn the_app_webhook_takes_signed_deliveries_of_connected_repositories() {
     let url = server.url("/webhooks/github");
     let body = fixture("github.pull_request.synchronize.with-installation.json");
     let send = |event: &'static str, body: Vec<u8>, secret: String| {
-        http.post(&url)
-            .header("x-github-event", event)
-            .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-            .header(
-                "x-hub-signature-256",
-                format!("sha256={}", sign_hex(secret.as_bytes(), &body)),
-            )
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
+        support::github_delivery(&http, &url, event, body, &secret).send()
     };
     // No app here yet: nothing to check a signature with.
     let r = send("pull_request", body.clone(), "whatever-secret-123".into())
@@ -334,16 +324,7 @@ async fn installations_connect_repositories_and_write_through_the_app() {
     let url = server.url("/webhooks/github");
     let send = |event: &'static str, v: &Value, secret: &str| {
         let body = serde_json::to_vec(v).unwrap();
-        http.post(&url)
-            .header("x-github-event", event)
-            .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-            .header(
-                "x-hub-signature-256",
-                format!("sha256={}", sign_hex(secret.as_bytes(), &body)),
-            )
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
+        support::github_delivery(&http, &url, event, body, secret).send()
     };
     let repos = || async {
         let mut r: Vec<(String, Option<i64>, Option<String>)> = s

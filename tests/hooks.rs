@@ -7,7 +7,6 @@
 mod support;
 
 use endor::config::Config;
-use endor::forge::signature::sign_hex;
 use endor::hooks::{self, HookError};
 use endor::service;
 use endor::store::Store;
@@ -75,15 +74,7 @@ async fn hooks_are_created_rotated_and_removed_on_every_forge() {
             // What the forge will sign with is what endor accepts.
             let body = br#"{"zen":"Keep it logically awesome.","hook_id":1}"#;
             let ping = |secret: &str| {
-                http.post(&c.webhook_url)
-                    .header("x-github-event", "ping")
-                    .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
-                    .header(
-                        "x-hub-signature-256",
-                        format!("sha256={}", sign_hex(secret.as_bytes(), body)),
-                    )
-                    .header("content-type", "application/json")
-                    .body(body.to_vec())
+                support::github_delivery(&http, &c.webhook_url, "ping", body.to_vec(), secret)
                     .send()
             };
             assert_eq!(ping(&h.secret).await.unwrap().status(), 200);

@@ -344,6 +344,24 @@ pub fn maria_totals(url: &str) -> String {
     maria_url_sql(url, "SELECT COUNT(*), SUM(balance) FROM accounts").unwrap()
 }
 
+/// A POST of `body` to `url` as GitHub delivers a webhook: the `event`, a fresh delivery id,
+/// JSON, signed with `secret` (`X-Hub-Signature-256`).
+pub fn github_delivery(
+    http: &reqwest::Client,
+    url: &str,
+    event: &str,
+    body: Vec<u8>,
+    secret: &str,
+) -> reqwest::RequestBuilder {
+    let signature = endor::forge::signature::sign_hex(secret.as_bytes(), &body);
+    http.post(url)
+        .header("x-github-event", event)
+        .header("x-github-delivery", uuid::Uuid::new_v4().to_string())
+        .header("x-hub-signature-256", format!("sha256={signature}"))
+        .header("content-type", "application/json")
+        .body(body)
+}
+
 /// A new 2048-bit RSA private key (PEM) in `dir`, made by openssl: a GitHub App's key.
 pub fn rsa_key(dir: &Path) -> std::path::PathBuf {
     let key = dir.join("app.pem");
