@@ -8,7 +8,8 @@ conformance tests (tests/conformance.rs). Standard library only.
 
 Each operation keeps its parameters (path-level ones merged in), its JSON request body schema
 and its JSON response schemas, dereferenced, with OpenAPI 3.0's `nullable: true` written as
-JSON Schema (`type: [T, "null"]`) so a plain JSON Schema validator reads them right.
+JSON Schema (`type: [T, "null"]`, and null added to a nullable enum) so a plain JSON Schema
+validator reads them right.
 """
 import json
 import sys
@@ -34,6 +35,9 @@ OPERATIONS = {
         ("post", "/repos/{owner}/{repo}/hooks"),
         ("patch", "/repos/{owner}/{repo}/hooks/{hook_id}"),
         ("delete", "/repos/{owner}/{repo}/hooks/{hook_id}"),
+        ("post", "/repos/{owner}/{repo}/check-runs"),
+        ("patch", "/repos/{owner}/{repo}/check-runs/{check_run_id}"),
+        ("get", "/repos/{owner}/{repo}/commits/{ref}/check-runs"),
     ],
 }
 
@@ -57,6 +61,10 @@ def clean(node):
         else:
             out[k] = clean(v)
     if out.pop("nullable", False):
+        # A nullable enum takes null too (GitHub answers `"conclusion": null` for a check
+        # run in progress, which its own examples show).
+        if isinstance(out.get("enum"), list) and None not in out["enum"]:
+            out["enum"] = out["enum"] + [None]
         t = out.get("type")
         if isinstance(t, str):
             out["type"] = [t, "null"]

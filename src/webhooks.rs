@@ -499,6 +499,8 @@ pub fn job_for(
     let (kind, supersede, head_sha) = match &ev.kind {
         EventKind::PullRequest(p) => (JobKind::PullRequest, true, Some(p.head_sha.clone())),
         EventKind::Comment(c) => (JobKind::Comment, false, c.head_sha.clone()),
+        // A check run's button is a command, run by the comment runner.
+        EventKind::CheckAction(a) => (JobKind::Comment, false, Some(a.head_sha.clone())),
     };
     NewJob {
         kind,

@@ -459,3 +459,260 @@ async fn installations_connect_repositories_and_write_through_the_app() {
     assert!(err.to_string().contains("uninstalled"), "{err}");
     forge.assert_conforms("github", true);
 }
+
+/// GitHub's example `check_run` `requested_action` delivery, as a press of `button` by `who`
+/// on endor's run `run` of PR `number` at `sha` in `repo`, through installation `inst`.
+fn press(
+    repo: &str,
+    run: u64,
+    number: u64,
+    sha: &str,
+    who: &str,
+    button: &str,
+    inst: u64,
+) -> Value {
+    let mut v: Value =
+        serde_json::from_slice(&fixture("github.check_run.requested_action.json")).unwrap();
+    let r = &mut v["check_run"];
+    r["id"] = run.into();
+    r["name"] = "endor/preview".into();
+    r["head_sha"] = sha.into();
+    r["external_id"] = number.to_string().into();
+    // A fork's head lists no pull request: the external id endor wrote is what counts.
+    r["pull_requests"] = serde_json::json!([]);
+    v["requested_action"]["identifier"] = button.into();
+    v["sender"]["login"] = who.into();
+    v["repository"]["full_name"] = repo.into();
+    v["installation"]["id"] = inst.into();
+    v
+}
+
+/// A pull request on a repository the app was installed on: a preview, and the check run
+/// `endor/preview` on its head (in progress, then success with the URL, the steps and the
+/// buttons) in place of a commit status. `Redeploy` pressed by someone who is not a developer
+/// of the workspace is refused with a comment and builds nothing; pressed by a developer, the
+/// preview is built again under a new run. `Destroy` destroys it and the run ends neutral.
+/// Other apps' runs and unknown buttons are ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_installed_repository_gets_a_check_run_whose_buttons_obey_roles() {
+    use endor::store::PreviewState;
+    use support::fake_forge::{APP_ID, CheckRun};
+    use support::preview::{Harness, Pr, Repo, eventually, pr_body};
+    const INST: u64 = 957387;
+    const SITE: &str =
+        "[preview]\nbuild = [\"mkdir -p out\", \"cp index.html out/\"]\nroot = \"out\"\n";
+    let forge = FakeForge::start().await;
+    // The forge's git: the installation connects `{web_url}/octo/shop.git`.
+    let remotes = tempfile::tempdir().unwrap();
+    let repo = Repo::new(remotes.path(), "octo/shop", SITE);
+    let db = TestStore::sqlite().await;
+    let (api, web) = (
+        forge.github_url(),
+        format!("file://{}", remotes.path().display()),
+    );
+    let h = Harness::start_with(&db, move |c| {
+        c.github.api_url = api;
+        c.github.web_url = web;
+        c.writeback.rate_per_second = 50.0;
+    })
+    .await;
+    let s: &dyn Store = h.store();
+    let config = h.state.config.clone();
+    let keydir = tempfile::tempdir().unwrap();
+    let pem = std::fs::read_to_string(support::rsa_key(keydir.path())).unwrap();
+    let secret = make_app(s, &config, &forge, APP_ID, "endor-app", &pem).await;
+    // `dev` is a developer of the workspace; `outsider` is linked but not a member.
+    for login in ["dev", "outsider"] {
+        service::create_user(s, login, None, None).await.unwrap();
+        service::link_identity(s, login, &format!("github:{login}-gh"))
+            .await
+            .unwrap();
+    }
+    service::add_member(s, "acme", "dev", &["developer".into()])
+        .await
+        .unwrap();
+    let url = format!("http://{}/webhooks/github", h.api);
+    let send = |event: &'static str, v: Value| {
+        let body = serde_json::to_vec(&v).unwrap();
+        support::github_delivery(&h.http, &url, event, body, &secret).send()
+    };
+
+    let mut created = installation_payload("github.installation.created.json", APP_ID, INST);
+    created["repositories"][0]["full_name"] = "octo/shop".into();
+    created["repositories"][0]["name"] = "shop".into();
+    assert_eq!(send("installation", created).await.unwrap().status(), 200);
+    let conn = s.list_connections(None).await.unwrap().remove(0);
+    assert_eq!(conn.repo, "octo/shop");
+
+    let sha = repo.push_pr("f", 7, "one");
+    let open = pr_body("octo/shop", Pr::new("opened", 7, &sha, "f", "octo/shop"));
+    let r = send("pull_request", open).await.unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let first = h.ready(&conn.id, 7, None).await;
+    h.settled(&conn.id).await;
+    let runs = || forge.with(|f| f.check_runs.clone());
+    let [run]: [CheckRun; 1] = runs().try_into().unwrap();
+    assert_eq!(
+        (run.name.as_str(), run.head_sha.as_str(), run.app.as_str()),
+        ("endor/preview", sha.as_str(), "endor-app[bot]")
+    );
+    assert_eq!(run.external_id, "7");
+    assert_eq!(run.history.first().map(String::as_str), Some("in_progress"));
+    assert_eq!(
+        run.history.last().map(String::as_str),
+        Some("completed/success")
+    );
+    assert!(
+        run.details_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("http://shop-pr-7.preview.localhost:")),
+        "{run:?}"
+    );
+    assert_eq!(run.title, "Preview ready");
+    for step in ["fetch", "build", "start"] {
+        assert!(
+            run.summary.contains(&format!("| {step} |")),
+            "{}",
+            run.summary
+        );
+    }
+    assert!(!run.summary.contains("<!--"), "{}", run.summary);
+    assert_eq!(run.actions, ["redeploy", "destroy"]);
+    // The check run takes the commit status's place.
+    assert!(forge.with(|f| f.statuses.is_empty()));
+    let steps_started = |p: &endor::store::Preview| {
+        let id = p.id.clone();
+        async move {
+            s.last_run_steps(&id)
+                .await
+                .unwrap()
+                .iter()
+                .map(|x| x.started_at)
+                .min()
+                .unwrap()
+        }
+    };
+    let first_launch = steps_started(&first).await;
+
+    // Pressed by an account that is no developer here: refused, said in a comment.
+    let r = send(
+        "check_run",
+        press(
+            "octo/shop",
+            run.id,
+            7,
+            &sha,
+            "outsider-gh",
+            "redeploy",
+            INST,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    h.settled(&conn.id).await;
+    let refusal = || {
+        forge.with(|f| {
+            f.comments_on("octo/shop", 7)
+                .into_iter()
+                .find(|c| c.body.contains("**Redeploy** button: refused"))
+        })
+    };
+    eventually("the refusal", || refusal().is_some()).await;
+    let refusal = refusal().unwrap();
+    // The login is mentioned, Markdown-escaped.
+    assert!(refusal.body.contains("@outsider\\-gh"), "{}", refusal.body);
+    assert!(refusal.body.contains("developer role"), "{}", refusal.body);
+    assert_eq!(refusal.author, "endor-app[bot]");
+    // An account linked to nobody: refused too.
+    let r = send(
+        "check_run",
+        press("octo/shop", run.id, 7, &sha, "rando", "destroy", INST),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    eventually("the second refusal", || {
+        forge.with(|f| {
+            f.comments_on("octo/shop", 7).iter().any(|c| {
+                c.body.contains("**Destroy** button: refused") && c.body.contains("not linked")
+            })
+        })
+    })
+    .await;
+    let p = h.preview(&conn.id, 7).await.unwrap();
+    assert_eq!(p.state, PreviewState::Ready);
+    assert_eq!(steps_started(&p).await, first_launch, "nothing was built");
+
+    // Buttons endor does not have, and other apps' runs: 200, ignored.
+    let r = send(
+        "check_run",
+        press("octo/shop", run.id, 7, &sha, "dev-gh", "merge", INST),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut foreign = press("octo/shop", run.id, 7, &sha, "dev-gh", "redeploy", INST);
+    foreign["check_run"]["name"] = "API Review".into();
+    let r = send("check_run", foreign).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["status"], "ignored");
+
+    // Pressed by a developer: built again, under a new run of the same head.
+    let r = send(
+        "check_run",
+        press("octo/shop", run.id, 7, &sha, "dev-gh", "redeploy", INST),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let p = h.wait(&conn.id, 7, &[PreviewState::Ready], None).await;
+        if steps_started(&p).await > first_launch {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never redeployed");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    h.settled(&conn.id).await;
+    let all = runs();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        all[0].history.last().map(String::as_str),
+        Some("completed/success")
+    );
+    assert_eq!(all[1].head_sha, sha);
+    assert_eq!(
+        all[1].history.last().map(String::as_str),
+        Some("completed/success")
+    );
+    assert!(forge.with(|f| {
+        f.comments_on("octo/shop", 7)
+            .iter()
+            .all(|c| !c.body.contains("**Redeploy** button: done"))
+    }));
+
+    // Destroy, by the developer: the preview goes, and its run ends neutral, without buttons.
+    let r = send(
+        "check_run",
+        press("octo/shop", all[1].id, 7, &sha, "dev-gh", "destroy", INST),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    h.wait(&conn.id, 7, &[PreviewState::Destroyed], None).await;
+    h.settled(&conn.id).await;
+    let all = runs();
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert_eq!(
+        all[1].history.last().map(String::as_str),
+        Some("completed/neutral")
+    );
+    assert_eq!(all[1].title, "Preview destroyed");
+    assert!(all[1].actions.is_empty());
+    assert!(forge.with(|f| f.statuses.is_empty()));
+    forge.assert_conforms("github", true);
+    h.stop().await;
+    db.cleanup().await;
+}

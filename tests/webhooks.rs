@@ -116,6 +116,13 @@ fn fixture_table() -> Vec<(&'static str, ForgeKind, &'static str, Expect)> {
             "pull_request",
             Queued,
         ),
+        // Another app's check run (electron's "API Review"): not endor's buttons.
+        (
+            "github.check_run.requested_action.json",
+            Github,
+            "check_run",
+            Ignored,
+        ),
         (
             "github.pull_request.reopened.json",
             Github,
@@ -394,6 +401,12 @@ fn check_normalized(file: &str, forge: ForgeKind, v: &Value, ev: &ForgeEvent) {
             );
             let bot = v["comment"]["user"]["type"].as_str() == Some("Bot");
             assert_eq!(c.author_is_bot, bot, "{file}: bot flag");
+        }
+        (EventKind::CheckAction(a), _) => {
+            let run = &v["check_run"];
+            assert_eq!(a.check_run_id, run["id"].as_u64().unwrap(), "{file}");
+            assert_eq!(a.head_sha, s(&run["head_sha"]), "{file}: head sha");
+            assert_eq!(a.author, s(&v["sender"]["login"]), "{file}: sender");
         }
     }
 }
@@ -1164,6 +1177,11 @@ async fn every_github_example_payload_is_answered_right() {
                 ]
                 .contains(&action.as_str()),
                 "issue_comment" => body["issue"]["pull_request"].is_object(),
+                // Buttons of endor's own check run only (the corpus's runs are other apps').
+                "check_run" => {
+                    ["requested_action", "rerequested"].contains(&action.as_str())
+                        && body["check_run"]["name"] == "endor/preview"
+                }
                 _ => false,
             };
             sent += 1;

@@ -602,13 +602,22 @@ async fn a_gitea_pr_with_many_comments_keeps_its_one_status_comment() {
 }
 
 /// As a GitHub App: the installation is found with the app's JWT, installation tokens are
-/// minted and renewed before they expire, and the app's bot owns the one status comment.
+/// minted and renewed before they expire, and the app's bot owns the one status comment. The
+/// head gets a check run in place of a commit status; the answer to its creation is lost
+/// (slower than the client waits), and the retry finds that run instead of making a second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn github_app_installation_tokens() {
     use support::fake_forge::APP_ID;
     let forge = FakeForge::start().await;
     // Tokens live 32 s; octocrab renews them 30 s before expiry, so every 2 s here.
-    forge.with(|f| f.token_lifetime = Duration::from_secs(32));
+    forge.with(|f| {
+        f.token_lifetime = Duration::from_secs(32);
+        f.faults.slow_matching = vec![(
+            "POST /repos/octo/appshop/check-runs".into(),
+            1,
+            Duration::from_secs(3),
+        )]
+    });
     let keydir = tempfile::tempdir().unwrap();
     let key = support::rsa_key(keydir.path());
     let url = forge.github_url();
@@ -619,6 +628,7 @@ async fn github_app_installation_tokens() {
         c.github.app_id = Some(APP_ID);
         c.github.private_key_file = Some(key_path);
         c.writeback.rate_per_second = 50.0;
+        c.writeback.timeout = endor::duration::HumanDuration(Duration::from_secs(2));
     })
     .await;
     let (repo, conn) = h.repo("appshop", STATIC_SITE).await;
@@ -656,6 +666,25 @@ async fn github_app_installation_tokens() {
         assert_eq!(comments.len(), 1, "{comments:?}");
         assert_eq!(comments[0].author, "endor-app[bot]");
         assert!(comments[0].body.contains("| State | destroyed |"));
+        // One check run for the head, whatever the lost answer; no commit status.
+        let runs: Vec<_> = f.check_runs.iter().filter(|r| r.head_sha == sha).collect();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs[0].app, "endor-app[bot]");
+        assert!(
+            runs[0].history.contains(&"completed/success".to_string()),
+            "{runs:?}"
+        );
+        assert_eq!(
+            runs[0].history.last().map(String::as_str),
+            Some("completed/neutral")
+        );
+        assert!(
+            f.requests
+                .iter()
+                .any(|r| r.method == "GET" && r.path.contains("/check-runs?")),
+            "the retry looked for the run first"
+        );
+        assert!(f.statuses.is_empty(), "{:?}", f.statuses);
         assert!(
             f.requests.iter().all(|r| r.status != 401),
             "{:?}",

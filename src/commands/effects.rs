@@ -13,7 +13,8 @@ use std::sync::Arc;
 use super::grammar::{self, CidrOp, Command, SyncWhat};
 use super::{Outcome, Reply};
 use crate::config::Config;
-use crate::forge::{CommentAction, CommentEvent, EventKind, ForgeEvent};
+use crate::forge::client::CheckAction;
+use crate::forge::{CheckActionEvent, CommentAction, CommentEvent, EventKind, ForgeEvent};
 use crate::jobs::{Job, JobContext, JobError};
 use crate::previews::Lifecycle;
 use crate::previews::actions::{Deployed, SyncParts, Synced};
@@ -96,8 +97,10 @@ impl CommentRunner {
     pub async fn run(&self, job: &Job, ctx: JobContext) -> Result<(), JobError> {
         let ev: ForgeEvent = serde_json::from_str(&job.payload)
             .map_err(|e| JobError::Permanent(format!("unreadable job payload: {e}")))?;
-        let EventKind::Comment(c) = &ev.kind else {
-            return Ok(());
+        let c = match &ev.kind {
+            EventKind::Comment(c) => c,
+            EventKind::CheckAction(a) => return self.run_check_action(job, ctx, &ev, a).await,
+            EventKind::PullRequest(_) => return Ok(()),
         };
         if c.action == CommentAction::Deleted {
             return Ok(());
@@ -143,15 +146,7 @@ impl CommentRunner {
             tracing::info!(pr = c.number, author = %c.author, line = %e.line.escape_debug(), error = %e.message, "slash-command not understood");
         }
         let caller = self.caller(&conn, &c.author).await?;
-        let workspace = self
-            .store
-            .list_workspaces()
-            .await
-            .map_err(transient)?
-            .into_iter()
-            .find(|w| w.id == conn.workspace_id)
-            .map(|w| w.name)
-            .unwrap_or_default();
+        let workspace = self.workspace_name(&conn).await?;
         let mut results = Vec::new();
         for cmd in to_run {
             let text = cmd.canonical();
@@ -169,16 +164,8 @@ impl CommentRunner {
                 pr = c.number, author = %c.author, command = %text, outcome = outcome.label(),
                 "slash-command"
             );
-            self.store
-                .record_comment_command(
-                    &conn.id,
-                    &comment_key,
-                    &text,
-                    &encode(job.id.as_str(), &outcome),
-                    crate::now_ms(),
-                )
-                .await
-                .map_err(transient)?;
+            self.record(&conn.id, &comment_key, &text, job, &outcome)
+                .await?;
             results.push((text, outcome));
         }
         // A developer's command is activity: the expiry moves to now + the preview's TTL
@@ -187,6 +174,141 @@ impl CommentRunner {
             self.previews.touch(&conn, c.number).await?;
         }
         self.reply(&conn, c, job, &results, &errors, refused).await
+    }
+
+    /// A press of a button on the check run (`Redeploy`, `Destroy`, GitHub's "Re-run"): the
+    /// slash-command it stands for, once per press, under the same role rule; a refusal or a
+    /// failure is answered with a comment on the PR (a press has no comment to react to).
+    async fn run_check_action(
+        &self,
+        job: &Job,
+        ctx: JobContext,
+        ev: &ForgeEvent,
+        a: &CheckActionEvent,
+    ) -> Result<(), JobError> {
+        let conn = self.previews.connection(job).await?;
+        let cmd = match a.action {
+            CheckAction::Redeploy => Command::Deploy,
+            CheckAction::Destroy => Command::Destroy,
+        };
+        let text = cmd.canonical();
+        // Each press is its own delivery and job: recorded under the job, so a retried job
+        // keeps what its earlier attempt did.
+        let key = format!("check-run-{}-{}", a.check_run_id, job.id);
+        let recorded = self
+            .store
+            .comment_commands(&conn.id, &key)
+            .await
+            .map_err(transient)?;
+        let caller = self.caller(&conn, &a.author).await?;
+        let outcome = match recorded.iter().find(|(c, _)| *c == text) {
+            Some((_, o)) => decode(o),
+            None => {
+                let outcome = if caller.is_developer() {
+                    // A fork's approval covers the head the button is on (a newer head is
+                    // refused); otherwise the PR's current head is built.
+                    let fork = self
+                        .store
+                        .preview(&conn.id, a.number as i64)
+                        .await
+                        .map_err(transient)?
+                        .is_some_and(|p| p.is_fork != 0);
+                    let c = CommentEvent {
+                        action: CommentAction::Created,
+                        number: a.number,
+                        comment_id: a.check_run_id,
+                        body: String::new(),
+                        previous_body: None,
+                        author: a.author.clone(),
+                        author_is_bot: false,
+                        head_sha: fork.then(|| a.head_sha.clone()),
+                    };
+                    self.apply(job, &ctx, &conn, &c, &cmd).await?
+                } else {
+                    let workspace = self.workspace_name(&conn).await?;
+                    Outcome::Refused(caller.refusal(&ev.forge.to_string(), &a.author, &workspace))
+                };
+                tracing::info!(
+                    pr = a.number, author = %a.author, command = %text, via = a.via.as_str(),
+                    outcome = outcome.label(), "check run button"
+                );
+                self.record(&conn.id, &key, &text, job, &outcome).await?;
+                outcome
+            }
+        };
+        let (message, verdict) = match &outcome {
+            Outcome::Done(_) => {
+                if caller.is_developer() && a.action == CheckAction::Redeploy {
+                    self.previews.touch(&conn, a.number).await?;
+                }
+                return Ok(());
+            }
+            Outcome::Refused(m) => (m, "refused"),
+            Outcome::Failed(m) | Outcome::Text(m) => (m, "failed"),
+        };
+        let (label, _) = a.action.label();
+        let body = format!(
+            "@{}\n\n- the check run's **{label}** button: {verdict} — {}\n",
+            crate::forge::markdown::escape_md(&a.author),
+            super::md(message)
+        );
+        let payload = Payload::Reply {
+            repo: conn.repo.clone(),
+            body: format!("{}\n{body}", crate::forge::markdown::reply_marker(&key)),
+            key,
+        };
+        self.send(&conn, &payload, a.number).await
+    }
+
+    /// Record how a command of a comment (or a button press, `key`) ended, so a retried job
+    /// does not run it again.
+    async fn record(
+        &self,
+        conn: &crate::ids::ConnectionId,
+        key: &str,
+        text: &str,
+        job: &Job,
+        outcome: &Outcome,
+    ) -> Result<(), JobError> {
+        self.store
+            .record_comment_command(
+                conn,
+                key,
+                text,
+                &encode(job.id.as_str(), outcome),
+                crate::now_ms(),
+            )
+            .await
+            .map_err(transient)
+    }
+
+    /// The name of the connection's workspace (refusals name it).
+    async fn workspace_name(&self, conn: &Connection) -> Result<String, JobError> {
+        Ok(self
+            .store
+            .workspace_by_id(&conn.workspace_id)
+            .await
+            .map_err(transient)?
+            .map(|w| w.name)
+            .unwrap_or_default())
+    }
+
+    /// Store a reply in the outbox and wake its sender.
+    async fn send(
+        &self,
+        conn: &Connection,
+        payload: &Payload,
+        number: u64,
+    ) -> Result<(), JobError> {
+        self.store
+            .enqueue_outbox(
+                &self.forges.row(conn, payload, number as i64),
+                crate::now_ms(),
+            )
+            .await
+            .map_err(transient)?;
+        self.outbox_wake.notify_waiters();
+        Ok(())
     }
 
     /// Endor's own comments, accounts the forge flags as bots, and marked endor comments.
@@ -260,15 +382,7 @@ impl CommentRunner {
                 }
             }
         };
-        self.store
-            .enqueue_outbox(
-                &self.forges.row(conn, &payload, c.number as i64),
-                crate::now_ms(),
-            )
-            .await
-            .map_err(transient)?;
-        self.outbox_wake.notify_waiters();
-        Ok(())
+        self.send(conn, &payload, c.number).await
     }
 
     /// Carry out one permitted command. Transient failures are returned (the job is retried

@@ -81,6 +81,82 @@ pub enum DeployState {
     Inactive,
 }
 
+/// Where a check run stands (GitHub Checks: `status`, and `conclusion` once completed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckState {
+    /// Queued, waiting for a member to approve a fork's head.
+    Waiting,
+    InProgress,
+    Success,
+    Failure,
+    /// The preview is gone (destroyed or expired): completed, neutral.
+    Gone,
+}
+
+impl CheckState {
+    /// GitHub's `status` and `conclusion` for it.
+    pub fn github(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            CheckState::Waiting => ("queued", None),
+            CheckState::InProgress => ("in_progress", None),
+            CheckState::Success => ("completed", Some("success")),
+            CheckState::Failure => ("completed", Some("failure")),
+            CheckState::Gone => ("completed", Some("neutral")),
+        }
+    }
+}
+
+/// A button on a check run; pressing it sends a `check_run` `requested_action` event with
+/// its identifier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckAction {
+    Redeploy,
+    Destroy,
+}
+
+impl CheckAction {
+    /// The identifier GitHub sends back (at most 20 characters).
+    pub fn identifier(self) -> &'static str {
+        match self {
+            CheckAction::Redeploy => "redeploy",
+            CheckAction::Destroy => "destroy",
+        }
+    }
+
+    pub fn from_identifier(id: &str) -> Option<Self> {
+        match id {
+            "redeploy" => Some(CheckAction::Redeploy),
+            "destroy" => Some(CheckAction::Destroy),
+            _ => None,
+        }
+    }
+
+    /// The button's label (at most 20 characters) and description (at most 40).
+    pub fn label(self) -> (&'static str, &'static str) {
+        match self {
+            CheckAction::Redeploy => ("Redeploy", "Build and start the preview again"),
+            CheckAction::Destroy => ("Destroy", "Delete the preview and its data now"),
+        }
+    }
+}
+
+/// The check run `endor/preview` of one head, as endor wants it shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckRun {
+    pub state: CheckState,
+    /// The PR number, kept as the run's `external_id` (GitHub lists no PR on a check run
+    /// of a fork's head, so a button press is traced back through it).
+    pub number: u64,
+    /// The preview URL, when it is served.
+    pub details_url: Option<String>,
+    pub title: String,
+    /// Markdown: the URL, the steps and their timings, the error.
+    pub summary: String,
+    pub actions: Vec<CheckAction>,
+}
+
 /// What endor asks of a forge. One implementation per forge; the outbox drives them.
 #[async_trait]
 pub trait Forge: Send + Sync {
@@ -153,6 +229,36 @@ pub trait Forge: Send + Sync {
     ) -> Result<(), ForgeError>;
     /// Remove the webhook `id`; gone already counts as done.
     async fn delete_hook(&self, repo: &str, id: &str) -> Result<(), ForgeError>;
+    /// Create the check run `endor/preview` on `sha`; its id.
+    async fn create_check_run(
+        &self,
+        repo: &str,
+        sha: &str,
+        check: &CheckRun,
+    ) -> Result<String, ForgeError> {
+        let _ = (repo, sha, check);
+        Err(ForgeError::Permanent(
+            "check runs are written by a GitHub App only".into(),
+        ))
+    }
+    /// Set the check run `id` to `check`.
+    async fn update_check_run(
+        &self,
+        repo: &str,
+        id: &str,
+        check: &CheckRun,
+    ) -> Result<(), ForgeError> {
+        let _ = (repo, id, check);
+        Err(ForgeError::Permanent(
+            "check runs are written by a GitHub App only".into(),
+        ))
+    }
+    /// The check run `endor/preview` of `sha`, if one exists (asked before creating one
+    /// again after a lost answer).
+    async fn find_check_run(&self, repo: &str, sha: &str) -> Result<Option<String>, ForgeError> {
+        let _ = (repo, sha);
+        Ok(None)
+    }
     /// A reaction (`+1`, `eyes`, `confused` ...) on a comment.
     async fn react(
         &self,

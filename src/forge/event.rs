@@ -45,6 +45,7 @@ impl ForgeEvent {
         match &self.kind {
             EventKind::PullRequest(p) => p.number,
             EventKind::Comment(c) => c.number,
+            EventKind::CheckAction(a) => a.number,
         }
     }
 
@@ -53,6 +54,7 @@ impl ForgeEvent {
         match &self.kind {
             EventKind::PullRequest(p) => p.action.as_str(),
             EventKind::Comment(c) => c.action.as_str(),
+            EventKind::CheckAction(a) => a.via.as_str(),
         }
     }
 }
@@ -62,6 +64,8 @@ impl ForgeEvent {
 pub enum EventKind {
     PullRequest(PullRequestEvent),
     Comment(CommentEvent),
+    /// A button on endor's check run was pressed (GitHub Checks).
+    CheckAction(CheckActionEvent),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,4 +143,38 @@ pub struct CommentEvent {
     pub author_is_bot: bool,
     /// The PR head at the time of the comment, where the forge sends it (GitLab does).
     pub head_sha: Option<String>,
+}
+
+/// How a check run's button reached endor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckVia {
+    /// One of the run's own buttons (`check_run` `requested_action`).
+    RequestedAction,
+    /// GitHub's "Re-run" (`check_run` `rerequested`): a redeploy.
+    Rerequested,
+}
+
+impl CheckVia {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckVia::RequestedAction => "requested_action",
+            CheckVia::Rerequested => "rerequested",
+        }
+    }
+}
+
+/// A press of a button on endor's check run `endor/preview`: carried out like the
+/// slash-command it stands for, under the same role rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckActionEvent {
+    pub via: CheckVia,
+    pub action: super::client::CheckAction,
+    /// The PR the check run is for (its `external_id`, written by endor).
+    pub number: u64,
+    /// The head the check run is on.
+    pub head_sha: String,
+    pub check_run_id: u64,
+    /// Who pressed it.
+    pub author: String,
 }

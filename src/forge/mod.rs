@@ -23,7 +23,8 @@ use serde::Deserialize;
 use client::{Forge, ForgeError, Limiter};
 
 pub use event::{
-    Classified, CommentAction, CommentEvent, EventKind, ForgeEvent, PrAction, PullRequestEvent,
+    CheckActionEvent, CheckVia, Classified, CommentAction, CommentEvent, EventKind, ForgeEvent,
+    PrAction, PullRequestEvent,
 };
 
 crate::ids::stored_enum! {

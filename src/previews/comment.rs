@@ -104,6 +104,20 @@ pub fn render(view: &CommentView) -> String {
     trim(body)
 }
 
+/// The check run's title for a preview in `state`.
+pub fn check_title(state: PreviewState) -> String {
+    let (_, state_label) = label(state);
+    format!("Preview {state_label}")
+}
+
+/// The check run's summary: what the status comment shows, without its hidden marker.
+pub fn check_summary(view: &CommentView) -> String {
+    let body = render(view);
+    body.strip_prefix(MARKER)
+        .map(|b| b.trim_start().to_string())
+        .unwrap_or(body)
+}
+
 fn collapse_blank_lines(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut blank = 0;

@@ -2,10 +2,12 @@
 //! commit status of the head and the deployment, as outbox rows stored in the same transaction
 //! as the state change. Knows no forge API: the write-back turns the rows into calls.
 
-use super::comment::{CommentView, StepLine, render};
+use super::comment::{CommentView, StepLine, check_summary, check_title, render};
 use crate::config::Config;
 use crate::store::{NewOutbox, Preview, PreviewState, Store, StoreError};
-use crate::writeback::{CommitState, DeployState, ForgeClients, Payload};
+use crate::writeback::{
+    CheckAction, CheckRun, CheckState, CommitState, DeployState, ForgeClients, Payload,
+};
 
 /// What the forge should show for the preview's new state: the status comment, the
 /// commit status of its head, its deployment. Nothing for internal steps. Without credentials
@@ -77,7 +79,7 @@ pub async fn rows_for(
     } else {
         Vec::new()
     };
-    let body = render(&CommentView {
+    let view = CommentView {
         state: shown,
         title: p.title.clone(),
         site: p.site_name.clone(),
@@ -90,13 +92,40 @@ pub async fn rows_for(
         expiring: served && p.warned_expiry.is_some() && p.warned_expiry == p.expires_at,
         steps,
         error: (p.state == S::Failed).then(|| p.reason.clone()).flatten(),
-    });
+    };
     let mut out = vec![Payload::Comment {
         repo: conn.repo.clone(),
-        body,
+        body: render(&view),
     }];
+    // A GitHub App writes a check run with buttons in place of the commit status.
+    let check = forges.uses_checks(&conn).then(|| {
+        use CheckAction::{Destroy, Redeploy};
+        let (state, actions) = match shown {
+            S::Ready => (CheckState::Success, vec![Redeploy, Destroy]),
+            S::Failed => (CheckState::Failure, vec![Redeploy, Destroy]),
+            S::AwaitingApproval => (CheckState::Waiting, vec![Redeploy]),
+            S::Destroyed | S::Expired => (CheckState::Gone, vec![]),
+            _ => (CheckState::InProgress, vec![Destroy]),
+        };
+        CheckRun {
+            state,
+            number: p.number as u64,
+            details_url: url.clone(),
+            title: check_title(shown),
+            summary: check_summary(&view),
+            actions,
+        }
+    });
     if !sha.is_empty() {
-        if let Some((state, description)) = status {
+        if let Some(check) = check {
+            if shown != S::Skipped {
+                out.push(Payload::Check {
+                    repo: conn.repo.clone(),
+                    sha: sha.clone(),
+                    check,
+                });
+            }
+        } else if let Some((state, description)) = status {
             out.push(Payload::Status {
                 repo: conn.repo.clone(),
                 sha: sha.clone(),

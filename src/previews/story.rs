@@ -300,7 +300,7 @@ fn posts(items: Vec<OutboxItem>) -> Vec<Post> {
     let sticky = |k: OutboxKind| {
         matches!(
             k,
-            OutboxKind::Comment | OutboxKind::Status | OutboxKind::Deployment
+            OutboxKind::Comment | OutboxKind::Status | OutboxKind::Deployment | OutboxKind::Check
         )
     };
     let mut out: Vec<(String, Post)> = Vec::new();
@@ -357,6 +357,18 @@ fn text(payload: &str) -> String {
             content,
             ..
         }) => format!("reaction {content} on comment {comment_id}"),
+        Ok(Payload::Check { sha, check, .. }) => {
+            let mut t = format!(
+                "check run {} on {}: {}",
+                json_name(&check.state),
+                crate::git::short_sha(&sha),
+                check.title
+            );
+            if let Some(u) = check.details_url {
+                t.push_str(&format!(" ({u})"));
+            }
+            t
+        }
         Err(_) => payload.to_string(),
     }
 }

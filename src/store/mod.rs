@@ -454,6 +454,8 @@ crate::ids::stored_enum! {
         Reply = "reply",
         /// A reaction on a slash-command comment.
         Reaction = "reaction",
+        /// The check run of a head (GitHub App connections).
+        Check = "check",
     }
 }
 

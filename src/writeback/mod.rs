@@ -22,7 +22,8 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::forge::ForgeKind;
 pub use crate::forge::client::{
-    CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, STATUS_CONTEXT, classify_status,
+    CheckAction, CheckRun, CheckState, CommitState, DeployState, Forge, ForgeError, Limiter, PrRef,
+    STATUS_CONTEXT, classify_status,
 };
 use crate::ids::ConnectionId;
 pub use crate::store::OutboxKind;
@@ -70,6 +71,13 @@ pub enum Payload {
         comment_id: String,
         content: String,
     },
+    /// The check run `endor/preview` of a head (GitHub App connections, in place of the
+    /// commit status).
+    Check {
+        repo: String,
+        sha: String,
+        check: CheckRun,
+    },
 }
 
 impl Payload {
@@ -80,6 +88,7 @@ impl Payload {
             Payload::Deployment { .. } => OutboxKind::Deployment,
             Payload::Reply { .. } => OutboxKind::Reply,
             Payload::Reaction { .. } => OutboxKind::Reaction,
+            Payload::Check { .. } => OutboxKind::Check,
         }
     }
 
@@ -88,6 +97,7 @@ impl Payload {
         let key = match self {
             Payload::Comment { .. } => format!("{connection_id}#{number}#comment"),
             Payload::Status { sha, .. } => format!("{connection_id}#{sha}#status"),
+            Payload::Check { sha, .. } => format!("{connection_id}#{sha}#check"),
             Payload::Deployment { .. } => format!("{connection_id}#{number}#deployment"),
             Payload::Reply { key, .. } => format!("{connection_id}#{number}#reply#{key}"),
             Payload::Reaction {
@@ -145,6 +155,16 @@ impl ForgeClients {
     pub fn enabled(&self, conn: &Connection) -> bool {
         conn.forge.has_credentials(self.forge_config(conn.forge))
             || (conn.installation_id.is_some() && self.store.is_some())
+    }
+
+    /// Is the preview's place on a head of this connection a check run (GitHub, written as a
+    /// GitHub App: an installation connected it, or the config names an app and no token)?
+    /// Else a commit status.
+    pub fn uses_checks(&self, conn: &Connection) -> bool {
+        conn.forge == ForgeKind::Github
+            && (conn.installation_id.is_some()
+                || (self.config.github.app_id.is_some()
+                    && conn.forge.writes_as_app(self.forge_config(conn.forge))))
     }
 
     /// Why a write-back to this connection would not be sent (`None`: it will be). Rows are
@@ -506,6 +526,9 @@ async fn deliver(
                 .put_forge_ref(&conn.id, item.number, &kind, &id)
                 .await?)
         }
+        Payload::Check { repo, sha, check } => {
+            deliver_check(store, forge.as_ref(), &conn.id, item, &repo, &sha, &check).await
+        }
         Payload::Reaction {
             repo,
             comment_id,
@@ -608,6 +631,68 @@ async fn deliver(
             forge.set_deployment(&pr, &id, state, url.as_deref()).await
         }
     }
+}
+
+/// Create or update the check run of `sha`. One run per launch: a head gets a new run when a
+/// launch starts after its run completed (a redeploy), so GitHub shows the newest; a completed
+/// run is updated when it only changes its ending (ready, then destroyed). The run's id is
+/// kept (`check` = `ID:SHA:open|done`) as soon as it exists, so a retry only updates it.
+async fn deliver_check(
+    store: &Arc<dyn Store>,
+    forge: &dyn Forge,
+    conn: &ConnectionId,
+    item: &OutboxItem,
+    repo: &str,
+    sha: &str,
+    check: &CheckRun,
+) -> Result<(), ForgeError> {
+    let n = item.number;
+    let completes = !matches!(check.state, CheckState::Waiting | CheckState::InProgress);
+    let mark = if completes { "done" } else { "open" };
+    let known = store.forge_ref(conn, n, "check").await?.unwrap_or_default();
+    let mut parts = known.splitn(3, ':');
+    let (id, for_sha, was) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    let same_run = !id.is_empty() && for_sha == sha && (was == "open" || completes);
+    if same_run {
+        forge.update_check_run(repo, id, check).await?;
+        return Ok(store
+            .put_forge_ref(conn, n, "check", &format!("{id}:{sha}:{mark}"))
+            .await?);
+    }
+    if check.state == CheckState::Gone {
+        // Never shown for this head: nothing to mark gone.
+        return Ok(());
+    }
+    // After a lost answer, look for the run that attempt may have made (one other than the
+    // completed run a redeploy replaces).
+    let unsure = store.forge_ref(conn, n, "check_unsure").await?;
+    if unsure.as_deref() == Some(sha) {
+        let found = forge.find_check_run(repo, sha).await?;
+        store.put_forge_ref(conn, n, "check_unsure", "").await?;
+        if let Some(found) = found.filter(|f| !(for_sha == sha && f == id)) {
+            store
+                .put_forge_ref(conn, n, "check", &format!("{found}:{sha}:open"))
+                .await?;
+            forge.update_check_run(repo, &found, check).await?;
+            return Ok(store
+                .put_forge_ref(conn, n, "check", &format!("{found}:{sha}:{mark}"))
+                .await?);
+        }
+    }
+    let created = forge.create_check_run(repo, sha, check).await;
+    if let Err(e) = &created
+        && e.unsure()
+    {
+        store.put_forge_ref(conn, n, "check_unsure", sha).await?;
+    }
+    let id = created?;
+    Ok(store
+        .put_forge_ref(conn, n, "check", &format!("{id}:{sha}:{mark}"))
+        .await?)
 }
 
 /// Edit the PR's status comment, found by its stored id, else by its marker among endor's own

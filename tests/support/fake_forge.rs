@@ -84,6 +84,27 @@ pub struct Hook {
     pub active: bool,
 }
 
+/// A GitHub check run, with every state it was set to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckRun {
+    pub id: u64,
+    pub repo: String,
+    pub head_sha: String,
+    pub name: String,
+    pub external_id: String,
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub details_url: Option<String>,
+    pub title: String,
+    pub summary: String,
+    /// The buttons' identifiers.
+    pub actions: Vec<String>,
+    /// `status` or `status/conclusion`, in the order they were set.
+    pub history: Vec<String>,
+    /// Who made it (`{slug}[bot]`).
+    pub app: String,
+}
+
 #[derive(Debug, Default)]
 pub struct Faults {
     /// Every n-th call (counted over all calls) answers 502.
@@ -112,6 +133,7 @@ pub struct FakeState {
     pub environments: Vec<Environment>,
     pub reactions: Vec<(u64, String)>,
     pub hooks: Vec<Hook>,
+    pub check_runs: Vec<CheckRun>,
     /// Codes of GitHub's app-manifest flow not yet exchanged, and the app each makes.
     pub manifest_codes: BTreeMap<String, Value>,
     pub faults: Faults,
@@ -587,6 +609,104 @@ type HookFields = (
 );
 
 /// The repository a hook path names: `repos/OWNER/NAME/…` or GitLab's `projects/PATH/…`.
+/// Apply a check run request's fields, with GitHub's rules: a known status, a conclusion
+/// exactly when completed, a summary of at most 65535 characters, at most three actions whose
+/// label, description and identifier fit 20, 40 and 20 characters.
+fn set_check(run: &mut CheckRun, body: &Value) -> Result<(), String> {
+    let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+    if let Some(n) = s("name") {
+        run.name = n;
+    }
+    if let Some(x) = s("external_id") {
+        run.external_id = x;
+    }
+    if let Some(u) = s("details_url") {
+        run.details_url = Some(u);
+    }
+    let conclusion = s("conclusion");
+    let status = match (s("status"), &conclusion) {
+        (_, Some(_)) => "completed".to_string(),
+        (Some(st), None) => st,
+        (None, None) => run.status.clone(),
+    };
+    if !["queued", "in_progress", "completed"].contains(&status.as_str()) {
+        return Err(format!("bad status {status}"));
+    }
+    if status == "completed" && conclusion.is_none() {
+        return Err("conclusion is required when status is completed".into());
+    }
+    let ok = [
+        "action_required",
+        "cancelled",
+        "failure",
+        "neutral",
+        "success",
+        "skipped",
+        "timed_out",
+    ];
+    if let Some(c) = &conclusion
+        && !ok.contains(&c.as_str())
+    {
+        return Err(format!("bad conclusion {c}"));
+    }
+    if let Some(o) = body.get("output") {
+        let (Some(title), Some(summary)) = (
+            o.get("title").and_then(Value::as_str),
+            o.get("summary").and_then(Value::as_str),
+        ) else {
+            return Err("output needs a title and a summary".into());
+        };
+        if summary.chars().count() > 65_535 {
+            return Err("summary is too long".into());
+        }
+        run.title = title.into();
+        run.summary = summary.into();
+    }
+    if let Some(actions) = body.get("actions").and_then(Value::as_array) {
+        if actions.len() > 3 {
+            return Err("at most 3 actions".into());
+        }
+        let mut ids = Vec::new();
+        for a in actions {
+            let f = |k: &str| a.get(k).and_then(Value::as_str).unwrap_or("");
+            let fits = |v: &str, max: usize| !v.is_empty() && v.chars().count() <= max;
+            if !fits(f("label"), 20) || !fits(f("description"), 40) || !fits(f("identifier"), 20) {
+                return Err(format!("action does not fit GitHub's limits: {a}"));
+            }
+            ids.push(f("identifier").to_string());
+        }
+        run.actions = ids;
+    }
+    run.status = status;
+    run.conclusion = conclusion;
+    run.history.push(match &run.conclusion {
+        Some(c) => format!("{}/{c}", run.status),
+        None => run.status.clone(),
+    });
+    Ok(())
+}
+
+/// A query parameter's value, with `%2F` read as `/`.
+fn param(query: &str, key: &str) -> Option<String> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .map(|v| v.replace("%2F", "/"))
+}
+
+fn check_json(c: &CheckRun) -> Value {
+    json!({
+        "id": c.id,
+        "name": c.name,
+        "head_sha": c.head_sha,
+        "external_id": c.external_id,
+        "status": c.status,
+        "conclusion": c.conclusion,
+        "details_url": c.details_url,
+        "output": {"title": c.title, "summary": c.summary},
+    })
+}
+
 fn hook_repo(seg: &[&str]) -> String {
     if seg[0] == "projects" {
         seg[1].to_string()
@@ -825,6 +945,84 @@ fn route(
             } else {
                 StatusCode::NO_CONTENT.into_response()
             }
+        }
+        // GitHub Checks: written by a GitHub App only, as GitHub documents.
+        ("POST", ["repos", _, _, "check-runs"]) | ("PATCH", ["repos", _, _, "check-runs", _])
+            if !actor.ends_with("[bot]") =>
+        {
+            reply(
+                StatusCode::FORBIDDEN,
+                json!({"message": "You must authenticate via a GitHub App."}),
+            )
+        }
+        ("POST", ["repos", o, r, "check-runs"]) => {
+            let (Some(name), Some(sha)) = (text("name"), text("head_sha")) else {
+                return bad("name and head_sha are required");
+            };
+            if sha.len() != 40 {
+                return bad("No commit found for SHA");
+            }
+            let id = st.id();
+            let mut run = CheckRun {
+                id,
+                repo: format!("{o}/{r}"),
+                head_sha: sha,
+                name,
+                external_id: String::new(),
+                status: "queued".into(),
+                conclusion: None,
+                details_url: None,
+                title: String::new(),
+                summary: String::new(),
+                actions: Vec::new(),
+                history: Vec::new(),
+                app: actor.to_string(),
+            };
+            if let Err(m) = set_check(&mut run, body) {
+                return bad(&m);
+            }
+            let v = check_json(&run);
+            st.check_runs.push(run);
+            reply(StatusCode::CREATED, v)
+        }
+        ("PATCH", ["repos", o, r, "check-runs", id]) => {
+            let repo = format!("{o}/{r}");
+            let id: u64 = id.parse().unwrap_or(0);
+            let Some(run) = st
+                .check_runs
+                .iter_mut()
+                .find(|c| c.id == id && c.repo == repo)
+            else {
+                return reply(StatusCode::NOT_FOUND, json!({"message": "Not Found"}));
+            };
+            if run.app != actor {
+                return reply(
+                    StatusCode::FORBIDDEN,
+                    json!({"message": "Invalid app_id `1` - check run can only be modified by the GitHub App that created it."}),
+                );
+            }
+            if let Err(m) = set_check(run, body) {
+                return bad(&m);
+            }
+            let v = check_json(run);
+            reply(StatusCode::OK, v)
+        }
+        ("GET", ["repos", o, r, "commits", sha, "check-runs"]) => {
+            let repo = format!("{o}/{r}");
+            let name = param(query, "check_name");
+            let runs: Vec<Value> = st
+                .check_runs
+                .iter()
+                .rev()
+                .filter(|c| c.repo == repo && c.head_sha == *sha)
+                .filter(|c| name.as_ref().is_none_or(|n| *n == c.name))
+                .map(check_json)
+                .collect();
+            let runs = page_of(runs, query, 30);
+            reply(
+                StatusCode::OK,
+                json!({"total_count": runs.len(), "check_runs": runs}),
+            )
         }
         // GitHub and Gitea: issue comments.
         ("GET", ["repos", o, r, "issues", n, "comments"]) => {
@@ -1127,10 +1325,7 @@ fn route(
             reply(StatusCode::CREATED, gitlab_status(n, &st.statuses[n - 1]))
         }
         ("GET", ["projects", p, "environments"]) => {
-            let want = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("name="))
-                .map(|v| v.replace("%2F", "/"));
+            let want = param(query, "name");
             let items: Vec<Value> = st
                 .environments
                 .iter()

@@ -203,6 +203,12 @@ pub async fn send_pr(
     repo: &str,
     pr: Pr<'_>,
 ) -> u16 {
+    let body = pr_body(repo, pr);
+    post_github(http, api, conn, "pull_request", &body).await
+}
+
+/// A GitHub `pull_request` delivery for `repo` (the real fixture of its action, rewritten).
+pub fn pr_body(repo: &str, pr: Pr<'_>) -> Value {
     let fixture_name = match pr.action {
         "closed" => "github.pull_request.closed.unmerged.json",
         "synchronize" => "github.pull_request.synchronize.json",
@@ -222,7 +228,7 @@ pub async fn send_pr(
         p["title"] = pr.title.into();
     }
     p["base"]["repo"]["full_name"] = repo.into();
-    post_github(http, api, conn, "pull_request", &body).await
+    body
 }
 
 /// Sign `body` with the connection's secret and post it as GitHub would, as event `event`.

@@ -10,8 +10,8 @@ use octocrab::Octocrab;
 use serde_json::{Value, json};
 
 use crate::forge::client::{
-    CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, classify_status, github_state,
-    id_of,
+    CheckRun, CommitState, DeployState, Forge, ForgeError, Limiter, PrRef, STATUS_CONTEXT,
+    classify_status, github_state, id_of,
 };
 
 /// Has `[github]` a token, or a GitHub App (id and key file)?
@@ -235,8 +235,75 @@ fn hook_body(url: &str, secret: &str) -> Value {
     })
 }
 
+/// The JSON of the check run `endor/preview` as `check` shows it (`sha` only when creating).
+fn check_body(sha: Option<&str>, check: &CheckRun) -> Value {
+    // GitHub's limits: a summary of at most 65535 characters, at most three actions.
+    const SUMMARY_MAX: usize = 65_000;
+    let (status, conclusion) = check.state.github();
+    let mut summary: String = check.summary.chars().take(SUMMARY_MAX).collect();
+    if summary.len() < check.summary.len() {
+        summary.push_str("\n\n…");
+    }
+    let mut body = json!({
+        "name": STATUS_CONTEXT,
+        "external_id": check.number.to_string(),
+        "status": status,
+        "output": {"title": check.title, "summary": summary},
+        "actions": check.actions.iter().take(3).map(|a| {
+            let (label, description) = a.label();
+            json!({"label": label, "description": description, "identifier": a.identifier()})
+        }).collect::<Vec<_>>(),
+    });
+    if let Some(c) = conclusion {
+        body["conclusion"] = c.into();
+    }
+    if let Some(sha) = sha {
+        body["head_sha"] = sha.into();
+    }
+    if let Some(u) = &check.details_url {
+        body["details_url"] = u.as_str().into();
+    }
+    body
+}
+
 #[async_trait]
 impl Forge for GitHub {
+    async fn create_check_run(
+        &self,
+        repo: &str,
+        sha: &str,
+        check: &CheckRun,
+    ) -> Result<String, ForgeError> {
+        let path = format!("/repos/{repo}/check-runs");
+        let body = check_body(Some(sha), check);
+        id_of(&self.call(http::Method::POST, &path, Some(&body)).await?)
+    }
+
+    async fn update_check_run(
+        &self,
+        repo: &str,
+        id: &str,
+        check: &CheckRun,
+    ) -> Result<(), ForgeError> {
+        let path = format!("/repos/{repo}/check-runs/{id}");
+        let body = check_body(None, check);
+        self.call(http::Method::PATCH, &path, Some(&body)).await?;
+        Ok(())
+    }
+
+    async fn find_check_run(&self, repo: &str, sha: &str) -> Result<Option<String>, ForgeError> {
+        let path = format!(
+            "/repos/{repo}/commits/{sha}/check-runs?check_name={}&filter=latest&per_page=1",
+            STATUS_CONTEXT.replace('/', "%2F")
+        );
+        let v = self.call(http::Method::GET, &path, None).await?;
+        v["check_runs"]
+            .as_array()
+            .and_then(|a| a.first())
+            .map(id_of)
+            .transpose()
+    }
+
     async fn create_comment(&self, pr: &PrRef<'_>, body: &str) -> Result<String, ForgeError> {
         let path = format!("/repos/{}/issues/{}/comments", pr.repo, pr.number);
         let v = self

@@ -35,6 +35,7 @@ pub const KNOWN_EVENTS: &[&str] = &[
     "push",
     "installation",
     "installation_repositories",
+    "check_run",
 ];
 /// The public API, when neither the config nor the connection names one.
 pub const DEFAULT_API_URL: Option<&str> = Some("https://api.github.com");
@@ -123,6 +124,7 @@ pub fn classify(event: &str, body: &[u8]) -> Result<Classified, PayloadError> {
             }
             full_parse(event, body)
         }
+        "check_run" => check_run(event, body),
         _ => {
             require_object(event, body)?;
             Ok(Classified::ignored(
@@ -131,6 +133,125 @@ pub fn classify(event: &str, body: &[u8]) -> Result<Classified, PayloadError> {
             ))
         }
     }
+}
+
+#[derive(Deserialize)]
+struct CheckRunDelivery {
+    action: String,
+    check_run: CheckRunObject,
+    requested_action: Option<RequestedAction>,
+    repository: Option<OwnedRepo>,
+    sender: Option<OwnedLogin>,
+}
+
+#[derive(Deserialize)]
+struct OwnedRepo {
+    full_name: String,
+}
+
+#[derive(Deserialize)]
+struct OwnedLogin {
+    login: String,
+}
+
+/// Outside text as a reason shows it: at most 64 characters, control characters escaped.
+fn shown(text: &str) -> String {
+    text.chars()
+        .take(64)
+        .collect::<String>()
+        .escape_debug()
+        .to_string()
+}
+
+#[derive(Deserialize)]
+struct CheckRunObject {
+    id: u64,
+    name: String,
+    head_sha: String,
+    external_id: Option<String>,
+    #[serde(default)]
+    pull_requests: Vec<PrNumber>,
+}
+
+#[derive(Deserialize)]
+struct RequestedAction {
+    identifier: String,
+}
+
+#[derive(Deserialize)]
+struct PrNumber {
+    number: u64,
+}
+
+/// A `check_run` delivery: a press of a button on endor's own run `endor/preview` (its
+/// actions, or GitHub's "Re-run") acts; the rest (runs being created and completed, other
+/// apps' runs) is ignored.
+fn check_run(event: &str, body: &[u8]) -> Result<Classified, PayloadError> {
+    let d: CheckRunDelivery = parse_json(event, body)?;
+    let via = match d.action.as_str() {
+        "requested_action" => CheckVia::RequestedAction,
+        "rerequested" => CheckVia::Rerequested,
+        other => {
+            return Ok(Classified::ignored(
+                Some(other),
+                format!("check_run action `{other}` is not acted on"),
+            ));
+        }
+    };
+    let ignored = |reason: String| Ok(Classified::ignored(Some(via.as_str()), reason));
+    let run = &d.check_run;
+    if run.name != crate::forge::client::STATUS_CONTEXT {
+        return ignored(format!("check run `{}` is not endor's", shown(&run.name)));
+    }
+    let action = match (via, &d.requested_action) {
+        (CheckVia::Rerequested, _) => crate::forge::client::CheckAction::Redeploy,
+        (CheckVia::RequestedAction, Some(r)) => {
+            match crate::forge::client::CheckAction::from_identifier(&r.identifier) {
+                Some(a) => a,
+                None => {
+                    return ignored(format!(
+                        "check run action `{}` is not one of endor's",
+                        shown(&r.identifier)
+                    ));
+                }
+            }
+        }
+        (CheckVia::RequestedAction, None) => {
+            return Err(PayloadError::invalid(
+                event,
+                "missing field `requested_action`",
+            ));
+        }
+    };
+    // endor writes the PR number as the run's external id; GitHub also lists the PRs of a
+    // head branch in the same repository.
+    let number = run
+        .external_id
+        .as_deref()
+        .and_then(|x| x.parse::<u64>().ok())
+        .filter(|n| *n > 0)
+        .or_else(|| run.pull_requests.first().map(|p| p.number));
+    let Some(number) = number else {
+        return ignored("the check run names no pull request".into());
+    };
+    let repo = d
+        .repository
+        .map(|r| r.full_name)
+        .ok_or_else(|| PayloadError::invalid(event, "missing `repository.full_name`"))?;
+    let sender = d.sender.map(|s| s.login).unwrap_or_default();
+    Ok(Classified::Acted(ForgeEvent {
+        forge: ForgeKind::Github,
+        repo,
+        sender: sender.clone(),
+        kind: EventKind::CheckAction(CheckActionEvent {
+            via,
+            action,
+            number,
+            head_sha: run.head_sha.clone(),
+            check_run_id: run.id,
+            author: sender,
+        }),
+    }))
 }
 
 /// The envelope fields every acted-on event needs, borrowed from the body.
@@ -270,5 +391,111 @@ fn action_name(a: &IssueCommentWebhookEventAction) -> &'static str {
         IssueCommentWebhookEventAction::Edited => "edited",
         IssueCommentWebhookEventAction::Deleted => "deleted",
         _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::forge::client::CheckAction;
+    use serde_json::{Value, json};
+
+    /// GitHub's example `requested_action` delivery, on endor's run of PR 7.
+    fn press(edit: impl FnOnce(&mut Value)) -> Result<Classified, PayloadError> {
+        let mut v: Value = serde_json::from_slice(include_bytes!(
+            "../../../tests/fixtures/webhooks/github.check_run.requested_action.json"
+        ))
+        .unwrap();
+        v["check_run"]["name"] = "endor/preview".into();
+        v["check_run"]["external_id"] = "7".into();
+        v["requested_action"]["identifier"] = "redeploy".into();
+        edit(&mut v);
+        classify("check_run", &serde_json::to_vec(&v).unwrap())
+    }
+
+    fn acted(c: Result<Classified, PayloadError>) -> CheckActionEvent {
+        match c {
+            Ok(Classified::Acted(ForgeEvent {
+                kind: EventKind::CheckAction(a),
+                ..
+            })) => a,
+            other => panic!("not acted: {other:?}"),
+        }
+    }
+
+    fn ignored(c: Result<Classified, PayloadError>) -> String {
+        match c {
+            Ok(Classified::Ignored { reason, .. }) => reason,
+            other => panic!("not ignored: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn buttons_of_endors_check_run_are_commands() {
+        let a = acted(press(|_| {}));
+        assert_eq!(
+            (a.action, a.via, a.number, a.author.as_str()),
+            (
+                CheckAction::Redeploy,
+                CheckVia::RequestedAction,
+                7,
+                "codebytere"
+            )
+        );
+        assert_eq!(a.head_sha, "5bd5f196a46b8222fb7484f05faba41a73cf34bd");
+        assert_eq!(a.check_run_id, 1494503112);
+        let a = acted(press(|v| {
+            v["requested_action"]["identifier"] = "destroy".into()
+        }));
+        assert_eq!(a.action, CheckAction::Destroy);
+        // GitHub's "Re-run" is a redeploy.
+        let a = acted(press(|v| {
+            v["action"] = "rerequested".into();
+            v.as_object_mut().unwrap().remove("requested_action");
+        }));
+        assert_eq!(
+            (a.action, a.via),
+            (CheckAction::Redeploy, CheckVia::Rerequested)
+        );
+        // Without endor's external id, the PR GitHub lists (a head branch of the repository).
+        let a = acted(press(|v| v["check_run"]["external_id"] = "".into()));
+        assert_eq!(a.number, 26764);
+    }
+
+    #[test]
+    fn other_runs_buttons_and_actions_are_ignored_or_refused() {
+        // The example as GitHub sent it: electron's "API Review" run, not endor's.
+        assert!(
+            ignored(press(|v| v["check_run"]["name"] = "API Review".into())).contains("API Review")
+        );
+        let hostile = ignored(press(|v| {
+            v["requested_action"]["identifier"] = format!("x\u{1b}[31m{}", "y".repeat(500)).into()
+        }));
+        assert!(
+            hostile.len() < 200 && !hostile.contains('\u{1b}'),
+            "{hostile}"
+        );
+        for action in ["created", "completed"] {
+            ignored(press(|v| v["action"] = action.into()));
+        }
+        // No PR to act on: neither endor's id nor a listed PR.
+        ignored(press(|v| {
+            v["check_run"]["external_id"] = Value::Null;
+            v["check_run"]["pull_requests"] = json!([]);
+        }));
+        // A press without its action, or without a repository: not the JSON the event needs.
+        assert!(
+            press(|v| {
+                v.as_object_mut().unwrap().remove("requested_action");
+            })
+            .is_err()
+        );
+        assert!(
+            press(|v| {
+                v.as_object_mut().unwrap().remove("repository");
+            })
+            .is_err()
+        );
+        assert!(classify("check_run", b"[]").is_err());
     }
 }
