@@ -62,7 +62,8 @@ pub struct DeliveryLine {
 /// A write-back endor posted, will post, or would have posted.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Post {
-    /// `comment` (the sticky status comment), `status`, `deployment`, `reply`, `reaction`.
+    /// `comment` (the sticky status comment), `status`, `check` (a GitHub App's check run),
+    /// `deployment`, `reply`, `reaction`.
     pub kind: OutboxKind,
     /// `done` (sent), `pending`, `sending`, `failed`, `superseded`, `unsent` (held).
     pub state: String,
@@ -81,7 +82,8 @@ pub struct PreviewStory {
     pub steps: Vec<StepReport>,
     /// The deliveries about this PR, oldest first (the newest 50).
     pub deliveries: Vec<DeliveryLine>,
-    /// The newest status comment, commit status and deployment, and every reply and reaction.
+    /// The newest status comment, commit status or check run and deployment, and every reply
+    /// and reaction.
     pub posts: Vec<Post>,
 }
 
@@ -294,8 +296,8 @@ impl From<Delivery> for DeliveryLine {
     }
 }
 
-/// The newest item of each sticky kind (comment, status per head, deployment per head), and
-/// every reply and reaction, oldest first.
+/// The newest item of each sticky kind (comment, status or check run per head, deployment per
+/// head), and every reply and reaction, oldest first.
 fn posts(items: Vec<OutboxItem>) -> Vec<Post> {
     let sticky = |k: OutboxKind| {
         matches!(
