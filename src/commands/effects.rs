@@ -164,7 +164,7 @@ impl CommentRunner {
                 pr = c.number, author = %c.author, command = %text, outcome = outcome.label(),
                 "slash-command"
             );
-            self.record(&conn.id, &comment_key, &text, job, &outcome)
+            self.record(&conn, &comment_key, &text, job, &outcome)
                 .await?;
             results.push((text, outcome));
         }
@@ -232,7 +232,7 @@ impl CommentRunner {
                     pr = a.number, author = %a.author, command = %text, via = a.via.as_str(),
                     outcome = outcome.label(), "check run button"
                 );
-                self.record(&conn.id, &key, &text, job, &outcome).await?;
+                self.record(&conn, &key, &text, job, &outcome).await?;
                 outcome
             }
         };
@@ -264,7 +264,7 @@ impl CommentRunner {
     /// does not run it again.
     async fn record(
         &self,
-        conn: &crate::ids::ConnectionId,
+        conn: &Connection,
         key: &str,
         text: &str,
         job: &Job,
@@ -272,7 +272,7 @@ impl CommentRunner {
     ) -> Result<(), JobError> {
         self.store
             .record_comment_command(
-                conn,
+                &conn.id,
                 key,
                 text,
                 &encode(job.id.as_str(), outcome),
