@@ -123,6 +123,95 @@ async fn static_sites_and_traversal() {
     }
 }
 
+/// A static file is served as a static host serves it: the `.br` or `.gz` sibling the launch
+/// made when the visitor accepts it (`Vary: Accept-Encoding`), an `ETag` and `Last-Modified`,
+/// and `304` to a visitor who has it already (by `If-None-Match` or `If-Modified-Since`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_files_compressed_with_validators() {
+    use std::io::Write;
+    let gw = start().await;
+    let d = tempfile::tempdir().unwrap();
+    let page = "<p>compress me</p>\n".repeat(300);
+    std::fs::write(d.path().join("index.html"), &page).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(page.as_bytes()).unwrap();
+    std::fs::write(d.path().join("index.html.gz"), gz.finish().unwrap()).unwrap();
+    let mut br = Vec::new();
+    brotli::BrotliCompress(&mut page.as_bytes(), &mut br, &Default::default()).unwrap();
+    std::fs::write(d.path().join("index.html.br"), &br).unwrap();
+    gw.route("web-pr-1", Route::Static(d.path().to_path_buf()), true)
+        .await;
+    let host = "web-pr-1.preview.localhost";
+    let http = reqwest::Client::new();
+    let get = |accept: &'static str, extra: Option<(&'static str, String)>| {
+        let mut r = http
+            .get(format!("http://{}/index.html", gw.addr))
+            .header("host", host)
+            .header("accept-encoding", accept);
+        if let Some((k, v)) = extra {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    let mut tags = Vec::new();
+    for (accept, encoding) in [
+        ("br, gzip", Some("br")),
+        ("gzip", Some("gzip")),
+        ("identity", None),
+    ] {
+        let r = get(accept, None).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let h = r.headers().clone();
+        assert_eq!(
+            h.get("content-encoding").map(|v| v.to_str().unwrap()),
+            encoding,
+            "{accept}"
+        );
+        assert_eq!(h["vary"], "accept-encoding");
+        assert!(h.contains_key("last-modified"));
+        let tag = h["etag"].to_str().unwrap().to_string();
+        let body = r.bytes().await.unwrap();
+        let plain = match encoding {
+            Some("br") => {
+                let mut out = Vec::new();
+                brotli::BrotliDecompress(&mut &body[..], &mut out).unwrap();
+                out
+            }
+            Some(_) => {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut out)
+                    .unwrap();
+                out
+            }
+            None => body.to_vec(),
+        };
+        assert_eq!(plain, page.as_bytes(), "{accept}");
+        // A visitor with this copy gets 304 and no body.
+        let again = get(accept, Some(("if-none-match", tag.clone())))
+            .await
+            .unwrap();
+        assert_eq!(again.status(), 304, "{accept}");
+        assert_eq!(again.headers()["etag"].to_str().unwrap(), tag);
+        assert!(again.bytes().await.unwrap().is_empty());
+        tags.push(tag);
+    }
+    // Each encoding has its own tag; another tag, or none, gets the file.
+    tags.dedup();
+    assert_eq!(tags.len(), 3, "{tags:?}");
+    let other = get("identity", Some(("if-none-match", "\"0-0\"".into())))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    let modified = other.headers()["last-modified"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let since = get("identity", Some(("if-modified-since", modified)))
+        .await
+        .unwrap();
+    assert_eq!(since.status(), 304);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxied_site_process_and_robots_toggle() {
     let gw = start().await;

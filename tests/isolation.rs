@@ -1067,3 +1067,70 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// A static preview is served by the gateway, which runs as endor, outside the sandbox: a
+/// symbolic link the build (or the repository) put in the served folder must not hand out the
+/// host's files. A link that leaves the folder fails the launch and says which; a link that
+/// stays inside it is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_static_preview_cannot_serve_the_host_s_files_through_links() {
+    let db = TestStore::sqlite().await;
+    let h = Harness::start(&db).await;
+    let store_file = db.url.trim_start_matches("sqlite://").to_string();
+    for (n, target) in [
+        (1, "/etc/hostname".to_string()),
+        (2, store_file.clone()),
+        (3, "/".into()),
+    ] {
+        let toml = format!(
+            "[preview]\nbuild = [\"mkdir -p out/deep\", \"cp index.html out/\", \"ln -s {target} out/deep/leak\"]\nroot = \"out\"\n"
+        );
+        let p = hostile(&h, &format!("links{n}"), n, &toml, &[]).await;
+        assert_eq!(p.state, PreviewState::Failed, "{target}: {p:?}");
+        let reason = p.reason.unwrap_or_default();
+        assert!(
+            reason.contains("deep/leak") && reason.contains("outside"),
+            "{reason}"
+        );
+        let (code, body) = h.get(&format!("links{n}-pr-{n}"), "/deep/leak").await;
+        assert_ne!(code, 200, "{target}: {body}");
+    }
+    // The served folder itself a link out of the checkout.
+    let p = hostile(
+        &h,
+        "rootlink",
+        4,
+        "[preview]\nbuild = [\"ln -s /etc out\"]\nroot = \"out\"\n",
+        &[],
+    )
+    .await;
+    assert_eq!(p.state, PreviewState::Failed, "{p:?}");
+    assert_ne!(h.get("rootlink-pr-4", "/hostname").await.0, 200);
+    // Links inside the folder are fine.
+    let p = hostile(
+        &h,
+        "inside",
+        5,
+        "[preview]\nbuild = [\"mkdir -p out/v2\", \"cp index.html out/v2/\", \"seq 1 3000 > out/v2/n.txt\", \"ln -s v2 out/latest\", \"ln -s ../v2/index.html out/v2/again.html\"]\nroot = \"out\"\n",
+        &[],
+    )
+    .await;
+    assert_eq!(p.state, PreviewState::Ready, "{p:?}");
+    let (code, body) = h.get("inside-pr-5", "/latest/index.html").await;
+    assert_eq!((code, body.trim()), (200, "inside"));
+    // The launch compressed its text assets: served as brotli to a visitor who takes it.
+    let r = h
+        .http
+        .get(format!("http://{}/v2/n.txt", h.gateway))
+        .header("host", "inside-pr-5.preview.localhost")
+        .header("accept-encoding", "br")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-encoding"], "br");
+    let mut plain = Vec::new();
+    brotli::BrotliDecompress(&mut &r.bytes().await.unwrap()[..], &mut plain).unwrap();
+    assert!(String::from_utf8(plain).unwrap().ends_with("2999\n3000\n"));
+    h.stop().await;
+}

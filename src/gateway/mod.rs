@@ -405,12 +405,7 @@ async fn serve(
                 None => "This preview could not be built or started; <code>endor preview list --state failed</code> says why.".into(),
             },
         ),
-        Some(Route::Static(root)) => {
-            match tower_http::services::ServeDir::new(root).oneshot(req).await {
-                Ok(r) => r.map(Body::new),
-                Err(never) => match never {},
-            }
-        }
+        Some(Route::Static(root)) => serve_static(root, req).await,
         Some(Route::Proxy(port)) => proxy(&gw, req, port, &site).await,
         None => page(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -425,6 +420,78 @@ async fn serve(
         );
     }
     (resp, id)
+}
+
+/// A static preview's file: the `.br` / `.gz` sibling the launch made when the visitor
+/// accepts it (`Vary: Accept-Encoding`), `Last-Modified` and an `ETag` (from the modification
+/// time, the length and the encoding, as nginx makes it), `304` for a visitor that has it.
+async fn serve_static(root: std::path::PathBuf, req: Request) -> Response {
+    let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
+    let head_or_get = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+    let serve = tower_http::services::ServeDir::new(root)
+        .precompressed_br()
+        .precompressed_gzip();
+    let mut resp = match serve.oneshot(req).await {
+        Ok(r) => r.map(Body::new),
+        Err(never) => match never {},
+    };
+    let status = resp.status();
+    if !(status.is_success() || status == StatusCode::NOT_MODIFIED) {
+        return resp;
+    }
+    resp.headers_mut()
+        .insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    let Some(tag) = etag(resp.headers()) else {
+        return resp;
+    };
+    let matched = head_or_get
+        && status == StatusCode::OK
+        && if_none_match
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .map(|t| t.trim().trim_start_matches("W/"))
+                    .any(|t| t == "*" || t == tag.to_str().unwrap_or(""))
+            });
+    if matched {
+        let mut not_modified = Response::new(Body::empty());
+        *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+        for name in [
+            header::LAST_MODIFIED,
+            header::VARY,
+            header::CONTENT_ENCODING,
+        ] {
+            if let Some(v) = resp.headers().get(&name) {
+                not_modified.headers_mut().insert(name, v.clone());
+            }
+        }
+        not_modified.headers_mut().insert(header::ETAG, tag);
+        return not_modified;
+    }
+    if status == StatusCode::OK {
+        resp.headers_mut().insert(header::ETAG, tag);
+    }
+    resp
+}
+
+/// `"{modified, hex}-{length, hex}[-{encoding}]"` of a file's answer.
+fn etag(h: &http::HeaderMap) -> Option<HeaderValue> {
+    let modified = h.get(header::LAST_MODIFIED)?.to_str().ok()?;
+    let modified = httpdate::parse_http_date(modified).ok()?;
+    let secs = modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let len: u64 = h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()?;
+    let enc = match h
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(e) if e.bytes().all(|b| b.is_ascii_alphanumeric()) => format!("-{e}"),
+        _ => String::new(),
+    };
+    HeaderValue::from_str(&format!("\"{secs:x}-{len:x}{enc}\"")).ok()
 }
 
 /// `r`, marked for the site's error log with `why` ([`log::Failure`]).

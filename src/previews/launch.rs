@@ -227,16 +227,27 @@ impl Lifecycle {
                     Some(r) => code.join(r),
                     None => code.clone(),
                 };
+                let shown = cfg.preview.root.as_deref().unwrap_or(".").to_string();
                 let ok = if root.is_dir() {
-                    Ok(root)
+                    // The gateway serves it as endor: no link may lead out of it.
+                    let (checkout, folder) = (code.clone(), root.clone());
+                    tokio::task::spawn_blocking(move || {
+                        super::assets::prepare(&checkout, &folder, &shown)
+                    })
+                    .await
+                    .map_err(|e| JobError::Transient(e.to_string()))?
+                    .map(|done| (root, done))
+                    .map_err(JobError::Permanent)
                 } else {
                     Err(JobError::Permanent(format!(
-                        "preview.root `{}` is not a folder after the build",
-                        cfg.preview.root.as_deref().unwrap_or(".")
+                        "preview.root `{shown}` is not a folder after the build"
                     )))
                 };
-                let detail = ok.as_ref().ok().map(|r| format!("static {}", r.display()));
-                let root = self.end(s, ok, detail).await?;
+                let detail = ok
+                    .as_ref()
+                    .ok()
+                    .map(|(r, done)| format!("static {} ({done})", r.display()));
+                let (root, _) = self.end(s, ok, detail).await?;
                 Route::Static(root)
             }
         };

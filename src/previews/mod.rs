@@ -7,6 +7,7 @@
 //! no comment grammar: slash-commands call its public API.
 
 pub mod actions;
+mod assets;
 mod comment;
 pub mod config;
 mod events;
