@@ -14,66 +14,18 @@ mod common;
 
 use common::*;
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-/// The site: a minimal keep-alive HTTP/1.1 server (hyper), one process.
-fn serve_site(port: u16) {
-    use hyper::service::service_fn;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
-        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap();
-        loop {
-            let (s, _) = l.accept().await.unwrap();
-            tokio::spawn(async move {
-                let svc = service_fn(|_req| async {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        http_body_util::Full::new(bytes::Bytes::from_static(b"hello")),
-                    ))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
-}
-
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--serve-site") {
-        serve_site(args[i + 1].parse().unwrap());
-        return;
-    }
-    if args.iter().any(|a| a == "--list") {
+    if side_mode() {
         return;
     }
     let secs = arg("--seconds", 10);
     let conns = arg("--connections", 64) as usize;
     let dir = tempfile::tempdir().unwrap();
     let (api, gw) = (free_port(), free_port());
-    let cfg = dir.path().join("endor.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{api}\"\n[gateway]\nlisten = \"127.0.0.1:{gw}\"\n\
-             [store]\nurl = \"sqlite://{d}/endor.db\"\n[storage]\nroot = \"{d}/sites\"\n\
-             git = \"{d}/git\"\nlogs = \"{d}/logs\"\nsecret_key = \"{d}/secret.key\"\n\
-             [reaper]\nenabled = false\n",
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
-    // `endor serve` refuses a config others can read.
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let cfg = write_config(dir.path(), api, gw, None);
     endor(&cfg, &["user", "create", "owner"]);
     endor(&cfg, &["workspace", "create", "acme", "--owner", "owner"]);
     endor(&cfg, &["site", "create", "app", "--workspace", "acme"]);
@@ -99,16 +51,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let _serve = Kill(
-        Command::new(env!("CARGO_BIN_EXE_endor"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _serve = endor_serve(&cfg, gw);
     let gw_addr: SocketAddr = format!("127.0.0.1:{gw}").parse().unwrap();
     wait_for(gw_addr.port());
     use base64::Engine;
@@ -175,20 +118,6 @@ fn main() {
             r.bad
         );
     }
-}
-
-/// Store a route in the bench's store (the gateway reads it within its cache time).
-fn put_route(rt: &tokio::runtime::Runtime, dir: &Path, row: endor::store::RouteRow) {
-    rt.block_on(async {
-        let store = endor::store::connect(
-            &format!("sqlite://{}/endor.db", dir.display()),
-            2,
-            bench_keyring(dir),
-        )
-        .await
-        .unwrap();
-        store.put_route(&row).await.unwrap();
-    });
 }
 
 /// The kind of site process the preview tests run: Python's http.server (HTTP/1.1 keep-alive).
@@ -272,9 +201,4 @@ async fn measure(
         through.pct(0.5) - direct.pct(0.5),
         through.pct(0.99) - direct.pct(0.99)
     );
-}
-
-/// The master key of the bench's store (it holds no secret the bench reads).
-fn bench_keyring(dir: &Path) -> std::sync::Arc<endor::secret::Keyring> {
-    std::sync::Arc::new(endor::secret::Keyring::load(&dir.join("master.key")).unwrap())
 }

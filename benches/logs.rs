@@ -79,40 +79,6 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[((v.len().max(1) - 1) as f64 * p).round() as usize]
 }
 
-fn write_config(dir: &Path, api: u16, gw: u16, access_log: bool) -> std::path::PathBuf {
-    let cfg = dir.join(format!("endor-{access_log}.toml"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:{api}\"\n[gateway]\nlisten = \"127.0.0.1:{gw}\"\n\
-             access_log = {access_log}\n\
-             [store]\nurl = \"sqlite://{d}/endor.db\"\n[storage]\nroot = \"{d}/sites\"\n\
-             git = \"{d}/git\"\nlogs = \"{d}/logs\"\nsecret_key = \"{d}/secret.key\"\n\
-             [reaper]\nenabled = false\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
-    cfg
-}
-
-fn serve(cfg: &Path, api: u16) -> Kill {
-    let k = Kill(
-        Command::new(env!("CARGO_BIN_EXE_endor"))
-            .arg("--config")
-            .arg(cfg)
-            .arg("serve")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for(api);
-    k
-}
-
 /// A site process as `serve` runs one, its output into the site's `web` log.
 fn supervise(dir: &Path, site: &str, script: &str, arg: &str) -> endor::runtime::Supervised {
     let work = dir.join("work");
@@ -174,8 +140,8 @@ fn main() {
     let secs = arg("--seconds", 10);
     let dir = tempfile::tempdir().unwrap();
     let (api, gw) = (free_port(), free_port());
-    let cfg_on = write_config(dir.path(), api, gw, true);
-    let cfg_off = write_config(dir.path(), api, gw, false);
+    let cfg_on = write_config(dir.path(), api, gw, Some(true));
+    let cfg_off = write_config(dir.path(), api, gw, Some(false));
     endor(&cfg_on, &["user", "create", "owner"]);
     endor(
         &cfg_on,
@@ -195,7 +161,7 @@ fn main() {
     let _guard = rt.enter();
 
     // 1. Latency, at 200 lines/s, to both followers.
-    let serving = serve(&cfg_on, api);
+    let serving = endor_serve(&cfg_on, api);
     let url = format!("http://127.0.0.1:{api}/api/v1/sites/app/logs?service=web&follow=true&n=1");
     let (tx, sse_rx) = std::sync::mpsc::channel();
     rt.spawn(sse(url, token.clone(), tx));
@@ -381,7 +347,7 @@ fn main() {
     let mut rates = std::collections::BTreeMap::<bool, Vec<f64>>::new();
     // Alternated ABBA-wise, so a drift of the machine's speed weighs on both alike.
     for on in [true, false, false, true, true, false] {
-        let _s = serve(if on { &cfg_on } else { &cfg_off }, api);
+        let _s = endor_serve(if on { &cfg_on } else { &cfg_off }, api);
         wait_for(gw);
         std::thread::sleep(Duration::from_millis(300));
         let r = rt.block_on(load(

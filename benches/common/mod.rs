@@ -2,7 +2,7 @@
 //! the `endor` CLI, and an HTTP load generator with its percentiles.
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -71,13 +71,25 @@ pub async fn load(
     conns: usize,
     dur: Duration,
 ) -> Run {
+    load_with(url, host, auth, conns, dur, true).await
+}
+
+/// [`load`], on kept-alive connections or with a new connection per request.
+pub async fn load_with(
+    url: String,
+    host: Option<String>,
+    auth: Option<String>,
+    conns: usize,
+    dur: Duration,
+    keep_alive: bool,
+) -> Run {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..conns {
         let (url, host, auth) = (url.clone(), host.clone(), auth.clone());
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::builder()
-                .pool_max_idle_per_host(1)
+                .pool_max_idle_per_host(usize::from(keep_alive))
                 .build()
                 .unwrap();
             let mut run = Run::default();
@@ -125,4 +137,106 @@ pub fn wait_for(port: u16) {
         assert!(Instant::now() < deadline, "nothing listens on port {port}");
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The site: a minimal keep-alive HTTP/1.1 server (hyper), one process.
+pub fn serve_site(port: u16) {
+    use hyper::service::service_fn;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        loop {
+            let (s, _) = l.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"hello")),
+                    ))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+}
+
+/// Store a route in the bench's store (the gateway reads it within its cache time).
+pub fn put_route(rt: &tokio::runtime::Runtime, dir: &Path, row: endor::store::RouteRow) {
+    rt.block_on(async {
+        let store = endor::store::connect(
+            &format!("sqlite://{}/endor.db", dir.display()),
+            2,
+            bench_keyring(dir),
+        )
+        .await
+        .unwrap();
+        store.put_route(&row).await.unwrap();
+    });
+}
+
+/// The master key of the bench's store (it holds no secret the bench reads).
+pub fn bench_keyring(dir: &Path) -> std::sync::Arc<endor::secret::Keyring> {
+    std::sync::Arc::new(endor::secret::Keyring::load(&dir.join("master.key")).unwrap())
+}
+
+/// Writes an `endor.toml` for a benchmark's `endor serve` (API on `api`, gateway on `gw`, the
+/// store and storage under `dir`, the reaper off), readable by its owner only as `serve`
+/// demands. `access_log` sets the gateway's access log when given.
+pub fn write_config(dir: &Path, api: u16, gw: u16, access_log: Option<bool>) -> PathBuf {
+    let cfg = dir.join(match access_log {
+        Some(on) => format!("endor-{on}.toml"),
+        None => "endor.toml".to_string(),
+    });
+    let log = access_log
+        .map(|on| format!("access_log = {on}\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{api}\"\n[gateway]\nlisten = \"127.0.0.1:{gw}\"\n\
+             {log}\
+             [store]\nurl = \"sqlite://{d}/endor.db\"\n[storage]\nroot = \"{d}/sites\"\n\
+             git = \"{d}/git\"\nlogs = \"{d}/logs\"\nsecret_key = \"{d}/secret.key\"\n\
+             [reaper]\nenabled = false\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    cfg
+}
+
+/// Starts `endor serve` (release build) with `cfg`, quiet, and waits until `port` answers.
+pub fn endor_serve(cfg: &Path, port: u16) -> Kill {
+    let k = Kill(
+        Command::new(env!("CARGO_BIN_EXE_endor"))
+            .arg("--config")
+            .arg(cfg)
+            .arg("serve")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(port);
+    k
+}
+
+/// The modes a gateway benchmark's binary answers besides its run: `--serve-site PORT` (the
+/// backend, this same binary) and cargo's `--list`. True when one of them was handled.
+pub fn side_mode() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--serve-site") {
+        serve_site(args[i + 1].parse().unwrap());
+        return true;
+    }
+    args.iter().any(|a| a == "--list")
 }
