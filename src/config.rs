@@ -66,8 +66,9 @@ pub struct GatewayConfig {
     /// Proxies in front of the gateway (CIDRs) whose `X-Forwarded-For` is believed; from any
     /// other peer the header is ignored.
     pub trusted_proxies: Vec<String>,
-    /// How long (ms) the gateway reuses a site's route and access settings before reading
-    /// them again (0: every request reads the store). Changes apply within this time.
+    /// How long (ms) the gateway reuses a site's route and access settings, and a static
+    /// preview's small answers (files up to 256 KiB, 32 MiB in all), before reading them
+    /// again (0: every request reads the store and the folder). Changes apply within this time.
     pub cache_ttl_ms: u64,
     /// Each request of a site is a line of its `access` log (and a refusal or an app not
     /// answering one of its `error` log).

@@ -16,11 +16,16 @@ struct Gw {
 }
 
 async fn start() -> Gw {
+    start_cached(Duration::ZERO).await
+}
+
+/// A gateway that keeps routes and small static answers for `ttl` (0: keeps nothing).
+async fn start_cached(ttl: Duration) -> Gw {
     let db = TestStore::sqlite().await;
-    let gw = Gateway::new(db.store.clone(), "preview.localhost");
+    let gw = Gateway::with_options(db.store.clone(), "preview.localhost", &[], ttl);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, gw.router()).await.unwrap() });
+    tokio::spawn(async move { axum::serve(listener, gw.app()).await.unwrap() });
     Gw { addr, db }
 }
 
@@ -128,8 +133,14 @@ async fn static_sites_and_traversal() {
 /// and `304` to a visitor who has it already (by `If-None-Match` or `If-Modified-Since`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn static_files_compressed_with_validators() {
+    // Read from the folder each time, and kept in memory (the same answers either way).
+    for ttl in [Duration::ZERO, Duration::from_secs(60)] {
+        compressed_with_validators(start_cached(ttl).await).await;
+    }
+}
+
+async fn compressed_with_validators(gw: Gw) {
     use std::io::Write;
-    let gw = start().await;
     let d = tempfile::tempdir().unwrap();
     let page = "<p>compress me</p>\n".repeat(300);
     std::fs::write(d.path().join("index.html"), &page).unwrap();
@@ -473,17 +484,7 @@ async fn cidr_rules_from_real_source_addresses() {
 /// a change is served once the period is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_routes_follow_changes_within_the_ttl() {
-    let db = TestStore::sqlite().await;
-    let gw = Gateway::with_options(
-        db.store.clone(),
-        "preview.localhost",
-        &[],
-        Duration::from_millis(300),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, gw.app()).await.unwrap() });
-    let g = Gw { addr, db };
+    let g = start_cached(Duration::from_millis(300)).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("index.html"), "v1").unwrap();
     g.route("c-pr-1", Route::Static(dir.path().to_path_buf()), true)
@@ -502,6 +503,83 @@ async fn cached_routes_follow_changes_within_the_ttl() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     g.db.cleanup().await;
+}
+
+/// Small static answers are kept in memory for the cache period (a changed file is served
+/// once it is over); HEAD is answered from them; ranges, date conditions and large files
+/// always go to the folder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_answers_kept_in_memory_for_the_ttl() {
+    let long = start_cached(Duration::from_secs(60)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let big = "b".repeat(300 * 1024);
+    std::fs::write(dir.path().join("index.html"), "version one").unwrap();
+    std::fs::write(dir.path().join("big.txt"), &big).unwrap();
+    long.route("k-pr-1", Route::Static(dir.path().to_path_buf()), true)
+        .await;
+    let host = "k-pr-1.preview.localhost";
+    let text = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    };
+    assert_eq!(
+        text(long.get(host, "/index.html").await).await,
+        "version one"
+    );
+    assert_eq!(
+        text(long.get(host, "/big.txt").await).await.len(),
+        big.len()
+    );
+    std::fs::write(dir.path().join("index.html"), "version two!").unwrap();
+    std::fs::write(dir.path().join("big.txt"), "small now").unwrap();
+    // Within the period: the kept answer, whole, with its validators.
+    let kept = long.get(host, "/index.html").await;
+    assert_eq!(kept.headers()["content-length"], "11");
+    assert!(kept.headers().contains_key("etag"));
+    assert_eq!(kept.headers()["x-robots-tag"], "noindex, nofollow");
+    assert_eq!(text(kept).await, "version one");
+    let head = reqwest::Client::new()
+        .head(format!("http://{}/index.html", long.addr))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], "11");
+    assert!(head.bytes().await.unwrap().is_empty());
+    // A range goes to the folder, and so does a file too large to keep.
+    let range = reqwest::Client::new()
+        .get(format!("http://{}/index.html", long.addr))
+        .header("host", host)
+        .header("range", "bytes=0-6")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(range.status(), 206);
+    assert_eq!(range.text().await.unwrap(), "version");
+    assert_eq!(text(long.get(host, "/big.txt").await).await, "small now");
+    // A missing file is never kept as found.
+    assert_eq!(long.get(host, "/nope.html").await.status(), 404);
+    long.db.cleanup().await;
+
+    // With a short period, the change is served once it is over.
+    let short = start_cached(Duration::from_millis(300)).await;
+    std::fs::write(dir.path().join("index.html"), "one").unwrap();
+    short
+        .route("k-pr-2", Route::Static(dir.path().to_path_buf()), true)
+        .await;
+    let host = "k-pr-2.preview.localhost";
+    assert_eq!(text(short.get(host, "/").await).await, "one");
+    std::fs::write(dir.path().join("index.html"), "two").unwrap();
+    let start = std::time::Instant::now();
+    while text(short.get(host, "/").await).await != "two" {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the changed file was not served after the cache period"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    short.db.cleanup().await;
 }
 
 /// A protected (production) site never gets `X-Robots-Tag`, whatever its route says.

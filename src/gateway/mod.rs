@@ -85,7 +85,39 @@ pub struct Gateway {
     access_log: std::sync::OnceLock<AccessLog>,
     /// Longest (ms) an app may take to start answering (0: no limit).
     upstream_timeout_ms: std::sync::atomic::AtomicU64,
+    /// Static previews' small answers, kept for `cache_ttl` like routes (none when it is 0).
+    files: std::sync::Mutex<FileCache>,
 }
+
+/// Small static answers in memory: a kept answer is sent without touching the disk (no
+/// blocking-pool round trips), and a changed file is seen within `cache_ttl`, as a changed
+/// route is. A new version of a preview is served from a new folder, so it is a new key.
+#[derive(Default)]
+struct FileCache {
+    answers: std::collections::HashMap<FileKey, (std::time::Instant, Arc<KeptAnswer>)>,
+    /// Body bytes held, at most [`FILE_CACHE_BYTES`].
+    bytes: usize,
+}
+
+/// What a static answer depends on: the folder, the path asked for, the encodings accepted
+/// (the `.br`/`.gz` choice). Requests with Range or date conditions are never kept or
+/// answered from here.
+#[derive(Hash, PartialEq, Eq)]
+struct FileKey {
+    root: PathBuf,
+    path: String,
+    accept: Vec<u8>,
+}
+
+/// A `200` answer as the folder gave it (with its `ETag` and `Vary`).
+struct KeptAnswer {
+    headers: http::HeaderMap,
+    body: bytes::Bytes,
+}
+
+/// Largest file kept in memory, and all of them together.
+const FILE_CACHE_ONE: u64 = 256 * 1024;
+const FILE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
 type Cached = (std::time::Instant, Arc<(Option<RouteRow>, SiteView)>);
 
@@ -156,6 +188,7 @@ impl Gateway {
             cache_ttl,
             access_log: Default::default(),
             upstream_timeout_ms: std::sync::atomic::AtomicU64::new(60_000),
+            files: Default::default(),
         })
     }
 
@@ -405,7 +438,7 @@ async fn serve(
                 None => "This preview could not be built or started; <code>endor preview list --state failed</code> says why.".into(),
             },
         ),
-        Some(Route::Static(root)) => serve_static(root, req).await,
+        Some(Route::Static(root)) => serve_static(&gw, root, req).await,
         Some(Route::Proxy(port)) => proxy(&gw, req, port, &site).await,
         None => page(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -425,9 +458,41 @@ async fn serve(
 /// A static preview's file: the `.br` / `.gz` sibling the launch made when the visitor
 /// accepts it (`Vary: Accept-Encoding`), `Last-Modified` and an `ETag` (from the modification
 /// time, the length and the encoding, as nginx makes it), `304` for a visitor that has it.
-async fn serve_static(root: std::path::PathBuf, req: Request) -> Response {
+async fn serve_static(gw: &Gateway, root: std::path::PathBuf, req: Request) -> Response {
     let if_none_match = req.headers().get(header::IF_NONE_MATCH).cloned();
-    let head_or_get = matches!(*req.method(), http::Method::GET | http::Method::HEAD);
+    let method = req.method().clone();
+    let head_or_get = matches!(method, http::Method::GET | http::Method::HEAD);
+    // Kept answers serve plain GETs and HEADs; ranges and date conditions go to the folder.
+    let key = (head_or_get
+        && !gw.cache_ttl.is_zero()
+        && ![
+            header::RANGE,
+            header::IF_RANGE,
+            header::IF_MODIFIED_SINCE,
+            header::IF_UNMODIFIED_SINCE,
+            header::IF_MATCH,
+        ]
+        .iter()
+        .any(|h| req.headers().contains_key(h)))
+    .then(|| FileKey {
+        root: root.clone(),
+        path: req.uri().path().to_string(),
+        accept: req
+            .headers()
+            .get(header::ACCEPT_ENCODING)
+            .map(|v| v.as_bytes().to_vec())
+            .unwrap_or_default(),
+    });
+    if let Some(k) = &key
+        && let Some(kept) = gw.kept_answer(k)
+    {
+        let mut resp = Response::new(match method {
+            http::Method::HEAD => Body::empty(),
+            _ => Body::from(kept.body.clone()),
+        });
+        *resp.headers_mut() = kept.headers.clone();
+        return not_modified_if_matched(resp, if_none_match.as_ref());
+    }
     let serve = tower_http::services::ServeDir::new(root)
         .precompressed_br()
         .precompressed_gzip();
@@ -444,35 +509,88 @@ async fn serve_static(root: std::path::PathBuf, req: Request) -> Response {
     let Some(tag) = etag(resp.headers()) else {
         return resp;
     };
-    let matched = head_or_get
+    if status == StatusCode::OK {
+        resp.headers_mut().insert(header::ETAG, tag.clone());
+    }
+    let small = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= FILE_CACHE_ONE);
+    if let Some(k) = key
+        && method == http::Method::GET
         && status == StatusCode::OK
-        && if_none_match
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .map(|t| t.trim().trim_start_matches("W/"))
-                    .any(|t| t == "*" || t == tag.to_str().unwrap_or(""))
-            });
-    if matched {
-        let mut not_modified = Response::new(Body::empty());
-        *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
-        for name in [
-            header::LAST_MODIFIED,
-            header::VARY,
-            header::CONTENT_ENCODING,
-        ] {
-            if let Some(v) = resp.headers().get(&name) {
-                not_modified.headers_mut().insert(name, v.clone());
-            }
-        }
-        not_modified.headers_mut().insert(header::ETAG, tag);
-        return not_modified;
+        && small
+    {
+        use http_body_util::BodyExt;
+        let (parts, body) = resp.into_parts();
+        let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+            return page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Read error",
+                "This file could not be read.",
+            );
+        };
+        gw.keep_answer(k, parts.headers.clone(), body.clone());
+        resp = Response::from_parts(parts, Body::from(body));
     }
     if status == StatusCode::OK {
-        resp.headers_mut().insert(header::ETAG, tag);
+        return not_modified_if_matched(resp, if_none_match.as_ref());
     }
     resp
+}
+
+/// `304` (with the validators and `Vary`, no body) when the visitor's `If-None-Match` names
+/// this `200` answer's `ETag`; the answer itself otherwise.
+fn not_modified_if_matched(resp: Response, if_none_match: Option<&HeaderValue>) -> Response {
+    let Some(tag) = resp.headers().get(header::ETAG) else {
+        return resp;
+    };
+    let tag = tag.to_str().unwrap_or("");
+    let matched = if_none_match
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .map(|t| t.trim().trim_start_matches("W/"))
+                .any(|t| t == "*" || t == tag)
+        });
+    if !matched {
+        return resp;
+    }
+    let mut not_modified = Response::new(Body::empty());
+    *not_modified.status_mut() = StatusCode::NOT_MODIFIED;
+    for name in [
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::VARY,
+        header::CONTENT_ENCODING,
+    ] {
+        if let Some(v) = resp.headers().get(&name) {
+            not_modified.headers_mut().insert(name, v.clone());
+        }
+    }
+    not_modified
+}
+
+impl Gateway {
+    fn kept_answer(&self, k: &FileKey) -> Option<Arc<KeptAnswer>> {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, kept) = files.answers.get(k)?;
+        (at.elapsed() < self.cache_ttl).then(|| kept.clone())
+    }
+
+    fn keep_answer(&self, k: FileKey, headers: http::HeaderMap, body: bytes::Bytes) {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        if files.bytes + body.len() > FILE_CACHE_BYTES || files.answers.len() >= CACHE_MAX {
+            files.answers.clear();
+            files.bytes = 0;
+        }
+        files.bytes += body.len();
+        let kept = Arc::new(KeptAnswer { headers, body });
+        if let Some((_, old)) = files.answers.insert(k, (std::time::Instant::now(), kept)) {
+            files.bytes -= old.body.len();
+        }
+    }
 }
 
 /// `"{modified, hex}-{length, hex}[-{encoding}]"` of a file's answer.
