@@ -94,7 +94,7 @@ fn main() {
         nginx_conf(d, site_port, n_bare, n_ruled, n_static, &root),
     )
     .unwrap();
-    let _nginx = Kill(
+    let _nginx = Nginx(
         Command::new(&nginx)
             .args(["-p", &d.display().to_string(), "-c"])
             .arg(d.join("nginx.conf"))
@@ -319,4 +319,16 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .iter()
         .map(|d| Path::new(d).join(name))
         .find(|p| p.exists())
+}
+
+/// nginx's master, stopped with SIGTERM so it takes its worker along (a killed master leaves
+/// the worker running).
+struct Nginx(std::process::Child);
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
 }

@@ -8,6 +8,9 @@
 //!
 //! cargo bench --bench reap [-- --counts 100,1000 --pg 50]   (scripts/bench/reap sets up XFS)
 
+mod common;
+
+use common::{acme_with_repo, status_kb};
 use std::path::Path;
 use std::time::Instant;
 
@@ -21,16 +24,6 @@ fn arg(name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
-}
-
-fn status_kb(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 async fn pg_source(base: &str) -> String {
@@ -135,23 +128,7 @@ async fn run(base_dir: &Path, count: usize, pg: usize, pg_base: &str) {
     let store = endor::store::open(&url, 8, &dir.path().join("master.key"))
         .await
         .unwrap();
-    endor::service::create_user(store.as_ref(), "owner", None, None)
-        .await
-        .unwrap();
-    endor::service::create_workspace(store.as_ref(), "acme", "owner")
-        .await
-        .unwrap();
-    let conn = endor::service::connect_repo(
-        store.as_ref(),
-        &config,
-        "acme",
-        "github:octo/app",
-        None,
-        Some("file:///nonexistent"),
-    )
-    .await
-    .unwrap()
-    .connection_id;
+    let (_ws, conn) = acme_with_repo(store.as_ref(), &config, "github:octo/app").await;
     let sites = Sites::new(store.clone(), &config);
     parent(&sites, dir.path(), "production", None).await;
     if pg > 0 {
@@ -174,12 +151,12 @@ async fn run(base_dir: &Path, count: usize, pg: usize, pg_base: &str) {
     }
     let planted = t.elapsed();
     let reaper = endor::reaper::Reaper::standalone(store.clone(), &config);
-    let rss_before = status_kb("VmRSS:");
+    let rss_before = status_kb("self", "VmRSS:");
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     let t = Instant::now();
     let report = reaper.pass(false).await.unwrap();
     let took = t.elapsed().as_secs_f64();
-    let peak = status_kb("VmHWM:");
+    let peak = status_kb("self", "VmHWM:");
     let total = count + pg;
     assert_eq!(report.expired.len(), total, "{:?}", report.failed);
     let left = std::fs::read_dir(&config.storage.root)

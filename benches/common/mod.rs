@@ -83,21 +83,45 @@ pub async fn load_with(
     dur: Duration,
     keep_alive: bool,
 ) -> Run {
+    load_hosts(
+        url,
+        host.into_iter().collect(),
+        auth,
+        conns,
+        dur,
+        keep_alive,
+    )
+    .await
+}
+
+/// [`load_with`] spread over `hosts` (each request the next one, round robin; none: no
+/// `Host` header of its own).
+pub async fn load_hosts(
+    url: String,
+    hosts: Vec<String>,
+    auth: Option<String>,
+    conns: usize,
+    dur: Duration,
+    keep_alive: bool,
+) -> Run {
     let start = Instant::now();
+    let hosts = std::sync::Arc::new(hosts);
     let mut tasks = Vec::new();
-    for _ in 0..conns {
-        let (url, host, auth) = (url.clone(), host.clone(), auth.clone());
+    for c in 0..conns {
+        let (url, hosts, auth) = (url.clone(), hosts.clone(), auth.clone());
         tasks.push(tokio::spawn(async move {
             let client = reqwest::Client::builder()
                 .pool_max_idle_per_host(usize::from(keep_alive))
                 .build()
                 .unwrap();
             let mut run = Run::default();
+            let mut next = c;
             while start.elapsed() < dur {
                 let t = Instant::now();
                 let mut r = client.get(&url);
-                if let Some(h) = &host {
-                    r = r.header("host", h);
+                if !hosts.is_empty() {
+                    r = r.header("host", &hosts[next % hosts.len()]);
+                    next += conns;
                 }
                 if let Some(a) = &auth {
                     r = r.header("authorization", a);
@@ -239,4 +263,42 @@ pub fn side_mode() -> bool {
         return true;
     }
     args.iter().any(|a| a == "--list")
+}
+
+/// A field of `/proc/PID/status` (`pid` may be `self`), in KiB; 0 when it cannot be read.
+pub fn status_kb(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// In a bench's fresh store: the user `owner`, its workspace `acme`, and `repo` connected to
+/// it (its git remote never fetched). Returns the workspace and the connection.
+pub async fn acme_with_repo(
+    store: &dyn endor::store::Store,
+    config: &endor::config::Config,
+    repo: &str,
+) -> (endor::store::Workspace, endor::ids::ConnectionId) {
+    endor::service::create_user(store, "owner", None, None)
+        .await
+        .unwrap();
+    let ws = endor::service::create_workspace(store, "acme", "owner")
+        .await
+        .unwrap();
+    let conn = endor::service::connect_repo(
+        store,
+        config,
+        "acme",
+        repo,
+        None,
+        Some("file:///nonexistent"),
+    )
+    .await
+    .unwrap()
+    .connection_id;
+    (ws, conn)
 }
