@@ -582,6 +582,51 @@ async fn static_answers_kept_in_memory_for_the_ttl() {
     short.db.cleanup().await;
 }
 
+/// Past the cache period a gateway keeps what it has while the store's change counter stays
+/// the same (one read per period for every site), and reads each site again once it moves:
+/// a route rewritten behind the triggers' back is not seen until the counter moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_routes_last_while_the_store_says_nothing_changed() {
+    let g = start_cached(Duration::from_millis(200)).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("index.html"), "kept").unwrap();
+    g.route("n-pr-1", Route::Static(dir.path().to_path_buf()), true)
+        .await;
+    let host = "n-pr-1.preview.localhost";
+    assert_eq!(g.get(host, "/").await.status(), 200);
+    // The route rewritten with the counter left alone (as no write of endor's can do).
+    let mut raw = sqlx::SqliteConnection::connect(&g.db.url).await.unwrap();
+    use sqlx::Connection;
+    for t in ["routes_updated", "routes_inserted"] {
+        sqlx::query(&format!("DROP TRIGGER {t}"))
+            .execute(&mut raw)
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE routes SET kind = 'gone', target = NULL WHERE site_name = 'n-pr-1'")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    // Well past the period: still the kept route, each period renewed by one counter read.
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(g.get(host, "/").await.status(), 200);
+    }
+    // The counter moves (any change): the site is read again within the period.
+    sqlx::query("UPDATE gateway_changes SET n = n + 1")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    while g.get(host, "/").await.status() != 410 {
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "the change was not served after the counter moved"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A protected (production) site never gets `X-Robots-Tag`, whatever its route says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protected_sites_get_no_robots_header() {

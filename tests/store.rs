@@ -26,7 +26,66 @@ both_backends!(
     every_forge_is_accepted_by_the_store,
     unknown_stored_names_are_errors,
     connections_are_found_by_repository_and_installation,
+    gateway_changes_count_what_a_gateway_keeps,
 );
+
+/// The gateway's change counter moves with every write to what it keeps of a site (routes,
+/// access settings, the site's name, state and protection), and not with other writes.
+async fn gateway_changes_count_what_a_gateway_keeps(db: &TestStore) {
+    use endor::store::{NewSite, SiteAccess, SiteState};
+    let s = db.store.as_ref();
+    let ws = workspace(db, "w").await;
+    let mut last = s.gateway_changes().await.unwrap();
+    let mut moved = async |what: &str, expected: bool| {
+        let now = s.gateway_changes().await.unwrap();
+        assert_eq!(now > last, expected, "{what}: {last} -> {now}");
+        assert!(now >= last, "{what}: the counter went back");
+        last = now;
+    };
+    let site = s
+        .create_site(&NewSite {
+            name: "counted".into(),
+            workspace_id: ws.clone(),
+            region: "default".into(),
+            parent_id: None,
+            read_only: false,
+        })
+        .await
+        .unwrap();
+    moved("site created", true).await;
+    s.add_site_tag(&site.id, "team-a").await.unwrap();
+    moved("a tag (not kept by a gateway)", false).await;
+    s.set_site_state(&site.id, SiteState::Active).await.unwrap();
+    moved("state", true).await;
+    s.set_site_protected(&site.id, true).await.unwrap();
+    moved("protection", true).await;
+    let route = endor::gateway::Route::Proxy(4000).row("counted", true);
+    s.put_route(&route).await.unwrap();
+    moved("route inserted", true).await;
+    s.put_route(&endor::gateway::Route::Gone.row("counted", true))
+        .await
+        .unwrap();
+    moved("route replaced", true).await;
+    s.put_site_access(&SiteAccess {
+        site_id: site.id.clone(),
+        robots: 0,
+        basic_user: None,
+        basic_hash: None,
+        basic_sealed: None,
+        updated_at: 1,
+        allow_cidrs: Some("10.0.0.0/8".into()),
+        deny_cidrs: None,
+    })
+    .await
+    .unwrap();
+    moved("access settings", true).await;
+    s.delete_route("counted").await.unwrap();
+    moved("route deleted", true).await;
+    s.set_site_state(&site.id, SiteState::Deleted)
+        .await
+        .unwrap();
+    moved("site deleted", true).await;
+}
 
 /// A delivery to the GitHub App's webhook finds its connection by repository, in any case;
 /// deleted connections and other forges' are not found; installations and their state kept.

@@ -78,9 +78,12 @@ pub struct Gateway {
     client: Client<HttpConnector, Body>,
     auth: crate::access::AuthCache,
     trusted_proxies: Vec<ipnet::IpNet>,
-    /// Route and access settings per site name, read at most once per `cache_ttl`.
+    /// Route and access settings per site name, read at most once per `cache_ttl`, and kept
+    /// while the store's change counter stays the same.
     cache: std::sync::Mutex<std::collections::HashMap<String, Cached>>,
     cache_ttl: std::time::Duration,
+    /// The store's change counter (`Store::gateway_changes`) and when it was read.
+    changes: std::sync::Mutex<Option<(i64, std::time::Instant)>>,
     /// Where each site's access and error lines go (none: not logged).
     access_log: std::sync::OnceLock<AccessLog>,
     /// Longest (ms) an app may take to start answering (0: no limit).
@@ -119,7 +122,8 @@ struct KeptAnswer {
 const FILE_CACHE_ONE: u64 = 256 * 1024;
 const FILE_CACHE_BYTES: usize = 32 * 1024 * 1024;
 
-type Cached = (std::time::Instant, Arc<(Option<RouteRow>, SiteView)>);
+/// Good as of the instant; read when the store's change counter was the number.
+type Cached = (std::time::Instant, i64, Arc<(Option<RouteRow>, SiteView)>);
 
 /// What the gateway needs of a site besides its route.
 #[derive(Clone, Default)]
@@ -186,6 +190,7 @@ impl Gateway {
                 .collect(),
             cache: Default::default(),
             cache_ttl,
+            changes: Default::default(),
             access_log: Default::default(),
             upstream_timeout_ms: std::sync::atomic::AtomicU64::new(60_000),
             files: Default::default(),
@@ -198,16 +203,62 @@ impl Gateway {
     }
 
     /// The site's route and access settings, from the cache while fresh (shared, not copied:
-    /// a request on the hot path allocates nothing for them).
+    /// a request on the hot path allocates nothing for them). Past `cache_ttl`, a kept entry
+    /// stays good while the store's change counter is the number it was read under: the
+    /// counter is read once per period whatever the number of sites, so a lookup costs the
+    /// same with a thousand as with one; a change anywhere has every site read again, within
+    /// the period.
     async fn lookup(&self, site: &str) -> crate::store::Result<Arc<(Option<RouteRow>, SiteView)>> {
-        if !self.cache_ttl.is_zero() {
+        if self.cache_ttl.is_zero() {
+            return Ok(Arc::new(self.load(site).await?));
+        }
+        {
             let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some((at, found)) = cache.get(site)
+            if let Some((at, _, found)) = cache.get(site)
                 && at.elapsed() < self.cache_ttl
             {
                 return Ok(found.clone());
             }
         }
+        let (changes, checked) = self.changes().await?;
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, seen, found)) = cache.get_mut(site)
+                && *seen == changes
+            {
+                // Nothing changed up to `checked`: good as of then.
+                *at = checked;
+                return Ok(found.clone());
+            }
+        }
+        // The counter was read before the rows: a change after it bumps it past `changes`.
+        let found = Arc::new(self.load(site).await?);
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_MAX {
+            cache.clear();
+        }
+        cache.insert(
+            site.to_string(),
+            (std::time::Instant::now(), changes, found.clone()),
+        );
+        Ok(found)
+    }
+
+    /// The store's change counter, read at most once per `cache_ttl`, and when it was read.
+    async fn changes(&self) -> crate::store::Result<(i64, std::time::Instant)> {
+        if let Some((n, at)) = *self.changes.lock().unwrap_or_else(|e| e.into_inner())
+            && at.elapsed() < self.cache_ttl
+        {
+            return Ok((n, at));
+        }
+        let at = std::time::Instant::now();
+        let n = self.store.gateway_changes().await?;
+        *self.changes.lock().unwrap_or_else(|e| e.into_inner()) = Some((n, at));
+        Ok((n, at))
+    }
+
+    /// The site's route and access settings, from the store.
+    async fn load(&self, site: &str) -> crate::store::Result<(Option<RouteRow>, SiteView)> {
         let route = self.store.route(site).await?;
         let access = match &route {
             Some(_) => match self.store.site_by_name(site).await? {
@@ -220,15 +271,7 @@ impl Gateway {
             },
             None => SiteView::default(),
         };
-        let found = Arc::new((route, access));
-        if !self.cache_ttl.is_zero() {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(site.to_string(), (std::time::Instant::now(), found.clone()));
-        }
-        Ok(found)
+        Ok((route, access))
     }
 
     pub fn router(self: Arc<Self>) -> Router {

@@ -736,6 +736,9 @@ pub trait RouteStore: Send + Sync {
     async fn route(&self, site_name: &str) -> Result<Option<RouteRow>>;
     async fn delete_route(&self, site_name: &str) -> Result<()>;
     async fn list_routes(&self) -> Result<Vec<RouteRow>>;
+    /// How many changes were made to routes, access settings and sites (name, state,
+    /// protection) so far: the same number means what a gateway keeps of them is still good.
+    async fn gateway_changes(&self) -> Result<i64>;
 }
 
 /// Previews of pull requests and the steps of their runs.

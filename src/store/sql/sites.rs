@@ -323,6 +323,13 @@ macro_rules! impl_sites {
                     .fetch_all(&self.pool)
                     .await?)
             }
+
+            async fn gateway_changes(&self) -> $crate::store::Result<i64> {
+                let (n,): (i64,) = sqlx::query_as("SELECT n FROM gateway_changes WHERE id = 1")
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(n)
+            }
         }
     };
 }
