@@ -61,6 +61,16 @@ impl Gw {
     }
 }
 
+/// Checks every 20 ms until `check` holds; fails with `what` after 3 s (a cache period of
+/// the tests' gateways is at most 300 ms).
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < Duration::from_secs(3), "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_host_with_the_right_statuses() {
     let gw = start().await;
@@ -491,17 +501,11 @@ async fn cached_routes_follow_changes_within_the_ttl() {
         .await;
     assert_eq!(g.get("c-pr-1.preview.localhost", "/").await.status(), 200);
     g.route("c-pr-1", Route::Gone, true).await;
-    let start = std::time::Instant::now();
-    loop {
-        if g.get("c-pr-1.preview.localhost", "/").await.status() == 410 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "the change was not served after the cache period"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the change was not served after the cache period",
+        async || g.get("c-pr-1.preview.localhost", "/").await.status() == 410,
+    )
+    .await;
     g.db.cleanup().await;
 }
 
@@ -571,14 +575,11 @@ async fn static_answers_kept_in_memory_for_the_ttl() {
     let host = "k-pr-2.preview.localhost";
     assert_eq!(text(short.get(host, "/").await).await, "one");
     std::fs::write(dir.path().join("index.html"), "two").unwrap();
-    let start = std::time::Instant::now();
-    while text(short.get(host, "/").await).await != "two" {
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "the changed file was not served after the cache period"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the changed file was not served after the cache period",
+        async || text(short.get(host, "/").await).await == "two",
+    )
+    .await;
     short.db.cleanup().await;
 }
 
@@ -617,14 +618,11 @@ async fn kept_routes_last_while_the_store_says_nothing_changed() {
         .execute(&mut raw)
         .await
         .unwrap();
-    let start = std::time::Instant::now();
-    while g.get(host, "/").await.status() != 410 {
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "the change was not served after the counter moved"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "the change was not served after the counter moved",
+        async || g.get(host, "/").await.status() == 410,
+    )
+    .await;
 }
 
 /// A protected (production) site never gets `X-Robots-Tag`, whatever its route says.
