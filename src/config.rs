@@ -22,6 +22,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub store: StoreConfig,
     pub storage: StorageConfig,
+    pub regions: RegionsConfig,
     pub secrets: SecretsConfig,
     pub backups: BackupsConfig,
     pub webhooks: WebhooksConfig,
@@ -120,6 +121,46 @@ pub struct StorageConfig {
     /// The older name of `secrets.master_key_file`, still read when set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret_key: Option<PathBuf>,
+}
+
+/// Regions (SPEC §12): `[regions] default = "NAME"` and one `[regions.NAME]` table per region.
+/// Without any `[regions.*]` there is one region, `default`, on `storage.root`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RegionsConfig {
+    /// The region of a site created without `--region` (and of a repository connected without
+    /// one).
+    pub default: String,
+    /// `[regions.NAME]` tables, by concrete name.
+    #[serde(flatten)]
+    pub list: std::collections::BTreeMap<String, RegionConfig>,
+}
+
+impl Default for RegionsConfig {
+    fn default() -> Self {
+        Self {
+            default: "default".into(),
+            list: Default::default(),
+        }
+    }
+}
+
+/// One region: where its sites' files, databases and backups live.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegionConfig {
+    /// The folder every site of the region lives under (in place of `storage.root`).
+    pub storage_root: PathBuf,
+    /// Abstract names that resolve to this region (`europe`, `eu`).
+    pub aliases: Vec<String>,
+    /// The PostgreSQL server of the `template` strategy in this region (else
+    /// `postgres.admin_url`).
+    pub postgres_admin_url: String,
+    /// The restic repository of this region's backups (else `backups.repository`).
+    pub backup_repository: String,
+    /// Every worker host of the region sees `storage_root` (a shared file system): a preview of
+    /// a lost host is started again by another worker of the region; else it is marked failed.
+    pub shared_storage: bool,
 }
 
 /// Backups of sites (`endor backup`): where restic writes them.
@@ -429,6 +470,9 @@ pub struct RuntimeConfig {
     pub cgroup_root: PathBuf,
     /// Limits of each site's processes; `.endor.toml` `[preview.limits]` may only lower them.
     pub limits: LimitsConfig,
+    /// The address gateways reach this host's previews at (recorded with each route). Other
+    /// than loopback, a preview's app must listen on every address (`0.0.0.0:$PORT`).
+    pub advertise: std::net::IpAddr,
 }
 
 impl Default for RuntimeConfig {
@@ -448,6 +492,7 @@ impl Default for RuntimeConfig {
             },
             cgroup_root: "/sys/fs/cgroup".into(),
             limits: LimitsConfig::default(),
+            advertise: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -774,6 +819,12 @@ impl Config {
                 "storage.secret_key",
                 "is the older name of secrets.master_key_file: set only one",
             );
+        }
+        if let Err(problem) = crate::regions::Regions::check(self) {
+            return Err(ConfigError::Key {
+                key: "regions",
+                problem,
+            });
         }
         if self.store.max_connections == 0 {
             return key("store.max_connections", "must be at least 1");

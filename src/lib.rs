@@ -24,6 +24,7 @@ pub mod net;
 pub mod previews;
 pub mod procfs;
 pub mod reaper;
+pub mod regions;
 pub mod runtime;
 pub mod secret;
 pub mod server;
