@@ -82,7 +82,7 @@ fn main() {
         put_route(
             &rt,
             dir.path(),
-            endor::gateway::Route::Proxy(site_port).row("app", true),
+            endor::gateway::Route::local(site_port).row("app", true),
         );
         // The gateway's settings cache (gateway.cache_ttl_ms, 1 s) must see the new route.
         std::thread::sleep(Duration::from_millis(1500));

@@ -76,8 +76,8 @@ fn main() {
         .build()
         .unwrap();
     use endor::gateway::Route;
-    put_route(&rt, d, Route::Proxy(site_port).row("ruled", true));
-    put_route(&rt, d, Route::Proxy(site_port).row("bare", true));
+    put_route(&rt, d, Route::local(site_port).row("ruled", true));
+    put_route(&rt, d, Route::local(site_port).row("bare", true));
     put_route(&rt, d, Route::Static(root.clone()).row("docs", true));
     let _serve = endor_serve(&cfg, gw);
     wait_for(gw);

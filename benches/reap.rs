@@ -72,7 +72,7 @@ async fn parent(sites: &Sites, dir: &Path, name: &str, pg: Option<&str>) {
         .create(
             name,
             "acme",
-            "default",
+            None,
             Imports {
                 files: Some(&src.join("files")),
                 sqlite: Some(&db),

@@ -178,10 +178,10 @@ async fn plant(d: &Path, n_static: usize, app_ports: &[u16]) {
             app_ports
                 .iter()
                 .enumerate()
-                .map(|(i, p)| (format!("app-pr-{}", i + 1), Route::Proxy(*p))),
+                .map(|(i, p)| (format!("app-pr-{}", i + 1), Route::local(*p))),
         );
     for (number, (name, route)) in routes.enumerate() {
-        let site = sites.create_empty(&name, &ws.id).await.unwrap();
+        let site = sites.create_empty(&name, &ws.id, "default").await.unwrap();
         store.put_route(&route.row(&name, true)).await.unwrap();
         store
             .put_preview(&Preview {

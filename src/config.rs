@@ -597,6 +597,8 @@ pub struct JobsConfig {
     pub lease: HumanDuration,
     /// Attempts before a transient failure becomes permanent.
     pub max_attempts: i64,
+    /// Run only the jobs of this region's sites (`serve --region`); empty: every region's.
+    pub region: String,
 }
 
 impl Default for JobsConfig {
@@ -605,6 +607,7 @@ impl Default for JobsConfig {
             workers: 4,
             lease: HumanDuration(std::time::Duration::from_secs(30)),
             max_attempts: 5,
+            region: String::new(),
         }
     }
 }
@@ -825,6 +828,16 @@ impl Config {
                 key: "regions",
                 problem,
             });
+        }
+        if !self.jobs.region.is_empty()
+            && crate::regions::Regions::new(self)
+                .get(&self.jobs.region)
+                .is_none()
+        {
+            return key(
+                "jobs.region",
+                "must name a configured region (its concrete name, not an alias)",
+            );
         }
         if self.store.max_connections == 0 {
             return key("store.max_connections", "must be at least 1");

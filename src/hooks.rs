@@ -46,8 +46,10 @@ pub async fn connect_with_hook(
     repo: &str,
     api_url: Option<&str>,
     git_url: Option<&str>,
+    region: Option<&str>,
 ) -> Result<Connected> {
-    let mut c = service::connect_repo(store, cfg, workspace, repo, api_url, git_url).await?;
+    let mut c =
+        service::connect_repo_in(store, cfg, workspace, repo, api_url, git_url, region).await?;
     let conn = connection(store, &c.connection_id).await?;
     let made = async {
         let forge = ForgeClients::new(cfg).client(&conn).await?;

@@ -45,6 +45,10 @@ enum Command {
         /// sharing one PostgreSQL store may each run some.
         #[arg(long, default_value = "api,worker,reaper,gateway")]
         roles: String,
+        /// Run only the jobs of this region's sites (a configured region's name; sets
+        /// jobs.region). Without it, a worker runs the jobs of every region.
+        #[arg(long)]
+        region: Option<String>,
     },
     /// What this host enforces on PR code (sandbox, uids, network, limits) and whether
     /// endor's own files are private; exits 1 when `serve` would refuse to start.
@@ -167,7 +171,16 @@ async fn run(
     config_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<()> {
     match command {
-        Command::Serve { roles } => cli::serve::serve(roles, config, config_file).await,
+        Command::Serve { roles, region } => {
+            let mut config = config;
+            if let Some(r) = region {
+                config.jobs.region = r;
+                config
+                    .validate()
+                    .map_err(|e| anyhow::anyhow!("--region: {e}"))?;
+            }
+            cli::serve::serve(roles, config, config_file).await
+        }
         Command::Doctor => cli::doctor::run(json, &config, config_file.as_deref()),
         Command::Migrate => cli::serve::migrate(json, &config).await,
         Command::Reap { dry_run } => cli::serve::reap(dry_run, json, &config).await,

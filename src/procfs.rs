@@ -1,11 +1,11 @@
 //! Reading `/proc`: which processes endor started for which site, how old they are and how
 //! much CPU they used. Shared by the reaper (orphans) and usage metering.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-/// Processes endor started for sites under `root`: (pid, site id), read from
+/// Processes endor started for sites under one of `roots`: (pid, site id), read from
 /// `/proc/{pid}/environ` (`ENDOR_FILES_DIR={root}/{site id}/...`).
-pub fn site_processes(root: &Path) -> Vec<(u32, String)> {
+pub fn site_processes(roots: &[PathBuf]) -> Vec<(u32, String)> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return out;
@@ -25,7 +25,7 @@ pub fn site_processes(root: &Path) -> Vec<(u32, String)> {
             .split(|b| *b == 0)
             .any(|kv| kv.starts_with(b"ENDOR_SITE="));
         if let (Some(files), true) = (files, has_site)
-            && let Ok(rest) = files.strip_prefix(root)
+            && let Some(rest) = roots.iter().find_map(|r| files.strip_prefix(r).ok())
             && let Some(id) = rest.components().next()
         {
             out.push((pid, id.as_os_str().to_string_lossy().into_owned()));

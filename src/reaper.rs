@@ -331,9 +331,9 @@ impl Reaper {
             .filter(|s| s.state != crate::store::SiteState::Deleted)
             .map(|s| (s.id.clone(), s.name.clone()))
             .collect();
-        let root = std::path::absolute(&self.config.storage.root)?;
+        let roots = self.sites.roots();
         let mut processes = 0;
-        for (pid, site_id) in crate::procfs::site_processes(&root) {
+        for (pid, site_id) in crate::procfs::site_processes(&roots) {
             if live.contains_key(&crate::ids::SiteId::from(site_id.as_str()))
                 || crate::procfs::process_age(pid).is_none_or(|age| age < grace)
             {

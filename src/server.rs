@@ -269,6 +269,7 @@ pub async fn serve_roles(
     let mut workers = None;
     let mut sampler = None;
     let mut reconciler = None;
+    let mut hosts = None;
     let mut shipper = None;
     if roles.worker {
         sender = Some(crate::writeback::Sender::spawn(
@@ -277,6 +278,9 @@ pub async fn serve_roles(
             outbox_wake.clone(),
             state.metrics.clone(),
         ));
+        if let Err(e) = lifecycle.keep_host_alive().await {
+            tracing::warn!(error = %e, "could not record this worker host in the store");
+        }
         match lifecycle.resume_all().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(count = n, "relaunching previews whose processes are gone"),
@@ -298,12 +302,18 @@ pub async fn serve_roles(
                 workers: state.config.jobs.workers,
                 lease: state.config.jobs.lease.0,
                 wake: Some(state.jobs_queued.clone()),
+                region: Some(state.config.jobs.region.clone()).filter(|r| !r.is_empty()),
                 ..Default::default()
             },
         ));
         tracing::info!(workers = state.config.jobs.workers, "job workers started");
         sampler = Some(tokio::spawn(sample_usage(state.clone(), rx.clone())));
         reconciler = Some(tokio::spawn(reconcile(lifecycle.clone(), rx.clone())));
+        hosts = Some(tokio::spawn(watch_hosts(
+            lifecycle.clone(),
+            state.config.jobs.lease.0,
+            rx.clone(),
+        )));
         shipper = Some(tokio::spawn(ship_server_logs(
             lifecycle.clone(),
             rx.clone(),
@@ -339,6 +349,9 @@ pub async fn serve_roles(
     if let Some(r) = reconciler {
         let _ = r.await;
     }
+    if let Some(h) = hosts {
+        let _ = h.await;
+    }
     if let Some(s) = shipper {
         let _ = s.await;
     }
@@ -352,6 +365,9 @@ pub async fn serve_roles(
         w.shutdown().await;
     }
     lifecycle.shutdown().await;
+    if roles.worker {
+        lifecycle.release_host().await;
+    }
     if let Some(s) = sender {
         s.shutdown().await;
     }
@@ -411,6 +427,33 @@ async fn reconcile(
 ) {
     every(std::time::Duration::from_secs(2), stop, || {
         lifecycle.reconcile()
+    })
+    .await
+}
+
+/// Every third of `jobs.lease`: keep this worker host's lease, and take over the previews of
+/// hosts whose lease ran out (`previews::hosts`).
+async fn watch_hosts(
+    lifecycle: Arc<crate::previews::Lifecycle>,
+    lease: std::time::Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    every(lease / 3, stop, || async {
+        if let Err(e) = lifecycle.keep_host_alive().await {
+            tracing::warn!(error = %e, "could not renew this worker host's lease");
+            return;
+        }
+        match lifecycle.take_over_lost_hosts().await {
+            Ok((0, 0)) => {}
+            Ok((resumed, failed)) => {
+                tracing::info!(
+                    resumed,
+                    failed,
+                    "took over the previews of a lost worker host"
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "could not look for lost worker hosts"),
+        }
     })
     .await
 }

@@ -270,6 +270,8 @@ pub struct Connected {
     pub workspace: String,
     pub forge: ForgeKind,
     pub repo: String,
+    /// The concrete region its previews are made in.
+    pub region: String,
     pub webhook_url: String,
     pub secret: String,
     pub content_type: &'static str,
@@ -283,6 +285,7 @@ pub struct Connected {
     pub hook_id: Option<String>,
 }
 
+/// Connect `repo` to the workspace, its previews made in the default region.
 pub async fn connect_repo(
     store: &dyn Store,
     cfg: &Config,
@@ -291,7 +294,29 @@ pub async fn connect_repo(
     api_url: Option<&str>,
     git_url: Option<&str>,
 ) -> Result<Connected> {
+    connect_repo_in(store, cfg, workspace_name, repo, api_url, git_url, None).await
+}
+
+/// Connect `repo` to the workspace, its previews made in `region` (a region or an alias,
+/// resolved once here; `None`: `regions.default`).
+pub async fn connect_repo_in(
+    store: &dyn Store,
+    cfg: &Config,
+    workspace_name: &str,
+    repo: &str,
+    api_url: Option<&str>,
+    git_url: Option<&str>,
+    region: Option<&str>,
+) -> Result<Connected> {
     let repo = RepoRef::parse(repo).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+    if let Some(r) = region {
+        validate_name("region", r)?;
+    }
+    let region = crate::regions::Regions::new(cfg)
+        .resolve(region)
+        .map_err(ServiceError::Invalid)?
+        .name
+        .clone();
     if let Some(u) = api_url {
         validate_url("--api-url", u, &["http", "https"])?;
     }
@@ -308,6 +333,7 @@ pub async fn connect_repo(
             api_url: api_url.map(str::to_string),
             git_url: git_url.map(str::to_string),
             secret: secret.clone(),
+            region: region.clone(),
         })
         .await?;
     let webhook_url = cfg.webhook_url(repo.forge.as_str(), conn.id.as_str());
@@ -318,6 +344,7 @@ pub async fn connect_repo(
         workspace: ws.name,
         forge: repo.forge,
         repo: repo.path,
+        region,
         webhook_url,
         secret: secret.expose().to_string(),
         content_type: "application/json",

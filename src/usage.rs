@@ -237,9 +237,9 @@ pub async fn sample(
         .filter(|s| matches!(s.state, SiteState::Active | SiteState::Creating))
         .collect();
     // CPU first: the processes of every live site.
-    let root = sites.root().to_path_buf();
+    let roots = sites.roots();
     let procs = tokio::task::spawn_blocking(move || {
-        crate::procfs::site_processes(&root)
+        crate::procfs::site_processes(&roots)
             .into_iter()
             .filter_map(|(pid, site)| {
                 crate::procfs::process_cpu(pid).map(|(start, cpu)| (pid, site, start, cpu))

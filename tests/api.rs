@@ -139,7 +139,7 @@ impl World {
         let sites = Sites::new(store.clone(), &config);
         for name in ["web", "web-2"] {
             sites
-                .create(name, "acme", "default", Imports::default())
+                .create(name, "acme", None, Imports::default())
                 .await
                 .unwrap();
         }
@@ -1500,7 +1500,7 @@ async fn site_logs_are_read_and_followed_over_the_api() {
     let tokens = owner_biller_developer_outsider(s).await;
     let sites = Sites::new(db.store.clone(), &config);
     sites
-        .create("web", "acme", "default", Imports::default())
+        .create("web", "acme", None, Imports::default())
         .await
         .unwrap();
     let id = sites.show("web").await.unwrap().id;
@@ -1628,7 +1628,7 @@ async fn workspace_logs_are_followed_and_its_settings_override_the_config() {
     let sites = Sites::new(db.store.clone(), &config);
     for (name, ws) in [("web", "acme"), ("api", "acme"), ("theirs", "other")] {
         sites
-            .create(name, ws, "default", Imports::default())
+            .create(name, ws, None, Imports::default())
             .await
             .unwrap();
     }
@@ -1708,7 +1708,7 @@ async fn workspace_logs_are_followed_and_its_settings_override_the_config() {
     assert_eq!(texts(&first), ["api a1", "web w2"]);
     logs.write(&api, at(0, "a2"));
     sites
-        .create("docs", "acme", "default", Imports::default())
+        .create("docs", "acme", None, Imports::default())
         .await
         .unwrap();
     let docs = sites.show("docs").await.unwrap().id;
@@ -1836,7 +1836,7 @@ async fn exec_streams_a_command_s_output_and_its_exit_code() {
             .create(
                 name,
                 "acme",
-                "default",
+                None,
                 Imports {
                     files: Some(&src),
                     ..Default::default()
@@ -2013,7 +2013,7 @@ async fn backups_through_the_api() {
     let dev = Who::Developer;
     let p = |s: &str| format!("/api/v1{s}");
     Sites::new(w.store.clone(), &w.config)
-        .create("theirs", "other", "default", Imports::default())
+        .create("theirs", "other", None, Imports::default())
         .await
         .unwrap();
     for bad in [json!({"tags": ["a b"]}), json!({"tags": ["x"], "extra": 1})] {

@@ -78,7 +78,7 @@ async fn schemathesis_finds_nothing_for_five_kinds_of_caller() {
     let sites = Sites::new(db.store.clone(), &config);
     for name in ["web", "web-2"] {
         sites
-            .create(name, "acme", "default", Imports::default())
+            .create(name, "acme", None, Imports::default())
             .await
             .unwrap();
     }

@@ -255,7 +255,7 @@ async fn production(w: &World, name: &str) -> String {
         .create(
             name,
             "acme",
-            "default",
+            None,
             Imports {
                 files: Some(&src),
                 sqlite: Some(&sqlite),
@@ -1158,6 +1158,7 @@ async fn the_store_itself_is_drilled_on_both_backends() {
                 api_url: None,
                 git_url: None,
                 secret: endor::secret::WebhookSecret::generate(),
+                region: "default".into(),
             })
             .await
             .unwrap();
@@ -1318,7 +1319,7 @@ async fn a_mariadb_site_is_restored_and_drilled() {
         .create(
             "shop",
             "acme",
-            "default",
+            None,
             Imports {
                 files: Some(&src),
                 sqlite: None,

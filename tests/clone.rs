@@ -386,7 +386,7 @@ async fn site_lifecycle(dir: tempfile::TempDir, reflink: bool) {
         .create(
             "production",
             "acme",
-            "default",
+            None,
             Imports {
                 files: Some(&src_files),
                 sqlite: Some(&src_db),
@@ -605,7 +605,7 @@ async fn sites_on_plain_storage() {
 async fn sweep_removes_orphans_but_not_sites_being_made() {
     let f = fixture(reflink_dir()).await;
     f.sites
-        .create("live", "acme", "default", Imports::default())
+        .create("live", "acme", None, Imports::default())
         .await
         .unwrap();
     let live_id = f.sites.show("live").await.unwrap().id;
@@ -701,15 +701,13 @@ async fn hostile_site_names_are_refused() {
     ] {
         assert!(
             matches!(
-                f.sites
-                    .create(bad, "acme", "default", Imports::default())
-                    .await,
+                f.sites.create(bad, "acme", None, Imports::default()).await,
                 Err(SiteError::Invalid(_))
             ),
             "{bad:?}"
         );
         f.sites
-            .create("ok-src", "acme", "default", Imports::default())
+            .create("ok-src", "acme", None, Imports::default())
             .await
             .ok();
         assert!(
@@ -724,7 +722,7 @@ async fn hostile_site_names_are_refused() {
     }
     assert!(matches!(
         f.sites
-            .create("x", "acme", "../../etc", Imports::default())
+            .create("x", "acme", Some("../../etc"), Imports::default())
             .await,
         Err(SiteError::Invalid(_))
     ));
@@ -770,7 +768,7 @@ async fn postgres_template_strategy() {
         .create(
             "production",
             "acme",
-            "default",
+            None,
             Imports {
                 postgres: Some(&src_url),
                 ..Default::default()

@@ -260,7 +260,7 @@ async fn proxied_site_process_and_robots_toggle() {
     endor::runtime::health_check(port, "/", Duration::from_secs(20))
         .await
         .unwrap();
-    gw.route("app-pr-4", Route::Proxy(port), false).await;
+    gw.route("app-pr-4", Route::local(port), false).await;
     let host = "app-pr-4.preview.localhost";
     let r = gw.get(host, "/").await;
     assert_eq!(r.status(), 200);
@@ -327,7 +327,7 @@ async fn websocket_upgrades_pass_through() {
             s.write_all(&buf[..n].to_ascii_uppercase()).await.unwrap();
         }
     });
-    gw.route("chat", Route::Proxy(port), true).await;
+    gw.route("chat", Route::local(port), true).await;
     let mut c = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     c.write_all(
         b"GET /socket HTTP/1.1\r\nHost: chat.preview.localhost\r\nUpgrade: websocket\r\n\
@@ -753,7 +753,7 @@ async fn access_and_error_logs_from_real_traffic() {
     let dead_port = dead.local_addr().unwrap().port();
     drop(dead);
     store
-        .put_route(&Route::Proxy(dead_port).row("app-pr-1", true))
+        .put_route(&Route::local(dead_port).row("app-pr-1", true))
         .await
         .unwrap();
     assert_eq!(get("127.0.0.2", "/api", None, None).await, 502);
@@ -767,7 +767,7 @@ async fn access_and_error_logs_from_real_traffic() {
         }
     });
     store
-        .put_route(&Route::Proxy(mute_port).row("app-pr-1", true))
+        .put_route(&Route::local(mute_port).row("app-pr-1", true))
         .await
         .unwrap();
     gateway.time_out_after(Duration::from_millis(300));

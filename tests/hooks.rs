@@ -52,7 +52,7 @@ async fn hooks_are_created_rotated_and_removed_on_every_forge() {
             vec!["pull_request", "issue_comment"],
         ),
     ] {
-        let c = hooks::connect_with_hook(s, &config, "acme", repo, None, None)
+        let c = hooks::connect_with_hook(s, &config, "acme", repo, None, None, None)
             .await
             .unwrap();
         let made = hooks_of(&forge, path);
@@ -122,7 +122,7 @@ async fn a_forge_that_refuses_leaves_nothing_half_made() {
             f.faults.down = down;
         });
         for repo in ["github:acme/web", "gitlab:grp/app", "gitea:acme/api"] {
-            let err = hooks::connect_with_hook(s, &config, "acme", repo, None, None)
+            let err = hooks::connect_with_hook(s, &config, "acme", repo, None, None, None)
                 .await
                 .unwrap_err();
             assert!(
@@ -145,14 +145,14 @@ async fn a_forge_that_refuses_leaves_nothing_half_made() {
     let mut tokenless = config.clone();
     tokenless.gitea.token = String::new();
     assert!(
-        hooks::connect_with_hook(s, &tokenless, "acme", "gitea:acme/api", None, None)
+        hooks::connect_with_hook(s, &tokenless, "acme", "gitea:acme/api", None, None, None)
             .await
             .is_err()
     );
     assert!(s.list_connections(None).await.unwrap().is_empty());
 
     // A rotation the forge refuses leaves both secrets as they were.
-    let c = hooks::connect_with_hook(s, &config, "acme", "gitea:acme/api", None, None)
+    let c = hooks::connect_with_hook(s, &config, "acme", "gitea:acme/api", None, None, None)
         .await
         .unwrap();
     let id = c.connection_id.to_string();

@@ -711,7 +711,7 @@ root = "."
         .create(
             "pgprod",
             "acme",
-            "default",
+            None,
             endor::sites::Imports {
                 postgres: Some(&pg_url),
                 ..Default::default()
@@ -813,7 +813,7 @@ async fn a_clone_owned_by_its_site_still_shares_its_extents() {
         .create(
             "production",
             "acme",
-            "default",
+            None,
             endor::sites::Imports {
                 files: Some(&src),
                 ..Default::default()

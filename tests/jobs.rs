@@ -302,6 +302,7 @@ fn fast() -> WorkerConfig {
         backoff_base: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
         name: "test".into(),
+        region: None,
         wake: None,
     }
 }

@@ -224,7 +224,7 @@ async fn planted_preview(
     };
     store
         .put_route(&match port {
-            Some(p) => Route::Proxy(p).row(&name, true),
+            Some(p) => Route::local(p).row(&name, true),
             None => Route::Static(files.clone()).row(&name, true),
         })
         .await
@@ -466,7 +466,7 @@ async fn orphans_are_swept_and_sites_being_created_are_not() {
         .create(
             "pgsite",
             "acme",
-            "default",
+            None,
             Imports {
                 files: Some(&pg_files),
                 postgres: Some(&src_url),
@@ -486,7 +486,7 @@ async fn orphans_are_swept_and_sites_being_created_are_not() {
         .unwrap();
     set_old(&root.join(&pg_site.id));
     // An orphaned route.
-    let mut route = Route::Proxy(ghost_port).row("ghost-pr-1", true);
+    let mut route = Route::local(ghost_port).row("ghost-pr-1", true);
     route.updated_at = 1_000;
     h.store().put_route(&route).await.unwrap();
     // A site being created right now: row `creating`, directory present.

@@ -32,6 +32,7 @@ async fn fill(store: &dyn Store, n: usize) -> BTreeMap<String, String> {
                 api_url: None,
                 git_url: None,
                 secret: secret.clone(),
+                region: "default".into(),
             })
             .await
             .unwrap();

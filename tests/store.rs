@@ -59,7 +59,7 @@ async fn gateway_changes_count_what_a_gateway_keeps(db: &TestStore) {
     moved("state", true).await;
     s.set_site_protected(&site.id, true).await.unwrap();
     moved("protection", true).await;
-    let route = endor::gateway::Route::Proxy(4000).row("counted", true);
+    let route = endor::gateway::Route::local(4000).row("counted", true);
     s.put_route(&route).await.unwrap();
     moved("route inserted", true).await;
     s.put_route(&endor::gateway::Route::Gone.row("counted", true))
@@ -207,6 +207,7 @@ async fn every_forge_is_accepted_by_the_store(db: &TestStore) {
                 api_url: None,
                 git_url: None,
                 secret: WebhookSecret::generate(),
+                region: "default".into(),
             })
             .await
             .unwrap_or_else(|e| panic!("{forge}: a connection is refused: {e}"));
@@ -903,6 +904,7 @@ async fn new_connection(db: &TestStore, ws: &WorkspaceId, repo: &str) -> endor::
             api_url: None,
             git_url: Some("file:///tmp/x.git".into()),
             secret: WebhookSecret::generate(),
+            region: "default".into(),
         })
         .await
         .unwrap()
@@ -970,6 +972,7 @@ async fn connection_needs_a_real_secret(db: &TestStore) {
             api_url: None,
             git_url: None,
             secret: WebhookSecret::from_stored(String::new()),
+            region: "default".into(),
         })
         .await;
     assert!(r.is_err(), "a connection without a secret was stored");

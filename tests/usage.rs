@@ -48,7 +48,7 @@ async fn clones_pay_for_what_they_write_and_cpu_is_counted_once() {
         .create(
             "prod",
             "acme",
-            "default",
+            None,
             Imports {
                 files: Some(&src),
                 ..Default::default()
@@ -230,7 +230,7 @@ async fn serve_samples_on_its_interval() {
         .create(
             "web",
             "acme",
-            "default",
+            None,
             Imports {
                 files: Some(&src),
                 ..Default::default()

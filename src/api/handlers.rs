@@ -136,6 +136,10 @@ pub struct NewConnection {
     /// http(s), ssh or git URL (`file://` only through the CLI: it reads the server's disk).
     #[schema(pattern = "^(https?|ssh|git)://[^\\s]+$", max_length = 2048)]
     pub git_url: Option<String>,
+    /// The region its previews are made in: a region or an alias (default: the configured
+    /// default region).
+    #[schema(max_length = 64)]
+    pub region: Option<String>,
     /// Create the repository's webhook through the forge's API (the server's forge token):
     /// nothing to paste by hand. Rotations update it; deleting the connection removes it.
     #[serde(default)]
@@ -465,10 +469,12 @@ pub async fn connect(
     }
     let (store, ws) = (api.store.as_ref(), &c.workspace()?.name);
     let (api_url, git_url) = (b.api_url.as_deref(), b.git_url.as_deref());
+    let region = b.region.as_deref();
     let conn = if b.create_hook {
-        crate::hooks::connect_with_hook(store, &api.config, ws, &b.repo, api_url, git_url).await?
+        crate::hooks::connect_with_hook(store, &api.config, ws, &b.repo, api_url, git_url, region)
+            .await?
     } else {
-        service::connect_repo(store, &api.config, ws, &b.repo, api_url, git_url).await?
+        service::connect_repo_in(store, &api.config, ws, &b.repo, api_url, git_url, region).await?
     };
     ok(StatusCode::CREATED, &conn)
 }
@@ -535,12 +541,11 @@ pub async fn create_site(
     raw: Body,
 ) -> Res {
     let b: NewSite = body(raw).await?;
-    let region = b.region.as_deref().unwrap_or("default");
     api.sites
         .create(
             &b.name,
             &c.workspace()?.name,
-            region,
+            b.region.as_deref(),
             crate::sites::Imports::default(),
         )
         .await?;

@@ -324,16 +324,26 @@ impl Backups {
         let target = into.unwrap_or(&b.site_name).to_string();
         crate::sites::validate_site_name(&target)?;
         let mut created = false;
-        if self.store.site_by_name(&target).await?.is_none() {
-            let source = self
-                .store
-                .site(&b.site_id)
-                .await?
-                .ok_or_else(|| BackupError::NotFound(format!("site of backup {}", b.id)))?;
-            self.sites
-                .create_empty(&target, &source.workspace_id)
-                .await?;
-            created = true;
+        let source = self
+            .store
+            .site(&b.site_id)
+            .await?
+            .ok_or_else(|| BackupError::NotFound(format!("site of backup {}", b.id)))?;
+        match self.store.site_by_name(&target).await? {
+            None => {
+                self.sites
+                    .create_empty(&target, &source.workspace_id, &source.region)
+                    .await?;
+                created = true;
+            }
+            Some(t) if t.region != source.region => {
+                return Err(BackupError::Invalid(format!(
+                    "backup {} is of a site in region {} and {target} is in region {}: a restore \
+                     stays in its region",
+                    b.id, source.region, t.region
+                )));
+            }
+            Some(_) => {}
         }
         let local = self
             .sites

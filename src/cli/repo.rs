@@ -28,6 +28,10 @@ pub enum RepoCmd {
         /// delete.
         #[arg(long)]
         create_hook: bool,
+        /// The region its previews are made in (a region or an alias; default
+        /// `regions.default`). A preview's parent site must be in it.
+        #[arg(long)]
+        region: Option<String>,
     },
     /// List connected repositories.
     List {
@@ -61,6 +65,7 @@ pub async fn run(cmd: RepoCmd, json: bool, config: &Config) -> anyhow::Result<()
             git_url,
             no_check,
             create_hook,
+            region,
         } => {
             let warning = match (&git_url, no_check) {
                 (Some(url), false) => service::check_git_url(url).await?,
@@ -70,10 +75,12 @@ pub async fn run(cmd: RepoCmd, json: bool, config: &Config) -> anyhow::Result<()
                 eprintln!("warning: {w}");
             }
             let (s, api, git) = (store.as_ref(), api_url.as_deref(), git_url.as_deref());
+            let region = region.as_deref();
             let mut c = if create_hook {
-                endor::hooks::connect_with_hook(s, config, &workspace, &repo, api, git).await?
+                endor::hooks::connect_with_hook(s, config, &workspace, &repo, api, git, region)
+                    .await?
             } else {
-                service::connect_repo(s, config, &workspace, &repo, api, git).await?
+                service::connect_repo_in(s, config, &workspace, &repo, api, git, region).await?
             };
             c.warning = warning;
             emit(json, &c, |c| {

@@ -14,8 +14,10 @@ pub enum SiteCmd {
         site: String,
         #[arg(long)]
         workspace: String,
-        #[arg(long, default_value = "default")]
-        region: String,
+        /// A region or a region alias (`europe`); default `regions.default`. A site stays in
+        /// its region for good.
+        #[arg(long)]
+        region: Option<String>,
         /// A directory whose tree becomes the site's files.
         #[arg(long)]
         files: Option<PathBuf>,
@@ -179,7 +181,9 @@ pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()
                 postgres: postgres.as_deref(),
                 mariadb: mariadb.as_deref(),
             };
-            let r = sites.create(&site, &workspace, &region, imports).await?;
+            let r = sites
+                .create(&site, &workspace, region.as_deref(), imports)
+                .await?;
             emit(json, &r, op)
         }
         SiteCmd::Tag(cmd) => {
@@ -421,6 +425,7 @@ fn show_text(d: &endor::sites::SiteDetails) -> String {
     if let Some(parent) = &d.parent {
         out.push(format!("parent:      {parent}"));
     }
+    out.push(format!("region:      {}", d.region_names.join(", ")));
     out.push(format!(
         "protected:   {}",
         if d.protected { "yes" } else { "no" }

@@ -1,6 +1,6 @@
 //! The preview gateway on `gateway.listen`: requests are routed by `Host`
 //! (`{site}.{gateway.domain}`) to what the store's `routes` table says — a static folder, a
-//! site process on 127.0.0.1, a "building" page (503), "gone" (410) — and unknown hosts get 404.
+//! site process at its host's advertised address, a "building" page (503), "gone" (410) — and unknown hosts get 404.
 //! Previews carry `X-Robots-Tag: noindex, nofollow` unless the route turns it off. Routes live
 //! in the store, so several gateway processes answer alike. A site's access settings
 //! (`crate::access`) are checked first: basic auth (401 without the credentials) and the
@@ -35,7 +35,8 @@ use crate::store::{RouteRow, Store};
 pub enum Route {
     Building,
     Static(PathBuf),
-    Proxy(u16),
+    /// The site's process at the address its worker host advertises (`runtime.advertise`).
+    Proxy(std::net::SocketAddr),
     Gone,
     /// The launch failed: a page says so, and names the preview (`REPO#N`) whose story
     /// `endor preview show` tells.
@@ -43,11 +44,20 @@ pub enum Route {
 }
 
 impl Route {
+    /// A process on this host's loopback at `port`.
+    pub fn local(port: u16) -> Self {
+        Route::Proxy(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
     pub fn row(&self, site_name: &str, robots: bool) -> RouteRow {
         let (kind, target) = match self {
             Route::Building => ("building", None),
             Route::Static(p) => ("static", Some(p.display().to_string())),
-            Route::Proxy(port) => ("proxy", Some(port.to_string())),
+            // A loopback port alone, as before there were other hosts.
+            Route::Proxy(a) if a.ip() == std::net::Ipv4Addr::LOCALHOST => {
+                ("proxy", Some(a.port().to_string()))
+            }
+            Route::Proxy(a) => ("proxy", Some(a.to_string())),
             Route::Gone => ("gone", None),
             Route::Failed(preview) => ("failed", preview.clone()),
         };
@@ -66,7 +76,13 @@ impl Route {
             "gone" => Route::Gone,
             "failed" => Route::Failed(r.target.clone()),
             "static" => Route::Static(PathBuf::from(r.target.as_ref()?)),
-            "proxy" => Route::Proxy(r.target.as_ref()?.parse().ok()?),
+            "proxy" => {
+                let t = r.target.as_ref()?;
+                match t.parse::<u16>() {
+                    Ok(port) => Route::local(port),
+                    Err(_) => Route::Proxy(t.parse().ok()?),
+                }
+            }
             _ => return None,
         })
     }
@@ -482,7 +498,7 @@ async fn serve(
             },
         ),
         Some(Route::Static(root)) => serve_static(&gw, root, req).await,
-        Some(Route::Proxy(port)) => proxy(&gw, req, port, &site).await,
+        Some(Route::Proxy(addr)) => proxy(&gw, req, addr, &site).await,
         None => page(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Bad route",
@@ -661,15 +677,15 @@ fn failed(mut r: Response, why: String) -> Response {
     r
 }
 
-/// Forward to the site's process on 127.0.0.1, streaming both bodies.
-async fn proxy(gw: &Gateway, req: Request, port: u16, site: &str) -> Response {
+/// Forward to the site's process at `addr`, streaming both bodies.
+async fn proxy(gw: &Gateway, req: Request, addr: std::net::SocketAddr, site: &str) -> Response {
     let (mut parts, body) = req.into_parts();
     let path = parts
         .uri
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
-    let Ok(uri) = format!("http://127.0.0.1:{port}{path}").parse() else {
+    let Ok(uri) = format!("http://{addr}{path}").parse() else {
         return page(
             StatusCode::BAD_REQUEST,
             "Bad request",
@@ -691,7 +707,7 @@ async fn proxy(gw: &Gateway, req: Request, port: u16, site: &str) -> Response {
         match tokio::time::timeout(std::time::Duration::from_millis(limit), answer).await {
             Ok(a) => a,
             Err(_) => {
-                tracing::warn!(site = %site, port, "site process did not answer in time");
+                tracing::warn!(site = %site, upstream = %addr, "site process did not answer in time");
                 return failed(
                     page(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -717,7 +733,7 @@ async fn proxy(gw: &Gateway, req: Request, port: u16, site: &str) -> Response {
                         }
                         (d, u) => tracing::warn!(
                             site = %site,
-                            port,
+                            upstream = %addr,
                             visitor_error = d.err().map(|e| e.to_string()),
                             site_error = u.err().map(|e| e.to_string()),
                             "upgrade failed"
@@ -729,14 +745,14 @@ async fn proxy(gw: &Gateway, req: Request, port: u16, site: &str) -> Response {
         }
         Ok(r) => r.map(Body::new),
         Err(e) => {
-            tracing::warn!(site = %site, port, error = %e, "site process did not answer");
+            tracing::warn!(site = %site, upstream = %addr, error = %e, "site process did not answer");
             failed(
                 page(
                     StatusCode::BAD_GATEWAY,
                     "Preview not answering",
                     "The preview's process did not answer.",
                 ),
-                format!("the app did not answer on 127.0.0.1:{port}: {e}"),
+                format!("the app did not answer on {addr}: {e}"),
             )
         }
     }

@@ -90,6 +90,8 @@ pub struct WorkerConfig {
     pub backoff_max: Duration,
     /// Shown as the lease owner, e.g. `host:pid`.
     pub name: String,
+    /// Claim only jobs of this region (`serve --region`); `None`: every job.
+    pub region: Option<String>,
     /// Wakes idle workers before their poll interval (new jobs queued in this process; jobs
     /// queued by other processes are found by polling).
     pub wake: Option<Arc<tokio::sync::Notify>>,
@@ -104,6 +106,7 @@ impl Default for WorkerConfig {
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             name: format!("endor-{}", std::process::id()),
+            region: None,
             wake: None,
         }
     }
@@ -166,7 +169,12 @@ async fn worker_loop<Q: JobQueue + ?Sized + 'static>(
     while !*stopped.borrow() {
         let now = crate::now_ms();
         match store
-            .claim_job(&worker, now, now + cfg.lease.as_millis() as i64)
+            .claim_job_in(
+                &worker,
+                cfg.region.as_deref(),
+                now,
+                now + cfg.lease.as_millis() as i64,
+            )
             .await
         {
             Ok(Some(job)) => {

@@ -82,6 +82,16 @@ pub trait JobQueue: Send + Sync {
         worker: &str,
         now: i64,
         lease_until: i64,
+    ) -> Result<Option<Job>, Self::Error> {
+        self.claim_job_in(worker, None, now, lease_until).await
+    }
+    /// As [`JobQueue::claim_job`], among the jobs of `region` only (`None`: any job).
+    async fn claim_job_in(
+        &self,
+        worker: &str,
+        region: Option<&str>,
+        now: i64,
+        lease_until: i64,
     ) -> Result<Option<Job>, Self::Error>;
     /// Extend `worker`'s lease on a running job.
     async fn heartbeat_job(

@@ -197,6 +197,7 @@ impl Lifecycle {
                 let (port, proc_) = self.end(s, started_proc, detail).await?;
                 preview.port = Some(port as i64);
                 preview.pid = Some(proc_.pid() as i64);
+                preview.host = Some(self.host_address());
                 if let Some(st) = started.as_mut() {
                     st.process = Some(proc_);
                 }
@@ -204,7 +205,7 @@ impl Lifecycle {
                 let s = self.begin(preview, run, 6, "health").await?;
                 let mut c = ctx.clone();
                 let healthy = tokio::select! {
-                    r = runtime::health_check(port, &cfg.preview.health, self.config.runtime.health_timeout.0) => {
+                    r = runtime::health_check_at(std::net::SocketAddr::new(self.config.runtime.advertise, port), &cfg.preview.health, self.config.runtime.health_timeout.0) => {
                         r.map_err(|e| JobError::Permanent(e.to_string()))
                     }
                     _ = c.until_cancelled() => Err(JobError::Cancelled),
@@ -220,7 +221,10 @@ impl Lifecycle {
                 {
                     preview.pid = Some(pid as i64);
                 }
-                Route::Proxy(port)
+                Route::Proxy(std::net::SocketAddr::new(
+                    self.config.runtime.advertise,
+                    port,
+                ))
             }
             None => {
                 let root = match &cfg.preview.root {
@@ -278,6 +282,7 @@ impl Lifecycle {
         if cfg.preview.start.is_none() {
             preview.port = None;
             preview.pid = None;
+            preview.host = None;
         }
         // The old version (its process, or the folder a static site is served from) and older
         // checkouts go once no gateway can route to them any more.
@@ -430,6 +435,13 @@ impl Lifecycle {
                         "preview.parent: site {parent} is not in this repository's workspace"
                     )));
                 }
+                if p.region != conn.region {
+                    return Err(JobError::Permanent(format!(
+                        "preview.parent: site {parent} is in region {}, this repository's \
+                         previews in region {}: a clone stays in its parent's region",
+                        p.region, conn.region
+                    )));
+                }
                 self.sites
                     .clone_site(parent, name, false, crate::sites::Guard::default())
                     .await
@@ -442,7 +454,7 @@ impl Lifecycle {
             }
             None => self
                 .sites
-                .create_empty(name, &conn.workspace_id)
+                .create_empty(name, &conn.workspace_id, &conn.region)
                 .await
                 .map_err(site_error)?,
         };

@@ -165,7 +165,12 @@ impl Lifecycle {
     /// restart of endor, its processes are gone with it).
     pub async fn resume_all(&self) -> crate::store::Result<usize> {
         let mut n = 0;
+        let me = self.host_address();
         for mut p in self.store.list_previews().await? {
+            // Another host's previews are its own, or taken over when it is lost.
+            if p.host.as_ref().is_some_and(|h| *h != me) {
+                continue;
+            }
             let alive = p
                 .pid
                 .is_some_and(|pid| process_of_site(pid as u32, &p.site_name));
@@ -454,6 +459,11 @@ impl Lifecycle {
         ) else {
             return Ok(());
         };
+        // Started again already, here or on a host that is alive: nothing runs twice.
+        if self.procs.lock().await.contains_key(&preview.id) || self.runs_elsewhere(&preview).await
+        {
+            return Ok(());
+        }
         let target = Target {
             number: preview.number as u64,
             head_sha: sha,
@@ -542,6 +552,15 @@ impl Lifecycle {
             let Ok(site) = self.store.site(&site_id).await else {
                 continue;
             };
+            // Started on another host since (an update built there, or a take-over): this
+            // host's process goes; the preview lives on there.
+            if p.host.as_ref().is_some_and(|h| *h != self.host_address()) {
+                if let Some(proc_) = self.procs.lock().await.remove(&p.id) {
+                    proc_.stop().await;
+                    tracing::info!(site = %p.site_name, host = ?p.host, "stopped the site process: the preview runs on another host now");
+                }
+                continue;
+            }
             if runs(&p, &site_id, site.as_ref()) {
                 continue;
             }

@@ -12,6 +12,7 @@ mod comment;
 pub mod config;
 mod events;
 pub mod exec;
+mod hosts;
 mod launch;
 pub mod lifecycle;
 pub mod report;

@@ -39,8 +39,8 @@ pub struct Spec {
     pub sockets: Vec<(PathBuf, PathBuf)>,
     pub env: Vec<(String, String)>,
     pub limits: Limits,
-    /// Published on 127.0.0.1 (the app's `PORT`).
-    pub port: Option<u16>,
+    /// Published on this address (`runtime.advertise`; the app's `PORT`).
+    pub port: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -164,7 +164,7 @@ impl Engine {
         self.ensure_image(&spec.image).await?;
         let network = self.ensure_network(&spec.key).await?;
         let l = &spec.limits;
-        let port_key = spec.port.map(|p| format!("{p}/tcp"));
+        let port_key = spec.port.map(|a| format!("{}/tcp", a.port()));
         let host = HostConfig {
             binds: Some(
                 spec.binds
@@ -189,8 +189,8 @@ impl Engine {
                 HashMap::from([(
                     k,
                     Some(vec![PortBinding {
-                        host_ip: Some("127.0.0.1".to_string()),
-                        host_port: spec.port.map(|p| p.to_string()),
+                        host_ip: spec.port.map(|a| a.ip().to_string()),
+                        host_port: spec.port.map(|a| a.port().to_string()),
                     }]),
                 )])
             }),

@@ -29,8 +29,9 @@ pub struct Jail {
     /// Symlinks `(name, target)` made inside: the short names of the site's database socket
     /// folders (the targets are inside `writable`).
     pub links: Vec<(PathBuf, PathBuf)>,
-    /// Set for an isolated network: pasta, and the port to forward from the host's loopback.
-    pub network: Option<(PathBuf, Option<u16>)>,
+    /// Set for an isolated network: pasta, and the address and port to forward from the host
+    /// (`runtime.advertise`, loopback by default).
+    pub network: Option<(PathBuf, Option<std::net::SocketAddr>)>,
 }
 
 impl Jail {
@@ -116,9 +117,10 @@ impl Jail {
                 .map(OsString::from)
                 .collect();
                 p.push("-t".into());
-                // Forwarded from the host's loopback only: nobody else reaches the app.
+                // Forwarded from the advertised address only (loopback by default): nobody
+                // else reaches the app.
                 p.push(match port {
-                    Some(port) => format!("127.0.0.1/{port}").into(),
+                    Some(a) => format!("{}/{}", a.ip(), a.port()).into(),
                     None => "none".into(),
                 });
                 p.push("--".into());

@@ -250,6 +250,8 @@ pub struct Host {
     cgroups: Option<Cgroups>,
     root: bool,
     user: String,
+    /// `runtime.advertise`: where a site's port is reachable from gateways.
+    advertise: std::net::IpAddr,
 }
 
 /// One line of what the host enforces (for `endor doctor`).
@@ -289,7 +291,13 @@ impl Host {
                 .flatten(),
             root,
             user: cfg.user.clone(),
+            advertise: cfg.advertise,
         }
+    }
+
+    /// The address this host's previews are reached at (`runtime.advertise`).
+    pub fn advertise(&self) -> std::net::IpAddr {
+        self.advertise
     }
 
     pub fn isolated(&self) -> bool {
@@ -527,7 +535,7 @@ impl Host {
                         sockets: site.sockets.clone(),
                         env,
                         limits: site.limits.clone(),
-                        port,
+                        port: port.map(|p| std::net::SocketAddr::new(self.advertise, p)),
                     },
                 )),
             });
@@ -542,9 +550,10 @@ impl Host {
         let run_as = self.owner(site)?;
         let network = match self.network {
             NetworkMode::Shared => None,
-            NetworkMode::Isolated => {
-                Some((self.network_works().map_err(RuntimeError::Invalid)?, port))
-            }
+            NetworkMode::Isolated => Some((
+                self.network_works().map_err(RuntimeError::Invalid)?,
+                port.map(|p| std::net::SocketAddr::new(self.advertise, p)),
+            )),
         };
         let mut writable = vec![dir.to_path_buf()];
         writable.extend(site.writable.iter().cloned());
@@ -1576,17 +1585,31 @@ async fn run_container(
 
 /// GET `http://127.0.0.1:{port}{path}` until it answers 2xx or 3xx, or `timeout` passes.
 pub async fn health_check(port: u16, path: &str, timeout: Duration) -> Result<u16, RuntimeError> {
+    health_check_at(
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        path,
+        timeout,
+    )
+    .await
+}
+
+/// As [`health_check`], at `addr` (the address gateways will use: `runtime.advertise`).
+pub async fn health_check_at(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Result<u16, RuntimeError> {
     if !path.starts_with('/') || path.chars().any(|c| c.is_control() || c == ' ') {
         return Err(RuntimeError::Invalid(format!(
             "bad health path `{}`",
             path.escape_debug()
         )));
     }
-    let url = format!("http://127.0.0.1:{port}{path}");
+    let url = format!("http://{addr}{path}");
     let deadline = Instant::now() + timeout;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
-        match probe(port, path).await {
+        match probe(addr, path).await {
             Ok(code) if (200..400).contains(&code) => return Ok(code),
             Ok(code) => last = format!("status {code}"),
             Err(e) => last = e.to_string(),
@@ -1606,15 +1629,12 @@ pub async fn health_check(port: u16, path: &str, timeout: Duration) -> Result<u1
     })
 }
 
-async fn probe(port: u16, path: &str) -> std::io::Result<u16> {
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+async fn probe(addr: std::net::SocketAddr, path: &str) -> std::io::Result<u16> {
+    let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     s.write_all(
-        format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: endor-health\r\n\r\n")
+        format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: endor-health\r\n\r\n")
             .as_bytes(),
     )
     .await?;

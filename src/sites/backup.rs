@@ -77,7 +77,7 @@ impl Sites {
             clone_tree(
                 generation,
                 &dir.join(backup_id),
-                TreeOptions::new(self.reflink()?),
+                TreeOptions::new(self.reflink(site)?),
             )?;
         }
         let mut copies: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -95,18 +95,16 @@ impl Sites {
 
     /// The local copy of backup `backup_id` of the site with id `site_id`, if this host has it.
     pub fn local_copy(&self, site_id: &SiteId, backup_id: &str) -> Option<PathBuf> {
-        let p = self
-            .root
-            .join(site_id.as_str())
-            .join("backups")
-            .join(backup_id);
-        p.is_dir().then_some(p)
+        self.regions.roots().into_iter().find_map(|root| {
+            let p = root.join(site_id.as_str()).join("backups").join(backup_id);
+            p.is_dir().then_some(p)
+        })
     }
 
     /// Fill `to` with a copy-on-write copy of `from` (a local backup copy).
     pub fn copy_generation(&self, from: &Path, to: &Path) -> Result<()> {
         let _ = std::fs::remove_dir(to);
-        clone_tree(from, to, TreeOptions::new(self.reflink()?))?;
+        clone_tree(from, to, TreeOptions::new(self.reflink_at(to)?))?;
         Ok(())
     }
 

@@ -18,7 +18,7 @@ impl Sites {
     /// a shared lock: another reader may be cloning an older one).
     pub(super) async fn snapshot_site(&self, site: &Site, prune: bool) -> Result<OperationReport> {
         let started = std::time::Instant::now();
-        let reflink = self.reflink()?;
+        let reflink = self.reflink(site)?;
         let gen_row = self.store.add_generation(&site.id).await?;
         let dir = self.generation_dir(site, gen_row.seq);
         let live = self.live(site);
@@ -39,7 +39,7 @@ impl Sites {
                 } else if r.kind == "postgres" || r.kind == "mariadb" {
                     let dest = dir.join(&r.kind).join(&r.name);
                     let s = self
-                        .server(&r.kind, Some(Path::new(&r.location)))?
+                        .server(&r.kind, Path::new(&r.location), true)?
                         .snapshot(Path::new(&r.location), &dest, reflink)
                         .await?;
                     resources.push(report(&r.kind, &r.name, &dest, &s));
@@ -98,7 +98,7 @@ impl Sites {
                 .unwrap_or(1),
         };
         let gen_dir = self.generation_dir(src, seq);
-        let reflink = self.reflink()?;
+        let reflink = self.reflink(dst)?;
         let mut out = Vec::new();
         if files {
             let dest = live.join("files");
@@ -122,7 +122,7 @@ impl Sites {
                     // A server runs from its directory: the target's is stopped and replaced in
                     // place (a brief outage of the target only, never of the source).
                     let gen_res = gen_dir.join(&r.kind).join(&r.name);
-                    let server = self.server(&r.kind, Some(&gen_res))?;
+                    let server = self.server(&r.kind, &gen_res, true)?;
                     let target = self.live(dst).join(&r.kind).join(&r.name);
                     server.remove(&target).await?;
                     self.trash(&target)?;
@@ -313,6 +313,12 @@ impl Sites {
         started: std::time::Instant,
     ) -> Result<OperationReport> {
         let dst = target.name.as_str();
+        if source.region != target.region {
+            return Err(SiteError::Invalid(format!(
+                "{} is in region {} and {dst} in region {}: data does not move across regions",
+                source.name, source.region, target.region
+            )));
+        }
         let staging = self
             .dir(target)
             .join(format!("incoming-{}", uuid::Uuid::new_v4().simple()));

@@ -108,7 +108,10 @@ pub struct SiteDetails {
     pub name: String,
     pub state: SiteState,
     pub workspace_id: WorkspaceId,
+    /// The concrete region the site lives in.
     pub region: String,
+    /// Every name it answers to: the concrete region, then its aliases (`europe`, `eu`).
+    pub region_names: Vec<String>,
     pub parent: Option<String>,
     pub protected: bool,
     pub read_only: bool,
@@ -202,7 +205,8 @@ impl Guard {
 #[derive(Clone)]
 pub struct Sites {
     store: Arc<dyn Store>,
-    root: PathBuf,
+    /// Where each region's sites live ([`crate::regions`]).
+    regions: Arc<crate::regions::Regions>,
     gateway_domain: String,
     gateway_port: u16,
     pg_bin: Option<PathBuf>,
@@ -263,9 +267,8 @@ impl Sites {
     pub fn new(store: Arc<dyn Store>, config: &crate::config::Config) -> Self {
         Self {
             store,
-            // Absolute, so paths in reports mean the same from any working directory.
-            root: std::path::absolute(&config.storage.root)
-                .unwrap_or_else(|_| config.storage.root.clone()),
+            // Absolute roots, so paths in reports mean the same from any working directory.
+            regions: Arc::new(crate::regions::Regions::new(config)),
             gateway_domain: config.gateway.domain.clone(),
             gateway_port: config.gateway.listen.port(),
             pg_bin: (!config.postgres.bin_dir.is_empty())
@@ -289,35 +292,70 @@ impl Sites {
         self
     }
 
-    fn template(&self) -> Result<Template> {
-        if self.pg_admin_url.is_empty() {
+    /// The `template` strategy's server for data at `at`: its region's, else
+    /// `postgres.admin_url`.
+    fn template(&self, at: &Path) -> Result<Template> {
+        let url = self.admin_url(at);
+        if url.is_empty() {
             return Err(SiteError::Invalid(
                 "postgres.admin_url is not set (needed by strategy template)".into(),
             ));
         }
-        Ok(Template::new(&self.pg_admin_url)?)
+        Ok(Template::new(url)?)
+    }
+
+    fn admin_url(&self, at: &Path) -> &str {
+        self.regions
+            .all()
+            .filter(|r| at.starts_with(&r.storage_root) && !r.postgres_admin_url.is_empty())
+            .max_by_key(|r| r.storage_root.as_os_str().len())
+            .map(|r| r.postgres_admin_url.as_str())
+            .unwrap_or(&self.pg_admin_url)
+    }
+
+    /// The root (of some region) `path` is under: where its trash and reflink probe are.
+    fn root_of_path(&self, path: &Path) -> PathBuf {
+        self.regions
+            .roots()
+            .into_iter()
+            .filter(|r| path.starts_with(r))
+            .max_by_key(|r| r.as_os_str().len())
+            .unwrap_or_else(|| {
+                self.regions
+                    .root_of(self.regions.default_name())
+                    .to_path_buf()
+            })
+    }
+
+    /// The regions sites live in.
+    pub fn regions(&self) -> &crate::regions::Regions {
+        &self.regions
     }
 
     /// The database engine for a resource of `kind`. An existing resource (its directory
     /// `dir`) keeps the engine it was made with; a new PostgreSQL import follows
     /// `postgres.strategy`.
-    fn server(&self, kind: &str, dir: Option<&Path>) -> Result<DbServer> {
+    fn server(&self, kind: &str, dir: &Path, existing: bool) -> Result<DbServer> {
+        let template = || self.template(dir);
+        let dir = existing.then_some(dir);
         let instance = || {
             PgTools::detect(self.pg_bin.as_deref(), &self.pg_user)
                 .map(|t| t.slow_queries(self.slow_query_ms))
         };
         Ok(match (kind, dir) {
             ("postgres", Some(d)) if d.join("template.json").exists() => {
-                DbServer::PostgresTemplate(self.template()?)
+                DbServer::PostgresTemplate(template()?)
             }
             ("postgres", Some(_)) => DbServer::Postgres(instance()?),
             ("postgres", None) => match self.pg_strategy.as_str() {
-                "template" => DbServer::PostgresTemplate(self.template()?),
+                "template" => DbServer::PostgresTemplate(template()?),
                 "instance" => DbServer::Postgres(instance()?),
                 _ => match instance() {
                     Ok(t) => DbServer::Postgres(t),
-                    Err(e) if self.pg_admin_url.is_empty() => return Err(e.into()),
-                    Err(_) => DbServer::PostgresTemplate(self.template()?),
+                    Err(e) if self.admin_url(dir.unwrap_or(Path::new(""))).is_empty() => {
+                        return Err(e.into());
+                    }
+                    Err(_) => DbServer::PostgresTemplate(template()?),
                 },
             },
             ("mariadb", _) => DbServer::Mariadb(
@@ -384,22 +422,27 @@ impl Sites {
         ];
         for (marker, kind) in marks {
             for found in find_marked(dir, marker) {
-                self.server(kind, Some(&found))?.remove(&found).await?;
+                self.server(kind, &found, true)?.remove(&found).await?;
             }
         }
         Ok(())
     }
 
     fn dir(&self, site: &Site) -> PathBuf {
-        self.root.join(site.id.as_str())
+        self.regions.root_of(&site.region).join(site.id.as_str())
     }
 
-    /// The storage root (absolute) every site's directory is under.
+    /// The default region's storage root (absolute).
     pub fn root(&self) -> &Path {
-        &self.root
+        self.regions.root_of(self.regions.default_name())
     }
 
-    /// The directory holding everything of `site` (`{storage.root}/{site id}`).
+    /// Every storage root (absolute) a site's directory may be under: each region's.
+    pub fn roots(&self) -> Vec<PathBuf> {
+        self.regions.roots()
+    }
+
+    /// The directory holding everything of `site` (`{region's storage_root}/{site id}`).
     pub fn site_dir(&self, site: &Site) -> PathBuf {
         self.dir(site)
     }
@@ -424,24 +467,35 @@ impl Sites {
         ]
     }
 
-    /// An empty site (no files, no databases) in the workspace `workspace_id`.
-    pub async fn create_empty(&self, name: &str, workspace_id: &WorkspaceId) -> Result<Site> {
+    /// An empty site (no files, no databases) in the workspace `workspace_id` and the concrete
+    /// region `region`.
+    pub async fn create_empty(
+        &self,
+        name: &str,
+        workspace_id: &WorkspaceId,
+        region: &str,
+    ) -> Result<Site> {
         validate_site_name(name)?;
         self.locked(
             &[(name, Mode::Exclusive)],
             "create",
-            self.create_empty_locked(name, workspace_id),
+            self.create_empty_locked(name, workspace_id, region),
         )
         .await
     }
 
-    async fn create_empty_locked(&self, name: &str, workspace_id: &WorkspaceId) -> Result<Site> {
+    async fn create_empty_locked(
+        &self,
+        name: &str,
+        workspace_id: &WorkspaceId,
+        region: &str,
+    ) -> Result<Site> {
         let site = self
             .store
             .create_site(&NewSite {
                 name: name.into(),
                 workspace_id: workspace_id.clone(),
-                region: "default".into(),
+                region: region.into(),
                 parent_id: None,
                 read_only: false,
             })
@@ -498,8 +552,13 @@ impl Sites {
         self.dir(site).join("generations").join(seq.to_string())
     }
 
-    fn reflink(&self) -> Result<bool> {
-        Ok(probe::reflink_supported(&self.root)?)
+    /// Whether the file system of `site`'s region makes reflinks.
+    fn reflink(&self, site: &Site) -> Result<bool> {
+        self.reflink_at(&self.dir(site))
+    }
+
+    fn reflink_at(&self, path: &Path) -> Result<bool> {
+        Ok(probe::reflink_supported(&self.root_of_path(path))?)
     }
 
     async fn get(&self, name: &str) -> Result<Site> {
@@ -538,7 +597,7 @@ impl Sites {
         &self,
         name: &str,
         workspace: &str,
-        region: &str,
+        region: Option<&str>,
         imports: Imports<'_>,
     ) -> Result<OperationReport> {
         let Imports {
@@ -562,8 +621,16 @@ impl Sites {
                 "--postgres must be a postgres:// URL".into(),
             ));
         }
-        crate::service::validate_name("region", region)
-            .map_err(|e| SiteError::Invalid(e.to_string()))?;
+        if let Some(r) = region {
+            crate::service::validate_name("region", r)
+                .map_err(|e| SiteError::Invalid(e.to_string()))?;
+        }
+        let region = self
+            .regions
+            .resolve(region)
+            .map_err(SiteError::Invalid)?
+            .name
+            .clone();
         let ws = self
             .store
             .workspace_by_name(workspace)
@@ -582,7 +649,7 @@ impl Sites {
         self.locked(
             &[(name, Mode::Exclusive)],
             "create",
-            self.create_locked(name, ws.id, region, imports),
+            self.create_locked(name, ws.id, &region, imports),
         )
         .await
     }
@@ -634,7 +701,7 @@ impl Sites {
             postgres,
             mariadb,
         } = imports;
-        let reflink = self.reflink()?;
+        let reflink = self.reflink(site)?;
         let live = self.live(site);
         std::fs::create_dir_all(live.join("sqlite")).map_err(CloneError::io("mkdir", &live))?;
         let mut out = Vec::new();
@@ -670,7 +737,7 @@ impl Sites {
             let Some(url) = url else { continue };
             let started = std::time::Instant::now();
             let dir = live.join(kind).join(MAIN_DB);
-            let size = match self.server(kind, None)? {
+            let size = match self.server(kind, &dir, false)? {
                 DbServer::Postgres(t) => {
                     let inst = t.create(&dir, self.db_access(site, kind).await?).await?;
                     t.import(&dir, &inst, url).await?;
@@ -782,6 +849,7 @@ impl Sites {
             name: site.name,
             state: site.state,
             workspace_id: site.workspace_id,
+            region_names: self.regions.names_of(&site.region),
             region: site.region,
             parent,
             protected: site.protected,

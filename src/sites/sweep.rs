@@ -27,7 +27,7 @@ impl Sites {
         if std::fs::symlink_metadata(path).is_err() {
             return Ok(());
         }
-        let trash = self.root.join(".trash");
+        let trash = self.root_of_path(path).join(".trash");
         std::fs::create_dir_all(&trash).map_err(CloneError::io("mkdir", &trash))?;
         let dest = trash.join(uuid::Uuid::new_v4().simple().to_string());
         std::fs::rename(path, &dest).map_err(CloneError::io("rename", path))?;
@@ -42,9 +42,6 @@ impl Sites {
             dry_run,
             ..Default::default()
         };
-        let Ok(entries) = std::fs::read_dir(&self.root) else {
-            return Ok(report);
-        };
         let live: std::collections::HashSet<SiteId> = self
             .store
             .list_sites()
@@ -52,7 +49,13 @@ impl Sites {
             .into_iter()
             .map(|s| s.id)
             .collect();
-        for entry in entries.flatten() {
+        let entries = self
+            .regions
+            .roots()
+            .into_iter()
+            .filter_map(|root| std::fs::read_dir(root).ok())
+            .flat_map(|d| d.flatten());
+        for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
             let path = entry.path();
             let orphan = if name == ".trash" {

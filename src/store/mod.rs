@@ -99,6 +99,8 @@ pub struct Connection {
     pub hook_id: Option<String>,
     /// The GitHub App installation it came from (`None`: connected by hand).
     pub installation_id: Option<i64>,
+    /// The concrete region its previews are made in ([`crate::regions`]).
+    pub region: String,
 }
 
 impl Connection {
@@ -164,6 +166,8 @@ pub struct NewConnection {
     pub api_url: Option<String>,
     pub git_url: Option<String>,
     pub secret: WebhookSecret,
+    /// A concrete region's name.
+    pub region: String,
 }
 
 /// What the webhook receiver decided about a delivery it accepted.
@@ -368,6 +372,9 @@ pub struct Preview {
     pub warned_expiry: Option<i64>,
     /// Time to live after the last activity (ms), from `.endor.toml` or the default.
     pub ttl_ms: Option<i64>,
+    /// The worker host its process runs on (`runtime.advertise`); `None`: recorded before
+    /// there were several hosts (this host).
+    pub host: Option<String>,
 }
 
 impl Preview {
@@ -395,6 +402,7 @@ impl Preview {
             teardown_step: None,
             warned_expiry: None,
             ttl_ms: None,
+            host: None,
         }
     }
 }

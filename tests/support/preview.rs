@@ -855,7 +855,7 @@ pub async fn pg_parent(sites: &Sites, dir: &Path) -> String {
         .create(
             "production",
             "acme",
-            "default",
+            None,
             Imports {
                 files: Some(&files),
                 postgres: Some(&src_url),
@@ -879,7 +879,7 @@ pub async fn db_parent(sites: &Sites, dir: &Path) -> (String, String) {
         .create(
             "production",
             "acme",
-            "default",
+            None,
             Imports {
                 files: Some(&files),
                 postgres: Some(&pg_url),
@@ -902,7 +902,7 @@ pub async fn sqlite_parent(sites: &Sites, dir: &Path, accounts: usize) {
         .create(
             "production",
             "acme",
-            "default",
+            None,
             Imports {
                 files: Some(&src.join("files")),
                 sqlite: Some(&db),

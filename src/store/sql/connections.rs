@@ -9,8 +9,8 @@ macro_rules! impl_connections {
                 c: &$crate::store::NewConnection,
             ) -> $crate::store::Result<$crate::store::Connection> {
                 let row: $crate::store::sql::ConnectionRow = sqlx::query_as(concat!(
-                    "INSERT INTO connections (id, workspace_id, forge, repo, api_url, git_url, secret, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+                    "INSERT INTO connections (id, workspace_id, forge, repo, api_url, git_url, secret, created_at, region) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING ",
                     $crate::store::sql::connection_columns!()
                 ))
                 .bind($crate::store::new_id())
@@ -21,6 +21,7 @@ macro_rules! impl_connections {
                 .bind(&c.git_url)
                 .bind($crate::store::sql::sealed_secret(&self.keyring, &c.secret)?)
                 .bind($crate::now_ms())
+                .bind(&c.region)
                 .fetch_one(&self.pool)
                 .await
                 .map_err($crate::store::sql::map_unique("connection"))?;

@@ -14,7 +14,7 @@ macro_rules! impl_jobs {
                 Ok(row)
             }
 
-            async fn claim_job(&self, worker: &str, now: i64, lease_until: i64) -> $crate::store::Result<Option<$crate::jobs::Job>> {
+            async fn claim_job_in(&self, worker: &str, region: Option<&str>, now: i64, lease_until: i64) -> $crate::store::Result<Option<$crate::jobs::Job>> {
                 // Strictly in order per key: a job waits while an older job of its key is queued
                 // (e.g. waiting out a retry backoff) or running. The state conditions stand in
                 // the outer WHERE too: PostgreSQL re-checks them on
@@ -26,6 +26,7 @@ macro_rules! impl_jobs {
                      WHERE ((state = 'queued' AND run_after <= $2) OR (state = 'running' AND lease_until < $2)) \
                      AND id = (SELECT j.id FROM jobs j \
                         WHERE ((j.state = 'queued' AND j.run_after <= $2) OR (j.state = 'running' AND j.lease_until < $2)) \
+                        AND ($4 IS NULL OR j.region = $4) \
                         AND NOT EXISTS (SELECT 1 FROM jobs r WHERE r.job_key = j.job_key AND r.id <> j.id \
                             AND (r.state = 'running' OR (r.state = 'queued' \
                                 AND (r.created_at < j.created_at OR (r.created_at = j.created_at AND r.id < j.id))))) \
@@ -36,6 +37,7 @@ macro_rules! impl_jobs {
                 .bind(worker)
                 .bind(now)
                 .bind(lease_until)
+                .bind(region)
                 .fetch_optional(&self.pool)
                 .await;
                 match claimed {

@@ -105,6 +105,7 @@ pub(super) struct ConnectionRow {
     pub created_at: i64,
     pub hook_id: Option<String>,
     pub installation_id: Option<i64>,
+    pub region: String,
 }
 
 impl ConnectionRow {
@@ -129,6 +130,7 @@ impl ConnectionRow {
             created_at: r.created_at,
             hook_id: r.hook_id,
             installation_id: r.installation_id,
+            region: r.region,
         })
     }
 }
@@ -213,7 +215,7 @@ pub(super) use job_columns;
 macro_rules! connection_columns {
     () => {
         "id, workspace_id, forge, repo, api_url, git_url, secret, previous_secret, created_at, hook_id, \
-         CAST(installation_id AS BIGINT) AS installation_id"
+         CAST(installation_id AS BIGINT) AS installation_id, region"
     };
 }
 pub(super) use connection_columns;
@@ -267,7 +269,8 @@ macro_rules! insert_job_in {
         let now: i64 = $now;
         let row: $crate::jobs::Job = sqlx::query_as(concat!(
             "INSERT INTO jobs (id, kind, job_key, head_sha, payload, state, attempts, max_attempts, run_after, \
-             cancel_requested, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $8, 0, $6, $7, 0, $7, $7) RETURNING ",
+             cancel_requested, created_at, updated_at, region) VALUES ($1, $2, $3, $4, $5, $8, 0, $6, $7, 0, $7, $7, \
+             (SELECT region FROM connections WHERE id = $9)) RETURNING ",
             $crate::store::sql::job_columns!()
         ))
         .bind($id)
@@ -278,6 +281,8 @@ macro_rules! insert_job_in {
         .bind(job.max_attempts)
         .bind(now)
         .bind($state)
+        // The job runs in its connection's region (see migration 0020).
+        .bind($crate::jobs::parse_pr_key(&job.job_key).map(|(c, _)| c))
         .fetch_one(&mut *$tx)
         .await?;
         row
@@ -455,7 +460,7 @@ macro_rules! delivery_cols {
 macro_rules! preview_cols {
     () => {
         "id, connection_id, number, site_name, site_id, state, head_sha, ready_sha, approved_sha, is_fork, \
-         reason, port, pid, received_at, created_at, updated_at, title, expires_at, teardown_step, warned_expiry, ttl_ms"
+         reason, port, pid, received_at, created_at, updated_at, title, expires_at, teardown_step, warned_expiry, ttl_ms, host"
     };
 }
 

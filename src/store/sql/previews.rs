@@ -9,15 +9,15 @@ macro_rules! impl_previews {
                 sqlx::query(
                     "INSERT INTO previews (id, connection_id, number, site_name, site_id, state, head_sha, ready_sha, \
                      approved_sha, is_fork, reason, port, pid, received_at, created_at, updated_at, title, expires_at, \
-                     teardown_step, warned_expiry, ttl_ms) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
+                     teardown_step, warned_expiry, ttl_ms, host) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
                      ON CONFLICT (connection_id, number) DO UPDATE SET site_name = excluded.site_name, \
                      site_id = excluded.site_id, state = excluded.state, head_sha = excluded.head_sha, \
                      ready_sha = excluded.ready_sha, approved_sha = excluded.approved_sha, is_fork = excluded.is_fork, \
                      reason = excluded.reason, port = excluded.port, pid = excluded.pid, \
                      received_at = excluded.received_at, updated_at = excluded.updated_at, title = excluded.title, \
                      expires_at = excluded.expires_at, teardown_step = excluded.teardown_step, \
-                     warned_expiry = excluded.warned_expiry, ttl_ms = excluded.ttl_ms",
+                     warned_expiry = excluded.warned_expiry, ttl_ms = excluded.ttl_ms, host = excluded.host",
                 )
                 .bind(&p.id)
                 .bind(&p.connection_id)
@@ -40,6 +40,7 @@ macro_rules! impl_previews {
                 .bind(&p.teardown_step)
                 .bind(p.warned_expiry)
                 .bind(p.ttl_ms)
+                .bind(&p.host)
                 .execute(&mut *tx)
                 .await?;
                 for o in rows {
