@@ -1,8 +1,8 @@
 //! Several worker hosts on one store (SPEC §9, §12): each preview records the host its process
 //! runs on (`runtime.advertise`); each worker keeps a lease `host:{address}` alive while it
-//! runs. When a host's lease runs out, the ready previews it ran are taken over by a worker of
-//! their region: started again there when the region's storage is shared, else marked failed
-//! with that reason. One worker takes over each preview (a `takeover:{preview}` lease), and a
+//! runs. When a host's lease runs out, the ready previews it ran are taken over: started again
+//! by a worker of their region when the region's storage is shared, else marked failed with
+//! that reason (by any worker: nobody else can reach their files). One worker takes over each preview (a `takeover:{preview}` lease), and a
 //! resume never starts a preview whose host is alive.
 
 use std::collections::{HashMap, HashSet};
@@ -66,8 +66,9 @@ impl Lifecycle {
         }
     }
 
-    /// Take over the ready previews of lost hosts in this worker's region (every region's
-    /// when it has none). Returns how many were resumed and how many marked failed.
+    /// Take over the ready previews of lost hosts: in a shared-storage region, a worker of that
+    /// region (or one of no region) starts them again; elsewhere any worker marks them failed.
+    /// Returns how many were resumed and how many marked failed.
     pub async fn take_over_lost_hosts(&self) -> crate::store::Result<(usize, usize)> {
         let me = self.host_address();
         let live = self.live_hosts().await?;
@@ -98,7 +99,9 @@ impl Lifecycle {
             let Some(conn) = conns.get(&p.connection_id).cloned().flatten() else {
                 continue;
             };
-            if !mine.is_empty() && conn.region != *mine {
+            let shared = regions.get(&conn.region).is_some_and(|r| r.shared_storage);
+            // Starting it again is for a worker of its region; saying it is lost, for anyone.
+            if shared && !mine.is_empty() && conn.region != *mine {
                 continue;
             }
             let now = crate::now_ms();
@@ -111,7 +114,6 @@ impl Lifecycle {
                 continue;
             }
             let host = p.host.clone().unwrap_or_default();
-            let shared = regions.get(&conn.region).is_some_and(|r| r.shared_storage);
             if shared {
                 self.store
                     .enqueue_job(

@@ -596,6 +596,41 @@ impl ServedBinary {
         s
     }
 
+    /// The config written (`tweak` applied), owner and workspace made, nothing started: start
+    /// processes with [`ServedBinary::start_api`] and [`ServedBinary::add_process`].
+    pub fn prepared(tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::prepare(tweak)
+    }
+
+    /// Start the process that answers on `server.listen` (`serve ARGS`), and wait for it.
+    pub async fn start_api(&mut self, args: &[&str]) {
+        self.child = self.spawn(args).await;
+    }
+
+    /// Start one more `serve ARGS` on the same config with `envs` set (its stderr in
+    /// `{config}.{name}.err`); returns its pid.
+    pub fn add_process(&mut self, name: &str, args: &[&str], envs: &[(&str, &str)]) -> u32 {
+        let err =
+            std::fs::File::create(self.cfg_path.with_extension(format!("{name}.err"))).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_endor"))
+            .args(["--config", self.cfg_path.to_str().unwrap(), "serve"])
+            .args(args)
+            .envs(envs.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        self.extra.push(child);
+        pid
+    }
+
+    /// What process `name` wrote on stderr.
+    pub fn process_errors(&self, name: &str) -> String {
+        std::fs::read_to_string(self.cfg_path.with_extension(format!("{name}.err")))
+            .unwrap_or_default()
+    }
+
     fn prepare(tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = super::reflink_dir();
         let store_url = format!("sqlite://{}", dir.path().join("endor.db").display());
@@ -731,10 +766,21 @@ impl ServedBinary {
     }
 
     pub fn stop(mut self) {
+        self.kill_all();
+    }
+
+    fn kill_all(&mut self) {
         for c in std::iter::once(&mut self.child).chain(self.extra.iter_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A failed test leaves no server running behind it.
+impl Drop for ServedBinary {
+    fn drop(&mut self) {
+        self.kill_all();
     }
 }
 
