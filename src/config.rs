@@ -145,6 +145,59 @@ impl Default for RegionsConfig {
     }
 }
 
+/// A name of a workspace, user or region: 1-64 letters, digits, `-`, `_` or `.`, not starting
+/// with `-` or `.`.
+pub fn plain_name(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 64
+        && !n.starts_with(['-', '.'])
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl RegionsConfig {
+    /// Names, a storage root each, the default configured, aliases that are not also region
+    /// names.
+    pub fn check(&self) -> Result<(), String> {
+        let valid = |kind: &str, n: &str| {
+            if plain_name(n) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "invalid {kind} `{}`: use 1-64 letters, digits, `-`, `_` or `.`, not starting with `-` or `.`",
+                    n.escape_debug()
+                ))
+            }
+        };
+        valid("regions.default", &self.default)?;
+        if self.list.is_empty() {
+            return Ok(());
+        }
+        if !self.list.contains_key(&self.default) {
+            return Err(format!(
+                "default = \"{}\" is not one of the configured regions ({})",
+                self.default,
+                self.list.keys().cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
+        for (name, region) in &self.list {
+            valid("region", name)?;
+            if region.storage_root.as_os_str().is_empty() {
+                return Err(format!("[regions.{name}] needs storage_root"));
+            }
+            for alias in &region.aliases {
+                valid("region alias", alias)?;
+                if self.list.contains_key(alias) {
+                    return Err(format!(
+                        "[regions.{name}] alias \"{alias}\" is also the name of a region"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One region: where its sites' files, databases and backups live.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -823,17 +876,18 @@ impl Config {
                 "is the older name of secrets.master_key_file: set only one",
             );
         }
-        if let Err(problem) = crate::regions::Regions::check(self) {
+        if let Err(problem) = self.regions.check() {
             return Err(ConfigError::Key {
                 key: "regions",
                 problem,
             });
         }
-        if !self.jobs.region.is_empty()
-            && crate::regions::Regions::new(self)
-                .get(&self.jobs.region)
-                .is_none()
-        {
+        let configured = if self.regions.list.is_empty() {
+            self.jobs.region == self.regions.default
+        } else {
+            self.regions.list.contains_key(&self.jobs.region)
+        };
+        if !self.jobs.region.is_empty() && !configured {
             return key(
                 "jobs.region",
                 "must name a configured region (its concrete name, not an alias)",

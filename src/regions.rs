@@ -84,40 +84,6 @@ impl Regions {
         }
     }
 
-    /// What [`crate::config::Config::validate`] checks: names, a storage root each, the default
-    /// configured, aliases that are not also region names.
-    pub fn check(config: &Config) -> Result<(), String> {
-        let r = &config.regions;
-        let valid =
-            |kind: &str, n: &str| crate::service::validate_name(kind, n).map_err(|e| e.to_string());
-        valid("regions.default", &r.default)?;
-        if r.list.is_empty() {
-            return Ok(());
-        }
-        if !r.list.contains_key(&r.default) {
-            return Err(format!(
-                "default = \"{}\" is not one of the configured regions ({})",
-                r.default,
-                r.list.keys().cloned().collect::<Vec<_>>().join(", ")
-            ));
-        }
-        for (name, region) in &r.list {
-            valid("region", name)?;
-            if region.storage_root.as_os_str().is_empty() {
-                return Err(format!("[regions.{name}] needs storage_root"));
-            }
-            for alias in &region.aliases {
-                valid("region alias", alias)?;
-                if r.list.contains_key(alias) {
-                    return Err(format!(
-                        "[regions.{name}] alias \"{alias}\" is also the name of a region"
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// The default region's name.
     pub fn default_name(&self) -> &str {
         &self.default
@@ -244,23 +210,23 @@ mod tests {
         assert_eq!(r.resolve(None).unwrap().name, "default");
         assert_eq!(r.root_of("default"), absolute(&c.storage.root));
         assert!(r.resolve(Some("europe")).is_err());
-        Regions::check(&c).unwrap();
+        c.regions.check().unwrap();
     }
 
     #[test]
     fn bad_region_configs_are_refused_with_the_reason() {
         let mut c = config();
         c.regions.default = "nowhere".into();
-        assert!(Regions::check(&c).unwrap_err().contains("not one of"));
+        assert!(c.regions.check().unwrap_err().contains("not one of"));
         let mut c = config();
         c.regions.list.get_mut("eu-paris").unwrap().storage_root = PathBuf::new();
-        assert!(Regions::check(&c).unwrap_err().contains("storage_root"));
+        assert!(c.regions.check().unwrap_err().contains("storage_root"));
         let mut c = config();
         c.regions.list.get_mut("eu-paris").unwrap().aliases = vec!["us-east".into()];
-        assert!(Regions::check(&c).unwrap_err().contains("also the name"));
+        assert!(c.regions.check().unwrap_err().contains("also the name"));
         let mut c = config();
         c.regions.list.get_mut("eu-paris").unwrap().aliases = vec!["../x".into()];
-        assert!(Regions::check(&c).is_err());
+        assert!(c.regions.check().is_err());
     }
 
     #[test]

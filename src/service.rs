@@ -25,12 +25,7 @@ pub type Result<T> = std::result::Result<T, ServiceError>;
 /// Logins and workspace names: 1–64 characters of letters, digits, `-`, `_`, `.`, not starting
 /// with `-` or `.` (they end up in URLs, paths and command lines).
 pub fn validate_name(kind: &str, s: &str) -> Result<()> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && !s.starts_with(['-', '.'])
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
+    if crate::config::plain_name(s) {
         Ok(())
     } else {
         Err(ServiceError::Invalid(format!(

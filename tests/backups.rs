@@ -1359,3 +1359,87 @@ async fn a_mariadb_site_is_restored_and_drilled() {
     assert!(d.detail.contains("1 MariaDB tables answer"), "{d:?}");
     w.db.cleanup().await;
 }
+
+/// Each region writes its sites' backups to its own repository (`[regions.NAME]
+/// backup_repository`); a restore stays in the backup's region: into a site of another region
+/// it is refused, and a new site made by a restore is in the backup's region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backups_stay_in_their_region() {
+    let db = TestStore::sqlite().await;
+    let dir = support::reflink_dir();
+    let (eu_repo, us_repo) = (RepoServer::start(), RepoServer::start());
+    let owner = db.store.create_user("owner", None, None).await.unwrap();
+    db.store.create_workspace("acme", &owner.id).await.unwrap();
+    let mut config = support::config_in(&db.url, dir.path());
+    // No global repository: each region has its own.
+    config.backups.repository = String::new();
+    config.backups.cache = dir.path().join("restic-cache");
+    config.regions.default = "eu".into();
+    for (name, repo) in [("eu", &eu_repo), ("us", &us_repo)] {
+        config.regions.list.insert(
+            name.into(),
+            endor::config::RegionConfig {
+                storage_root: dir.path().join(name),
+                backup_repository: repo.url(),
+                ..Default::default()
+            },
+        );
+    }
+    let sites = Sites::new(db.store.clone(), &config);
+    let backups = Backups::new(db.store.clone(), &config);
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("index.html"), "eu").unwrap();
+    let files = Imports {
+        files: Some(&src),
+        ..Default::default()
+    };
+    sites.create("eu-shop", "acme", None, files).await.unwrap();
+    sites
+        .create("us-shop", "acme", Some("us"), files)
+        .await
+        .unwrap();
+
+    let b = backups.create("eu-shop", &[], "cli:test").await.unwrap();
+    assert_eq!(b.repository, eu_repo.url());
+    let u = backups.create("us-shop", &[], "cli:test").await.unwrap();
+    assert_eq!(u.repository, us_repo.url());
+    let snapshots = |r: &RepoServer| {
+        std::fs::read_dir(r.dir.path().join("snapshots"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!((snapshots(&eu_repo), snapshots(&us_repo)), (1, 1));
+
+    // Into a site of another region: refused, nothing changed there.
+    let refused = backups
+        .restore(&b.id, Some("us-shop"), Guard::cli(false))
+        .await;
+    match refused {
+        Err(BackupError::Invalid(m)) => assert!(m.contains("stays in its region"), "{m}"),
+        other => panic!("a restore across regions: {other:?}"),
+    }
+    // Into a new site: made in the backup's region, under its storage root.
+    let r = backups
+        .restore(&b.id, Some("eu-copy"), Guard::cli(false))
+        .await
+        .unwrap();
+    assert!(r.created);
+    let copy = sites.show("eu-copy").await.unwrap();
+    assert_eq!(copy.region, "eu");
+    assert!(
+        copy.files_dir.starts_with(dir.path().join("eu")),
+        "{copy:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(copy.files_dir.join("index.html")).unwrap(),
+        "eu"
+    );
+    // The American backup restores in place from its own repository.
+    let r = backups
+        .restore(&u.id, None, Guard::cli(false))
+        .await
+        .unwrap();
+    assert_eq!(r.site, "us-shop");
+    db.cleanup().await;
+}

@@ -110,12 +110,52 @@ impl Backups {
     /// restic on the configured repository, with its passphrase (made, kept sealed, and the
     /// repository initialised on first use).
     async fn restic(&self) -> Result<Restic> {
-        let url = self.primary_url()?;
+        let url = self.primary_url()?.to_string();
+        self.restic_at(&url).await
+    }
+
+    /// restic on the repository at `url` (made and initialised on first use).
+    async fn restic_at(&self, url: &str) -> Result<Restic> {
         let (restic, new) = self.repository(url, Vec::new()).await?;
         if new {
             restic.init().await?;
         }
         Ok(restic)
+    }
+
+    /// The repository of `region`'s backups (`[regions.NAME] backup_repository`, else
+    /// `backups.repository`), or `NotConfigured`.
+    fn region_url(&self, region: &str) -> Result<String> {
+        let regions = crate::regions::Regions::new(&self.config);
+        let url = regions
+            .get(region)
+            .map(|r| r.backup_repository.trim().to_string())
+            .unwrap_or_else(|| self.config.backups.repository.trim().to_string());
+        if url.is_empty() {
+            return Err(BackupError::NotConfigured);
+        }
+        Ok(url)
+    }
+
+    /// Whether `url` is a repository this config writes backups to (the global one or a
+    /// region's).
+    fn known_repository(&self, url: &str) -> bool {
+        url == self.config.backups.repository.trim()
+            || crate::regions::Regions::new(&self.config)
+                .all()
+                .any(|r| r.backup_repository.trim() == url)
+    }
+
+    /// `NotConfigured` unless some repository is set (`backups.repository` or a region's).
+    fn any_repository(&self) -> Result<()> {
+        let regional = crate::regions::Regions::new(&self.config)
+            .all()
+            .any(|r| !r.backup_repository.trim().is_empty());
+        if regional {
+            Ok(())
+        } else {
+            self.primary_url().map(|_| ())
+        }
     }
 
     /// `backups.repository`, or `NotConfigured` when backups are off.
@@ -189,7 +229,11 @@ impl Backups {
         for t in tags {
             validate_tag(t)?;
         }
-        let restic = self.restic().await?;
+        // The site's region's repository: its backups stay in its region.
+        let restic = match self.store.site_by_name(site).await? {
+            Some(s) => self.restic_at(&self.region_url(&s.region)?).await?,
+            None => self.restic().await?,
+        };
         let restic = &restic;
         let id = crate::store::new_id();
         let keep = self.config.backups.local_copies as usize;
@@ -398,13 +442,13 @@ impl Backups {
             })?;
             return Ok((offsite, copy));
         }
-        let restic = self.restic().await?;
-        if restic.repository != b.repository {
+        if !self.known_repository(&b.repository) {
             return Err(BackupError::Invalid(format!(
-                "backup {} is in {}, not in backups.repository",
+                "backup {} is in {}, not in backups.repository nor a region's backup_repository",
                 b.id, b.repository
             )));
         }
+        let restic = self.restic_at(&b.repository).await?;
         Ok((restic, b.snapshot_id.clone()))
     }
 
@@ -669,7 +713,7 @@ impl Backups {
     /// site, and record the outcome.
     pub async fn drill(&self, site: &str, from: Source) -> Result<DrillReport> {
         // Backups off is the caller's error, not a failed drill.
-        self.primary_url()?;
+        self.any_repository()?;
         let newest = self
             .list(Some(site))
             .await?
@@ -681,7 +725,7 @@ impl Backups {
 
     /// Drill the newest backup of every site that has one.
     pub async fn drill_all(&self, from: Source) -> Result<Vec<DrillReport>> {
-        self.primary_url()?;
+        self.any_repository()?;
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for b in self.store.backups(None).await? {
