@@ -420,6 +420,8 @@ pub struct ConnectionInfo {
     pub created_at: i64,
     /// The forge's webhook endor created and keeps up to date (`None`: added by hand).
     pub hook_id: Option<String>,
+    /// The concrete region its previews are made in.
+    pub region: String,
 }
 
 pub async fn list_repos(
@@ -446,6 +448,7 @@ pub async fn list_repos(
             rotating: c.previous_secret.is_some(),
             created_at: c.created_at,
             hook_id: c.hook_id,
+            region: c.region,
         })
         .collect())
 }

@@ -258,6 +258,18 @@ async fn regions_place_work_and_one_gateway_serves_every_host() {
     );
     assert!(err.contains("\"mars\"") && err.contains("america"), "{err}");
 
+    let listed: Value = serde_json::from_str(&s.cli(&["--json", "repo", "list"])).unwrap();
+    let regions: Vec<(&str, &str)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["repo"].as_str().unwrap(), c["region"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        regions,
+        [("octo/fra", "eu-frankfurt"), ("octo/usa", "us-east")]
+    );
+
     // A PR in each region: built by a worker of its region, served through the one gateway.
     let sha = fra.push_pr("f", 1, "eu");
     assert_eq!(

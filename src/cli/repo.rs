@@ -103,10 +103,11 @@ pub async fn run(cmd: RepoCmd, json: bool, config: &Config) -> anyhow::Result<()
                 l.iter()
                     .map(|c| {
                         format!(
-                            "{}\t{}:{}\t{}{}",
+                            "{}\t{}:{}\t{}\t{}{}",
                             c.connection_id,
                             c.forge,
                             c.repo,
+                            c.region,
                             c.webhook_url,
                             if c.rotating { "\t(rotating)" } else { "" }
                         )
