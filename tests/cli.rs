@@ -643,13 +643,17 @@ fn site_commands_report_strategies() {
     assert_eq!(show["resources"][0]["strategy"], "reflink");
     let fdir = std::path::PathBuf::from(show["files_dir"].as_str().unwrap());
     assert_eq!(std::fs::read(fdir.join("sub/a.txt")).unwrap(), b"hello");
-    assert_eq!(
-        ok_json(d, &["site", "list", "--json"])
-            .as_array()
-            .unwrap()
-            .len(),
-        2
-    );
+    let list = ok_json(d, &["site", "list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    // The list (read in bulk) says what show (one site) says.
+    for entry in list.as_array().unwrap() {
+        let name = entry["name"].as_str().unwrap();
+        assert_eq!(
+            *entry,
+            ok_json(d, &["site", "show", name, "--json"]),
+            "{name}"
+        );
+    }
     // Access settings: generated credentials shown to the operator (sealed in the store, the
     // key file 0600), a chosen password never shown, bad values refused.
     let none = ok_json(d, &["site", "access", "prod-pr-1", "--json"]);

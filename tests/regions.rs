@@ -505,6 +505,22 @@ async fn regions_place_work_and_one_gateway_serves_every_host() {
     let (code, _) = gateway_get(&s, "usa-pr-1", "/").await;
     assert!(code >= 500, "the gateway answers {code} for a lost preview");
 
+    // `site list` (read in a handful of queries for every site) says of each site what
+    // `site show` (read one site at a time) says: parents, previews with their steps, tags,
+    // resources, generations, regions.
+    s.cli(&["site", "tag", "add", "eu-child", "demo"]);
+    let list: Value = serde_json::from_str(&s.cli(&["--json", "site", "list"])).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 6, "{list:?}");
+    for entry in list {
+        let name = entry["name"].as_str().unwrap();
+        assert_eq!(*entry, site_show(&s, name), "{name}: list and show differ");
+    }
+    let tagged: Value =
+        serde_json::from_str(&s.cli(&["--json", "site", "list", "--tag", "demo"])).unwrap();
+    assert_eq!(tagged.as_array().unwrap().len(), 1);
+    assert_eq!(tagged[0]["parent"], "eu-parent");
+
     // Nothing ran twice: each European site process lives once.
     let live: HashSet<String> = store
         .list_previews()

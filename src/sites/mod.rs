@@ -21,6 +21,7 @@ mod sweep;
 
 use lock::Mode;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -789,62 +790,68 @@ impl Sites {
             Some(p) => self.store.site(p).await?.map(|s| s.name),
             None => None,
         };
-        let resources: Vec<ResourceReport> = self
-            .store
-            .site_resources(&site.id)
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect();
-        let database_urls = resources
-            .iter()
-            .filter_map(|r| database_url(&r.kind, &r.location))
-            .collect();
+        let resources = self.store.site_resources(&site.id).await?;
         let preview = match self.store.preview_by_site_name(&site.name).await? {
             Some(p) if p.site_id.as_ref() == Some(&site.id) => {
-                let steps = self
-                    .store
-                    .last_run_steps(&p.id)
-                    .await?
-                    .into_iter()
-                    .map(StepReport::from)
-                    .collect();
+                let steps = self.store.last_run_steps(&p.id).await?;
                 let repo = self
                     .store
                     .connection(&p.connection_id)
                     .await?
-                    .map(|c| c.repo)
-                    .unwrap_or_else(|| p.connection_id.to_string());
-                Some(PreviewReport {
-                    name: format!("{repo}#{}", p.number),
-                    number: p.number,
-                    state: p.state,
-                    head_sha: p.head_sha,
-                    ready_sha: p.ready_sha,
-                    reason: p.reason,
-                    port: p.port,
-                    expires: p.expires_at.map(crate::duration::format_utc),
-                    expires_at: p.expires_at,
-                    steps,
-                })
+                    .map(|c| c.repo);
+                Some((p, repo, steps))
             }
             _ => None,
         };
-        Ok(SiteDetails {
+        let tags = self.store.site_tags(&site.id).await?;
+        let generations = self.store.generations(&site.id).await?;
+        Ok(self.assemble(site, parent, resources, preview, tags, generations))
+    }
+
+    /// A site's details from what the store holds of it (read one site at a time by
+    /// [`Sites::details`], all at once by [`Sites::list`]).
+    fn assemble(
+        &self,
+        site: Site,
+        parent: Option<String>,
+        resources: Vec<crate::store::SiteResource>,
+        preview: Option<(
+            crate::store::Preview,
+            Option<String>,
+            Vec<crate::store::PreviewStep>,
+        )>,
+        tags: Vec<String>,
+        generations: Vec<crate::store::Generation>,
+    ) -> SiteDetails {
+        let resources: Vec<ResourceReport> = resources.into_iter().map(Into::into).collect();
+        let database_urls = resources
+            .iter()
+            .filter_map(|r| database_url(&r.kind, &r.location))
+            .collect();
+        let preview = preview.map(|(p, repo, steps)| {
+            let repo = repo.unwrap_or_else(|| p.connection_id.to_string());
+            PreviewReport {
+                name: format!("{repo}#{}", p.number),
+                number: p.number,
+                state: p.state,
+                head_sha: p.head_sha,
+                ready_sha: p.ready_sha,
+                reason: p.reason,
+                port: p.port,
+                expires: p.expires_at.map(crate::duration::format_utc),
+                expires_at: p.expires_at,
+                steps: steps.into_iter().map(StepReport::from).collect(),
+            }
+        });
+        SiteDetails {
             preview,
-            tags: self.store.site_tags(&site.id).await?,
+            tags,
             url: format!(
                 "http://{}.{}:{}/",
                 site.name, self.gateway_domain, self.gateway_port
             ),
             files_dir: self.files_dir(&site),
-            generations: self
-                .store
-                .generations(&site.id)
-                .await?
-                .into_iter()
-                .map(|g| g.seq)
-                .collect(),
+            generations: generations.into_iter().map(|g| g.seq).collect(),
             id: site.id,
             name: site.name,
             state: site.state,
@@ -857,7 +864,7 @@ impl Sites {
             database_urls,
             resources,
             created_at: site.created_at,
-        })
+        }
     }
 
     /// Live sites, only those of `workspace_id` when given (filtered before their details are
@@ -868,15 +875,61 @@ impl Sites {
         tag: Option<&str>,
     ) -> Result<Vec<SiteDetails>> {
         let tag = tag.map(|t| t.trim().to_ascii_lowercase());
+        // A handful of queries for the whole list, whatever the number of sites.
+        let all = self.store.list_sites().await?;
+        let names: HashMap<SiteId, String> =
+            all.iter().map(|s| (s.id.clone(), s.name.clone())).collect();
+        let mut tags: HashMap<SiteId, Vec<String>> = HashMap::new();
+        for (id, t) in self.store.all_site_tags().await? {
+            tags.entry(id).or_default().push(t);
+        }
+        let mut resources: HashMap<SiteId, Vec<crate::store::SiteResource>> = HashMap::new();
+        for r in self.store.all_site_resources().await? {
+            resources.entry(r.site_id.clone()).or_default().push(r);
+        }
+        let mut generations: HashMap<SiteId, Vec<crate::store::Generation>> = HashMap::new();
+        for g in self.store.all_generations().await? {
+            generations.entry(g.site_id.clone()).or_default().push(g);
+        }
+        let mut previews: HashMap<SiteId, crate::store::Preview> = HashMap::new();
+        for p in self.store.list_previews().await? {
+            if let Some(id) = p.site_id.clone() {
+                previews.insert(id, p);
+            }
+        }
+        let mut steps: HashMap<crate::ids::PreviewId, Vec<crate::store::PreviewStep>> =
+            HashMap::new();
+        for st in self.store.all_last_run_steps().await? {
+            steps.entry(st.preview_id.clone()).or_default().push(st);
+        }
+        let repos: HashMap<crate::ids::ConnectionId, String> = self
+            .store
+            .list_connections(None)
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c.repo))
+            .collect();
         let mut out = Vec::new();
-        for s in self.store.list_sites().await? {
+        for s in all {
             if workspace_id.is_some_and(|w| *w != s.workspace_id) {
                 continue;
             }
-            let d = self.details(s).await?;
-            if tag.as_ref().is_none_or(|t| d.tags.contains(t)) {
-                out.push(d);
+            let site_tags = tags.remove(&s.id).unwrap_or_default();
+            if tag.as_ref().is_some_and(|t| !site_tags.contains(t)) {
+                continue;
             }
+            let parent = s.parent_id.as_ref().and_then(|p| names.get(p).cloned());
+            let preview = match previews.remove(&s.id) {
+                Some(p) if p.site_name == s.name => {
+                    let st = steps.remove(&p.id).unwrap_or_default();
+                    let repo = repos.get(&p.connection_id).cloned();
+                    Some((p, repo, st))
+                }
+                _ => None,
+            };
+            let r = resources.remove(&s.id).unwrap_or_default();
+            let g = generations.remove(&s.id).unwrap_or_default();
+            out.push(self.assemble(s, parent, r, preview, site_tags, g));
         }
         Ok(out)
     }

@@ -718,6 +718,12 @@ pub trait SiteStore: Send + Sync {
     async fn add_site_tag(&self, site_id: &SiteId, tag: &str) -> Result<bool>;
     /// False when the site did not have the tag.
     async fn remove_site_tag(&self, site_id: &SiteId, tag: &str) -> Result<bool>;
+    /// Every site's resources, by site, kind and name (one query for a whole list).
+    async fn all_site_resources(&self) -> Result<Vec<SiteResource>>;
+    /// Every site's generations, by site, oldest first.
+    async fn all_generations(&self) -> Result<Vec<Generation>>;
+    /// Every site's tags, as `(site id, tag)`, by site and tag.
+    async fn all_site_tags(&self) -> Result<Vec<(SiteId, String)>>;
     /// A workspace's sites (deleted ones included) alive at some time in `[from, to)`.
     async fn workspace_sites_between(
         &self,
@@ -772,6 +778,8 @@ pub trait PreviewStore: Send + Sync {
     async fn put_step(&self, s: &PreviewStep) -> Result<()>;
     /// The steps of the preview's newest run, in order.
     async fn last_run_steps(&self, preview_id: &PreviewId) -> Result<Vec<PreviewStep>>;
+    /// [`PreviewStore::last_run_steps`] of every preview, by preview, in order.
+    async fn all_last_run_steps(&self) -> Result<Vec<PreviewStep>>;
 }
 
 /// The durable outbox of write-backs, and the ids forges gave back.

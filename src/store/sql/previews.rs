@@ -91,6 +91,17 @@ macro_rules! impl_previews {
                 Ok(())
             }
 
+            async fn all_last_run_steps(&self) -> $crate::store::Result<Vec<$crate::store::PreviewStep>> {
+                Ok(sqlx::query_as(
+                    "SELECT s.preview_id, s.run_id, s.step, s.seq, s.started_at, s.ended_at, s.ok, s.detail \
+                     FROM preview_steps s WHERE s.run_id = (SELECT t.run_id FROM preview_steps t \
+                     WHERE t.preview_id = s.preview_id ORDER BY t.started_at DESC, t.seq DESC LIMIT 1) \
+                     ORDER BY s.preview_id, s.seq",
+                )
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
             async fn last_run_steps(&self, preview_id: &$crate::ids::PreviewId) -> $crate::store::Result<Vec<$crate::store::PreviewStep>> {
                 Ok(sqlx::query_as(
                     "SELECT preview_id, run_id, step, seq, started_at, ended_at, ok, detail FROM preview_steps \

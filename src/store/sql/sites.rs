@@ -199,6 +199,28 @@ macro_rules! impl_sites {
                 .await?)
             }
 
+            async fn all_site_resources(&self) -> $crate::store::Result<Vec<$crate::store::SiteResource>> {
+                Ok(sqlx::query_as(concat!(
+                    "SELECT ",
+                    $crate::store::sql::resource_columns!(),
+                    " FROM site_resources ORDER BY site_id, kind, name"
+                ))
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn all_generations(&self) -> $crate::store::Result<Vec<$crate::store::Generation>> {
+                Ok(sqlx::query_as("SELECT id, site_id, seq, created_at FROM generations ORDER BY site_id, seq")
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
+            async fn all_site_tags(&self) -> $crate::store::Result<Vec<($crate::ids::SiteId, String)>> {
+                Ok(sqlx::query_as("SELECT site_id, tag FROM site_tags ORDER BY site_id, tag")
+                    .fetch_all(&self.pool)
+                    .await?)
+            }
+
             async fn site_tags(&self, site_id: &$crate::ids::SiteId) -> $crate::store::Result<Vec<String>> {
                 let rows: Vec<(String,)> = sqlx::query_as("SELECT tag FROM site_tags WHERE site_id = $1 ORDER BY tag")
                     .bind(site_id)
