@@ -351,6 +351,28 @@ async fn regions_place_work_and_one_gateway_serves_every_host() {
             .unwrap(),
         "a"
     );
+    let err = fails(
+        &s,
+        &[
+            "site",
+            "clone",
+            "eu-parent",
+            "eu-other",
+            "--region",
+            "america",
+        ],
+    );
+    assert!(err.contains("stays in its parent's region"), "{err}");
+    assert!(store.site_by_name("eu-other").await.unwrap().is_none());
+    s.cli(&[
+        "site",
+        "clone",
+        "eu-parent",
+        "eu-same",
+        "--region",
+        "europe",
+    ]);
+    s.cli(&["site", "delete", "eu-same"]);
     let err = fails(&s, &["site", "clone", "eu-parent", "us-parent"]);
     assert!(err.contains("across regions"), "{err}");
     let err = fails(&s, &["site", "sync", "eu-parent", "us-parent"]);

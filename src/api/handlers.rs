@@ -196,6 +196,9 @@ pub struct CloneRequest {
     /// Needed to clone into an existing protected site (audited).
     #[serde(default)]
     pub bypass_protection: bool,
+    /// The region the clone must be in (a region or an alias): the source's own, or refused.
+    #[schema(max_length = 64)]
+    pub region: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -647,6 +650,9 @@ pub async fn clone_site(
     raw: Body,
 ) -> Res {
     let b: CloneRequest = body(raw).await?;
+    api.sites
+        .same_region(&c.site()?.name, b.region.as_deref())
+        .await?;
     let r = api
         .sites
         .clone_site(

@@ -54,6 +54,9 @@ pub enum SiteCmd {
         /// Clone into DST even when it exists and is protected (logged with the caller).
         #[arg(long)]
         bypass_protection: bool,
+        /// The region the clone must be in (a region or an alias): SRC's own, or refused.
+        #[arg(long)]
+        region: Option<String>,
     },
     /// Replace DST's data by a fresh clone of SRC's newest generation (both when neither flag).
     Sync {
@@ -363,8 +366,10 @@ pub async fn run(cmd: SiteCmd, json: bool, config: &Config) -> anyhow::Result<()
             dst,
             read_only,
             bypass_protection,
+            region,
         } => {
             let guard = endor::sites::Guard::cli(bypass_protection);
+            sites.same_region(&src, region.as_deref()).await?;
             emit(
                 json,
                 &sites.clone_site(&src, &dst, read_only, guard).await?,

@@ -328,6 +328,27 @@ impl Sites {
             })
     }
 
+    /// Refuse `requested` (a region or an alias) for a copy of site `src` unless it is `src`'s
+    /// own region: a clone stays in its parent's region.
+    pub async fn same_region(&self, src: &str, requested: Option<&str>) -> Result<()> {
+        let Some(requested) = requested else {
+            return Ok(());
+        };
+        let source = self.get(src).await?;
+        let region = self
+            .regions
+            .resolve(Some(requested))
+            .map_err(SiteError::Invalid)?;
+        if region.name != source.region {
+            return Err(SiteError::Invalid(format!(
+                "{src} is in region {} and --region {requested} is {}: a clone stays in its \
+                 parent's region (data does not move across regions)",
+                source.region, region.name
+            )));
+        }
+        Ok(())
+    }
+
     /// The regions sites live in.
     pub fn regions(&self) -> &crate::regions::Regions {
         &self.regions
