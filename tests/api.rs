@@ -1863,6 +1863,14 @@ async fn exec_streams_a_command_s_output_and_its_exit_code() {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     };
+    // A route for it: what the command may write, gateways must read again (the change
+    // counter moves once it ends).
+    server
+        .store()
+        .put_route(&endor::gateway::Route::Static(src.clone()).row("web", true))
+        .await
+        .unwrap();
+    let counted = server.store().gateway_changes().await.unwrap();
     let r = exec(
         "dev",
         "web",
@@ -1888,6 +1896,14 @@ async fn exec_streams_a_command_s_output_and_its_exit_code() {
         (json!(true), json!(3)),
         "{events:?}"
     );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while server.store().gateway_changes().await.unwrap() == counted {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "site exec ended and the change counter did not move"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // No shell between: the argument comes back as it is.
     let literal = "a; echo pwned $(id)";
     let r = exec("dev", "web", json!({"command": ["printf", "%s", literal]}))

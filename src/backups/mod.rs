@@ -442,6 +442,8 @@ impl Backups {
             })?;
             return Ok((offsite, copy));
         }
+        // Backups off is said as such, before anything else.
+        self.any_repository()?;
         if !self.known_repository(&b.repository) {
             return Err(BackupError::Invalid(format!(
                 "backup {} is in {}, not in backups.repository nor a region's backup_repository",

@@ -109,11 +109,14 @@ pub struct Gateway {
 }
 
 /// Small static answers in memory: a kept answer is sent without touching the disk (no
-/// blocking-pool round trips), and a changed file is seen within `cache_ttl`, as a changed
-/// route is. A new version of a preview is served from a new folder, so it is a new key.
+/// blocking-pool round trips). Like a route, it stays good past `cache_ttl` while the store's
+/// change counter does not move: a preview's folder is a checkout of one version, written by
+/// nobody once it is served (a new version is a new folder, so a new key; `site exec`, which
+/// may write there, moves the counter when it ends).
 #[derive(Default)]
 struct FileCache {
-    answers: std::collections::HashMap<FileKey, (std::time::Instant, Arc<KeptAnswer>)>,
+    /// When each answer was last known good, the counter then, the answer.
+    answers: std::collections::HashMap<FileKey, (std::time::Instant, i64, Arc<KeptAnswer>)>,
     /// Body bytes held, at most [`FILE_CACHE_BYTES`].
     bytes: usize,
 }
@@ -632,13 +635,33 @@ fn not_modified_if_matched(resp: Response, if_none_match: Option<&HeaderValue>) 
 }
 
 impl Gateway {
+    /// The counter as last read, while that reading is within the period.
+    fn fresh_changes(&self) -> Option<(i64, std::time::Instant)> {
+        let read = *self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        read.filter(|(_, at)| at.elapsed() < self.cache_ttl)
+    }
+
     fn kept_answer(&self, k: &FileKey) -> Option<Arc<KeptAnswer>> {
-        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
-        let (at, kept) = files.answers.get(k)?;
-        (at.elapsed() < self.cache_ttl).then(|| kept.clone())
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let (at, seen, kept) = files.answers.get_mut(k)?;
+        if at.elapsed() < self.cache_ttl {
+            return Some(kept.clone());
+        }
+        // Past the period: good while the counter (read for this request's route at most a
+        // period ago) has not moved since the answer was kept.
+        let (n, checked) = self.fresh_changes()?;
+        if n != *seen {
+            return None;
+        }
+        *at = checked;
+        Some(kept.clone())
     }
 
     fn keep_answer(&self, k: FileKey, headers: http::HeaderMap, body: bytes::Bytes) {
+        // The counter read before the file was: a change after it moves it past this.
+        let Some((seen, _)) = self.fresh_changes() else {
+            return;
+        };
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         if files.bytes + body.len() > FILE_CACHE_BYTES || files.answers.len() >= CACHE_MAX {
             files.answers.clear();
@@ -646,7 +669,10 @@ impl Gateway {
         }
         files.bytes += body.len();
         let kept = Arc::new(KeptAnswer { headers, body });
-        if let Some((_, old)) = files.answers.insert(k, (std::time::Instant::now(), kept)) {
+        if let Some((_, _, old)) = files
+            .answers
+            .insert(k, (std::time::Instant::now(), seen, kept))
+        {
             files.bytes -= old.body.len();
         }
     }

@@ -83,6 +83,13 @@ impl Lifecycle {
             ))
             .with("cwd", cwd.display().to_string()),
         );
+        // The command may write into the checkout a static preview is served from: when it
+        // ends, however it ends (its caller gone included), the site's route is written again,
+        // which moves the store's change counter, so gateways read its files again.
+        let _touch = TouchRoute {
+            store: self.store.clone(),
+            site: name.to_string(),
+        };
         let cap = self.config.runtime.output_cap;
         let max = self.logs.limits().max_line_bytes;
         let mut kept = 0usize;
@@ -144,5 +151,28 @@ impl Lifecycle {
             Some(e) => e.path(),
             None => self.sites.files_dir(site),
         }
+    }
+}
+
+/// Writes the site's route again when dropped (see [`Lifecycle::exec`]).
+struct TouchRoute {
+    store: std::sync::Arc<dyn crate::store::Store>,
+    site: String,
+}
+
+impl Drop for TouchRoute {
+    fn drop(&mut self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, site) = (self.store.clone(), std::mem::take(&mut self.site));
+        rt.spawn(async move {
+            if let Ok(Some(mut route)) = store.route(&site).await {
+                route.updated_at = crate::now_ms();
+                if let Err(e) = store.put_route(&route).await {
+                    tracing::warn!(site = %site, error = %e, "could not mark the site's files as changed after site exec");
+                }
+            }
+        });
     }
 }
