@@ -109,13 +109,19 @@ impl AccessLog {
                     write_out(&logs, &mut out);
                     return;
                 }
-                due.get_or_insert_with(|| tokio::time::Instant::now() + GATHER);
+                let at = *due.get_or_insert_with(|| tokio::time::Instant::now() + GATHER);
                 for line in batch.drain(..) {
                     let (site, service, entry) = line.into_entry();
                     let buf = out.entry((site, service)).or_default();
                     if serde_json::to_writer(&mut *buf, &entry).is_ok() {
                         buf.push(b'\n');
                     }
+                }
+                // Under a steady load lines are always waiting, so the timeout above would
+                // never fire: the time is checked here too.
+                if tokio::time::Instant::now() >= at {
+                    write_out(&logs, &mut out);
+                    due = None;
                 }
             }
         });
