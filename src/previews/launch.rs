@@ -266,6 +266,12 @@ impl Lifecycle {
         self.end(s, routed, None).await?;
         let new = started.take().and_then(|s| s.process);
         let new_pid = new.as_ref().map(|p| p.pid());
+        if new.is_some() {
+            // The store says where it runs before this process keeps it: another host's
+            // reconcile then stops its old copy, and this host's never reads the old host
+            // next to the new process (see `Lifecycle::reconcile`).
+            self.store.put_preview(preview).await.map_err(transient)?;
+        }
         let old = {
             let mut procs = self.procs.lock().await;
             match new {
