@@ -43,24 +43,8 @@ fn connect(
     toml: &str,
     region: &str,
 ) -> (Repo, (ConnectionId, String), String) {
-    let repo = Repo::new(s.dir.path(), name, toml);
-    let c: Value = serde_json::from_str(&s.cli(&[
-        "--json",
-        "repo",
-        "connect",
-        "acme",
-        &format!("github:octo/{name}"),
-        "--git-url",
-        &repo.url(),
-        "--region",
-        region,
-    ]))
-    .unwrap();
-    let conn = (
-        ConnectionId::from(c["connection_id"].as_str().unwrap()),
-        c["secret"].as_str().unwrap().to_string(),
-    );
-    (repo, conn, c["region"].as_str().unwrap().to_string())
+    let (repo, conn, answer) = s.repo_with(name, toml, &["--region", region]);
+    (repo, conn, answer["region"].as_str().unwrap().to_string())
 }
 
 async fn settled(store: &dyn Store, conn: &ConnectionId, n: i64, what: &str) -> Preview {

@@ -721,22 +721,36 @@ impl ServedBinary {
 
     /// A repository `octo/{name}` connected from GitHub through the CLI.
     pub fn repo(&self, name: &str, endor_toml: &str) -> (Repo, (ConnectionId, String)) {
+        let (repo, conn, _) = self.repo_with(name, endor_toml, &[]);
+        (repo, conn)
+    }
+
+    /// As [`ServedBinary::repo`], with more `repo connect` arguments; also what it answered.
+    pub fn repo_with(
+        &self,
+        name: &str,
+        endor_toml: &str,
+        extra: &[&str],
+    ) -> (Repo, (ConnectionId, String), Value) {
         let repo = Repo::new(self.dir.path(), name, endor_toml);
-        let connected: Value = serde_json::from_str(&self.cli(&[
+        let spec = format!("github:octo/{name}");
+        let url = repo.url();
+        let mut args = vec![
             "--json",
             "repo",
             "connect",
             "acme",
-            &format!("github:octo/{name}"),
+            &spec,
             "--git-url",
-            &repo.url(),
-        ]))
-        .unwrap();
+            &url,
+        ];
+        args.extend_from_slice(extra);
+        let connected: Value = serde_json::from_str(&self.cli(&args)).unwrap();
         let conn = (
             ConnectionId::from(connected["connection_id"].as_str().unwrap()),
             connected["secret"].as_str().unwrap().to_string(),
         );
-        (repo, conn)
+        (repo, conn, connected)
     }
 
     pub async fn pr_event(&self, conn: &(ConnectionId, String), repo: &str, pr: Pr<'_>) -> u16 {
