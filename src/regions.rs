@@ -135,6 +135,25 @@ impl Regions {
             .unwrap_or(&self.fallback_root)
     }
 
+    /// The region whose storage root `path` is under (the deepest, should roots nest).
+    pub fn region_at(&self, path: &Path) -> Option<&Region> {
+        deepest(
+            path,
+            self.list.values().map(|r| (r.storage_root.as_path(), r)),
+        )
+    }
+
+    /// The storage root `path` is under (a region's, or `storage.root`), else the default
+    /// region's: where its trash and reflink probe are.
+    pub fn root_at(&self, path: &Path) -> &Path {
+        let roots = self
+            .list
+            .values()
+            .map(|r| r.storage_root.as_path())
+            .chain([self.fallback_root.as_path()]);
+        deepest(path, roots.map(|r| (r, r))).unwrap_or_else(|| self.root_of(&self.default))
+    }
+
     /// Every folder sites live under, each once.
     pub fn roots(&self) -> Vec<PathBuf> {
         let mut roots: Vec<PathBuf> = self.list.values().map(|r| r.storage_root.clone()).collect();
@@ -152,6 +171,14 @@ impl Regions {
         }
         names
     }
+}
+
+/// The item of the deepest root that `path` is under.
+fn deepest<'a, T>(path: &Path, roots: impl Iterator<Item = (&'a Path, T)>) -> Option<T> {
+    roots
+        .filter(|(root, _)| path.starts_with(root))
+        .max_by_key(|(root, _)| root.as_os_str().len())
+        .map(|(_, item)| item)
 }
 
 #[cfg(test)]
@@ -191,6 +218,14 @@ mod tests {
         let e = r.resolve(Some("mars")).unwrap_err();
         assert!(e.contains("\"mars\"") && e.contains("europe"), "{e}");
         assert_eq!(r.root_of("us-east"), Path::new("/srv/us-east"));
+        let site = Path::new("/srv/eu-paris/0123/live");
+        assert_eq!(r.region_at(site).unwrap().name, "eu-paris");
+        assert_eq!(r.root_at(site), Path::new("/srv/eu-paris"));
+        assert!(r.region_at(Path::new("/elsewhere")).is_none());
+        assert_eq!(
+            r.root_at(Path::new("/elsewhere")),
+            Path::new("/srv/eu-frankfurt")
+        );
         assert_eq!(r.names_of("eu-paris"), ["eu-paris", "europe", "eu-west"]);
     }
 

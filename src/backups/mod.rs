@@ -126,8 +126,9 @@ impl Backups {
     /// The repository of `region`'s backups (`[regions.NAME] backup_repository`, else
     /// `backups.repository`), or `NotConfigured`.
     fn region_url(&self, region: &str) -> Result<String> {
-        let regions = crate::regions::Regions::new(&self.config);
-        let url = regions
+        let url = self
+            .sites
+            .regions()
             .get(region)
             .map(|r| r.backup_repository.trim().to_string())
             .unwrap_or_else(|| self.config.backups.repository.trim().to_string());
@@ -141,14 +142,18 @@ impl Backups {
     /// region's).
     fn known_repository(&self, url: &str) -> bool {
         url == self.config.backups.repository.trim()
-            || crate::regions::Regions::new(&self.config)
+            || self
+                .sites
+                .regions()
                 .all()
                 .any(|r| r.backup_repository.trim() == url)
     }
 
     /// `NotConfigured` unless some repository is set (`backups.repository` or a region's).
     fn any_repository(&self) -> Result<()> {
-        let regional = crate::regions::Regions::new(&self.config)
+        let regional = self
+            .sites
+            .regions()
             .all()
             .any(|r| !r.backup_repository.trim().is_empty());
         if regional {

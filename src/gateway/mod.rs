@@ -243,10 +243,8 @@ impl Gateway {
         {
             let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
             if let Some((at, seen, found)) = cache.get_mut(site)
-                && *seen == changes
+                && renewed(at, *seen, (changes, checked))
             {
-                // Nothing changed up to `checked`: good as of then.
-                *at = checked;
                 return Ok(found.clone());
             }
         }
@@ -265,10 +263,8 @@ impl Gateway {
 
     /// The store's change counter, read at most once per `cache_ttl`, and when it was read.
     async fn changes(&self) -> crate::store::Result<(i64, std::time::Instant)> {
-        if let Some((n, at)) = *self.changes.lock().unwrap_or_else(|e| e.into_inner())
-            && at.elapsed() < self.cache_ttl
-        {
-            return Ok((n, at));
+        if let Some(read) = self.fresh_changes() {
+            return Ok(read);
         }
         let at = std::time::Instant::now();
         let n = self.store.gateway_changes().await?;
@@ -649,12 +645,7 @@ impl Gateway {
         }
         // Past the period: good while the counter (read for this request's route at most a
         // period ago) has not moved since the answer was kept.
-        let (n, checked) = self.fresh_changes()?;
-        if n != *seen {
-            return None;
-        }
-        *at = checked;
-        Some(kept.clone())
+        renewed(at, *seen, self.fresh_changes()?).then(|| kept.clone())
     }
 
     fn keep_answer(&self, k: FileKey, headers: http::HeaderMap, body: bytes::Bytes) {
@@ -676,6 +667,20 @@ impl Gateway {
             files.bytes -= old.body.len();
         }
     }
+}
+
+/// Whether something kept while the change counter was `seen` is still good by the reading
+/// `(counter, when read)`; if so it is good as of that reading (`at` moves there).
+fn renewed(
+    at: &mut std::time::Instant,
+    seen: i64,
+    (n, checked): (i64, std::time::Instant),
+) -> bool {
+    if n != seen {
+        return false;
+    }
+    *at = checked;
+    true
 }
 
 /// `"{modified, hex}-{length, hex}[-{encoding}]"` of a file's answer.

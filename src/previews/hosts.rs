@@ -9,13 +9,15 @@ use std::collections::{HashMap, HashSet};
 
 use super::lifecycle::Lifecycle;
 use crate::gateway::Route;
-use crate::jobs::{JobKind, NewJob};
 use crate::previews::PreviewState;
 use crate::store::Preview;
 
+/// What the lease names of worker hosts start with.
+const HOST_LEASE: &str = "host:";
+
 /// The lease name of a worker host.
 fn host_lease(host: &str) -> String {
-    format!("host:{host}")
+    format!("{HOST_LEASE}{host}")
 }
 
 impl Lifecycle {
@@ -48,10 +50,10 @@ impl Lifecycle {
     pub async fn live_hosts(&self) -> crate::store::Result<HashSet<String>> {
         Ok(self
             .store
-            .leases_with_prefix("host:", crate::now_ms())
+            .leases_with_prefix(HOST_LEASE, crate::now_ms())
             .await?
             .into_iter()
-            .map(|(name, _)| name["host:".len()..].to_string())
+            .map(|(name, _)| name[HOST_LEASE.len()..].to_string())
             .collect())
     }
 
@@ -87,7 +89,7 @@ impl Lifecycle {
         if lost.is_empty() {
             return Ok((0, 0));
         }
-        let regions = crate::regions::Regions::new(&self.config);
+        let regions = self.sites.regions();
         let mine = &self.config.jobs.region;
         let mut conns = HashMap::new();
         let (mut resumed, mut failed) = (0, 0);
@@ -115,19 +117,7 @@ impl Lifecycle {
             }
             let host = p.host.clone().unwrap_or_default();
             if shared {
-                self.store
-                    .enqueue_job(
-                        &NewJob {
-                            kind: JobKind::Resume,
-                            job_key: crate::jobs::pr_key(&p.connection_id, p.number),
-                            head_sha: p.ready_sha.clone(),
-                            payload: p.id.to_string(),
-                            max_attempts: self.config.jobs.max_attempts,
-                            supersede: false,
-                        },
-                        now,
-                    )
-                    .await?;
+                self.store.enqueue_job(&self.resume_job(&p), now).await?;
                 tracing::warn!(site = %p.site_name, lost = %host, "worker host lost: the preview starts again on another worker of its region");
                 resumed += 1;
             } else {
@@ -137,22 +127,9 @@ impl Lifecycle {
                      reaches its storage",
                     conn.region, conn.region
                 );
-                p.pid = None;
-                p.port = None;
-                p.ready_sha = None;
-                let name = format!("{}#{}", conn.repo, p.number);
-                if let Err(e) = self
-                    .put_route(&p.site_name, Route::Failed(Some(name)), true)
-                    .await
-                {
-                    tracing::warn!(site = %p.site_name, error = %e, "could not route to the failure page");
-                }
-                if let Err(e) = self
-                    .set_state(&mut p, PreviewState::Failed, Some(why))
-                    .await
-                {
-                    tracing::warn!(site = %p.site_name, error = %e, "could not mark the preview failed");
-                }
+                let page = Route::Failed(Some(format!("{}#{}", conn.repo, p.number)));
+                self.runs_nowhere(&mut p, page, PreviewState::Failed, why)
+                    .await;
                 failed += 1;
             }
         }

@@ -161,6 +161,19 @@ impl Lifecycle {
         )
     }
 
+    /// The job that starts ready preview `p` again from its ready head (after a restart of
+    /// endor, or on another host when its own was lost).
+    pub(super) fn resume_job(&self, p: &Preview) -> NewJob {
+        NewJob {
+            kind: JobKind::Resume,
+            job_key: crate::jobs::pr_key(&p.connection_id, p.number),
+            head_sha: p.ready_sha.clone(),
+            payload: p.id.to_string(),
+            max_attempts: self.config.jobs.max_attempts,
+            supersede: false,
+        }
+    }
+
     /// Queue a relaunch of every ready preview whose site process is not running (after a
     /// restart of endor, its processes are gone with it).
     pub async fn resume_all(&self) -> crate::store::Result<usize> {
@@ -184,17 +197,7 @@ impl Lifecycle {
                     continue;
                 }
                 self.store
-                    .enqueue_job(
-                        &NewJob {
-                            kind: JobKind::Resume,
-                            job_key: crate::jobs::pr_key(&p.connection_id, p.number),
-                            head_sha: p.ready_sha.clone(),
-                            payload: p.id.to_string(),
-                            max_attempts: self.config.jobs.max_attempts,
-                            supersede: false,
-                        },
-                        crate::now_ms(),
-                    )
+                    .enqueue_job(&self.resume_job(&p), crate::now_ms())
                     .await?;
                 n += 1;
             }
@@ -580,12 +583,28 @@ impl Lifecycle {
             return;
         }
         let why = format!("its site {} was deleted", p.site_name);
+        self.runs_nowhere(p, Route::Gone, PreviewState::Destroyed, why)
+            .await;
+    }
+
+    /// Preview `p` runs nowhere any more (its site deleted, its host lost): no process is
+    /// recorded, the gateway answers `route`, the preview is `state` with `why`. Failures are
+    /// logged: the callers are passes over many previews.
+    pub(super) async fn runs_nowhere(
+        &self,
+        p: &mut Preview,
+        route: Route,
+        state: PreviewState,
+        why: String,
+    ) {
         p.pid = None;
         p.port = None;
         p.ready_sha = None;
-        let _ = self.put_route(&p.site_name, Route::Gone, true).await;
-        if let Err(e) = self.set_state(p, PreviewState::Destroyed, Some(why)).await {
-            tracing::warn!(site = %p.site_name, error = %e, "could not mark the preview destroyed");
+        if let Err(e) = self.put_route(&p.site_name, route, true).await {
+            tracing::warn!(site = %p.site_name, error = %e, "could not change the site's route");
+        }
+        if let Err(e) = self.set_state(p, state, Some(why)).await {
+            tracing::warn!(site = %p.site_name, error = %e, "could not change the preview's state");
         }
     }
 }

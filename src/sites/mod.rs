@@ -307,25 +307,15 @@ impl Sites {
 
     fn admin_url(&self, at: &Path) -> &str {
         self.regions
-            .all()
-            .filter(|r| at.starts_with(&r.storage_root) && !r.postgres_admin_url.is_empty())
-            .max_by_key(|r| r.storage_root.as_os_str().len())
+            .region_at(at)
             .map(|r| r.postgres_admin_url.as_str())
+            .filter(|u| !u.is_empty())
             .unwrap_or(&self.pg_admin_url)
     }
 
     /// The root (of some region) `path` is under: where its trash and reflink probe are.
     fn root_of_path(&self, path: &Path) -> PathBuf {
-        self.regions
-            .roots()
-            .into_iter()
-            .filter(|r| path.starts_with(r))
-            .max_by_key(|r| r.as_os_str().len())
-            .unwrap_or_else(|| {
-                self.regions
-                    .root_of(self.regions.default_name())
-                    .to_path_buf()
-            })
+        self.regions.root_at(path).to_path_buf()
     }
 
     /// Refuse `requested` (a region or an alias) for a copy of site `src` unless it is `src`'s
