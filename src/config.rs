@@ -35,6 +35,8 @@ pub struct Config {
     pub commands: CommandsConfig,
     pub reaper: ReaperConfig,
     pub usage: UsageConfig,
+    pub dashboard: DashboardConfig,
+    pub email: EmailConfig,
     pub logs: LogsConfig,
     pub github: ForgeConfig,
     pub gitlab: ForgeConfig,
@@ -374,6 +376,56 @@ impl Default for UsageConfig {
             site_hour: 0.005,
             gib_month: 0.10,
             cpu_hour: 0.04,
+        }
+    }
+}
+
+/// The dashboard's sign-in (SPEC §14).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// How long a sign-in lasts.
+    pub session_ttl: HumanDuration,
+    /// How long an invitation link can be used.
+    pub invitation_ttl: HumanDuration,
+    /// Failed sign-ins allowed per visitor address and per login in a minute; more are refused
+    /// (429) until the minute has passed.
+    pub sign_in_attempts: u32,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl: HumanDuration(std::time::Duration::from_secs(7 * 24 * 3600)),
+            invitation_ttl: HumanDuration(std::time::Duration::from_secs(7 * 24 * 3600)),
+            sign_in_attempts: 10,
+        }
+    }
+}
+
+/// How notifications are mailed (SPEC §13). Without `smtp_url`, notifications go to the
+/// dashboard's inbox only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmailConfig {
+    /// `smtp://host:port` (empty: no mail). User and password may be given in it.
+    pub smtp_url: String,
+    /// The sender, e.g. `endor <endor@example.com>`.
+    pub from: String,
+    /// `none` (plain SMTP, for a relay on loopback), `starttls` (upgrade, required) or `tls`
+    /// (implicit TLS, usually port 465).
+    pub tls: String,
+    /// How many times a mail is tried before it is given up (each retry waits longer).
+    pub max_attempts: u32,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_url: String::new(),
+            from: "endor <endor@localhost>".into(),
+            tls: "starttls".into(),
+            max_attempts: 20,
         }
     }
 }
@@ -875,6 +927,29 @@ impl Config {
                 "storage.secret_key",
                 "is the older name of secrets.master_key_file: set only one",
             );
+        }
+        if !matches!(self.email.tls.as_str(), "none" | "starttls" | "tls") {
+            return Err(ConfigError::Key {
+                key: "email.tls",
+                problem: format!(
+                    "`{}` is not one of none, starttls, tls",
+                    self.email.tls.escape_debug()
+                ),
+            });
+        }
+        if !self.email.smtp_url.is_empty() {
+            if !self.email.smtp_url.starts_with("smtp://") {
+                return Err(ConfigError::Key {
+                    key: "email.smtp_url",
+                    problem: "must start with smtp:// (the TLS mode is email.tls)".into(),
+                });
+            }
+            if self.email.from.parse::<lettre::message::Mailbox>().is_err() {
+                return Err(ConfigError::Key {
+                    key: "email.from",
+                    problem: format!("`{}` is not a mail address", self.email.from.escape_debug()),
+                });
+            }
         }
         if let Err(problem) = self.regions.check() {
             return Err(ConfigError::Key {

@@ -15,6 +15,7 @@ use crate::app::error_response;
 use crate::webhooks;
 
 pub fn router(state: Arc<AppState>) -> Router {
+    let api = crate::api::Api::new(state.store.clone(), &state.config);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -27,7 +28,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(
             // API requests run in a `request` span; a webhook delivery runs in its own
             // `delivery` span (webhooks.rs), which names the repository and the PR.
-            crate::api::router(crate::api::Api::new(state.store.clone(), &state.config))
+            crate::api::router(api.clone())
+                .merge(crate::dashboard::router(api))
                 .layer(axum::middleware::from_fn(crate::app::traced)),
         )
 }
@@ -335,6 +337,11 @@ pub async fn serve_roles(
             let backups = crate::backups::Backups::new(state.store.clone(), &state.config);
             tokio::spawn(backups.run_scheduled(rx.clone()))
         });
+    // Mails of notifications go out from the API process (the one the dashboard runs in).
+    let mailer = (api.is_some() && !state.config.email.smtp_url.is_empty()).then(|| {
+        let n = crate::notify::Notifier::new(state.store.clone(), &state.config);
+        tokio::spawn(n.run(rx.clone()))
+    });
     let served = match api {
         Some(api) => serve(state, api, stopped(rx)).await,
         None => {
@@ -360,6 +367,9 @@ pub async fn serve_roles(
     }
     if let Some(b) = scheduled_backups {
         let _ = b.await;
+    }
+    if let Some(m) = mailer {
+        let _ = m.await;
     }
     if let Some(w) = workers {
         w.shutdown().await;
@@ -392,9 +402,12 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, store = ?state.store.backend(), "endor listening");
     use axum::serve::ListenerExt;
-    axum::serve(listener.tap_io(no_delay), router(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        listener.tap_io(no_delay),
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     Ok(())
 }
 

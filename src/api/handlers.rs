@@ -411,6 +411,9 @@ pub async fn add_member(
     let b: NewMember = body(raw).await?;
     let ws = &c.workspace()?.name;
     let roles = service::add_member(api.store.as_ref(), ws, &b.login, &b.roles).await?;
+    crate::notify::Notifier::new(api.store.clone(), &api.config)
+        .added_event(ws, &b.login, &roles)
+        .await;
     ok(
         StatusCode::CREATED,
         &Membership {

@@ -664,6 +664,9 @@ impl Backups {
                 Ok(_) => pass.backed_up.push(site.name),
                 Err(e) => {
                     tracing::warn!(site = %site.name, error = %e, "scheduled backup failed");
+                    crate::notify::Notifier::new(self.store.clone(), &self.config)
+                        .backup_event(&site, false, &format!("{}:{since}", site.id))
+                        .await;
                     pass.failed.push((site.name, e.to_string()));
                 }
             }
@@ -782,6 +785,11 @@ impl Backups {
         if ok {
             tracing::info!(backup = %b.id, site = %b.site_name, "backup drill passed");
         } else {
+            if let Ok(Some(site)) = self.store.site(&b.site_id).await {
+                crate::notify::Notifier::new(self.store.clone(), &self.config)
+                    .backup_event(&site, true, &drill.id)
+                    .await;
+            }
             tracing::error!(backup = %b.id, site = %b.site_name, detail = %detail, "backup drill FAILED");
         }
         Ok(DrillReport {

@@ -27,6 +27,9 @@ pub enum UserCmd {
     },
     /// List a user's API tokens (ids, labels, last use, revocation; never the tokens).
     Tokens { login: String },
+    /// Set a user's dashboard password, read from standard input (typed twice at a terminal,
+    /// where it is not echoed; one line from a pipe). Every session of theirs ends.
+    Password { login: String },
     /// Revoke one of a user's API tokens: it is refused (401) from then on.
     RevokeToken { login: String, token_id: String },
 }
@@ -81,6 +84,21 @@ pub async fn run(cmd: UserCmd, json: bool, config: &Config) -> anyhow::Result<()
                 |_| format!("revoked token {token_id} of {login}"),
             )
         }
+        UserCmd::Password { login } => {
+            let password = read_password()?;
+            let u = endor::dashboard::auth::set_password(store.as_ref(), &login, &password).await?;
+            emit(
+                json,
+                &serde_json::json!({"user": u.login, "password": "set"}),
+                |_| {
+                    format!(
+                        "password set for {}; they can sign in at {}/sign-in",
+                        u.login,
+                        config.server.public_url.trim_end_matches('/')
+                    )
+                },
+            )
+        }
         UserCmd::Link { login, identity } => {
             service::link_identity(store.as_ref(), &login, &identity).await?;
             emit(
@@ -90,4 +108,43 @@ pub async fn run(cmd: UserCmd, json: bool, config: &Config) -> anyhow::Result<()
             )
         }
     }
+}
+
+/// A password from standard input: at a terminal, asked twice without echo; else one line.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::{BufRead, Write};
+    let tty = unsafe { libc::isatty(0) } == 1;
+    let line = |prompt: &str| -> anyhow::Result<String> {
+        if tty {
+            eprint!("{prompt}");
+            std::io::stderr().flush()?;
+        }
+        let mut s = String::new();
+        std::io::stdin().lock().read_line(&mut s)?;
+        if tty {
+            eprintln!();
+        }
+        Ok(s.trim_end_matches(['\n', '\r']).to_string())
+    };
+    if !tty {
+        let p = line("")?;
+        anyhow::ensure!(!p.is_empty(), "no password on standard input");
+        return Ok(p);
+    }
+    // No echo while typing.
+    let mut term: libc::termios = unsafe { std::mem::zeroed() };
+    let saved = unsafe { libc::tcgetattr(0, &mut term) } == 0;
+    let old = term;
+    if saved {
+        term.c_lflag &= !libc::ECHO;
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &term) };
+    }
+    let first = line("New password: ");
+    let second = line("Again: ");
+    if saved {
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &old) };
+    }
+    let (first, second) = (first?, second?);
+    anyhow::ensure!(first == second, "the two passwords differ; nothing changed");
+    Ok(first)
 }

@@ -105,6 +105,9 @@ pub async fn run(cmd: WorkspaceCmd, json: bool, config: &Config) -> anyhow::Resu
             roles,
         }) => {
             let roles = service::add_member(store.as_ref(), &workspace, &login, &roles).await?;
+            endor::notify::Notifier::new(store.clone(), config)
+                .added_event(&workspace, &login, &roles)
+                .await;
             emit(
                 json,
                 &serde_json::json!({"workspace": workspace, "login": login, "roles": roles}),

@@ -272,6 +272,11 @@ impl Lifecycle {
         if !rows.is_empty() {
             self.outbox_wake.notify_waiters();
         }
+        if changed {
+            crate::notify::Notifier::new(self.store.clone(), &self.config)
+                .preview_event(p)
+                .await;
+        }
         Ok(())
     }
 

@@ -29,7 +29,11 @@ impl Lifecycle {
     pub async fn warn_expiry(&self, p: &mut Preview) -> Result<(), JobError> {
         p.warned_expiry = p.expires_at;
         let (st, reason) = (p.state, p.reason.clone());
-        self.set_state(p, st, reason).await
+        self.set_state(p, st, reason).await?;
+        crate::notify::Notifier::new(self.store.clone(), &self.config)
+            .expiry_event(p)
+            .await;
+        Ok(())
     }
 
     /// An `expire` job (a reaper's teardown whose reaper died, taken over by a worker):

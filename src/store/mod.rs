@@ -533,6 +533,7 @@ pub trait Store:
     + AuditStore
     + BackupStore
     + UsageStore
+    + DashboardStore
     + JobQueue<Error = StoreError>
     + Send
     + Sync
@@ -1118,4 +1119,123 @@ mod url_tests {
             "sqlite://data/endor.db"
         );
     }
+}
+
+/// A signed-in browser session (SPEC §14): its user and the CSRF token its forms carry.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: User,
+    pub csrf: String,
+    pub expires_at: i64,
+}
+
+/// An invitation to a workspace sent by email (only its token's hash is stored).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Invitation {
+    pub token_hash: String,
+    pub workspace_id: WorkspaceId,
+    pub email: String,
+    /// Comma-separated, as in `members.roles`.
+    pub roles: String,
+    pub invited_by: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub accepted_at: Option<i64>,
+}
+
+/// One event told to one user: a line of their inbox and, when `mail_state` is not `none`,
+/// a mail in the outbox.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Notification {
+    pub id: String,
+    pub user_id: UserId,
+    pub workspace_id: Option<String>,
+    pub kind: String,
+    pub inbox: i64,
+    pub event_key: String,
+    pub subject: String,
+    pub body: String,
+    pub link: Option<String>,
+    pub created_at: i64,
+    pub read_at: Option<i64>,
+    pub mail_state: String,
+    pub mail_to: Option<String>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub sent_at: Option<i64>,
+}
+
+/// A notification to store (see [`DashboardStore::add_notifications`]).
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub user_id: UserId,
+    pub workspace_id: Option<WorkspaceId>,
+    pub kind: String,
+    pub event_key: String,
+    pub subject: String,
+    pub body: String,
+    pub link: Option<String>,
+    /// Shown in the inbox.
+    pub inbox: bool,
+    /// Mailed to this address.
+    pub mail_to: Option<String>,
+}
+
+/// A user's choice for one event kind.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NotificationPref {
+    pub kind: String,
+    pub inbox: bool,
+    pub email: bool,
+}
+
+/// Passwords, sessions, invitations, notifications and their mail outbox.
+#[async_trait]
+pub trait DashboardStore: Send + Sync {
+    /// Set (or, `None`, clear) a user's password hash; every session of theirs ends.
+    async fn set_password_hash(&self, user_id: &UserId, hash: Option<&str>) -> Result<()>;
+    /// A user and their password hash, by login.
+    async fn user_password(&self, login: &str) -> Result<Option<(User, Option<String>)>>;
+    /// A user by id.
+    async fn user_by_id(&self, id: &UserId) -> Result<Option<User>>;
+    /// A workspace's members with their user rows and roles.
+    async fn member_users(&self, workspace_id: &WorkspaceId) -> Result<Vec<(User, Vec<String>)>>;
+    async fn create_session(
+        &self,
+        id_hash: &str,
+        user_id: &UserId,
+        csrf: &str,
+        expires_at: i64,
+    ) -> Result<()>;
+    /// The session whose cookie hashes to `id_hash`, unless it expired by `now`.
+    async fn session(&self, id_hash: &str, now: i64) -> Result<Option<Session>>;
+    async fn delete_session(&self, id_hash: &str) -> Result<()>;
+    async fn create_invitation(&self, i: &Invitation) -> Result<()>;
+    async fn invitation(&self, token_hash: &str) -> Result<Option<Invitation>>;
+    /// Mark an invitation taken; false when it was already (a link works once).
+    async fn accept_invitation(&self, token_hash: &str, now: i64) -> Result<bool>;
+    /// Store notifications; one already stored for the same (event_key, user) is left as
+    /// it is. The number stored.
+    async fn add_notifications(&self, list: &[NewNotification], now: i64) -> Result<u64>;
+    /// A user's inbox, newest first.
+    async fn inbox(&self, user_id: &UserId, limit: i64) -> Result<Vec<Notification>>;
+    async fn unread_count(&self, user_id: &UserId) -> Result<i64>;
+    /// Mark one (or, `None`, every) notification of the user read.
+    async fn mark_read(&self, user_id: &UserId, id: Option<&str>, now: i64) -> Result<u64>;
+    /// Take up to `limit` mails due by `now` (pending, or sending with a lapsed lease) for
+    /// one sender until `lease_until`.
+    async fn claim_mails(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>>;
+    /// A mail was accepted by the SMTP server.
+    async fn mail_sent(&self, id: &str, now: i64) -> Result<()>;
+    /// A mail could not be sent: tried again at `run_after`, or (None) given up.
+    async fn mail_failed(&self, id: &str, error: &str, run_after: Option<i64>) -> Result<()>;
+    /// Every notification (tests and `doctor`): the mail states.
+    async fn all_notifications(&self) -> Result<Vec<Notification>>;
+    async fn notification_prefs(&self, user_id: &UserId) -> Result<Vec<NotificationPref>>;
+    async fn set_notification_pref(&self, user_id: &UserId, p: &NotificationPref) -> Result<()>;
 }

@@ -8,6 +8,7 @@ pub(super) mod accounts;
 pub(super) mod audit_usage;
 pub(super) mod backups;
 pub(super) mod connections;
+pub(super) mod dashboard;
 pub(super) mod jobs;
 pub(super) mod outbox;
 pub(super) mod previews;
@@ -414,6 +415,7 @@ macro_rules! impl_store {
             }
         }
         $crate::store::sql::accounts::impl_accounts!($store);
+        $crate::store::sql::dashboard::impl_dashboard!($store);
         $crate::store::sql::connections::impl_connections!($store);
         $crate::store::sql::sites::impl_sites!($store);
         $crate::store::sql::previews::impl_previews!($store);
