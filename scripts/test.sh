@@ -16,6 +16,8 @@ psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
 # GitHub's example webhook payloads (npm) the ingest test replays.
 bash scripts/api-tools.sh
 bash scripts/webhook-examples.sh
+# A real SMTP server (aiosmtpd) for the notification tests (tests/dashboard.rs).
+bash scripts/mail-tools.sh
 # restic and rclone for the backup tests (tests/backups.rs).
 bash scripts/backup-tools.sh
 

@@ -415,8 +415,11 @@ pub struct EmailConfig {
     /// `none` (plain SMTP, for a relay on loopback), `starttls` (upgrade, required) or `tls`
     /// (implicit TLS, usually port 465).
     pub tls: String,
-    /// How many times a mail is tried before it is given up (each retry waits longer).
+    /// How many times a mail is tried before it is given up.
     pub max_attempts: u32,
+    /// The wait before the first retry of a mail; each next one waits twice as long, at most
+    /// an hour.
+    pub retry_after: HumanDuration,
 }
 
 impl Default for EmailConfig {
@@ -426,6 +429,7 @@ impl Default for EmailConfig {
             from: "endor <endor@localhost>".into(),
             tls: "starttls".into(),
             max_attempts: 20,
+            retry_after: HumanDuration(std::time::Duration::from_secs(10)),
         }
     }
 }

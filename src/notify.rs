@@ -49,10 +49,10 @@ pub struct Notifier {
     config: Config,
 }
 
-/// The wait before the `attempts`-th retry of a mail: 10 s doubling, at most an hour.
-pub fn retry_after_ms(attempts: i64) -> i64 {
+/// The wait before the `attempts`-th retry of a mail: `first` doubling, at most an hour.
+pub fn retry_after_ms(first: i64, attempts: i64) -> i64 {
     let exp = attempts.clamp(1, 20) - 1;
-    (10_000i64 << exp.min(9)).min(3_600_000)
+    (first.max(1) << exp.min(20)).min(3_600_000)
 }
 
 impl Notifier {
@@ -350,7 +350,13 @@ impl Notifier {
                 }
                 Err(e) => {
                     let give_up = n.attempts >= self.config.email.max_attempts as i64;
-                    let next = (!give_up).then(|| crate::now_ms() + retry_after_ms(n.attempts));
+                    let next = (!give_up).then(|| {
+                        crate::now_ms()
+                            + retry_after_ms(
+                                self.config.email.retry_after.0.as_millis() as i64,
+                                n.attempts,
+                            )
+                    });
                     tracing::warn!(notification = %n.id, attempts = n.attempts, error = %e, "mail not sent");
                     self.store.mail_failed(&n.id, &e.to_string(), next).await?;
                 }
@@ -552,8 +558,9 @@ mod tests {
 
     #[test]
     fn retries_wait_longer_up_to_an_hour() {
-        assert_eq!(retry_after_ms(1), 10_000);
-        assert_eq!(retry_after_ms(2), 20_000);
-        assert_eq!(retry_after_ms(30), 3_600_000);
+        assert_eq!(retry_after_ms(10_000, 1), 10_000);
+        assert_eq!(retry_after_ms(10_000, 2), 20_000);
+        assert_eq!(retry_after_ms(10_000, 30), 3_600_000);
+        assert_eq!(retry_after_ms(100, 1), 100);
     }
 }

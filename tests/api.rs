@@ -136,27 +136,7 @@ impl World {
         support::acme_and_other(s).await;
         let revoked = service::issue_token(s, "dev", "old").await.unwrap();
         service::revoke_token(s, "dev", &revoked.id).await.unwrap();
-        let sites = Sites::new(store.clone(), &config);
-        for name in ["web", "web-2"] {
-            sites
-                .create(name, "acme", None, Imports::default())
-                .await
-                .unwrap();
-        }
-        sites.tag("web", "qa", true).await.unwrap();
-        let conn = service::connect_repo(s, &config, "acme", "github:acme/web", None, None)
-            .await
-            .unwrap();
-        // PR 1 of acme/web failed at its config step.
-        let mut pr1 = endor::store::Preview::new(
-            conn.connection_id.clone(),
-            1,
-            "web-pr-1".into(),
-            endor::now_ms(),
-        );
-        pr1.state = endor::store::PreviewState::Failed;
-        pr1.reason = Some(".endor.toml: unknown field `bulid`".into());
-        s.put_preview(&pr1).await.unwrap();
+        let conn = support::acme_sites_and_repo(&store, &config).await;
         let app = api::router(Api::new(store.clone(), &config));
         World {
             _db: db,

@@ -391,13 +391,7 @@ fn bad_config_names_the_key() {
     assert!(d.join("third/y.db").exists() && !d.join("other").exists());
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::free_port;
 
 struct Served {
     child: Child,

@@ -1,5 +1,7 @@
 //! Build steps and site processes: real shells, real processes, real ports.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -139,13 +141,7 @@ async fn output_is_capped() {
     assert!(r.log.len() <= 64 * 1024);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use support::free_port;
 
 #[tokio::test]
 async fn the_start_process_is_health_checked_restarted_and_stopped() {

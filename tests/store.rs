@@ -27,7 +27,144 @@ both_backends!(
     unknown_stored_names_are_errors,
     connections_are_found_by_repository_and_installation,
     gateway_changes_count_what_a_gateway_keeps,
+    sessions_invitations_and_notifications,
 );
+
+/// The dashboard's rows: a password ends sessions; an invitation is taken once; a
+/// notification is stored once per event and user, claimed by one sender under a lease, and
+/// marked sent or retried.
+async fn sessions_invitations_and_notifications(db: &TestStore) {
+    use endor::store::{Invitation, NewNotification, NotificationPref};
+    let s = db.store.as_ref();
+    let u = s
+        .create_user("ann", None, Some("ann@example.com"))
+        .await
+        .unwrap();
+    let ws = s.create_workspace("w", &u.id).await.unwrap();
+    assert_eq!(s.user_password("ann").await.unwrap().unwrap().1, None);
+    s.create_session("h1", &u.id, "csrf1", endor::now_ms() + 60_000)
+        .await
+        .unwrap();
+    s.create_session("old", &u.id, "c", endor::now_ms() - 1)
+        .await
+        .unwrap();
+    let got = s.session("h1", endor::now_ms()).await.unwrap().unwrap();
+    assert_eq!(
+        (got.user.login.as_str(), got.csrf.as_str()),
+        ("ann", "csrf1")
+    );
+    assert!(
+        s.session("old", endor::now_ms()).await.unwrap().is_none(),
+        "expired"
+    );
+    s.set_password_hash(&u.id, Some("$argon2id$x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.user_password("ann").await.unwrap().unwrap().1.as_deref(),
+        Some("$argon2id$x")
+    );
+    assert!(
+        s.session("h1", endor::now_ms()).await.unwrap().is_none(),
+        "a new password ends sessions"
+    );
+    s.create_session("h2", &u.id, "csrf2", endor::now_ms() + 60_000)
+        .await
+        .unwrap();
+    s.delete_session("h2").await.unwrap();
+    assert!(s.session("h2", endor::now_ms()).await.unwrap().is_none());
+    let now = endor::now_ms();
+    s.create_invitation(&Invitation {
+        token_hash: "t".into(),
+        workspace_id: ws.id.clone(),
+        email: "bob@example.com".into(),
+        roles: "developer".into(),
+        invited_by: "ann".into(),
+        created_at: now,
+        expires_at: now + 60_000,
+        accepted_at: None,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        s.invitation("t").await.unwrap().unwrap().email,
+        "bob@example.com"
+    );
+    assert!(s.accept_invitation("t", now).await.unwrap());
+    assert!(!s.accept_invitation("t", now).await.unwrap(), "once");
+    let n = |key: &str, mail: bool| NewNotification {
+        user_id: u.id.clone(),
+        workspace_id: Some(ws.id.clone()),
+        kind: "preview_ready".into(),
+        event_key: key.into(),
+        subject: "s".into(),
+        body: "b".into(),
+        link: None,
+        inbox: true,
+        mail_to: mail.then(|| "ann@example.com".into()),
+    };
+    assert_eq!(
+        s.add_notifications(&[n("e1", true), n("e2", false)], now)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.add_notifications(&[n("e1", true)], now).await.unwrap(),
+        0,
+        "once per event"
+    );
+    assert_eq!(s.unread_count(&u.id).await.unwrap(), 2);
+    let claimed = s.claim_mails(now, now + 1_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (claimed[0].event_key.as_str(), claimed[0].attempts),
+        ("e1", 1)
+    );
+    assert!(
+        s.claim_mails(now, now + 1_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased"
+    );
+    let again = s.claim_mails(now + 2_000, now + 3_000, 10).await.unwrap();
+    assert_eq!(again.len(), 1, "a lapsed lease is taken over");
+    s.mail_failed(&again[0].id, "down", Some(now + 5_000))
+        .await
+        .unwrap();
+    assert!(
+        s.claim_mails(now + 4_000, now + 6_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due"
+    );
+    let due = s.claim_mails(now + 5_000, now + 6_000, 10).await.unwrap();
+    assert_eq!(due[0].attempts, 3);
+    s.mail_sent(&due[0].id, now + 5_001).await.unwrap();
+    assert!(
+        s.claim_mails(now + 99_000, now + 100_000, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.mark_read(&u.id, Some(&due[0].id), now).await.unwrap(), 1);
+    assert_eq!(s.unread_count(&u.id).await.unwrap(), 1);
+    assert_eq!(s.mark_read(&u.id, None, now).await.unwrap(), 1);
+    assert_eq!(s.inbox(&u.id, 10).await.unwrap().len(), 2);
+    let p = NotificationPref {
+        kind: "reaped".into(),
+        inbox: false,
+        email: true,
+    };
+    s.set_notification_pref(&u.id, &p).await.unwrap();
+    s.set_notification_pref(&u.id, &p).await.unwrap();
+    assert_eq!(s.notification_prefs(&u.id).await.unwrap(), vec![p]);
+    let members = s.member_users(&ws.id).await.unwrap();
+    assert_eq!(members[0].0.email.as_deref(), Some("ann@example.com"));
+    assert_eq!(members[0].1, vec!["owner".to_string()]);
+}
 
 /// The gateway's change counter moves with every write to what it keeps of a site (routes,
 /// access settings, the site's name, state and protection), and not with other writes.

@@ -102,6 +102,33 @@ pub fn environment() -> minijinja::Environment<'static> {
     // Every template is HTML: every value is escaped unless marked safe.
     env.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
     env.set_undefined_behavior(minijinja::UndefinedBehavior::Lenient);
+    // Escape what HTML needs (`& < > " '`), not `/`: URLs stay readable in the page.
+    env.set_formatter(|out, state, value| {
+        if value.is_safe() || state.auto_escape() == minijinja::AutoEscape::None {
+            return minijinja::escape_formatter(out, state, value);
+        }
+        if value.is_none() || value.is_undefined() {
+            return Ok(());
+        }
+        let text = match value.as_str() {
+            Some(s) => std::borrow::Cow::Borrowed(s),
+            None => std::borrow::Cow::Owned(value.to_string()),
+        };
+        for ch in text.chars() {
+            match ch {
+                '&' => out.write_str("&amp;")?,
+                '<' => out.write_str("&lt;")?,
+                '>' => out.write_str("&gt;")?,
+                '"' => out.write_str("&quot;")?,
+                '\'' => out.write_str("&#39;")?,
+                c => {
+                    let mut b = [0u8; 4];
+                    out.write_str(c.encode_utf8(&mut b))?
+                }
+            }
+        }
+        Ok(())
+    });
     for (name, src) in TEMPLATES {
         env.add_template(name, src)
             .expect("a dashboard template parses");

@@ -118,6 +118,43 @@ pub async fn acme_and_other(s: &dyn Store) {
         .unwrap();
 }
 
+/// In workspace `acme` (see [`acme_and_other`]): sites `web` (tagged `qa`) and `web-2`, the
+/// repository `acme/web` connected, and its PR 1 failed at its config step. The connection.
+pub async fn acme_sites_and_repo(s: &Arc<dyn Store>, config: &Config) -> endor::service::Connected {
+    use endor::sites::{Imports, Sites};
+    let sites = Sites::new(s.clone(), config);
+    for name in ["web", "web-2"] {
+        sites
+            .create(name, "acme", None, Imports::default())
+            .await
+            .unwrap();
+    }
+    sites.tag("web", "qa", true).await.unwrap();
+    let conn =
+        endor::service::connect_repo(s.as_ref(), config, "acme", "github:acme/web", None, None)
+            .await
+            .unwrap();
+    let mut pr1 = endor::store::Preview::new(
+        conn.connection_id.clone(),
+        1,
+        "web-pr-1".into(),
+        endor::now_ms(),
+    );
+    pr1.state = endor::store::PreviewState::Failed;
+    pr1.reason = Some(".endor.toml: unknown field `bulid`".into());
+    s.put_preview(&pr1).await.unwrap();
+    conn
+}
+
+/// A free TCP port on loopback (free when asked).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A running server on 127.0.0.1:random.
 pub struct TestServer {
     pub addr: SocketAddr,
