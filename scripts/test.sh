@@ -18,6 +18,8 @@ bash scripts/api-tools.sh
 bash scripts/webhook-examples.sh
 # A real SMTP server (aiosmtpd) for the notification tests (tests/dashboard.rs).
 bash scripts/mail-tools.sh
+# Debian's chromium with playwright-core and axe-core (npm) for the browser test (tests/browser.rs).
+bash scripts/browser-tools.sh
 # restic and rclone for the backup tests (tests/backups.rs).
 bash scripts/backup-tools.sh
 

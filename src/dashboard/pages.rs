@@ -916,12 +916,18 @@ pub async fn site(c: Ctx) -> Response {
 
 pub async fn live_logs(c: Ctx) -> Response {
     let s = seg(&site_name(&c));
-    // New lines only; a reconnecting browser resumes after the last line it got.
-    let last = c.headers.get("last-event-id").cloned();
+    // New lines only: after the last line the page showed (`?after=`), or after the last one
+    // a reconnecting browser got (Last-Event-ID); with neither, from now on.
+    let last = c.headers.get("last-event-id").cloned().or_else(|| {
+        c.query
+            .get("after")
+            .and_then(|a| HeaderValue::from_str(a).ok())
+    });
     let path = if last.is_some() {
         format!("/sites/{s}/logs?follow=true")
     } else {
-        format!("/sites/{s}/logs?follow=true&n=0")
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        format!("/sites/{s}/logs?follow=true&since={}", seg(&now))
     };
     let user = c.user().clone();
     let extra: Vec<(header::HeaderName, HeaderValue)> = last
