@@ -150,7 +150,7 @@ impl Notifier {
 
     /// The event of a preview's new state, if it is one to tell, to its workspace.
     pub async fn preview_event(&self, p: &crate::store::Preview) {
-        use crate::previews::PreviewState as S;
+        use crate::store::PreviewState as S;
         let sha = p.head_sha.as_deref().unwrap_or("-");
         let short = crate::git::short_sha(sha);
         let (kind, key, subject, body) = match p.state {
@@ -221,7 +221,7 @@ impl Notifier {
                 return;
             }
         };
-        let link = Some(if p.state == crate::previews::PreviewState::Expired {
+        let link = Some(if p.state == crate::store::PreviewState::Expired {
             format!(
                 "/w/{}/previews",
                 self.workspace_name(&conn.workspace_id).await
