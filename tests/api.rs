@@ -295,6 +295,9 @@ fn sample(w: &World, method: &Method, path: &str, who: Who) -> Option<(String, O
         ("PUT", "/sites/{site}/protection") => {
             (p("/sites/web/protection"), Some(json!({"protected": true})))
         }
+        ("POST", "/sites/{site}/extend") => {
+            (p("/sites/web-pr-2/extend"), Some(json!({"by": "24h"})))
+        }
         ("GET", "/sites/{site}/access") => (p("/sites/web/access"), None),
         ("GET", "/sites/{site}/logs") => (p("/sites/web/logs?service=web,endor&n=10"), None),
         ("POST", "/sites/{site}/exec") => {
@@ -1010,14 +1013,18 @@ async fn previews_are_listed_and_shown_within_their_workspace() {
     };
     let (s, v) = get("/api/v1/workspaces/acme/previews".into()).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v[0]["name"], "acme/web#1");
-    assert_eq!(v[0]["state"], "failed");
-    assert_eq!(v[0]["reason"], ".endor.toml: unknown field `bulid`");
-    assert!(v[0]["url"].is_null(), "{v}");
-    for q in ["?state=ready", "?repo=acme/other"] {
+    // Newest activity first: the live #2, then the failed #1.
+    assert_eq!(v[0]["name"], "acme/web#2");
+    assert_eq!(v[1]["name"], "acme/web#1");
+    assert_eq!(v[1]["state"], "failed");
+    assert_eq!(v[1]["reason"], ".endor.toml: unknown field `bulid`");
+    assert!(v[1]["url"].is_null(), "{v}");
+    for q in ["?state=building", "?repo=acme/other"] {
         let (s, v) = get(format!("/api/v1/workspaces/acme/previews{q}")).await;
         match q {
-            "?state=ready" => assert_eq!((s, v.as_array().unwrap().len()), (StatusCode::OK, 0)),
+            "?state=building" => {
+                assert_eq!((s, v.as_array().unwrap().len()), (StatusCode::OK, 0))
+            }
             _ => assert_eq!(
                 (s, v["error"]["code"].clone()),
                 (StatusCode::NOT_FOUND, json!("not_found"))
@@ -1038,7 +1045,7 @@ async fn previews_are_listed_and_shown_within_their_workspace() {
     assert_eq!(v["preview"]["site"], "web-pr-1");
     assert!(v["steps"].as_array().unwrap().is_empty());
     let (s, v) = get(format!(
-        "/api/v1/workspaces/acme/connections/{conn}/previews/2"
+        "/api/v1/workspaces/acme/connections/{conn}/previews/9"
     ))
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND, "{v}");
@@ -1046,7 +1053,7 @@ async fn previews_are_listed_and_shown_within_their_workspace() {
         v["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("no preview of acme/web#2"),
+            .contains("no preview of acme/web#9"),
         "{v}"
     );
     for n in ["0", "-1", "x", "99999999999999999999"] {
@@ -1128,6 +1135,11 @@ async fn provoke(
         }
     };
     Some(match (route.method.as_str(), route.path, status, code) {
+        ("POST", "/sites/{site}/extend", 409, "not_a_preview") => (
+            Who::Developer,
+            p("/sites/web/extend"),
+            Some(json!({"by": "24h"})),
+        ),
         ("DELETE", "/tokens/{token_id}", 404, "not_found") => (
             Who::Owner,
             p("/tokens/0193c3b1-0000-7000-8000-000000000000"),

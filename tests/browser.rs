@@ -116,6 +116,7 @@ async fn a_person_uses_the_dashboard_in_a_real_browser() {
         "workspaces",
         "repositories",
         "repository-connected",
+        "repository",
         "previews",
         "preview",
         "site-live-log",
@@ -127,6 +128,10 @@ async fn a_person_uses_the_dashboard_in_a_real_browser() {
         "usage",
         "notifications",
         "settings",
+        "invitation-made",
+        "invitation",
+        "token-issued",
+        "refused",
     ] {
         assert!(names.contains(&want), "{want} not visited: {names:?}");
     }

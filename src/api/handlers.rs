@@ -229,6 +229,27 @@ pub struct Protection {
     pub protected: bool,
 }
 
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// How much longer the preview lives: `90m`, `24h`, `3d` (capped at `previews.max_ttl`
+    /// from now).
+    #[schema(pattern = "^[0-9]+(ms|s|m|h|d)$", max_length = 32)]
+    pub by: String,
+}
+
+/// A preview's new expiry.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ExtendedView {
+    pub site: String,
+    /// Unix milliseconds.
+    pub expires_at: i64,
+    /// The same, as UTC text.
+    pub expires: String,
+    /// The request went past `previews.max_ttl` and was cut to it.
+    pub capped: bool,
+}
+
 // Replies the handlers build themselves (the rest are the service layer's types).
 
 /// The caller and their workspaces.
@@ -737,6 +758,59 @@ pub async fn remove_tag(
     Path(params): Path<HashMap<String, String>>,
 ) -> Res {
     tag(&api, &c, &params["tag"], false).await
+}
+
+pub async fn extend(
+    State(api): State<Arc<Api>>,
+    Extension(c): Extension<Caller>,
+    raw: Body,
+) -> Res {
+    let b: ExtendRequest = body(raw).await?;
+    let by: crate::duration::HumanDuration =
+        b.by.parse()
+            .map_err(|e| ApiError::invalid(format!("by: {e}")))?;
+    if by.0.is_zero() {
+        return Err(ApiError::invalid("by: a duration above zero, like 24h"));
+    }
+    let site = c.site()?;
+    let not_preview = || {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "not_a_preview",
+            format!(
+                "site {} is not a live pull request preview: it has no expiry to extend",
+                site.name
+            ),
+        )
+    };
+    let preview = api
+        .store
+        .preview_by_site_name(&site.name)
+        .await?
+        .ok_or_else(not_preview)?;
+    let conn = api
+        .store
+        .connection(&preview.connection_id)
+        .await?
+        .ok_or_else(not_preview)?;
+    let done = api
+        .runner()
+        .await
+        .extend(&conn, preview.number as u64, by.0)
+        .await
+        .map_err(|e| ApiError::from(crate::store::StoreError::Unavailable(e.to_string())))?
+        .ok_or_else(not_preview)?;
+    ok(
+        StatusCode::OK,
+        &ExtendedView {
+            site: site.name.clone(),
+            expires_at: done.expires_at,
+            expires: chrono::DateTime::from_timestamp_millis(done.expires_at)
+                .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
+                .unwrap_or_default(),
+            capped: done.capped,
+        },
+    )
 }
 
 pub async fn protect(

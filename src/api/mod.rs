@@ -277,6 +277,8 @@ pub static ROUTES: &[ApiRoute] = &[
         "Remove a tag", h::remove_tag),
     route!(PUT "/sites/{site}/protection", DEVELOPER, OK => Some("SiteProtection"), body required("Protection"), query NO_QUERY, errors NONE,
         "Turn production protection on or off (audited either way)", h::protect),
+    route!(POST "/sites/{site}/extend", DEVELOPER, OK => Some("ExtendedView"), body required("ExtendRequest"), query NO_QUERY, errors &[(409, &["not_a_preview"])],
+        "Keep a pull request's preview longer (capped at previews.max_ttl from now)", h::extend),
     route!(GET "/sites/{site}/logs", MEMBERS, OK => Some("LogLine[]"), body None,
         query LOG_QUERY,
         errors NONE,

@@ -488,6 +488,8 @@ fn document() -> OpenApi {
     c = with::<h::CloneRequest>(c);
     c = with::<h::SyncRequest>(c);
     c = with::<h::Protection>(c);
+    c = with::<h::ExtendRequest>(c);
+    c = with::<h::ExtendedView>(c);
     c = with::<crate::access::AccessChange>(c);
     c = with::<super::backups::NewBackup>(c);
     c = with::<super::backups::RestoreRequest>(c);

@@ -121,6 +121,7 @@ pub static PAGES: &[Page] = &[
     page!(POST "/s/{site}/tags", DEVELOPER, "Add a tag", p::add_tag),
     page!(POST "/s/{site}/tags/{tag}/remove", DEVELOPER, "Remove a tag", p::remove_tag),
     page!(POST "/s/{site}/protection", DEVELOPER, "Protect or unprotect", p::protect),
+    page!(POST "/s/{site}/extend", DEVELOPER, "Keep a preview longer", p::extend),
     page!(POST "/s/{site}/access", DEVELOPER, "Password, address list, robots header", p::access),
     page!(POST "/s/{site}/delete", DEVELOPER, "Delete the site (its name typed to confirm)", p::delete_site),
     page!(POST "/s/{site}/backups", DEVELOPER, "Back up now", p::backup),

@@ -1053,6 +1053,34 @@ pub async fn protect(c: Ctx) -> Response {
     .await
 }
 
+pub async fn extend(c: Ctx) -> Response {
+    let s = site_name(&c);
+    let by = c.field("by").trim().to_string();
+    match c
+        .api(
+            Method::POST,
+            &format!("/sites/{}/extend", seg(&s)),
+            Some(json!({"by": by})),
+        )
+        .await
+    {
+        Ok(v) => {
+            let capped = if v["capped"] == true {
+                " (the longest allowed)"
+            } else {
+                ""
+            };
+            flash(
+                &c.dash,
+                &site_back(&c),
+                &format!("Expires {}{capped}.", v["expires"].as_str().unwrap_or("")),
+                true,
+            )
+        }
+        Err(f) => flash(&c.dash, &site_back(&c), &f.message, false),
+    }
+}
+
 pub async fn access(c: Ctx) -> Response {
     let s = site_name(&c);
     let mut body = json!({"robots": checked(&c, "robots")});

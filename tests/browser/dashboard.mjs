@@ -97,6 +97,10 @@ try {
   if (secret.length < 16 || !hookUrl.includes("/webhooks/github/")) fail("no webhook secret shown");
   await check("repository-connected");
   step("connected octo/shop");
+  await page.goto(base + "/w/acme/repositories");
+  await Promise.all([page.waitForNavigation(), page.locator("tbody a", { hasText: "octo/shop" }).first().click()]);
+  if ((await page.content()).includes(secret)) fail("the secret was shown twice");
+  await check("repository");
 
   // The forge's webhook, signed with that secret: a preview appears.
   const payload = readFileSync(env("ENDOR_PAYLOAD"));
@@ -128,6 +132,10 @@ try {
   await page.waitForFunction(() => document.getElementById("log").textContent.includes("/from-the-browser-test"), null, { timeout: 20000 });
   await check("site-live-log");
   step("log followed live");
+  await page.selectOption("#extend-by", "72h");
+  await submit(`form[action='/s/${site}/extend']`);
+  if (!(await page.textContent(".flash")).startsWith("Expires")) fail("the preview was not extended");
+  step("preview extended");
 
   // Create a site, clone it, tag the clone, turn its password on, delete it by its name.
   await page.goto(base + "/w/acme/sites");
@@ -162,6 +170,23 @@ try {
     await page.goto(base + url);
     await check(name);
   }
+  if (!(await page.goto(base + "/notifications"), await page.textContent("main")).includes("is ready")) fail("no notification of the ready preview");
+  // An invitation, its link, and an API token: pages shown once.
+  await page.goto(base + "/w/acme/members");
+  await page.fill("#invite-email", "newcomer@example.com");
+  await submit("form[action='/w/acme/invitations']");
+  const link = await page.inputValue("#secret");
+  await check("invitation-made");
+  await page.goto(link);
+  await check("invitation");
+  await page.goto(base + "/settings");
+  await page.fill("#token-name", "ci");
+  await submit("form[action='/settings/tokens']");
+  if (!(await page.inputValue("#secret")).startsWith("endor_")) fail("no token shown");
+  await check("token-issued");
+  // A page the user may not see says why.
+  await page.goto(base + "/w/other/sites");
+  await check("refused");
 } catch (e) {
   try { await page.screenshot({ path: path.join(shots, "failure.png"), fullPage: true }); } catch (_) {}
   console.log(JSON.stringify({ ok: false, error: String(e && e.stack || e), url: page.url(), steps, pages, offsite }));

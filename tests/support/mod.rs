@@ -119,7 +119,8 @@ pub async fn acme_and_other(s: &dyn Store) {
 }
 
 /// In workspace `acme` (see [`acme_and_other`]): sites `web` (tagged `qa`) and `web-2`, the
-/// repository `acme/web` connected, and its PR 1 failed at its config step. The connection.
+/// repository `acme/web` connected, its PR 1 failed at its config step and its PR 2 live (site
+/// `web-pr-2`). The connection.
 pub async fn acme_sites_and_repo(s: &Arc<dyn Store>, config: &Config) -> endor::service::Connected {
     use endor::sites::{Imports, Sites};
     let sites = Sites::new(s.clone(), config);
@@ -134,15 +135,34 @@ pub async fn acme_sites_and_repo(s: &Arc<dyn Store>, config: &Config) -> endor::
         endor::service::connect_repo(s.as_ref(), config, "acme", "github:acme/web", None, None)
             .await
             .unwrap();
-    let mut pr1 = endor::store::Preview::new(
-        conn.connection_id.clone(),
-        1,
-        "web-pr-1".into(),
-        endor::now_ms(),
-    );
-    pr1.state = endor::store::PreviewState::Failed;
-    pr1.reason = Some(".endor.toml: unknown field `bulid`".into());
-    s.put_preview(&pr1).await.unwrap();
+    // PR 1 failed at its config step; PR 2 is live: its site `web-pr-2` expires in an hour.
+    sites
+        .create("web-pr-2", "acme", None, Imports::default())
+        .await
+        .unwrap();
+    for (number, state, reason, expires) in [
+        (
+            1,
+            endor::store::PreviewState::Failed,
+            Some(".endor.toml: unknown field `bulid`".to_string()),
+            None,
+        ),
+        (
+            2,
+            endor::store::PreviewState::Ready,
+            None,
+            Some(endor::now_ms() + 3_600_000),
+        ),
+    ] {
+        let mut p = endor::store::Preview::new(
+            conn.connection_id.clone(),
+            number,
+            format!("web-pr-{number}"),
+            endor::now_ms() + number,
+        );
+        (p.state, p.reason, p.expires_at) = (state, reason, expires);
+        s.put_preview(&p).await.unwrap();
+    }
     conn
 }
 
