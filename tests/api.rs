@@ -1056,6 +1056,31 @@ async fn previews_are_listed_and_shown_within_their_workspace() {
             .contains("no preview of acme/web#9"),
         "{v}"
     );
+    // Extending the live preview: bad durations refused, a huge one capped, not wrapped.
+    for (by, want) in [
+        ("", StatusCode::BAD_REQUEST),
+        ("0s", StatusCode::BAD_REQUEST),
+        ("soon", StatusCode::BAD_REQUEST),
+        ("-1h", StatusCode::BAD_REQUEST),
+        ("99999999999999d", StatusCode::BAD_REQUEST),
+        ("9999d", StatusCode::OK),
+    ] {
+        let (s, v) = w
+            .call(
+                Who::Developer,
+                Method::POST,
+                "/api/v1/sites/web-pr-2/extend",
+                Some(json!({"by": by})),
+            )
+            .await;
+        assert_eq!(s, want, "{by}: {v}");
+        if s == StatusCode::OK {
+            assert_eq!(v["capped"], true, "{v}");
+            let cap = endor::now_ms() + w.config.previews.max_ttl.0.as_millis() as i64;
+            let at = v["expires_at"].as_i64().unwrap();
+            assert!(at > endor::now_ms() && at <= cap, "{v}");
+        }
+    }
     for n in ["0", "-1", "x", "99999999999999999999"] {
         let (s, _) = get(format!(
             "/api/v1/workspaces/acme/connections/{conn}/previews/{n}"

@@ -234,7 +234,7 @@ pub struct Protection {
 pub struct ExtendRequest {
     /// How much longer the preview lives: `90m`, `24h`, `3d` (capped at `previews.max_ttl`
     /// from now).
-    #[schema(pattern = "^[0-9]+(ms|s|m|h|d)$", max_length = 32)]
+    #[schema(pattern = "^[0-9]+(s|m|h|d)$", max_length = 32)]
     pub by: String,
 }
 
@@ -772,6 +772,8 @@ pub async fn extend(
     if by.0.is_zero() {
         return Err(ApiError::invalid("by: a duration above zero, like 24h"));
     }
+    // Never more than the cap (the expiry is cut to it anyway; a huge value must not wrap).
+    let by = crate::duration::HumanDuration(by.0.min(api.config.previews.max_ttl.0));
     let site = c.site()?;
     let not_preview = || {
         ApiError::new(
