@@ -862,6 +862,16 @@ async fn drills_pass_on_good_backups_and_fail_loudly_on_damaged_ones() {
             .unwrap();
     let said = |action: &str| events.iter().filter(|e| e.action == action).count();
     assert_eq!((said("backup.drill"), said("backup.drill_failed")), (1, 2));
+    // And the workspace's owner is told of each failed drill, once each, with a link to it.
+    let told: Vec<_> = w.db.store.all_notifications().await.unwrap();
+    let failed: Vec<_> = told.iter().filter(|n| n.kind == "drill_failed").collect();
+    assert_eq!(failed.len(), 2, "{told:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|n| n.link.as_deref() == Some(&*format!("/s/{site}")))
+    );
+    assert!(!told.iter().any(|n| n.kind == "backup_failed"));
     w.db.cleanup().await;
 }
 

@@ -796,6 +796,13 @@ async fn an_invitation_makes_an_account_once() {
             .iter()
             .any(|(l, r)| l == "newcomer" && r == &["developer"])
     );
+    // They were told, in their inbox.
+    let inbox = guest.get("/notifications").await;
+    assert!(
+        inbox.body.contains("You were added to workspace acme"),
+        "{}",
+        inbox.body
+    );
     // The link works once.
     let mut again = Visitor::new(&w.server);
     assert_eq!(again.get(&link).await.status, 404);

@@ -156,6 +156,18 @@ async fn expiry_end_to_end() {
         again.expired.is_empty() && again.warned.is_empty(),
         "{again:?}"
     );
+    // The workspace's owner was told: each preview ready once, B's coming expiry once, A's
+    // removal once.
+    let told = h.store().all_notifications().await.unwrap();
+    let count = |kind: &str, subject: &str| {
+        told.iter()
+            .filter(|n| n.kind == kind && n.subject.contains(subject))
+            .count()
+    };
+    assert_eq!(count("preview_ready", "short-pr-1"), 1, "{told:?}");
+    assert_eq!(count("expiring_soon", "long-pr-2"), 1, "{told:?}");
+    assert_eq!(count("reaped", "short-pr-1"), 1, "{told:?}");
+    assert_eq!(count("reaped", "long-pr-2"), 0, "{told:?}");
 
     // A push to an expired PR brings it back (as `/preview deploy` does).
     let sha_a2 = short.push_pr("a", 1, "a2");
