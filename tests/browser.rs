@@ -83,6 +83,12 @@ async fn a_person_uses_the_dashboard_in_a_real_browser() {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/dashboard");
     let _ = std::fs::remove_dir_all(&shots);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/browser/dashboard.mjs");
+    let owner = s.user_by_login("owner").await.unwrap().unwrap();
+    let unsubscribe = format!(
+        "http://{}/unsubscribe/{}",
+        h.api,
+        endor::notify::unsubscribe_token(s.keyring(), &owner.id, "preview_failed")
+    );
     let out = tokio::process::Command::new("node")
         .arg(script)
         .env("ENDOR_BASE", format!("http://{}", h.api))
@@ -93,6 +99,7 @@ async fn a_person_uses_the_dashboard_in_a_real_browser() {
         .env("ENDOR_PAYLOAD", &payload_file)
         .env("ENDOR_SHOTS", &shots)
         .env("ENDOR_MODULES", &modules)
+        .env("ENDOR_UNSUBSCRIBE", &unsubscribe)
         .output()
         .await
         .unwrap();
@@ -131,6 +138,7 @@ async fn a_person_uses_the_dashboard_in_a_real_browser() {
         "invitation-made",
         "invitation",
         "token-issued",
+        "unsubscribe",
         "refused",
     ] {
         assert!(names.contains(&want), "{want} not visited: {names:?}");
@@ -162,11 +170,18 @@ async fn a_person_uses_the_dashboard_in_a_real_browser() {
     // What the browser did is what the store holds.
     assert!(s.site_by_name("shop").await.unwrap().is_some());
     assert!(s.site_by_name("shop-copy").await.unwrap().is_none());
-    let owner = s.user_by_login("owner").await.unwrap().unwrap();
     let inbox = s.inbox(&owner.id, 10).await.unwrap();
     assert!(
         inbox.iter().any(|n| n.kind == "preview_ready"),
         "the owner heard of the ready preview: {inbox:?}"
+    );
+    // The unsubscribe link turned that kind's mail off.
+    let prefs = s.notification_prefs(&owner.id).await.unwrap();
+    assert!(
+        prefs
+            .iter()
+            .any(|p| p.kind == "preview_failed" && !p.email && p.inbox),
+        "{prefs:?}"
     );
     h.stop().await;
 }

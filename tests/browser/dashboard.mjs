@@ -36,14 +36,15 @@ const page = await context.newPage();
 const offsite = [];
 page.on("request", (r) => { const u = new URL(r.url()); if (!["127.0.0.1", "localhost"].includes(u.hostname)) offsite.push(r.url()); });
 
-async function check(name) {
-  await page.waitForLoadState("load");
+// A screenshot of the page `p` shows, and what axe-core finds on it.
+async function check(name, p = page) {
+  await p.waitForLoadState("load");
   const file = path.join(shots, `${String(pages.length + 1).padStart(2, "0")}-${name}.png`);
-  await page.screenshot({ path: file, fullPage: true });
-  await page.addScriptTag({ path: axePath });
-  const result = await page.evaluate(async () => await window.axe.run(document, { resultTypes: ["violations"] }));
+  await p.screenshot({ path: file, fullPage: true });
+  await p.addScriptTag({ path: axePath });
+  const result = await p.evaluate(async () => await window.axe.run(document, { resultTypes: ["violations"] }));
   const violations = result.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.map((n) => n.target.join(" ")) }));
-  pages.push({ name, url: page.url(), screenshot: file, violations });
+  pages.push({ name, url: p.url(), screenshot: file, violations });
 }
 
 async function submit(formSelector) {
@@ -184,6 +185,14 @@ try {
   await submit("form[action='/settings/tokens']");
   if (!(await page.inputValue("#secret")).startsWith("endor_")) fail("no token shown");
   await check("token-issued");
+  // The unsubscribe link of a mail, opened signed out.
+  const signedOut = await browser.newContext({ bypassCSP: true });
+  const other = await signedOut.newPage();
+  await other.goto(env("ENDOR_UNSUBSCRIBE"));
+  await check("unsubscribe", other);
+  await Promise.all([other.waitForNavigation(), other.locator("main button[type=submit]").click()]);
+  if (!(await other.textContent("main")).includes("No more mails of this kind")) fail("unsubscribe did not say so");
+  await signedOut.close();
   // A page the user may not see says why.
   await page.goto(base + "/w/other/sites");
   await check("refused");
