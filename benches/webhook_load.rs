@@ -3,7 +3,9 @@
 //!
 //! Starts the real `endor serve` binary (release build) and sends signed 28 KB `pull_request`
 //! deliveries, each with a unique delivery id, over loopback from N concurrent connections:
-//!   (a) SQLite store, (b) PostgreSQL store, (c) `GET /healthz` of the same server (ceiling).
+//!   (a) SQLite store, (b) PostgreSQL store, (c) `GET /healthz` of the same server (ceiling),
+//!   (d) the peer `@octokit/webhooks` 13 (Node; verify + parse, stored nowhere) with the same
+//!   deliveries and secret, in the same run (installed by `scripts/bench/webhooks`).
 //! Reports deliveries/s and p50/p99 latency for each and the ratio (a)/(c); then kills a loaded
 //! server with SIGKILL and counts stored rows against the 202 replies it sent.
 
@@ -117,7 +119,8 @@ fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
 }
 
 /// One workspace + connection in `dir` on the store `env` selects; returns (id, signature).
-fn prepare(dir: &Path, env: &[(&str, &str)], body: &[u8]) -> (String, String) {
+/// The connection's id, the signature header of `body` and the secret.
+fn prepare(dir: &Path, env: &[(&str, &str)], body: &[u8]) -> (String, String, String) {
     endor(dir, env, &["user", "create", "bench"]);
     endor(
         dir,
@@ -133,7 +136,36 @@ fn prepare(dir: &Path, env: &[(&str, &str)], body: &[u8]) -> (String, String) {
         "sha256={}",
         sign_hex(c["secret"].as_str().unwrap().as_bytes(), body)
     );
-    (c["connection_id"].as_str().unwrap().to_string(), sig)
+    (
+        c["connection_id"].as_str().unwrap().to_string(),
+        sig,
+        c["secret"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The peer, `@octokit/webhooks` behind Node's http server (`benches/peers/`), installed by
+/// `scripts/bench/webhooks` in `ENDOR_BENCH_OCTOKIT`; `None` when it is not there.
+fn octokit_peer(secret: &str, port: u16) -> Option<Child> {
+    let dir = std::env::var("ENDOR_BENCH_OCTOKIT").ok()?;
+    let script = Path::new(&dir).join("octokit-webhooks.mjs");
+    if !script.exists() {
+        return None;
+    }
+    let child = Command::new("node")
+        .arg(&script)
+        .env("PORT", port.to_string())
+        .env("SECRET", secret)
+        .stdout(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(child)
 }
 
 #[derive(Default)]
@@ -258,6 +290,35 @@ async fn load(
     total
 }
 
+/// Deliveries to `url` signed `sig`: one second to warm up, then `dur` of load (ids tagged
+/// `tag`; the acknowledged ones kept with `keep_keys`).
+async fn measured(
+    url: &str,
+    sig: &str,
+    body: &bytes::Bytes,
+    tag: &str,
+    conns: usize,
+    dur: Duration,
+    keep_keys: bool,
+) -> Run {
+    let target = |tag: &str| Target::Webhook {
+        url: url.to_string(),
+        sig: sig.to_string(),
+        body: body.clone(),
+        tag: tag.into(),
+    };
+    let never = Arc::new(AtomicBool::new(false));
+    load(
+        target("warm"),
+        conns,
+        Duration::from_secs(1),
+        never.clone(),
+        false,
+    )
+    .await;
+    load(target(tag), conns, dur, never, keep_keys).await
+}
+
 fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
@@ -309,30 +370,15 @@ async fn postgres_run(a: &Args, body: &bytes::Bytes, dur: Duration) -> Option<Ru
         );
         return None;
     };
-    let never = Arc::new(AtomicBool::new(false));
     let pdir = tempfile::tempdir().unwrap();
     let env = [
         ("ENDOR__STORE__URL", url_pg.as_str()),
         ("ENDOR__STORE__MAX_CONNECTIONS", "16"),
     ];
-    let (id, sig) = prepare(pdir.path(), &env, body);
+    let (id, sig, _) = prepare(pdir.path(), &env, body);
     let server = serve(pdir.path(), &env);
     let url = format!("http://127.0.0.1:{}/webhooks/github/{id}", server.port);
-    let target = |tag: &str| Target::Webhook {
-        url: url.clone(),
-        sig: sig.clone(),
-        body: body.clone(),
-        tag: tag.into(),
-    };
-    load(
-        target("warm"),
-        a.connections,
-        Duration::from_secs(1),
-        never.clone(),
-        false,
-    )
-    .await;
-    let r = load(target("pg"), a.connections, dur, never, false).await;
+    let r = measured(&url, &sig, body, "pg", a.connections, dur, false).await;
     let rss = peak_rss_kib(server.child.id());
     drop(server);
     report("(b) webhook, PostgreSQL", &r, rss);
@@ -366,7 +412,7 @@ async fn main() {
 
     // (a) SQLite and (c) the /healthz ceiling of the same server.
     let dir = tempfile::tempdir().unwrap();
-    let (id, sig) = prepare(dir.path(), &[], &body);
+    let (id, sig, secret) = prepare(dir.path(), &[], &body);
     let server = serve(dir.path(), &[]);
     let url = format!("http://127.0.0.1:{}/webhooks/github/{id}", server.port);
     let wh = |tag: &str| Target::Webhook {
@@ -412,13 +458,47 @@ async fn main() {
         sqlite.acked.len()
     );
 
+    // (d) The peer, same deliveries, same secret, same load, same run.
+    let peer_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let peer = match octokit_peer(&secret, peer_port) {
+        Some(mut child) => {
+            let url = format!("http://127.0.0.1:{peer_port}/");
+            let r = measured(&url, &sig, &body, "peer", a.connections, dur, false).await;
+            let rss = peak_rss_kib(child.id());
+            let _ = child.kill();
+            let _ = child.wait();
+            report(
+                "(d) @octokit/webhooks 13 (Node, verify + parse, stored nowhere)",
+                &r,
+                rss,
+            );
+            Some(r)
+        }
+        None => {
+            println!("(d) @octokit/webhooks: not installed (run scripts/bench/webhooks)");
+            None
+        }
+    };
+
     // (b) PostgreSQL.
     let pg = postgres_run(&a, &body, dur).await;
     println!("ratio (a)/(c): {:.2}", sqlite.rate() / health.rate());
+    if let Some(p) = &peer {
+        println!(
+            "ratio (a)/(d) endor SQLite to @octokit/webhooks, same run: {:.2} (p99 {:.1} vs {:.1} ms)",
+            sqlite.rate() / p.rate(),
+            sqlite.pct(0.99),
+            p.pct(0.99)
+        );
+    }
 
     // SIGKILL during load: every 202 must be a stored row.
     let kdir = tempfile::tempdir().unwrap();
-    let (id, sig) = prepare(kdir.path(), &[], &body);
+    let (id, sig, _) = prepare(kdir.path(), &[], &body);
     let mut server = serve(kdir.path(), &[]);
     let kurl = format!("http://127.0.0.1:{}/webhooks/github/{id}", server.port);
     let stop = Arc::new(AtomicBool::new(false));
@@ -468,6 +548,8 @@ async fn main() {
         "postgres": pg.as_ref().map(|r| serde_json::json!({"rps": r.rate(), "p50_ms": r.pct(0.5), "p99_ms": r.pct(0.99)})),
         "healthz": {"rps": health.rate(), "p50_ms": health.pct(0.5), "p99_ms": health.pct(0.99)},
         "ratio_sqlite_to_healthz": sqlite.rate() / health.rate(),
+        "octokit": peer.as_ref().map(|r| serde_json::json!({"rps": r.rate(), "p50_ms": r.pct(0.5), "p99_ms": r.pct(0.99)})),
+        "ratio_sqlite_to_octokit": peer.as_ref().map(|r| sqlite.rate() / r.rate()),
         "sigkill": {"acknowledged": killed.acked.len(), "stored": keys.len(), "lost": lost},
     });
     println!("{summary}");
