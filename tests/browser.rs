@@ -55,17 +55,19 @@ async fn a_person_uses_the_dashboard_in_a_real_browser() {
     let repo = Repo::new(h.dir.path(), "shop", STATIC_TOML);
     let sha = repo.push_pr("feature", 1, "hello from the pull request");
     let port = support::free_port();
+    // git-daemon itself (not `git daemon`, whose child would outlive a kill), its output
+    // nowhere: a child holding the test's stdout would keep the suite's pipe open.
+    let exec_path = Command::new("git").arg("--exec-path").output().unwrap();
+    let exec_path = String::from_utf8(exec_path.stdout).unwrap();
     let _daemon = GitDaemon(
-        Command::new("git")
-            .args([
-                "daemon",
-                "--reuseaddr",
-                "--export-all",
-                "--listen=127.0.0.1",
-            ])
+        Command::new(std::path::Path::new(exec_path.trim()).join("git-daemon"))
+            .args(["--reuseaddr", "--export-all", "--listen=127.0.0.1"])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", h.dir.path().display()))
             .arg(h.dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
     );

@@ -810,20 +810,24 @@ async fn an_invitation_makes_an_account_once() {
     w.server.stop().await;
 }
 
-/// A real SMTP server on loopback (aiosmtpd), storing each mail in a Maildir.
+/// A real SMTP server on loopback (aiosmtpd), storing each mail in a Maildir; killed when
+/// dropped (a panicking test leaves no server holding the suite's output open).
 struct Smtp {
     child: std::process::Child,
-    dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Smtp {
-    fn start(port: u16, dir: Option<tempfile::TempDir>) -> Self {
-        let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+    fn start(port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
         let child = std::process::Command::new("python3")
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"))
             .args(["-c", "aiosmtpd.handlers.Mailbox"])
             .arg(dir.path().join("mail"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("python3 with aiosmtpd (scripts/mail-tools.sh installs it)");
         for _ in 0..100 {
@@ -832,13 +836,17 @@ impl Smtp {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        Self { child, dir }
+        Self {
+            child,
+            dir: Some(dir),
+        }
     }
 
+    /// Stop the server; the folder of what it received.
     fn stop(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.dir
+        self.dir.take().unwrap()
     }
 
     fn mails(dir: &std::path::Path) -> Vec<String> {
@@ -851,6 +859,13 @@ impl Smtp {
             }
         }
         out
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -913,7 +928,7 @@ async fn notifications_are_mailed_once_through_an_smtp_outage() {
     );
     assert!(own_mail.last_error.is_some());
     // It comes back: the next due pass sends it, and later passes send nothing more.
-    let smtp = Smtp::start(port, None);
+    let smtp = Smtp::start(port);
     let mut sent = 0;
     for _ in 0..50 {
         sent += notifier.send_due().await.unwrap();
