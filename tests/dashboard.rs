@@ -766,6 +766,29 @@ async fn an_invitation_makes_an_account_once() {
     let page = guest.get(&link).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("workspace <strong>acme</strong>"));
+    // Two passwords that differ: said once on the page (which sets a cookie of its own), and
+    // nothing made.
+    let pre = csrf_of(&page.body).unwrap();
+    let a = guest
+        .post_raw(
+            &link,
+            &[
+                ("_csrf", &pre),
+                ("login", "newcomer"),
+                ("password", PASSWORD),
+                ("password2", "something else entirely"),
+            ],
+        )
+        .await;
+    assert_eq!((a.status, a.location.as_str()), (303, link.as_str()));
+    let page = guest.get(&link).await;
+    assert!(page.body.contains("The two passwords differ."));
+    let page = guest.get(&link).await;
+    assert!(
+        !page.body.contains("The two passwords differ."),
+        "shown once"
+    );
+    assert!(w.store().user_by_login("newcomer").await.unwrap().is_none());
     let pre = csrf_of(&page.body).unwrap();
     let a = guest
         .post_raw(

@@ -577,9 +577,12 @@ async fn gate(dash: Arc<Dashboard>, index: usize, req: Request) -> Response {
         }
     }
     let mut resp = (page.handler)(c).await;
-    if cookie_value(&parts.headers, "endor_flash").is_some()
-        && !resp.headers().contains_key(header::SET_COOKIE)
-    {
+    let sets_flash = resp
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .any(|v| v.as_bytes().starts_with(b"endor_flash="));
+    if cookie_value(&parts.headers, "endor_flash").is_some() && !sets_flash {
         // Shown once: the page that showed it clears it.
         resp.headers_mut()
             .append(header::SET_COOKIE, cookie(&dash, "endor_flash", "", 0));
