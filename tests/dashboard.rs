@@ -768,18 +768,21 @@ async fn an_invitation_makes_an_account_once() {
     assert!(page.body.contains("workspace <strong>acme</strong>"));
     // Two passwords that differ: said once on the page (which sets a cookie of its own), and
     // nothing made.
-    let pre = csrf_of(&page.body).unwrap();
-    let a = guest
-        .post_raw(
-            &link,
-            &[
-                ("_csrf", &pre),
-                ("login", "newcomer"),
-                ("password", PASSWORD),
-                ("password2", "something else entirely"),
-            ],
-        )
-        .await;
+    let join = |page: &Answer, again: &'static str| {
+        let pre = csrf_of(&page.body).unwrap();
+        [
+            ("_csrf".to_string(), pre),
+            ("login".into(), "newcomer".into()),
+            ("password".into(), PASSWORD.into()),
+            ("password2".into(), again.into()),
+        ]
+    };
+    let fields = join(&page, "something else entirely");
+    let fields: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let a = guest.post_raw(&link, &fields).await;
     assert_eq!((a.status, a.location.as_str()), (303, link.as_str()));
     let page = guest.get(&link).await;
     assert!(page.body.contains("The two passwords differ."));
@@ -789,18 +792,12 @@ async fn an_invitation_makes_an_account_once() {
         "shown once"
     );
     assert!(w.store().user_by_login("newcomer").await.unwrap().is_none());
-    let pre = csrf_of(&page.body).unwrap();
-    let a = guest
-        .post_raw(
-            &link,
-            &[
-                ("_csrf", &pre),
-                ("login", "newcomer"),
-                ("password", PASSWORD),
-                ("password2", PASSWORD),
-            ],
-        )
-        .await;
+    let fields = join(&page, PASSWORD);
+    let fields: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let a = guest.post_raw(&link, &fields).await;
     assert_eq!(
         (a.status, a.location.as_str()),
         (303, "/w/acme"),
