@@ -706,8 +706,20 @@ pub async fn invite(c: Ctx) -> Response {
 
 pub async fn repositories(c: Ctx) -> Response {
     let w = ws(&c);
-    match c.api(Method::GET, &format!("/workspaces/{}/connections", seg(&w)), None).await {
-        Ok(list) => c.dash.render(&c, "repositories.html", "Repositories", json!({"connections": list, "is_owner": c.has(Role::Owner), "regions": region_names(&c)})),
+    match c
+        .api(
+            Method::GET,
+            &format!("/workspaces/{}/connections", seg(&w)),
+            None,
+        )
+        .await
+    {
+        Ok(list) => c.dash.render(
+            &c,
+            "repositories.html",
+            "Repositories",
+            json!({"connections": list, "is_owner": c.has(Role::Owner), "regions": region_names(&c)}),
+        ),
         Err(f) => failed_page(&c, f),
     }
 }
@@ -959,16 +971,29 @@ fn site_back(c: &Ctx) -> String {
     format!("/s/{}", seg(&site_name(c)))
 }
 
+/// The API path of the page's site, with `rest` after it (`/sites/web/tags`).
+fn site_api(c: &Ctx, rest: &str) -> String {
+    format!("/sites/{}{rest}", seg(&site_name(c)))
+}
+
+/// A form about the page's site: its API call, then back to the site's page with what
+/// happened.
+async fn site_act(
+    c: &Ctx,
+    method: Method,
+    rest: &str,
+    body: Option<Value>,
+    done: &str,
+) -> Response {
+    act(c, method, &site_api(c, rest), body, &site_back(c), done).await
+}
+
 pub async fn clone_site(c: Ctx) -> Response {
     let s = site_name(&c);
     let name = c.field("name").trim().to_string();
     let body = json!({"name": name, "read_only": checked(&c, "read_only"), "bypass_protection": checked(&c, "bypass_protection")});
     match c
-        .api(
-            Method::POST,
-            &format!("/sites/{}/clone", seg(&s)),
-            Some(body),
-        )
+        .api(Method::POST, &site_api(&c, "/clone"), Some(body))
         .await
     {
         Ok(_) => flash(
@@ -982,84 +1007,55 @@ pub async fn clone_site(c: Ctx) -> Response {
 }
 
 pub async fn sync_site(c: Ctx) -> Response {
-    let s = site_name(&c);
     let body = json!({"from": c.field("from").trim(), "files": checked(&c, "files"), "db": checked(&c, "db"), "bypass_protection": checked(&c, "bypass_protection")});
-    act(
-        &c,
-        Method::POST,
-        &format!("/sites/{}/sync", seg(&s)),
-        Some(body),
-        &site_back(&c),
-        "Synced.",
-    )
-    .await
+    site_act(&c, Method::POST, "/sync", Some(body), "Synced.").await
 }
 
 pub async fn snapshot(c: Ctx) -> Response {
-    let s = site_name(&c);
-    act(
-        &c,
-        Method::POST,
-        &format!("/sites/{}/snapshot", seg(&s)),
-        None,
-        &site_back(&c),
-        "Generation frozen.",
-    )
-    .await
+    site_act(&c, Method::POST, "/snapshot", None, "Generation frozen.").await
 }
 
 pub async fn add_tag(c: Ctx) -> Response {
-    let s = site_name(&c);
     let tag = c.field("tag").trim().to_string();
     if tag.is_empty() {
         return flash(&c.dash, &site_back(&c), "Type a tag first.", false);
     }
-    act(
-        &c,
-        Method::PUT,
-        &format!("/sites/{}/tags/{}", seg(&s), seg(&tag)),
-        None,
-        &site_back(&c),
-        &format!("Tag {tag} added."),
-    )
-    .await
+    let rest = format!("/tags/{}", seg(&tag));
+    site_act(&c, Method::PUT, &rest, None, &format!("Tag {tag} added.")).await
 }
 
 pub async fn remove_tag(c: Ctx) -> Response {
-    let s = site_name(&c);
     let tag = c.param("tag").to_string();
-    act(
+    let rest = format!("/tags/{}", seg(&tag));
+    site_act(
         &c,
         Method::DELETE,
-        &format!("/sites/{}/tags/{}", seg(&s), seg(&tag)),
+        &rest,
         None,
-        &site_back(&c),
         &format!("Tag {tag} removed."),
     )
     .await
 }
 
 pub async fn protect(c: Ctx) -> Response {
-    let s = site_name(&c);
     let on = checked(&c, "protected");
-    act(
+    let done = if on { "Protected." } else { "Protection off." };
+    site_act(
         &c,
         Method::PUT,
-        &format!("/sites/{}/protection", seg(&s)),
+        "/protection",
         Some(json!({"protected": on})),
-        &site_back(&c),
-        if on { "Protected." } else { "Protection off." },
+        done,
     )
     .await
 }
 
 pub async fn extend(c: Ctx) -> Response {
-    let s = site_name(&c);
     let by = c.field("by").trim().to_string();
     match c
         .api(
             Method::POST,
-            &format!("/sites/{}/extend", seg(&s)),
+            &site_api(&c, "/extend"),
             Some(json!({"by": by})),
         )
         .await
@@ -1082,7 +1078,6 @@ pub async fn extend(c: Ctx) -> Response {
 }
 
 pub async fn access(c: Ctx) -> Response {
-    let s = site_name(&c);
     let mut body = json!({"robots": checked(&c, "robots")});
     match c.field("password") {
         "generate" | "off" => body["basic_auth"] = c.field("password").into(),
@@ -1100,12 +1095,11 @@ pub async fn access(c: Ctx) -> Response {
         body["allow"] = json!(list("allow"));
         body["deny"] = json!(list("deny"));
     }
-    act(
+    site_act(
         &c,
         Method::PATCH,
-        &format!("/sites/{}/access", seg(&s)),
+        "/access",
         Some(body),
-        &site_back(&c),
         "Access settings saved.",
     )
     .await
@@ -1122,14 +1116,8 @@ pub async fn delete_site(c: Ctx) -> Response {
         );
     }
     let w = ws(&c);
-    match c
-        .api(
-            Method::DELETE,
-            &format!("/sites/{}", seg(&s)),
-            Some(json!({"bypass_protection": checked(&c, "bypass_protection")})),
-        )
-        .await
-    {
+    let body = json!({"bypass_protection": checked(&c, "bypass_protection")});
+    match c.api(Method::DELETE, &site_api(&c, ""), Some(body)).await {
         Ok(_) => flash(
             &c.dash,
             &format!("/w/{}/sites", seg(&w)),
@@ -1141,44 +1129,18 @@ pub async fn delete_site(c: Ctx) -> Response {
 }
 
 pub async fn backup(c: Ctx) -> Response {
-    let s = site_name(&c);
-    act(
-        &c,
-        Method::POST,
-        &format!("/sites/{}/backups", seg(&s)),
-        None,
-        &site_back(&c),
-        "Backed up.",
-    )
-    .await
+    site_act(&c, Method::POST, "/backups", None, "Backed up.").await
 }
 
 pub async fn restore(c: Ctx) -> Response {
-    let s = site_name(&c);
-    let path = format!(
-        "/sites/{}/backups/{}/restore",
-        seg(&s),
-        seg(c.param("backup"))
-    );
-    act(
-        &c,
-        Method::POST,
-        &path,
-        Some(json!({"bypass_protection": checked(&c, "bypass_protection")})),
-        &site_back(&c),
-        "Restored.",
-    )
-    .await
+    let rest = format!("/backups/{}/restore", seg(c.param("backup")));
+    let body = json!({"bypass_protection": checked(&c, "bypass_protection")});
+    site_act(&c, Method::POST, &rest, Some(body), "Restored.").await
 }
 
 pub async fn drill(c: Ctx) -> Response {
-    let s = site_name(&c);
     match c
-        .api(
-            Method::POST,
-            &format!("/sites/{}/backups/drill", seg(&s)),
-            None,
-        )
+        .api(Method::POST, &site_api(&c, "/backups/drill"), None)
         .await
     {
         Ok(v) => flash(
