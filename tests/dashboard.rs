@@ -830,6 +830,32 @@ async fn an_invitation_makes_an_account_once() {
     w.server.stop().await;
 }
 
+#[tokio::test]
+async fn connecting_offers_the_default_region_first_chosen() {
+    let roots = tempfile::tempdir().unwrap();
+    let w = World::with(|c| {
+        c.regions.default = "europe".into();
+        for name in ["asia", "europe"] {
+            c.regions.list.insert(
+                name.into(),
+                endor::config::RegionConfig {
+                    storage_root: roots.path().join(name),
+                    ..Default::default()
+                },
+            );
+        }
+    })
+    .await;
+    let page = w.visitor("own").await.get("/w/acme/repositories").await;
+    assert!(page.body.contains("<option>asia</option>"), "{}", page.body);
+    assert!(
+        page.body.contains("<option selected>europe</option>"),
+        "{}",
+        page.body
+    );
+    w.server.stop().await;
+}
+
 /// A real SMTP server on loopback (aiosmtpd), storing each mail in a Maildir; killed when
 /// dropped (a panicking test leaves no server holding the suite's output open).
 struct Smtp {

@@ -714,12 +714,11 @@ pub async fn repositories(c: Ctx) -> Response {
         )
         .await
     {
-        Ok(list) => c.dash.render(
-            &c,
-            "repositories.html",
-            "Repositories",
-            json!({"connections": list, "is_owner": c.has(Role::Owner), "regions": region_names(&c)}),
-        ),
+        Ok(list) => {
+            let regions = c.dash.api.sites.regions();
+            let names: Vec<&str> = regions.all().map(|r| r.name.as_str()).collect();
+            c.dash.render(&c, "repositories.html", "Repositories", json!({"connections": list, "is_owner": c.has(Role::Owner), "regions": names, "default_region": regions.default_name()}))
+        }
         Err(f) => failed_page(&c, f),
     }
 }
@@ -1154,14 +1153,5 @@ pub async fn drill(c: Ctx) -> Response {
             v["ok"] == true,
         ),
         Err(f) => flash(&c.dash, &site_back(&c), &f.message, false),
-    }
-}
-
-fn region_names(c: &Ctx) -> Vec<String> {
-    let r = &c.dash.api.config.regions;
-    if r.list.is_empty() {
-        vec![r.default.clone()]
-    } else {
-        r.list.keys().cloned().collect()
     }
 }
