@@ -366,28 +366,10 @@ impl Notifier {
     }
 
     fn transport(&self) -> anyhow::Result<lettre::AsyncSmtpTransport<lettre::Tokio1Executor>> {
-        use lettre::transport::smtp::client::{Tls, TlsParameters};
         type T = lettre::AsyncSmtpTransport<lettre::Tokio1Executor>;
-        let url = url_parts(&self.config.email.smtp_url)?;
-        let mut b = match self.config.email.tls.as_str() {
-            "tls" => T::relay(&url.host)?,
-            "starttls" => T::starttls_relay(&url.host)?,
-            _ => T::builder_dangerous(&url.host),
-        };
-        if self.config.email.tls == "none" {
-            b = b.tls(Tls::None);
-        } else if self.config.email.tls == "tls" {
-            b = b.tls(Tls::Wrapper(TlsParameters::new(url.host.clone())?));
-        }
-        if let Some(port) = url.port {
-            b = b.port(port);
-        }
-        if let Some((user, pass)) = url.credentials {
-            b = b.credentials(lettre::transport::smtp::authentication::Credentials::new(
-                user, pass,
-            ));
-        }
-        Ok(b.timeout(Some(std::time::Duration::from_secs(20))).build())
+        Ok(T::from_url(&connection_url(&self.config.email))?
+            .timeout(Some(std::time::Duration::from_secs(20)))
+            .build())
     }
 
     /// The mail of one notification.
@@ -463,53 +445,19 @@ impl lettre::message::header::Header for ListUnsubscribe {
     }
 }
 
-struct SmtpUrl {
-    host: String,
-    port: Option<u16>,
-    credentials: Option<(String, String)>,
-}
-
-fn url_parts(url: &str) -> anyhow::Result<SmtpUrl> {
-    let rest = url
-        .strip_prefix("smtp://")
-        .ok_or_else(|| anyhow::anyhow!("email.smtp_url must start with smtp://"))?;
-    let rest = rest.trim_end_matches('/');
-    let (creds, hostport) = match rest.rsplit_once('@') {
-        Some((c, h)) => (Some(c), h),
-        None => (None, rest),
-    };
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) => (h.to_string(), Some(p.parse()?)),
-        None => (hostport.to_string(), None),
-    };
-    let credentials = creds.map(|c| {
-        let (u, p) = c.split_once(':').unwrap_or((c, ""));
-        (pct_decode(u), pct_decode(p))
-    });
-    Ok(SmtpUrl {
-        host,
-        port,
-        credentials,
-    })
-}
-
-pub(crate) fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%'
-            && i + 2 < b.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
-        {
-            out.push(v);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
+/// The connection URL lettre reads (host, port, percent-encoded credentials) for `[email]`:
+/// `email.tls` becomes its scheme (`tls`: `smtps://`, implicit TLS) or its `tls` parameter
+/// (`starttls`: `tls=required`); `none` leaves plain `smtp://`.
+fn connection_url(email: &crate::config::EmailConfig) -> String {
+    let url = email.smtp_url.as_str();
+    match email.tls.as_str() {
+        "tls" => url.replacen("smtp://", "smtps://", 1),
+        "starttls" => {
+            let join = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{join}tls=required")
         }
+        _ => url.to_string(),
     }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The token of an unsubscribe link: the user and kind sealed with the master key (it cannot
@@ -543,17 +491,29 @@ mod tests {
 
     #[test]
     fn smtp_urls() {
-        let u = url_parts("smtp://me%40x:p%3Ass@mail.example:2525").unwrap();
-        assert_eq!(u.host, "mail.example");
-        assert_eq!(u.port, Some(2525));
-        assert_eq!(u.credentials, Some(("me@x".into(), "p:ss".into())));
-        let u = url_parts("smtp://127.0.0.1").unwrap();
+        type T = lettre::AsyncSmtpTransport<lettre::Tokio1Executor>;
+        let email = |url: &str, tls: &str| crate::config::EmailConfig {
+            smtp_url: url.into(),
+            tls: tls.into(),
+            ..Default::default()
+        };
+        let url = "smtp://me%40x:p%3Ass@mail.example:2525";
+        for (tls, want) in [
+            ("none", url.to_string()),
+            ("starttls", format!("{url}?tls=required")),
+            ("tls", "smtps://me%40x:p%3Ass@mail.example:2525".to_string()),
+        ] {
+            let made = connection_url(&email(url, tls));
+            assert_eq!(made, want);
+            assert!(T::from_url(&made).is_ok(), "{made}");
+        }
         assert_eq!(
-            (u.host.as_str(), u.port, u.credentials),
-            ("127.0.0.1", None, None)
+            connection_url(&email("smtp://h?x=1", "starttls")),
+            "smtp://h?x=1&tls=required"
         );
-        assert!(url_parts("http://x").is_err());
-        assert!(url_parts("smtp://h:notaport").is_err());
+        assert!(T::from_url(&connection_url(&email("smtp://127.0.0.1", "none"))).is_ok());
+        assert!(T::from_url(&connection_url(&email("http://x", "none"))).is_err());
+        assert!(T::from_url(&connection_url(&email("smtp://h:notaport", "none"))).is_err());
     }
 
     #[test]

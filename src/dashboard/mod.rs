@@ -397,7 +397,9 @@ pub fn local_path(to: &str) -> String {
 /// 303 back to `to` with a message shown once.
 pub fn flash(dash: &Dashboard, to: &str, text: &str, ok: bool) -> Response {
     let mut r = redirect(to);
-    let v = format!("{}{}", if ok { "1" } else { "0" }, seg(text));
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
+    let v = format!("{}{encoded}", if ok { "1" } else { "0" });
     r.headers_mut()
         .append(header::SET_COOKIE, cookie(dash, "endor_flash", &v, 60));
     r
@@ -486,7 +488,11 @@ async fn gate(dash: Arc<Dashboard>, index: usize, req: Request) -> Response {
     };
     let flash = cookie_value(&parts.headers, "endor_flash").and_then(|v| {
         let ok = v.starts_with('1');
-        let text = crate::notify::pct_decode(v.get(1..)?);
+        use base64::Engine;
+        let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v.get(1..)?)
+            .ok()?;
+        let text = String::from_utf8(text).ok()?;
         Some((text, ok))
     });
     let mut c = Ctx {
