@@ -27,10 +27,8 @@ pub fn random_token() -> String {
     hex::encode(b)
 }
 
-/// What is stored for a cookie or link token: its SHA-256, hex.
-pub fn token_hash(token: &str) -> String {
-    crate::service::token_hash(token)
-}
+/// What is stored for a cookie or link token (as for an API token): its SHA-256, hex.
+pub use crate::service::token_hash;
 
 /// Refuse a password that is too short or too long, with the rule in the message.
 pub fn check_password(password: &str) -> Result<()> {

@@ -87,6 +87,8 @@ pub struct Lifecycle {
     pub(super) forges: Arc<ForgeClients>,
     /// Wakes the outbox sender when a state change stored write-backs.
     pub(super) outbox_wake: Arc<tokio::sync::Notify>,
+    /// Tells members of the states worth telling (ready, failed, expiring, expired).
+    pub(super) notifier: crate::notify::Notifier,
 }
 
 /// What a launch aims at.
@@ -137,6 +139,7 @@ impl Lifecycle {
             host: crate::runtime::Host::new(config),
             git: GitMirrors::new(abs(&config.storage.git)),
             logs: crate::logs::Logs::new(&abs(&config.storage.logs), (&config.logs).into()),
+            notifier: crate::notify::Notifier::new(store.clone(), config),
             store,
             config: config.clone(),
             metrics,
@@ -273,9 +276,7 @@ impl Lifecycle {
             self.outbox_wake.notify_waiters();
         }
         if changed {
-            crate::notify::Notifier::new(self.store.clone(), &self.config)
-                .preview_event(p)
-                .await;
+            self.notifier.preview_event(p).await;
         }
         Ok(())
     }

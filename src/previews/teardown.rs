@@ -30,9 +30,7 @@ impl Lifecycle {
         p.warned_expiry = p.expires_at;
         let (st, reason) = (p.state, p.reason.clone());
         self.set_state(p, st, reason).await?;
-        crate::notify::Notifier::new(self.store.clone(), &self.config)
-            .expiry_event(p)
-            .await;
+        self.notifier.expiry_event(p).await;
         Ok(())
     }
 
