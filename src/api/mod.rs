@@ -329,6 +329,17 @@ pub struct Caller {
 pub struct SignedIn(pub User);
 
 impl Caller {
+    /// `user`, calling through `via`, before the path is resolved.
+    pub fn new(user: User, via: &'static str) -> Self {
+        Self {
+            user,
+            workspace: None,
+            roles: Vec::new(),
+            site: None,
+            via,
+        }
+    }
+
     /// How the caller is named in audit lines.
     pub fn audit_name(&self) -> String {
         format!("{}:{}", self.via, self.user.login)
@@ -469,48 +480,53 @@ async fn authorize(
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return r;
     };
-    let mut caller = Caller {
-        user,
-        workspace: None,
-        roles: Vec::new(),
-        site: None,
-        via,
-    };
-    if let Need::Roles(roles) = need {
-        match resolve(&api, &params, &mut caller).await {
-            Ok(()) => {}
-            Err(e) => return e.into_response(),
-        }
-        if !roles.iter().any(|r| caller.has(*r)) {
-            let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-            let ws = caller
-                .workspace
-                .as_ref()
-                .map(|w| w.name.as_str())
-                .unwrap_or("");
-            let have = if caller.roles.is_empty() {
-                "is not a member".to_string()
-            } else {
-                format!("has only {}", caller.roles.join(", "))
-            };
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!(
-                    "this needs the {} role in workspace {ws}; {} {have}",
-                    names.join(" or "),
-                    caller.user.login
-                ),
-            )
-            .into_response();
-        }
+    let mut caller = Caller::new(user, via);
+    if let Need::Roles(roles) = need
+        && let Err(e) = admit(&api, &params, &mut caller, roles).await
+    {
+        return e.into_response();
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
 }
 
+/// Resolve the workspace (and site) the path names into `caller`, and admit it only with one
+/// of `roles` there: 404 for what does not exist, 403 naming the roles needed and those held.
+/// The API's gate and the dashboard's both call it.
+pub(crate) async fn admit(
+    api: &Api,
+    params: &HashMap<String, String>,
+    caller: &mut Caller,
+    roles: &[Role],
+) -> Result<(), ApiError> {
+    resolve(api, params, caller).await?;
+    if roles.iter().any(|r| caller.has(*r)) {
+        return Ok(());
+    }
+    let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    let ws = caller
+        .workspace
+        .as_ref()
+        .map(|w| w.name.as_str())
+        .unwrap_or("");
+    let have = if caller.roles.is_empty() {
+        "is not a member".to_string()
+    } else {
+        format!("has only {}", caller.roles.join(", "))
+    };
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        format!(
+            "this needs the {} role in workspace {ws}; {} {have}",
+            names.join(" or "),
+            caller.user.login
+        ),
+    ))
+}
+
 /// The workspace (and site) the path names, and the caller's roles there.
-pub(crate) async fn resolve(
+async fn resolve(
     api: &Api,
     params: &HashMap<String, String>,
     caller: &mut Caller,

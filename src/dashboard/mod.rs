@@ -3,9 +3,10 @@
 //! Every page and form is a row of [`PAGES`]: method, path, who may use it ([`Access`]) and its
 //! handler. [`router`] mounts each row behind one gate, which runs before the handler: it
 //! finds the session from its cookie (a signed-out visitor is sent to `/sign-in`), checks the
-//! CSRF token of every form, resolves the workspace or site the path names with the API's own
-//! resolver, and refuses a caller without one of the row's roles (403). `tests/dashboard.rs`
-//! walks the table against every kind of caller and a written policy, like the API's matrix.
+//! CSRF token of every form, and admits the caller to the workspace or site the path names
+//! with the API's own check (`api::admit`: 404, or 403 without one of the row's roles).
+//! `tests/dashboard.rs` walks the table against every kind of caller and a written policy,
+//! like the API's matrix.
 //!
 //! Pages read and change things through the JSON API itself, called in process with the
 //! signed-in user ([`crate::api::SignedIn`]) in place of a bearer token: a form can do exactly
@@ -456,17 +457,13 @@ const MAX_FORM: usize = 1 << 20;
 /// The gate every page passes: session → CSRF (forms) → workspace and roles → the handler.
 async fn gate(dash: Arc<Dashboard>, index: usize, req: Request) -> Response {
     let page = &PAGES[index];
-    let (parts, body) = req.into_parts();
-    let mut params: HashMap<String, String> = HashMap::new();
-    if let Ok(axum::extract::Path(p)) =
-        <axum::extract::Path<HashMap<String, String>> as axum::extract::FromRequestParts<()>>::from_request_parts(
-            &mut parts.clone(),
-            &(),
-        )
-        .await
-    {
-        params = p;
-    }
+    let (mut parts, body) = req.into_parts();
+    use axum::extract::{FromRequestParts, Path};
+    let params: HashMap<String, String> =
+        Path::<HashMap<String, String>>::from_request_parts(&mut parts, &())
+            .await
+            .map(|Path(p)| p)
+            .unwrap_or_default();
     let query: HashMap<String, String> = parts
         .uri
         .query()
@@ -547,39 +544,11 @@ async fn gate(dash: Arc<Dashboard>, index: usize, req: Request) -> Response {
         }
     }
     if let Access::Roles(roles) = page.access {
-        let mut caller = Caller {
-            user: c.user().clone(),
-            workspace: None,
-            roles: Vec::new(),
-            site: None,
-            via: "web",
-        };
-        if let Err(e) = crate::api::resolve(&dash.api, &c.params, &mut caller).await {
-            return refusal(&dash, &c, e.status, &e.message);
-        }
-        let allowed = roles.iter().any(|r| caller.has(*r));
-        let ws = caller
-            .workspace
-            .as_ref()
-            .map(|w| w.name.clone())
-            .unwrap_or_default();
-        let have = if caller.roles.is_empty() {
-            "you are not a member".to_string()
-        } else {
-            format!("you have {}", caller.roles.join(", "))
-        };
+        let mut caller = Caller::new(c.user().clone(), "web");
+        let admitted = crate::api::admit(&dash.api, &c.params, &mut caller, roles).await;
         c.caller = Some(caller);
-        if !allowed {
-            let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-            return refusal(
-                &dash,
-                &c,
-                StatusCode::FORBIDDEN,
-                &format!(
-                    "This needs the {} role in workspace {ws}; {have}.",
-                    names.join(" or ")
-                ),
-            );
+        if let Err(e) = admitted {
+            return refusal(&dash, &c, e.status, &e.message);
         }
     }
     let mut resp = (page.handler)(c).await;
