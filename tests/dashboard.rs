@@ -743,6 +743,38 @@ async fn forms_do_what_the_api_does_and_say_so() {
         "{}",
         page.body
     );
+    // Each member's roles are the boxes ticked on their row; a new member gets developer.
+    let boxes = |html: &str| -> Vec<String> {
+        html.split("<input type=\"checkbox\" name=\"")
+            .skip(1)
+            .map(|b| b.split('>').next().unwrap().replace('"', ""))
+            .collect()
+    };
+    let all = boxes(&page.body);
+    let row = |login: &str| {
+        let at = page.body.find(&format!("<td>{login}</td>")).unwrap();
+        boxes(&page.body[at..])[..3].to_vec()
+    };
+    assert_eq!(
+        row("bill"),
+        ["role_owner ", "role_developer ", "role_billing checked"]
+    );
+    assert_eq!(
+        row("dev"),
+        ["role_owner ", "role_developer checked", "role_billing "]
+    );
+    assert_eq!(
+        all[all.len() - 6..],
+        [
+            "role_owner ",
+            "role_developer checked",
+            "role_billing ",
+            "role_owner ",
+            "role_developer checked",
+            "role_billing ",
+        ],
+        "the add and invite forms"
+    );
     w.server.stop().await;
 }
 

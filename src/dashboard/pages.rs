@@ -34,10 +34,14 @@ fn checked(c: &Ctx, k: &str) -> bool {
     matches!(c.field(k), "on" | "true" | "1" | "yes")
 }
 
-/// The roles ticked in a form (`role_owner`, `role_developer`, `role_billing`).
+/// The roles a form offers, in the order it shows them (a box `role_{name}` each).
+const ROLE_BOXES: [Role; 3] = [Role::Owner, Role::Developer, Role::Billing];
+
+/// The roles ticked in a form.
 fn roles_ticked(c: &Ctx) -> Vec<&'static str> {
-    ["owner", "developer", "billing"]
-        .into_iter()
+    ROLE_BOXES
+        .iter()
+        .map(|r| r.as_str())
         .filter(|r| checked(c, &format!("role_{r}")))
         .collect()
 }
@@ -595,7 +599,7 @@ pub async fn members(c: Ctx) -> Response {
                 &c,
                 "members.html",
                 "Members",
-                json!({"members": list, "owners": owners, "is_owner": c.has(Role::Owner)}),
+                json!({"members": list, "owners": owners, "is_owner": c.has(Role::Owner), "role_boxes": ROLE_BOXES.map(Role::as_str)}),
             )
         }
         Err(f) => failed_page(&c, f),
