@@ -189,9 +189,7 @@ impl Notifier {
     /// A preview's coming expiry.
     pub async fn expiry_event(&self, p: &crate::store::Preview) {
         let Some(at) = p.expires_at else { return };
-        let when = chrono::DateTime::from_timestamp_millis(at)
-            .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-            .unwrap_or_default();
+        let when = crate::duration::format_utc(at);
         self.connection_event(
             p,
             "expiring_soon",

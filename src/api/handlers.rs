@@ -807,9 +807,7 @@ pub async fn extend(
         &ExtendedView {
             site: site.name.clone(),
             expires_at: done.expires_at,
-            expires: chrono::DateTime::from_timestamp_millis(done.expires_at)
-                .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-                .unwrap_or_default(),
+            expires: crate::duration::format_utc(done.expires_at),
             capped: done.capped,
         },
     )

@@ -75,11 +75,9 @@ const TEMPLATES: &[(&str, &str)] = &[
 pub const CSS: &str = include_str!("../../templates/dashboard/endor.css");
 pub const JS: &str = include_str!("../../templates/dashboard/endor.js");
 
-/// Unix milliseconds as `YYYY-MM-DD HH:MM UTC`.
+/// Unix milliseconds as `YYYY-MM-DD HH:MM UTC` (nothing for none).
 fn when(ms: Option<i64>) -> String {
-    ms.and_then(chrono::DateTime::from_timestamp_millis)
-        .map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string())
-        .unwrap_or_default()
+    ms.map(crate::duration::format_utc).unwrap_or_default()
 }
 
 /// Milliseconds as `1.2 s` / `340 ms`.
