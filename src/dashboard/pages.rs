@@ -54,6 +54,16 @@ fn ws(c: &Ctx) -> String {
         .unwrap_or_default()
 }
 
+/// The API path of the page's workspace, with `rest` after it (`/workspaces/acme/sites`).
+fn ws_api(c: &Ctx, rest: &str) -> String {
+    format!("/workspaces/{}{rest}", seg(&ws(c)))
+}
+
+/// A dashboard page of the page's workspace (`/w/acme/members`).
+fn ws_page(c: &Ctx, rest: &str) -> String {
+    format!("/w/{}{rest}", seg(&ws(c)))
+}
+
 fn site_name(c: &Ctx) -> String {
     c.caller
         .as_ref()
@@ -470,17 +480,16 @@ pub async fn set_prefs(c: Ctx) -> Response {
 // ---- a workspace ----
 
 pub async fn workspace(c: Ctx) -> Response {
-    let w = seg(&ws(&c));
     if c.has(Role::Owner) || c.has(Role::Developer) {
-        redirect(&format!("/w/{w}/sites"))
+        redirect(&ws_page(&c, "/sites"))
     } else {
-        redirect(&format!("/w/{w}/usage"))
+        redirect(&ws_page(&c, "/usage"))
     }
 }
 
 pub async fn rename_workspace(c: Ctx) -> Response {
     let name = c.field("name").trim().to_string();
-    let path = format!("/workspaces/{}", seg(&ws(&c)));
+    let path = ws_api(&c, "");
     match c
         .api(Method::PATCH, &path, Some(json!({"name": name})))
         .await
@@ -491,23 +500,17 @@ pub async fn rename_workspace(c: Ctx) -> Response {
             "Workspace renamed.",
             true,
         ),
-        Err(f) => flash(
-            &c.dash,
-            &format!("/w/{}/members", seg(&ws(&c))),
-            &f.message,
-            false,
-        ),
+        Err(f) => flash(&c.dash, &ws_page(&c, "/members"), &f.message, false),
     }
 }
 
 pub async fn sites(c: Ctx) -> Response {
-    let w = ws(&c);
     let tag = c
         .query
         .get("tag")
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty());
-    let mut path = format!("/workspaces/{}/sites", seg(&w));
+    let mut path = ws_api(&c, "/sites");
     if let Some(t) = &tag {
         path.push_str(&format!("?tag={}", seg(t)));
     }
@@ -548,40 +551,24 @@ pub async fn sites(c: Ctx) -> Response {
 }
 
 pub async fn create_site(c: Ctx) -> Response {
-    let w = ws(&c);
     let name = c.field("name").trim().to_string();
     let mut body = json!({"name": name});
     if !c.field("region").trim().is_empty() {
         body["region"] = c.field("region").trim().into();
     }
-    match c
-        .api(
-            Method::POST,
-            &format!("/workspaces/{}/sites", seg(&w)),
-            Some(body),
-        )
-        .await
-    {
+    match c.api(Method::POST, &ws_api(&c, "/sites"), Some(body)).await {
         Ok(_) => flash(
             &c.dash,
             &format!("/s/{}", seg(&name)),
             &format!("Site {name} created."),
             true,
         ),
-        Err(f) => flash(&c.dash, &format!("/w/{}/sites", seg(&w)), &f.message, false),
+        Err(f) => flash(&c.dash, &ws_page(&c, "/sites"), &f.message, false),
     }
 }
 
 pub async fn members(c: Ctx) -> Response {
-    let w = ws(&c);
-    match c
-        .api(
-            Method::GET,
-            &format!("/workspaces/{}/members", seg(&w)),
-            None,
-        )
-        .await
-    {
+    match c.api(Method::GET, &ws_api(&c, "/members"), None).await {
         Ok(list) => {
             let owners = list
                 .as_array()
@@ -607,13 +594,12 @@ pub async fn members(c: Ctx) -> Response {
 }
 
 pub async fn add_member(c: Ctx) -> Response {
-    let w = ws(&c);
-    let back = format!("/w/{}/members", seg(&w));
+    let back = ws_page(&c, "/members");
     let login = c.field("login").trim().to_string();
     act(
         &c,
         Method::POST,
-        &format!("/workspaces/{}/members", seg(&w)),
+        &ws_api(&c, "/members"),
         Some(json!({"login": login, "roles": roles_ticked(&c)})),
         &back,
         &format!("{login} added."),
@@ -622,9 +608,8 @@ pub async fn add_member(c: Ctx) -> Response {
 }
 
 pub async fn set_roles(c: Ctx) -> Response {
-    let w = ws(&c);
-    let back = format!("/w/{}/members", seg(&w));
-    let path = format!("/workspaces/{}/members/{}", seg(&w), seg(c.param("login")));
+    let back = ws_page(&c, "/members");
+    let path = ws_api(&c, &format!("/members/{}", seg(c.param("login"))));
     act(
         &c,
         Method::PUT,
@@ -637,9 +622,8 @@ pub async fn set_roles(c: Ctx) -> Response {
 }
 
 pub async fn remove_member(c: Ctx) -> Response {
-    let w = ws(&c);
-    let back = format!("/w/{}/members", seg(&w));
-    let path = format!("/workspaces/{}/members/{}", seg(&w), seg(c.param("login")));
+    let back = ws_page(&c, "/members");
+    let path = ws_api(&c, &format!("/members/{}", seg(c.param("login"))));
     act(
         &c,
         Method::DELETE,
@@ -652,8 +636,7 @@ pub async fn remove_member(c: Ctx) -> Response {
 }
 
 pub async fn invite(c: Ctx) -> Response {
-    let w = ws(&c);
-    let back = format!("/w/{}/members", seg(&w));
+    let back = ws_page(&c, "/members");
     let email = c.field("email").trim().to_string();
     if email.parse::<lettre::Address>().is_err() {
         return flash(&c.dash, &back, "That is not a mail address.", false);
@@ -709,15 +692,7 @@ pub async fn invite(c: Ctx) -> Response {
 }
 
 pub async fn repositories(c: Ctx) -> Response {
-    let w = ws(&c);
-    match c
-        .api(
-            Method::GET,
-            &format!("/workspaces/{}/connections", seg(&w)),
-            None,
-        )
-        .await
-    {
+    match c.api(Method::GET, &ws_api(&c, "/connections"), None).await {
         Ok(list) => {
             let regions = c.dash.api.sites.regions();
             let names: Vec<&str> = regions.all().map(|r| r.name.as_str()).collect();
@@ -728,8 +703,7 @@ pub async fn repositories(c: Ctx) -> Response {
 }
 
 pub async fn connect(c: Ctx) -> Response {
-    let w = ws(&c);
-    let back = format!("/w/{}/repositories", seg(&w));
+    let back = ws_page(&c, "/repositories");
     let forge = c.field("forge");
     let repo = c.field("repo").trim();
     let mut body = json!({"repo": format!("{forge}:{repo}")});
@@ -739,11 +713,7 @@ pub async fn connect(c: Ctx) -> Response {
         }
     }
     match c
-        .api(
-            Method::POST,
-            &format!("/workspaces/{}/connections", seg(&w)),
-            Some(body),
-        )
+        .api(Method::POST, &ws_api(&c, "/connections"), Some(body))
         .await
     {
         Ok(v) => c.dash.render(
@@ -759,14 +729,7 @@ pub async fn connect(c: Ctx) -> Response {
 pub async fn repository(c: Ctx) -> Response {
     let w = ws(&c);
     let id = c.param("connection_id").to_string();
-    let list = match c
-        .api(
-            Method::GET,
-            &format!("/workspaces/{}/connections", seg(&w)),
-            None,
-        )
-        .await
-    {
+    let list = match c.api(Method::GET, &ws_api(&c, "/connections"), None).await {
         Ok(Value::Array(l)) => l,
         Ok(_) => Vec::new(),
         Err(f) => return failed_page(&c, f),
@@ -795,14 +758,9 @@ pub async fn repository(c: Ctx) -> Response {
 }
 
 pub async fn rotate(c: Ctx) -> Response {
-    let w = ws(&c);
-    let id = c.param("connection_id");
-    let back = format!("/w/{}/repositories/{}", seg(&w), seg(id));
-    let path = format!(
-        "/workspaces/{}/connections/{}/rotate-secret",
-        seg(&w),
-        seg(id)
-    );
+    let id = seg(c.param("connection_id"));
+    let back = ws_page(&c, &format!("/repositories/{id}"));
+    let path = ws_api(&c, &format!("/connections/{id}/rotate-secret"));
     let retire = checked(&c, "retire_old");
     match c.api(Method::POST, &path, Some(json!({"retire_old": retire}))).await {
         Ok(v) if retire => flash(&c.dash, &back, if v["previous_accepted"] == false { "The previous secret is no longer accepted." } else { "Done." }, true),
@@ -812,33 +770,23 @@ pub async fn rotate(c: Ctx) -> Response {
 }
 
 pub async fn delete_connection(c: Ctx) -> Response {
-    let w = ws(&c);
-    let path = format!(
-        "/workspaces/{}/connections/{}",
-        seg(&w),
-        seg(c.param("connection_id"))
+    let path = ws_api(
+        &c,
+        &format!("/connections/{}", seg(c.param("connection_id"))),
     );
     act(
         &c,
         Method::DELETE,
         &path,
         None,
-        &format!("/w/{}/repositories", seg(&w)),
+        &ws_page(&c, "/repositories"),
         "Connection deleted.",
     )
     .await
 }
 
 pub async fn previews(c: Ctx) -> Response {
-    let w = ws(&c);
-    match c
-        .api(
-            Method::GET,
-            &format!("/workspaces/{}/previews", seg(&w)),
-            None,
-        )
-        .await
-    {
+    match c.api(Method::GET, &ws_api(&c, "/previews"), None).await {
         Ok(list) => c
             .dash
             .render(&c, "previews.html", "Previews", json!({"previews": list})),
@@ -847,7 +795,6 @@ pub async fn previews(c: Ctx) -> Response {
 }
 
 pub async fn preview(c: Ctx) -> Response {
-    let w = ws(&c);
     let n = c.param("number");
     if n.parse::<i64>().is_err() {
         return refusal(
@@ -857,10 +804,12 @@ pub async fn preview(c: Ctx) -> Response {
             "no such pull request number",
         );
     }
-    let path = format!(
-        "/workspaces/{}/connections/{}/previews/{n}",
-        seg(&w),
-        seg(c.param("connection_id"))
+    let path = ws_api(
+        &c,
+        &format!(
+            "/connections/{}/previews/{n}",
+            seg(c.param("connection_id"))
+        ),
     );
     match c.api(Method::GET, &path, None).await {
         Ok(story) => c
@@ -871,8 +820,7 @@ pub async fn preview(c: Ctx) -> Response {
 }
 
 pub async fn usage(c: Ctx) -> Response {
-    let w = ws(&c);
-    let mut path = format!("/workspaces/{}/usage", seg(&w));
+    let mut path = ws_api(&c, "/usage");
     if let Some(m) = c.query.get("month").filter(|m| !m.is_empty()) {
         path.push_str(&format!("?month={}", seg(m)));
     }
@@ -887,26 +835,24 @@ pub async fn usage(c: Ctx) -> Response {
 // ---- a site ----
 
 pub async fn site(c: Ctx) -> Response {
-    let s = seg(&site_name(&c));
-    let details = match c.api(Method::GET, &format!("/sites/{s}"), None).await {
+    let details = match c.api(Method::GET, &site_api(&c, ""), None).await {
         Ok(d) => d,
         Err(f) => return failed_page(&c, f),
     };
     let access = c
-        .api(Method::GET, &format!("/sites/{s}/access"), None)
+        .api(Method::GET, &site_api(&c, "/access"), None)
         .await
         .unwrap_or(Value::Null);
     let backups = c
-        .api(Method::GET, &format!("/sites/{s}/backups"), None)
+        .api(Method::GET, &site_api(&c, "/backups"), None)
         .await
         .unwrap_or(Value::Null);
     let logs = c
-        .api(Method::GET, &format!("/sites/{s}/logs?n=200"), None)
+        .api(Method::GET, &site_api(&c, "/logs?n=200"), None)
         .await
         .unwrap_or(Value::Null);
     let usage = if c.has(Role::Owner) || c.has(Role::Billing) {
-        let w = seg(&ws(&c));
-        c.api(Method::GET, &format!("/workspaces/{w}/usage"), None)
+        c.api(Method::GET, &ws_api(&c, "/usage"), None)
             .await
             .ok()
             .and_then(|r| {
@@ -930,7 +876,6 @@ pub async fn site(c: Ctx) -> Response {
 }
 
 pub async fn live_logs(c: Ctx) -> Response {
-    let s = seg(&site_name(&c));
     // New lines only: after the last line the page showed (`?after=`), or after the last one
     // a reconnecting browser got (Last-Event-ID); with neither, from now on.
     let last = c.headers.get("last-event-id").cloned().or_else(|| {
@@ -939,10 +884,10 @@ pub async fn live_logs(c: Ctx) -> Response {
             .and_then(|a| HeaderValue::from_str(a).ok())
     });
     let path = if last.is_some() {
-        format!("/sites/{s}/logs?follow=true")
+        site_api(&c, "/logs?follow=true")
     } else {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        format!("/sites/{s}/logs?follow=true&since={}", seg(&now))
+        site_api(&c, &format!("/logs?follow=true&since={}", seg(&now)))
     };
     let user = c.user().clone();
     let extra: Vec<(header::HeaderName, HeaderValue)> = last
@@ -1118,12 +1063,11 @@ pub async fn delete_site(c: Ctx) -> Response {
             false,
         );
     }
-    let w = ws(&c);
     let body = json!({"bypass_protection": checked(&c, "bypass_protection")});
     match c.api(Method::DELETE, &site_api(&c, ""), Some(body)).await {
         Ok(_) => flash(
             &c.dash,
-            &format!("/w/{}/sites", seg(&w)),
+            &ws_page(&c, "/sites"),
             &format!("Site {s} deleted."),
             true,
         ),
