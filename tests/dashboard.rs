@@ -743,6 +743,44 @@ async fn forms_do_what_the_api_does_and_say_so() {
         "{}",
         page.body
     );
+    // Add a member, change their roles, remove them: each as the store then holds it.
+    let ws = w.store().workspace_by_name("acme").await.unwrap().unwrap();
+    let roles_of = async |login: &str| {
+        w.store()
+            .list_members(&ws.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|(l, _)| l == login)
+            .map(|(_, r)| r)
+    };
+    let page = own
+        .post_then(
+            "/w/acme/members",
+            &[("login", "newbie"), ("role_developer", "on")],
+            "/w/acme/members",
+        )
+        .await;
+    assert!(page.contains("newbie added."));
+    assert_eq!(
+        roles_of("newbie").await,
+        Some(vec!["developer".to_string()])
+    );
+    own.post(
+        "/w/acme/members/newbie/roles",
+        &[("role_developer", "on"), ("role_billing", "on")],
+    )
+    .await;
+    assert_eq!(
+        roles_of("newbie").await,
+        Some(vec!["developer".to_string(), "billing".to_string()])
+    );
+    let page = own
+        .post_then("/w/acme/members/newbie/remove", &[], "/w/acme/members")
+        .await;
+    assert!(page.contains("newbie removed."));
+    assert_eq!(roles_of("newbie").await, None);
+    let page = own.get("/w/acme/members").await;
     // Each member's roles are the boxes ticked on their row; a new member gets developer.
     let boxes = |html: &str| -> Vec<String> {
         html.split("<input type=\"checkbox\" name=\"")

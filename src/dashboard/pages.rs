@@ -593,46 +593,45 @@ pub async fn members(c: Ctx) -> Response {
     }
 }
 
+/// A form of the members page: its API call under the workspace's members (`rest` after
+/// them), then back to the members page with what happened.
+async fn members_act(
+    c: &Ctx,
+    method: Method,
+    rest: &str,
+    body: Option<Value>,
+    done: &str,
+) -> Response {
+    let path = ws_api(c, &format!("/members{rest}"));
+    act(c, method, &path, body, &ws_page(c, "/members"), done).await
+}
+
+/// The member a form is about, as a path segment (`/dev`).
+fn member_rest(c: &Ctx) -> String {
+    format!("/{}", seg(c.param("login")))
+}
+
 pub async fn add_member(c: Ctx) -> Response {
-    let back = ws_page(&c, "/members");
     let login = c.field("login").trim().to_string();
-    act(
-        &c,
-        Method::POST,
-        &ws_api(&c, "/members"),
-        Some(json!({"login": login, "roles": roles_ticked(&c)})),
-        &back,
-        &format!("{login} added."),
-    )
-    .await
+    let body = json!({"login": login, "roles": roles_ticked(&c)});
+    members_act(&c, Method::POST, "", Some(body), &format!("{login} added.")).await
 }
 
 pub async fn set_roles(c: Ctx) -> Response {
-    let back = ws_page(&c, "/members");
-    let path = ws_api(&c, &format!("/members/{}", seg(c.param("login"))));
-    act(
+    let body = json!({"roles": roles_ticked(&c)});
+    members_act(
         &c,
         Method::PUT,
-        &path,
-        Some(json!({"roles": roles_ticked(&c)})),
-        &back,
+        &member_rest(&c),
+        Some(body),
         "Roles saved.",
     )
     .await
 }
 
 pub async fn remove_member(c: Ctx) -> Response {
-    let back = ws_page(&c, "/members");
-    let path = ws_api(&c, &format!("/members/{}", seg(c.param("login"))));
-    act(
-        &c,
-        Method::DELETE,
-        &path,
-        None,
-        &back,
-        &format!("{} removed.", c.param("login")),
-    )
-    .await
+    let done = format!("{} removed.", c.param("login"));
+    members_act(&c, Method::DELETE, &member_rest(&c), None, &done).await
 }
 
 pub async fn invite(c: Ctx) -> Response {
